@@ -1,0 +1,133 @@
+"""The one exception tree of connref; the CLI maps it to exit codes in one place (``cli.run``).
+
+    ConnrefError                      every error connref raises on purpose (exit 1)
+    ├── ConfigError                   the YAML is invalid; carries file, line, column, field
+    ├── AuthError                     a token could not be obtained; names the profile, never a secret
+    ├── PlanError                     the plan cannot be made safely (bad binding, ambiguous selector,
+    │                                 missing privilege, connection not usable by the writer)
+    ├── ApiError                      the service answered with an error; carries status, code, message
+    │   ├── NotFoundError             404
+    │   ├── PreconditionFailedError   412: an ETag moved or a duplicate key
+    │   ├── ThrottledError            429 after the retry budget ran out
+    │   └── TransientError            5xx or a dropped connection after the retry budget ran out
+    ├── StalePlanError                a saved plan no longer matches state or live (re-plan)
+    ├── ApplyError                    some writes failed; carries what was and was not written
+    ├── StateError                    the state file is missing, corrupt or from another lineage
+    └── LockError                     another run holds the environment's lock; names the holder
+
+Every message is safe to print: no secret and no token ever goes into one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConnrefError(Exception):
+    """Base of every error connref raises on purpose."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in a config file an error is: 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class ConfigError(ConnrefError):
+    """The config is invalid. ``location`` points at the offending node, ``field`` names it."""
+
+    def __init__(self, message: str, location: Location | None = None, field: str | None = None) -> None:
+        self.message = message
+        self.location = location
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}{what}{self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Several config errors found in one pass, so the user fixes them all at once."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class AuthError(ConnrefError):
+    """A token could not be obtained for an auth profile."""
+
+
+class PlanError(ConnrefError):
+    """The plan cannot be made safely; the message says what to fix."""
+
+
+class ApiError(ConnrefError):
+    """The service answered with an error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        body: Any = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.method = method
+        self.url = url
+        self.body = body
+        super().__init__(message)
+
+
+class NotFoundError(ApiError):
+    """404 from the service."""
+
+
+class PreconditionFailedError(ApiError):
+    """412: an ETag moved since it was read, or a duplicate key."""
+
+
+class ThrottledError(ApiError):
+    """429 persisted past the retry budget."""
+
+
+class TransientError(ApiError):
+    """A 5xx or a dropped connection persisted past the retry budget."""
+
+
+class StalePlanError(ConnrefError):
+    """A saved plan no longer matches the state or the live environment."""
+
+
+class ApplyError(ConnrefError):
+    """Some writes failed. ``results`` tells what was and was not written."""
+
+    def __init__(self, message: str, results: Any = None) -> None:
+        self.results = results
+        super().__init__(message)
+
+
+class StateError(ConnrefError):
+    """The state file is missing, corrupt, or from another lineage."""
+
+
+class LockError(ConnrefError):
+    """Another run holds the lock of an environment."""

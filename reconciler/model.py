@@ -1,0 +1,257 @@
+"""Plain, frozen data that flows between the steps: what the config declares (Desired) and what an
+environment has (Live). No I/O here; the config loader builds the first, the live reader the second,
+and the pure planner compares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .errors import Location
+
+CONNECTOR_PREFIX = "/providers/Microsoft.PowerApps/apis/"
+
+
+def connector_id(name_or_id: str) -> str:
+    """Normalise a connector to its full id: ``shared_x`` -> ``/providers/Microsoft.PowerApps/apis/shared_x``."""
+    if name_or_id.startswith("/"):
+        return name_or_id
+    return CONNECTOR_PREFIX + name_or_id
+
+
+def connector_name(name_or_id: str) -> str:
+    """The last path segment of a connector id (``shared_sharepointonline``), lower-cased for comparison."""
+    return name_or_id.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def frozen_map(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+# --------------------------------------------------------------------------- desired (config)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A binding given by properties rather than by name, resolved at plan time to exactly one connection."""
+
+    owner: str
+    display_name: str | None = None
+
+    def describe(self) -> str:
+        extra = f", display_name: {self.display_name}" if self.display_name else ""
+        return f"{{owner: {self.owner}{extra}}}"
+
+
+Binding = str | Selector
+
+
+@dataclass(frozen=True)
+class DesiredReference:
+    """One declared connection reference. ``connector`` is always the full connector id."""
+
+    logical_name: str
+    connector: str
+    display_name: str
+    description: str | None = None
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class AuthProfile:
+    """An auth profile under ``auth:``. ``options`` holds the method's keys (names of env vars and
+    files, never secret values)."""
+
+    name: str
+    method: str
+    tenant_id: str | None = None
+    client_id: str | None = None
+    options: Mapping[str, Any] = field(default_factory=frozen_map)
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """One environment under ``environments:``.
+
+    ``url`` is an https URL, a loopback http URL, or ``local:PATH`` (``local_path`` is then the
+    absolute path of the emulator data file)."""
+
+    name: str
+    url: str
+    environment_id: str | None = None
+    auth: str | None = None
+    service_account: str | None = None
+    bindings: Mapping[str, Binding] = field(default_factory=frozen_map)
+    connections_url: str | None = None
+    cloud: str = "public"
+    local_path: str | None = None
+    location: Location | None = field(default=None, compare=False)
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_path is not None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config."""
+
+    path: str
+    version: int
+    solution: str
+    references: Mapping[str, DesiredReference]
+    environments: Mapping[str, EnvironmentConfig]
+    auth: Mapping[str, AuthProfile] = field(default_factory=frozen_map)
+    prune: bool = False
+    naming: str | None = None
+    lint_ignore: tuple[str, ...] = ()
+    state_dir: str | None = None
+
+    def reference(self, logical_name: str) -> DesiredReference | None:
+        """Look a declared reference up case-insensitively."""
+        key = logical_name.lower()
+        for name, ref in self.references.items():
+            if name.lower() == key:
+                return ref
+        return None
+
+
+# --------------------------------------------------------------------------- live (Dataverse + connections)
+
+
+@dataclass(frozen=True)
+class LiveUser:
+    """A ``systemusers`` row: a person or an application user."""
+
+    systemuserid: str
+    object_id: str | None
+    upn: str | None
+    fullname: str | None = None
+    disabled: bool = False
+    application_id: str | None = None
+
+    def describe(self) -> str:
+        return self.upn or self.fullname or self.systemuserid
+
+
+@dataclass(frozen=True)
+class LiveReference:
+    """A ``connectionreferences`` row as read, with the ETag to send back on write."""
+
+    id: str
+    logical_name: str
+    display_name: str | None
+    connector: str
+    connection: str | None
+    description: str | None
+    owner_id: str | None
+    etag: str
+    in_solution: bool
+    managed: bool = False
+    modified_by: str | None = None
+    modified_on: str | None = None
+    created_by: str | None = None
+    created_on: str | None = None
+
+
+@dataclass(frozen=True)
+class Permission:
+    """A role a principal holds on a connection (``Owner``, ``CanView``, ``CanViewWithShare``, ``CanEdit``)."""
+
+    principal_id: str
+    role: str
+    principal_type: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveConnection:
+    """A connection from the connections API."""
+
+    name: str
+    connector: str
+    display_name: str | None
+    status: str
+    owner_object_id: str | None
+    owner_name: str | None = None
+    permissions: tuple[Permission, ...] = ()
+
+    def usable_by(self, object_id: str | None) -> bool:
+        """The principal owns the connection or has it shared with it."""
+        if object_id is None:
+            return False
+        oid = object_id.lower()
+        if (self.owner_object_id or "").lower() == oid:
+            return True
+        return any(p.principal_id.lower() == oid for p in self.permissions)
+
+    def describe(self) -> str:
+        owner = f", owner {self.owner_name}" if self.owner_name else ""
+        return f"{self.display_name or self.name} ({self.name}{owner})"
+
+
+@dataclass(frozen=True)
+class LiveFlow:
+    """A cloud flow (``workflows`` row, category 5) and the reference logical names its clientdata uses."""
+
+    id: str
+    name: str
+    state: int
+    owner_id: str | None
+    references: tuple[str, ...]
+    solutions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveSolution:
+    id: str
+    unique_name: str
+    managed: bool = False
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveEnvironment:
+    """Everything the planner needs about one environment, read in bulk before planning.
+
+    ``caller`` is the authenticated identity; ``writer`` is the identity writes act as (the
+    service account when one is configured, else the caller)."""
+
+    name: str
+    solution: LiveSolution | None
+    component_type: int | None
+    references: tuple[LiveReference, ...]
+    connections: tuple[LiveConnection, ...]
+    users: tuple[LiveUser, ...]
+    flows: tuple[LiveFlow, ...] = ()
+    caller: LiveUser | None = None
+    writer: LiveUser | None = None
+    caller_can_impersonate: bool = False
+
+    def connection(self, name: str) -> LiveConnection | None:
+        key = name.lower()
+        for c in self.connections:
+            if c.name.lower() == key:
+                return c
+        return None
+
+    def user(self, systemuserid: str | None) -> LiveUser | None:
+        if not systemuserid:
+            return None
+        key = systemuserid.lower()
+        for u in self.users:
+            if u.systemuserid.lower() == key:
+                return u
+        return None
+
+    def user_by_object_id(self, object_id: str | None) -> LiveUser | None:
+        if not object_id:
+            return None
+        key = object_id.lower()
+        for u in self.users:
+            if (u.object_id or "").lower() == key:
+                return u
+        return None
