@@ -1,0 +1,103 @@
+"""Signed JWT access tokens for the emulator: minted by the token endpoint, verified by every API route.
+
+Uses PyJWT and cryptography, which msal already depends on. Tokens are RS256-signed with the key
+in the environment's data file (``signing_key_pem``) so a token minted by one process is valid in
+another that loads the same file (a test mints a token, a CLI run uses it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .web import HttpError, Principal
+
+ISSUER_TEMPLATE = "https://login.microsoftonline.com/{tenant}/v2.0"
+
+
+def new_signing_key_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+
+
+def public_jwk(signing_key_pem: str, kid: str = "emulator") -> dict[str, Any]:
+    key = serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
+    jwk: dict[str, Any] = pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)  # type: ignore[arg-type]
+    jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
+    return jwk
+
+
+def mint(
+    signing_key_pem: str,
+    *,
+    tenant_id: str,
+    object_id: str,
+    audience: str,
+    app_id: str | None = None,
+    upn: str | None = None,
+    lifetime: int = 3600,
+    now: float | None = None,
+) -> str:
+    """Mint an access token in the shape Entra issues (v2 claims)."""
+    t = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {
+        "aud": audience,
+        "iss": ISSUER_TEMPLATE.format(tenant=tenant_id),
+        "iat": t,
+        "nbf": t,
+        "exp": t + lifetime,
+        "oid": object_id,
+        "sub": object_id,
+        "tid": tenant_id,
+        "uti": uuid.uuid4().hex,
+        "ver": "2.0",
+    }
+    if app_id:
+        claims["appid"] = app_id
+        claims["azp"] = app_id
+        claims["idtyp"] = "app"
+    if upn:
+        claims["upn"] = upn
+        claims["idtyp"] = "user"
+    return pyjwt.encode(claims, signing_key_pem, algorithm="RS256", headers={"kid": "emulator"})
+
+
+def _norm_aud(a: str) -> str:
+    a = a.strip().lower().rstrip("/")
+    return a[: -len("/.default")] if a.endswith("/.default") else a
+
+
+def verify_bearer(signing_key_pem: str, authorization: str | None, audiences: list[str]) -> Principal:
+    """Check an ``Authorization: Bearer`` header; 401 for a missing, malformed, expired or
+    wrong-audience token (the messages mirror Dataverse's and never echo the token)."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise HttpError(401, "0x80048306", "Bearer token is missing.",
+                        {"WWW-Authenticate": 'Bearer error="invalid_request"'})
+    token = authorization[7:].strip()
+    key = serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None).public_key()
+    try:
+        claims = pyjwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})  # type: ignore[arg-type]
+    except pyjwt.ExpiredSignatureError:
+        raise HttpError(401, "0x80048306", "ExpiredAuthTicket: the access token has expired.",
+                        {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="expired"'}) from None
+    except pyjwt.PyJWTError:
+        raise HttpError(401, "0x80048306", "BadAuthTicket: the access token is invalid.",
+                        {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+    wanted = {_norm_aud(a) for a in audiences}
+    if _norm_aud(str(claims.get("aud", ""))) not in wanted:
+        raise HttpError(401, "0x80048306", "BadAuthTicket: the access token was issued for another audience.",
+                        {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="audience"'})
+    return Principal(
+        object_id=str(claims.get("oid", "")),
+        tenant_id=str(claims.get("tid", "")),
+        app_id=claims.get("appid"),
+        upn=claims.get("upn"),
+        audience=str(claims.get("aud", "")),
+    )

@@ -1,0 +1,114 @@
+"""Request and response primitives of the emulator's WSGI application.
+
+Kept tiny and dependency-free so every route module (Dataverse, connections, tokens) speaks the
+same types, and the same objects serve loopback sockets and in-process ``httpx.WSGITransport``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+
+class Headers:
+    """Case-insensitive, read-only view over request headers."""
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        self._d: dict[str, str] = {}
+        for k, v in items:
+            self._d[k.lower()] = v
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._d.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._d
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        return self._d.items()
+
+
+@dataclass
+class Request:
+    """One HTTP request as the emulator sees it (also used for the parts of a ``$batch``)."""
+
+    method: str
+    path: str  # without the query string, percent-decoded
+    query_string: str
+    headers: Headers
+    body: bytes = b""
+    scheme: str = "http"
+    host: str = "localhost"
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def json(self) -> Any:
+        if not self.body:
+            return None
+        return json.loads(self.body.decode("utf-8"))
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
+        h = {"Content-Type": "application/json; odata.metadata=minimal", "OData-Version": "4.0"}
+        h.update(headers or {})
+        return cls(status, json.dumps(payload).encode("utf-8"), h)
+
+    @classmethod
+    def empty(cls, status: int = 204, headers: Mapping[str, str] | None = None) -> Response:
+        h = {"OData-Version": "4.0"}
+        h.update(headers or {})
+        return cls(status, b"", h)
+
+
+class HttpError(Exception):
+    """Raised inside route code to answer with an error in the documented Dataverse shape
+    ``{"error": {"code": ..., "message": ...}}``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self, annotations: bool = False) -> Response:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if annotations:
+            # Documented extra keys with Prefer: odata.include-annotations="*" (compose-http-requests-handle-errors).
+            err["@Microsoft.PowerApps.CDS.ErrorDetails.OperationStatus"] = "0"
+            err["@Microsoft.PowerApps.CDS.ErrorDetails.SubErrorCode"] = "-2146233088"
+            err["@Microsoft.PowerApps.CDS.HelpLink"] = (
+                "http://go.microsoft.com/fwlink/?LinkID=398563&error=Microsoft.Crm.CrmException%3a"
+                + (self.code[2:] if self.code.startswith("0x") else self.code)
+                + "&client=platform"
+            )
+            err["@Microsoft.PowerApps.CDS.TraceText"] = ""
+            err["@Microsoft.PowerApps.CDS.InnerError.Message"] = self.message
+        return Response.json(self.status, {"error": err}, self.headers)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid bearer token says the caller is."""
+
+    object_id: str
+    tenant_id: str
+    app_id: str | None = None  # set for service principals and managed identities
+    upn: str | None = None  # set for users (azure_cli tokens)
+    audience: str = ""
