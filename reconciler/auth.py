@@ -1,12 +1,123 @@
 """Access tokens for connref's two APIs (Dataverse and the connections API), one provider per auth profile.
 
-Every method goes through MSAL except ``access_token`` (a bearer token handed in by the pipeline).
-Providers cache tokens for the process and renew them before they expire.
+Every method goes through MSAL except ``access_token`` (a bearer token handed in by the pipeline) and
+``azure_cli`` (the signed-in ``az`` user). All MSAL traffic goes through the caller's ``httpx.Client``
+(see :class:`MsalHttpClient`), so a ``local:`` environment is served in-process with no sockets and the
+loopback tests speak TLS with their own CA.
+
+Providers cache tokens for the process, per scope, and renew them before they expire (five minutes
+before, or half-way through the lifetime of a short-lived token), so a long apply never sends an expired
+token. Every failure is an :class:`~reconciler.errors.AuthError` that names the profile, the method and
+what to check; no message ever contains a secret, a token or an assertion.
+
+Profile keys (``AuthProfile.options``), by method:
+
+==================  ==========================================================================
+client_secret       client_secret_env | client_secret_file
+certificate         certificate_path (PEM or PFX), certificate_password_env (optional)
+federated           federated_provider: github | azure_devops, or federated_token_file |
+                    federated_token_env; azure_devops_service_connection_id (azure_devops);
+                    federated_audience (default api://AzureADTokenExchange)
+managed_identity    managed_identity_client_id (user-assigned; omit for system-assigned)
+azure_cli           (none; uses the ``az`` on PATH)
+access_token        access_token_env
+all                 authority_host (default per cloud), cloud (default: the environment's)
+==================  ==========================================================================
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import base64
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import AuthError
+from .model import AuthProfile, EnvironmentConfig
+
+METHODS = ("client_secret", "certificate", "federated", "managed_identity", "azure_cli", "access_token")
+
+# Audience Entra expects in a federated assertion (Microsoft Learn, "Workload identity federation":
+# https://learn.microsoft.com/entra/workload-id/workload-identity-federation).
+FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
+
+# Renew a cached token this long before it expires: MSAL itself treats a token with less than five
+# minutes left as expired (msal/application.py, ``expires_in < 5*60``).
+RENEW_MARGIN_SECONDS = 300
+
+
+# --------------------------------------------------------------------------- clouds and scopes
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """Endpoints of one Microsoft cloud. Source: microsoft/terraform-provider-power-platform
+    ``internal/constants/constants.go`` (authority, Power Platform API and Power Apps scopes per cloud)."""
+
+    name: str
+    authority_host: str
+    powerplatform_api: str  # resource (audience) of the Power Platform API, also its host
+    powerapps_service: str  # resource of the classic Power Apps API and BAP
+    dataverse_domain: str  # the suffix of Dataverse environment hosts in that cloud
+
+    @property
+    def connections_scope(self) -> str:
+        return self.powerplatform_api + "/.default"
+
+
+CLOUDS: dict[str, Cloud] = {
+    "public": Cloud("public", "https://login.microsoftonline.com", "https://api.powerplatform.com",
+                    "https://service.powerapps.com", "dynamics.com"),
+    "usgov": Cloud("usgov", "https://login.microsoftonline.com", "https://api.gov.powerplatform.microsoft.us",
+                   "https://service.powerapps.us", "crm9.dynamics.com"),
+    "usgovhigh": Cloud("usgovhigh", "https://login.microsoftonline.us", "https://api.high.powerplatform.microsoft.us",
+                       "https://high.service.powerapps.us", "crm.microsoftdynamics.us"),
+    "dod": Cloud("dod", "https://login.microsoftonline.us", "https://api.appsplatform.us",
+                 "https://service.apps.appsplatform.us", "crm.appsplatform.us"),
+    "china": Cloud("china", "https://login.chinacloudapi.cn", "https://api.powerplatform.partner.microsoftonline.cn",
+                   "https://service.powerapps.cn", "crm.dynamics.cn"),
+}
+
+
+def cloud(name: str | None) -> Cloud:
+    key = (name or "public").lower()
+    if key not in CLOUDS:
+        raise AuthError(f"unknown cloud '{name}'; use one of: {', '.join(CLOUDS)}")
+    return CLOUDS[key]
+
+
+def origin(url: str) -> str:
+    """``https://org.crm4.dynamics.com/api/data`` -> ``https://org.crm4.dynamics.com``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def dataverse_scope(environment_url: str) -> str:
+    """The scope of a Dataverse environment: its origin + ``/.default`` (reference §3.7)."""
+    return origin(environment_url) + "/.default"
+
+
+def connections_scope(cloud_name: str | None = None) -> str:
+    """The scope of the Power Platform API (connections) in a cloud (reference §3.7)."""
+    return cloud(cloud_name).connections_scope
+
+
+def resource_of(scope: str) -> str:
+    """``https://x/.default`` -> ``https://x`` (managed identity and the Azure CLI take a resource)."""
+    return scope[: -len("/.default")] if scope.endswith("/.default") else scope.rstrip("/")
+
+
+# --------------------------------------------------------------------------- providers
 
 
 class TokenProvider(Protocol):
@@ -26,3 +137,559 @@ class StaticTokenProvider:
 
     def __repr__(self) -> str:  # never show the token
         return "StaticTokenProvider(<redacted>)"
+
+
+@dataclass
+class _Cached:
+    token: str
+    expires_at: float
+    lifetime: float
+
+
+class CachingTokenProvider:
+    """Caches one token per scope for the process and renews it before it expires.
+
+    Subclasses implement :meth:`_acquire` returning ``(token, expires_in_seconds)``."""
+
+    def __init__(self, profile_name: str, method: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.profile_name = profile_name
+        self.method = method
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+        self.acquisitions = 0  # how many tokens were fetched (tests assert renewal with it)
+
+    def get_token(self, scope: str) -> str:
+        with self._lock:
+            now = self._clock()
+            hit = self._cache.get(scope)
+            if hit is not None and now < hit.expires_at - self._margin(hit.lifetime):
+                return hit.token
+            token, expires_in = self._acquire(scope)
+            self.acquisitions += 1
+            self._cache[scope] = _Cached(token, now + expires_in, float(expires_in))
+            return token
+
+    @staticmethod
+    def _margin(lifetime: float) -> float:
+        # Five minutes, but never more than half the lifetime, so a short-lived token is still used.
+        return min(RENEW_MARGIN_SECONDS, lifetime / 2)
+
+    def _acquire(self, scope: str) -> tuple[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _error(self, what: str, check: str) -> AuthError:
+        return AuthError(f"auth profile '{self.profile_name}' ({self.method}): {what}. Check {check}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(profile={self.profile_name!r}, method={self.method!r})"
+
+
+# --------------------------------------------------------------------------- MSAL http adapter
+
+
+class MsalHttpClient:
+    """The requests-like object MSAL's ``http_client`` parameter expects (``.get``/``.post``/``.close``
+    returning objects with ``status_code``, ``text``, ``headers`` and ``raise_for_status``; see
+    msal/oauth2cli/http.py), backed by a shared ``httpx.Client``."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> httpx.Response:
+        return self._client.get(url, params=params, headers=headers, timeout=kwargs.get("timeout", 30.0))
+
+    def post(
+        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
+    ) -> httpx.Response:
+        timeout = kwargs.get("timeout", 30.0)
+        if isinstance(data, (str, bytes)):
+            return self._client.post(url, params=params, content=data, headers=headers, timeout=timeout)
+        return self._client.post(url, params=params, data=data, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        """The httpx client belongs to the caller; MSAL must not close it."""
+
+
+# --------------------------------------------------------------------------- error explanations
+
+# What to check for the AADSTS codes a user is likely to meet (Microsoft Learn, "Microsoft Entra
+# authentication and authorization error codes": https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+_AADSTS_HINTS: dict[str, str] = {
+    "7000215": "that the value is the client secret's value (not its id) and has not been rotated",
+    "7000222": "the secret's expiry in the app registration (Certificates & secrets) and create a new one",
+    "700016": "client_id and tenant_id: the app registration must exist in that tenant",
+    "700027": "that the certificate is uploaded to the app registration (Certificates & secrets)",
+    "700024": "the clock of this machine and that the federated token is fresh (it is re-fetched on expiry)",
+    "70021": "the federated credential of the app registration: its issuer, subject and audience must "
+    "match the token exactly (case-sensitive)",
+    "700211": "the issuer of the app registration's federated credential",
+    "700212": "the audience of the federated credential (normally api://AzureADTokenExchange)",
+    "700213": "the subject of the federated credential (repository/branch/environment or service connection)",
+    "90002": "tenant_id: the tenant was not found",
+    "1002012": "the scope: client credentials need '<resource>/.default'",
+    "70011": "the scope: client credentials need '<resource>/.default'",
+    "500011": "that the resource (environment URL) is right and the service is enabled in the tenant",
+    "7000218": "that a secret, certificate or federated token is configured",
+}
+
+
+def _aadsts(result: Mapping[str, Any]) -> str | None:
+    codes = result.get("error_codes") or []
+    if codes:
+        return str(codes[0])
+    desc = str(result.get("error_description") or "")
+    if desc.startswith("AADSTS"):
+        return desc[6:].split(":", 1)[0]
+    return None
+
+
+def _first_sentence(text: str) -> str:
+    line = text.split("\r\n")[0].split("\n")[0]
+    # Drop the service's boilerplate (trace ids, timestamps) that follows the explanation.
+    for marker in (" Trace ID:", " Correlation ID:", " Timestamp:"):
+        line = line.split(marker)[0]
+    return line.strip()
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "<redacted>")
+    return text
+
+
+# --------------------------------------------------------------------------- MSAL-backed providers
+
+
+class MsalClientProvider(CachingTokenProvider):
+    """A confidential client (secret, certificate or client assertion) through MSAL's client
+    credentials flow (``ConfidentialClientApplication.acquire_token_for_client``)."""
+
+    def __init__(
+        self,
+        profile: AuthProfile,
+        *,
+        http_client: httpx.Client,
+        authority_host: str,
+        credential: Callable[[], Any],
+        what_failed: str,
+        secrets: Callable[[], list[str]] = lambda: [],
+    ) -> None:
+        super().__init__(profile.name, profile.method)
+        if not profile.tenant_id or not profile.client_id:
+            raise self._error("tenant_id and client_id are required", "the profile under auth:")
+        self._tenant = profile.tenant_id
+        self._client_id = profile.client_id
+        self._authority = authority_host.rstrip("/") + "/" + self._tenant
+        self._http = MsalHttpClient(http_client)
+        self._credential = credential
+        self._what_failed = what_failed
+        self._secrets = secrets
+        self._app: Any = None
+
+    def _build(self) -> Any:
+        import msal  # imported lazily: a run that only uses access_token never pays for it
+
+        host = urlsplit(self._authority).hostname or ""
+        # MSAL asks login.microsoftonline.com about hosts it does not know; any other authority host
+        # (a sovereign proxy, the emulator on loopback) is asked about itself instead.
+        known = host in msal.authority.WELL_KNOWN_AUTHORITY_HOSTS
+        discovery = None if known else self._authority.rsplit("/", 1)[0] + "/common/discovery/instance"
+        try:
+            return msal.ConfidentialClientApplication(
+                self._client_id,
+                client_credential=self._credential(),
+                authority=self._authority,
+                http_client=self._http,
+                instance_discovery=discovery,
+            )
+        except AuthError:
+            raise
+        except ValueError as e:
+            detail = _redact(_first_sentence(str(e)), self._secrets())
+            raise self._error(f"the authority {self._authority} could not be used ({detail})",
+                              "tenant_id and authority_host") from None
+        except httpx.HTTPError as e:
+            raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
+                              "authority_host and the network (proxy, TLS trust)") from None
+
+    def _acquire(self, scope: str) -> tuple[str, float]:
+        if self._app is None:
+            self._app = self._build()
+        try:
+            result = self._app.acquire_token_for_client(scopes=[scope])
+        except AuthError:
+            raise
+        except httpx.HTTPError as e:
+            raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
+                              "authority_host and the network (proxy, TLS trust)") from None
+        except Exception as e:  # MSAL raises plain ValueError/MsalServiceError for a broken setup
+            raise self._error(f"MSAL failed: {_redact(_first_sentence(str(e)), self._secrets())}",
+                              "the profile's keys") from None
+        return self._result(result, scope)
+
+    def _result(self, result: Mapping[str, Any] | None, scope: str) -> tuple[str, float]:
+        if result and result.get("access_token"):
+            return str(result["access_token"]), float(result.get("expires_in") or 3600)
+        result = result or {}
+        code = _aadsts(result)
+        desc = _redact(_first_sentence(str(result.get("error_description") or result.get("error") or "")),
+                       self._secrets())
+        hint = _AADSTS_HINTS.get(code or "", "the profile's keys and the app registration in Entra")
+        what = self._what_failed if code in ("7000215", "700027", "700024", "70021", "700211", "700212",
+                                             "700213") else "the token request was refused"
+        label = f"AADSTS{code}" if code else str(result.get("error") or "error")
+        return self._raise(f"{what} for scope {scope} ({label}: {desc})", hint)
+
+    def _raise(self, what: str, check: str) -> tuple[str, float]:
+        raise self._error(what, check)
+
+
+class ManagedIdentityProvider(CachingTokenProvider):
+    """A managed identity through ``msal.ManagedIdentityClient`` (msal 1.29+), which takes a resource,
+    not a scope. The endpoint is found by MSAL from the environment (IDENTITY_ENDPOINT/IDENTITY_HEADER
+    on App Service and Functions, IMDS on a VM)."""
+
+    def __init__(self, profile: AuthProfile, *, http_client: httpx.Client) -> None:
+        super().__init__(profile.name, profile.method)
+        self._client_id = profile.options.get("managed_identity_client_id")
+        self._http = MsalHttpClient(http_client)
+        self._mi: Any = None
+
+    def _acquire(self, scope: str) -> tuple[str, float]:
+        import msal
+
+        if self._mi is None:
+            identity: Any = (msal.UserAssignedManagedIdentity(client_id=self._client_id)
+                             if self._client_id else msal.SystemAssignedManagedIdentity())
+            self._mi = msal.ManagedIdentityClient(identity, http_client=self._http)
+        resource = resource_of(scope)
+        kind = f"user-assigned {self._client_id}" if self._client_id else "system-assigned"
+        try:
+            result = self._mi.acquire_token_for_client(resource=resource)
+        except httpx.HTTPError as e:
+            raise self._error(f"the managed identity endpoint could not be reached ({type(e).__name__})",
+                              "that this runs on an Azure host with a managed identity enabled "
+                              "(IDENTITY_ENDPOINT/IDENTITY_HEADER, or IMDS)") from None
+        except Exception as e:
+            raise self._error(f"the managed identity request failed: {_first_sentence(str(e))}",
+                              "that the managed identity is enabled on this host") from None
+        if result and result.get("access_token"):
+            return str(result["access_token"]), float(result.get("expires_in") or 3600)
+        result = result or {}
+        desc = _first_sentence(str(result.get("error_description") or result.get("error") or ""))
+        raise self._error(f"no token for the {kind} managed identity and resource {resource} ({desc})",
+                          "that the identity is assigned to this host and, for user-assigned, "
+                          "managed_identity_client_id")
+
+
+class AzureCliProvider(CachingTokenProvider):
+    """The user signed in to the Azure CLI: ``az account get-access-token --resource R -o json``."""
+
+    def __init__(self, profile: AuthProfile) -> None:
+        super().__init__(profile.name, profile.method)
+        self._tenant = profile.tenant_id
+
+    def _acquire(self, scope: str) -> tuple[str, float]:
+        az = shutil.which("az")
+        if az is None:
+            raise self._error("the Azure CLI ('az') was not found on PATH",
+                              "that the Azure CLI is installed, then run 'az login'")
+        resource = resource_of(scope)
+        cmd = [az, "account", "get-access-token", "--resource", resource, "-o", "json"]
+        if self._tenant:
+            cmd += ["--tenant", self._tenant]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise self._error(f"'az account get-access-token' could not run ({type(e).__name__})",
+                              "the Azure CLI installation") from None
+        if proc.returncode != 0:
+            msg = _first_sentence((proc.stderr or "").strip().removeprefix("ERROR:").strip()) or "no details"
+            raise self._error(f"'az account get-access-token --resource {resource}' failed: {msg}",
+                              "that you are signed in ('az login'"
+                              + (f" --tenant {self._tenant}" if self._tenant else "") + ")")
+        try:
+            out = json.loads(proc.stdout)
+            token = str(out["accessToken"])
+        except (ValueError, KeyError, TypeError):
+            raise self._error("'az account get-access-token' printed no token",
+                              "the Azure CLI version (2.x is needed)") from None
+        return token, self._expires_in(out)
+
+    def _expires_in(self, out: Mapping[str, Any]) -> float:
+        now = time.time()
+        if out.get("expires_on"):  # epoch seconds, Azure CLI 2.54+
+            return float(out["expires_on"]) - now
+        if out.get("expiresOn"):  # local time, older releases
+            try:
+                return datetime.fromisoformat(str(out["expiresOn"])).timestamp() - now
+            except ValueError:
+                pass
+        return 300.0  # unknown: keep it five minutes at most
+
+
+# --------------------------------------------------------------------------- federated assertions
+
+
+def _jwt_exp(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without verification (only to know when to re-fetch it)."""
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        exp = json.loads(base64.urlsafe_b64decode(payload)).get("exp")
+        return float(exp) if exp is not None else None
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+class FederatedAssertion:
+    """Fetches the workload identity token (GitHub Actions, Azure DevOps, a file or a variable) and
+    fetches it again once it is within a minute of expiring. MSAL calls it before every token request."""
+
+    def __init__(self, profile: AuthProfile, http_client: httpx.Client) -> None:
+        self._profile = profile
+        self._http = http_client
+        self._opts = profile.options
+        self._value: str | None = None
+        self._exp: float | None = None
+        self.fetches = 0
+
+    def _error(self, what: str, check: str) -> AuthError:
+        return AuthError(f"auth profile '{self._profile.name}' (federated): {what}. Check {check}")
+
+    def __call__(self) -> str:
+        now = time.time()
+        if self._value is not None and (self._exp is None or now < self._exp - 60):
+            return self._value
+        self._value = self._fetch()
+        self._exp = _jwt_exp(self._value)
+        self.fetches += 1
+        return self._value
+
+    def secrets(self) -> list[str]:
+        return [self._value] if self._value else []
+
+    def _fetch(self) -> str:
+        provider = self._opts.get("federated_provider")
+        if provider == "github":
+            return self._github()
+        if provider == "azure_devops":
+            return self._azure_devops()
+        if self._opts.get("federated_token_file"):
+            path = str(self._opts["federated_token_file"])
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = f.read().strip()
+            except OSError as e:
+                raise self._error(f"the token file {path} could not be read ({e.strerror})",
+                                  "federated_token_file") from None
+            if not value:
+                raise self._error(f"the token file {path} is empty", "federated_token_file")
+            return value
+        if self._opts.get("federated_token_env"):
+            name = str(self._opts["federated_token_env"])
+            value = os.environ.get(name, "").strip()
+            if not value:
+                raise self._error(f"the environment variable {name} is not set", "federated_token_env")
+            return value
+        raise self._error("no source for the federated token",
+                          "federated_provider (github | azure_devops), federated_token_file or "
+                          "federated_token_env")
+
+    def _need_env(self, name: str, check: str) -> str:
+        value = os.environ.get(name, "")
+        if not value:
+            raise self._error(f"the environment variable {name} is not set", check)
+        return value
+
+    def _github(self) -> str:
+        # GitHub Actions: GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=... with the request token as a
+        # bearer; the answer is {"count":..,"value":"<jwt>"} (reference §6.2).
+        check = "that the workflow has 'permissions: id-token: write'"
+        url = self._need_env("ACTIONS_ID_TOKEN_REQUEST_URL", check)
+        request_token = self._need_env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", check)
+        audience = str(self._opts.get("federated_audience") or FEDERATED_AUDIENCE)
+        try:
+            resp = self._http.get(url, params={"audience": audience},
+                                  headers={"Authorization": f"Bearer {request_token}"})
+        except httpx.HTTPError as e:
+            raise self._error(f"the GitHub OIDC endpoint could not be reached ({type(e).__name__})",
+                              "ACTIONS_ID_TOKEN_REQUEST_URL") from None
+        if resp.status_code != 200:
+            raise self._error(f"the GitHub OIDC endpoint answered {resp.status_code}", check)
+        try:
+            return str(resp.json()["value"])
+        except (ValueError, KeyError, TypeError):
+            raise self._error("the GitHub OIDC endpoint gave no token", check) from None
+
+    def _azure_devops(self) -> str:
+        # Azure DevOps: POST $SYSTEM_OIDCREQUESTURI?api-version=7.1&serviceConnectionId=<id> with
+        # $(System.AccessToken) as a bearer; the answer is {"oidcToken":"<jwt>"} (reference §6.2).
+        check = "that the pipeline maps SYSTEM_ACCESSTOKEN ('env: SYSTEM_ACCESSTOKEN: $(System.AccessToken)')"
+        url = self._need_env("SYSTEM_OIDCREQUESTURI", "that this runs in an Azure DevOps pipeline")
+        access_token = self._need_env("SYSTEM_ACCESSTOKEN", check)
+        connection = self._opts.get("azure_devops_service_connection_id")
+        if not connection:
+            raise self._error("azure_devops_service_connection_id is not set",
+                              "the id of the workload identity service connection")
+        try:
+            resp = self._http.post(url, params={"api-version": "7.1", "serviceConnectionId": str(connection)},
+                                   headers={"Authorization": f"Bearer {access_token}",
+                                            "Content-Type": "application/json"})
+        except httpx.HTTPError as e:
+            raise self._error(f"the Azure DevOps OIDC endpoint could not be reached ({type(e).__name__})",
+                              "SYSTEM_OIDCREQUESTURI") from None
+        if resp.status_code != 200:
+            raise self._error(f"the Azure DevOps OIDC endpoint answered {resp.status_code} for service "
+                              f"connection {connection}",
+                              check + " and that the service connection may be used by this pipeline")
+        try:
+            return str(resp.json()["oidcToken"])
+        except (ValueError, KeyError, TypeError):
+            raise self._error("the Azure DevOps OIDC endpoint gave no token", check) from None
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def load_certificate(path: str, password: str | None) -> dict[str, Any]:
+    """Read a PEM (key + certificate) or PFX file into MSAL's credential dict, with the SHA-1 and
+    SHA-256 thumbprints computed from the certificate (Entra matches ``x5t`` / ``x5t#S256``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    with open(path, "rb") as f:
+        data = f.read()
+    pw = password.encode("utf-8") if password else None
+    key: Any
+    cert: Any
+    if b"-----BEGIN" in data:
+        cert = x509.load_pem_x509_certificate(data)
+        key = serialization.load_pem_private_key(data, password=pw)
+    else:
+        key, cert, _ = pkcs12.load_key_and_certificates(data, pw)
+        if key is None or cert is None:
+            raise ValueError("the PFX holds no private key and certificate")
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode("ascii")
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return {
+        "private_key": key_pem,
+        "public_certificate": cert_pem,  # MSAL then signs PS256 with x5t#S256 (msal 1.35+)
+        "thumbprint_sha1": cert.fingerprint(hashes.SHA1()).hex(),  # what the Entra portal shows
+        "thumbprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+    }
+
+
+# --------------------------------------------------------------------------- provider_for
+
+
+def _opt(profile: AuthProfile, key: str) -> str | None:
+    v = profile.options.get(key)
+    return str(v) if v not in (None, "") else None
+
+
+def provider_for(
+    profile: AuthProfile, *, http_client: httpx.Client, env: EnvironmentConfig | None = None
+) -> TokenProvider:
+    """The token provider of an auth profile. Reading secrets is deferred to the first token request
+    where possible, so building a provider never fails on a missing variable of an unused profile."""
+    method = profile.method
+
+    def err(what: str, check: str) -> AuthError:
+        return AuthError(f"auth profile '{profile.name}' ({method}): {what}. Check {check}")
+
+    cloud_name = _opt(profile, "cloud") or (env.cloud if env else None)
+    authority_host = _opt(profile, "authority_host") or cloud(cloud_name).authority_host
+
+    if method == "access_token":
+        name = _opt(profile, "access_token_env")
+        if not name:
+            raise err("access_token_env is not set", "the profile under auth:")
+        token = os.environ.get(name, "").strip()
+        if not token:
+            raise err(f"the environment variable {name} is empty or not set",
+                      f"that the pipeline sets {name}")
+        return StaticTokenProvider(token)
+
+    if method == "client_secret":
+        secret_env, secret_file = _opt(profile, "client_secret_env"), _opt(profile, "client_secret_file")
+        if not secret_env and not secret_file:
+            raise err("client_secret_env or client_secret_file is required", "the profile under auth:")
+        source = f"the secret in {secret_env}" if secret_env else f"the secret in file {secret_file}"
+        holder: list[str] = []
+
+        def secret() -> str:
+            if secret_env:
+                value = os.environ.get(secret_env, "").strip()
+                if not value:
+                    raise err(f"the environment variable {secret_env} is empty or not set",
+                              f"that the pipeline sets {secret_env}")
+            else:
+                try:
+                    with open(str(secret_file), encoding="utf-8") as f:
+                        value = f.read().strip()
+                except OSError as e:
+                    raise err(f"the secret file {secret_file} could not be read ({e.strerror})",
+                              "client_secret_file") from None
+                if not value:
+                    raise err(f"the secret file {secret_file} is empty", "client_secret_file")
+            holder[:] = [value]
+            return value
+
+        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host,
+                                  credential=secret, what_failed=f"{source} was rejected",
+                                  secrets=lambda: list(holder))
+
+    if method == "certificate":
+        path = _opt(profile, "certificate_path")
+        if not path:
+            raise err("certificate_path is required", "the profile under auth:")
+        pw_env = _opt(profile, "certificate_password_env")
+        thumbs: dict[str, str] = {}
+
+        def certificate() -> dict[str, Any]:
+            password = os.environ.get(pw_env) if pw_env else None
+            if pw_env and password is None:
+                raise err(f"the environment variable {pw_env} is not set", "certificate_password_env")
+            try:
+                loaded = load_certificate(str(path), password)
+            except OSError as e:
+                raise err(f"the certificate {path} could not be read ({e.strerror})",
+                          "certificate_path") from None
+            except (ValueError, TypeError):
+                raise err(f"the certificate {path} could not be loaded (wrong format or password)",
+                          "that it is a PEM with key and certificate or a PFX, and certificate_password_env"
+                          ) from None
+            thumbs["sha1"] = loaded.pop("thumbprint_sha1")
+            thumbs["sha256"] = loaded.pop("thumbprint_sha256")
+            return loaded
+
+        class _CertProvider(MsalClientProvider):
+            def _raise(self, what: str, check: str) -> tuple[str, float]:
+                if thumbs:
+                    what += f"; certificate thumbprint {thumbs['sha1'].upper()}"
+                raise self._error(what, check)
+
+        return _CertProvider(profile, http_client=http_client, authority_host=authority_host,
+                             credential=certificate, what_failed=f"the certificate {path} was rejected")
+
+    if method == "federated":
+        assertion = FederatedAssertion(profile, http_client)
+        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host,
+                                  # MSAL calls a callable client_assertion before each token request
+                                  # (msal/application.py docstring), so an expired token is re-fetched.
+                                  credential=lambda: {"client_assertion": assertion},
+                                  what_failed="the federated token was rejected",
+                                  secrets=assertion.secrets)
+
+    if method == "managed_identity":
+        return ManagedIdentityProvider(profile, http_client=http_client)
+
+    if method == "azure_cli":
+        return AzureCliProvider(profile)
+
+    raise err(f"unknown method '{method}'", f"method: one of {', '.join(METHODS)}")
