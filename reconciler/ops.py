@@ -1,0 +1,434 @@
+"""The operations a plan is made of: typed, frozen, serialisable.
+
+The planner produces them, the renderers and the applier interpret them, and saved plans write them to
+files, so every class round-trips exactly through ``to_dict()`` / ``from_dict()`` (plain JSON data).
+
+Each operation names one connection reference in one environment and carries:
+- ``actions``: Terraform's vocabulary (``["create"]``, ``["update"]``, ``["delete"]``), so a consumer can
+  scan for ``"delete"`` without knowing every kind;
+- ``before`` / ``after``: the reference as read and as it will be (plain JSON values; ``connection`` is the
+  connection name, ``owner`` the owner's UPN);
+- ``etag``: the ETag read when planning, sent back as ``If-Match`` so a row changed since is never
+  overwritten (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/perform-conditional-operations-using-web-api);
+- ``reason``: one human sentence saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+FORMAT_VERSION = "1.0"
+
+JsonMap = Mapping[str, Any]
+
+
+def _frozen(d: Mapping[str, Any] | None) -> JsonMap:
+    return MappingProxyType(dict(d or {}))
+
+
+def _empty() -> JsonMap:
+    return _frozen(None)
+
+
+# --------------------------------------------------------------------------- value objects
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """A connection as a person recognises it: display name and owner, beside the opaque name (id)."""
+
+    name: str
+    display_name: str | None = None
+    owner: str | None = None
+    status: str | None = None
+
+    def describe(self) -> str:
+        """``"SharePoint svc" (owner svc-flows@contoso.com, 0f3a…)``: readable first, the id to copy last."""
+        label = f'"{self.display_name}"' if self.display_name else self.name
+        owner = f"owner {self.owner}" if self.owner else "owner unknown"
+        return f"{label} ({owner}, {self.name})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "owner": self.owner,
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConnectionInfo:
+        return cls(d["name"], d.get("display_name"), d.get("owner"), d.get("status"))
+
+
+@dataclass(frozen=True)
+class OwnerInfo:
+    """A Dataverse user that owns (or will own) a reference: the id to write, the UPN to show."""
+
+    systemuserid: str
+    upn: str | None = None
+
+    def describe(self) -> str:
+        return self.upn or self.systemuserid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"systemuserid": self.systemuserid, "upn": self.upn}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OwnerInfo:
+        return cls(systemuserid=d["systemuserid"], upn=d.get("upn"))
+
+
+@dataclass(frozen=True)
+class FlowInfo:
+    """A cloud flow that uses a reference (named in delete plans)."""
+
+    id: str
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FlowInfo:
+        return cls(id=d["id"], name=d["name"])
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One field of a reference that changes. For ``connection`` the values are connection names, for
+    ``owner`` UPNs (the typed ``UpdateReference`` fields hold what apply writes)."""
+
+    field: str
+    before: str | None
+    after: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "before": self.before, "after": self.after}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FieldChange:
+        return cls(field=d["field"], before=d.get("before"), after=d.get("after"))
+
+
+def _opt(cls: Any, d: Any) -> Any:
+    return None if d is None else cls.from_dict(d)
+
+
+def _opt_dict(x: Any) -> Any:
+    return None if x is None else x.to_dict()
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    """What every operation has. Subclasses set ``kind`` and ``actions``."""
+
+    kind: ClassVar[str] = ""
+    actions: ClassVar[tuple[str, ...]] = ()
+
+    environment: str
+    logical_name: str
+    reference_id: str | None = None
+    etag: str | None = None
+    reason: str = ""
+    # Read-only mappings: not hashable, so left out of the dataclass hash.
+    before: JsonMap = field(default_factory=_empty, hash=False)
+    after: JsonMap = field(default_factory=_empty, hash=False)
+
+    def __post_init__(self) -> None:
+        # Freeze the snapshots (a caller may pass plain dicts).
+        object.__setattr__(self, "before", _frozen(self.before))
+        object.__setattr__(self, "after", _frozen(self.after))
+
+    @property
+    def address(self) -> str:
+        """Stable name of the thing changed: ``ENV.logical_name``."""
+        return f"{self.environment}.{self.logical_name}"
+
+    def _base_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "actions": list(self.actions),
+            "environment": self.environment,
+            "logical_name": self.logical_name,
+            "reference_id": self.reference_id,
+            "etag": self.etag,
+            "reason": self.reason,
+            "before": dict(self.before),
+            "after": dict(self.after),
+        }
+
+    @staticmethod
+    def _base_kwargs(d: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "environment": d["environment"],
+            "logical_name": d["logical_name"],
+            "reference_id": d.get("reference_id"),
+            "etag": d.get("etag"),
+            "reason": d.get("reason", ""),
+            "before": d.get("before") or {},
+            "after": d.get("after") or {},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._base_dict()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateReference(Operation):
+    """Create a declared reference inside the solution, bound to ``connection`` when the config binds it,
+    owned by ``owner`` (the service account) when one is configured."""
+
+    kind: ClassVar[str] = "create"
+    actions: ClassVar[tuple[str, ...]] = ("create",)
+
+    solution: str
+    connector: str
+    display_name: str
+    description: str | None = None
+    connection: ConnectionInfo | None = None
+    owner: OwnerInfo | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self._base_dict(),
+            "solution": self.solution,
+            "connector": self.connector,
+            "display_name": self.display_name,
+            "description": self.description,
+            "connection": _opt_dict(self.connection),
+            "owner": _opt_dict(self.owner),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CreateReference:
+        return cls(
+            **cls._base_kwargs(d),
+            solution=d["solution"],
+            connector=d["connector"],
+            display_name=d["display_name"],
+            description=d.get("description"),
+            connection=_opt(ConnectionInfo, d.get("connection")),
+            owner=_opt(OwnerInfo, d.get("owner")),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateReference(Operation):
+    """Change fields of an existing reference in place: rename, description, rebind, owner."""
+
+    kind: ClassVar[str] = "update"
+    actions: ClassVar[tuple[str, ...]] = ("update",)
+
+    changes: tuple[FieldChange, ...]
+    old_connection: ConnectionInfo | None = None
+    new_connection: ConnectionInfo | None = None
+    old_owner: OwnerInfo | None = None
+    new_owner: OwnerInfo | None = None
+
+    def change(self, name: str) -> FieldChange | None:
+        return next((c for c in self.changes if c.field == name), None)
+
+    def new_values(self) -> dict[str, str | None]:
+        """What to write, by field: ``connection`` as the connection name, ``owner`` as a systemuserid."""
+        out: dict[str, str | None] = {}
+        for c in self.changes:
+            if c.field == "connection":
+                out[c.field] = self.new_connection.name if self.new_connection else c.after
+            elif c.field == "owner":
+                out[c.field] = self.new_owner.systemuserid if self.new_owner else c.after
+            else:
+                out[c.field] = c.after
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self._base_dict(),
+            "changes": [c.to_dict() for c in self.changes],
+            "old_connection": _opt_dict(self.old_connection),
+            "new_connection": _opt_dict(self.new_connection),
+            "old_owner": _opt_dict(self.old_owner),
+            "new_owner": _opt_dict(self.new_owner),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UpdateReference:
+        return cls(
+            **cls._base_kwargs(d),
+            changes=tuple(FieldChange.from_dict(c) for c in d.get("changes", ())),
+            old_connection=_opt(ConnectionInfo, d.get("old_connection")),
+            new_connection=_opt(ConnectionInfo, d.get("new_connection")),
+            old_owner=_opt(OwnerInfo, d.get("old_owner")),
+            new_owner=_opt(OwnerInfo, d.get("new_owner")),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddToSolution(Operation):
+    """Add a declared reference that exists outside the solution to it (a solution component)."""
+
+    kind: ClassVar[str] = "add_to_solution"
+    actions: ClassVar[tuple[str, ...]] = ("update",)
+
+    solution: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "solution": self.solution}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AddToSolution:
+        return cls(**cls._base_kwargs(d), solution=d["solution"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteReference(Operation):
+    """Delete a reference connref manages that the config no longer declares (prune). ``flows`` are the
+    flows that used it when planning, so a plan and its apply can name them."""
+
+    kind: ClassVar[str] = "delete"
+    actions: ClassVar[tuple[str, ...]] = ("delete",)
+
+    flows: tuple[FlowInfo, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "flows": [f.to_dict() for f in self.flows]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeleteReference:
+        return cls(**cls._base_kwargs(d), flows=tuple(FlowInfo.from_dict(f) for f in d.get("flows", ())))
+
+
+Op = CreateReference | UpdateReference | AddToSolution | DeleteReference
+
+_KINDS: dict[str, Any] = {
+    cls.kind: cls for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference)
+}
+
+
+def operation_from_dict(d: Mapping[str, Any]) -> Op:
+    """Rebuild an operation from ``to_dict()`` output, dispatching on ``kind``."""
+    try:
+        cls = _KINDS[d["kind"]]
+    except KeyError as e:
+        raise ValueError(f"unknown operation kind {d.get('kind')!r}") from e
+    op: Op = cls.from_dict(d)
+    return op
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Counts:
+    add: int = 0
+    change: int = 0
+    destroy: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.add + other.add, self.change + other.change, self.destroy + other.destroy)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"add": self.add, "change": self.change, "destroy": self.destroy}
+
+
+@dataclass(frozen=True)
+class EnvironmentPlan:
+    """The operations for one environment, the warnings met while planning, and a fingerprint of the live
+    rows read (a saved plan is stale when the fingerprint moves)."""
+
+    environment: str
+    ops: tuple[Op, ...] = ()
+    warnings: tuple[str, ...] = ()
+    fingerprint: str = ""
+
+    @property
+    def counts(self) -> Counts:
+        # Counted per reference, as Terraform counts per resource: adding a reference to the solution and
+        # renaming it is one change.
+        changed = {op.logical_name.lower() for op in self.ops if op.actions == ("update",)}
+        return Counts(
+            add=sum(1 for op in self.ops if "create" in op.actions),
+            change=len(changed),
+            destroy=sum(1 for op in self.ops if "delete" in op.actions),
+        )
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.ops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "ops": [op.to_dict() for op in self.ops],
+            "warnings": list(self.warnings),
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnvironmentPlan:
+        return cls(
+            environment=d["environment"],
+            ops=tuple(operation_from_dict(o) for o in d.get("ops", ())),
+            warnings=tuple(d.get("warnings", ())),
+            fingerprint=d.get("fingerprint", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A whole plan: one ``EnvironmentPlan`` per environment, in the order planned."""
+
+    environments: tuple[EnvironmentPlan, ...]
+    solution: str
+    created_at: str
+    config_digest: str
+    format_version: str = FORMAT_VERSION
+
+    @property
+    def counts(self) -> Counts:
+        total = Counts()
+        for env in self.environments:
+            total = total + env.counts
+        return total
+
+    @property
+    def has_changes(self) -> bool:
+        return any(env.has_changes for env in self.environments)
+
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        return tuple(op for env in self.environments for op in env.ops)
+
+    def environment(self, name: str) -> EnvironmentPlan | None:
+        return next((e for e in self.environments if e.environment == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "solution": self.solution,
+            "created_at": self.created_at,
+            "config_digest": self.config_digest,
+            "environments": [e.to_dict() for e in self.environments],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        version = str(d.get("format_version", ""))
+        # Terraform's rule for versioned JSON: a new minor only adds fields; an unknown major is refused.
+        if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            raise ValueError(
+                f"unsupported plan format_version {version!r} (this connref reads {FORMAT_VERSION})"
+            )
+        return cls(
+            environments=tuple(EnvironmentPlan.from_dict(e) for e in d.get("environments", ())),
+            solution=d["solution"],
+            created_at=d["created_at"],
+            config_digest=d["config_digest"],
+            format_version=version,
+        )

@@ -1,0 +1,518 @@
+"""The planner: compare what the config declares with what an environment has, and say what to do.
+
+Pure: plain data in (``Config``, ``LiveEnvironment``), typed operations out (``reconciler.ops``). No I/O, so
+every rule here is tested with hand-built live data, and the plan shown is exactly the plan applied.
+
+Rules, in the order a reader meets them:
+- A declared reference is matched to a live one by logical name, case-insensitively. A case difference is a
+  warning and the live name is kept (logical names are immutable; dataverse-api.md §1.4).
+- Missing -> create it in the solution; outside the solution -> add it; present -> update the fields that
+  differ (display name, description, connection, owner). The connector of a reference can't change.
+- Every binding is checked before anything is written: the connection exists, is for the same connector,
+  is Connected (dataverse-api.md §3.3), and the identity that writes owns it or has it shared, which
+  Dataverse requires to set ``connectionid`` (dataverse-api.md §4.3, §6.4).
+- Every problem of the plan is collected and raised as one ``PlanError``, so the user fixes all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import PlanError
+from .model import (
+    Binding,
+    Config,
+    DesiredReference,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveReference,
+    LiveUser,
+    Selector,
+    connector_name,
+)
+from .ops import (
+    AddToSolution,
+    ConnectionInfo,
+    CreateReference,
+    DeleteReference,
+    EnvironmentPlan,
+    FieldChange,
+    FlowInfo,
+    Op,
+    OwnerInfo,
+    Plan,
+    UpdateReference,
+)
+
+CONNECTED = "connected"
+# The role a service principal needs on a connection to use it ("Can use" in the maker portal;
+# dataverse-api.md §3.4).
+SHARE_ROLE = "CanView"
+
+
+class PlanProblems(PlanError):
+    """Every problem found while planning, one line each (``ENV: reference: what to fix``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        head = f"The plan cannot be made: {n} problem{'s' if n != 1 else ''} to fix first:"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def plan(
+    config: Config,
+    lives: Mapping[str, LiveEnvironment],
+    *,
+    prune: bool | None = None,
+    managed: Mapping[str, Collection[str]] | None = None,
+    created_at: str | None = None,
+) -> Plan:
+    """Plan every environment in ``lives`` (in config order). ``prune`` defaults to the config's setting;
+    ``managed`` gives, per environment, the logical names connref manages (from state): only those may
+    ever be deleted. Raises one ``PlanError`` listing the problems of all environments."""
+    unknown = sorted(set(lives) - set(config.environments))
+    if unknown:
+        raise PlanError(f"environment(s) not in the config: {', '.join(unknown)}")
+    do_prune = config.prune if prune is None else prune
+    envs: list[EnvironmentPlan] = []
+    problems: list[str] = []
+    for name, env in config.environments.items():
+        if name not in lives:
+            continue
+        try:
+            managed_here = (managed or {}).get(name, ())
+            envs.append(plan_environment(config, env, lives[name], prune=do_prune, managed=managed_here))
+        except PlanProblems as e:
+            problems.extend(e.problems)
+    if problems:
+        raise PlanProblems(problems)
+    return Plan(
+        environments=tuple(envs),
+        solution=config.solution,
+        created_at=created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        config_digest=config_digest(config),
+    )
+
+
+def plan_environment(
+    config: Config,
+    env: EnvironmentConfig,
+    live: LiveEnvironment,
+    *,
+    prune: bool = False,
+    managed: Collection[str] = (),
+) -> EnvironmentPlan:
+    """The operations that bring one environment to the config. Raises ``PlanProblems`` (a ``PlanError``)."""
+    return _EnvPlanner(config, env, live).run(prune=prune, managed=managed)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _digest(data: Any) -> str:
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def live_fingerprint(live: LiveEnvironment) -> str:
+    """A stable hash over what the plan was computed from: the references' ids and ETags (Dataverse moves
+    the ETag on every write), the solution, and the connections' status and owner."""
+    return _digest(
+        {
+            "solution": live.solution.id.lower() if live.solution else None,
+            "component_type": live.component_type,
+            "references": sorted([r.id.lower(), r.etag, r.in_solution] for r in live.references),
+            "connections": sorted(
+                [c.name.lower(), connector_name(c.connector), c.status, (c.owner_object_id or "").lower()]
+                for c in live.connections
+            ),
+        }
+    )
+
+
+def config_digest(config: Config) -> str:
+    """A stable hash of what the config asks for (file paths and line numbers left out)."""
+
+    def binding(b: Binding) -> Any:
+        return {"owner": b.owner, "display_name": b.display_name} if isinstance(b, Selector) else b
+
+    return _digest(
+        {
+            "solution": config.solution,
+            "prune": config.prune,
+            "references": {
+                name: [r.connector, r.display_name, r.description] for name, r in config.references.items()
+            },
+            "environments": {
+                name: {
+                    "url": e.url,
+                    "service_account": e.service_account,
+                    "bindings": {k: binding(v) for k, v in e.bindings.items()},
+                }
+                for name, e in config.environments.items()
+            },
+        }
+    )
+
+
+# --------------------------------------------------------------------------- one environment
+
+
+def _norm(text: str | None) -> str:
+    """Dataverse returns an empty text column as null or as ""; they mean the same."""
+    return text or ""
+
+
+class _EnvPlanner:
+    def __init__(self, config: Config, env: EnvironmentConfig, live: LiveEnvironment) -> None:
+        self.config = config
+        self.env = env
+        self.live = live
+        self.writer: LiveUser | None = live.writer or live.caller
+        self.who = self.writer.describe() if self.writer else "the identity that writes"
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    # ---- helpers
+
+    def problem(self, ref: str | None, message: str) -> None:
+        where = f"{self.env.name}: {ref}: " if ref else f"{self.env.name}: "
+        self.problems.append(where + message)
+
+    def owner_upn(self, conn: LiveConnection) -> str | None:
+        user = self.live.user_by_object_id(conn.owner_object_id)
+        if user and user.upn:
+            return user.upn
+        return conn.owner_name or conn.owner_object_id
+
+    def info(self, conn: LiveConnection) -> ConnectionInfo:
+        return ConnectionInfo(conn.name, conn.display_name, self.owner_upn(conn), conn.status)
+
+    def describe(self, conn: LiveConnection) -> str:
+        return self.info(conn).describe()
+
+    def binding_for(self, logical_name: str) -> Binding | None:
+        key = logical_name.lower()
+        return next((b for name, b in self.env.bindings.items() if name.lower() == key), None)
+
+    def owner_info(self, systemuserid: str | None) -> OwnerInfo | None:
+        if not systemuserid:
+            return None
+        user = self.live.user(systemuserid)
+        return OwnerInfo(systemuserid, user.upn if user else None)
+
+    # ---- the run
+
+    def run(self, *, prune: bool, managed: Collection[str]) -> EnvironmentPlan:
+        self.check_identity()
+        if self.live.solution is None:
+            self.problem(None, f"solution {self.config.solution} not found in environment {self.env.name}")
+        by_name: dict[str, list[LiveReference]] = {}
+        for ref in self.live.references:
+            by_name.setdefault(ref.logical_name.lower(), []).append(ref)
+
+        ops: list[Op] = []
+        for desired in self.config.references.values():
+            ops.extend(self.plan_reference(desired, by_name.get(desired.logical_name.lower(), [])))
+        if prune:
+            ops.extend(self.plan_prune(by_name, {m.lower() for m in managed}))
+
+        if self.problems:
+            raise PlanProblems(self.problems)
+        order = {"add_to_solution": 0, "create": 1, "update": 2, "delete": 3}
+        ops.sort(key=lambda op: (op.logical_name.lower(), order[op.kind]))
+        return EnvironmentPlan(
+            environment=self.env.name,
+            ops=tuple(ops),
+            warnings=tuple(self.warnings),
+            fingerprint=live_fingerprint(self.live),
+        )
+
+    def check_identity(self) -> None:
+        account = self.env.service_account
+        if account and self.live.writer is None:
+            self.problem(
+                None,
+                f"service account {account} not found among the users of environment {self.env.name}; "
+                "add it as a user (application users for service principals) or fix service_account",
+            )
+        elif account and self.live.writer is not None and self.live.writer.disabled:
+            self.problem(None, f"service account {account} is disabled in environment {self.env.name}")
+
+    def plan_reference(self, desired: DesiredReference, matches: list[LiveReference]) -> list[Op]:
+        name = desired.logical_name
+        if len(matches) > 1:
+            names = ", ".join(sorted(m.logical_name for m in matches))
+            self.problem(name, f"several live references match it ignoring case ({names}); remove the extras")
+            return []
+        binding = self.binding_for(name)
+        target = self.resolve(desired, binding) if binding is not None else None
+        if not matches:
+            return [self.create(desired, target)]
+        return self.update(desired, matches[0], binding, target)
+
+    def create(self, desired: DesiredReference, target: LiveConnection | None) -> CreateReference:
+        writer = self.live.writer
+        owner = self.owner_info(writer.systemuserid) if self.env.service_account and writer else None
+        after = {
+            "logical_name": desired.logical_name,
+            "connector": desired.connector,
+            "display_name": desired.display_name,
+            "description": desired.description,
+            "connection": target.name if target else None,
+            "owner": owner.describe() if owner else None,
+            "in_solution": True,
+        }
+        bound = f", bound to {self.describe(target)}" if target else ", unbound"
+        return CreateReference(
+            environment=self.env.name,
+            logical_name=desired.logical_name,
+            reason=f"declared in the config and not found in environment {self.env.name}{bound}",
+            after=after,
+            solution=self.config.solution,
+            connector=desired.connector,
+            display_name=desired.display_name,
+            description=desired.description,
+            connection=self.info(target) if target else None,
+            owner=owner,
+        )
+
+    def update(
+        self,
+        desired: DesiredReference,
+        ref: LiveReference,
+        binding: Binding | None,
+        target: LiveConnection | None,
+    ) -> list[Op]:
+        name = ref.logical_name
+        if ref.logical_name != desired.logical_name:
+            self.warnings.append(
+                f"{self.env.name}: {desired.logical_name} is {ref.logical_name} in the environment; logical "
+                f"names can't change, so {ref.logical_name} is kept (spell it so in the config)"
+            )
+        if connector_name(ref.connector) != connector_name(desired.connector):
+            self.problem(
+                name,
+                f"the live reference is for connector {connector_name(ref.connector)} but the config "
+                f"declares {connector_name(desired.connector)}; the connector of a reference can't change: "
+                "declare a new logical name for the new connector",
+            )
+            return []
+
+        old_owner = self.owner_info(ref.owner_id)
+        before = {
+            "logical_name": ref.logical_name,
+            "connector": ref.connector,
+            "display_name": ref.display_name,
+            "description": ref.description,
+            "connection": ref.connection,
+            "owner": old_owner.describe() if old_owner else None,
+            "in_solution": ref.in_solution,
+        }
+        common = dict(environment=self.env.name, logical_name=name, reference_id=ref.id, etag=ref.etag)
+        ops: list[Op] = []
+        if not ref.in_solution:
+            ops.append(
+                AddToSolution(
+                    **common,
+                    reason=f"declared in the config and found in environment {self.env.name} outside "
+                    f"solution {self.config.solution}",
+                    before=before,
+                    after={**before, "in_solution": True},
+                    solution=self.config.solution,
+                )
+            )
+
+        changes: list[FieldChange] = []
+        reasons: list[str] = []
+        if _norm(ref.display_name) != _norm(desired.display_name):
+            changes.append(FieldChange("display_name", ref.display_name, desired.display_name))
+            reasons.append("the display name differs from the config")
+        if _norm(ref.description) != _norm(desired.description):
+            changes.append(FieldChange("description", ref.description, desired.description))
+            reasons.append("the description differs from the config")
+
+        old_conn = new_conn = None
+        # Unbound in the config: the live binding is left alone (it may be set by hand or by another tool).
+        if target is not None and (ref.connection or "").lower() != target.name.lower():
+            live_old = self.live.connection(ref.connection) if ref.connection else None
+            if live_old is not None:
+                old_conn = self.info(live_old)
+            elif ref.connection:
+                old_conn = ConnectionInfo(ref.connection, status="not found")
+            new_conn = self.info(target)
+            changes.append(FieldChange("connection", ref.connection, target.name))
+            how = "named in the config"
+            if isinstance(binding, Selector):
+                how = f"selected by {binding.describe()}"
+            reasons.append(
+                f"bound to {old_conn.describe() if old_conn else 'no connection'}; the config binds "
+                f"{new_conn.describe()} ({how})"
+            )
+
+        new_owner = None
+        writer = self.live.writer
+        if (
+            self.env.service_account
+            and writer is not None
+            and (ref.owner_id or "").lower() != writer.systemuserid.lower()
+        ):
+            new_owner = self.owner_info(writer.systemuserid)
+            assert new_owner is not None
+            changes.append(
+                FieldChange("owner", old_owner.describe() if old_owner else None, new_owner.describe())
+            )
+            was = old_owner.describe() if old_owner else "nobody"
+            reasons.append(f"owned by {was}, not the service account")
+
+        if changes:
+            after = dict(before)
+            for c in changes:
+                after[c.field] = c.after
+            ops.append(
+                UpdateReference(
+                    **common,
+                    reason="; ".join(reasons),
+                    before=before,
+                    after=after,
+                    changes=tuple(changes),
+                    old_connection=old_conn,
+                    new_connection=new_conn,
+                    old_owner=old_owner if new_owner else None,
+                    new_owner=new_owner,
+                )
+            )
+        return ops
+
+    def plan_prune(self, by_name: Mapping[str, list[LiveReference]], managed: set[str]) -> list[Op]:
+        """Delete references connref manages that the config no longer declares, unless flows use them.
+        References connref never managed are never deleted."""
+        declared = {n.lower() for n in self.config.references}
+        ops: list[Op] = []
+        for key, refs in sorted(by_name.items()):
+            if key in declared or key not in managed:
+                continue
+            for ref in refs:
+                flows = tuple(
+                    FlowInfo(f.id, f.name)
+                    for f in self.live.flows
+                    if key in {r.lower() for r in f.references}
+                )
+                if flows:
+                    names = ", ".join(sorted(f'"{f.name}"' for f in flows))
+                    self.warnings.append(
+                        f"{self.env.name}: {ref.logical_name} is no longer declared but is not deleted: "
+                        f"flows still use it: {names}"
+                    )
+                    continue
+                owner = self.owner_info(ref.owner_id)
+                ops.append(
+                    DeleteReference(
+                        environment=self.env.name,
+                        logical_name=ref.logical_name,
+                        reference_id=ref.id,
+                        etag=ref.etag,
+                        reason="managed by connref, no longer declared in the config, and prune is on",
+                        before={
+                            "logical_name": ref.logical_name,
+                            "connector": ref.connector,
+                            "display_name": ref.display_name,
+                            "description": ref.description,
+                            "connection": ref.connection,
+                            "owner": owner.describe() if owner else None,
+                            "in_solution": ref.in_solution,
+                        },
+                        flows=flows,
+                    )
+                )
+        return ops
+
+    # ---- bindings
+
+    def resolve(self, desired: DesiredReference, binding: Binding) -> LiveConnection | None:
+        """The connection a binding names, checked; ``None`` (problems recorded) when it can't be used."""
+        name = desired.logical_name
+        want = connector_name(desired.connector)
+        if isinstance(binding, Selector):
+            conn = self.select(desired, binding)
+        else:
+            conn = self.live.connection(binding)
+            if conn is None:
+                self.problem(
+                    name,
+                    f"connection {binding} not found in environment {self.env.name} "
+                    f"or not visible to {self.who}",
+                )
+        if conn is None:
+            return None
+        ok = True
+        if connector_name(conn.connector) != want:
+            self.problem(
+                name,
+                f"connection {self.describe(conn)} is for connector {connector_name(conn.connector)}, "
+                f"but the reference is for {want}",
+            )
+            ok = False
+        if (conn.status or "").lower() != CONNECTED:
+            self.problem(
+                name,
+                f"connection {self.describe(conn)} has status {conn.status or 'unknown'}, not Connected; "
+                "repair it (sign in again) in the maker portal or bind another connection",
+            )
+            ok = False
+        if self.writer is None:
+            self.problem(name, "the identity that writes is unknown, so its access can't be checked")
+            ok = False
+        elif not conn.usable_by(self.writer.object_id):
+            self.problem(
+                name,
+                f"connection {self.describe(conn)} is owned by {self.owner_upn(conn) or 'someone else'} "
+                f"and not shared with {self.who}, which writes the binding; share it with {self.who} "
+                f"(object id {self.writer.object_id}) with the {SHARE_ROLE} ('Can use') permission, or bind "
+                f"a connection {self.who} owns",
+            )
+            ok = False
+        return conn if ok else None
+
+    def select(self, desired: DesiredReference, selector: Selector) -> LiveConnection | None:
+        want = connector_name(desired.connector)
+        candidates = sorted(
+            (c for c in self.live.connections if connector_name(c.connector) == want),
+            key=lambda c: ((c.display_name or "").lower(), c.name),
+        )
+        owner = selector.owner.lower()
+        display = selector.display_name.lower() if selector.display_name is not None else None
+        matches = [
+            c
+            for c in candidates
+            if (self.owner_upn(c) or "").lower() == owner
+            and (display is None or (c.display_name or "").lower() == display)
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        listing = "; ".join(self.describe(c) for c in (matches or candidates)) or "none"
+        if matches:
+            self.problem(
+                desired.logical_name,
+                f"selector {selector.describe()} matches {len(matches)} {want} connections; add display_name "
+                f"to pick one, or bind by name. Candidates: {listing}",
+            )
+        else:
+            self.problem(
+                desired.logical_name,
+                f"selector {selector.describe()} matches no {want} connection in environment {self.env.name} "
+                f"visible to {self.who}. {want} connections: {listing}",
+            )
+        return None
