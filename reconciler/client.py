@@ -1,0 +1,874 @@
+"""The HTTP boundary: the only module in connref that speaks HTTP or builds a URL.
+
+Two clients share one request core (``_HttpCore``):
+
+- ``DataverseClient`` talks to the Dataverse Web API (``/api/data/v9.2/``): reads in pages, ``$batch``
+  change sets for writes, ``WhoAmI``, the org-specific component type of connection references.
+- ``ConnectionsClient`` talks to the connections API (Power Platform API, with the classic Power Apps
+  admin route for listing every connection of an environment).
+
+The core adds the bearer token and the standard OData headers, retries what is worth retrying
+(429 honouring ``Retry-After``, 502/503/504 and dropped connections with exponential backoff and
+jitter, all inside a bounded total wait), refreshes the token once on a 401, and maps the documented
+error body ``{"error": {"code", "message"}}`` to the typed exceptions of ``reconciler.errors``.
+Sources: compose-http-requests-handle-errors (headers, status codes, error body), api-limits
+(429/Retry-After), page-results (paging), execute-batch-operations-using-web-api ($batch), all under
+https://learn.microsoft.com/power-apps/developer/data-platform/ (see shared reference notes §2).
+
+No message built here contains the ``Authorization`` header or a token: only the method, the URL
+(which never carries a secret) and the service's own error code and message, with anything shaped
+like a JWT redacted as a second line of defence.
+
+OData ``$filter`` expressions are built only with the helpers below (``eq``, ``any_of``, ...), which
+escape every value (single quotes doubled) and accept only plain column names, so no user value can
+change the meaning of a query.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from .auth import TokenProvider
+from .errors import (
+    ApiError,
+    NotFoundError,
+    PreconditionFailedError,
+    ThrottledError,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+API_PATH = "/api/data/v9.2/"
+#: Dataverse caps a page at 5000 rows; larger values are ignored (page-results).
+MAX_PAGE_SIZE = 5000
+#: "Batch requests can contain up to 1000 individual requests" (execute-batch-operations-using-web-api).
+MAX_BATCH_OPERATIONS = 1000
+#: Standard headers recommended by compose-http-requests-handle-errors.
+STANDARD_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
+#: Power Platform API (connectivity) version used by the Terraform provider (shared notes §3.2).
+PP_API_VERSION = "1"
+#: Classic Power Apps API version for the admin connection list (shared notes §3.2).
+POWERAPPS_API_VERSION = "2016-11-01"
+#: Public-cloud hosts and token scopes of the connections APIs (shared notes §3.2, §3.7).
+POWERAPPS_BASE = "https://api.powerapps.com"
+POWERAPPS_SCOPE = "https://service.powerapps.com/.default"
+POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
+
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+_BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Characters left as they are in a query value: everything else is percent-encoded, so a value can
+# never add a parameter (&), end the query (#) or turn into a space (+).
+_QUERY_SAFE = "'(),/:$@"
+
+
+def redact(text: str) -> str:
+    """Remove anything shaped like a bearer token or a JWT from a message."""
+    return _JWT_LIKE.sub("<redacted>", _BEARER.sub("Bearer <redacted>", text))
+
+
+# --------------------------------------------------------------------------- OData filter builder
+
+
+@dataclass(frozen=True)
+class Guid:
+    """A GUID literal: written unquoted in a filter, as OData 4.0 writes Edm.Guid values."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not _GUID.match(self.value):
+            raise ValueError(f"not a GUID: {self.value!r}")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """An OData ``$filter`` expression built only from escaped literals and checked column names."""
+
+    text: str
+
+    def __and__(self, other: Filter) -> Filter:
+        return Filter(f"({self.text}) and ({other.text})")
+
+    def __or__(self, other: Filter) -> Filter:
+        return Filter(f"({self.text}) or ({other.text})")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def literal(value: object) -> str:
+    """An OData literal: strings quoted with single quotes doubled (OData ABNF ``SQUOTE-in-string``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Guid):
+        return value.value.lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no OData literal for {type(value).__name__}")
+
+
+def _column(name: str) -> str:
+    if not _IDENT.match(name):
+        raise ValueError(f"not a column name: {name!r}")
+    return name
+
+
+def eq(column: str, value: object) -> Filter:
+    """``column eq value``; string comparison is case-insensitive on Dataverse (shared notes §2.6)."""
+    return Filter(f"{_column(column)} eq {literal(value)}")
+
+
+def ne(column: str, value: object) -> Filter:
+    return Filter(f"{_column(column)} ne {literal(value)}")
+
+
+def any_of(column: str, values: Iterable[object]) -> Filter:
+    """``(column eq v1 or column eq v2 ...)``: one request for a set of keys instead of one per key."""
+    parts = [f"{_column(column)} eq {literal(v)}" for v in values]
+    if not parts:
+        raise ValueError("any_of needs at least one value")
+    return Filter("(" + " or ".join(parts) + ")")
+
+
+def all_of(*filters: Filter) -> Filter:
+    return Filter(" and ".join(f"({f.text})" for f in filters))
+
+
+def either(*filters: Filter) -> Filter:
+    return Filter(" or ".join(f"({f.text})" for f in filters))
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def entity_path(entity_set: str, entity_id: str) -> str:
+    """``connectionreferences(<guid>)``, relative to the API root."""
+    return f"{_column(entity_set)}({Guid(entity_id).value.lower()})"
+
+
+def odata_bind(entity_set: str, entity_id: str) -> str:
+    """The value of a ``<nav>@odata.bind`` property, e.g. ``systemusers(<guid>)``."""
+    return entity_path(entity_set, entity_id)
+
+
+def power_platform_api_base(environment_id: str, cloud: str = "public") -> str:
+    """The Power Platform API host of an environment (shared notes §3.2, from the Terraform provider's
+    ``helpers/uri.go``): the id without dashes, minus its last two characters, a dot, the last two
+    characters, then ``.environment.api.powerplatform.com``."""
+    if cloud != "public":
+        raise ValueError(f"no known Power Platform API host for cloud {cloud!r}: set connections_url")
+    compact = environment_id.replace("-", "").lower()
+    if len(compact) < 3 or not compact.isalnum():
+        raise ValueError(f"not an environment id: {environment_id!r}")
+    return f"https://{compact[:-2]}.{compact[-2:]}.environment.api.powerplatform.com"
+
+
+def scope_for(url: str) -> str:
+    """The token scope of a resource URL: its origin plus ``/.default`` (shared notes §3.7)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/.default"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _query(params: Mapping[str, object] | None) -> str:
+    if not params:
+        return ""
+    items = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = value.text if isinstance(value, Filter) else str(value)
+        items.append(f"{quote(key, safe='$@')}={quote(text, safe=_QUERY_SAFE)}")
+    return "&".join(items)
+
+
+def _display_url(url: str) -> str:
+    return url if len(url) <= 300 else url[:297] + "..."
+
+
+# --------------------------------------------------------------------------- request core
+
+
+class RefreshableTokenProvider(Protocol):
+    """A provider that can drop a cached token (asked after a 401)."""
+
+    def invalidate(self, scope: str) -> None: ...
+
+
+def _error_body(resp: httpx.Response) -> tuple[str | None, str | None, Any]:
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        text = resp.text.strip()
+        return None, (text[:300] or None), None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        return (str(err.get("code") or "") or None), (str(err.get("message") or "") or None), body
+    return None, None, body
+
+
+def error_from_response(method: str, url: str, resp: httpx.Response, *, after: str = "") -> ApiError:
+    """The typed exception for an error response, with a message safe to print."""
+    code, message, body = _error_body(resp)
+    status = resp.status_code
+    cls: type[ApiError]
+    if status == 404:
+        cls = NotFoundError
+    elif status == 412:
+        cls = PreconditionFailedError
+    elif status == 429:
+        cls = ThrottledError
+    elif status in (500, 502, 503, 504):
+        cls = TransientError
+    else:
+        cls = ApiError
+    shown = _display_url(url)
+    text = f"{method} {shown}: HTTP {status}"
+    if code:
+        text += f" {code}"
+    if message:
+        text += f": {message}"
+    if after:
+        text += f" ({after})"
+    return cls(redact(text), status=status, code=code, method=method, url=shown, body=body)
+
+
+class _HttpCore:
+    """Auth header, standard headers, retries, 401 refresh and error mapping for one API."""
+
+    def __init__(
+        self,
+        token_provider: TokenProvider,
+        *,
+        http: httpx.Client,
+        scope: str,
+        max_retries: int = 5,
+        max_total_wait: float = 120.0,
+        backoff_base: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._tokens = token_provider
+        self._http = http
+        self.scope = scope
+        self.max_retries = max_retries
+        self.max_total_wait = max_total_wait
+        self.backoff_base = backoff_base
+        self._sleep = sleep
+        self._jitter = jitter
+
+    # -- plumbing
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential backoff with jitter (half fixed, half random) so parallel readers spread out.
+        delay = self.backoff_base * (2**attempt)
+        return delay / 2 + self._jitter() * delay / 2
+
+    @staticmethod
+    def _retry_after(resp: httpx.Response) -> float | None:
+        value = resp.headers.get("Retry-After")
+        if not value:
+            return None
+        value = value.strip()
+        try:
+            return max(0.0, float(value))  # Dataverse sends seconds (api-limits).
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+    @staticmethod
+    def _retryable_transport(method: str, exc: httpx.TransportError) -> bool:
+        # A failure before the request left (connect, pool) is safe to retry for any method. A
+        # connection dropped after sending is retried only for idempotent methods: a POST ($batch)
+        # may already have been committed, and repeating it is not ours to decide.
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            return True
+        return method.upper() in _IDEMPOTENT
+
+    def _refresh(self, scope: str) -> None:
+        invalidate = getattr(self._tokens, "invalidate", None)
+        if callable(invalidate):
+            invalidate(scope)
+
+    def _headers(self, scope: str, extra: Mapping[str, str] | None, has_body: bool) -> dict[str, str]:
+        headers = dict(STANDARD_HEADERS)
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        headers.update(extra or {})
+        headers["Authorization"] = "Bearer " + self._tokens.get_token(scope)
+        return headers
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        scope: str | None = None,
+        raise_for_status: bool = True,
+    ) -> httpx.Response:
+        """Send one request (absolute ``url``) with retries; raise the typed error for a failure."""
+        scope = scope or self.scope
+        content = body
+        if json_body is not None:
+            content = json.dumps(json_body).encode("utf-8")
+        refreshed = False
+        attempt = 0
+        waited = 0.0
+        while True:
+            req_headers = self._headers(scope, headers, content is not None)
+            try:
+                resp = self._http.request(method, url, headers=req_headers, content=content)
+            except httpx.TransportError as exc:
+                kind = type(exc).__name__
+                delay = self._backoff(attempt)
+                if (
+                    not self._retryable_transport(method, exc)
+                    or attempt >= self.max_retries
+                    or waited + delay > self.max_total_wait
+                ):
+                    raise TransientError(
+                        f"{method} {_display_url(url)}: connection failed ({kind}) "
+                        f"after {attempt + 1} attempt(s)",
+                        method=method,
+                        url=_display_url(url),
+                    ) from None
+                log.debug("%s %s: %s, retrying in %.1fs", method, url, kind, delay)
+                self._sleep(delay)
+                waited += delay
+                attempt += 1
+                continue
+            status = resp.status_code
+            log.debug("%s %s -> %s", method, url, status)
+            if status == 401 and not refreshed:
+                # A token can expire or be revoked between two requests: get a fresh one, once.
+                refreshed = True
+                resp.close()
+                self._refresh(scope)
+                continue
+            if status in _RETRY_STATUSES:
+                asked = self._retry_after(resp)
+                delay = self._backoff(attempt) if asked is None else asked
+                if attempt >= self.max_retries or waited + delay > self.max_total_wait:
+                    resp.read()
+                    raise error_from_response(
+                        method, url, resp,
+                        after=f"gave up after {attempt + 1} attempt(s) and {waited:.0f}s of waiting",
+                    )
+                log.debug("%s %s -> %s, retrying in %.1fs", method, url, status, delay)
+                resp.close()
+                self._sleep(delay)
+                waited += delay
+                attempt += 1
+                continue
+            if status >= 400 and raise_for_status:
+                resp.read()
+                raise error_from_response(method, url, resp)
+            return resp
+
+
+# --------------------------------------------------------------------------- $batch
+
+
+@dataclass(frozen=True)
+class BatchOperation:
+    """One request inside a ``$batch`` change set. ``path`` is relative to the API root."""
+
+    method: str
+    path: str
+    body: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+Outcome = Literal["written", "not_written", "failed"]
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """What became of one batch operation: ``written``; ``failed`` (with the service's error); or
+    ``not_written`` (rolled back with its change set, or never sent)."""
+
+    operation: BatchOperation
+    outcome: Outcome
+    status: int | None = None
+    error: ApiError | None = None
+    reason: str = ""
+    entity_id: str | None = None
+    body: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "written"
+
+
+def create_op(
+    entity_set: str, body: Mapping[str, Any], *, solution_unique_name: str | None = None, label: str = ""
+) -> BatchOperation:
+    """POST a new row; ``MSCRM.SolutionUniqueName`` makes it a component of that unmanaged solution
+    (compose-http-requests-handle-errors, "Other headers")."""
+    headers = {"MSCRM.SolutionUniqueName": solution_unique_name} if solution_unique_name else {}
+    return BatchOperation("POST", _column(entity_set), dict(body), headers, label)
+
+
+def update_op(
+    entity_set: str, entity_id: str, body: Mapping[str, Any], *, etag: str | None, label: str = ""
+) -> BatchOperation:
+    """PATCH a row. ``If-Match`` carries the ETag read when planning, so a row changed since is not
+    overwritten (412); without one, ``If-Match: *`` still stops a PATCH from creating a missing row
+    (perform-conditional-operations-using-web-api)."""
+    path = entity_path(entity_set, entity_id)
+    return BatchOperation("PATCH", path, dict(body), {"If-Match": etag or "*"}, label)
+
+
+def delete_op(entity_set: str, entity_id: str, *, etag: str | None, label: str = "") -> BatchOperation:
+    path = entity_path(entity_set, entity_id)
+    return BatchOperation("DELETE", path, None, {"If-Match": etag or "*"}, label)
+
+
+def action_op(action: str, body: Mapping[str, Any], *, label: str = "") -> BatchOperation:
+    """POST an unbound action such as ``AddSolutionComponent``."""
+    return BatchOperation("POST", _column(action), dict(body), {}, label)
+
+
+def chunked(
+    items: Sequence[BatchOperation], size: int = MAX_BATCH_OPERATIONS
+) -> Iterator[Sequence[BatchOperation]]:
+    """Split operations into batches of at most ``size`` (ceil(N/size) of them)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str]
+    status: int
+    response_headers: dict[str, str]
+    body: bytes
+
+
+def _boundary(content_type: str) -> str | None:
+    m = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    return m.group(1) if m else None
+
+
+def _split_headers(block: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in block.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+def _split_head_body(text: str) -> tuple[str, str]:
+    for sep in ("\r\n\r\n", "\n\n"):
+        if sep in text:
+            head, body = text.split(sep, 1)
+            return head, body
+    return text, ""
+
+
+def parse_multipart(body: str, boundary: str) -> list[_Part]:
+    """Flatten a ``batchresponse`` (and any nested ``changesetresponse``) into its HTTP responses."""
+    parts: list[_Part] = []
+    delimiter = "--" + boundary
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith("--"):
+            break  # close delimiter
+        chunk = chunk.lstrip("\r\n")
+        mime_head, rest = _split_head_body(chunk)
+        mime = _split_headers(mime_head)
+        ctype = mime.get("content-type", "")
+        if ctype.lower().startswith("multipart/"):
+            inner = _boundary(ctype)
+            if inner:
+                parts.extend(parse_multipart(rest, inner))
+            continue
+        http_head, http_body = _split_head_body(rest)
+        lines = http_head.splitlines()
+        if not lines:
+            continue
+        m = re.match(r"HTTP/\d(?:\.\d)?\s+(\d{3})", lines[0].strip())
+        if not m:
+            continue
+        parts.append(
+            _Part(
+                headers=mime,
+                status=int(m.group(1)),
+                response_headers=_split_headers("\n".join(lines[1:])),
+                body=http_body.rstrip("\r\n").encode("utf-8"),
+            )
+        )
+    return parts
+
+
+def _entity_id_from(headers: Mapping[str, str]) -> str | None:
+    location = headers.get("odata-entityid") or headers.get("location")
+    if not location:
+        return None
+    m = _GUID_IN_TEXT.findall(location)
+    return m[-1].lower() if m else None
+
+
+# --------------------------------------------------------------------------- Dataverse
+
+
+@dataclass(frozen=True)
+class WhoAmI:
+    user_id: str
+    business_unit_id: str | None
+    organization_id: str | None
+
+
+class DataverseClient(_HttpCore):
+    """The Dataverse Web API of one environment.
+
+    ``caller_object_id``: the Entra object id writes impersonate (``CallerObjectId``; the caller needs
+    prvActOnBehalfOfAnotherUser; impersonate-another-user-web-api). Reads are never impersonated.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        *,
+        http: httpx.Client,
+        scope: str,
+        caller_object_id: str | None = None,
+        max_retries: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+        max_total_wait: float = 120.0,
+        backoff_base: float = 1.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(
+            token_provider, http=http, scope=scope, max_retries=max_retries, max_total_wait=max_total_wait,
+            backoff_base=backoff_base, sleep=sleep, jitter=jitter,
+        )
+        root = base_url.rstrip("/")
+        if root.lower().endswith(API_PATH.rstrip("/")):
+            root = root[: -len(API_PATH.rstrip("/"))]
+        self.base_url = root
+        self.api_root = root + API_PATH
+        self.caller_object_id = caller_object_id
+
+    def url(self, path: str, params: Mapping[str, object] | None = None) -> str:
+        """The absolute URL of ``path`` (relative to ``/api/data/v9.2/``) with an encoded query."""
+        query = _query(params)
+        base = self.api_root + path.lstrip("/")
+        return f"{base}?{query}" if query else base
+
+    def _check_origin(self, url: str) -> None:
+        # A nextLink that pointed elsewhere would receive our bearer token: refuse it.
+        if _origin(url) != _origin(self.api_root):
+            raise ApiError(f"refusing to follow a link to another host: {_display_url(url)}")
+
+    # -- reads
+
+    def get(self, path: str, params: Mapping[str, object] | None = None,
+            headers: Mapping[str, str] | None = None) -> Any:
+        return self.send("GET", self.url(path, params), headers=headers).json()
+
+    def get_all(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: Filter | None = None,  # the OData name
+        orderby: str | None = None,
+        expand: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[dict[str, Any]]:
+        """Every row of a query, page by page: ``Prefer: odata.maxpagesize`` and ``@odata.nextLink``
+        followed unchanged (page-results). With the 5000 cap, 3,000 rows are one request."""
+        params: dict[str, object] = {}
+        if select:
+            params["$select"] = ",".join(_column(c) for c in select)
+        if filter is not None:
+            if not isinstance(filter, Filter):
+                raise TypeError("filter must be built with reconciler.client helpers (eq, any_of, ...)")
+            params["$filter"] = filter
+        if orderby:
+            params["$orderby"] = orderby
+        if expand:
+            params["$expand"] = expand
+        headers = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"}
+        next_url: str | None = self.url(_column(entity_set), params)
+        rows: list[dict[str, Any]] = []
+        while next_url:
+            data = self.send("GET", next_url, headers=headers).json()
+            rows.extend(data.get("value", []))
+            next_url = data.get("@odata.nextLink")
+            if next_url:
+                self._check_origin(next_url)
+        return rows
+
+    def who_am_i(self) -> WhoAmI:
+        """``WhoAmI`` (shared notes §2.9): the caller's systemuserid."""
+        data = self.get("WhoAmI")
+        return WhoAmI(
+            user_id=str(data["UserId"]).lower(),
+            business_unit_id=data.get("BusinessUnitId"),
+            organization_id=data.get("OrganizationId"),
+        )
+
+    def component_type_for(self, entity: str) -> int:
+        """The org-specific solution component type of a table (shared notes §1.7): it varies per org,
+        so it is read, never hard-coded."""
+        rows = self.get_all(
+            "solutioncomponentdefinitions",
+            select=["solutioncomponenttype", "name", "primaryentityname"],
+            filter=eq("primaryentityname", entity),
+        )
+        if not rows:
+            raise NotFoundError(f"no solution component definition for table {entity!r}")
+        return int(rows[0]["solutioncomponenttype"])
+
+    def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None:
+        """Whether a user holds a privilege, by ``RetrieveUserPrivilegeByPrivilegeName``; ``None`` when
+        the service cannot tell (the function is missing or refused)."""
+        path = (
+            entity_path("systemusers", systemuserid)
+            + "/Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeName(PrivilegeName=@p)"
+        )
+        try:
+            data = self.get(path, {"@p": literal(privilege)})
+        except ApiError as exc:
+            if exc.status in (400, 403, 404, 405, 501):
+                return None
+            raise
+        return bool(data.get("RolePrivileges"))
+
+    # -- writes
+
+    def execute_batch(
+        self, operations: Sequence[BatchOperation], *, caller_object_id: str | None = None
+    ) -> list[OperationResult]:
+        """Send at most 1000 operations as ONE atomic change set in one ``$batch`` request.
+
+        Without ``Prefer: odata.continue-on-error`` Dataverse stops at the first failure, rolls the
+        change set back and answers with that failure's status and one response part
+        (execute-batch-operations-using-web-api). The result has one entry per operation: all
+        ``written``, or one ``failed`` and the rest ``not_written``. Errors of the batch request as a
+        whole (401 twice, 403, throttling past the budget) are raised.
+        """
+        if not operations:
+            return []
+        if len(operations) > MAX_BATCH_OPERATIONS:
+            raise ValueError(
+                f"a $batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}"
+            )
+        batch_id = f"batch_{uuid.uuid4()}"
+        changeset_id = f"changeset_{uuid.uuid4()}"
+        body = self._batch_body(operations, batch_id, changeset_id)
+        headers = {"Content-Type": f'multipart/mixed; boundary="{batch_id}"'}
+        impersonate = caller_object_id or self.caller_object_id
+        if impersonate:
+            headers["CallerObjectId"] = impersonate
+        url = self.url("$batch")
+        resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False)
+        resp.read()
+        ctype = resp.headers.get("Content-Type", "")
+        boundary = _boundary(ctype) if ctype.lower().startswith("multipart/") else None
+        if boundary is None:
+            if resp.status_code >= 400:
+                raise error_from_response("POST", url, resp)
+            raise ApiError(
+                f"POST {url}: unexpected $batch response ({resp.status_code}, {ctype or 'no type'})",
+                status=resp.status_code, method="POST", url=url,
+            )
+        parts = parse_multipart(resp.text, boundary)
+        return self._map_batch(operations, parts, url)
+
+    def _batch_body(self, operations: Sequence[BatchOperation], batch_id: str, changeset_id: str) -> bytes:
+        crlf = "\r\n"
+        out = [f"--{batch_id}", f'Content-Type: multipart/mixed; boundary="{changeset_id}"', ""]
+        for n, op in enumerate(operations, start=1):
+            out += [
+                f"--{changeset_id}",
+                "Content-Type: application/http",
+                "Content-Transfer-Encoding: binary",
+                f"Content-ID: {n}",
+                "",
+                f"{op.method} {self.api_root}{op.path} HTTP/1.1",
+            ]
+            if op.body is not None:
+                out.append("Content-Type: application/json; type=entry")
+            out += [f"{k}: {v}" for k, v in op.headers.items()]
+            out.append("")
+            out.append(json.dumps(op.body) if op.body is not None else "")
+        out += [f"--{changeset_id}--", "", f"--{batch_id}--", ""]
+        return crlf.join(out).encode("utf-8")
+
+    def _map_batch(
+        self, operations: Sequence[BatchOperation], parts: list[_Part], url: str
+    ) -> list[OperationResult]:
+        failures = [p for p in parts if p.status >= 400]
+        if not failures:
+            if len(parts) != len(operations):
+                raise ApiError(
+                    f"POST {url}: $batch answered {len(parts)} parts for {len(operations)} operations"
+                )
+            by_id = {p.headers.get("content-id"): p for p in parts}
+            results = []
+            for n, op in enumerate(operations, start=1):
+                part = by_id.get(str(n)) or parts[n - 1]
+                results.append(OperationResult(
+                    op, "written", status=part.status, entity_id=_entity_id_from(part.response_headers),
+                    body=_json_or_none(part.body),
+                ))
+            return results
+        failed = failures[0]
+        index = self._failed_index(operations, parts, failed)
+        error = self._part_error(operations, index, failed, url)
+        results = []
+        for i, op in enumerate(operations):
+            if i == index:
+                results.append(
+                    OperationResult(op, "failed", status=failed.status, error=error, reason=str(error))
+                )
+            else:
+                results.append(OperationResult(
+                    op, "not_written", reason="rolled back: another change in the same change set failed"
+                    if index is not None else f"the change set failed: {error}",
+                ))
+        return results
+
+    @staticmethod
+    def _failed_index(operations: Sequence[BatchOperation], parts: list[_Part], failed: _Part) -> int | None:
+        content_id = failed.headers.get("content-id")
+        if content_id and content_id.isdigit() and 1 <= int(content_id) <= len(operations):
+            return int(content_id) - 1
+        if len(operations) == 1:
+            return 0
+        if len(parts) == len(operations):
+            return parts.index(failed)
+        # Last resort: the error message often names the row ("... With Id = <guid> Does Not Exist").
+        _code, message, _ = _part_error_fields(failed)
+        for guid in _GUID_IN_TEXT.findall(message or ""):
+            for i, op in enumerate(operations):
+                if guid.lower() in op.path.lower():
+                    return i
+        return None
+
+    @staticmethod
+    def _part_error(
+        operations: Sequence[BatchOperation], index: int | None, part: _Part, url: str
+    ) -> ApiError:
+        fake = httpx.Response(part.status, headers=part.response_headers, content=part.body)
+        if index is None:
+            return error_from_response("POST", url, fake)
+        op = operations[index]
+        return error_from_response(op.method, f"{url} part {index + 1} ({op.method} {op.path})", fake)
+
+
+def _part_error_fields(part: _Part) -> tuple[str | None, str | None, Any]:
+    return _error_body(httpx.Response(part.status, content=part.body))
+
+
+def _json_or_none(data: bytes) -> Any:
+    if not data.strip():
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- connections API
+
+
+class ConnectionsClient(_HttpCore):
+    """The connections of one environment (they live outside Dataverse; shared notes §3).
+
+    ``base_url`` serves the Power Platform API (``/connectivity/connections``, caller-scoped).
+    ``admin_base_url``/``admin_scope`` serve the classic Power Apps admin route that lists every
+    connection of the environment; by default the same base and scope (an emulator, or a
+    ``connections_url`` override, serves both).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        *,
+        http: httpx.Client,
+        scope: str,
+        environment_id: str,
+        admin_base_url: str | None = None,
+        admin_scope: str | None = None,
+        max_retries: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+        max_total_wait: float = 120.0,
+        backoff_base: float = 1.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(
+            token_provider, http=http, scope=scope, max_retries=max_retries, max_total_wait=max_total_wait,
+            backoff_base=backoff_base, sleep=sleep, jitter=jitter,
+        )
+        if not _PATH_SEGMENT.match(environment_id):
+            raise ValueError(f"not an environment id: {environment_id!r}")
+        self.base_url = base_url.rstrip("/")
+        self.environment_id = environment_id
+        self.admin_base_url = (admin_base_url or base_url).rstrip("/")
+        self.admin_scope = admin_scope or scope
+
+    def _list(self, url: str, scope: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        next_url: str | None = url
+        origin = _origin(url)
+        while next_url:
+            data = self.send("GET", next_url, scope=scope).json()
+            rows.extend(data.get("value", []))
+            # The classic API pages with a top-level nextLink, not @odata.nextLink (shared notes §3.2).
+            next_url = data.get("nextLink") or data.get("@odata.nextLink")
+            if next_url and _origin(next_url) != origin:
+                raise ApiError(f"refusing to follow a link to another host: {_display_url(next_url)}")
+        return rows
+
+    def list_connections(self) -> list[dict[str, Any]]:
+        """Connections the caller owns or has shared with it (Power Platform API)."""
+        query = _query({"api-version": PP_API_VERSION})
+        return self._list(f"{self.base_url}/connectivity/connections?{query}", self.scope)
+
+    def list_connections_admin(self) -> list[dict[str, Any]]:
+        """Every connection of the environment (admin scope; needs a Power Platform admin or a
+        registered management app, else 403)."""
+        path = f"/providers/Microsoft.PowerApps/scopes/admin/environments/{self.environment_id}/connections"
+        return self._list(f"{self.admin_base_url}{path}?{_query({'api-version': POWERAPPS_API_VERSION})}",
+                          self.admin_scope)
