@@ -1,0 +1,254 @@
+"""Per-environment locks in the state directory, so two runs never apply to one environment at once.
+
+A lock is the file ``<state dir>/<env>.lock``, created with ``O_CREAT | O_EXCL`` (atomic: of two processes
+creating it, exactly one succeeds, on every POSIX file system and on Windows). It holds who took it
+(user@host, pid), for which operation, when, and a random lock id. As in Terraform
+(``website/docs/language/state/locking.mdx``), a run that finds the lock taken waits up to its timeout,
+then stops naming the holder; a lock left by a killed run is released with
+``connref state unlock ENV LOCK_ID``, the id acting as a nonce so that only that lock is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .errors import LockError
+
+LOCK_SUFFIX = ".lock"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """What a lock file records. ``holder`` is ``user@host``."""
+
+    id: str
+    environment: str
+    operation: str
+    holder: str
+    host: str
+    pid: int
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "environment": self.environment,
+            "operation": self.operation,
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LockInfo:
+        return cls(
+            id=str(d["id"]),
+            environment=str(d["environment"]),
+            operation=str(d.get("operation", "?")),
+            holder=str(d.get("holder", "?")),
+            host=str(d.get("host", "")),
+            pid=int(d.get("pid", 0)),
+            created=str(d.get("created", "?")),
+        )
+
+    def describe(self) -> str:
+        return f"{self.holder} (pid {self.pid}) for {self.operation!r} since {self.created}"
+
+
+def lock_path(state_dir: str | os.PathLike[str], env: str) -> Path:
+    if not env or env in {".", ".."} or "/" in env or "\\" in env or "\0" in env:
+        raise LockError(f"invalid environment name for a lock file: {env!r}")
+    return Path(state_dir) / f"{env}{LOCK_SUFFIX}"
+
+
+def _user() -> str:
+    for var in ("USER", "LOGNAME", "USERNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def read_lock(state_dir: str | os.PathLike[str], env: str) -> LockInfo | None:
+    """The lock of ``env`` if one is held, else None.
+
+    A lock file that cannot be parsed (a holder killed between creating and writing it, or a hand edit) is
+    still a lock: it is returned with id ``"unknown"`` so nobody mistakes it for free."""
+    path = lock_path(state_dir, env)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return LockInfo.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        try:
+            created = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except OSError:
+            created = "?"
+        return LockInfo(
+            id="unknown", environment=env, operation="?", holder="unknown (unreadable lock file)",
+            host="", pid=0, created=created,
+        )
+
+
+def _pid_alive_here(info: LockInfo) -> bool | None:
+    """Whether the holder process still runs, when it ran on this host; None when it cannot be told."""
+    if info.host != socket.gethostname() or info.pid <= 0:
+        return None
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def _locked_message(state_dir: Path, env: str, info: LockInfo, waited: float) -> str:
+    path = lock_path(state_dir, env)
+    if info.id == "unknown":
+        release = f"If no other run is in progress, delete {path} by hand."
+    else:
+        release = f"If no other run is in progress, release it with: connref state unlock {env} {info.id}"
+    gone = ""
+    if _pid_alive_here(info) is False:
+        gone = f" The holding process (pid {info.pid} on this host) is no longer running."
+    return (
+        f"environment {env!r} is locked by {info.describe()}, lock id {info.id} ({path}); "
+        f"gave up after waiting {waited:.1f}s (--lock-timeout).{gone} {release}"
+    )
+
+
+class Lock:
+    """A held lock; release it with ``release()`` or by leaving the ``with`` block."""
+
+    def __init__(self, path: Path, info: LockInfo) -> None:
+        self.path = path
+        self.info = info
+        self.released = False
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def release(self) -> None:
+        """Delete the lock file if it is still ours. Idempotent.
+
+        If someone force-unlocked it and another run took it meanwhile, that run's lock is left alone."""
+        if self.released:
+            return
+        self.released = True
+        current = read_lock(self.path.parent, self.info.environment)
+        if current is not None and current.id == self.info.id:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Lock({self.info.environment!r}, id={self.info.id}, released={self.released})"
+
+
+def _try_create(path: Path, info: LockInfo) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, (json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)
+    return True
+
+
+def acquire(
+    state_dir: str | os.PathLike[str],
+    env: str,
+    operation: str,
+    timeout: float = 0.0,
+    poll: float = 0.5,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Lock:
+    """Take the lock of ``env``, waiting up to ``timeout`` seconds (polling every ``poll``).
+
+    Raises LockError naming the holder, the operation, since when, the lock id and the exact
+    ``connref state unlock`` command when the lock is still held after the timeout."""
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = lock_path(directory, env)
+    host = socket.gethostname()
+    info = LockInfo(
+        id=str(uuid.uuid4()),
+        environment=env,
+        operation=operation,
+        holder=f"{_user()}@{host}",
+        host=host,
+        pid=os.getpid(),
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    start = clock()
+    while True:
+        if _try_create(path, info):
+            return Lock(path, info)
+        waited = clock() - start
+        if waited >= timeout:
+            holder = read_lock(directory, env)
+            if holder is None:
+                continue  # released between our attempt and the read: try again at once
+            raise LockError(_locked_message(directory, env, holder, waited))
+        sleep(max(0.0, min(poll, timeout - waited)))
+
+
+def force_unlock(state_dir: str | os.PathLike[str], env: str, lock_id: str) -> LockInfo:
+    """Release the lock of ``env`` whatever holds it, given its id (``connref state unlock ENV LOCK_ID``).
+
+    Refuses when no lock is held or when the id is not the held lock's: the id proves the caller looked at
+    the lock it means to break. Returns what the removed lock recorded."""
+    current = read_lock(state_dir, env)
+    path = lock_path(state_dir, env)
+    if current is None:
+        raise LockError(f"environment {env!r} is not locked ({path} does not exist).")
+    if current.id == "unknown":
+        raise LockError(
+            f"the lock file {path} is unreadable, so its id cannot be checked: delete it by hand."
+        )
+    if current.id != lock_id:
+        raise LockError(
+            f"lock id {lock_id!r} does not match the lock held on {env!r} (id {current.id}, "
+            f"{current.describe()}); nothing released."
+        )
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return current

@@ -1,0 +1,345 @@
+"""Saved plan files: ``connref plan --out FILE`` writes one, ``connref apply FILE`` applies exactly it.
+
+A plan file is versioned JSON holding the plan (its operations, as ``Plan.to_dict()``), the options it
+was made with, the digest of the config, and for each environment what the plan was made against: the
+state's serial, lineage and digest, the live fingerprint, and the ETag of every live reference row.
+
+At apply time ``check_fresh`` compares those with the present and raises StalePlanError when anything
+moved, so a plan is never applied to a world it was not made for. This follows Terraform's saved plans
+(``internal/backend/local/backend_local.go``: "Saved plan is stale" on a serial change, "does not match the
+given state" on a lineage change) and Atlas's pre-approved plans (refused when the live hash moved).
+
+A plan file never holds a secret: only what the plan needs, and ``write_plan_file`` refuses to write when
+a secret value known to the run (the values of the ``*_env`` variables of the auth profiles, plus any the
+caller passes) would appear in it. The file is written with mode 0600 all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import PlanError, StalePlanError
+from .model import Config, LiveEnvironment, frozen_map
+from .state import EnvState, atomic_write
+
+FORMAT_VERSION = "1.0"
+KIND = "connref-saved-plan"
+REPLAN = "Run `connref plan --out FILE` again and apply the new plan."
+
+# Option names that must never be saved, whatever a caller passes (belt and braces with the value scan).
+_SECRET_WORDS = ("secret", "token", "password", "passphrase", "assertion", "private_key", "credential")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class SavedEnvironment:
+    """What one environment looked like when the plan was made."""
+
+    environment: str
+    state_serial: int | None  # None: no state yet
+    state_lineage: str | None
+    state_digest: str | None
+    live_fingerprint: str
+    etags: Mapping[str, str] = field(default_factory=frozen_map, hash=False)  # logical name -> ETag
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": (
+                None
+                if self.state_serial is None
+                else {"serial": self.state_serial, "lineage": self.state_lineage, "digest": self.state_digest}
+            ),
+            "live_fingerprint": self.live_fingerprint,
+            "etags": dict(sorted(self.etags.items(), key=lambda kv: kv[0].lower())),
+        }
+
+    @classmethod
+    def from_dict(cls, env: str, d: Mapping[str, Any]) -> SavedEnvironment:
+        st = d.get("state")
+        return cls(
+            environment=env,
+            state_serial=None if st is None else int(st["serial"]),
+            state_lineage=None if st is None else st.get("lineage"),
+            state_digest=None if st is None else st.get("digest"),
+            live_fingerprint=str(d.get("live_fingerprint", "")),
+            etags=frozen_map({str(k): str(v) for k, v in (d.get("etags") or {}).items()}),
+        )
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """A plan file as read. ``plan`` is the ``Plan.to_dict()`` data; ``load_plan()`` rebuilds the object."""
+
+    format_version: str
+    created_at: str
+    config_path: str | None
+    config_digest: str
+    options: Mapping[str, Any]
+    environments: Mapping[str, SavedEnvironment]
+    plan: Mapping[str, Any]
+    path: str | None = None
+
+    def load_plan(self) -> Any:
+        """The typed ``reconciler.ops.Plan`` (ValueError on a malformed or unknown-major plan body)."""
+        from .ops import Plan
+
+        return Plan.from_dict(self.plan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "kind": KIND,
+            "created_at": self.created_at,
+            "config": {"path": self.config_path, "digest": self.config_digest},
+            "options": dict(sorted(self.options.items())),
+            "environments": {k: self.environments[k].to_dict() for k in sorted(self.environments)},
+            "plan": dict(self.plan),
+        }
+
+
+# --------------------------------------------------------------------------- helpers for callers
+
+
+def config_digest(path: str | os.PathLike[str]) -> str:
+    """``sha256:`` of the config file's bytes."""
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def live_etags(live: LiveEnvironment) -> dict[str, str]:
+    """Logical name -> ETag of every reference row read (in the solution or not)."""
+    return {r.logical_name: r.etag for r in live.references}
+
+
+def secret_values(config: Config | None, extra: Iterable[str] = ()) -> set[str]:
+    """The secret values known to this run: every environment variable an auth profile names with a
+    ``*_env`` key (client secrets, access tokens, federated tokens), plus ``extra``. Short values are
+    ignored: they would match by accident and are not credentials."""
+    found = {s for s in extra if s and len(s) >= 8}
+    if config is not None:
+        for profile in config.auth.values():
+            for key, name in profile.options.items():
+                if key.endswith("_env") and isinstance(name, str):
+                    value = os.environ.get(name)
+                    if value and len(value) >= 8:
+                        found.add(value)
+    return found
+
+
+def _clean_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if any(w in k.lower() for w in _SECRET_WORDS):
+            continue
+        out[str(k)] = v
+    return out
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    if isinstance(plan, Mapping):
+        return dict(plan)
+    d = plan.to_dict()
+    if not isinstance(d, dict):
+        raise PlanError("plan.to_dict() did not return a mapping")
+    return d
+
+
+# --------------------------------------------------------------------------- write / read
+
+
+def write_plan_file(
+    path: str | os.PathLike[str],
+    plan: Any,
+    *,
+    config_digest: str,
+    states: Mapping[str, EnvState | None],
+    live_fingerprints: Mapping[str, str],
+    etags: Mapping[str, Mapping[str, str]],
+    options: Mapping[str, Any] | None = None,
+    config_path: str | None = None,
+    config: Config | None = None,
+    secrets: Iterable[str] = (),
+    created_at: str | None = None,
+) -> SavedPlan:
+    """Write ``plan`` (an ``ops.Plan`` or its ``to_dict()``) and what it was made against to ``path``.
+
+    ``states``, ``live_fingerprints`` and ``etags`` are keyed by environment name (every environment of the
+    plan must be in ``live_fingerprints``); ``etags`` maps logical name -> ETag of each live row
+    (``live_etags(live)``). ``options`` are the planning flags (``prune``, environments, ...). ``config``
+    lets the writer find the run's secret values to check against; ``secrets`` adds more. Written
+    atomically with mode 0600. Raises PlanError (and writes nothing) if a secret would be saved."""
+    envs: dict[str, SavedEnvironment] = {}
+    for env, fingerprint in live_fingerprints.items():
+        st = states.get(env)
+        envs[env] = SavedEnvironment(
+            environment=env,
+            state_serial=st.serial if st else None,
+            state_lineage=st.lineage if st else None,
+            state_digest=st.digest if st else None,
+            live_fingerprint=fingerprint,
+            etags=frozen_map(dict(etags.get(env, {}))),
+        )
+    saved = SavedPlan(
+        format_version=FORMAT_VERSION,
+        created_at=created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        config_path=config_path,
+        config_digest=config_digest,
+        options=frozen_map(_clean_options(options or {})),
+        environments=frozen_map(envs),
+        plan=frozen_map(_plan_dict(plan)),
+        path=str(path),
+    )
+    text = json.dumps(saved.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    for value in secret_values(config, secrets):
+        # json.dumps escapes some characters, so look for the raw and the JSON-escaped form.
+        if value in text or json.dumps(value)[1:-1] in text:
+            raise PlanError(
+                f"refusing to write plan file {path}: it would contain a secret value known to this run. "
+                "Nothing was written."
+            )
+    atomic_write(Path(path), text.encode("utf-8"), mode=0o600)
+    return saved
+
+
+def read_plan_file(path: str | os.PathLike[str]) -> SavedPlan:
+    """Read a plan file. Unknown fields of a known major version are ignored (a newer minor only adds
+    fields); an unknown major version is a StalePlanError telling to plan again with this connref; a
+    missing, unreadable or damaged file, or one that is not a connref plan, is a PlanError."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PlanError(f"plan file {p} does not exist.") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PlanError(f"plan file {p} cannot be read as JSON ({e}). {REPLAN}") from e
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise PlanError(f"{p} is not a connref plan file (write one with `connref plan --out FILE`).")
+    version = str(doc.get("format_version", ""))
+    major = version.split(".")[0]
+    if major != FORMAT_VERSION.split(".")[0]:
+        raise StalePlanError(
+            f"plan file {p} has format_version {version!r}; this connref reads "
+            f"{FORMAT_VERSION.split('.')[0]}.x. {REPLAN}"
+        )
+    try:
+        cfg = doc.get("config") or {}
+        return SavedPlan(
+            format_version=version,
+            created_at=str(doc["created_at"]),
+            config_path=cfg.get("path"),
+            config_digest=str(cfg["digest"]),
+            options=frozen_map(doc.get("options") or {}),
+            environments=frozen_map(
+                {
+                    env: SavedEnvironment.from_dict(env, d)
+                    for env, d in (doc.get("environments") or {}).items()
+                }
+            ),
+            plan=frozen_map(doc["plan"]),
+            path=str(p),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PlanError(f"plan file {p} is damaged: missing or invalid field ({e}). {REPLAN}") from e
+
+
+# --------------------------------------------------------------------------- freshness
+
+
+def stale_reasons(
+    saved: SavedPlan,
+    *,
+    current_state_by_env: Mapping[str, EnvState | None],
+    current_live_fingerprint_by_env: Mapping[str, str] | None = None,
+    current_etags: Mapping[str, Mapping[str, str]] | None = None,
+    current_config_digest: str | None = None,
+) -> list[str]:
+    """Every reason ``saved`` no longer applies, one sentence each (empty: the plan is fresh).
+
+    Only the environments of the plan are checked. ``current_etags`` is keyed by environment, then logical
+    name (``live_etags(live)``); when given for an environment, ETag moves are named per reference and
+    they explain a fingerprint move, which is then not reported twice."""
+    reasons: list[str] = []
+    if current_config_digest is not None and current_config_digest != saved.config_digest:
+        reasons.append("the config file changed since the plan was made")
+    for env in sorted(saved.environments):
+        was = saved.environments[env]
+        now = current_state_by_env.get(env)
+        if was.state_serial is None and now is not None:
+            reasons.append(
+                f"{env}: a state was created since the plan (now serial {now.serial}): another run applied"
+            )
+        elif was.state_serial is not None and now is None:
+            reasons.append(f"{env}: the state (serial {was.state_serial}) is gone since the plan")
+        elif was.state_serial is not None and now is not None:
+            if was.state_lineage != now.lineage:
+                reasons.append(
+                    f"{env}: the state lineage changed ({was.state_lineage} -> {now.lineage}): the state was "
+                    "replaced since the plan"
+                )
+            elif was.state_serial != now.serial:
+                reasons.append(
+                    f"{env}: the state was written since the plan (serial {was.state_serial} -> {now.serial})"
+                )
+            elif was.state_digest and was.state_digest != now.digest:
+                reasons.append(f"{env}: the state changed since the plan (same serial, different content)")
+
+        etag_moved = False
+        if current_etags is not None and env in current_etags:
+            cur = {k.lower(): (k, v) for k, v in current_etags[env].items()}
+            old = {k.lower(): (k, v) for k, v in was.etags.items()}
+            for key in sorted(set(old) | set(cur)):
+                if key in old and key not in cur:
+                    reasons.append(f"{env}: reference {old[key][0]} was deleted since the plan")
+                elif key in cur and key not in old:
+                    reasons.append(f"{env}: reference {cur[key][0]} appeared since the plan")
+                elif old[key][1] != cur[key][1]:
+                    reasons.append(
+                        f"{env}: reference {old[key][0]} changed since the plan "
+                        f"(ETag {old[key][1]} -> {cur[key][1]})"
+                    )
+                else:
+                    continue
+                etag_moved = True
+        if current_live_fingerprint_by_env is not None and env in current_live_fingerprint_by_env:
+            fp = current_live_fingerprint_by_env[env]
+            if fp != was.live_fingerprint and not etag_moved:
+                reasons.append(
+                    f"{env}: the live environment changed since the plan (connections, owners or rows)"
+                )
+    return reasons
+
+
+def check_fresh(
+    saved: SavedPlan,
+    *,
+    current_state_by_env: Mapping[str, EnvState | None],
+    current_live_fingerprint_by_env: Mapping[str, str] | None = None,
+    current_etags: Mapping[str, Mapping[str, str]] | None = None,
+    current_config_digest: str | None = None,
+) -> None:
+    """Raise StalePlanError listing what moved (serial, lineage, state content, a row's ETag, the live
+    fingerprint) since ``saved`` was made, ending with the instruction to plan again. Returns when fresh."""
+    reasons = stale_reasons(
+        saved,
+        current_state_by_env=current_state_by_env,
+        current_live_fingerprint_by_env=current_live_fingerprint_by_env,
+        current_etags=current_etags,
+        current_config_digest=current_config_digest,
+    )
+    if reasons:
+        where = f" {saved.path}" if saved.path else ""
+        err = StalePlanError(
+            f"saved plan{where} is stale; nothing was applied:\n"
+            + "\n".join(f"  - {r}" for r in reasons)
+            + f"\n{REPLAN}"
+        )
+        err.reasons = reasons  # type: ignore[attr-defined]
+        raise err
