@@ -1,0 +1,236 @@
+"""Wires one environment of the config to its HTTP clients: ``open_environment(config, name)``.
+
+For a real environment (https URL, or a loopback emulator) the clients share one ordinary
+``httpx.Client``. For ``local:PATH`` the emulator app runs in-process behind
+``httpx.WSGITransport``: Dataverse, the connections API and the token endpoint (MSAL) all go to it,
+and ``apply`` writes back into the file (``persist=True``). Either way the same client code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .auth import TokenProvider
+from .client import (
+    POWERAPPS_BASE,
+    POWERAPPS_SCOPE,
+    POWERPLATFORM_SCOPE,
+    ConnectionsClient,
+    DataverseClient,
+    power_platform_api_base,
+    scope_for,
+)
+from .errors import AuthError, ConfigError
+from .model import Config, EnvironmentConfig
+
+#: Timeouts for real services: Dataverse may take tens of seconds on a large $batch.
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+
+
+@dataclass
+class EnvSession:
+    """The clients of one environment, and (for ``local:``) the in-process emulator app.
+
+    ``writer_object_id`` caches the Entra object id of the service account once the live reader
+    (or the applier) has resolved it, so writes can impersonate it with ``CallerObjectId``."""
+
+    name: str
+    env: EnvironmentConfig
+    dataverse: DataverseClient
+    connections: ConnectionsClient | None
+    http: httpx.Client
+    token_provider: TokenProvider
+    emulator: Any = None  # reconciler.emulator.app.EmulatorApp for local: environments
+    writer_object_id: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return self.emulator is not None
+
+    @property
+    def service_account(self) -> str | None:
+        return self.env.service_account
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.http.close()
+
+    def __enter__(self) -> EnvSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalTokenProvider:
+    """Tokens for a ``local:`` environment that names no auth profile: minted with the data file's
+    own emulator signing key for the file's first application user (or else its first enabled
+    user), so every command works with no tenant and no secret. Emulator-only by construction."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        from .emulator import jwt  # local import: only local: environments need the emulator
+
+        self._jwt = jwt
+        self._key = str(data["signing_key_pem"])
+        env = data.get("environment", {})
+        self._tenant = str(env.get("tenant_id") or "00000000-0000-0000-0000-000000000000")
+        self._object_id, self._app_id, self._upn = self._identity(data)
+        self._cache: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _identity(data: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+        apps = {a.get("client_id"): a for a in data.get("applications", [])}
+        users = [u for u in data.get("systemusers", []) if not u.get("isdisabled")]
+        for u in users:
+            if u.get("applicationid") in apps and u.get("azureactivedirectoryobjectid"):
+                return str(u["azureactivedirectoryobjectid"]), str(u["applicationid"]), None
+        for u in users:
+            if u.get("azureactivedirectoryobjectid"):
+                return str(u["azureactivedirectoryobjectid"]), None, u.get("domainname")
+        raise AuthError("the local environment has no user to sign in as: add a systemusers row "
+                        "or an auth profile")
+
+    def get_token(self, scope: str) -> str:
+        with self._lock:
+            if scope not in self._cache:
+                audience = scope[: -len("/.default")] if scope.endswith("/.default") else scope
+                self._cache[scope] = self._jwt.mint(
+                    self._key, tenant_id=self._tenant, object_id=self._object_id, audience=audience,
+                    app_id=self._app_id, upn=self._upn,
+                )
+            return self._cache[scope]
+
+    def invalidate(self, scope: str) -> None:
+        with self._lock:
+            self._cache.pop(scope, None)
+
+    def __repr__(self) -> str:
+        return "LocalTokenProvider(<emulator>)"
+
+
+def _provider(config: Config, env: EnvironmentConfig, http: httpx.Client) -> TokenProvider | None:
+    if not env.auth:
+        return None
+    profile = config.auth.get(env.auth)
+    if profile is None:
+        raise ConfigError(f"environment '{env.name}' names auth profile '{env.auth}', which is not defined",
+                          env.location, "auth")
+    from .auth import provider_for
+
+    return provider_for(profile, http_client=http, env=env)
+
+
+def open_environment(
+    config: Config,
+    env_name: str,
+    *,
+    token_provider: TokenProvider | None = None,
+    http: httpx.Client | None = None,
+    max_retries: int = 5,
+) -> EnvSession:
+    """Open the clients of environment ``env_name``. ``token_provider`` overrides the auth profile
+    (tests); ``http`` overrides the transport for a real URL (tests pass a loopback client)."""
+    env = config.environments.get(env_name)
+    if env is None:
+        known = ", ".join(sorted(config.environments)) or "none"
+        raise ConfigError(f"unknown environment '{env_name}' (configured: {known})")
+    if env.is_local:
+        return _open_local(config, env, token_provider, max_retries)
+    return _open_remote(config, env, token_provider, http, max_retries)
+
+
+def _open_local(
+    config: Config, env: EnvironmentConfig, token_provider: TokenProvider | None, max_retries: int
+) -> EnvSession:
+    from .emulator.app import EmulatorApp
+    from .emulator.store import EnvironmentStore
+
+    path = str(env.local_path)
+    if not os.path.exists(path):
+        raise ConfigError(f"environment '{env.name}': emulator data file {path} does not exist",
+                          env.location, "url")
+    try:
+        store = EnvironmentStore.from_file(path)
+    except ValueError as e:
+        raise ConfigError(f"environment '{env.name}': {e}", env.location, "url") from None
+    app = EmulatorApp(store, persist=True)
+    # Every host goes to the in-process app: the data's environment URL (the token audience),
+    # the connections API and the token endpoint MSAL talks to.
+    http = httpx.Client(transport=httpx.WSGITransport(app=app), timeout=DEFAULT_TIMEOUT)
+    try:
+        url = str(store.data["environment"]["url"]).rstrip("/")
+        env_id = str(store.data["environment"].get("environment_id") or env.environment_id or "local")
+        tokens = token_provider or _provider(config, env, http) or LocalTokenProvider(store.data)
+        dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), max_retries=max_retries)
+        connections = ConnectionsClient(url, tokens, http=http, scope=POWERPLATFORM_SCOPE,
+                                        environment_id=env_id, max_retries=max_retries)
+    except BaseException:
+        http.close()
+        raise
+    return EnvSession(env.name, env, dataverse, connections, http, tokens, emulator=app)
+
+
+def _open_remote(
+    config: Config,
+    env: EnvironmentConfig,
+    token_provider: TokenProvider | None,
+    http: httpx.Client | None,
+    max_retries: int,
+) -> EnvSession:
+    own_http = http is None
+    client = http or httpx.Client(timeout=DEFAULT_TIMEOUT)
+    try:
+        tokens = token_provider or _provider(config, env, client)
+        if tokens is None:
+            raise ConfigError(f"environment '{env.name}' needs an auth profile (auth:)", env.location, "auth")
+        url = env.url.rstrip("/")
+        dataverse = DataverseClient(url, tokens, http=client, scope=scope_for(url), max_retries=max_retries)
+        connections = _connections_client(env, tokens, client, max_retries)
+    except BaseException:
+        if own_http:
+            client.close()
+        raise
+    return EnvSession(env.name, env, dataverse, connections, client, tokens)
+
+
+def _connections_client(
+    env: EnvironmentConfig, tokens: TokenProvider, http: httpx.Client, max_retries: int
+) -> ConnectionsClient | None:
+    """The connections API: ``connections_url`` when given (an emulator serves both route families
+    there), else the Power Platform API host derived from the environment id (shared notes §3.2) with
+    the classic Power Apps admin route for the admin-scope list."""
+    if env.connections_url:
+        base = env.connections_url.rstrip("/")
+        env_id = env.environment_id or "default"
+        scope = POWERPLATFORM_SCOPE if "powerapps.com" not in base else POWERAPPS_SCOPE
+        if base.startswith("http://"):
+            scope = POWERPLATFORM_SCOPE  # a loopback emulator accepts the Power Platform API audience
+        return ConnectionsClient(base, tokens, http=http, scope=scope, environment_id=env_id,
+                                 max_retries=max_retries)
+    if not env.environment_id:
+        return None  # the live reader says what is missing when it needs connections
+    try:
+        base = power_platform_api_base(env.environment_id, env.cloud)
+    except ValueError as e:
+        raise ConfigError(f"environment '{env.name}': {e}", env.location, "environment_id") from None
+    from .auth import cloud
+
+    c = cloud(env.cloud)
+    return ConnectionsClient(
+        base, tokens, http=http, scope=c.connections_scope, environment_id=env.environment_id,
+        admin_base_url=POWERAPPS_BASE if env.cloud == "public" else None,
+        admin_scope=POWERAPPS_SCOPE if env.cloud == "public" else None,
+        max_retries=max_retries,
+    )
