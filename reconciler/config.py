@@ -1,0 +1,985 @@
+"""Load and validate ``connref.yaml`` into the frozen ``Config`` of ``reconciler.model``.
+
+Everything here is local: no network call is made, so ``connref validate`` (which runs only
+this) is safe anywhere. Every problem is reported as ``file:line:column: field.path: message``;
+all problems found in one pass are raised together (``ConfigErrors``) so the user can fix them
+at once. The format is documented key by key in ``docs/config.md``.
+
+Secrets never belong in the file: a secret-named key with a value, or a value that looks like a
+JWT, a PEM block or an Entra client secret, is an error that names the field but never echoes
+the value. For the same reason messages about ids and variable names do not quote the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, ConfigErrors, Location
+from .model import (
+    CONNECTOR_PREFIX,
+    AuthProfile,
+    Binding,
+    Config,
+    DesiredReference,
+    EnvironmentConfig,
+    Selector,
+    connector_id,
+    frozen_map,
+)
+from .names import logical_name_problem, publisher_prefix
+from .yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, walk
+
+SUPPORTED_VERSION = 1
+MAX_DISPLAY_NAME = 200  # reference/dataverse-api.md §7
+MAX_DESCRIPTION = 2000
+MAX_CONNECTION_NAME = 1000
+
+CLOUDS = ("public", "usgov", "usgovhigh", "dod", "china")
+FEDERATED_PROVIDERS = ("github", "azure_devops")
+NAMING_PLACEHOLDERS = ("connector", "solution", "prefix")
+
+TOP_KEYS = ("version", "solution", "references", "environments", "auth", "prune", "naming", "lint", "state")
+REFERENCE_KEYS = ("connector", "display_name", "description")
+ENVIRONMENT_KEYS = (
+    "url",
+    "environment_id",
+    "auth",
+    "service_account",
+    "bindings",
+    "connections_url",
+    "cloud",
+)
+SELECTOR_KEYS = ("owner", "display_name")
+
+# Keys each auth method accepts (besides ``method``); required ones are checked in ``_auth_profile``.
+COMMON_AUTH_KEYS = ("authority_host", "cloud")
+AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "client_secret": ("tenant_id", "client_id", "client_secret_env", "client_secret_file"),
+    "certificate": ("tenant_id", "client_id", "certificate_path", "certificate_password_env"),
+    "federated": (
+        "tenant_id",
+        "client_id",
+        "federated_provider",
+        "federated_token_env",
+        "federated_token_file",
+        "azure_devops_service_connection_id",
+    ),
+    "managed_identity": ("managed_identity_client_id",),
+    "azure_cli": ("tenant_id",),
+    "access_token": ("access_token_env",),
+}
+ALL_AUTH_KEYS = tuple(
+    sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_METHOD_KEYS.values() for k in keys)})
+)
+# Option keys that name files: stored as absolute paths, resolved relative to the config file.
+FILE_KEYS = ("client_secret_file", "certificate_path", "federated_token_file")
+
+_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ENV_ID_RE = re.compile(r"(?:Default-)?" + _GUID_RE.pattern)
+_UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+_DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
+_ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_SOLUTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,64}")
+_CONNECTOR_NAME_RE = re.compile(r"shared_[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
+
+# Values that are secrets whatever key they sit under.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*")
+_PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
+# Entra client secrets since 2021: three characters, a digit, "Q~", then 31-34 more.
+_ENTRA_SECRET_RE = re.compile(r"[A-Za-z0-9_\-.~]{3}\dQ~[A-Za-z0-9_\-.~]{31,34}")
+# Keys whose value would be a secret. ``*_env`` / ``*_file`` / ``*_path`` / ``*_id`` never match.
+_SECRET_KEY_RE = re.compile(
+    r"(?:^|_)(?:secret|password|passwd|pwd|token|private_key|privatekey|api_key|apikey|assertion|"
+    r"connection_string|sas)$"
+)
+_SECRET_ALTERNATIVES = {
+    "client_secret": "client_secret_env or client_secret_file",
+    "access_token": "access_token_env",
+    "certificate_password": "certificate_password_env",
+    "federated_token": "federated_token_env or federated_token_file",
+    "private_key": "certificate_path (a file)",
+}
+
+
+def _secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY_RE.search(key.lower().replace("-", "_")))
+
+
+def _secret_value(value: str) -> str | None:
+    if _PEM_RE.search(value):
+        return "a PEM block (key or certificate)"
+    if _JWT_RE.search(value):
+        return "a token (JWT)"
+    if _ENTRA_SECRET_RE.fullmatch(value.strip()):
+        return "a client secret"
+    return None
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    file: str
+    base_dir: str
+
+
+class _Validator:
+    """One pass over the located tree; collects errors, builds the model when there are none."""
+
+    def __init__(self, ctx: _Ctx) -> None:
+        self.ctx = ctx
+        self.errors: list[ConfigError] = []
+        self.flagged: set[int] = set()  # nodes already reported as inline secrets
+
+    # ------------------------------------------------------------------ reporting
+
+    def error(self, node: YNode | Location | None, field: str | None, message: str) -> None:
+        if isinstance(node, YNode):
+            if id(node) in self.flagged:
+                return
+            loc: Location | None = node.loc
+        else:
+            loc = node
+        self.errors.append(ConfigError(message, loc, field or None))
+
+    def type_error(self, node: YNode, field: str, expected: str) -> None:
+        hint = ""
+        if (
+            isinstance(node, Scalar)
+            and not node.quoted
+            and isinstance(node.value, int | float)
+            and expected == "a string"
+        ):
+            hint = " (put it in quotes if you meant text)"
+        self.error(node, field, f"expected {expected}, got {describe(node)}{hint}")
+
+    # ------------------------------------------------------------------ secrets (first pass)
+
+    def scan_secrets(self, root: YNode, path_of: dict[int, str]) -> None:
+        for node in walk(root):
+            if isinstance(node, Map):
+                for key, value in node.pairs:
+                    if _secret_key(key.text) and not _empty(value):
+                        field = join_path(path_of.get(id(node), ""), key.text)
+                        alt = _SECRET_ALTERNATIVES.get(key.text.lower(), f"{key.text}_env or {key.text}_file")
+                        self.error(
+                            key,
+                            field,
+                            "secrets must not be written in the config file; put the value in an environment "
+                            f"variable or a file and name it with {alt}",
+                        )
+                        self._flag(value)
+            elif isinstance(node, Scalar) and isinstance(node.value, str) and id(node) not in self.flagged:
+                what = _secret_value(node.value)
+                if what:
+                    self.error(
+                        node,
+                        path_of.get(id(node)),
+                        f"this value looks like {what}; secrets must not be written in the config file: "
+                        "put it in an environment variable or a file and name it with a *_env or *_file key",
+                    )
+                    self.flagged.add(id(node))
+
+    def _flag(self, node: YNode) -> None:
+        for n in walk(node):
+            self.flagged.add(id(n))
+
+    # ------------------------------------------------------------------ typed getters
+
+    def keys(
+        self,
+        m: Map,
+        field: str,
+        allowed: tuple[str, ...],
+        required: tuple[str, ...] = (),
+        why_not: Callable[[str], str | None] | None = None,
+    ) -> None:
+        for key, _ in m.pairs:
+            if key.text in allowed or _secret_key(key.text):
+                continue  # secret keys were reported by scan_secrets
+            reason = why_not(key.text) if why_not else None
+            if reason:
+                self.error(key, join_path(field, key.text), reason)
+                continue
+            close = difflib.get_close_matches(key.text, allowed, n=1, cutoff=0.6)
+            if close:
+                self.error(key, join_path(field, key.text), f"unknown key; did you mean '{close[0]}'?")
+            else:
+                self.error(
+                    key, join_path(field, key.text), f"unknown key; expected one of: {', '.join(allowed)}"
+                )
+        for req in required:
+            if m.get(req) is None:
+                self.error(m, join_path(field, req), "required key is missing")
+
+    def mapping(self, node: YNode | None, field: str) -> Map | None:
+        if node is None:
+            return None
+        if isinstance(node, Map):
+            return node
+        self.type_error(node, field, "a mapping")
+        return None
+
+    def string(
+        self,
+        m: Map,
+        key: str,
+        field: str,
+        *,
+        max_len: int | None = None,
+        nullable: bool = True,
+    ) -> str | None:
+        """A string value; None when absent (or null and ``nullable``). Empty strings are refused."""
+        node = m.get(key)
+        path = join_path(field, key)
+        if node is None:
+            return None
+        if isinstance(node, Scalar) and node.value is None and nullable:
+            return None
+        if not isinstance(node, Scalar) or not isinstance(node.value, str):
+            self.type_error(node, path, "a string")
+            return None
+        if id(node) in self.flagged:
+            return None
+        value = node.value
+        if not value.strip():
+            self.error(node, path, "must not be empty")
+            return None
+        if max_len is not None and len(value) > max_len:
+            self.error(node, path, f"may be at most {max_len} characters (this one has {len(value)})")
+            return None
+        return value
+
+    def node_of(self, m: Map, key: str) -> YNode:
+        node = m.get(key)
+        assert node is not None
+        return node
+
+    def checked(
+        self, m: Map, key: str, field: str, check: Callable[[str], str | None], **kw: Any
+    ) -> str | None:
+        """A string that must also pass ``check`` (returns a problem or None)."""
+        value = self.string(m, key, field, **kw)
+        if value is None:
+            return None
+        problem = check(value)
+        if problem:
+            self.error(self.node_of(m, key), join_path(field, key), problem)
+            return None
+        return value
+
+    def choice(self, m: Map, key: str, field: str, choices: tuple[str, ...]) -> str | None:
+        def check(v: str) -> str | None:
+            if v in choices:
+                return None
+            close = difflib.get_close_matches(v, choices, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            return f"'{v}' is not one of: {', '.join(choices)}{hint}"
+
+        return self.checked(m, key, field, check)
+
+    # ------------------------------------------------------------------ the document
+
+    def document(self, root: YNode) -> Config | None:
+        if not isinstance(root, Map):
+            self.error(
+                root,
+                None,
+                f"the top level must be a mapping of keys (version, solution, ...), got {describe(root)}",
+            )
+            return None
+        self.keys(root, "", TOP_KEYS, required=("version", "solution", "references", "environments"))
+
+        version_node = root.get("version")
+        version = SUPPORTED_VERSION
+        if version_node is not None:
+            if (
+                not isinstance(version_node, Scalar)
+                or isinstance(version_node.value, bool)
+                or not isinstance(version_node.value, int)
+            ):
+                self.type_error(version_node, "version", "the integer 1")
+            elif version_node.value != SUPPORTED_VERSION:
+                self.error(
+                    version_node,
+                    "version",
+                    f"unsupported version {version_node.value}; "
+                    f"this connref reads version {SUPPORTED_VERSION}",
+                )
+
+        solution = self.checked(root, "solution", "", _solution_problem, nullable=False)
+        refs_map = self.mapping(root.get("references"), "references")
+        references = self.references(refs_map)
+        auth_node = root.get("auth")
+        auth_map = self.mapping(auth_node, "auth")
+        auth = self.auth_profiles(auth_map)
+        # Names as declared (valid or not), so a binding to a reference with an error of its own
+        # is not reported a second time as undeclared. None: the section is unusable, skip the check.
+        ref_names = refs_map.keys() if refs_map is not None else None
+        auth_names = auth_map.keys() if auth_map is not None else ([] if auth_node is None else None)
+        environments = self.environments(
+            self.mapping(root.get("environments"), "environments"), ref_names, auth_names
+        )
+
+        prune = False
+        prune_node = root.get("prune")
+        if prune_node is not None:
+            if isinstance(prune_node, Scalar) and isinstance(prune_node.value, bool):
+                prune = prune_node.value
+            else:
+                self.type_error(prune_node, "prune", "a boolean (true or false)")
+
+        naming = self.checked(root, "naming", "", _naming_problem)
+        lint_ignore = self.lint(self.mapping(root.get("lint"), "lint"))
+        state_dir = self.state(self.mapping(root.get("state"), "state"))
+
+        if self.errors or solution is None or references is None or environments is None:
+            return None
+        return Config(
+            path=os.path.abspath(self.ctx.file),
+            version=version,
+            solution=solution,
+            references=frozen_map(references),
+            environments=frozen_map(environments),
+            auth=frozen_map(auth or {}),
+            prune=prune,
+            naming=naming,
+            lint_ignore=lint_ignore,
+            state_dir=state_dir,
+        )
+
+    # ------------------------------------------------------------------ references
+
+    def references(self, m: Map | None) -> dict[str, DesiredReference] | None:
+        if m is None:
+            return None
+        out: dict[str, DesiredReference] = {}
+        first_prefix: tuple[str, str, Location] | None = None
+        seen_lower: dict[str, Scalar] = {}
+        for key, value in m.pairs:
+            name = key.text
+            field = join_path("references", name)
+            problem = logical_name_problem(name)
+            if problem:
+                self.error(key, field, f"invalid logical name: {problem}")
+            else:
+                prefix = publisher_prefix(name) or ""
+                if first_prefix is None:
+                    first_prefix = (prefix, name, key.loc)
+                elif prefix.lower() != first_prefix[0].lower():
+                    self.error(
+                        key,
+                        field,
+                        f"publisher prefix '{prefix}' differs from '{first_prefix[0]}' used by "
+                        f"{first_prefix[1]} (line {first_prefix[2].line}); "
+                        "the references of one solution share one publisher prefix",
+                    )
+                other = seen_lower.get(name.lower())
+                if other is not None:
+                    self.error(
+                        key,
+                        field,
+                        f"same logical name as {other.text} (line {other.loc.line}) apart from case; "
+                        "Dataverse compares logical names case-insensitively",
+                    )
+                seen_lower.setdefault(name.lower(), key)
+            ref = self.reference(name, value, field)
+            if ref is not None and not problem:
+                out[name] = ref
+        return out
+
+    def reference(self, name: str, node: YNode, field: str) -> DesiredReference | None:
+        m = self.mapping(node, field)
+        if m is None:
+            return None
+        self.keys(m, field, REFERENCE_KEYS, required=("connector", "display_name"))
+        connector = self.checked(m, "connector", field, _connector_problem, nullable=False)
+        display_name = self.string(m, "display_name", field, max_len=MAX_DISPLAY_NAME, nullable=False)
+        description = self.string(m, "description", field, max_len=MAX_DESCRIPTION)
+        if connector is None or display_name is None:
+            return None
+        return DesiredReference(
+            logical_name=name,
+            connector=_normalise_connector(connector),
+            display_name=display_name,
+            description=description,
+            location=m.loc,
+        )
+
+    # ------------------------------------------------------------------ environments
+
+    def environments(
+        self,
+        m: Map | None,
+        references: list[str] | None,
+        auth: list[str] | None,
+    ) -> dict[str, EnvironmentConfig] | None:
+        if m is None:
+            return None
+        if not m.pairs:
+            self.error(m, "environments", "declare at least one environment")
+        out: dict[str, EnvironmentConfig] = {}
+        for key, value in m.pairs:
+            field = join_path("environments", key.text)
+            if not _ENV_NAME_RE.fullmatch(key.text):
+                self.error(
+                    key,
+                    field,
+                    "an environment name may contain only letters, digits, '_', '.' and '-', "
+                    "starting with a letter or digit",
+                )
+                continue
+            env = self.environment(key.text, value, field, references, auth)
+            if env is not None:
+                out[key.text] = env
+        return out
+
+    def environment(
+        self,
+        name: str,
+        node: YNode,
+        field: str,
+        references: list[str] | None,
+        auth: list[str] | None,
+    ) -> EnvironmentConfig | None:
+        m = self.mapping(node, field)
+        if m is None:
+            return None
+        self.keys(m, field, ENVIRONMENT_KEYS, required=("url",))
+        url, local_path = self.url(m, "url", field, allow_local=True)
+        environment_id = self.checked(
+            m,
+            "environment_id",
+            field,
+            lambda v: None if _ENV_ID_RE.fullmatch(v) else "expected a GUID (the environment id)",
+        )
+        auth_name = self.string(m, "auth", field)
+        if auth_name is not None and auth is not None and auth_name not in auth:
+            close = difflib.get_close_matches(auth_name, auth, n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean '{close[0]}'?"
+            elif auth:
+                hint = f" (declared: {', '.join(auth)})"
+            else:
+                hint = " (there is no auth section)"
+            self.error(
+                self.node_of(m, "auth"),
+                join_path(field, "auth"),
+                f"auth profile '{auth_name}' is not declared under auth{hint}",
+            )
+        service_account = self.checked(
+            m,
+            "service_account",
+            field,
+            lambda v: (
+                None
+                if _UPN_RE.fullmatch(v) or _GUID_RE.fullmatch(v)
+                else "expected a user principal name (name@domain) or an Entra object id (GUID)"
+            ),
+        )
+        connections_url, _ = self.url(m, "connections_url", field, allow_local=False)
+        cloud = self.choice(m, "cloud", field, CLOUDS) or "public"
+        url_node = m.get("url")
+        if url is not None and local_path is None:
+            # A remote environment needs credentials; a local: one is served in-process.
+            if m.get("auth") is None:
+                self.error(
+                    m,
+                    join_path(field, "auth"),
+                    "required key is missing (the auth profile for a remote environment)",
+                )
+            loopback = _is_loopback_url(url)
+            if not loopback and m.get("environment_id") is None and m.get("connections_url") is None:
+                self.error(
+                    m,
+                    join_path(field, "environment_id"),
+                    "required key is missing (the connections API is addressed by environment id)",
+                )
+        bindings = self.bindings(m.get("bindings"), join_path(field, "bindings"), references)
+        if url is None or url_node is None or bindings is None:
+            return None
+        return EnvironmentConfig(
+            name=name,
+            url=url,
+            environment_id=environment_id.lower()
+            if environment_id and not environment_id.startswith("Default-")
+            else environment_id,
+            auth=auth_name,
+            service_account=service_account,
+            bindings=frozen_map(bindings),
+            connections_url=connections_url,
+            cloud=cloud,
+            local_path=local_path,
+            location=m.loc,
+        )
+
+    def url(self, m: Map, key: str, field: str, *, allow_local: bool) -> tuple[str | None, str | None]:
+        """Returns ``(url, local_path)``; ``local_path`` is the absolute data file for ``local:PATH``."""
+        value = self.string(m, key, field, nullable=False)
+        if value is None:
+            return None, None
+        node = self.node_of(m, key)
+        path = join_path(field, key)
+        value = value.strip()
+        if value.lower().startswith("local:"):
+            if not allow_local:
+                self.error(node, path, "local: is only for an environment's url")
+                return None, None
+            rel = value[len("local:") :].strip()
+            if not rel:
+                self.error(node, path, "local: needs the path of an emulator data file, e.g. local:dev.json")
+                return None, None
+            full = os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(rel)))
+            if not os.path.isfile(full):
+                self.error(
+                    node,
+                    path,
+                    f"local data file not found: {full} (a local: path is relative to the config file)",
+                )
+                return None, None
+            return value, full
+        problem = _url_problem(value)
+        if problem:
+            self.error(node, path, problem)
+            return None, None
+        return value.rstrip("/"), None
+
+    def bindings(
+        self, node: YNode | None, field: str, references: list[str] | None
+    ) -> dict[str, Binding] | None:
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return {}  # no bindings: every reference stays as it is (unbound is allowed)
+        m = self.mapping(node, field)
+        if m is None:
+            return None
+        out: dict[str, Binding] = {}
+        for key, value in m.pairs:
+            path = join_path(field, key.text)
+            if references is not None and key.text not in references:
+                same_case = [r for r in references if r.lower() == key.text.lower()]
+                if same_case:
+                    self.error(
+                        key,
+                        path,
+                        f"differs in case from the declared reference {same_case[0]}; write it exactly",
+                    )
+                else:
+                    close = difflib.get_close_matches(key.text, references, n=1, cutoff=0.6)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    self.error(
+                        key, path, f"binding names a reference that is not declared under references{hint}"
+                    )
+            binding = self.binding(value, path)
+            if binding is not None:
+                out[key.text] = binding
+        return out
+
+    def binding(self, node: YNode, field: str) -> Binding | None:
+        if isinstance(node, Map):
+            self.keys(node, field, SELECTOR_KEYS, required=("owner",))
+            owner = self.checked(
+                node,
+                "owner",
+                field,
+                lambda v: (
+                    None
+                    if _UPN_RE.fullmatch(v)
+                    else "expected the user principal name of the connection owner (name@domain)"
+                ),
+                nullable=False,
+            )
+            display_name = self.string(node, "display_name", field, max_len=MAX_DISPLAY_NAME)
+            if owner is None:
+                return None
+            return Selector(owner=owner, display_name=display_name)
+        if isinstance(node, Scalar) and node.value is None:
+            self.error(
+                node,
+                field,
+                "expected a connection name or a selector {owner: ...}; "
+                "to leave a reference unbound, omit it",
+            )
+            return None
+        if not isinstance(node, Scalar) or not isinstance(node.value, str):
+            self.type_error(
+                node, field, "a connection name (string) or a selector {owner: ..., display_name: ...}"
+            )
+            return None
+        if id(node) in self.flagged:
+            return None
+        name = node.value.strip()
+        problem = _connection_name_problem(name)
+        if problem:
+            self.error(node, field, problem)
+            return None
+        return name
+
+    # ------------------------------------------------------------------ auth
+
+    def auth_profiles(self, m: Map | None) -> dict[str, AuthProfile] | None:
+        if m is None:
+            return None
+        out: dict[str, AuthProfile] = {}
+        for key, value in m.pairs:
+            field = join_path("auth", key.text)
+            if not _ENV_NAME_RE.fullmatch(key.text):
+                self.error(key, field, "a profile name may contain only letters, digits, '_', '.' and '-'")
+                continue
+            profile = self.auth_profile(key.text, value, field)
+            if profile is not None:
+                out[key.text] = profile
+        return out
+
+    def auth_profile(self, name: str, node: YNode, field: str) -> AuthProfile | None:
+        m = self.mapping(node, field)
+        if m is None:
+            return None
+        method = self.choice(m, "method", field, tuple(AUTH_METHOD_KEYS))
+        if m.get("method") is None:
+            self.error(
+                m,
+                join_path(field, "method"),
+                f"required key is missing (one of: {', '.join(AUTH_METHOD_KEYS)})",
+            )
+        if method is None:
+            self.keys(m, field, ALL_AUTH_KEYS)
+            return None
+        allowed = ("method", *AUTH_METHOD_KEYS[method], *COMMON_AUTH_KEYS)
+
+        def why_not(key: str) -> str | None:
+            if key in ALL_AUTH_KEYS:
+                users = [meth for meth, keys in AUTH_METHOD_KEYS.items() if key in keys]
+                return f"does not apply to method {method} (it is for: {', '.join(users)})"
+            return None
+
+        self.keys(m, field, allowed, why_not=why_not)
+        errors_before = len(self.errors)
+
+        def need(*keys: str) -> None:
+            for k in keys:
+                if m.get(k) is None:
+                    self.error(m, join_path(field, k), f"required key is missing (method {method} needs it)")
+
+        def exactly_one(*keys: str) -> None:
+            present = [k for k in keys if m.get(k) is not None]
+            if not present:
+                self.error(m, field, f"method {method} needs one of {', '.join(keys)}; none is given")
+            elif len(present) > 1:
+                self.error(
+                    self.node_of(m, present[1]),
+                    join_path(field, present[1]),
+                    f"method {method} takes only one of {', '.join(keys)}; "
+                    f"{' and '.join(present)} are both given",
+                )
+
+        guid = lambda what: lambda v: None if _GUID_RE.fullmatch(v) else f"expected a GUID (the {what})"  # noqa: E731
+        tenant = self.checked(
+            m,
+            "tenant_id",
+            field,
+            lambda v: (
+                None
+                if _GUID_RE.fullmatch(v) or _DOMAIN_RE.fullmatch(v)
+                else "expected a GUID or a domain such as contoso.onmicrosoft.com (the tenant)"
+            ),
+        )
+        client = self.checked(m, "client_id", field, guid("application (client) id"))
+        options: dict[str, Any] = {}
+        for key in (
+            "client_secret_env",
+            "certificate_password_env",
+            "federated_token_env",
+            "access_token_env",
+        ):
+            v = self.checked(m, key, field, _env_var_problem)
+            if v is not None:
+                options[key] = v
+        for key in FILE_KEYS:
+            v = self.string(m, key, field)
+            if v is not None:
+                options[key] = os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(v)))
+        for key, what in (
+            ("azure_devops_service_connection_id", "service connection id"),
+            ("managed_identity_client_id", "client id of the user-assigned identity"),
+        ):
+            v = self.checked(m, key, field, guid(what))
+            if v is not None:
+                options[key] = v.lower()
+        provider = self.choice(m, "federated_provider", field, FEDERATED_PROVIDERS)
+        if provider is not None:
+            options["federated_provider"] = provider
+        cloud = self.choice(m, "cloud", field, CLOUDS)
+        if cloud is not None:
+            options["cloud"] = cloud
+        authority = self.string(m, "authority_host", field)
+        if authority is not None:
+            problem = _url_problem(authority.strip())
+            if problem:
+                self.error(self.node_of(m, "authority_host"), join_path(field, "authority_host"), problem)
+            else:
+                options["authority_host"] = authority.strip().rstrip("/")
+
+        if method in ("client_secret", "certificate", "federated"):
+            need("tenant_id", "client_id")
+        if method == "client_secret":
+            exactly_one("client_secret_env", "client_secret_file")
+        elif method == "certificate":
+            need("certificate_path")
+        elif method == "federated":
+            exactly_one("federated_provider", "federated_token_env", "federated_token_file")
+            if provider == "azure_devops" and m.get("azure_devops_service_connection_id") is None:
+                self.error(
+                    m,
+                    join_path(field, "azure_devops_service_connection_id"),
+                    "required key is missing "
+                    "(federated_provider azure_devops needs the service connection id)",
+                )
+        elif method == "access_token":
+            need("access_token_env")
+
+        if len(self.errors) != errors_before:
+            return None
+        return AuthProfile(
+            name=name,
+            method=method,
+            tenant_id=tenant.lower() if tenant and _GUID_RE.fullmatch(tenant) else tenant,
+            client_id=client.lower() if client else None,
+            options=frozen_map(options),
+            location=m.loc,
+        )
+
+    # ------------------------------------------------------------------ lint, state
+
+    def lint(self, m: Map | None) -> tuple[str, ...]:
+        if m is None:
+            return ()
+        self.keys(m, "lint", ("ignore",))
+        node = m.get("ignore")
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return ()
+        if not isinstance(node, Seq):
+            self.type_error(node, "lint.ignore", "a list of finding codes")
+            return ()
+        codes: list[str] = []
+        for i, item in enumerate(node.items):
+            path = join_path("lint.ignore", i)
+            if not isinstance(item, Scalar) or not isinstance(item.value, str):
+                self.type_error(item, path, "a string")
+            elif not _LINT_CODE_RE.fullmatch(item.value):
+                self.error(item, path, "expected a finding code (letters, digits, '_' or '-')")
+            else:
+                codes.append(item.value)
+        return tuple(codes)
+
+    def state(self, m: Map | None) -> str | None:
+        if m is None:
+            return None
+        self.keys(m, "state", ("dir",))
+        value = self.string(m, "dir", "state")
+        if value is None:
+            return None
+        return os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(value)))
+
+
+# ---------------------------------------------------------------------- value checks
+
+
+def _empty(node: YNode) -> bool:
+    if isinstance(node, Scalar):
+        return node.value is None or (isinstance(node.value, str) and not node.value.strip())
+    if isinstance(node, Map):
+        return not node.pairs
+    if isinstance(node, Seq):
+        return not node.items
+    return False
+
+
+def _solution_problem(value: str) -> str | None:
+    if _SOLUTION_RE.fullmatch(value):
+        return None
+    return (
+        "expected the solution's unique name "
+        "(letters, digits and '_', starting with a letter or '_', at most 65)"
+    )
+
+
+def _connector_problem(value: str) -> str | None:
+    tail = value
+    if value.startswith("/"):
+        if not value.lower().startswith(CONNECTOR_PREFIX.lower()):
+            return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>"
+        tail = value[len(CONNECTOR_PREFIX) :]
+    if len(connector_id(value)) > MAX_CONNECTION_NAME:
+        return f"a connector id may be at most {MAX_CONNECTION_NAME} characters"
+    if _CONNECTOR_NAME_RE.fullmatch(tail):
+        return None
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", tail) and "/" not in value:
+        return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>; did you mean 'shared_{tail}'?"
+    return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>"
+
+
+def _normalise_connector(value: str) -> str:
+    if value.startswith("/"):
+        return CONNECTOR_PREFIX + value[len(CONNECTOR_PREFIX) :]
+    return connector_id(value)
+
+
+def _connection_name_problem(name: str) -> str | None:
+    if not name:
+        return "a connection name must not be empty"
+    if len(name) > MAX_CONNECTION_NAME:
+        return f"a connection name may be at most {MAX_CONNECTION_NAME} characters"
+    if "/" in name:
+        return "expected the connection name (the last segment of the connection id), not a path"
+    if any(c.isspace() for c in name):
+        return (
+            "a connection name has no spaces; "
+            "to pick a connection by display name use {owner: ..., display_name: ...}"
+        )
+    return None
+
+
+def _env_var_problem(value: str) -> str | None:
+    if _ENV_VAR_RE.fullmatch(value):
+        return None
+    return "expected the name of an environment variable (letters, digits and '_'), not its value"
+
+
+def _naming_problem(value: str) -> str | None:
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return f"invalid template: {exc}"
+    for _, name, spec, conv in parts:
+        if name is None:
+            continue
+        if name not in NAMING_PLACEHOLDERS or spec or conv:
+            allowed = ", ".join("{" + p + "}" for p in NAMING_PLACEHOLDERS)
+            return f"unknown placeholder {{{name}}}; the template may use {allowed}"
+    return None
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback_url(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return bool(host) and _is_loopback_host(host or "")
+
+
+def _url_problem(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises for a malformed port
+    except ValueError:
+        return "not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.hostname:
+        return "expected an https:// URL (or local:PATH for the built-in emulator)"
+    if parts.username or parts.password:
+        return "a URL must not carry credentials; use an auth profile"
+    if parts.query or parts.fragment:
+        return "expected the base URL, without a query or fragment"
+    if "/api/data" in parts.path.lower():
+        return "expected the environment's base URL, without /api/data/..."
+    if scheme == "http" and not _is_loopback_host(parts.hostname):
+        return "plain http is allowed only for loopback (127.0.0.1, ::1, localhost); use https"
+    return None
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def _path_index(root: YNode) -> dict[int, str]:
+    """Field path of every node (the first path it is reached by, for shared alias targets)."""
+    paths: dict[int, str] = {id(root): ""}
+    stack: list[tuple[YNode, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        children: list[tuple[YNode, str]] = []
+        if isinstance(node, Map):
+            for k, v in node.pairs:
+                p = join_path(path, k.text)
+                children.append((k, p))
+                children.append((v, p))
+        elif isinstance(node, Seq):
+            children = [(v, join_path(path, i)) for i, v in enumerate(node.items)]
+        for child, p in children:
+            if id(child) not in paths:
+                paths[id(child)] = p
+                stack.append((child, p))
+    return paths
+
+
+def _raise(errors: list[ConfigError]) -> None:
+    ordered = sorted(errors, key=lambda e: (e.location.line, e.location.column) if e.location else (0, 0))
+    if len(ordered) == 1:
+        raise ordered[0]
+    raise ConfigErrors(ordered)
+
+
+def load_config_text(text: str, path: str) -> Config:
+    """Validate YAML ``text`` as if read from ``path`` (relative paths resolve against its folder)."""
+    ctx = _Ctx(file=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    root, errors = parse(text, path)
+    if root is None and not errors:
+        raise ConfigError(
+            "the config file is empty; it needs at least version, solution, references and environments",
+            Location(path, 1, 1),
+        )
+    if root is None:
+        _raise(errors)
+    assert root is not None
+    validator = _Validator(ctx)
+    validator.errors.extend(errors)
+    validator.scan_secrets(root, _path_index(root))
+    config = validator.document(root)
+    if validator.errors or config is None:
+        _raise(validator.errors or [ConfigError("invalid config", root.loc)])
+    assert config is not None
+    return config
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and return the config at ``path``; raises ``ConfigError`` (one problem) or
+    ``ConfigErrors`` (several), each naming ``file:line:column`` and the field."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError("the config file is not valid UTF-8", Location(path, line, column)) from None
+    return load_config_text(text, path)
+
+
+def summary(config: Config) -> str:
+    """The line ``connref validate`` prints for a valid config."""
+    envs = ", ".join(config.environments)
+    refs = len(config.references)
+    return (
+        f"{os.path.basename(config.path)} is valid: solution {config.solution}, "
+        f"{refs} reference{'s' if refs != 1 else ''}, "
+        f"{len(config.environments)} environment{'s' if len(config.environments) != 1 else ''} ({envs})."
+    )

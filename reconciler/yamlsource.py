@@ -1,0 +1,270 @@
+"""Line-aware YAML: parse a file into a small tree of nodes that remember their ``file:line:column``.
+
+PyYAML's ``safe_load`` throws positions away and silently keeps the last of two duplicate keys.
+The config loader needs both right, so this module works from the composer's node graph
+(``yaml.SafeLoader.get_single_node``), where every node carries start marks, and builds:
+
+- ``Scalar`` (a constructed Python value plus the source text and whether it was quoted),
+- ``Map`` (ordered ``(key, value)`` pairs, merge keys ``<<`` already applied), and
+- ``Seq``.
+
+Duplicate keys, non-scalar keys, recursive aliases and bad merge values are collected as
+``ConfigError``s (with the dotted field path) instead of being raised one at a time, so the loader
+can report everything it finds in one pass. Anchors and aliases are allowed; an aliased node is
+converted once and shared, which keeps "billion laughs" documents linear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import ConfigError, Location
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(eq=False)
+class YNode:
+    """Base of the located tree; ``loc`` is where the node starts in the file."""
+
+    loc: Location
+
+
+@dataclass(eq=False)
+class Scalar(YNode):
+    value: Any
+    text: str
+    quoted: bool = False
+
+
+@dataclass(eq=False)
+class Seq(YNode):
+    items: list[YNode] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Map(YNode):
+    """An ordered mapping. Keys are the source text of scalar keys (so ``on:`` stays ``"on"``)."""
+
+    pairs: list[tuple[Scalar, YNode]] = field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        return [k.text for k, _ in self.pairs]
+
+    def get(self, key: str) -> YNode | None:
+        for k, v in self.pairs:
+            if k.text == key:
+                return v
+        return None
+
+    def key_node(self, key: str) -> Scalar | None:
+        for k, _ in self.pairs:
+            if k.text == key:
+                return k
+        return None
+
+
+def join_path(parent: str, key: str | int) -> str:
+    """Field paths as users read them: ``environments.dev.bindings.contoso_X``, ``lint.ignore[0]``."""
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+def _loc(file: str, node: Node) -> Location:
+    return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _syntax_error(file: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"invalid YAML: {problem}"
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        message += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    location = Location(file, mark.line + 1, mark.column + 1) if mark is not None else None
+    return ConfigError(message, location)
+
+
+class _Converter:
+    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+        self.file = file
+        self.loader = loader
+        self.errors: list[ConfigError] = []
+        self.done: dict[int, YNode] = {}
+        self.active: set[int] = set()
+
+    def convert(self, node: Node, path: str) -> YNode:
+        nid = id(node)
+        if nid in self.done:
+            return self.done[nid]
+        if nid in self.active:
+            self.errors.append(
+                ConfigError(
+                    "recursive alias (an anchor used inside itself)", _loc(self.file, node), path or None
+                )
+            )
+            return Scalar(_loc(self.file, node), None, "")
+        self.active.add(nid)
+        try:
+            result: YNode
+            if isinstance(node, ScalarNode):
+                result = self._scalar(node, path)
+            elif isinstance(node, SequenceNode):
+                result = Seq(
+                    _loc(self.file, node),
+                    [self.convert(n, join_path(path, i)) for i, n in enumerate(node.value)],
+                )
+            elif isinstance(node, MappingNode):
+                result = self._mapping(node, path)
+            else:  # pragma: no cover - the composer makes only these three
+                raise TypeError(type(node))
+        finally:
+            self.active.discard(nid)
+        self.done[nid] = result
+        return result
+
+    def _scalar(self, node: ScalarNode, path: str) -> Scalar:
+        loc = _loc(self.file, node)
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            # Unknown tags (``!!python/object``, ``!vault``) and malformed timestamps land here.
+            problem = getattr(exc, "problem", None) or "cannot read this value"
+            self.errors.append(ConfigError(problem, loc, path or None))
+            value = None
+        return Scalar(loc, value, str(node.value), quoted=node.style in ("'", '"'))
+
+    def _mapping(self, node: MappingNode, path: str) -> Map:
+        loc = _loc(self.file, node)
+        if node.tag not in ("tag:yaml.org,2002:map",):
+            self.errors.append(ConfigError(f"unsupported tag {node.tag}", loc, path or None))
+        explicit: list[tuple[Scalar, YNode]] = []
+        seen: dict[str, Scalar] = {}
+        merges: list[Map] = []
+        for key_node, value_node in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.tag == MERGE_TAG:
+                merges.extend(self._merge_sources(value_node, path))
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.errors.append(
+                    ConfigError(
+                        "a key must be a plain string, not a list or mapping",
+                        _loc(self.file, key_node),
+                        path or None,
+                    )
+                )
+                continue
+            key = Scalar(
+                _loc(self.file, key_node),
+                str(key_node.value),
+                str(key_node.value),
+                key_node.style in ("'", '"'),
+            )
+            key_path = join_path(path, key.text)
+            if key.text in seen:
+                first = seen[key.text].loc
+                self.errors.append(
+                    ConfigError(
+                        f"duplicate key; first defined at line {first.line}, column {first.column} "
+                        "(YAML would silently keep only the last one)",
+                        key.loc,
+                        key_path,
+                    )
+                )
+                continue
+            seen[key.text] = key
+            explicit.append((key, self.convert(value_node, key_path)))
+        if not merges:
+            return Map(loc, explicit)
+        # YAML merge-key semantics (https://yaml.org/type/merge.html): explicit keys win; among
+        # several merged mappings, the earlier one wins.
+        pairs: list[tuple[Scalar, YNode]] = []
+        taken = set(seen)
+        for source in merges:
+            for k, v in source.pairs:
+                if k.text not in taken:
+                    taken.add(k.text)
+                    pairs.append((k, v))
+        return Map(loc, pairs + explicit)
+
+    def _merge_sources(self, value_node: Node, path: str) -> list[Map]:
+        sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+        maps: list[Map] = []
+        for src in sources:
+            converted = self.convert(src, path)
+            if isinstance(converted, Map):
+                maps.append(converted)
+            else:
+                self.errors.append(
+                    ConfigError(
+                        "a merge key (<<) takes a mapping or a list of mappings",
+                        _loc(self.file, src),
+                        path or None,
+                    )
+                )
+        return maps
+
+
+def parse(text: str, file: str) -> tuple[YNode | None, list[ConfigError]]:
+    """Parse one YAML document. Returns the located tree (None for an empty document) and the
+    structural errors found; a syntax error is returned as the only error."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            return None, [_syntax_error(file, exc)]
+        if root is None:
+            return None, []
+        converter = _Converter(file, loader)
+        tree = converter.convert(root, "")
+        return tree, converter.errors
+    finally:
+        loader.dispose()
+
+
+def describe(node: YNode) -> str:
+    """What kind of value a node is, for "expected X, got Y" messages (never the value itself)."""
+    if isinstance(node, Map):
+        return "a mapping"
+    if isinstance(node, Seq):
+        return "a list"
+    assert isinstance(node, Scalar)
+    value = node.value
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+def walk(node: YNode) -> list[YNode]:
+    """Every node once (shared alias targets included once), keys included, in document order."""
+    out: list[YNode] = []
+    seen: set[int] = set()
+    stack: list[YNode] = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        out.append(n)
+        if isinstance(n, Map):
+            for k, v in reversed(n.pairs):
+                stack.append(v)
+                stack.append(k)
+        elif isinstance(n, Seq):
+            stack.extend(reversed(n.items))
+    return out
