@@ -357,10 +357,8 @@ class _EnvPlanner:
             how = "named in the config"
             if isinstance(binding, Selector):
                 how = f"selected by {binding.describe()}"
-            reasons.append(
-                f"bound to {old_conn.describe() if old_conn else 'no connection'}; the config binds "
-                f"{new_conn.describe()} ({how})"
-            )
+            other = "another connection" if ref.connection else "a connection to this unbound reference"
+            reasons.append(f"the config binds {other} ({how})")
 
         new_owner = None
         writer = self.live.writer

@@ -1,0 +1,669 @@
+"""The pure planner: given live X and desired Y, expect operations Z (no HTTP: live data built by hand)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from reconciler.errors import PlanError
+from reconciler.model import (
+    Binding,
+    Config,
+    DesiredReference,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveFlow,
+    LiveReference,
+    LiveSolution,
+    LiveUser,
+    Permission,
+    Selector,
+    connector_id,
+    frozen_map,
+)
+from reconciler.ops import (
+    AddToSolution,
+    ConnectionInfo,
+    CreateReference,
+    DeleteReference,
+    FieldChange,
+    FlowInfo,
+    OwnerInfo,
+    UpdateReference,
+)
+from reconciler.planner import PlanProblems, live_fingerprint, plan, plan_environment
+
+# --------------------------------------------------------------------------- builders (shared with test_render)
+
+SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", "Flows Service Account")
+MAKER1 = LiveUser("u-maker1", "oid-maker1", "maker1@contoso.com", "Maker One")
+MAKER2 = LiveUser("u-maker2", "oid-maker2", "maker2@contoso.com", "Maker Two")
+SOLUTION = LiveSolution("sol-1", "ContosoConnections")
+SP = "shared_sharepointonline"
+OUTLOOK = "shared_office365"
+
+
+def conn(
+    name: str,
+    display: str,
+    *,
+    connector: str = SP,
+    owner: LiveUser = SVC,
+    status: str = "Connected",
+    shared_with: Sequence[LiveUser] = (),
+) -> LiveConnection:
+    perms = (Permission(owner.object_id or "", "Owner"),) + tuple(
+        Permission(u.object_id or "", "CanView") for u in shared_with
+    )
+    return LiveConnection(name, connector_id(connector), display, status, owner.object_id, None, perms)
+
+
+def ref(
+    logical: str,
+    display: str | None,
+    *,
+    connector: str = SP,
+    connection: str | None = None,
+    description: str | None = None,
+    owner: LiveUser = SVC,
+    in_solution: bool = True,
+    etag: str = 'W/"100"',
+) -> LiveReference:
+    return LiveReference(
+        id=f"id-{logical.lower()}",
+        logical_name=logical,
+        display_name=display,
+        connector=connector_id(connector),
+        connection=connection,
+        description=description,
+        owner_id=owner.systemuserid,
+        etag=etag,
+        in_solution=in_solution,
+    )
+
+
+def live(
+    refs: Sequence[LiveReference] = (),
+    conns: Sequence[LiveConnection] = (),
+    *,
+    name: str = "dev",
+    writer: LiveUser | None = SVC,
+    caller: LiveUser | None = None,
+    flows: Sequence[LiveFlow] = (),
+    solution: LiveSolution | None = SOLUTION,
+) -> LiveEnvironment:
+    return LiveEnvironment(
+        name=name,
+        solution=solution,
+        component_type=10150,
+        references=tuple(refs),
+        connections=tuple(conns),
+        users=(SVC, MAKER1, MAKER2),
+        flows=tuple(flows),
+        caller=caller,
+        writer=writer,
+    )
+
+
+def desired(
+    logical: str, display: str, *, connector: str = SP, description: str | None = None
+) -> DesiredReference:
+    return DesiredReference(logical, connector_id(connector), display, description)
+
+
+def config(
+    refs: Sequence[DesiredReference],
+    bindings: Mapping[str, Binding] | None = None,
+    *,
+    service_account: str | None = "svc-flows@contoso.com",
+    envs: Sequence[str] = ("dev",),
+    prune: bool = False,
+) -> Config:
+    environments = {
+        e: EnvironmentConfig(
+            name=e,
+            url=f"local:{e}.json",
+            service_account=service_account,
+            bindings=frozen_map(bindings or {}),
+        )
+        for e in envs
+    }
+    return Config(
+        path="connref.yaml",
+        version=1,
+        solution="ContosoConnections",
+        references=frozen_map({r.logical_name: r for r in refs}),
+        environments=frozen_map(environments),
+        prune=prune,
+    )
+
+
+def plan_dev(cfg: Config, lv: LiveEnvironment, **kw: Any) -> Any:
+    return plan_environment(cfg, cfg.environments["dev"], lv, **kw)
+
+
+def summary(ops: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """A compact, comparable view of ops: (kind, name, {field: (before, after)}) for updates."""
+    out: list[tuple[Any, ...]] = []
+    for op in ops:
+        if isinstance(op, UpdateReference):
+            out.append((op.kind, op.logical_name, {c.field: (c.before, c.after) for c in op.changes}))
+        elif isinstance(op, CreateReference):
+            out.append((op.kind, op.logical_name, op.connection.name if op.connection else None))
+        else:
+            out.append((op.kind, op.logical_name))
+    return out
+
+
+C_SVC = conn("c0ffee01c0ffee01c0ffee01c0ffee01", "SharePoint svc")
+C_MAKER = conn("beef0002beef0002beef0002beef0002", "SharePoint maker1", owner=MAKER1, shared_with=[SVC])
+C_SVC2 = conn("c0ffee03c0ffee03c0ffee03c0ffee03", "SharePoint svc archive")
+C_OUTLOOK = conn("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a", "Outlook svc", connector=OUTLOOK)
+
+SP_REF = desired("contoso_SharePoint", "SharePoint ContosoConnections")
+OL_REF = desired("contoso_Outlook", "Outlook ContosoConnections", connector=OUTLOOK)
+
+
+# --------------------------------------------------------------------------- table: expected operations
+
+CASES: list[tuple[str, Config, LiveEnvironment, list[tuple[Any, ...]]]] = [
+    (
+        "create bound by name",
+        config([SP_REF], {"contoso_SharePoint": C_SVC.name}),
+        live([], [C_SVC]),
+        [("create", "contoso_SharePoint", C_SVC.name)],
+    ),
+    (
+        "create unbound",
+        config([SP_REF]),
+        live([], [C_SVC]),
+        [("create", "contoso_SharePoint", None)],
+    ),
+    (
+        "rename",
+        config([SP_REF]),
+        live([ref("contoso_SharePoint", "SharePoint old")]),
+        [
+            (
+                "update",
+                "contoso_SharePoint",
+                {"display_name": ("SharePoint old", "SharePoint ContosoConnections")},
+            )
+        ],
+    ),
+    (
+        "description update",
+        config([desired("contoso_SharePoint", "SharePoint ContosoConnections", description="Invoices")]),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections", description="old text")]),
+        [("update", "contoso_SharePoint", {"description": ("old text", "Invoices")})],
+    ),
+    (
+        "null and empty description are equal",
+        config([SP_REF]),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections", description="")]),
+        [],
+    ),
+    (
+        "rebind by name",
+        config([SP_REF], {"contoso_SharePoint": C_SVC.name}),
+        live(
+            [ref("contoso_SharePoint", "SharePoint ContosoConnections", connection=C_MAKER.name)],
+            [C_SVC, C_MAKER],
+        ),
+        [("update", "contoso_SharePoint", {"connection": (C_MAKER.name, C_SVC.name)})],
+    ),
+    (
+        "rebind by selector on owner",
+        config([SP_REF], {"contoso_SharePoint": Selector(owner="SVC-Flows@contoso.com")}),
+        live(
+            [ref("contoso_SharePoint", "SharePoint ContosoConnections", connection=C_MAKER.name)],
+            [C_SVC, C_MAKER],
+        ),
+        [("update", "contoso_SharePoint", {"connection": (C_MAKER.name, C_SVC.name)})],
+    ),
+    (
+        "selector with display_name picks one of the owner's connections",
+        config(
+            [SP_REF],
+            {"contoso_SharePoint": Selector(owner="svc-flows@contoso.com", display_name="sharepoint svc")},
+        ),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections")], [C_SVC, C_SVC2]),
+        [("update", "contoso_SharePoint", {"connection": (None, C_SVC.name)})],
+    ),
+    (
+        "no changes",
+        config([SP_REF, OL_REF], {"contoso_SharePoint": C_SVC.name, "contoso_Outlook": C_OUTLOOK.name}),
+        live(
+            [
+                ref("contoso_SharePoint", "SharePoint ContosoConnections", connection=C_SVC.name),
+                ref(
+                    "contoso_Outlook",
+                    "Outlook ContosoConnections",
+                    connector=OUTLOOK,
+                    connection=C_OUTLOOK.name,
+                ),
+            ],
+            [C_SVC, C_OUTLOOK],
+        ),
+        [],
+    ),
+    (
+        "connector compared by its tail, ignoring case",
+        config(
+            [
+                desired(
+                    "contoso_SharePoint", "SharePoint ContosoConnections", connector="shared_SharePointOnline"
+                )
+            ]
+        ),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections")]),
+        [],
+    ),
+    (
+        "connection name compared ignoring case",
+        config([SP_REF], {"contoso_SharePoint": C_SVC.name.upper()}),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections", connection=C_SVC.name)], [C_SVC]),
+        [],
+    ),
+    (
+        "add to solution",
+        config([SP_REF]),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections", in_solution=False)]),
+        [("add_to_solution", "contoso_SharePoint")],
+    ),
+    (
+        "add to solution and rename",
+        config([SP_REF]),
+        live([ref("contoso_SharePoint", "Old", in_solution=False)]),
+        [
+            ("add_to_solution", "contoso_SharePoint"),
+            ("update", "contoso_SharePoint", {"display_name": ("Old", "SharePoint ContosoConnections")}),
+        ],
+    ),
+    (
+        "ownership change to the service account",
+        config([SP_REF]),
+        live([ref("contoso_SharePoint", "SharePoint ContosoConnections", owner=MAKER1)]),
+        [("update", "contoso_SharePoint", {"owner": ("maker1@contoso.com", "svc-flows@contoso.com")})],
+    ),
+    (
+        "no service account: owner left alone",
+        config([SP_REF], service_account=None),
+        live(
+            [ref("contoso_SharePoint", "SharePoint ContosoConnections", owner=MAKER1)],
+            writer=None,
+            caller=MAKER1,
+        ),
+        [],
+    ),
+    (
+        "unbound in the config: the live binding is left alone",
+        config([SP_REF]),
+        live(
+            [ref("contoso_SharePoint", "SharePoint ContosoConnections", connection=C_MAKER.name)], [C_MAKER]
+        ),
+        [],
+    ),
+    (
+        "undeclared live references are left alone",
+        config([SP_REF]),
+        live(
+            [
+                ref("contoso_SharePoint", "SharePoint ContosoConnections"),
+                ref("contoso_sharedsharepointonline_8f4b0", "SharePoint maker-8f4b0", owner=MAKER1),
+            ]
+        ),
+        [],
+    ),
+    (
+        "ops ordered by logical name",
+        config(
+            [desired("contoso_Zeta", "Z"), desired("contoso_alpha", "A"), desired("contoso_Mid", "M")],
+        ),
+        live([ref("contoso_Mid", "old")]),
+        [
+            ("create", "contoso_alpha", None),
+            ("update", "contoso_Mid", {"display_name": ("old", "M")}),
+            ("create", "contoso_Zeta", None),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("cfg", "lv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plan_environment(cfg: Config, lv: LiveEnvironment, expected: list[tuple[Any, ...]]) -> None:
+    assert summary(plan_dev(cfg, lv).ops) == expected
+
+
+# --------------------------------------------------------------------------- full operations
+
+
+def test_create_carries_binding_owner_and_snapshot() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": C_SVC.name})
+    ep = plan_dev(cfg, live([], [C_SVC]))
+    assert ep.ops == (
+        CreateReference(
+            environment="dev",
+            logical_name="contoso_SharePoint",
+            reason="declared in the config and not found in environment dev, bound to "
+            f'"SharePoint svc" (owner svc-flows@contoso.com, {C_SVC.name})',
+            after={
+                "logical_name": "contoso_SharePoint",
+                "connector": connector_id(SP),
+                "display_name": "SharePoint ContosoConnections",
+                "description": None,
+                "connection": C_SVC.name,
+                "owner": "svc-flows@contoso.com",
+                "in_solution": True,
+            },
+            solution="ContosoConnections",
+            connector=connector_id(SP),
+            display_name="SharePoint ContosoConnections",
+            connection=ConnectionInfo(C_SVC.name, "SharePoint svc", "svc-flows@contoso.com", "Connected"),
+            owner=OwnerInfo("u-svc", "svc-flows@contoso.com"),
+        ),
+    )
+    assert ep.ops[0].actions == ("create",)
+    assert ep.ops[0].reference_id is None and ep.ops[0].etag is None
+    assert ep.counts.to_dict() == {"add": 1, "change": 0, "destroy": 0}
+
+
+def test_rebind_describes_old_and_new_connection_and_carries_etag() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": Selector(owner="svc-flows@contoso.com")})
+    lref = ref(
+        "contoso_SharePoint", "SharePoint ContosoConnections", connection=C_MAKER.name, etag='W/"4242"'
+    )
+    (op,) = plan_dev(cfg, live([lref], [C_SVC, C_MAKER])).ops
+    assert isinstance(op, UpdateReference)
+    assert op.reference_id == "id-contoso_sharepoint"
+    assert op.etag == 'W/"4242"'
+    assert op.old_connection == ConnectionInfo(
+        C_MAKER.name, "SharePoint maker1", "maker1@contoso.com", "Connected"
+    )
+    assert op.new_connection == ConnectionInfo(
+        C_SVC.name, "SharePoint svc", "svc-flows@contoso.com", "Connected"
+    )
+    assert op.before["connection"] == C_MAKER.name and op.after["connection"] == C_SVC.name
+    assert op.new_values() == {"connection": C_SVC.name}
+    assert op.reason == "the config binds another connection (selected by {owner: svc-flows@contoso.com})"
+
+
+def test_rebind_from_a_connection_that_no_longer_exists() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": C_SVC.name})
+    (op,) = plan_dev(
+        cfg, live([ref("contoso_SharePoint", SP_REF.display_name, connection="gone")], [C_SVC])
+    ).ops
+    assert isinstance(op, UpdateReference)
+    assert op.old_connection == ConnectionInfo("gone", status="not found")
+
+
+def test_owner_change_writes_the_service_account_systemuserid() -> None:
+    lref = ref("contoso_SharePoint", "Old name", owner=MAKER1)
+    (op,) = plan_dev(config([SP_REF]), live([lref])).ops
+    assert isinstance(op, UpdateReference)
+    assert op.changes == (
+        FieldChange("display_name", "Old name", "SharePoint ContosoConnections"),
+        FieldChange("owner", "maker1@contoso.com", "svc-flows@contoso.com"),
+    )
+    assert op.old_owner == OwnerInfo("u-maker1", "maker1@contoso.com")
+    assert op.new_owner == OwnerInfo("u-svc", "svc-flows@contoso.com")
+    assert op.new_values() == {"display_name": "SharePoint ContosoConnections", "owner": "u-svc"}
+    assert op.after["owner"] == "svc-flows@contoso.com" and op.before["owner"] == "maker1@contoso.com"
+
+
+def test_case_mismatch_keeps_live_name_and_warns() -> None:
+    cfg = config([desired("contoso_SharePoint", "New")])
+    ep = plan_dev(cfg, live([ref("contoso_sharepoint", "Old")]))
+    (op,) = ep.ops
+    assert op.logical_name == "contoso_sharepoint"
+    assert ep.warnings == (
+        "dev: contoso_SharePoint is contoso_sharepoint in the environment; logical names can't change, "
+        "so contoso_sharepoint is kept (spell it so in the config)",
+    )
+
+
+def test_add_to_solution_is_one_change() -> None:
+    ep = plan_dev(config([SP_REF]), live([ref("contoso_SharePoint", "Old", in_solution=False)]))
+    add = ep.ops[0]
+    assert isinstance(add, AddToSolution)
+    assert add.actions == ("update",)
+    assert add.solution == "ContosoConnections"
+    assert add.before["in_solution"] is False and add.after["in_solution"] is True
+    assert ep.counts.to_dict() == {"add": 0, "change": 1, "destroy": 0}
+
+
+def test_writer_falls_back_to_the_caller_without_service_account() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": C_MAKER.name}, service_account=None)
+    ep = plan_dev(cfg, live([], [C_MAKER], writer=None, caller=MAKER1))
+    (op,) = ep.ops
+    assert isinstance(op, CreateReference)
+    assert op.owner is None  # the caller owns what it creates; no assignment needed
+
+
+# --------------------------------------------------------------------------- prune
+
+
+FLOW = LiveFlow("flow-1", "Invoice approval", 1, "u-maker1", ("contoso_Old",))
+
+
+def test_prune_deletes_managed_undeclared_unused_references_only() -> None:
+    lv = live(
+        [
+            ref("contoso_SharePoint", SP_REF.display_name),
+            ref("contoso_Gone", "Gone", connection="x1"),
+            ref("contoso_Old", "Old"),
+            ref("contoso_NeverManaged", "Someone else's"),
+        ],
+        flows=[FLOW],
+    )
+    managed = {"contoso_sharepoint", "contoso_gone", "contoso_old"}
+    ep = plan_dev(config([SP_REF]), lv, prune=True, managed=managed)
+    (op,) = ep.ops
+    assert isinstance(op, DeleteReference)
+    assert (op.logical_name, op.reference_id, op.etag, op.flows) == (
+        "contoso_Gone",
+        "id-contoso_gone",
+        'W/"100"',
+        (),
+    )
+    assert op.actions == ("delete",) and op.before["connection"] == "x1"
+    assert ep.warnings == (
+        'dev: contoso_Old is no longer declared but is not deleted: flows still use it: "Invoice approval"',
+    )
+    assert ep.counts.to_dict() == {"add": 0, "change": 0, "destroy": 1}
+
+
+def test_prune_off_by_default() -> None:
+    lv = live([ref("contoso_Gone", "Gone")])
+    assert plan_dev(config([]), lv, managed={"contoso_gone"}).ops == ()
+
+
+def test_plan_uses_config_prune_and_managed_sets() -> None:
+    lv = live([ref("contoso_Gone", "Gone")])
+    p = plan(config([], prune=True), {"dev": lv}, managed={"dev": ["contoso_Gone"]})
+    assert summary(p.ops) == [("delete", "contoso_Gone")]
+    assert plan(config([], prune=True), {"dev": lv}, prune=False, managed={"dev": ["contoso_Gone"]}).ops == ()
+
+
+def test_flow_info_is_carried() -> None:
+    assert FlowInfo("flow-1", "Invoice approval").to_dict() == {"id": "flow-1", "name": "Invoice approval"}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def problems_of(cfg: Config, lv: LiveEnvironment) -> list[str]:
+    with pytest.raises(PlanError) as info:
+        plan_dev(cfg, lv)
+    assert isinstance(info.value, PlanProblems)
+    return info.value.problems
+
+
+def test_missing_connection() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": "deadbeef"})
+    assert problems_of(cfg, live([], [C_SVC])) == [
+        "dev: contoso_SharePoint: connection deadbeef not found in environment dev "
+        "or not visible to svc-flows@contoso.com"
+    ]
+
+
+def test_connection_for_another_connector() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": C_OUTLOOK.name})
+    assert problems_of(cfg, live([], [C_OUTLOOK])) == [
+        f'dev: contoso_SharePoint: connection "Outlook svc" (owner svc-flows@contoso.com, {C_OUTLOOK.name}) '
+        "is for connector shared_office365, but the reference is for shared_sharepointonline"
+    ]
+
+
+def test_broken_connection() -> None:
+    broken = conn("e" * 32, "SharePoint expired", status="Error")
+    cfg = config([SP_REF], {"contoso_SharePoint": broken.name})
+    (line,) = problems_of(cfg, live([ref("contoso_SharePoint", SP_REF.display_name)], [broken]))
+    assert line.startswith(
+        f'dev: contoso_SharePoint: connection "SharePoint expired" (owner svc-flows@contoso.com, {broken.name}) has status Error, not Connected'
+    )
+
+
+def test_ambiguous_selector_lists_candidates() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": Selector(owner="svc-flows@contoso.com")})
+    (line,) = problems_of(cfg, live([], [C_SVC, C_SVC2, C_MAKER]))
+    assert line == (
+        "dev: contoso_SharePoint: selector {owner: svc-flows@contoso.com} matches 2 shared_sharepointonline "
+        "connections; add display_name to pick one, or bind by name. Candidates: "
+        f'"SharePoint svc" (owner svc-flows@contoso.com, {C_SVC.name}); '
+        f'"SharePoint svc archive" (owner svc-flows@contoso.com, {C_SVC2.name})'
+    )
+
+
+def test_empty_selector_match_lists_the_connectors_connections() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": Selector(owner="nobody@contoso.com", display_name="X")})
+    (line,) = problems_of(cfg, live([], [C_MAKER, C_OUTLOOK]))
+    assert line == (
+        "dev: contoso_SharePoint: selector {owner: nobody@contoso.com, display_name: X} matches no "
+        "shared_sharepointonline connection in environment dev visible to svc-flows@contoso.com. "
+        f'shared_sharepointonline connections: "SharePoint maker1" (owner maker1@contoso.com, {C_MAKER.name})'
+    )
+
+
+def test_selector_owner_from_connection_owner_name_when_user_unknown() -> None:
+    stranger = LiveConnection(
+        "f" * 32,
+        connector_id(SP),
+        "SP ext",
+        "Connected",
+        "oid-ext",
+        "ext@fabrikam.com",
+        (Permission("oid-svc", "CanView"),),
+    )
+    cfg = config([SP_REF], {"contoso_SharePoint": Selector(owner="EXT@fabrikam.com")})
+    (op,) = plan_dev(cfg, live([], [stranger])).ops
+    assert isinstance(op, CreateReference) and op.connection is not None
+    assert op.connection.owner == "ext@fabrikam.com"
+
+
+def test_connection_not_usable_by_the_writer() -> None:
+    private = conn("a" * 32, "SharePoint maker2", owner=MAKER2)
+    cfg = config([SP_REF], {"contoso_SharePoint": private.name})
+    assert problems_of(cfg, live([], [private])) == [
+        f'dev: contoso_SharePoint: connection "SharePoint maker2" (owner maker2@contoso.com, {private.name}) '
+        "is owned by maker2@contoso.com and not shared with svc-flows@contoso.com, which writes the binding; "
+        "share it with svc-flows@contoso.com (object id oid-svc) with the CanView ('Can use') permission, "
+        "or bind a connection svc-flows@contoso.com owns"
+    ]
+
+
+def test_connector_of_a_reference_cannot_change() -> None:
+    cfg = config([desired("contoso_SharePoint", "SP", connector=OUTLOOK)])
+    assert problems_of(cfg, live([ref("contoso_SharePoint", "SP")])) == [
+        "dev: contoso_SharePoint: the live reference is for connector shared_sharepointonline but the config "
+        "declares shared_office365; the connector of a reference can't change: declare a new logical name for "
+        "the new connector"
+    ]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    broken = conn("e" * 32, "SharePoint expired", status="Error", owner=MAKER2)
+    cfg = config(
+        [SP_REF, OL_REF, desired("contoso_Teams", "Teams", connector="shared_teams")],
+        {
+            "contoso_SharePoint": broken.name,
+            "contoso_Outlook": "missing",
+            "contoso_Teams": Selector(owner="x@y"),
+        },
+    )
+    lines = problems_of(cfg, live([], [broken]))
+    # Sorted by reference in config order; the broken connection gives two problems (status and access).
+    assert [line.split(": ")[1] for line in lines] == [
+        "contoso_SharePoint",
+        "contoso_SharePoint",
+        "contoso_Outlook",
+        "contoso_Teams",
+    ]
+    assert all(line.startswith("dev: ") for line in lines)
+
+
+def test_plan_collects_problems_across_environments() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": "missing"}, envs=("dev", "prod"))
+    with pytest.raises(PlanProblems) as info:
+        plan(cfg, {"dev": live([], []), "prod": live([], [], name="prod")})
+    assert [p.split(":")[0] for p in info.value.problems] == ["dev", "prod"]
+    assert str(info.value).startswith("The plan cannot be made: 2 problems to fix first:\n  - dev: ")
+
+
+def test_service_account_not_found_or_disabled() -> None:
+    assert problems_of(config([SP_REF]), live([], writer=None, caller=MAKER1)) == [
+        "dev: service account svc-flows@contoso.com not found among the users of environment dev; add it as a "
+        "user (application users for service principals) or fix service_account"
+    ]
+    disabled = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", disabled=True)
+    assert problems_of(config([SP_REF]), live([], writer=disabled)) == [
+        "dev: service account svc-flows@contoso.com is disabled in environment dev"
+    ]
+
+
+def test_solution_missing() -> None:
+    assert problems_of(config([SP_REF]), live([], solution=None)) == [
+        "dev: solution ContosoConnections not found in environment dev"
+    ]
+
+
+def test_duplicate_live_names_ignoring_case() -> None:
+    lv = live([ref("contoso_SharePoint", "a"), ref("contoso_sharepoint", "b")])
+    assert problems_of(config([SP_REF]), lv) == [
+        "dev: contoso_SharePoint: several live references match it ignoring case "
+        "(contoso_SharePoint, contoso_sharepoint); remove the extras"
+    ]
+
+
+def test_plan_rejects_unknown_environment() -> None:
+    with pytest.raises(PlanError, match="not in the config: qa"):
+        plan(config([SP_REF]), {"qa": live(name="qa")})
+
+
+# --------------------------------------------------------------------------- plan and fingerprints
+
+
+def test_plan_in_config_order_with_digest_and_time() -> None:
+    cfg = config([SP_REF], envs=("dev", "prod"))
+    p = plan(cfg, {"prod": live(name="prod"), "dev": live()}, created_at="2026-03-04T10:15:00Z")
+    assert [e.environment for e in p.environments] == ["dev", "prod"]
+    assert p.created_at == "2026-03-04T10:15:00Z"
+    assert p.config_digest.startswith("sha256:")
+    assert p.counts.to_dict() == {"add": 2, "change": 0, "destroy": 0}
+    again = plan(cfg, {"prod": live(name="prod"), "dev": live()}, created_at="2026-03-04T10:15:00Z")
+    assert again == p
+    other = plan(config([desired("contoso_SharePoint", "changed")], envs=("dev", "prod")), {"dev": live()})
+    assert other.config_digest != p.config_digest
+
+
+def test_fingerprint_moves_with_etags_and_ignores_order() -> None:
+    a = ref("contoso_A", "A", etag='W/"1"')
+    b = ref("contoso_B", "B", etag='W/"2"')
+    assert live_fingerprint(live([a, b], [C_SVC])) == live_fingerprint(live([b, a], [C_SVC]))
+    moved = ref("contoso_B", "B", etag='W/"3"')
+    assert live_fingerprint(live([a, moved], [C_SVC])) != live_fingerprint(live([a, b], [C_SVC]))
+    broken = conn(C_SVC.name, "SharePoint svc", status="Error")
+    assert live_fingerprint(live([a, b], [broken])) != live_fingerprint(live([a, b], [C_SVC]))
