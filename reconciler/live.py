@@ -1,0 +1,380 @@
+"""The live reader: everything the planner needs about one environment, read in bulk and in parallel.
+
+``read_environment(session, config, env)`` makes a fixed number of requests whatever the number of
+references (a page holds 5000 rows): two rounds of independent reads run in parallel threads
+(``httpx.Client`` is thread-safe).
+
+Round 1: ``WhoAmI``; the org-specific component type of ``connectionreference``
+(``solutioncomponentdefinitions``, shared notes §1.7); the solution by ``uniquename``; every
+connection reference of the environment (one paged query with ``$select``); the cloud flows
+(``workflows``, category 5); the connections (admin scope first, then the caller's scope on a 403:
+one extra request when the caller is no admin).
+
+Round 2: the solution's components of that type (membership, shared notes §2.5: never
+``connectionreference.solutionid``); the users needed (the caller, the service account by
+``domainname``, reference and connection owners) in ONE query with an ``or`` chain; and, when writes
+impersonate a service account, whether the caller holds ``prvActOnBehalfOfAnotherUser``.
+
+Why the whole reference collection rather than a filter on the declared names: membership of
+undeclared references in the solution (drift, prune, lint) needs their rows too, and reading the
+collection is one request up to 5000 references, while a filter on ids would grow with the solution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .client import Filter, Guid, any_of, either, eq
+from .errors import ApiError, AuthError, NotFoundError, PlanError
+from .model import (
+    Config,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveFlow,
+    LiveReference,
+    LiveSolution,
+    LiveUser,
+    Permission,
+)
+from .session import EnvSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IMPERSONATION_PRIVILEGE = "prvActOnBehalfOfAnotherUser"
+#: Cloud flows are workflows of category 5 ("Modern Flow"; manage-flows-with-code).
+FLOW_CATEGORY = 5
+#: Above this many keys the users are read as a collection rather than with an ``or`` chain, to stay
+#: far below URL length limits; either way it is one request (per 5000 users).
+MAX_USER_KEYS = 60
+
+REFERENCE_COLUMNS = (
+    "connectionreferenceid",
+    "connectionreferencelogicalname",
+    "connectionreferencedisplayname",
+    "connectorid",
+    "connectionid",
+    "description",
+    "ismanaged",
+    "statecode",
+    "_ownerid_value",
+    "_createdby_value",
+    "createdon",
+    "_modifiedby_value",
+    "modifiedon",
+)
+USER_COLUMNS = ("systemuserid", "azureactivedirectoryobjectid", "domainname", "fullname", "isdisabled",
+                "applicationid")
+FLOW_COLUMNS = ("workflowid", "name", "statecode", "_ownerid_value", "clientdata")
+SOLUTION_COLUMNS = ("solutionid", "uniquename", "friendlyname", "ismanaged")
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _guids(values: Iterable[str | None]) -> list[Guid]:
+    seen: dict[str, Guid] = {}
+    for v in values:
+        if v and _GUID.match(v):
+            seen.setdefault(v.lower(), Guid(v.lower()))
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------- row -> model
+
+
+def reference_from_row(row: Mapping[str, Any], in_solution: bool) -> LiveReference:
+    return LiveReference(
+        id=str(row["connectionreferenceid"]).lower(),
+        logical_name=str(row.get("connectionreferencelogicalname") or ""),
+        display_name=row.get("connectionreferencedisplayname"),
+        connector=str(row.get("connectorid") or ""),
+        connection=row.get("connectionid") or None,
+        description=row.get("description"),
+        owner_id=(row.get("_ownerid_value") or None),
+        etag=str(row.get("@odata.etag") or ""),
+        in_solution=in_solution,
+        managed=bool(row.get("ismanaged")),
+        modified_by=row.get("_modifiedby_value"),
+        modified_on=row.get("modifiedon"),
+        created_by=row.get("_createdby_value"),
+        created_on=row.get("createdon"),
+    )
+
+
+def user_from_row(row: Mapping[str, Any]) -> LiveUser:
+    return LiveUser(
+        systemuserid=str(row["systemuserid"]).lower(),
+        object_id=(str(row["azureactivedirectoryobjectid"]).lower()
+                   if row.get("azureactivedirectoryobjectid") else None),
+        upn=row.get("domainname") or None,
+        fullname=row.get("fullname"),
+        disabled=bool(row.get("isdisabled")),
+        application_id=row.get("applicationid"),
+    )
+
+
+def connection_from_item(item: Mapping[str, Any]) -> LiveConnection:
+    """A connection in the shape both connections APIs return (shared notes §3.3)."""
+    props = item.get("properties") or {}
+    statuses = props.get("statuses") or []
+    status = str(statuses[0].get("status")) if statuses and isinstance(statuses[0], dict) else "Unknown"
+    created_by = props.get("createdBy") or {}
+    permissions = []
+    for p in props.get("permissions") or []:
+        pp = p.get("properties") or {}
+        principal = pp.get("principal") or {}
+        pid = principal.get("id") or p.get("name")
+        if pid:
+            permissions.append(Permission(principal_id=str(pid), role=str(pp.get("roleName") or ""),
+                                          principal_type=principal.get("type")))
+    owner_oid = created_by.get("id")
+    if not owner_oid:
+        owner_oid = next((p.principal_id for p in permissions if p.role == "Owner"), None)
+    return LiveConnection(
+        name=str(item.get("name") or ""),
+        connector=str(props.get("apiId") or ""),
+        display_name=props.get("displayName"),
+        status=status,
+        owner_object_id=owner_oid,
+        owner_name=(created_by.get("userPrincipalName") or created_by.get("email")
+                    or created_by.get("displayName")),
+        permissions=tuple(permissions),
+    )
+
+
+def flow_references(clientdata: str | None) -> tuple[str, ...]:
+    """The reference logical names a flow's ``clientdata`` uses (shared notes §4.2).
+
+    Recognised: entries of ``connectionReferences`` (under ``properties`` or at the top) whose
+    ``connection.connectionReferenceLogicalName`` (current form) or ``connectionReferenceLogicalName``
+    (flattened form) is set. Legacy entries (``connectionName``/``source``/``id``) bind a connection
+    directly and use no reference, so they add nothing."""
+    if not clientdata:
+        return ()
+    try:
+        doc = json.loads(clientdata)
+    except (TypeError, ValueError):
+        return ()
+    if not isinstance(doc, dict):
+        return ()
+    inner = doc.get("properties")
+    props: dict[str, Any] = inner if isinstance(inner, dict) else doc
+    refs = props.get("connectionReferences")
+    if not isinstance(refs, dict):
+        return ()
+    names: list[str] = []
+    for entry in refs.values():
+        if not isinstance(entry, dict):
+            continue
+        raw = entry.get("connection")
+        conn: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        name = conn.get("connectionReferenceLogicalName") or entry.get("connectionReferenceLogicalName")
+        if isinstance(name, str) and name and name.lower() not in (n.lower() for n in names):
+            names.append(name)
+    return tuple(names)
+
+
+def flow_from_row(row: Mapping[str, Any]) -> LiveFlow:
+    return LiveFlow(
+        id=str(row["workflowid"]).lower(),
+        name=str(row.get("name") or ""),
+        state=int(row.get("statecode") or 0),
+        owner_id=row.get("_ownerid_value"),
+        references=flow_references(row.get("clientdata")),
+    )
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def read_connections(session: EnvSession, *, admin: bool = True) -> list[dict[str, Any]]:
+    """Every connection the writer could bind: the admin-scope list when the caller may read it,
+    else (403: no Power Platform admin role / no management app registration, shared notes §3.2)
+    the caller-scoped list. That fallback costs one extra request."""
+    client = session.connections
+    if client is None:
+        raise PlanError(
+            f"environment '{session.name}': connref cannot read connections without environment_id "
+            "or connections_url; add one of them to the environment"
+        )
+    if admin:
+        try:
+            return client.list_connections_admin()
+        except ApiError as exc:
+            if exc.status not in (401, 403):
+                raise
+            log.info("%s: admin connection list refused (%s); using the caller's scope",
+                     session.name, exc.status)
+        except AuthError as exc:
+            log.info("%s: no token for the admin connection list (%s); using the caller's scope",
+                     session.name, type(exc).__name__)
+    return client.list_connections()
+
+
+def _env(config: Config, env: EnvironmentConfig | str | None, session: EnvSession) -> EnvironmentConfig:
+    if isinstance(env, EnvironmentConfig):
+        return env
+    name = env or session.name
+    found = config.environments.get(name)
+    return found if found is not None else session.env
+
+
+def read_environment(
+    session: EnvSession,
+    config: Config,
+    env: EnvironmentConfig | str | None = None,
+    *,
+    all_references: bool = False,
+    admin_connections: bool = True,
+    max_workers: int = 6,
+) -> LiveEnvironment:
+    """Read one environment for planning. ``references`` holds the solution's references and any
+    declared reference outside it (all of the environment's with ``all_references``)."""
+    envc = _env(config, env, session)
+    dv = session.dataverse
+    service_account = envc.service_account
+
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"live-{envc.name}") as pool:
+        def run(fn: Callable[[], T]) -> Future[T]:
+            return pool.submit(fn)
+
+        f_who = run(dv.who_am_i)
+        f_type = run(lambda: dv.component_type_for("connectionreference"))
+        f_solution = run(lambda: dv.get_all("solutions", select=SOLUTION_COLUMNS,
+                                            filter=eq("uniquename", config.solution)))
+        f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
+        f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
+                                         filter=eq("category", FLOW_CATEGORY)))
+        f_conns = run(lambda: read_connections(session, admin=admin_connections))
+
+        who = f_who.result()
+        component_type = f_type.result()
+        solution_rows = f_solution.result()
+        ref_rows = f_refs.result()
+        conn_items = f_conns.result()
+
+        solution = None
+        if solution_rows:
+            s = solution_rows[0]
+            solution = LiveSolution(id=str(s["solutionid"]).lower(), unique_name=str(s.get("uniquename")),
+                                    managed=bool(s.get("ismanaged")))
+
+        connections = tuple(connection_from_item(c) for c in conn_items)
+
+        # Round 2: what depends on round 1, again in parallel.
+        f_members: Future[list[dict[str, Any]]] | None = None
+        if solution is not None:
+            sol_id = solution.id
+            member_filter = eq("_solutionid_value", Guid(sol_id)) & eq("componenttype", component_type)
+            f_members = run(lambda: dv.get_all("solutioncomponents", select=("objectid",),
+                                               filter=member_filter))
+        owner_ids = [r.get("_ownerid_value") for r in ref_rows]
+        f_users = run(lambda: _read_users(session, who.user_id, service_account, owner_ids,
+                                          [c.owner_object_id for c in connections]))
+        f_priv: Future[bool | None] | None = None
+        if service_account:
+            f_priv = run(lambda: dv.user_has_privilege(who.user_id, IMPERSONATION_PRIVILEGE))
+
+        members = {str(m.get("objectid", "")).lower() for m in (f_members.result() if f_members else [])}
+        users = f_users.result()
+        can_impersonate = f_priv.result() if f_priv else None
+        flows = tuple(flow_from_row(r) for r in f_flows.result())
+
+    declared = {name.lower() for name in config.references}
+    references = tuple(
+        reference_from_row(row, str(row["connectionreferenceid"]).lower() in members)
+        for row in ref_rows
+        if all_references
+        or str(row["connectionreferenceid"]).lower() in members
+        or str(row.get("connectionreferencelogicalname") or "").lower() in declared
+    )
+
+    caller = next((u for u in users if u.systemuserid == who.user_id), None)
+    if caller is None:
+        caller = LiveUser(systemuserid=who.user_id, object_id=None, upn=None)
+    if service_account:
+        writer = next((u for u in users if (u.upn or "").lower() == service_account.lower()), None)
+    else:
+        writer = caller
+    impersonating = (bool(service_account) and writer is not None
+                     and writer.systemuserid != caller.systemuserid)
+    if impersonating and writer is not None:
+        session.writer_object_id = writer.object_id
+    else:
+        session.writer_object_id = None
+    # When the service cannot say whether the caller may impersonate, leave it to the apply: the
+    # write then fails with Dataverse's own CannotActOnBehalfOfAnotherUser error.
+    caller_can_impersonate = impersonating if can_impersonate is None else can_impersonate
+
+    return LiveEnvironment(
+        name=envc.name,
+        solution=solution,
+        component_type=component_type,
+        references=references,
+        connections=connections,
+        users=tuple(users),
+        flows=flows,
+        caller=caller,
+        writer=writer,
+        caller_can_impersonate=caller_can_impersonate,
+    )
+
+
+def _read_users(
+    session: EnvSession,
+    caller_id: str,
+    service_account: str | None,
+    owner_ids: Iterable[str | None],
+    owner_object_ids: Iterable[str | None],
+) -> list[LiveUser]:
+    """The users the plan names, in one request: the caller, the service account (by ``domainname``,
+    escaped: a UPN may hold an apostrophe), the owners of references and of connections."""
+    ids = _guids([caller_id, *owner_ids])
+    oids = _guids(owner_object_ids)
+    clauses: list[Filter] = []
+    if ids:
+        clauses.append(any_of("systemuserid", ids))
+    if oids:
+        clauses.append(any_of("azureactivedirectoryobjectid", oids))
+    if service_account:
+        clauses.append(eq("domainname", service_account))
+    dv = session.dataverse
+    if len(ids) + len(oids) > MAX_USER_KEYS:
+        rows = dv.get_all("systemusers", select=USER_COLUMNS)
+        wanted_ids = {g.value for g in ids}
+        wanted_oids = {g.value for g in oids}
+        sa = (service_account or "").lower()
+        rows = [
+            r for r in rows
+            if str(r.get("systemuserid", "")).lower() in wanted_ids
+            or str(r.get("azureactivedirectoryobjectid") or "").lower() in wanted_oids
+            or (sa and str(r.get("domainname") or "").lower() == sa)
+        ]
+    else:
+        rows = dv.get_all("systemusers", select=USER_COLUMNS, filter=either(*clauses))
+    return [user_from_row(r) for r in rows]
+
+
+def resolve_writer_object_id(session: EnvSession) -> str | None:
+    """The Entra object id writes impersonate: the service account's, when the environment has one
+    (one request when the live reader has not resolved it already)."""
+    sa = session.service_account
+    if not sa:
+        return None
+    if session.writer_object_id:
+        return session.writer_object_id
+    rows = session.dataverse.get_all("systemusers", select=USER_COLUMNS, filter=eq("domainname", sa))
+    if not rows or not rows[0].get("azureactivedirectoryobjectid"):
+        raise NotFoundError(f"environment '{session.name}': service account {sa} has no Dataverse user")
+    who = session.dataverse.who_am_i()
+    if str(rows[0]["systemuserid"]).lower() == who.user_id:
+        return None  # the caller is the service account: nothing to impersonate
+    session.writer_object_id = str(rows[0]["azureactivedirectoryobjectid"]).lower()
+    return session.writer_object_id
