@@ -275,11 +275,10 @@ class _EnvPlanner:
             "owner": owner.describe() if owner else None,
             "in_solution": True,
         }
-        bound = f", bound to {self.describe(target)}" if target else ", unbound"
         return CreateReference(
             environment=self.env.name,
             logical_name=desired.logical_name,
-            reason=f"declared in the config and not found in environment {self.env.name}{bound}",
+            reason=f"declared in the config and not found in environment {self.env.name}",
             after=after,
             solution=self.config.solution,
             connector=desired.connector,
@@ -321,7 +320,7 @@ class _EnvPlanner:
             "owner": old_owner.describe() if old_owner else None,
             "in_solution": ref.in_solution,
         }
-        common = dict(environment=self.env.name, logical_name=name, reference_id=ref.id, etag=ref.etag)
+        common: dict[str, Any] = dict(environment=self.env.name, logical_name=name, reference_id=ref.id, etag=ref.etag)
         ops: list[Op] = []
         if not ref.in_solution:
             ops.append(
