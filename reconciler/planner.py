@@ -320,7 +320,12 @@ class _EnvPlanner:
             "owner": old_owner.describe() if old_owner else None,
             "in_solution": ref.in_solution,
         }
-        common: dict[str, Any] = dict(environment=self.env.name, logical_name=name, reference_id=ref.id, etag=ref.etag)
+        common: dict[str, Any] = {
+            "environment": self.env.name,
+            "logical_name": name,
+            "reference_id": ref.id,
+            "etag": ref.etag,
+        }
         ops: list[Op] = []
         if not ref.in_solution:
             ops.append(
