@@ -103,8 +103,13 @@ def read_lock(state_dir: str | os.PathLike[str], env: str) -> LockInfo | None:
         except OSError:
             created = "?"
         return LockInfo(
-            id="unknown", environment=env, operation="?", holder="unknown (unreadable lock file)",
-            host="", pid=0, created=created,
+            id="unknown",
+            environment=env,
+            operation="?",
+            holder="unknown (unreadable lock file)",
+            host="",
+            pid=0,
+            created=created,
         )
 
 

@@ -1,0 +1,534 @@
+"""Drift detection: what changed in an environment behind connref's back. Pure: no I/O.
+
+``detect_drift`` compares the live environment with two baselines, per reference:
+
+- a reference connref manages (it is in the state) is compared with the values connref last applied: a
+  change there was made by someone else (Terraform's "Objects have changed outside of Terraform");
+- a declared reference connref has no record of (never applied, or its apply failed) is compared with
+  the config, the only baseline there is;
+- a reference in the solution that is neither declared nor in the state "appeared unmanaged" (a maker
+  added it, typically with a per-developer suffix).
+
+A difference between the config and the state while live still equals the state is not drift: it is a
+change the team made in the config and not applied yet, which ``plan`` shows.
+
+Per reference it reports: rebound (from which connection to which), renamed, description changed,
+connector changed, owner changed, deleted, removed from the solution, connection now broken (not
+``Connected``: dataverse-api.md §3.3 ``statuses``), and unmanaged. Who and when come from the row's
+``modifiedby`` / ``modifiedon`` (dataverse-api.md §1.3), the user resolved to a UPN through
+``live.users``. Field-level differences come from DeepDiff over the normalised managed fields, so an
+empty description and a null one, or two casings of a connection name, are not drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from .model import (
+    Binding,
+    Config,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveReference,
+    Selector,
+    connector_name,
+    frozen_map,
+)
+from .state import EnvState, ManagedReference
+
+FORMAT_VERSION = "1.0"
+CONNECTED = "connected"
+
+# Kinds, in the order a reader wants them.
+DELETED = "deleted"
+REMOVED_FROM_SOLUTION = "removed_from_solution"
+REBOUND = "rebound"
+RENAMED = "renamed"
+DESCRIPTION_CHANGED = "description_changed"
+CONNECTOR_CHANGED = "connector_changed"
+OWNER_CHANGED = "owner_changed"
+CONNECTION_BROKEN = "connection_broken"
+UNMANAGED = "unmanaged"
+KIND_ORDER = (
+    DELETED,
+    REMOVED_FROM_SOLUTION,
+    REBOUND,
+    RENAMED,
+    DESCRIPTION_CHANGED,
+    CONNECTOR_CHANGED,
+    OWNER_CHANGED,
+    CONNECTION_BROKEN,
+    UNMANAGED,
+)
+_FIELD_KIND = {
+    "connection": REBOUND,
+    "display_name": RENAMED,
+    "description": DESCRIPTION_CHANGED,
+    "connector": CONNECTOR_CHANGED,
+    "owner": OWNER_CHANGED,
+}
+
+STATE = "state"  # baseline: the values connref last applied
+CONFIG = "config"  # baseline: the config (no state for the reference)
+
+
+# --------------------------------------------------------------------------- report types
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    """One change to one reference. ``before`` is the baseline value (state or config), ``after`` the live
+    one; ``before_label`` / ``after_label`` are readable versions (a connection with its owner)."""
+
+    kind: str
+    message: str
+    field: str | None = None
+    before: str | None = None
+    after: str | None = None
+    before_label: str | None = None
+    after_label: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "field": self.field,
+            "before": self.before,
+            "after": self.after,
+            "before_label": self.before_label,
+            "after_label": self.after_label,
+        }
+
+
+@dataclass(frozen=True)
+class ReferenceDrift:
+    """Every change found on one reference, with who last modified it and when."""
+
+    logical_name: str
+    baseline: str  # STATE, CONFIG, or "none" for an unmanaged reference
+    items: tuple[DriftItem, ...]
+    changed_by: str | None = None
+    changed_on: str | None = None
+    field_diff: Mapping[str, Any] = field(default_factory=frozen_map, hash=False)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(i.kind for i in self.items)
+
+    def item(self, kind: str) -> DriftItem | None:
+        return next((i for i in self.items if i.kind == kind), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "logical_name": self.logical_name,
+            "baseline": self.baseline,
+            "changed_by": self.changed_by,
+            "changed_on": self.changed_on,
+            "kinds": list(self.kinds),
+            "items": [i.to_dict() for i in self.items],
+            "field_diff": {k: dict(v) for k, v in sorted(self.field_diff.items())},
+        }
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The drift of one environment. ``has_drift`` decides the exit code (0 none, 2 drift)."""
+
+    environment: str
+    solution: str | None
+    references: tuple[ReferenceDrift, ...]
+    checked: int  # references compared
+    state_serial: int | None = None
+    last_apply: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def has_drift(self) -> bool:
+        return bool(self.references)
+
+    def reference(self, logical_name: str) -> ReferenceDrift | None:
+        key = logical_name.lower()
+        return next((r for r in self.references if r.logical_name.lower() == key), None)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.references:
+            for k in r.kinds:
+                out[k] = out.get(k, 0) + 1
+        return {k: out[k] for k in KIND_ORDER if k in out}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "solution": self.solution,
+            "has_drift": self.has_drift,
+            "checked": self.checked,
+            "state_serial": self.state_serial,
+            "last_apply": self.last_apply,
+            "counts": self.counts,
+            "references": [r.to_dict() for r in self.references],
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- normalising
+
+
+def _text(v: str | None) -> str | None:
+    # Dataverse returns an empty text column as null or as "": the same value.
+    return v if v else None
+
+
+def _id(v: str | None) -> str | None:
+    # Names, ids and connector ids compare case-insensitively (dataverse-api.md §7).
+    return v.lower() if v else None
+
+
+def _fields_of_state(ref: ManagedReference) -> dict[str, str | None]:
+    return {
+        "display_name": _text(ref.display_name),
+        "description": _text(ref.description),
+        "connector": connector_name(ref.connector),
+        "connection": _id(ref.connection),
+        "owner": _id(ref.owner),
+    }
+
+
+def _fields_of_live(ref: LiveReference) -> dict[str, str | None]:
+    return {
+        "display_name": _text(ref.display_name),
+        "description": _text(ref.description),
+        "connector": connector_name(ref.connector),
+        "connection": _id(ref.connection),
+        "owner": _id(ref.owner_id),
+    }
+
+
+def _changed_fields(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """DeepDiff of two flat field maps -> {field: {"before": ..., "after": ...}} (normalised values)."""
+    diff = DeepDiff(dict(expected), dict(actual), view="tree")
+    out: dict[str, dict[str, Any]] = {}
+    for group in ("values_changed", "type_changes"):  # str -> None is a type change to DeepDiff
+        for level in diff.get(group, []):
+            path = level.path(output_format="list")
+            if path:
+                out[str(path[0])] = {"before": level.t1, "after": level.t2}
+    for group in ("dictionary_item_added", "dictionary_item_removed"):
+        for level in diff.get(group, []):
+            path = level.path(output_format="list")
+            if path:
+                key = str(path[0])
+                out[key] = {"before": expected.get(key), "after": actual.get(key)}
+    return out
+
+
+# --------------------------------------------------------------------------- describing
+
+
+class _Describer:
+    def __init__(self, live: LiveEnvironment) -> None:
+        self.live = live
+
+    def user(self, systemuserid: str | None) -> str | None:
+        if not systemuserid:
+            return None
+        u = self.live.user(systemuserid)
+        return u.describe() if u else systemuserid
+
+    def conn_owner(self, conn: LiveConnection) -> str | None:
+        u = self.live.user_by_object_id(conn.owner_object_id)
+        if u and u.upn:
+            return u.upn
+        return conn.owner_name or conn.owner_object_id
+
+    def connection(self, name: str | None) -> str:
+        if not name:
+            return "(unbound)"
+        conn = self.live.connection(name)
+        if conn is None:
+            return f"{name} (not found)"
+        label = f'"{conn.display_name}"' if conn.display_name else conn.name
+        return f"{label} (owner {self.conn_owner(conn) or 'unknown'}, {conn.name})"
+
+
+def _by_when(ref: LiveReference, d: _Describer) -> tuple[str | None, str | None]:
+    return d.user(ref.modified_by), ref.modified_on
+
+
+def _suffix(by: str | None, on: str | None) -> str:
+    parts = []
+    if by:
+        parts.append(f"by {by}")
+    if on:
+        parts.append(f"on {on}")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _field_item(fieldname: str, before: Any, after: Any, d: _Describer, baseline: str) -> DriftItem:
+    kind = _FIELD_KIND[fieldname]
+    src = "last applied" if baseline == STATE else "declared"
+    if fieldname == "connection":
+        bl, al = d.connection(before), d.connection(after)
+        msg = f"rebound from {bl} ({src}) to {al}" if after else f"unbound: was bound to {bl} ({src})"
+        return DriftItem(kind, msg, fieldname, before, after, bl, al)
+    if fieldname == "owner":
+        bl = d.user(before) or "(none)"
+        al = d.user(after) or "(none)"
+        return DriftItem(kind, f"owner changed from {bl} ({src}) to {al}", fieldname, before, after, bl, al)
+    what = {"display_name": "renamed", "description": "description changed", "connector": "connector changed"}
+    bl = f'"{before}"' if before is not None else "(empty)"
+    al = f'"{after}"' if after is not None else "(empty)"
+    return DriftItem(kind, f"{what[fieldname]} from {bl} ({src}) to {al}", fieldname, before, after, bl, al)
+
+
+def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
+    """A bound connection that is missing or not Connected: flows using the reference will fail."""
+    if not ref.connection:
+        return None
+    conn = d.live.connection(ref.connection)
+    if conn is None:
+        return DriftItem(
+            CONNECTION_BROKEN,
+            f"bound to connection {ref.connection}, which does not exist in the environment (or is not "
+            "visible to the identity that reads it)",
+            "connection",
+            ref.connection,
+            None,
+        )
+    if (conn.status or "").lower() != CONNECTED:
+        label = d.connection(conn.name)
+        return DriftItem(
+            CONNECTION_BROKEN,
+            f"connection {label} has status {conn.status or 'unknown'}, not Connected: repair it (sign in "
+            "again) in the maker portal or bind another connection",
+            "connection",
+            conn.status,
+            None,
+            label,
+        )
+    return None
+
+
+def _binding_for(env: EnvironmentConfig, logical_name: str) -> Binding | None:
+    key = logical_name.lower()
+    return next((b for n, b in env.bindings.items() if n.lower() == key), None)
+
+
+def _selector_matches(sel: Selector, conn: LiveConnection | None, d: _Describer) -> bool:
+    if conn is None:
+        return False
+    if (d.conn_owner(conn) or "").lower() != sel.owner.lower():
+        return False
+    return sel.display_name is None or (conn.display_name or "").lower() == sel.display_name.lower()
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _against_state(
+    m: ManagedReference, live_ref: LiveReference | None, d: _Describer
+) -> ReferenceDrift | None:
+    if live_ref is None:
+        return ReferenceDrift(
+            m.logical_name,
+            STATE,
+            (
+                DriftItem(
+                    DELETED,
+                    f"deleted: connref last applied it at {m.applied_at or 'an unknown time'} (id {m.id}); "
+                    "it is gone from the environment (a deleted row does not record who deleted it: see the "
+                    "Dataverse audit log)",
+                    before=m.id,
+                ),
+            ),
+        )
+    expected, actual = _fields_of_state(m), _fields_of_live(live_ref)
+    changed = _changed_fields(expected, actual)
+    items: list[DriftItem] = []
+    # Report original (not normalised) values, in a fixed field order.
+    originals_before = {
+        "display_name": m.display_name,
+        "description": m.description,
+        "connector": m.connector,
+        "connection": m.connection,
+        "owner": m.owner,
+    }
+    originals_after = {
+        "display_name": live_ref.display_name,
+        "description": live_ref.description,
+        "connector": live_ref.connector,
+        "connection": live_ref.connection,
+        "owner": live_ref.owner_id,
+    }
+    for f in ("connection", "display_name", "description", "connector", "owner"):
+        if f in changed:
+            items.append(_field_item(f, originals_before[f], originals_after[f], d, STATE))
+    if not live_ref.in_solution:
+        items.append(
+            DriftItem(REMOVED_FROM_SOLUTION, "removed from the solution (the row still exists outside it)")
+        )
+    health = _health(live_ref, d)
+    if health:
+        items.append(health)
+    if not items:
+        return None
+    by, on = _by_when(live_ref, d)
+    return ReferenceDrift(live_ref.logical_name, STATE, _sorted(items), by, on, frozen_map(changed))
+
+
+def _against_config(
+    config: Config, env: EnvironmentConfig, live: LiveEnvironment, live_ref: LiveReference, d: _Describer
+) -> ReferenceDrift | None:
+    desired = config.reference(live_ref.logical_name)
+    assert desired is not None
+    expected: dict[str, Any] = {
+        "display_name": _text(desired.display_name),
+        "description": _text(desired.description),
+        "connector": connector_name(desired.connector),
+    }
+    actual: dict[str, Any] = {
+        "display_name": _text(live_ref.display_name),
+        "description": _text(live_ref.description),
+        "connector": connector_name(live_ref.connector),
+    }
+    originals_before: dict[str, Any] = {
+        "display_name": desired.display_name,
+        "description": desired.description,
+        "connector": desired.connector,
+    }
+    originals_after: dict[str, Any] = {
+        "display_name": live_ref.display_name,
+        "description": live_ref.description,
+        "connector": live_ref.connector,
+        "connection": live_ref.connection,
+        "owner": live_ref.owner_id,
+    }
+    binding = _binding_for(env, live_ref.logical_name)
+    if isinstance(binding, str):
+        expected["connection"], actual["connection"] = _id(binding), _id(live_ref.connection)
+        originals_before["connection"] = binding
+    # Only a config that names an owner (service_account) and a writer found live give an owner to expect.
+    if env.service_account and live.writer is not None:
+        expected["owner"], actual["owner"] = _id(live.writer.systemuserid), _id(live_ref.owner_id)
+        originals_before["owner"] = live.writer.systemuserid
+    changed = _changed_fields(expected, actual)
+    items: list[DriftItem] = []
+    if isinstance(binding, Selector) and not _selector_matches(
+        binding, live.connection(live_ref.connection or ""), d
+    ):
+        al = d.connection(live_ref.connection)
+        items.append(
+            DriftItem(
+                REBOUND,
+                f"bound to {al}, which does not match the declared selector {binding.describe()}",
+                "connection",
+                binding.describe(),
+                live_ref.connection,
+                binding.describe(),
+                al,
+            )
+        )
+        changed["connection"] = {"before": binding.describe(), "after": _id(live_ref.connection)}
+    for f in ("connection", "display_name", "description", "connector", "owner"):
+        if f in changed and not (f == "connection" and isinstance(binding, Selector)):
+            items.append(_field_item(f, originals_before.get(f), originals_after[f], d, CONFIG))
+    health = _health(live_ref, d)
+    if health:
+        items.append(health)
+    if not items:
+        return None
+    by, on = _by_when(live_ref, d)
+    return ReferenceDrift(live_ref.logical_name, CONFIG, _sorted(items), by, on, frozen_map(changed))
+
+
+def _sorted(items: list[DriftItem]) -> tuple[DriftItem, ...]:
+    return tuple(sorted(items, key=lambda i: KIND_ORDER.index(i.kind)))
+
+
+def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvState | None) -> DriftReport:
+    """The drift of environment ``env``: ``live`` as read now, ``state`` as last applied (None: never)."""
+    env_cfg = config.environments[env]
+    d = _Describer(live)
+    live_by_key: dict[str, LiveReference] = {}
+    for r in live.references:
+        # Several rows differing only by case: prefer the one in the solution (the planner refuses them).
+        key = r.logical_name.lower()
+        if key not in live_by_key or (r.in_solution and not live_by_key[key].in_solution):
+            live_by_key[key] = r
+    declared = {n.lower() for n in config.references}
+    managed = {n.lower(): m for n, m in (state.references.items() if state else ())}
+
+    found: list[ReferenceDrift] = []
+    notes: list[str] = []
+    checked = 0
+    for key, m in sorted(managed.items()):
+        checked += 1
+        rd = _against_state(m, live_by_key.get(key), d)
+        if rd:
+            found.append(rd)
+        if key not in declared:
+            notes.append(
+                f"{m.logical_name} is managed by connref but no longer declared in the config "
+                "(plan with prune to delete it, or declare it again)"
+            )
+    for name in sorted(config.references, key=str.lower):
+        key = name.lower()
+        if key in managed:
+            continue
+        live_ref = live_by_key.get(key)
+        if live_ref is None:
+            notes.append(f"{name} is declared but not in the environment yet (plan and apply create it)")
+            continue
+        checked += 1
+        rd = _against_config(config, env_cfg, live, live_ref, d)
+        if rd:
+            found.append(rd)
+    for key, live_ref in sorted(live_by_key.items()):
+        if key in declared or key in managed or not live_ref.in_solution:
+            continue
+        checked += 1
+        by, on = (
+            d.user(live_ref.created_by or live_ref.modified_by),
+            live_ref.created_on or live_ref.modified_on,
+        )
+        bound = d.connection(live_ref.connection)
+        sol = live.solution.unique_name if live.solution else config.solution
+        found.append(
+            ReferenceDrift(
+                live_ref.logical_name,
+                "none",
+                (
+                    DriftItem(
+                        UNMANAGED,
+                        f"appeared in solution {sol} unmanaged (not declared, not in state), bound to "
+                        f"{bound}; declare it (connref import shows the YAML) or remove it",
+                        after=live_ref.connection,
+                        after_label=bound,
+                    ),
+                ),
+                by,
+                on,
+            )
+        )
+    found.sort(key=lambda r: r.logical_name.lower())
+    last = state.last_apply if state else None
+    return DriftReport(
+        environment=env,
+        solution=live.solution.unique_name if live.solution else config.solution,
+        references=tuple(found),
+        checked=checked,
+        state_serial=state.serial if state else None,
+        last_apply=last.at if last else None,
+        notes=tuple(notes),
+    )
+
+
+def exit_code(reports: list[DriftReport] | tuple[DriftReport, ...]) -> int:
+    """0 when no environment drifted, 2 when one did (errors are the CLI's exit 1)."""
+    return 2 if any(r.has_drift for r in reports) else 0

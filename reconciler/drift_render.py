@@ -1,0 +1,143 @@
+"""Renderers of drift reports: text for people, versioned JSON for machines, markdown for pull-request
+comments and CI job summaries (GitHub ``$GITHUB_STEP_SUMMARY``, Azure DevOps ``##vso[task.uploadsummary]``).
+
+Each takes the reports of every environment checked and returns a string; the CLI prints or writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from .drift import FORMAT_VERSION, KIND_ORDER, UNMANAGED, DriftReport, ReferenceDrift
+
+_TITLE = {
+    "deleted": "deleted",
+    "removed_from_solution": "removed from solution",
+    "rebound": "rebound",
+    "renamed": "renamed",
+    "description_changed": "description changed",
+    "connector_changed": "connector changed",
+    "owner_changed": "owner changed",
+    "connection_broken": "connection broken",
+    "unmanaged": "unmanaged",
+}
+
+
+def _summary(reports: Sequence[DriftReport]) -> str:
+    drifted = [r for r in reports if r.has_drift]
+    if not drifted:
+        n = len(reports)
+        return f"No drift in {n} environment{'s' if n != 1 else ''}."
+    refs = sum(len(r.references) for r in drifted)
+    names = ", ".join(r.environment for r in drifted)
+    return (
+        f"Drift: {refs} reference{'s' if refs != 1 else ''} changed outside connref in "
+        f"{len(drifted)} environment{'s' if len(drifted) != 1 else ''} ({names})."
+    )
+
+
+def _symbol(ref: ReferenceDrift) -> str:
+    kinds = set(ref.kinds)
+    if "deleted" in kinds:
+        return "-"
+    if UNMANAGED in kinds:
+        return "+"
+    if kinds == {"connection_broken"}:
+        return "!"
+    return "~"
+
+
+def _who(ref: ReferenceDrift) -> str:
+    parts = []
+    if ref.changed_by:
+        parts.append(f"by {ref.changed_by}")
+    if ref.changed_on:
+        parts.append(f"on {ref.changed_on}")
+    return " ".join(parts)
+
+
+def render_text(reports: Sequence[DriftReport]) -> str:
+    """Terraform-like text: per environment, one block per drifted reference, one line per change."""
+    out: list[str] = []
+    for rep in reports:
+        about = []
+        if rep.state_serial is not None:
+            about.append(f"state serial {rep.state_serial}")
+        if rep.last_apply:
+            about.append(f"last apply {rep.last_apply}")
+        head = f"Environment {rep.environment}" + (f" ({', '.join(about)})" if about else " (no state)")
+        if not rep.has_drift:
+            out.append(f"{head}: no drift in {rep.checked} references.")
+        else:
+            out.append(f"{head}: {len(rep.references)} of {rep.checked} references changed outside connref:")
+            for ref in rep.references:
+                who = _who(ref)
+                base = "" if ref.baseline == "none" else f" [compared with the {ref.baseline}]"
+                out.append(
+                    f"  {_symbol(ref)} {ref.logical_name}{base}" + (f" (last modified {who})" if who else "")
+                )
+                for item in ref.items:
+                    out.append(f"      {_TITLE[item.kind]}: {item.message}")
+        for note in rep.notes:
+            out.append(f"  note: {note}")
+        out.append("")
+    out.append(_summary(reports))
+    return "\n".join(out) + "\n"
+
+
+def render_json(reports: Sequence[DriftReport]) -> str:
+    """``{"format_version", "has_drift", "environments": [...]}``; a new minor only adds fields."""
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "has_drift": any(r.has_drift for r in reports),
+        "summary": _summary(reports),
+        "environments": [r.to_dict() for r in reports],
+    }
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _md(text: str | None) -> str:
+    """A value safe inside a markdown table cell (pipes escaped, no line breaks, no HTML)."""
+    if not text:
+        return ""
+    return (
+        text.replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
+
+
+def render_markdown(reports: Sequence[DriftReport]) -> str:
+    """A markdown document for a PR comment or a job summary: a heading with the verdict, then a table
+    per drifted environment (reference, change, expected, live, by, when)."""
+    drift = any(r.has_drift for r in reports)
+    out = [f"## connref drift: {'drift found' if drift else 'no drift'}", "", _summary(reports), ""]
+    for rep in reports:
+        if not rep.has_drift:
+            out.append(f"### {_md(rep.environment)}: no drift ({rep.checked} references checked)")
+            out.append("")
+            continue
+        counts = ", ".join(f"{n} {_TITLE[k]}" for k, n in rep.counts.items() if k in KIND_ORDER)
+        out.append(f"### {_md(rep.environment)}: {len(rep.references)} changed ({counts})")
+        out.append("")
+        out.append("| Reference | Change | Expected | Live | By | When |")
+        out.append("|---|---|---|---|---|---|")
+        for ref in rep.references:
+            for item in ref.items:
+                expected = item.before_label or item.before
+                live = item.after_label or item.after
+                if item.kind in ("deleted", "removed_from_solution", "connection_broken", "unmanaged"):
+                    live = item.message
+                out.append(
+                    f"| `{_md(ref.logical_name)}` | {_TITLE[item.kind]} | {_md(expected)} | {_md(live)} | "
+                    f"{_md(ref.changed_by)} | {_md(ref.changed_on)} |"
+                )
+        out.append("")
+        if rep.notes:
+            out.extend(f"- {_md(n)}" for n in rep.notes)
+            out.append("")
+    return "\n".join(out)
