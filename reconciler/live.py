@@ -287,6 +287,7 @@ def read_environment(
         can_impersonate = f_priv.result() if f_priv else None
         flows = tuple(flow_from_row(r) for r in f_flows.result())
 
+    session.component_type = component_type
     declared = {name.lower() for name in config.references}
     references = tuple(
         reference_from_row(row, str(row["connectionreferenceid"]).lower() in members)

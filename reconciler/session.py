@@ -48,6 +48,7 @@ class EnvSession:
     token_provider: TokenProvider
     emulator: Any = None  # reconciler.emulator.app.EmulatorApp for local: environments
     writer_object_id: str | None = None
+    component_type: int | None = None  # of connectionreference, once read (it varies per org)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = False
 

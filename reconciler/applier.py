@@ -1,0 +1,286 @@
+"""The applier: the only module that writes to an environment.
+
+``apply_environment(session, env_plan)`` turns a plan's operations into Dataverse requests and
+sends them in ``$batch`` change sets of at most 1000 (ceil(N/1000) batches for N operations), one
+batch after the other:
+
+- create: ``POST connectionreferences`` with ``MSCRM.SolutionUniqueName`` so the row lands in the
+  solution, its ``connectionid`` and, with a service account, ``ownerid@odata.bind``;
+- update (rename, description, rebind, owner): ``PATCH`` with ``If-Match: <ETag read when
+  planning>``, owner changes as ``ownerid@odata.bind`` (shared notes §2.4);
+- add to solution: the ``AddSolutionComponent`` action with the component type read at run time;
+- delete: ``DELETE`` with ``If-Match``.
+
+Writes impersonate the service account (``CallerObjectId``) when the environment names one.
+
+A change set is atomic (execute-batch-operations-using-web-api): when one operation fails, the
+others of its batch are rolled back and later batches are not sent. The result says, per operation,
+whether it was written, not written, or failed and why; any failure raises ``ApplyError`` carrying
+that result. A 412 means the reference changed since the plan: the message names it and says to
+plan again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .client import (
+    BatchOperation,
+    OperationResult,
+    action_op,
+    chunked,
+    create_op,
+    delete_op,
+    odata_bind,
+    update_op,
+)
+from .errors import ApiError, ApplyError, PreconditionFailedError, TransientError
+from .live import resolve_writer_object_id
+from .model import connector_id
+from .ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
+from .session import EnvSession
+
+ENTITY_SET = "connectionreferences"
+#: Plan field -> connectionreference column (connectionreference.md, shared notes §1.2).
+COLUMNS = {
+    "display_name": "connectionreferencedisplayname",
+    "description": "description",
+    "connection": "connectionid",
+}
+DUPLICATE_RECORD = "0x80040237"  # "A record with matching key values already exists." (412)
+
+Outcome = Literal["written", "not_written", "failed"]
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """The outcome of one planned operation."""
+
+    op: Op
+    outcome: Outcome
+    reason: str = ""
+    status: int | None = None
+    reference_id: str | None = None  # the new row's id for a create
+
+    @property
+    def address(self) -> str:
+        return self.op.address
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Reported after each ``$batch``: ``done`` of ``total`` operations handled, batch ``batch`` of
+    ``batches``."""
+
+    environment: str
+    batch: int
+    batches: int
+    done: int
+    total: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Per-operation outcomes of one environment's apply, for the CLI's summary."""
+
+    environment: str
+    results: tuple[OpResult, ...]
+    batches_sent: int = 0
+
+    def _with(self, outcome: Outcome) -> tuple[OpResult, ...]:
+        return tuple(r for r in self.results if r.outcome == outcome)
+
+    @property
+    def written(self) -> tuple[OpResult, ...]:
+        return self._with("written")
+
+    @property
+    def not_written(self) -> tuple[OpResult, ...]:
+        return self._with("not_written")
+
+    @property
+    def failed(self) -> tuple[OpResult, ...]:
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome == "written" for r in self.results)
+
+    def summary(self, limit: int = 20) -> str:
+        """A plain-text account: failures in full, then what was and was not written."""
+        lines = [f"{self.environment}: {len(self.written)} written, {len(self.not_written)} not written, "
+                 f"{len(self.failed)} failed"]
+        for r in self.failed:
+            lines.append(f"  ! {r.op.kind} {r.op.logical_name}: {r.reason}")
+        for label, group in (("written", self.written), ("not written", self.not_written)):
+            if not group:
+                continue
+            names = [f"{r.op.kind} {r.op.logical_name}" for r in group[:limit]]
+            more = f" and {len(group) - limit} more" if len(group) > limit else ""
+            lines.append(f"  {label}: " + ", ".join(names) + more)
+        return "\n".join(lines)
+
+
+Progress = Callable[[BatchProgress], None]
+
+
+# --------------------------------------------------------------------------- ops -> requests
+
+
+def _create(op: CreateReference) -> BatchOperation:
+    body: dict[str, Any] = {
+        "connectionreferencelogicalname": op.logical_name,
+        "connectionreferencedisplayname": op.display_name,
+        "connectorid": connector_id(op.connector),
+    }
+    if op.description is not None:
+        body["description"] = op.description
+    if op.connection is not None:
+        body["connectionid"] = op.connection.name
+    if op.owner is not None:
+        body["ownerid@odata.bind"] = odata_bind("systemusers", op.owner.systemuserid)
+    return create_op(ENTITY_SET, body, solution_unique_name=op.solution, label=op.logical_name)
+
+
+def _update(op: UpdateReference) -> BatchOperation:
+    body: dict[str, Any] = {}
+    for name, value in op.new_values().items():
+        if name == "owner":
+            if value:
+                body["ownerid@odata.bind"] = odata_bind("systemusers", value)
+        elif name in COLUMNS:
+            body[COLUMNS[name]] = value
+        else:
+            raise ValueError(f"{op.address}: no column for field {name!r}")
+    return update_op(ENTITY_SET, _id(op), body, etag=op.etag, label=op.logical_name)
+
+
+def _add_to_solution(op: AddToSolution, component_type: int) -> BatchOperation:
+    # AddSolutionComponent (webapi/reference/addsolutioncomponent): the component must exist.
+    body = {
+        "ComponentId": _id(op),
+        "ComponentType": component_type,
+        "SolutionUniqueName": op.solution,
+        "AddRequiredComponents": False,
+        "DoNotIncludeSubcomponents": True,
+    }
+    return action_op("AddSolutionComponent", body, label=op.logical_name)
+
+
+def _delete(op: DeleteReference) -> BatchOperation:
+    return delete_op(ENTITY_SET, _id(op), etag=op.etag, label=op.logical_name)
+
+
+def _id(op: Op) -> str:
+    if not op.reference_id:
+        raise ValueError(f"{op.address}: the plan has no reference id for a {op.kind}")
+    return op.reference_id
+
+
+def to_requests(ops: Sequence[Op], component_type: int | None) -> list[BatchOperation]:
+    """The batch operation of each plan operation, in plan order."""
+    out: list[BatchOperation] = []
+    for op in ops:
+        if isinstance(op, CreateReference):
+            out.append(_create(op))
+        elif isinstance(op, UpdateReference):
+            out.append(_update(op))
+        elif isinstance(op, AddToSolution):
+            if component_type is None:
+                raise ValueError("adding to a solution needs the component type")
+            out.append(_add_to_solution(op, component_type))
+        elif isinstance(op, DeleteReference):
+            out.append(_delete(op))
+        else:  # pragma: no cover - Op is a closed union
+            raise TypeError(f"unknown operation {type(op).__name__}")
+    return out
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def _failure_reason(op: Op, error: ApiError | None, fallback: str) -> str:
+    if isinstance(error, PreconditionFailedError):
+        if isinstance(op, CreateReference) or error.code == DUPLICATE_RECORD:
+            return (f"a reference named {op.logical_name} already exists in {op.environment} (created since "
+                    f"the plan was made?): plan again. Service said: {error}")
+        return (f"{op.logical_name} changed in {op.environment} since the plan was made (its ETag moved), so "
+                f"it was not overwritten: plan again. Service said: {error}")
+    return str(error) if error is not None else fallback
+
+
+def _component_type(session: EnvSession, ops: Sequence[Op]) -> int | None:
+    if not any(isinstance(op, AddToSolution) for op in ops):
+        return None
+    if session.component_type is None:
+        session.component_type = session.dataverse.component_type_for("connectionreference")
+    return session.component_type
+
+
+def apply_environment(
+    session: EnvSession, env_plan: EnvironmentPlan, *, progress: Progress | None = None
+) -> ApplyResult:
+    """Write one environment's plan. Returns the per-operation result when everything was written;
+    raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything failed."""
+    ops = list(env_plan.ops)
+    if not ops:
+        return ApplyResult(env_plan.environment, ())
+    requests = to_requests(ops, _component_type(session, ops))
+    caller_object_id = resolve_writer_object_id(session)
+
+    results: list[OpResult] = []
+    batches = list(chunked(requests))
+    failed_at: int | None = None
+    for number, batch in enumerate(batches, start=1):
+        start = len(results)
+        batch_ops = ops[start : start + len(batch)]
+        if failed_at is not None:
+            skipped = "not sent: an earlier batch failed"
+            results.extend(OpResult(op, "not_written", skipped) for op in batch_ops)
+            continue
+        try:
+            outcomes = session.dataverse.execute_batch(batch, caller_object_id=caller_object_id)
+        except TransientError as exc:
+            # A dropped connection after sending may or may not have committed the change set.
+            reason = f"{exc}; the change set may or may not have been written: run plan to see"
+            results.extend(OpResult(op, "failed", reason, exc.status) for op in batch_ops)
+            failed_at = number
+        except ApiError as exc:
+            # The batch request as a whole was refused (403, throttling past the budget...): nothing
+            # of it was written.
+            results.extend(OpResult(op, "not_written", f"the batch was refused: {exc}", exc.status)
+                           for op in batch_ops)
+            failed_at = number
+        else:
+            results.extend(_op_result(op, r) for op, r in zip(batch_ops, outcomes, strict=True))
+            if any(r.outcome != "written" for r in outcomes):
+                failed_at = number
+        if progress is not None:
+            progress(BatchProgress(env_plan.environment, number, len(batches), len(results), len(ops),
+                                   ok=failed_at is None))
+
+    result = ApplyResult(env_plan.environment, tuple(results), batches_sent=failed_at or len(batches))
+    if not result.ok:
+        raise ApplyError(_apply_error_message(result), results=result)
+    return result
+
+
+def _op_result(op: Op, r: OperationResult) -> OpResult:
+    if r.outcome == "failed":
+        return OpResult(op, "failed", _failure_reason(op, r.error, r.reason), r.status)
+    if r.outcome == "not_written":
+        return OpResult(op, "not_written", r.reason, r.status)
+    new_id = r.entity_id if isinstance(op, CreateReference) else None
+    return OpResult(op, "written", "", r.status, reference_id=new_id)
+
+
+def _apply_error_message(result: ApplyResult) -> str:
+    stale = [r for r in result.failed if "plan again" in r.reason]
+    head = f"apply of environment {result.environment} did not complete"
+    if stale:
+        names = ", ".join(r.op.logical_name for r in stale)
+        head += f": {names} changed since the plan was made. Run 'connref plan' again"
+    return head + ".\n" + result.summary()
