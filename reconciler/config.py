@@ -71,6 +71,7 @@ AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
         "federated_token_env",
         "federated_token_file",
         "azure_devops_service_connection_id",
+        "federated_audience",
     ),
     "managed_identity": ("managed_identity_client_id",),
     "azure_cli": ("tenant_id",),
@@ -713,6 +714,9 @@ class _Validator:
             v = self.checked(m, key, field, guid(what))
             if v is not None:
                 options[key] = v.lower()
+        audience = self.string(m, "federated_audience", field)
+        if audience is not None:
+            options["federated_audience"] = audience.strip()
         provider = self.choice(m, "federated_provider", field, FEDERATED_PROVIDERS)
         if provider is not None:
             options["federated_provider"] = provider
