@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -336,6 +337,7 @@ class MsalClientProvider(CachingTokenProvider):
         code = _aadsts(result)
         desc = _redact(_first_sentence(str(result.get("error_description") or result.get("error") or "")),
                        self._secrets())
+        desc = re.sub(r"^AADSTS\d+:\s*", "", desc)
         hint = _AADSTS_HINTS.get(code or "", "the profile's keys and the app registration in Entra")
         what = self._what_failed if code in ("7000215", "700027", "700024", "70021", "700211", "700212",
                                              "700213") else "the token request was refused"
