@@ -1,0 +1,687 @@
+"""Adoption: write the config YAML for what an environment has today, and read bindings from a
+deployment settings file into a config.
+
+``import_environment`` turns a ``LiveEnvironment`` into config text that the loader accepts and that
+plans "No changes." right away: every reference in the solution with its connector, display name and
+description, and the environment's bindings to the connections they have now. What lint would flag
+gets a YAML comment above the item naming the lint code and why (random suffix, several references
+for one connector, personal or broken connection, unbound, unused), so the file is also the to-do list.
+
+Given the current config text, import keeps the rest of the file as the user wrote it (auth
+profiles, other environments, comments) and replaces only the ``references`` section and the
+environment's ``url``, ``environment_id`` and ``bindings``. The file is edited as text, guided by
+the positions PyYAML reports, because a YAML round trip through a parser drops comments.
+
+Output is deterministic: references and bindings sorted by logical name, no timestamps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, ConnrefError, PlanError
+from .lint import (
+    NamingTemplate,
+    connection_findings,
+    connector_display_name,
+    flows_using,
+    random_suffix,
+)
+from .model import LiveEnvironment, LiveReference, Selector, connector_name
+from .settings import connection_owner_label, parse_settings, resolve_binding
+
+# --------------------------------------------------------------------------- YAML text helpers
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def yaml_scalar(value: str | int | bool | None) -> str:
+    """``value`` as a YAML scalar that loads back to exactly ``value``: plain when that is safe,
+    quoted otherwise (``yes``, ``1.0``, ``a: b``, ``x #y`` and friends)."""
+    if value is None:
+        return "null"
+    style = '"' if isinstance(value, str) and _CONTROL.search(value) else None
+    text = yaml.safe_dump({"k": value}, allow_unicode=True, width=2**30, default_style=style,
+                          default_flow_style=False)
+    # With default_style the key is quoted too: skip past it either way.
+    out = text.split(": ", 1)[1].rstrip("\n")
+    return out
+
+
+def _key(name: str) -> str:
+    return yaml_scalar(name)
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    """A comment line (or several, never a broken one) at ``indent``."""
+    return [f"{indent}# {line}".rstrip() for line in text.splitlines() or [""]]
+
+
+@dataclass
+class _Entry:
+    """One ``key: value`` of a block mapping, as lines of the file: ``start`` includes the comment lines
+    directly above the key, ``end`` excludes the blank lines that separate it from the next entry."""
+
+    key: str
+    start: int
+    key_line: int
+    end: int
+    column: int
+    value: yaml.Node
+
+
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[_Entry] | None:
+    """The entries of the block mapping ``node`` between lines ``lo`` and ``hi``; None when ``node`` is
+    not a block mapping with plain string keys (then the caller falls back to a rewrite)."""
+    if not isinstance(node, yaml.MappingNode) or node.flow_style:
+        return None
+    keys: list[tuple[str, int, int, yaml.Node]] = []
+    for k, v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            return None
+        keys.append((str(k.value), k.start_mark.line, k.start_mark.column, v))
+    out: list[_Entry] = []
+    for i, (key, line, col, value) in enumerate(keys):
+        floor = keys[i - 1][1] + 1 if i else lo
+        if i and isinstance(keys[i - 1][3], yaml.ScalarNode):
+            floor = max(floor, keys[i - 1][3].end_mark.line + 1)
+        start = line
+        while start - 1 >= floor and _is_comment(lines[start - 1]):
+            start -= 1
+        out.append(_Entry(key, start, line, hi, col, value))
+    for i in range(len(out) - 1):
+        out[i].end = out[i + 1].start
+    for e in out:  # leave separating blank lines outside the entry
+        while e.end > e.key_line + 1 and not lines[e.end - 1].strip():
+            e.end -= 1
+    return out
+
+
+def _find(entries: Iterable[_Entry], key: str, *, fold: bool = False) -> _Entry | None:
+    for e in entries:
+        if e.key == key or (fold and e.key.lower() == key.lower()):
+            return e
+    return None
+
+
+def _child_indent(entries: Sequence[_Entry] | None, default: str) -> str:
+    if entries:
+        return " " * entries[0].column
+    return default
+
+
+def _splice(lines: list[str], edits: list[tuple[int, int, list[str]]]) -> list[str]:
+    """Replace line ranges ``[start, end)`` with new lines; ranges must not overlap."""
+    out = list(lines)
+    for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+        out[start:end] = new
+    return out
+
+
+def _indent_unit(lines: Sequence[str], root_entries: Sequence[_Entry]) -> str:
+    """The indentation step the file uses (two spaces when it cannot tell)."""
+    for name in ("environments", "references", "auth"):
+        e = _find(root_entries, name)
+        if e is not None:
+            children = _entries(lines, e.value, e.key_line + 1, e.end)
+            if children and children[0].column > 0:
+                return " " * children[0].column
+    return "  "
+
+
+# --------------------------------------------------------------------------- import
+
+
+@dataclass(frozen=True)
+class _Existing:
+    """What import reuses from the current config text (all optional)."""
+
+    text: str
+    lines: list[str]
+    root: list[_Entry]
+    data: Mapping[str, Any]
+
+
+def _parse_existing(text: str | None) -> _Existing | None:
+    if not text or not text.strip():
+        return None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if node is None or not isinstance(data, Mapping):
+        return None
+    lines = text.splitlines()
+    root = _entries(lines, node, 0, len(lines))
+    if root is None:
+        return None
+    return _Existing(text, lines, root, data)
+
+
+def _env_data(existing: _Existing | None, env_name: str) -> Mapping[str, Any]:
+    if existing is None:
+        return {}
+    envs = existing.data.get("environments")
+    if isinstance(envs, Mapping) and isinstance(envs.get(env_name), Mapping):
+        return envs[env_name]
+    return {}
+
+
+def _selector_from(value: Any) -> str | Selector | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("owner"), str):
+        dn = value.get("display_name")
+        return Selector(value["owner"], dn if isinstance(dn, str) else None)
+    return None
+
+
+def _duplicate_groups(refs: Sequence[LiveReference]) -> dict[str, list[LiveReference]]:
+    groups: dict[str, list[LiveReference]] = {}
+    for r in refs:
+        groups.setdefault(connector_name(r.connector), []).append(r)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _flows_label(live: LiveEnvironment, logical_name: str) -> str:
+    flows = flows_using(live, logical_name)
+    return ", ".join(f.name for f in flows) if flows else "no flow"
+
+
+def _reference_comments(
+    ref: LiveReference,
+    live: LiveEnvironment,
+    duplicates: Mapping[str, list[LiveReference]],
+    template: NamingTemplate | None,
+    solution: str,
+) -> list[str]:
+    notes: list[str] = []
+    for what, name in (("logical name", ref.logical_name), ("display name", ref.display_name)):
+        suffix = random_suffix(name)
+        if suffix:
+            notes.append(f"CR102 random-suffix: the {what} ends with the random suffix {suffix!r} "
+                         "the maker portal adds")
+    group = duplicates.get(connector_name(ref.connector))
+    if group:
+        others = "; ".join(
+            f"{r.logical_name} ({_flows_label(live, r.logical_name)})"
+            for r in sorted(group, key=lambda r: r.logical_name.lower())
+        )
+        notes.append(f"CR103 duplicate-connector: one of {len(group)} references for "
+                     f"{connector_display_name(ref.connector)}: {others}")
+    if template is not None and ref.display_name:
+        hint = template.check(ref.display_name, ref.logical_name, ref.connector, solution)
+        if hint:
+            notes.append(f"CR101 naming-policy: {hint}")
+    if not flows_using(live, ref.logical_name):
+        notes.append("CR207 unused-reference: no flow uses it")
+    return notes
+
+
+def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in notes:
+        out += _comment(n, indent)
+    out.append(f"{indent}{_key(ref.logical_name)}:")
+    inner = indent + unit
+    # The short connector name reads better; the loader accepts it and normalises to the full id.
+    out.append(f"{inner}connector: {yaml_scalar(ref.connector.rstrip('/').rsplit('/', 1)[-1])}")
+    if ref.display_name:
+        out.append(f"{inner}display_name: {yaml_scalar(ref.display_name)}")
+    else:
+        out += _comment("no display name today: plan will set this one", inner)
+        out.append(f"{inner}display_name: {yaml_scalar(ref.logical_name)}")
+    if ref.description:
+        out.append(f"{inner}description: {yaml_scalar(ref.description)}")
+    return out
+
+
+def _binding_lines(
+    ref: LiveReference,
+    live: LiveEnvironment,
+    env_name: str,
+    service_account: str | None,
+    indent: str,
+    kept: Mapping[str, list[str]],
+) -> list[str]:
+    """The binding of one live reference: its current connection, or a comment when there is none
+    that plan could keep (unbound, or bound to a connection that does not exist)."""
+    out: list[str] = []
+    if not ref.connection:
+        users = _flows_label(live, ref.logical_name)
+        out += _comment(f"CR202 unbound: not bound to any connection in {env_name} (used by: {users}); "
+                        "bind it, e.g.:", indent)
+        owner = service_account or "svc-account@example.com"
+        out += _comment(f"{ref.logical_name}: {{owner: {owner}}}", indent)
+        return out
+    conn = live.connection(ref.connection)
+    if conn is None:
+        out += _comment(f"CR204 connection-not-found: bound to connection {ref.connection}, which does not "
+                        f"exist in {env_name}; bind it to a working connection:", indent)
+        out += _comment(f"{ref.logical_name}: {ref.connection}", indent)
+        return out
+    for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
+        out += _comment(f"{f.code} {f.name}: {f.message}", indent)
+    if ref.logical_name.lower() in kept:
+        return out + kept[ref.logical_name.lower()]
+    label = f"{conn.display_name or conn.name} ({connection_owner_label(conn, live)})"
+    out.append(f"{indent}{_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {label}")
+    return out
+
+
+def _kept_bindings(existing: _Existing | None, env_name: str, live: LiveEnvironment,
+                   refs: Mapping[str, LiveReference]) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Existing binding entries to keep verbatim: (those of live references that still resolve to the
+    connection the reference has now, keyed by lower-cased name; those of references not live)."""
+    if existing is None:
+        return {}, []
+    envs = _find(existing.root, "environments")
+    if envs is None:
+        return {}, []
+    env_entries = _entries(existing.lines, envs.value, envs.key_line + 1, envs.end) or []
+    env = _find(env_entries, env_name)
+    if env is None:
+        return {}, []
+    children = _entries(existing.lines, env.value, env.key_line + 1, env.end) or []
+    b = _find(children, "bindings")
+    if b is None:
+        return {}, []
+    entries = _entries(existing.lines, b.value, b.key_line + 1, b.end) or []
+    data = _env_data(existing, env_name).get("bindings")
+    data = data if isinstance(data, Mapping) else {}
+    same: dict[str, list[str]] = {}
+    absent: list[list[str]] = []
+    for e in entries:
+        text = existing.lines[e.start:e.end]
+        ref = refs.get(e.key.lower())
+        if ref is None:
+            absent.append(text)
+            continue
+        binding = _selector_from(data.get(e.key))
+        if binding is None or not ref.connection:
+            continue
+        try:
+            conn = resolve_binding(binding, ref.connector, live)
+        except PlanError:
+            continue
+        if conn.name.lower() == ref.connection.lower():
+            same[e.key.lower()] = text
+    return same, absent
+
+
+def _reindent(block: list[str], from_col: int, to: str) -> list[str]:
+    out = []
+    for line in block:
+        if not line.strip():
+            out.append("")
+            continue
+        stripped = line[from_col:] if line[:from_col].strip() == "" else line.lstrip()
+        out.append(to + stripped)
+    return out
+
+
+def import_environment(
+    live: LiveEnvironment,
+    *,
+    solution: str,
+    env_name: str,
+    env_url: str,
+    environment_id: str | None,
+    existing_config_text: str | None = None,
+    service_account: str | None = None,
+) -> str:
+    """Config YAML declaring what ``live`` has in ``solution`` today.
+
+    Without ``existing_config_text`` the result is a complete config (version, solution, references,
+    one environment). With it, the result is that config with its ``version``, ``solution`` and
+    ``references`` replaced and the ``env_name`` environment's ``url``, ``environment_id`` and
+    ``bindings`` replaced (added when missing); everything else is kept as written, comments included.
+    References the old config declared but ``live`` lacks are kept, with a comment (plan will create
+    them). A binding the old config gave by selector is kept when it still resolves to the connection
+    the reference has now.
+
+    ``service_account`` (default: the environment's ``service_account`` in the existing config) is
+    who should own the connections; bindings to connections owned by anyone else get a CR201 comment.
+    Raises ``ConnrefError`` when the solution is not in the environment.
+    """
+    if live.solution is None:
+        raise ConnrefError(
+            f"solution {solution!r} does not exist in environment {env_name}; pass the unique name of the "
+            "solution that holds the connection references (--solution)"
+        )
+    solution = live.solution.unique_name or solution
+    existing = _parse_existing(existing_config_text)
+    env_data = _env_data(existing, env_name)
+    if service_account is None and isinstance(env_data.get("service_account"), str):
+        service_account = env_data["service_account"]
+    naming = existing.data.get("naming") if existing else None
+    template: NamingTemplate | None = None
+    if isinstance(naming, str) and naming:
+        try:
+            template = NamingTemplate(naming)
+        except ValueError:
+            template = None  # lint reports CR100; import still works
+
+    unit = _indent_unit(existing.lines, existing.root) if existing else "  "
+    refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
+    outside = sorted((r for r in live.references if not r.in_solution), key=lambda r: r.logical_name.lower())
+    by_key = {r.logical_name.lower(): r for r in refs}
+    duplicates = _duplicate_groups(refs)
+
+    # references:
+    ref_lines = ["references:"]
+    if not refs:
+        ref_lines += _comment(f"solution {solution} has no connection references in {env_name}", unit)
+    for r in refs:
+        notes = _reference_comments(r, live, duplicates, template, solution)
+        ref_lines += _reference_lines(r, unit, unit, notes)
+    if existing is not None:
+        old = _find(existing.root, "references")
+        old_entries = (_entries(existing.lines, old.value, old.key_line + 1, old.end) or []) if old else []
+        for e in old_entries:
+            if e.key.lower() not in by_key:
+                ref_lines += _comment(f"declared before, not in solution {solution} in {env_name}: "
+                                      "plan will create it there", unit)
+                ref_lines += _reindent(existing.lines[e.start:e.end], e.column, unit)
+    if outside:
+        ref_lines += _comment(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
+        for r in outside:
+            ref_lines += _comment(f"  {r.logical_name} ({connector_name(r.connector)}, "
+                                  f"{r.display_name or 'no display name'})", unit)
+    if not any(line.strip() and not _is_comment(line) for line in ref_lines[1:]):
+        ref_lines[0] = "references: {}"
+
+    # environments.<env>.bindings:
+    same, absent = _kept_bindings(existing, env_name, live, by_key)
+    b_indent = unit * 3
+    binding_lines = [f"{unit * 2}bindings:"]
+    if not service_account:
+        binding_lines += _comment("no service_account for this environment: bindings to personal "
+                                  "connections are not flagged (see lint code CR200)", b_indent)
+    for r in refs:
+        binding_lines += _binding_lines(r, live, env_name, service_account, b_indent, same)
+    for block in absent:
+        binding_lines += block
+    if all(_is_comment(line) or not line.strip() for line in binding_lines[1:]):
+        # Only comments under the key would load as null: an empty mapping keeps the type right.
+        binding_lines[0] = f"{unit * 2}bindings: {{}}"
+
+    url_line = f"{unit * 2}url: {yaml_scalar(env_url)}"
+    id_line = f"{unit * 2}environment_id: {yaml_scalar(environment_id)}" if environment_id else None
+
+    if existing is None:
+        out = [
+            f"# connref config imported from environment {env_name} (solution {solution}).",
+            "# Comments with a lint code (CR...) mark what to tidy: see docs/adoption.md.",
+            "version: 1",
+            f"solution: {yaml_scalar(solution)}",
+            *ref_lines,
+            "environments:",
+            f"{unit}{_key(env_name)}:",
+            url_line,
+            *([id_line] if id_line else []),
+            *binding_lines,
+        ]
+        return "\n".join(out) + "\n"
+    return _merge_import(existing, env_name, solution, unit, ref_lines, url_line, id_line, binding_lines)
+
+
+def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, ref_lines: list[str],
+                  url_line: str, id_line: str | None, binding_lines: list[str]) -> str:
+    lines = existing.lines
+    edits: list[tuple[int, int, list[str]]] = []
+    root = existing.root
+
+    def replace_top(key: str, new: list[str]) -> bool:
+        e = _find(root, key)
+        if e is None:
+            return False
+        # keep the comments above the key, replace the key and its value
+        edits.append((e.key_line, e.end, new))
+        return True
+
+    head: list[str] = []
+    if not replace_top("version", ["version: 1"]):
+        head.append("version: 1")
+    if not replace_top("solution", [f"solution: {yaml_scalar(solution)}"]):
+        head.append(f"solution: {yaml_scalar(solution)}")
+    tail: list[str] = []
+    if not replace_top("references", ref_lines):
+        tail += ref_lines
+
+    env_block = [f"{unit}{_key(env_name)}:", url_line, *([id_line] if id_line else []), *binding_lines]
+    envs = _find(root, "environments")
+    env_entries = _entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    if envs is None:
+        tail += ["environments:", *env_block]
+    elif env_entries is None:
+        # Flow style or empty: write the section fresh (with the other environments as data).
+        data = existing.data.get("environments")
+        others = {k: v for k, v in (data.items() if isinstance(data, Mapping) else []) if k != env_name}
+        fresh = ["environments:"]
+        if others:
+            dumped = yaml.safe_dump(others, default_flow_style=False, sort_keys=False, allow_unicode=True)
+            fresh += [unit + line for line in dumped.splitlines()]
+        fresh += env_block
+        edits.append((envs.key_line, envs.end, fresh))
+    else:
+        env = _find(env_entries, env_name)
+        if env is None:
+            last = env_entries[-1] if env_entries else None
+            at = last.end if last else envs.key_line + 1
+            edits.append((at, at, env_block))
+        else:
+            edits += _env_edits(lines, env, url_line, id_line, binding_lines, unit)
+
+    out = _splice(lines, edits)
+    if head:
+        # after the leading comments of the file
+        i = 0
+        while i < len(out) and (_is_comment(out[i]) or out[i].strip() == "---"):
+            i += 1
+        out[i:i] = head
+    if tail:
+        if out and out[-1].strip():
+            out.append("")
+        out += tail
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | None,
+               binding_lines: list[str], unit: str) -> list[tuple[int, int, list[str]]]:
+    children = _entries(lines, env.value, env.key_line + 1, env.end)
+    if children is None or not children:
+        return [(env.key_line, env.end, [f"{' ' * env.column}{_key(env.key)}:", url_line,
+                                          *([id_line] if id_line else []), *binding_lines])]
+    col = children[0].column
+    ind = " " * col
+
+    def at_col(line: str) -> str:
+        return ind + line.lstrip(" ")
+
+    def nested(block: list[str]) -> list[str]:
+        # binding_lines were written for env entries at 2 units; shift to this file's column
+        return _reindent(block, len(unit) * 2, ind)
+
+    edits: list[tuple[int, int, list[str]]] = []
+    url = _find(children, "url")
+    eid = _find(children, "environment_id")
+    b = _find(children, "bindings")
+    if url is not None:
+        edits.append((url.key_line, url.end, [at_col(url_line)]))
+    if eid is not None:
+        keep = [at_col(id_line)] if id_line else list(lines[eid.key_line:eid.end])
+        edits.append((eid.key_line, eid.end, keep))
+    insert: list[str] = []
+    if url is None:
+        insert.append(at_col(url_line))
+    if eid is None and id_line:
+        insert.append(at_col(id_line))
+    if insert:
+        at = url.end if url is not None else children[0].start
+        edits.append((at, at, insert))
+    if b is not None:
+        edits.append((b.key_line, b.end, nested(binding_lines)))
+    else:
+        end = children[-1].end
+        edits.append((end, end, nested(binding_lines)))
+    return edits
+
+
+# --------------------------------------------------------------------------- deployment settings -> bindings
+
+
+def bindings_from_settings(settings_json: Mapping[str, Any], *, source: str = "<settings>") -> dict[str, str]:
+    """``{logical name: connection name}`` from parsed deployment settings JSON, in logical-name
+    order. Keys are read case-insensitively (as the Terraform provider reads the file); entries with
+    an empty ``ConnectionId`` (the "fill in later" of ``pac solution create-settings``) are left out.
+    ``ConfigError`` naming ``source`` and the entry for bad input."""
+    parsed = parse_settings(settings_json, source)
+    pairs = [(r.logical_name, r.connection_id) for r in parsed.connection_references if r.connection_id]
+    return {name: conn for name, conn in sorted(pairs, key=lambda p: p[0].lower()) if conn}
+
+
+@dataclass
+class MergeResult:
+    """The new config text and what happened, one line per change, for the CLI to print."""
+
+    text: str
+    notes: list[str] = field(default_factory=list)
+    rewritten: bool = False
+
+
+def merge_bindings(
+    config_text: str,
+    env_name: str,
+    bindings: Mapping[str, str],
+    *,
+    path: str = "connref.yaml",
+) -> MergeResult:
+    """``config_text`` with ``bindings`` set under ``environments.<env_name>.bindings``.
+
+    Existing bindings for the same logical names (compared case-insensitively) are replaced, other
+    bindings are kept, new ones are appended; comments on the lines that did not change stay. A
+    logical name not declared under ``references`` is skipped with a note (the loader would reject a
+    binding for it). When the file is not in block style, the whole file is written fresh from its
+    data (comments lost) and ``rewritten`` says so. ``ConfigError`` when the environment is not in
+    the config or the text is not a config.
+    """
+    try:
+        node = yaml.compose(config_text)
+        data = yaml.safe_load(config_text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: not a connref config (the top level must be a mapping)")
+    envs_data = data.get("environments")
+    if not isinstance(envs_data, Mapping) or not isinstance(envs_data.get(env_name), Mapping):
+        raise ConfigError(f"{path}: environment {env_name!r} is not in the config; add it (url, auth) first")
+    declared_data = data.get("references")
+    declared = {str(k).lower(): str(k) for k in (declared_data if isinstance(declared_data, Mapping) else {})}
+    current = envs_data[env_name].get("bindings")
+    current = current if isinstance(current, Mapping) else {}
+    current_keys = {str(k).lower(): str(k) for k in current}
+
+    notes: list[str] = []
+    wanted: dict[str, str] = {}  # declared spelling -> connection
+    for name in sorted(bindings, key=str.lower):
+        conn = bindings[name]
+        spelled = declared.get(name.lower())
+        if spelled is None:
+            notes.append(f"skipped {name}: not declared under references in {path}")
+            continue
+        old_key = current_keys.get(name.lower())
+        old = current.get(old_key) if old_key is not None else None
+        if isinstance(old, str) and old.lower() == conn.lower():
+            continue
+        old_text = (old if isinstance(old, str) else _describe_binding(old)) if old_key is not None else None
+        notes.append(
+            f"{spelled}: {old_text} -> {conn}" if old_text is not None else f"{spelled}: bound to {conn}"
+        )
+        wanted[spelled] = conn
+    if not wanted:
+        return MergeResult(config_text, notes or [f"bindings of {env_name} already match"])
+
+    lines = config_text.splitlines()
+    root = _entries(lines, node, 0, len(lines)) if node is not None else None
+    envs = _find(root or [], "environments")
+    env_entries = _entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    env = _find(env_entries or [], env_name)
+    children = _entries(lines, env.value, env.key_line + 1, env.end) if env else None
+    if root is None or env is None or not children:
+        return _rewrite(data, env_name, wanted, notes, path)
+    b = _find(children, "bindings")
+    ind = " " * children[0].column
+    unit = " " * max(children[0].column - env.column, 1)
+    edits: list[tuple[int, int, list[str]]] = []
+    if b is None:
+        new = [f"{ind}bindings:", *(f"{ind}{unit}{_key(k)}: {yaml_scalar(v)}" for k, v in wanted.items())]
+        edits.append((children[-1].end, children[-1].end, new))
+    else:
+        entries = _entries(lines, b.value, b.key_line + 1, b.end)
+        if entries is None:
+            if isinstance(b.value, yaml.MappingNode) and not b.value.value:
+                entries = []  # "bindings: {}": write a block mapping instead
+            else:
+                return _rewrite(data, env_name, wanted, notes, path)
+        bind = " " * entries[0].column if entries else ind + unit
+        appended: list[str] = []
+        for k, v in wanted.items():
+            hit = _find(entries, k, fold=True)
+            line = f"{bind}{_key(k)}: {yaml_scalar(v)}"
+            if hit is not None:
+                edits.append((hit.key_line, hit.end, [line]))
+            else:
+                appended.append(line)
+        if not entries:
+            edits.append((b.key_line, b.end, [f"{ind}bindings:", *appended]))
+        elif appended:
+            end = entries[-1].end
+            edits.append((end, end, appended))
+    text = "\n".join(_splice(lines, edits)).rstrip("\n") + "\n"
+    return MergeResult(text, notes)
+
+
+def _describe_binding(value: Any) -> str:
+    sel = _selector_from(value)
+    if isinstance(sel, Selector):
+        return sel.describe()
+    return str(value)
+
+
+def _rewrite(data: Mapping[str, Any], env_name: str, wanted: Mapping[str, str], notes: list[str],
+             path: str) -> MergeResult:
+    new = dict(data)
+    envs = dict(new["environments"])
+    env = dict(envs[env_name])
+    bindings = dict(env.get("bindings") or {})
+    for k, v in wanted.items():
+        for old in [x for x in bindings if str(x).lower() == k.lower()]:
+            del bindings[old]
+        bindings[k] = v
+    env["bindings"] = dict(sorted(bindings.items(), key=lambda kv: str(kv[0]).lower()))
+    envs[env_name] = env
+    new["environments"] = envs
+    text = yaml.safe_dump(new, default_flow_style=False, sort_keys=False, allow_unicode=True)
+    notes.append(f"{path} is not in plain block style here: wrote the whole file fresh, without its comments")
+    return MergeResult(text, notes, rewritten=True)
+
+
+__all__ = [
+    "MergeResult",
+    "bindings_from_settings",
+    "import_environment",
+    "merge_bindings",
+    "yaml_scalar",
+]
+

@@ -1,0 +1,610 @@
+"""Lint: what to tidy in a config and, given live environments, in what those environments have.
+
+``lint(config, lives)`` returns findings, each with a stable code (``RULES`` lists them; docs/adoption.md
+explains each), a fixed severity and a fix hint. It is pure: the caller reads the environments.
+
+What it looks for, and why it matters:
+- display names that break the team's naming template (``config.naming``), and the random five-hex
+  suffixes the maker portal appends (``crdcb_sharedcommondataserviceforapps_109ea``, reference notes §1.9);
+- several references for one connector in a solution: each maker who edits a flow adds their own,
+  so the same connector ends up bound to several people's connections;
+- references bound to a connection owned by a person rather than the service account: automated
+  flows run as the owner of the bound connections (reference notes §4.4);
+- unbound references and references bound to connections that are missing, of another connector or
+  not ``Connected`` (reference notes §3.3): flows using them fail or cannot be turned on;
+- references no flow uses, and references whose flows sit in more than one solution.
+
+Severity rules: ``error`` for what breaks flows or the team's declared policy (exit 2), ``warning``
+for what works today but is the mess adoption cleans up, ``info`` for context that needs no action.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PlanError
+from .model import (
+    Config,
+    DesiredReference,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveFlow,
+    LiveReference,
+    Selector,
+    connector_name,
+)
+from .settings import binding_for, connection_owner_label, owner_matches, resolve_binding
+
+ERROR = "error"
+WARNING = "warning"
+INFO = "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+_SEVERITY_RANK = {ERROR: 0, WARNING: 1, INFO: 2}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One lint code: its short name (usable in ``lint: ignore:`` too), severity and what it means."""
+
+    code: str
+    name: str
+    severity: str
+    summary: str
+
+
+RULES: Mapping[str, Rule] = {
+    r.code: r
+    for r in (
+        Rule("CR100", "naming-template", ERROR, "the naming template in the config cannot be used"),
+        Rule("CR101", "naming-policy", ERROR, "display name does not follow the naming template"),
+        Rule("CR102", "random-suffix", WARNING, "logical or display name ends with a random five-hex suffix"),
+        Rule("CR103", "duplicate-connector", WARNING,
+             "several references for the same connector in one solution"),
+        Rule("CR200", "no-service-account", INFO, "no service account configured: owner checks skipped"),
+        Rule("CR201", "personal-connection", WARNING,
+             "bound to a connection owned by someone other than the service account"),
+        Rule("CR202", "unbound", ERROR, "the reference has no connection in the environment"),
+        Rule("CR203", "connection-not-connected", ERROR,
+             "bound to a connection whose status is not Connected"),
+        Rule("CR204", "connection-not-found", ERROR,
+             "bound to a connection that does not exist in the environment"),
+        Rule("CR205", "connector-mismatch", ERROR, "bound to a connection of another connector"),
+        Rule("CR206", "binding-unresolved", ERROR, "a selector binding matches no connection or several"),
+        Rule("CR207", "unused-reference", WARNING, "no flow uses the reference"),
+        Rule("CR208", "multi-solution-reference", INFO, "flows of more than one solution use the reference"),
+    )
+}
+
+# Solutions every component also belongs to; they say nothing about which team owns a flow.
+_SYSTEM_SOLUTIONS = frozenset({"default", "active", "basic"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing lint found. ``environment`` is None for findings about the config alone; ``subject``
+    is the reference's logical name (the config itself for CR100)."""
+
+    code: str
+    severity: str
+    environment: str | None
+    subject: str
+    message: str
+    hint: str
+
+    @property
+    def name(self) -> str:
+        rule = RULES.get(self.code)
+        return rule.name if rule else self.code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "severity": self.severity,
+            "environment": self.environment,
+            "subject": self.subject,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+def _finding(code: str, environment: str | None, subject: str, message: str, hint: str) -> Finding:
+    return Finding(code, RULES[code].severity, environment, subject, message, hint)
+
+
+# --------------------------------------------------------------------------- name checks (shared with import)
+
+# The portal appends "_" + 5 hex to logical names and "-" + 5 hex to display names. Requiring a digit
+# keeps ordinary words made of a-f ("faced", "decaf") from being flagged.
+_SUFFIX = re.compile(r"(?:^|[_\-\s.])([0-9a-fA-F]{5})$")
+
+
+def random_suffix(name: str | None) -> str | None:
+    """The random five-hex suffix ``name`` ends with (``8f4b0``), or None."""
+    if not name:
+        return None
+    m = _SUFFIX.search(name.strip())
+    if m and any(ch.isdigit() for ch in m.group(1)):
+        return m.group(1)
+    return None
+
+
+# Display names of common connectors, as the maker portal spells them in default reference names.
+CONNECTOR_DISPLAY_NAMES: Mapping[str, str] = {
+    "shared_sharepointonline": "SharePoint",
+    "shared_office365": "Office 365 Outlook",
+    "shared_office365users": "Office 365 Users",
+    "shared_office365groups": "Office 365 Groups",
+    "shared_commondataserviceforapps": "Microsoft Dataverse",
+    "shared_teams": "Microsoft Teams",
+    "shared_onedriveforbusiness": "OneDrive for Business",
+    "shared_excelonlinebusiness": "Excel Online (Business)",
+    "shared_approvals": "Approvals",
+    "shared_planner": "Planner",
+    "shared_todo": "Microsoft To-Do (Business)",
+    "shared_sql": "SQL Server",
+    "shared_visualstudioteamservices": "Azure DevOps",
+    "shared_webcontents": "HTTP with Microsoft Entra ID",
+    "shared_flowmanagement": "Power Automate Management",
+    "shared_powerappsforappmakers": "Power Apps for Makers",
+    "shared_azureblob": "Azure Blob Storage",
+    "shared_keyvault": "Azure Key Vault",
+    "shared_sendmail": "Mail",
+}
+
+
+def connector_display_name(connector: str) -> str:
+    """``SharePoint`` for ``shared_sharepointonline``; unknown connectors give their name without
+    the ``shared_`` prefix."""
+    short = connector_name(connector)
+    return CONNECTOR_DISPLAY_NAMES.get(short, short.removeprefix("shared_"))
+
+
+PLACEHOLDERS: Mapping[str, str] = {
+    "connector": "the connector's display name (SharePoint, Office 365 Outlook, ...)",
+    "connector_name": "the connector's name without shared_ (sharepointonline, office365, ...)",
+    "solution": "the config's solution unique name",
+    "prefix": "the publisher prefix: the logical name up to its first underscore",
+    "purpose": "any non-empty text, for teams with more than one reference per connector",
+}
+
+
+class NamingTemplate:
+    """A compiled naming template such as ``"{connector} {solution}"``; ``{{`` and ``}}`` are literal
+    braces. ``ValueError`` with a readable message when the template is unusable."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        try:
+            parts = list(string.Formatter().parse(template))
+        except ValueError as e:
+            raise ValueError(f"naming template {template!r}: {e}") from None
+        self._parts: list[tuple[str, str | None]] = []
+        for literal, field, spec, conversion in parts:
+            if field is not None and (field not in PLACEHOLDERS or spec or conversion):
+                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                raise ValueError(
+                    f"naming template {template!r}: unknown placeholder {{{field}}} (known: {known})"
+                )
+            self._parts.append((literal, field))
+
+    def values(self, logical_name: str, connector: str, solution: str) -> dict[str, str]:
+        return {
+            "connector": connector_display_name(connector),
+            "connector_name": connector_name(connector).removeprefix("shared_"),
+            "solution": solution,
+            "prefix": logical_name.split("_", 1)[0] if "_" in logical_name else "",
+        }
+
+    def pattern(self, values: Mapping[str, str]) -> re.Pattern[str]:
+        out = []
+        for literal, field in self._parts:
+            out.append(re.escape(literal))
+            if field == "purpose":
+                out.append(".+")
+            elif field is not None:
+                out.append(re.escape(values[field]))
+        return re.compile("".join(out))
+
+    def expected(self, values: Mapping[str, str]) -> str | None:
+        """The one name the template allows, or None when it has a free ``{purpose}`` part."""
+        if any(field == "purpose" for _, field in self._parts):
+            return None
+        return "".join(literal + (values[field] if field else "") for literal, field in self._parts)
+
+    def check(self, display_name: str, logical_name: str, connector: str, solution: str) -> str | None:
+        """None when ``display_name`` follows the template, else the hint text."""
+        values = self.values(logical_name, connector, solution)
+        if self.pattern(values).fullmatch(display_name.strip()):
+            return None
+        want = self.expected(values)
+        if want is not None:
+            return f"rename the display name to {want!r}"
+        return f"rename the display name to match {self.template!r}"
+
+
+# --------------------------------------------------------------------- connection checks (shared with import)
+
+
+def is_connected(connection: LiveConnection) -> bool:
+    return connection.status.strip().lower() == "connected"
+
+
+def connection_findings(
+    env_name: str,
+    logical_name: str,
+    connector: str,
+    connection: LiveConnection,
+    live: LiveEnvironment,
+    service_account: str | None,
+) -> list[Finding]:
+    """Findings about the connection a reference is (or will be) bound to: connector, status, owner."""
+    out: list[Finding] = []
+    described = connection.describe()
+    if connector_name(connection.connector) != connector_name(connector):
+        out.append(_finding(
+            "CR205", env_name, logical_name,
+            f"bound to {described}, a {connector_name(connection.connector)} connection; the reference "
+            f"is for {connector_name(connector)}",
+            f"bind it to a {connector_name(connector)} connection",
+        ))
+    if not is_connected(connection):
+        out.append(_finding(
+            "CR203", env_name, logical_name,
+            f"bound to {described} whose status is {connection.status or 'unknown'}",
+            "repair the connection (sign in again in Power Automate > Connections) or bind the reference "
+            "to a working connection owned by the service account",
+        ))
+    if service_account and not owner_matches(service_account, connection, live):
+        owner = connection_owner_label(connection, live)
+        usable = _usable_by_service_account(connection, live, service_account)
+        shared = (
+            "it is shared with the service account, but flows run with the owner's credentials"
+            if usable
+            else "the service account cannot even use it"
+        )
+        out.append(_finding(
+            "CR201", env_name, logical_name,
+            f"bound to {described}, owned by {owner}, not the service account {service_account}; {shared}",
+            f"bind it to a connection owned by {service_account} (binding: {{owner: {service_account}}})",
+        ))
+    return out
+
+
+def _usable_by_service_account(
+    connection: LiveConnection, live: LiveEnvironment, service_account: str
+) -> bool:
+    want = service_account.lower()
+    for user in live.users:
+        ids = (user.upn, user.object_id, user.application_id, user.systemuserid)
+        if any((x or "").lower() == want for x in ids) and connection.usable_by(user.object_id):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- flows
+
+
+def flows_using(live: LiveEnvironment, logical_name: str) -> list[LiveFlow]:
+    key = logical_name.lower()
+    return sorted(
+        (f for f in live.flows if any(r.lower() == key for r in f.references)),
+        key=lambda f: (f.name.lower(), f.id),
+    )
+
+
+def solutions_of(flows: Iterable[LiveFlow]) -> list[str]:
+    """The solutions the flows belong to, without the system ones every component is in."""
+    found = {s for f in flows for s in f.solutions if s.lower() not in _SYSTEM_SOLUTIONS}
+    return sorted(found, key=str.lower)
+
+
+def _flow_list(flows: Sequence[LiveFlow]) -> str:
+    return ", ".join(f.name for f in flows) if flows else "no flow"
+
+
+# --------------------------------------------------------------------------- the lint
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A reference as lint sees it in one scope: declared, live, or both."""
+
+    logical_name: str
+    connector: str
+    display_name: str | None
+    declared: DesiredReference | None
+    live: LiveReference | None
+
+
+def _names_findings(refs: Iterable[_Ref], env_name: str | None, config: Config,
+                    template: NamingTemplate | None) -> list[Finding]:
+    out: list[Finding] = []
+    for ref in refs:
+        for what, name in (("logical name", ref.logical_name), ("display name", ref.display_name)):
+            suffix = random_suffix(name)
+            if suffix:
+                out.append(_finding(
+                    "CR102", env_name, ref.logical_name,
+                    f"{what} {name!r} ends with the random suffix {suffix!r} the maker portal adds",
+                    "consolidate into one well-named reference per connector"
+                    if what == "logical name"
+                    else "rename the display name without the suffix",
+                ))
+        if template is not None and ref.display_name is not None:
+            hint = template.check(ref.display_name, ref.logical_name, ref.connector, config.solution)
+            if hint is not None:
+                out.append(_finding(
+                    "CR101", env_name, ref.logical_name,
+                    f"display name {ref.display_name!r} does not follow the naming template "
+                    f"{template.template!r}",
+                    hint,
+                ))
+    return out
+
+
+def _duplicate_findings(refs: Sequence[_Ref], env_name: str | None, solution: str,
+                        live: LiveEnvironment | None) -> list[Finding]:
+    groups: dict[str, list[_Ref]] = {}
+    for ref in refs:
+        groups.setdefault(connector_name(ref.connector), []).append(ref)
+    out: list[Finding] = []
+    for connector, group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        names = sorted((r.logical_name for r in group), key=str.lower)
+        if live is not None:
+            usage = "; ".join(f"{n}: {_flow_list(flows_using(live, n))}" for n in names)
+            detail = f"flows using each: {usage}"
+        else:
+            detail = "references: " + ", ".join(names)
+        for ref in sorted(group, key=lambda r: r.logical_name.lower()):
+            out.append(_finding(
+                "CR103", env_name, ref.logical_name,
+                f"one of {len(group)} references for {connector_display_name(connector)} ({connector}) "
+                f"in solution {solution}; {detail}",
+                "keep one reference per connector (e.g. the best-named one), move the flows of the others "
+                "to it, then remove the others from the config and the solution",
+            ))
+    return out
+
+
+def _compile_template(config: Config) -> tuple[NamingTemplate | None, list[Finding]]:
+    if not config.naming:
+        return None, []
+    try:
+        return NamingTemplate(config.naming), []
+    except ValueError as e:
+        known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+        return None, [_finding("CR100", None, "naming", str(e), f"use only the placeholders {known}")]
+
+
+def _declared_refs(config: Config) -> list[_Ref]:
+    return [
+        _Ref(name, ref.connector, ref.display_name, ref, None)
+        for name, ref in sorted(config.references.items(), key=lambda kv: kv[0].lower())
+    ]
+
+
+def _env_refs(config: Config, live: LiveEnvironment) -> tuple[list[_Ref], list[_Ref]]:
+    """(all references in scope for the environment, those not declared in the config)."""
+    in_solution = {r.logical_name.lower(): r for r in live.references if r.in_solution}
+    both: list[_Ref] = []
+    undeclared: list[_Ref] = []
+    declared_keys = set()
+    for name, ref in config.references.items():
+        declared_keys.add(name.lower())
+        both.append(_Ref(name, ref.connector, ref.display_name, ref, in_solution.get(name.lower())))
+    for key, lref in in_solution.items():
+        if key not in declared_keys:
+            r = _Ref(lref.logical_name, lref.connector, lref.display_name, None, lref)
+            both.append(r)
+            undeclared.append(r)
+    both.sort(key=lambda r: r.logical_name.lower())
+    undeclared.sort(key=lambda r: r.logical_name.lower())
+    return both, undeclared
+
+
+def _env_binding_findings(config: Config, env_name: str, env: EnvironmentConfig | None,
+                          refs: Sequence[_Ref], live: LiveEnvironment) -> list[Finding]:
+    out: list[Finding] = []
+    service_account = env.service_account if env is not None else None
+    if not service_account:
+        out.append(_finding(
+            "CR200", env_name, env_name,
+            f"environment {env_name} has no service_account in the config, so references bound to "
+            "personal connections (CR201) are not reported",
+            "set service_account: under the environment (the UPN or object id of the account that should "
+            "own the connections)",
+        ))
+    for ref in refs:
+        binding = binding_for(env, ref.logical_name) if (env is not None and ref.declared) else None
+        connection: LiveConnection | None = None
+        if binding is not None:
+            try:
+                connection = resolve_binding(binding, ref.connector, live, logical_name=ref.logical_name)
+            except PlanError as e:
+                if isinstance(binding, Selector):
+                    out.append(_finding(
+                        "CR206", env_name, ref.logical_name, str(e).removeprefix(f"{ref.logical_name}: "),
+                        "make the selector match exactly one connection (add display_name) or bind by "
+                        "connection name",
+                    ))
+                else:
+                    out.append(_finding(
+                        "CR204", env_name, ref.logical_name,
+                        f"bound in the config to connection {binding}, which does not exist in {env_name}",
+                        "bind it to an existing connection (connref import shows the current ones) or "
+                        "create the connection first",
+                    ))
+                continue
+        elif ref.live is not None and ref.live.connection:
+            connection = live.connection(ref.live.connection)
+            if connection is None:
+                out.append(_finding(
+                    "CR204", env_name, ref.logical_name,
+                    f"bound to connection {ref.live.connection}, which does not exist in {env_name}",
+                    "bind it to an existing connection owned by the service account",
+                ))
+                continue
+        if connection is None:
+            where = "in the config or " if ref.declared else ""
+            users = _flow_list(flows_using(live, ref.logical_name)) if ref.live is not None else "no flow yet"
+            out.append(_finding(
+                "CR202", env_name, ref.logical_name,
+                f"not bound to any connection {where}in {env_name} (used by: {users})",
+                f"add a binding under environments.{env_name}.bindings, e.g. "
+                f"{{owner: {service_account or 'the service account'}}}",
+            ))
+            continue
+        out.extend(
+            connection_findings(env_name, ref.logical_name, ref.connector, connection, live, service_account)
+        )
+    return out
+
+
+def _usage_findings(env_name: str, refs: Sequence[_Ref], live: LiveEnvironment) -> list[Finding]:
+    out: list[Finding] = []
+    for ref in refs:
+        if ref.live is None:
+            continue  # not there yet: plan creates it, and no flow can use it before then
+        flows = flows_using(live, ref.logical_name)
+        if not flows:
+            out.append(_finding(
+                "CR207", env_name, ref.logical_name,
+                f"no flow in {env_name} uses it",
+                "remove it from the config and the solution if nothing will use it (connref does not "
+                "delete references unless prune is on)",
+            ))
+            continue
+        sols = solutions_of(flows)
+        if len(sols) > 1:
+            out.append(_finding(
+                "CR208", env_name, ref.logical_name,
+                f"used by flows of {len(sols)} solutions ({', '.join(sols)}): {_flow_list(flows)}",
+                "keep the reference in one common solution deployed before the solutions whose flows use it",
+            ))
+    return out
+
+
+def _ignored(finding: Finding, ignore: Iterable[str]) -> bool:
+    """An ignore entry is a code (``CR102``), a rule name (``random-suffix``), or either followed by
+    ``:`` and a logical name to silence it for one reference only."""
+    for entry in ignore:
+        what, _, subject = entry.partition(":")
+        what = what.strip().lower()
+        if what not in (finding.code.lower(), finding.name.lower()):
+            continue
+        if not subject or subject.strip().lower() == finding.subject.lower():
+            return True
+    return False
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Config findings first, then by environment, severity, subject and code: stable output to diff."""
+    return sorted(
+        findings,
+        key=lambda f: (
+            f.environment is not None,
+            (f.environment or "").lower(),
+            _SEVERITY_RANK.get(f.severity, 9),
+            f.subject.lower(),
+            f.code,
+            f.message,
+        ),
+    )
+
+
+def lint(config: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> list[Finding]:
+    """Lint ``config`` and, when given, the live environments (keyed by environment name).
+
+    Without ``lives`` only the config is checked: names, duplicate connectors among the declared
+    references, and that every environment binds every declared reference. With ``lives`` each
+    environment is checked too: its references in the solution (declared or not), the connection
+    each is or will be bound to, and which flows use them. Codes in ``config.lint_ignore`` are dropped.
+    """
+    template, findings = _compile_template(config)
+    declared = _declared_refs(config)
+    findings += _names_findings(declared, None, config, template)
+    if lives is None:
+        findings += _duplicate_findings(declared, None, config.solution, None)
+        for env_name, env in sorted(config.environments.items()):
+            for ref in declared:
+                if binding_for(env, ref.logical_name) is None:
+                    findings.append(_finding(
+                        "CR202", env_name, ref.logical_name,
+                        f"the config does not bind it in {env_name}",
+                        f"add a binding under environments.{env_name}.bindings (a connection name or "
+                        f"{{owner: {env.service_account or 'the service account'}}})",
+                    ))
+    else:
+        for env_name, live in sorted(lives.items()):
+            env_config = config.environments.get(env_name)
+            refs, undeclared = _env_refs(config, live)
+            findings += _names_findings(undeclared, env_name, config, template)
+            findings += _duplicate_findings(refs, env_name, config.solution, live)
+            findings += _env_binding_findings(config, env_name, env_config, refs, live)
+            findings += _usage_findings(env_name, refs, live)
+    kept = [f for f in findings if not _ignored(f, config.lint_ignore)]
+    return sort_findings(kept)
+
+
+# --------------------------------------------------------------------------- output and exit code
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    """The CLI's exit code for a lint that ran: 2 when any finding is an error, else 0. (Errors that
+    stop lint from running are ``ConnrefError``s: exit 1, mapped by the CLI.)"""
+    return 2 if any(f.severity == ERROR for f in findings) else 0
+
+
+def summary_counts(findings: Iterable[Finding]) -> dict[str, int]:
+    counts = dict.fromkeys(SEVERITIES, 0)
+    for f in findings:
+        counts[f.severity] = counts.get(f.severity, 0) + 1
+    return counts
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 or word == "info" else f"{n} {word}s"
+
+
+def render_findings_text(findings: Sequence[Finding]) -> str:
+    """One block per finding (severity, code, where, message, then the fix), and a summary line."""
+    if not findings:
+        return "No findings.\n"
+    lines: list[str] = []
+    for f in findings:
+        where = f"{f.environment}: " if f.environment else "config: "
+        lines.append(f"{f.severity:<7} {f.code} {f.name}  {where}{f.subject}")
+        lines.append(f"        {f.message}")
+        lines.append(f"        fix: {f.hint}")
+    counts = summary_counts(findings)
+    lines.append("")
+    lines.append(
+        f"{_plural(len(findings), 'finding')}: "
+        + ", ".join(_plural(counts[s], s) for s in SEVERITIES)
+        + "."
+    )
+    return "\n".join(lines) + "\n"
+
+
+JSON_FORMAT_VERSION = "1"
+
+
+def render_findings_json(findings: Sequence[Finding]) -> str:
+    """A versioned JSON document: ``format_version``, ``findings`` (each ``Finding.to_dict()``),
+    ``summary`` (counts per severity) and the ``exit_code`` the CLI returns."""
+    doc = {
+        "format_version": JSON_FORMAT_VERSION,
+        "findings": [f.to_dict() for f in findings],
+        "summary": summary_counts(findings),
+        "exit_code": exit_code(findings),
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
