@@ -818,7 +818,8 @@ class ConnectionsClient(_HttpCore):
     ``base_url`` serves the Power Platform API (``/connectivity/connections``, caller-scoped).
     ``admin_base_url``/``admin_scope`` serve the classic Power Apps admin route that lists every
     connection of the environment; by default the same base and scope (an emulator, or a
-    ``connections_url`` override, serves both).
+    ``connections_url`` override, serves both). ``environment_id`` may be None when unknown: the
+    admin list is then unavailable.
     """
 
     def __init__(
@@ -828,7 +829,7 @@ class ConnectionsClient(_HttpCore):
         *,
         http: httpx.Client,
         scope: str,
-        environment_id: str,
+        environment_id: str | None,
         admin_base_url: str | None = None,
         admin_scope: str | None = None,
         max_retries: int = 5,
@@ -841,7 +842,7 @@ class ConnectionsClient(_HttpCore):
             token_provider, http=http, scope=scope, max_retries=max_retries, max_total_wait=max_total_wait,
             backoff_base=backoff_base, sleep=sleep, jitter=jitter,
         )
-        if not _PATH_SEGMENT.match(environment_id):
+        if environment_id is not None and not _PATH_SEGMENT.match(environment_id):
             raise ValueError(f"not an environment id: {environment_id!r}")
         self.base_url = base_url.rstrip("/")
         self.environment_id = environment_id
@@ -868,7 +869,9 @@ class ConnectionsClient(_HttpCore):
 
     def list_connections_admin(self) -> list[dict[str, Any]]:
         """Every connection of the environment (admin scope; needs a Power Platform admin or a
-        registered management app, else 403)."""
+        registered management app, else 403). Needs the environment id."""
+        if not self.environment_id:
+            raise ValueError("the admin connection list needs the environment id")
         path = f"/providers/Microsoft.PowerApps/scopes/admin/environments/{self.environment_id}/connections"
         return self._list(f"{self.admin_base_url}{path}?{_query({'api-version': POWERAPPS_API_VERSION})}",
                           self.admin_scope)

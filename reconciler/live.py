@@ -204,7 +204,7 @@ def read_connections(session: EnvSession, *, admin: bool = True) -> list[dict[st
             f"environment '{session.name}': connref cannot read connections without environment_id "
             "or connections_url; add one of them to the environment"
         )
-    if admin:
+    if admin and client.environment_id:
         try:
             return client.list_connections_admin()
         except ApiError as exc:

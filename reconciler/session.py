@@ -214,7 +214,7 @@ def _connections_client(
     the classic Power Apps admin route for the admin-scope list."""
     if env.connections_url:
         base = env.connections_url.rstrip("/")
-        env_id = env.environment_id or "default"
+        env_id = env.environment_id
         scope = POWERPLATFORM_SCOPE if "powerapps.com" not in base else POWERAPPS_SCOPE
         if base.startswith("http://"):
             scope = POWERPLATFORM_SCOPE  # a loopback emulator accepts the Power Platform API audience
