@@ -241,15 +241,29 @@ class _EnvPlanner:
         )
 
     def check_identity(self) -> None:
+        """With a service account, writes are sent as it (``CallerObjectId``); that needs the account to
+        exist, be enabled, and the caller to hold prvActOnBehalfOfAnotherUser (dataverse-api.md §2.1,
+        learn.microsoft.com/power-apps/developer/data-platform/webapi/impersonate-another-user-web-api)."""
         account = self.env.service_account
-        if account and self.live.writer is None:
+        writer, caller = self.live.writer, self.live.caller
+        if not account:
+            return
+        if writer is None:
             self.problem(
                 None,
                 f"service account {account} not found among the users of environment {self.env.name}; "
                 "add it as a user (application users for service principals) or fix service_account",
             )
-        elif account and self.live.writer is not None and self.live.writer.disabled:
+            return
+        if writer.disabled:
             self.problem(None, f"service account {account} is disabled in environment {self.env.name}")
+        acting_as_other = caller is not None and caller.systemuserid.lower() != writer.systemuserid.lower()
+        if acting_as_other and caller is not None and not self.live.caller_can_impersonate:
+            self.problem(
+                None,
+                f"{caller.describe()} may not act as {account}: give it the Delegate security role "
+                f"(privilege prvActOnBehalfOfAnotherUser) in environment {self.env.name}",
+            )
 
     def plan_reference(self, desired: DesiredReference, matches: list[LiveReference]) -> list[Op]:
         name = desired.logical_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -666,3 +667,15 @@ def test_fingerprint_moves_with_etags_and_ignores_order() -> None:
     assert live_fingerprint(live([a, moved], [C_SVC])) != live_fingerprint(live([a, b], [C_SVC]))
     broken = conn(C_SVC.name, "SharePoint svc", status="Error")
     assert live_fingerprint(live([a, b], [broken])) != live_fingerprint(live([a, b], [C_SVC]))
+
+
+def test_caller_needs_the_delegate_privilege_to_act_as_the_service_account() -> None:
+    lv = live([ref("contoso_SharePoint", SP_REF.display_name)], caller=MAKER1)
+    assert problems_of(config([SP_REF]), lv) == [
+        "dev: maker1@contoso.com may not act as svc-flows@contoso.com: give it the Delegate security role "
+        "(privilege prvActOnBehalfOfAnotherUser) in environment dev"
+    ]
+    allowed = dataclasses.replace(lv, caller_can_impersonate=True)
+    assert plan_dev(config([SP_REF]), allowed).ops == ()
+    # Signed in as the service account itself: nothing to impersonate.
+    assert plan_dev(config([SP_REF]), dataclasses.replace(lv, caller=SVC)).ops == ()
