@@ -30,9 +30,10 @@ from .lint import (
     connection_findings,
     connector_display_name,
     flows_using,
+    is_connected,
     random_suffix,
 )
-from .model import LiveEnvironment, LiveReference, Selector, connector_name
+from .model import LiveConnection, LiveEnvironment, LiveReference, Selector, connector_name
 from .settings import connection_owner_label, parse_settings, resolve_binding
 
 # --------------------------------------------------------------------------- YAML text helpers
@@ -204,6 +205,7 @@ def _reference_comments(
     duplicates: Mapping[str, list[LiveReference]],
     template: NamingTemplate | None,
     solution: str,
+    service_account: str | None,
 ) -> list[str]:
     notes: list[str] = []
     for what, name in (("logical name", ref.logical_name), ("display name", ref.display_name)):
@@ -225,6 +227,11 @@ def _reference_comments(
             notes.append(f"CR101 naming-policy: {hint}")
     if not flows_using(live, ref.logical_name):
         notes.append("CR207 unused-reference: no flow uses it")
+    writer = live.writer
+    if service_account and writer is not None and (ref.owner_id or "").lower() != writer.systemuserid.lower():
+        owner = live.user(ref.owner_id)
+        who = owner.describe() if owner else (ref.owner_id or "nobody")
+        notes.append(f"owned by {who}: with service_account set, plan assigns it to {writer.describe()}")
     return notes
 
 
@@ -272,11 +279,33 @@ def _binding_lines(
         return out
     for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
         out += _comment(f"{f.code} {f.name}: {f.message}", indent)
+    label = f"{conn.display_name or conn.name} ({connection_owner_label(conn, live)})"
+    refusal = planner_refusal(ref, conn, live)
+    if refusal is not None:
+        # plan checks every binding, changed or not; a commented-out binding leaves the live one alone
+        out += _comment(f"plan would refuse this binding ({refusal}); it stays commented out "
+                        "until fixed:", indent)
+        out += _comment(f"{ref.logical_name}: {conn.name}  # {label}", indent)
+        return out
     if ref.logical_name.lower() in kept:
         return out + kept[ref.logical_name.lower()]
-    label = f"{conn.display_name or conn.name} ({connection_owner_label(conn, live)})"
     out.append(f"{indent}{_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {label}")
     return out
+
+
+def planner_refusal(ref: LiveReference, conn: LiveConnection, live: LiveEnvironment) -> str | None:
+    """Why the planner would reject binding ``ref`` to ``conn`` (its checks: same connector, status
+    Connected, usable by the identity that writes; see planner module docstring), or None."""
+    if connector_name(conn.connector) != connector_name(ref.connector):
+        return f"the connection is for {connector_name(conn.connector)}"
+    if not is_connected(conn):
+        return f"the connection's status is {conn.status or 'unknown'}"
+    writer = live.writer or live.caller
+    if writer is None:
+        return "the identity that writes is unknown"
+    if not conn.usable_by(writer.object_id):
+        return f"the connection is not shared with {writer.describe()}, which writes bindings"
+    return None
 
 
 def _kept_bindings(existing: _Existing | None, env_name: str, live: LiveEnvironment,
@@ -383,7 +412,7 @@ def import_environment(
     if not refs:
         ref_lines += _comment(f"solution {solution} has no connection references in {env_name}", unit)
     for r in refs:
-        notes = _reference_comments(r, live, duplicates, template, solution)
+        notes = _reference_comments(r, live, duplicates, template, solution, service_account)
         ref_lines += _reference_lines(r, unit, unit, notes)
     if existing is not None:
         old = _find(existing.root, "references")

@@ -494,16 +494,9 @@ def _usage_findings(env_name: str, refs: Sequence[_Ref], live: LiveEnvironment) 
 
 
 def _ignored(finding: Finding, ignore: Iterable[str]) -> bool:
-    """An ignore entry is a code (``CR102``), a rule name (``random-suffix``), or either followed by
-    ``:`` and a logical name to silence it for one reference only."""
-    for entry in ignore:
-        what, _, subject = entry.partition(":")
-        what = what.strip().lower()
-        if what not in (finding.code.lower(), finding.name.lower()):
-            continue
-        if not subject or subject.strip().lower() == finding.subject.lower():
-            return True
-    return False
+    """An ignore entry is a code (``CR102``) or a rule name (``random-suffix``), without case."""
+    wanted = {entry.strip().lower() for entry in ignore}
+    return finding.code.lower() in wanted or finding.name.lower() in wanted
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
