@@ -180,7 +180,8 @@ class _EnvPlanner:
         self.config = config
         self.env = env
         self.live = live
-        self.writer: LiveUser | None = live.writer or live.caller
+        # Writes act as the service account when one is configured (never silently as the caller).
+        self.writer: LiveUser | None = live.writer if env.service_account else (live.writer or live.caller)
         self.who = self.writer.describe() if self.writer else "the identity that writes"
         self.problems: list[str] = []
         self.warnings: list[str] = []
@@ -489,7 +490,8 @@ class _EnvPlanner:
             )
             ok = False
         if self.writer is None:
-            self.problem(name, "the identity that writes is unknown, so its access can't be checked")
+            if not self.env.service_account:  # else check_identity already said the account is missing
+                self.problem(name, "the identity that writes is unknown, so its access can't be checked")
             ok = False
         elif not conn.usable_by(self.writer.object_id):
             self.problem(

@@ -614,7 +614,9 @@ def test_plan_collects_problems_across_environments() -> None:
 
 
 def test_service_account_not_found_or_disabled() -> None:
-    assert problems_of(config([SP_REF]), live([], writer=None, caller=MAKER1)) == [
+    # The binding is usable by the caller, but writes must not silently fall back to it.
+    cfg = config([SP_REF], {"contoso_SharePoint": C_MAKER.name})
+    assert problems_of(cfg, live([], [C_MAKER], writer=None, caller=MAKER1)) == [
         "dev: service account svc-flows@contoso.com not found among the users of environment dev; add it as "
         "a user (application users for service principals) or fix service_account"
     ]
