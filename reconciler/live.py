@@ -247,8 +247,10 @@ def read_environment(
 
         f_who = run(dv.who_am_i)
         f_type = run(lambda: dv.component_type_for("connectionreference"))
+        # The publisher prefix comes with the solution through its publisherid navigation property.
         f_solution = run(lambda: dv.get_all("solutions", select=SOLUTION_COLUMNS,
-                                            filter=eq("uniquename", config.solution)))
+                                            filter=eq("uniquename", config.solution),
+                                            expand="publisherid($select=customizationprefix)"))
         f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
         f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
                                          filter=eq("category", FLOW_CATEGORY)))
@@ -263,8 +265,11 @@ def read_environment(
         solution = None
         if solution_rows:
             s = solution_rows[0]
+            raw = s.get("publisherid")
+            publisher: dict[str, Any] = raw if isinstance(raw, dict) else {}
             solution = LiveSolution(id=str(s["solutionid"]).lower(), unique_name=str(s.get("uniquename")),
-                                    managed=bool(s.get("ismanaged")))
+                                    managed=bool(s.get("ismanaged")),
+                                    prefix=publisher.get("customizationprefix") or None)
 
         connections = tuple(connection_from_item(c) for c in conn_items)
 
