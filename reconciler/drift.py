@@ -275,16 +275,15 @@ def _field_item(fieldname: str, before: Any, after: Any, d: _Describer, baseline
     src = "last applied" if baseline == STATE else "declared"
     if fieldname == "connection":
         bl, al = d.connection(before), d.connection(after)
-        msg = f"rebound from {bl} ({src}) to {al}" if after else f"unbound: was bound to {bl} ({src})"
+        msg = f"from {bl} ({src}) to {al}" if after else f"was bound to {bl} ({src}), now unbound"
         return DriftItem(kind, msg, fieldname, before, after, bl, al)
     if fieldname == "owner":
         bl = d.user(before) or "(none)"
         al = d.user(after) or "(none)"
-        return DriftItem(kind, f"owner changed from {bl} ({src}) to {al}", fieldname, before, after, bl, al)
-    what = {"display_name": "renamed", "description": "description changed", "connector": "connector changed"}
+        return DriftItem(kind, f"from {bl} ({src}) to {al}", fieldname, before, after, bl, al)
     bl = f'"{before}"' if before is not None else "(empty)"
     al = f'"{after}"' if after is not None else "(empty)"
-    return DriftItem(kind, f"{what[fieldname]} from {bl} ({src}) to {al}", fieldname, before, after, bl, al)
+    return DriftItem(kind, f"from {bl} ({src}) to {al}", fieldname, before, after, bl, al)
 
 
 def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
@@ -300,6 +299,8 @@ def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
             "connection",
             ref.connection,
             None,
+            ref.connection,
+            "(not found)",
         )
     if (conn.status or "").lower() != CONNECTED:
         label = d.connection(conn.name)
@@ -308,9 +309,10 @@ def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
             f"connection {label} has status {conn.status or 'unknown'}, not Connected: repair it (sign in "
             "again) in the maker portal or bind another connection",
             "connection",
+            conn.name,
             conn.status,
-            None,
             label,
+            f"status {conn.status or 'unknown'}",
         )
     return None
 
@@ -341,10 +343,12 @@ def _against_state(
             (
                 DriftItem(
                     DELETED,
-                    f"deleted: connref last applied it at {m.applied_at or 'an unknown time'} (id {m.id}); "
-                    "it is gone from the environment (a deleted row does not record who deleted it: see the "
-                    "Dataverse audit log)",
+                    f"connref last applied it at {m.applied_at or 'an unknown time'} (id {m.id}); it is gone "
+                    "from the environment (a deleted row does not record who deleted it: see the Dataverse "
+                    "audit log)",
                     before=m.id,
+                    before_label=f"applied {m.applied_at or '?'} (id {m.id})",
+                    after_label="(gone)",
                 ),
             ),
         )
@@ -371,7 +375,12 @@ def _against_state(
             items.append(_field_item(f, originals_before[f], originals_after[f], d, STATE))
     if not live_ref.in_solution:
         items.append(
-            DriftItem(REMOVED_FROM_SOLUTION, "removed from the solution (the row still exists outside it)")
+            DriftItem(
+                REMOVED_FROM_SOLUTION,
+                "the row still exists, outside the solution",
+                before_label="in the solution",
+                after_label="outside the solution",
+            )
         )
     health = _health(live_ref, d)
     if health:
@@ -426,7 +435,7 @@ def _against_config(
         items.append(
             DriftItem(
                 REBOUND,
-                f"bound to {al}, which does not match the declared selector {binding.describe()}",
+                f"to {al}, which does not match the declared selector {binding.describe()}",
                 "connection",
                 binding.describe(),
                 live_ref.connection,
@@ -506,10 +515,11 @@ def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvStat
                 (
                     DriftItem(
                         UNMANAGED,
-                        f"appeared in solution {sol} unmanaged (not declared, not in state), bound to "
-                        f"{bound}; declare it (connref import shows the YAML) or remove it",
+                        f"appeared in solution {sol} (not declared, not in state), bound to {bound}; "
+                        "declare it (connref import shows the YAML) or remove it",
                         after=live_ref.connection,
-                        after_label=bound,
+                        before_label="(not declared)",
+                        after_label=f"bound to {bound}",
                     ),
                 ),
                 by,

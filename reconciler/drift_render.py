@@ -124,14 +124,17 @@ def render_markdown(reports: Sequence[DriftReport]) -> str:
         counts = ", ".join(f"{n} {_TITLE[k]}" for k, n in rep.counts.items() if k in KIND_ORDER)
         out.append(f"### {_md(rep.environment)}: {len(rep.references)} changed ({counts})")
         out.append("")
+        out.append(
+            "Expected: what connref last applied, or the config for a reference it has no record of. "
+            "By / When: the last modification of the row."
+        )
+        out.append("")
         out.append("| Reference | Change | Expected | Live | By | When |")
         out.append("|---|---|---|---|---|---|")
         for ref in rep.references:
             for item in ref.items:
                 expected = item.before_label or item.before
                 live = item.after_label or item.after
-                if item.kind in ("deleted", "removed_from_solution", "connection_broken", "unmanaged"):
-                    live = item.message
                 out.append(
                     f"| `{_md(ref.logical_name)}` | {_TITLE[item.kind]} | {_md(expected)} | {_md(live)} | "
                     f"{_md(ref.changed_by)} | {_md(ref.changed_on)} |"

@@ -1,0 +1,456 @@
+"""Drift detection over hand-built live environments and states (pure: no HTTP), and its renderers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from reconciler import drift as dr
+from reconciler.drift_render import render_json, render_markdown, render_text
+from reconciler.model import (
+    Binding,
+    Config,
+    DesiredReference,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveReference,
+    LiveSolution,
+    LiveUser,
+    Permission,
+    Selector,
+    connector_id,
+    frozen_map,
+)
+from reconciler.state import EnvState, ManagedReference, record_apply
+
+# ------------------------------------------------------------------ builders (shared with test_planfile)
+
+SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", "Flows Service Account")
+ALICE = LiveUser("u-alice", "oid-alice", "alice@contoso.com", "Alice")
+BOB = LiveUser("u-bob", "oid-bob", "bob@contoso.com", "Bob")
+SP, OUTLOOK = "shared_sharepointonline", "shared_office365"
+WHEN = "2024-06-03T09:15:00Z"
+
+
+def conn(
+    name: str, display: str, *, connector: str = SP, owner: LiveUser = SVC, status: str = "Connected"
+) -> LiveConnection:
+    return LiveConnection(
+        name,
+        connector_id(connector),
+        display,
+        status,
+        owner.object_id,
+        None,
+        (Permission(owner.object_id or "", "Owner"),),
+    )
+
+
+CONNS = (
+    conn("c-sp-svc", "SharePoint svc"),
+    conn("c-sp-alice", "SharePoint Alice", owner=ALICE),
+    conn("c-ol-svc", "Outlook svc", connector=OUTLOOK),
+)
+
+
+def ref(
+    logical: str,
+    display: str,
+    *,
+    connector: str = SP,
+    connection: str | None = None,
+    description: str | None = None,
+    owner: LiveUser = SVC,
+    in_solution: bool = True,
+    etag: str = 'W/"100"',
+    modified_by: str | None = "u-svc",
+    modified_on: str | None = "2024-06-01T08:00:00Z",
+    created_by: str | None = None,
+    created_on: str | None = None,
+) -> LiveReference:
+    return LiveReference(
+        id=f"id-{logical.lower()}",
+        logical_name=logical,
+        display_name=display,
+        connector=connector_id(connector),
+        connection=connection,
+        description=description,
+        owner_id=owner.systemuserid,
+        etag=etag,
+        in_solution=in_solution,
+        modified_by=modified_by,
+        modified_on=modified_on,
+        created_by=created_by,
+        created_on=created_on,
+    )
+
+
+BASE_REFS = (
+    ref("contoso_SharePoint", "SharePoint Contoso", connection="c-sp-svc", description="Sites"),
+    ref("contoso_Outlook", "Outlook Contoso", connector=OUTLOOK, connection="c-ol-svc"),
+)
+
+
+def live(
+    refs: Sequence[LiveReference] = BASE_REFS, conns: Sequence[LiveConnection] = CONNS
+) -> LiveEnvironment:
+    return LiveEnvironment(
+        name="dev",
+        solution=LiveSolution("sol-1", "ContosoConnections"),
+        component_type=10150,
+        references=tuple(refs),
+        connections=tuple(conns),
+        users=(SVC, ALICE, BOB),
+        caller=SVC,
+        writer=SVC,
+    )
+
+
+def config(
+    refs: Sequence[DesiredReference] | None = None,
+    bindings: Mapping[str, Binding] | None = None,
+    *,
+    service_account: str | None = "svc-flows@contoso.com",
+) -> Config:
+    refs = (
+        refs
+        if refs is not None
+        else (
+            DesiredReference("contoso_SharePoint", connector_id(SP), "SharePoint Contoso", "Sites"),
+            DesiredReference("contoso_Outlook", connector_id(OUTLOOK), "Outlook Contoso"),
+        )
+    )
+    b = (
+        bindings
+        if bindings is not None
+        else {
+            "contoso_SharePoint": "c-sp-svc",
+            "contoso_Outlook": Selector(owner="svc-flows@contoso.com"),
+        }
+    )
+    env = EnvironmentConfig(
+        "dev",
+        "https://contoso-dev.crm4.dynamics.com",
+        service_account=service_account,
+        bindings=frozen_map(b),
+    )
+    return Config(
+        path="/tmp/connref.yaml",
+        version=1,
+        solution="ContosoConnections",
+        references=frozen_map({r.logical_name: r for r in refs}),
+        environments=frozen_map({"dev": env}),
+    )
+
+
+def state_of(env: LiveEnvironment, names: Sequence[str] | None = None) -> EnvState:
+    names = names if names is not None else [r.logical_name for r in env.references]
+    return record_apply(None, "dev", env, declared=names, user="runner", at="2024-06-01T08:00:00Z")
+
+
+def replace_ref(env: LiveEnvironment, logical: str, **changes: Any) -> LiveEnvironment:
+    refs = tuple(
+        dataclasses.replace(r, **changes) if r.logical_name == logical else r for r in env.references
+    )
+    return dataclasses.replace(env, references=refs)
+
+
+def drop_ref(env: LiveEnvironment, logical: str) -> LiveEnvironment:
+    return dataclasses.replace(env, references=tuple(r for r in env.references if r.logical_name != logical))
+
+
+def with_conn_status(env: LiveEnvironment, name: str, status: str) -> LiveEnvironment:
+    conns = tuple(dataclasses.replace(c, status=status) if c.name == name else c for c in env.connections)
+    return dataclasses.replace(env, connections=conns)
+
+
+SPN = "contoso_SharePoint"
+BY_ALICE: dict[str, Any] = {"modified_by": "u-alice", "modified_on": WHEN}
+
+# ------------------------------------------------------------------ table: live vs last applied state
+
+# (id, how the portal changed live, expected {logical name: kinds})
+CASES: list[tuple[str, Callable[[LiveEnvironment], LiveEnvironment], dict[str, tuple[str, ...]]]] = [
+    ("no-drift", lambda e: e, {}),
+    ("rebind", lambda e: replace_ref(e, SPN, connection="c-sp-alice", **BY_ALICE), {SPN: (dr.REBOUND,)}),
+    ("unbind", lambda e: replace_ref(e, SPN, connection=None, **BY_ALICE), {SPN: (dr.REBOUND,)}),
+    ("rename", lambda e: replace_ref(e, SPN, display_name="My SharePoint", **BY_ALICE), {SPN: (dr.RENAMED,)}),
+    (
+        "description",
+        lambda e: replace_ref(e, SPN, description="Other", **BY_ALICE),
+        {SPN: (dr.DESCRIPTION_CHANGED,)},
+    ),
+    ("deleted", lambda e: drop_ref(e, SPN), {SPN: (dr.DELETED,)}),
+    ("owner", lambda e: replace_ref(e, SPN, owner_id="u-alice", **BY_ALICE), {SPN: (dr.OWNER_CHANGED,)}),
+    ("broken", lambda e: with_conn_status(e, "c-sp-svc", "Error"), {SPN: (dr.CONNECTION_BROKEN,)}),
+    (
+        "connection-gone",
+        lambda e: dataclasses.replace(e, connections=tuple(c for c in e.connections if c.name != "c-ol-svc")),
+        {"contoso_Outlook": (dr.CONNECTION_BROKEN,)},
+    ),
+    ("left-solution", lambda e: replace_ref(e, SPN, in_solution=False), {SPN: (dr.REMOVED_FROM_SOLUTION,)}),
+    (
+        "unmanaged-appeared",
+        lambda e: dataclasses.replace(
+            e,
+            references=(
+                *e.references,
+                ref(
+                    "contoso_sharedoffice365_8f4b0",
+                    "Office 365 Outlook-8f4b0",
+                    connector=OUTLOOK,
+                    connection="c-ol-svc",
+                    created_by="u-bob",
+                    created_on=WHEN,
+                ),
+            ),
+        ),
+        {"contoso_sharedoffice365_8f4b0": (dr.UNMANAGED,)},
+    ),
+    (
+        "unmanaged-outside-solution-ignored",
+        lambda e: dataclasses.replace(
+            e, references=(*e.references, ref("contoso_other", "Other", in_solution=False))
+        ),
+        {},
+    ),
+    (
+        "rename-and-rebind",
+        lambda e: replace_ref(e, SPN, display_name="X", connection="c-sp-alice", **BY_ALICE),
+        {SPN: (dr.REBOUND, dr.RENAMED)},
+    ),
+    (
+        "rebound-to-a-broken-connection",
+        lambda e: with_conn_status(replace_ref(e, SPN, connection="c-sp-alice"), "c-sp-alice", "Error"),
+        {SPN: (dr.REBOUND, dr.CONNECTION_BROKEN)},
+    ),
+    (
+        "normalised-equal-is-no-drift",
+        # Case of a connection name, "" vs null description, short vs full connector id: the same values.
+        lambda e: replace_ref(
+            replace_ref(e, SPN, connection="C-SP-SVC"),
+            "contoso_Outlook",
+            description="",
+            connector="/providers/Microsoft.PowerApps/apis/SHARED_OFFICE365",
+        ),
+        {},
+    ),
+    ("etag-only-is-no-drift", lambda e: replace_ref(e, SPN, etag='W/"999"', **BY_ALICE), {}),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_drift_against_state(
+    change: Callable[[LiveEnvironment], LiveEnvironment], expected: dict[str, tuple[str, ...]]
+) -> None:
+    base = live()
+    report = dr.detect_drift(config(), "dev", change(base), state_of(base))
+    assert {r.logical_name: r.kinds for r in report.references} == expected
+    assert report.has_drift == bool(expected)
+    assert dr.exit_code([report]) == (2 if expected else 0)
+
+
+def test_rebind_says_from_which_to_which_by_whom_and_when() -> None:
+    base = live()
+    now = replace_ref(base, SPN, connection="c-sp-alice", **BY_ALICE)
+    rd = dr.detect_drift(config(), "dev", now, state_of(base)).reference(SPN)
+    assert rd is not None and rd.baseline == dr.STATE
+    assert (rd.changed_by, rd.changed_on) == ("alice@contoso.com", WHEN)
+    item = rd.item(dr.REBOUND)
+    assert item is not None and (item.before, item.after) == ("c-sp-svc", "c-sp-alice")
+    assert item.before_label == '"SharePoint svc" (owner svc-flows@contoso.com, c-sp-svc)'
+    assert item.after_label == '"SharePoint Alice" (owner alice@contoso.com, c-sp-alice)'
+    assert item.message.startswith('from "SharePoint svc"') and "(last applied)" in item.message
+    # The field-level difference comes from DeepDiff over the normalised fields.
+    assert dict(rd.field_diff) == {"connection": {"before": "c-sp-svc", "after": "c-sp-alice"}}
+
+
+def test_rename_and_owner_change_carry_values() -> None:
+    base = live()
+    now = replace_ref(base, SPN, display_name="My SharePoint", owner_id="u-alice", **BY_ALICE)
+    rd = dr.detect_drift(config(), "dev", now, state_of(base)).reference(SPN)
+    assert rd is not None
+    renamed, owner = rd.item(dr.RENAMED), rd.item(dr.OWNER_CHANGED)
+    assert renamed is not None and (renamed.before, renamed.after) == ("SharePoint Contoso", "My SharePoint")
+    assert owner is not None and (owner.before_label, owner.after_label) == (
+        "svc-flows@contoso.com",
+        "alice@contoso.com",
+    )
+    assert set(rd.field_diff) == {"display_name", "owner"}
+
+
+def test_unknown_modifier_is_shown_by_id() -> None:
+    base = live()
+    now = replace_ref(base, SPN, display_name="Y", modified_by="u-someone-gone", modified_on=WHEN)
+    rd = dr.detect_drift(config(), "dev", now, state_of(base)).reference(SPN)
+    assert rd is not None and rd.changed_by == "u-someone-gone"
+
+
+def test_unmanaged_names_creator() -> None:
+    base = live()
+    extra = ref(
+        "contoso_sharedoffice365_8f4b0", "O-8f4b0", connector=OUTLOOK, created_by="u-bob", created_on=WHEN
+    )
+    report = dr.detect_drift(
+        config(), "dev", dataclasses.replace(base, references=(*base.references, extra)), state_of(base)
+    )
+    rd = report.reference("contoso_sharedoffice365_8f4b0")
+    assert rd is not None and (rd.changed_by, rd.changed_on, rd.baseline) == ("bob@contoso.com", WHEN, "none")
+    assert "ContosoConnections" in rd.items[0].message
+
+
+def test_config_change_not_applied_yet_is_not_drift() -> None:
+    base = live()
+    cfg = config(
+        (
+            DesiredReference(SPN, connector_id(SP), "Renamed in the config", "Sites"),
+            DesiredReference("contoso_Outlook", connector_id(OUTLOOK), "Outlook Contoso"),
+        ),
+        {SPN: "c-sp-alice", "contoso_Outlook": Selector(owner="svc-flows@contoso.com")},
+    )
+    report = dr.detect_drift(cfg, "dev", base, state_of(base))
+    assert not report.has_drift
+
+
+def test_managed_but_no_longer_declared_is_still_watched() -> None:
+    base = live()
+    cfg = config((DesiredReference("contoso_Outlook", connector_id(OUTLOOK), "Outlook Contoso"),))
+    report = dr.detect_drift(cfg, "dev", base, state_of(base))
+    assert not report.has_drift
+    assert any("contoso_SharePoint is managed by connref but no longer declared" in n for n in report.notes)
+    changed = replace_ref(base, SPN, connection="c-sp-alice")
+    assert dr.detect_drift(cfg, "dev", changed, state_of(base)).reference(SPN) is not None
+
+
+# --------------------------------------------------------------------------- no state: live vs config
+
+NO_STATE_CASES: list[tuple[str, Callable[[LiveEnvironment], LiveEnvironment], dict[str, tuple[str, ...]]]] = [
+    ("matches-config", lambda e: e, {}),
+    (
+        "bound-elsewhere",
+        lambda e: replace_ref(e, SPN, connection="c-sp-alice", **BY_ALICE),
+        {SPN: (dr.REBOUND,)},
+    ),
+    ("renamed", lambda e: replace_ref(e, SPN, display_name="Z"), {SPN: (dr.RENAMED,)}),
+    (
+        "owner-not-service-account",
+        lambda e: replace_ref(e, SPN, owner_id="u-bob"),
+        {SPN: (dr.OWNER_CHANGED,)},
+    ),
+    (
+        "selector-not-matched",
+        lambda e: replace_ref(
+            dataclasses.replace(
+                e,
+                connections=(*e.connections, conn("c-ol-alice", "Outlook A", connector=OUTLOOK, owner=ALICE)),
+            ),
+            "contoso_Outlook",
+            connection="c-ol-alice",
+        ),
+        {"contoso_Outlook": (dr.REBOUND,)},
+    ),
+    ("not-created-yet", lambda e: drop_ref(e, SPN), {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), [c[1:] for c in NO_STATE_CASES], ids=[c[0] for c in NO_STATE_CASES]
+)
+def test_drift_against_config_without_state(
+    change: Callable[[LiveEnvironment], LiveEnvironment], expected: dict[str, tuple[str, ...]]
+) -> None:
+    report = dr.detect_drift(config(), "dev", change(live()), None)
+    assert {r.logical_name: r.kinds for r in report.references} == expected
+    assert all(r.baseline == dr.CONFIG for r in report.references)
+    assert report.state_serial is None
+
+
+def test_selector_mismatch_names_the_selector() -> None:
+    e = dataclasses.replace(
+        live(), connections=(*CONNS, conn("c-ol-alice", "Outlook A", connector=OUTLOOK, owner=ALICE))
+    )
+    e = replace_ref(e, "contoso_Outlook", connection="c-ol-alice", **BY_ALICE)
+    rd = dr.detect_drift(config(), "dev", e, None).reference("contoso_Outlook")
+    assert rd is not None
+    item = rd.item(dr.REBOUND)
+    assert (
+        item is not None
+        and "{owner: svc-flows@contoso.com}" in item.message
+        and "alice@contoso.com" in item.message
+    )
+    assert (rd.changed_by, rd.changed_on) == ("alice@contoso.com", WHEN)
+
+
+def test_not_created_yet_is_a_note() -> None:
+    report = dr.detect_drift(config(), "dev", drop_ref(live(), SPN), None)
+    assert any(SPN in n and "not in the environment yet" in n for n in report.notes)
+
+
+# --------------------------------------------------------------------------- renderers
+
+
+def _drifted() -> list[dr.DriftReport]:
+    base = live()
+    extra = ref("contoso_x_8f4b0", "Pipe | name", connector=OUTLOOK, created_by="u-bob", created_on=WHEN)
+    now = replace_ref(base, SPN, connection="c-sp-alice", display_name="My | SharePoint", **BY_ALICE)
+    now = drop_ref(now, "contoso_Outlook")
+    now = dataclasses.replace(now, references=(*now.references, extra))
+    dev = dr.detect_drift(config(), "dev", now, state_of(base))
+    test = dr.detect_drift(config(), "dev", base, state_of(base))
+    test = dataclasses.replace(test, environment="test")
+    return [dev, test]
+
+
+def test_text_report() -> None:
+    text = render_text(_drifted())
+    assert (
+        "Environment dev (state serial 1, last apply 2024-06-01T08:00:00Z): 3 of 3 references changed" in text
+    )
+    assert (
+        "~ contoso_SharePoint [compared with the state] "
+        "(last modified by alice@contoso.com on 2024-06-03T09:15:00Z)" in text
+    )
+    assert 'rebound: from "SharePoint svc" (owner svc-flows@contoso.com, c-sp-svc) (last applied) to' in text
+    assert "- contoso_Outlook" in text and "deleted:" in text
+    assert "+ contoso_x_8f4b0" in text and "unmanaged:" in text
+    assert "Environment test" in text and "no drift" in text
+    assert text.rstrip().endswith("Drift: 3 references changed outside connref in 1 environment (dev).")
+    assert render_text([_drifted()[1]]).rstrip().endswith("No drift in 1 environment.")
+
+
+def test_json_report_is_versioned_and_complete() -> None:
+    doc = json.loads(render_json(_drifted()))
+    assert doc["format_version"] == dr.FORMAT_VERSION and doc["has_drift"] is True
+    dev = doc["environments"][0]
+    assert dev["counts"] == {"deleted": 1, "rebound": 1, "renamed": 1, "unmanaged": 1}
+    sp = next(r for r in dev["references"] if r["logical_name"] == SPN)
+    assert sp["kinds"] == ["rebound", "renamed"] and sp["changed_by"] == "alice@contoso.com"
+    assert sp["field_diff"]["connection"] == {"before": "c-sp-svc", "after": "c-sp-alice"}
+    assert doc["environments"][1]["has_drift"] is False
+
+
+def test_markdown_report_escapes_cells() -> None:
+    md = render_markdown(_drifted())
+    assert md.startswith("## connref drift: drift found")
+    assert "| Reference | Change | Expected | Live | By | When |" in md
+    assert "My \\| SharePoint" in md  # a pipe in a value does not break the table
+    row = next(line for line in md.splitlines() if line.startswith(f"| `{SPN}` | rebound"))
+    assert "alice@contoso.com | 2024-06-03T09:15:00Z |" in row
+    assert row.count(" | ") == 5  # six cells
+    assert "### test: no drift" in md
+    assert render_markdown([_drifted()[1]]).startswith("## connref drift: no drift")
+
+
+def test_state_reference_type_is_what_drift_reads() -> None:
+    # A state written by an earlier connref may lack owner_upn etc.: drift only needs the core fields.
+    m = ManagedReference(
+        SPN, "id-contoso_sharepoint", "SharePoint Contoso", connector_id(SP), "c-sp-svc", "Sites", "u-svc"
+    )
+    st = EnvState("dev", "5f0a3c56-8a47-4b1f-9a43-6c3f3f8f0a11", 3, frozen_map({SPN: m}))
+    report = dr.detect_drift(config(), "dev", live(), st)
+    assert not report.has_drift and report.state_serial == 3
