@@ -144,7 +144,7 @@ class _Validator:
 
     def error(self, node: YNode | Location | None, field: str | None, message: str) -> None:
         if isinstance(node, YNode):
-            if id(node) in self.flagged:
+            if id(node) in self.flagged or node.broken:
                 return
             loc: Location | None = node.loc
         else:
@@ -203,6 +203,7 @@ class _Validator:
         required: tuple[str, ...] = (),
         why_not: Callable[[str], str | None] | None = None,
     ) -> None:
+        suggested: set[str] = set()
         for key, _ in m.pairs:
             if key.text in allowed or _secret_key(key.text):
                 continue  # secret keys were reported by scan_secrets
@@ -212,13 +213,15 @@ class _Validator:
                 continue
             close = difflib.get_close_matches(key.text, allowed, n=1, cutoff=0.6)
             if close:
+                suggested.add(close[0])
                 self.error(key, join_path(field, key.text), f"unknown key; did you mean '{close[0]}'?")
             else:
                 self.error(
                     key, join_path(field, key.text), f"unknown key; expected one of: {', '.join(allowed)}"
                 )
         for req in required:
-            if m.get(req) is None:
+            # A misspelt key already says "did you mean <req>?": no second error for the same fix.
+            if m.get(req) is None and req not in suggested:
                 self.error(m, join_path(field, req), "required key is missing")
 
     def mapping(self, node: YNode | None, field: str) -> Map | None:
@@ -324,8 +327,8 @@ class _Validator:
         auth = self.auth_profiles(auth_map)
         # Names as declared (valid or not), so a binding to a reference with an error of its own
         # is not reported a second time as undeclared. None: the section is unusable, skip the check.
-        ref_names = refs_map.keys() if refs_map is not None else None
-        auth_names = auth_map.keys() if auth_map is not None else ([] if auth_node is None else None)
+        ref_names = refs_map.key_texts() if refs_map is not None else None
+        auth_names = auth_map.key_texts() if auth_map is not None else ([] if auth_node is None else None)
         environments = self.environments(
             self.mapping(root.get("environments"), "environments"), ref_names, auth_names
         )
@@ -543,7 +546,8 @@ class _Validator:
                 self.error(
                     node,
                     path,
-                    f"local data file not found: {full} (a local: path is relative to the config file)",
+                    f"local data file not found: {rel} (looked for {full}; "
+                    "a local: path is relative to the config file)",
                 )
                 return None, None
             return value, full
@@ -663,15 +667,17 @@ class _Validator:
 
         self.keys(m, field, allowed, why_not=why_not)
         errors_before = len(self.errors)
+        # With a secret written inline, that error already says which key to use instead.
+        inline_secret = any(_secret_key(k) for k in m.key_texts())
 
         def need(*keys: str) -> None:
             for k in keys:
-                if m.get(k) is None:
+                if m.get(k) is None and not inline_secret:
                     self.error(m, join_path(field, k), f"required key is missing (method {method} needs it)")
 
         def exactly_one(*keys: str) -> None:
             present = [k for k in keys if m.get(k) is not None]
-            if not present:
+            if not present and not inline_secret:
                 self.error(m, field, f"method {method} needs one of {', '.join(keys)}; none is given")
             elif len(present) > 1:
                 self.error(

@@ -16,6 +16,7 @@ converted once and shared, which keeps "billion laughs" documents linear.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .errors import ConfigError, Location
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+_STD = "tag:yaml.org,2002:"
+# Plain YAML only: a config never needs ``!!python/...`` or application tags.
+ALLOWED_TAGS = frozenset(_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
 
 
 @dataclass(eq=False)
@@ -32,6 +36,7 @@ class YNode:
     """Base of the located tree; ``loc`` is where the node starts in the file."""
 
     loc: Location
+    broken: bool = field(default=False, kw_only=True)  # already reported; say nothing more about it
 
 
 @dataclass(eq=False)
@@ -52,7 +57,7 @@ class Map(YNode):
 
     pairs: list[tuple[Scalar, YNode]] = field(default_factory=list)
 
-    def keys(self) -> list[str]:
+    def key_texts(self) -> list[str]:
         return [k.text for k, _ in self.pairs]
 
     def get(self, key: str) -> YNode | None:
@@ -82,6 +87,11 @@ def _loc(file: str, node: Node) -> Location:
 def _syntax_error(file: str, exc: yaml.YAMLError) -> ConfigError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
+    if problem == "but found another document" and mark is not None:
+        return ConfigError(
+            "a config file holds one YAML document; remove the second '---' and what follows",
+            Location(file, mark.line + 1, mark.column + 1),
+        )
     context = getattr(exc, "context", None)
     message = f"invalid YAML: {problem}"
     context_mark = getattr(exc, "context_mark", None)
@@ -109,7 +119,15 @@ class _Converter:
                     "recursive alias (an anchor used inside itself)", _loc(self.file, node), path or None
                 )
             )
-            return Scalar(_loc(self.file, node), None, "")
+            return Scalar(_loc(self.file, node), None, "", broken=True)
+        if node.tag not in ALLOWED_TAGS:
+            shown = node.tag.replace(_STD, "!!")
+            self.errors.append(
+                ConfigError(
+                    f"unsupported tag {shown}; connref reads plain YAML", _loc(self.file, node), path or None
+                )
+            )
+            return Scalar(_loc(self.file, node), None, "", broken=True)
         self.active.add(nid)
         try:
             result: YNode
@@ -137,13 +155,11 @@ class _Converter:
             # Unknown tags (``!!python/object``, ``!vault``) and malformed timestamps land here.
             problem = getattr(exc, "problem", None) or "cannot read this value"
             self.errors.append(ConfigError(problem, loc, path or None))
-            value = None
+            return Scalar(loc, None, str(node.value), broken=True)
         return Scalar(loc, value, str(node.value), quoted=node.style in ("'", '"'))
 
     def _mapping(self, node: MappingNode, path: str) -> Map:
         loc = _loc(self.file, node)
-        if node.tag not in ("tag:yaml.org,2002:map",):
-            self.errors.append(ConfigError(f"unsupported tag {node.tag}", loc, path or None))
         explicit: list[tuple[Scalar, YNode]] = []
         seen: dict[str, Scalar] = {}
         merges: list[Map] = []
@@ -247,6 +263,8 @@ def describe(node: YNode) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, datetime.date):
+        return "a date (put it in quotes if you meant text)"
     return f"a {type(value).__name__}"
 
 
