@@ -29,7 +29,7 @@ def new_signing_key_pem() -> str:
 
 def public_jwk(signing_key_pem: str, kid: str = "emulator") -> dict[str, Any]:
     key = serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
-    jwk: dict[str, Any] = pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)  # type: ignore[arg-type]
+    jwk: dict[str, Any] = pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)  # type: ignore[call-overload]
     jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
     return jwk
 

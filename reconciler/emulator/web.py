@@ -42,6 +42,8 @@ class Request:
     body: bytes = b""
     scheme: str = "http"
     host: str = "localhost"
+    # Per-request facts the routes learn (caller, effective user, batch parts) for the request log.
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def query(self) -> dict[str, str]:

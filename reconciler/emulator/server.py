@@ -1,0 +1,240 @@
+"""Serve emulator apps over loopback HTTP(S) with the standard library's WSGI server, one thread per
+request, and the ``connref emulator`` command.
+
+``serve(app)`` starts a server in a background thread and returns it (``.url``, ``.shutdown()``);
+tests use it, and ``main``/``run_emulator_command`` use it to serve until interrupted. A fault that
+drops the connection (``faults.ConnectionDropped``) closes the socket without a response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Sequence
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
+
+from .app import EmulatorApp
+from .faults import ConnectionDropped, Faults
+from .store import EnvironmentStore, new_environment_data
+
+
+class _Handler(ServerHandler):
+    dropped = False
+
+    def handle_error(self) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionDropped):
+            self.dropped = True
+            return  # write nothing: the request handler closes the socket
+        super().handle_error()
+
+
+class _RequestHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # in this request's thread, not the accept loop
+        super().setup()
+
+    def get_environ(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_environ()
+        if isinstance(self.request, ssl.SSLSocket):
+            env["HTTPS"] = "on"
+        return env
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and CLI output stay clean
+        pass
+
+    def handle(self) -> None:
+        # wsgiref's handle(), with our ServerHandler that knows how to drop a connection.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        handler = _Handler(
+            self.rfile,
+            self.wfile,  # type: ignore[arg-type]
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=True,
+        )
+        handler.dropped = False
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+        if handler.dropped:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    request_queue_size = 128  # bursts of concurrent requests (the 52-per-user limit) must connect
+
+
+class RunningServer:
+    """One app served on one port in a background thread."""
+
+    def __init__(
+        self, app: EmulatorApp, server: _ThreadingWSGIServer, thread: threading.Thread, scheme: str
+    ) -> None:
+        self.app = app
+        self._server = server
+        self._thread = thread
+        host, port = server.server_address[:2]
+        self.host = str(host)
+        self.port = int(port)
+        self.url = f"{scheme}://{self.host}:{self.port}"
+
+    def shutdown(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class RunningServers(list[RunningServer]):
+    """Several environments, one port each (``port``, ``port+1``, ...)."""
+
+    @property
+    def url(self) -> str:
+        return self[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self]
+
+    def shutdown(self) -> None:
+        for s in self:
+            s.shutdown()
+
+
+def _serve_one(app: EmulatorApp, host: str, port: int, ssl_context: ssl.SSLContext | None) -> RunningServer:
+    server = _ThreadingWSGIServer((host, port), _RequestHandler)
+    server.set_app(app)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name=f"connref-emulator-{server.server_address[1]}",
+        daemon=True,
+    )
+    thread.start()
+    return RunningServer(app, server, thread, "https" if ssl_context is not None else "http")
+
+
+def serve(
+    app_or_apps: EmulatorApp | Sequence[EmulatorApp],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Any:
+    """Start serving in background threads. One app -> a :class:`RunningServer`; a sequence ->
+    :class:`RunningServers` on ``port``, ``port+1``, ... (each its own free port when ``port`` is 0)."""
+    if isinstance(app_or_apps, EmulatorApp):
+        return _serve_one(app_or_apps, host, port, ssl_context)
+    servers = RunningServers()
+    try:
+        for i, app in enumerate(app_or_apps):
+            servers.append(_serve_one(app, host, port + i if port else 0, ssl_context))
+    except BaseException:
+        servers.shutdown()
+        raise
+    return servers
+
+
+def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("--tls-cert and --tls-key go together")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def build_apps(
+    data_files: Sequence[str], faults_file: str | None = None, persist: bool = False
+) -> list[EmulatorApp]:
+    """One app per data file (or one fresh in-memory environment when none is given)."""
+    stores = [EnvironmentStore.from_file(p) for p in data_files] or [
+        EnvironmentStore.from_dict(new_environment_data())
+    ]
+    apps = []
+    for store in stores:
+        faults = Faults.from_file(faults_file) if faults_file else None
+        apps.append(EmulatorApp(store, persist=persist and store.path is not None, faults=faults))
+    return apps
+
+
+def run_emulator_command(args: Any) -> int:
+    """``connref emulator``: ``args.port`` (int|None), ``args.data`` (list of paths, or one path, or None),
+    ``args.faults``, ``args.tls_cert``, ``args.tls_key``; optional ``args.persist``. Serves until
+    interrupted; returns the exit code."""
+    data = getattr(args, "data", None) or []
+    if isinstance(data, str):
+        data = [data]
+    try:
+        apps = build_apps(list(data), getattr(args, "faults", None), bool(getattr(args, "persist", False)))
+        ctx = _ssl_context(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+        servers = serve(
+            apps,
+            host=getattr(args, "host", None) or "127.0.0.1",
+            port=int(getattr(args, "port", None) or 0),
+            ssl_context=ctx,
+        )
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        print(f"connref emulator: {e}", file=sys.stderr)
+        return 1
+    for server in servers:
+        env = server.app.store.environment
+        source = server.app.store.path or "(in-memory environment)"
+        print(
+            f"{env.get('name', 'environment')}: {server.url}  <- "
+            f"{os.path.relpath(source) if server.app.store.path else source}",
+            flush=True,
+        )
+    stop = threading.Event()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        servers.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="connref emulator", description="Serve the local Dataverse + connections + token emulator."
+    )
+    parser.add_argument("--port", type=int, default=0, help="first port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--data", action="append", help="emulator data file (repeat for several environments)"
+    )
+    parser.add_argument("--faults", help="fault-injection JSON file")
+    parser.add_argument("--tls-cert", dest="tls_cert")
+    parser.add_argument("--tls-key", dest="tls_key")
+    parser.add_argument("--persist", action="store_true", help="write changes back into the data files")
+    return run_emulator_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""One emulated environment's data: the parsed JSON of ``docs/emulator-data.md``, a lock, and atomic save.
+
+Every route module (Dataverse, connections, tokens) reads and mutates ``store.data`` in place while
+holding ``store.lock``; ``save()`` writes the whole document back (temp file, fsync, ``os.replace``)
+with sorted keys, so a file written by ``apply`` on a ``local:`` environment diffs cleanly in git.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from . import jwt
+
+FORMAT = "connref-emulator/1"
+
+#: Top-level keys of the data format; anything else is an error on load (docs/emulator-data.md).
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "format",
+        "environment",
+        "settings",
+        "signing_key_pem",
+        "applications",
+        "systemusers",
+        "solutions",
+        "connectionreferences",
+        "solutioncomponents",
+        "workflows",
+        "connections",
+        "next_versionnumber",
+    }
+)
+REQUIRED_KEYS = ("format", "environment", "signing_key_pem")
+LIST_KEYS = (
+    "applications",
+    "systemusers",
+    "solutions",
+    "connectionreferences",
+    "solutioncomponents",
+    "workflows",
+    "connections",
+)
+ENVIRONMENT_REQUIRED = ("url",)
+
+#: Behaviour switches and their defaults; a data file's ``settings`` override them.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    # Whoever writes connectionid must own the connection or have it shared (UNCONFIRMED: docs/emulator.md).
+    "enforce_connection_access": True,
+    # Duplicate connectionreferencelogicalname on create -> 412 0x80040237 (UNCONFIRMED).
+    "enforce_duplicate_logical_name": True,
+    # PATCH of connectionreferencelogicalname -> 400 (UNCONFIRMED).
+    "logical_name_immutable": True,
+    # HTTP status of DELETE of a reference flows still use (UNCONFIRMED: 400 or 405).
+    "delete_in_use_status": 400,
+    # Rows per page when the client sends no odata.maxpagesize (documented default and cap: 5000).
+    "page_size_default": 5000,
+}
+
+
+def utc_now() -> str:
+    """The current time in the data format's timestamp form (ISO 8601 UTC, ``Z``)."""
+    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+def new_environment_data(
+    *,
+    name: str = "dev",
+    url: str = "https://contoso-dev.crm4.dynamics.com",
+    environment_id: str | None = None,
+    tenant_id: str | None = None,
+    organization_id: str | None = None,
+    business_unit_id: str | None = None,
+    componenttype: int = 10150,
+    signing_key_pem: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A fresh, valid, empty environment in the data format. Generating an RSA key is slow (~50 ms+);
+    pass ``signing_key_pem`` to reuse one (tests do)."""
+    return {
+        "format": FORMAT,
+        "environment": {
+            "name": name,
+            "environment_id": environment_id or new_guid(),
+            "url": url,
+            "tenant_id": tenant_id or new_guid(),
+            "organization_id": organization_id or new_guid(),
+            "business_unit_id": business_unit_id or new_guid(),
+            "connectionreference_componenttype": componenttype,
+        },
+        "settings": dict(settings or {}),
+        "signing_key_pem": signing_key_pem or jwt.new_signing_key_pem(),
+        "applications": [],
+        "systemusers": [],
+        "solutions": [],
+        "connectionreferences": [],
+        "solutioncomponents": [],
+        "workflows": [],
+        "connections": [],
+        "next_versionnumber": 1000,
+    }
+
+
+def validate_data(data: Any, source: str = "<data>") -> dict[str, Any]:
+    """Check the top level of a data document; raise ``ValueError`` naming ``source`` and the bad key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: the emulator data must be a JSON object")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        raise ValueError(f"{source}: format must be {FORMAT!r}, got {fmt!r}")
+    for key in sorted(data):
+        if key not in TOP_LEVEL_KEYS:
+            raise ValueError(
+                f"{source}: unknown top-level key {key!r} (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})"
+            )
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise ValueError(f"{source}: missing required key {key!r}")
+    env = data["environment"]
+    if not isinstance(env, dict):
+        raise ValueError(f"{source}: 'environment' must be an object")
+    for key in ENVIRONMENT_REQUIRED:
+        if not isinstance(env.get(key), str) or not env[key]:
+            raise ValueError(f"{source}: 'environment.{key}' must be a non-empty string")
+    if not isinstance(data["signing_key_pem"], str) or "PRIVATE KEY" not in data["signing_key_pem"]:
+        raise ValueError(f"{source}: 'signing_key_pem' must be a PEM private key")
+    for key in LIST_KEYS:
+        data.setdefault(key, [])
+        if not isinstance(data[key], list) or not all(isinstance(r, dict) for r in data[key]):
+            raise ValueError(f"{source}: {key!r} must be a list of objects")
+    data.setdefault("settings", {})
+    if not isinstance(data["settings"], dict):
+        raise ValueError(f"{source}: 'settings' must be an object")
+    nv = data.setdefault("next_versionnumber", 1000)
+    if not isinstance(nv, int) or isinstance(nv, bool):
+        raise ValueError(f"{source}: 'next_versionnumber' must be an integer")
+    return data
+
+
+class EnvironmentStore:
+    """The data of one environment, shared by every route; hold ``lock`` for any read-modify-write."""
+
+    def __init__(self, data: dict[str, Any], path: str | None = None) -> None:
+        self.data = data
+        self.path = path
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ construction / persistence
+
+    @classmethod
+    def from_file(cls, path: str) -> EnvironmentStore:
+        with open(path, encoding="utf-8") as f:
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        return cls(validate_data(raw, path), path=os.path.abspath(path))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnvironmentStore:
+        """Wrap a data dict (validated; not copied: the caller's dict is the live data)."""
+        return cls(validate_data(d))
+
+    def save(self) -> None:
+        """Atomically write the data back to ``path``: a crash leaves either the old or the new file."""
+        if self.path is None:
+            return
+        with self.lock:
+            text = json.dumps(self.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        directory = os.path.dirname(self.path) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".connref-", suffix=".json.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.exists(self.path):
+                os.chmod(tmp, os.stat(self.path).st_mode & 0o777)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of the data (change-set rollback restores it with ``restore``)."""
+        with self.lock:
+            return copy.deepcopy(self.data)
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        with self.lock:
+            self.data.clear()
+            self.data.update(snap)
+
+    # ------------------------------------------------------------------ helpers
+
+    def next_version(self) -> int:
+        """The next row version (ETag source): unique and increasing within the file."""
+        with self.lock:
+            v = int(self.data.get("next_versionnumber", 1000))
+            self.data["next_versionnumber"] = v + 1
+            return v
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        env: dict[str, Any] = self.data["environment"]
+        return env
+
+    @property
+    def componenttype(self) -> int:
+        return int(self.environment.get("connectionreference_componenttype", 10150))
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.data.setdefault(table, [])
+        return rows
+
+    def find(self, table: str, column: str, value: str | None) -> dict[str, Any] | None:
+        """First row whose ``column`` equals ``value`` case-insensitively (ids and names compare that way)."""
+        if value is None:
+            return None
+        key = str(value).lower()
+        for row in self.rows(table):
+            v = row.get(column)
+            if v is not None and str(v).lower() == key:
+                return row
+        return None
+
+    def user(self, systemuserid: str | None) -> dict[str, Any] | None:
+        return self.find("systemusers", "systemuserid", systemuserid)
+
+    def user_by_object_id(self, object_id: str | None) -> dict[str, Any] | None:
+        return self.find("systemusers", "azureactivedirectoryobjectid", object_id)
+
+    def user_by_app_id(self, app_id: str | None) -> dict[str, Any] | None:
+        return self.find("systemusers", "applicationid", app_id)
+
+    def solution(self, uniquename: str | None) -> dict[str, Any] | None:
+        return self.find("solutions", "uniquename", uniquename)
+
+    def connection(self, name: str | None) -> dict[str, Any] | None:
+        return self.find("connections", "name", name)
+
+    def reference(self, connectionreferenceid: str | None) -> dict[str, Any] | None:
+        return self.find("connectionreferences", "connectionreferenceid", connectionreferenceid)
+
+    def reference_by_logical_name(self, logical_name: str | None) -> dict[str, Any] | None:
+        return self.find("connectionreferences", "connectionreferencelogicalname", logical_name)

@@ -1,0 +1,437 @@
+"""Reads of the emulated tables: which columns each entity set has, how a stored row is served, and
+collection queries with ``$select``/``$filter``/``$orderby``/``$top``/``$count`` and server-driven paging.
+
+Paging follows powerapps-docs ``developer/data-platform/webapi/query/page-results.md`` (dataverse-api.md
+§2.6): ``Prefer: odata.maxpagesize=N`` (at most 5000; the default page is 5000 rows), a
+``Preference-Applied`` header, and an opaque ``@odata.nextLink`` carrying ``$skiptoken`` that the
+client follows unchanged. ``$skip`` is not supported and answers 400. Rows carry
+``@odata.etag`` = ``W/"<versionnumber>"``; lookups are ``_x_value`` columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from . import odata
+from .dvcommon import QUERY_ERROR, Ctx, etag_of, is_guid, not_found, stable_guid
+from .web import HttpError, Response
+
+MAX_PAGE = 5000
+
+
+@dataclass(frozen=True)
+class Table:
+    entity_set: str
+    logical_name: str
+    key: str
+    columns: tuple[str, ...]
+    hidden: tuple[str, ...] = ()  # emulator-only keys of the stored rows, never served
+    rows: Callable[[Ctx], list[dict[str, Any]]] | None = None  # derived tables
+
+    def stored(self, ctx: Ctx) -> list[dict[str, Any]]:
+        if self.rows is not None:
+            return self.rows(ctx)
+        return ctx.store.rows(self.entity_set)
+
+
+CONNECTIONREFERENCE_COLUMNS = (
+    "connectionreferenceid",
+    "connectionreferencelogicalname",
+    "connectionreferencedisplayname",
+    "connectorid",
+    "connectionid",
+    "description",
+    "statecode",
+    "statuscode",
+    "ismanaged",
+    "promptingbehavior",
+    "iscustomizable",
+    "componentstate",
+    "solutionid",
+    "_customconnectorid_value",
+    "_ownerid_value",
+    "_owninguser_value",
+    "_owningbusinessunit_value",
+    "_createdby_value",
+    "_modifiedby_value",
+    "_createdonbehalfby_value",
+    "_modifiedonbehalfby_value",
+    "createdon",
+    "modifiedon",
+    "versionnumber",
+)
+WORKFLOW_COLUMNS = (
+    "workflowid",
+    "workflowidunique",
+    "name",
+    "description",
+    "category",
+    "type",
+    "primaryentity",
+    "statecode",
+    "statuscode",
+    "ismanaged",
+    "clientdata",
+    "_ownerid_value",
+    "_createdby_value",
+    "_modifiedby_value",
+    "_createdonbehalfby_value",
+    "_modifiedonbehalfby_value",
+    "createdon",
+    "modifiedon",
+    "versionnumber",
+)
+SYSTEMUSER_COLUMNS = (
+    "systemuserid",
+    "azureactivedirectoryobjectid",
+    "domainname",
+    "fullname",
+    "applicationid",
+    "isdisabled",
+    "internalemailaddress",
+    "_businessunitid_value",
+    "accessmode",
+)
+SOLUTION_COLUMNS = (
+    "solutionid",
+    "uniquename",
+    "friendlyname",
+    "ismanaged",
+    "isvisible",
+    "version",
+    "_publisherid_value",
+)
+SOLUTIONCOMPONENT_COLUMNS = (
+    "solutioncomponentid",
+    "_solutionid_value",
+    "objectid",
+    "componenttype",
+    "rootcomponentbehavior",
+    "ismetadata",
+)
+DEFINITION_COLUMNS = (
+    "solutioncomponentdefinitionid",
+    "name",
+    "primaryentityname",
+    "solutioncomponenttype",
+    "objecttypecode",
+)
+
+
+def _definitions(ctx: Ctx) -> list[dict[str, Any]]:
+    """``solutioncomponentdefinitions``: the connection reference's component type is per organization
+    (dataverse-api.md §1.7), taken from the data's ``environment.connectionreference_componenttype``."""
+    rows = []
+    for name, ctype in (
+        ("connectionreference", ctx.store.componenttype),
+        ("environmentvariabledefinition", 380),
+        ("environmentvariablevalue", 381),
+    ):
+        rows.append(
+            {
+                "solutioncomponentdefinitionid": stable_guid("definition", name),
+                "name": name,
+                "primaryentityname": name,
+                "solutioncomponenttype": ctype,
+                "objecttypecode": ctype,
+            }
+        )
+    return rows
+
+
+TABLES: dict[str, Table] = {
+    t.entity_set: t
+    for t in (
+        Table(
+            "connectionreferences",
+            "connectionreference",
+            "connectionreferenceid",
+            CONNECTIONREFERENCE_COLUMNS,
+        ),
+        Table("workflows", "workflow", "workflowid", WORKFLOW_COLUMNS),
+        Table("systemusers", "systemuser", "systemuserid", SYSTEMUSER_COLUMNS, hidden=("privileges",)),
+        Table("solutions", "solution", "solutionid", SOLUTION_COLUMNS, hidden=("publisher_prefix",)),
+        Table("solutioncomponents", "solutioncomponent", "solutioncomponentid", SOLUTIONCOMPONENT_COLUMNS),
+        Table(
+            "solutioncomponentdefinitions",
+            "solutioncomponentdefinition",
+            "solutioncomponentdefinitionid",
+            DEFINITION_COLUMNS,
+            rows=_definitions,
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _derived(ctx: Ctx, table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """Columns the real service computes that the data file does not store."""
+    extra: dict[str, Any] = {}
+    if table.entity_set == "systemusers":
+        extra["_businessunitid_value"] = ctx.store.environment.get("business_unit_id")
+        extra["accessmode"] = 4 if row.get("applicationid") else 0  # 4 = Non-interactive
+        extra["internalemailaddress"] = None if row.get("applicationid") else row.get("domainname")
+    elif table.entity_set == "solutions":
+        extra["_publisherid_value"] = stable_guid("publisher", str(row.get("publisher_prefix", "")))
+        extra["isvisible"] = True
+    elif table.entity_set == "connectionreferences":
+        extra["_owninguser_value"] = row.get("_ownerid_value")
+        extra["_owningbusinessunit_value"] = ctx.store.environment.get("business_unit_id")
+        extra["iscustomizable"] = {
+            "Value": True,
+            "CanBeChanged": True,
+            "ManagedPropertyLogicalName": "iscustomizableanddeletable",
+        }
+        extra["componentstate"] = 0
+    elif table.entity_set == "workflows":
+        extra["workflowidunique"] = stable_guid("workflowidunique", str(row.get("workflowid")))
+    return extra
+
+
+def columns_of(ctx: Ctx, table: Table) -> set[str]:
+    return set(table.columns)
+
+
+def present(
+    ctx: Ctx,
+    table: Table,
+    row: dict[str, Any],
+    select: list[str] | None = None,
+    expand: dict[str, list[str] | None] | None = None,
+) -> dict[str, Any]:
+    """A stored row as the Web API serves it: ``@odata.etag`` first, then the (selected) columns."""
+    full: dict[str, Any] = {c: None for c in table.columns}
+    full.update({k: v for k, v in row.items() if k not in table.hidden})
+    full.update({k: v for k, v in _derived(ctx, table, row).items() if row.get(k) is None})
+    out: dict[str, Any] = {}
+    if "versionnumber" in row:
+        out["@odata.etag"] = etag_of(row)
+    if select is None:
+        out.update(full)
+    else:
+        for c in select:
+            out[c] = full.get(c)
+        out[table.key] = full.get(table.key)  # the primary key always comes back
+    for nav, nav_select in (expand or {}).items():
+        out[nav] = _expand(ctx, table, row, nav, nav_select)
+    return out
+
+
+def _expand(
+    ctx: Ctx, table: Table, row: dict[str, Any], nav: str, select: list[str] | None
+) -> dict[str, Any]:
+    # Only solutions(publisherid) is expandable: it is how a client reads the publisher prefix.
+    prefix = str(row.get("publisher_prefix") or "")
+    pub = {
+        "publisherid": stable_guid("publisher", prefix),
+        "customizationprefix": prefix,
+        "uniquename": f"{prefix}publisher",
+        "friendlyname": f"{prefix} publisher",
+    }
+    if select is None:
+        return pub
+    return {k: pub.get(k) for k in [*select, "publisherid"]}
+
+
+def context_url(ctx: Ctx, table: Table, select: list[str] | None, entity: bool = False) -> str:
+    cols = f"({','.join(select)})" if select else ""
+    return f"{ctx.base}/$metadata#{table.entity_set}{cols}" + ("/$entity" if entity else "")
+
+
+# --------------------------------------------------------------------------- query options
+
+ALLOWED_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$expand"}
+
+
+def _query_error(message: str) -> HttpError:
+    return HttpError(400, QUERY_ERROR, message)
+
+
+def check_options(ctx: Ctx, allowed: set[str]) -> dict[str, str]:
+    """The request's query options; 400 for ``$skip`` and any option the emulator does not support."""
+    q = ctx.request.query
+    for name in q:
+        low = name.lower()
+        if low == "$skip":
+            raise _query_error("The query parameter $skip is not supported")
+        if name.startswith("$") and name not in allowed:
+            raise _query_error(f"The query parameter {name} is not supported")
+    return q
+
+
+def _unknown_property(table: Table, name: str) -> HttpError:
+    return _query_error(
+        f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{table.logical_name}'."
+    )
+
+
+def parse_select(ctx: Ctx, table: Table, q: dict[str, str]) -> list[str] | None:
+    if "$select" not in q:
+        return None
+    try:
+        cols = odata.parse_select(q["$select"])
+    except odata.ODataError as e:
+        raise _query_error(str(e)) from None
+    known = columns_of(ctx, table)
+    for c in cols:
+        if c not in known:
+            raise _unknown_property(table, c)
+    return cols
+
+
+_EXPAND_RE = re.compile(r"^\s*(\w+)\s*(?:\(\s*\$select=([\w,\s]+)\))?\s*$")
+
+
+def parse_expand(ctx: Ctx, table: Table, q: dict[str, str]) -> dict[str, list[str] | None] | None:
+    if "$expand" not in q:
+        return None
+    m = _EXPAND_RE.match(q["$expand"])
+    if not m or table.entity_set != "solutions" or m.group(1) != "publisherid":
+        raise _query_error(
+            f"The $expand '{q['$expand']}' is not supported by the emulator on {table.entity_set}."
+        )
+    sel = [c.strip() for c in m.group(2).split(",")] if m.group(2) else None
+    return {"publisherid": sel}
+
+
+def _page_size(ctx: Ctx) -> tuple[int, bool]:
+    """(page size, whether odata.maxpagesize was requested and applied)."""
+    raw = ctx.prefer.get("odata.maxpagesize")
+    default = int(ctx.setting("page_size_default"))
+    if raw is None:
+        return min(default, MAX_PAGE), False
+    try:
+        n = int(raw)
+    except ValueError:
+        return min(default, MAX_PAGE), False
+    if n <= 0:
+        return min(default, MAX_PAGE), False
+    return min(n, MAX_PAGE), True
+
+
+def _encode_skiptoken(offset: int, page: int, last_key: str) -> str:
+    # Shaped like the real paging cookie; the content is the emulator's own and opaque to clients.
+    inner = base64.urlsafe_b64encode(json.dumps({"o": offset, "k": last_key}).encode()).decode().rstrip("=")
+    return f'<cookie pagenumber="{page}" pagingcookie="{inner}" istracking="False" />'
+
+
+_SKIP_RE = re.compile(r'^<cookie pagenumber="(\d+)" pagingcookie="([A-Za-z0-9_-]+)" istracking="False" />$')
+
+
+def _decode_skiptoken(token: str) -> int:
+    m = _SKIP_RE.match(token)
+    if not m:
+        raise _query_error("The $skiptoken is not valid: follow @odata.nextLink unchanged.")
+    inner = m.group(2)
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(inner + "=" * (-len(inner) % 4)))
+        return int(doc["o"])
+    except (ValueError, KeyError, TypeError):
+        raise _query_error("The $skiptoken is not valid: follow @odata.nextLink unchanged.") from None
+
+
+def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> Response:
+    """GET on an entity set: filter, order, top, page; the documented collection shape."""
+    q = check_options(ctx, ALLOWED_OPTIONS)
+    select = parse_select(ctx, table, q)
+    expand = parse_expand(ctx, table, q)
+    with ctx.store.lock:
+        source = rows if rows is not None else table.stored(ctx)
+        served = [present(ctx, table, r) for r in source]
+        originals = {id(s): r for s, r in zip(served, source, strict=True)}
+        if "$filter" in q:
+            try:
+                node = odata.parse_filter(q["$filter"])
+            except odata.ODataError as e:
+                raise _query_error(str(e)) from None
+            for p in node.properties():
+                if p not in columns_of(ctx, table):
+                    raise _unknown_property(table, p)
+            served = [r for r in served if node.test(r)]
+        keys: list[tuple[str, bool]] = []
+        if "$orderby" in q:
+            try:
+                keys = odata.parse_orderby(q["$orderby"])
+            except odata.ODataError as e:
+                raise _query_error(str(e)) from None
+            for name, _ in keys:
+                if name not in columns_of(ctx, table):
+                    raise _unknown_property(table, name)
+        # Stable order for paging: the requested keys, then the primary key (as Dataverse pages by it).
+        served = odata.order_rows(served, [*keys, (table.key, False)])
+        total = len(served)
+        top = None
+        if "$top" in q:
+            try:
+                top = odata.parse_top(q["$top"])
+            except odata.ODataError as e:
+                raise _query_error(str(e)) from None
+        size, applied = _page_size(ctx)
+        offset = _decode_skiptoken(q["$skiptoken"]) if "$skiptoken" in q else 0
+        headers: dict[str, str] = {}
+        next_link = None
+        if top is not None:
+            # $top limits the result; no nextLink is returned beyond it.
+            page = served[: min(top, MAX_PAGE)]
+        else:
+            page = served[offset : offset + size]
+            if offset + size < total:
+                last = page[-1].get(table.key) if page else ""
+                token = _encode_skiptoken(offset + size, offset // size + 2, str(last))
+                params = [(k, v) for k, v in q.items() if k != "$skiptoken"] + [("$skiptoken", token)]
+                next_link = f"{ctx.base}/{table.entity_set}?" + urlencode(
+                    params, quote_via=quote, safe="$,'()"
+                )
+        if applied:
+            headers["Preference-Applied"] = f"odata.maxpagesize={size}"
+        body: dict[str, Any] = {"@odata.context": context_url(ctx, table, select)}
+        if q.get("$count", "").lower() == "true":
+            body["@odata.count"] = min(total, MAX_PAGE)
+        body["value"] = [present(ctx, table, originals[id(r)], select, expand) for r in page]
+        if next_link:
+            body["@odata.nextLink"] = next_link
+    return Response.json(200, body, headers)
+
+
+def get_one(ctx: Ctx, table: Table, key: str) -> Response:
+    """GET ``set(<guid>)``; a conditional ``If-None-Match: <etag>`` -> 304
+    (perform-conditional-operations.md)."""
+    q = check_options(ctx, {"$select", "$expand"})
+    select = parse_select(ctx, table, q)
+    expand = parse_expand(ctx, table, q)
+    row = find_row(ctx, table, key)
+    if row is None:
+        raise not_found(table.logical_name, key)
+    inm = ctx.request.headers.get("If-None-Match")
+    if (
+        inm
+        and inm.strip() not in ("null", "*")
+        and "versionnumber" in row
+        and inm.strip() == etag_of(row)
+        and not expand
+    ):
+        return Response.empty(304, {"ETag": etag_of(row)})
+    body = {"@odata.context": context_url(ctx, table, select, entity=True)}
+    body.update(present(ctx, table, row, select, expand))
+    headers = {"ETag": etag_of(row)} if "versionnumber" in row else {}
+    return Response.json(200, body, headers)
+
+
+def find_row(ctx: Ctx, table: Table, key: str) -> dict[str, Any] | None:
+    if not is_guid(key):
+        raise _query_error(
+            f"Bad Request - Error in query syntax: '{key}' is not a valid key for {table.entity_set}."
+        )
+    key_l = key.lower()
+    for row in table.stored(ctx):
+        if str(row.get(table.key, "")).lower() == key_l:
+            return row
+    return None
