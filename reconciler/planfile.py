@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,9 @@ FORMAT_VERSION = "1.0"
 KIND = "connref-saved-plan"
 REPLAN = "Run `connref plan --out FILE` again and apply the new plan."
 
+_SECRET_FILE_KEYS = ("client_secret_file", "federated_token_file")
+# A JWT (an access token or a federated assertion) is a secret wherever it appears.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*")
 # Option names that must never be saved, whatever a caller passes (belt and braces with the value scan).
 _SECRET_WORDS = ("secret", "token", "password", "passphrase", "assertion", "private_key", "credential")
 
@@ -121,16 +125,24 @@ def live_etags(live: LiveEnvironment) -> dict[str, str]:
 
 def secret_values(config: Config | None, extra: Iterable[str] = ()) -> set[str]:
     """The secret values known to this run: every environment variable an auth profile names with a
-    ``*_env`` key (client secrets, access tokens, federated tokens), plus ``extra``. Short values are
-    ignored: they would match by accident and are not credentials."""
+    ``*_env`` key (client secrets, access tokens, federated tokens), the content of its secret files
+    (``client_secret_file``, ``federated_token_file``), plus ``extra`` (e.g. the federated assertions
+    fetched). Short values are ignored: they would match by accident and are not credentials."""
     found = {s for s in extra if s and len(s) >= 8}
     if config is not None:
         for profile in config.auth.values():
             for key, name in profile.options.items():
+                value: str | None = None
                 if key.endswith("_env") and isinstance(name, str):
                     value = os.environ.get(name)
-                    if value and len(value) >= 8:
-                        found.add(value)
+                elif key in _SECRET_FILE_KEYS and isinstance(name, str):
+                    try:
+                        with open(name, encoding="utf-8") as f:
+                            value = f.read(65536).strip()
+                    except (OSError, UnicodeDecodeError):
+                        value = None
+                if value and len(value) >= 8:
+                    found.add(value)
     return found
 
 
@@ -198,13 +210,15 @@ def write_plan_file(
         path=str(path),
     )
     text = json.dumps(saved.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    leaked = _JWT_RE.search(text) is not None
     for value in secret_values(config, secrets):
         # json.dumps escapes some characters, so look for the raw and the JSON-escaped form.
-        if value in text or json.dumps(value)[1:-1] in text:
-            raise PlanError(
-                f"refusing to write plan file {path}: it would contain a secret value known to this run. "
-                "Nothing was written."
-            )
+        leaked = leaked or value in text or json.dumps(value)[1:-1] in text
+    if leaked:
+        raise PlanError(
+            f"refusing to write plan file {path}: it would contain a secret value known to this run "
+            "(or a token). Nothing was written."
+        )
     atomic_write(Path(path), text.encode("utf-8"), mode=0o600)
     return saved
 

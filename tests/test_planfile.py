@@ -243,3 +243,23 @@ def test_config_change_is_stale_when_checked(tmp_path: Path) -> None:
     pf.check_fresh(saved, current_state_by_env={"dev": None}, current_config_digest=saved.config_digest)
     with pytest.raises(StalePlanError, match="config file changed"):
         pf.check_fresh(saved, current_state_by_env={"dev": None}, current_config_digest="sha256:other")
+
+
+def test_secret_file_content_and_any_jwt_are_refused(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text("file-held-client-secret-0123456789\n")
+    cfg = pending_config()
+    auth = dict(cfg.auth)
+    auth["file"] = AuthProfile(
+        "file", "client_secret", options=frozen_map({"client_secret_file": str(secret_file)})
+    )
+    cfg = dataclasses.replace(cfg, auth=frozen_map(auth))
+    path = tmp_path / "plan.json"
+    with pytest.raises(PlanError, match="would contain a secret"):
+        write(path, cfg, live(), None, options={"x": "file-held-client-secret-0123456789"})
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmNvbnRvc28ifQ.sig"  # a token nobody told the writer about
+    with pytest.raises(PlanError):
+        write(path, cfg, live(), None, options={"x": jwt})
+    assert not path.exists()
+    write(path, cfg, live(), None)  # the secrets themselves are never part of a plan
+    assert b"file-held-client-secret" not in path.read_bytes()
