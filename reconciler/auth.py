@@ -168,7 +168,10 @@ class CachingTokenProvider:
                 return hit.token
             token, expires_in = self._acquire(scope)
             self.acquisitions += 1
-            self._cache[scope] = _Cached(token, now + expires_in, float(expires_in))
+            # expires_in is whole seconds counted from when the service minted the token: take one off
+            # for the rounding and the trip back.
+            lifetime = max(float(expires_in) - 1.0, 0.0)
+            self._cache[scope] = _Cached(token, now + lifetime, lifetime)
             return token
 
     @staticmethod
@@ -206,6 +209,10 @@ class MsalHttpClient:
         timeout = kwargs.get("timeout", 30.0)
         if isinstance(data, (str, bytes)):
             return self._client.post(url, params=params, content=data, headers=headers, timeout=timeout)
+        if isinstance(data, Mapping):
+            # MSAL hands the client assertion over as bytes; requests form-encodes bytes as-is, httpx
+            # would send their repr, so decode them first.
+            data = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in data.items()}
         return self._client.post(url, params=params, data=data, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -293,10 +300,13 @@ class MsalClientProvider(CachingTokenProvider):
         import msal  # imported lazily: a run that only uses access_token never pays for it
 
         host = urlsplit(self._authority).hostname or ""
-        # MSAL asks login.microsoftonline.com about hosts it does not know; any other authority host
-        # (a sovereign proxy, the emulator on loopback) is asked about itself instead.
+        # For a host it does not know, MSAL asks https://login.microsoftonline.com/common/discovery/instance
+        # about it, and asks again for aliases after any failed token request (msal/application.py
+        # ``_get_authority_aliases``). An authority host given on purpose (the emulator on loopback, a
+        # proxy) may have no route to that host, so discovery is off for it: the tenant's
+        # openid-configuration on the given host still validates the tenant.
         known = host in msal.authority.WELL_KNOWN_AUTHORITY_HOSTS
-        discovery = None if known else self._authority.rsplit("/", 1)[0] + "/common/discovery/instance"
+        discovery = None if known else False
         try:
             return msal.ConfidentialClientApplication(
                 self._client_id,

@@ -11,7 +11,12 @@ import datetime
 import ipaddress
 import os
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -104,3 +109,41 @@ def make_test_ca(directory: str, *, hosts: tuple[str, ...] = ("127.0.0.1", "loca
     _write(files.key_pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption()))
     return files
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are logged by the emulator app; keep test output clean."""
+
+
+@dataclass
+class TlsServer:
+    """A WSGI app served over https on a loopback port (see :func:`serve_https`)."""
+
+    base_url: str
+    server: Any
+    thread: threading.Thread
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve_https(
+    app: Callable[..., Any], files: TlsFiles, host: str = "127.0.0.1", port: int = 0
+) -> TlsServer:
+    """Serve ``app`` over TLS on ``host:port`` (0 = any free port) in a background thread."""
+    server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    ctx = files.server_context()
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.base_environ["wsgi.url_scheme"] = "https"
+    server.base_environ["HTTPS"] = "on"
+    thread = threading.Thread(target=server.serve_forever, name="emulator-https", daemon=True)
+    thread.start()
+    return TlsServer(f"https://{host}:{server.server_port}", server, thread)

@@ -216,7 +216,8 @@ def _instance_discovery(request: Request) -> Response:
     auth_endpoint = q.get("authorization_endpoint", "")
     parts = urlsplit(auth_endpoint)
     host = request.host
-    if parts.netloc and parts.netloc.lower() != host.lower():
+    # MSAL names the instance by host name only (no port: msal/authority.py), so compare host names.
+    if parts.hostname and parts.hostname.lower() != (urlsplit("//" + host).hostname or "").lower():
         return _AadError("invalid_instance", 50049, "Unknown or invalid instance.").response()
     tenant = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else "common"
     return _json(200, {
