@@ -1,0 +1,82 @@
+"""Bad-config corpus: every ``tests/config_corpus/NAME.yaml`` must fail with exactly the message in
+``NAME.expected`` (``file:line:column: field: message``, one line per error; ``{dir}`` stands for
+the corpus folder)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from reconciler.config import load_config
+from reconciler.errors import ConfigError, ConfigErrors
+
+CORPUS = Path(__file__).parent / "config_corpus"
+CASES = sorted(p.stem for p in CORPUS.glob("*.yaml"))
+LINE_RE = re.compile(r"^(?P<file>[\w.-]+\.yaml):(?P<line>\d+):(?P<col>\d+): ")
+
+
+def _load_error(name: str, monkeypatch: pytest.MonkeyPatch) -> ConfigError:
+    monkeypatch.chdir(CORPUS)
+    with pytest.raises(ConfigError) as info:
+        load_config(f"{name}.yaml")
+    return info.value
+
+
+def test_corpus_is_complete() -> None:
+    assert len(CASES) >= 60
+    missing = [c for c in CASES if not (CORPUS / f"{c}.expected").is_file()]
+    assert missing == []
+    orphans = [p.stem for p in CORPUS.glob("*.expected") if not (CORPUS / f"{p.stem}.yaml").is_file()]
+    assert orphans == []
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_config_message(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = (CORPUS / f"{name}.expected").read_text(encoding="utf-8").rstrip("\n")
+    expected = expected.replace("{dir}", str(CORPUS))
+    err = _load_error(name, monkeypatch)
+    assert str(err) == expected
+    # Every line names the file and a position inside it.
+    lines = str(err).splitlines()
+    source_lines = (CORPUS / f"{name}.yaml").read_text(encoding="utf-8").splitlines() or [""]
+    for line in lines:
+        m = LINE_RE.match(line)
+        assert m, line
+        assert m["file"] == f"{name}.yaml"
+        assert 1 <= int(m["line"]) <= len(source_lines) + 1
+    # Several problems come as ConfigErrors, one ConfigError each, in file order.
+    if len(lines) > 1:
+        assert isinstance(err, ConfigErrors)
+        assert [str(e) for e in err.errors] == lines
+        positions = [(e.location.line, e.location.column) for e in err.errors if e.location]
+        assert positions == sorted(positions)
+    else:
+        assert not isinstance(err, ConfigErrors)
+        assert err.location is not None and err.location.file == f"{name}.yaml"
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("inline_client_secret", "Not-a-real-secret"),
+        ("inline_password_elsewhere", "hunter2"),
+        ("jwt_in_description", "eyJhbGciOiJSUzI1NiJ9"),
+        ("pem_block", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+        ("entra_secret_as_client_id", "Xy71Q~abcdefghijklmnopqrstuvwxyz0123456_"),
+        ("secret_in_env_var_name", "s3cr3t value!"),
+        ("url_with_credentials", "pa55"),
+    ],
+)
+def test_messages_never_echo_a_secret(name: str, secret: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    err = _load_error(name, monkeypatch)
+    assert secret not in str(err)
+    assert secret not in repr(err.args)
+
+
+def test_field_and_location_are_structured(monkeypatch: pytest.MonkeyPatch) -> None:
+    err = _load_error("binding_undeclared_reference", monkeypatch)
+    assert err.field == "environments.dev.bindings.contoso_Outlook"
+    assert err.location is not None
+    assert (err.location.line, err.location.column) == (11, 7)
