@@ -40,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     envs(sp)
     sp.add_argument("--out", metavar="FILE", help="save the plan for 'connref apply FILE'")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
-    sp.add_argument("--markdown", metavar="FILE", help="also write the plan as markdown (pull-request comments)")
+    sp.add_argument("--markdown", metavar="FILE", help="also write the plan as markdown")
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
-    sp.add_argument("--prune", action="store_true", help="plan deletion of managed references removed from the config")
+    sp.add_argument("--prune", action="store_true", help="delete managed refs no longer declared")
 
     sp = sub.add_parser("apply", help="apply a fresh plan after confirmation, or exactly a saved plan")
     envs(sp)

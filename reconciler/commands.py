@@ -1,0 +1,468 @@
+"""The work behind each CLI command, as plain functions a test can call.
+
+Each command loads the config, opens the environments it needs, runs the pure pieces (planner,
+drift, lint, importer, settings) over what the live reader returns, and, for ``apply`` only, the
+one writer (``applier``). Commands print and return an exit code; errors are raised as
+``ConnrefError`` and turned into exit code 1 by ``cli.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+from . import drift_render, lint, planfile, planner, render, state
+from .applier import ApplyResult, BatchProgress, apply_environment
+from .config import load_config
+from .drift import detect_drift
+from .errors import ApplyError, ConfigError, ConnrefError, PlanError
+from .importer import import_environment, merge_bindings
+from .live import read_environment
+from .lock import acquire, force_unlock
+from .model import Config, LiveEnvironment
+from .ops import Plan
+from .session import EnvSession, open_environment
+from .settings import (
+    binding_for,
+    deployment_settings,
+    parse_settings_file,
+    render_settings_json,
+    resolve_binding,
+)
+
+Out = TextIO
+
+APPROVAL_PROMPT = (
+    "\nDo you want to perform these actions?\n"
+    "  connref will perform the actions described above.\n"
+    "  Only 'yes' will be accepted to approve.\n\n"
+    "  Enter a value: "
+)
+
+
+def dispatch(args: argparse.Namespace, *, color: bool, out: Out | None = None, err: Out | None = None) -> int:
+    """Run the command ``args.command`` names."""
+    o = out or sys.stdout
+    e = err or sys.stderr
+    handlers: dict[str, Callable[[argparse.Namespace, bool, Out, Out], int]] = {
+        "validate": cmd_validate,
+        "plan": cmd_plan,
+        "apply": cmd_apply,
+        "drift": cmd_drift,
+        "import": cmd_import,
+        "lint": cmd_lint,
+        "settings": cmd_settings,
+        "whoami": cmd_whoami,
+        "state": cmd_state,
+    }
+    return handlers[args.command](args, color, o, e)
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def select_environments(config: Config, wanted: Sequence[str] | None) -> list[str]:
+    """The environments to act on, in config order; unknown names are an error listing the known ones."""
+    if not wanted:
+        return list(config.environments)
+    known = {n.lower(): n for n in config.environments}
+    chosen: list[str] = []
+    for w in wanted:
+        name = known.get(w.lower())
+        if name is None:
+            raise ConfigError(
+                f"unknown environment '{w}' (the config declares: {', '.join(config.environments) or 'none'})"
+            )
+        if name not in chosen:
+            chosen.append(name)
+    return [n for n in config.environments if n in chosen]
+
+
+@contextmanager
+def opened(config: Config, names: Sequence[str]) -> Iterator[dict[str, EnvSession]]:
+    """Sessions for ``names``, closed on exit."""
+    with ExitStack() as stack:
+        sessions = {n: stack.enter_context(open_environment(config, n)) for n in names}
+        yield sessions
+
+
+def read_all(
+    config: Config, sessions: Mapping[str, EnvSession], *, all_references: bool = False
+) -> dict[str, LiveEnvironment]:
+    """Read every environment, in parallel (each reader also parallelises its own collections)."""
+    if len(sessions) == 1:
+        (name, s), = sessions.items()
+        return {name: read_environment(s, config, name, all_references=all_references)}
+    with ThreadPoolExecutor(max_workers=min(4, len(sessions))) as pool:
+        futures = {n: pool.submit(read_environment, s, config, n, all_references=all_references)
+                   for n, s in sessions.items()}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def load_states(config: Config, names: Sequence[str]) -> dict[str, state.EnvState | None]:
+    d = state.state_dir_for(config)
+    return {n: state.load_state(d, n) for n in names}
+
+
+def managed_names(states: Mapping[str, state.EnvState | None]) -> dict[str, list[str]]:
+    return {n: sorted(s.references) if s else [] for n, s in states.items()}
+
+
+def _write_text(path: str, text: str) -> None:
+    Path(path).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
+               states: Mapping[str, state.EnvState | None], prune: bool) -> Plan:
+    return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states))
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def cmd_validate(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    envs = ", ".join(config.environments) or "none"
+    print(f"The configuration is valid: {len(config.references)} reference(s), "
+          f"{len(config.environments)} environment(s) ({envs}).", file=out)
+    return 0
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    names = select_environments(config, args.envs)
+    states = load_states(config, names)
+    with opened(config, names) as sessions:
+        lives = read_all(config, sessions)
+        try:
+            plan = _make_plan(config, lives, states, args.prune)
+        except PlanError as e:
+            if args.json:
+                print(json.dumps(render.render_json_error(e), indent=2), file=out)
+            raise
+    if args.json:
+        print(json.dumps(render.render_json(plan), indent=2), file=out)
+    else:
+        print(render.render_text(plan, color=color), file=out)
+    if args.markdown:
+        _write_text(args.markdown, render.render_markdown(plan))
+    if args.out:
+        save_plan(args.out, config, plan, lives, states, prune=args.prune)
+        print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: connref apply {args.out}",
+              file=out)
+    return 2 if args.detailed_exitcode and plan_has_changes(plan) else 0
+
+
+def plan_has_changes(plan: Plan) -> bool:
+    return any(env.ops for env in plan.environments)
+
+
+def save_plan(path: str, config: Config, plan: Plan, lives: Mapping[str, LiveEnvironment],
+              states: Mapping[str, state.EnvState | None], *, prune: bool) -> None:
+    planfile.write_plan_file(
+        path,
+        plan,
+        config_digest=planfile.config_digest(config.path),
+        states=states,
+        live_fingerprints={n: planner.live_fingerprint(live) for n, live in lives.items()},
+        etags={n: planfile.live_etags(live) for n, live in lives.items()},
+        options={"prune": bool(prune)},
+        config_path=config.path,
+        config=config,
+    )
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def _confirm(out: Out) -> bool:
+    if not sys.stdin.isatty():
+        raise ConnrefError(
+            "apply needs approval and there is no terminal to ask: run 'connref apply --auto-approve', "
+            "or save a plan with 'connref plan --out FILE' and run 'connref apply FILE'"
+        )
+    out.write(APPROVAL_PROMPT)
+    out.flush()
+    return sys.stdin.readline().strip() == "yes"
+
+
+def _progress(err: Out) -> Callable[[BatchProgress], None]:
+    def report(p: BatchProgress) -> None:
+        status = "ok" if p.ok else "FAILED"
+        print(f"  {p.environment}: batch {p.batch}/{p.batches} {status} ({p.done}/{p.total} changes)",
+              file=err, flush=True)
+
+    return report
+
+
+def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    saved: planfile.SavedPlan | None = None
+    if args.planfile:
+        if args.envs or args.prune:
+            raise ConnrefError("a saved plan is applied exactly as planned: -e/--env and --prune are not "
+                               "allowed with PLANFILE (they were fixed when the plan was made)")
+        saved = planfile.read_plan_file(args.planfile)
+        names = select_environments(config, list(saved.environments))
+    else:
+        names = select_environments(config, args.envs)
+
+    state_dir = state.state_dir_for(config)
+    with ExitStack() as stack:
+        for n in names:
+            stack.enter_context(acquire(state_dir, n, "apply", timeout=args.lock_timeout))
+        # Read the state only under the lock: another apply may just have moved it.
+        states = load_states(config, names)
+        sessions = stack.enter_context(opened(config, names))
+        lives = read_all(config, sessions)
+        if saved is not None:
+            planfile.check_fresh(
+                saved,
+                current_state_by_env=states,
+                current_live_fingerprint_by_env={n: planner.live_fingerprint(lv) for n, lv in lives.items()},
+                current_etags={n: planfile.live_etags(lv) for n, lv in lives.items()},
+                current_config_digest=planfile.config_digest(config.path),
+            )
+            plan = saved.load_plan()
+            print(render.render_text(plan, color=color), file=out)
+        else:
+            plan = _make_plan(config, lives, states, args.prune)
+            print(render.render_text(plan, color=color), file=out)
+            if plan_has_changes(plan) and not args.auto_approve and not _confirm(out):
+                print("\nApply cancelled: nothing was written.", file=out)
+                return 1
+        return _apply_plan(config, plan, sessions, lives, states, state_dir, out, err)
+
+
+def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
+                lives: Mapping[str, LiveEnvironment], states: Mapping[str, state.EnvState | None],
+                state_dir: Path, out: Out, err: Out) -> int:
+    results: dict[str, ApplyResult] = {}
+    failures: list[ApplyError] = []
+    commit = state.git_commit(Path(config.path).parent)
+    for env_plan in plan.environments:
+        name = env_plan.environment
+        result: ApplyResult | None = None
+        failed: list[str] = []
+        if env_plan.ops:
+            print(f"\nApplying {len(env_plan.ops)} change(s) to {name}...", file=err, flush=True)
+            try:
+                result = apply_environment(sessions[name], env_plan, progress=_progress(err))
+            except ApplyError as e:
+                failures.append(e)
+                result = e.results if isinstance(e.results, ApplyResult) else None
+                failed = [r.op.logical_name for r in result.failed] if result else []
+                if result is None:
+                    raise
+            results[name] = result
+        prev = states.get(name)
+        if not env_plan.ops and prev is not None:
+            continue  # nothing written and already recorded: the state stays as it is
+        if env_plan.ops and (result is None or not result.written):
+            continue  # nothing was written: the state must not claim an apply happened
+        # Re-read so the state records the ETags the writes produced (drift compares against them).
+        live_after = read_environment(sessions[name], config, name) if env_plan.ops else lives[name]
+        written_ops = [r.op for r in result.written] if result else []
+        new_state = state.record_apply(
+            prev, name, live_after, declared=list(config.references), ops=written_ops, failed=failed,
+            solution=config.solution, commit=commit,
+        )
+        state.save_state(state_dir, new_state)
+
+    _print_apply_summary(plan, results, out)
+    if failures:
+        raise ApplyError("\n".join(str(f) for f in failures))
+    return 0
+
+
+def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out) -> None:
+    added = changed = destroyed = 0
+    for env, result in results.items():
+        print(f"\n{env}:", file=out)
+        for r in result.results:
+            mark = {"written": "✓", "not_written": "·", "failed": "✗"}.get(r.outcome, "?")
+            reason = f": {r.reason}" if r.reason else ""
+            outcome = r.outcome.replace("_", " ")
+            print(f"  {mark} {r.op.kind} {r.op.logical_name} ({outcome}){reason}", file=out)
+            if r.outcome == "written":
+                acts = r.op.actions
+                if "create" in acts:
+                    added += 1
+                elif "delete" in acts:
+                    destroyed += 1
+                else:
+                    changed += 1
+    if not results:
+        print("\nNo changes. Nothing was written.", file=out)
+        return
+    print(f"\nApply complete! Changes: {added} added, {changed} changed, {destroyed} destroyed.", file=out)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    names = select_environments(config, args.envs)
+    states = load_states(config, names)
+    with opened(config, names) as sessions:
+        lives = read_all(config, sessions)
+    reports = [detect_drift(config, n, lives[n], states[n]) for n in names]
+    if args.json:
+        print(drift_render.render_json(reports), file=out)
+    else:
+        print(drift_render.render_text(reports), file=out)
+    if args.markdown:
+        _write_text(args.markdown, drift_render.render_markdown(reports))
+    return 2 if any(r.has_drift for r in reports) else 0
+
+
+# --------------------------------------------------------------------------- import
+
+
+def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    (name,) = select_environments(config, [args.env])
+    config_text = Path(config.path).read_text(encoding="utf-8")
+    if args.from_settings:
+        settings = parse_settings_file(args.from_settings)
+        bindings = {r.logical_name: r.connection_id
+                    for r in settings.connection_references if r.connection_id}
+        merged = merge_bindings(config_text, name, bindings, path=config.path)
+        for note in merged.notes:
+            print(note, file=err)
+        if merged.rewritten:
+            print("note: the config was written fresh from its data (its comments could not be kept)",
+                  file=err)
+        return _emit(merged.text, args.output, out, err)
+
+    solution = args.solution or config.solution
+    target = replace(config, solution=solution)
+    env = target.environments[name]
+    with opened(target, [name]) as sessions:
+        live = read_environment(sessions[name], target, name)
+    if live.solution is None:
+        raise ConnrefError(f"solution '{solution}' does not exist in environment {name}")
+    in_solution = replace(live, references=tuple(r for r in live.references if r.in_solution))
+    text = import_environment(
+        in_solution, solution=solution, env_name=name, env_url=env.url, environment_id=env.environment_id,
+        existing_config_text=config_text, service_account=env.service_account,
+    )
+    return _emit(text, args.output, out, err)
+
+
+def _emit(text: str, path: str | None, out: Out, err: Out) -> int:
+    if path:
+        _write_text(path, text)
+        print(f"Wrote {path}.", file=err)
+    else:
+        out.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- lint
+
+
+def cmd_lint(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    lives: dict[str, LiveEnvironment] | None = None
+    if args.envs:
+        names = select_environments(config, args.envs)
+        with opened(config, names) as sessions:
+            lives = read_all(config, sessions, all_references=True)
+    findings = lint.lint(config, lives)
+    print(lint.render_findings_json(findings) if args.json else lint.render_findings_text(findings), file=out)
+    return lint.exit_code(findings)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def cmd_settings(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    (name,) = select_environments(config, [args.env])
+    with opened(config, [name]) as sessions:
+        live = read_environment(sessions[name], config, name)
+    settings = deployment_settings(config, name, live, strict=True)
+    return _emit(render_settings_json(settings), args.output, out, err)
+
+
+# --------------------------------------------------------------------------- whoami
+
+
+def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    (name,) = select_environments(config, [args.env])
+    env = config.environments[name]
+    with opened(config, [name]) as sessions:
+        live = read_environment(sessions[name], config, name)
+    caller = live.caller
+    print(f"Environment {name} ({env.url})", file=out)
+    if caller:
+        kind = f"application {caller.application_id}" if caller.application_id else "user"
+        print(f"  authenticated as: {caller.describe()} ({kind}, object id {caller.object_id})", file=out)
+    if env.service_account:
+        w = live.writer
+        if w is None:
+            print(f"  service account:  {env.service_account}: NOT FOUND in this environment", file=out)
+        else:
+            flag = " (DISABLED)" if w.disabled else ""
+            print(f"  service account:  {w.describe()}{flag} (object id {w.object_id})", file=out)
+        imp = ("yes" if live.caller_can_impersonate
+               else "NO: grant the Delegate role (prvActOnBehalfOfAnotherUser)")
+        print(f"  may write as the service account: {imp}", file=out)
+    writer = live.writer or caller
+    writer_oid = writer.object_id if writer else None
+    print(f"  writes act as:    {writer.describe() if writer else 'unknown'}", file=out)
+    problems = 0
+    for logical_name, ref in config.references.items():
+        binding = binding_for(env, logical_name)
+        if binding is None:
+            print(f"  - {logical_name}: no binding declared", file=out)
+            continue
+        try:
+            conn = resolve_binding(binding, ref.connector, live, logical_name=logical_name)
+        except PlanError as e:
+            problems += 1
+            print(f"  ✗ {logical_name}: {e}", file=out)
+            continue
+        if conn.usable_by(writer_oid):
+            print(f"  ✓ {logical_name}: may use {conn.describe()}", file=out)
+        else:
+            problems += 1
+            print(f"  ✗ {logical_name}: may NOT use {conn.describe()}: share it with "
+                  f"{writer.describe() if writer else 'the writer'} (CanView) or bind another", file=out)
+    return 2 if problems else 0
+
+
+# --------------------------------------------------------------------------- state
+
+
+def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    config = load_config(args.config)
+    d = state.state_dir_for(config)
+    sub = args.state_command
+    if sub == "list":
+        print(state.render_state_list(state.list_states(d)), file=out)
+    elif sub == "show":
+        (name,) = select_environments(config, [args.env])
+        print(json.dumps(state.show_state(d, name), indent=2, sort_keys=True), file=out)
+    elif sub == "unlock":
+        (name,) = select_environments(config, [args.env])
+        info = force_unlock(d, name, args.lock_id)
+        print(f"Released the lock of {name} held by {info.describe()}.", file=out)
+    elif sub == "restore":
+        (name,) = select_environments(config, [args.env])
+        restored = state.restore_backup(d, name)
+        print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
+    return 0
