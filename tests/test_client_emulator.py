@@ -1,0 +1,306 @@
+"""The HTTP boundary against the emulator over loopback HTTP: paging, retries on injected 429/503 and
+dropped connections, the 401 refresh, error mapping, filter escaping, and $batch change sets."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.client import (
+    POWERPLATFORM_SCOPE,
+    ConnectionsClient,
+    DataverseClient,
+    Guid,
+    create_op,
+    eq,
+    update_op,
+)
+from reconciler.emulator import factory
+from reconciler.emulator.factory import Sample
+from reconciler.errors import ApiError, NotFoundError, PreconditionFailedError, ThrottledError, TransientError
+
+API = "/api/data/v9.2/"
+
+
+class EmulatorTokens:
+    """Real tokens signed with the emulator's key for the pipeline application. ``expired_first``
+    hands out an expired token until ``invalidate`` is called (what a revoked/expired cache looks like)."""
+
+    def __init__(self, emulator: Any, *, expired_first: bool = False) -> None:
+        self.emulator = emulator
+        self.expired = expired_first
+        self.invalidations = 0
+        self.issued: list[str] = []
+        self._lock = threading.Lock()
+
+    def get_token(self, scope: str) -> str:
+        audience = scope.removesuffix("/.default")
+        with self._lock:
+            lifetime = -60 if self.expired else 3600
+            token = self.emulator.token(audience=audience, lifetime=lifetime)
+            self.issued.append(token)
+            return str(token)
+
+    def invalidate(self, scope: str) -> None:
+        with self._lock:
+            self.invalidations += 1
+            self.expired = False
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+def make_client(emulator: Any, http: httpx.Client, sleeps: list[float], **kw: Any) -> DataverseClient:
+    tokens = kw.pop("tokens", None) or EmulatorTokens(emulator)
+    return DataverseClient(emulator.url, tokens, http=http, scope=emulator.url + "/.default",
+                           sleep=sleeps.append, jitter=lambda: 0.0, **kw)
+
+
+@pytest.fixture
+def client(emulator: Any, http: httpx.Client, sleeps: list[float]) -> DataverseClient:
+    return make_client(emulator, http, sleeps)
+
+
+def dv_log(emulator: Any, path: str) -> list[Any]:
+    return [e for e in emulator.app.log if e.path == API + path]
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def test_who_am_i_and_component_type(client: DataverseClient) -> None:
+    assert client.who_am_i().user_id == Sample.APP_USER_ID
+    # Read at run time, never hard-coded: the sample org uses a non-obvious number.
+    assert client.component_type_for("connectionreference") == Sample.COMPONENT_TYPE
+
+
+@pytest.mark.emulator_only
+def test_paging_follows_next_link_over_several_pages(emulator: Any, client: DataverseClient) -> None:
+    svc = emulator.store.user(Sample.SVC_USER_ID)
+    with emulator.store.lock:
+        for i in range(11):
+            factory.add_reference(emulator.store.data, f"contoso_Paged{i:02d}", Sample.SP, owner=svc)
+    emulator.app.log.clear()
+    rows = client.get_all("connectionreferences", select=["connectionreferencelogicalname"], page_size=5)
+    names = [r["connectionreferencelogicalname"] for r in rows]
+    assert len(names) == 15 == len(set(names))  # 4 sample rows + 11, no duplicates, none lost
+    entries = dv_log(emulator, "connectionreferences")
+    assert len(entries) == 3
+    assert all("skiptoken" in e.query for e in entries[1:])
+    assert "skiptoken" not in entries[0].query
+
+
+def test_filter_escaping_with_hostile_values(emulator: Any, client: DataverseClient) -> None:
+    with emulator.store.lock:
+        factory.add_user(emulator.store.data, domainname="o'brien@contoso.com", fullname="Pat O'Brien")
+    rows = client.get_all("systemusers", select=["domainname"], filter=eq("domainname", "o'brien@contoso.com"))
+    assert [r["domainname"] for r in rows] == ["o'brien@contoso.com"]
+    # Unescaped, this value would close the string and match every user.
+    hostile = "x' or domainname ne 'x"
+    assert client.get_all("systemusers", select=["domainname"], filter=eq("domainname", hostile)) == []
+    # Query-string metacharacters stay inside the value too.
+    assert client.get_all("systemusers", select=["domainname"], filter=eq("domainname", "a&$top=1#")) == []
+
+
+# --------------------------------------------------------------------------- retries and errors
+
+
+@pytest.mark.emulator_only
+def test_429_is_retried_honouring_retry_after(emulator: Any, client: DataverseClient, sleeps: list[float]) -> None:
+    emulator.app.faults.fail_next(2, path=API + "WhoAmI", kind="throttle", retry_after=1)
+    assert client.who_am_i().user_id == Sample.APP_USER_ID
+    assert sleeps == [1.0, 1.0]
+    assert [e.status for e in dv_log(emulator, "WhoAmI")] == [429, 429, 200]
+
+
+@pytest.mark.emulator_only
+def test_throttling_past_the_budget_raises_throttled_error(
+    emulator: Any, http: httpx.Client, sleeps: list[float]
+) -> None:
+    client = make_client(emulator, http, sleeps, max_retries=2)
+    emulator.app.faults.throttle(path=API + "WhoAmI", code="0x80072321", retry_after=1)
+    with pytest.raises(ThrottledError) as info:
+        client.who_am_i()
+    assert info.value.status == 429
+    assert info.value.code == "0x80072321"
+    assert "gave up after 3 attempt(s)" in str(info.value)
+    assert len(dv_log(emulator, "WhoAmI")) == 3
+
+
+@pytest.mark.emulator_only
+def test_retry_after_beyond_the_total_wait_is_not_slept(
+    emulator: Any, http: httpx.Client, sleeps: list[float]
+) -> None:
+    client = make_client(emulator, http, sleeps, max_total_wait=5)
+    emulator.app.faults.fail_next(1, path=API + "WhoAmI", kind="throttle", retry_after=60)
+    with pytest.raises(ThrottledError):
+        client.who_am_i()
+    assert sleeps == []
+
+
+@pytest.mark.emulator_only
+def test_503_backs_off_exponentially_then_gives_up(emulator: Any, http: httpx.Client, sleeps: list[float]) -> None:
+    client = make_client(emulator, http, sleeps, max_retries=3)
+    emulator.app.faults.fail_next(2, path=API + "WhoAmI", kind="unavailable")
+    assert client.who_am_i().user_id == Sample.APP_USER_ID
+    assert sleeps == [0.5, 1.0]  # base 1s * 2^n, half fixed + jitter (0 here)
+    sleeps.clear()
+    emulator.app.faults.add("unavailable", API + "WhoAmI")
+    with pytest.raises(TransientError) as info:
+        client.who_am_i()
+    assert info.value.status == 503
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.emulator_only
+def test_dropped_connection_is_retried_for_reads_not_for_batches(
+    emulator: Any, client: DataverseClient, sleeps: list[float]
+) -> None:
+    emulator.app.faults.fail_next(1, path=API + "WhoAmI", kind="drop")
+    assert client.who_am_i().user_id == Sample.APP_USER_ID
+    assert len(sleeps) == 1
+    emulator.app.faults.fail_next(1, path=API + "$batch", kind="drop")
+    op = create_op("connectionreferences", {"connectionreferencelogicalname": "contoso_Dropped",
+                                            "connectionreferencedisplayname": "d",
+                                            "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sql"})
+    with pytest.raises(TransientError) as info:
+        client.execute_batch([op])
+    assert "connection failed" in str(info.value)
+    # A POST that may have been committed is not repeated.
+    assert len(dv_log(emulator, "$batch")) == 1
+
+
+@pytest.mark.emulator_only
+def test_401_refreshes_the_token_once(emulator: Any, http: httpx.Client, sleeps: list[float]) -> None:
+    tokens = EmulatorTokens(emulator, expired_first=True)
+    client = make_client(emulator, http, sleeps, tokens=tokens)
+    assert client.who_am_i().user_id == Sample.APP_USER_ID
+    assert tokens.invalidations == 1
+    assert [e.status for e in dv_log(emulator, "WhoAmI")] == [401, 200]
+
+
+def test_401_twice_is_an_error_without_the_token(emulator: Any, http: httpx.Client, sleeps: list[float]) -> None:
+    class AlwaysExpired(EmulatorTokens):
+        def invalidate(self, scope: str) -> None:
+            self.invalidations += 1  # and keeps handing out expired tokens
+
+    tokens = AlwaysExpired(emulator, expired_first=True)
+    client = make_client(emulator, http, sleeps, tokens=tokens)
+    with pytest.raises(ApiError) as info:
+        client.who_am_i()
+    assert info.value.status == 401
+    assert tokens.invalidations == 1
+    assert all(t not in str(info.value) for t in tokens.issued)
+    assert "Bearer" not in str(info.value)
+
+
+def test_error_mapping(client: DataverseClient) -> None:
+    missing = "99999999-0000-4000-8000-000000000000"
+    with pytest.raises(NotFoundError) as info:
+        client.get(f"connectionreferences({missing})")
+    assert info.value.status == 404
+    assert info.value.code == "0x80040217"
+    assert missing in str(info.value)
+    with pytest.raises(ApiError) as bad:
+        client.get("connectionreferences", {"$skip": 1})  # $skip is not supported (page-results)
+    assert bad.value.status == 400
+    assert not isinstance(bad.value, NotFoundError)
+
+
+# --------------------------------------------------------------------------- $batch
+
+
+def _new_ref(name: str, **extra: Any) -> dict[str, Any]:
+    return {"connectionreferencelogicalname": name, "connectionreferencedisplayname": name,
+            "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sharepointonline", **extra}
+
+
+def test_batch_writes_a_change_set(emulator: Any, client: DataverseClient) -> None:
+    etag = client.get(f"connectionreferences({Sample.REF_DV})")["@odata.etag"]
+    ops = [
+        create_op("connectionreferences", _new_ref("contoso_Batch1"), solution_unique_name=Sample.SOLUTION),
+        update_op("connectionreferences", Sample.REF_DV, {"description": "set in a batch"}, etag=etag),
+    ]
+    results = client.execute_batch(ops)
+    assert [r.outcome for r in results] == ["written", "written"]
+    new_id = results[0].entity_id
+    assert new_id is not None
+    row = client.get(f"connectionreferences({new_id})")
+    assert row["connectionreferencelogicalname"] == "contoso_Batch1"
+    members = client.get_all("solutioncomponents", select=["objectid"], filter=eq("objectid", Guid(new_id)))
+    assert len(members) == 1  # MSCRM.SolutionUniqueName put it in the solution
+    assert client.get(f"connectionreferences({Sample.REF_DV})")["description"] == "set in a batch"
+
+
+def test_batch_failure_rolls_back_and_names_the_failed_operation(emulator: Any, client: DataverseClient) -> None:
+    stale = 'W/"1"'
+    ops = [
+        create_op("connectionreferences", _new_ref("contoso_RolledBack"), solution_unique_name=Sample.SOLUTION),
+        update_op("connectionreferences", Sample.REF_SP, {"description": "never"}, etag=stale),
+        update_op("connectionreferences", Sample.REF_DV, {"description": "never either"}, etag=None),
+    ]
+    results = client.execute_batch(ops)
+    assert [r.outcome for r in results] == ["not_written", "failed", "not_written"]
+    assert isinstance(results[1].error, PreconditionFailedError)
+    assert results[1].status == 412
+    # Atomic: the create before the failure was rolled back.
+    rows = client.get_all("connectionreferences", select=["connectionreferenceid"],
+                          filter=eq("connectionreferencelogicalname", "contoso_RolledBack"))
+    assert rows == []
+    assert client.get(f"connectionreferences({Sample.REF_SP})").get("description") != "never"
+
+
+@pytest.mark.emulator_only
+def test_batch_impersonates_with_caller_object_id(emulator: Any, client: DataverseClient) -> None:
+    results = client.execute_batch(
+        [create_op("connectionreferences", _new_ref("contoso_AsSvc"), solution_unique_name=Sample.SOLUTION)],
+        caller_object_id=Sample.SVC_OBJECT_ID,
+    )
+    assert results[0].ok
+    row = client.get(f"connectionreferences({results[0].entity_id})")
+    assert row["_ownerid_value"] == Sample.SVC_USER_ID
+    assert row["_createdonbehalfby_value"] == Sample.APP_USER_ID
+    entry = dv_log(emulator, "$batch")[-1]
+    assert entry.effective_user_id == Sample.SVC_USER_ID
+
+
+# --------------------------------------------------------------------------- connections API
+
+
+def _connections(emulator: Any, http: httpx.Client) -> ConnectionsClient:
+    return ConnectionsClient(emulator.url, EmulatorTokens(emulator), http=http, scope=POWERPLATFORM_SCOPE,
+                             environment_id=Sample.ENVIRONMENT_ID)
+
+
+def test_connections_user_scope_and_admin_scope(emulator: Any, http: httpx.Client) -> None:
+    conns = _connections(emulator, http)
+    # The pipeline app sees only the connection shared with it.
+    assert [c["name"] for c in conns.list_connections()] == [Sample.CONN_DV_SVC]
+    with pytest.raises(ApiError) as info:
+        conns.list_connections_admin()
+    assert info.value.status == 403
+    for app in emulator.store.data["applications"]:
+        app["management_app"] = True
+    assert len(conns.list_connections_admin()) == 4
+
+
+@pytest.mark.emulator_only
+def test_connections_paging_follows_next_link(emulator: Any, http: httpx.Client) -> None:
+    emulator.store.data["settings"]["connections_page_size"] = 2
+    for app in emulator.store.data["applications"]:
+        app["management_app"] = True
+    names = [c["name"] for c in _connections(emulator, http).list_connections_admin()]
+    assert sorted(names) == sorted(c["name"] for c in emulator.store.data["connections"])
+    assert len([e for e in emulator.app.log if "/connections" in e.path]) == 2
