@@ -105,7 +105,8 @@ def test_paging_follows_next_link_over_several_pages(emulator: Any, client: Data
 def test_filter_escaping_with_hostile_values(emulator: Any, client: DataverseClient) -> None:
     with emulator.store.lock:
         factory.add_user(emulator.store.data, domainname="o'brien@contoso.com", fullname="Pat O'Brien")
-    rows = client.get_all("systemusers", select=["domainname"], filter=eq("domainname", "o'brien@contoso.com"))
+    rows = client.get_all("systemusers", select=["domainname"],
+                          filter=eq("domainname", "o'brien@contoso.com"))
     assert [r["domainname"] for r in rows] == ["o'brien@contoso.com"]
     # Unescaped, this value would close the string and match every user.
     hostile = "x' or domainname ne 'x"
@@ -118,7 +119,9 @@ def test_filter_escaping_with_hostile_values(emulator: Any, client: DataverseCli
 
 
 @pytest.mark.emulator_only
-def test_429_is_retried_honouring_retry_after(emulator: Any, client: DataverseClient, sleeps: list[float]) -> None:
+def test_429_is_retried_honouring_retry_after(
+    emulator: Any, client: DataverseClient, sleeps: list[float]
+) -> None:
     emulator.app.faults.fail_next(2, path=API + "WhoAmI", kind="throttle", retry_after=1)
     assert client.who_am_i().user_id == Sample.APP_USER_ID
     assert sleeps == [1.0, 1.0]
@@ -151,7 +154,9 @@ def test_retry_after_beyond_the_total_wait_is_not_slept(
 
 
 @pytest.mark.emulator_only
-def test_503_backs_off_exponentially_then_gives_up(emulator: Any, http: httpx.Client, sleeps: list[float]) -> None:
+def test_503_backs_off_exponentially_then_gives_up(
+    emulator: Any, http: httpx.Client, sleeps: list[float]
+) -> None:
     client = make_client(emulator, http, sleeps, max_retries=3)
     emulator.app.faults.fail_next(2, path=API + "WhoAmI", kind="unavailable")
     assert client.who_am_i().user_id == Sample.APP_USER_ID
@@ -191,7 +196,9 @@ def test_401_refreshes_the_token_once(emulator: Any, http: httpx.Client, sleeps:
     assert [e.status for e in dv_log(emulator, "WhoAmI")] == [401, 200]
 
 
-def test_401_twice_is_an_error_without_the_token(emulator: Any, http: httpx.Client, sleeps: list[float]) -> None:
+def test_401_twice_is_an_error_without_the_token(
+    emulator: Any, http: httpx.Client, sleeps: list[float]
+) -> None:
     class AlwaysExpired(EmulatorTokens):
         def invalidate(self, scope: str) -> None:
             self.invalidations += 1  # and keeps handing out expired tokens
@@ -244,10 +251,13 @@ def test_batch_writes_a_change_set(emulator: Any, client: DataverseClient) -> No
     assert client.get(f"connectionreferences({Sample.REF_DV})")["description"] == "set in a batch"
 
 
-def test_batch_failure_rolls_back_and_names_the_failed_operation(emulator: Any, client: DataverseClient) -> None:
+def test_batch_failure_rolls_back_and_names_the_failed_operation(
+    emulator: Any, client: DataverseClient
+) -> None:
     stale = 'W/"1"'
     ops = [
-        create_op("connectionreferences", _new_ref("contoso_RolledBack"), solution_unique_name=Sample.SOLUTION),
+        create_op("connectionreferences", _new_ref("contoso_RolledBack"),
+                  solution_unique_name=Sample.SOLUTION),
         update_op("connectionreferences", Sample.REF_SP, {"description": "never"}, etag=stale),
         update_op("connectionreferences", Sample.REF_DV, {"description": "never either"}, etag=None),
     ]
