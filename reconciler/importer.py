@@ -18,6 +18,7 @@ Output is deterministic: references and bindings sorted by logical name, no time
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,9 +59,56 @@ def _key(name: str) -> str:
     return yaml_scalar(name)
 
 
-def _comment(text: str, indent: str) -> list[str]:
-    """A comment line (or several, never a broken one) at ``indent``."""
-    return [f"{indent}# {line}".rstrip() for line in text.splitlines() or [""]]
+_COMMENT_WIDTH = 100
+
+
+def _comment(text: str, indent: str, *, wrap: bool = True) -> list[str]:
+    """``text`` as comment lines at ``indent``, wrapped so a reader need not scroll sideways
+    (continuation lines indented by two more spaces). ``wrap=False`` for commented-out YAML that the
+    user is meant to uncomment as is."""
+    if not wrap:
+        return [f"{indent}# {line}".rstrip() for line in text.splitlines() or [""]]
+    width = max(_COMMENT_WIDTH - len(indent) - 2, 40)
+    out: list[str] = []
+    for para in text.splitlines() or [""]:
+        wrapped = textwrap.wrap(para, width=width, subsequent_indent="  ", break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        out += [f"{indent}# {line}".rstrip() for line in wrapped]
+    return out
+
+
+# The comments import itself writes, so a re-import replaces them instead of piling them up.
+_GENERATED = re.compile(
+    r"#\s(CR\d{3}\s|declared before, |Also in \S+ but not in solution|plan would refuse"
+    r"|owned by \S+: with |no service_account for this environment"
+    r"|solution \S+ has no connection references|no display name today)"
+)
+
+
+def _strip_generated(block: Sequence[str]) -> list[str]:
+    """``block`` without the comments an earlier import wrote: a generated line, its wrapped
+    continuation lines (``#   ...``), and the commented-out example after one that ends with ``:``."""
+    out: list[str] = []
+    in_generated = False
+    example_next = False
+    for line in block:
+        text = line.strip()
+        if not text.startswith("#"):
+            in_generated = example_next = False
+            out.append(line)
+            continue
+        if _GENERATED.match(text):
+            in_generated, example_next = True, text.endswith(":")
+            continue
+        if in_generated and text.startswith("#   "):
+            example_next = example_next or text.endswith(":")
+            continue
+        if in_generated and example_next:
+            example_next = False
+            continue
+        in_generated = example_next = False
+        out.append(line)
+    return out
 
 
 @dataclass
@@ -74,6 +122,10 @@ class _Entry:
     end: int
     column: int
     value: yaml.Node
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
 
 
 def _is_comment(line: str) -> bool:
@@ -96,7 +148,9 @@ def _entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[_E
         if i and isinstance(keys[i - 1][3], yaml.ScalarNode):
             floor = max(floor, keys[i - 1][3].end_mark.line + 1)
         start = line
-        while start - 1 >= floor and _is_comment(lines[start - 1]):
+        # Comments directly above a key, at its indentation, belong to it; deeper ones close the
+        # previous entry (what an import writes after the last binding, for instance).
+        while start - 1 >= floor and _is_comment(lines[start - 1]) and _indent(lines[start - 1]) == col:
             start -= 1
         out.append(_Entry(key, start, line, hi, col, value))
     for i in range(len(out) - 1):
@@ -269,13 +323,13 @@ def _binding_lines(
         out += _comment(f"CR202 unbound: not bound to any connection in {env_name} (used by: {users}); "
                         "bind it, e.g.:", indent)
         owner = service_account or "svc-account@example.com"
-        out += _comment(f"{ref.logical_name}: {{owner: {owner}}}", indent)
+        out += _comment(f"{ref.logical_name}: {{owner: {owner}}}", indent, wrap=False)
         return out
     conn = live.connection(ref.connection)
     if conn is None:
         out += _comment(f"CR204 connection-not-found: bound to connection {ref.connection}, which does not "
                         f"exist in {env_name}; bind it to a working connection:", indent)
-        out += _comment(f"{ref.logical_name}: {ref.connection}", indent)
+        out += _comment(f"{ref.logical_name}: {ref.connection}", indent, wrap=False)
         return out
     for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
         out += _comment(f"{f.code} {f.name}: {f.message}", indent)
@@ -285,7 +339,7 @@ def _binding_lines(
         # plan checks every binding, changed or not; a commented-out binding leaves the live one alone
         out += _comment(f"plan would refuse this binding ({refusal}); it stays commented out "
                         "until fixed:", indent)
-        out += _comment(f"{ref.logical_name}: {conn.name}  # {label}", indent)
+        out += _comment(f"{ref.logical_name}: {conn.name}  # {label}", indent, wrap=False)
         return out
     if ref.logical_name.lower() in kept:
         return out + kept[ref.logical_name.lower()]
@@ -331,7 +385,7 @@ def _kept_bindings(existing: _Existing | None, env_name: str, live: LiveEnvironm
     same: dict[str, list[str]] = {}
     absent: list[list[str]] = []
     for e in entries:
-        text = existing.lines[e.start:e.end]
+        text = _strip_generated(existing.lines[e.start:e.end])
         ref = refs.get(e.key.lower())
         if ref is None:
             absent.append(text)
@@ -421,7 +475,7 @@ def import_environment(
             if e.key.lower() not in by_key:
                 ref_lines += _comment(f"declared before, not in solution {solution} in {env_name}: "
                                       "plan will create it there", unit)
-                ref_lines += _reindent(existing.lines[e.start:e.end], e.column, unit)
+                ref_lines += _reindent(_strip_generated(existing.lines[e.start:e.end]), e.column, unit)
     if outside:
         ref_lines += _comment(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
         for r in outside:
@@ -454,7 +508,9 @@ def import_environment(
             "# Comments with a lint code (CR...) mark what to tidy: see docs/adoption.md.",
             "version: 1",
             f"solution: {yaml_scalar(solution)}",
+            "",
             *ref_lines,
+            "",
             "environments:",
             f"{unit}{_key(env_name)}:",
             url_line,

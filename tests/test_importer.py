@@ -1,0 +1,339 @@
+"""Import: the YAML written for a live environment parses, has the right structure, carries a comment
+for each suspicious kind, is deterministic, keeps the user's existing config, is accepted by the config
+loader, and plans no changes against the environment it came from."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from test_lint_builders import (
+    ALICE,
+    BOB,
+    C_ALICE_SP,
+    C_SVC_OUTLOOK,
+    C_SVC_SP,
+    SA,
+    SVC,
+    conn,
+    flow,
+    live,
+    messy_live,
+    ref,
+)
+
+from reconciler.config import load_config
+from reconciler.errors import ConnrefError
+from reconciler.importer import import_environment, yaml_scalar
+from reconciler.model import LiveEnvironment
+from reconciler.planner import plan_environment
+
+ENV_ID = "6f1c2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+def do_import(env: LiveEnvironment, existing: str | None = None, **kw: object) -> str:
+    return import_environment(env, solution="ContosoFlows", env_name="dev", env_url="local:dev.json",
+                              environment_id=ENV_ID, existing_config_text=existing, **kw)  # type: ignore[arg-type]
+
+
+def comments_above(text: str, key: str) -> str:
+    """The comment lines directly above the line that declares ``key`` (a mapping key)."""
+    lines = text.splitlines()
+    idx = next(i for i, line in enumerate(lines) if re.match(rf"\s*{re.escape(key)}:", line))
+    out = []
+    i = idx - 1
+    while i >= 0 and lines[i].lstrip().startswith("#"):
+        out.insert(0, lines[i].strip())
+        i -= 1
+    return "\n".join(out)
+
+
+def prose(comments: str) -> str:
+    """Comment lines as one sentence: without the ``#`` marks and the wrapping."""
+    return " ".join(comments.replace("#", " ").split())
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    for name in ("dev.json", "prod.json"):
+        (tmp_path / name).write_text("{}", encoding="utf-8")  # local: only needs the file to exist here
+    path = tmp_path / "connref.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------- structure
+
+
+def test_fresh_import_structure() -> None:
+    data = yaml.safe_load(do_import(messy_live(), service_account=SA))
+    assert data["version"] == 1
+    assert data["solution"] == "ContosoFlows"
+    assert list(data["references"]) == [
+        "contoso_Approvals",
+        "contoso_Outlook",
+        "contoso_sharedsharepointonline_30e7d",
+        "contoso_sharedsharepointonline_8f4b0",
+        "contoso_Spare",
+        "contoso_Teams",
+    ]  # the reference outside the solution is not imported; order ignores case
+    assert data["references"]["contoso_sharedsharepointonline_30e7d"] == {
+        "connector": "shared_sharepointonline",
+        "display_name": "SharePoint ContosoFlows-30e7d",
+        "description": "Invoice library",
+    }
+    assert data["references"]["contoso_Outlook"] == {
+        "connector": "shared_office365", "display_name": "Office 365 Outlook ContosoFlows"}
+    env = data["environments"]["dev"]
+    assert env["url"] == "local:dev.json"
+    assert env["environment_id"] == ENV_ID
+    # only bindings plan accepts as they are: the connection exists, is Connected and the writer may use it
+    assert env["bindings"] == {
+        "contoso_Outlook": C_SVC_OUTLOOK.name,
+        "contoso_sharedsharepointonline_8f4b0": C_ALICE_SP.name,  # Alice's, but shared with the writer
+        "contoso_Spare": C_SVC_SP.name,
+    }
+    assert set(data) == {"version", "solution", "references", "environments"}
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("contoso_sharedsharepointonline_8f4b0", ["CR102 random-suffix: the logical name", "CR102 random-suffix: the display name",
+                                                  "CR103 duplicate-connector: one of 3 references for SharePoint",
+                                                  "owned by alice@contoso.com"]),
+        ("contoso_Spare", ["CR103 duplicate-connector", "CR207 unused-reference"]),
+        ("contoso_Outlook", []),
+    ],
+)
+def test_reference_comments(key: str, expected: list[str]) -> None:
+    text = do_import(messy_live(), service_account=SA)
+    above = comments_above(text.split("environments:")[0], key)
+    for piece in expected:
+        assert piece in above
+    if not expected:
+        assert above == ""
+
+
+def test_duplicate_comment_lists_the_flows_of_each() -> None:
+    text = do_import(messy_live(), service_account=SA)
+    above = prose(comments_above(text.split("environments:")[0], "contoso_Spare"))
+    assert "contoso_sharedsharepointonline_8f4b0 (Invoice approval)" in above
+    assert "contoso_sharedsharepointonline_30e7d (Leave request)" in above
+    assert "contoso_Spare (no flow)" in above
+
+
+def test_binding_comments_for_each_suspicious_kind() -> None:
+    gone = ref("contoso_Gone", "Gone ContosoFlows", connector="shared_sql", connection="0000aaaa0000aaaa0000aaaa0000aaaa")
+    env = dataclasses.replace(messy_live(), references=(*messy_live().references, gone),
+                              flows=(*messy_live().flows, flow("Sync", "contoso_Gone")))
+    text = do_import(env, service_account=SA)
+    bindings = text.split("environments:")[1]
+    # unbound: a commented example binding to the service account
+    assert "# CR202 unbound: not bound to any connection in dev (used by: Leave request)" in bindings
+    assert "# contoso_Approvals: {owner: svc-flows@contoso.com}" in bindings
+    # personal, shared with the writer: kept, flagged
+    above = comments_above(bindings, "contoso_sharedsharepointonline_8f4b0")
+    assert "CR201 personal-connection" in above and "alice@contoso.com" in above
+    # personal, not usable by the writer: flagged and commented out (plan would refuse it)
+    assert "CR201 personal-connection: bound to SharePoint bob" in bindings
+    assert "# contoso_sharedsharepointonline_30e7d: b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0  # SharePoint bob (bob@contoso.com)" in bindings
+    # broken: flagged and commented out
+    assert "CR203 connection-not-connected" in bindings and "whose status is Error" in bindings
+    assert "# contoso_Teams: dead0000dead0000dead0000dead0000" in bindings
+    # missing connection
+    assert "CR204 connection-not-found: bound to connection 0000aaaa0000aaaa0000aaaa0000aaaa" in bindings
+    assert "# contoso_Gone: 0000aaaa0000aaaa0000aaaa0000aaaa" in bindings
+
+
+def test_no_service_account_says_personal_connections_are_not_flagged() -> None:
+    text = do_import(messy_live())
+    assert "CR201" not in text
+    assert "no service_account for this environment" in text
+    assert "plan assigns it" not in text
+
+
+def test_references_outside_the_solution_are_listed_not_imported() -> None:
+    text = do_import(messy_live())
+    assert "#   contoso_sharedoffice365_77aa1 (shared_office365, Outlook elsewhere)" in text
+    assert "contoso_sharedoffice365_77aa1" not in yaml.safe_load(text)["references"]
+
+
+def test_empty_solution() -> None:
+    data = yaml.safe_load(do_import(live([], [])))
+    assert data["references"] == {}
+    assert data["environments"]["dev"]["bindings"] == {}
+
+
+def test_missing_solution_is_an_error() -> None:
+    with pytest.raises(ConnrefError, match="solution 'ContosoFlows' does not exist in environment dev"):
+        do_import(live([], [], solution=None))
+
+
+def test_deterministic() -> None:
+    env = messy_live()
+    shuffled = dataclasses.replace(env, references=tuple(reversed(env.references)),
+                                   connections=tuple(reversed(env.connections)), flows=tuple(reversed(env.flows)))
+    assert do_import(env, service_account=SA) == do_import(shuffled, service_account=SA)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "yes", "No", "on", "1.0", "0x1f", "12", "a: b", "x #y", "", " lead", "trail ", "multi\nline",
+     "'quote", '"dq', "null", "~", "@at", "émoji 😀", "-dash", "[x]", "{x}", "tab\there", "*star", "&anchor",
+     "!tag", "%pct", "`tick", "a\u2028b"],
+)
+def test_yaml_scalar_round_trips(value: str) -> None:
+    assert yaml.safe_load(f"k: {yaml_scalar(value)}\n") == {"k": value}
+
+
+def test_awkward_names_survive() -> None:
+    env = live([ref("contoso_x", "Yes: #1 'quoted' \"name\"", connection=C_SVC_SP.name,
+                    description="line one\nline two")], [C_SVC_SP], flows=[flow("F", "contoso_x")])
+    data = yaml.safe_load(do_import(env))
+    assert data["references"]["contoso_x"]["display_name"] == "Yes: #1 'quoted' \"name\""
+    assert data["references"]["contoso_x"]["description"] == "line one\nline two"
+
+
+# ------------------------------------------------------------------- loader and planner round trip
+
+
+def test_fresh_import_is_accepted_by_the_loader(tmp_path: Path) -> None:
+    cfg = load_config(str(write_config(tmp_path, do_import(messy_live(), service_account=SA))))
+    assert cfg.solution == "ContosoFlows"
+    assert cfg.references["contoso_Outlook"].connector == "/providers/Microsoft.PowerApps/apis/shared_office365"
+    assert dict(cfg.environments["dev"].bindings) == {
+        "contoso_Outlook": C_SVC_OUTLOOK.name,
+        "contoso_sharedsharepointonline_8f4b0": C_ALICE_SP.name,
+        "contoso_Spare": C_SVC_SP.name,
+    }
+
+
+def test_plan_after_import_has_no_changes(tmp_path: Path) -> None:
+    env = messy_live()
+    cfg = load_config(str(write_config(tmp_path, do_import(env))))
+    assert plan_environment(cfg, cfg.environments["dev"], env).ops == ()
+
+
+EXISTING = """\
+# Team config: keep this comment.
+version: 1
+solution: ContosoFlows
+naming: "{connector} {solution}"
+
+references:
+  # Planned: the common Dataverse reference.
+  contoso_Dataverse:
+    connector: shared_commondataserviceforapps
+    display_name: Microsoft Dataverse ContosoFlows
+
+environments:
+  dev:
+    url: local:old.json   # will be replaced
+    service_account: svc-flows@contoso.com
+    bindings:
+      contoso_Spare: {owner: svc-flows@contoso.com, display_name: SharePoint svc}  # the team's choice
+      contoso_Outlook: 0123456789abcdef0123456789abcdef
+  prod:
+    # Production: do not touch.
+    url: local:prod.json
+    bindings:
+      contoso_Dataverse: d6f3c5bb44574352a780f54d27314721
+
+lint:
+  ignore: [CR207]   # the spare is on purpose
+"""
+
+
+def test_import_into_an_existing_config_keeps_the_rest(tmp_path: Path) -> None:
+    text = do_import(messy_live(), EXISTING)
+    # everything outside references and dev's url/environment_id/bindings is kept, comments included
+    for kept in ("# Team config: keep this comment.", 'naming: "{connector} {solution}"', "# Production: do not touch.",
+                 "      contoso_Dataverse: d6f3c5bb44574352a780f54d27314721",
+                 "  ignore: [CR207]   # the spare is on purpose", "    service_account: svc-flows@contoso.com"):
+        assert kept in text
+    assert "local:old.json" not in text
+    data = yaml.safe_load(text)
+    dev = data["environments"]["dev"]
+    assert dev["url"] == "local:dev.json" and dev["environment_id"] == ENV_ID
+    # the selector still resolves to the connection the reference has now: kept as the team wrote it
+    assert dev["bindings"]["contoso_Spare"] == {"owner": SA, "display_name": "SharePoint svc"}
+    assert "# the team's choice" in text
+    # the name binding no longer matches live: replaced by the current connection
+    assert dev["bindings"]["contoso_Outlook"] == C_SVC_OUTLOOK.name
+    # a declared reference dev lacks is kept (prod binds it), with a note
+    assert "contoso_Dataverse" in data["references"]
+    assert "not in solution ContosoFlows in dev: plan will create it there" in comments_above(
+        text.split("environments:")[0], "contoso_Dataverse")
+    # the service account comes from the existing config: personal connections are flagged
+    assert "CR201 personal-connection" in text
+    # naming from the existing config is applied to the comments
+    assert "CR101 naming-policy: rename the display name to 'SharePoint ContosoFlows'" in prose(text)
+    assert data["environments"]["prod"] == {"url": "local:prod.json",
+                                            "bindings": {"contoso_Dataverse": "d6f3c5bb44574352a780f54d27314721"}}
+    assert list(data) == ["version", "solution", "naming", "references", "environments", "lint"]
+    cfg = load_config(str(write_config(tmp_path, text)))
+    assert set(cfg.environments) == {"dev", "prod"}
+
+
+def test_import_adds_a_missing_environment_and_keeps_indentation(tmp_path: Path) -> None:
+    existing = ("version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments:\n"
+                "    prod:\n        url: local:prod.json\n")
+    text = do_import(live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=C_SVC_SP.name)],
+                          [C_SVC_SP], flows=[flow("F", "contoso_SharePoint")]), existing)
+    data = yaml.safe_load(text)
+    assert data["environments"]["prod"] == {"url": "local:prod.json"}
+    assert data["environments"]["dev"]["bindings"] == {"contoso_SharePoint": C_SVC_SP.name}
+    assert "    dev:\n        url: local:dev.json" in text  # the file's four-space indentation
+    load_config(str(write_config(tmp_path, text)))
+
+
+def test_import_adds_missing_sections() -> None:
+    text = do_import(live([], []), "# just a comment\nprune: false\n")
+    data = yaml.safe_load(text)
+    assert data["version"] == 1 and data["solution"] == "ContosoFlows" and data["prune"] is False
+    assert data["environments"]["dev"]["url"] == "local:dev.json"
+    assert text.startswith("# just a comment\nversion: 1\n")
+
+
+def test_flow_style_environments_are_rewritten(tmp_path: Path) -> None:
+    existing = "version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments: {prod: {url: 'local:prod.json'}}\n"
+    text = do_import(live([], []), existing)
+    data = yaml.safe_load(text)
+    assert data["environments"]["prod"] == {"url": "local:prod.json"}
+    assert data["environments"]["dev"]["url"] == "local:dev.json"
+    load_config(str(write_config(tmp_path, text)))
+
+
+def test_reimport_is_stable(tmp_path: Path) -> None:
+    env = messy_live()
+    first = do_import(env, EXISTING)
+    assert do_import(env, first) == first
+
+
+def test_with_a_service_account_only_owner_changes_remain(tmp_path: Path) -> None:
+    # With a service account the planner also assigns references to it; those owner changes are the
+    # only ones left after import, and the import comments announce each of them.
+    env = messy_live()
+    text = do_import(env, service_account=SA)
+    text = text.replace("    environment_id:", f"    service_account: {SA}\n    environment_id:")
+    cfg = load_config(str(write_config(tmp_path, text)))
+    ops = plan_environment(cfg, cfg.environments["dev"], env).ops
+    assert {(op.logical_name, tuple(c.field for c in op.changes)) for op in ops} == {  # type: ignore[attr-defined]
+        ("contoso_sharedsharepointonline_8f4b0", ("owner",)),
+        ("contoso_sharedsharepointonline_30e7d", ("owner",)),
+    }
+    announced = {line.split()[0] for line in text.splitlines() if "plan assigns it to" in line}
+    assert announced == {"#"} and text.count("plan assigns it to svc-flows@contoso.com") == 2
+
+
+def test_plan_refusal_is_judged_for_the_writer() -> None:
+    # The same personal connection is kept when the writer may use it and commented out when not.
+    shared = conn("cafe0000cafe0000cafe0000cafe0000", "SharePoint bob", owner=BOB, shared_with=[SVC])
+    env = live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=shared.name, owner=BOB)],
+               [shared], flows=[flow("F", "contoso_SharePoint")])
+    assert yaml.safe_load(do_import(env))["environments"]["dev"]["bindings"] == {"contoso_SharePoint": shared.name}
+    as_alice = dataclasses.replace(env, writer=ALICE, caller=ALICE)
+    assert yaml.safe_load(do_import(as_alice))["environments"]["dev"]["bindings"] == {}
