@@ -1,0 +1,213 @@
+"""The live reader against the emulator's realistic sample environment over loopback, plus the
+``local:`` session (in-process emulator) and the clientdata shapes it understands."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.emulator import factory
+from reconciler.emulator.factory import Sample
+from reconciler.errors import ConfigError
+from reconciler.live import flow_references, read_environment
+from reconciler.model import Config, DesiredReference, EnvironmentConfig, connector_id, frozen_map
+from reconciler.session import EnvSession, open_environment
+
+API = "/api/data/v9.2/"
+
+
+class EmulatorTokens:
+    """Real tokens signed with the emulator's key, for the pipeline application, per scope."""
+
+    def __init__(self, emulator: Any) -> None:
+        self.emulator = emulator
+        self._lock = threading.Lock()
+
+    def get_token(self, scope: str) -> str:
+        with self._lock:
+            return str(self.emulator.token(audience=scope.removesuffix("/.default")))
+
+
+def desired(name: str, connector: str, display: str | None = None) -> DesiredReference:
+    return DesiredReference(logical_name=name, connector=connector_id(connector),
+                            display_name=display or name)
+
+
+def make_config(
+    url: str,
+    references: dict[str, DesiredReference] | None = None,
+    *,
+    service_account: str | None = Sample.SVC_UPN,
+    local_path: str | None = None,
+) -> Config:
+    refs = references if references is not None else {
+        Sample.REF_SP_NAME: desired(Sample.REF_SP_NAME, Sample.SP, "SharePoint ContosoConnections"),
+        Sample.REF_OUTLOOK_NAME: desired(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK),
+        "contoso_NotYet": desired("contoso_NotYet", Sample.DATAVERSE),
+    }
+    env = EnvironmentConfig(
+        name="dev", url=url, environment_id=Sample.ENVIRONMENT_ID, service_account=service_account,
+        connections_url=None if local_path else url, local_path=local_path,
+    )
+    return Config(path="connref.yaml", version=1, solution=Sample.SOLUTION, references=frozen_map(refs),
+                  environments=frozen_map({"dev": env}))
+
+
+@pytest.fixture
+def session(emulator: Any) -> Iterator[EnvSession]:
+    config = make_config(emulator.url)
+    with open_environment(config, "dev", token_provider=EmulatorTokens(emulator),
+                          http=httpx.Client(timeout=10)) as s:
+        yield s
+
+
+def test_reads_the_sample_environment(emulator: Any, session: EnvSession) -> None:
+    config = make_config(emulator.url)
+    live = read_environment(session, config, "dev")
+    assert live.solution is not None
+    assert live.solution.unique_name == Sample.SOLUTION
+    assert live.solution.prefix == "contoso"
+    assert live.component_type == Sample.COMPONENT_TYPE
+    by_name = {r.logical_name: r for r in live.references}
+    # The solution's three references; the maker's per-developer one is neither declared nor a member.
+    assert set(by_name) == {Sample.REF_SP_NAME, Sample.REF_OUTLOOK_NAME, Sample.REF_DV_NAME}
+    assert all(r.in_solution for r in live.references)
+    sp = by_name[Sample.REF_SP_NAME]
+    assert sp.connection == Sample.CONN_SP_SVC
+    assert sp.owner_id == Sample.SVC_USER_ID
+    assert sp.etag.startswith('W/"')
+    assert by_name[Sample.REF_DV_NAME].connection is None
+    # Identity: the caller is the pipeline's application user, writes act as the service account.
+    assert live.caller is not None and live.caller.systemuserid == Sample.APP_USER_ID
+    assert live.writer is not None and live.writer.upn == Sample.SVC_UPN
+    assert live.writer.object_id == Sample.SVC_OBJECT_ID
+    assert session.writer_object_id == Sample.SVC_OBJECT_ID
+    # Flows, from clientdata.
+    flows = {f.name: f for f in live.flows}
+    assert set(flows["Invoice approval"].references) == {Sample.REF_SP_NAME, Sample.REF_OUTLOOK_NAME}
+    assert flows["Invoice approval"].state == 1
+
+
+def test_declared_reference_outside_the_solution_is_read(emulator: Any, session: EnvSession) -> None:
+    refs = {Sample.REF_MAKER_NAME.upper(): desired(Sample.REF_MAKER_NAME.upper(), Sample.SP)}
+    live = read_environment(session, make_config(emulator.url, refs), "dev")
+    maker = [r for r in live.references if r.id == Sample.REF_MAKER]
+    assert len(maker) == 1 and not maker[0].in_solution  # matched case-insensitively
+    assert live.user(Sample.MAKER_USER_ID) is not None  # its owner is among the users read
+
+
+@pytest.mark.emulator_only
+def test_connections_admin_scope_then_fallback(emulator: Any, session: EnvSession) -> None:
+    config = make_config(emulator.url)
+    live = read_environment(session, config, "dev")
+    # Not a management app: 403 on the admin list, then the caller's own scope (one extra request).
+    assert [c.name for c in live.connections] == [Sample.CONN_DV_SVC]
+    paths = [e.path for e in emulator.app.log if "connections" in e.path]
+    statuses = [e.status for e in emulator.app.log if "connections" in e.path]
+    assert statuses == [403, 200]
+    assert paths[0].startswith("/providers/Microsoft.PowerApps/scopes/admin/")
+    for app in emulator.store.data["applications"]:
+        app["management_app"] = True
+    emulator.app.log.clear()
+    live = read_environment(session, config, "dev")
+    conns = {c.name: c for c in live.connections}
+    assert set(conns) == {Sample.CONN_SP_SVC, Sample.CONN_OUTLOOK_SVC, Sample.CONN_DV_SVC,
+                          Sample.CONN_SP_MAKER}
+    assert conns[Sample.CONN_SP_SVC].owner_object_id == Sample.SVC_OBJECT_ID
+    assert conns[Sample.CONN_SP_SVC].status == "Connected"
+    assert conns[Sample.CONN_DV_SVC].usable_by(Sample.APP_OBJECT_ID)  # shared with the app
+    assert not conns[Sample.CONN_SP_MAKER].usable_by(Sample.SVC_OBJECT_ID)
+    assert len([e for e in emulator.app.log if "connections" in e.path]) == 1
+    # Connection owners are among the users read (one query for all of them).
+    assert live.user_by_object_id(Sample.MAKER_OBJECT_ID) is not None
+
+
+def test_service_account_with_an_apostrophe_is_escaped(emulator: Any) -> None:
+    upn = "o'neil-svc@contoso.com"
+    with emulator.store.lock:
+        factory.add_user(emulator.store.data, domainname=upn, fullname="O'Neil service")
+    config = make_config(emulator.url, service_account=upn)
+    with open_environment(config, "dev", token_provider=EmulatorTokens(emulator),
+                          http=httpx.Client(timeout=10)) as s:
+        live = read_environment(s, config, "dev")
+    assert live.writer is not None and live.writer.upn == upn
+
+
+def test_unknown_service_account_leaves_no_writer(emulator: Any, session: EnvSession) -> None:
+    config = make_config(emulator.url, service_account="nobody@contoso.com")
+    live = read_environment(session, config, "dev")
+    assert live.writer is None
+
+
+def test_without_service_account_the_writer_is_the_caller(emulator: Any, session: EnvSession) -> None:
+    config = make_config(emulator.url, service_account=None)
+    live = read_environment(session, config, "dev")
+    assert live.writer == live.caller
+    assert session.writer_object_id is None
+
+
+@pytest.mark.emulator_only
+def test_local_session_reads_and_writes_back_to_the_file(
+    emulator_data: dict[str, Any], tmp_path: Any
+) -> None:
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(emulator_data))
+    config = make_config("local:dev.json", local_path=str(path))
+    with open_environment(config, "dev") as s:
+        assert s.is_local
+        live = read_environment(s, config, "dev")
+        assert live.solution is not None
+        assert live.caller is not None and live.caller.systemuserid == Sample.APP_USER_ID
+        from reconciler.client import update_op
+
+        sp = next(r for r in live.references if r.logical_name == Sample.REF_SP_NAME)
+        results = s.dataverse.execute_batch(
+            [update_op("connectionreferences", sp.id, {"description": "written locally"}, etag=sp.etag)]
+        )
+        assert results[0].ok
+        assert len(s.emulator.log) > 0  # the in-process app's request log is exposed
+    saved = json.loads(path.read_text())
+    row = next(r for r in saved["connectionreferences"] if r["connectionreferenceid"] == Sample.REF_SP)
+    assert row["description"] == "written locally"
+
+
+def test_local_session_missing_file_is_a_config_error(tmp_path: Any) -> None:
+    config = make_config("local:missing.json", local_path=str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_environment(config, "dev")
+
+
+def test_unknown_environment_is_a_config_error(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="unknown environment 'prod'"):
+        open_environment(make_config("https://x.crm.dynamics.com"), "prod")
+
+
+# --------------------------------------------------------------------------- clientdata shapes
+
+
+def test_flow_references_current_shape_from_the_factory() -> None:
+    data = factory.flow_clientdata([("contoso_A", Sample.SP), ("contoso_B", Sample.SP)])
+    assert flow_references(data) == ("contoso_A", "contoso_B")
+
+
+@pytest.mark.parametrize(
+    ("clientdata", "expected"),
+    [
+        # flattened form without the properties wrapper
+        (json.dumps({"connectionReferences": {"shared_sql": {"connectionReferenceLogicalName": "p_Sql"}}}),
+         ("p_Sql",)),
+        # legacy entries bind a connection directly: no reference
+        (json.dumps({"properties": {"connectionReferences": {"shared_sql": {
+            "connectionName": "shared-sql-1234", "source": "Embedded", "id": "/providers/x"}}}}), ()),
+        ("not json", ()),
+        (None, ()),
+    ],
+)
+def test_flow_references_other_shapes(clientdata: str | None, expected: tuple[str, ...]) -> None:
+    assert flow_references(clientdata) == expected
+
