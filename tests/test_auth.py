@@ -594,9 +594,9 @@ def test_token_is_cached_per_scope(world: World, monkeypatch: pytest.MonkeyPatch
 def test_short_lived_tokens_are_renewed_and_never_used_expired(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A long sequence of calls with 2-second tokens and 2-second federated assertions: every token handed
+    """A long sequence of calls with 3-second tokens and 3-second federated assertions: every token handed
     out is still valid, tokens and assertions are renewed, and far fewer times than they are used."""
-    world.settings(token_lifetime_seconds=2, oidc_token_lifetime_seconds=2)
+    world.settings(token_lifetime_seconds=3, oidc_token_lifetime_seconds=3)
     monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"{world.base}/_oidc/github/token?api-version=2.0")
     monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", GH_REQUEST_TOKEN)
     p = provider_for(
@@ -618,7 +618,7 @@ def test_short_lived_tokens_are_renewed_and_never_used_expired(
         time.sleep(0.05)
     issued = world.counting.count("/oauth2/v2.0/token") - tokens_before
     assert len(seen) == issued >= 2
-    assert issued < calls / 3
+    assert issued * 4 < calls
     assert world.counting.count("/_oidc/github/token") - oidc_before >= 2  # the assertion was re-fetched
 
 
