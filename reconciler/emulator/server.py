@@ -68,6 +68,7 @@ class _RequestHandler(WSGIRequestHandler):
             multithread=True,
         )
         handler.dropped = False
+        handler.request_handler = self  # type: ignore[attr-defined]
         handler.run(self.server.get_app())  # type: ignore[attr-defined]
         if handler.dropped:
             self.close_connection = True
