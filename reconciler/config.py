@@ -44,7 +44,6 @@ MAX_CONNECTION_NAME = 1000
 
 CLOUDS = ("public", "usgov", "usgovhigh", "dod", "china")
 FEDERATED_PROVIDERS = ("github", "azure_devops")
-NAMING_PLACEHOLDERS = ("connector", "solution", "prefix")
 
 TOP_KEYS = ("version", "solution", "references", "environments", "auth", "prune", "naming", "lint", "state")
 REFERENCE_KEYS = ("connector", "display_name", "description")
@@ -864,6 +863,9 @@ def _env_var_problem(value: str) -> str | None:
 
 
 def _naming_problem(value: str) -> str | None:
+    # The placeholders are lint's (it applies the template); imported here to keep one list.
+    from .lint import PLACEHOLDERS
+
     try:
         parts = list(string.Formatter().parse(value))
     except ValueError as exc:
@@ -871,8 +873,8 @@ def _naming_problem(value: str) -> str | None:
     for _, name, spec, conv in parts:
         if name is None:
             continue
-        if name not in NAMING_PLACEHOLDERS or spec or conv:
-            allowed = ", ".join("{" + p + "}" for p in NAMING_PLACEHOLDERS)
+        if name not in PLACEHOLDERS or spec or conv:
+            allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
             return f"unknown placeholder {{{name}}}; the template may use {allowed}"
     return None
 
