@@ -333,7 +333,9 @@ def _binding_lines(
         return out
     for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
         out += _comment(f"{f.code} {f.name}: {f.message}", indent)
-    label = f"{conn.display_name or conn.name} ({connection_owner_label(conn, live)})"
+    owner = connection_owner_label(conn, live)
+    shown = conn.display_name or conn.name
+    label = shown if owner.lower() == shown.lower() else f"{shown} ({owner})"
     refusal = planner_refusal(ref, conn, live)
     if refusal is not None:
         # plan checks every binding, changed or not; a commented-out binding leaves the live one alone
@@ -687,9 +689,9 @@ def merge_bindings(
             continue
         old_key = current_keys.get(name.lower())
         old = current.get(old_key) if old_key is not None else None
-        if isinstance(old, str) and old.lower() == conn.lower():
+        if old_key is not None and not isinstance(old, Mapping) and str(old).lower() == conn.lower():
             continue
-        old_text = (old if isinstance(old, str) else _describe_binding(old)) if old_key is not None else None
+        old_text = _describe_binding(old) if old_key is not None else None
         notes.append(
             f"{spelled}: {old_text} -> {conn}" if old_text is not None else f"{spelled}: bound to {conn}"
         )

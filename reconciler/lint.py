@@ -327,16 +327,20 @@ def _names_findings(refs: Iterable[_Ref], env_name: str | None, config: Config,
                     template: NamingTemplate | None) -> list[Finding]:
     out: list[Finding] = []
     for ref in refs:
+        parts = []
         for what, name in (("logical name", ref.logical_name), ("display name", ref.display_name)):
             suffix = random_suffix(name)
             if suffix:
-                out.append(_finding(
-                    "CR102", env_name, ref.logical_name,
-                    f"{what} {name!r} ends with the random suffix {suffix!r} the maker portal adds",
-                    "consolidate into one well-named reference per connector"
-                    if what == "logical name"
-                    else "rename the display name without the suffix",
-                ))
+                parts.append((what, name, suffix))
+        if parts:
+            said = " and ".join(f"{what} {name!r} ends with {suffix!r}" for what, name, suffix in parts)
+            logical = parts[0][0] == "logical name"
+            out.append(_finding(
+                "CR102", env_name, ref.logical_name,
+                f"{said}: the random suffix the maker portal adds to each maker's reference",
+                "consolidate the flows onto one well-named reference per connector (logical names cannot "
+                "change)" if logical else "rename the display name without the suffix",
+            ))
         if template is not None and ref.display_name is not None:
             hint = template.check(ref.display_name, ref.logical_name, ref.connector, config.solution)
             if hint is not None:

@@ -190,8 +190,10 @@ def test_messy_environment_every_finding() -> None:
         ("CR207", "dev", "contoso_Spare"),
         ("CR208", "dev", "contoso_Teams"),
     }
-    # both the logical and the display name of each per-developer reference carry a suffix
-    assert sum(1 for f in found if f.code == "CR102") == 4
+    # one finding per reference, naming both its logical and its display name
+    suffixed = next(f for f in found if f.code == "CR102" and f.subject.endswith("8f4b0"))
+    assert "logical name 'contoso_sharedsharepointonline_8f4b0' ends with '8f4b0'" in suffixed.message
+    assert "display name 'SharePoint ContosoFlows-8f4b0' ends with '8f4b0'" in suffixed.message
     # the reference outside the solution is not linted
     assert not any(f.subject == "contoso_sharedoffice365_77aa1" for f in found)
     assert exit_code(found) == 2
