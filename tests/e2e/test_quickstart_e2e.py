@@ -1,0 +1,194 @@
+"""The quickstart end to end through the real CLI: plan, apply, re-plan, idempotence, saved plans,
+drift after a portal change, import round trip, lint, settings and whoami.
+
+These run on ``local:`` environments (the in-process emulator, writing back into the JSON files), the
+same way ``make demo`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from e2e_support import Workspace, run_cli
+
+from reconciler.emulator import jwt
+from reconciler.emulator.app import EmulatorApp
+from reconciler.emulator.store import EnvironmentStore
+
+pytestmark = pytest.mark.emulator_only
+
+
+def test_first_plan_shows_create_rename_and_rebind(quickstart: Workspace) -> None:
+    r = quickstart.run("plan", "-e", "dev", "--detailed-exitcode")
+    assert r.code == 2, r.err
+    assert "+ contoso_Teams" in r.out
+    assert '~ display_name: "SharePoint Solution1-30e7d" -> "SharePoint ContosoFlows"' in r.out
+    assert "~ connection:" in r.out and "-> \"svc-flows@contoso.com\"" in r.out
+    assert "~ owner: maker2@contoso.com -> svc-flows@contoso.com" in r.out
+    assert r.out.rstrip().endswith("Plan: 1 to add, 4 to change, 0 to destroy.")
+
+
+def test_apply_then_plan_is_clean_and_second_apply_writes_nothing(quickstart: Workspace) -> None:
+    before = quickstart.reference("dev", "contoso_sharedsharepointonline_8f4b0")
+    r = quickstart.run("apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in r.out
+
+    after = quickstart.reference("dev", "contoso_sharedsharepointonline_8f4b0")
+    assert after["connectionreferencedisplayname"] == "SharePoint ContosoFlows Approvals"
+    assert after["connectionid"] == "7c84991c04914d13b9fa2b331a3ad4b8"
+    assert after["versionnumber"] > before["versionnumber"]
+    svc = next(u for u in quickstart.data("dev")["systemusers"] if u["domainname"] == "svc-flows@contoso.com")
+    assert after["_ownerid_value"] == svc["systemuserid"]
+    # written as the service account, on behalf of the pipeline's application user
+    assert after["_modifiedby_value"] == svc["systemuserid"]
+    assert after["_modifiedonbehalfby_value"] not in (None, svc["systemuserid"])
+    teams = quickstart.reference("dev", "contoso_Teams")
+    assert teams["_ownerid_value"] == svc["systemuserid"]
+    members = {c["objectid"] for c in quickstart.data("dev")["solutioncomponents"]}
+    assert teams["connectionreferenceid"] in members
+
+    r = quickstart.run("plan", "--detailed-exitcode")
+    assert r.code == 0, r.out + r.err
+    assert "No changes." in r.out
+
+    files = {env: (quickstart.dir / f"{env}.json").read_bytes() for env in ("dev", "prod")}
+    r = quickstart.run("apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert "No changes" in r.out
+    for env, content in files.items():
+        assert (quickstart.dir / f"{env}.json").read_bytes() == content, f"{env} was written again"
+
+
+def test_state_records_the_apply(quickstart: Workspace) -> None:
+    assert quickstart.run("apply", "--auto-approve").code == 0
+    r = quickstart.run("state", "show", "dev")
+    assert r.code == 0, r.err
+    shown = json.loads(r.out)
+    assert shown["serial"] == 1
+    names = {n.lower() for n in shown["references"]}
+    assert "contoso_teams" in names and "contoso_sharedoffice365_d4c61" in names
+    assert quickstart.run("state", "list").code == 0
+
+
+def test_saved_plan_applies_exactly_and_refuses_when_stale(quickstart: Workspace) -> None:
+    plan_path = quickstart.dir / "plan.json"
+    r = quickstart.run("plan", "-e", "dev", "--out", str(plan_path))
+    assert r.code == 0, r.err
+    # Someone renames a reference in the portal after the plan was made: its ETag moves.
+    store = EnvironmentStore.from_file(str(quickstart.dir / "dev.json"))
+    with store.lock:
+        row = next(x for x in store.data["connectionreferences"]
+                   if x["connectionreferencelogicalname"] == "contoso_sharedoffice365_d4c61")
+        row["connectionreferencedisplayname"] = "Outlook (renamed in the portal)"
+        row["versionnumber"] = store.next_version()
+        store.save()
+    before = (quickstart.dir / "dev.json").read_bytes()
+    r = quickstart.run("apply", str(plan_path))
+    assert r.code == 1
+    assert "contoso_sharedoffice365_d4c61" in r.err and "plan" in r.err.lower()
+    assert (quickstart.dir / "dev.json").read_bytes() == before, "a stale plan wrote something"
+
+    # A fresh plan saved and applied as is works, without a prompt (the file is the approval).
+    r = quickstart.run("plan", "-e", "dev", "--out", str(plan_path))
+    assert r.code == 0
+    r = quickstart.run("apply", str(plan_path))
+    assert r.code == 0, r.out + r.err
+    assert quickstart.reference("dev", "contoso_sharedoffice365_d4c61")["connectionreferencedisplayname"] == (
+        "Office 365 Outlook ContosoFlows")
+
+
+def test_saved_plan_rejects_planning_flags(quickstart: Workspace) -> None:
+    plan_path = quickstart.dir / "plan.json"
+    assert quickstart.run("plan", "--out", str(plan_path)).code == 0
+    r = quickstart.run("apply", "-e", "dev", str(plan_path))
+    assert r.code == 1 and "not allowed with PLANFILE" in r.err
+
+
+def test_apply_without_terminal_or_approval_fails_closed(quickstart: Workspace) -> None:
+    before = (quickstart.dir / "dev.json").read_bytes()
+    p = subprocess.run(
+        [sys.executable, "-m", "reconciler", "-c", str(quickstart.config), "apply", "-e", "dev"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert p.returncode == 1
+    assert "--auto-approve" in p.stderr
+    assert (quickstart.dir / "dev.json").read_bytes() == before
+
+
+def test_drift_reports_a_portal_rebind_with_who_and_when(quickstart: Workspace) -> None:
+    assert quickstart.run("apply", "--auto-approve").code == 0
+    # maker2 rebinds a managed reference to their own connection in the portal.
+    store = EnvironmentStore.from_file(str(quickstart.dir / "dev.json"))
+    app = EmulatorApp(store, persist=True)
+    maker2 = next(u for u in store.data["systemusers"] if u["domainname"] == "maker2@contoso.com")
+    conn = next(c for c in store.data["connections"]
+                if c["properties"]["apiId"].endswith("shared_sharepointonline")
+                and c["properties"]["createdBy"]["id"] == maker2["azureactivedirectoryobjectid"])
+    env = store.data["environment"]
+    token = jwt.mint(store.data["signing_key_pem"], tenant_id=env["tenant_id"],
+                     object_id=maker2["azureactivedirectoryobjectid"], audience=env["url"],
+                     upn="maker2@contoso.com")
+    row = next(x for x in store.data["connectionreferences"]
+               if x["connectionreferencelogicalname"] == "contoso_sharedsharepointonline_8f4b0")
+    transport = httpx.WSGITransport(app=app)
+    with httpx.Client(transport=transport, base_url="https://dev.local/api/data/v9.2/") as c:
+        resp = c.patch(f"connectionreferences({row['connectionreferenceid']})",
+                       json={"connectionid": conn["name"], "connectionreferencedisplayname": "SP mine"},
+                       headers={"Authorization": f"Bearer {token}", "If-Match": "*"})
+        assert resp.status_code == 204, resp.text
+
+    r = quickstart.run("drift", "-e", "dev", "--json")
+    assert r.code == 2, r.err
+    report = json.loads(r.out)
+    text = json.dumps(report)
+    assert "contoso_sharedsharepointonline_8f4b0" in text
+    assert "maker2@contoso.com" in text
+    r = quickstart.run("drift", "-e", "dev", "--markdown", str(quickstart.dir / "drift.md"))
+    assert r.code == 2
+    md = (quickstart.dir / "drift.md").read_text()
+    assert "contoso_sharedsharepointonline_8f4b0" in md and "maker2@contoso.com" in md
+    assert "rebound" in r.out.lower() and "renamed" in r.out.lower()
+
+
+def test_import_round_trip_plans_no_changes(quickstart: Workspace) -> None:
+    out = quickstart.dir / "imported.yaml"
+    r = quickstart.run("import", "-e", "dev", "-o", str(out))
+    assert r.code == 0, r.err
+    text = out.read_text()
+    assert "contoso_sharedsharepointonline_30e7d" in text
+    assert "#" in text  # suspicious items are commented
+    r = run_cli("-c", str(out), "plan", "-e", "dev", "--detailed-exitcode")
+    assert r.code == 0, r.out + r.err
+    assert "No changes." in r.out
+
+
+def test_lint_finds_the_mess(quickstart: Workspace) -> None:
+    r = quickstart.run("lint", "-e", "dev", "--json")
+    assert r.code == 2, r.err
+    findings = json.loads(r.out)
+    items = findings["findings"] if isinstance(findings, dict) else findings
+    codes = {f["code"] for f in items}
+    assert len(codes) >= 4, codes
+
+
+def test_settings_resolves_bindings(quickstart: Workspace) -> None:
+    r = quickstart.run("settings", "-e", "dev")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    by_name = {x["LogicalName"]: x for x in doc["ConnectionReferences"]}
+    bound = by_name["contoso_sharedsharepointonline_8f4b0"]["ConnectionId"]
+    assert bound == "7c84991c04914d13b9fa2b331a3ad4b8"
+    assert by_name["contoso_Teams"]["ConnectorId"] == "/providers/Microsoft.PowerApps/apis/shared_teams"
+
+
+def test_whoami_shows_identity_and_usable_bindings(quickstart: Workspace) -> None:
+    r = quickstart.run("whoami", "-e", "dev")
+    assert r.code == 0, r.out + r.err
+    assert "svc-flows@contoso.com" in r.out
+    assert "may write as the service account: yes" in r.out
+    assert r.out.count("✓") == 5
