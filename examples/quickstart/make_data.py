@@ -34,6 +34,7 @@ SHAREPOINT = "shared_sharepointonline"
 OUTLOOK = "shared_office365"
 DATAVERSE = "shared_commondataserviceforapps"
 TEAMS = "shared_teams"
+USERS = "shared_office365users"
 
 # People and apps of the tenant (same object ids in every environment of the tenant).
 MAKER1 = ("maker1@contoso.com", "Megan Bowen")
@@ -326,6 +327,7 @@ OPERATIONS = {
     OUTLOOK: "SendEmailV2",
     DATAVERSE: "CreateRecord",
     TEAMS: "PostMessageToConversation",
+    USERS: "Manager_V2",
 }
 TRIGGERS = {SHAREPOINT: "GetOnNewItems", DATAVERSE: "SubscribeWebhookTrigger", TEAMS: "OnNewChannelMessage"}
 
@@ -359,6 +361,7 @@ def make_dev() -> EnvBuilder:
     dataverse_svc = b.connection(DATAVERSE, SVC[0], legacy=True, day=1)
     b.connection(TEAMS, MAKER2[0], day=3)
     b.connection(TEAMS, SVC[0], day=5)
+    b.connection(USERS, SVC[0], day=6)  # for the manager lookups the team is adding next
     b.share(sp_m1, MAKER2[0], "CanView")  # maker1 shared a site connection with maker2, by hand
 
     b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_m1, MAKER1[0], 2)
@@ -400,6 +403,7 @@ def make_prod() -> EnvBuilder:
     dataverse_svc = b.connection(DATAVERSE, SVC[0], day=10)
     b.connection(TEAMS, SVC[0], day=10)
     sp_m2 = b.connection(SHAREPOINT, MAKER2[0], day=11)  # made during a hotfix, never cleaned up
+    b.connection(USERS, SVC[0], day=12)
 
     b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_svc, SVC[0], 10)
     b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint Solution1-8f4b0", SHAREPOINT, sp_m2, MAKER2[0], 11)
