@@ -985,13 +985,3 @@ def load_config(path: str) -> Config:
         raise ConfigError("the config file is not valid UTF-8", Location(path, line, column)) from None
     return load_config_text(text, path)
 
-
-def summary(config: Config) -> str:
-    """The line ``connref validate`` prints for a valid config."""
-    envs = ", ".join(config.environments)
-    refs = len(config.references)
-    return (
-        f"{os.path.basename(config.path)} is valid: solution {config.solution}, "
-        f"{refs} reference{'s' if refs != 1 else ''}, "
-        f"{len(config.environments)} environment{'s' if len(config.environments) != 1 else ''} ({envs})."
-    )
