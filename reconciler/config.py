@@ -984,4 +984,3 @@ def load_config(path: str) -> Config:
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ConfigError("the config file is not valid UTF-8", Location(path, line, column)) from None
     return load_config_text(text, path)
-
