@@ -35,8 +35,15 @@ ENV_ID = "6f1c2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
 def do_import(env: LiveEnvironment, existing: str | None = None, **kw: object) -> str:
-    return import_environment(env, solution="ContosoFlows", env_name="dev", env_url="local:dev.json",
-                              environment_id=ENV_ID, existing_config_text=existing, **kw)  # type: ignore[arg-type]
+    return import_environment(
+        env,
+        solution="ContosoFlows",
+        env_name="dev",
+        env_url="local:dev.json",
+        environment_id=ENV_ID,
+        existing_config_text=existing,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def comments_above(text: str, key: str) -> str:
@@ -85,7 +92,9 @@ def test_fresh_import_structure() -> None:
         "description": "Invoice library",
     }
     assert data["references"]["contoso_Outlook"] == {
-        "connector": "shared_office365", "display_name": "Office 365 Outlook ContosoFlows"}
+        "connector": "shared_office365",
+        "display_name": "Office 365 Outlook ContosoFlows",
+    }
     env = data["environments"]["dev"]
     assert env["url"] == "local:dev.json"
     assert env["environment_id"] == ENV_ID
@@ -101,9 +110,15 @@ def test_fresh_import_structure() -> None:
 @pytest.mark.parametrize(
     ("key", "expected"),
     [
-        ("contoso_sharedsharepointonline_8f4b0", ["CR102 random-suffix: the logical name", "CR102 random-suffix: the display name",
-                                                  "CR103 duplicate-connector: one of 3 references for SharePoint",
-                                                  "owned by alice@contoso.com"]),
+        (
+            "contoso_sharedsharepointonline_8f4b0",
+            [
+                "CR102 random-suffix: the logical name",
+                "CR102 random-suffix: the display name",
+                "CR103 duplicate-connector: one of 3 references for SharePoint",
+                "owned by alice@contoso.com",
+            ],
+        ),
         ("contoso_Spare", ["CR103 duplicate-connector", "CR207 unused-reference"]),
         ("contoso_Outlook", []),
     ],
@@ -126,9 +141,17 @@ def test_duplicate_comment_lists_the_flows_of_each() -> None:
 
 
 def test_binding_comments_for_each_suspicious_kind() -> None:
-    gone = ref("contoso_Gone", "Gone ContosoFlows", connector="shared_sql", connection="0000aaaa0000aaaa0000aaaa0000aaaa")
-    env = dataclasses.replace(messy_live(), references=(*messy_live().references, gone),
-                              flows=(*messy_live().flows, flow("Sync", "contoso_Gone")))
+    gone = ref(
+        "contoso_Gone",
+        "Gone ContosoFlows",
+        connector="shared_sql",
+        connection="0000aaaa0000aaaa0000aaaa0000aaaa",
+    )
+    env = dataclasses.replace(
+        messy_live(),
+        references=(*messy_live().references, gone),
+        flows=(*messy_live().flows, flow("Sync", "contoso_Gone")),
+    )
     text = do_import(env, service_account=SA)
     bindings = text.split("environments:")[1]
     # unbound: a commented example binding to the service account
@@ -139,7 +162,10 @@ def test_binding_comments_for_each_suspicious_kind() -> None:
     assert "CR201 personal-connection" in above and "alice@contoso.com" in above
     # personal, not usable by the writer: flagged and commented out (plan would refuse it)
     assert "CR201 personal-connection: bound to SharePoint bob" in bindings
-    assert "# contoso_sharedsharepointonline_30e7d: b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0  # SharePoint bob (bob@contoso.com)" in bindings
+    assert (
+        "# contoso_sharedsharepointonline_30e7d: b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"
+        "  # SharePoint bob (bob@contoso.com)" in bindings
+    )
     # broken: flagged and commented out
     assert "CR203 connection-not-connected" in bindings and "whose status is Error" in bindings
     assert "# contoso_Teams: dead0000dead0000dead0000dead0000" in bindings
@@ -174,24 +200,66 @@ def test_missing_solution_is_an_error() -> None:
 
 def test_deterministic() -> None:
     env = messy_live()
-    shuffled = dataclasses.replace(env, references=tuple(reversed(env.references)),
-                                   connections=tuple(reversed(env.connections)), flows=tuple(reversed(env.flows)))
+    shuffled = dataclasses.replace(
+        env,
+        references=tuple(reversed(env.references)),
+        connections=tuple(reversed(env.connections)),
+        flows=tuple(reversed(env.flows)),
+    )
     assert do_import(env, service_account=SA) == do_import(shuffled, service_account=SA)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", "yes", "No", "on", "1.0", "0x1f", "12", "a: b", "x #y", "", " lead", "trail ", "multi\nline",
-     "'quote", '"dq', "null", "~", "@at", "émoji 😀", "-dash", "[x]", "{x}", "tab\there", "*star", "&anchor",
-     "!tag", "%pct", "`tick", "a\u2028b"],
+    [
+        "plain",
+        "yes",
+        "No",
+        "on",
+        "1.0",
+        "0x1f",
+        "12",
+        "a: b",
+        "x #y",
+        "",
+        " lead",
+        "trail ",
+        "multi\nline",
+        "'quote",
+        '"dq',
+        "null",
+        "~",
+        "@at",
+        "émoji 😀",
+        "-dash",
+        "[x]",
+        "{x}",
+        "tab\there",
+        "*star",
+        "&anchor",
+        "!tag",
+        "%pct",
+        "`tick",
+        "a\u2028b",
+    ],
 )
 def test_yaml_scalar_round_trips(value: str) -> None:
     assert yaml.safe_load(f"k: {yaml_scalar(value)}\n") == {"k": value}
 
 
 def test_awkward_names_survive() -> None:
-    env = live([ref("contoso_x", "Yes: #1 'quoted' \"name\"", connection=C_SVC_SP.name,
-                    description="line one\nline two")], [C_SVC_SP], flows=[flow("F", "contoso_x")])
+    env = live(
+        [
+            ref(
+                "contoso_x",
+                "Yes: #1 'quoted' \"name\"",
+                connection=C_SVC_SP.name,
+                description="line one\nline two",
+            )
+        ],
+        [C_SVC_SP],
+        flows=[flow("F", "contoso_x")],
+    )
     data = yaml.safe_load(do_import(env))
     assert data["references"]["contoso_x"]["display_name"] == "Yes: #1 'quoted' \"name\""
     assert data["references"]["contoso_x"]["description"] == "line one\nline two"
@@ -203,7 +271,9 @@ def test_awkward_names_survive() -> None:
 def test_fresh_import_is_accepted_by_the_loader(tmp_path: Path) -> None:
     cfg = load_config(str(write_config(tmp_path, do_import(messy_live(), service_account=SA))))
     assert cfg.solution == "ContosoFlows"
-    assert cfg.references["contoso_Outlook"].connector == "/providers/Microsoft.PowerApps/apis/shared_office365"
+    assert (
+        cfg.references["contoso_Outlook"].connector == "/providers/Microsoft.PowerApps/apis/shared_office365"
+    )
     assert dict(cfg.environments["dev"].bindings) == {
         "contoso_Outlook": C_SVC_OUTLOOK.name,
         "contoso_sharedsharepointonline_8f4b0": C_ALICE_SP.name,
@@ -250,9 +320,14 @@ lint:
 def test_import_into_an_existing_config_keeps_the_rest(tmp_path: Path) -> None:
     text = do_import(messy_live(), EXISTING)
     # everything outside references and dev's url/environment_id/bindings is kept, comments included
-    for kept in ("# Team config: keep this comment.", 'naming: "{connector} {solution}"', "# Production: do not touch.",
-                 "      contoso_Dataverse: d6f3c5bb44574352a780f54d27314721",
-                 "  ignore: [CR207]   # the spare is on purpose", "    service_account: svc-flows@contoso.com"):
+    for kept in (
+        "# Team config: keep this comment.",
+        'naming: "{connector} {solution}"',
+        "# Production: do not touch.",
+        "      contoso_Dataverse: d6f3c5bb44574352a780f54d27314721",
+        "  ignore: [CR207]   # the spare is on purpose",
+        "    service_account: svc-flows@contoso.com",
+    ):
         assert kept in text
     assert "local:old.json" not in text
     data = yaml.safe_load(text)
@@ -266,23 +341,34 @@ def test_import_into_an_existing_config_keeps_the_rest(tmp_path: Path) -> None:
     # a declared reference dev lacks is kept (prod binds it), with a note
     assert "contoso_Dataverse" in data["references"]
     assert "not in solution ContosoFlows in dev: plan will create it there" in comments_above(
-        text.split("environments:")[0], "contoso_Dataverse")
+        text.split("environments:")[0], "contoso_Dataverse"
+    )
     # the service account comes from the existing config: personal connections are flagged
     assert "CR201 personal-connection" in text
     # naming from the existing config is applied to the comments
     assert "CR101 naming-policy: rename the display name to 'SharePoint ContosoFlows'" in prose(text)
-    assert data["environments"]["prod"] == {"url": "local:prod.json",
-                                            "bindings": {"contoso_Dataverse": "d6f3c5bb44574352a780f54d27314721"}}
+    assert data["environments"]["prod"] == {
+        "url": "local:prod.json",
+        "bindings": {"contoso_Dataverse": "d6f3c5bb44574352a780f54d27314721"},
+    }
     assert list(data) == ["version", "solution", "naming", "references", "environments", "lint"]
     cfg = load_config(str(write_config(tmp_path, text)))
     assert set(cfg.environments) == {"dev", "prod"}
 
 
 def test_import_adds_a_missing_environment_and_keeps_indentation(tmp_path: Path) -> None:
-    existing = ("version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments:\n"
-                "    prod:\n        url: local:prod.json\n")
-    text = do_import(live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=C_SVC_SP.name)],
-                          [C_SVC_SP], flows=[flow("F", "contoso_SharePoint")]), existing)
+    existing = (
+        "version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments:\n"
+        "    prod:\n        url: local:prod.json\n"
+    )
+    text = do_import(
+        live(
+            [ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=C_SVC_SP.name)],
+            [C_SVC_SP],
+            flows=[flow("F", "contoso_SharePoint")],
+        ),
+        existing,
+    )
     data = yaml.safe_load(text)
     assert data["environments"]["prod"] == {"url": "local:prod.json"}
     assert data["environments"]["dev"]["bindings"] == {"contoso_SharePoint": C_SVC_SP.name}
@@ -299,7 +385,9 @@ def test_import_adds_missing_sections() -> None:
 
 
 def test_flow_style_environments_are_rewritten(tmp_path: Path) -> None:
-    existing = "version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments: {prod: {url: 'local:prod.json'}}\n"
+    existing = (
+        "version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments: {prod: {url: 'local:prod.json'}}\n"
+    )
     text = do_import(live([], []), existing)
     data = yaml.safe_load(text)
     assert data["environments"]["prod"] == {"url": "local:prod.json"}
@@ -332,8 +420,13 @@ def test_with_a_service_account_only_owner_changes_remain(tmp_path: Path) -> Non
 def test_plan_refusal_is_judged_for_the_writer() -> None:
     # The same personal connection is kept when the writer may use it and commented out when not.
     shared = conn("cafe0000cafe0000cafe0000cafe0000", "SharePoint bob", owner=BOB, shared_with=[SVC])
-    env = live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=shared.name, owner=BOB)],
-               [shared], flows=[flow("F", "contoso_SharePoint")])
-    assert yaml.safe_load(do_import(env))["environments"]["dev"]["bindings"] == {"contoso_SharePoint": shared.name}
+    env = live(
+        [ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=shared.name, owner=BOB)],
+        [shared],
+        flows=[flow("F", "contoso_SharePoint")],
+    )
+    assert yaml.safe_load(do_import(env))["environments"]["dev"]["bindings"] == {
+        "contoso_SharePoint": shared.name
+    }
     as_alice = dataclasses.replace(env, writer=ALICE, caller=ALICE)
     assert yaml.safe_load(do_import(as_alice))["environments"]["dev"]["bindings"] == {}

@@ -17,8 +17,8 @@ from test_lint_builders import (
     SA,
     SVC,
     TEAMS,
-    conn,
     config,
+    conn,
     desired,
     flow,
     live,
@@ -54,20 +54,29 @@ GOOD_OUTLOOK = desired("contoso_Outlook", "Office 365 Outlook ContosoFlows", con
 
 CONFIG_CASES = [
     pytest.param(
-        config([GOOD_SP, GOOD_OUTLOOK], {"contoso_SharePoint": "c1", "contoso_Outlook": Selector(SA)},
-               naming="{connector} {solution}"),
+        config(
+            [GOOD_SP, GOOD_OUTLOOK],
+            {"contoso_SharePoint": "c1", "contoso_Outlook": Selector(SA)},
+            naming="{connector} {solution}",
+        ),
         set(),
         id="clean",
     ),
     pytest.param(
-        config([desired("contoso_SharePoint", "SP stuff")], {"contoso_SharePoint": "c1"},
-               naming="{connector} {solution}"),
+        config(
+            [desired("contoso_SharePoint", "SP stuff")],
+            {"contoso_SharePoint": "c1"},
+            naming="{connector} {solution}",
+        ),
         {("CR101", None, "contoso_SharePoint")},
         id="naming-policy",
     ),
     pytest.param(
-        config([desired("contoso_SharePoint", "SharePoint ContosoFlows Invoices")], {"contoso_SharePoint": "c1"},
-               naming="{connector} {solution} {purpose}"),
+        config(
+            [desired("contoso_SharePoint", "SharePoint ContosoFlows Invoices")],
+            {"contoso_SharePoint": "c1"},
+            naming="{connector} {solution} {purpose}",
+        ),
         set(),
         id="naming-purpose-ok",
     ),
@@ -77,8 +86,11 @@ CONFIG_CASES = [
         id="naming-purpose-missing",
     ),
     pytest.param(
-        config([desired("contoso_SharePoint", "contoso SharePoint")], {"contoso_SharePoint": "c1"},
-               naming="{prefix} {connector}"),
+        config(
+            [desired("contoso_SharePoint", "contoso SharePoint")],
+            {"contoso_SharePoint": "c1"},
+            naming="{prefix} {connector}",
+        ),
         set(),
         id="naming-prefix",
     ),
@@ -93,13 +105,17 @@ CONFIG_CASES = [
         id="naming-unbalanced",
     ),
     pytest.param(
-        config([desired("contoso_sharedsharepointonline_8f4b0", "SharePoint ContosoFlows")],
-               {"contoso_sharedsharepointonline_8f4b0": "c1"}),
+        config(
+            [desired("contoso_sharedsharepointonline_8f4b0", "SharePoint ContosoFlows")],
+            {"contoso_sharedsharepointonline_8f4b0": "c1"},
+        ),
         {("CR102", None, "contoso_sharedsharepointonline_8f4b0")},
         id="suffix-logical",
     ),
     pytest.param(
-        config([desired("contoso_SharePoint", "SharePoint ContosoFlows-f0a68")], {"contoso_SharePoint": "c1"}),
+        config(
+            [desired("contoso_SharePoint", "SharePoint ContosoFlows-f0a68")], {"contoso_SharePoint": "c1"}
+        ),
         {("CR102", None, "contoso_SharePoint")},
         id="suffix-display",
     ),
@@ -109,8 +125,10 @@ CONFIG_CASES = [
         id="hex-word-not-a-suffix",
     ),
     pytest.param(
-        config([GOOD_SP, desired("contoso_SharePoint2", "SharePoint Two")],
-               {"contoso_SharePoint": "c1", "contoso_SharePoint2": "c2"}),
+        config(
+            [GOOD_SP, desired("contoso_SharePoint2", "SharePoint Two")],
+            {"contoso_SharePoint": "c1", "contoso_SharePoint2": "c2"},
+        ),
         {("CR103", None, "contoso_SharePoint"), ("CR103", None, "contoso_SharePoint2")},
         id="duplicate-connector",
     ),
@@ -136,8 +154,11 @@ def test_unbound_in_config_names_each_environment() -> None:
 
 
 def test_naming_hint_gives_the_expected_name() -> None:
-    cfg = config([desired("contoso_SharePoint", "SP stuff")], {"contoso_SharePoint": "c1"},
-                 naming="{connector} {solution}")
+    cfg = config(
+        [desired("contoso_SharePoint", "SP stuff")],
+        {"contoso_SharePoint": "c1"},
+        naming="{connector} {solution}",
+    )
     (f,) = lint(cfg)
     assert f.hint == "rename the display name to 'SharePoint ContosoFlows'"
     assert f.severity == "error"
@@ -149,9 +170,13 @@ def test_naming_template_placeholders() -> None:
     assert t.check("sharepoint-Contoso", "contoso_x", "shared_sharepointonline", "Contoso") is not None
     # unknown connectors fall back to their name without shared_
     t2 = NamingTemplate("{connector} {solution}")
-    assert t2.check("salesforce S", "p_x", "/providers/Microsoft.PowerApps/apis/shared_salesforce", "S") is None
+    assert (
+        t2.check("salesforce S", "p_x", "/providers/Microsoft.PowerApps/apis/shared_salesforce", "S") is None
+    )
     # literal braces
-    assert NamingTemplate("{{{connector}}}").check("{SharePoint}", "p_x", "shared_sharepointonline", "S") is None
+    assert (
+        NamingTemplate("{{{connector}}}").check("{SharePoint}", "p_x", "shared_sharepointonline", "S") is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -220,8 +245,10 @@ def test_personal_connection_message_says_whether_shared() -> None:
 def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
     # The team rebinds the per-developer reference to the service account's connection in the config:
     # lint judges the binding the config asks for, not the personal one live still has.
-    cfg = config([desired("contoso_sharedsharepointonline_8f4b0", "SharePoint ContosoFlows")],
-                 {"contoso_sharedsharepointonline_8f4b0": Selector(SA, "SharePoint svc")})
+    cfg = config(
+        [desired("contoso_sharedsharepointonline_8f4b0", "SharePoint ContosoFlows")],
+        {"contoso_sharedsharepointonline_8f4b0": Selector(SA, "SharePoint svc")},
+    )
     found = lint(cfg, {"dev": messy_live()})
     assert ("CR201", "dev", "contoso_sharedsharepointonline_8f4b0") not in codes(found)
     # ...and its config-level name finding has no environment
@@ -232,8 +259,12 @@ def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
     ("binding", "connections", "code"),
     [
         pytest.param(Selector(SA), [C_ALICE_SP], "CR206", id="selector-none"),
-        pytest.param(Selector(SA), [C_SVC_SP, conn("ffff0000ffff0000ffff0000ffff0000", "SharePoint 2")], "CR206",
-                     id="selector-several"),
+        pytest.param(
+            Selector(SA),
+            [C_SVC_SP, conn("ffff0000ffff0000ffff0000ffff0000", "SharePoint 2")],
+            "CR206",
+            id="selector-several",
+        ),
         pytest.param("nosuchconnection", [C_SVC_SP], "CR204", id="name-not-found"),
         pytest.param(C_SVC_OUTLOOK.name, [C_SVC_OUTLOOK], "CR205", id="connector-mismatch"),
         pytest.param(C_BOB_SP.name, [C_BOB_SP], "CR201", id="personal"),
@@ -245,15 +276,21 @@ def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
 )
 def test_declared_binding_checks(binding: object, connections: list, code: str | None) -> None:
     cfg = config([GOOD_SP], {"contoso_SharePoint": binding})  # type: ignore[dict-item]
-    env = live([ref("contoso_SharePoint", "SharePoint ContosoFlows")], connections,
-               flows=[flow("F", "contoso_SharePoint")])
+    env = live(
+        [ref("contoso_SharePoint", "SharePoint ContosoFlows")],
+        connections,
+        flows=[flow("F", "contoso_SharePoint")],
+    )
     found = {f.code for f in lint(cfg, {"dev": env})}
     assert found == ({code} if code else set())
 
 
 def test_live_reference_bound_to_a_missing_connection() -> None:
-    env = live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection="gone")], [C_SVC_SP],
-               flows=[flow("F", "contoso_SharePoint")])
+    env = live(
+        [ref("contoso_SharePoint", "SharePoint ContosoFlows", connection="gone")],
+        [C_SVC_SP],
+        flows=[flow("F", "contoso_SharePoint")],
+    )
     (f,) = lint(config(), {"dev": env})
     assert (f.code, f.subject, f.severity) == ("CR204", "contoso_SharePoint", "error")
     assert "gone" in f.message
@@ -277,12 +314,17 @@ def test_no_service_account_is_reported_once_and_skips_owner_checks() -> None:
 def test_service_account_given_as_object_id() -> None:
     found = lint(config(service_account=SVC.object_id), {"dev": messy_live()})
     assert {f.subject for f in found if f.code == "CR201"} == {
-        "contoso_sharedsharepointonline_8f4b0", "contoso_sharedsharepointonline_30e7d"}
+        "contoso_sharedsharepointonline_8f4b0",
+        "contoso_sharedsharepointonline_30e7d",
+    }
 
 
 def test_system_solutions_do_not_count_as_a_second_solution() -> None:
-    env = live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=C_SVC_SP.name)], [C_SVC_SP],
-               flows=[flow("F", "contoso_sharepoint", solutions=("ContosoFlows", "Default", "Active"))])
+    env = live(
+        [ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=C_SVC_SP.name)],
+        [C_SVC_SP],
+        flows=[flow("F", "contoso_sharepoint", solutions=("ContosoFlows", "Default", "Active"))],
+    )
     assert lint(config(), {"dev": env}) == []  # also: flow references match without case
 
 
@@ -295,7 +337,9 @@ def test_environment_missing_from_config_still_lints_live() -> None:
 # ------------------------------------------------------------------- silencing
 
 
-@pytest.mark.parametrize("ignore", [["CR102", "CR103"], ["random-suffix", "duplicate-connector"], ["cr102", "Duplicate-Connector"]])
+@pytest.mark.parametrize(
+    "ignore", [["CR102", "CR103"], ["random-suffix", "duplicate-connector"], ["cr102", "Duplicate-Connector"]]
+)
 def test_silencing(ignore: list[str]) -> None:
     base = lint(config(), {"dev": messy_live()})
     quiet = lint(config(lint_ignore=ignore), {"dev": messy_live()})
@@ -341,8 +385,12 @@ def test_every_code_is_documented() -> None:
 
 def test_order_is_deterministic() -> None:
     env = messy_live()
-    shuffled = dataclasses.replace(env, references=tuple(reversed(env.references)),
-                                   connections=tuple(reversed(env.connections)), flows=tuple(reversed(env.flows)))
+    shuffled = dataclasses.replace(
+        env,
+        references=tuple(reversed(env.references)),
+        connections=tuple(reversed(env.connections)),
+        flows=tuple(reversed(env.flows)),
+    )
     a = lint(config(), {"dev": env})
     b = lint(config(), {"dev": shuffled})
     assert render_findings_text(a) == render_findings_text(b)
@@ -355,9 +403,16 @@ def test_order_is_deterministic() -> None:
 
 
 def test_render_text() -> None:
-    found = lint(config(), {"dev": live([ref("contoso_Teams", "T", connector=TEAMS, connection="x")],
-                                        [conn("x", "Teams svc", connector=TEAMS, status="Error")],
-                                        flows=[flow("F", "contoso_Teams")])})
+    found = lint(
+        config(),
+        {
+            "dev": live(
+                [ref("contoso_Teams", "T", connector=TEAMS, connection="x")],
+                [conn("x", "Teams svc", connector=TEAMS, status="Error")],
+                flows=[flow("F", "contoso_Teams")],
+            )
+        },
+    )
     text = render_findings_text(found)
     assert text.splitlines()[0] == "error   CR203 connection-not-connected  dev: contoso_Teams"
     assert "whose status is Error" in text

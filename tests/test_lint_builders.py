@@ -41,10 +41,13 @@ def conn(
     status: str = "Connected",
     shared_with: Sequence[LiveUser] = (),
 ) -> LiveConnection:
-    perms = (Permission(owner.object_id or "", "Owner"),
-             *(Permission(u.object_id or "", "CanView") for u in shared_with))
-    return LiveConnection(name, connector_id(connector), display or name, status, owner.object_id,
-                          owner.fullname, perms)
+    perms = (
+        Permission(owner.object_id or "", "Owner"),
+        *(Permission(u.object_id or "", "CanView") for u in shared_with),
+    )
+    return LiveConnection(
+        name, connector_id(connector), display or name, status, owner.object_id, owner.fullname, perms
+    )
 
 
 def ref(
@@ -71,7 +74,9 @@ def ref(
 
 
 def flow(name: str, *refs: str, solutions: Sequence[str] = ("ContosoFlows",)) -> LiveFlow:
-    return LiveFlow(f"wf-{name.lower().replace(' ', '-')}", name, 1, SVC.systemuserid, tuple(refs), tuple(solutions))
+    return LiveFlow(
+        f"wf-{name.lower().replace(' ', '-')}", name, 1, SVC.systemuserid, tuple(refs), tuple(solutions)
+    )
 
 
 def live(
@@ -96,7 +101,9 @@ def live(
     )
 
 
-def desired(logical: str, display: str, *, connector: str = SP, description: str | None = None) -> DesiredReference:
+def desired(
+    logical: str, display: str, *, connector: str = SP, description: str | None = None
+) -> DesiredReference:
     return DesiredReference(logical, connector_id(connector), display, description)
 
 
@@ -111,8 +118,12 @@ def config(
     solution: str = "ContosoFlows",
 ) -> Config:
     environments = {
-        e: EnvironmentConfig(name=e, url=f"local:{e}.json", service_account=service_account,
-                             bindings=frozen_map(bindings or {}))
+        e: EnvironmentConfig(
+            name=e,
+            url=f"local:{e}.json",
+            service_account=service_account,
+            bindings=frozen_map(bindings or {}),
+        )
         for e in envs
     }
     return Config(
@@ -132,7 +143,9 @@ C_SVC_SP = conn("a1b2c3d4e5f60718293a4b5c6d7e8f90", "SharePoint svc", owner=SVC)
 C_ALICE_SP = conn("0f3a9e0c6d2b4e1f9a8b7c6d5e4f3a2b", "SharePoint alice", owner=ALICE, shared_with=[SVC])
 C_BOB_SP = conn("b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0", "SharePoint bob", owner=BOB)
 C_SVC_OUTLOOK = conn("5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e", "Outlook svc", connector=OUTLOOK, owner=SVC)
-C_BROKEN_TEAMS = conn("dead0000dead0000dead0000dead0000", "Teams svc", connector=TEAMS, owner=SVC, status="Error")
+C_BROKEN_TEAMS = conn(
+    "dead0000dead0000dead0000dead0000", "Teams svc", connector=TEAMS, owner=SVC, status="Error"
+)
 
 
 def messy_live(name: str = "dev") -> LiveEnvironment:
@@ -141,13 +154,31 @@ def messy_live(name: str = "dev") -> LiveEnvironment:
     the solution."""
     return live(
         [
-            ref("contoso_sharedsharepointonline_8f4b0", "SharePoint ContosoFlows-8f4b0",
-                connection=C_ALICE_SP.name, owner=ALICE),
-            ref("contoso_sharedsharepointonline_30e7d", "SharePoint ContosoFlows-30e7d",
-                connection=C_BOB_SP.name, owner=BOB, description="Invoice library"),
-            ref("contoso_Outlook", "Office 365 Outlook ContosoFlows", connector=OUTLOOK,
-                connection=C_SVC_OUTLOOK.name),
-            ref("contoso_Teams", "Microsoft Teams ContosoFlows", connector=TEAMS, connection=C_BROKEN_TEAMS.name),
+            ref(
+                "contoso_sharedsharepointonline_8f4b0",
+                "SharePoint ContosoFlows-8f4b0",
+                connection=C_ALICE_SP.name,
+                owner=ALICE,
+            ),
+            ref(
+                "contoso_sharedsharepointonline_30e7d",
+                "SharePoint ContosoFlows-30e7d",
+                connection=C_BOB_SP.name,
+                owner=BOB,
+                description="Invoice library",
+            ),
+            ref(
+                "contoso_Outlook",
+                "Office 365 Outlook ContosoFlows",
+                connector=OUTLOOK,
+                connection=C_SVC_OUTLOOK.name,
+            ),
+            ref(
+                "contoso_Teams",
+                "Microsoft Teams ContosoFlows",
+                connector=TEAMS,
+                connection=C_BROKEN_TEAMS.name,
+            ),
             ref("contoso_Approvals", "Approvals ContosoFlows", connector="shared_approvals"),
             ref("contoso_Spare", "SharePoint Spare", connection=C_SVC_SP.name),
             ref("contoso_sharedoffice365_77aa1", "Outlook elsewhere", connector=OUTLOOK, in_solution=False),

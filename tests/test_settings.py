@@ -43,18 +43,29 @@ ENV = live([], [C_SVC_SP, C_ALICE_SP, C_SVC_OUTLOOK])
 
 
 def test_settings_from_bindings_sorted_and_resolved() -> None:
-    cfg = config([SP_REF, OUTLOOK_REF, desired("contoso_approvals", "Approvals", connector="shared_approvals")],
-                 {"contoso_SharePoint": C_SVC_SP.name, "contoso_Outlook": Selector(SA)})
+    cfg = config(
+        [SP_REF, OUTLOOK_REF, desired("contoso_approvals", "Approvals", connector="shared_approvals")],
+        {"contoso_SharePoint": C_SVC_SP.name, "contoso_Outlook": Selector(SA)},
+    )
     doc = deployment_settings(cfg, "dev", ENV)
     assert doc == {
         "EnvironmentVariables": [],
         "ConnectionReferences": [
-            {"LogicalName": "contoso_approvals", "ConnectionId": "",
-             "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_approvals"},
-            {"LogicalName": "contoso_Outlook", "ConnectionId": C_SVC_OUTLOOK.name,
-             "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_office365"},
-            {"LogicalName": "contoso_SharePoint", "ConnectionId": C_SVC_SP.name,
-             "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_sharepointonline"},
+            {
+                "LogicalName": "contoso_approvals",
+                "ConnectionId": "",
+                "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_approvals",
+            },
+            {
+                "LogicalName": "contoso_Outlook",
+                "ConnectionId": C_SVC_OUTLOOK.name,
+                "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_office365",
+            },
+            {
+                "LogicalName": "contoso_SharePoint",
+                "ConnectionId": C_SVC_SP.name,
+                "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_sharepointonline",
+            },
         ],
     }
     text = render_settings_json(doc)
@@ -62,7 +73,10 @@ def test_settings_from_bindings_sorted_and_resolved() -> None:
     # what we write, we read
     back = parse_settings(json.loads(text), "s.json")
     assert [(r.logical_name, r.connection_id) for r in back.connection_references] == [
-        ("contoso_approvals", None), ("contoso_Outlook", C_SVC_OUTLOOK.name), ("contoso_SharePoint", C_SVC_SP.name)]
+        ("contoso_approvals", None),
+        ("contoso_Outlook", C_SVC_OUTLOOK.name),
+        ("contoso_SharePoint", C_SVC_SP.name),
+    ]
 
 
 def test_strict_refuses_unbound() -> None:
@@ -74,7 +88,10 @@ def test_strict_refuses_unbound() -> None:
 @pytest.mark.parametrize(
     ("binding", "message"),
     [
-        (Selector("nobody@contoso.com"), "matches no sharepointonline connection|matches no shared_sharepointonline"),
+        (
+            Selector("nobody@contoso.com"),
+            "matches no sharepointonline connection|matches no shared_sharepointonline",
+        ),
         ("missing0000", "connection missing0000 does not exist in environment dev"),
         (C_SVC_OUTLOOK.name, "is for shared_office365, not shared_sharepointonline"),
     ],
@@ -108,8 +125,10 @@ def test_unknown_environment() -> None:
 
 
 def test_merge_into_existing_keeps_environment_variables() -> None:
-    existing = {"environmentvariables": [{"SchemaName": "contoso_Url", "Value": "https://x"}],
-                "connectionreferences": [{"LogicalName": "old", "ConnectionId": "x", "ConnectorId": "y"}]}
+    existing = {
+        "environmentvariables": [{"SchemaName": "contoso_Url", "Value": "https://x"}],
+        "connectionreferences": [{"LogicalName": "old", "ConnectionId": "x", "ConnectorId": "y"}],
+    }
     generated = deployment_settings(config([SP_REF], {"contoso_SharePoint": "abc"}), "dev", None)
     merged = merge_into_existing(existing, generated)
     assert merged["environmentvariables"] == existing["environmentvariables"]
@@ -131,12 +150,22 @@ def write(tmp_path: Path, content: str | bytes, name: str = "settings.json") -> 
 
 def test_parse_case_insensitive_with_bom_and_extra_keys(tmp_path: Path) -> None:
     doc = {
-        "environmentVariables": [{"schemaname": "contoso_Url", "value": "https://x"}, {"SchemaName": "e", "Value": None}],
+        "environmentVariables": [
+            {"schemaname": "contoso_Url", "value": "https://x"},
+            {"SchemaName": "e", "Value": None},
+        ],
         "connectionreferences": [
-            {"logicalname": "contoso_SharePoint", "connectionid": "abc",
-             "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sharepointonline",
-             "ConnectionOwner": "svc-flows@contoso.com"},
-            {"LogicalName": "contoso_Outlook", "ConnectionId": "", "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_office365"},
+            {
+                "logicalname": "contoso_SharePoint",
+                "connectionid": "abc",
+                "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sharepointonline",
+                "ConnectionOwner": "svc-flows@contoso.com",
+            },
+            {
+                "LogicalName": "contoso_Outlook",
+                "ConnectionId": "",
+                "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_office365",
+            },
         ],
     }
     path = write(tmp_path, b"\xef\xbb\xbf" + json.dumps(doc).encode())
@@ -145,7 +174,10 @@ def test_parse_case_insensitive_with_bom_and_extra_keys(tmp_path: Path) -> None:
         ("contoso_SharePoint", "abc", "/providers/Microsoft.PowerApps/apis/shared_sharepointonline"),
         ("contoso_Outlook", None, "/providers/Microsoft.PowerApps/apis/shared_office365"),
     ]
-    assert [(v.schema_name, v.value) for v in parsed.environment_variables] == [("contoso_Url", "https://x"), ("e", None)]
+    assert [(v.schema_name, v.value) for v in parsed.environment_variables] == [
+        ("contoso_Url", "https://x"),
+        ("e", None),
+    ]
     assert bindings_from_settings(doc, source=str(path)) == {"contoso_SharePoint": "abc"}
 
 
@@ -156,16 +188,31 @@ def test_parse_case_insensitive_with_bom_and_extra_keys(tmp_path: Path) -> None:
         ("{}", "settings.json: no ConnectionReferences list"),
         ('{"ConnectionReferences": {}}', "ConnectionReferences must be a list"),
         ('{"ConnectionReferences": ["x"]}', r"ConnectionReferences\[0\]: each entry must be an object"),
-        ('{"ConnectionReferences": [{"ConnectionId": "a"}]}', r"ConnectionReferences\[0\]: LogicalName is missing"),
-        ('{"ConnectionReferences": [{"LogicalName": " "}]}', r"ConnectionReferences\[0\]: LogicalName is empty"),
-        ('{"ConnectionReferences": [{"LogicalName": "a_b", "ConnectionId": 5}]}',
-         r"ConnectionReferences\[0\] \(a_b\): ConnectionId must be a string, not int"),
-        ('{"ConnectionReferences": [{"LogicalName": "a_b", "ConnectorId": "/apis/x"}]}',
-         r"ConnectionReferences\[0\] \(a_b\): ConnectorId '/apis/x' is not of the form"),
-        ('{"ConnectionReferences": [{"LogicalName": "a_b"}, {"logicalname": "A_B"}]}',
-         r"ConnectionReferences\[1\] \(A_B\): LogicalName A_B appears twice \(also at ConnectionReferences\[0\]\)"),
-        ('{"ConnectionReferences": [], "EnvironmentVariables": [{"Value": "x"}]}',
-         r"EnvironmentVariables\[0\]: SchemaName is missing"),
+        (
+            '{"ConnectionReferences": [{"ConnectionId": "a"}]}',
+            r"ConnectionReferences\[0\]: LogicalName is missing",
+        ),
+        (
+            '{"ConnectionReferences": [{"LogicalName": " "}]}',
+            r"ConnectionReferences\[0\]: LogicalName is empty",
+        ),
+        (
+            '{"ConnectionReferences": [{"LogicalName": "a_b", "ConnectionId": 5}]}',
+            r"ConnectionReferences\[0\] \(a_b\): ConnectionId must be a string, not int",
+        ),
+        (
+            '{"ConnectionReferences": [{"LogicalName": "a_b", "ConnectorId": "/apis/x"}]}',
+            r"ConnectionReferences\[0\] \(a_b\): ConnectorId '/apis/x' is not of the form",
+        ),
+        (
+            '{"ConnectionReferences": [{"LogicalName": "a_b"}, {"logicalname": "A_B"}]}',
+            r"ConnectionReferences\[1\] \(A_B\): LogicalName A_B appears twice "
+            r"\(also at ConnectionReferences\[0\]\)",
+        ),
+        (
+            '{"ConnectionReferences": [], "EnvironmentVariables": [{"Value": "x"}]}',
+            r"EnvironmentVariables\[0\]: SchemaName is missing",
+        ),
     ],
 )
 def test_bad_files_name_the_file_and_entry(tmp_path: Path, content: str, message: str) -> None:
@@ -231,11 +278,22 @@ def load(tmp_path: Path, text: str) -> object:
 
 
 def test_merge_replaces_adds_and_keeps_comments(tmp_path: Path) -> None:
-    result = merge_bindings(CONFIG, "dev", {"contoso_outlook": "2222bbbb", "contoso_Teams": "3333cccc",
-                                            "contoso_SharePoint": "4444dddd", "contoso_Unknown": "5555eeee"})
+    result = merge_bindings(
+        CONFIG,
+        "dev",
+        {
+            "contoso_outlook": "2222bbbb",
+            "contoso_Teams": "3333cccc",
+            "contoso_SharePoint": "4444dddd",
+            "contoso_Unknown": "5555eeee",
+        },
+    )
     data = yaml.safe_load(result.text)
     assert data["environments"]["dev"]["bindings"] == {
-        "contoso_SharePoint": "4444dddd", "contoso_Outlook": "2222bbbb", "contoso_Teams": "3333cccc"}
+        "contoso_SharePoint": "4444dddd",
+        "contoso_Outlook": "2222bbbb",
+        "contoso_Teams": "3333cccc",
+    }
     assert "# Team config." in result.text and "# the team picked this one" in result.text
     assert "url: local:prod.json   # production" in result.text
     assert "# old" not in result.text  # the replaced line goes with its comment
@@ -252,12 +310,17 @@ def test_merge_replaces_adds_and_keeps_comments(tmp_path: Path) -> None:
 
 def test_merge_into_environment_without_bindings(tmp_path: Path) -> None:
     result = merge_bindings(CONFIG, "prod", {"contoso_Teams": "3333cccc"})
-    assert "  prod:\n    url: local:prod.json   # production\n    bindings:\n      contoso_Teams: 3333cccc\n" in result.text
+    assert (
+        "  prod:\n    url: local:prod.json   # production\n    bindings:\n      contoso_Teams: 3333cccc\n"
+        in result.text
+    )
     load(tmp_path, result.text)
 
 
 def test_merge_into_empty_flow_mapping(tmp_path: Path) -> None:
-    text = CONFIG.replace("    url: local:prod.json   # production\n", "    url: local:prod.json\n    bindings: {}\n")
+    text = CONFIG.replace(
+        "    url: local:prod.json   # production\n", "    url: local:prod.json\n    bindings: {}\n"
+    )
     result = merge_bindings(text, "prod", {"contoso_Teams": "3333cccc"})
     assert yaml.safe_load(result.text)["environments"]["prod"]["bindings"] == {"contoso_Teams": "3333cccc"}
     assert not result.rewritten
@@ -272,14 +335,18 @@ def test_merge_nothing_to_change() -> None:
 
 def test_merge_flow_style_is_rewritten_and_says_so(tmp_path: Path) -> None:
     text = CONFIG.replace(
-        "    bindings:\n      # the team picked this one\n      contoso_SharePoint: {owner: svc-flows@contoso.com}\n"
+        "    bindings:\n      # the team picked this one\n"
+        "      contoso_SharePoint: {owner: svc-flows@contoso.com}\n"
         "      contoso_Outlook: 1111aaaa1111aaaa1111aaaa1111aaaa   # old\n",
-        "    bindings: {contoso_Outlook: '1111ffff'}\n")
+        "    bindings: {contoso_Outlook: '1111ffff'}\n",
+    )
     result = merge_bindings(text, "dev", {"contoso_Teams": "3333cccc"})
     assert result.rewritten
     assert "without its comments" in result.notes[-1]
-    assert yaml.safe_load(result.text)["environments"]["dev"]["bindings"] == {"contoso_Outlook": "1111ffff",
-                                                                               "contoso_Teams": "3333cccc"}
+    assert yaml.safe_load(result.text)["environments"]["dev"]["bindings"] == {
+        "contoso_Outlook": "1111ffff",
+        "contoso_Teams": "3333cccc",
+    }
     load(tmp_path, result.text)
 
 
