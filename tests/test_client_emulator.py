@@ -102,6 +102,7 @@ def test_paging_follows_next_link_over_several_pages(emulator: Any, client: Data
     assert "skiptoken" not in entries[0].query
 
 
+@pytest.mark.emulator_only
 def test_filter_escaping_with_hostile_values(emulator: Any, client: DataverseClient) -> None:
     with emulator.store.lock:
         factory.add_user(emulator.store.data, domainname="o'brien@contoso.com", fullname="Pat O'Brien")
@@ -294,6 +295,7 @@ def _connections(emulator: Any, http: httpx.Client) -> ConnectionsClient:
                              environment_id=Sample.ENVIRONMENT_ID)
 
 
+@pytest.mark.emulator_only
 def test_connections_user_scope_and_admin_scope(emulator: Any, http: httpx.Client) -> None:
     conns = _connections(emulator, http)
     # The pipeline app sees only the connection shared with it.

@@ -127,6 +127,7 @@ def test_connections_admin_scope_then_fallback(emulator: Any, session: EnvSessio
     assert live.user_by_object_id(Sample.MAKER_OBJECT_ID) is not None
 
 
+@pytest.mark.emulator_only
 def test_service_account_with_an_apostrophe_is_escaped(emulator: Any) -> None:
     upn = "o'neil-svc@contoso.com"
     with emulator.store.lock:
