@@ -4,6 +4,7 @@ shape, sharing rules and the admin-scope 403."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +17,14 @@ V1 = {"api-version": "1"}
 
 
 _SHARED: dict[str, httpx.Client] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_pool() -> Iterator[None]:
+    yield
+    pool = _SHARED.pop("pool", None)
+    if pool is not None:
+        pool.close()
 
 
 def _client(emulator: Any, object_id: str, app_id: str | None = None, audience: str = PP) -> _As:
