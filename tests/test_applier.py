@@ -30,10 +30,14 @@ class EmulatorTokens:
     def __init__(self, emulator: Any) -> None:
         self.emulator = emulator
         self._lock = threading.Lock()
+        self._cache: dict[str, str] = {}
 
     def get_token(self, scope: str) -> str:
+        # Cached per scope, as real providers do (minting signs with RSA each time).
         with self._lock:
-            return str(self.emulator.token(audience=scope.removesuffix("/.default")))
+            if scope not in self._cache:
+                self._cache[scope] = str(self.emulator.token(audience=scope.removesuffix("/.default")))
+            return self._cache[scope]
 
 
 def ref(name: str, connector: str, display: str, description: str | None = None) -> DesiredReference:

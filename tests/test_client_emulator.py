@@ -36,14 +36,17 @@ class EmulatorTokens:
         self.invalidations = 0
         self.issued: list[str] = []
         self._lock = threading.Lock()
+        self._cache: dict[tuple[str, bool], str] = {}
 
     def get_token(self, scope: str) -> str:
         audience = scope.removesuffix("/.default")
         with self._lock:
-            lifetime = -60 if self.expired else 3600
-            token = self.emulator.token(audience=audience, lifetime=lifetime)
-            self.issued.append(token)
-            return str(token)
+            key = (audience, self.expired)
+            if key not in self._cache:  # cached per scope, as real providers do
+                lifetime = -60 if self.expired else 3600
+                self._cache[key] = str(self.emulator.token(audience=audience, lifetime=lifetime))
+                self.issued.append(self._cache[key])
+            return self._cache[key]
 
     def invalidate(self, scope: str) -> None:
         with self._lock:

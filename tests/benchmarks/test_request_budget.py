@@ -28,10 +28,14 @@ class EmulatorTokens:
     def __init__(self, emulator: Any) -> None:
         self.emulator = emulator
         self._lock = threading.Lock()
+        self._cache: dict[str, str] = {}
 
     def get_token(self, scope: str) -> str:
+        # Cached per scope, as real providers do (minting signs with RSA each time).
         with self._lock:
-            return str(self.emulator.token(audience=scope.removesuffix("/.default")))
+            if scope not in self._cache:
+                self._cache[scope] = str(self.emulator.token(audience=scope.removesuffix("/.default")))
+            return self._cache[scope]
 
 
 def add_bulk(emulator: Any, start: int, count: int, display: str = "Bulk {i}") -> None:
