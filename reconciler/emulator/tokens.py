@@ -24,6 +24,7 @@ No response or error ever contains a secret or an assertion the caller sent.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -441,14 +442,21 @@ def _check_certificate_assertion(application: dict[str, Any], assertion: str, he
                         f"issuer. Review the documentation at {doc} .")
 
 
+@functools.lru_cache(maxsize=8)
+def _issuer_public_key(signing_key_pem: str) -> Any:
+    """The public half of the emulator's key, which signs the emulated OIDC issuers' tokens. Cached:
+    loading an RSA private key validates it, which takes tens of milliseconds."""
+    key = serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
+    return key.public_key()
+
+
 def _check_federated_assertion(app: Any, application: dict[str, Any], assertion: str,
                                claims: dict[str, Any]) -> None:
     """Microsoft Learn, "Workload identity federation": the assertion must be signed by its issuer and
     match a federated identity credential of the app (issuer, subject and audience, case-sensitive)."""
     doc = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation"
-    key = serialization.load_pem_private_key(app.store.data["signing_key_pem"].encode("ascii"), password=None)
     try:
-        pyjwt.decode(assertion, key.public_key(), algorithms=["RS256"],  # type: ignore[arg-type]
+        pyjwt.decode(assertion, _issuer_public_key(app.store.data["signing_key_pem"]), algorithms=["RS256"],
                      options=_SIGNATURE_ONLY)
     except pyjwt.PyJWTError:
         raise _AadError("invalid_client", 700027, "Client assertion failed signature validation. The token "
