@@ -383,7 +383,8 @@ def save_state(state_dir: str | os.PathLike[str], state: EnvState) -> Path:
 def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
     """Make ``<env>.json.backup`` the current state again (``connref state restore ENV``).
 
-    The damaged current file, if any, is kept as ``<env>.json.damaged-<UTC time>`` for inspection. The
+    The current file, if any, is kept as ``<env>.json.damaged-<UTC time>`` (or ``.replaced-`` when it was
+    readable) for inspection. The
     restored state gets a new serial (its serial + 1 or the damaged file's + 1, whichever is higher) so a
     plan saved against either is stale."""
     directory = Path(state_dir)
@@ -397,12 +398,14 @@ def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
     serial = backup.serial
     if path.exists():
         current_raw = path.read_bytes()
+        kind = "damaged"
         with contextlib.suppress(StateError):
             current = _parse(current_raw, path, env)
+            kind = "replaced"
             if current.lineage == backup.lineage:
                 serial = max(serial, current.serial)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        atomic_write(directory / f"{path.name}.damaged-{stamp}", current_raw)
+        atomic_write(directory / f"{path.name}.{kind}-{stamp}", current_raw)
     restored = replace(backup, serial=serial + 1)
     atomic_write(path, serialize_state(restored))
     return restored

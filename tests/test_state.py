@@ -364,3 +364,12 @@ def test_git_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
     ).stdout.strip()
     assert st.git_commit(repo) == head
+
+
+def test_restore_over_a_readable_state_keeps_it_and_moves_the_serial_past_it(tmp_path: Path) -> None:
+    s1 = applied(tmp_path, "contoso_A")
+    s2 = applied(tmp_path, "contoso_A", "contoso_B", prev=s1)
+    restored = st.restore_backup(tmp_path, "dev")
+    assert restored.references == s1.references and restored.serial == s2.serial + 1
+    kept = [p for p in tmp_path.iterdir() if ".replaced-" in p.name]
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["serial"] == s2.serial
