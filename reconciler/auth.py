@@ -174,6 +174,16 @@ class CachingTokenProvider:
             self._cache[scope] = _Cached(token, now + lifetime, lifetime)
             return token
 
+    def invalidate(self, scope: str) -> None:
+        """Forget the cached token of ``scope`` (the service refused it with 401); the next
+        :meth:`get_token` fetches a new one."""
+        with self._lock:
+            self._cache.pop(scope, None)
+            self._forget(scope)
+
+    def _forget(self, scope: str) -> None:
+        """Drop any lower-level cache of ``scope`` (MSAL's)."""
+
     @staticmethod
     def _margin(lifetime: float) -> float:
         # Five minutes, but never more than half the lifetime, so a short-lived token is still used.
@@ -325,6 +335,12 @@ class MsalClientProvider(CachingTokenProvider):
             raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
                               "authority_host and the network (proxy, TLS trust)") from None
 
+    def _forget(self, scope: str) -> None:
+        if self._app is not None:
+            cache = self._app.token_cache
+            for at in list(cache.search(cache.CredentialType.ACCESS_TOKEN, target=[scope])):
+                cache.remove_at(at)
+
     def _acquire(self, scope: str) -> tuple[str, float]:
         if self._app is None:
             self._app = self._build()
@@ -368,6 +384,12 @@ class ManagedIdentityProvider(CachingTokenProvider):
         self._client_id = profile.options.get("managed_identity_client_id")
         self._http = MsalHttpClient(http_client)
         self._mi: Any = None
+
+    def _forget(self, scope: str) -> None:
+        cache = getattr(self._mi, "_token_cache", None)  # the client keeps its tokens there (msal 1.29+)
+        if cache is not None:
+            for at in list(cache.search(cache.CredentialType.ACCESS_TOKEN, target=[resource_of(scope)])):
+                cache.remove_at(at)
 
     def _acquire(self, scope: str) -> tuple[str, float]:
         import msal

@@ -589,6 +589,22 @@ def test_token_is_cached_per_scope(world: World, monkeypatch: pytest.MonkeyPatch
         assert p.get_token(SCOPE) == first
     p.get_token(connections_scope())
     assert world.counting.count("/oauth2/v2.0/token") - before == 2
+    # A 401 from the service makes the client invalidate the token: the next one is fetched anew.
+    p.invalidate(SCOPE)  # type: ignore[attr-defined]
+    assert p.get_token(SCOPE) != first
+    assert world.counting.count("/oauth2/v2.0/token") - before == 3
+
+
+def test_managed_identity_token_can_be_invalidated(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{world.base}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_HEADER)
+    p = provider_for(world.profile("managed_identity"), http_client=world.http)
+    first = p.get_token(SCOPE)
+    assert p.get_token(SCOPE) == first
+    before = world.counting.count("/msi/token")
+    p.invalidate(SCOPE)  # type: ignore[attr-defined]
+    assert p.get_token(SCOPE) != first
+    assert world.counting.count("/msi/token") - before == 1
 
 
 def test_short_lived_tokens_are_renewed_and_never_used_expired(
