@@ -116,7 +116,6 @@ def test_data_follows_the_documented_format(env: str) -> None:
             "shared_office365",
             "shared_commondataserviceforapps",
             "shared_teams",
-            "shared_office365users",
         )
     }
     for conn in d["connections"]:
@@ -133,10 +132,14 @@ def test_data_follows_the_documented_format(env: str) -> None:
     comp_type = d["environment"]["connectionreference_componenttype"]
     in_solution = {c["objectid"] for c in d["solutioncomponents"] if c["componenttype"] == comp_type}
     names = {c["name"] for c in d["connections"]}
+    outside = []
     for ref in d["connectionreferences"]:
         assert ref["connectorid"] in connector_ids
         assert ref["connectionid"] is None or ref["connectionid"] in names
-        assert ref["connectionreferenceid"] in in_solution
+        if ref["connectionreferenceid"] not in in_solution:
+            outside.append(ref["connectionreferencelogicalname"])
+    # Only the maker's unbound Teams reference lives outside the solution.
+    assert outside == (["contoso_sharedteams_c93f2"] if env == "dev" else [])
     logical = {r["connectionreferencelogicalname"] for r in d["connectionreferences"]}
     for flow in d["workflows"]:
         assert flow["category"] == 5
@@ -247,11 +250,9 @@ def test_first_dev_plan_needs_a_create_a_rename_and_a_rebind(config: Config) -> 
             if target != row["connectionid"] and owner_upn(conns[row["connectionid"]]).startswith("maker"):
                 rebinds.append(n)
     assert creates and renames and rebinds
-    # The unbound maker reference gets a binding; prod never had it, so there it is created.
+    # The unbound maker reference (outside the solution) is left alone: unbound is allowed.
     assert live["contoso_sharedteams_c93f2"]["connectionid"] is None
-    assert "contoso_sharedteams_c93f2" in envc.bindings
-    prod = {r["connectionreferencelogicalname"] for r in data("prod")["connectionreferences"]}
-    assert "contoso_sharedteams_c93f2" not in prod
+    assert "contoso_sharedteams_c93f2" not in config.references
 
 
 @pytest.fixture()
@@ -279,15 +280,12 @@ def test_emulator_plans_the_quickstart(scratch: Path) -> None:
     dev = next(p for p in result.environments if p.environment == "dev")
     creates = [op for op in dev.ops if isinstance(op, CreateReference)]
     updates = [op for op in dev.ops if isinstance(op, UpdateReference)]
-    assert [op.logical_name for op in creates] == ["contoso_Office365Users"]
+    assert [op.logical_name for op in creates] == ["contoso_Teams"]
     changed = {op.logical_name: {c.field for c in op.changes} for op in updates}
     assert "display_name" in changed["contoso_sharedsharepointonline_30e7d"]
     assert "connection" in changed["contoso_sharedsharepointonline_30e7d"]
     assert "connection" in changed["contoso_sharedoffice365_d4c61"]  # away from the broken connection
-    assert "connection" in changed["contoso_sharedteams_c93f2"]  # unbound until now
     assert "contoso_sharedcommondataserviceforapps_7b2e9" not in changed  # already clean
+    assert "contoso_sharedteams_c93f2" not in changed  # not declared, outside the solution
     prod = next(p for p in result.environments if p.environment == "prod")
-    assert sorted(op.logical_name for op in prod.ops if isinstance(op, CreateReference)) == [
-        "contoso_Office365Users",
-        "contoso_sharedteams_c93f2",
-    ]
+    assert [op.logical_name for op in prod.ops if isinstance(op, CreateReference)] == ["contoso_Teams"]

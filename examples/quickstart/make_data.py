@@ -6,8 +6,9 @@
 The data is in the format of ``docs/emulator-data.md`` and messy the way real environments are:
 two makers each added their own SharePoint reference to the same unmanaged solution (random
 five-hex suffixes, display names like ``SharePoint Solution1-30e7d``), flows use different
-references for the same connector, one reference's connection is broken, one reference is
-unbound, and connections belong to the makers as well as to the service account. prod is tidier.
+references for the same connector, one reference's connection is broken, one reference (made
+outside the solution) is unbound, and connections belong to the makers as well as to the service
+account. prod is tidier.
 
 Every id comes from a seeded random generator, so running this again gives the same files. The one
 exception is the emulator's token-signing key: it is generated once and then kept from the existing
@@ -34,7 +35,6 @@ SHAREPOINT = "shared_sharepointonline"
 OUTLOOK = "shared_office365"
 DATAVERSE = "shared_commondataserviceforapps"
 TEAMS = "shared_teams"
-USERS = "shared_office365users"
 
 # People and apps of the tenant (same object ids in every environment of the tenant).
 MAKER1 = ("maker1@contoso.com", "Megan Bowen")
@@ -183,7 +183,15 @@ class EnvBuilder:
         conn["properties"]["permissions"].append(self.permission(conn["id"], OBJECT_IDS[upn], role))
 
     def reference(
-        self, ref_id: str, logical: str, display: str, api: str, connection: str | None, owner: str, day: int
+        self,
+        ref_id: str,
+        logical: str,
+        display: str,
+        api: str,
+        connection: str | None,
+        owner: str,
+        day: int,
+        in_solution: bool = True,
     ) -> None:
         uid = self.users[owner]["systemuserid"]
         self.clock += 1
@@ -210,7 +218,8 @@ class EnvBuilder:
                 "versionnumber": self.next_version(),
             }
         )
-        self.component(ref_id, TYPE_CONNREF[self.name])
+        if in_solution:
+            self.component(ref_id, TYPE_CONNREF[self.name])
 
     def component(self, object_id: str, componenttype: int) -> None:
         self.components.append(
@@ -222,7 +231,15 @@ class EnvBuilder:
             }
         )
 
-    def flow(self, flow_id: str, name: str, owner: str, uses: list[tuple[str, str, str]], on: bool) -> None:
+    def flow(
+        self,
+        flow_id: str,
+        name: str,
+        owner: str,
+        uses: list[tuple[str, str, str]],
+        on: bool,
+        in_solution: bool = True,
+    ) -> None:
         """``uses``: (clientdata key, connector, reference logical name); keys are shared_x, shared_x-1..."""
         self.workflows.append(
             {
@@ -237,7 +254,8 @@ class EnvBuilder:
                 "versionnumber": self.next_version(),
             }
         )
-        self.component(flow_id, COMPONENT_WORKFLOW)
+        if in_solution:
+            self.component(flow_id, COMPONENT_WORKFLOW)
 
     def build(self, signing_key_pem: str) -> dict[str, Any]:
         return {
@@ -327,7 +345,6 @@ OPERATIONS = {
     OUTLOOK: "SendEmailV2",
     DATAVERSE: "CreateRecord",
     TEAMS: "PostMessageToConversation",
-    USERS: "Manager_V2",
 }
 TRIGGERS = {SHAREPOINT: "GetOnNewItems", DATAVERSE: "SubscribeWebhookTrigger", TEAMS: "OnNewChannelMessage"}
 
@@ -361,7 +378,6 @@ def make_dev() -> EnvBuilder:
     dataverse_svc = b.connection(DATAVERSE, SVC[0], legacy=True, day=1)
     b.connection(TEAMS, MAKER2[0], day=3)
     b.connection(TEAMS, SVC[0], day=5)
-    b.connection(USERS, SVC[0], day=6)  # for the manager lookups the team is adding next
     b.share(sp_m1, MAKER2[0], "CanView")  # maker1 shared a site connection with maker2, by hand
 
     b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_m1, MAKER1[0], 2)
@@ -372,7 +388,11 @@ def make_dev() -> EnvBuilder:
     b.reference(
         REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 1
     )
-    b.reference(REF_TEAMS, LN_TEAMS, "Microsoft Teams Solution1-c93f2", TEAMS, None, MAKER2[0], 3)
+    # maker2 started a Teams flow outside the solution (in the default solution) and never bound
+    # its reference: it stays unbound, and off.
+    b.reference(
+        REF_TEAMS, LN_TEAMS, "Microsoft Teams Solution1-c93f2", TEAMS, None, MAKER2[0], 3, in_solution=False
+    )
 
     b.flow(
         FLOW_INTAKE,
@@ -392,7 +412,14 @@ def make_dev() -> EnvBuilder:
         ],
         on=True,
     )
-    b.flow(FLOW_NOTIFY, "Notify finance channel", MAKER2[0], [(TEAMS, TEAMS, LN_TEAMS)], on=False)
+    b.flow(
+        FLOW_NOTIFY,
+        "Notify finance channel",
+        MAKER2[0],
+        [(TEAMS, TEAMS, LN_TEAMS)],
+        on=False,
+        in_solution=False,
+    )
     return b
 
 
@@ -403,7 +430,6 @@ def make_prod() -> EnvBuilder:
     dataverse_svc = b.connection(DATAVERSE, SVC[0], day=10)
     b.connection(TEAMS, SVC[0], day=10)
     sp_m2 = b.connection(SHAREPOINT, MAKER2[0], day=11)  # made during a hotfix, never cleaned up
-    b.connection(USERS, SVC[0], day=12)
 
     b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_svc, SVC[0], 10)
     b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint Solution1-8f4b0", SHAREPOINT, sp_m2, MAKER2[0], 11)
