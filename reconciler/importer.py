@@ -81,8 +81,46 @@ def _comment(text: str, indent: str, *, wrap: bool = True) -> list[str]:
 _GENERATED = re.compile(
     r"#\s(CR\d{3}\s|declared before, |Also in \S+ but not in solution|plan would refuse"
     r"|owned by \S+: with |no service_account for this environment"
-    r"|solution \S+ has no connection references|no display name today)"
+    r"|solution \S+ has no connection references|no display name today|parked: )"
 )
+
+
+# Declarations import takes out of the config but keeps for the user: YAML commented out with this
+# mark, so a later import can find them again and the user can restore them by deleting the mark.
+_PARK = "#| "
+
+
+_Parked = tuple[str, list[str]]
+
+
+def _parked_groups(lines: Sequence[str]) -> list[_Parked]:
+    """The parked declarations in ``lines``: (key, its YAML lines without the mark and indentation)."""
+    groups: list[tuple[str, list[str]]] = []
+    for line in lines:
+        text = line.strip()
+        if not text.startswith(_PARK.strip()):
+            continue
+        content = text[len(_PARK):] if text.startswith(_PARK) else text[len(_PARK.strip()):]
+        if content and not content[0].isspace() and ":" in content:
+            groups.append((content.split(":", 1)[0].strip().strip("'\""), [content]))
+        elif groups:
+            groups[-1][1].append(content)
+    return groups
+
+
+def _park(block: Sequence[str], column: int) -> list[str]:
+    """An entry's YAML lines (its comments dropped), without the indentation of ``column``."""
+    out = []
+    for line in _strip_generated(block):
+        if not line.strip() or _is_comment(line):
+            continue
+        out.append(line[column:] if line[:column].strip() == "" else line.lstrip())
+    return out
+
+
+def _parked_lines(key: str, content: Sequence[str], indent: str, note: str | None) -> list[str]:
+    out = _comment(note, indent) if note else []
+    return out + [f"{indent}{_PARK}{line}".rstrip() for line in content]
 
 
 def _strip_generated(block: Sequence[str]) -> list[str]:
@@ -93,6 +131,8 @@ def _strip_generated(block: Sequence[str]) -> list[str]:
     example_next = False
     for line in block:
         text = line.strip()
+        if text.startswith(_PARK.strip()):
+            continue  # parked declarations are collected and written again separately
         if not text.startswith("#"):
             in_generated = example_next = False
             out.append(line)
@@ -365,9 +405,9 @@ def planner_refusal(ref: LiveReference, conn: LiveConnection, live: LiveEnvironm
 
 
 def _kept_bindings(existing: _Existing | None, env_name: str, live: LiveEnvironment,
-                   refs: Mapping[str, LiveReference]) -> tuple[dict[str, list[str]], list[list[str]]]:
-    """Existing binding entries to keep verbatim: (those of live references that still resolve to the
-    connection the reference has now, keyed by lower-cased name; those of references not live)."""
+                   refs: Mapping[str, LiveReference]) -> tuple[dict[str, list[str]], list[_Parked]]:
+    """Existing binding entries to keep: (those of live references that still resolve to the connection
+    the reference has now, verbatim, keyed by lower-cased name; (key, YAML) of those to park)."""
     if existing is None:
         return {}, []
     envs = _find(existing.root, "environments")
@@ -385,12 +425,12 @@ def _kept_bindings(existing: _Existing | None, env_name: str, live: LiveEnvironm
     data = _env_data(existing, env_name).get("bindings")
     data = data if isinstance(data, Mapping) else {}
     same: dict[str, list[str]] = {}
-    absent: list[list[str]] = []
+    absent: list[_Parked] = list(_parked_groups(existing.lines[b.key_line + 1:b.end]))
     for e in entries:
         text = _strip_generated(existing.lines[e.start:e.end])
         ref = refs.get(e.key.lower())
         if ref is None:
-            absent.append(text)
+            absent.append((e.key, _park(existing.lines[e.start:e.end], e.column)))
             continue
         binding = _selector_from(data.get(e.key))
         if binding is None or not ref.connection:
@@ -470,14 +510,28 @@ def import_environment(
     for r in refs:
         notes = _reference_comments(r, live, duplicates, template, solution, service_account)
         ref_lines += _reference_lines(r, unit, unit, notes)
+    # References the old config declared and the environment lacks are parked, not declared: plan
+    # would create them, and import promises a config that plans no changes.
+    parked: dict[str, tuple[str, list[str]]] = {}
+    newly_parked: set[str] = set()
     if existing is not None:
         old = _find(existing.root, "references")
-        old_entries = (_entries(existing.lines, old.value, old.key_line + 1, old.end) or []) if old else []
-        for e in old_entries:
-            if e.key.lower() not in by_key:
-                ref_lines += _comment(f"declared before, not in solution {solution} in {env_name}: "
-                                      "plan will create it there", unit)
-                ref_lines += _reindent(_strip_generated(existing.lines[e.start:e.end]), e.column, unit)
+        if old is not None:
+            for key, content in _parked_groups(existing.lines[old.key_line + 1:old.end]):
+                parked[key.lower()] = (key, content)
+            for e in _entries(existing.lines, old.value, old.key_line + 1, old.end) or []:
+                if e.key.lower() not in by_key:
+                    parked[e.key.lower()] = (e.key, _park(existing.lines[e.start:e.end], e.column))
+                    newly_parked.add(e.key.lower())
+    for low in sorted(parked):
+        key, content = parked[low]
+        if low in by_key:
+            continue  # it exists now: declared above from what the environment has
+        ref_lines += _parked_lines(key, content, unit, (
+            f"parked: {key} is not in solution {solution} in {env_name}, so declaring it would make plan "
+            f"create it there. Remove the '{_PARK.strip()}' marks here and on its bindings to declare "
+            "it again."
+        ))
     if outside:
         ref_lines += _comment(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
         for r in outside:
@@ -495,8 +549,9 @@ def import_environment(
                                   "connections are not flagged (see lint code CR200)", b_indent)
     for r in refs:
         binding_lines += _binding_lines(r, live, env_name, service_account, b_indent, same)
-    for block in absent:
-        binding_lines += block
+    for key, content in sorted(absent, key=lambda kc: kc[0].lower()):
+        if key.lower() not in by_key:
+            binding_lines += _parked_lines(key, content, b_indent, None)
     if all(_is_comment(line) or not line.strip() for line in binding_lines[1:]):
         # Only comments under the key would load as null: an empty mapping keeps the type right.
         binding_lines[0] = f"{unit * 2}bindings: {{}}"
@@ -520,11 +575,12 @@ def import_environment(
             *binding_lines,
         ]
         return "\n".join(out) + "\n"
-    return _merge_import(existing, env_name, solution, unit, ref_lines, url_line, id_line, binding_lines)
+    return _merge_import(existing, env_name, solution, unit, ref_lines, url_line, id_line, binding_lines,
+                         newly_parked)
 
 
 def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, ref_lines: list[str],
-                  url_line: str, id_line: str | None, binding_lines: list[str]) -> str:
+                  url_line: str, id_line: str | None, binding_lines: list[str], parked: set[str]) -> str:
     lines = existing.lines
     edits: list[tuple[int, int, list[str]]] = []
     root = existing.root
@@ -569,6 +625,9 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
             edits.append((at, at, env_block))
         else:
             edits += _env_edits(lines, env, url_line, id_line, binding_lines, unit)
+        for other in env_entries:
+            if other.key != env_name:
+                edits += _park_bindings(lines, other, parked)
 
     out = _splice(lines, edits)
     if head:
@@ -582,6 +641,24 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
             out.append("")
         out += tail
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _park_bindings(lines: Sequence[str], env: _Entry, parked: set[str]) -> list[tuple[int, int, list[str]]]:
+    """Edits that park another environment's bindings to references import parked, so the config
+    stays valid (a binding must name a declared reference)."""
+    if not parked:
+        return []
+    children = _entries(lines, env.value, env.key_line + 1, env.end) or []
+    b = _find(children, "bindings")
+    if b is None:
+        return []
+    edits = []
+    for e in _entries(lines, b.value, b.key_line + 1, b.end) or []:
+        if e.key.lower() in parked:
+            indent = " " * e.column
+            edits.append((e.key_line, e.end, _parked_lines(e.key, _park(lines[e.key_line:e.end], e.column),
+                                                           indent, None)))
+    return edits
 
 
 def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | None,

@@ -324,7 +324,6 @@ def test_import_into_an_existing_config_keeps_the_rest(tmp_path: Path) -> None:
         "# Team config: keep this comment.",
         'naming: "{connector} {solution}"',
         "# Production: do not touch.",
-        "      contoso_Dataverse: d6f3c5bb44574352a780f54d27314721",
         "  ignore: [CR207]   # the spare is on purpose",
         "    service_account: svc-flows@contoso.com",
     ):
@@ -338,22 +337,46 @@ def test_import_into_an_existing_config_keeps_the_rest(tmp_path: Path) -> None:
     assert "# the team's choice" in text
     # the name binding no longer matches live: replaced by the current connection
     assert dev["bindings"]["contoso_Outlook"] == C_SVC_OUTLOOK.name
-    # a declared reference dev lacks is kept (prod binds it), with a note
-    assert "contoso_Dataverse" in data["references"]
-    assert "not in solution ContosoFlows in dev: plan will create it there" in comments_above(
-        text.split("environments:")[0], "contoso_Dataverse"
-    )
+    # a declared reference dev lacks is parked (plan would create it), and so are its bindings elsewhere
+    assert "contoso_Dataverse" not in data["references"]
+    assert "  #| contoso_Dataverse:\n  #|   connector: shared_commondataserviceforapps\n" in text
+    assert "parked: contoso_Dataverse is not in solution ContosoFlows in dev" in prose(text)
+    assert "      #| contoso_Dataverse: d6f3c5bb44574352a780f54d27314721\n" in text
     # the service account comes from the existing config: personal connections are flagged
     assert "CR201 personal-connection" in text
     # naming from the existing config is applied to the comments
     assert "CR101 naming-policy: rename the display name to 'SharePoint ContosoFlows'" in prose(text)
-    assert data["environments"]["prod"] == {
-        "url": "local:prod.json",
-        "bindings": {"contoso_Dataverse": "d6f3c5bb44574352a780f54d27314721"},
-    }
+    assert data["environments"]["prod"] == {"url": "local:prod.json", "bindings": None}
     assert list(data) == ["version", "solution", "naming", "references", "environments", "lint"]
     cfg = load_config(str(write_config(tmp_path, text)))
     assert set(cfg.environments) == {"dev", "prod"}
+
+
+def test_parked_declarations_plan_no_changes_and_can_be_restored(tmp_path: Path) -> None:
+    env = messy_live()
+    text = do_import(env, EXISTING.replace("    service_account: svc-flows@contoso.com\n", ""))
+    cfg = load_config(str(write_config(tmp_path, text)))
+    assert plan_environment(cfg, cfg.environments["dev"], env).ops == ()
+    # deleting the marks declares the reference and its prod binding again
+    restored = load_config(str(write_config(tmp_path, text.replace("#| ", ""))))
+    assert restored.references["contoso_Dataverse"].display_name == "Microsoft Dataverse ContosoFlows"
+    assert dict(restored.environments["prod"].bindings) == {
+        "contoso_Dataverse": "d6f3c5bb44574352a780f54d27314721"
+    }
+
+
+def test_parked_reference_is_declared_again_once_it_exists() -> None:
+    first = do_import(messy_live(), EXISTING)
+    dataverse = ref(
+        "contoso_Dataverse", "Microsoft Dataverse ContosoFlows", connector="shared_commondataserviceforapps"
+    )
+    env = dataclasses.replace(messy_live(), references=(*messy_live().references, dataverse))
+    second = do_import(env, first)
+    assert "#| contoso_Dataverse:\n" not in second.split("environments:")[0]
+    assert (
+        yaml.safe_load(second)["references"]["contoso_Dataverse"]["connector"]
+        == "shared_commondataserviceforapps"
+    )
 
 
 def test_import_adds_a_missing_environment_and_keeps_indentation(tmp_path: Path) -> None:
