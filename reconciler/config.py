@@ -321,7 +321,7 @@ class _Validator:
         solution = self.checked(root, "solution", "", _solution_problem, nullable=False)
         refs_map = self.mapping(root.get("references"), "references")
         references = self.references(refs_map)
-        auth_node = root.get("auth")
+        auth_node = _absent_if_null(root.get("auth"))
         auth_map = self.mapping(auth_node, "auth")
         auth = self.auth_profiles(auth_map)
         # Names as declared (valid or not), so a binding to a reference with an error of its own
@@ -341,8 +341,8 @@ class _Validator:
                 self.type_error(prune_node, "prune", "a boolean (true or false)")
 
         naming = self.checked(root, "naming", "", _naming_problem)
-        lint_ignore = self.lint(self.mapping(root.get("lint"), "lint"))
-        state_dir = self.state(self.mapping(root.get("state"), "state"))
+        lint_ignore = self.lint(self.mapping(_absent_if_null(root.get("lint")), "lint"))
+        state_dir = self.state(self.mapping(_absent_if_null(root.get("state")), "state"))
 
         if self.errors or solution is None or references is None or environments is None:
             return None
@@ -799,6 +799,13 @@ class _Validator:
 
 
 # ---------------------------------------------------------------------- value checks
+
+
+def _absent_if_null(node: YNode | None) -> YNode | None:
+    """An optional section written with no value (``auth:``) counts as absent."""
+    if isinstance(node, Scalar) and node.value is None and not node.broken:
+        return None
+    return node
 
 
 def _empty(node: YNode) -> bool:

@@ -376,3 +376,17 @@ def test_load_config_text_uses_the_given_path(tmp_path: Path) -> None:
         str(info.value).splitlines()[0]
         == os.path.join("conf", "c.yaml") + ":1:1: references: required key is missing"
     )
+
+
+def test_optional_sections_may_be_empty(tmp_path: Path) -> None:
+    text = LOOPBACK_HEAD.replace("    auth: a\n", "") + "auth:\nlint:\nstate:\nprune: false\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    # An empty auth section is no section: the remote environment still needs a profile.
+    assert str(info.value).endswith(
+        ":9:5: environments.dev.auth: required key is missing (the auth profile for a remote environment)"
+    )
+    text = text.replace("    url: http://127.0.0.1:8080\n", "    url: local:dev.json\n")
+    (tmp_path / "dev.json").write_text("{}", encoding="utf-8")
+    config = load_config(write(tmp_path, text))
+    assert config.auth == {} and config.lint_ignore == () and config.state_dir is None
