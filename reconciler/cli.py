@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     ssub.add_parser("list", help="environments with state")
     x = ssub.add_parser("show", help="the state of one environment")
     x.add_argument("env", metavar="ENV")
+    x.add_argument("--json", action="store_true", help="print the state document as JSON")
     x = ssub.add_parser("unlock", help="release a lock left by a killed run")
     x.add_argument("env", metavar="ENV")
     x.add_argument("lock_id", metavar="LOCK_ID")

@@ -316,7 +316,8 @@ def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     names = select_environments(config, args.envs)
     states = load_states(config, names)
     with opened(config, names) as sessions:
-        lives = read_all(config, sessions)
+        # All references: a managed one moved out of the solution must not read as deleted.
+        lives = read_all(config, sessions, all_references=True)
     reports = [detect_drift(config, n, lives[n], states[n]) for n in names]
     if args.json:
         print(drift_render.render_json(reports), file=out)
@@ -456,13 +457,16 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         print(state.render_state_list(state.list_states(d)), file=out)
     elif sub == "show":
         (name,) = select_environments(config, [args.env])
-        print(json.dumps(state.show_state(d, name), indent=2, sort_keys=True), file=out)
+        doc = state.show_state(d, name)
+        text = json.dumps(doc, indent=2, sort_keys=True) if args.json else state.render_state_show(doc)
+        print(text, file=out)
     elif sub == "unlock":
         (name,) = select_environments(config, [args.env])
         info = force_unlock(d, name, args.lock_id)
         print(f"Released the lock of {name} held by {info.describe()}.", file=out)
     elif sub == "restore":
         (name,) = select_environments(config, [args.env])
-        restored = state.restore_backup(d, name)
+        with acquire(d, name, "state restore", timeout=0.0):
+            restored = state.restore_backup(d, name)
         print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
     return 0

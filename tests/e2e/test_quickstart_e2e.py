@@ -66,7 +66,7 @@ def test_apply_then_plan_is_clean_and_second_apply_writes_nothing(quickstart: Wo
 
 def test_state_records_the_apply(quickstart: Workspace) -> None:
     assert quickstart.run("apply", "--auto-approve").code == 0
-    r = quickstart.run("state", "show", "dev")
+    r = quickstart.run("state", "show", "dev", "--json")
     assert r.code == 0, r.err
     shown = json.loads(r.out)
     assert shown["serial"] == 1
