@@ -471,9 +471,11 @@ def import_environment(
     one environment). With it, the result is that config with its ``version``, ``solution`` and
     ``references`` replaced and the ``env_name`` environment's ``url``, ``environment_id`` and
     ``bindings`` replaced (added when missing); everything else is kept as written, comments included.
-    References the old config declared but ``live`` lacks are kept, with a comment (plan will create
-    them). A binding the old config gave by selector is kept when it still resolves to the connection
-    the reference has now.
+    References the old config declared but ``live`` lacks are *parked*: written back commented out
+    with a ``#| `` mark, with every environment's bindings to them, because declaring them would make
+    plan create them; deleting the marks restores them, and a later import declares them again once
+    the environment has them. A binding the old config gave by selector is kept when it still
+    resolves to the connection the reference has now.
 
     ``service_account`` (default: the environment's ``service_account`` in the existing config) is
     who should own the connections; bindings to connections owned by anyone else get a CR201 comment.
@@ -512,7 +514,7 @@ def import_environment(
         ref_lines += _reference_lines(r, unit, unit, notes)
     # References the old config declared and the environment lacks are parked, not declared: plan
     # would create them, and import promises a config that plans no changes.
-    parked: dict[str, tuple[str, list[str]]] = {}
+    parked: dict[str, _Parked] = {}
     newly_parked: set[str] = set()
     if existing is not None:
         old = _find(existing.root, "references")
