@@ -1,0 +1,78 @@
+"""No secret and no token ever shows up in what connref prints or writes.
+
+Every command runs with a canary client secret that the emulator accepts; then once more with a wrong
+canary secret. Neither canary, nor any access token the emulator issued, may appear in stdout, stderr,
+the saved plan, the markdown reports, the state files or anything else written next to the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+from e2e_support import Result, Workspace
+
+pytestmark = pytest.mark.emulator_only
+
+CANARY = "CANARY-secret-7f3c9b1e-do-not-print"
+WRONG = "CANARY-wrong-secret-41aa-do-not-print"
+JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+")
+
+
+def _use_canary(ws: Workspace) -> None:
+    """Register the canary as a secret of the pipeline app in both environments, and point the auth
+    profile at an environment variable instead of the demo secret file."""
+    for env in ("dev", "prod"):
+        path = ws.dir / f"{env}.json"
+        data = json.loads(path.read_text())
+        for app in data["applications"]:
+            app.setdefault("client_secret_sha256", []).append(hashlib.sha256(CANARY.encode()).hexdigest())
+        path.write_text(json.dumps(data, indent=2))
+    text = ws.config.read_text().replace("client_secret_file: .demo-secret", "client_secret_env: CONNREF_CANARY")
+    ws.config.write_text(text)
+    (ws.dir / ".demo-secret").unlink()
+
+
+def _assert_clean(texts: list[str], where: str) -> None:
+    for t in texts:
+        assert CANARY not in t, f"the secret leaked into {where}"
+        assert WRONG not in t, f"the wrong secret leaked into {where}"
+        assert not JWT.search(t), f"a token leaked into {where}"
+
+
+def test_no_command_prints_or_writes_a_secret(quickstart: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    _use_canary(quickstart)
+    monkeypatch.setenv("CONNREF_CANARY", CANARY)
+    d = str(quickstart.dir)
+    runs: list[Result] = [
+        quickstart.run("validate"),
+        quickstart.run("plan", "--out", f"{d}/plan.json", "--markdown", f"{d}/plan.md"),
+        quickstart.run("plan", "--json"),
+        quickstart.run("apply", f"{d}/plan.json"),
+        quickstart.run("plan", "--detailed-exitcode"),
+        quickstart.run("drift", "--json", "--markdown", f"{d}/drift.md"),
+        quickstart.run("lint", "-e", "dev"),
+        quickstart.run("import", "-e", "dev", "-o", f"{d}/imported.yaml"),
+        quickstart.run("settings", "-e", "prod"),
+        quickstart.run("whoami", "-e", "dev"),
+        quickstart.run("state", "list"),
+        quickstart.run("state", "show", "dev", "--json"),
+    ]
+    # Prove the runs really authenticated and worked, so the check below means something.
+    assert runs[3].code == 0, runs[3].out + runs[3].err
+    assert runs[4].code == 0 and "No changes." in runs[4].out
+
+    monkeypatch.setenv("CONNREF_CANARY", WRONG)
+    failed = quickstart.run("plan")
+    assert failed.code == 1
+    assert "demo" in failed.err  # the error names the auth profile...
+    runs.append(failed)
+
+    for r in runs:
+        _assert_clean([r.out, r.err], "command output")
+    for path in Path(d).rglob("*"):
+        if path.is_file():
+            _assert_clean([path.read_text(errors="replace")], str(path.relative_to(d)))
