@@ -89,10 +89,7 @@ def request_from_environ(environ: dict[str, Any]) -> Request:
     except ValueError:
         length = 0
     body = environ["wsgi.input"].read(length) if length > 0 else b""
-    host = (
-        environ.get("HTTP_HOST")
-        or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
-    )
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
     return Request(
         method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
         path=_wsgi_str(environ.get("PATH_INFO", "") or "/"),
@@ -108,9 +105,7 @@ class EmulatorApp:
     """WSGI callable serving one environment (``store``). ``persist=True`` saves the store to its file
     after every successful write (how ``apply`` on a ``local:`` environment writes back)."""
 
-    def __init__(
-        self, store: EnvironmentStore, *, persist: bool = False, faults: Faults | None = None
-    ) -> None:
+    def __init__(self, store: EnvironmentStore, *, persist: bool = False, faults: Faults | None = None) -> None:
         self.store = store
         self.persist = persist
         self.log = RequestLog()
@@ -138,45 +133,54 @@ class EmulatorApp:
     def handle(self, request: Request) -> Response:
         """Answer one request (faults, routing, errors, log, persistence); raises ``ConnectionDropped``
         when a fault drops the connection."""
-        decision = self.faults.decide(request)
-        if decision.delay:
-            time.sleep(decision.delay)
-        if decision.drop:
-            self._log(request, 0, fault="drop")
-            raise ConnectionDropped()
-        if decision.response is not None:
-            self._log(request, decision.response.status, fault=decision.name)
-            return decision.response
+        # Service protection counts a user's requests in flight (latency included); Dataverse only.
+        slot = None
         try:
-            response = self.dispatch(request)
-        except HttpError as e:
-            response = e.response(annotations=wants_annotations(request))
-        except ConnectionDropped:
-            raise
-        except Exception:
-            # A bug in a route: answer like the service's generic 500 and keep serving.
-            traceback.print_exc(file=sys.stderr)
-            response = HttpError(500, "0x80040216", "An unexpected error occurred.").response()
-        self._log(request, response.status)
+            if request.path == API_ROOT or request.path.startswith(API_ROOT + "/"):
+                try:
+                    slot = self.faults.enter(request)
+                except HttpError as e:
+                    self._log(request, e.status, fault="concurrency")
+                    return e.response(annotations=wants_annotations(request))
+            response = self._answer(request)
+        finally:
+            self.faults.leave(slot)
+        if response is None:
+            return self._dropped(request)
+        self._log(request, response.status, fault=request.state.get("fault"))
         # Token requests are POSTs that change nothing; every other successful write is saved.
-        wrote = (
-            request.method in _WRITE_METHODS
-            and response.status < 400
-            and request.state.get("route") != "tokens"
-        )
+        wrote = request.method in _WRITE_METHODS and response.status < 400 and request.state.get("route") != "tokens"
         if self.persist and (wrote or request.state.get("dirty")):
             self.store.save()
         return response
 
+    def _answer(self, request: Request) -> Response | None:
+        """Faults then routing; None when a fault drops the connection."""
+        decision = self.faults.decide(request)
+        if decision.delay:
+            time.sleep(decision.delay)
+        if decision.drop:
+            return None
+        if decision.response is not None:
+            request.state["fault"] = decision.name
+            return decision.response
+        try:
+            return self.dispatch(request)
+        except HttpError as e:
+            return e.response(annotations=wants_annotations(request))
+        except Exception:
+            # A bug in a route: answer like the service's generic 500 and keep serving.
+            traceback.print_exc(file=sys.stderr)
+            return HttpError(500, "0x80040216", "An unexpected error occurred.").response()
+
+    def _dropped(self, request: Request) -> Response:
+        self._log(request, 0, fault="drop")
+        raise ConnectionDropped()
+
     def dispatch(self, request: Request) -> Response:
         path = request.path
         if path == API_ROOT or path.startswith(API_ROOT + "/"):
-            key = None
-            try:
-                key = self.faults.enter(request)
-                return dataverse.handle(self, request)
-            finally:
-                self.faults.leave(key)
+            return dataverse.handle(self, request)
         if path.startswith("/connectivity/") or path.lower().startswith("/providers/microsoft.powerapps/"):
             module = self._module("connections")
         else:

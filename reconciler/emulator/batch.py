@@ -24,7 +24,6 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .dvcommon import API_ROOT, INVALID_ARGUMENT, Ctx, parse_prefer, wants_annotations
@@ -75,7 +74,9 @@ def _split(body: str, boundary: str) -> list[str]:
             closed = True
             break
     if pos is None or not closed:
-        raise HttpError(400, INVALID_ARGUMENT, f"The batch body is not valid multipart/mixed with boundary '{boundary}'.")
+        raise HttpError(
+            400, INVALID_ARGUMENT, f"The batch body is not valid multipart/mixed with boundary '{boundary}'."
+        )
     return parts
 
 
@@ -137,7 +138,9 @@ def _resolve_url(url: str, content_ids: dict[str, str]) -> tuple[str, str]:
     if url.startswith("$"):
         ref, _, tail = url[1:].partition("/")
         if ref not in content_ids:
-            raise HttpError(400, INVALID_ARGUMENT, f"Content-ID Reference: '${ref}' does not exist in the batch context.")
+            raise HttpError(
+                400, INVALID_ARGUMENT, f"Content-ID Reference: '${ref}' does not exist in the batch context."
+            )
         url = content_ids[ref] + ("/" + tail if tail else "")
     parts = urlsplit(url)
     path = unquote(parts.path)
@@ -160,7 +163,9 @@ def _bind_refs(body: bytes, content_ids: dict[str, str]) -> bytes:
         if k.endswith("@odata.bind") and isinstance(v, str) and v.startswith("$"):
             ref = v[1:]
             if ref not in content_ids:
-                raise HttpError(400, INVALID_ARGUMENT, f"Content-ID Reference: '${ref}' does not exist in the batch context.")
+                raise HttpError(
+                    400, INVALID_ARGUMENT, f"Content-ID Reference: '${ref}' does not exist in the batch context."
+                )
             doc[k] = urlsplit(content_ids[ref]).path.rsplit("/", 1)[-1]
     return json.dumps(doc).encode("utf-8")
 
@@ -230,7 +235,8 @@ def handle(ctx: Ctx) -> Response:
     ctx.request.state["batch_count"] = count
     if count > MAX_REQUESTS:
         raise HttpError(
-            400, INVALID_ARGUMENT,
+            400,
+            INVALID_ARGUMENT,
             f"The number of requests in the batch ({count}) exceeds the limit of {MAX_REQUESTS}.",
         )
     continue_on_error = "odata.continue-on-error" in parse_prefer(ctx.request.headers.get("Prefer"))
@@ -280,9 +286,7 @@ def handle(ctx: Ctx) -> Response:
         ctx.request.state["dirty"] = True
         cs_boundary = f"changesetresponse_{uuid.uuid4()}"
         inner = "".join(_part_block(cs_boundary, r, p.content_id) for p, r in results) + f"--{cs_boundary}--\r\n"
-        out.append(
-            f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={cs_boundary}\r\n\r\n" + inner
-        )
+        out.append(f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={cs_boundary}\r\n\r\n" + inner)
     body = "".join(out) + f"--{boundary}--\r\n"
     status = failure.status if failure is not None and not continue_on_error else 200
     return Response(

@@ -76,13 +76,9 @@ def _check_body(body: dict[str, Any]) -> dict[str, Any]:
                 "use property names that are defined by the type or mark the type as open type.",
             )
         if k in STRING_COLUMNS and v is not None and not isinstance(v, str):
-            raise HttpError(
-                400, PAYLOAD_ERROR, f"Cannot convert the literal '{v}' to the expected type 'Edm.String'."
-            )
+            raise HttpError(400, PAYLOAD_ERROR, f"Cannot convert the literal '{v}' to the expected type 'Edm.String'.")
         if k in INT_COLUMNS and v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-            raise HttpError(
-                400, PAYLOAD_ERROR, f"Cannot convert the literal '{v}' to the expected type 'Edm.Int32'."
-            )
+            raise HttpError(400, PAYLOAD_ERROR, f"Cannot convert the literal '{v}' to the expected type 'Edm.Int32'.")
         out[k] = v
     for col, limit in MAX_LENGTHS.items():
         v = out.get(col)
@@ -96,8 +92,7 @@ def _check_body(body: dict[str, Any]) -> dict[str, Any]:
             )
     if "connectorid" in out and out["connectorid"] is not None and not CONNECTOR_RE.match(out["connectorid"]):
         raise bad_request(
-            f"The connectorid '{out['connectorid']}' is not valid: expected "
-            "/providers/Microsoft.PowerApps/apis/<name>."
+            f"The connectorid '{out['connectorid']}' is not valid: expected /providers/Microsoft.PowerApps/apis/<name>."
         )
     return out
 

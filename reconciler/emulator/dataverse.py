@@ -60,8 +60,7 @@ def resolve_caller(store: EnvironmentStore, principal: Principal) -> dict[str, A
         raise HttpError(
             403,
             USER_DISABLED,
-            f"The user with SystemUserId={user['systemuserid']} is disabled. Disabled users cannot "
-            "access the system.",
+            f"The user with SystemUserId={user['systemuserid']} is disabled. Disabled users cannot access the system.",
         )
     return user
 
@@ -226,9 +225,7 @@ def add_solution_component(ctx: Ctx) -> Response:
     }
     unknown = set(body) - allowed
     if unknown:
-        raise bad_request(
-            f"AddSolutionComponent has no parameter(s) {', '.join(sorted(unknown))}.", PAYLOAD_ERROR
-        )
+        raise bad_request(f"AddSolutionComponent has no parameter(s) {', '.join(sorted(unknown))}.", PAYLOAD_ERROR)
     for p in ("ComponentId", "ComponentType", "SolutionUniqueName", "AddRequiredComponents"):
         if p not in body:
             raise bad_request(f"AddSolutionComponent requires the parameter {p}.", PAYLOAD_ERROR)
@@ -240,10 +237,7 @@ def add_solution_component(ctx: Ctx) -> Response:
         solution = connrefs._solution_for_write(ctx, str(body["SolutionUniqueName"]))
         if ctype == ctx.store.componenttype and ctx.store.reference(cid) is None:
             raise not_found("connectionreference", cid)
-        if (
-            ctype == workflows.WORKFLOW_COMPONENT_TYPE
-            and ctx.store.find("workflows", "workflowid", cid) is None
-        ):
+        if ctype == workflows.WORKFLOW_COMPONENT_TYPE and ctx.store.find("workflows", "workflowid", cid) is None:
             raise not_found("workflow", cid)
         row = connrefs.add_component(ctx, solution, cid.lower(), ctype)
     return Response.json(

@@ -132,8 +132,7 @@ def read_json_body(request: Request, entity_set: str) -> dict[str, Any]:
         raise HttpError(
             400,
             PAYLOAD_ERROR,
-            f"Error identified in Payload provided by the user for Entity :'{entity_set}': the body "
-            "is not valid JSON.",
+            f"Error identified in Payload provided by the user for Entity :'{entity_set}': the body is not valid JSON.",
         ) from None
     if body is None:
         return {}
@@ -141,8 +140,7 @@ def read_json_body(request: Request, entity_set: str) -> dict[str, Any]:
         raise HttpError(
             400,
             PAYLOAD_ERROR,
-            f"Error identified in Payload provided by the user for Entity :'{entity_set}': a JSON "
-            "object is required.",
+            f"Error identified in Payload provided by the user for Entity :'{entity_set}': a JSON object is required.",
         )
     return body
 

@@ -263,9 +263,7 @@ def flow_clientdata(references: Iterable[tuple[str, str]]) -> str:
         }
         actions[f"Action_{len(actions) + 1}"] = {
             "type": "OpenApiConnection",
-            "inputs": {
-                "host": {"apiId": connector_id(connector), "connectionName": key, "operationId": "Op"}
-            },
+            "inputs": {"host": {"apiId": connector_id(connector), "connectionName": key, "operationId": "Op"}},
         }
     doc = {
         "properties": {
@@ -487,7 +485,5 @@ def sample_environment(signing_key_pem: str | None = None) -> dict[str, Any]:
         solution=sol,
         workflowid=s.FLOW_ACTIVE,
     )
-    add_flow(
-        data, "Maker draft", [(s.REF_MAKER_NAME, s.SP)], owner=maker, active=False, workflowid=s.FLOW_DRAFT
-    )
+    add_flow(data, "Maker draft", [(s.REF_MAKER_NAME, s.SP)], owner=maker, active=False, workflowid=s.FLOW_DRAFT)
     return data

@@ -151,9 +151,7 @@ class Faults:
         methods: Iterable[str] | None = None,
         **options: Any,
     ) -> FaultRule:
-        rule = FaultRule(
-            kind=kind, path=path, methods=tuple(methods) if methods is not None else None, **options
-        )
+        rule = FaultRule(kind=kind, path=path, methods=tuple(methods) if methods is not None else None, **options)
         with self._lock:
             self.rules.append(rule)
         return rule

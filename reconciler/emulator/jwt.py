@@ -7,6 +7,7 @@ another that loads the same file (a test mints a token, a CLI run uses it).
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import Any
@@ -27,9 +28,16 @@ def new_signing_key_pem() -> str:
     ).decode("ascii")
 
 
+@functools.lru_cache(maxsize=32)
+def _private_key(signing_key_pem: str) -> Any:
+    """Parse a PEM key once: loading an RSA key checks it and costs tens of milliseconds, which every
+    request and every minted token would otherwise pay."""
+    return serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
+
+
 def public_jwk(signing_key_pem: str, kid: str = "emulator") -> dict[str, Any]:
-    key = serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
-    jwk: dict[str, Any] = pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)  # type: ignore[call-overload]
+    key = _private_key(signing_key_pem)
+    jwk: dict[str, Any] = pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
     jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
     return jwk
 
@@ -66,7 +74,7 @@ def mint(
     if upn:
         claims["upn"] = upn
         claims["idtyp"] = "user"
-    return pyjwt.encode(claims, signing_key_pem, algorithm="RS256", headers={"kid": "emulator"})
+    return pyjwt.encode(claims, _private_key(signing_key_pem), algorithm="RS256", headers={"kid": "emulator"})
 
 
 def _norm_aud(a: str) -> str:
@@ -81,9 +89,9 @@ def verify_bearer(signing_key_pem: str, authorization: str | None, audiences: li
         raise HttpError(401, "0x80048306", "Bearer token is missing.",
                         {"WWW-Authenticate": 'Bearer error="invalid_request"'})
     token = authorization[7:].strip()
-    key = serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None).public_key()
+    key = _private_key(signing_key_pem).public_key()
     try:
-        claims = pyjwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})  # type: ignore[arg-type]
+        claims = pyjwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
     except pyjwt.ExpiredSignatureError:
         raise HttpError(401, "0x80048306", "ExpiredAuthTicket: the access token has expired.",
                         {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="expired"'}) from None

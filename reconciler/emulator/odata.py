@@ -60,9 +60,7 @@ def tokenize(text: str) -> list[Token]:
             out: list[str] = []
             while True:
                 if i >= n:
-                    raise ODataError(
-                        f"Syntax error: unterminated string literal at position {start} in $filter"
-                    )
+                    raise ODataError(f"Syntax error: unterminated string literal at position {start} in $filter")
                 if text[i] == "'":
                     if i + 1 < n and text[i + 1] == "'":
                         out.append("'")

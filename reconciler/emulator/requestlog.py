@@ -56,8 +56,7 @@ class RequestLog(list[LogEntry]):
         return [
             e
             for e in items
-            if (method is None or e.method == method.upper())
-            and (path is None or fnmatch.fnmatchcase(e.path, path))
+            if (method is None or e.method == method.upper()) and (path is None or fnmatch.fnmatchcase(e.path, path))
         ]
 
     def count_requests(self, method: str | None = None, path: str | None = None) -> int:

@@ -84,9 +84,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 class RunningServer:
     """One app served on one port in a background thread."""
 
-    def __init__(
-        self, app: EmulatorApp, server: _ThreadingWSGIServer, thread: threading.Thread, scheme: str
-    ) -> None:
+    def __init__(self, app: EmulatorApp, server: _ThreadingWSGIServer, thread: threading.Thread, scheme: str) -> None:
         self.app = app
         self._server = server
         self._thread = thread
@@ -127,9 +125,7 @@ def _serve_one(app: EmulatorApp, host: str, port: int, ssl_context: ssl.SSLConte
     server = _ThreadingWSGIServer((host, port), _RequestHandler)
     server.set_app(app)
     if ssl_context is not None:
-        server.socket = ssl_context.wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": 0.05},
@@ -170,13 +166,9 @@ def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
-def build_apps(
-    data_files: Sequence[str], faults_file: str | None = None, persist: bool = False
-) -> list[EmulatorApp]:
+def build_apps(data_files: Sequence[str], faults_file: str | None = None, persist: bool = False) -> list[EmulatorApp]:
     """One app per data file (or one fresh in-memory environment when none is given)."""
-    stores = [EnvironmentStore.from_file(p) for p in data_files] or [
-        EnvironmentStore.from_dict(new_environment_data())
-    ]
+    stores = [EnvironmentStore.from_file(p) for p in data_files] or [EnvironmentStore.from_dict(new_environment_data())]
     apps = []
     for store in stores:
         faults = Faults.from_file(faults_file) if faults_file else None
@@ -227,9 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="first port (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument(
-        "--data", action="append", help="emulator data file (repeat for several environments)"
-    )
+    parser.add_argument("--data", action="append", help="emulator data file (repeat for several environments)")
     parser.add_argument("--faults", help="fault-injection JSON file")
     parser.add_argument("--tls-cert", dest="tls_cert")
     parser.add_argument("--tls-key", dest="tls_key")

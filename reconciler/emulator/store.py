@@ -120,9 +120,7 @@ def validate_data(data: Any, source: str = "<data>") -> dict[str, Any]:
         raise ValueError(f"{source}: format must be {FORMAT!r}, got {fmt!r}")
     for key in sorted(data):
         if key not in TOP_LEVEL_KEYS:
-            raise ValueError(
-                f"{source}: unknown top-level key {key!r} (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})"
-            )
+            raise ValueError(f"{source}: unknown top-level key {key!r} (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     for key in REQUIRED_KEYS:
         if key not in data:
             raise ValueError(f"{source}: missing required key {key!r}")

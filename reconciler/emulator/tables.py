@@ -225,9 +225,7 @@ def present(
     return out
 
 
-def _expand(
-    ctx: Ctx, table: Table, row: dict[str, Any], nav: str, select: list[str] | None
-) -> dict[str, Any]:
+def _expand(ctx: Ctx, table: Table, row: dict[str, Any], nav: str, select: list[str] | None) -> dict[str, Any]:
     # Only solutions(publisherid) is expandable: it is how a client reads the publisher prefix.
     prefix = str(row.get("publisher_prefix") or "")
     pub = {
@@ -295,9 +293,7 @@ def parse_expand(ctx: Ctx, table: Table, q: dict[str, str]) -> dict[str, list[st
         return None
     m = _EXPAND_RE.match(q["$expand"])
     if not m or table.entity_set != "solutions" or m.group(1) != "publisherid":
-        raise _query_error(
-            f"The $expand '{q['$expand']}' is not supported by the emulator on {table.entity_set}."
-        )
+        raise _query_error(f"The $expand '{q['$expand']}' is not supported by the emulator on {table.entity_set}.")
     sel = [c.strip() for c in m.group(2).split(",")] if m.group(2) else None
     return {"publisherid": sel}
 
@@ -387,9 +383,7 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
                 last = page[-1].get(table.key) if page else ""
                 token = _encode_skiptoken(offset + size, offset // size + 2, str(last))
                 params = [(k, v) for k, v in q.items() if k != "$skiptoken"] + [("$skiptoken", token)]
-                next_link = f"{ctx.base}/{table.entity_set}?" + urlencode(
-                    params, quote_via=quote, safe="$,'()"
-                )
+                next_link = f"{ctx.base}/{table.entity_set}?" + urlencode(params, quote_via=quote, safe="$,'()")
         if applied:
             headers["Preference-Applied"] = f"odata.maxpagesize={size}"
         body: dict[str, Any] = {"@odata.context": context_url(ctx, table, select)}
@@ -427,9 +421,7 @@ def get_one(ctx: Ctx, table: Table, key: str) -> Response:
 
 def find_row(ctx: Ctx, table: Table, key: str) -> dict[str, Any] | None:
     if not is_guid(key):
-        raise _query_error(
-            f"Bad Request - Error in query syntax: '{key}' is not a valid key for {table.entity_set}."
-        )
+        raise _query_error(f"Bad Request - Error in query syntax: '{key}' is not a valid key for {table.entity_set}.")
     key_l = key.lower()
     for row in table.stored(ctx):
         if str(row.get(table.key, "")).lower() == key_l:

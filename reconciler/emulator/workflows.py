@@ -55,9 +55,7 @@ def references_of(clientdata: str | None) -> list[str]:
 def flows_using(store: EnvironmentStore, logical_name: str) -> list[dict[str, Any]]:
     key = logical_name.lower()
     return [
-        wf
-        for wf in store.rows("workflows")
-        if any(ln.lower() == key for ln in references_of(wf.get("clientdata")))
+        wf for wf in store.rows("workflows") if any(ln.lower() == key for ln in references_of(wf.get("clientdata")))
     ]
 
 
@@ -121,9 +119,7 @@ def patch(ctx: Ctx, key: str) -> Response:
             )
         state = body.get("statecode", wf.get("statecode"))
         if state not in STATE_STATUS:
-            raise bad_request(
-                f"{state} is not a valid statecode for workflow (0 Draft, 1 Activated, 2 Suspended)."
-            )
+            raise bad_request(f"{state} is not a valid statecode for workflow (0 Draft, 1 Activated, 2 Suspended).")
         status = body.get("statuscode", STATE_STATUS[state] if "statecode" in body else wf.get("statuscode"))
         if status not in VALID_STATUS[state]:
             raise bad_request(f"{status} is not a valid status code for state code {state} on workflow.")

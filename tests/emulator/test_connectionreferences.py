@@ -61,8 +61,12 @@ def test_select_filter_orderby(dv: httpx.Client) -> None:
     assert body["@odata.context"].endswith("#connectionreferences(connectionreferencelogicalname,connectionid)")
     names = [x["connectionreferencelogicalname"] for x in body["value"]]
     assert names == [S.REF_SP_NAME, S.REF_MAKER_NAME, S.REF_OUTLOOK_NAME]
-    assert set(body["value"][0]) == {"@odata.etag", "connectionreferencelogicalname", "connectionid",
-                                     "connectionreferenceid"}
+    assert set(body["value"][0]) == {
+        "@odata.etag",
+        "connectionreferencelogicalname",
+        "connectionid",
+        "connectionreferenceid",
+    }
 
 
 def test_filter_by_logical_name_is_case_insensitive(dv: httpx.Client) -> None:
@@ -195,8 +199,11 @@ def test_post_with_client_supplied_id(dv: httpx.Client) -> None:
 
 def test_post_bound_to_a_connection_the_caller_can_use(dv: httpx.Client) -> None:
     # The Dataverse connection is shared with the pipeline application.
-    row = create(dv, connectorid="/providers/Microsoft.PowerApps/apis/shared_commondataserviceforapps",
-                 connectionid=S.CONN_DV_SVC)
+    row = create(
+        dv,
+        connectorid="/providers/Microsoft.PowerApps/apis/shared_commondataserviceforapps",
+        connectionid=S.CONN_DV_SVC,
+    )
     assert row["connectionid"] == S.CONN_DV_SVC
 
 
@@ -212,8 +219,13 @@ def test_required_columns_on_create(dv: httpx.Client, missing: str) -> None:
 
 @pytest.mark.parametrize(
     ("column", "limit"),
-    [("connectionreferencelogicalname", 200), ("connectionreferencedisplayname", 200), ("connectorid", 1000),
-     ("connectionid", 1000), ("description", 2000)],
+    [
+        ("connectionreferencelogicalname", 200),
+        ("connectionreferencedisplayname", 200),
+        ("connectorid", 1000),
+        ("connectionid", 1000),
+        ("description", 2000),
+    ],
 )
 def test_max_lengths(dv: httpx.Client, column: str, limit: int) -> None:
     value = "x" * (limit + 1)
@@ -286,8 +298,11 @@ def test_owner_bind_to_unknown_user_is_400(dv: httpx.Client) -> None:
 
 def test_patch_bumps_version_and_modified(dv: httpx.Client) -> None:
     before = dv.get(f"connectionreferences({S.REF_DV})").json()
-    r = dv.patch(f"connectionreferences({S.REF_DV})", json={"connectionreferencedisplayname": "Renamed"},
-                 headers={"Prefer": "return=representation"})
+    r = dv.patch(
+        f"connectionreferences({S.REF_DV})",
+        json={"connectionreferencedisplayname": "Renamed"},
+        headers={"Prefer": "return=representation"},
+    )
     assert r.status_code == 200
     after = r.json()
     assert after["connectionreferencedisplayname"] == "Renamed"
@@ -388,8 +403,10 @@ def test_delete_reference_used_by_a_flow_is_refused(dv: httpx.Client) -> None:
     assert r.status_code >= 400
     err = r.json()["error"]
     assert err["code"] == "0x8004F01F"
-    assert err["message"].startswith(f"The connectionreference({S.REF_SP}) component cannot be deleted because it "
-                                     "is referenced by 1 other components.")
+    assert err["message"].startswith(
+        f"The connectionreference({S.REF_SP}) component cannot be deleted because it "
+        "is referenced by 1 other components."
+    )
 
 
 @pytest.mark.emulator_only
@@ -408,6 +425,10 @@ def test_error_annotations_on_request(dv: httpx.Client) -> None:
     assert set(plain) == {"code", "message"}
     r = dv.get(f"connectionreferences({missing})", headers={"Prefer": 'odata.include-annotations="*"'})
     err = r.json()["error"]
-    for key in ("@Microsoft.PowerApps.CDS.ErrorDetails.OperationStatus", "@Microsoft.PowerApps.CDS.HelpLink",
-                "@Microsoft.PowerApps.CDS.TraceText", "@Microsoft.PowerApps.CDS.InnerError.Message"):
+    for key in (
+        "@Microsoft.PowerApps.CDS.ErrorDetails.OperationStatus",
+        "@Microsoft.PowerApps.CDS.HelpLink",
+        "@Microsoft.PowerApps.CDS.TraceText",
+        "@Microsoft.PowerApps.CDS.InnerError.Message",
+    ):
         assert key in err

@@ -11,8 +11,9 @@ from reconciler.emulator.factory import Sample as S
 
 
 def activate(client: httpx.Client, flow: str, **headers: str) -> httpx.Response:
-    return client.patch(f"workflows({flow})", json={"statecode": 1, "statuscode": 2},
-                        headers={"If-Match": "*", **headers})
+    return client.patch(
+        f"workflows({flow})", json={"statecode": 1, "statuscode": 2}, headers={"If-Match": "*", **headers}
+    )
 
 
 def test_workflows_are_readable_with_clientdata(dv: httpx.Client) -> None:
@@ -40,8 +41,14 @@ def test_activation_as_the_connection_owner_succeeds(dv: httpx.Client) -> None:
 
 
 def test_activation_with_an_unbound_reference_fails(dv: httpx.Client) -> None:
-    assert dv.patch(f"connectionreferences({S.REF_MAKER})", json={"connectionid": None},
-                    headers={"CallerObjectId": S.MAKER_OBJECT_ID}).status_code == 204
+    assert (
+        dv.patch(
+            f"connectionreferences({S.REF_MAKER})",
+            json={"connectionid": None},
+            headers={"CallerObjectId": S.MAKER_OBJECT_ID},
+        ).status_code
+        == 204
+    )
     r = activate(dv, S.FLOW_DRAFT, CallerObjectId=S.MAKER_OBJECT_ID)
     assert r.status_code == 403
 
@@ -73,38 +80,56 @@ def test_retrieve_dependent_components(dv: httpx.Client) -> None:
 
 
 def test_retrieve_dependent_components_with_parameter_aliases(dv: httpx.Client) -> None:
-    r = dv.get("RetrieveDependentComponents(ObjectId=@o,ComponentType=@t)",
-               params={"@o": S.REF_SP, "@t": str(S.COMPONENT_TYPE)})
+    r = dv.get(
+        "RetrieveDependentComponents(ObjectId=@o,ComponentType=@t)",
+        params={"@o": S.REF_SP, "@t": str(S.COMPONENT_TYPE)},
+    )
     assert [d["dependentcomponentobjectid"] for d in r.json()["value"]] == [S.FLOW_ACTIVE]
 
 
 def test_component_type_comes_from_solutioncomponentdefinitions(dv: httpx.Client) -> None:
-    r = dv.get("solutioncomponentdefinitions",
-               params={"$filter": "primaryentityname eq 'connectionreference'",
-                       "$select": "solutioncomponenttype,name,primaryentityname"})
+    r = dv.get(
+        "solutioncomponentdefinitions",
+        params={
+            "$filter": "primaryentityname eq 'connectionreference'",
+            "$select": "solutioncomponenttype,name,primaryentityname",
+        },
+    )
     (row,) = r.json()["value"]
     assert row["solutioncomponenttype"] == S.COMPONENT_TYPE
 
 
 def test_solution_membership_via_solutioncomponents(dv: httpx.Client) -> None:
-    sol = dv.get("solutions", params={"$filter": f"uniquename eq '{S.SOLUTION}'",
-                                      "$select": "solutionid,uniquename,ismanaged"}).json()["value"][0]
+    sol = dv.get(
+        "solutions", params={"$filter": f"uniquename eq '{S.SOLUTION}'", "$select": "solutionid,uniquename,ismanaged"}
+    ).json()["value"][0]
     assert sol["ismanaged"] is False
-    comps = dv.get("solutioncomponents", params={
-        "$filter": f"_solutionid_value eq {sol['solutionid']} and componenttype eq {S.COMPONENT_TYPE}",
-        "$select": "objectid"}).json()["value"]
+    comps = dv.get(
+        "solutioncomponents",
+        params={
+            "$filter": f"_solutionid_value eq {sol['solutionid']} and componenttype eq {S.COMPONENT_TYPE}",
+            "$select": "objectid",
+        },
+    ).json()["value"]
     assert {c["objectid"] for c in comps} == {S.REF_SP, S.REF_OUTLOOK, S.REF_DV}
 
 
 def test_solution_publisher_prefix_via_expand(dv: httpx.Client) -> None:
-    r = dv.get("solutions", params={"$filter": f"uniquename eq '{S.SOLUTION}'",
-                                    "$expand": "publisherid($select=customizationprefix)"})
+    r = dv.get(
+        "solutions",
+        params={"$filter": f"uniquename eq '{S.SOLUTION}'", "$expand": "publisherid($select=customizationprefix)"},
+    )
     assert r.json()["value"][0]["publisherid"]["customizationprefix"] == "contoso"
 
 
 def test_add_solution_component_action(dv: httpx.Client) -> None:
-    payload = {"ComponentId": S.REF_MAKER, "ComponentType": S.COMPONENT_TYPE, "SolutionUniqueName": S.SOLUTION,
-               "AddRequiredComponents": False, "DoNotIncludeSubcomponents": True}
+    payload = {
+        "ComponentId": S.REF_MAKER,
+        "ComponentType": S.COMPONENT_TYPE,
+        "SolutionUniqueName": S.SOLUTION,
+        "AddRequiredComponents": False,
+        "DoNotIncludeSubcomponents": True,
+    }
     r = dv.post("AddSolutionComponent", json=payload)
     assert r.status_code == 200
     scid = r.json()["id"]
@@ -115,9 +140,15 @@ def test_add_solution_component_action(dv: httpx.Client) -> None:
 
 
 def test_add_solution_component_needs_an_existing_component(dv: httpx.Client) -> None:
-    r = dv.post("AddSolutionComponent", json={
-        "ComponentId": str(uuid.uuid4()), "ComponentType": S.COMPONENT_TYPE, "SolutionUniqueName": S.SOLUTION,
-        "AddRequiredComponents": False})
+    r = dv.post(
+        "AddSolutionComponent",
+        json={
+            "ComponentId": str(uuid.uuid4()),
+            "ComponentType": S.COMPONENT_TYPE,
+            "SolutionUniqueName": S.SOLUTION,
+            "AddRequiredComponents": False,
+        },
+    )
     assert r.status_code == 404
 
 
@@ -130,7 +161,10 @@ def test_read_only_tables_refuse_writes(dv: httpx.Client) -> None:
 
 
 def test_workflow_write_records_impersonation(emulator: Any, dv: httpx.Client) -> None:
-    r = dv.patch(f"workflows({S.FLOW_ACTIVE})", json={"statecode": 0, "statuscode": 1},
-                 headers={"CallerObjectId": S.SVC_OBJECT_ID, "Prefer": "return=representation"})
+    r = dv.patch(
+        f"workflows({S.FLOW_ACTIVE})",
+        json={"statecode": 0, "statuscode": 1},
+        headers={"CallerObjectId": S.SVC_OBJECT_ID, "Prefer": "return=representation"},
+    )
     assert r.json()["_modifiedby_value"] == S.SVC_USER_ID
     assert r.json()["_modifiedonbehalfby_value"] == S.APP_USER_ID

@@ -65,8 +65,13 @@ def test_caller_without_systemuser_is_403(emulator: Any) -> None:
 
 
 def test_systemuser_lookup_by_object_id(dv: httpx.Client) -> None:
-    r = dv.get("systemusers", params={"$filter": f"azureactivedirectoryobjectid eq {S.APP_OBJECT_ID}",
-                                      "$select": "systemuserid,applicationid,azureactivedirectoryobjectid"})
+    r = dv.get(
+        "systemusers",
+        params={
+            "$filter": f"azureactivedirectoryobjectid eq {S.APP_OBJECT_ID}",
+            "$select": "systemuserid,applicationid,azureactivedirectoryobjectid",
+        },
+    )
     rows = r.json()["value"]
     assert [u["systemuserid"] for u in rows] == [S.APP_USER_ID]
     assert rows[0]["applicationid"] == S.APP_CLIENT_ID
@@ -76,8 +81,11 @@ def test_systemuser_lookup_by_object_id(dv: httpx.Client) -> None:
 
 
 def test_impersonation_with_caller_object_id(dv: httpx.Client) -> None:
-    r = dv.post("connectionreferences", json=body("contoso_imp1"),
-                headers={"CallerObjectId": S.SVC_OBJECT_ID, "Prefer": "return=representation"})
+    r = dv.post(
+        "connectionreferences",
+        json=body("contoso_imp1"),
+        headers={"CallerObjectId": S.SVC_OBJECT_ID, "Prefer": "return=representation"},
+    )
     assert r.status_code == 201, r.text
     row = r.json()
     assert row["_createdby_value"] == S.SVC_USER_ID
@@ -87,8 +95,11 @@ def test_impersonation_with_caller_object_id(dv: httpx.Client) -> None:
 
 
 def test_impersonation_with_legacy_mscrmcallerid(dv: httpx.Client) -> None:
-    r = dv.patch(f"connectionreferences({S.REF_DV})", json={"description": "x"},
-                 headers={"MSCRMCallerID": S.MAKER_USER_ID, "Prefer": "return=representation"})
+    r = dv.patch(
+        f"connectionreferences({S.REF_DV})",
+        json={"description": "x"},
+        headers={"MSCRMCallerID": S.MAKER_USER_ID, "Prefer": "return=representation"},
+    )
     assert r.status_code == 200
     assert r.json()["_modifiedby_value"] == S.MAKER_USER_ID
     assert r.json()["_modifiedonbehalfby_value"] == S.APP_USER_ID
@@ -110,8 +121,11 @@ def test_disabled_user_cannot_be_impersonated(dv: httpx.Client) -> None:
 def test_impersonating_the_connection_owner_allows_binding(dv: httpx.Client) -> None:
     # The pipeline app cannot use the maker's connection, but the maker can.
     assert dv.patch(f"connectionreferences({S.REF_SP})", json={"connectionid": S.CONN_SP_MAKER}).status_code == 403
-    r = dv.patch(f"connectionreferences({S.REF_SP})", json={"connectionid": S.CONN_SP_MAKER},
-                 headers={"CallerObjectId": S.MAKER_OBJECT_ID})
+    r = dv.patch(
+        f"connectionreferences({S.REF_SP})",
+        json={"connectionid": S.CONN_SP_MAKER},
+        headers={"CallerObjectId": S.MAKER_OBJECT_ID},
+    )
     assert r.status_code == 204
 
 

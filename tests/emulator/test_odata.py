@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.emulator.odata import ODataError, order_rows, parse_filter, parse_orderby, parse_select, quote, tokenize
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {"name": "contoso_SharePoint", "connectionid": "abc", "statecode": 0, "ismanaged": False},
     {"name": "contoso_Outlook", "connectionid": None, "statecode": 1, "ismanaged": False},
     {"name": "fabrikam_Sql", "connectionid": "def", "statecode": 0, "ismanaged": True},
@@ -31,7 +33,10 @@ def test_ne_null_and_eq_null() -> None:
 
 def test_and_binds_tighter_than_or_and_parentheses_override() -> None:
     assert names("statecode eq 1 or statecode eq 0 and ismanaged eq true") == ["contoso_Outlook", "fabrikam_Sql"]
-    assert names("(statecode eq 1 or statecode eq 0) and ismanaged eq false") == ["contoso_SharePoint", "contoso_Outlook"]
+    assert names("(statecode eq 1 or statecode eq 0) and ismanaged eq false") == [
+        "contoso_SharePoint",
+        "contoso_Outlook",
+    ]
 
 
 def test_not_and_functions() -> None:
@@ -60,8 +65,17 @@ def test_doubled_quote_is_one_quote() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "name eq", "name eq 'open", "(name eq 'a'", "name eq 'a' and", "name foo 'a'", "unknownfn(name,'a')",
-     "name eq 'a' 'b'", "name ! 'a'"],
+    [
+        "",
+        "name eq",
+        "name eq 'open",
+        "(name eq 'a'",
+        "name eq 'a' and",
+        "name foo 'a'",
+        "unknownfn(name,'a')",
+        "name eq 'a' 'b'",
+        "name ! 'a'",
+    ],
 )
 def test_syntax_errors(bad: str) -> None:
     with pytest.raises(ODataError):
@@ -95,7 +109,10 @@ def test_select_and_orderby_parsers() -> None:
 
 
 def test_order_rows_multi_key_with_nulls_first() -> None:
-    rows = [{"a": 1, "b": "y"}, {"a": None, "b": "z"}, {"a": 1, "b": "X"}, {"a": 0, "b": "w"}]
+    rows: list[dict[str, Any]] = [{"a": 1, "b": "y"}, {"a": None, "b": "z"}, {"a": 1, "b": "X"}, {"a": 0, "b": "w"}]
     assert [(r["a"], r["b"]) for r in order_rows(rows, [("a", False), ("b", True)])] == [
-        (None, "z"), (0, "w"), (1, "y"), (1, "X")
+        (None, "z"),
+        (0, "w"),
+        (1, "y"),
+        (1, "X"),
     ]
