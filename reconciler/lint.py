@@ -78,6 +78,8 @@ RULES: Mapping[str, Rule] = {
         Rule("CR206", "binding-unresolved", ERROR, "a selector binding matches no connection or several"),
         Rule("CR207", "unused-reference", WARNING, "no flow uses the reference"),
         Rule("CR208", "multi-solution-reference", INFO, "flows of more than one solution use the reference"),
+        Rule("CR209", "fixed-by-apply", INFO,
+             "the live binding has problems that the config's binding fixes when applied"),
     )
 }
 
@@ -470,7 +472,34 @@ def _env_binding_findings(config: Config, env_name: str, env: EnvironmentConfig 
         out.extend(
             connection_findings(env_name, ref.logical_name, ref.connector, connection, live, service_account)
         )
+        if binding is not None:
+            out.extend(_pending_fix(env_name, ref, connection, live, service_account))
     return out
+
+
+def _pending_fix(env_name: str, ref: _Ref, target: LiveConnection, live: LiveEnvironment,
+                 service_account: str | None) -> list[Finding]:
+    """What is wrong with the connection a reference has now when the config binds it elsewhere:
+    context (info), since ``apply`` replaces it."""
+    current = ref.live.connection if ref.live is not None else None
+    if not current or current.lower() == target.name.lower():
+        return []
+    conn = live.connection(current)
+    if conn is None:
+        problems = [f"CR204 connection {current} does not exist"]
+    else:
+        problems = [
+            f"{f.code} {f.name}"
+            for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account)
+        ]
+    if not problems:
+        return []
+    now = conn.describe() if conn is not None else current
+    return [_finding(
+        "CR209", env_name, ref.logical_name,
+        f"now bound to {now} ({'; '.join(problems)}); the config binds it to {target.describe()}",
+        f"run connref apply -e {env_name} to rebind it",
+    )]
 
 
 def _usage_findings(env_name: str, refs: Sequence[_Ref], live: LiveEnvironment) -> list[Finding]:

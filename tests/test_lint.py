@@ -251,6 +251,10 @@ def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
     )
     found = lint(cfg, {"dev": messy_live()})
     assert ("CR201", "dev", "contoso_sharedsharepointonline_8f4b0") not in codes(found)
+    # the problem it has live is still reported, as context: apply fixes it
+    pending = next(f for f in found if f.code == "CR209")
+    assert (pending.severity, pending.subject) == ("info", "contoso_sharedsharepointonline_8f4b0")
+    assert "CR201 personal-connection" in pending.message and "SharePoint svc" in pending.message
     # ...and its config-level name finding has no environment
     assert ("CR102", None, "contoso_sharedsharepointonline_8f4b0") in codes(found)
 
@@ -372,6 +376,7 @@ def test_rules_are_stable() -> None:
         "CR206": ("binding-unresolved", "error"),
         "CR207": ("unused-reference", "warning"),
         "CR208": ("multi-solution-reference", "info"),
+        "CR209": ("fixed-by-apply", "info"),
     }
 
 
