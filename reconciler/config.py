@@ -76,9 +76,7 @@ AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "azure_cli": ("tenant_id",),
     "access_token": ("access_token_env",),
 }
-ALL_AUTH_KEYS = tuple(
-    sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_METHOD_KEYS.values() for k in keys)})
-)
+ALL_AUTH_KEYS = tuple(sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_METHOD_KEYS.values() for k in keys)}))
 # Option keys that name files: stored as absolute paths, resolved relative to the config file.
 FILE_KEYS = ("client_secret_file", "certificate_path", "federated_token_file")
 
@@ -215,9 +213,7 @@ class _Validator:
                 suggested.add(close[0])
                 self.error(key, join_path(field, key.text), f"unknown key; did you mean '{close[0]}'?")
             else:
-                self.error(
-                    key, join_path(field, key.text), f"unknown key; expected one of: {', '.join(allowed)}"
-                )
+                self.error(key, join_path(field, key.text), f"unknown key; expected one of: {', '.join(allowed)}")
         for req in required:
             # A misspelt key already says "did you mean <req>?": no second error for the same fix.
             if m.get(req) is None and req not in suggested:
@@ -266,9 +262,7 @@ class _Validator:
         assert node is not None
         return node
 
-    def checked(
-        self, m: Map, key: str, field: str, check: Callable[[str], str | None], **kw: Any
-    ) -> str | None:
+    def checked(self, m: Map, key: str, field: str, check: Callable[[str], str | None], **kw: Any) -> str | None:
         """A string that must also pass ``check`` (returns a problem or None)."""
         value = self.string(m, key, field, **kw)
         if value is None:
@@ -314,8 +308,7 @@ class _Validator:
                 self.error(
                     version_node,
                     "version",
-                    f"unsupported version {version_node.value}; "
-                    f"this connref reads version {SUPPORTED_VERSION}",
+                    f"unsupported version {version_node.value}; this connref reads version {SUPPORTED_VERSION}",
                 )
 
         solution = self.checked(root, "solution", "", _solution_problem, nullable=False)
@@ -328,9 +321,7 @@ class _Validator:
         # is not reported a second time as undeclared. None: the section is unusable, skip the check.
         ref_names = refs_map.key_texts() if refs_map is not None else None
         auth_names = auth_map.key_texts() if auth_map is not None else ([] if auth_node is None else None)
-        environments = self.environments(
-            self.mapping(root.get("environments"), "environments"), ref_names, auth_names
-        )
+        environments = self.environments(self.mapping(root.get("environments"), "environments"), ref_names, auth_names)
 
         prune = False
         prune_node = root.get("prune")
@@ -556,9 +547,7 @@ class _Validator:
             return None, None
         return value.rstrip("/"), None
 
-    def bindings(
-        self, node: YNode | None, field: str, references: list[str] | None
-    ) -> dict[str, Binding] | None:
+    def bindings(self, node: YNode | None, field: str, references: list[str] | None) -> dict[str, Binding] | None:
         if node is None or (isinstance(node, Scalar) and node.value is None):
             return {}  # no bindings: every reference stays as it is (unbound is allowed)
         m = self.mapping(node, field)
@@ -578,9 +567,7 @@ class _Validator:
                 else:
                     close = difflib.get_close_matches(key.text, references, n=1, cutoff=0.6)
                     hint = f"; did you mean '{close[0]}'?" if close else ""
-                    self.error(
-                        key, path, f"binding names a reference that is not declared under references{hint}"
-                    )
+                    self.error(key, path, f"binding names a reference that is not declared under references{hint}")
             binding = self.binding(value, path)
             if binding is not None:
                 out[key.text] = binding
@@ -608,14 +595,11 @@ class _Validator:
             self.error(
                 node,
                 field,
-                "expected a connection name or a selector {owner: ...}; "
-                "to leave a reference unbound, omit it",
+                "expected a connection name or a selector {owner: ...}; to leave a reference unbound, omit it",
             )
             return None
         if not isinstance(node, Scalar) or not isinstance(node.value, str):
-            self.type_error(
-                node, field, "a connection name (string) or a selector {owner: ..., display_name: ...}"
-            )
+            self.type_error(node, field, "a connection name (string) or a selector {owner: ..., display_name: ...}")
             return None
         if id(node) in self.flagged:
             return None
@@ -682,8 +666,7 @@ class _Validator:
                 self.error(
                     self.node_of(m, present[1]),
                     join_path(field, present[1]),
-                    f"method {method} takes only one of {', '.join(keys)}; "
-                    f"{' and '.join(present)} are both given",
+                    f"method {method} takes only one of {', '.join(keys)}; {' and '.join(present)} are both given",
                 )
 
         guid = lambda what: lambda v: None if _GUID_RE.fullmatch(v) else f"expected a GUID (the {what})"  # noqa: E731
@@ -748,8 +731,7 @@ class _Validator:
                 self.error(
                     m,
                     join_path(field, "azure_devops_service_connection_id"),
-                    "required key is missing "
-                    "(federated_provider azure_devops needs the service connection id)",
+                    "required key is missing (federated_provider azure_devops needs the service connection id)",
                 )
         elif method == "access_token":
             need("access_token_env")
@@ -821,10 +803,7 @@ def _empty(node: YNode) -> bool:
 def _solution_problem(value: str) -> str | None:
     if _SOLUTION_RE.fullmatch(value):
         return None
-    return (
-        "expected the solution's unique name "
-        "(letters, digits and '_', starting with a letter or '_', at most 65)"
-    )
+    return "expected the solution's unique name (letters, digits and '_', starting with a letter or '_', at most 65)"
 
 
 def _connector_problem(value: str) -> str | None:
@@ -857,8 +836,7 @@ def _connection_name_problem(name: str) -> str | None:
         return "expected the connection name (the last segment of the connection id), not a path"
     if any(c.isspace() for c in name):
         return (
-            "a connection name has no spaces; "
-            "to pick a connection by display name use {owner: ..., display_name: ...}"
+            "a connection name has no spaces; to pick a connection by display name use {owner: ..., display_name: ...}"
         )
     return None
 

@@ -115,17 +115,13 @@ class _Converter:
             return self.done[nid]
         if nid in self.active:
             self.errors.append(
-                ConfigError(
-                    "recursive alias (an anchor used inside itself)", _loc(self.file, node), path or None
-                )
+                ConfigError("recursive alias (an anchor used inside itself)", _loc(self.file, node), path or None)
             )
             return Scalar(_loc(self.file, node), None, "", broken=True)
         if node.tag not in ALLOWED_TAGS:
             shown = node.tag.replace(_STD, "!!")
             self.errors.append(
-                ConfigError(
-                    f"unsupported tag {shown}; connref reads plain YAML", _loc(self.file, node), path or None
-                )
+                ConfigError(f"unsupported tag {shown}; connref reads plain YAML", _loc(self.file, node), path or None)
             )
             return Scalar(_loc(self.file, node), None, "", broken=True)
         self.active.add(nid)

@@ -83,12 +83,7 @@ def test_design_example_loads(tmp_path: Path) -> None:
     assert profile.method == "client_secret"
     assert profile.tenant_id == "11111111-2222-3333-4444-555555555555"
     assert dict(profile.options) == {"client_secret_env": "CONNREF_CLIENT_SECRET"}
-    assert (
-        config.prune is False
-        and config.naming is None
-        and config.lint_ignore == ()
-        and config.state_dir is None
-    )
+    assert config.prune is False and config.naming is None and config.lint_ignore == () and config.state_dir is None
     assert config.reference("CONTOSO_sharepoint") is sp
     assert config.path == str(tmp_path / "connref.yaml")
 
@@ -154,9 +149,7 @@ def test_connections_url_replaces_environment_id(tmp_path: Path) -> None:
     assert env.cloud == "usgov"
 
 
-def test_local_environment_resolves_relative_to_the_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_local_environment_resolves_relative_to_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dev.json").write_text("{}", encoding="utf-8")
     (tmp_path / "elsewhere").mkdir()
@@ -301,9 +294,7 @@ def test_alias_bomb_is_not_expanded(tmp_path: Path) -> None:
     for i in range(1, 10):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     text = (
-        LOOPBACK_HEAD
-        + "auth:\n  a: {method: azure_cli}\nlint:\n  bomb:\n"
-        + "".join(f"    {line}\n" for line in lines)
+        LOOPBACK_HEAD + "auth:\n  a: {method: azure_cli}\nlint:\n  bomb:\n" + "".join(f"    {line}\n" for line in lines)
     )
     started = time.monotonic()
     with pytest.raises(ConfigError) as info:
@@ -373,8 +364,7 @@ def test_load_config_text_uses_the_given_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text("version: 1\nsolution: [x]\n", os.path.join("conf", "c.yaml"))
     assert (
-        str(info.value).splitlines()[0]
-        == os.path.join("conf", "c.yaml") + ":1:1: references: required key is missing"
+        str(info.value).splitlines()[0] == os.path.join("conf", "c.yaml") + ":1:1: references: required key is missing"
     )
 
 

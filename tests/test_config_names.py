@@ -20,9 +20,7 @@ def oracle(name: str) -> bool:
     return len(name) <= 200 and ORACLE.fullmatch(name) is not None
 
 
-PREFIX = st.from_regex(r"[A-Za-z][A-Za-z0-9]{1,7}", fullmatch=True).filter(
-    lambda p: not p.lower().startswith("mscrm")
-)
+PREFIX = st.from_regex(r"[A-Za-z][A-Za-z0-9]{1,7}", fullmatch=True).filter(lambda p: not p.lower().startswith("mscrm"))
 REST_CHARS = st.sampled_from("abcxyzABCXYZ0189_.-")
 VALID = st.builds(
     lambda prefix, rest: f"{prefix}_{rest}"[:200],

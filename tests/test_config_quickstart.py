@@ -94,18 +94,10 @@ def test_data_follows_the_documented_format(env: str) -> None:
     assert d["format"] == "connref-emulator/1"
     assert d["environment"]["name"] == env
     assert d["signing_key_pem"].startswith("-----BEGIN PRIVATE KEY-----")
-    ids = [
-        d["environment"][k] for k in ("environment_id", "tenant_id", "organization_id", "business_unit_id")
-    ]
-    ids += [u["systemuserid"] for u in d["systemusers"]] + [
-        u["azureactivedirectoryobjectid"] for u in d["systemusers"]
-    ]
-    ids += [r["connectionreferenceid"] for r in d["connectionreferences"]] + [
-        w["workflowid"] for w in d["workflows"]
-    ]
-    ids += [c["solutioncomponentid"] for c in d["solutioncomponents"]] + [
-        s["solutionid"] for s in d["solutions"]
-    ]
+    ids = [d["environment"][k] for k in ("environment_id", "tenant_id", "organization_id", "business_unit_id")]
+    ids += [u["systemuserid"] for u in d["systemusers"]] + [u["azureactivedirectoryobjectid"] for u in d["systemusers"]]
+    ids += [r["connectionreferenceid"] for r in d["connectionreferences"]] + [w["workflowid"] for w in d["workflows"]]
+    ids += [c["solutioncomponentid"] for c in d["solutioncomponents"]] + [s["solutionid"] for s in d["solutions"]]
     assert all(GUID_RE.fullmatch(i) for i in ids), [i for i in ids if not GUID_RE.fullmatch(i)]
     versions = [r["versionnumber"] for r in d["connectionreferences"] + d["workflows"]]
     assert len(set(versions)) == len(versions) and max(versions) < d["next_versionnumber"]
@@ -181,9 +173,7 @@ def test_dev_is_messy_the_way_the_field_describes() -> None:
     users = {u["systemuserid"]: u["domainname"] for u in d["systemusers"]}
     sharepoint = [r for r in refs.values() if r["connectorid"].endswith("/shared_sharepointonline")]
     # Two makers, each with their own SharePoint reference with a random five-hex suffix.
-    assert len(sharepoint) == 2 and all(
-        SUFFIX_RE.fullmatch(r["connectionreferencelogicalname"]) for r in sharepoint
-    )
+    assert len(sharepoint) == 2 and all(SUFFIX_RE.fullmatch(r["connectionreferencelogicalname"]) for r in sharepoint)
     assert {users[r["_ownerid_value"]] for r in sharepoint} == {"maker1@contoso.com", "maker2@contoso.com"}
     assert {r["connectionreferencedisplayname"] for r in sharepoint} == {
         "SharePoint Solution1-30e7d",
@@ -208,9 +198,7 @@ def test_dev_is_messy_the_way_the_field_describes() -> None:
     used: dict[str, set[str]] = {}
     for flow in d["workflows"]:
         for key, entry in json.loads(flow["clientdata"])["properties"]["connectionReferences"].items():
-            used.setdefault(entry["api"]["name"], set()).add(
-                entry["connection"]["connectionReferenceLogicalName"]
-            )
+            used.setdefault(entry["api"]["name"], set()).add(entry["connection"]["connectionReferenceLogicalName"])
             if key.endswith("-1"):
                 assert key == "shared_sharepointonline-1"
     assert len(used["shared_sharepointonline"]) == 2

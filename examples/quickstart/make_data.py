@@ -131,9 +131,7 @@ class EnvBuilder:
     def when(self, day: int, hour: int) -> str:
         return f"2026-02-{day:02d}T{hour:02d}:{(self.clock * 13) % 60:02d}:00Z"
 
-    def connection(
-        self, api: str, owner: str, *, legacy: bool = False, broken: bool = False, day: int = 2
-    ) -> str:
+    def connection(self, api: str, owner: str, *, legacy: bool = False, broken: bool = False, day: int = 2) -> str:
         name = self.ids.legacy(api) if legacy else self.ids.hex32()
         self.clock += 1
         oid = OBJECT_IDS[owner]
@@ -382,17 +380,11 @@ def make_dev() -> EnvBuilder:
 
     b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_m1, MAKER1[0], 2)
     b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint Solution1-8f4b0", SHAREPOINT, sp_m2, MAKER2[0], 3)
-    b.reference(
-        REF_OUTLOOK, LN_OUTLOOK, "Office 365 Outlook Solution1-d4c61", OUTLOOK, outlook_m1, MAKER1[0], 2
-    )
-    b.reference(
-        REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 1
-    )
+    b.reference(REF_OUTLOOK, LN_OUTLOOK, "Office 365 Outlook Solution1-d4c61", OUTLOOK, outlook_m1, MAKER1[0], 2)
+    b.reference(REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 1)
     # maker2 started a Teams flow outside the solution (in the default solution) and never bound
     # its reference: it stays unbound, and off.
-    b.reference(
-        REF_TEAMS, LN_TEAMS, "Microsoft Teams Solution1-c93f2", TEAMS, None, MAKER2[0], 3, in_solution=False
-    )
+    b.reference(REF_TEAMS, LN_TEAMS, "Microsoft Teams Solution1-c93f2", TEAMS, None, MAKER2[0], 3, in_solution=False)
 
     b.flow(
         FLOW_INTAKE,
@@ -434,9 +426,7 @@ def make_prod() -> EnvBuilder:
     b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_svc, SVC[0], 10)
     b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint Solution1-8f4b0", SHAREPOINT, sp_m2, MAKER2[0], 11)
     b.reference(REF_OUTLOOK, LN_OUTLOOK, "Office 365 Outlook ContosoFlows", OUTLOOK, outlook_svc, SVC[0], 10)
-    b.reference(
-        REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 10
-    )
+    b.reference(REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 10)
     b.flow(
         FLOW_INTAKE,
         "Invoice intake",
@@ -487,17 +477,11 @@ def build_all(out_dir: Path = HERE) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--check", action="store_true", help="fail if the files are not what this script makes"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=HERE, help="folder to write to (default: next to this script)"
-    )
+    parser.add_argument("--check", action="store_true", help="fail if the files are not what this script makes")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write to (default: next to this script)")
     args = parser.parse_args(argv)
     files = build_all(args.out)
-    stale = [
-        n for n, text in files.items() if not (args.out / n).exists() or (args.out / n).read_text() != text
-    ]
+    stale = [n for n, text in files.items() if not (args.out / n).exists() or (args.out / n).read_text() != text]
     if args.check:
         for n in stale:
             print(f"{n} is out of date: run python examples/quickstart/make_data.py", file=sys.stderr)
