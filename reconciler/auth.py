@@ -128,13 +128,23 @@ class TokenProvider(Protocol):
 
 
 class StaticTokenProvider:
-    """A fixed bearer token (``method: access_token``); the same token serves every scope."""
+    """Fixed bearer tokens (``method: access_token``): ``token`` for Dataverse and, when given,
+    ``connections_token`` for the connections API (a token has one audience, so a pipeline that
+    holds tokens for both APIs hands in two)."""
 
-    def __init__(self, token: str) -> None:
+    _CONNECTIONS_HOSTS = ("api.powerplatform.", "service.powerapps.", "api.bap.")
+
+    def __init__(self, token: str, connections_token: str | None = None) -> None:
         self._token = token
+        self._connections_token = connections_token
 
     def get_token(self, scope: str) -> str:
+        if self._connections_token and any(h in scope.lower() for h in self._CONNECTIONS_HOSTS):
+            return self._connections_token
         return self._token
+
+    def invalidate(self, scope: str) -> None:
+        """Nothing to renew: a handed-in token is used as it is."""
 
     def __repr__(self) -> str:  # never show the token
         return "StaticTokenProvider(<redacted>)"
@@ -647,7 +657,12 @@ def provider_for(
         if not token:
             raise err(f"the environment variable {name} is empty or not set",
                       f"that the pipeline sets {name}")
-        return StaticTokenProvider(token)
+        conn_name = _opt(profile, "connections_access_token_env")
+        conn_token = os.environ.get(conn_name, "").strip() if conn_name else None
+        if conn_name and not conn_token:
+            raise err(f"the environment variable {conn_name} is empty or not set",
+                      f"that the pipeline sets {conn_name}")
+        return StaticTokenProvider(token, conn_token)
 
     if method == "client_secret":
         secret_env, secret_file = _opt(profile, "client_secret_env"), _opt(profile, "client_secret_file")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import ConnrefError
+from .errors import ConfigErrors, ConnrefError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +116,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             return run_emulator_command(args)
         return commands.dispatch(args, color=color)
+    except ConfigErrors as e:
+        print(f"Error: {len(e.errors)} problems in the config:", file=sys.stderr)
+        for one in e.errors:
+            print(f"  {one}", file=sys.stderr)
+        return e.exit_code
     except ConnrefError as e:
         print(f"Error: {e}", file=sys.stderr)
         return e.exit_code

@@ -74,7 +74,7 @@ AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "managed_identity": ("managed_identity_client_id",),
     "azure_cli": ("tenant_id",),
-    "access_token": ("access_token_env",),
+    "access_token": ("access_token_env", "connections_access_token_env"),
 }
 ALL_AUTH_KEYS = tuple(sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_METHOD_KEYS.values() for k in keys)}))
 # Option keys that name files: stored as absolute paths, resolved relative to the config file.
@@ -687,6 +687,7 @@ class _Validator:
             "certificate_password_env",
             "federated_token_env",
             "access_token_env",
+            "connections_access_token_env",
         ):
             v = self.checked(m, key, field, _env_var_problem)
             if v is not None:

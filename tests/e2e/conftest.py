@@ -40,6 +40,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
         for env in ("dev", "prod"):
             store = EnvironmentStore.from_file(str(QUICKSTART / f"{env}.json"))
             store.path = None  # served from memory: the example file stays untouched
+            if apps:  # one tenant signs every token: both environments trust the same key
+                store.data["signing_key_pem"] = apps["dev"].store.data["signing_key_pem"]
             apps[env] = EmulatorApp(store)
             servers[env] = serve_https(apps[env], tls)
             base = servers[env].base_url

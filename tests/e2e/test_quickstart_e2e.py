@@ -29,7 +29,9 @@ def test_first_plan_shows_create_rename_and_rebind(quickstart: Workspace) -> Non
     assert '~ display_name: "SharePoint Solution1-30e7d" -> "SharePoint ContosoFlows"' in r.out
     assert "~ connection:" in r.out and "-> \"svc-flows@contoso.com\"" in r.out
     assert "~ owner: maker2@contoso.com -> svc-flows@contoso.com" in r.out
-    assert r.out.rstrip().endswith("Plan: 1 to add, 4 to change, 0 to destroy.")
+    # the Dataverse reference is already as declared: it is not in the plan
+    assert "contoso_sharedcommondataserviceforapps_7b2e9" not in r.out
+    assert r.out.rstrip().endswith("Plan: 1 to add, 3 to change, 0 to destroy.")
 
 
 def test_apply_then_plan_is_clean_and_second_apply_writes_nothing(quickstart: Workspace) -> None:
@@ -167,13 +169,25 @@ def test_import_round_trip_plans_no_changes(quickstart: Workspace) -> None:
     assert "No changes." in r.out
 
 
-def test_lint_finds_the_mess(quickstart: Workspace) -> None:
-    r = quickstart.run("lint", "-e", "dev", "--json")
-    assert r.code == 2, r.err
-    findings = json.loads(r.out)
-    items = findings["findings"] if isinstance(findings, dict) else findings
-    codes = {f["code"] for f in items}
-    assert len(codes) >= 4, codes
+def test_lint_finds_the_mess_an_import_adopts(quickstart: Workspace) -> None:
+    imported = quickstart.dir / "imported.yaml"
+    assert quickstart.run("import", "-e", "dev", "-o", str(imported)).code == 0
+    r = run_cli("-c", str(imported), "lint", "-e", "dev", "--json")
+    assert r.code == 2, r.out + r.err
+    doc = json.loads(r.out)
+    by_code: dict[str, list[dict[str, str]]] = {}
+    for f in doc["findings"]:
+        by_code.setdefault(f["code"], []).append(f)
+    # the broken Outlook connection is an error; two makers' SharePoint references are the
+    # per-developer pattern; random suffixes break the naming policy
+    assert any("contoso_sharedoffice365_d4c61" in f["subject"] for f in by_code["CR203"])
+    assert {f["subject"] for f in by_code["CR102"]} >= {"contoso_sharedsharepointonline_30e7d",
+                                                        "contoso_sharedsharepointonline_8f4b0"}
+    assert doc["exit_code"] == 2
+
+    # The clean quickstart config has fixed all of that by its bindings: no error-severity finding.
+    r = quickstart.run("lint", "-e", "dev")
+    assert r.code == 0, r.out + r.err
 
 
 def test_settings_resolves_bindings(quickstart: Workspace) -> None:
@@ -191,4 +205,4 @@ def test_whoami_shows_identity_and_usable_bindings(quickstart: Workspace) -> Non
     assert r.code == 0, r.out + r.err
     assert "svc-flows@contoso.com" in r.out
     assert "may write as the service account: yes" in r.out
-    assert r.out.count("✓") == 5
+    assert r.out.count("✓") == 5 and "✗" not in r.out
