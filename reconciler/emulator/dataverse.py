@@ -12,6 +12,7 @@ id) or ``MSCRMCallerID`` (systemuserid), which needs ``prvActOnBehalfOfAnotherUs
 from __future__ import annotations
 
 import re
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import connrefs, jwt, tables, workflows
@@ -128,8 +129,18 @@ def _method_not_allowed(method: str) -> HttpError:
     return HttpError(405, QUERY_ERROR, f"The requested resource does not support http method '{method}'.")
 
 
+_USER_PRIVILEGE_RE = re.compile(
+    r"^/systemusers\(([^)]*)\)/(?:Microsoft\.Dynamics\.CRM\.)?RetrieveUserPrivilegeByPrivilegeName\((.*)\)/?$"
+)
+
+
 def route(ctx: Ctx, rel: str) -> Response:
     """Dispatch one (possibly inner ``$batch``) request whose path is relative to the service root."""
+    pm = _USER_PRIVILEGE_RE.match(rel)
+    if pm:
+        if ctx.request.method.upper() != "GET":
+            raise _method_not_allowed(ctx.request.method.upper())
+        return user_privilege(ctx, pm.group(1), pm.group(2))
     m = _SEGMENT_RE.match(rel)
     if not m:
         raise HttpError(404, SEGMENT_NOT_FOUND, f"Resource not found for the segment '{rel.strip('/')}'.")
@@ -197,6 +208,34 @@ def _function_params(ctx: Ctx, text: str) -> dict[str, Any]:
         raise bad_request("ComponentType must be an integer.", QUERY_ERROR) from None
     out["ObjectId"] = out["ObjectId"].lower()
     return out
+
+
+def user_privilege(ctx: Ctx, user_id: str, args: str) -> Response:
+    """``systemusers(<id>)/Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeName(PrivilegeName=...)``:
+    the RetrieveUserPrivilegeByPrivilegeNameResponse complex type, ``{"RolePrivileges": [RolePrivilege]}``,
+    empty when the user lacks the privilege (webapi/reference/retrieveuserprivilegebyprivilegenameresponse).
+    Privileges come from the user's ``privileges`` list in the data file; depth is reported as Global."""
+    user_id = user_id.strip().lower()
+    if not is_guid(user_id):
+        raise bad_request(f"'{user_id}' is not a valid key for systemusers.", QUERY_ERROR)
+    _, _, value = args.partition("=")
+    value = value.strip()
+    if value.startswith("@"):
+        value = ctx.request.query.get(value, "")
+    name = value.strip().strip("'").replace("''", "'")
+    user = ctx.store.user(user_id)
+    if user is None:
+        raise HttpError(404, "0x80040217", f"systemuser With Id = {user_id} Does Not Exist")
+    held = [p for p in user.get("privileges") or [] if str(p).lower() == name.lower()]
+    env = ctx.store.environment
+    return Response.json(200, {
+        "@odata.context": f"{ctx.base}/$metadata#Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeNameResponse",
+        "RolePrivileges": [
+            {"Depth": "Global", "PrivilegeName": p, "BusinessUnitId": env.get("business_unit_id"),
+             "PrivilegeId": str(uuid.uuid5(uuid.NAMESPACE_URL, "privilege:" + p.lower()))}
+            for p in held
+        ],
+    })
 
 
 def who_am_i(ctx: Ctx) -> Response:

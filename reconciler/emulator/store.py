@@ -35,6 +35,7 @@ TOP_LEVEL_KEYS = frozenset(
         "workflows",
         "connections",
         "next_versionnumber",
+        "oidc",  # emulated OIDC issuers and managed identity (docs/emulator-data.md, Identity)
     }
 )
 REQUIRED_KEYS = ("format", "environment", "signing_key_pem")

@@ -206,3 +206,59 @@ def test_whoami_shows_identity_and_usable_bindings(quickstart: Workspace) -> Non
     assert "svc-flows@contoso.com" in r.out
     assert "may write as the service account: yes" in r.out
     assert r.out.count("✓") == 5 and "✗" not in r.out
+
+
+def _edit_data(ws: Workspace, env: str, edit: object) -> None:
+    path = ws.dir / f"{env}.json"
+    data = json.loads(path.read_text())
+    edit(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data, indent=2))
+
+
+def test_missing_delegate_privilege_is_a_plan_time_error(quickstart: Workspace) -> None:
+    def revoke(data: dict) -> None:  # type: ignore[type-arg]
+        for u in data["systemusers"]:
+            if u.get("applicationid"):
+                u["privileges"] = []
+
+    _edit_data(quickstart, "dev", revoke)
+    before = (quickstart.dir / "dev.json").read_bytes()
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1
+    assert "prvActOnBehalfOfAnotherUser" in r.err or "Delegate" in r.err
+    r = quickstart.run("apply", "-e", "dev", "--auto-approve")
+    assert r.code == 1
+    assert (quickstart.dir / "dev.json").read_bytes() == before, "nothing may be written"
+    r = quickstart.run("whoami", "-e", "dev")
+    assert "may write as the service account: NO" in r.out
+
+
+def test_disabled_or_unknown_service_account_is_a_plan_time_error(quickstart: Workspace) -> None:
+    def disable(data: dict) -> None:  # type: ignore[type-arg]
+        for u in data["systemusers"]:
+            if u["domainname"] == "svc-flows@contoso.com":
+                u["isdisabled"] = True
+
+    _edit_data(quickstart, "dev", disable)
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1 and "svc-flows@contoso.com" in r.err and "disabled" in r.err.lower()
+
+    quickstart.config.write_text(quickstart.config.read_text().replace(
+        "service_account: svc-flows@contoso.com", "service_account: nobody@contoso.com", 1))
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1 and "nobody@contoso.com" in r.err
+
+
+def test_binding_to_a_connection_the_writer_may_not_use_names_owner_and_fix(quickstart: Workspace) -> None:
+    # Bind the Teams reference to maker2's personal Teams connection, which svc-flows cannot use.
+    data = quickstart.data("dev")
+    maker2 = next(u for u in data["systemusers"] if u["domainname"] == "maker2@contoso.com")
+    personal = next(c for c in data["connections"]
+                    if c["properties"]["createdBy"]["id"] == maker2["azureactivedirectoryobjectid"]
+                    and c["properties"]["apiId"].endswith("shared_teams"))
+    text = quickstart.config.read_text()
+    quickstart.config.write_text(text.replace("contoso_Teams: 8f70942eabcb416e8a0f9861272ee570",
+                                              f"contoso_Teams: {personal['name']}", 1))
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1
+    assert personal["name"] in r.err and "maker2@contoso.com" in r.err and "CanView" in r.err
