@@ -196,13 +196,31 @@ def _confirm(out: Out) -> bool:
     return sys.stdin.readline().strip() == "yes"
 
 
-def _progress(err: Out) -> Callable[[BatchProgress], None]:
-    def report(p: BatchProgress) -> None:
+@contextmanager
+def _progress(err: Out, environment: str, total: int) -> Iterator[Callable[[BatchProgress], None]]:
+    """Report each ``$batch`` of a long apply: a live bar on a terminal, one line per batch otherwise
+    (pipeline logs keep them)."""
+    if err.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=Console(file=err), transient=False) as bar:
+            task = bar.add_task(environment, total=total)
+
+            def live(p: BatchProgress) -> None:
+                bar.update(task, completed=p.done,
+                           description=f"{environment}: batch {p.batch}/{p.batches}" + ("" if p.ok else " FAILED"))
+
+            yield live
+        return
+
+    def lines(p: BatchProgress) -> None:
         status = "ok" if p.ok else "FAILED"
         print(f"  {p.environment}: batch {p.batch}/{p.batches} {status} ({p.done}/{p.total} changes)",
               file=err, flush=True)
 
-    return report
+    yield lines
 
 
 def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
@@ -257,7 +275,8 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
         if env_plan.ops:
             print(f"\nApplying {len(env_plan.ops)} change(s) to {name}...", file=err, flush=True)
             try:
-                result = apply_environment(sessions[name], env_plan, progress=_progress(err))
+                with _progress(err, name, len(env_plan.ops)) as progress:
+                    result = apply_environment(sessions[name], env_plan, progress=progress)
             except ApplyError as e:
                 failures.append(e)
                 result = e.results if isinstance(e.results, ApplyResult) else None
