@@ -17,6 +17,7 @@ Output is deterministic: references and bindings sorted by logical name, no time
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from .lint import (
     is_connected,
     random_suffix,
 )
-from .model import LiveConnection, LiveEnvironment, LiveReference, Selector, connector_name
+from .model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, Selector, connector_name
 from .settings import connection_owner_label, parse_settings, resolve_binding
 
 # --------------------------------------------------------------------------- YAML text helpers
@@ -300,7 +301,10 @@ def _reference_comments(
     template: NamingTemplate | None,
     solution: str,
     service_account: str | None,
+    foreign_owners: Mapping[str, str],
 ) -> list[str]:
+    """The comments above one declared reference: lint findings, and who owns it when that is not
+    ``service_account`` (``foreign_owners``: reference id -> owner)."""
     notes: list[str] = []
     for what, name in (("logical name", ref.logical_name), ("display name", ref.display_name)):
         suffix = random_suffix(name)
@@ -321,11 +325,9 @@ def _reference_comments(
             notes.append(f"CR101 naming-policy: {hint}")
     if not flows_using(live, ref.logical_name):
         notes.append("CR207 unused-reference: no flow uses it")
-    writer = live.writer
-    if service_account and writer is not None and (ref.owner_id or "").lower() != writer.systemuserid.lower():
-        owner = live.user(ref.owner_id)
-        who = owner.describe() if owner else (ref.owner_id or "nobody")
-        notes.append(f"owned by {who}: with service_account set, plan assigns it to {writer.describe()}")
+    if service_account and ref.id in foreign_owners:
+        notes.append(f"owned by {foreign_owners[ref.id]}: with service_account set, plan assigns it to "
+                     f"{service_account}")
     return notes
 
 
@@ -354,6 +356,7 @@ def _binding_lines(
     service_account: str | None,
     indent: str,
     kept: Mapping[str, list[str]],
+    example_owner: str | None = None,
 ) -> list[str]:
     """The binding of one live reference: its current connection, or a comment when there is none
     that plan could keep (unbound, or bound to a connection that does not exist)."""
@@ -362,7 +365,7 @@ def _binding_lines(
         users = _flows_label(live, ref.logical_name)
         out += _comment(f"CR202 unbound: not bound to any connection in {env_name} (used by: {users}); "
                         "bind it, e.g.:", indent)
-        owner = service_account or "svc-account@example.com"
+        owner = service_account or example_owner or "svc-account@example.com"
         out += _comment(f"{ref.logical_name}: {{owner: {owner}}}", indent, wrap=False)
         return out
     conn = live.connection(ref.connection)
@@ -455,6 +458,79 @@ def _reindent(block: list[str], from_col: int, to: str) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- the service_account line
+
+# When the environment has a service account but references are owned by others, import writes the
+# service_account line commented out after a note starting with this, so plan right after import has
+# no changes (with the line, plan makes the service account the owner of each reference).
+_SA_NOTE = "service_account commented out by import: "
+_SA_LINE = re.compile(r"^(\s*)#\s?service_account:\s*(\S.*?)\s*$")
+
+
+def _restore_service_account(existing: _Existing, env_name: str) -> _Existing:
+    """``existing`` with the service_account line an earlier import commented out in ``env_name``'s
+    section active again (its note dropped), so this import decides afresh and, facing the same
+    environment, writes the same text."""
+    envs = _find(existing.root, "environments")
+    env_entries = _entries(existing.lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    env = _find(env_entries or [], env_name)
+    if env is None:
+        return existing
+    lines = existing.lines
+    for i in range(env.key_line + 1, env.end):
+        if not lines[i].strip().startswith("# " + _SA_NOTE):
+            continue
+        j = i + 1
+        while j < env.end and lines[j].strip().startswith("#   "):
+            j += 1
+        m = _SA_LINE.match(lines[j]) if j < env.end else None
+        if m is None:
+            return existing
+        restored = _parse_existing("\n".join([*lines[:i], f"{m.group(1)}service_account: {m.group(2)}",
+                                              *lines[j + 1:]]) + "\n")
+        return restored if restored is not None and isinstance(
+            _env_data(restored, env_name).get("service_account"), str) else existing
+    return existing
+
+
+def _service_account_user(live: LiveEnvironment, service_account: str) -> LiveUser | None:
+    """The Dataverse user of the service account (the live reader matches it by ``domainname``)."""
+    want = service_account.lower()
+    if live.writer is not None and (live.writer.upn or "").lower() == want:
+        return live.writer
+    return next((u for u in live.users if (u.upn or "").lower() == want), None)
+
+
+def _foreign_owners(refs: Sequence[LiveReference], live: LiveEnvironment,
+                    sa_user: LiveUser | None, service_account: str) -> dict[str, str]:
+    """Reference id -> its owner, for the references the service account does not own (the ones plan
+    would give to it: planner compares ``_ownerid_value`` with the writer's ``systemuserid``)."""
+    out: dict[str, str] = {}
+    for r in refs:
+        owner = live.user(r.owner_id)
+        if sa_user is not None:
+            if (r.owner_id or "").lower() == sa_user.systemuserid.lower():
+                continue
+        elif owner is not None and (owner.upn or "").lower() == service_account.lower():
+            continue
+        out[r.id] = owner.describe() if owner else (r.owner_id or "nobody")
+    return out
+
+
+def _service_account_lines(service_account: str, foreign: Mapping[str, str], indent: str) -> list[str]:
+    """The service_account line at ``indent``: as is when the service account owns every reference,
+    else commented out after a note saying who owns them and what uncommenting does."""
+    line = f"service_account: {yaml_scalar(service_account)}"
+    if not foreign:
+        return [indent + line]
+    owners = ", ".join(sorted(set(foreign.values()), key=str.lower))
+    n = len(foreign)
+    are = f"{n} reference is" if n == 1 else f"{n} references are"
+    note = (f"{_SA_NOTE}{are} owned by {owners} today. Uncomment it to have plan make "
+            f"{service_account} their owner; plan then shows '~ owner' changes for them.")
+    return _comment(note, indent) + _comment(line, indent, wrap=False)
+
+
 def import_environment(
     live: LiveEnvironment,
     *,
@@ -478,7 +554,13 @@ def import_environment(
     resolves to the connection the reference has now.
 
     ``service_account`` (default: the environment's ``service_account`` in the existing config) is
-    who should own the connections; bindings to connections owned by anyone else get a CR201 comment.
+    who should own the references and connections. When it owns every imported reference, the
+    environment's ``service_account`` line is kept (written, for a fresh config) and bindings to
+    connections owned by anyone else get a CR201 comment. When some reference is owned by someone
+    else, plan with that line would make the service account their owner, so the line is written
+    commented out after a note naming the owners (uncommenting it is the user's call), and the
+    rest (CR201, which bindings plan would refuse) is judged as plan will judge it then: without a
+    service account, the caller writing. A later import finds that commented line and decides again.
     Raises ``ConnrefError`` when the solution is not in the environment.
     """
     if live.solution is None:
@@ -488,6 +570,8 @@ def import_environment(
         )
     solution = live.solution.unique_name or solution
     existing = _parse_existing(existing_config_text)
+    if existing is not None:
+        existing = _restore_service_account(existing, env_name)
     env_data = _env_data(existing, env_name)
     if service_account is None and isinstance(env_data.get("service_account"), str):
         service_account = env_data["service_account"]
@@ -505,12 +589,31 @@ def import_environment(
     by_key = {r.logical_name.lower(): r for r in refs}
     duplicates = _duplicate_groups(refs)
 
+    # service_account: kept only when the service account owns every reference already, so that plan
+    # right after import has no changes; else written commented out, and everything below is judged
+    # with the caller writing, as plan will then (live reader: no service account -> writer = caller).
+    foreign: dict[str, str] = {}
+    sa_lines: list[str] | None = None
+    if service_account:
+        sa_user = _service_account_user(live, service_account)
+        foreign = _foreign_owners(refs, live, sa_user, service_account)
+        sa_lines = _service_account_lines(service_account, foreign, unit * 2)
+        if foreign:
+            live = dataclasses.replace(live, writer=live.caller)
+        else:
+            if sa_user is not None and live.writer != sa_user:
+                live = dataclasses.replace(live, writer=sa_user)
+            old_sa = env_data.get("service_account")
+            if isinstance(old_sa, str) and old_sa.lower() == service_account.lower():
+                sa_lines = None  # the line stays as the user wrote it
+    active_sa = service_account if not foreign else None
+
     # references:
     ref_lines = ["references:"]
     if not refs:
         ref_lines += _comment(f"solution {solution} has no connection references in {env_name}", unit)
     for r in refs:
-        notes = _reference_comments(r, live, duplicates, template, solution, service_account)
+        notes = _reference_comments(r, live, duplicates, template, solution, service_account, foreign)
         ref_lines += _reference_lines(r, unit, unit, notes)
     # References the old config declared and the environment lacks are parked, not declared: plan
     # would create them, and import promises a config that plans no changes.
@@ -546,11 +649,11 @@ def import_environment(
     same, absent = _kept_bindings(existing, env_name, live, by_key)
     b_indent = unit * 3
     binding_lines = [f"{unit * 2}bindings:"]
-    if not service_account:
+    if not active_sa:
         binding_lines += _comment("no service_account for this environment: bindings to personal "
                                   "connections are not flagged (see lint code CR200)", b_indent)
     for r in refs:
-        binding_lines += _binding_lines(r, live, env_name, service_account, b_indent, same)
+        binding_lines += _binding_lines(r, live, env_name, active_sa, b_indent, same, service_account)
     for key, content in sorted(absent, key=lambda kc: kc[0].lower()):
         if key.lower() not in by_key:
             binding_lines += _parked_lines(key, content, b_indent, None)
@@ -574,15 +677,17 @@ def import_environment(
             f"{unit}{_key(env_name)}:",
             url_line,
             *([id_line] if id_line else []),
+            *(sa_lines or []),
             *binding_lines,
         ]
         return "\n".join(out) + "\n"
     return _merge_import(existing, env_name, solution, unit, ref_lines, url_line, id_line, binding_lines,
-                         newly_parked)
+                         newly_parked, sa_lines)
 
 
 def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, ref_lines: list[str],
-                  url_line: str, id_line: str | None, binding_lines: list[str], parked: set[str]) -> str:
+                  url_line: str, id_line: str | None, binding_lines: list[str], parked: set[str],
+                  sa_lines: list[str] | None = None) -> str:
     lines = existing.lines
     edits: list[tuple[int, int, list[str]]] = []
     root = existing.root
@@ -604,7 +709,8 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
     if not replace_top("references", ref_lines):
         tail += ref_lines
 
-    env_block = [f"{unit}{_key(env_name)}:", url_line, *([id_line] if id_line else []), *binding_lines]
+    env_block = [f"{unit}{_key(env_name)}:", url_line, *([id_line] if id_line else []), *(sa_lines or []),
+                 *binding_lines]
     envs = _find(root, "environments")
     env_entries = _entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
     if envs is None:
@@ -626,7 +732,7 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
             at = last.end if last else envs.key_line + 1
             edits.append((at, at, env_block))
         else:
-            edits += _env_edits(lines, env, url_line, id_line, binding_lines, unit)
+            edits += _env_edits(lines, env, url_line, id_line, binding_lines, unit, sa_lines)
         for other in env_entries:
             if other.key != env_name:
                 edits += _park_bindings(lines, other, parked)
@@ -664,11 +770,15 @@ def _park_bindings(lines: Sequence[str], env: _Entry, parked: set[str]) -> list[
 
 
 def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | None,
-               binding_lines: list[str], unit: str) -> list[tuple[int, int, list[str]]]:
+               binding_lines: list[str], unit: str,
+               sa_lines: list[str] | None = None) -> list[tuple[int, int, list[str]]]:
+    """Edits of one environment's section: its url, environment_id and bindings replaced, and its
+    service_account line replaced by ``sa_lines`` (inserted before the bindings when missing; left
+    alone when ``sa_lines`` is None)."""
     children = _entries(lines, env.value, env.key_line + 1, env.end)
     if children is None or not children:
         return [(env.key_line, env.end, [f"{' ' * env.column}{_key(env.key)}:", url_line,
-                                          *([id_line] if id_line else []), *binding_lines])]
+                                          *([id_line] if id_line else []), *(sa_lines or []), *binding_lines])]
     col = children[0].column
     ind = " " * col
 
@@ -696,11 +806,18 @@ def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | 
     if insert:
         at = url.end if url is not None else children[0].start
         edits.append((at, at, insert))
+    sa = _find(children, "service_account")
+    sa_new = nested(sa_lines) if sa_lines is not None else []
+    if sa is not None and sa_lines is not None:
+        edits.append((sa.key_line, sa.end, sa_new))
+        sa_new = []
     if b is not None:
+        if sa_new:
+            edits.append((b.start, b.start, sa_new))
         edits.append((b.key_line, b.end, nested(binding_lines)))
     else:
         end = children[-1].end
-        edits.append((end, end, nested(binding_lines)))
+        edits.append((end, end, sa_new + nested(binding_lines)))
     return edits
 
 
