@@ -255,3 +255,26 @@ class LiveEnvironment:
             if (u.object_id or "").lower() == key:
                 return u
         return None
+
+    def owner_upn(self, conn: LiveConnection) -> str | None:
+        """A connection's owner as people name it: the UPN of the Dataverse user whose object id
+        created it (connections API ``createdBy.id``), else the name the API gave, else the object id."""
+        user = self.user_by_object_id(conn.owner_object_id)
+        if user is not None and user.upn:
+            return user.upn
+        return conn.owner_name or conn.owner_object_id
+
+    def selector_matches(self, selector: Selector, connector: str) -> list[LiveConnection]:
+        """Connections of ``connector`` whose owner UPN and (when given) display name match the
+        selector, both compared without case; sorted by display name, then name. The one rule the
+        planner, deployment settings and ``whoami`` share."""
+        want = connector_name(connector)
+        owner = selector.owner.lower()
+        display = selector.display_name.lower() if selector.display_name is not None else None
+        found = [
+            c for c in self.connections
+            if connector_name(c.connector) == want
+            and (self.owner_upn(c) or "").lower() == owner
+            and (display is None or (c.display_name or "").lower() == display)
+        ]
+        return sorted(found, key=lambda c: ((c.display_name or "").lower(), c.name))

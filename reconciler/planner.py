@@ -193,10 +193,7 @@ class _EnvPlanner:
         self.problems.append(where + message)
 
     def owner_upn(self, conn: LiveConnection) -> str | None:
-        user = self.live.user_by_object_id(conn.owner_object_id)
-        if user and user.upn:
-            return user.upn
-        return conn.owner_name or conn.owner_object_id
+        return self.live.owner_upn(conn)
 
     def info(self, conn: LiveConnection) -> ConnectionInfo:
         return ConnectionInfo(conn.name, conn.display_name, self.owner_upn(conn), conn.status)
@@ -510,14 +507,7 @@ class _EnvPlanner:
             (c for c in self.live.connections if connector_name(c.connector) == want),
             key=lambda c: ((c.display_name or "").lower(), c.name),
         )
-        owner = selector.owner.lower()
-        display = selector.display_name.lower() if selector.display_name is not None else None
-        matches = [
-            c
-            for c in candidates
-            if (self.owner_upn(c) or "").lower() == owner
-            and (display is None or (c.display_name or "").lower() == display)
-        ]
+        matches = self.live.selector_matches(selector, desired.connector)
         if len(matches) == 1:
             return matches[0]
         listing = "; ".join(self.describe(c) for c in (matches or candidates)) or "none"

@@ -68,28 +68,14 @@ def connection_owner_label(connection: LiveConnection, live: LiveEnvironment) ->
 
 
 def owner_upn(connection: LiveConnection, live: LiveEnvironment) -> str | None:
-    """The owner's UPN as the planner reads it: the Dataverse user with the ``createdBy`` object id,
-    else the name the connections API gave, else the object id."""
-    user = live.user_by_object_id(connection.owner_object_id)
-    if user is not None and user.upn:
-        return user.upn
-    return connection.owner_name or connection.owner_object_id
+    """The owner's UPN as the planner reads it (``LiveEnvironment.owner_upn``)."""
+    return live.owner_upn(connection)
 
 
 def selector_candidates(selector: Selector, connector: str, live: LiveEnvironment) -> list[LiveConnection]:
-    """Connections of ``connector`` that ``selector`` matches, sorted by name. Matching is the
-    planner's (``planner._EnvPlanner.select``): owner UPN and display name, both without case."""
-    want_connector = connector_name(connector)
-    owner = selector.owner.lower()
-    display = selector.display_name.lower() if selector.display_name is not None else None
-    found = [
-        c
-        for c in live.connections
-        if connector_name(c.connector) == want_connector
-        and (owner_upn(c, live) or "").lower() == owner
-        and (display is None or (c.display_name or "").lower() == display)
-    ]
-    return sorted(found, key=lambda c: c.name)
+    """Connections of ``connector`` that ``selector`` matches: the planner's rule
+    (``LiveEnvironment.selector_matches``)."""
+    return live.selector_matches(selector, connector)
 
 
 def resolve_binding(
