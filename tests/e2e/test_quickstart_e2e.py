@@ -262,3 +262,34 @@ def test_binding_to_a_connection_the_writer_may_not_use_names_owner_and_fix(quic
     r = quickstart.run("plan", "-e", "dev")
     assert r.code == 1
     assert personal["name"] in r.err and "maker2@contoso.com" in r.err and "CanView" in r.err
+
+
+def test_settings_file_round_trips_into_config_bindings(quickstart: Workspace) -> None:
+    settings = quickstart.dir / "settings.dev.json"
+    assert quickstart.run("settings", "-e", "dev", "-o", str(settings)).code == 0
+    doc = json.loads(settings.read_text())
+    # Someone edits the settings file by hand, as pipelines do, pointing Teams at another connection.
+    other = next(c["name"] for c in quickstart.data("dev")["connections"]
+                 if c["properties"]["apiId"].endswith("shared_teams")
+                 and c["name"] != "8f70942eabcb416e8a0f9861272ee570")
+    for entry in doc["ConnectionReferences"]:
+        if entry["LogicalName"] == "contoso_Teams":
+            entry["ConnectionId"] = other
+    settings.write_text(json.dumps(doc))
+    merged = quickstart.dir / "merged.yaml"
+    r = quickstart.run("import", "-e", "dev", "--from-settings", str(settings), "-o", str(merged))
+    assert r.code == 0, r.err
+    text = merged.read_text()
+    assert f"contoso_Teams: {other}" in text
+    assert "# The quickstart" in text, "the user's comments are kept"
+    # the selectors that still resolve to the same connections are replaced by names or kept: either
+    # way the merged config loads and names the same references
+    assert run_cli("-c", str(merged), "validate").code == 0
+
+
+def test_bad_settings_file_names_file_and_entry(quickstart: Workspace) -> None:
+    bad = quickstart.dir / "bad.json"
+    bad.write_text('{"ConnectionReferences": [{"LogicalName": 5, "ConnectionId": "x"}]}')
+    r = quickstart.run("import", "-e", "dev", "--from-settings", str(bad))
+    assert r.code == 1
+    assert "bad.json" in r.err and "LogicalName" in r.err
