@@ -7,8 +7,10 @@ references (a page holds 5000 rows): two rounds of independent reads run in para
 Round 1: ``WhoAmI``; the org-specific component type of ``connectionreference``
 (``solutioncomponentdefinitions``, shared notes §1.7); the solution by ``uniquename``; every
 connection reference of the environment (one paged query with ``$select``); the cloud flows
-(``workflows``, category 5); the connections (admin scope first, then the caller's scope on a 403:
-one extra request when the caller is no admin).
+(``workflows``, category 5); the solutions each flow belongs to (every ``solutioncomponents`` row of
+componenttype 29, Workflow, and every solution's ``uniquename``: two requests whatever the number of
+flows, joined here rather than one request per flow); the connections (admin scope first, then the
+caller's scope on a 403: one extra request when the caller is no admin).
 
 Round 2: the solution's components of that type (membership, shared notes §2.5: never
 ``connectionreference.solutionid``); the users needed (the caller, the service account by
@@ -51,6 +53,10 @@ T = TypeVar("T")
 IMPERSONATION_PRIVILEGE = "prvActOnBehalfOfAnotherUser"
 #: Cloud flows are workflows of category 5 ("Modern Flow"; manage-flows-with-code).
 FLOW_CATEGORY = 5
+#: Solution component type of a workflow (cloud flows included): the ``componenttype`` option set of
+#: ``solutioncomponent`` (shared notes §2.10; Learn: solutioncomponent EntityType reference). Membership
+#: is read as for references (shared notes §2.5): ``solutioncomponents`` by ``componenttype``.
+WORKFLOW_COMPONENT_TYPE = 29
 #: Above this many keys the users are read as a collection rather than with an ``or`` chain, to stay
 #: far below URL length limits; either way it is one request (per 5000 users).
 MAX_USER_KEYS = 60
@@ -181,14 +187,31 @@ def flow_references(clientdata: str | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def flow_from_row(row: Mapping[str, Any]) -> LiveFlow:
+def flow_from_row(row: Mapping[str, Any], solutions: tuple[str, ...] = ()) -> LiveFlow:
     return LiveFlow(
         id=str(row["workflowid"]).lower(),
         name=str(row.get("name") or ""),
         state=int(row.get("statecode") or 0),
         owner_id=row.get("_ownerid_value"),
         references=flow_references(row.get("clientdata")),
+        solutions=solutions,
     )
+
+
+def flow_solutions(component_rows: Iterable[Mapping[str, Any]],
+                   solution_rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Workflow id (lower case) -> the unique names of the solutions it is a component of, sorted
+    without case. ``component_rows`` are ``solutioncomponents`` rows (``objectid``,
+    ``_solutionid_value``), ``solution_rows`` are ``solutions`` rows (``solutionid``, ``uniquename``);
+    a component of a solution not among them is left out. System solutions (Default, Active) stay:
+    lint decides what to ignore."""
+    names = {str(r.get("solutionid") or "").lower(): str(r.get("uniquename") or "") for r in solution_rows}
+    found: dict[str, set[str]] = {}
+    for row in component_rows:
+        name = names.get(str(row.get("_solutionid_value") or "").lower())
+        if name:
+            found.setdefault(str(row.get("objectid") or "").lower(), set()).add(name)
+    return {flow: tuple(sorted(sols, key=lambda n: (n.lower(), n))) for flow, sols in found.items()}
 
 
 # --------------------------------------------------------------------------- reads
@@ -254,6 +277,11 @@ def read_environment(
         f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
         f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
                                          filter=eq("category", FLOW_CATEGORY)))
+        # Which solutions the flows belong to (lint CR208): every workflow membership and every
+        # solution name, in two requests rather than one per flow.
+        f_flow_members = run(lambda: dv.get_all("solutioncomponents", select=("objectid", "_solutionid_value"),
+                                                filter=eq("componenttype", WORKFLOW_COMPONENT_TYPE)))
+        f_solution_names = run(lambda: dv.get_all("solutions", select=("solutionid", "uniquename")))
         f_conns = run(lambda: read_connections(session, admin=admin_connections))
 
         who = f_who.result()
@@ -290,7 +318,9 @@ def read_environment(
         members = {str(m.get("objectid", "")).lower() for m in (f_members.result() if f_members else [])}
         users = f_users.result()
         can_impersonate = f_priv.result() if f_priv else None
-        flows = tuple(flow_from_row(r) for r in f_flows.result())
+        by_flow = flow_solutions(f_flow_members.result(), f_solution_names.result())
+        flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
+                      for r in f_flows.result())
 
     session.component_type = component_type
     declared = {name.lower() for name in config.references}
