@@ -464,7 +464,8 @@ def _reindent(block: list[str], from_col: int, to: str) -> list[str]:
 # service_account line commented out after a note starting with this, so plan right after import has
 # no changes (with the line, plan makes the service account the owner of each reference).
 _SA_NOTE = "service_account commented out by import: "
-_SA_LINE = re.compile(r"^(\s*)#\s?service_account:\s*(\S.*?)\s*$")
+# The line after the note: as import wrote it, or uncommented by hand with the note left above it.
+_SA_LINE = re.compile(r"^(\s*)(?:#\s?)?service_account:\s*(\S.*?)\s*$")
 
 
 def _restore_service_account(existing: _Existing, env_name: str) -> _Existing:

@@ -87,6 +87,15 @@ def test_reimport_with_the_line_commented_out_is_stable() -> None:
     assert first.count(NOTE) == 1
 
 
+def test_uncommented_by_hand_with_the_note_left_is_decided_again() -> None:
+    first = do_import(read_with_sa(), EXISTING)
+    by_hand = first.replace(COMMENTED, ACTIVE)
+    assert do_import(read_with_sa(), by_hand) == first  # others still own references: one note, commented
+    now = owned_by_svc(read_with_sa())
+    second = do_import(now, by_hand)
+    assert ACTIVE in second and NOTE not in second
+
+
 def test_the_line_stays_as_written_when_the_service_account_owns_everything(tmp_path: Path) -> None:
     existing = EXISTING.replace(ACTIVE, "    service_account: svc-flows@contoso.com   # the team's account\n")
     env = owned_by_svc(read_with_sa())
