@@ -247,7 +247,9 @@ _AADSTS_HINTS: dict[str, str] = {
     "7000215": "that the value is the client secret's value (not its id) and has not been rotated",
     "7000222": "the secret's expiry in the app registration (Certificates & secrets) and create a new one",
     "700016": "client_id and tenant_id: the app registration must exist in that tenant",
-    "700027": "that the certificate is uploaded to the app registration (Certificates & secrets)",
+    "700027": "for a certificate profile, that the certificate is uploaded to the app registration "
+    "(Certificates & secrets); for a federated profile, that the token comes from the issuer the "
+    "app's federated credential names (its signature could not be verified)",
     "700024": "the clock of this machine and that the federated token is fresh (it is re-fetched on expiry)",
     "70021": "the federated credential of the app registration: its issuer, subject and audience must "
     "match the token exactly (case-sensitive)",

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--faults", metavar="FILE", help="fault-injection settings (JSON)")
     sp.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate")
     sp.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    sp.add_argument("--persist", action="store_true",
+                    help="write changes back into the data files (default: serve from memory)")
     return p
 
 

@@ -94,16 +94,24 @@ def opened(config: Config, names: Sequence[str]) -> Iterator[dict[str, EnvSessio
 
 
 def read_all(
-    config: Config, sessions: Mapping[str, EnvSession], *, all_references: bool = False
+    config: Config, sessions: Mapping[str, EnvSession], *, all_references: bool = False,
+    err: Out | None = None,
 ) -> dict[str, LiveEnvironment]:
-    """Read every environment, in parallel (each reader also parallelises its own collections)."""
+    """Read every environment, in parallel (each reader also parallelises its own collections).
+    A partial view of the connections is said once per environment on ``err``."""
     if len(sessions) == 1:
         (name, s), = sessions.items()
-        return {name: read_environment(s, config, name, all_references=all_references)}
-    with ThreadPoolExecutor(max_workers=min(4, len(sessions))) as pool:
-        futures = {n: pool.submit(read_environment, s, config, n, all_references=all_references)
-                   for n, s in sessions.items()}
-        return {n: f.result() for n, f in futures.items()}
+        lives = {name: read_environment(s, config, name, all_references=all_references)}
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, len(sessions))) as pool:
+            futures = {n: pool.submit(read_environment, s, config, n, all_references=all_references)
+                       for n, s in sessions.items()}
+            lives = {n: f.result() for n, f in futures.items()}
+    for name, live in lives.items():
+        note = live.connections_visibility_note()
+        if note:
+            print(f"warning: {name}: {note}", file=err or sys.stderr)
+    return lives
 
 
 def load_states(config: Config, names: Sequence[str]) -> dict[str, state.EnvState | None]:
@@ -143,7 +151,7 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     names = select_environments(config, args.envs)
     states = load_states(config, names)
     with opened(config, names) as sessions:
-        lives = read_all(config, sessions)
+        lives = read_all(config, sessions, err=err)
         try:
             plan = _make_plan(config, lives, states, args.prune)
         except PlanError as e:
@@ -242,7 +250,7 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         # Read the state only under the lock: another apply may just have moved it.
         states = load_states(config, names)
         sessions = stack.enter_context(opened(config, names))
-        lives = read_all(config, sessions)
+        lives = read_all(config, sessions, err=err)
         if saved is not None:
             planfile.check_fresh(
                 saved,
@@ -336,7 +344,7 @@ def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     states = load_states(config, names)
     with opened(config, names) as sessions:
         # All references: a managed one moved out of the solution must not read as deleted.
-        lives = read_all(config, sessions, all_references=True)
+        lives = read_all(config, sessions, all_references=True, err=err)
     reports = [detect_drift(config, n, lives[n], states[n]) for n in names]
     if args.json:
         print(drift_render.render_json(reports), file=out)
@@ -399,7 +407,7 @@ def cmd_lint(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     if args.envs:
         names = select_environments(config, args.envs)
         with opened(config, names) as sessions:
-            lives = read_all(config, sessions, all_references=True)
+            lives = read_all(config, sessions, all_references=True, err=err)
     findings = lint.lint(config, lives)
     print(lint.render_findings_json(findings) if args.json else lint.render_findings_text(findings), file=out)
     return lint.exit_code(findings)
@@ -427,24 +435,38 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     with opened(config, [name]) as sessions:
         live = read_environment(sessions[name], config, name)
     caller = live.caller
+    problems = 0
     print(f"Environment {name} ({env.url})", file=out)
     if caller:
         kind = f"application {caller.application_id}" if caller.application_id else "user"
         print(f"  authenticated as: {caller.describe()} ({kind}, object id {caller.object_id})", file=out)
+    writer = caller
     if env.service_account:
         w = live.writer
         if w is None:
-            print(f"  service account:  {env.service_account}: NOT FOUND in this environment", file=out)
+            problems += 1
+            print(f"  ✗ service account: {env.service_account} has no user in this environment: add the "
+                  "account (or correct service_account in the config)", file=out)
         else:
-            flag = " (DISABLED)" if w.disabled else ""
-            print(f"  service account:  {w.describe()}{flag} (object id {w.object_id})", file=out)
-        imp = ("yes" if live.caller_can_impersonate
-               else "NO: grant the Delegate role (prvActOnBehalfOfAnotherUser)")
-        print(f"  may write as the service account: {imp}", file=out)
-    writer = live.writer or caller
-    writer_oid = writer.object_id if writer else None
-    print(f"  writes act as:    {writer.describe() if writer else 'unknown'}", file=out)
-    problems = 0
+            print(f"  service account:  {w.describe()} (object id {w.object_id})", file=out)
+            if w.disabled:
+                problems += 1
+                print(f"  ✗ {w.describe()} is disabled: enable the user in this environment", file=out)
+            if w.systemuserid != (caller.systemuserid if caller else None):
+                if live.caller_can_impersonate:
+                    print("  may write as the service account: yes", file=out)
+                else:
+                    problems += 1
+                    print("  ✗ may write as the service account: NO: grant the signed-in identity the "
+                          "Delegate role (prvActOnBehalfOfAnotherUser)", file=out)
+        writer = w
+    note = live.connections_visibility_note()
+    if note:
+        print(f"  note: {note}", file=out)
+    if writer is None:
+        print("  bindings: not checked (the identity that writes is unknown)", file=out)
+        return 2
+    print(f"  writes act as:    {writer.describe()}", file=out)
     for logical_name, ref in config.references.items():
         binding = binding_for(env, logical_name)
         if binding is None:
@@ -456,12 +478,12 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
             problems += 1
             print(f"  ✗ {logical_name}: {e}", file=out)
             continue
-        if conn.usable_by(writer_oid):
+        if conn.usable_by(writer.object_id):
             print(f"  ✓ {logical_name}: may use {conn.describe()}", file=out)
         else:
             problems += 1
             print(f"  ✗ {logical_name}: may NOT use {conn.describe()}: share it with "
-                  f"{writer.describe() if writer else 'the writer'} (CanView) or bind another", file=out)
+                  f"{writer.describe()} (CanView) or bind another", file=out)
     return 2 if problems else 0
 
 

@@ -217,10 +217,11 @@ def flow_solutions(component_rows: Iterable[Mapping[str, Any]],
 # --------------------------------------------------------------------------- reads
 
 
-def read_connections(session: EnvSession, *, admin: bool = True) -> list[dict[str, Any]]:
+def read_connections(session: EnvSession, *, admin: bool = True) -> tuple[list[dict[str, Any]], str]:
     """Every connection the writer could bind: the admin-scope list when the caller may read it,
     else (403: no Power Platform admin role / no management app registration, shared notes §3.2)
-    the caller-scoped list. That fallback costs one extra request."""
+    the caller-scoped list. That fallback costs one extra request. Returns the items and the scope
+    they came from ("admin" or "user")."""
     client = session.connections
     if client is None:
         raise PlanError(
@@ -229,7 +230,7 @@ def read_connections(session: EnvSession, *, admin: bool = True) -> list[dict[st
         )
     if admin and client.environment_id:
         try:
-            return client.list_connections_admin()
+            return client.list_connections_admin(), "admin"
         except ApiError as exc:
             if exc.status not in (401, 403):
                 raise
@@ -238,7 +239,23 @@ def read_connections(session: EnvSession, *, admin: bool = True) -> list[dict[st
         except AuthError as exc:
             log.info("%s: no token for the admin connection list (%s); using the caller's scope",
                      session.name, type(exc).__name__)
-    return client.list_connections()
+    return client.list_connections(), "user"
+
+
+def _who_am_i(session: EnvSession) -> Any:
+    """WhoAmI, with a refusal explained: a 403 here means the signed-in identity has no usable user in
+    this environment (no application user, or a disabled one), which a raw Dataverse error hides."""
+    try:
+        return session.dataverse.who_am_i()
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        raise PlanError(
+            f"environment '{session.name}': Dataverse refused the signed-in identity ({exc.code}: {exc}). "
+            "For a service principal, create an enabled application user for it in this environment "
+            "(Power Platform admin center > the environment > Settings > Users + permissions > Application "
+            "users) and give it a security role; see docs/service-account.md"
+        ) from None
 
 
 def _env(config: Config, env: EnvironmentConfig | str | None, session: EnvSession) -> EnvironmentConfig:
@@ -268,7 +285,7 @@ def read_environment(
         def run(fn: Callable[[], T]) -> Future[T]:
             return pool.submit(fn)
 
-        f_who = run(dv.who_am_i)
+        f_who = run(lambda: _who_am_i(session))
         f_type = run(lambda: dv.component_type_for("connectionreference"))
         # The publisher prefix comes with the solution through its publisherid navigation property.
         f_solution = run(lambda: dv.get_all("solutions", select=SOLUTION_COLUMNS,
@@ -288,7 +305,7 @@ def read_environment(
         component_type = f_type.result()
         solution_rows = f_solution.result()
         ref_rows = f_refs.result()
-        conn_items = f_conns.result()
+        conn_items, connections_scope = f_conns.result()
 
         solution = None
         if solution_rows:
@@ -360,6 +377,7 @@ def read_environment(
         caller=caller,
         writer=writer,
         caller_can_impersonate=caller_can_impersonate,
+        connections_scope=connections_scope,
     )
 
 

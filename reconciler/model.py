@@ -230,6 +230,19 @@ class LiveEnvironment:
     caller: LiveUser | None = None
     writer: LiveUser | None = None
     caller_can_impersonate: bool = False
+    # "admin": every connection of the environment was listed; "user": only those the caller owns or
+    # has been shared (the admin list was refused), so a missing connection may just be invisible.
+    connections_scope: str = "admin"
+
+    def connections_visibility_note(self) -> str | None:
+        """Why a connection may be missing from ``connections`` although it exists, or None."""
+        if self.connections_scope == "admin":
+            return None
+        who = self.caller.describe() if self.caller else "the signed-in identity"
+        return (f"connref could list only the connections {who} owns or has been shared, because the "
+                "admin list was refused: register the application as a Power Platform management app "
+                "(New-PowerAppManagementApp) so connref sees every connection, or share the connections "
+                f"with {who}")
 
     def connection(self, name: str) -> LiveConnection | None:
         key = name.lower()

@@ -464,10 +464,11 @@ class _EnvPlanner:
         else:
             conn = self.live.connection(binding)
             if conn is None:
+                note = self.live.connections_visibility_note()
                 self.problem(
                     name,
-                    f"connection {binding} not found in environment {self.env.name} "
-                    f"or not visible to {self.who}",
+                    f"connection {binding} not found in environment {self.env.name}"
+                    + (f" ({note})" if note else ""),
                 )
         if conn is None:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -504,9 +505,16 @@ def problems_of(cfg: Config, lv: LiveEnvironment) -> list[str]:
 def test_missing_connection() -> None:
     cfg = config([SP_REF], {"contoso_SharePoint": "deadbeef"})
     assert problems_of(cfg, live([], [C_SVC])) == [
-        "dev: contoso_SharePoint: connection deadbeef not found in environment dev "
-        "or not visible to svc-flows@contoso.com"
+        "dev: contoso_SharePoint: connection deadbeef not found in environment dev"
     ]
+
+
+def test_missing_connection_when_only_the_callers_connections_were_listed() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": "deadbeef"})
+    lv = replace(live([], [C_SVC]), connections_scope="user")
+    (problem,) = problems_of(cfg, lv)
+    assert problem.startswith("dev: contoso_SharePoint: connection deadbeef not found in environment dev (")
+    assert "New-PowerAppManagementApp" in problem
 
 
 def test_connection_for_another_connector() -> None:

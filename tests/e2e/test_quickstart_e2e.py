@@ -293,3 +293,39 @@ def test_bad_settings_file_names_file_and_entry(quickstart: Workspace) -> None:
     r = quickstart.run("import", "-e", "dev", "--from-settings", str(bad))
     assert r.code == 1
     assert "bad.json" in r.err and "LogicalName" in r.err
+
+
+def test_without_management_app_connref_says_why_connections_are_missing(quickstart: Workspace) -> None:
+    def not_admin(data: dict) -> None:  # type: ignore[type-arg]
+        for a in data["applications"]:
+            a["management_app"] = False
+
+    _edit_data(quickstart, "dev", not_admin)
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1
+    assert "New-PowerAppManagementApp" in r.err
+    assert "warning: dev:" in r.err
+    r = quickstart.run("whoami", "-e", "dev")
+    assert r.code == 2 and "New-PowerAppManagementApp" in r.out
+
+
+def test_missing_application_user_is_explained(quickstart: Workspace) -> None:
+    def drop_app_user(data: dict) -> None:  # type: ignore[type-arg]
+        data["systemusers"] = [u for u in data["systemusers"] if not u.get("applicationid")]
+
+    _edit_data(quickstart, "dev", drop_app_user)
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1
+    assert "application user" in r.err and "security role" in r.err
+
+
+def test_whoami_is_honest_about_a_disabled_service_account(quickstart: Workspace) -> None:
+    def disable(data: dict) -> None:  # type: ignore[type-arg]
+        for u in data["systemusers"]:
+            if u["domainname"] == "svc-flows@contoso.com":
+                u["isdisabled"] = True
+
+    _edit_data(quickstart, "dev", disable)
+    r = quickstart.run("whoami", "-e", "dev")
+    assert r.code == 2
+    assert "is disabled" in r.out
