@@ -473,7 +473,7 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
             print(f"  - {logical_name}: no binding declared", file=out)
             continue
         try:
-            conn = resolve_binding(binding, ref.connector, live, logical_name=logical_name)
+            conn = resolve_binding(binding, ref.connector, live)
         except PlanError as e:
             problems += 1
             print(f"  ✗ {logical_name}: {e}", file=out)

@@ -251,7 +251,7 @@ def _who_am_i(session: EnvSession) -> Any:
         if exc.status != 403:
             raise
         raise PlanError(
-            f"environment '{session.name}': Dataverse refused the signed-in identity ({exc.code}: {exc}). "
+            f"environment '{session.name}': Dataverse refused the signed-in identity ({exc}). "
             "For a service principal, create an enabled application user for it in this environment "
             "(Power Platform admin center > the environment > Settings > Users + permissions > Application "
             "users) and give it a security role; see docs/service-account.md"

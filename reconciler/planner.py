@@ -521,7 +521,8 @@ class _EnvPlanner:
         else:
             self.problem(
                 desired.logical_name,
-                f"selector {selector.describe()} matches no {want} connection in environment {self.env.name} "
-                f"visible to {self.who}. {want} connections: {listing}",
+                f"selector {selector.describe()} matches no {want} connection in environment {self.env.name}"
+                + (f" ({note})" if (note := self.live.connections_visibility_note()) else "")
+                + f". {want} connections: {listing}",
             )
         return None

@@ -551,7 +551,7 @@ def test_empty_selector_match_lists_the_connectors_connections() -> None:
     (line,) = problems_of(cfg, live([], [C_MAKER, C_OUTLOOK]))
     assert line == (
         "dev: contoso_SharePoint: selector {owner: nobody@contoso.com, display_name: X} matches no "
-        "shared_sharepointonline connection in environment dev visible to svc-flows@contoso.com. "
+        "shared_sharepointonline connection in environment dev. "
         f'shared_sharepointonline connections: "SharePoint maker1" (owner maker1@contoso.com, {C_MAKER.name})'
     )
 
