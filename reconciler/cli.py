@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
@@ -106,9 +108,17 @@ def _use_color(args: argparse.Namespace) -> bool:
     return sys.stdout.isatty()
 
 
+def _terminate_like_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, and map errors to exit codes (the only place that does)."""
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # A cancelled pipeline job or a stopped container sends SIGTERM: unwind as for Ctrl-C, so
+        # locks are released and nothing is left half-recorded.
+        signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     from . import commands
 
     color = _use_color(args)

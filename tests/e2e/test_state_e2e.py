@@ -278,16 +278,8 @@ def test_unlock_releases_the_lock_of_a_killed_run_and_refuses_a_wrong_id(quickst
     assert load_state(state_dir, "prod").serial == 1  # type: ignore[union-attr]
 
 
-SIGTERM_LEAVES_LOCKS = (
-    "cli.run handles SIGINT (KeyboardInterrupt unwinds the locks) but not SIGTERM, the signal a cancelled "
-    "CI job or a stopped container gets: the process dies without unwinding and leaves every lock behind"
-)
-
-
-@pytest.mark.parametrize("sig", [
-    signal.SIGINT,
-    pytest.param(signal.SIGTERM, marks=pytest.mark.xfail(strict=True, reason=SIGTERM_LEAVES_LOCKS)),
-], ids=["SIGINT", "SIGTERM"])
+# SIGTERM is what a cancelled CI job or a stopped container gets: it must unwind like Ctrl-C.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_apply_gives_its_locks_back(served: Served, sig: signal.Signals) -> None:
     state_dir = served.dir / "state"
     gate = _gate_batches(served, "dev")
