@@ -1,9 +1,21 @@
-"""Shared fixtures: a populated emulator environment served over loopback, and clients for it.
+"""Shared fixtures: a populated emulator environment served over loopback, and clients for it, or the
+same interface pointed at a real environment ("remote mode", docs/emulator.md, "Running the contract
+tests against a real environment").
 
 * ``emulator_data``: a fresh data dict (``factory.sample_environment``; names and ids in ``factory.Sample``).
-* ``emulator``: an ``EmulatorApp`` over that data on a loopback port; ``.url``, ``.app``, ``.store``,
-  ``.token(object_id=..., app_id=..., audience=None)`` and ``.client(...)``.
+* ``emulator``: an ``EmulatorHandle`` over that data on a loopback port; ``.url``, ``.app``, ``.store``,
+  ``.token(object_id=..., app_id=..., audience=None)`` and ``.client(...)``. In remote mode a
+  ``RemoteHandle`` with ``.url``, ``.api``, ``.token()`` and ``.client()`` for the application only.
+* ``target``: the ids the contract tests need (a ``Target``): ``factory.Sample``'s values on the
+  emulator, the fixture file's in remote mode.
 * ``dv``: an ``httpx.Client`` for ``{url}/api/data/v9.2/`` authenticated as the pipeline application.
+  In remote mode every connection reference created through it (POST, or a ``$batch`` part) is
+  deleted when the test ends, so a run leaves the environment as it was; ``created.add(id)`` records
+  rows made otherwise (an upsert).
+
+Remote mode is on when ``CONNREF_REMOTE_URL``, ``CONNREF_REMOTE_TOKEN`` and ``CONNREF_REMOTE_FIXTURE``
+are all set. Then tests marked ``emulator_only`` are skipped, and so are tests outside tests/emulator/
+that use the emulator fixtures (they read ``factory.Sample`` directly).
 
 The RSA signing key is generated once per session (key generation is the slow part); everything else
 is rebuilt per test, so tests never see each other's writes.
@@ -11,8 +23,12 @@ is rebuilt per test, so tests never see each other's writes.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +42,177 @@ from reconciler.emulator.store import EnvironmentStore
 
 API = "/api/data/v9.2/"
 ODATA_HEADERS = {"Accept": "application/json", "OData-Version": "4.0", "OData-MaxVersion": "4.0"}
+
+REMOTE_URL_VAR = "CONNREF_REMOTE_URL"
+REMOTE_TOKEN_VAR = "CONNREF_REMOTE_TOKEN"
+REMOTE_FIXTURE_VAR = "CONNREF_REMOTE_FIXTURE"
+REMOTE_FIXTURE_FORMAT = "connref-remote-fixture/1"
+_EMULATOR_FIXTURES = frozenset({"emulator", "dv", "emulator_data", "target"})
+
+
+def remote_mode() -> bool:
+    """True when the environment variables name a real environment (all three must be set)."""
+    return all(os.environ.get(v) for v in (REMOTE_URL_VAR, REMOTE_TOKEN_VAR, REMOTE_FIXTURE_VAR))
+
+
+# --------------------------------------------------------------------------- the ids tests need
+
+
+@dataclass(frozen=True)
+class Target:
+    """The ids and names the contract tests rely on. Attribute names match ``factory.Sample`` so a test
+    reads the same against either; only what the fixture file can name is here (no reference or flow
+    ids: tests create the references they need)."""
+
+    TENANT_ID: str
+    APP_CLIENT_ID: str
+    APP_OBJECT_ID: str
+    APP_USER_ID: str
+    SVC_UPN: str
+    SVC_OBJECT_ID: str
+    SVC_USER_ID: str
+    MAKER_UPN: str
+    MAKER_OBJECT_ID: str
+    MAKER_USER_ID: str
+    DISABLED_OBJECT_ID: str | None
+    SOLUTION: str
+    PUBLISHER_PREFIX: str
+    COMPONENT_TYPE: int
+    # a connection the application may bind (owned by or shared with it) ...
+    APP_CONNECTOR: str
+    APP_CONNECTION: str
+    # ... and one it may not (the maker's personal connection)
+    MAKER_CONNECTOR: str
+    MAKER_CONNECTION: str
+    is_sample: bool = False
+
+    @classmethod
+    def sample(cls) -> Target:
+        s = Sample
+        return cls(
+            TENANT_ID=s.TENANT_ID,
+            APP_CLIENT_ID=s.APP_CLIENT_ID,
+            APP_OBJECT_ID=s.APP_OBJECT_ID,
+            APP_USER_ID=s.APP_USER_ID,
+            SVC_UPN=s.SVC_UPN,
+            SVC_OBJECT_ID=s.SVC_OBJECT_ID,
+            SVC_USER_ID=s.SVC_USER_ID,
+            MAKER_UPN=s.MAKER_UPN,
+            MAKER_OBJECT_ID=s.MAKER_OBJECT_ID,
+            MAKER_USER_ID=s.MAKER_USER_ID,
+            DISABLED_OBJECT_ID=s.DISABLED_OBJECT_ID,
+            SOLUTION=s.SOLUTION,
+            PUBLISHER_PREFIX="contoso",
+            COMPONENT_TYPE=s.COMPONENT_TYPE,
+            APP_CONNECTOR=s.DATAVERSE,
+            APP_CONNECTION=s.CONN_DV_SVC,
+            MAKER_CONNECTOR=s.SP,
+            MAKER_CONNECTION=s.CONN_SP_MAKER,
+            is_sample=True,
+        )
+
+    @classmethod
+    def from_fixture_file(cls, path: str) -> Target:
+        """Read the fixture file (format in docs/emulator.md); a missing key is an error naming it."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+
+        def get(*keys: str, optional: bool = False) -> Any:
+            node: Any = doc
+            for k in keys:
+                if not isinstance(node, dict) or k not in node:
+                    if optional:
+                        return None
+                    raise ValueError(f"{path}: missing {'.'.join(keys)}")
+                node = node[k]
+            return node
+
+        if doc.get("format") != REMOTE_FIXTURE_FORMAT:
+            raise ValueError(f"{path}: format must be {REMOTE_FIXTURE_FORMAT!r}")
+        return cls(
+            TENANT_ID=get("tenant_id"),
+            APP_CLIENT_ID=get("application", "client_id"),
+            APP_OBJECT_ID=get("application", "object_id"),
+            APP_USER_ID=get("application", "systemuserid"),
+            SVC_UPN=get("service_account", "upn"),
+            SVC_OBJECT_ID=get("service_account", "object_id"),
+            SVC_USER_ID=get("service_account", "systemuserid"),
+            MAKER_UPN=get("maker", "upn"),
+            MAKER_OBJECT_ID=get("maker", "object_id"),
+            MAKER_USER_ID=get("maker", "systemuserid"),
+            DISABLED_OBJECT_ID=get("disabled_user", "object_id", optional=True),
+            SOLUTION=get("solution", "uniquename"),
+            PUBLISHER_PREFIX=get("solution", "publisher_prefix"),
+            COMPONENT_TYPE=int(get("connectionreference_componenttype")),
+            APP_CONNECTOR=get("connections", "usable_by_application", "connector"),
+            APP_CONNECTION=get("connections", "usable_by_application", "name"),
+            MAKER_CONNECTOR=get("connections", "maker_only", "connector"),
+            MAKER_CONNECTION=get("connections", "maker_only", "name"),
+        )
+
+
+def fixture_document(t: Target) -> dict[str, Any]:
+    """The fixture-file JSON describing ``t`` (the inverse of ``Target.from_fixture_file``)."""
+    doc: dict[str, Any] = {
+        "format": REMOTE_FIXTURE_FORMAT,
+        "tenant_id": t.TENANT_ID,
+        "application": {"client_id": t.APP_CLIENT_ID, "object_id": t.APP_OBJECT_ID, "systemuserid": t.APP_USER_ID},
+        "service_account": {"upn": t.SVC_UPN, "object_id": t.SVC_OBJECT_ID, "systemuserid": t.SVC_USER_ID},
+        "maker": {"upn": t.MAKER_UPN, "object_id": t.MAKER_OBJECT_ID, "systemuserid": t.MAKER_USER_ID},
+        "solution": {"uniquename": t.SOLUTION, "publisher_prefix": t.PUBLISHER_PREFIX},
+        "connectionreference_componenttype": t.COMPONENT_TYPE,
+        "connections": {
+            "usable_by_application": {"connector": t.APP_CONNECTOR, "name": t.APP_CONNECTION},
+            "maker_only": {"connector": t.MAKER_CONNECTOR, "name": t.MAKER_CONNECTION},
+        },
+    }
+    if t.DISABLED_OBJECT_ID:
+        doc["disabled_user"] = {"object_id": t.DISABLED_OBJECT_ID}
+    return doc
+
+
+@pytest.fixture(scope="session")
+def target() -> Target:
+    if remote_mode():
+        return Target.from_fixture_file(os.environ[REMOTE_FIXTURE_VAR])
+    return Target.sample()
+
+
+# --------------------------------------------------------------------------- remote mode: what is skipped
+
+
+def _emulator_only_reason(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("emulator_only")
+    assert mark is not None
+    why = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+    return "emulator_only" + (f": {why}" if why else ": needs emulator-only controls")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not remote_mode():
+        return  # the default run is untouched
+    contract_dir = Path(__file__).parent / "emulator"
+    for item in items:
+        if item.get_closest_marker("emulator_only") is not None:
+            item.add_marker(pytest.mark.skip(reason="remote mode: " + _emulator_only_reason(item)))
+        elif contract_dir not in Path(str(item.path)).parents and _EMULATOR_FIXTURES & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(
+                pytest.mark.skip(
+                    reason="remote mode: uses the emulator fixtures with factory.Sample's ids; only "
+                    "tests/emulator/ takes its ids from the `target` fixture"
+                )
+            )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if remote_mode():
+        # The URL only: the token is never printed.
+        return f"connref contract tests in remote mode against {os.environ[REMOTE_URL_VAR]}"
+    return None
+
+
+# --------------------------------------------------------------------------- handles
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +231,7 @@ class EmulatorHandle:
     app: EmulatorApp
     store: EnvironmentStore
     server: RunningServer
+    remote = False
 
     @property
     def api(self) -> str:
@@ -86,9 +274,51 @@ class EmulatorHandle:
         return httpx.Client(base_url=self.api, headers=h, timeout=10)
 
 
+@dataclass
+class RemoteHandle:
+    """The handle's interface over a real environment. It holds one token, the application's for the
+    Dataverse URL: asking for any other identity, audience or lifetime is a test that should be marked
+    ``emulator_only``, and fails loudly so the mark gets added."""
+
+    url: str
+    bearer: str = field(repr=False)
+    remote = True
+
+    @property
+    def api(self) -> str:
+        return self.url + API
+
+    def token(
+        self,
+        object_id: str | None = None,
+        app_id: str | None = None,
+        audience: str | None = None,
+        **options: Any,
+    ) -> str:
+        if object_id is not None or app_id is not None or audience is not None or options:
+            raise RuntimeError(
+                "remote mode holds only the application's Dataverse token; a test that needs another "
+                "identity, audience or lifetime must be marked emulator_only"
+            )
+        return self.bearer
+
+    def client(self, *, headers: dict[str, str] | None = None, **token_options: Any) -> httpx.Client:
+        h = dict(ODATA_HEADERS)
+        h["Authorization"] = "Bearer " + self.token(**token_options)
+        h.update(headers or {})
+        return httpx.Client(base_url=self.api, headers=h, timeout=30)
+
+    def __getattr__(self, name: str) -> Any:
+        # .app, .store, .server exist only on the emulator.
+        raise AttributeError(f"remote mode has no {name!r}: a test that uses it must be marked emulator_only")
+
+
 @pytest.fixture
-def emulator(emulator_data: dict[str, Any]) -> Iterator[EmulatorHandle]:
-    store = EnvironmentStore.from_dict(emulator_data)
+def emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorHandle | RemoteHandle]:
+    if remote_mode():
+        yield RemoteHandle(url=os.environ[REMOTE_URL_VAR].rstrip("/"), bearer=os.environ[REMOTE_TOKEN_VAR])
+        return
+    store = EnvironmentStore.from_dict(request.getfixturevalue("emulator_data"))
     app = EmulatorApp(store)
     server = serve(app)
     try:
@@ -97,7 +327,68 @@ def emulator(emulator_data: dict[str, Any]) -> Iterator[EmulatorHandle]:
         server.shutdown()
 
 
+# --------------------------------------------------------------------------- cleanup of created rows
+
+_CREATED_REF = re.compile(r"connectionreferences\(([0-9a-fA-F-]{36})\)")
+
+
+class Created:
+    """Ids of connection references a test created; deleted when the test ends."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def add(self, rid: str) -> None:
+        if rid.lower() not in (i.lower() for i in self.ids):
+            self.ids.append(rid)
+
+    def record(self, response: httpx.Response) -> None:
+        """httpx response hook: remember references created by a POST or inside a ``$batch``."""
+        request = response.request
+        if request.method != "POST" or response.status_code >= 300:
+            return
+        path = request.url.path
+        if path.endswith("/connectionreferences"):
+            entity = response.headers.get("OData-EntityId", "")
+            m = _CREATED_REF.search(entity)
+            if m is None and response.status_code == 201:
+                response.read()
+                rid = response.json().get("connectionreferenceid")
+                if rid:
+                    self.add(str(rid))
+            elif m is not None:
+                self.add(m.group(1))
+        elif path.endswith("/$batch"):
+            response.read()
+            for line in response.text.splitlines():
+                if line.lower().startswith(("odata-entityid:", "location:")):
+                    m = _CREATED_REF.search(line)
+                    if m is not None:
+                        self.add(m.group(1))
+
+    def delete_all(self, client: httpx.Client) -> None:
+        failures = []
+        for rid in reversed(self.ids):
+            r = client.delete(f"connectionreferences({rid})")
+            if r.status_code not in (204, 404):
+                failures.append(f"{rid}: {r.status_code}")
+        assert not failures, f"could not delete the connection references this test created: {failures}"
+
+
 @pytest.fixture
-def dv(emulator: EmulatorHandle) -> Iterator[httpx.Client]:
+def created() -> Created:
+    return Created()
+
+
+@pytest.fixture
+def dv(emulator: EmulatorHandle | RemoteHandle, created: Created) -> Iterator[httpx.Client]:
     with emulator.client() as client:
+        if not emulator.remote:
+            # Each emulator test has its own environment: nothing to clean up, and faults a test
+            # injected must not meet teardown requests. The remote self-check exercises the cleanup.
+            yield client
+            return
+        client.event_hooks["response"].append(created.record)
         yield client
+        client.event_hooks["response"].clear()
+        created.delete_all(client)
