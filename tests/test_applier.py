@@ -4,19 +4,19 @@ operation, and idempotence (a second plan has nothing to do)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from builders import EmulatorTokens, sample_config
 
 from reconciler.applier import ApplyResult, BatchProgress, apply_environment
 from reconciler.client import Guid, eq, update_op
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ApplyError
 from reconciler.live import read_environment
-from reconciler.model import Binding, Config, DesiredReference, EnvironmentConfig, connector_id, frozen_map
+from reconciler.model import Binding, Config, DesiredReference, connector_id
 from reconciler.ops import EnvironmentPlan, FieldChange, UpdateReference
 from reconciler.planner import plan_environment
 from reconciler.session import EnvSession, open_environment
@@ -24,20 +24,6 @@ from reconciler.session import EnvSession, open_environment
 # Every test makes the pipeline app a management app by editing the emulator's data, and several
 # count requests in the emulator's log.
 pytestmark = pytest.mark.emulator_only
-
-
-class EmulatorTokens:
-    def __init__(self, emulator: Any) -> None:
-        self.emulator = emulator
-        self._lock = threading.Lock()
-        self._cache: dict[str, str] = {}
-
-    def get_token(self, scope: str) -> str:
-        # Cached per scope, as real providers do (minting signs with RSA each time).
-        with self._lock:
-            if scope not in self._cache:
-                self._cache[scope] = str(self.emulator.token(audience=scope.removesuffix("/.default")))
-            return self._cache[scope]
 
 
 def ref(name: str, connector: str, display: str, description: str | None = None) -> DesiredReference:
@@ -54,16 +40,6 @@ def in_sync() -> dict[str, DesiredReference]:
     }
 
 
-def make_config(
-    url: str, refs: dict[str, DesiredReference], bindings: dict[str, Binding] | None = None
-) -> Config:
-    env = EnvironmentConfig(name="dev", url=url, environment_id=Sample.ENVIRONMENT_ID,
-                            service_account=Sample.SVC_UPN, connections_url=url,
-                            bindings=frozen_map(bindings or {}))
-    return Config(path="connref.yaml", version=1, solution=Sample.SOLUTION, references=frozen_map(refs),
-                  environments=frozen_map({"dev": env}))
-
-
 @pytest.fixture
 def admin_app(emulator: Any) -> Any:
     # The pipeline app reads every connection (a registered management app), so bindings resolve.
@@ -74,7 +50,7 @@ def admin_app(emulator: Any) -> Any:
 
 @pytest.fixture
 def session(admin_app: Any) -> Iterator[EnvSession]:
-    config = make_config(admin_app.url, in_sync())
+    config = sample_config(admin_app.url, in_sync())
     with open_environment(config, "dev", token_provider=EmulatorTokens(admin_app),
                           http=httpx.Client(timeout=10)) as s:
         yield s
@@ -98,7 +74,7 @@ def members(emulator: Any) -> set[str]:
 
 
 def test_in_sync_plan_applies_nothing(admin_app: Any, session: EnvSession) -> None:
-    env_plan = plan(session, make_config(admin_app.url, in_sync()))
+    env_plan = plan(session, sample_config(admin_app.url, in_sync()))
     admin_app.app.log.clear()
     result = apply_environment(session, env_plan)
     assert result.results == () and result.ok
@@ -110,7 +86,7 @@ def test_create_rename_rebind_then_nothing_to_do(admin_app: Any, session: EnvSes
     refs[Sample.REF_SP_NAME] = ref(Sample.REF_SP_NAME, Sample.SP, "SharePoint (renamed)")
     refs["contoso_Sql"] = ref("contoso_Sql", Sample.DATAVERSE, "Dataverse second", "created by apply")
     bindings: dict[str, Binding] = {Sample.REF_DV_NAME: Sample.CONN_DV_SVC, "contoso_Sql": Sample.CONN_DV_SVC}
-    config = make_config(admin_app.url, refs, bindings)
+    config = sample_config(admin_app.url, refs, bindings)
     env_plan = plan(session, config)
     kinds = sorted((op.kind, op.logical_name) for op in env_plan.ops)
     assert kinds == [("create", "contoso_Sql"), ("update", Sample.REF_DV_NAME),
@@ -142,7 +118,7 @@ def test_create_rename_rebind_then_nothing_to_do(admin_app: Any, session: EnvSes
 def test_add_to_solution_and_take_ownership(admin_app: Any, session: EnvSession) -> None:
     refs = in_sync()
     refs[Sample.REF_MAKER_NAME] = ref(Sample.REF_MAKER_NAME, Sample.SP, "SharePoint Solution-8f4b0")
-    config = make_config(admin_app.url, refs)
+    config = sample_config(admin_app.url, refs)
     env_plan = plan(session, config)
     assert sorted(op.kind for op in env_plan.ops) == ["add_to_solution", "update"]
     update = next(op for op in env_plan.ops if isinstance(op, UpdateReference))
@@ -162,7 +138,7 @@ def test_stale_etag_stops_the_apply_and_says_to_plan_again(admin_app: Any, sessi
     refs[Sample.REF_SP_NAME] = ref(Sample.REF_SP_NAME, Sample.SP, "SharePoint (renamed)")
     refs[Sample.REF_OUTLOOK_NAME] = ref(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK, "Outlook (renamed)")
     refs["contoso_Late"] = ref("contoso_Late", Sample.DATAVERSE, "Created too late")
-    config = make_config(admin_app.url, refs)
+    config = sample_config(admin_app.url, refs)
     env_plan = plan(session, config)
     assert len(env_plan.ops) == 3
 
@@ -197,7 +173,7 @@ def test_stale_etag_stops_the_apply_and_says_to_plan_again(admin_app: Any, sessi
 def test_rebind_to_a_connection_the_writer_cannot_use_fails_with_the_reason(
     admin_app: Any, session: EnvSession
 ) -> None:
-    config = make_config(admin_app.url, in_sync())
+    config = sample_config(admin_app.url, in_sync())
     live = read_environment(session, config, "dev")
     sp = next(r for r in live.references if r.logical_name == Sample.REF_SP_NAME)
     # Built by hand: the planner refuses this binding; the applier must still report the service's refusal.

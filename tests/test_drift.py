@@ -4,160 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from builders import ALICE, DRIFT, DRIFT_CONNS, OUTLOOK, SP, SPN, drift_config, drift_live, replace_ref, state_of
 
 from reconciler import drift as dr
 from reconciler.drift_render import render_json, render_markdown, render_text
-from reconciler.model import (
-    Binding,
-    Config,
-    DesiredReference,
-    EnvironmentConfig,
-    LiveConnection,
-    LiveEnvironment,
-    LiveReference,
-    LiveSolution,
-    LiveUser,
-    Permission,
-    Selector,
-    connector_id,
-    frozen_map,
-)
-from reconciler.state import EnvState, ManagedReference, record_apply
+from reconciler.model import DesiredReference, LiveEnvironment, Selector, connector_id, frozen_map
+from reconciler.state import EnvState, ManagedReference
 
-# ------------------------------------------------------------------ builders (shared with test_planfile)
-
-SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", "Flows Service Account")
-ALICE = LiveUser("u-alice", "oid-alice", "alice@contoso.com", "Alice")
-BOB = LiveUser("u-bob", "oid-bob", "bob@contoso.com", "Bob")
-SP, OUTLOOK = "shared_sharepointonline", "shared_office365"
+conn, ref = DRIFT.conn, DRIFT.ref
+live, config = drift_live, drift_config
 WHEN = "2024-06-03T09:15:00Z"
-
-
-def conn(
-    name: str, display: str, *, connector: str = SP, owner: LiveUser = SVC, status: str = "Connected"
-) -> LiveConnection:
-    return LiveConnection(
-        name,
-        connector_id(connector),
-        display,
-        status,
-        owner.object_id,
-        None,
-        (Permission(owner.object_id or "", "Owner"),),
-    )
-
-
-CONNS = (
-    conn("c-sp-svc", "SharePoint svc"),
-    conn("c-sp-alice", "SharePoint Alice", owner=ALICE),
-    conn("c-ol-svc", "Outlook svc", connector=OUTLOOK),
-)
-
-
-def ref(
-    logical: str,
-    display: str,
-    *,
-    connector: str = SP,
-    connection: str | None = None,
-    description: str | None = None,
-    owner: LiveUser = SVC,
-    in_solution: bool = True,
-    etag: str = 'W/"100"',
-    modified_by: str | None = "u-svc",
-    modified_on: str | None = "2024-06-01T08:00:00Z",
-    created_by: str | None = None,
-    created_on: str | None = None,
-) -> LiveReference:
-    return LiveReference(
-        id=f"id-{logical.lower()}",
-        logical_name=logical,
-        display_name=display,
-        connector=connector_id(connector),
-        connection=connection,
-        description=description,
-        owner_id=owner.systemuserid,
-        etag=etag,
-        in_solution=in_solution,
-        modified_by=modified_by,
-        modified_on=modified_on,
-        created_by=created_by,
-        created_on=created_on,
-    )
-
-
-BASE_REFS = (
-    ref("contoso_SharePoint", "SharePoint Contoso", connection="c-sp-svc", description="Sites"),
-    ref("contoso_Outlook", "Outlook Contoso", connector=OUTLOOK, connection="c-ol-svc"),
-)
-
-
-def live(
-    refs: Sequence[LiveReference] = BASE_REFS, conns: Sequence[LiveConnection] = CONNS
-) -> LiveEnvironment:
-    return LiveEnvironment(
-        name="dev",
-        solution=LiveSolution("sol-1", "ContosoConnections"),
-        component_type=10150,
-        references=tuple(refs),
-        connections=tuple(conns),
-        users=(SVC, ALICE, BOB),
-        caller=SVC,
-        writer=SVC,
-    )
-
-
-def config(
-    refs: Sequence[DesiredReference] | None = None,
-    bindings: Mapping[str, Binding] | None = None,
-    *,
-    service_account: str | None = "svc-flows@contoso.com",
-) -> Config:
-    refs = (
-        refs
-        if refs is not None
-        else (
-            DesiredReference("contoso_SharePoint", connector_id(SP), "SharePoint Contoso", "Sites"),
-            DesiredReference("contoso_Outlook", connector_id(OUTLOOK), "Outlook Contoso"),
-        )
-    )
-    b = (
-        bindings
-        if bindings is not None
-        else {
-            "contoso_SharePoint": "c-sp-svc",
-            "contoso_Outlook": Selector(owner="svc-flows@contoso.com"),
-        }
-    )
-    env = EnvironmentConfig(
-        "dev",
-        "https://contoso-dev.crm4.dynamics.com",
-        service_account=service_account,
-        bindings=frozen_map(b),
-    )
-    return Config(
-        path="/tmp/connref.yaml",
-        version=1,
-        solution="ContosoConnections",
-        references=frozen_map({r.logical_name: r for r in refs}),
-        environments=frozen_map({"dev": env}),
-    )
-
-
-def state_of(env: LiveEnvironment, names: Sequence[str] | None = None) -> EnvState:
-    names = names if names is not None else [r.logical_name for r in env.references]
-    return record_apply(None, "dev", env, declared=names, user="runner", at="2024-06-01T08:00:00Z")
-
-
-def replace_ref(env: LiveEnvironment, logical: str, **changes: Any) -> LiveEnvironment:
-    refs = tuple(
-        dataclasses.replace(r, **changes) if r.logical_name == logical else r for r in env.references
-    )
-    return dataclasses.replace(env, references=refs)
 
 
 def drop_ref(env: LiveEnvironment, logical: str) -> LiveEnvironment:
@@ -169,7 +29,6 @@ def with_conn_status(env: LiveEnvironment, name: str, status: str) -> LiveEnviro
     return dataclasses.replace(env, connections=conns)
 
 
-SPN = "contoso_SharePoint"
 BY_ALICE: dict[str, Any] = {"modified_by": "u-alice", "modified_on": WHEN}
 
 # ------------------------------------------------------------------ table: live vs last applied state
@@ -372,7 +231,7 @@ def test_drift_against_config_without_state(
 
 def test_selector_mismatch_names_the_selector() -> None:
     e = dataclasses.replace(
-        live(), connections=(*CONNS, conn("c-ol-alice", "Outlook A", connector=OUTLOOK, owner=ALICE))
+        live(), connections=(*DRIFT_CONNS, conn("c-ol-alice", "Outlook A", connector=OUTLOOK, owner=ALICE))
     )
     e = replace_ref(e, "contoso_Outlook", connection="c-ol-alice", **BY_ALICE)
     rd = dr.detect_drift(config(), "dev", e, None).reference("contoso_Outlook")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_lint_builders import (
+from builders import (
+    ADOPTION,
     ALICE,
     BOB,
     C_ALICE_SP,
@@ -18,11 +19,9 @@ from test_lint_builders import (
     C_SVC_SP,
     SA,
     SVC,
-    conn,
     flow,
-    live,
     messy_live,
-    ref,
+    reversed_order,
 )
 
 from reconciler.config import load_config
@@ -31,6 +30,7 @@ from reconciler.importer import import_environment, yaml_scalar
 from reconciler.model import LiveEnvironment
 from reconciler.planner import plan_environment
 
+conn, live, ref = ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 ENV_ID = "6f1c2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
@@ -208,12 +208,7 @@ def test_missing_solution_is_an_error() -> None:
 
 def test_deterministic() -> None:
     env = messy_live()
-    shuffled = dataclasses.replace(
-        env,
-        references=tuple(reversed(env.references)),
-        connections=tuple(reversed(env.connections)),
-        flows=tuple(reversed(env.flows)),
-    )
+    shuffled = reversed_order(env)
     assert do_import(env, service_account=SA) == do_import(shuffled, service_account=SA)
 
 

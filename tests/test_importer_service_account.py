@@ -10,8 +10,8 @@ import dataclasses
 from pathlib import Path
 
 import yaml
+from builders import ALICE, C_ALICE_SP, C_SVC_OUTLOOK, C_SVC_SP, SA, messy_live
 from test_importer import EXISTING, do_import, owned_by_svc, prose, write_config
-from test_lint_builders import ALICE, C_ALICE_SP, C_SVC_OUTLOOK, C_SVC_SP, SA, messy_live
 
 from reconciler.config import load_config
 from reconciler.model import LiveEnvironment

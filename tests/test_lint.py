@@ -3,12 +3,12 @@ silencing works, output is stable, and the exit code follows the severities."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 
 import pytest
-from test_lint_builders import (
+from builders import (
+    ADOPTION,
     C_ALICE_SP,
     C_BOB_SP,
     C_SVC_OUTLOOK,
@@ -17,13 +17,10 @@ from test_lint_builders import (
     SA,
     SVC,
     TEAMS,
-    config,
-    conn,
     desired,
     flow,
-    live,
     messy_live,
-    ref,
+    reversed_order,
 )
 
 from reconciler.lint import (
@@ -37,6 +34,8 @@ from reconciler.lint import (
     render_findings_text,
 )
 from reconciler.model import Config, LiveEnvironment, Selector
+
+config, conn, live, ref = ADOPTION.config, ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 
 
 def codes(findings: list[Finding]) -> set[tuple[str, str | None, str]]:
@@ -390,12 +389,7 @@ def test_every_code_is_documented() -> None:
 
 def test_order_is_deterministic() -> None:
     env = messy_live()
-    shuffled = dataclasses.replace(
-        env,
-        references=tuple(reversed(env.references)),
-        connections=tuple(reversed(env.connections)),
-        flows=tuple(reversed(env.flows)),
-    )
+    shuffled = reversed_order(env)
     a = lint(config(), {"dev": env})
     b = lint(config(), {"dev": shuffled})
     assert render_findings_text(a) == render_findings_text(b)

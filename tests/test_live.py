@@ -4,37 +4,21 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from builders import EmulatorTokens, sample_config
 
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ConfigError
 from reconciler.live import flow_references, read_environment
-from reconciler.model import Config, DesiredReference, EnvironmentConfig, connector_id, frozen_map
+from reconciler.model import Config, DesiredReference, connector_id
 from reconciler.session import EnvSession, open_environment
 
 API = "/api/data/v9.2/"
-
-
-class EmulatorTokens:
-    """Real tokens signed with the emulator's key, for the pipeline application, per scope."""
-
-    def __init__(self, emulator: Any) -> None:
-        self.emulator = emulator
-        self._lock = threading.Lock()
-        self._cache: dict[str, str] = {}
-
-    def get_token(self, scope: str) -> str:
-        # Cached per scope, as real providers do (minting signs with RSA each time).
-        with self._lock:
-            if scope not in self._cache:
-                self._cache[scope] = str(self.emulator.token(audience=scope.removesuffix("/.default")))
-            return self._cache[scope]
 
 
 def desired(name: str, connector: str, display: str | None = None) -> DesiredReference:
@@ -54,12 +38,7 @@ def make_config(
         Sample.REF_OUTLOOK_NAME: desired(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK),
         "contoso_NotYet": desired("contoso_NotYet", Sample.DATAVERSE),
     }
-    env = EnvironmentConfig(
-        name="dev", url=url, environment_id=Sample.ENVIRONMENT_ID, service_account=service_account,
-        connections_url=None if local_path else url, local_path=local_path,
-    )
-    return Config(path="connref.yaml", version=1, solution=Sample.SOLUTION, references=frozen_map(refs),
-                  environments=frozen_map({"dev": env}))
+    return sample_config(url, refs, service_account=service_account, local_path=local_path)
 
 
 @pytest.fixture

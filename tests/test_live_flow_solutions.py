@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from test_live import EmulatorTokens, make_config
+from builders import EmulatorTokens
+from test_live import make_config
 
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_drift import SPN, config, live, replace_ref, state_of
+from builders import SPN, replace_ref, state_of
+from builders import drift_config as config
+from builders import drift_live as live
 
 from reconciler import planfile as pf
 from reconciler.errors import PlanError, StalePlanError

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from builders import (
+    C_MAKER,
+    C_OUTLOOK,
+    C_SVC,
+    C_SVC2,
+    MAKER1,
+    MAKER2,
+    OL_REF,
+    OUTLOOK,
+    PLANNING,
+    SP,
+    SP_REF,
+    SVC,
+    desired,
+)
 
 from reconciler.errors import PlanError
 from reconciler.model import (
-    Binding,
     Config,
-    DesiredReference,
-    EnvironmentConfig,
     LiveConnection,
     LiveEnvironment,
     LiveFlow,
-    LiveReference,
-    LiveSolution,
     LiveUser,
     Permission,
     Selector,
     connector_id,
-    frozen_map,
 )
 from reconciler.ops import (
     AddToSolution,
@@ -38,108 +47,7 @@ from reconciler.ops import (
 )
 from reconciler.planner import PlanProblems, live_fingerprint, plan, plan_environment
 
-# ------------------------------------------------------------------- builders (shared with test_render)
-
-SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", "Flows Service Account")
-MAKER1 = LiveUser("u-maker1", "oid-maker1", "maker1@contoso.com", "Maker One")
-MAKER2 = LiveUser("u-maker2", "oid-maker2", "maker2@contoso.com", "Maker Two")
-SOLUTION = LiveSolution("sol-1", "ContosoConnections")
-SP = "shared_sharepointonline"
-OUTLOOK = "shared_office365"
-
-
-def conn(
-    name: str,
-    display: str,
-    *,
-    connector: str = SP,
-    owner: LiveUser = SVC,
-    status: str = "Connected",
-    shared_with: Sequence[LiveUser] = (),
-) -> LiveConnection:
-    shares = (Permission(u.object_id or "", "CanView") for u in shared_with)
-    perms = (Permission(owner.object_id or "", "Owner"), *shares)
-    return LiveConnection(name, connector_id(connector), display, status, owner.object_id, None, perms)
-
-
-def ref(
-    logical: str,
-    display: str | None,
-    *,
-    connector: str = SP,
-    connection: str | None = None,
-    description: str | None = None,
-    owner: LiveUser = SVC,
-    in_solution: bool = True,
-    etag: str = 'W/"100"',
-) -> LiveReference:
-    return LiveReference(
-        id=f"id-{logical.lower()}",
-        logical_name=logical,
-        display_name=display,
-        connector=connector_id(connector),
-        connection=connection,
-        description=description,
-        owner_id=owner.systemuserid,
-        etag=etag,
-        in_solution=in_solution,
-    )
-
-
-def live(
-    refs: Sequence[LiveReference] = (),
-    conns: Sequence[LiveConnection] = (),
-    *,
-    name: str = "dev",
-    writer: LiveUser | None = SVC,
-    caller: LiveUser | None = None,
-    flows: Sequence[LiveFlow] = (),
-    solution: LiveSolution | None = SOLUTION,
-) -> LiveEnvironment:
-    return LiveEnvironment(
-        name=name,
-        solution=solution,
-        component_type=10150,
-        references=tuple(refs),
-        connections=tuple(conns),
-        users=(SVC, MAKER1, MAKER2),
-        flows=tuple(flows),
-        caller=caller,
-        writer=writer,
-    )
-
-
-def desired(
-    logical: str, display: str, *, connector: str = SP, description: str | None = None
-) -> DesiredReference:
-    return DesiredReference(logical, connector_id(connector), display, description)
-
-
-def config(
-    refs: Sequence[DesiredReference],
-    bindings: Mapping[str, Binding] | None = None,
-    *,
-    service_account: str | None = "svc-flows@contoso.com",
-    envs: Sequence[str] = ("dev",),
-    prune: bool = False,
-) -> Config:
-    environments = {
-        e: EnvironmentConfig(
-            name=e,
-            url=f"local:{e}.json",
-            service_account=service_account,
-            bindings=frozen_map(bindings or {}),
-        )
-        for e in envs
-    }
-    return Config(
-        path="connref.yaml",
-        version=1,
-        solution="ContosoConnections",
-        references=frozen_map({r.logical_name: r for r in refs}),
-        environments=frozen_map(environments),
-        prune=prune,
-    )
+conn, ref, live, config = PLANNING.conn, PLANNING.ref, PLANNING.live, PLANNING.config
 
 
 def plan_dev(cfg: Config, lv: LiveEnvironment, **kw: Any) -> Any:
@@ -157,15 +65,6 @@ def summary(ops: Sequence[Any]) -> list[tuple[Any, ...]]:
         else:
             out.append((op.kind, op.logical_name))
     return out
-
-
-C_SVC = conn("c0ffee01c0ffee01c0ffee01c0ffee01", "SharePoint svc")
-C_MAKER = conn("beef0002beef0002beef0002beef0002", "SharePoint maker1", owner=MAKER1, shared_with=[SVC])
-C_SVC2 = conn("c0ffee03c0ffee03c0ffee03c0ffee03", "SharePoint svc archive")
-C_OUTLOOK = conn("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a", "Outlook svc", connector=OUTLOOK)
-
-SP_REF = desired("contoso_SharePoint", "SharePoint ContosoConnections")
-OL_REF = desired("contoso_Outlook", "Outlook ContosoConnections", connector=OUTLOOK)
 
 
 # --------------------------------------------------------------------------- table: expected operations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from builders import C_MAKER, C_SVC, MAKER1, PLANNING, SP_REF
+
 from reconciler.errors import PlanError
 from reconciler.model import connector_id
 from reconciler.ops import (
@@ -256,11 +258,9 @@ def test_markdown_update_and_no_changes() -> None:
 
 def test_planned_rebind_renders_by_display_name_and_owner() -> None:
     """The planner's output goes through the text renderer: connections are named for people."""
-    from test_planner import C_MAKER, C_SVC, MAKER1, SP_REF, config, live, ref
-
-    cfg = config([SP_REF], {"contoso_SharePoint": C_SVC.name})
-    lv = live(
-        [ref("contoso_SharePoint", SP_REF.display_name, connection=C_MAKER.name, owner=MAKER1)],
+    cfg = PLANNING.config([SP_REF], {"contoso_SharePoint": C_SVC.name})
+    lv = PLANNING.live(
+        [PLANNING.ref("contoso_SharePoint", SP_REF.display_name, connection=C_MAKER.name, owner=MAKER1)],
         [C_SVC, C_MAKER],
     )
     text = render_text(plan(cfg, {"dev": lv}), color=False)

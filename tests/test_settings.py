@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_lint_builders import (
+from builders import (
+    ADOPTION,
     ALICE,
     C_ALICE_SP,
     C_SVC_OUTLOOK,
     C_SVC_SP,
     OUTLOOK,
     SA,
-    config,
-    conn,
     desired,
-    live,
 )
 
 from reconciler.config import load_config
@@ -35,6 +33,7 @@ from reconciler.settings import (
     resolve_binding,
 )
 
+config, conn, live = ADOPTION.config, ADOPTION.conn, ADOPTION.live
 SP_REF = desired("contoso_SharePoint", "SharePoint ContosoFlows")
 OUTLOOK_REF = desired("contoso_Outlook", "Office 365 Outlook ContosoFlows", connector=OUTLOOK)
 ENV = live([], [C_SVC_SP, C_ALICE_SP, C_SVC_OUTLOOK])

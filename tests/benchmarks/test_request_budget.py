@@ -7,35 +7,21 @@
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import httpx
 import pytest
+from builders import EmulatorTokens, sample_config
 
 from reconciler.applier import apply_environment
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
 from reconciler.live import read_environment
-from reconciler.model import Config, DesiredReference, EnvironmentConfig, connector_id, frozen_map
+from reconciler.model import Config, DesiredReference, connector_id
 from reconciler.planner import plan_environment
 from reconciler.session import open_environment
 
 pytestmark = pytest.mark.emulator_only
-
-
-class EmulatorTokens:
-    def __init__(self, emulator: Any) -> None:
-        self.emulator = emulator
-        self._lock = threading.Lock()
-        self._cache: dict[str, str] = {}
-
-    def get_token(self, scope: str) -> str:
-        # Cached per scope, as real providers do (minting signs with RSA each time).
-        with self._lock:
-            if scope not in self._cache:
-                self._cache[scope] = str(self.emulator.token(audience=scope.removesuffix("/.default")))
-            return self._cache[scope]
 
 
 def add_bulk(emulator: Any, start: int, count: int, display: str = "Bulk {i}") -> None:
@@ -55,10 +41,7 @@ def config_for(emulator: Any, count: int, display: str = "Bulk {i}") -> Config:
                                                  display.format(i=i))
         for i in range(count)
     }
-    env = EnvironmentConfig(name="dev", url=emulator.url, environment_id=Sample.ENVIRONMENT_ID,
-                            service_account=Sample.SVC_UPN, connections_url=emulator.url)
-    return Config(path="connref.yaml", version=1, solution=Sample.SOLUTION, references=frozen_map(refs),
-                  environments=frozen_map({"dev": env}))
+    return sample_config(emulator.url, refs)
 
 
 def plan_requests(emulator: Any, config: Config) -> tuple[int, int]:
