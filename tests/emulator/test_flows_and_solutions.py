@@ -1,4 +1,5 @@
-"""Flows (activation check, delete), dependencies, solutions and solution components."""
+"""Flows (activation check, delete), dependencies, solutions and solution components. Flow tests need the
+sample's flows (emulator_only); the solution tests take ids from ``target`` and run in remote mode too."""
 
 from __future__ import annotations
 
@@ -6,8 +7,21 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from reconciler.emulator.factory import Sample as S
+
+# The fixture file names no flows and a test cannot create one (nor can it on the emulator), so tests
+# that need the sample's flows and the references they use stay on the emulator.
+NEEDS_SAMPLE_FLOWS = pytest.mark.emulator_only(reason="needs the sample's flows and the references they use")
+
+
+def new_ref() -> dict[str, str]:
+    return {
+        "connectionreferencelogicalname": f"contoso_t{uuid.uuid4().hex[:8]}",
+        "connectionreferencedisplayname": "Solution test reference",
+        "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sql",
+    }
 
 
 def activate(client: httpx.Client, flow: str, **headers: str) -> httpx.Response:
@@ -16,6 +30,7 @@ def activate(client: httpx.Client, flow: str, **headers: str) -> httpx.Response:
     )
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_workflows_are_readable_with_clientdata(dv: httpx.Client) -> None:
     r = dv.get("workflows", params={"$filter": "category eq 5", "$select": "workflowid,name,statecode,clientdata"})
     rows = {w["workflowid"]: w for w in r.json()["value"]}
@@ -23,6 +38,7 @@ def test_workflows_are_readable_with_clientdata(dv: httpx.Client) -> None:
     assert S.REF_SP_NAME in rows[S.FLOW_ACTIVE]["clientdata"]
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_activation_needs_connections_the_caller_can_use(dv: httpx.Client) -> None:
     r = activate(dv, S.FLOW_DRAFT)
     assert r.status_code == 403
@@ -33,6 +49,7 @@ def test_activation_needs_connections_the_caller_can_use(dv: httpx.Client) -> No
     assert dv.get(f"workflows({S.FLOW_DRAFT})").json()["statecode"] == 0
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_activation_as_the_connection_owner_succeeds(dv: httpx.Client) -> None:
     r = activate(dv, S.FLOW_DRAFT, CallerObjectId=S.MAKER_OBJECT_ID)
     assert r.status_code == 204
@@ -40,6 +57,7 @@ def test_activation_as_the_connection_owner_succeeds(dv: httpx.Client) -> None:
     assert (row["statecode"], row["statuscode"]) == (1, 2)
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_activation_with_an_unbound_reference_fails(dv: httpx.Client) -> None:
     assert (
         dv.patch(
@@ -53,6 +71,7 @@ def test_activation_with_an_unbound_reference_fails(dv: httpx.Client) -> None:
     assert r.status_code == 403
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_deactivate_then_delete_flow(dv: httpx.Client) -> None:
     r = dv.delete(f"workflows({S.FLOW_ACTIVE})")
     assert r.status_code == 400
@@ -63,11 +82,13 @@ def test_deactivate_then_delete_flow(dv: httpx.Client) -> None:
     assert dv.delete(f"connectionreferences({S.REF_SP})").status_code == 204
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_invalid_state_status_pair_is_400(dv: httpx.Client) -> None:
     r = dv.patch(f"workflows({S.FLOW_ACTIVE})", json={"statecode": 0, "statuscode": 2})
     assert r.status_code == 400
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_retrieve_dependent_components(dv: httpx.Client) -> None:
     r = dv.get(f"RetrieveDependentComponents(ObjectId={S.REF_OUTLOOK},ComponentType={S.COMPONENT_TYPE})")
     assert r.status_code == 200
@@ -79,6 +100,7 @@ def test_retrieve_dependent_components(dv: httpx.Client) -> None:
     assert r.json()["value"] == []
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_retrieve_dependent_components_with_parameter_aliases(dv: httpx.Client) -> None:
     r = dv.get(
         "RetrieveDependentComponents(ObjectId=@o,ComponentType=@t)",
@@ -87,7 +109,7 @@ def test_retrieve_dependent_components_with_parameter_aliases(dv: httpx.Client) 
     assert [d["dependentcomponentobjectid"] for d in r.json()["value"]] == [S.FLOW_ACTIVE]
 
 
-def test_component_type_comes_from_solutioncomponentdefinitions(dv: httpx.Client) -> None:
+def test_component_type_comes_from_solutioncomponentdefinitions(dv: httpx.Client, target: Any) -> None:
     r = dv.get(
         "solutioncomponentdefinitions",
         params={
@@ -96,37 +118,50 @@ def test_component_type_comes_from_solutioncomponentdefinitions(dv: httpx.Client
         },
     )
     (row,) = r.json()["value"]
-    assert row["solutioncomponenttype"] == S.COMPONENT_TYPE
+    assert row["solutioncomponenttype"] == target.COMPONENT_TYPE
 
 
-def test_solution_membership_via_solutioncomponents(dv: httpx.Client) -> None:
+def test_solution_membership_via_solutioncomponents(dv: httpx.Client, target: Any) -> None:
+    r = dv.post("connectionreferences", json=new_ref(), headers={"MSCRM.SolutionUniqueName": target.SOLUTION})
+    assert r.status_code == 204, r.text
+    mine = r.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
     sol = dv.get(
-        "solutions", params={"$filter": f"uniquename eq '{S.SOLUTION}'", "$select": "solutionid,uniquename,ismanaged"}
+        "solutions",
+        params={"$filter": f"uniquename eq '{target.SOLUTION}'", "$select": "solutionid,uniquename,ismanaged"},
     ).json()["value"][0]
     assert sol["ismanaged"] is False
     comps = dv.get(
         "solutioncomponents",
         params={
-            "$filter": f"_solutionid_value eq {sol['solutionid']} and componenttype eq {S.COMPONENT_TYPE}",
+            "$filter": f"_solutionid_value eq {sol['solutionid']} and componenttype eq {target.COMPONENT_TYPE}",
             "$select": "objectid",
         },
     ).json()["value"]
-    assert {c["objectid"] for c in comps} == {S.REF_SP, S.REF_OUTLOOK, S.REF_DV}
+    members = {c["objectid"] for c in comps}
+    assert mine in members
+    if target.is_sample:
+        assert members == {S.REF_SP, S.REF_OUTLOOK, S.REF_DV, mine}
 
 
-def test_solution_publisher_prefix_via_expand(dv: httpx.Client) -> None:
+def test_solution_publisher_prefix_via_expand(dv: httpx.Client, target: Any) -> None:
     r = dv.get(
         "solutions",
-        params={"$filter": f"uniquename eq '{S.SOLUTION}'", "$expand": "publisherid($select=customizationprefix)"},
+        params={
+            "$filter": f"uniquename eq '{target.SOLUTION}'",
+            "$expand": "publisherid($select=customizationprefix)",
+        },
     )
-    assert r.json()["value"][0]["publisherid"]["customizationprefix"] == "contoso"
+    assert r.json()["value"][0]["publisherid"]["customizationprefix"] == target.PUBLISHER_PREFIX
 
 
-def test_add_solution_component_action(dv: httpx.Client) -> None:
+def test_add_solution_component_action(dv: httpx.Client, target: Any) -> None:
+    r = dv.post("connectionreferences", json=new_ref())  # in no solution yet
+    assert r.status_code == 204, r.text
+    rid = r.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
     payload = {
-        "ComponentId": S.REF_MAKER,
-        "ComponentType": S.COMPONENT_TYPE,
-        "SolutionUniqueName": S.SOLUTION,
+        "ComponentId": rid,
+        "ComponentType": target.COMPONENT_TYPE,
+        "SolutionUniqueName": target.SOLUTION,
         "AddRequiredComponents": False,
         "DoNotIncludeSubcomponents": True,
     }
@@ -134,18 +169,18 @@ def test_add_solution_component_action(dv: httpx.Client) -> None:
     assert r.status_code == 200
     scid = r.json()["id"]
     row = dv.get(f"solutioncomponents({scid})").json()
-    assert row["objectid"] == S.REF_MAKER
+    assert row["objectid"] == rid
     # Adding it again is idempotent.
     assert dv.post("AddSolutionComponent", json=payload).json()["id"] == scid
 
 
-def test_add_solution_component_needs_an_existing_component(dv: httpx.Client) -> None:
+def test_add_solution_component_needs_an_existing_component(dv: httpx.Client, target: Any) -> None:
     r = dv.post(
         "AddSolutionComponent",
         json={
             "ComponentId": str(uuid.uuid4()),
-            "ComponentType": S.COMPONENT_TYPE,
-            "SolutionUniqueName": S.SOLUTION,
+            "ComponentType": target.COMPONENT_TYPE,
+            "SolutionUniqueName": target.SOLUTION,
             "AddRequiredComponents": False,
         },
     )
@@ -156,10 +191,14 @@ def test_unknown_entity_set_is_404(dv: httpx.Client) -> None:
     assert dv.get("nosuchthings").status_code == 404
 
 
+@pytest.mark.emulator_only(
+    reason="solutions are writable in real Dataverse (POST creates one); the emulator serves them read-only"
+)
 def test_read_only_tables_refuse_writes(dv: httpx.Client) -> None:
     assert dv.post("solutions", json={"uniquename": "x"}).status_code == 405
 
 
+@NEEDS_SAMPLE_FLOWS
 def test_workflow_write_records_impersonation(emulator: Any, dv: httpx.Client) -> None:
     r = dv.patch(
         f"workflows({S.FLOW_ACTIVE})",

@@ -3,21 +3,21 @@ identity may impersonate the service account (prvActOnBehalfOfAnotherUser)."""
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
 
-from reconciler.emulator.factory import Sample
+import httpx
 
 FN = "systemusers({id})/Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeName(PrivilegeName=@p)"
 
 
-def test_holder_gets_the_privilege_listed(dv: httpx.Client) -> None:
-    r = dv.get(FN.format(id=Sample.APP_USER_ID), params={"@p": "'prvActOnBehalfOfAnotherUser'"})
+def test_holder_gets_the_privilege_listed(dv: httpx.Client, target: Any) -> None:
+    r = dv.get(FN.format(id=target.APP_USER_ID), params={"@p": "'prvActOnBehalfOfAnotherUser'"})
     assert r.status_code == 200, r.text
     names = [p["PrivilegeName"] for p in r.json()["RolePrivileges"]]
     assert names == ["prvActOnBehalfOfAnotherUser"]
 
 
-def test_user_without_it_gets_an_empty_list(dv: httpx.Client) -> None:
-    r = dv.get(FN.format(id=Sample.MAKER_USER_ID), params={"@p": "'prvActOnBehalfOfAnotherUser'"})
+def test_user_without_it_gets_an_empty_list(dv: httpx.Client, target: Any) -> None:
+    r = dv.get(FN.format(id=target.MAKER_USER_ID), params={"@p": "'prvActOnBehalfOfAnotherUser'"})
     assert r.status_code == 200, r.text
     assert r.json()["RolePrivileges"] == []
