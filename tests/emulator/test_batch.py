@@ -1,4 +1,6 @@
-"""$batch: change sets, Content-ID references, continue-on-error, limits and the response envelope."""
+"""$batch: change sets, Content-ID references, continue-on-error, limits and the response envelope.
+Unmarked tests also run against a real environment (remote mode): ids come from ``target``, logical names
+are unique per run, and ``dv`` deletes the references a batch created."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.emulator.factory import Sample as S
-
 SQL = "/providers/Microsoft.PowerApps/apis/shared_sql"
+# Logical names of the rows these tests create: unique per run, so a real environment never sees a clash.
+_RUN = uuid.uuid4().hex[:8]
+N = {k: f"contoso_{k}{_RUN}" for k in ("b1", "b2", "ok", "bad", "c1", "late", "s1", "s2", "k1", "k2", "l1", "l2")}
 Req = tuple[str, str, Any] | tuple[str, str, Any, dict[str, str]]
 
 
@@ -73,8 +76,8 @@ def test_change_set_commits_and_envelope(dv: httpx.Client) -> None:
         dv,
         [
             [
-                ("POST", "/api/data/v9.2/connectionreferences", ref("contoso_b1"), None, "1"),
-                ("POST", "connectionreferences", ref("contoso_b2"), None, "2"),
+                ("POST", "/api/data/v9.2/connectionreferences", ref(N["b1"]), None, "1"),
+                ("POST", "connectionreferences", ref(N["b2"]), None, "2"),
             ],
             ("GET", "WhoAmI"),
         ],
@@ -85,7 +88,7 @@ def test_change_set_commits_and_envelope(dv: httpx.Client) -> None:
     assert statuses(r) == [204, 204, 200]
     assert re.search(r"^Content-ID: 1\r?$", r.text, re.M)
     assert re.search(r"^Location: .*/connectionreferences\([0-9a-f-]{36}\)\r?$", r.text, re.M)
-    assert {"contoso_b1", "contoso_b2"} <= names(dv)
+    assert {N["b1"], N["b2"]} <= names(dv)
 
 
 def test_change_set_is_atomic(dv: httpx.Client) -> None:
@@ -93,14 +96,14 @@ def test_change_set_is_atomic(dv: httpx.Client) -> None:
         dv,
         [
             [
-                ("POST", "connectionreferences", ref("contoso_ok")),
-                ("POST", "connectionreferences", {**ref("contoso_bad"), "description": "x" * 2001}),
+                ("POST", "connectionreferences", ref(N["ok"])),
+                ("POST", "connectionreferences", {**ref(N["bad"]), "description": "x" * 2001}),
             ]
         ],
     )
     assert r.status_code == 400
     assert "0x80044331" in r.text
-    assert "contoso_ok" not in names(dv)
+    assert N["ok"] not in names(dv)
 
 
 def test_content_id_reference(dv: httpx.Client) -> None:
@@ -108,13 +111,13 @@ def test_content_id_reference(dv: httpx.Client) -> None:
         dv,
         [
             [
-                ("POST", "connectionreferences", ref("contoso_c1"), None, "1"),
+                ("POST", "connectionreferences", ref(N["c1"]), None, "1"),
                 ("PATCH", "$1", {"description": "patched via $1"}, None, "2"),
             ]
         ],
     )
     assert r.status_code == 200, r.text
-    rows = dv.get("connectionreferences", params={"$filter": "connectionreferencelogicalname eq 'contoso_c1'"})
+    rows = dv.get("connectionreferences", params={"$filter": f"connectionreferencelogicalname eq '{N['c1']}'"})
     assert rows.json()["value"][0]["description"] == "patched via $1"
 
 
@@ -124,13 +127,13 @@ def test_content_id_reference_before_declaration_is_400(dv: httpx.Client) -> Non
         [
             [
                 ("PATCH", "$1", {"description": "x"}, None, "2"),
-                ("POST", "connectionreferences", ref("contoso_late"), None, "1"),
+                ("POST", "connectionreferences", ref(N["late"]), None, "1"),
             ]
         ],
     )
     assert r.status_code == 400
     assert "Content-ID Reference: '$1' does not exist in the batch context." in r.text
-    assert "contoso_late" not in names(dv)
+    assert N["late"] not in names(dv)
 
 
 def test_stops_at_first_failure_without_continue_on_error(dv: httpx.Client) -> None:
@@ -138,14 +141,14 @@ def test_stops_at_first_failure_without_continue_on_error(dv: httpx.Client) -> N
     r = send(
         dv,
         [
-            ("POST", "connectionreferences", ref("contoso_s1")),
+            ("POST", "connectionreferences", ref(N["s1"])),
             ("GET", f"connectionreferences({missing})"),
-            ("POST", "connectionreferences", ref("contoso_s2")),
+            ("POST", "connectionreferences", ref(N["s2"])),
         ],
     )
     assert r.status_code == 404
     assert statuses(r)[-1] == 404
-    assert "contoso_s1" in names(dv) and "contoso_s2" not in names(dv)
+    assert N["s1"] in names(dv) and N["s2"] not in names(dv)
 
 
 def test_continue_on_error(dv: httpx.Client) -> None:
@@ -153,15 +156,15 @@ def test_continue_on_error(dv: httpx.Client) -> None:
     r = send(
         dv,
         [
-            ("POST", "connectionreferences", ref("contoso_k1")),
+            ("POST", "connectionreferences", ref(N["k1"])),
             ("GET", f"connectionreferences({missing})"),
-            ("POST", "connectionreferences", ref("contoso_k2")),
+            ("POST", "connectionreferences", ref(N["k2"])),
         ],
         Prefer="odata.continue-on-error",
     )
     assert r.status_code == 200
     assert statuses(r) == [204, 404, 204]
-    assert {"contoso_k1", "contoso_k2"} <= names(dv)
+    assert {N["k1"], N["k2"]} <= names(dv)
 
 
 def test_get_inside_change_set_is_400(dv: httpx.Client) -> None:
@@ -174,28 +177,32 @@ def test_more_than_1000_requests_is_400(dv: httpx.Client) -> None:
     assert r.status_code == 400
 
 
-def test_outer_impersonation_applies_and_inner_header_overrides(dv: httpx.Client) -> None:
+def test_outer_impersonation_applies_and_inner_header_overrides(dv: httpx.Client, target: Any) -> None:
     r = send(
         dv,
-        [("GET", "WhoAmI"), ("GET", "WhoAmI", None, {"CallerObjectId": S.MAKER_OBJECT_ID})],
-        CallerObjectId=S.SVC_OBJECT_ID,
+        [("GET", "WhoAmI"), ("GET", "WhoAmI", None, {"CallerObjectId": target.MAKER_OBJECT_ID})],
+        CallerObjectId=target.SVC_OBJECT_ID,
     )
     bodies = [json.loads(m) for m in re.findall(r"^(\{.*\})\r?$", r.text, re.M)]
-    assert [b["UserId"] for b in bodies] == [S.SVC_USER_ID, S.MAKER_USER_ID]
+    assert [b["UserId"] for b in bodies] == [target.SVC_USER_ID, target.MAKER_USER_ID]
 
 
 def test_inner_if_match(dv: httpx.Client) -> None:
-    r = send(dv, [[("PATCH", f"connectionreferences({S.REF_DV})", {"description": "x"}, {"If-Match": 'W/"1"'})]])
+    made = dv.post("connectionreferences", json=ref(f"contoso_m{uuid.uuid4().hex[:8]}"))
+    assert made.status_code == 204, made.text
+    rid = made.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+    r = send(dv, [[("PATCH", f"connectionreferences({rid})", {"description": "x"}, {"If-Match": 'W/"1"'})]])
     assert r.status_code == 412
+    assert dv.get(f"connectionreferences({rid})").json()["description"] is None
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="reads the emulator's request log")
 def test_batch_logged_as_one_request_with_parts(emulator: Any, dv: httpx.Client) -> None:
     emulator.app.log.clear()
     send(
         dv,
         [
-            [("POST", "connectionreferences", ref("contoso_l1")), ("POST", "connectionreferences", ref("contoso_l2"))],
+            [("POST", "connectionreferences", ref(N["l1"])), ("POST", "connectionreferences", ref(N["l2"]))],
             ("GET", "WhoAmI"),
         ],
     )

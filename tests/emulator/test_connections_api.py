@@ -12,6 +12,11 @@ import pytest
 
 from reconciler.emulator.factory import Sample as S
 
+# These tests call as the service account, the maker and the application with tokens minted by the
+# emulator for the connections API's audiences; a real run holds one token, the application's for
+# Dataverse, and the connections API lives on another host there.
+pytestmark = pytest.mark.emulator_only(reason="calls the connections API as several identities with minted tokens")
+
 PP = "https://api.powerplatform.com"
 V1 = {"api-version": "1"}
 

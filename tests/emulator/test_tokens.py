@@ -17,6 +17,10 @@ import pytest
 from reconciler.emulator import jwt
 from reconciler.emulator.factory import Sample as S
 
+# Against a real environment the token endpoint is Entra's (login.microsoftonline.com), not the
+# environment's origin, and these tests need the sample application's secret and the emulator's key.
+pytestmark = pytest.mark.emulator_only(reason="the emulated Entra token endpoint at the environment's origin")
+
 PP = "https://api.powerplatform.com"
 TOKEN_PATH = f"/{S.TENANT_ID}/oauth2/v2.0/token"
 
