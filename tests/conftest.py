@@ -181,10 +181,13 @@ def target() -> Target:
 
 
 def _emulator_only_reason(item: pytest.Item) -> str:
-    mark = item.get_closest_marker("emulator_only")
-    assert mark is not None
-    why = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
-    return "emulator_only" + (f": {why}" if why else ": needs emulator-only controls")
+    # The closest mark that gives a reason (a bare function-level mark under a module-level mark with
+    # a reason keeps the module's).
+    for mark in item.iter_markers("emulator_only"):
+        why = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+        if why:
+            return f"emulator_only: {why}"
+    return "emulator_only: needs emulator-only controls"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -345,10 +348,10 @@ class Created:
     def record(self, response: httpx.Response) -> None:
         """httpx response hook: remember references created by a POST or inside a ``$batch``."""
         request = response.request
-        if request.method != "POST" or response.status_code >= 300:
+        if request.method != "POST":
             return
         path = request.url.path
-        if path.endswith("/connectionreferences"):
+        if path.endswith("/connectionreferences") and response.status_code < 300:
             entity = response.headers.get("OData-EntityId", "")
             m = _CREATED_REF.search(entity)
             if m is None and response.status_code == 201:
@@ -359,6 +362,8 @@ class Created:
             elif m is not None:
                 self.add(m.group(1))
         elif path.endswith("/$batch"):
+            # Whatever the batch's overall status: without continue-on-error, parts before a failing
+            # one are committed (a failed change set is not, and its parts carry no entity id).
             response.read()
             for line in response.text.splitlines():
                 if line.lower().startswith(("odata-entityid:", "location:")):

@@ -14,7 +14,7 @@ from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.faults import THROTTLE_MESSAGES, Faults
 from reconciler.emulator.store import EnvironmentStore
 
-pytestmark = pytest.mark.emulator_only
+pytestmark = pytest.mark.emulator_only(reason="fault injection and the request log are the emulator's controls")
 
 
 @pytest.mark.parametrize("code", sorted(THROTTLE_MESSAGES))

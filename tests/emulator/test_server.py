@@ -16,7 +16,7 @@ from reconciler.emulator.factory import Sample as S
 from reconciler.emulator.server import build_apps, serve
 from reconciler.emulator.store import EnvironmentStore, new_environment_data
 
-pytestmark = pytest.mark.emulator_only
+pytestmark = pytest.mark.emulator_only(reason="starts emulator servers on data files")
 
 
 def bearer(data: dict[str, Any]) -> dict[str, str]:

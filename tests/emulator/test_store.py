@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.emulator.store import EnvironmentStore, new_environment_data
 
-pytestmark = pytest.mark.emulator_only
+pytestmark = pytest.mark.emulator_only(reason="the emulator's data files")
 
 
 def write(tmp_path: Path, data: dict[str, Any]) -> str:
