@@ -26,19 +26,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .client import (
+from .batch_format import (
     BatchOperation,
     OperationResult,
     action_op,
     chunked,
     create_op,
     delete_op,
-    odata_bind,
     update_op,
 )
 from .errors import ApiError, ApplyError, PreconditionFailedError, TransientError
 from .live import resolve_writer_object_id
 from .model import connector_id
+from .odata_filter import odata_bind
 from .ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
 from .session import EnvSession
 

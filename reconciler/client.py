@@ -19,9 +19,10 @@ No message built here contains the ``Authorization`` header or a token: only the
 (which never carries a secret) and the service's own error code and message, with anything shaped
 like a JWT redacted as a second line of defence.
 
-OData ``$filter`` expressions are built only with the helpers below (``eq``, ``any_of``, ...), which
-escape every value (single quotes doubled) and accept only plain column names, so no user value can
-change the meaning of a query.
+OData ``$filter`` expressions are built only with the helpers of ``reconciler.odata_filter`` (``eq``,
+``any_of``, ...), which escape every value (single quotes doubled) and accept only plain column names,
+so no user value can change the meaning of a query. The ``$batch`` operations and the multipart
+response parser are in ``reconciler.batch_format``; this module sends them.
 """
 
 from __future__ import annotations
@@ -33,14 +34,24 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from .auth import TokenProvider
+from .batch_format import (
+    _GUID_IN_TEXT,
+    MAX_BATCH_OPERATIONS,
+    BatchOperation,
+    OperationResult,
+    _boundary,
+    _entity_id_from,
+    _Part,
+    parse_multipart,
+)
 from .errors import (
     ApiError,
     NotFoundError,
@@ -48,14 +59,13 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
+from .odata_filter import Filter, _column, entity_path, eq, literal
 
 log = logging.getLogger(__name__)
 
 API_PATH = "/api/data/v9.2/"
 #: Dataverse caps a page at 5000 rows; larger values are ignored (page-results).
 MAX_PAGE_SIZE = 5000
-#: "Batch requests can contain up to 1000 individual requests" (execute-batch-operations-using-web-api).
-MAX_BATCH_OPERATIONS = 1000
 #: Standard headers recommended by compose-http-requests-handle-errors.
 STANDARD_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
 #: Power Platform API (connectivity) version used by the Terraform provider (shared notes §3.2).
@@ -71,9 +81,6 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_GUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Characters left as they are in a query value: everything else is percent-encoded, so a value can
 # never add a parameter (&), end the query (#) or turn into a space (+).
@@ -85,93 +92,7 @@ def redact(text: str) -> str:
     return _JWT_LIKE.sub("<redacted>", _BEARER.sub("Bearer <redacted>", text))
 
 
-# --------------------------------------------------------------------------- OData filter builder
-
-
-@dataclass(frozen=True)
-class Guid:
-    """A GUID literal: written unquoted in a filter, as OData 4.0 writes Edm.Guid values."""
-
-    value: str
-
-    def __post_init__(self) -> None:
-        if not _GUID.match(self.value):
-            raise ValueError(f"not a GUID: {self.value!r}")
-
-
-@dataclass(frozen=True)
-class Filter:
-    """An OData ``$filter`` expression built only from escaped literals and checked column names."""
-
-    text: str
-
-    def __and__(self, other: Filter) -> Filter:
-        return Filter(f"({self.text}) and ({other.text})")
-
-    def __or__(self, other: Filter) -> Filter:
-        return Filter(f"({self.text}) or ({other.text})")
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def literal(value: object) -> str:
-    """An OData literal: strings quoted with single quotes doubled (OData ABNF ``SQUOTE-in-string``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Guid):
-        return value.value.lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    raise TypeError(f"no OData literal for {type(value).__name__}")
-
-
-def _column(name: str) -> str:
-    if not _IDENT.match(name):
-        raise ValueError(f"not a column name: {name!r}")
-    return name
-
-
-def eq(column: str, value: object) -> Filter:
-    """``column eq value``; string comparison is case-insensitive on Dataverse (shared notes §2.6)."""
-    return Filter(f"{_column(column)} eq {literal(value)}")
-
-
-def ne(column: str, value: object) -> Filter:
-    return Filter(f"{_column(column)} ne {literal(value)}")
-
-
-def any_of(column: str, values: Iterable[object]) -> Filter:
-    """``(column eq v1 or column eq v2 ...)``: one request for a set of keys instead of one per key."""
-    parts = [f"{_column(column)} eq {literal(v)}" for v in values]
-    if not parts:
-        raise ValueError("any_of needs at least one value")
-    return Filter("(" + " or ".join(parts) + ")")
-
-
-def all_of(*filters: Filter) -> Filter:
-    return Filter(" and ".join(f"({f.text})" for f in filters))
-
-
-def either(*filters: Filter) -> Filter:
-    return Filter(" or ".join(f"({f.text})" for f in filters))
-
-
 # --------------------------------------------------------------------------- URLs
-
-
-def entity_path(entity_set: str, entity_id: str) -> str:
-    """``connectionreferences(<guid>)``, relative to the API root."""
-    return f"{_column(entity_set)}({Guid(entity_id).value.lower()})"
-
-
-def odata_bind(entity_set: str, entity_id: str) -> str:
-    """The value of a ``<nav>@odata.bind`` property, e.g. ``systemusers(<guid>)``."""
-    return entity_path(entity_set, entity_id)
 
 
 def power_platform_api_base(environment_id: str, cloud: str = "public") -> str:
@@ -400,150 +321,6 @@ class _HttpCore:
             return resp
 
 
-# --------------------------------------------------------------------------- $batch
-
-
-@dataclass(frozen=True)
-class BatchOperation:
-    """One request inside a ``$batch`` change set. ``path`` is relative to the API root."""
-
-    method: str
-    path: str
-    body: Mapping[str, Any] | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    label: str = ""
-
-
-Outcome = Literal["written", "not_written", "failed"]
-
-
-@dataclass(frozen=True)
-class OperationResult:
-    """What became of one batch operation: ``written``; ``failed`` (with the service's error); or
-    ``not_written`` (rolled back with its change set, or never sent)."""
-
-    operation: BatchOperation
-    outcome: Outcome
-    status: int | None = None
-    error: ApiError | None = None
-    reason: str = ""
-    entity_id: str | None = None
-    body: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "written"
-
-
-def create_op(
-    entity_set: str, body: Mapping[str, Any], *, solution_unique_name: str | None = None, label: str = ""
-) -> BatchOperation:
-    """POST a new row; ``MSCRM.SolutionUniqueName`` makes it a component of that unmanaged solution
-    (compose-http-requests-handle-errors, "Other headers")."""
-    headers = {"MSCRM.SolutionUniqueName": solution_unique_name} if solution_unique_name else {}
-    return BatchOperation("POST", _column(entity_set), dict(body), headers, label)
-
-
-def update_op(
-    entity_set: str, entity_id: str, body: Mapping[str, Any], *, etag: str | None, label: str = ""
-) -> BatchOperation:
-    """PATCH a row. ``If-Match`` carries the ETag read when planning, so a row changed since is not
-    overwritten (412); without one, ``If-Match: *`` still stops a PATCH from creating a missing row
-    (perform-conditional-operations-using-web-api)."""
-    path = entity_path(entity_set, entity_id)
-    return BatchOperation("PATCH", path, dict(body), {"If-Match": etag or "*"}, label)
-
-
-def delete_op(entity_set: str, entity_id: str, *, etag: str | None, label: str = "") -> BatchOperation:
-    path = entity_path(entity_set, entity_id)
-    return BatchOperation("DELETE", path, None, {"If-Match": etag or "*"}, label)
-
-
-def action_op(action: str, body: Mapping[str, Any], *, label: str = "") -> BatchOperation:
-    """POST an unbound action such as ``AddSolutionComponent``."""
-    return BatchOperation("POST", _column(action), dict(body), {}, label)
-
-
-def chunked(
-    items: Sequence[BatchOperation], size: int = MAX_BATCH_OPERATIONS
-) -> Iterator[Sequence[BatchOperation]]:
-    """Split operations into batches of at most ``size`` (ceil(N/size) of them)."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-@dataclass
-class _Part:
-    headers: dict[str, str]
-    status: int
-    response_headers: dict[str, str]
-    body: bytes
-
-
-def _boundary(content_type: str) -> str | None:
-    m = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
-    return m.group(1) if m else None
-
-
-def _split_headers(block: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in block.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip().lower()] = v.strip()
-    return out
-
-
-def _split_head_body(text: str) -> tuple[str, str]:
-    for sep in ("\r\n\r\n", "\n\n"):
-        if sep in text:
-            head, body = text.split(sep, 1)
-            return head, body
-    return text, ""
-
-
-def parse_multipart(body: str, boundary: str) -> list[_Part]:
-    """Flatten a ``batchresponse`` (and any nested ``changesetresponse``) into its HTTP responses."""
-    parts: list[_Part] = []
-    delimiter = "--" + boundary
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith("--"):
-            break  # close delimiter
-        chunk = chunk.lstrip("\r\n")
-        mime_head, rest = _split_head_body(chunk)
-        mime = _split_headers(mime_head)
-        ctype = mime.get("content-type", "")
-        if ctype.lower().startswith("multipart/"):
-            inner = _boundary(ctype)
-            if inner:
-                parts.extend(parse_multipart(rest, inner))
-            continue
-        http_head, http_body = _split_head_body(rest)
-        lines = http_head.splitlines()
-        if not lines:
-            continue
-        m = re.match(r"HTTP/\d(?:\.\d)?\s+(\d{3})", lines[0].strip())
-        if not m:
-            continue
-        parts.append(
-            _Part(
-                headers=mime,
-                status=int(m.group(1)),
-                response_headers=_split_headers("\n".join(lines[1:])),
-                body=http_body.rstrip("\r\n").encode("utf-8"),
-            )
-        )
-    return parts
-
-
-def _entity_id_from(headers: Mapping[str, str]) -> str | None:
-    location = headers.get("odata-entityid") or headers.get("location")
-    if not location:
-        return None
-    m = _GUID_IN_TEXT.findall(location)
-    return m[-1].lower() if m else None
-
-
 # --------------------------------------------------------------------------- Dataverse
 
 
@@ -620,7 +397,7 @@ class DataverseClient(_HttpCore):
             params["$select"] = ",".join(_column(c) for c in select)
         if filter is not None:
             if not isinstance(filter, Filter):
-                raise TypeError("filter must be built with reconciler.client helpers (eq, any_of, ...)")
+                raise TypeError("filter must be built with reconciler.odata_filter helpers (eq, any_of, ...)")
             params["$filter"] = filter
         if orderby:
             params["$orderby"] = orderby

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .client import Filter, Guid, any_of, either, eq
 from .errors import ApiError, AuthError, NotFoundError, PlanError
 from .model import (
     Config,
@@ -44,6 +43,7 @@ from .model import (
     LiveUser,
     Permission,
 )
+from .odata_filter import Filter, Guid, any_of, either, eq
 from .session import EnvSession
 
 log = logging.getLogger(__name__)

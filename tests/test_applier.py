@@ -12,11 +12,12 @@ import pytest
 from builders import EmulatorTokens, sample_config
 
 from reconciler.applier import ApplyResult, BatchProgress, apply_environment
-from reconciler.client import Guid, eq, update_op
+from reconciler.batch_format import update_op
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ApplyError
 from reconciler.live import read_environment
 from reconciler.model import Binding, Config, DesiredReference, connector_id
+from reconciler.odata_filter import Guid, eq
 from reconciler.ops import EnvironmentPlan, FieldChange, UpdateReference
 from reconciler.planner import plan_environment
 from reconciler.session import EnvSession, open_environment

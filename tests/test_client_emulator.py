@@ -10,18 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
+from reconciler.batch_format import create_op, update_op
 from reconciler.client import (
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
     DataverseClient,
-    Guid,
-    create_op,
-    eq,
-    update_op,
 )
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ApiError, NotFoundError, PreconditionFailedError, ThrottledError, TransientError
+from reconciler.odata_filter import Guid, eq
 
 API = "/api/data/v9.2/"
 

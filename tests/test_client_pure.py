@@ -7,22 +7,26 @@ import httpx
 import pytest
 
 from reconciler.auth import StaticTokenProvider
-from reconciler.client import (
+from reconciler.batch_format import (
     MAX_BATCH_OPERATIONS,
+    chunked,
+    create_op,
+    parse_multipart,
+    update_op,
+)
+from reconciler.client import (
     DataverseClient,
+    power_platform_api_base,
+    redact,
+)
+from reconciler.odata_filter import (
     Filter,
     Guid,
     any_of,
-    chunked,
-    create_op,
     either,
     entity_path,
     eq,
     literal,
-    parse_multipart,
-    power_platform_api_base,
-    redact,
-    update_op,
 )
 
 GUID = "6f1c2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -147,7 +147,7 @@ def test_local_session_reads_and_writes_back_to_the_file(
         live = read_environment(s, config, "dev")
         assert live.solution is not None
         assert live.caller is not None and live.caller.systemuserid == Sample.APP_USER_ID
-        from reconciler.client import update_op
+        from reconciler.batch_format import update_op
 
         sp = next(r for r in live.references if r.logical_name == Sample.REF_SP_NAME)
         results = s.dataverse.execute_batch(
