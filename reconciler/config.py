@@ -13,25 +13,32 @@ the value. For the same reason messages about ids and variable names do not quot
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from .config_checks import (
+    _absent_if_null,
+    _connection_name_problem,
+    _connector_problem,
+    _empty,
+    _env_var_problem,
+    _is_loopback_url,
+    _naming_problem,
+    _normalise_connector,
+    _solution_problem,
+    _url_problem,
+)
 from .errors import ConfigError, ConfigErrors, Location
 from .model import (
-    CONNECTOR_PREFIX,
     AuthProfile,
     Binding,
     Config,
     DesiredReference,
     EnvironmentConfig,
     Selector,
-    connector_id,
     frozen_map,
 )
 from .names import logical_name_problem, publisher_prefix
@@ -40,7 +47,6 @@ from .yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, wal
 SUPPORTED_VERSION = 1
 MAX_DISPLAY_NAME = 200  # reference/dataverse-api.md §7
 MAX_DESCRIPTION = 2000
-MAX_CONNECTION_NAME = 1000
 
 CLOUDS = ("public", "usgov", "usgovhigh", "dod", "china")
 FEDERATED_PROVIDERS = ("github", "azure_devops")
@@ -84,10 +90,7 @@ _GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 _ENV_ID_RE = re.compile(r"(?:Default-)?" + _GUID_RE.pattern)
 _UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
-_ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_SOLUTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,64}")
-_CONNECTOR_NAME_RE = re.compile(r"shared_[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
 # Values that are secrets whatever key they sit under.
@@ -779,127 +782,6 @@ class _Validator:
         if value is None:
             return None
         return os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(value)))
-
-
-# ---------------------------------------------------------------------- value checks
-
-
-def _absent_if_null(node: YNode | None) -> YNode | None:
-    """An optional section written with no value (``auth:``) counts as absent."""
-    if isinstance(node, Scalar) and node.value is None and not node.broken:
-        return None
-    return node
-
-
-def _empty(node: YNode) -> bool:
-    if isinstance(node, Scalar):
-        return node.value is None or (isinstance(node.value, str) and not node.value.strip())
-    if isinstance(node, Map):
-        return not node.pairs
-    if isinstance(node, Seq):
-        return not node.items
-    return False
-
-
-def _solution_problem(value: str) -> str | None:
-    if _SOLUTION_RE.fullmatch(value):
-        return None
-    return "expected the solution's unique name (letters, digits and '_', starting with a letter or '_', at most 65)"
-
-
-def _connector_problem(value: str) -> str | None:
-    tail = value
-    if value.startswith("/"):
-        if not value.lower().startswith(CONNECTOR_PREFIX.lower()):
-            return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>"
-        tail = value[len(CONNECTOR_PREFIX) :]
-    if len(connector_id(value)) > MAX_CONNECTION_NAME:
-        return f"a connector id may be at most {MAX_CONNECTION_NAME} characters"
-    if _CONNECTOR_NAME_RE.fullmatch(tail):
-        return None
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", tail) and "/" not in value:
-        return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>; did you mean 'shared_{tail}'?"
-    return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>"
-
-
-def _normalise_connector(value: str) -> str:
-    if value.startswith("/"):
-        return CONNECTOR_PREFIX + value[len(CONNECTOR_PREFIX) :]
-    return connector_id(value)
-
-
-def _connection_name_problem(name: str) -> str | None:
-    if not name:
-        return "a connection name must not be empty"
-    if len(name) > MAX_CONNECTION_NAME:
-        return f"a connection name may be at most {MAX_CONNECTION_NAME} characters"
-    if "/" in name:
-        return "expected the connection name (the last segment of the connection id), not a path"
-    if any(c.isspace() for c in name):
-        return (
-            "a connection name has no spaces; to pick a connection by display name use {owner: ..., display_name: ...}"
-        )
-    return None
-
-
-def _env_var_problem(value: str) -> str | None:
-    if _ENV_VAR_RE.fullmatch(value):
-        return None
-    return "expected the name of an environment variable (letters, digits and '_'), not its value"
-
-
-def _naming_problem(value: str) -> str | None:
-    # The placeholders are lint's (it applies the template); imported here to keep one list.
-    from .lint import PLACEHOLDERS
-
-    try:
-        parts = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        return f"invalid template: {exc}"
-    for _, name, spec, conv in parts:
-        if name is None:
-            continue
-        if name not in PLACEHOLDERS or spec or conv:
-            allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-            return f"unknown placeholder {{{name}}}; the template may use {allowed}"
-    return None
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_loopback_url(url: str) -> bool:
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    return bool(host) and _is_loopback_host(host or "")
-
-
-def _url_problem(value: str) -> str | None:
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises for a malformed port
-    except ValueError:
-        return "not a valid URL"
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or not parts.hostname:
-        return "expected an https:// URL (or local:PATH for the built-in emulator)"
-    if parts.username or parts.password:
-        return "a URL must not carry credentials; use an auth profile"
-    if parts.query or parts.fragment:
-        return "expected the base URL, without a query or fragment"
-    if "/api/data" in parts.path.lower():
-        return "expected the environment's base URL, without /api/data/..."
-    if scheme == "http" and not _is_loopback_host(parts.hostname):
-        return "plain http is allowed only for loopback (127.0.0.1, ::1, localhost); use https"
-    return None
 
 
 # ---------------------------------------------------------------------- entry points
