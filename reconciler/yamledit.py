@@ -186,12 +186,6 @@ def _find(entries: Iterable[_Entry], key: str, *, fold: bool = False) -> _Entry 
     return None
 
 
-def _child_indent(entries: Sequence[_Entry] | None, default: str) -> str:
-    if entries:
-        return " " * entries[0].column
-    return default
-
-
 def _splice(lines: list[str], edits: list[tuple[int, int, list[str]]]) -> list[str]:
     """Replace line ranges ``[start, end)`` with new lines; ranges must not overlap."""
     out = list(lines)
