@@ -194,7 +194,7 @@ def save_plan(path: str, config: Config, plan: Plan, lives: Mapping[str, LiveEnv
 
 
 def _confirm(out: Out) -> bool:
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise ConnrefError(
             "apply needs approval and there is no terminal to ask: run 'connref apply --auto-approve', "
             "or save a plan with 'connref plan --out FILE' and run 'connref apply FILE'"
