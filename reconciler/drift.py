@@ -382,13 +382,7 @@ def _against_state(
                 after_label="outside the solution",
             )
         )
-    health = _health(live_ref, d)
-    if health:
-        items.append(health)
-    if not items:
-        return None
-    by, on = _by_when(live_ref, d)
-    return ReferenceDrift(live_ref.logical_name, STATE, _sorted(items), by, on, frozen_map(changed))
+    return _drift_of(live_ref, d, STATE, items, changed)
 
 
 def _against_config(
@@ -447,13 +441,20 @@ def _against_config(
     for f in ("connection", "display_name", "description", "connector", "owner"):
         if f in changed and not (f == "connection" and isinstance(binding, Selector)):
             items.append(_field_item(f, originals_before.get(f), originals_after[f], d, CONFIG))
+    return _drift_of(live_ref, d, CONFIG, items, changed)
+
+
+def _drift_of(live_ref: LiveReference, d: _Describer, baseline: str, items: list[DriftItem],
+              changed: dict[str, Any]) -> ReferenceDrift | None:
+    """The drift of one reference: the field items found against ``baseline`` plus its connection's
+    health, with who changed the row last and when; None when nothing differs."""
     health = _health(live_ref, d)
     if health:
         items.append(health)
     if not items:
         return None
     by, on = _by_when(live_ref, d)
-    return ReferenceDrift(live_ref.logical_name, CONFIG, _sorted(items), by, on, frozen_map(changed))
+    return ReferenceDrift(live_ref.logical_name, baseline, _sorted(items), by, on, frozen_map(changed))
 
 
 def _sorted(items: list[DriftItem]) -> tuple[DriftItem, ...]:
