@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ApiError
-from .odata_filter import _column, entity_path
+from .odata_filter import checked_column, entity_path
 
 #: "Batch requests can contain up to 1000 individual requests" (execute-batch-operations-using-web-api).
 MAX_BATCH_OPERATIONS = 1000
-_GUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+GUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def create_op(
     """POST a new row; ``MSCRM.SolutionUniqueName`` makes it a component of that unmanaged solution
     (compose-http-requests-handle-errors, "Other headers")."""
     headers = {"MSCRM.SolutionUniqueName": solution_unique_name} if solution_unique_name else {}
-    return BatchOperation("POST", _column(entity_set), dict(body), headers, label)
+    return BatchOperation("POST", checked_column(entity_set), dict(body), headers, label)
 
 
 def update_op(
@@ -81,7 +81,7 @@ def delete_op(entity_set: str, entity_id: str, *, etag: str | None, label: str =
 
 def action_op(action: str, body: Mapping[str, Any], *, label: str = "") -> BatchOperation:
     """POST an unbound action such as ``AddSolutionComponent``."""
-    return BatchOperation("POST", _column(action), dict(body), {}, label)
+    return BatchOperation("POST", checked_column(action), dict(body), {}, label)
 
 
 def chunked(
@@ -93,14 +93,14 @@ def chunked(
 
 
 @dataclass
-class _Part:
+class MultipartPart:
     headers: dict[str, str]
     status: int
     response_headers: dict[str, str]
     body: bytes
 
 
-def _boundary(content_type: str) -> str | None:
+def multipart_boundary(content_type: str) -> str | None:
     m = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
     return m.group(1) if m else None
 
@@ -122,9 +122,9 @@ def _split_head_body(text: str) -> tuple[str, str]:
     return text, ""
 
 
-def parse_multipart(body: str, boundary: str) -> list[_Part]:
+def parse_multipart(body: str, boundary: str) -> list[MultipartPart]:
     """Flatten a ``batchresponse`` (and any nested ``changesetresponse``) into its HTTP responses."""
-    parts: list[_Part] = []
+    parts: list[MultipartPart] = []
     delimiter = "--" + boundary
     for chunk in body.split(delimiter)[1:]:
         if chunk.startswith("--"):
@@ -134,7 +134,7 @@ def parse_multipart(body: str, boundary: str) -> list[_Part]:
         mime = _split_headers(mime_head)
         ctype = mime.get("content-type", "")
         if ctype.lower().startswith("multipart/"):
-            inner = _boundary(ctype)
+            inner = multipart_boundary(ctype)
             if inner:
                 parts.extend(parse_multipart(rest, inner))
             continue
@@ -146,7 +146,7 @@ def parse_multipart(body: str, boundary: str) -> list[_Part]:
         if not m:
             continue
         parts.append(
-            _Part(
+            MultipartPart(
                 headers=mime,
                 status=int(m.group(1)),
                 response_headers=_split_headers("\n".join(lines[1:])),
@@ -156,9 +156,9 @@ def parse_multipart(body: str, boundary: str) -> list[_Part]:
     return parts
 
 
-def _entity_id_from(headers: Mapping[str, str]) -> str | None:
+def entity_id_from_headers(headers: Mapping[str, str]) -> str | None:
     location = headers.get("odata-entityid") or headers.get("location")
     if not location:
         return None
-    m = _GUID_IN_TEXT.findall(location)
+    m = GUID_IN_TEXT.findall(location)
     return m[-1].lower() if m else None

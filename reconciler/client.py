@@ -43,13 +43,13 @@ import httpx
 
 from .auth import TokenProvider
 from .batch_format import (
-    _GUID_IN_TEXT,
+    GUID_IN_TEXT,
     MAX_BATCH_OPERATIONS,
     BatchOperation,
+    MultipartPart,
     OperationResult,
-    _boundary,
-    _entity_id_from,
-    _Part,
+    entity_id_from_headers,
+    multipart_boundary,
     parse_multipart,
 )
 from .errors import (
@@ -59,7 +59,7 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
-from .odata_filter import Filter, _column, entity_path, eq, literal
+from .odata_filter import Filter, checked_column, entity_path, eq, literal
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ class DataverseClient(_HttpCore):
         followed unchanged (page-results). With the 5000 cap, 3,000 rows are one request."""
         params: dict[str, object] = {}
         if select:
-            params["$select"] = ",".join(_column(c) for c in select)
+            params["$select"] = ",".join(checked_column(c) for c in select)
         if filter is not None:
             if not isinstance(filter, Filter):
                 raise TypeError("filter must be built with reconciler.odata_filter helpers (eq, any_of, ...)")
@@ -404,7 +404,7 @@ class DataverseClient(_HttpCore):
         if expand:
             params["$expand"] = expand
         headers = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"}
-        next_url: str | None = self.url(_column(entity_set), params)
+        next_url: str | None = self.url(checked_column(entity_set), params)
         rows: list[dict[str, Any]] = []
         while next_url:
             data = self.send("GET", next_url, headers=headers).json()
@@ -480,7 +480,7 @@ class DataverseClient(_HttpCore):
         resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False)
         resp.read()
         ctype = resp.headers.get("Content-Type", "")
-        boundary = _boundary(ctype) if ctype.lower().startswith("multipart/") else None
+        boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         if boundary is None:
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
@@ -512,7 +512,7 @@ class DataverseClient(_HttpCore):
         return crlf.join(out).encode("utf-8")
 
     def _map_batch(
-        self, operations: Sequence[BatchOperation], parts: list[_Part], url: str
+        self, operations: Sequence[BatchOperation], parts: list[MultipartPart], url: str
     ) -> list[OperationResult]:
         failures = [p for p in parts if p.status >= 400]
         if not failures:
@@ -525,7 +525,7 @@ class DataverseClient(_HttpCore):
             for n, op in enumerate(operations, start=1):
                 part = by_id.get(str(n)) or parts[n - 1]
                 results.append(OperationResult(
-                    op, "written", status=part.status, entity_id=_entity_id_from(part.response_headers),
+                    op, "written", status=part.status, entity_id=entity_id_from_headers(part.response_headers),
                     body=_json_or_none(part.body),
                 ))
             return results
@@ -546,7 +546,9 @@ class DataverseClient(_HttpCore):
         return results
 
     @staticmethod
-    def _failed_index(operations: Sequence[BatchOperation], parts: list[_Part], failed: _Part) -> int | None:
+    def _failed_index(
+        operations: Sequence[BatchOperation], parts: list[MultipartPart], failed: MultipartPart
+    ) -> int | None:
         content_id = failed.headers.get("content-id")
         if content_id and content_id.isdigit() and 1 <= int(content_id) <= len(operations):
             return int(content_id) - 1
@@ -556,7 +558,7 @@ class DataverseClient(_HttpCore):
             return parts.index(failed)
         # Last resort: the error message often names the row ("... With Id = <guid> Does Not Exist").
         _code, message, _ = _part_error_fields(failed)
-        for guid in _GUID_IN_TEXT.findall(message or ""):
+        for guid in GUID_IN_TEXT.findall(message or ""):
             for i, op in enumerate(operations):
                 if guid.lower() in op.path.lower():
                     return i
@@ -564,7 +566,7 @@ class DataverseClient(_HttpCore):
 
     @staticmethod
     def _part_error(
-        operations: Sequence[BatchOperation], index: int | None, part: _Part, url: str
+        operations: Sequence[BatchOperation], index: int | None, part: MultipartPart, url: str
     ) -> ApiError:
         fake = httpx.Response(part.status, headers=part.response_headers, content=part.body)
         if index is None:
@@ -573,7 +575,7 @@ class DataverseClient(_HttpCore):
         return error_from_response(op.method, f"{url} part {index + 1} ({op.method} {op.path})", fake)
 
 
-def _part_error_fields(part: _Part) -> tuple[str | None, str | None, Any]:
+def _part_error_fields(part: MultipartPart) -> tuple[str | None, str | None, Any]:
     return _error_body(httpx.Response(part.status, content=part.body))
 
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config_checks import (
-    _absent_if_null,
-    _connection_name_problem,
-    _connector_problem,
-    _empty,
-    _env_var_problem,
-    _is_loopback_url,
-    _naming_problem,
-    _normalise_connector,
-    _solution_problem,
-    _url_problem,
+    absent_if_null,
+    connection_name_problem,
+    connector_problem,
+    env_var_problem,
+    is_empty_node,
+    is_loopback_url,
+    naming_problem,
+    normalise_connector,
+    solution_problem,
+    url_problem,
 )
 from .errors import ConfigError, ConfigErrors, Location
 from .model import (
@@ -168,7 +168,7 @@ class _Validator:
         for node in walk(root):
             if isinstance(node, Map):
                 for key, value in node.pairs:
-                    if _secret_key(key.text) and not _empty(value):
+                    if _secret_key(key.text) and not is_empty_node(value):
                         field = join_path(path_of.get(id(node), ""), key.text)
                         alt = _SECRET_ALTERNATIVES.get(key.text.lower(), f"{key.text}_env or {key.text}_file")
                         self.error(
@@ -314,10 +314,10 @@ class _Validator:
                     f"unsupported version {version_node.value}; this connref reads version {SUPPORTED_VERSION}",
                 )
 
-        solution = self.checked(root, "solution", "", _solution_problem, nullable=False)
+        solution = self.checked(root, "solution", "", solution_problem, nullable=False)
         refs_map = self.mapping(root.get("references"), "references")
         references = self.references(refs_map)
-        auth_node = _absent_if_null(root.get("auth"))
+        auth_node = absent_if_null(root.get("auth"))
         auth_map = self.mapping(auth_node, "auth")
         auth = self.auth_profiles(auth_map)
         # Names as declared (valid or not), so a binding to a reference with an error of its own
@@ -334,9 +334,9 @@ class _Validator:
             else:
                 self.type_error(prune_node, "prune", "a boolean (true or false)")
 
-        naming = self.checked(root, "naming", "", _naming_problem)
-        lint_ignore = self.lint(self.mapping(_absent_if_null(root.get("lint")), "lint"))
-        state_dir = self.state(self.mapping(_absent_if_null(root.get("state")), "state"))
+        naming = self.checked(root, "naming", "", naming_problem)
+        lint_ignore = self.lint(self.mapping(absent_if_null(root.get("lint")), "lint"))
+        state_dir = self.state(self.mapping(absent_if_null(root.get("state")), "state"))
 
         if self.errors or solution is None or references is None or environments is None:
             return None
@@ -398,14 +398,14 @@ class _Validator:
         if m is None:
             return None
         self.keys(m, field, REFERENCE_KEYS, required=("connector", "display_name"))
-        connector = self.checked(m, "connector", field, _connector_problem, nullable=False)
+        connector = self.checked(m, "connector", field, connector_problem, nullable=False)
         display_name = self.string(m, "display_name", field, max_len=MAX_DISPLAY_NAME, nullable=False)
         description = self.string(m, "description", field, max_len=MAX_DESCRIPTION)
         if connector is None or display_name is None:
             return None
         return DesiredReference(
             logical_name=name,
-            connector=_normalise_connector(connector),
+            connector=normalise_connector(connector),
             display_name=display_name,
             description=description,
             location=m.loc,
@@ -493,7 +493,7 @@ class _Validator:
                     join_path(field, "auth"),
                     "required key is missing (the auth profile for a remote environment)",
                 )
-            loopback = _is_loopback_url(url)
+            loopback = is_loopback_url(url)
             if not loopback and m.get("environment_id") is None and m.get("connections_url") is None:
                 self.error(
                     m,
@@ -544,7 +544,7 @@ class _Validator:
                 )
                 return None, None
             return value, full
-        problem = _url_problem(value)
+        problem = url_problem(value)
         if problem:
             self.error(node, path, problem)
             return None, None
@@ -607,7 +607,7 @@ class _Validator:
         if id(node) in self.flagged:
             return None
         name = node.value.strip()
-        problem = _connection_name_problem(name)
+        problem = connection_name_problem(name)
         if problem:
             self.error(node, field, problem)
             return None
@@ -692,7 +692,7 @@ class _Validator:
             "access_token_env",
             "connections_access_token_env",
         ):
-            v = self.checked(m, key, field, _env_var_problem)
+            v = self.checked(m, key, field, env_var_problem)
             if v is not None:
                 options[key] = v
         for key in FILE_KEYS:
@@ -717,7 +717,7 @@ class _Validator:
             options["cloud"] = cloud
         authority = self.string(m, "authority_host", field)
         if authority is not None:
-            problem = _url_problem(authority.strip())
+            problem = url_problem(authority.strip())
             if problem:
                 self.error(self.node_of(m, "authority_host"), join_path(field, "authority_host"), problem)
             else:

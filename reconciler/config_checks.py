@@ -2,9 +2,9 @@
 
 The ``*_problem`` functions say what is wrong with one value (a solution unique name, a connector, a
 connection name, an environment variable name, a naming template, a URL) in words fit for
-``file:line:column: field.path: message``; ``_is_loopback_host``/``_is_loopback_url`` tell where
-plain http is allowed; ``_normalise_connector`` writes a connector in its one stored form;
-``_absent_if_null`` and ``_empty`` read optional and blank nodes. ``reconciler.config`` runs them
+``file:line:column: field.path: message``; ``_is_loopback_host``/``is_loopback_url`` tell where
+plain http is allowed; ``normalise_connector`` writes a connector in its one stored form;
+``absent_if_null`` and ``is_empty_node`` read optional and blank nodes. ``reconciler.config`` runs them
 from its validator.
 """
 
@@ -24,14 +24,14 @@ _SOLUTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,64}")
 _CONNECTOR_NAME_RE = re.compile(r"shared_[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
-def _absent_if_null(node: YNode | None) -> YNode | None:
+def absent_if_null(node: YNode | None) -> YNode | None:
     """An optional section written with no value (``auth:``) counts as absent."""
     if isinstance(node, Scalar) and node.value is None and not node.broken:
         return None
     return node
 
 
-def _empty(node: YNode) -> bool:
+def is_empty_node(node: YNode) -> bool:
     if isinstance(node, Scalar):
         return node.value is None or (isinstance(node.value, str) and not node.value.strip())
     if isinstance(node, Map):
@@ -41,13 +41,13 @@ def _empty(node: YNode) -> bool:
     return False
 
 
-def _solution_problem(value: str) -> str | None:
+def solution_problem(value: str) -> str | None:
     if _SOLUTION_RE.fullmatch(value):
         return None
     return "expected the solution's unique name (letters, digits and '_', starting with a letter or '_', at most 65)"
 
 
-def _connector_problem(value: str) -> str | None:
+def connector_problem(value: str) -> str | None:
     tail = value
     if value.startswith("/"):
         if not value.lower().startswith(CONNECTOR_PREFIX.lower()):
@@ -62,13 +62,13 @@ def _connector_problem(value: str) -> str | None:
     return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>"
 
 
-def _normalise_connector(value: str) -> str:
+def normalise_connector(value: str) -> str:
     if value.startswith("/"):
         return CONNECTOR_PREFIX + value[len(CONNECTOR_PREFIX) :]
     return connector_id(value)
 
 
-def _connection_name_problem(name: str) -> str | None:
+def connection_name_problem(name: str) -> str | None:
     if not name:
         return "a connection name must not be empty"
     if len(name) > MAX_CONNECTION_NAME:
@@ -82,13 +82,13 @@ def _connection_name_problem(name: str) -> str | None:
     return None
 
 
-def _env_var_problem(value: str) -> str | None:
+def env_var_problem(value: str) -> str | None:
     if _ENV_VAR_RE.fullmatch(value):
         return None
     return "expected the name of an environment variable (letters, digits and '_'), not its value"
 
 
-def _naming_problem(value: str) -> str | None:
+def naming_problem(value: str) -> str | None:
     # The placeholders are lint's (it applies the template); imported here to keep one list.
     from .lint import PLACEHOLDERS
 
@@ -114,7 +114,7 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-def _is_loopback_url(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
     try:
         host = urlsplit(url).hostname
     except ValueError:
@@ -122,7 +122,7 @@ def _is_loopback_url(url: str) -> bool:
     return bool(host) and _is_loopback_host(host or "")
 
 
-def _url_problem(value: str) -> str | None:
+def url_problem(value: str) -> str | None:
     try:
         parts = urlsplit(value)
         _ = parts.port  # raises for a malformed port

@@ -38,20 +38,20 @@ from .lint import (
 from .model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, Selector, connector_name
 from .settings import connection_owner_label, parse_settings, resolve_binding
 from .yamledit import (
-    _PARK,
-    _comment,
-    _entries,
-    _Entry,
-    _find,
-    _indent_unit,
-    _is_comment,
-    _key,
-    _park,
-    _Parked,
-    _parked_groups,
-    _parked_lines,
-    _splice,
-    _strip_generated,
+    PARK_MARK,
+    Entry,
+    Parked,
+    comment_lines,
+    find_entry,
+    indent_unit,
+    is_comment_line,
+    mapping_entries,
+    park_block,
+    parked_groups,
+    parked_lines,
+    splice_lines,
+    strip_generated,
+    yaml_key,
     yaml_scalar,
 )
 
@@ -64,7 +64,7 @@ class _Existing:
 
     text: str
     lines: list[str]
-    root: list[_Entry]
+    root: list[Entry]
     data: Mapping[str, Any]
 
 
@@ -79,7 +79,7 @@ def _parse_existing(text: str | None) -> _Existing | None:
     if node is None or not isinstance(data, Mapping):
         return None
     lines = text.splitlines()
-    root = _entries(lines, node, 0, len(lines))
+    root = mapping_entries(lines, node, 0, len(lines))
     if root is None:
         return None
     return _Existing(text, lines, root, data)
@@ -155,15 +155,15 @@ def _reference_comments(
 def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str]) -> list[str]:
     out: list[str] = []
     for n in notes:
-        out += _comment(n, indent)
-    out.append(f"{indent}{_key(ref.logical_name)}:")
+        out += comment_lines(n, indent)
+    out.append(f"{indent}{yaml_key(ref.logical_name)}:")
     inner = indent + unit
     # The short connector name reads better; the loader accepts it and normalises to the full id.
     out.append(f"{inner}connector: {yaml_scalar(ref.connector.rstrip('/').rsplit('/', 1)[-1])}")
     if ref.display_name:
         out.append(f"{inner}display_name: {yaml_scalar(ref.display_name)}")
     else:
-        out += _comment("no display name today: plan will set this one", inner)
+        out += comment_lines("no display name today: plan will set this one", inner)
         out.append(f"{inner}display_name: {yaml_scalar(ref.logical_name)}")
     if ref.description:
         out.append(f"{inner}description: {yaml_scalar(ref.description)}")
@@ -184,32 +184,32 @@ def _binding_lines(
     out: list[str] = []
     if not ref.connection:
         users = _flows_label(live, ref.logical_name)
-        out += _comment(f"CR202 unbound: not bound to any connection in {env_name} (used by: {users}); "
+        out += comment_lines(f"CR202 unbound: not bound to any connection in {env_name} (used by: {users}); "
                         "bind it, e.g.:", indent)
         owner = service_account or example_owner or "svc-account@example.com"
-        out += _comment(f"{ref.logical_name}: {{owner: {owner}}}", indent, wrap=False)
+        out += comment_lines(f"{ref.logical_name}: {{owner: {owner}}}", indent, wrap=False)
         return out
     conn = live.connection(ref.connection)
     if conn is None:
-        out += _comment(f"CR204 connection-not-found: bound to connection {ref.connection}, which does not "
+        out += comment_lines(f"CR204 connection-not-found: bound to connection {ref.connection}, which does not "
                         f"exist in {env_name}; bind it to a working connection:", indent)
-        out += _comment(f"{ref.logical_name}: {ref.connection}", indent, wrap=False)
+        out += comment_lines(f"{ref.logical_name}: {ref.connection}", indent, wrap=False)
         return out
     for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
-        out += _comment(f"{f.code} {f.name}: {f.message}", indent)
+        out += comment_lines(f"{f.code} {f.name}: {f.message}", indent)
     owner = connection_owner_label(conn, live)
     shown = conn.display_name or conn.name
     label = shown if owner.lower() == shown.lower() else f"{shown} ({owner})"
     refusal = planner_refusal(ref, conn, live)
     if refusal is not None:
         # plan checks every binding, changed or not; a commented-out binding leaves the live one alone
-        out += _comment(f"plan would refuse this binding ({refusal}); it stays commented out "
+        out += comment_lines(f"plan would refuse this binding ({refusal}); it stays commented out "
                         "until fixed:", indent)
-        out += _comment(f"{ref.logical_name}: {conn.name}  # {label}", indent, wrap=False)
+        out += comment_lines(f"{ref.logical_name}: {conn.name}  # {label}", indent, wrap=False)
         return out
     if ref.logical_name.lower() in kept:
         return out + kept[ref.logical_name.lower()]
-    out.append(f"{indent}{_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {label}")
+    out.append(f"{indent}{yaml_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {label}")
     return out
 
 
@@ -229,32 +229,32 @@ def planner_refusal(ref: LiveReference, conn: LiveConnection, live: LiveEnvironm
 
 
 def _kept_bindings(existing: _Existing | None, env_name: str, live: LiveEnvironment,
-                   refs: Mapping[str, LiveReference]) -> tuple[dict[str, list[str]], list[_Parked]]:
+                   refs: Mapping[str, LiveReference]) -> tuple[dict[str, list[str]], list[Parked]]:
     """Existing binding entries to keep: (those of live references that still resolve to the connection
     the reference has now, verbatim, keyed by lower-cased name; (key, YAML) of those to park)."""
     if existing is None:
         return {}, []
-    envs = _find(existing.root, "environments")
+    envs = find_entry(existing.root, "environments")
     if envs is None:
         return {}, []
-    env_entries = _entries(existing.lines, envs.value, envs.key_line + 1, envs.end) or []
-    env = _find(env_entries, env_name)
+    env_entries = mapping_entries(existing.lines, envs.value, envs.key_line + 1, envs.end) or []
+    env = find_entry(env_entries, env_name)
     if env is None:
         return {}, []
-    children = _entries(existing.lines, env.value, env.key_line + 1, env.end) or []
-    b = _find(children, "bindings")
+    children = mapping_entries(existing.lines, env.value, env.key_line + 1, env.end) or []
+    b = find_entry(children, "bindings")
     if b is None:
         return {}, []
-    entries = _entries(existing.lines, b.value, b.key_line + 1, b.end) or []
+    entries = mapping_entries(existing.lines, b.value, b.key_line + 1, b.end) or []
     data = _env_data(existing, env_name).get("bindings")
     data = data if isinstance(data, Mapping) else {}
     same: dict[str, list[str]] = {}
-    absent: list[_Parked] = list(_parked_groups(existing.lines[b.key_line + 1:b.end]))
+    absent: list[Parked] = list(parked_groups(existing.lines[b.key_line + 1:b.end]))
     for e in entries:
-        text = _strip_generated(existing.lines[e.start:e.end])
+        text = strip_generated(existing.lines[e.start:e.end])
         ref = refs.get(e.key.lower())
         if ref is None:
-            absent.append((e.key, _park(existing.lines[e.start:e.end], e.column)))
+            absent.append((e.key, park_block(existing.lines[e.start:e.end], e.column)))
             continue
         binding = _selector_from(data.get(e.key))
         if binding is None or not ref.connection:
@@ -293,9 +293,9 @@ def _restore_service_account(existing: _Existing, env_name: str) -> _Existing:
     """``existing`` with the service_account line an earlier import commented out in ``env_name``'s
     section active again (its note dropped), so this import decides afresh and, facing the same
     environment, writes the same text."""
-    envs = _find(existing.root, "environments")
-    env_entries = _entries(existing.lines, envs.value, envs.key_line + 1, envs.end) if envs else None
-    env = _find(env_entries or [], env_name)
+    envs = find_entry(existing.root, "environments")
+    env_entries = mapping_entries(existing.lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    env = find_entry(env_entries or [], env_name)
     if env is None:
         return existing
     lines = existing.lines
@@ -350,7 +350,7 @@ def _service_account_lines(service_account: str, foreign: Mapping[str, str], ind
     are = f"{n} reference is" if n == 1 else f"{n} references are"
     note = (f"{_SA_NOTE}{are} owned by {owners} today. Uncomment it to have plan make "
             f"{service_account} their owner; plan then shows '~ owner' changes for them.")
-    return _comment(note, indent) + _comment(line, indent, wrap=False)
+    return comment_lines(note, indent) + comment_lines(line, indent, wrap=False)
 
 
 def import_environment(
@@ -405,7 +405,7 @@ def import_environment(
         except ValueError:
             template = None  # lint reports CR100; import still works
 
-    unit = _indent_unit(existing.lines, existing.root) if existing else "  "
+    unit = indent_unit(existing.lines, existing.root) if existing else "  "
     refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
     outside = sorted((r for r in live.references if not r.in_solution), key=lambda r: r.logical_name.lower())
     by_key = {r.logical_name.lower(): r for r in refs}
@@ -433,38 +433,38 @@ def import_environment(
     # references:
     ref_lines = ["references:"]
     if not refs:
-        ref_lines += _comment(f"solution {solution} has no connection references in {env_name}", unit)
+        ref_lines += comment_lines(f"solution {solution} has no connection references in {env_name}", unit)
     for r in refs:
         notes = _reference_comments(r, live, duplicates, template, solution, service_account, foreign)
         ref_lines += _reference_lines(r, unit, unit, notes)
     # References the old config declared and the environment lacks are parked, not declared: plan
     # would create them, and import promises a config that plans no changes.
-    parked: dict[str, _Parked] = {}
+    parked: dict[str, Parked] = {}
     newly_parked: set[str] = set()
     if existing is not None:
-        old = _find(existing.root, "references")
+        old = find_entry(existing.root, "references")
         if old is not None:
-            for key, content in _parked_groups(existing.lines[old.key_line + 1:old.end]):
+            for key, content in parked_groups(existing.lines[old.key_line + 1:old.end]):
                 parked[key.lower()] = (key, content)
-            for e in _entries(existing.lines, old.value, old.key_line + 1, old.end) or []:
+            for e in mapping_entries(existing.lines, old.value, old.key_line + 1, old.end) or []:
                 if e.key.lower() not in by_key:
-                    parked[e.key.lower()] = (e.key, _park(existing.lines[e.start:e.end], e.column))
+                    parked[e.key.lower()] = (e.key, park_block(existing.lines[e.start:e.end], e.column))
                     newly_parked.add(e.key.lower())
     for low in sorted(parked):
         key, content = parked[low]
         if low in by_key:
             continue  # it exists now: declared above from what the environment has
-        ref_lines += _parked_lines(key, content, unit, (
+        ref_lines += parked_lines(key, content, unit, (
             f"parked: {key} is not in solution {solution} in {env_name}, so declaring it would make plan "
-            f"create it there. Remove the '{_PARK.strip()}' marks here and on its bindings to declare "
+            f"create it there. Remove the '{PARK_MARK.strip()}' marks here and on its bindings to declare "
             "it again."
         ))
     if outside:
-        ref_lines += _comment(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
+        ref_lines += comment_lines(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
         for r in outside:
-            ref_lines += _comment(f"  {r.logical_name} ({connector_name(r.connector)}, "
+            ref_lines += comment_lines(f"  {r.logical_name} ({connector_name(r.connector)}, "
                                   f"{r.display_name or 'no display name'})", unit)
-    if not any(line.strip() and not _is_comment(line) for line in ref_lines[1:]):
+    if not any(line.strip() and not is_comment_line(line) for line in ref_lines[1:]):
         ref_lines[0] = "references: {}"
 
     # environments.<env>.bindings:
@@ -472,14 +472,14 @@ def import_environment(
     b_indent = unit * 3
     binding_lines = [f"{unit * 2}bindings:"]
     if not active_sa:
-        binding_lines += _comment("no service_account for this environment: bindings to personal "
+        binding_lines += comment_lines("no service_account for this environment: bindings to personal "
                                   "connections are not flagged (see lint code CR200)", b_indent)
     for r in refs:
         binding_lines += _binding_lines(r, live, env_name, active_sa, b_indent, same, service_account)
     for key, content in sorted(absent, key=lambda kc: kc[0].lower()):
         if key.lower() not in by_key:
-            binding_lines += _parked_lines(key, content, b_indent, None)
-    if all(_is_comment(line) or not line.strip() for line in binding_lines[1:]):
+            binding_lines += parked_lines(key, content, b_indent, None)
+    if all(is_comment_line(line) or not line.strip() for line in binding_lines[1:]):
         # Only comments under the key would load as null: an empty mapping keeps the type right.
         binding_lines[0] = f"{unit * 2}bindings: {{}}"
 
@@ -496,7 +496,7 @@ def import_environment(
             *ref_lines,
             "",
             "environments:",
-            f"{unit}{_key(env_name)}:",
+            f"{unit}{yaml_key(env_name)}:",
             url_line,
             *([id_line] if id_line else []),
             *(sa_lines or []),
@@ -515,7 +515,7 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
     root = existing.root
 
     def replace_top(key: str, new: list[str]) -> bool:
-        e = _find(root, key)
+        e = find_entry(root, key)
         if e is None:
             return False
         # keep the comments above the key, replace the key and its value
@@ -531,10 +531,10 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
     if not replace_top("references", ref_lines):
         tail += ref_lines
 
-    env_block = [f"{unit}{_key(env_name)}:", url_line, *([id_line] if id_line else []), *(sa_lines or []),
+    env_block = [f"{unit}{yaml_key(env_name)}:", url_line, *([id_line] if id_line else []), *(sa_lines or []),
                  *binding_lines]
-    envs = _find(root, "environments")
-    env_entries = _entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    envs = find_entry(root, "environments")
+    env_entries = mapping_entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
     if envs is None:
         tail += ["environments:", *env_block]
     elif env_entries is None:
@@ -548,7 +548,7 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
         fresh += env_block
         edits.append((envs.key_line, envs.end, fresh))
     else:
-        env = _find(env_entries, env_name)
+        env = find_entry(env_entries, env_name)
         if env is None:
             last = env_entries[-1] if env_entries else None
             at = last.end if last else envs.key_line + 1
@@ -559,11 +559,11 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
             if other.key != env_name:
                 edits += _park_bindings(lines, other, parked)
 
-    out = _splice(lines, edits)
+    out = splice_lines(lines, edits)
     if head:
         # after the leading comments of the file
         i = 0
-        while i < len(out) and (_is_comment(out[i]) or out[i].strip() == "---"):
+        while i < len(out) and (is_comment_line(out[i]) or out[i].strip() == "---"):
             i += 1
         out[i:i] = head
     if tail:
@@ -573,33 +573,33 @@ def _merge_import(existing: _Existing, env_name: str, solution: str, unit: str, 
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _park_bindings(lines: Sequence[str], env: _Entry, parked: set[str]) -> list[tuple[int, int, list[str]]]:
+def _park_bindings(lines: Sequence[str], env: Entry, parked: set[str]) -> list[tuple[int, int, list[str]]]:
     """Edits that park another environment's bindings to references import parked, so the config
     stays valid (a binding must name a declared reference)."""
     if not parked:
         return []
-    children = _entries(lines, env.value, env.key_line + 1, env.end) or []
-    b = _find(children, "bindings")
+    children = mapping_entries(lines, env.value, env.key_line + 1, env.end) or []
+    b = find_entry(children, "bindings")
     if b is None:
         return []
     edits = []
-    for e in _entries(lines, b.value, b.key_line + 1, b.end) or []:
+    for e in mapping_entries(lines, b.value, b.key_line + 1, b.end) or []:
         if e.key.lower() in parked:
             indent = " " * e.column
-            edits.append((e.key_line, e.end, _parked_lines(e.key, _park(lines[e.key_line:e.end], e.column),
+            edits.append((e.key_line, e.end, parked_lines(e.key, park_block(lines[e.key_line:e.end], e.column),
                                                            indent, None)))
     return edits
 
 
-def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | None,
+def _env_edits(lines: Sequence[str], env: Entry, url_line: str, id_line: str | None,
                binding_lines: list[str], unit: str,
                sa_lines: list[str] | None = None) -> list[tuple[int, int, list[str]]]:
     """Edits of one environment's section: its url, environment_id and bindings replaced, and its
     service_account line replaced by ``sa_lines`` (inserted before the bindings when missing; left
     alone when ``sa_lines`` is None)."""
-    children = _entries(lines, env.value, env.key_line + 1, env.end)
+    children = mapping_entries(lines, env.value, env.key_line + 1, env.end)
     if children is None or not children:
-        return [(env.key_line, env.end, [f"{' ' * env.column}{_key(env.key)}:", url_line,
+        return [(env.key_line, env.end, [f"{' ' * env.column}{yaml_key(env.key)}:", url_line,
                                           *([id_line] if id_line else []), *(sa_lines or []), *binding_lines])]
     col = children[0].column
     ind = " " * col
@@ -612,9 +612,9 @@ def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | 
         return _reindent(block, len(unit) * 2, ind)
 
     edits: list[tuple[int, int, list[str]]] = []
-    url = _find(children, "url")
-    eid = _find(children, "environment_id")
-    b = _find(children, "bindings")
+    url = find_entry(children, "url")
+    eid = find_entry(children, "environment_id")
+    b = find_entry(children, "bindings")
     if url is not None:
         edits.append((url.key_line, url.end, [at_col(url_line)]))
     if eid is not None:
@@ -628,7 +628,7 @@ def _env_edits(lines: Sequence[str], env: _Entry, url_line: str, id_line: str | 
     if insert:
         at = url.end if url is not None else children[0].start
         edits.append((at, at, insert))
-    sa = _find(children, "service_account")
+    sa = find_entry(children, "service_account")
     sa_new = nested(sa_lines) if sa_lines is not None else []
     if sa is not None and sa_lines is not None:
         edits.append((sa.key_line, sa.end, sa_new))
@@ -718,22 +718,22 @@ def merge_bindings(
         return MergeResult(config_text, notes or [f"bindings of {env_name} already match"])
 
     lines = config_text.splitlines()
-    root = _entries(lines, node, 0, len(lines)) if node is not None else None
-    envs = _find(root or [], "environments")
-    env_entries = _entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
-    env = _find(env_entries or [], env_name)
-    children = _entries(lines, env.value, env.key_line + 1, env.end) if env else None
+    root = mapping_entries(lines, node, 0, len(lines)) if node is not None else None
+    envs = find_entry(root or [], "environments")
+    env_entries = mapping_entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    env = find_entry(env_entries or [], env_name)
+    children = mapping_entries(lines, env.value, env.key_line + 1, env.end) if env else None
     if root is None or env is None or not children:
         return _rewrite(data, env_name, wanted, notes, path)
-    b = _find(children, "bindings")
+    b = find_entry(children, "bindings")
     ind = " " * children[0].column
     unit = " " * max(children[0].column - env.column, 1)
     edits: list[tuple[int, int, list[str]]] = []
     if b is None:
-        new = [f"{ind}bindings:", *(f"{ind}{unit}{_key(k)}: {yaml_scalar(v)}" for k, v in wanted.items())]
+        new = [f"{ind}bindings:", *(f"{ind}{unit}{yaml_key(k)}: {yaml_scalar(v)}" for k, v in wanted.items())]
         edits.append((children[-1].end, children[-1].end, new))
     else:
-        entries = _entries(lines, b.value, b.key_line + 1, b.end)
+        entries = mapping_entries(lines, b.value, b.key_line + 1, b.end)
         if entries is None:
             if isinstance(b.value, yaml.MappingNode) and not b.value.value:
                 entries = []  # "bindings: {}": write a block mapping instead
@@ -742,8 +742,8 @@ def merge_bindings(
         bind = " " * entries[0].column if entries else ind + unit
         appended: list[str] = []
         for k, v in wanted.items():
-            hit = _find(entries, k, fold=True)
-            line = f"{bind}{_key(k)}: {yaml_scalar(v)}"
+            hit = find_entry(entries, k, fold=True)
+            line = f"{bind}{yaml_key(k)}: {yaml_scalar(v)}"
             if hit is not None:
                 edits.append((hit.key_line, hit.end, [line]))
             else:
@@ -753,7 +753,7 @@ def merge_bindings(
         elif appended:
             end = entries[-1].end
             edits.append((end, end, appended))
-    text = "\n".join(_splice(lines, edits)).rstrip("\n") + "\n"
+    text = "\n".join(splice_lines(lines, edits)).rstrip("\n") + "\n"
     return MergeResult(text, notes)
 
 

@@ -61,7 +61,7 @@ def literal(value: object) -> str:
     raise TypeError(f"no OData literal for {type(value).__name__}")
 
 
-def _column(name: str) -> str:
+def checked_column(name: str) -> str:
     if not _IDENT.match(name):
         raise ValueError(f"not a column name: {name!r}")
     return name
@@ -69,16 +69,16 @@ def _column(name: str) -> str:
 
 def eq(column: str, value: object) -> Filter:
     """``column eq value``; string comparison is case-insensitive on Dataverse (shared notes §2.6)."""
-    return Filter(f"{_column(column)} eq {literal(value)}")
+    return Filter(f"{checked_column(column)} eq {literal(value)}")
 
 
 def ne(column: str, value: object) -> Filter:
-    return Filter(f"{_column(column)} ne {literal(value)}")
+    return Filter(f"{checked_column(column)} ne {literal(value)}")
 
 
 def any_of(column: str, values: Iterable[object]) -> Filter:
     """``(column eq v1 or column eq v2 ...)``: one request for a set of keys instead of one per key."""
-    parts = [f"{_column(column)} eq {literal(v)}" for v in values]
+    parts = [f"{checked_column(column)} eq {literal(v)}" for v in values]
     if not parts:
         raise ValueError("any_of needs at least one value")
     return Filter("(" + " or ".join(parts) + ")")
@@ -97,7 +97,7 @@ def either(*filters: Filter) -> Filter:
 
 def entity_path(entity_set: str, entity_id: str) -> str:
     """``connectionreferences(<guid>)``, relative to the API root."""
-    return f"{_column(entity_set)}({Guid(entity_id).value.lower()})"
+    return f"{checked_column(entity_set)}({Guid(entity_id).value.lower()})"
 
 
 def odata_bind(entity_set: str, entity_id: str) -> str:

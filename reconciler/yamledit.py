@@ -1,11 +1,11 @@
 """Comment-preserving edits of YAML text.
 
 A YAML round trip through a parser drops comments, so config files are edited as text, guided by
-the positions PyYAML reports: ``_entries`` maps a block mapping to line ranges (``_Entry``), ``_find``
-looks one up, ``_splice`` replaces line ranges, ``_indent_unit`` tells the file's indentation step.
-``yaml_scalar`` writes a value that loads back to exactly itself; ``_comment`` writes wrapped comment
+the positions PyYAML reports: ``mapping_entries`` maps a block mapping to line ranges (``Entry``), ``find_entry``
+looks one up, ``splice_lines`` replaces line ranges, ``indent_unit`` tells the file's indentation step.
+``yaml_scalar`` writes a value that loads back to exactly itself; ``comment_lines`` writes wrapped comment
 lines; the parked-block helpers keep declarations commented out with a mark (``#| ``) so a later edit
-can find them again, and ``_strip_generated`` drops the comments an earlier import wrote.
+can find them again, and ``strip_generated`` drops the comments an earlier import wrote.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ def yaml_scalar(value: str | int | bool | None) -> str:
     return out
 
 
-def _key(name: str) -> str:
+def yaml_key(name: str) -> str:
     return yaml_scalar(name)
 
 
 _COMMENT_WIDTH = 100
 
 
-def _comment(text: str, indent: str, *, wrap: bool = True) -> list[str]:
+def comment_lines(text: str, indent: str, *, wrap: bool = True) -> list[str]:
     """``text`` as comment lines at ``indent``, wrapped so a reader need not scroll sideways
     (continuation lines indented by two more spaces). ``wrap=False`` for commented-out YAML that the
     user is meant to uncomment as is."""
@@ -65,20 +65,20 @@ _GENERATED = re.compile(
 
 # Declarations import takes out of the config but keeps for the user: YAML commented out with this
 # mark, so a later import can find them again and the user can restore them by deleting the mark.
-_PARK = "#| "
+PARK_MARK = "#| "
 
 
-_Parked = tuple[str, list[str]]
+Parked = tuple[str, list[str]]
 
 
-def _parked_groups(lines: Sequence[str]) -> list[_Parked]:
+def parked_groups(lines: Sequence[str]) -> list[Parked]:
     """The parked declarations in ``lines``: (key, its YAML lines without the mark and indentation)."""
     groups: list[tuple[str, list[str]]] = []
     for line in lines:
         text = line.strip()
-        if not text.startswith(_PARK.strip()):
+        if not text.startswith(PARK_MARK.strip()):
             continue
-        content = text[len(_PARK):] if text.startswith(_PARK) else text[len(_PARK.strip()):]
+        content = text[len(PARK_MARK):] if text.startswith(PARK_MARK) else text[len(PARK_MARK.strip()):]
         if content and not content[0].isspace() and ":" in content:
             groups.append((content.split(":", 1)[0].strip().strip("'\""), [content]))
         elif groups:
@@ -86,22 +86,22 @@ def _parked_groups(lines: Sequence[str]) -> list[_Parked]:
     return groups
 
 
-def _park(block: Sequence[str], column: int) -> list[str]:
+def park_block(block: Sequence[str], column: int) -> list[str]:
     """An entry's YAML lines (its comments dropped), without the indentation of ``column``."""
     out = []
-    for line in _strip_generated(block):
-        if not line.strip() or _is_comment(line):
+    for line in strip_generated(block):
+        if not line.strip() or is_comment_line(line):
             continue
         out.append(line[column:] if line[:column].strip() == "" else line.lstrip())
     return out
 
 
-def _parked_lines(key: str, content: Sequence[str], indent: str, note: str | None) -> list[str]:
-    out = _comment(note, indent) if note else []
-    return out + [f"{indent}{_PARK}{line}".rstrip() for line in content]
+def parked_lines(key: str, content: Sequence[str], indent: str, note: str | None) -> list[str]:
+    out = comment_lines(note, indent) if note else []
+    return out + [f"{indent}{PARK_MARK}{line}".rstrip() for line in content]
 
 
-def _strip_generated(block: Sequence[str]) -> list[str]:
+def strip_generated(block: Sequence[str]) -> list[str]:
     """``block`` without the comments an earlier import wrote: a generated line, its wrapped
     continuation lines (``#   ...``), and the commented-out example after one that ends with ``:``."""
     out: list[str] = []
@@ -109,7 +109,7 @@ def _strip_generated(block: Sequence[str]) -> list[str]:
     example_next = False
     for line in block:
         text = line.strip()
-        if text.startswith(_PARK.strip()):
+        if text.startswith(PARK_MARK.strip()):
             continue  # parked declarations are collected and written again separately
         if not text.startswith("#"):
             in_generated = example_next = False
@@ -130,7 +130,7 @@ def _strip_generated(block: Sequence[str]) -> list[str]:
 
 
 @dataclass
-class _Entry:
+class Entry:
     """One ``key: value`` of a block mapping, as lines of the file: ``start`` includes the comment lines
     directly above the key, ``end`` excludes the blank lines that separate it from the next entry."""
 
@@ -146,11 +146,11 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
-def _is_comment(line: str) -> bool:
+def is_comment_line(line: str) -> bool:
     return line.lstrip().startswith("#")
 
 
-def _entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[_Entry] | None:
+def mapping_entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[Entry] | None:
     """The entries of the block mapping ``node`` between lines ``lo`` and ``hi``; None when ``node`` is
     not a block mapping with plain string keys (then the caller falls back to a rewrite)."""
     if not isinstance(node, yaml.MappingNode) or node.flow_style:
@@ -160,7 +160,7 @@ def _entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[_E
         if not isinstance(k, yaml.ScalarNode):
             return None
         keys.append((str(k.value), k.start_mark.line, k.start_mark.column, v))
-    out: list[_Entry] = []
+    out: list[Entry] = []
     for i, (key, line, col, value) in enumerate(keys):
         floor = keys[i - 1][1] + 1 if i else lo
         if i and isinstance(keys[i - 1][3], yaml.ScalarNode):
@@ -168,9 +168,9 @@ def _entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[_E
         start = line
         # Comments directly above a key, at its indentation, belong to it; deeper ones close the
         # previous entry (what an import writes after the last binding, for instance).
-        while start - 1 >= floor and _is_comment(lines[start - 1]) and _indent(lines[start - 1]) == col:
+        while start - 1 >= floor and is_comment_line(lines[start - 1]) and _indent(lines[start - 1]) == col:
             start -= 1
-        out.append(_Entry(key, start, line, hi, col, value))
+        out.append(Entry(key, start, line, hi, col, value))
     for i in range(len(out) - 1):
         out[i].end = out[i + 1].start
     for e in out:  # leave separating blank lines outside the entry
@@ -179,14 +179,14 @@ def _entries(lines: Sequence[str], node: yaml.Node, lo: int, hi: int) -> list[_E
     return out
 
 
-def _find(entries: Iterable[_Entry], key: str, *, fold: bool = False) -> _Entry | None:
+def find_entry(entries: Iterable[Entry], key: str, *, fold: bool = False) -> Entry | None:
     for e in entries:
         if e.key == key or (fold and e.key.lower() == key.lower()):
             return e
     return None
 
 
-def _splice(lines: list[str], edits: list[tuple[int, int, list[str]]]) -> list[str]:
+def splice_lines(lines: list[str], edits: list[tuple[int, int, list[str]]]) -> list[str]:
     """Replace line ranges ``[start, end)`` with new lines; ranges must not overlap."""
     out = list(lines)
     for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
@@ -194,12 +194,12 @@ def _splice(lines: list[str], edits: list[tuple[int, int, list[str]]]) -> list[s
     return out
 
 
-def _indent_unit(lines: Sequence[str], root_entries: Sequence[_Entry]) -> str:
+def indent_unit(lines: Sequence[str], root_entries: Sequence[Entry]) -> str:
     """The indentation step the file uses (two spaces when it cannot tell)."""
     for name in ("environments", "references", "auth"):
-        e = _find(root_entries, name)
+        e = find_entry(root_entries, name)
         if e is not None:
-            children = _entries(lines, e.value, e.key_line + 1, e.end)
+            children = mapping_entries(lines, e.value, e.key_line + 1, e.end)
             if children and children[0].column > 0:
                 return " " * children[0].column
     return "  "
