@@ -1,9 +1,15 @@
 """The HTTP boundary against the emulator over loopback HTTP: paging, retries on injected 429/503 and
-dropped connections, the 401 refresh, error mapping, filter escaping, and $batch change sets."""
+dropped connections, the 401 refresh, error mapping, filter escaping, and $batch change sets.
+
+Tests without the ``emulator_only`` mark also run against a real environment (remote mode,
+docs/emulator.md): they take ids from the ``target`` fixture, write only references they create
+(per-run logical names; the ``http`` client records them and ``dv`` deletes them afterwards), and
+check the emulator's request log only when there is one."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +28,18 @@ from reconciler.errors import ApiError, NotFoundError, PreconditionFailedError, 
 from reconciler.odata_filter import Guid, eq
 
 API = "/api/data/v9.2/"
+# Why tests are emulator_only (shown by `pytest -rs` in remote mode).
+FAULTS = "injects faults and reads the emulator's request log"
+CONNECTIONS_API = "the connections API: another host and audience, and the test edits the emulator's data"
 
 
 class EmulatorTokens:
     """Real tokens signed with the emulator's key for the pipeline application. ``expired_first``
-    hands out an expired token until ``invalidate`` is called (what a revoked/expired cache looks like)."""
+    hands out an expired token until ``invalidate`` is called (what a revoked/expired cache looks like).
+
+    In remote mode the tokens are the run's one bearer (the application's, for the environment URL);
+    only the emulator can mint an expired one, so there the refused token is that bearer with a
+    signature that does not verify, which Dataverse refuses with the same 401."""
 
     def __init__(self, emulator: Any, *, expired_first: bool = False) -> None:
         self.emulator = emulator
@@ -41,10 +54,23 @@ class EmulatorTokens:
         with self._lock:
             key = (audience, self.expired)
             if key not in self._cache:  # cached per scope, as real providers do
-                lifetime = -60 if self.expired else 3600
-                self._cache[key] = str(self.emulator.token(audience=audience, lifetime=lifetime))
+                self._cache[key] = self._issue(audience)
                 self.issued.append(self._cache[key])
             return self._cache[key]
+
+    def _issue(self, audience: str) -> str:
+        if not self.emulator.remote:
+            lifetime = -60 if self.expired else 3600
+            return str(self.emulator.token(audience=audience, lifetime=lifetime))
+        if audience != self.emulator.url:
+            # Another audience (the connections API): the remote handle refuses, saying the test
+            # needs the emulator_only mark.
+            return str(self.emulator.token(audience=audience))
+        bearer = str(self.emulator.token())
+        if not self.expired:
+            return bearer
+        header, payload, signature = bearer.split(".")
+        return f"{header}.{payload}.{signature[::-1]}"
 
     def invalidate(self, scope: str) -> None:
         with self._lock:
@@ -53,8 +79,13 @@ class EmulatorTokens:
 
 
 @pytest.fixture
-def http() -> Iterator[httpx.Client]:
+def http(emulator: Any, created: Any, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10) as client:
+        if emulator.remote:
+            # The clients below write through this transport, not through `dv`: record the references
+            # they create (POST or $batch) so that `dv`, set up here, deletes them when the test ends.
+            request.getfixturevalue("dv")
+            client.event_hooks["response"].append(created.record)
         yield client
 
 
@@ -81,13 +112,13 @@ def dv_log(emulator: Any, path: str) -> list[Any]:
 # --------------------------------------------------------------------------- reads
 
 
-def test_who_am_i_and_component_type(client: DataverseClient) -> None:
-    assert client.who_am_i().user_id == Sample.APP_USER_ID
+def test_who_am_i_and_component_type(client: DataverseClient, target: Any) -> None:
+    assert client.who_am_i().user_id == target.APP_USER_ID
     # Read at run time, never hard-coded: the sample org uses a non-obvious number.
-    assert client.component_type_for("connectionreference") == Sample.COMPONENT_TYPE
+    assert client.component_type_for("connectionreference") == target.COMPONENT_TYPE
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="adds references through the emulator's store and counts pages in its request log")
 def test_paging_follows_next_link_over_several_pages(emulator: Any, client: DataverseClient) -> None:
     svc = emulator.store.user(Sample.SVC_USER_ID)
     with emulator.store.lock:
@@ -103,7 +134,7 @@ def test_paging_follows_next_link_over_several_pages(emulator: Any, client: Data
     assert "skiptoken" not in entries[0].query
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="adds a user with an apostrophe to the emulator's data (tests create no users)")
 def test_filter_escaping_with_hostile_values(emulator: Any, client: DataverseClient) -> None:
     with emulator.store.lock:
         factory.add_user(emulator.store.data, domainname="o'brien@contoso.com", fullname="Pat O'Brien")
@@ -120,7 +151,7 @@ def test_filter_escaping_with_hostile_values(emulator: Any, client: DataverseCli
 # --------------------------------------------------------------------------- retries and errors
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=FAULTS)
 def test_429_is_retried_honouring_retry_after(
     emulator: Any, client: DataverseClient, sleeps: list[float]
 ) -> None:
@@ -130,7 +161,7 @@ def test_429_is_retried_honouring_retry_after(
     assert [e.status for e in dv_log(emulator, "WhoAmI")] == [429, 429, 200]
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=FAULTS)
 def test_throttling_past_the_budget_raises_throttled_error(
     emulator: Any, http: httpx.Client, sleeps: list[float]
 ) -> None:
@@ -144,7 +175,7 @@ def test_throttling_past_the_budget_raises_throttled_error(
     assert len(dv_log(emulator, "WhoAmI")) == 3
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=FAULTS)
 def test_retry_after_beyond_the_total_wait_is_not_slept(
     emulator: Any, http: httpx.Client, sleeps: list[float]
 ) -> None:
@@ -155,7 +186,7 @@ def test_retry_after_beyond_the_total_wait_is_not_slept(
     assert sleeps == []
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=FAULTS)
 def test_503_backs_off_exponentially_then_gives_up(
     emulator: Any, http: httpx.Client, sleeps: list[float]
 ) -> None:
@@ -171,7 +202,7 @@ def test_503_backs_off_exponentially_then_gives_up(
     assert sleeps == [0.5, 1.0, 2.0]
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=FAULTS)
 def test_dropped_connection_is_retried_for_reads_not_for_batches(
     emulator: Any, client: DataverseClient, sleeps: list[float]
 ) -> None:
@@ -189,13 +220,15 @@ def test_dropped_connection_is_retried_for_reads_not_for_batches(
     assert len(dv_log(emulator, "$batch")) == 1
 
 
-@pytest.mark.emulator_only
-def test_401_refreshes_the_token_once(emulator: Any, http: httpx.Client, sleeps: list[float]) -> None:
+def test_401_refreshes_the_token_once(
+    emulator: Any, http: httpx.Client, sleeps: list[float], target: Any
+) -> None:
     tokens = EmulatorTokens(emulator, expired_first=True)
     client = make_client(emulator, http, sleeps, tokens=tokens)
-    assert client.who_am_i().user_id == Sample.APP_USER_ID
+    assert client.who_am_i().user_id == target.APP_USER_ID
     assert tokens.invalidations == 1
-    assert [e.status for e in dv_log(emulator, "WhoAmI")] == [401, 200]
+    if not emulator.remote:
+        assert [e.status for e in dv_log(emulator, "WhoAmI")] == [401, 200]
 
 
 def test_401_twice_is_an_error_without_the_token(
@@ -231,37 +264,57 @@ def test_error_mapping(client: DataverseClient) -> None:
 # --------------------------------------------------------------------------- $batch
 
 
+def _name(tag: str) -> str:
+    """A logical name no other row has (per test and run, so a real environment never collides)."""
+    return f"contoso_{tag}{uuid.uuid4().hex[:8]}"
+
+
 def _new_ref(name: str, **extra: Any) -> dict[str, Any]:
     return {"connectionreferencelogicalname": name, "connectionreferencedisplayname": name,
             "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sharepointonline", **extra}
 
 
-def test_batch_writes_a_change_set(emulator: Any, client: DataverseClient) -> None:
-    etag = client.get(f"connectionreferences({Sample.REF_DV})")["@odata.etag"]
+def _own_ref(client: DataverseClient, tag: str) -> str:
+    """A reference of this test's, outside any solution, written through ``client`` (so recorded for
+    cleanup in remote mode); returns its id."""
+    results = client.execute_batch([create_op("connectionreferences", _new_ref(_name(tag)))])
+    assert [r.outcome for r in results] == ["written"], results
+    assert results[0].entity_id is not None
+    return results[0].entity_id
+
+
+def test_batch_writes_a_change_set(emulator: Any, client: DataverseClient, target: Any) -> None:
+    mine = _own_ref(client, "bu")
+    etag = client.get(f"connectionreferences({mine})")["@odata.etag"]
+    name = _name("batch")
     ops = [
-        create_op("connectionreferences", _new_ref("contoso_Batch1"), solution_unique_name=Sample.SOLUTION),
-        update_op("connectionreferences", Sample.REF_DV, {"description": "set in a batch"}, etag=etag),
+        create_op("connectionreferences", _new_ref(name), solution_unique_name=target.SOLUTION),
+        update_op("connectionreferences", mine, {"description": "set in a batch"}, etag=etag),
     ]
     results = client.execute_batch(ops)
     assert [r.outcome for r in results] == ["written", "written"]
     new_id = results[0].entity_id
     assert new_id is not None
     row = client.get(f"connectionreferences({new_id})")
-    assert row["connectionreferencelogicalname"] == "contoso_Batch1"
+    assert row["connectionreferencelogicalname"] == name
     members = client.get_all("solutioncomponents", select=["objectid"], filter=eq("objectid", Guid(new_id)))
     assert len(members) == 1  # MSCRM.SolutionUniqueName put it in the solution
-    assert client.get(f"connectionreferences({Sample.REF_DV})")["description"] == "set in a batch"
+    assert client.get(f"connectionreferences({mine})")["description"] == "set in a batch"
 
 
 def test_batch_failure_rolls_back_and_names_the_failed_operation(
-    emulator: Any, client: DataverseClient
+    emulator: Any, client: DataverseClient, created: Any, target: Any
 ) -> None:
-    stale = 'W/"1"'
+    first, second = _own_ref(client, "bs"), _own_ref(client, "bd")
+    # A stale ETag: the one read before another write to the row.
+    stale = client.get(f"connectionreferences({first})")["@odata.etag"]
+    client.execute_batch([update_op("connectionreferences", first, {"description": "before"}, etag=stale)])
+    assert client.get(f"connectionreferences({first})")["@odata.etag"] != stale
+    name = _name("rolledback")
     ops = [
-        create_op("connectionreferences", _new_ref("contoso_RolledBack"),
-                  solution_unique_name=Sample.SOLUTION),
-        update_op("connectionreferences", Sample.REF_SP, {"description": "never"}, etag=stale),
-        update_op("connectionreferences", Sample.REF_DV, {"description": "never either"}, etag=None),
+        create_op("connectionreferences", _new_ref(name), solution_unique_name=target.SOLUTION),
+        update_op("connectionreferences", first, {"description": "never"}, etag=stale),
+        update_op("connectionreferences", second, {"description": "never either"}, etag=None),
     ]
     results = client.execute_batch(ops)
     assert [r.outcome for r in results] == ["not_written", "failed", "not_written"]
@@ -269,23 +322,28 @@ def test_batch_failure_rolls_back_and_names_the_failed_operation(
     assert results[1].status == 412
     # Atomic: the create before the failure was rolled back.
     rows = client.get_all("connectionreferences", select=["connectionreferenceid"],
-                          filter=eq("connectionreferencelogicalname", "contoso_RolledBack"))
+                          filter=eq("connectionreferencelogicalname", name))
+    for row in rows:  # a failed change set carries no entity id: clean up what it should not have left
+        created.add(str(row["connectionreferenceid"]))
     assert rows == []
-    assert client.get(f"connectionreferences({Sample.REF_SP})").get("description") != "never"
+    assert client.get(f"connectionreferences({first})").get("description") == "before"
+    assert client.get(f"connectionreferences({second})").get("description") != "never either"
 
 
-@pytest.mark.emulator_only
-def test_batch_impersonates_with_caller_object_id(emulator: Any, client: DataverseClient) -> None:
+def test_batch_impersonates_with_caller_object_id(
+    emulator: Any, client: DataverseClient, target: Any
+) -> None:
     results = client.execute_batch(
-        [create_op("connectionreferences", _new_ref("contoso_AsSvc"), solution_unique_name=Sample.SOLUTION)],
-        caller_object_id=Sample.SVC_OBJECT_ID,
+        [create_op("connectionreferences", _new_ref(_name("assvc")), solution_unique_name=target.SOLUTION)],
+        caller_object_id=target.SVC_OBJECT_ID,
     )
     assert results[0].ok
     row = client.get(f"connectionreferences({results[0].entity_id})")
-    assert row["_ownerid_value"] == Sample.SVC_USER_ID
-    assert row["_createdonbehalfby_value"] == Sample.APP_USER_ID
-    entry = dv_log(emulator, "$batch")[-1]
-    assert entry.effective_user_id == Sample.SVC_USER_ID
+    assert row["_ownerid_value"] == target.SVC_USER_ID
+    assert row["_createdonbehalfby_value"] == target.APP_USER_ID
+    if not emulator.remote:
+        entry = dv_log(emulator, "$batch")[-1]
+        assert entry.effective_user_id == target.SVC_USER_ID
 
 
 # --------------------------------------------------------------------------- connections API
@@ -296,7 +354,7 @@ def _connections(emulator: Any, http: httpx.Client) -> ConnectionsClient:
                              environment_id=Sample.ENVIRONMENT_ID)
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=CONNECTIONS_API)
 def test_connections_user_scope_and_admin_scope(emulator: Any, http: httpx.Client) -> None:
     conns = _connections(emulator, http)
     # The pipeline app sees only the connection shared with it.
@@ -309,7 +367,7 @@ def test_connections_user_scope_and_admin_scope(emulator: Any, http: httpx.Clien
     assert len(conns.list_connections_admin()) == 4
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=CONNECTIONS_API)
 def test_connections_paging_follows_next_link(emulator: Any, http: httpx.Client) -> None:
     emulator.store.data["settings"]["connections_page_size"] = 2
     for app in emulator.store.data["applications"]:

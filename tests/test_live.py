@@ -1,5 +1,10 @@
 """The live reader against the emulator's realistic sample environment over loopback, plus the
-``local:`` session (in-process emulator) and the clientdata shapes it understands."""
+``local:`` session (in-process emulator) and the clientdata shapes it understands.
+
+In remote mode (docs/emulator.md) every test here that reads an environment is skipped with its
+reason: ``read_environment`` always reads connections through the connections API, another host and
+token audience than Dataverse, and a remote run holds only the application's Dataverse token. The
+tests that need no environment run as usual."""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ from reconciler.model import Config, DesiredReference, connector_id
 from reconciler.session import EnvSession, open_environment
 
 API = "/api/data/v9.2/"
+# Why tests are emulator_only (shown by `pytest -rs` in remote mode).
+READS_CONNECTIONS = ("read_environment reads connections through the connections API (another host and "
+                     "audience); remote mode holds only the application's Dataverse token")
 
 
 def desired(name: str, connector: str, display: str | None = None) -> DesiredReference:
@@ -49,6 +57,8 @@ def session(emulator: Any) -> Iterator[EnvSession]:
         yield s
 
 
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it checks the sample's flows, references and "
+                            "connections, which the fixture file does not name")
 def test_reads_the_sample_environment(emulator: Any, session: EnvSession) -> None:
     config = make_config(emulator.url)
     live = read_environment(session, config, "dev")
@@ -76,6 +86,7 @@ def test_reads_the_sample_environment(emulator: Any, session: EnvSession) -> Non
     assert flows["Invoice approval"].state == 1
 
 
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS)
 def test_declared_reference_outside_the_solution_is_read(emulator: Any, session: EnvSession) -> None:
     refs = {Sample.REF_MAKER_NAME.upper(): desired(Sample.REF_MAKER_NAME.upper(), Sample.SP)}
     live = read_environment(session, make_config(emulator.url, refs), "dev")
@@ -84,7 +95,7 @@ def test_declared_reference_outside_the_solution_is_read(emulator: Any, session:
     assert live.user(Sample.MAKER_USER_ID) is not None  # its owner is among the users read
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it reads the request log and edits the data")
 def test_connections_admin_scope_then_fallback(emulator: Any, session: EnvSession) -> None:
     config = make_config(emulator.url)
     live = read_environment(session, config, "dev")
@@ -110,7 +121,7 @@ def test_connections_admin_scope_then_fallback(emulator: Any, session: EnvSessio
     assert live.user_by_object_id(Sample.MAKER_OBJECT_ID) is not None
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="adds a user with an apostrophe to the emulator's data (tests create no users)")
 def test_service_account_with_an_apostrophe_is_escaped(emulator: Any) -> None:
     upn = "o'neil-svc@contoso.com"
     with emulator.store.lock:
@@ -122,12 +133,14 @@ def test_service_account_with_an_apostrophe_is_escaped(emulator: Any) -> None:
     assert live.writer is not None and live.writer.upn == upn
 
 
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS)
 def test_unknown_service_account_leaves_no_writer(emulator: Any, session: EnvSession) -> None:
     config = make_config(emulator.url, service_account="nobody@contoso.com")
     live = read_environment(session, config, "dev")
     assert live.writer is None
 
 
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS)
 def test_without_service_account_the_writer_is_the_caller(emulator: Any, session: EnvSession) -> None:
     config = make_config(emulator.url, service_account=None)
     live = read_environment(session, config, "dev")
@@ -135,7 +148,7 @@ def test_without_service_account_the_writer_is_the_caller(emulator: Any, session
     assert session.writer_object_id is None
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="the local: session is the in-process emulator on a data file")
 def test_local_session_reads_and_writes_back_to_the_file(
     emulator_data: dict[str, Any], tmp_path: Any
 ) -> None:

@@ -1,6 +1,10 @@
 """The live reader fills ``LiveFlow.solutions`` with the unique names of the solutions each flow is a
 component of (componenttype 29), in two requests whatever the number of flows, so lint's CR208 (a
-reference used by flows of several solutions) fires on what an environment really has."""
+reference used by flows of several solutions) fires on what an environment really has.
+
+Every test that reads an environment is emulator_only: it checks the sample's flows (the remote fixture
+file names none, and tests cannot create flows), and ``read_environment`` needs a connections-API token
+a remote run does not hold (test_live.READS_CONNECTIONS)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from builders import EmulatorTokens
-from test_live import make_config
+from test_live import READS_CONNECTIONS, make_config
 
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
@@ -43,13 +47,15 @@ def add_flows_in_other_solutions(emulator: Any, count: int = 1) -> None:
                                        WORKFLOW_COMPONENT_TYPE)
 
 
+@pytest.mark.emulator_only(reason="checks the sample's flows, which the fixture file does not name; and "
+                            + READS_CONNECTIONS)
 def test_sample_flows_carry_their_solution(emulator: Any) -> None:
     flows = {f.id: f for f in read(emulator).flows}
     assert flows[Sample.FLOW_ACTIVE].solutions == (Sample.SOLUTION,)
     assert flows[Sample.FLOW_DRAFT].solutions == ()  # made outside any solution
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="adds a solution and flows to the emulator's data; and " + READS_CONNECTIONS)
 def test_flows_of_several_solutions_and_lint_cr208(emulator: Any) -> None:
     add_flows_in_other_solutions(emulator)
     live = read(emulator)
@@ -61,7 +67,7 @@ def test_flows_of_several_solutions_and_lint_cr208(emulator: Any) -> None:
     assert "ContosoConnections, FinanceFlows" in cr208[0].message
 
 
-@pytest.mark.emulator_only
+@pytest.mark.emulator_only(reason="adds flows to the emulator's data and counts requests in its log")
 def test_flow_solutions_take_the_same_requests_for_1_or_200_flows(emulator: Any) -> None:
     emulator.app.log.clear()
     read(emulator)
