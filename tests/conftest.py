@@ -15,7 +15,8 @@ tests against a real environment").
 
 Remote mode is on when ``CONNREF_REMOTE_URL``, ``CONNREF_REMOTE_TOKEN`` and ``CONNREF_REMOTE_FIXTURE``
 are all set. Then tests marked ``emulator_only`` are skipped, and so are tests outside tests/emulator/
-that use the emulator fixtures (they read ``factory.Sample`` directly).
+that use the emulator fixtures (they read ``factory.Sample`` directly), except the files in
+``PORTED_FILES``, which take their ids from ``target`` like the contract tests.
 
 The RSA signing key is generated once per session (key generation is the slow part); everything else
 is rebuilt per test, so tests never see each other's writes.
@@ -48,6 +49,10 @@ REMOTE_TOKEN_VAR = "CONNREF_REMOTE_TOKEN"
 REMOTE_FIXTURE_VAR = "CONNREF_REMOTE_FIXTURE"
 REMOTE_FIXTURE_FORMAT = "connref-remote-fixture/1"
 _EMULATOR_FIXTURES = frozenset({"emulator", "dv", "emulator_data", "target"})
+# Test files outside tests/emulator/ ported like the contract tests (ids from `target`, rows they create
+# cleaned up, emulator-only controls marked): remote mode runs them instead of skipping them wholesale.
+# tests/emulator/test_remote_mode.py runs them in its self-check.
+PORTED_FILES = frozenset({"test_client_emulator.py", "test_live.py", "test_live_flow_solutions.py"})
 
 
 def remote_mode() -> bool:
@@ -194,16 +199,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not remote_mode():
         return  # the default run is untouched
     contract_dir = Path(__file__).parent / "emulator"
+    ported = {Path(__file__).parent / name for name in PORTED_FILES}
     for item in items:
+        path = Path(str(item.path))
         if item.get_closest_marker("emulator_only") is not None:
             item.add_marker(pytest.mark.skip(reason="remote mode: " + _emulator_only_reason(item)))
-        elif contract_dir not in Path(str(item.path)).parents and _EMULATOR_FIXTURES & set(
+        elif contract_dir not in path.parents and path not in ported and _EMULATOR_FIXTURES & set(
             getattr(item, "fixturenames", ())
         ):
             item.add_marker(
                 pytest.mark.skip(
                     reason="remote mode: uses the emulator fixtures with factory.Sample's ids; only "
-                    "tests/emulator/ takes its ids from the `target` fixture"
+                    "tests/emulator/ and PORTED_FILES take their ids from the `target` fixture"
                 )
             )
 

@@ -1,4 +1,5 @@
-"""Remote mode without a tenant: the unmarked contract tests run through the exact code path a real
+"""Remote mode without a tenant: the unmarked contract tests, and the test files outside tests/emulator/
+ported like them (``PORTED_FILES`` in tests/conftest.py), run through the exact code path a real
 environment takes (CONNREF_REMOTE_URL/TOKEN/FIXTURE), against a ``connref emulator`` started outside
 pytest on a copy of the sample data. Afterwards the environment must be as it was: the tests deleted
 every row they created. (docs/emulator.md, "Running the contract tests against a real environment")"""
@@ -22,19 +23,34 @@ from reconciler.emulator.factory import Sample, sample_environment
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-# Bounded: the remote-mode run of tests/emulator takes a few seconds on two cores.
+# Bounded: the remote-mode run of tests/emulator and the ported files takes a few seconds on two cores.
 INNER_TIMEOUT_S = 240
+# Tests of the ported files that write (and must clean up) references: they have to pass, not be skipped.
+MUST_PASS = (
+    "tests/test_client_emulator.py::test_batch_writes_a_change_set",
+    "tests/test_client_emulator.py::test_batch_failure_rolls_back_and_names_the_failed_operation",
+    "tests/test_client_emulator.py::test_batch_impersonates_with_caller_object_id",
+)
 
 
-def _fixture_document() -> dict[str, Any]:
-    # tests/conftest.py builds the document; load it by path (the module name "conftest" is ambiguous,
-    # tests/e2e has one too).
+def _root_conftest() -> Any:
+    # tests/conftest.py builds the fixture document and lists the ported files; load it by path (the
+    # module name "conftest" is ambiguous, tests/e2e has one too).
     spec = importlib.util.spec_from_file_location("connref_tests_root_conftest", HERE.parent / "conftest.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
+    return module
+
+
+def _fixture_document() -> dict[str, Any]:
+    module = _root_conftest()
     return dict(module.fixture_document(module.Target.sample()))
+
+
+def _ported_files() -> list[str]:
+    return [str(HERE.parent / name) for name in sorted(_root_conftest().PORTED_FILES)]
 
 
 def _snapshot(url: str, token: str) -> dict[str, Any]:
@@ -89,8 +105,10 @@ def test_unmarked_contract_tests_pass_in_remote_mode(tmp_path: Path, signing_key
             k: v for k, v in os.environ.items() if not k.startswith("CONNREF_REMOTE_") and k != "PYTEST_ADDOPTS"
         }
         env.update(CONNREF_REMOTE_URL=url, CONNREF_REMOTE_TOKEN=token, CONNREF_REMOTE_FIXTURE=str(fixture_file))
+        ported = _ported_files()
+        assert ported and all(Path(f).is_file() for f in ported), ported
         inner = subprocess.run(
-            [sys.executable, "-m", "pytest", str(HERE), "-p", "no:cacheprovider", "-rs", "--no-header"],
+            [sys.executable, "-m", "pytest", str(HERE), *ported, "-p", "no:cacheprovider", "-rsp", "--no-header"],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -105,6 +123,10 @@ def test_unmarked_contract_tests_pass_in_remote_mode(tmp_path: Path, signing_key
         skipped = int(re.search(r"(\d+) skipped", summary).group(1))  # type: ignore[union-attr]
         assert "failed" not in summary and "error" not in summary, summary
         assert passed >= 60, summary  # the unmarked contract tests really ran
+        passed_ids = {ln.split()[1] for ln in out.splitlines() if ln.startswith("PASSED ")}
+        assert set(MUST_PASS) <= passed_ids, sorted(set(MUST_PASS) - passed_ids)
+        for f in ported:  # each ported file took part (none is skipped wholesale: see the reasons below)
+            assert any(p.startswith(str(Path(f).relative_to(REPO))) for p in passed_ids), f
         # Every skip says why, and every one is an emulator_only test (none skipped for other reasons
         # except a fixture-file entry left out on purpose).
         reasons = [ln for ln in out.splitlines() if ln.startswith("SKIPPED")]
