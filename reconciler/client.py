@@ -181,6 +181,19 @@ def error_from_response(method: str, url: str, resp: httpx.Response, *, after: s
     return cls(redact(text), status=status, code=code, method=method, url=shown, body=body)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard a client tries before giving up: retries on 429 (honouring Retry-After), 5xx and dropped
+    connections, with exponential backoff and jitter, within a total wait. ``sleep`` and ``jitter`` are
+    injectable so tests count waits instead of waiting."""
+
+    max_retries: int = 5
+    max_total_wait: float = 120.0
+    backoff_base: float = 1.0
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = random.random
+
+
 class _HttpCore:
     """Auth header, standard headers, retries, 401 refresh and error mapping for one API."""
 
@@ -190,27 +203,19 @@ class _HttpCore:
         *,
         http: httpx.Client,
         scope: str,
-        max_retries: int = 5,
-        max_total_wait: float = 120.0,
-        backoff_base: float = 1.0,
-        sleep: Callable[[float], None] = time.sleep,
-        jitter: Callable[[], float] = random.random,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._tokens = token_provider
         self._http = http
         self.scope = scope
-        self.max_retries = max_retries
-        self.max_total_wait = max_total_wait
-        self.backoff_base = backoff_base
-        self._sleep = sleep
-        self._jitter = jitter
+        self.retry = retry or RetryPolicy()
 
     # -- plumbing
 
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with jitter (half fixed, half random) so parallel readers spread out.
-        delay = self.backoff_base * (2**attempt)
-        return delay / 2 + self._jitter() * delay / 2
+        delay = self.retry.backoff_base * (2**attempt)
+        return delay / 2 + self.retry.jitter() * delay / 2
 
     @staticmethod
     def _retry_after(resp: httpx.Response) -> float | None:
@@ -278,8 +283,8 @@ class _HttpCore:
                 delay = self._backoff(attempt)
                 if (
                     not self._retryable_transport(method, exc)
-                    or attempt >= self.max_retries
-                    or waited + delay > self.max_total_wait
+                    or attempt >= self.retry.max_retries
+                    or waited + delay > self.retry.max_total_wait
                 ):
                     raise TransientError(
                         f"{method} {_display_url(url)}: connection failed ({kind}) "
@@ -288,7 +293,7 @@ class _HttpCore:
                         url=_display_url(url),
                     ) from None
                 log.debug("%s %s: %s, retrying in %.1fs", method, url, kind, delay)
-                self._sleep(delay)
+                self.retry.sleep(delay)
                 waited += delay
                 attempt += 1
                 continue
@@ -303,7 +308,7 @@ class _HttpCore:
             if status in _RETRY_STATUSES:
                 asked = self._retry_after(resp)
                 delay = self._backoff(attempt) if asked is None else asked
-                if attempt >= self.max_retries or waited + delay > self.max_total_wait:
+                if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
                     resp.read()
                     raise error_from_response(
                         method, url, resp,
@@ -311,7 +316,7 @@ class _HttpCore:
                     )
                 log.debug("%s %s -> %s, retrying in %.1fs", method, url, status, delay)
                 resp.close()
-                self._sleep(delay)
+                self.retry.sleep(delay)
                 waited += delay
                 attempt += 1
                 continue
@@ -346,16 +351,9 @@ class DataverseClient(_HttpCore):
         http: httpx.Client,
         scope: str,
         caller_object_id: str | None = None,
-        max_retries: int = 5,
-        sleep: Callable[[float], None] = time.sleep,
-        max_total_wait: float = 120.0,
-        backoff_base: float = 1.0,
-        jitter: Callable[[], float] = random.random,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(
-            token_provider, http=http, scope=scope, max_retries=max_retries, max_total_wait=max_total_wait,
-            backoff_base=backoff_base, sleep=sleep, jitter=jitter,
-        )
+        super().__init__(token_provider, http=http, scope=scope, retry=retry)
         root = base_url.rstrip("/")
         if root.lower().endswith(API_PATH.rstrip("/")):
             root = root[: -len(API_PATH.rstrip("/"))]
@@ -611,16 +609,9 @@ class ConnectionsClient(_HttpCore):
         environment_id: str | None,
         admin_base_url: str | None = None,
         admin_scope: str | None = None,
-        max_retries: int = 5,
-        sleep: Callable[[float], None] = time.sleep,
-        max_total_wait: float = 120.0,
-        backoff_base: float = 1.0,
-        jitter: Callable[[], float] = random.random,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(
-            token_provider, http=http, scope=scope, max_retries=max_retries, max_total_wait=max_total_wait,
-            backoff_base=backoff_base, sleep=sleep, jitter=jitter,
-        )
+        super().__init__(token_provider, http=http, scope=scope, retry=retry)
         if environment_id is not None and not _PATH_SEGMENT.match(environment_id):
             raise ValueError(f"not an environment id: {environment_id!r}")
         self.base_url = base_url.rstrip("/")

@@ -23,6 +23,7 @@ from .client import (
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
     DataverseClient,
+    RetryPolicy,
     power_platform_api_base,
     scope_for,
 )
@@ -147,13 +148,14 @@ def open_environment(
     if env is None:
         known = ", ".join(sorted(config.environments)) or "none"
         raise ConfigError(f"unknown environment '{env_name}' (configured: {known})")
+    retry = RetryPolicy(max_retries=max_retries)
     if env.is_local:
-        return _open_local(config, env, token_provider, max_retries)
-    return _open_remote(config, env, token_provider, http, max_retries)
+        return _open_local(config, env, token_provider, retry)
+    return _open_remote(config, env, token_provider, http, retry)
 
 
 def _open_local(
-    config: Config, env: EnvironmentConfig, token_provider: TokenProvider | None, max_retries: int
+    config: Config, env: EnvironmentConfig, token_provider: TokenProvider | None, retry: RetryPolicy
 ) -> EnvSession:
     from .emulator.app import EmulatorApp
     from .emulator.store import EnvironmentStore
@@ -174,9 +176,9 @@ def _open_local(
         url = str(store.data["environment"]["url"]).rstrip("/")
         env_id = str(store.data["environment"].get("environment_id") or env.environment_id or "local")
         tokens = token_provider or _provider(config, env, http) or LocalTokenProvider(store.data)
-        dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), max_retries=max_retries)
+        dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), retry=retry)
         connections = ConnectionsClient(url, tokens, http=http, scope=POWERPLATFORM_SCOPE,
-                                        environment_id=env_id, max_retries=max_retries)
+                                        environment_id=env_id, retry=retry)
     except BaseException:
         http.close()
         raise
@@ -188,7 +190,7 @@ def _open_remote(
     env: EnvironmentConfig,
     token_provider: TokenProvider | None,
     http: httpx.Client | None,
-    max_retries: int,
+    retry: RetryPolicy,
 ) -> EnvSession:
     own_http = http is None
     client = http or httpx.Client(timeout=DEFAULT_TIMEOUT)
@@ -197,8 +199,8 @@ def _open_remote(
         if tokens is None:
             raise ConfigError(f"environment '{env.name}' needs an auth profile (auth:)", env.location, "auth")
         url = env.url.rstrip("/")
-        dataverse = DataverseClient(url, tokens, http=client, scope=scope_for(url), max_retries=max_retries)
-        connections = _connections_client(env, tokens, client, max_retries)
+        dataverse = DataverseClient(url, tokens, http=client, scope=scope_for(url), retry=retry)
+        connections = _connections_client(env, tokens, client, retry)
     except BaseException:
         if own_http:
             client.close()
@@ -207,7 +209,7 @@ def _open_remote(
 
 
 def _connections_client(
-    env: EnvironmentConfig, tokens: TokenProvider, http: httpx.Client, max_retries: int
+    env: EnvironmentConfig, tokens: TokenProvider, http: httpx.Client, retry: RetryPolicy
 ) -> ConnectionsClient | None:
     """The connections API: ``connections_url`` when given (an emulator serves both route families
     there), else the Power Platform API host derived from the environment id (shared notes §3.2) with
@@ -219,7 +221,7 @@ def _connections_client(
         if base.startswith("http://"):
             scope = POWERPLATFORM_SCOPE  # a loopback emulator accepts the Power Platform API audience
         return ConnectionsClient(base, tokens, http=http, scope=scope, environment_id=env_id,
-                                 max_retries=max_retries)
+                                 retry=retry)
     if not env.environment_id:
         return None  # the live reader says what is missing when it needs connections
     try:
@@ -233,5 +235,5 @@ def _connections_client(
         base, tokens, http=http, scope=c.connections_scope, environment_id=env.environment_id,
         admin_base_url=POWERAPPS_BASE if env.cloud == "public" else None,
         admin_scope=POWERAPPS_SCOPE if env.cloud == "public" else None,
-        max_retries=max_retries,
+        retry=retry,
     )

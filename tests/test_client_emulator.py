@@ -21,6 +21,7 @@ from reconciler.client import (
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
     DataverseClient,
+    RetryPolicy,
 )
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
@@ -96,8 +97,8 @@ def sleeps() -> list[float]:
 
 def make_client(emulator: Any, http: httpx.Client, sleeps: list[float], **kw: Any) -> DataverseClient:
     tokens = kw.pop("tokens", None) or EmulatorTokens(emulator)
-    return DataverseClient(emulator.url, tokens, http=http, scope=emulator.url + "/.default",
-                           sleep=sleeps.append, jitter=lambda: 0.0, **kw)
+    retry = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, **kw)
+    return DataverseClient(emulator.url, tokens, http=http, scope=emulator.url + "/.default", retry=retry)
 
 
 @pytest.fixture
