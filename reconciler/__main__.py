@@ -1,5 +1,5 @@
 """``python -m reconciler`` runs the connref CLI."""
 
-from .cli import main
+from reconciler.cli import main
 
 raise SystemExit(main())

@@ -15,8 +15,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import ConfigErrors, ConnrefError
+from reconciler import __version__
+from reconciler.errors import ConfigErrors, ConnrefError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,12 +119,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         # A cancelled pipeline job or a stopped container sends SIGTERM: unwind as for Ctrl-C, so
         # locks are released and nothing is left half-recorded.
         signal.signal(signal.SIGTERM, _terminate_like_interrupt)
-    from . import commands
+    from reconciler import commands
 
     color = _use_color(args)
     try:
         if args.command == "emulator":
-            from .emulator.server import run_emulator_command
+            from reconciler.emulator.server import run_emulator_command
 
             return run_emulator_command(args)
         return commands.dispatch(args, color=color)

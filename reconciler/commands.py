@@ -18,24 +18,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from . import drift_render, lint, planfile, planner, render, state
-from .applier import ApplyResult, BatchProgress, apply_environment
-from .config import load_config
-from .drift import detect_drift
-from .errors import ApplyError, ConfigError, ConnrefError, PlanError
-from .importer import import_environment, merge_bindings
-from .live import read_environment
-from .lock import acquire, force_unlock
-from .model import Config, LiveEnvironment
-from .ops import Plan
-from .session import EnvSession, open_environment
-from .settings import (
+from reconciler.adoption import lint
+from reconciler.adoption.importer import import_environment, merge_bindings
+from reconciler.adoption.settings import (
     binding_for,
     deployment_settings,
     parse_settings_file,
     render_settings_json,
     resolve_binding,
 )
+from reconciler.api.live import read_environment
+from reconciler.api.session import EnvSession, open_environment
+from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment
+from reconciler.config.loader import load_config
+from reconciler.domain.model import Config, LiveEnvironment
+from reconciler.drift import render as drift_render
+from reconciler.drift.detect import detect_drift
+from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError
+from reconciler.plan import planfile, planner, render
+from reconciler.plan.ops import Plan
+from reconciler.state import store as state
+from reconciler.state.lock import acquire, force_unlock
 
 Out = TextIO
 

@@ -26,8 +26,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.emulator.factory import Sample
-from reconciler.model import (
+from reconciler.domain.model import (
     Binding,
     Config,
     DesiredReference,
@@ -43,7 +42,8 @@ from reconciler.model import (
     connector_id,
     frozen_map,
 )
-from reconciler.state import EnvState, record_apply
+from reconciler.emulator.factory import Sample
+from reconciler.state.store import EnvState, record_apply
 
 SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", "Flows Service Account")
 ALICE = LiveUser("u-alice", "oid-alice", "alice@contoso.com", "Alice Maker")

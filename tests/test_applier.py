@@ -11,16 +11,16 @@ import httpx
 import pytest
 from builders import EmulatorTokens, sample_config
 
-from reconciler.applier import ApplyResult, BatchProgress, apply_environment
-from reconciler.batch_format import update_op
+from reconciler.api.batch_format import update_op
+from reconciler.api.live import read_environment
+from reconciler.api.odata_filter import Guid, eq
+from reconciler.api.session import EnvSession, open_environment
+from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment
+from reconciler.domain.model import Binding, Config, DesiredReference, connector_id
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ApplyError
-from reconciler.live import read_environment
-from reconciler.model import Binding, Config, DesiredReference, connector_id
-from reconciler.odata_filter import Guid, eq
-from reconciler.ops import EnvironmentPlan, FieldChange, UpdateReference
-from reconciler.planner import plan_environment
-from reconciler.session import EnvSession, open_environment
+from reconciler.plan.ops import EnvironmentPlan, FieldChange, UpdateReference
+from reconciler.plan.planner import plan_environment
 
 # Every test makes the pipeline app a management app by editing the emulator's data, and several
 # count requests in the emulator's log.

@@ -25,19 +25,19 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from reconciler.auth import (
+from reconciler.api.auth import (
     CLOUDS,
     StaticTokenProvider,
     connections_scope,
     dataverse_scope,
     provider_for,
 )
+from reconciler.domain.model import AuthProfile
 from reconciler.emulator import factory, jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore, new_environment_data
 from reconciler.emulator.tls import TlsFiles, make_test_ca, serve_https
 from reconciler.errors import AuthError
-from reconciler.model import AuthProfile
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 ENV_URL = "https://contoso-dev.crm4.dynamics.com"

@@ -16,17 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.batch_format import create_op, update_op
-from reconciler.client import (
+from reconciler.api.batch_format import create_op, update_op
+from reconciler.api.client import (
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
     DataverseClient,
     RetryPolicy,
 )
+from reconciler.api.odata_filter import Guid, eq
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ApiError, NotFoundError, PreconditionFailedError, ThrottledError, TransientError
-from reconciler.odata_filter import Guid, eq
 
 API = "/api/data/v9.2/"
 # Why tests are emulator_only (shown by `pytest -rs` in remote mode).

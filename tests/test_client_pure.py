@@ -6,20 +6,20 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from reconciler.auth import StaticTokenProvider
-from reconciler.batch_format import (
+from reconciler.api.auth import StaticTokenProvider
+from reconciler.api.batch_format import (
     MAX_BATCH_OPERATIONS,
     chunked,
     create_op,
     parse_multipart,
     update_op,
 )
-from reconciler.client import (
+from reconciler.api.client import (
     DataverseClient,
     power_platform_api_base,
     redact,
 )
-from reconciler.odata_filter import (
+from reconciler.api.odata_filter import (
     Filter,
     Guid,
     any_of,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import load_config, load_config_text
+from reconciler.config.loader import load_config, load_config_text
+from reconciler.domain.model import CONNECTOR_PREFIX, Selector
 from reconciler.errors import ConfigError, ConfigErrors
-from reconciler.model import CONNECTOR_PREFIX, Selector
 
 DESIGN_EXAMPLE = """\
 version: 1

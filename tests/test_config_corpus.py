@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import load_config
+from reconciler.config.loader import load_config
 from reconciler.errors import ConfigError, ConfigErrors
 
 CORPUS = Path(__file__).parent / "config_corpus"

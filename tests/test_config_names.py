@@ -8,9 +8,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.config import load_config_text
+from reconciler.config.loader import load_config_text
+from reconciler.domain.names import is_valid_logical_name, logical_name_problem, publisher_prefix
 from reconciler.errors import ConfigError
-from reconciler.names import is_valid_logical_name, logical_name_problem, publisher_prefix
 
 # The oracle: the safe validator the reference notes give, with the length limit on the whole name.
 ORACLE = re.compile(r"(?![Mm][Ss][Cc][Rr][Mm])[A-Za-z][A-Za-z0-9]{1,7}_[A-Za-z0-9_.\-]+")

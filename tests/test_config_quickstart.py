@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.config import load_config
-from reconciler.model import Config, Selector, connector_name
+from reconciler.config.loader import load_config
+from reconciler.domain.model import Config, Selector, connector_name
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -254,10 +254,10 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
 def test_emulator_plans_the_quickstart(scratch: Path) -> None:
     """Drives the real chain (session -> emulator over WSGI -> live reader -> planner) on a copy."""
     pytest.importorskip("reconciler.emulator.app")
-    from reconciler.live import read_environment
-    from reconciler.ops import CreateReference, UpdateReference
-    from reconciler.planner import plan
-    from reconciler.session import open_environment
+    from reconciler.api.live import read_environment
+    from reconciler.api.session import open_environment
+    from reconciler.plan.ops import CreateReference, UpdateReference
+    from reconciler.plan.planner import plan
 
     cfg = load_config(str(scratch / "connref.yaml"))
     lives = {}

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from builders import ALICE, DRIFT, DRIFT_CONNS, OUTLOOK, SP, SPN, drift_config, drift_live, replace_ref, state_of
 
-from reconciler import drift as dr
-from reconciler.drift_render import render_json, render_markdown, render_text
-from reconciler.model import DesiredReference, LiveEnvironment, Selector, connector_id, frozen_map
-from reconciler.state import EnvState, ManagedReference
+from reconciler.domain.model import DesiredReference, LiveEnvironment, Selector, connector_id, frozen_map
+from reconciler.drift import detect as dr
+from reconciler.drift.render import render_json, render_markdown, render_text
+from reconciler.state.store import EnvState, ManagedReference
 
 conn, ref = DRIFT.conn, DRIFT.ref
 live, config = drift_live, drift_config

@@ -24,12 +24,12 @@ from builders import (
     reversed_order,
 )
 
-from reconciler.config import load_config
+from reconciler.adoption.importer import import_environment
+from reconciler.adoption.yamledit import yaml_scalar
+from reconciler.config.loader import load_config
+from reconciler.domain.model import LiveEnvironment
 from reconciler.errors import ConnrefError
-from reconciler.importer import import_environment
-from reconciler.model import LiveEnvironment
-from reconciler.planner import plan_environment
-from reconciler.yamledit import yaml_scalar
+from reconciler.plan.planner import plan_environment
 
 conn, live, ref = ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 ENV_ID = "6f1c2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -13,10 +13,10 @@ import yaml
 from builders import ALICE, C_ALICE_SP, C_SVC_OUTLOOK, C_SVC_SP, SA, messy_live
 from test_importer import EXISTING, do_import, owned_by_svc, prose, write_config
 
-from reconciler.config import load_config
-from reconciler.model import LiveEnvironment
-from reconciler.ops import UpdateReference
-from reconciler.planner import plan_environment
+from reconciler.config.loader import load_config
+from reconciler.domain.model import LiveEnvironment
+from reconciler.plan.ops import UpdateReference
+from reconciler.plan.planner import plan_environment
 
 COMMENTED = "    # service_account: svc-flows@contoso.com\n"
 ACTIVE = "    service_account: svc-flows@contoso.com\n"

@@ -23,7 +23,7 @@ from builders import (
     reversed_order,
 )
 
-from reconciler.lint import (
+from reconciler.adoption.lint import (
     RULES,
     Finding,
     NamingTemplate,
@@ -33,7 +33,7 @@ from reconciler.lint import (
     render_findings_json,
     render_findings_text,
 )
-from reconciler.model import Config, LiveEnvironment, Selector
+from reconciler.domain.model import Config, LiveEnvironment, Selector
 
 config, conn, live, ref = ADOPTION.config, ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from builders import EmulatorTokens, sample_config
 
+from reconciler.api.live import flow_references, read_environment
+from reconciler.api.session import EnvSession, open_environment
+from reconciler.domain.model import Config, DesiredReference, connector_id
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ConfigError
-from reconciler.live import flow_references, read_environment
-from reconciler.model import Config, DesiredReference, connector_id
-from reconciler.session import EnvSession, open_environment
 
 API = "/api/data/v9.2/"
 # Why tests are emulator_only (shown by `pytest -rs` in remote mode).
@@ -160,7 +160,7 @@ def test_local_session_reads_and_writes_back_to_the_file(
         live = read_environment(s, config, "dev")
         assert live.solution is not None
         assert live.caller is not None and live.caller.systemuserid == Sample.APP_USER_ID
-        from reconciler.batch_format import update_op
+        from reconciler.api.batch_format import update_op
 
         sp = next(r for r in live.references if r.logical_name == Sample.REF_SP_NAME)
         results = s.dataverse.execute_batch(

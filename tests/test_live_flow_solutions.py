@@ -15,12 +15,12 @@ import pytest
 from builders import EmulatorTokens
 from test_live import READS_CONNECTIONS, make_config
 
+from reconciler.adoption.lint import lint
+from reconciler.api.live import WORKFLOW_COMPONENT_TYPE, flow_solutions, read_environment
+from reconciler.api.session import open_environment
+from reconciler.domain.model import LiveEnvironment
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
-from reconciler.lint import lint
-from reconciler.live import WORKFLOW_COMPONENT_TYPE, flow_solutions, read_environment
-from reconciler.model import LiveEnvironment
-from reconciler.session import open_environment
 
 
 def read(emulator: Any) -> LiveEnvironment:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import state as st
+from reconciler.domain.model import LiveEnvironment, LiveReference, LiveSolution, LiveUser
 from reconciler.errors import LockError
-from reconciler.lock import acquire, force_unlock, lock_path, read_lock
-from reconciler.model import LiveEnvironment, LiveReference, LiveSolution, LiveUser
+from reconciler.state import store as st
+from reconciler.state.lock import acquire, force_unlock, lock_path, read_lock
 
 # fork: the children inherit the test's imports and closures; the processes are still separate (own pid,
 # own file descriptors), which is what O_EXCL exclusion is about.

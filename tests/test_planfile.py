@@ -14,11 +14,11 @@ from builders import SPN, replace_ref, state_of
 from builders import drift_config as config
 from builders import drift_live as live
 
-from reconciler import planfile as pf
+from reconciler.domain.model import AuthProfile, Config, DesiredReference, LiveEnvironment, connector_id, frozen_map
 from reconciler.errors import PlanError, StalePlanError
-from reconciler.model import AuthProfile, Config, DesiredReference, LiveEnvironment, connector_id, frozen_map
-from reconciler.planner import live_fingerprint, plan
-from reconciler.state import EnvState, record_apply
+from reconciler.plan import planfile as pf
+from reconciler.plan.planner import live_fingerprint, plan
+from reconciler.state.store import EnvState, record_apply
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-access-token-for-this-run.c2lnbmF0dXJl"
 SECRET = "Qz8~client-secret-value-not-to-be-saved"

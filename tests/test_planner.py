@@ -24,8 +24,7 @@ from builders import (
     desired,
 )
 
-from reconciler.errors import PlanError
-from reconciler.model import (
+from reconciler.domain.model import (
     Config,
     LiveConnection,
     LiveEnvironment,
@@ -35,7 +34,8 @@ from reconciler.model import (
     Selector,
     connector_id,
 )
-from reconciler.ops import (
+from reconciler.errors import PlanError
+from reconciler.plan.ops import (
     AddToSolution,
     ConnectionInfo,
     CreateReference,
@@ -45,7 +45,7 @@ from reconciler.ops import (
     OwnerInfo,
     UpdateReference,
 )
-from reconciler.planner import PlanProblems, live_fingerprint, plan, plan_environment
+from reconciler.plan.planner import PlanProblems, live_fingerprint, plan, plan_environment
 
 conn, ref, live, config = PLANNING.conn, PLANNING.ref, PLANNING.live, PLANNING.config
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.ops import (
+from reconciler.plan.ops import (
     AddToSolution,
     ConnectionInfo,
     CreateReference,

@@ -7,9 +7,9 @@ import re
 
 from builders import C_MAKER, C_SVC, MAKER1, PLANNING, SP_REF
 
+from reconciler.domain.model import connector_id
 from reconciler.errors import PlanError
-from reconciler.model import connector_id
-from reconciler.ops import (
+from reconciler.plan.ops import (
     AddToSolution,
     ConnectionInfo,
     CreateReference,
@@ -21,8 +21,8 @@ from reconciler.ops import (
     Plan,
     UpdateReference,
 )
-from reconciler.planner import PlanProblems, plan
-from reconciler.render import render_json, render_json_error, render_markdown, render_text
+from reconciler.plan.planner import PlanProblems, plan
+from reconciler.plan.render import render_json, render_json_error, render_markdown, render_text
 
 SP = connector_id("shared_sharepointonline")
 SVC_CONN = ConnectionInfo(

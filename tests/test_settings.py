@@ -20,11 +20,8 @@ from builders import (
     desired,
 )
 
-from reconciler.config import load_config
-from reconciler.errors import ConfigError, PlanError
-from reconciler.importer import bindings_from_settings, merge_bindings
-from reconciler.model import Selector
-from reconciler.settings import (
+from reconciler.adoption.importer import bindings_from_settings, merge_bindings
+from reconciler.adoption.settings import (
     deployment_settings,
     merge_into_existing,
     parse_settings,
@@ -32,6 +29,9 @@ from reconciler.settings import (
     render_settings_json,
     resolve_binding,
 )
+from reconciler.config.loader import load_config
+from reconciler.domain.model import Selector
+from reconciler.errors import ConfigError, PlanError
 
 config, conn, live = ADOPTION.config, ADOPTION.conn, ADOPTION.live
 SP_REF = desired("contoso_SharePoint", "SharePoint ContosoFlows")

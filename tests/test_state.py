@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import state as st
-from reconciler.errors import StateError
-from reconciler.lock import acquire
-from reconciler.model import (
+from reconciler.domain.model import (
     Config,
     LiveEnvironment,
     LiveReference,
     LiveSolution,
     LiveUser,
 )
+from reconciler.errors import StateError
+from reconciler.state import store as st
+from reconciler.state.lock import acquire
 
 SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", application_id=None)
 ALICE = LiveUser("u-alice", "oid-alice", "alice@contoso.com")

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from builders import EmulatorTokens, sample_config
 
-from reconciler.applier import apply_environment
+from reconciler.api.live import read_environment
+from reconciler.api.session import open_environment
+from reconciler.apply.applier import apply_environment
+from reconciler.domain.model import Config, DesiredReference, connector_id
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
-from reconciler.live import read_environment
-from reconciler.model import Config, DesiredReference, connector_id
-from reconciler.planner import plan_environment
-from reconciler.session import open_environment
+from reconciler.plan.planner import plan_environment
 
 pytestmark = pytest.mark.emulator_only
 

@@ -28,8 +28,8 @@ from e2e_support import Served, Workspace
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore
-from reconciler.lock import read_lock
-from reconciler.state import backup_path, load_state, state_path
+from reconciler.state.lock import read_lock
+from reconciler.state.store import backup_path, load_state, state_path
 
 pytestmark = pytest.mark.emulator_only
 
@@ -40,7 +40,7 @@ BATCH = "/api/data/v9.2/$batch"
 # lock with the real lock module, says its id, and waits to be killed.
 KILLED_HOLDER = """
 import sys, time
-from reconciler.lock import acquire
+from reconciler.state.lock import acquire
 lock = acquire(sys.argv[1], sys.argv[2], "apply")
 print(lock.id, flush=True)
 time.sleep(600)
@@ -52,7 +52,7 @@ time.sleep(600)
 WAITING_CLI = """
 import sys
 from pathlib import Path
-import reconciler.lock as lock
+import reconciler.state.lock as lock
 from reconciler.cli import main
 marker, argv = Path(sys.argv[1]), sys.argv[2:]
 real = lock._try_create

@@ -4,7 +4,7 @@ The ``*_problem`` functions say what is wrong with one value (a solution unique 
 connection name, an environment variable name, a naming template, a URL) in words fit for
 ``file:line:column: field.path: message``; ``_is_loopback_host``/``is_loopback_url`` tell where
 plain http is allowed; ``normalise_connector`` writes a connector in its one stored form;
-``absent_if_null`` and ``is_empty_node`` read optional and blank nodes. ``reconciler.config`` runs them
+``absent_if_null`` and ``is_empty_node`` read optional and blank nodes. ``reconciler.config.loader`` runs them
 from its validator.
 """
 
@@ -15,8 +15,8 @@ import re
 import string
 from urllib.parse import urlsplit
 
-from .model import CONNECTOR_PREFIX, connector_id
-from .yamlsource import Map, Scalar, Seq, YNode
+from reconciler.config.yamlsource import Map, Scalar, Seq, YNode
+from reconciler.domain.model import CONNECTOR_PREFIX, connector_id
 
 MAX_CONNECTION_NAME = 1000
 _ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -90,7 +90,7 @@ def env_var_problem(value: str) -> str | None:
 
 def naming_problem(value: str) -> str | None:
     # The placeholders are lint's (it applies the template); imported here to keep one list.
-    from .lint import PLACEHOLDERS
+    from reconciler.adoption.lint import PLACEHOLDERS
 
     try:
         parts = list(string.Formatter().parse(value))

@@ -1,4 +1,4 @@
-"""Load and validate ``connref.yaml`` into the frozen ``Config`` of ``reconciler.model``.
+"""Load and validate ``connref.yaml`` into the frozen ``Config`` of ``reconciler.domain.model``.
 
 Everything here is local: no network call is made, so ``connref validate`` (which runs only
 this) is safe anywhere. Every problem is reported as ``file:line:column: field.path: message``;
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config_checks import (
+from reconciler.config.checks import (
     absent_if_null,
     connection_name_problem,
     connector_problem,
@@ -31,8 +31,8 @@ from .config_checks import (
     solution_problem,
     url_problem,
 )
-from .errors import ConfigError, ConfigErrors, Location
-from .model import (
+from reconciler.config.yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, walk
+from reconciler.domain.model import (
     AuthProfile,
     Binding,
     Config,
@@ -41,8 +41,8 @@ from .model import (
     Selector,
     frozen_map,
 )
-from .names import logical_name_problem, publisher_prefix
-from .yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, walk
+from reconciler.domain.names import logical_name_problem, publisher_prefix
+from reconciler.errors import ConfigError, ConfigErrors, Location
 
 SUPPORTED_VERSION = 1
 MAX_DISPLAY_NAME = 200  # reference/dataverse-api.md §7

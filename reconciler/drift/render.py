@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from .drift import FORMAT_VERSION, KIND_ORDER, UNMANAGED, DriftReport, ReferenceDrift
+from reconciler.drift.detect import FORMAT_VERSION, KIND_ORDER, UNMANAGED, DriftReport, ReferenceDrift
 
 _TITLE = {
     "deleted": "deleted",

@@ -28,7 +28,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from .model import (
+from reconciler.domain.model import (
     Binding,
     Config,
     EnvironmentConfig,
@@ -39,7 +39,7 @@ from .model import (
     connector_name,
     frozen_map,
 )
-from .state import EnvState, ManagedReference
+from reconciler.state.store import EnvState, ManagedReference
 
 FORMAT_VERSION = "1.0"
 CONNECTED = "connected"

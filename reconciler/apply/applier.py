@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .batch_format import (
+from reconciler.api.batch_format import (
     BatchOperation,
     OperationResult,
     action_op,
@@ -35,12 +35,12 @@ from .batch_format import (
     delete_op,
     update_op,
 )
-from .errors import ApiError, ApplyError, PreconditionFailedError, TransientError
-from .live import resolve_writer_object_id
-from .model import connector_id
-from .odata_filter import odata_bind
-from .ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
-from .session import EnvSession
+from reconciler.api.live import resolve_writer_object_id
+from reconciler.api.odata_filter import odata_bind
+from reconciler.api.session import EnvSession
+from reconciler.domain.model import connector_id
+from reconciler.errors import ApiError, ApplyError, PreconditionFailedError, TransientError
+from reconciler.plan.ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
 
 ENTITY_SET = "connectionreferences"
 #: Plan field -> connectionreference column (connectionreference.md, shared notes §1.2).

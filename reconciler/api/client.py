@@ -19,10 +19,10 @@ No message built here contains the ``Authorization`` header or a token: only the
 (which never carries a secret) and the service's own error code and message, with anything shaped
 like a JWT redacted as a second line of defence.
 
-OData ``$filter`` expressions are built only with the helpers of ``reconciler.odata_filter`` (``eq``,
+OData ``$filter`` expressions are built only with the helpers of ``reconciler.api.odata_filter`` (``eq``,
 ``any_of``, ...), which escape every value (single quotes doubled) and accept only plain column names,
 so no user value can change the meaning of a query. The ``$batch`` operations and the multipart
-response parser are in ``reconciler.batch_format``; this module sends them.
+response parser are in ``reconciler.api.batch_format``; this module sends them.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .auth import TokenProvider
-from .batch_format import (
+from reconciler.api.auth import TokenProvider
+from reconciler.api.batch_format import (
     GUID_IN_TEXT,
     MAX_BATCH_OPERATIONS,
     BatchOperation,
@@ -52,14 +52,14 @@ from .batch_format import (
     multipart_boundary,
     parse_multipart,
 )
-from .errors import (
+from reconciler.api.odata_filter import Filter, checked_column, entity_path, eq, literal
+from reconciler.errors import (
     ApiError,
     NotFoundError,
     PreconditionFailedError,
     ThrottledError,
     TransientError,
 )
-from .odata_filter import Filter, checked_column, entity_path, eq, literal
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ class DataverseClient(_HttpCore):
             params["$select"] = ",".join(checked_column(c) for c in select)
         if filter is not None:
             if not isinstance(filter, Filter):
-                raise TypeError("filter must be built with reconciler.odata_filter helpers (eq, any_of, ...)")
+                raise TypeError("filter must be built with reconciler.api.odata_filter helpers (eq, any_of, ...)")
             params["$filter"] = filter
         if orderby:
             params["$orderby"] = orderby

@@ -1,6 +1,6 @@
 """The planner: compare what the config declares with what an environment has, and say what to do.
 
-Pure: plain data in (``Config``, ``LiveEnvironment``), typed operations out (``reconciler.ops``). No I/O, so
+Pure: plain data in (``Config``, ``LiveEnvironment``), typed operations out (``reconciler.plan.ops``). No I/O, so
 every rule here is tested with hand-built live data, and the plan shown is exactly the plan applied.
 
 Rules, in the order a reader meets them:
@@ -22,8 +22,7 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import PlanError
-from .model import (
+from reconciler.domain.model import (
     Binding,
     Config,
     DesiredReference,
@@ -35,7 +34,8 @@ from .model import (
     Selector,
     connector_name,
 )
-from .ops import (
+from reconciler.errors import PlanError
+from reconciler.plan.ops import (
     AddToSolution,
     ConnectionInfo,
     CreateReference,

@@ -4,7 +4,7 @@
 value through ``literal`` (strings in single quotes, single quotes doubled: OData ABNF ``SQUOTE-in-string``)
 and accept only plain column names, so no user value can change the meaning of a query. ``entity_path``
 and ``odata_bind`` write the key path of one row (``connectionreferences(<guid>)``) from the same checked
-parts. Pure text: no I/O; ``reconciler.client`` puts these into requests.
+parts. Pure text: no I/O; ``reconciler.api.client`` puts these into requests.
 """
 
 from __future__ import annotations

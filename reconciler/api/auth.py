@@ -43,8 +43,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import AuthError
-from .model import AuthProfile, EnvironmentConfig
+from reconciler.domain.model import AuthProfile, EnvironmentConfig
+from reconciler.errors import AuthError
 
 METHODS = ("client_secret", "certificate", "federated", "managed_identity", "azure_cli", "access_token")
 

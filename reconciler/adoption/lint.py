@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PlanError
-from .model import (
+from reconciler.adoption.settings import binding_for, connection_owner_label, owner_matches, resolve_binding
+from reconciler.domain.model import (
     Config,
     DesiredReference,
     EnvironmentConfig,
@@ -39,7 +39,7 @@ from .model import (
     Selector,
     connector_name,
 )
-from .settings import binding_for, connection_owner_label, owner_matches, resolve_binding
+from reconciler.errors import PlanError
 
 ERROR = "error"
 WARNING = "warning"

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Location, PlanError
-from .model import (
+from reconciler.domain.model import (
     Binding,
     Config,
     EnvironmentConfig,
@@ -37,6 +36,7 @@ from .model import (
     connector_id,
     connector_name,
 )
+from reconciler.errors import ConfigError, Location, PlanError
 
 # --------------------------------------------------------------------------- binding resolution
 

@@ -11,7 +11,7 @@ Given the current config text, import keeps the rest of the file as the user wro
 profiles, other environments, comments) and replaces only the ``references`` section and the
 environment's ``url``, ``environment_id`` and ``bindings``. The file is edited as text, guided by
 the positions PyYAML reports, because a YAML round trip through a parser drops comments (the text
-edits are in ``reconciler.yamledit``).
+edits are in ``reconciler.adoption.yamledit``).
 
 Output is deterministic: references and bindings sorted by logical name, no timestamps.
 """
@@ -26,8 +26,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, ConnrefError, PlanError
-from .lint import (
+from reconciler.adoption.lint import (
     NamingTemplate,
     connection_findings,
     connector_display_name,
@@ -35,9 +34,8 @@ from .lint import (
     is_connected,
     random_suffix,
 )
-from .model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, Selector, connector_name
-from .settings import connection_owner_label, parse_settings, resolve_binding
-from .yamledit import (
+from reconciler.adoption.settings import connection_owner_label, parse_settings, resolve_binding
+from reconciler.adoption.yamledit import (
     PARK_MARK,
     Entry,
     Parked,
@@ -54,6 +52,8 @@ from .yamledit import (
     yaml_key,
     yaml_scalar,
 )
+from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, Selector, connector_name
+from reconciler.errors import ConfigError, ConnrefError, PlanError
 
 # --------------------------------------------------------------------------- import
 

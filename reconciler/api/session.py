@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from .auth import TokenProvider
-from .client import (
+from reconciler.api.auth import TokenProvider
+from reconciler.api.client import (
     POWERAPPS_BASE,
     POWERAPPS_SCOPE,
     POWERPLATFORM_SCOPE,
@@ -27,8 +27,8 @@ from .client import (
     power_platform_api_base,
     scope_for,
 )
-from .errors import AuthError, ConfigError
-from .model import Config, EnvironmentConfig
+from reconciler.domain.model import Config, EnvironmentConfig
+from reconciler.errors import AuthError, ConfigError
 
 #: Timeouts for real services: Dataverse may take tens of seconds on a large $batch.
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
@@ -81,7 +81,7 @@ class LocalTokenProvider:
     user), so every command works with no tenant and no secret. Emulator-only by construction."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        from .emulator import jwt  # local import: only local: environments need the emulator
+        from reconciler.emulator import jwt  # local import: only local: environments need the emulator
 
         self._jwt = jwt
         self._key = str(data["signing_key_pem"])
@@ -129,7 +129,7 @@ def _provider(config: Config, env: EnvironmentConfig, http: httpx.Client) -> Tok
     if profile is None:
         raise ConfigError(f"environment '{env.name}' names auth profile '{env.auth}', which is not defined",
                           env.location, "auth")
-    from .auth import provider_for
+    from reconciler.api.auth import provider_for
 
     return provider_for(profile, http_client=http, env=env)
 
@@ -157,8 +157,8 @@ def open_environment(
 def _open_local(
     config: Config, env: EnvironmentConfig, token_provider: TokenProvider | None, retry: RetryPolicy
 ) -> EnvSession:
-    from .emulator.app import EmulatorApp
-    from .emulator.store import EnvironmentStore
+    from reconciler.emulator.app import EmulatorApp
+    from reconciler.emulator.store import EnvironmentStore
 
     path = str(env.local_path)
     if not os.path.exists(path):
@@ -228,7 +228,7 @@ def _connections_client(
         base = power_platform_api_base(env.environment_id, env.cloud)
     except ValueError as e:
         raise ConfigError(f"environment '{env.name}': {e}", env.location, "environment_id") from None
-    from .auth import cloud
+    from reconciler.api.auth import cloud
 
     c = cloud(env.cloud)
     return ConnectionsClient(

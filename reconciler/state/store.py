@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import StateError
-from .model import Config, LiveEnvironment, LiveReference, frozen_map
+from reconciler.domain.model import Config, LiveEnvironment, LiveReference, frozen_map
+from reconciler.errors import StateError
 
 FORMAT_VERSION = "1.0"
 HISTORY_LIMIT = 20
@@ -534,7 +534,7 @@ def list_states(state_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Keys: environment, path, status (``ok`` or ``damaged``), error, serial, lineage, references, last_apply
     (``{at, identity, os_user, commit}`` or None), lock (the holder, or None). A damaged file is listed
     with its error rather than failing the whole listing."""
-    from .lock import read_lock  # local import: lock.py is independent of state.py
+    from reconciler.state.lock import read_lock  # local import: lock.py is independent of state.py
 
     directory = Path(state_dir)
     out: list[dict[str, Any]] = []

@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .errors import ApiError, AuthError, NotFoundError, PlanError
-from .model import (
+from reconciler.api.odata_filter import Filter, Guid, any_of, either, eq
+from reconciler.api.session import EnvSession
+from reconciler.domain.model import (
     Config,
     EnvironmentConfig,
     LiveConnection,
@@ -43,8 +44,7 @@ from .model import (
     LiveUser,
     Permission,
 )
-from .odata_filter import Filter, Guid, any_of, either, eq
-from .session import EnvSession
+from reconciler.errors import ApiError, AuthError, NotFoundError, PlanError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 ``action_op`` build them with checked names and ``If-Match`` ETags); ``chunked`` splits a list into
 batches of at most ``MAX_BATCH_OPERATIONS``; ``OperationResult`` says what became of each one;
 ``parse_multipart`` flattens a ``batchresponse`` into its HTTP responses. Pure data and text, no I/O:
-``reconciler.client`` sends the batch and maps the response (execute-batch-operations-using-web-api,
+``reconciler.api.client`` sends the batch and maps the response (execute-batch-operations-using-web-api,
 https://learn.microsoft.com/power-apps/developer/data-platform/webapi/execute-batch-operations-using-web-api).
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ApiError
-from .odata_filter import checked_column, entity_path
+from reconciler.api.odata_filter import checked_column, entity_path
+from reconciler.errors import ApiError
 
 #: "Batch requests can contain up to 1000 individual requests" (execute-batch-operations-using-web-api).
 MAX_BATCH_OPERATIONS = 1000

@@ -13,9 +13,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import PlanError
-from .model import connector_name
-from .ops import (
+from reconciler.domain.model import connector_name
+from reconciler.errors import PlanError
+from reconciler.plan.ops import (
     FORMAT_VERSION,
     AddToSolution,
     Counts,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import Location
+from reconciler.errors import Location
 
 CONNECTOR_PREFIX = "/providers/Microsoft.PowerApps/apis/"
 

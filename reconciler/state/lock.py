@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import LockError
+from reconciler.errors import LockError
 
 LOCK_SUFFIX = ".lock"
 

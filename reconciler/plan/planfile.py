@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanError, StalePlanError
-from .model import Config, LiveEnvironment, frozen_map
-from .state import EnvState, atomic_write
+from reconciler.domain.model import Config, LiveEnvironment, frozen_map
+from reconciler.errors import PlanError, StalePlanError
+from reconciler.state.store import EnvState, atomic_write
 
 FORMAT_VERSION = "1.0"
 KIND = "connref-saved-plan"
@@ -93,8 +93,8 @@ class SavedPlan:
     path: str | None = None
 
     def load_plan(self) -> Any:
-        """The typed ``reconciler.ops.Plan`` (ValueError on a malformed or unknown-major plan body)."""
-        from .ops import Plan
+        """The typed ``reconciler.plan.ops.Plan`` (ValueError on a malformed or unknown-major plan body)."""
+        from reconciler.plan.ops import Plan
 
         return Plan.from_dict(self.plan)
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import ConfigError, Location
+from reconciler.errors import ConfigError, Location
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 _STD = "tag:yaml.org,2002:"

@@ -1,0 +1,2 @@
+"""Adopting and tidying environments: import into YAML, lint, and deployment settings.
+"""

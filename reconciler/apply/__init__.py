@@ -1,0 +1,2 @@
+"""The applier: the only code that writes to an environment.
+"""

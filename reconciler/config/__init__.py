@@ -1,0 +1,3 @@
+"""Reading connref.yaml: line-aware YAML, value checks, and the loader that builds the frozen Config.
+Local only: no network.
+"""

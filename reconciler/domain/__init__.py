@@ -1,0 +1,3 @@
+"""The bottom layer: frozen domain data (Desired, Live) and the naming rules. No I/O, no imports from
+other layers.
+"""

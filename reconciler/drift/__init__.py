@@ -1,0 +1,2 @@
+"""Drift detection (pure) and its renderers.
+"""

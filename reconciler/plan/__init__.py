@@ -1,0 +1,2 @@
+"""The pure planner, the operations it produces, their renderers, and saved plan files.
+"""
