@@ -72,7 +72,7 @@ def test_query_encoding_keeps_a_hostile_value_inside_the_filter() -> None:
 
 def test_entity_path_and_host_rule() -> None:
     assert entity_path("connectionreferences", GUID.upper()) == f"connectionreferences({GUID})"
-    # Shared notes §3.2: id without dashes, minus its last 2 chars, '.', last 2 chars.
+    # docs/dataverse.md §4.2: id without dashes, minus its last 2 chars, '.', last 2 chars.
     assert power_platform_api_base(GUID) == (
         "https://6f1c2a3b0c4d4e5f8a9b0c1d2e3f4a.5b.environment.api.powerplatform.com"
     )

@@ -1,4 +1,4 @@
-"""Property tests of the logical-name rules (reference/dataverse-api.md §7) against an independent
+"""Property tests of the logical-name rules (docs/dataverse.md §1.6) against an independent
 oracle, directly and through the config loader."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from reconciler.config.loader import load_config_text
 from reconciler.domain.names import is_valid_logical_name, logical_name_problem, publisher_prefix
 from reconciler.errors import ConfigError
 
-# The oracle: the safe validator the reference notes give, with the length limit on the whole name.
+# The oracle: the rule docs/dataverse.md §1.6 states, as a regular expression, with the length limit on the whole name.
 ORACLE = re.compile(r"(?![Mm][Ss][Cc][Rr][Mm])[A-Za-z][A-Za-z0-9]{1,7}_[A-Za-z0-9_.\-]+")
 
 

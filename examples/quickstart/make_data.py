@@ -57,7 +57,7 @@ class Ids:
 
     def legacy(self, api: str) -> str:
         # The older connection name form: shared-<api name cut to 13 characters>-<guid>,
-        # e.g. shared-commondataser-<guid> (reference/dataverse-api.md §3.3).
+        # e.g. shared-commondataser-<guid> (docs/dataverse.md §4.4).
         short = api.removeprefix("shared_")[:13]
         return f"shared-{short}-{self.guid()}"
 
@@ -139,7 +139,7 @@ class EnvBuilder:
         conn_id = f"{APIS}{api}/connections/{name}"
         status: dict[str, Any] = {"status": "Connected"}
         if broken:
-            # The shape API Hub reports for an expired sign-in (reference/dataverse-api.md §3.3).
+            # The shape API Hub reports for an expired sign-in (docs/dataverse.md §4.4).
             status = {
                 "status": "Error",
                 "target": "token",
@@ -290,7 +290,7 @@ class EnvBuilder:
 
 
 def clientdata(uses: list[tuple[str, str, str]]) -> str:
-    """A flow definition in the solution-aware clientdata shape (reference/dataverse-api.md §4.2)."""
+    """A flow definition in the solution-aware clientdata shape (docs/dataverse.md §5.2)."""
     refs = {
         key: {
             "runtimeSource": "embedded",

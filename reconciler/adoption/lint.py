@@ -5,13 +5,13 @@ explains each), a fixed severity and a fix hint. It is pure: the caller reads th
 
 What it looks for, and why it matters:
 - display names that break the team's naming template (``config.naming``), and the random five-hex
-  suffixes the maker portal appends (``crdcb_sharedcommondataserviceforapps_109ea``, reference notes §1.9);
+  suffixes the maker portal appends (``crdcb_sharedcommondataserviceforapps_109ea``, docs/dataverse.md §1.8);
 - several references for one connector in a solution: each maker who edits a flow adds their own,
   so the same connector ends up bound to several people's connections;
 - references bound to a connection owned by a person rather than the service account: automated
-  flows run as the owner of the bound connections (reference notes §4.4);
+  flows run as the owner of the bound connections (docs/dataverse.md §5.4);
 - unbound references and references bound to connections that are missing, of another connector or
-  not ``Connected`` (reference notes §3.3): flows using them fail or cannot be turned on;
+  not ``Connected`` (docs/dataverse.md §4.4): flows using them fail or cannot be turned on;
 - references no flow uses, and references whose flows sit in more than one solution.
 
 Severity rules: ``error`` for what breaks flows or the team's declared policy (exit 2), ``warning``

@@ -44,7 +44,7 @@ from reconciler.errors import ConfigError, Location, PlanError
 def owner_matches(principal: str, connection: LiveConnection, live: LiveEnvironment) -> bool:
     """True when ``principal`` (a UPN, an Entra object id, an application (client) id or a systemuserid)
     names the owner of ``connection``. The owner is the connection's ``createdBy`` object id
-    (reference notes §3.3); the Dataverse user with that object id supplies the UPN."""
+    (docs/dataverse.md §4.4); the Dataverse user with that object id supplies the UPN."""
     want = principal.strip().lower()
     if not want:
         return False
@@ -106,7 +106,7 @@ def resolve_binding(
 
 def binding_for(env: EnvironmentConfig, logical_name: str) -> Binding | None:
     """The environment's binding for a reference, matching the logical name case-insensitively
-    (Dataverse compares logical names without case, reference notes §7)."""
+    (Dataverse compares logical names without case, docs/dataverse.md §1.7)."""
     key = logical_name.lower()
     for name, binding in env.bindings.items():
         if name.lower() == key:

@@ -104,12 +104,12 @@ def origin(url: str) -> str:
 
 
 def dataverse_scope(environment_url: str) -> str:
-    """The scope of a Dataverse environment: its origin + ``/.default`` (reference §3.7)."""
+    """The scope of a Dataverse environment: its origin + ``/.default`` (docs/dataverse.md §6.1)."""
     return origin(environment_url) + "/.default"
 
 
 def connections_scope(cloud_name: str | None = None) -> str:
-    """The scope of the Power Platform API (connections) in a cloud (reference §3.7)."""
+    """The scope of the Power Platform API (connections) in a cloud (docs/dataverse.md §6.1)."""
     return cloud(cloud_name).connections_scope
 
 
@@ -552,7 +552,7 @@ class FederatedAssertion:
 
     def _github(self) -> str:
         # GitHub Actions: GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=... with the request token as a
-        # bearer; the answer is {"count":..,"value":"<jwt>"} (reference §6.2).
+        # bearer; the answer is {"count":..,"value":"<jwt>"} (docs/dataverse.md §6.3).
         check = "that the workflow has 'permissions: id-token: write'"
         url = self._need_env("ACTIONS_ID_TOKEN_REQUEST_URL", check)
         request_token = self._need_env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", check)
@@ -572,7 +572,7 @@ class FederatedAssertion:
 
     def _azure_devops(self) -> str:
         # Azure DevOps: POST $SYSTEM_OIDCREQUESTURI?api-version=7.1&serviceConnectionId=<id> with
-        # $(System.AccessToken) as a bearer; the answer is {"oidcToken":"<jwt>"} (reference §6.2).
+        # $(System.AccessToken) as a bearer; the answer is {"oidcToken":"<jwt>"} (docs/dataverse.md §6.3).
         check = "that the pipeline maps SYSTEM_ACCESSTOKEN ('env: SYSTEM_ACCESSTOKEN: $(System.AccessToken)')"
         url = self._need_env("SYSTEM_OIDCREQUESTURI", "that this runs in an Azure DevOps pipeline")
         access_token = self._need_env("SYSTEM_ACCESSTOKEN", check)

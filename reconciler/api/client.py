@@ -13,7 +13,7 @@ jitter, all inside a bounded total wait), refreshes the token once on a 401, and
 error body ``{"error": {"code", "message"}}`` to the typed exceptions of ``reconciler.errors``.
 Sources: compose-http-requests-handle-errors (headers, status codes, error body), api-limits
 (429/Retry-After), page-results (paging), execute-batch-operations-using-web-api ($batch), all under
-https://learn.microsoft.com/power-apps/developer/data-platform/ (see shared reference notes §2).
+https://learn.microsoft.com/power-apps/developer/data-platform/ (docs/dataverse.md §3.1-§3.8).
 
 No message built here contains the ``Authorization`` header or a token: only the method, the URL
 (which never carries a secret) and the service's own error code and message, with anything shaped
@@ -68,11 +68,11 @@ API_PATH = "/api/data/v9.2/"
 MAX_PAGE_SIZE = 5000
 #: Standard headers recommended by compose-http-requests-handle-errors.
 STANDARD_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
-#: Power Platform API (connectivity) version used by the Terraform provider (shared notes §3.2).
+#: Power Platform API (connectivity) version used by the Terraform provider (docs/dataverse.md §4.2).
 PP_API_VERSION = "1"
-#: Classic Power Apps API version for the admin connection list (shared notes §3.2).
+#: Classic Power Apps API version for the admin connection list (docs/dataverse.md §4.2, §4.3).
 POWERAPPS_API_VERSION = "2016-11-01"
-#: Public-cloud hosts and token scopes of the connections APIs (shared notes §3.2, §3.7).
+#: Public-cloud hosts and token scopes of the connections APIs (docs/dataverse.md §4.2, §6.1).
 POWERAPPS_BASE = "https://api.powerapps.com"
 POWERAPPS_SCOPE = "https://service.powerapps.com/.default"
 POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
@@ -96,7 +96,7 @@ def redact(text: str) -> str:
 
 
 def power_platform_api_base(environment_id: str, cloud: str = "public") -> str:
-    """The Power Platform API host of an environment (shared notes §3.2, from the Terraform provider's
+    """The Power Platform API host of an environment (docs/dataverse.md §4.2, from the Terraform provider's
     ``helpers/uri.go``): the id without dashes, minus its last two characters, a dot, the last two
     characters, then ``.environment.api.powerplatform.com``."""
     if cloud != "public":
@@ -108,7 +108,7 @@ def power_platform_api_base(environment_id: str, cloud: str = "public") -> str:
 
 
 def scope_for(url: str) -> str:
-    """The token scope of a resource URL: its origin plus ``/.default`` (shared notes §3.7)."""
+    """The token scope of a resource URL: its origin plus ``/.default`` (docs/dataverse.md §6.1)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}/.default"
 
@@ -413,7 +413,7 @@ class DataverseClient(_HttpCore):
         return rows
 
     def who_am_i(self) -> WhoAmI:
-        """``WhoAmI`` (shared notes §2.9): the caller's systemuserid."""
+        """``WhoAmI`` (docs/dataverse.md §3.9): the caller's systemuserid."""
         data = self.get("WhoAmI")
         return WhoAmI(
             user_id=str(data["UserId"]).lower(),
@@ -422,7 +422,7 @@ class DataverseClient(_HttpCore):
         )
 
     def component_type_for(self, entity: str) -> int:
-        """The org-specific solution component type of a table (shared notes §1.7): it varies per org,
+        """The org-specific solution component type of a table (docs/dataverse.md §2.1): it varies per org,
         so it is read, never hard-coded."""
         rows = self.get_all(
             "solutioncomponentdefinitions",
@@ -590,7 +590,7 @@ def _json_or_none(data: bytes) -> Any:
 
 
 class ConnectionsClient(_HttpCore):
-    """The connections of one environment (they live outside Dataverse; shared notes §3).
+    """The connections of one environment (they live outside Dataverse; docs/dataverse.md §4.1).
 
     ``base_url`` serves the Power Platform API (``/connectivity/connections``, caller-scoped).
     ``admin_base_url``/``admin_scope`` serve the classic Power Apps admin route that lists every
@@ -626,7 +626,7 @@ class ConnectionsClient(_HttpCore):
         while next_url:
             data = self.send("GET", next_url, scope=scope).json()
             rows.extend(data.get("value", []))
-            # The classic API pages with a top-level nextLink, not @odata.nextLink (shared notes §3.2).
+            # The classic API pages with a top-level nextLink, not @odata.nextLink (docs/dataverse.md §4.2).
             next_url = data.get("nextLink") or data.get("@odata.nextLink")
             if next_url and _origin(next_url) != origin:
                 raise ApiError(f"refusing to follow a link to another host: {_display_url(next_url)}")

@@ -5,14 +5,14 @@ references (a page holds 5000 rows): two rounds of independent reads run in para
 (``httpx.Client`` is thread-safe).
 
 Round 1: ``WhoAmI``; the org-specific component type of ``connectionreference``
-(``solutioncomponentdefinitions``, shared notes §1.7); the solution by ``uniquename``; every
+(``solutioncomponentdefinitions``, docs/dataverse.md §2.1); the solution by ``uniquename``; every
 connection reference of the environment (one paged query with ``$select``); the cloud flows
 (``workflows``, category 5); the solutions each flow belongs to (every ``solutioncomponents`` row of
 componenttype 29, Workflow, and every solution's ``uniquename``: two requests whatever the number of
 flows, joined here rather than one request per flow); the connections (admin scope first, then the
 caller's scope on a 403: one extra request when the caller is no admin).
 
-Round 2: the solution's components of that type (membership, shared notes §2.5: never
+Round 2: the solution's components of that type (membership, docs/dataverse.md §2.2: never
 ``connectionreference.solutionid``); the users needed (the caller, the service account by
 ``domainname``, reference and connection owners) in ONE query with an ``or`` chain; and, when writes
 impersonate a service account, whether the caller holds ``prvActOnBehalfOfAnotherUser``.
@@ -54,8 +54,8 @@ IMPERSONATION_PRIVILEGE = "prvActOnBehalfOfAnotherUser"
 #: Cloud flows are workflows of category 5 ("Modern Flow"; manage-flows-with-code).
 FLOW_CATEGORY = 5
 #: Solution component type of a workflow (cloud flows included): the ``componenttype`` option set of
-#: ``solutioncomponent`` (shared notes §2.10; Learn: solutioncomponent EntityType reference). Membership
-#: is read as for references (shared notes §2.5): ``solutioncomponents`` by ``componenttype``.
+#: ``solutioncomponent`` (docs/dataverse.md §2.1; Learn: solutioncomponent EntityType reference). Membership
+#: is read as for references (docs/dataverse.md §2.2): ``solutioncomponents`` by ``componenttype``.
 WORKFLOW_COMPONENT_TYPE = 29
 #: Above this many keys the users are read as a collection rather than with an ``or`` chain, to stay
 #: far below URL length limits; either way it is one request (per 5000 users).
@@ -127,7 +127,7 @@ def user_from_row(row: Mapping[str, Any]) -> LiveUser:
 
 
 def connection_from_item(item: Mapping[str, Any]) -> LiveConnection:
-    """A connection in the shape both connections APIs return (shared notes §3.3)."""
+    """A connection in the shape both connections APIs return (docs/dataverse.md §4.4)."""
     props = item.get("properties") or {}
     statuses = props.get("statuses") or []
     status = str(statuses[0].get("status")) if statuses and isinstance(statuses[0], dict) else "Unknown"
@@ -156,7 +156,7 @@ def connection_from_item(item: Mapping[str, Any]) -> LiveConnection:
 
 
 def flow_references(clientdata: str | None) -> tuple[str, ...]:
-    """The reference logical names a flow's ``clientdata`` uses (shared notes §4.2).
+    """The reference logical names a flow's ``clientdata`` uses (docs/dataverse.md §5.2).
 
     Recognised: entries of ``connectionReferences`` (under ``properties`` or at the top) whose
     ``connection.connectionReferenceLogicalName`` (current form) or ``connectionReferenceLogicalName``
@@ -219,7 +219,7 @@ def flow_solutions(component_rows: Iterable[Mapping[str, Any]],
 
 def read_connections(session: EnvSession, *, admin: bool = True) -> tuple[list[dict[str, Any]], str]:
     """Every connection the writer could bind: the admin-scope list when the caller may read it,
-    else (403: no Power Platform admin role / no management app registration, shared notes §3.2)
+    else (403: no Power Platform admin role / no management app registration, docs/dataverse.md §4.3)
     the caller-scoped list. That fallback costs one extra request. Returns the items and the scope
     they came from ("admin" or "user")."""
     client = session.connections

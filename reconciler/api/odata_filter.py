@@ -68,7 +68,7 @@ def checked_column(name: str) -> str:
 
 
 def eq(column: str, value: object) -> Filter:
-    """``column eq value``; string comparison is case-insensitive on Dataverse (shared notes §2.6)."""
+    """``column eq value``; string comparison is case-insensitive on Dataverse (docs/dataverse.md §3.6)."""
     return Filter(f"{checked_column(column)} eq {literal(value)}")
 
 

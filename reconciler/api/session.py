@@ -212,7 +212,7 @@ def _connections_client(
     env: EnvironmentConfig, tokens: TokenProvider, http: httpx.Client, retry: RetryPolicy
 ) -> ConnectionsClient | None:
     """The connections API: ``connections_url`` when given (an emulator serves both route families
-    there), else the Power Platform API host derived from the environment id (shared notes §3.2) with
+    there), else the Power Platform API host derived from the environment id (docs/dataverse.md §4.2) with
     the classic Power Apps admin route for the admin-scope list."""
     if env.connections_url:
         base = env.connections_url.rstrip("/")

@@ -7,7 +7,7 @@ batch after the other:
 - create: ``POST connectionreferences`` with ``MSCRM.SolutionUniqueName`` so the row lands in the
   solution, its ``connectionid`` and, with a service account, ``ownerid@odata.bind``;
 - update (rename, description, rebind, owner): ``PATCH`` with ``If-Match: <ETag read when
-  planning>``, owner changes as ``ownerid@odata.bind`` (shared notes §2.4);
+  planning>``, owner changes as ``ownerid@odata.bind`` (docs/dataverse.md §3.3, §3.4);
 - add to solution: the ``AddSolutionComponent`` action with the component type read at run time;
 - delete: ``DELETE`` with ``If-Match``.
 
@@ -43,7 +43,7 @@ from reconciler.errors import ApiError, ApplyError, PreconditionFailedError, Tra
 from reconciler.plan.ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
 
 ENTITY_SET = "connectionreferences"
-#: Plan field -> connectionreference column (connectionreference.md, shared notes §1.2).
+#: Plan field -> connectionreference column (connectionreference.md, docs/dataverse.md §1.2).
 COLUMNS = {
     "display_name": "connectionreferencedisplayname",
     "description": "description",

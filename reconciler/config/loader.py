@@ -45,7 +45,7 @@ from reconciler.domain.names import logical_name_problem, publisher_prefix
 from reconciler.errors import ConfigError, ConfigErrors, Location
 
 SUPPORTED_VERSION = 1
-MAX_DISPLAY_NAME = 200  # reference/dataverse-api.md §7
+MAX_DISPLAY_NAME = 200  # docs/dataverse.md §1.2
 MAX_DESCRIPTION = 2000
 
 CLOUDS = ("public", "usgov", "usgovhigh", "dod", "china")

@@ -1,6 +1,6 @@
 """Naming rules for connection reference logical names and publisher prefixes (pure functions).
 
-Source: ``reference/dataverse-api.md`` §7, after the solution publisher documentation ("between
+Source: docs/dataverse.md §1.6, after the solution publisher documentation ("between
 two and eight characters long, and can contain only alphanumeric characters. It cannot start with
 'mscrm'") and the 200-character maximum of ``connectionreferencelogicalname``. Which characters
 Dataverse accepts after the prefix is not documented; connref allows what shipped solutions and

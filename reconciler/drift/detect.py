@@ -14,8 +14,8 @@ change the team made in the config and not applied yet, which ``plan`` shows.
 
 Per reference it reports: rebound (from which connection to which), renamed, description changed,
 connector changed, owner changed, deleted, removed from the solution, connection now broken (not
-``Connected``: dataverse-api.md §3.3 ``statuses``), and unmanaged. Who and when come from the row's
-``modifiedby`` / ``modifiedon`` (dataverse-api.md §1.3), the user resolved to a UPN through
+``Connected``: docs/dataverse.md §4.4 ``statuses``), and unmanaged. Who and when come from the row's
+``modifiedby`` / ``modifiedon`` (docs/dataverse.md §1.3), the user resolved to a UPN through
 ``live.users``. Field-level differences come from DeepDiff over the normalised managed fields, so an
 empty description and a null one, or two casings of a connection name, are not drift.
 """
@@ -186,7 +186,7 @@ def _text(v: str | None) -> str | None:
 
 
 def _id(v: str | None) -> str | None:
-    # Names, ids and connector ids compare case-insensitively (dataverse-api.md §7).
+    # Names, ids and connector ids compare case-insensitively (docs/dataverse.md §1.7).
     return v.lower() if v else None
 
 

@@ -1,7 +1,7 @@
 """``POST /api/data/v9.2/$batch``: multipart/mixed batches with atomic change sets.
 
 Follows powerapps-docs ``developer/data-platform/webapi/execute-batch-operations-using-web-api.md``
-(dataverse-api.md §2.7):
+(docs/dataverse.md §3.7):
 
 * parts are ``application/http`` requests; a ``multipart/mixed`` part is a change set, atomic: any
   failure inside rolls every write of the change set back (the store is snapshotted under its lock);

@@ -1,10 +1,11 @@
 """The emulator's connections API: the Power Platform API connectivity routes and the classic Power Apps
 admin-scope list.
 
-Sources (see /work/shared/reference/dataverse-api.md §3.2-§3.4):
+Sources (docs/dataverse.md §4.2-§4.5):
 - routes, ``api-version=1``, share/unshare body ``{"put": [...], "delete": [{"id": ...}]}``:
   [MS-CODE] microsoft/terraform-provider-power-platform ``internal/services/connection/api_connection.go``;
-- connection object shape: same provider's ``dto.go`` and test fixture ``get_connections.json`` (§3.3);
+- connection object shape: same provider's ``dto.go`` and test fixture ``get_connections.json``
+  (docs/dataverse.md §4.4);
 - ``ConnectionNotFound`` body ``Could not find connection '<name>' for API '<api>'.``: terraform GetConnection
   and Capgemini packagedeployer issue #55;
 - roles ``CanView`` / ``CanViewWithShare`` / ``CanEdit`` / ``Owner`` (Owner cannot be removed):
@@ -130,7 +131,7 @@ def _role_of(conn: dict[str, Any], object_id: str) -> str | None:
 
 
 def _no_permission(caller: Principal, conn: dict[str, Any]) -> HttpError:
-    # The wording of the classic "caller does not have permission for connection" error (reference §4.3).
+    # The wording of the classic "caller does not have permission for connection" error (docs/dataverse.md §5.3).
     return HttpError(403, "Forbidden", f"The caller with object id '{caller.object_id}' does not have "
                      f"permission for connection '{conn.get('name')}' under Api '{_api_name(conn)}'.")
 
@@ -139,7 +140,7 @@ def _no_permission(caller: Principal, conn: dict[str, Any]) -> HttpError:
 
 
 def _page(app: Any, request: Request, rows: list[dict[str, Any]]) -> Response:
-    """One page and a top-level ``nextLink`` carrying an opaque skip token (reference §3.2 notes)."""
+    """One page and a top-level ``nextLink`` carrying an opaque skip token (docs/dataverse.md §4.2)."""
     settings = dict(getattr(app, "settings", None) or {})
     size = int(settings.get("connections_page_size") or app.store.data.get("settings", {}).get(
         "connections_page_size") or DEFAULT_PAGE_SIZE)
@@ -167,7 +168,7 @@ def _page(app: Any, request: Request, rows: list[dict[str, Any]]) -> Response:
 
 
 def _admin_list(app: Any, request: Request, caller: Principal, env: str) -> Response:
-    """All connections of the environment, for a registered management app only (reference §3.2:
+    """All connections of the environment, for a registered management app only (docs/dataverse.md §4.3:
     without ``New-PowerAppManagementApp`` the service answers 403 "does not have permission to access
     the path")."""
     application = None

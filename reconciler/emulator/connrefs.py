@@ -1,13 +1,13 @@
 """Writes to ``connectionreferences``: create, update, upsert and delete with the validation and ETag rules
 the public docs give.
 
-Sources (dataverse-api.md): the table and its column limits, powerapps-docs
-``developer/data-platform/reference/entities/connectionreference.md`` (§1.2: logical name 200, display
-name 200, connectorid 1000, connectionid 1000, description 2000); create/update/upsert/delete and
-``If-Match``/``If-None-Match``, ``webapi/create-entity-web-api.md``,
-``update-delete-entities-using-web-api.md``,
-``perform-conditional-operations.md`` (§2.4); ``MSCRM.SolutionUniqueName`` and impersonation,
-``compose-http-requests-handle-errors.md`` and ``impersonate-another-user-web-api.md`` (§2.1).
+Sources: the table and its column limits, powerapps-docs
+``developer/data-platform/reference/entities/connectionreference.md`` (docs/dataverse.md §1.2: logical name
+200, display name 200, connectorid 1000, connectionid 1000, description 2000); create/update/upsert/delete
+and ``If-Match``/``If-None-Match``, ``webapi/create-entity-web-api.md``,
+``update-delete-entities-using-web-api.md``, ``perform-conditional-operations.md`` (docs/dataverse.md §3.3,
+§3.4); ``MSCRM.SolutionUniqueName`` and impersonation, ``compose-http-requests-handle-errors.md`` and
+``impersonate-another-user-web-api.md`` (docs/dataverse.md §2.2, §3.10).
 
 UNCONFIRMED rules, each behind a setting (docs/emulator.md): duplicate logical names
 (``enforce_duplicate_logical_name``), logical name immutability (``logical_name_immutable``), the status
@@ -119,7 +119,7 @@ def _duplicate_check(ctx: Ctx, logical_name: str, exclude_id: str | None = None)
 
 
 def connection_usable_by(conn: dict[str, Any], object_id: str | None) -> bool:
-    """Owner (createdBy) or any principal in permissions[] (dataverse-api.md §3.3-§3.4)."""
+    """Owner (createdBy) or any principal in permissions[] (docs/dataverse.md §4.4, §4.5)."""
     if not object_id:
         return False
     oid = object_id.lower()
@@ -135,8 +135,8 @@ def connection_usable_by(conn: dict[str, Any], object_id: str | None) -> bool:
 
 def _check_connection(ctx: Ctx, connectionid: str, connectorid: str) -> None:
     """The platform validates connectionid: it must exist for the same connector ([3P] PowerDataOps,
-    dataverse-api.md §2.11); and the writer (the effective caller) must own it or have it shared
-    (coe-alm-accelerator activate-flows.ps1, §6.4). The exact errors are UNCONFIRMED."""
+    docs/dataverse.md §4.6); and the writer (the effective caller) must own it or have it shared
+    (coe-alm-accelerator activate-flows.ps1, docs/dataverse.md §4.6). The exact errors are UNCONFIRMED."""
     conn = ctx.store.connection(connectionid)
     tail = connectorid.rstrip("/").rsplit("/", 1)[-1].lower()
     env_id = ctx.store.environment.get("environment_id")
@@ -164,7 +164,7 @@ def _check_connection(ctx: Ctx, connectionid: str, connectorid: str) -> None:
 
 def _solution_for_write(ctx: Ctx, uniquename: str) -> dict[str, Any]:
     """The target of ``MSCRM.SolutionUniqueName``: it must exist and be unmanaged. A wrong name is an
-    error, never a silent misroute (dataverse-api.md §2.1). Codes UNCONFIRMED."""
+    error, never a silent misroute (docs/dataverse.md §2.2). Codes UNCONFIRMED."""
     sol = ctx.store.solution(uniquename)
     if sol is None:
         raise HttpError(404, OBJECT_DOES_NOT_EXIST, f"solution With UniqueName = {uniquename} Does Not Exist")

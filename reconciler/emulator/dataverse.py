@@ -1,12 +1,13 @@
 """The Dataverse Web API routes under ``/api/data/v9.2/``: authentication, the effective caller
 (impersonation), and dispatch to the tables, functions and actions the emulator serves.
 
-Sources (dataverse-api.md): bearer tokens per environment audience (§3.7, §6.3); application users are
-``systemusers`` rows with ``applicationid`` (§6.3); impersonation with ``CallerObjectId`` (Entra object
-id) or ``MSCRMCallerID`` (systemuserid), which needs ``prvActOnBehalfOfAnotherUser``
-(``webapi/impersonate-another-user-web-api.md``, §2.1; refusal = CannotActOnBehalfOfAnotherUser
-``0x8004A110``, ``reference/web-service-error-codes.md``); ``WhoAmI`` (§2.9); ``AddSolutionComponent``
-(§2.5); ``RetrieveDependentComponents`` (§2.10); ``$batch`` (§2.7, in ``batch.py``).
+Sources: bearer tokens per environment audience (docs/dataverse.md §6.1); application users are
+``systemusers`` rows with ``applicationid`` (docs/dataverse.md §6.4); impersonation with ``CallerObjectId``
+(Entra object id) or ``MSCRMCallerID`` (systemuserid), which needs ``prvActOnBehalfOfAnotherUser``
+(``webapi/impersonate-another-user-web-api.md``, docs/dataverse.md §3.10; refusal =
+CannotActOnBehalfOfAnotherUser ``0x8004A110``, ``reference/web-service-error-codes.md``); ``WhoAmI``
+(docs/dataverse.md §3.9); ``AddSolutionComponent`` (docs/dataverse.md §2.2); ``RetrieveDependentComponents``
+(docs/dataverse.md §2.4); ``$batch`` (docs/dataverse.md §3.7, in ``batch.py``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def audiences(app: EmulatorApp, request: Request) -> list[str]:
 def resolve_caller(store: EnvironmentStore, principal: Principal) -> dict[str, Any]:
     """The systemusers row of the token's identity: by Entra object id, or for an application by
     ``applicationid`` = the token's ``appid``. None -> 403 (a new org answers 403 until the application
-    user exists, §6.3; code UNCONFIRMED)."""
+    user exists, docs/dataverse.md §6.4; code UNCONFIRMED)."""
     user = store.user_by_object_id(principal.object_id)
     if user is None and principal.app_id:
         user = store.user_by_app_id(principal.app_id)

@@ -3,7 +3,7 @@
 
 Error shapes and codes follow powerapps-docs
 ``developer/data-platform/webapi/compose-http-requests-handle-errors.md``
-and ``reference/web-service-error-codes.md`` (dataverse-api.md §2.2-§2.3). Where the real code or
+and ``reference/web-service-error-codes.md`` (docs/dataverse.md §3.2). Where the real code or
 status is not documented the constant says UNCONFIRMED (docs/emulator.md lists them).
 """
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 API_ROOT = "/api/data/v9.2"
 
-# Documented codes (web-service-error-codes.md / dataverse-api.md §2.3).
+# Documented codes (web-service-error-codes.md; docs/dataverse.md §3.2).
 DUPLICATE_RECORD = "0x80040237"  # DuplicateRecord, 412
 OBJECT_DOES_NOT_EXIST = "0x80040217"  # 404
 VALIDATION_LENGTH = "0x80044331"  # 400 "A validation error occurred. The length of ..."

@@ -2,7 +2,7 @@
 dropped connections, per route pattern and method, plus the per-user concurrent-request limit.
 
 The 429 bodies, codes and ``Retry-After`` header follow powerapps-docs
-``developer/data-platform/api-limits.md`` (dataverse-api.md §2.8): three limits, each with its own code:
+``developer/data-platform/api-limits.md`` (docs/dataverse.md §3.8): three limits, each with its own code:
 
 * ``0x80072322`` "Number of requests exceeded the limit of 6000 over time window of 300 seconds."
 * ``0x80072321`` "Combined execution time of incoming requests exceeded limit of 1,200,000 milliseconds ..."

@@ -7,7 +7,7 @@ comparison operators ``eq ne gt ge lt le``, ``and``/``or``/``not``, parentheses,
 ``startswith``, ``endswith`` and ``contains``, string literals in single quotes with a quote escaped
 by doubling it (OData ABNF ``SQUOTE-in-string``), GUID literals without quotes, numbers, ``true``,
 ``false`` and ``null``. String comparison is case-insensitive, as Dataverse's SQL collation is
-(dataverse-api.md §2.6: observed behaviour, not stated in the docs).
+(docs/dataverse.md §3.6: observed behaviour, not stated in the docs).
 """
 
 from __future__ import annotations

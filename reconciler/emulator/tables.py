@@ -1,8 +1,8 @@
 """Reads of the emulated tables: which columns each entity set has, how a stored row is served, and
 collection queries with ``$select``/``$filter``/``$orderby``/``$top``/``$count`` and server-driven paging.
 
-Paging follows powerapps-docs ``developer/data-platform/webapi/query/page-results.md`` (dataverse-api.md
-§2.6): ``Prefer: odata.maxpagesize=N`` (at most 5000; the default page is 5000 rows), a
+Paging follows powerapps-docs ``developer/data-platform/webapi/query/page-results.md``
+(docs/dataverse.md §3.5): ``Prefer: odata.maxpagesize=N`` (at most 5000; the default page is 5000 rows), a
 ``Preference-Applied`` header, and an opaque ``@odata.nextLink`` carrying ``$skiptoken`` that the
 client follows unchanged. ``$skip`` is not supported and answers 400. Rows carry
 ``@odata.etag`` = ``W/"<versionnumber>"``; lookups are ``_x_value`` columns.
@@ -126,7 +126,7 @@ DEFINITION_COLUMNS = (
 
 def _definitions(ctx: Ctx) -> list[dict[str, Any]]:
     """``solutioncomponentdefinitions``: the connection reference's component type is per organization
-    (dataverse-api.md §1.7), taken from the data's ``environment.connectionreference_componenttype``."""
+    (docs/dataverse.md §2.1), taken from the data's ``environment.connectionreference_componenttype``."""
     rows = []
     for name, ctype in (
         ("connectionreference", ctx.store.componenttype),

@@ -14,7 +14,7 @@ Enough of the Microsoft identity platform for MSAL to be pointed at the emulator
   ``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id``, ``error_uri``; Microsoft Learn,
   "Microsoft Entra authentication and authorization error codes").
 - ``GET /_oidc/github/token`` and ``POST /_oidc/ado/...``: stand-ins for the GitHub Actions and Azure
-  DevOps OIDC token services (reference §6.2), issuing JWTs signed by the emulator's key.
+  DevOps OIDC token services (docs/dataverse.md §6.3), issuing JWTs signed by the emulator's key.
 - ``GET /msi/token`` (App Service: IDENTITY_ENDPOINT + X-IDENTITY-HEADER, api-version 2019-08-01) and
   ``GET /metadata/identity/oauth2/token`` (VM IMDS), as MSAL calls them (msal/managed_identity.py).
 
@@ -47,7 +47,7 @@ FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 ADO_ISSUER_TEMPLATE = "https://vstoken.dev.azure.com/{organization_id}"
 
-# Resources every emulated tenant knows besides the environment itself (reference §3.7).
+# Resources every emulated tenant knows besides the environment itself (docs/dataverse.md §6.1).
 WELL_KNOWN_RESOURCES = ("https://api.powerplatform.com", "https://service.powerapps.com")
 
 DEFAULT_TOKEN_LIFETIME = 3599  # what Entra answers for a client credentials token (expires_in)
@@ -492,7 +492,7 @@ def _mint_oidc(app: Any, claims: dict[str, Any]) -> str:
 
 def _github_token(app: Any, request: Request) -> Response:
     """GitHub Actions' ID token service: ``GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=...`` with the run's
-    request token; answers ``{"count": 1, "value": "<jwt>"}`` (reference §6.2; GitHub docs "About security
+    request token; answers ``{"count": 1, "value": "<jwt>"}`` (docs/dataverse.md §6.3; GitHub docs "About security
     hardening with OpenID Connect" for the claims: iss, sub ``repo:OWNER/REPO:...``, aud, repository)."""
     if request.method != "GET":
         return _json(405, {"message": "Method not allowed"})
@@ -522,7 +522,7 @@ def _ado_token(app: Any, request: Request) -> Response:
     ``POST $SYSTEM_OIDCREQUESTURI?api-version=7.1&serviceConnectionId=<id>`` with
     ``$(System.AccessToken)``; answers ``{"oidcToken": "<jwt>"}`` with iss
     ``https://vstoken.dev.azure.com/<organization id>`` and sub ``sc://<org>/<project>/<connection>``
-    (reference §6.2; Microsoft Learn "Workload identity federation for Azure DevOps service connections")."""
+    (docs/dataverse.md §6.3; Microsoft Learn "Workload identity federation for Azure DevOps service connections")."""
     if request.method != "POST":
         return _json(405, {"message": "Method not allowed"})
     ado = _oidc(app).get("azure_devops") or {}

@@ -1,7 +1,7 @@
 """Cloud flows (``workflows``, category 5): turning them on and off with the activation check, deleting
 them, and the dependencies between flows and connection references derived from ``clientdata``.
 
-Sources (dataverse-api.md §4): power-automate-docs ``articles/manage-flows-with-code.md`` (statecode 0
+Sources (docs/dataverse.md §5.1-§5.3, §2.4): power-automate-docs ``articles/manage-flows-with-code.md`` (statecode 0
 Draft/Off, 1 Activated, 2 Suspended; activate = statecode 1 / statuscode 2; "Cannot delete an active
 workflow definition."); ``powerapps-docs maker/data-platform/create-connection-reference.md`` ("When a
 flow is enabled, the enabling user needs to own all the connections" or have them shared); the
@@ -32,7 +32,7 @@ PATCHABLE = {"statecode", "statuscode", "name", "description"}
 
 def references_of(clientdata: str | None) -> list[str]:
     """The connection reference logical names a flow's clientdata uses
-    (``properties.connectionReferences.*.connection.connectionReferenceLogicalName``, §4.2)."""
+    (``properties.connectionReferences.*.connection.connectionReferenceLogicalName``, docs/dataverse.md §5.2)."""
     if not clientdata:
         return []
     try:
@@ -80,7 +80,7 @@ def _activation_error(ctx: Ctx, connection_id: str, api: str) -> HttpError:
 
 def activation_check(ctx: Ctx, wf: dict[str, Any]) -> None:
     """Every reference the flow uses must be bound to an existing, healthy connection that the
-    effective caller owns or has shared (create-connection-reference.md; §4.3)."""
+    effective caller owns or has shared (create-connection-reference.md; docs/dataverse.md §5.3)."""
     from .connrefs import connection_usable_by
 
     oid = ctx.user.get("azureactivedirectoryobjectid")

@@ -5,12 +5,12 @@ every rule here is tested with hand-built live data, and the plan shown is exact
 
 Rules, in the order a reader meets them:
 - A declared reference is matched to a live one by logical name, case-insensitively. A case difference is a
-  warning and the live name is kept (logical names are immutable; dataverse-api.md §1.4).
+  warning and the live name is kept (logical names are immutable; docs/dataverse.md §1.4).
 - Missing -> create it in the solution; outside the solution -> add it; present -> update the fields that
   differ (display name, description, connection, owner). The connector of a reference can't change.
 - Every binding is checked before anything is written: the connection exists, is for the same connector,
-  is Connected (dataverse-api.md §3.3), and the identity that writes owns it or has it shared, which
-  Dataverse requires to set ``connectionid`` (dataverse-api.md §4.3, §6.4).
+  is Connected (docs/dataverse.md §4.4), and the identity that writes owns it or has it shared, which
+  Dataverse requires to set ``connectionid`` (docs/dataverse.md §4.6, §5.3).
 - Every problem of the plan is collected and raised as one ``PlanError``, so the user fixes all at once.
 """
 
@@ -51,7 +51,7 @@ from reconciler.plan.ops import (
 
 CONNECTED = "connected"
 # The role a service principal needs on a connection to use it ("Can use" in the maker portal;
-# dataverse-api.md §3.4).
+# docs/dataverse.md §4.5).
 SHARE_ROLE = "CanView"
 
 
@@ -240,7 +240,7 @@ class _EnvPlanner:
 
     def check_identity(self) -> None:
         """With a service account, writes are sent as it (``CallerObjectId``); that needs the account to
-        exist, be enabled, and the caller to hold prvActOnBehalfOfAnotherUser (dataverse-api.md §2.1,
+        exist, be enabled, and the caller to hold prvActOnBehalfOfAnotherUser (docs/dataverse.md §3.10,
         learn.microsoft.com/power-apps/developer/data-platform/webapi/impersonate-another-user-web-api)."""
         account = self.env.service_account
         writer, caller = self.live.writer, self.live.caller
