@@ -37,7 +37,10 @@ from reconciler.drift.detect import detect_drift
 from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError
 from reconciler.plan import planfile, planner, render
 from reconciler.plan.ops import Plan
-from reconciler.state import store as state
+from reconciler.state import local as local_state
+from reconciler.state import model as model_state
+from reconciler.state import record as record_state
+from reconciler.state import render as render_state
 from reconciler.state.lock import acquire, force_unlock
 
 Out = TextIO
@@ -117,12 +120,12 @@ def read_all(
     return lives
 
 
-def load_states(config: Config, names: Sequence[str]) -> dict[str, state.EnvState | None]:
-    d = state.state_dir_for(config)
-    return {n: state.load_state(d, n) for n in names}
+def load_states(config: Config, names: Sequence[str]) -> dict[str, model_state.EnvState | None]:
+    d = local_state.state_dir_for(config)
+    return {n: local_state.load_state(d, n) for n in names}
 
 
-def managed_names(states: Mapping[str, state.EnvState | None]) -> dict[str, list[str]]:
+def managed_names(states: Mapping[str, model_state.EnvState | None]) -> dict[str, list[str]]:
     return {n: sorted(s.references) if s else [] for n, s in states.items()}
 
 
@@ -131,7 +134,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
-               states: Mapping[str, state.EnvState | None], prune: bool) -> Plan:
+               states: Mapping[str, model_state.EnvState | None], prune: bool) -> Plan:
     return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states))
 
 
@@ -179,7 +182,7 @@ def plan_has_changes(plan: Plan) -> bool:
 
 
 def save_plan(path: str, config: Config, plan: Plan, lives: Mapping[str, LiveEnvironment],
-              states: Mapping[str, state.EnvState | None], *, prune: bool) -> None:
+              states: Mapping[str, model_state.EnvState | None], *, prune: bool) -> None:
     planfile.write_plan_file(
         path,
         plan,
@@ -246,7 +249,7 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     else:
         names = select_environments(config, args.envs)
 
-    state_dir = state.state_dir_for(config)
+    state_dir = local_state.state_dir_for(config)
     with ExitStack() as stack:
         for n in names:
             stack.enter_context(acquire(state_dir, n, "apply", timeout=args.lock_timeout))
@@ -274,11 +277,11 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 
 
 def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
-                lives: Mapping[str, LiveEnvironment], states: Mapping[str, state.EnvState | None],
+                lives: Mapping[str, LiveEnvironment], states: Mapping[str, model_state.EnvState | None],
                 state_dir: Path, out: Out, err: Out) -> int:
     results: dict[str, ApplyResult] = {}
     failures: list[ApplyError] = []
-    commit = state.git_commit(Path(config.path).parent)
+    commit = record_state.git_commit(Path(config.path).parent)
     for env_plan in plan.environments:
         name = env_plan.environment
         result: ApplyResult | None = None
@@ -303,11 +306,11 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
         # Re-read so the state records the ETags the writes produced (drift compares against them).
         live_after = read_environment(sessions[name], config, name) if env_plan.ops else lives[name]
         written_ops = [r.op for r in result.written] if result else []
-        new_state = state.record_apply(
+        new_state = record_state.record_apply(
             prev, name, live_after, declared=list(config.references), ops=written_ops, failed=failed,
             solution=config.solution, commit=commit,
         )
-        state.save_state(state_dir, new_state)
+        local_state.save_state(state_dir, new_state)
 
     _print_apply_summary(plan, results, out)
     if failures:
@@ -495,14 +498,14 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
 
 def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     config = load_config(args.config)
-    d = state.state_dir_for(config)
+    d = local_state.state_dir_for(config)
     sub = args.state_command
     if sub == "list":
-        print(state.render_state_list(state.list_states(d)), file=out)
+        print(render_state.render_state_list(local_state.list_states(d)), file=out)
     elif sub == "show":
         (name,) = select_environments(config, [args.env])
-        doc = state.show_state(d, name)
-        text = json.dumps(doc, indent=2, sort_keys=True) if args.json else state.render_state_show(doc)
+        doc = local_state.show_state(d, name)
+        text = json.dumps(doc, indent=2, sort_keys=True) if args.json else render_state.render_state_show(doc)
         print(text, file=out)
     elif sub == "unlock":
         (name,) = select_environments(config, [args.env])
@@ -511,6 +514,6 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     elif sub == "restore":
         (name,) = select_environments(config, [args.env])
         with acquire(d, name, "state restore", timeout=0.0):
-            restored = state.restore_backup(d, name)
+            restored = local_state.restore_backup(d, name)
         print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
     return 0

@@ -43,7 +43,8 @@ from reconciler.domain.model import (
     frozen_map,
 )
 from reconciler.emulator.factory import Sample
-from reconciler.state.store import EnvState, record_apply
+from reconciler.state.model import EnvState
+from reconciler.state.record import record_apply
 
 SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", "Flows Service Account")
 ALICE = LiveUser("u-alice", "oid-alice", "alice@contoso.com", "Alice Maker")

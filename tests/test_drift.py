@@ -13,7 +13,7 @@ from builders import ALICE, DRIFT, DRIFT_CONNS, OUTLOOK, SP, SPN, drift_config, 
 from reconciler.domain.model import DesiredReference, LiveEnvironment, Selector, connector_id, frozen_map
 from reconciler.drift import detect as dr
 from reconciler.drift.render import render_json, render_markdown, render_text
-from reconciler.state.store import EnvState, ManagedReference
+from reconciler.state.model import EnvState, ManagedReference
 
 conn, ref = DRIFT.conn, DRIFT.ref
 live, config = drift_live, drift_config

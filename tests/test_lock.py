@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.domain.model import LiveEnvironment, LiveReference, LiveSolution, LiveUser
 from reconciler.errors import LockError
-from reconciler.state import store as st
+from reconciler.state import local, record
 from reconciler.state.lock import acquire, force_unlock, lock_path, read_lock
 
 # fork: the children inherit the test's imports and closures; the processes are still separate (own pid,
@@ -42,11 +42,11 @@ def _live(n: int) -> LiveEnvironment:
 
 def _apply_under_lock(state_dir: str, who: str, n_refs: int) -> int:
     """What an apply does with the state: read it, record the apply, write it. Returns the serial written."""
-    prev = st.load_state(state_dir, "dev")
-    new = st.record_apply(
+    prev = local.load_state(state_dir, "dev")
+    new = record.record_apply(
         prev, "dev", _live(n_refs), declared=[f"contoso_R{i}" for i in range(n_refs)], identity=who, user=who
     )
-    st.save_state(state_dir, new)
+    local.save_state(state_dir, new)
     return new.serial
 
 
@@ -69,7 +69,7 @@ def _contender(state_dir: str, holding: Any, out: Any, timeout: float) -> None:
             out.put(("acquired", _apply_under_lock(state_dir, "B", 4)))
     except LockError as e:
         # The state must stay readable while the other process holds the lock and writes.
-        prev = st.load_state(state_dir, "dev")
+        prev = local.load_state(state_dir, "dev")
         out.put(("locked", str(e), prev.serial if prev else None))
 
 
@@ -97,7 +97,7 @@ def test_second_process_is_locked_out_and_state_stays_intact(tmp_path: Path) -> 
     assert f"connref state unlock dev {lock_id}" in text
     assert "0.3s" in text or "waiting 0." in text
     assert locked[2] == 1  # B saw A's first write, whole
-    final = st.load_state(d, "dev")
+    final = local.load_state(d, "dev")
     assert final is not None and final.serial == 2
     assert [h.identity for h in final.history] == ["A", "A"]
     assert len(final.references) == 3
@@ -118,7 +118,7 @@ def test_waiting_process_gets_the_lock_after_release_and_writes_after(tmp_path: 
     assert a.exitcode == 0 and b.exitcode == 0
     msgs = _drain(q, 3)
     assert ("acquired", 3) in msgs  # B wrote serial 3 on top of A's two writes: no interleaving
-    final = st.load_state(d, "dev")
+    final = local.load_state(d, "dev")
     assert final is not None and final.serial == 3
     assert [h.identity for h in final.history] == ["A", "A", "B"]
     assert json.loads((tmp_path / "dev.json.backup").read_text())["serial"] == 2

@@ -18,7 +18,8 @@ from reconciler.domain.model import AuthProfile, Config, DesiredReference, LiveE
 from reconciler.errors import PlanError, StalePlanError
 from reconciler.plan import planfile as pf
 from reconciler.plan.planner import live_fingerprint, plan
-from reconciler.state.store import EnvState, record_apply
+from reconciler.state.model import EnvState
+from reconciler.state.record import record_apply
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-access-token-for-this-run.c2lnbmF0dXJl"
 SECRET = "Qz8~client-secret-value-not-to-be-saved"

@@ -17,7 +17,7 @@ from reconciler.domain.model import (
     LiveUser,
 )
 from reconciler.errors import StateError
-from reconciler.state import store as st
+from reconciler.state import local, model, record, render
 from reconciler.state.lock import acquire
 
 SVC = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", application_id=None)
@@ -54,12 +54,12 @@ def live_env(*refs: LiveReference) -> LiveEnvironment:
 
 
 def applied(
-    tmp: Path, *names: str, prev: st.EnvState | None = None, at: str = "2024-05-01T10:00:00Z"
-) -> st.EnvState:
+    tmp: Path, *names: str, prev: model.EnvState | None = None, at: str = "2024-05-01T10:00:00Z"
+) -> model.EnvState:
     live = live_env(*(live_ref(n) for n in names))
     ops = [{"kind": "create", "logical_name": n} for n in names]
-    new = st.record_apply(prev, "dev", live, declared=names, ops=ops, user="runner", commit="abc123", at=at)
-    st.save_state(tmp, new)
+    new = record.record_apply(prev, "dev", live, declared=names, ops=ops, user="runner", commit="abc123", at=at)
+    local.save_state(tmp, new)
     return new
 
 
@@ -67,18 +67,18 @@ def applied(
 
 
 def test_missing_state_is_none(tmp_path: Path) -> None:
-    assert st.load_state(tmp_path, "dev") is None
+    assert local.load_state(tmp_path, "dev") is None
 
 
 def test_round_trip_is_exact_and_deterministic(tmp_path: Path) -> None:
     s1 = applied(tmp_path, "contoso_B", "contoso_A")
-    loaded = st.load_state(tmp_path, "dev")
+    loaded = local.load_state(tmp_path, "dev")
     assert loaded == s1
     raw = (tmp_path / "dev.json").read_bytes()
-    assert raw == st.serialize_state(loaded)
+    assert raw == model.serialize_state(loaded)
     doc = json.loads(raw)
     assert list(doc["references"]) == ["contoso_A", "contoso_B"]  # sorted
-    assert doc["format_version"] == st.FORMAT_VERSION
+    assert doc["format_version"] == model.FORMAT_VERSION
     assert doc["references"]["contoso_A"]["owner_upn"] == "svc-flows@contoso.com"
     assert doc["references"]["contoso_A"]["etag"] == 'W/"1"'
     h = doc["history"][0]
@@ -102,32 +102,32 @@ def test_serial_goes_up_and_lineage_is_kept(tmp_path: Path) -> None:
 def test_write_with_stale_serial_is_refused(tmp_path: Path) -> None:
     s1 = applied(tmp_path, "contoso_A")
     applied(tmp_path, "contoso_A", prev=s1)  # another run wrote serial 2
-    late = st.record_apply(s1, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"], user="x")
+    late = record.record_apply(s1, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"], user="x")
     with pytest.raises(StateError, match="serial 2"):
-        st.save_state(tmp_path, late)
-    assert st.load_state(tmp_path, "dev").serial == 2  # type: ignore[union-attr]
+        local.save_state(tmp_path, late)
+    assert local.load_state(tmp_path, "dev").serial == 2  # type: ignore[union-attr]
 
 
 def test_write_of_another_lineage_is_refused(tmp_path: Path) -> None:
     applied(tmp_path, "contoso_A")
-    other = st.record_apply(None, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"], user="x")
-    other = st.EnvState(**{**other.__dict__, "serial": 99})
+    other = record.record_apply(None, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"], user="x")
+    other = model.EnvState(**{**other.__dict__, "serial": 99})
     with pytest.raises(StateError, match="lineage"):
-        st.save_state(tmp_path, other)
+        local.save_state(tmp_path, other)
 
 
 def test_history_keeps_the_last_twenty(tmp_path: Path) -> None:
     prev = None
     for i in range(25):
         prev = applied(tmp_path, "contoso_A", prev=prev, at=f"2024-05-01T10:{i:02d}:00Z")
-    loaded = st.load_state(tmp_path, "dev")
+    loaded = local.load_state(tmp_path, "dev")
     assert loaded is not None and loaded.serial == 25
-    assert len(loaded.history) == st.HISTORY_LIMIT
+    assert len(loaded.history) == model.HISTORY_LIMIT
     assert [h.serial for h in loaded.history] == list(range(6, 26))
 
 
 def test_record_apply_semantics() -> None:
-    prev = st.record_apply(
+    prev = record.record_apply(
         None,
         "dev",
         live_env(live_ref("a"), live_ref("b"), live_ref("gone")),
@@ -142,7 +142,7 @@ def test_record_apply_semantics() -> None:
         {"kind": "create", "logical_name": "new"},
         {"kind": "update", "logical_name": "b"},
     ]
-    nxt = st.record_apply(
+    nxt = record.record_apply(
         prev,
         "dev",
         live_after,
@@ -172,10 +172,10 @@ def test_record_apply_semantics() -> None:
 
 
 def test_untouched_reference_keeps_applied_at() -> None:
-    prev = st.record_apply(
+    prev = record.record_apply(
         None, "dev", live_env(live_ref("a")), declared=["a"], user="u", at="2024-01-01T00:00:00Z"
     )
-    nxt = st.record_apply(
+    nxt = record.record_apply(
         prev, "dev", live_env(live_ref("a")), declared=["a"], user="u", at="2024-03-03T00:00:00Z"
     )
     assert nxt.reference("a").applied_at == "2024-01-01T00:00:00Z"  # type: ignore[union-attr]
@@ -195,7 +195,7 @@ def test_previous_good_state_is_kept_as_backup(tmp_path: Path) -> None:
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s1 = applied(tmp_path, "contoso_A")
     before = (tmp_path / "dev.json").read_bytes()
-    s2 = st.record_apply(
+    s2 = record.record_apply(
         s1, "dev", live_env(live_ref("contoso_A"), live_ref("b")), declared=["contoso_A", "b"]
     )
 
@@ -206,12 +206,12 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: p
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(st.os, "replace", crash_on_state)
+    monkeypatch.setattr(os, "replace", crash_on_state)
     with pytest.raises(OSError):
-        st.save_state(tmp_path, s2)
+        local.save_state(tmp_path, s2)
     monkeypatch.undo()
     assert (tmp_path / "dev.json").read_bytes() == before
-    assert st.load_state(tmp_path, "dev") == s1
+    assert local.load_state(tmp_path, "dev") == s1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -220,7 +220,7 @@ def test_atomic_write_replaces_inode_never_truncates_in_place(tmp_path: Path) ->
     target.write_bytes(b"old")
     fd = os.open(target, os.O_RDONLY)  # a reader that opened the old file keeps reading the old bytes
     try:
-        st.atomic_write(target, b"new content")
+        local.atomic_write(target, b"new content")
         assert os.read(fd, 100) == b"old"
     finally:
         os.close(fd)
@@ -251,7 +251,7 @@ def test_damaged_state_names_file_and_offers_backup(tmp_path: Path, damage, expe
     path = tmp_path / "dev.json"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(StateError) as e:
-        st.load_state(tmp_path, "dev")
+        local.load_state(tmp_path, "dev")
     msg = str(e.value)
     assert str(path) in msg and expect in msg
     assert "connref state restore dev" in msg
@@ -262,16 +262,16 @@ def test_damaged_state_without_backup_says_so(tmp_path: Path) -> None:
     applied(tmp_path, "contoso_A")
     (tmp_path / "dev.json").write_text('{"format_version": "1.0", "seri')
     with pytest.raises(StateError, match="No backup"):
-        st.load_state(tmp_path, "dev")
+        local.load_state(tmp_path, "dev")
 
 
 def test_damaged_state_is_never_overwritten(tmp_path: Path) -> None:
     s1 = applied(tmp_path, "contoso_A")
     s2 = applied(tmp_path, "contoso_A", prev=s1)
     (tmp_path / "dev.json").write_text("{trunc")
-    s3 = st.record_apply(s2, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"])
+    s3 = record.record_apply(s2, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"])
     with pytest.raises(StateError, match="refusing to overwrite"):
-        st.save_state(tmp_path, s3)
+        local.save_state(tmp_path, s3)
     assert json.loads((tmp_path / "dev.json.backup").read_text())["serial"] == 1  # backup survived
 
 
@@ -279,29 +279,29 @@ def test_restore_backup(tmp_path: Path) -> None:
     s1 = applied(tmp_path, "contoso_A")
     applied(tmp_path, "contoso_A", "contoso_B", prev=s1)
     (tmp_path / "dev.json").write_text("{trunc")
-    restored = st.restore_backup(tmp_path, "dev")
+    restored = local.restore_backup(tmp_path, "dev")
     assert restored.lineage == s1.lineage and restored.references == s1.references
     assert restored.serial == 2  # a new serial: plans saved against the backup are stale
-    assert st.load_state(tmp_path, "dev") == restored
+    assert local.load_state(tmp_path, "dev") == restored
     damaged = [p for p in tmp_path.iterdir() if ".damaged-" in p.name]
     assert len(damaged) == 1 and damaged[0].read_text() == "{trunc"
 
 
 def test_restore_without_backup(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="no backup"):
-        st.restore_backup(tmp_path, "dev")
+        local.restore_backup(tmp_path, "dev")
 
 
 def test_environment_name_cannot_escape_directory(tmp_path: Path) -> None:
     with pytest.raises(StateError):
-        st.load_state(tmp_path, "../etc")
+        local.load_state(tmp_path, "../etc")
 
 
 def test_state_of_another_environment_is_refused(tmp_path: Path) -> None:
     applied(tmp_path, "contoso_A")
     (tmp_path / "prod.json").write_bytes((tmp_path / "dev.json").read_bytes())
     with pytest.raises(StateError, match="belongs to environment 'dev'"):
-        st.load_state(tmp_path, "prod")
+        local.load_state(tmp_path, "prod")
 
 
 # --------------------------------------------------------------------------- list / show / helpers
@@ -311,8 +311,8 @@ def test_list_and_show(tmp_path: Path) -> None:
     applied(tmp_path, "contoso_A")
     (tmp_path / "prod.json").write_text("{bad")
     with acquire(tmp_path, "dev", "apply") as lock:
-        summaries = st.list_states(tmp_path)
-        text = st.render_state_list(summaries)
+        summaries = local.list_states(tmp_path)
+        text = render.render_state_list(summaries)
     by_env = {s["environment"]: s for s in summaries}
     assert by_env["dev"]["serial"] == 1 and by_env["dev"]["references"] == 1
     assert by_env["dev"]["last_apply"]["commit"] == "abc123"
@@ -320,18 +320,18 @@ def test_list_and_show(tmp_path: Path) -> None:
     assert by_env["prod"]["status"] == "damaged" and "prod.json" in by_env["prod"]["error"]
     assert f"LOCKED by {lock.info.holder}" in text and "prod: DAMAGED" in text
 
-    doc = st.show_state(tmp_path, "dev")
+    doc = local.show_state(tmp_path, "dev")
     assert doc["references"]["contoso_A"]["connection"] == "c1"
     assert doc["path"].endswith("dev.json")
-    shown = st.render_state_show(doc)
+    shown = render.render_state_show(doc)
     assert "contoso_A" in shown and "serial 1" in shown and "commit abc123" in shown
     with pytest.raises(StateError, match="no state for environment 'test'"):
-        st.show_state(tmp_path, "test")
+        local.show_state(tmp_path, "test")
 
 
 def test_state_dir_for_config(tmp_path: Path) -> None:
     cfg = Config(path=str(tmp_path / "connref.yaml"), version=1, solution="S", references={}, environments={})
-    assert st.state_dir_for(cfg) == tmp_path / "state"
+    assert local.state_dir_for(cfg) == tmp_path / "state"
     cfg2 = Config(
         path=str(tmp_path / "connref.yaml"),
         version=1,
@@ -340,15 +340,15 @@ def test_state_dir_for_config(tmp_path: Path) -> None:
         environments={},
         state_dir="ops/state",
     )
-    assert st.state_dir_for(cfg2) == tmp_path / "ops" / "state"
+    assert local.state_dir_for(cfg2) == tmp_path / "ops" / "state"
 
 
 def test_git_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GITHUB_SHA", raising=False)
     monkeypatch.delenv("BUILD_SOURCEVERSION", raising=False)
-    assert st.git_commit(tmp_path) is None  # not a repository
+    assert record.git_commit(tmp_path) is None  # not a repository
     monkeypatch.setenv("GITHUB_SHA", "f" * 40)
-    assert st.git_commit(tmp_path) == "f" * 40
+    assert record.git_commit(tmp_path) == "f" * 40
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {
@@ -363,13 +363,13 @@ def test_git_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
     ).stdout.strip()
-    assert st.git_commit(repo) == head
+    assert record.git_commit(repo) == head
 
 
 def test_restore_over_a_readable_state_keeps_it_and_moves_the_serial_past_it(tmp_path: Path) -> None:
     s1 = applied(tmp_path, "contoso_A")
     s2 = applied(tmp_path, "contoso_A", "contoso_B", prev=s1)
-    restored = st.restore_backup(tmp_path, "dev")
+    restored = local.restore_backup(tmp_path, "dev")
     assert restored.references == s1.references and restored.serial == s2.serial + 1
     kept = [p for p in tmp_path.iterdir() if ".replaced-" in p.name]
     assert len(kept) == 1 and json.loads(kept[0].read_text())["serial"] == s2.serial

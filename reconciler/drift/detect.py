@@ -39,7 +39,7 @@ from reconciler.domain.model import (
     connector_name,
     frozen_map,
 )
-from reconciler.state.store import EnvState, ManagedReference
+from reconciler.state.model import EnvState, ManagedReference
 
 FORMAT_VERSION = "1.0"
 CONNECTED = "connected"

@@ -28,7 +28,8 @@ from typing import Any
 
 from reconciler.domain.model import Config, LiveEnvironment, frozen_map
 from reconciler.errors import PlanError, StalePlanError
-from reconciler.state.store import EnvState, atomic_write
+from reconciler.state.local import atomic_write
+from reconciler.state.model import EnvState
 
 FORMAT_VERSION = "1.0"
 KIND = "connref-saved-plan"

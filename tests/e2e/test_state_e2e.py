@@ -28,8 +28,8 @@ from e2e_support import Served, Workspace
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore
+from reconciler.state.local import backup_path, load_state, state_path
 from reconciler.state.lock import read_lock
-from reconciler.state.store import backup_path, load_state, state_path
 
 pytestmark = pytest.mark.emulator_only
 

@@ -1,0 +1,249 @@
+"""The local state backend: one JSON file per environment in a directory.
+
+``<state dir>/<env>.json`` (the state dir is ``./state/`` next to the config unless ``state: {dir: ...}``
+overrides it) holds the state document of ``reconciler.state.model``. As Terraform's local backend, writes
+are atomic: a temporary file in the same directory, fsync, ``os.replace``, fsync of the directory (POSIX
+rename(2) replaces atomically within one file system), and the previous good file is kept as
+``<env>.json.backup`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.domain.model import Config
+from reconciler.errors import StateError
+from reconciler.state.model import EnvState, parse_state, serialize_state
+
+DEFAULT_STATE_DIR = "state"
+STATE_SUFFIX = ".json"
+BACKUP_SUFFIX = ".json.backup"
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def state_dir_for(config: Config) -> Path:
+    """``config.state_dir`` (relative to the config file) or ``state/`` next to the config file."""
+    base = Path(config.path).resolve().parent
+    return base / (config.state_dir or DEFAULT_STATE_DIR)
+
+
+def _check_env_name(env: str) -> None:
+    # The name becomes a file name: refuse anything that could leave the state directory.
+    if not env or env in {".", ".."} or "/" in env or "\\" in env or "\0" in env:
+        raise StateError(f"invalid environment name for a state file: {env!r}")
+
+
+def state_path(state_dir: str | os.PathLike[str], env: str) -> Path:
+    _check_env_name(env)
+    return Path(state_dir) / f"{env}{STATE_SUFFIX}"
+
+
+def backup_path(state_dir: str | os.PathLike[str], env: str) -> Path:
+    _check_env_name(env)
+    return Path(state_dir) / f"{env}{BACKUP_SUFFIX}"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _recovery_hint(state_dir: Path, env: str) -> str:
+    bak = backup_path(state_dir, env)
+    if not bak.exists():
+        return (
+            f"No backup ({bak.name}) exists. Fix the file by hand, or move it away to start a new state "
+            "(connref then forgets what it manages there)."
+        )
+    try:
+        prev = parse_state(bak.read_bytes(), bak, env)
+        about = f" (serial {prev.serial}, {len(prev.references)} references)"
+    except StateError:
+        return f"The backup {bak} is unreadable too; fix one of the files by hand."
+    return (
+        f"The previous good state is in {bak}{about}: restore it with `connref state restore {env}`, "
+        f"or copy {bak.name} over {state_path(state_dir, env).name}."
+    )
+
+
+def load_state(state_dir: str | os.PathLike[str], env: str) -> EnvState | None:
+    """The state of ``env``, or None when connref never applied there.
+
+    A truncated or corrupt file raises StateError naming the file and offering the backup."""
+    path = state_path(state_dir, env)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateError(f"cannot read state file {path}: {e.strerror or e}.") from e
+    try:
+        return parse_state(raw, path, env)
+    except StateError as e:
+        raise StateError(f"{e} {_recovery_hint(Path(state_dir), env)}") from e
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable (POSIX: a rename is recorded in the directory, not the file).
+    with contextlib.suppress(OSError):  # not supported on every platform / file system
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old bytes or the new ones, never a mix.
+
+    Temporary file in the same directory (rename is atomic only within one file system), fsync, rename over
+    the target, fsync of the directory. On any failure the temporary file is removed and the target is
+    untouched."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def save_state(state_dir: str | os.PathLike[str], state: EnvState) -> Path:
+    """Write ``state`` as the current state of its environment and keep the previous file as the backup.
+
+    A compare-and-swap on top of the lock: the file on disk must be of the same lineage with a lower serial,
+    otherwise another run wrote in between and this write is refused. A corrupt current file is never
+    overwritten (the backup must survive for ``connref state restore``). Returns the path written."""
+    directory = Path(state_dir)
+    path = state_path(directory, state.environment)
+    try:
+        current_raw: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        current_raw = None
+    if current_raw is not None:
+        try:
+            current = parse_state(current_raw, path, state.environment)
+        except StateError as e:
+            raise StateError(
+                f"refusing to overwrite a damaged state file: {e} "
+                f"{_recovery_hint(directory, state.environment)}"
+            ) from e
+        if current.lineage != state.lineage:
+            raise StateError(
+                f"state file {path} is of lineage {current.lineage}, not {state.lineage}: it was replaced by "
+                "another run or by hand. Plan again."
+            )
+        if state.serial <= current.serial:
+            raise StateError(
+                f"state file {path} is at serial {current.serial}, which is not older than the serial "
+                f"{state.serial} being written: another run wrote it meanwhile. Plan again."
+            )
+        atomic_write(backup_path(directory, state.environment), current_raw)
+    atomic_write(path, serialize_state(state))
+    return path
+
+
+def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
+    """Make ``<env>.json.backup`` the current state again (``connref state restore ENV``).
+
+    The current file, if any, is kept as ``<env>.json.damaged-<UTC time>`` (or ``.replaced-`` when it was
+    readable) for inspection. The
+    restored state gets a new serial (its serial + 1 or the damaged file's + 1, whichever is higher) so a
+    plan saved against either is stale."""
+    directory = Path(state_dir)
+    bak = backup_path(directory, env)
+    path = state_path(directory, env)
+    try:
+        raw = bak.read_bytes()
+    except FileNotFoundError as e:
+        raise StateError(f"no backup to restore: {bak} does not exist.") from e
+    backup = parse_state(raw, bak, env)
+    serial = backup.serial
+    if path.exists():
+        current_raw = path.read_bytes()
+        kind = "damaged"
+        with contextlib.suppress(StateError):
+            current = parse_state(current_raw, path, env)
+            kind = "replaced"
+            if current.lineage == backup.lineage:
+                serial = max(serial, current.serial)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        atomic_write(directory / f"{path.name}.{kind}-{stamp}", current_raw)
+    restored = replace(backup, serial=serial + 1)
+    atomic_write(path, serialize_state(restored))
+    return restored
+
+
+# --------------------------------------------------------------------------- reading for people
+
+
+def list_states(state_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One summary per ``<env>.json`` in the state dir, sorted by environment (``connref state list``).
+
+    Keys: environment, path, status (``ok`` or ``damaged``), error, serial, lineage, references, last_apply
+    (``{at, identity, os_user, commit}`` or None), lock (the holder, or None). A damaged file is listed
+    with its error rather than failing the whole listing."""
+    from reconciler.state.lock import read_lock  # local import: lock.py is independent of state.py
+
+    directory = Path(state_dir)
+    out: list[dict[str, Any]] = []
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob(f"*{STATE_SUFFIX}")):
+        env = path.name[: -len(STATE_SUFFIX)]
+        summary: dict[str, Any] = {"environment": env, "path": str(path), "status": "ok", "error": None}
+        try:
+            st = load_state(directory, env)
+        except StateError as e:
+            summary.update(status="damaged", error=str(e), serial=None, lineage=None, references=None)
+            st = None
+        if st is not None:
+            last = st.last_apply
+            summary.update(
+                serial=st.serial,
+                lineage=st.lineage,
+                references=len(st.references),
+                last_apply=(
+                    {"at": last.at, "identity": last.identity, "os_user": last.os_user, "commit": last.commit}
+                    if last
+                    else None
+                ),
+            )
+        else:
+            summary.setdefault("last_apply", None)
+        lock = read_lock(directory, env)
+        summary["lock"] = lock.to_dict() if lock else None
+        out.append(summary)
+    return out
+
+
+def show_state(state_dir: str | os.PathLike[str], env: str) -> dict[str, Any]:
+    """The whole state of ``env`` as JSON-ready data plus its ``path`` (``connref state show ENV``).
+
+    Raises StateError when there is no state for the environment (or it is damaged)."""
+    st = load_state(state_dir, env)
+    path = state_path(state_dir, env)
+    if st is None:
+        raise StateError(
+            f"no state for environment {env!r}: {path} does not exist (nothing applied there yet)."
+        )
+    return {**st.to_dict(), "path": str(path)}
+
+

@@ -1,0 +1,236 @@
+"""The state of one environment: what connref manages there and what it last applied, and its serialisation.
+
+A state document records:
+
+- ``format_version``: the layout of the document; an unknown major is refused;
+- ``serial``: goes up by one on every write, so a saved plan made against serial N is stale at N+1;
+- ``lineage``: a UUID set when the state is first created and never changed, so two serials are only
+  compared within one history (a state that was deleted and recreated has a new lineage);
+- ``references``: logical name -> the values connref last applied (id, display name, description,
+  connector, connection, owner, ETag, when);
+- ``history``: the last ``HISTORY_LIMIT`` applies (when, who, serial, git commit, counts).
+
+The model is Terraform's state file (``internal/states/statefile/file.go``: serial for conflicting
+updates, lineage for "is this the same state at all"). Serialisation is deterministic (sorted keys, fixed
+indentation) so two equal states are equal bytes and diffs stay small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.domain.model import LiveEnvironment, LiveReference, frozen_map
+from reconciler.errors import StateError
+
+FORMAT_VERSION = "1.0"
+HISTORY_LIMIT = 20
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class ManagedReference:
+    """A reference connref manages, as it was when connref last applied it."""
+
+    logical_name: str
+    id: str
+    display_name: str | None
+    connector: str
+    connection: str | None
+    description: str | None = None
+    owner: str | None = None  # systemuserid of the owner
+    owner_upn: str | None = None  # for people reading the file; comparisons use ``owner``
+    etag: str | None = None
+    applied_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "logical_name": self.logical_name,
+            "display_name": self.display_name,
+            "description": self.description,
+            "connector": self.connector,
+            "connection": self.connection,
+            "owner": self.owner,
+            "owner_upn": self.owner_upn,
+            "etag": self.etag,
+            "applied_at": self.applied_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ManagedReference:
+        return cls(
+            logical_name=d["logical_name"],
+            id=d["id"],
+            display_name=d.get("display_name"),
+            connector=d["connector"],
+            connection=d.get("connection"),
+            description=d.get("description"),
+            owner=d.get("owner"),
+            owner_upn=d.get("owner_upn"),
+            etag=d.get("etag"),
+            applied_at=d.get("applied_at"),
+        )
+
+    @classmethod
+    def from_live(cls, ref: LiveReference, live: LiveEnvironment | None, applied_at: str) -> ManagedReference:
+        owner = live.user(ref.owner_id) if live is not None else None
+        return cls(
+            logical_name=ref.logical_name,
+            id=ref.id,
+            display_name=ref.display_name,
+            connector=ref.connector,
+            connection=ref.connection,
+            description=ref.description,
+            owner=ref.owner_id,
+            owner_upn=owner.describe() if owner else None,
+            etag=ref.etag,
+            applied_at=applied_at,
+        )
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One apply: when, by whom (the OS user and the identity that wrote), from which commit, what it did."""
+
+    serial: int
+    at: str
+    os_user: str | None = None
+    identity: str | None = None
+    commit: str | None = None
+    operation: str = "apply"
+    counts: Mapping[str, int] = field(default_factory=frozen_map, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "at": self.at,
+            "os_user": self.os_user,
+            "identity": self.identity,
+            "commit": self.commit,
+            "operation": self.operation,
+            "counts": dict(sorted(self.counts.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HistoryEntry:
+        return cls(
+            serial=int(d["serial"]),
+            at=d["at"],
+            os_user=d.get("os_user"),
+            identity=d.get("identity"),
+            commit=d.get("commit"),
+            operation=d.get("operation", "apply"),
+            counts=frozen_map({k: int(v) for k, v in (d.get("counts") or {}).items()}),
+        )
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """The state of one environment. ``references`` is keyed by logical name as applied."""
+
+    environment: str
+    lineage: str
+    serial: int
+    references: Mapping[str, ManagedReference] = field(default_factory=frozen_map, hash=False)
+    history: tuple[HistoryEntry, ...] = ()
+    solution: str | None = None
+    format_version: str = FORMAT_VERSION
+
+    def reference(self, logical_name: str) -> ManagedReference | None:
+        """Look a managed reference up case-insensitively (Dataverse compares logical names so)."""
+        key = logical_name.lower()
+        for name, ref in self.references.items():
+            if name.lower() == key:
+                return ref
+        return None
+
+    def manages(self, logical_name: str) -> bool:
+        return self.reference(logical_name) is not None
+
+    @property
+    def last_apply(self) -> HistoryEntry | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def digest(self) -> str:
+        """A hash of the whole state as written: a saved plan records it next to serial and lineage."""
+        return "sha256:" + hashlib.sha256(serialize_state(self)).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "environment": self.environment,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "solution": self.solution,
+            "references": {k: self.references[k].to_dict() for k in sorted(self.references, key=str.lower)},
+            "history": [h.to_dict() for h in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnvState:
+        refs = {
+            name: ManagedReference.from_dict({"logical_name": name, **r})
+            for name, r in d["references"].items()
+        }
+        return cls(
+            environment=d["environment"],
+            lineage=d["lineage"],
+            serial=int(d["serial"]),
+            references=frozen_map(refs),
+            history=tuple(HistoryEntry.from_dict(h) for h in d.get("history", ())),
+            solution=d.get("solution"),
+            format_version=str(d.get("format_version", FORMAT_VERSION)),
+        )
+
+
+def new_state(environment: str, *, solution: str | None = None) -> EnvState:
+    """An empty state with a fresh lineage and serial 0 (nothing written yet)."""
+    return EnvState(environment=environment, lineage=str(uuid.uuid4()), serial=0, solution=solution)
+
+
+def serialize_state(state: EnvState) -> bytes:
+    """Deterministic bytes: sorted keys, two-space indent, trailing newline."""
+    return (json.dumps(state.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+
+def parse_state(raw: bytes, path: Path, env: str) -> EnvState:
+    """Parse and validate the bytes of a state file; any problem is a StateError naming the file."""
+    if not raw.strip():
+        raise StateError(f"state file {path} is empty (truncated?).")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateError(f"state file {path} is not valid JSON (truncated or corrupted?): {e}.") from e
+    if not isinstance(doc, dict):
+        raise StateError(f"state file {path} does not hold a JSON object.")
+    version = str(doc.get("format_version", ""))
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise StateError(
+            f"state file {path} has format_version {version!r}; this connref reads {FORMAT_VERSION} "
+            "(use the connref version that wrote it)."
+        )
+    try:
+        state = EnvState.from_dict(doc)
+        # Validate types here, so a damaged file fails on load, not halfway through an apply.
+        uuid.UUID(state.lineage)
+        if state.serial < 0 or not isinstance(doc["references"], dict):
+            raise ValueError("bad serial or references")
+        for ref in state.references.values():
+            if not isinstance(ref.id, str) or not isinstance(ref.connector, str):
+                raise ValueError(f"reference {ref.logical_name!r} lacks id or connector")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise StateError(f"state file {path} is damaged: missing or invalid field ({e}).") from e
+    if state.environment != env:
+        raise StateError(f"state file {path} belongs to environment {state.environment!r}, not {env!r}.")
+    return state
+

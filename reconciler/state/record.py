@@ -1,0 +1,127 @@
+"""The state transition of an apply: the state after it, from the previous state and what it did."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.domain.model import LiveEnvironment, frozen_map
+from reconciler.state.model import FORMAT_VERSION, HISTORY_LIMIT, EnvState, HistoryEntry, ManagedReference, new_state
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
+        return None
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd``, else the commit a CI system announces, else None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
+        sha = out.stdout.strip()
+        if out.returncode == 0 and sha:
+            return sha
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # GitHub Actions and Azure Pipelines set these even when the checkout is shallow or absent.
+    return os.environ.get("GITHUB_SHA") or os.environ.get("BUILD_SOURCEVERSION") or None
+
+
+def _op_fields(op: Any) -> tuple[str, str]:
+    """(kind, logical_name) of an operation object or its ``to_dict()``."""
+    d = op if isinstance(op, Mapping) else op.to_dict()
+    return str(d["kind"]), str(d["logical_name"])
+
+
+def record_apply(
+    prev: EnvState | None,
+    env: str,
+    live_after: LiveEnvironment,
+    *,
+    declared: Iterable[str],
+    ops: Sequence[Any] = (),
+    failed: Iterable[str] = (),
+    solution: str | None = None,
+    identity: str | None = None,
+    user: str | None = None,
+    commit: str | None = None,
+    at: str | None = None,
+) -> EnvState:
+    """The state after an apply, from the previous state, what the apply did and the environment re-read.
+
+    - ``declared``: the logical names the config declares for this environment;
+    - ``ops``: the operations applied (``ops.Operation`` objects or their ``to_dict()``);
+    - ``failed``: logical names whose writes failed (from the ApplyResult): their previous entry is kept;
+    - ``live_after``: the environment read after the apply; each declared reference found there is recorded
+      with its live values and ETag, so the next drift check compares against what is really there.
+
+    A delete op that succeeded removes the reference from the state. ``identity`` defaults to the writer
+    (or caller) of ``live_after``, ``user`` to the OS user, ``at`` to now; ``commit`` is not looked up
+    here (pass ``git_commit(config_dir)``). Serial goes up by one; lineage is kept (new for a first apply).
+    Pure: nothing is written; call ``save_state`` with the result."""
+    at = at or now_utc()
+    failed_keys = {n.lower() for n in failed}
+    touched: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    deleted: set[str] = set()
+    for op in ops:
+        kind, name = _op_fields(op)
+        if name.lower() in failed_keys:
+            continue
+        touched[name.lower()] = kind
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "delete":
+            deleted.add(name.lower())
+    if failed_keys:
+        counts["failed"] = len(failed_keys)
+
+    base = prev or new_state(env, solution=solution)
+    refs: dict[str, ManagedReference] = {}
+    for name, ref in base.references.items():
+        if name.lower() not in deleted:
+            refs[name] = ref
+
+    live_by_name = {r.logical_name.lower(): r for r in live_after.references}
+    for name in declared:
+        key = name.lower()
+        live_ref = live_by_name.get(key)
+        if key in failed_keys or live_ref is None:
+            continue  # not known to be as declared: keep what was recorded before, if anything
+        old_key = next((k for k in refs if k.lower() == key), None)
+        old = refs.pop(old_key) if old_key is not None else None
+        # applied_at moves only when this apply wrote the reference (or first took it under management).
+        when = at if (key in touched or old is None) else (old.applied_at or at)
+        refs[live_ref.logical_name] = ManagedReference.from_live(live_ref, live_after, when)
+
+    who = live_after.writer or live_after.caller
+    entry = HistoryEntry(
+        serial=base.serial + 1,
+        at=at,
+        os_user=user if user is not None else os_user(),
+        identity=identity or (who.describe() if who else None),
+        commit=commit,
+        counts=frozen_map(dict(sorted(counts.items()))),
+    )
+    return replace(
+        base,
+        serial=base.serial + 1,
+        references=frozen_map(refs),
+        history=(*base.history, entry)[-HISTORY_LIMIT:],
+        solution=solution or base.solution,
+        format_version=FORMAT_VERSION,
+    )
+
+
