@@ -37,11 +37,11 @@ from reconciler.drift.detect import detect_drift
 from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError
 from reconciler.plan import planfile, planner, render
 from reconciler.plan.ops import Plan
-from reconciler.state import local as local_state
-from reconciler.state import model as model_state
 from reconciler.state import record as record_state
 from reconciler.state import render as render_state
-from reconciler.state.lock import acquire, force_unlock
+from reconciler.state.backend import Snapshot, StateBackend, StateLock
+from reconciler.state.model import EnvState
+from reconciler.state.select import backend_for
 
 Out = TextIO
 
@@ -120,12 +120,17 @@ def read_all(
     return lives
 
 
-def load_states(config: Config, names: Sequence[str]) -> dict[str, model_state.EnvState | None]:
-    d = local_state.state_dir_for(config)
-    return {n: local_state.load_state(d, n) for n in names}
+def load_states(config: Config, names: Sequence[str]) -> dict[str, EnvState | None]:
+    """The state of each environment (None: nothing applied there yet), read through the config's backend."""
+    with backend_for(config) as backend:
+        return {n: backend.load(n) for n in names}
 
 
-def managed_names(states: Mapping[str, model_state.EnvState | None]) -> dict[str, list[str]]:
+def _states(snapshots: Mapping[str, Snapshot | None]) -> dict[str, EnvState | None]:
+    return {n: s.state if s else None for n, s in snapshots.items()}
+
+
+def managed_names(states: Mapping[str, EnvState | None]) -> dict[str, list[str]]:
     return {n: sorted(s.references) if s else [] for n, s in states.items()}
 
 
@@ -134,7 +139,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
-               states: Mapping[str, model_state.EnvState | None], prune: bool) -> Plan:
+               states: Mapping[str, EnvState | None], prune: bool) -> Plan:
     return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states))
 
 
@@ -182,7 +187,7 @@ def plan_has_changes(plan: Plan) -> bool:
 
 
 def save_plan(path: str, config: Config, plan: Plan, lives: Mapping[str, LiveEnvironment],
-              states: Mapping[str, model_state.EnvState | None], *, prune: bool) -> None:
+              states: Mapping[str, EnvState | None], *, prune: bool) -> None:
     planfile.write_plan_file(
         path,
         plan,
@@ -249,12 +254,12 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     else:
         names = select_environments(config, args.envs)
 
-    state_dir = local_state.state_dir_for(config)
     with ExitStack() as stack:
-        for n in names:
-            stack.enter_context(acquire(state_dir, n, "apply", timeout=args.lock_timeout))
+        backend = stack.enter_context(backend_for(config))
+        locks = {n: stack.enter_context(backend.lock(n, "apply", timeout=args.lock_timeout)) for n in names}
         # Read the state only under the lock: another apply may just have moved it.
-        states = load_states(config, names)
+        snapshots = backend.load_many(names)
+        states = _states(snapshots)
         sessions = stack.enter_context(opened(config, names))
         lives = read_all(config, sessions, err=err)
         if saved is not None:
@@ -273,12 +278,12 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             if plan_has_changes(plan) and not args.auto_approve and not _confirm(out):
                 print("\nApply cancelled: nothing was written.", file=out)
                 return 1
-        return _apply_plan(config, plan, sessions, lives, states, state_dir, out, err)
+        return _apply_plan(config, plan, sessions, lives, snapshots, backend, locks, out, err)
 
 
 def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
-                lives: Mapping[str, LiveEnvironment], states: Mapping[str, model_state.EnvState | None],
-                state_dir: Path, out: Out, err: Out) -> int:
+                lives: Mapping[str, LiveEnvironment], snapshots: Mapping[str, Snapshot | None],
+                backend: StateBackend, locks: Mapping[str, StateLock], out: Out, err: Out) -> int:
     results: dict[str, ApplyResult] = {}
     failures: list[ApplyError] = []
     commit = record_state.git_commit(Path(config.path).parent)
@@ -298,7 +303,8 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
                 if result is None:
                     raise
             results[name] = result
-        prev = states.get(name)
+        snap = snapshots.get(name)
+        prev = snap.state if snap else None
         if not env_plan.ops and prev is not None:
             continue  # nothing written and already recorded: the state stays as it is
         if env_plan.ops and (result is None or not result.written):
@@ -310,7 +316,7 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
             prev, name, live_after, declared=list(config.references), ops=written_ops, failed=failed,
             solution=config.solution, commit=commit,
         )
-        local_state.save_state(state_dir, new_state)
+        backend.write(new_state, token=snap.token if snap else None, lock=locks[name])
 
     _print_apply_summary(plan, results, out)
     if failures:
@@ -498,22 +504,22 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
 
 def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     config = load_config(args.config)
-    d = local_state.state_dir_for(config)
     sub = args.state_command
-    if sub == "list":
-        print(render_state.render_state_list(local_state.list_states(d)), file=out)
-    elif sub == "show":
-        (name,) = select_environments(config, [args.env])
-        doc = local_state.show_state(d, name)
-        text = json.dumps(doc, indent=2, sort_keys=True) if args.json else render_state.render_state_show(doc)
-        print(text, file=out)
-    elif sub == "unlock":
-        (name,) = select_environments(config, [args.env])
-        info = force_unlock(d, name, args.lock_id)
-        print(f"Released the lock of {name} held by {info.describe()}.", file=out)
-    elif sub == "restore":
-        (name,) = select_environments(config, [args.env])
-        with acquire(d, name, "state restore", timeout=0.0):
-            restored = local_state.restore_backup(d, name)
-        print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
+    with backend_for(config) as backend:
+        if sub == "list":
+            print(render_state.render_state_list(render_state.list_states(backend)), file=out)
+        elif sub == "show":
+            (name,) = select_environments(config, [args.env])
+            doc = render_state.show_state(backend, name)
+            text = json.dumps(doc, indent=2, sort_keys=True) if args.json else render_state.render_state_show(doc)
+            print(text, file=out)
+        elif sub == "unlock":
+            (name,) = select_environments(config, [args.env])
+            info = backend.unlock(name, args.lock_id)
+            print(f"Released the lock of {name} held by {info.describe()}.", file=out)
+        elif sub == "restore":
+            (name,) = select_environments(config, [args.env])
+            with backend.lock(name, "state restore", timeout=0.0) as lock:
+                restored = backend.restore(name, lock=lock)
+            print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
     return 0

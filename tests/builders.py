@@ -242,6 +242,15 @@ def state_of(env: LiveEnvironment, names: Sequence[str] | None = None) -> EnvSta
     return record_apply(None, "dev", env, declared=names, user="runner", at="2024-06-01T08:00:00Z")
 
 
+def applied_state(environment: str, *names: str, prev: EnvState | None = None) -> EnvState:
+    """The state after an apply that created ``names`` in ``environment`` on top of ``prev``."""
+    live = PLANNING.live([PLANNING.ref(n, connection=f"conn-{n.lower()}") for n in names],
+                         name=environment, caller=SVC)
+    ops = [{"kind": "create", "logical_name": n} for n in names]
+    return record_apply(prev, environment, live, declared=names, ops=ops, user="runner",
+                        commit="abc123", at="2024-06-01T08:00:00Z")
+
+
 # --------------------------------------------------------------------------- the adoption world's mess
 
 C_SVC_SP = ADOPTION.conn("a1b2c3d4e5f60718293a4b5c6d7e8f90", "SharePoint svc", owner=SVC)

@@ -311,7 +311,7 @@ def test_list_and_show(tmp_path: Path) -> None:
     applied(tmp_path, "contoso_A")
     (tmp_path / "prod.json").write_text("{bad")
     with acquire(tmp_path, "dev", "apply") as lock:
-        summaries = local.list_states(tmp_path)
+        summaries = render.list_states(local.LocalBackend(tmp_path))
         text = render.render_state_list(summaries)
     by_env = {s["environment"]: s for s in summaries}
     assert by_env["dev"]["serial"] == 1 and by_env["dev"]["references"] == 1
@@ -320,13 +320,13 @@ def test_list_and_show(tmp_path: Path) -> None:
     assert by_env["prod"]["status"] == "damaged" and "prod.json" in by_env["prod"]["error"]
     assert f"LOCKED by {lock.info.holder}" in text and "prod: DAMAGED" in text
 
-    doc = local.show_state(tmp_path, "dev")
+    doc = render.show_state(local.LocalBackend(tmp_path), "dev")
     assert doc["references"]["contoso_A"]["connection"] == "c1"
     assert doc["path"].endswith("dev.json")
     shown = render.render_state_show(doc)
     assert "contoso_A" in shown and "serial 1" in shown and "commit abc123" in shown
     with pytest.raises(StateError, match="no state for environment 'test'"):
-        local.show_state(tmp_path, "test")
+        render.show_state(local.LocalBackend(tmp_path), "test")
 
 
 def test_state_dir_for_config(tmp_path: Path) -> None:

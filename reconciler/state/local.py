@@ -10,15 +10,17 @@ rename(2) replaces atomically within one file system), and the previous good fil
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from reconciler.domain.model import Config
 from reconciler.errors import StateError
+from reconciler.state.backend import LockInfo, Snapshot, StateBackend, StateLock, check_successor
+from reconciler.state.lock import acquire, force_unlock, read_lock
 from reconciler.state.model import EnvState, parse_state, serialize_state
 
 DEFAULT_STATE_DIR = "state"
@@ -72,8 +74,13 @@ def _recovery_hint(state_dir: Path, env: str) -> str:
     )
 
 
-def load_state(state_dir: str | os.PathLike[str], env: str) -> EnvState | None:
-    """The state of ``env``, or None when connref never applied there.
+def token_of(raw: bytes) -> str:
+    """The compare-and-swap token of a state file's bytes: their SHA-256."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def read_snapshot(state_dir: str | os.PathLike[str], env: str) -> Snapshot | None:
+    """The state of ``env`` and the token of the file's bytes, or None when connref never applied there.
 
     A truncated or corrupt file raises StateError naming the file and offering the backup."""
     path = state_path(state_dir, env)
@@ -84,9 +91,15 @@ def load_state(state_dir: str | os.PathLike[str], env: str) -> EnvState | None:
     except OSError as e:
         raise StateError(f"cannot read state file {path}: {e.strerror or e}.") from e
     try:
-        return parse_state(raw, path, env)
+        return Snapshot(parse_state(raw, path, env), token_of(raw))
     except StateError as e:
         raise StateError(f"{e} {_recovery_hint(Path(state_dir), env)}") from e
+
+
+def load_state(state_dir: str | os.PathLike[str], env: str) -> EnvState | None:
+    """The state of ``env``, or None when connref never applied there (``read_snapshot`` without the token)."""
+    snap = read_snapshot(state_dir, env)
+    return snap.state if snap else None
 
 
 # --------------------------------------------------------------------------- writing
@@ -145,16 +158,7 @@ def save_state(state_dir: str | os.PathLike[str], state: EnvState) -> Path:
                 f"refusing to overwrite a damaged state file: {e} "
                 f"{_recovery_hint(directory, state.environment)}"
             ) from e
-        if current.lineage != state.lineage:
-            raise StateError(
-                f"state file {path} is of lineage {current.lineage}, not {state.lineage}: it was replaced by "
-                "another run or by hand. Plan again."
-            )
-        if state.serial <= current.serial:
-            raise StateError(
-                f"state file {path} is at serial {current.serial}, which is not older than the serial "
-                f"{state.serial} being written: another run wrote it meanwhile. Plan again."
-            )
+        check_successor(current, state, f"file {path}")
         atomic_write(backup_path(directory, state.environment), current_raw)
     atomic_write(path, serialize_state(state))
     return path
@@ -191,59 +195,74 @@ def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
     return restored
 
 
-# --------------------------------------------------------------------------- reading for people
+# --------------------------------------------------------------------------- the backend
 
 
-def list_states(state_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One summary per ``<env>.json`` in the state dir, sorted by environment (``connref state list``).
+class LocalBackend(StateBackend):
+    """State files in a directory, locked with the lock files of ``reconciler.state.lock``.
 
-    Keys: environment, path, status (``ok`` or ``damaged``), error, serial, lineage, references, last_apply
-    (``{at, identity, os_user, commit}`` or None), lock (the holder, or None). A damaged file is listed
-    with its error rather than failing the whole listing."""
-    from reconciler.state.lock import read_lock  # local import: lock.py is independent of state.py
+    The compare-and-swap token is the SHA-256 of the file's bytes. The check and the rename are not one
+    atomic step on a file system, so the lock file is what keeps writers apart; the token and the check
+    that the lock is still ours catch a lock broken with ``state unlock`` while its holder still ran."""
 
-    directory = Path(state_dir)
-    out: list[dict[str, Any]] = []
-    if not directory.is_dir():
-        return out
-    for path in sorted(directory.glob(f"*{STATE_SUFFIX}")):
-        env = path.name[: -len(STATE_SUFFIX)]
-        summary: dict[str, Any] = {"environment": env, "path": str(path), "status": "ok", "error": None}
-        try:
-            st = load_state(directory, env)
-        except StateError as e:
-            summary.update(status="damaged", error=str(e), serial=None, lineage=None, references=None)
-            st = None
-        if st is not None:
-            last = st.last_apply
-            summary.update(
-                serial=st.serial,
-                lineage=st.lineage,
-                references=len(st.references),
-                last_apply=(
-                    {"at": last.at, "identity": last.identity, "os_user": last.os_user, "commit": last.commit}
-                    if last
-                    else None
-                ),
+    kind = "local"
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def location(self, env: str) -> str:
+        return str(state_path(self.directory, env))
+
+    def read(self, env: str) -> Snapshot | None:
+        return read_snapshot(self.directory, env)
+
+    def write(self, state: EnvState, *, token: str | None, lock: StateLock) -> str:
+        env = state.environment
+        path = state_path(self.directory, env)
+        held = read_lock(self.directory, env)
+        if lock.info.environment != env or held is None or held.id != lock.id:
+            by = f" (it is now held by {held.describe()})" if held else ""
+            raise StateError(
+                f"the lock of {env!r} (id {lock.id}) was released or broken while this run held it{by}: "
+                f"nothing was written to {path}. Plan again."
             )
-        else:
-            summary.setdefault("last_apply", None)
-        lock = read_lock(directory, env)
-        summary["lock"] = lock.to_dict() if lock else None
-        out.append(summary)
-    return out
+        try:
+            current: str | None = token_of(path.read_bytes())
+        except FileNotFoundError:
+            current = None
+        if current != token:
+            raise StateError(
+                f"state file {path} changed since this run read it (another run or a hand edit): "
+                "nothing was written. Plan again."
+            )
+        data = serialize_state(state)
+        save_state(self.directory, state)
+        return token_of(data)
 
+    def lock(self, env: str, operation: str, *, timeout: float = 0.0) -> StateLock:
+        return acquire(self.directory, env, operation, timeout=timeout)
 
-def show_state(state_dir: str | os.PathLike[str], env: str) -> dict[str, Any]:
-    """The whole state of ``env`` as JSON-ready data plus its ``path`` (``connref state show ENV``).
+    def lock_info(self, env: str) -> LockInfo | None:
+        return read_lock(self.directory, env)
 
-    Raises StateError when there is no state for the environment (or it is damaged)."""
-    st = load_state(state_dir, env)
-    path = state_path(state_dir, env)
-    if st is None:
-        raise StateError(
-            f"no state for environment {env!r}: {path} does not exist (nothing applied there yet)."
-        )
-    return {**st.to_dict(), "path": str(path)}
+    def unlock(self, env: str, lock_id: str) -> LockInfo:
+        return force_unlock(self.directory, env, lock_id)
 
+    def environments(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name[: -len(STATE_SUFFIX)] for p in self.directory.glob(f"*{STATE_SUFFIX}"))
 
+    def backup(self, env: str) -> EnvState | None:
+        bak = backup_path(self.directory, env)
+        try:
+            raw = bak.read_bytes()
+        except FileNotFoundError:
+            return None
+        return parse_state(raw, bak, env)
+
+    def restore(self, env: str, *, lock: StateLock) -> EnvState:
+        return restore_backup(self.directory, env)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.directory)!r})"

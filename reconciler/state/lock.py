@@ -15,74 +15,21 @@ import json
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from reconciler.errors import LockError
+from reconciler.state.backend import LockInfo, new_lock_info
 
 LOCK_SUFFIX = ".lock"
-
-
-@dataclass(frozen=True)
-class LockInfo:
-    """What a lock file records. ``holder`` is ``user@host``."""
-
-    id: str
-    environment: str
-    operation: str
-    holder: str
-    host: str
-    pid: int
-    created: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "environment": self.environment,
-            "operation": self.operation,
-            "holder": self.holder,
-            "host": self.host,
-            "pid": self.pid,
-            "created": self.created,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LockInfo:
-        return cls(
-            id=str(d["id"]),
-            environment=str(d["environment"]),
-            operation=str(d.get("operation", "?")),
-            holder=str(d.get("holder", "?")),
-            host=str(d.get("host", "")),
-            pid=int(d.get("pid", 0)),
-            created=str(d.get("created", "?")),
-        )
-
-    def describe(self) -> str:
-        return f"{self.holder} (pid {self.pid}) for {self.operation!r} since {self.created}"
 
 
 def lock_path(state_dir: str | os.PathLike[str], env: str) -> Path:
     if not env or env in {".", ".."} or "/" in env or "\\" in env or "\0" in env:
         raise LockError(f"invalid environment name for a lock file: {env!r}")
     return Path(state_dir) / f"{env}{LOCK_SUFFIX}"
-
-
-def _user() -> str:
-    for var in ("USER", "LOGNAME", "USERNAME"):
-        if os.environ.get(var):
-            return os.environ[var]
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def read_lock(state_dir: str | os.PathLike[str], env: str) -> LockInfo | None:
@@ -213,16 +160,7 @@ def acquire(
     directory = Path(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = lock_path(directory, env)
-    host = socket.gethostname()
-    info = LockInfo(
-        id=str(uuid.uuid4()),
-        environment=env,
-        operation=operation,
-        holder=f"{_user()}@{host}",
-        host=host,
-        pid=os.getpid(),
-        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
+    info = new_lock_info(env, operation)
     start = clock()
     while True:
         if _try_create(path, info):

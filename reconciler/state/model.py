@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import LiveEnvironment, LiveReference, frozen_map
@@ -203,8 +203,9 @@ def serialize_state(state: EnvState) -> bytes:
 
 
 
-def parse_state(raw: bytes, path: Path, env: str) -> EnvState:
-    """Parse and validate the bytes of a state file; any problem is a StateError naming the file."""
+def parse_state(raw: bytes, path: str | os.PathLike[str], env: str) -> EnvState:
+    """Parse and validate the bytes of a state document read from ``path`` (a file or a URL); any problem is
+    a StateError naming it."""
     if not raw.strip():
         raise StateError(f"state file {path} is empty (truncated?).")
     try:

@@ -5,7 +5,54 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler.errors import StateError
+from reconciler.state.backend import StateBackend
 from reconciler.state.model import HISTORY_LIMIT
+
+
+def list_states(backend: StateBackend) -> list[dict[str, Any]]:
+    """One summary per environment with state, sorted by environment (``connref state list``).
+
+    Keys: environment, path (where the state is: a file or a URL), status (``ok`` or ``damaged``), error,
+    serial, lineage, references, last_apply (``{at, identity, os_user, commit}`` or None), lock (the holder,
+    or None). A damaged state is listed with its error rather than failing the whole listing."""
+    out: list[dict[str, Any]] = []
+    for env in backend.environments():
+        summary: dict[str, Any] = {"environment": env, "path": backend.location(env), "status": "ok", "error": None}
+        try:
+            st = backend.load(env)
+        except StateError as e:
+            summary.update(status="damaged", error=str(e), serial=None, lineage=None, references=None)
+            st = None
+        if st is not None:
+            last = st.last_apply
+            summary.update(
+                serial=st.serial,
+                lineage=st.lineage,
+                references=len(st.references),
+                last_apply=(
+                    {"at": last.at, "identity": last.identity, "os_user": last.os_user, "commit": last.commit}
+                    if last
+                    else None
+                ),
+            )
+        else:
+            summary.setdefault("last_apply", None)
+        lock = backend.lock_info(env)
+        summary["lock"] = lock.to_dict() if lock else None
+        out.append(summary)
+    return out
+
+
+def show_state(backend: StateBackend, env: str) -> dict[str, Any]:
+    """The whole state of ``env`` as JSON-ready data plus its ``path`` (``connref state show ENV``).
+
+    Raises StateError when there is no state for the environment (or it is damaged)."""
+    st = backend.load(env)
+    where = backend.location(env)
+    if st is None:
+        raise StateError(f"no state for environment {env!r}: {where} does not exist (nothing applied there yet).")
+    return {**st.to_dict(), "path": where}
 
 
 def render_state_list(summaries: Sequence[Mapping[str, Any]]) -> str:
