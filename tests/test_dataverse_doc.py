@@ -53,9 +53,16 @@ def sections(text: str) -> dict[str, str]:
     return found
 
 
-def problems_in(name: str, text: str, known: dict[str, str], *, own: bool = False) -> list[str]:
+def heading_anchors(text: str) -> set[str]:
+    """The anchors of every heading of a Markdown text."""
+    return {slug(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def problems_in(name: str, text: str, known: dict[str, str], *, own: bool = False,
+                other_anchors: frozenset[str] = frozenset()) -> list[str]:
     """What is wrong with the citations of one file. ``own``: the text is docs/dataverse.md itself, where
-    a bare ``§N.M`` refers to its own sections."""
+    a bare ``§N.M`` refers to its own sections and ``(#anchor)`` links to its own headings.
+    ``other_anchors``: anchors of the page's headings that are not numbered sections."""
     found: list[str] = []
     anchors = {a: n for n, a in known.items()}
 
@@ -74,7 +81,8 @@ def problems_in(name: str, text: str, known: dict[str, str], *, own: bool = Fals
         if anchor is None:
             continue
         if anchor not in anchors:
-            found.append(f"{name}:{line_of(m.start())}: links dataverse.md#{anchor}, which is no section")
+            if anchor not in other_anchors or re.search(SEC, label):
+                found.append(f"{name}:{line_of(m.start())}: links dataverse.md#{anchor}, which is no section")
             continue
         for number in re.findall(SEC, label):
             if number != anchors[anchor]:
@@ -91,6 +99,10 @@ def problems_in(name: str, text: str, known: dict[str, str], *, own: bool = Fals
             continue
         found.append(f"{name}:{line_of(m.start())}: '§' outside a docs/dataverse.md citation: "
                      f"{text[max(0, m.start() - 30):m.end() + 10]!r}")
+    if own:
+        for m in re.finditer(r"\]\(#([^)\s]+)\)", text):
+            if m.group(1) not in anchors and m.group(1) not in other_anchors:
+                found.append(f"{name}:{line_of(m.start())}: links #{m.group(1)}, which is no heading")
     for pattern in OUTSIDE:
         for m in pattern.finditer(text):
             found.append(f"{name}:{line_of(m.start())}: cites notes outside the repository: {m.group(0)!r}")
@@ -112,6 +124,7 @@ def scanned_files() -> list[Path]:
 
 
 KNOWN = sections(FACTS.read_text(encoding="utf-8"))
+HEADINGS = frozenset(heading_anchors(FACTS.read_text(encoding="utf-8")))
 
 
 def test_the_facts_page_has_numbered_sections_each_with_a_source() -> None:
@@ -126,7 +139,8 @@ def test_every_citation_names_an_existing_section_and_none_cites_outside_notes()
     found: list[str] = []
     for path in scanned_files():
         text = path.read_text(encoding="utf-8", errors="replace")
-        found += problems_in(str(path.relative_to(ROOT)), text, KNOWN, own=path.resolve() == FACTS.resolve())
+        found += problems_in(str(path.relative_to(ROOT)), text, KNOWN, own=path.resolve() == FACTS.resolve(),
+                             other_anchors=HEADINGS)
     assert found == [], "\n".join(found)
 
 
@@ -151,6 +165,13 @@ def test_the_code_cites_the_facts_page() -> None:
 def test_the_check_refuses_bad_citations(text: str, expected: str) -> None:
     found = problems_in("x.py", text, KNOWN)
     assert any(expected in p for p in found), found
+
+
+def test_the_check_refuses_a_broken_link_inside_the_facts_page() -> None:
+    found = problems_in("docs/dataverse.md", "see [1.2](#12-no-such-heading) and §9.1", KNOWN, own=True,
+                        other_anchors=HEADINGS)
+    assert any("#12-no-such-heading, which is no heading" in p for p in found), found
+    assert any("§9.1, which does not exist" in p for p in found), found
 
 
 @pytest.mark.parametrize("text", [
