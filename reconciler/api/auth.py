@@ -63,7 +63,8 @@ RENEW_MARGIN_SECONDS = 300
 @dataclass(frozen=True)
 class Cloud:
     """Endpoints of one Microsoft cloud. Source: microsoft/terraform-provider-power-platform
-    ``internal/constants/constants.go`` (authority, Power Platform API and Power Apps scopes per cloud)."""
+    ``internal/constants/constants.go`` (authority, Power Platform API and Power Apps scopes per cloud;
+    docs/dataverse.md §6.1)."""
 
     name: str
     authority_host: str
@@ -114,7 +115,8 @@ def connections_scope(cloud_name: str | None = None) -> str:
 
 
 def resource_of(scope: str) -> str:
-    """``https://x/.default`` -> ``https://x`` (managed identity and the Azure CLI take a resource)."""
+    """``https://x/.default`` -> ``https://x`` (managed identity and the Azure CLI take a resource;
+    docs/dataverse.md §6.2)."""
     return scope[: -len("/.default")] if scope.endswith("/.default") else scope.rstrip("/")
 
 

@@ -64,9 +64,9 @@ from reconciler.errors import (
 log = logging.getLogger(__name__)
 
 API_PATH = "/api/data/v9.2/"
-#: Dataverse caps a page at 5000 rows; larger values are ignored (page-results).
+#: Dataverse caps a page at 5000 rows; larger values are ignored (docs/dataverse.md §3.5).
 MAX_PAGE_SIZE = 5000
-#: Standard headers recommended by compose-http-requests-handle-errors.
+#: Standard headers recommended by compose-http-requests-handle-errors (docs/dataverse.md §3.1).
 STANDARD_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
 #: Power Platform API (connectivity) version used by the Terraform provider (docs/dataverse.md §4.2).
 PP_API_VERSION = "1"
@@ -77,6 +77,7 @@ POWERAPPS_BASE = "https://api.powerapps.com"
 POWERAPPS_SCOPE = "https://service.powerapps.com/.default"
 POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
 
+# Throttled (429, honouring Retry-After) and transient answers are retried (docs/dataverse.md §3.8).
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
@@ -340,7 +341,7 @@ class DataverseClient(_HttpCore):
     """The Dataverse Web API of one environment.
 
     ``caller_object_id``: the Entra object id writes impersonate (``CallerObjectId``; the caller needs
-    prvActOnBehalfOfAnotherUser; impersonate-another-user-web-api). Reads are never impersonated.
+    prvActOnBehalfOfAnotherUser; docs/dataverse.md §3.10). Reads are never impersonated.
     """
 
     def __init__(
@@ -389,7 +390,7 @@ class DataverseClient(_HttpCore):
         page_size: int = MAX_PAGE_SIZE,
     ) -> list[dict[str, Any]]:
         """Every row of a query, page by page: ``Prefer: odata.maxpagesize`` and ``@odata.nextLink``
-        followed unchanged (page-results). With the 5000 cap, 3,000 rows are one request."""
+        followed unchanged (docs/dataverse.md §3.5). With the 5000 cap, 3,000 rows are one request."""
         params: dict[str, object] = {}
         if select:
             params["$select"] = ",".join(checked_column(c) for c in select)
@@ -457,7 +458,7 @@ class DataverseClient(_HttpCore):
 
         Without ``Prefer: odata.continue-on-error`` Dataverse stops at the first failure, rolls the
         change set back and answers with that failure's status and one response part
-        (execute-batch-operations-using-web-api). The result has one entry per operation: all
+        (docs/dataverse.md §3.7). The result has one entry per operation: all
         ``written``, or one ``failed`` and the rest ``not_written``. Errors of the batch request as a
         whole (401 twice, 403, throttling past the budget) are raised.
         """

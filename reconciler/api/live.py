@@ -19,7 +19,8 @@ impersonate a service account, whether the caller holds ``prvActOnBehalfOfAnothe
 
 Why the whole reference collection rather than a filter on the declared names: membership of
 undeclared references in the solution (drift, prune, lint) needs their rows too, and reading the
-collection is one request up to 5000 references, while a filter on ids would grow with the solution.
+collection is one request up to 5000 references (docs/dataverse.md §3.5), while a filter on ids would grow
+with the solution.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: What writing as another user needs (docs/dataverse.md §3.10), read with
+#: RetrieveUserPrivilegeByPrivilegeName (docs/dataverse.md §3.11).
 IMPERSONATION_PRIVILEGE = "prvActOnBehalfOfAnotherUser"
-#: Cloud flows are workflows of category 5 ("Modern Flow"; manage-flows-with-code).
+#: Cloud flows are workflows of category 5 ("Modern Flow"; docs/dataverse.md §5.1).
 FLOW_CATEGORY = 5
 #: Solution component type of a workflow (cloud flows included): the ``componenttype`` option set of
 #: ``solutioncomponent`` (docs/dataverse.md §2.1; Learn: solutioncomponent EntityType reference). Membership

@@ -5,15 +5,16 @@ sends them in ``$batch`` change sets of at most 1000 (ceil(N/1000) batches for N
 batch after the other:
 
 - create: ``POST connectionreferences`` with ``MSCRM.SolutionUniqueName`` so the row lands in the
-  solution, its ``connectionid`` and, with a service account, ``ownerid@odata.bind``;
+  solution (docs/dataverse.md §2.2), its ``connectionid`` and, with a service account, ``ownerid@odata.bind``;
 - update (rename, description, rebind, owner): ``PATCH`` with ``If-Match: <ETag read when
   planning>``, owner changes as ``ownerid@odata.bind`` (docs/dataverse.md §3.3, §3.4);
 - add to solution: the ``AddSolutionComponent`` action with the component type read at run time;
 - delete: ``DELETE`` with ``If-Match``.
 
-Writes impersonate the service account (``CallerObjectId``) when the environment names one.
+Writes impersonate the service account (``CallerObjectId``, docs/dataverse.md §3.10) when the environment
+names one.
 
-A change set is atomic (execute-batch-operations-using-web-api): when one operation fails, the
+A change set is atomic (docs/dataverse.md §3.7): when one operation fails, the
 others of its batch are rolled back and later batches are not sent. The result says, per operation,
 whether it was written, not written, or failed and why; any failure raises ``ApplyError`` carrying
 that result. A 412 means the reference changed since the plan: the message names it and says to
@@ -49,7 +50,7 @@ COLUMNS = {
     "description": "description",
     "connection": "connectionid",
 }
-DUPLICATE_RECORD = "0x80040237"  # "A record with matching key values already exists." (412)
+DUPLICATE_RECORD = "0x80040237"  # "A record with matching key values already exists." (412; docs/dataverse.md §1.5)
 
 Outcome = Literal["written", "not_written", "failed"]
 

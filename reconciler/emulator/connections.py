@@ -39,7 +39,7 @@ ROLES = ("CanView", "CanViewWithShare", "CanEdit", "Owner")
 _RANK = {"CanView": 1, "CanViewWithShare": 2, "CanEdit": 3, "Owner": 4}
 # The most a holder of a role may grant to someone else (UNCONFIRMED, see the module docstring).
 _MAY_GRANT = {"Owner": 3, "CanEdit": 3, "CanViewWithShare": 2, "CanView": 0}
-DEFAULT_PAGE_SIZE = 250  # the real page size is not documented; settings.connections_page_size overrides
+DEFAULT_PAGE_SIZE = 250  # the real page size is not documented (docs/dataverse.md §4.2); a setting overrides it
 
 _LIST = re.compile(r"^/connectivity/connections/?$")
 _ONE = re.compile(r"^/connectivity/connectors/(?P<api>[^/]+)/connections/(?P<name>[^/]+)"

@@ -83,7 +83,7 @@ def _check_body(body: dict[str, Any]) -> dict[str, Any]:
     for col, limit in MAX_LENGTHS.items():
         v = out.get(col)
         if isinstance(v, str) and len(v) > limit:
-            # Documented message shape (compose-http-requests-handle-errors.md, 0x80044331).
+            # Documented message shape (0x80044331; docs/dataverse.md §1.2).
             raise HttpError(
                 400,
                 VALIDATION_LENGTH,
@@ -290,7 +290,7 @@ def update(ctx: Ctx, row: dict[str, Any], body: dict[str, Any]) -> Response:
 
 def check_if_match(ctx: Ctx, row: dict[str, Any] | None, key: str) -> None:
     """``If-Match: *`` on a missing row -> 404; an ETag that moved -> 412
-    (perform-conditional-operations.md)."""
+    (perform-conditional-operations.md; docs/dataverse.md §3.4)."""
     im = ctx.request.headers.get("If-Match")
     if im is None:
         return
@@ -317,7 +317,7 @@ def patch(ctx: Ctx, key: str) -> Response:
             raise HttpError(412, DUPLICATE_RECORD, "A record with matching key values already exists.")
         if row is None:
             # Upsert: a PATCH to a missing id without If-Match creates the row
-            # (update-delete-entities-using-web-api.md).
+            # (update-delete-entities-using-web-api.md; docs/dataverse.md §3.3).
             if "connectionreferenceid" in body and str(body["connectionreferenceid"]).lower() != key.lower():
                 raise bad_request("The connectionreferenceid in the body does not match the key in the URL.")
             return create(ctx, body, rid=key)
@@ -336,7 +336,7 @@ def delete(ctx: Ctx, key: str) -> Response:
         check_if_match(ctx, row, key)
         users = workflows.flows_using(ctx.store, row["connectionreferencelogicalname"])
         if users:
-            # Message as seen at import/delete ([3P] coe-starter-kit #8561); the HTTP status is UNCONFIRMED.
+            # Message as seen at import/delete; the HTTP status is UNCONFIRMED (docs/dataverse.md §2.4).
             raise HttpError(
                 int(ctx.setting("delete_in_use_status")),
                 IN_USE,

@@ -29,7 +29,7 @@ OBJECT_DOES_NOT_EXIST = "0x80040217"  # 404
 VALIDATION_LENGTH = "0x80044331"  # 400 "A validation error occurred. The length of ..."
 PRIVILEGE_DENIED = "0x80040220"  # 403
 CANNOT_ACT_ON_BEHALF = "0x8004A110"  # CannotActOnBehalfOfAnotherUser, 403
-IN_USE = "0x8004F01F"  # component referenced by others (status UNCONFIRMED)
+IN_USE = "0x8004F01F"  # component referenced by others (status UNCONFIRMED; docs/dataverse.md §2.4)
 # UNCONFIRMED codes: plausible values, kept in one place so a real-tenant run can correct them.
 QUERY_ERROR = "0x80060888"  # bad or unsupported query option
 PAYLOAD_ERROR = "0x80048d19"  # "Error identified in Payload provided by the user ..."
@@ -37,7 +37,7 @@ INVALID_ARGUMENT = "0x80040203"  # InvalidArgument
 SEGMENT_NOT_FOUND = "0x8006088a"  # "Resource not found for the segment ..."
 NOT_MEMBER_OF_ORG = "0x80072560"  # "The user is not a member of the organization."
 USER_DISABLED = "0x80040225"  # disabled user (caller or impersonation target)
-CONCURRENCY_MISMATCH = "0x80060882"  # ConcurrencyVersionMismatch; the docs show an empty code
+CONCURRENCY_MISMATCH = "0x80060882"  # ConcurrencyVersionMismatch; docs show an empty code (docs/dataverse.md §3.4)
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PRIV_IMPERSONATE = "prvActOnBehalfOfAnotherUser"

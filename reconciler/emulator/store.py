@@ -52,15 +52,15 @@ ENVIRONMENT_REQUIRED = ("url",)
 
 #: Behaviour switches and their defaults; a data file's ``settings`` override them.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    # Whoever writes connectionid must own the connection or have it shared (UNCONFIRMED: docs/emulator.md).
+    # Whoever writes connectionid must own the connection or have it shared (UNCONFIRMED: docs/dataverse.md §4.6).
     "enforce_connection_access": True,
-    # Duplicate connectionreferencelogicalname on create -> 412 0x80040237 (UNCONFIRMED).
+    # Duplicate connectionreferencelogicalname on create -> 412 0x80040237 (UNCONFIRMED: docs/dataverse.md §1.5).
     "enforce_duplicate_logical_name": True,
-    # PATCH of connectionreferencelogicalname -> 400 (UNCONFIRMED).
+    # PATCH of connectionreferencelogicalname -> 400 (UNCONFIRMED: docs/dataverse.md §1.4).
     "logical_name_immutable": True,
-    # HTTP status of DELETE of a reference flows still use (UNCONFIRMED: 400 or 405).
+    # HTTP status of DELETE of a reference flows still use (UNCONFIRMED: 400 or 405; docs/dataverse.md §2.4).
     "delete_in_use_status": 400,
-    # Rows per page when the client sends no odata.maxpagesize (documented default and cap: 5000).
+    # Rows per page when the client sends no odata.maxpagesize (default and cap 5000: docs/dataverse.md §3.5).
     "page_size_default": 5000,
 }
 

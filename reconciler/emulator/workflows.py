@@ -149,7 +149,7 @@ def delete(ctx: Ctx, key: str) -> Response:
             raise not_found("workflow", key)
         check_if_match(ctx, wf, key)
         if wf.get("statecode") == 1:
-            # manage-flows-with-code / older web-api.md; the error code is UNCONFIRMED.
+            # docs/dataverse.md §5.1; the error code is UNCONFIRMED.
             raise bad_request("Cannot delete an active workflow definition.")
         ctx.store.rows("workflows").remove(wf)
         wid = str(wf["workflowid"]).lower()
