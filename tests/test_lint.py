@@ -33,7 +33,7 @@ from reconciler.adoption.lint import (
     render_findings_json,
     render_findings_text,
 )
-from reconciler.domain.model import Config, LiveEnvironment, Selector
+from reconciler.domain.model import Config, LiveConnection, LiveEnvironment, Selector
 
 config, conn, live, ref = ADOPTION.config, ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 
@@ -277,7 +277,7 @@ def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
         pytest.param(Selector(SA, "sharepoint SVC"), [C_SVC_SP], None, id="selector-display-name-any-case"),
     ],
 )
-def test_declared_binding_checks(binding: object, connections: list, code: str | None) -> None:
+def test_declared_binding_checks(binding: object, connections: list[LiveConnection], code: str | None) -> None:
     cfg = config([GOOD_SP], {"contoso_SharePoint": binding})  # type: ignore[dict-item]
     env = live(
         [ref("contoso_SharePoint", "SharePoint ContosoFlows")],

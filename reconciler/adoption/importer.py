@@ -89,9 +89,8 @@ def _env_data(existing: _Existing | None, env_name: str) -> Mapping[str, Any]:
     if existing is None:
         return {}
     envs = existing.data.get("environments")
-    if isinstance(envs, Mapping) and isinstance(envs.get(env_name), Mapping):
-        return envs[env_name]
-    return {}
+    env = envs.get(env_name) if isinstance(envs, Mapping) else None
+    return env if isinstance(env, Mapping) else {}
 
 
 def _selector_from(value: Any) -> str | Selector | None:

@@ -215,7 +215,7 @@ class _HttpCore:
 
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with jitter (half fixed, half random) so parallel readers spread out.
-        delay = self.retry.backoff_base * (2**attempt)
+        delay = self.retry.backoff_base * 2.0**attempt
         return delay / 2 + self.retry.jitter() * delay / 2
 
     @staticmethod

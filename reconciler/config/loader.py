@@ -94,6 +94,12 @@ _DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
+
+def _guid_check(what: str) -> Callable[[str], str | None]:
+    """A check for ``Reader.checked``: the value must be a GUID (``what`` names it in the error)."""
+    return lambda v: None if _GUID_RE.fullmatch(v) else f"expected a GUID (the {what})"
+
+
 # Values that are secrets whatever key they sit under.
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*")
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
@@ -673,7 +679,7 @@ class _Validator:
                     f"method {method} takes only one of {', '.join(keys)}; {' and '.join(present)} are both given",
                 )
 
-        guid = lambda what: lambda v: None if _GUID_RE.fullmatch(v) else f"expected a GUID (the {what})"  # noqa: E731
+        guid = _guid_check
         tenant = self.checked(
             m,
             "tenant_id",

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import QUICKSTART, Served, Workspace
 
+from e2e.e2e_support import QUICKSTART, Served, Workspace
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore
 from reconciler.emulator.tls import TlsServer, make_test_ca, serve_https

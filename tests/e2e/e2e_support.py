@@ -42,10 +42,11 @@ class Workspace:
         return run_cli("-c", str(self.config), *argv)
 
     def data(self, env: str) -> dict[str, Any]:
-        return json.loads((self.dir / f"{env}.json").read_text())
+        data: dict[str, Any] = json.loads((self.dir / f"{env}.json").read_text())
+        return data
 
     def reference(self, env: str, logical_name: str) -> dict[str, Any]:
-        rows = [r for r in self.data(env)["connectionreferences"]
+        rows: list[dict[str, Any]] = [r for r in self.data(env)["connectionreferences"]
                 if r["connectionreferencelogicalname"].lower() == logical_name.lower()]
         assert len(rows) == 1, rows
         return rows[0]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_support import run_cli
+
+from e2e.e2e_support import run_cli
 
 CORPUS = Path(__file__).resolve().parents[1] / "config_corpus"
 CASES = sorted(p.stem for p in CORPUS.glob("*.yaml"))

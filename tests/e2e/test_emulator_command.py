@@ -27,7 +27,8 @@ from typing import IO, Any
 import httpx
 import pytest
 import yaml
-from e2e_support import QUICKSTART
+
+from e2e.e2e_support import QUICKSTART
 
 pytestmark = pytest.mark.emulator_only  # edits nothing, but needs the emulator's own command
 

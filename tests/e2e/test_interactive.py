@@ -11,7 +11,8 @@ import sys
 import time
 
 import pytest
-from e2e_support import Workspace
+
+from e2e.e2e_support import Workspace
 
 pytestmark = pytest.mark.emulator_only
 

@@ -6,8 +6,8 @@ come from the emulator's request log.
 from __future__ import annotations
 
 import pytest
-from e2e_support import Served
 
+from e2e.e2e_support import Served
 from reconciler.emulator import jwt
 
 pytestmark = pytest.mark.emulator_only

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from e2e_support import Result, Workspace
+
+from e2e.e2e_support import Result, Workspace
 
 pytestmark = pytest.mark.emulator_only
 

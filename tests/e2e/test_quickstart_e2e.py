@@ -13,8 +13,8 @@ import sys
 
 import httpx
 import pytest
-from e2e_support import Workspace, run_cli
 
+from e2e.e2e_support import Workspace, run_cli
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import Served, Workspace
 
+from e2e.e2e_support import Served, Workspace
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore

@@ -40,7 +40,8 @@ def connector(name: str) -> str:
 def create(dv: httpx.Client, **extra: Any) -> dict[str, Any]:
     r = dv.post("connectionreferences", json=new_ref(**extra), headers={"Prefer": "return=representation"})
     assert r.status_code == 201, r.text
-    return r.json()
+    row: dict[str, Any] = r.json()
+    return row
 
 
 # --------------------------------------------------------------------------- reads
