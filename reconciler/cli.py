@@ -9,36 +9,144 @@ codes: 0 success or nothing to do, 1 error, 2 "something to act on" (changes wit
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from reconciler import __version__
 from reconciler.errors import ConfigErrors, ConnrefError
 
+#: The default config file, when neither ``-c`` nor ``CONNREF_CONFIG`` names one.
+DEFAULT_CONFIG = "connref.yaml"
+CONFIG_ENV = "CONNREF_CONFIG"
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+#: Commands that act on exactly one environment (``-e`` once); the others take several or all.
+SINGLE_ENV_COMMANDS = ("import", "settings", "whoami")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with connref's usage errors: exit 1 (2 means "changes", "drift" or "findings"), the usage
+    of the command that was being parsed, and a did-you-mean for a mistyped command, option or choice."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        lines = [f"{self.prog}: error: {message}"]
+        hint = self.suggestion(message)
+        if hint:
+            lines.append(hint)
+        what = "the commands and options" if " " not in self.prog else "the options of this command"
+        lines.append(f"Run '{self.prog} --help' for {what}.")
+        self.exit(1, "\n".join(lines) + "\n")
+
+    def suggestion(self, message: str) -> str | None:
+        """A did-you-mean for the value the message complains about, from this parser's own options
+        (global options included) and choices."""
+        m = re.search(r"invalid choice: (?:'([^']*)'|\"([^\"]*)\"|(\S+))", message)
+        if m:
+            value = next(g for g in m.groups() if g is not None)
+            choices = [str(c) for a in self._actions if a.choices for c in a.choices]
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            return f"Did you mean '{close[0]}'?" if close else None
+        m = re.search(r"unrecognized arguments: (.*)", message)
+        if m:
+            options = {o.lstrip("-"): o for a in self._actions for o in a.option_strings if o.startswith("--")}
+            hints = []
+            for token in m.group(1).split():
+                name = token.split("=", 1)[0]
+                if not name.startswith("--"):
+                    continue
+                close = difflib.get_close_matches(name.lstrip("-"), list(options), n=1, cutoff=0.7)
+                if close:
+                    hints.append(f"Did you mean '{options[close[0]]}' (for '{name}')?")
+            return "\n".join(hints) or None
+        return None
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # Reported by the command that was parsing, with its usage, not the top-level one.
+            chosen_parser(self, ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+
+def chosen_parser(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)parser the parsed ``ns`` went through (``connref state show`` -> its parser)."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            return parser
+        name = getattr(ns, sub.dest, None)
+        if name not in sub.choices:
+            return parser
+        parser = sub.choices[name]
+
+
+class EnvAction(argparse.Action):
+    """``-e dev prod``, ``-e dev,prod`` and ``-e dev -e prod`` all give ``["dev", "prod"]``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        names = list(getattr(namespace, self.dest, None) or [])
+        for value in [values] if isinstance(values, str) else list(values or []):
+            for part in str(value).split(","):
+                if not part.strip():
+                    parser.error(f"argument {option_string}: an empty environment name in {value!r}")
+                names.append(part.strip())
+        setattr(namespace, self.dest, names)
+
+
+def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command accepts, before or after the command name. On the top-level parser
+    they carry the defaults; on a command they are only set when given (``SUPPRESS``), so a value given
+    before the command is kept, and one given after it wins."""
+    default: Any = None if top else argparse.SUPPRESS
+    g = p.add_argument_group("global options") if not top else p
+    g.add_argument("-c", "--config", metavar="PATH", default=default,
+                   help=f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
+    g.add_argument("--no-color", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="plain output even on a terminal")
+
+
+def build_parser() -> Parser:
+    p = Parser(
         prog="connref",
         description="Plan and apply Power Automate connection references per environment.",
+        epilog="Global options (-c, --no-color) go before or after the command. "
+        "Exit codes: 0 ok, 1 error (usage errors too), 2 changes/drift/findings where the command says so.",
     )
     p.add_argument("--version", action="version", version=f"connref {__version__}")
-    p.add_argument("-c", "--config", default="connref.yaml", help="config file (default: connref.yaml)")
-    p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
 
-    def envs(sp: argparse.ArgumentParser, required: bool = False, many: bool = True) -> None:
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+        _global_options(sp, top=False)
+        return sp
+
+    def envs(sp: argparse.ArgumentParser, many: bool = True) -> None:
         if many:
-            sp.add_argument("-e", "--env", dest="envs", action="append", required=required, metavar="ENV",
-                            help="environment(s) to act on (repeatable; default: all)")
+            sp.add_argument("-e", "--env", dest="envs", action=EnvAction, nargs="+", metavar="ENV",
+                            help="environment(s) to act on: -e dev prod, -e dev,prod or -e dev -e prod "
+                            "(default: all)")
         else:
-            sp.add_argument("-e", "--env", dest="env", required=True, metavar="ENV", help="environment")
+            sp.add_argument("-e", "--env", dest="envs", action=EnvAction, nargs="+", required=True, metavar="ENV",
+                            help="the one environment to act on")
 
-    sub.add_parser("validate", help="check the config, no network")
+    command("validate", "check the config, no network")
 
-    sp = sub.add_parser("plan", help="read live, diff against the config, print what apply would do")
+    sp = command("plan", "read live, diff against the config, print what apply would do")
     envs(sp)
     sp.add_argument("--out", metavar="FILE", help="save the plan for 'connref apply FILE'")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -46,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     sp.add_argument("--prune", action="store_true", help="delete managed refs no longer declared")
 
-    sp = sub.add_parser("apply", help="apply a fresh plan after confirmation, or exactly a saved plan")
+    sp = command("apply", "apply a fresh plan after confirmation, or exactly a saved plan")
     envs(sp)
     sp.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved with 'plan --out'")
     sp.add_argument("--auto-approve", action="store_true", help="skip the confirmation prompt")
@@ -54,42 +162,48 @@ def _parser() -> argparse.ArgumentParser:
                     help="wait this long for another run's lock (default: 0)")
     sp.add_argument("--prune", action="store_true", help="delete managed references removed from the config")
 
-    sp = sub.add_parser("drift", help="report what changed outside connref (read-only)")
+    sp = command("drift", "report what changed outside connref (read-only)")
     envs(sp)
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
     sp.add_argument("--markdown", metavar="FILE", help="also write the report as markdown")
 
-    sp = sub.add_parser("import", help="write YAML for what an environment has today")
+    sp = command("import", "write YAML for what an environment has today")
     envs(sp, many=False)
     sp.add_argument("--solution", help="solution to import (default: the config's, else required)")
     sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     sp.add_argument("--from-settings", metavar="FILE",
                     help="read bindings from a deployment settings JSON into the config instead")
 
-    sp = sub.add_parser("lint", help="naming policy, duplicates, personal or broken connections")
+    sp = command("lint", "naming policy, duplicates, personal or broken connections")
     envs(sp)
     sp.add_argument("--json", action="store_true", help="print findings as JSON")
 
-    sp = sub.add_parser("settings", help="write the ConnectionReferences part of a deployment settings file")
+    sp = command("settings", "write the ConnectionReferences part of a deployment settings file")
     envs(sp, many=False)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
-    sp = sub.add_parser("whoami", help="who connref authenticates as and which bindings it may use")
+    sp = command("whoami", "who connref authenticates as and which bindings it may use")
     envs(sp, many=False)
 
-    sp = sub.add_parser("state", help="read the recorded state, release a stale lock")
-    ssub = sp.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
-    ssub.add_parser("list", help="environments with state")
-    x = ssub.add_parser("show", help="the state of one environment")
+    sp = command("state", "read the recorded state, release a stale lock")
+    ssub = sp.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True, parser_class=Parser)
+
+    def state_command(name: str, help: str) -> argparse.ArgumentParser:
+        x = ssub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+        _global_options(x, top=False)
+        return x
+
+    state_command("list", "environments with state")
+    x = state_command("show", "the state of one environment")
     x.add_argument("env", metavar="ENV")
     x.add_argument("--json", action="store_true", help="print the state document as JSON")
-    x = ssub.add_parser("unlock", help="release a lock left by a killed run")
+    x = state_command("unlock", "release a lock left by a killed run")
     x.add_argument("env", metavar="ENV")
     x.add_argument("lock_id", metavar="LOCK_ID")
-    x = ssub.add_parser("restore", help="put the backup of an environment's state back")
+    x = state_command("restore", "put the backup of an environment's state back")
     x.add_argument("env", metavar="ENV")
 
-    sp = sub.add_parser("emulator", help="serve the local Dataverse + connections + token emulator")
+    sp = command("emulator", "serve the local Dataverse + connections + token emulator")
     sp.add_argument("--port", type=int, default=8080, help="first port (default 8080; 0 picks one)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     sp.add_argument("--data", action="append", default=[], metavar="FILE",
@@ -100,6 +214,29 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--persist", action="store_true",
                     help="write changes back into the data files (default: serve from memory)")
     return p
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` into the namespace the commands read: global options merged wherever they were
+    given, the config resolved (``-c``, else ``$CONNREF_CONFIG``, else ``connref.yaml``), ``-e`` checked
+    against what the command accepts. A usage error raises ``SystemExit(1)`` after printing why."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.config:
+        args.config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    envs: list[str] = list(getattr(args, "envs", None) or [])
+    if args.command == "apply" and args.planfile is None and envs and os.path.isfile(envs[-1]):
+        # ``apply -e dev plan.json``: -e takes several names, so the plan file landed in the list.
+        args.planfile = envs.pop()
+        args.envs = envs
+    if args.command in SINGLE_ENV_COMMANDS:
+        if len(envs) != 1:
+            chosen_parser(parser, args).error(
+                f"{args.command} works on one environment at a time; got {len(envs)}: {', '.join(envs)} "
+                "(run it once per environment)"
+            )
+        args.env = envs[0]
+    return args
 
 
 def _use_color(args: argparse.Namespace) -> bool:
@@ -114,7 +251,10 @@ def _terminate_like_interrupt(signum: int, frame: object) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, and map errors to exit codes (the only place that does)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = parse(argv)
+    except SystemExit as e:  # --help and --version (0), usage errors (1)
+        return e.code if isinstance(e.code, int) else 1
     if threading.current_thread() is threading.main_thread():
         # A cancelled pipeline job or a stopped container sends SIGTERM: unwind as for Ctrl-C, so
         # locks are released and nothing is left half-recorded.

@@ -9,6 +9,7 @@ one writer (``applier``). Commands print and return an exit code; errors are rai
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,8 +84,10 @@ def select_environments(config: Config, wanted: Sequence[str] | None) -> list[st
     for w in wanted:
         name = known.get(w.lower())
         if name is None:
+            close = difflib.get_close_matches(w.lower(), list(known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{known[close[0]]}'?" if close else ""
             raise ConfigError(
-                f"unknown environment '{w}' (the config declares: {', '.join(config.environments) or 'none'})"
+                f"unknown environment '{w}' (the config declares: {', '.join(config.environments) or 'none'}){hint}"
             )
         if name not in chosen:
             chosen.append(name)
