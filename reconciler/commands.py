@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler.adoption import lint
-from reconciler.adoption.importer import import_environment, merge_bindings
+from reconciler.adoption.bindings_merge import merge_bindings
+from reconciler.adoption.import_generate import import_environment
 from reconciler.adoption.settings import (
     binding_for,
     deployment_settings,

@@ -24,7 +24,7 @@ from builders import (
     reversed_order,
 )
 
-from reconciler.adoption.importer import import_environment
+from reconciler.adoption.import_generate import import_environment
 from reconciler.adoption.yamledit import yaml_scalar
 from reconciler.config.loader import load_config
 from reconciler.domain.model import LiveEnvironment

@@ -20,7 +20,7 @@ from builders import (
     desired,
 )
 
-from reconciler.adoption.importer import bindings_from_settings, merge_bindings
+from reconciler.adoption.bindings_merge import bindings_from_settings, merge_bindings
 from reconciler.adoption.settings import (
     deployment_settings,
     merge_into_existing,

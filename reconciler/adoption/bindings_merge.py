@@ -1,0 +1,161 @@
+"""Read bindings from a deployment settings file into a config: ``bindings_from_settings`` parses the
+file, ``merge_bindings`` writes the bindings into an environment of the config text, keeping its
+comments (text edits guided by PyYAML's positions, ``reconciler.adoption.yamledit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from reconciler.adoption.import_merge import selector_from
+from reconciler.adoption.settings import parse_settings
+from reconciler.adoption.yamledit import find_entry, mapping_entries, splice_lines, yaml_key, yaml_scalar
+from reconciler.domain.model import Selector
+from reconciler.errors import ConfigError
+
+
+def bindings_from_settings(settings_json: Mapping[str, Any], *, source: str = "<settings>") -> dict[str, str]:
+    """``{logical name: connection name}`` from parsed deployment settings JSON, in logical-name
+    order. Keys are read case-insensitively (as the Terraform provider reads the file); entries with
+    an empty ``ConnectionId`` (the "fill in later" of ``pac solution create-settings``) are left out.
+    ``ConfigError`` naming ``source`` and the entry for bad input."""
+    parsed = parse_settings(settings_json, source)
+    pairs = [(r.logical_name, r.connection_id) for r in parsed.connection_references if r.connection_id]
+    return {name: conn for name, conn in sorted(pairs, key=lambda p: p[0].lower()) if conn}
+
+
+@dataclass
+class MergeResult:
+    """The new config text and what happened, one line per change, for the CLI to print."""
+
+    text: str
+    notes: list[str] = field(default_factory=list)
+    rewritten: bool = False
+
+
+def merge_bindings(
+    config_text: str,
+    env_name: str,
+    bindings: Mapping[str, str],
+    *,
+    path: str = "connref.yaml",
+) -> MergeResult:
+    """``config_text`` with ``bindings`` set under ``environments.<env_name>.bindings``.
+
+    Existing bindings for the same logical names (compared case-insensitively) are replaced, other
+    bindings are kept, new ones are appended; comments on the lines that did not change stay. A
+    logical name not declared under ``references`` is skipped with a note (the loader would reject a
+    binding for it). When the file is not in block style, the whole file is written fresh from its
+    data (comments lost) and ``rewritten`` says so. ``ConfigError`` when the environment is not in
+    the config or the text is not a config.
+    """
+    try:
+        node = yaml.compose(config_text)
+        data = yaml.safe_load(config_text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: not a connref config (the top level must be a mapping)")
+    envs_data = data.get("environments")
+    if not isinstance(envs_data, Mapping) or not isinstance(envs_data.get(env_name), Mapping):
+        raise ConfigError(f"{path}: environment {env_name!r} is not in the config; add it (url, auth) first")
+    declared_data = data.get("references")
+    declared = {str(k).lower(): str(k) for k in (declared_data if isinstance(declared_data, Mapping) else {})}
+    current = envs_data[env_name].get("bindings")
+    current = current if isinstance(current, Mapping) else {}
+    current_keys = {str(k).lower(): str(k) for k in current}
+
+    notes: list[str] = []
+    wanted: dict[str, str] = {}  # declared spelling -> connection
+    for name in sorted(bindings, key=str.lower):
+        conn = bindings[name]
+        spelled = declared.get(name.lower())
+        if spelled is None:
+            notes.append(f"skipped {name}: not declared under references in {path}")
+            continue
+        old_key = current_keys.get(name.lower())
+        old = current.get(old_key) if old_key is not None else None
+        if old_key is not None and not isinstance(old, Mapping) and str(old).lower() == conn.lower():
+            continue
+        old_text = _describe_binding(old) if old_key is not None else None
+        notes.append(
+            f"{spelled}: {old_text} -> {conn}" if old_text is not None else f"{spelled}: bound to {conn}"
+        )
+        wanted[spelled] = conn
+    if not wanted:
+        return MergeResult(config_text, notes or [f"bindings of {env_name} already match"])
+
+    lines = config_text.splitlines()
+    root = mapping_entries(lines, node, 0, len(lines)) if node is not None else None
+    envs = find_entry(root or [], "environments")
+    env_entries = mapping_entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
+    env = find_entry(env_entries or [], env_name)
+    children = mapping_entries(lines, env.value, env.key_line + 1, env.end) if env else None
+    if root is None or env is None or not children:
+        return _rewrite(data, env_name, wanted, notes, path)
+    b = find_entry(children, "bindings")
+    ind = " " * children[0].column
+    unit = " " * max(children[0].column - env.column, 1)
+    edits: list[tuple[int, int, list[str]]] = []
+    if b is None:
+        new = [f"{ind}bindings:", *(f"{ind}{unit}{yaml_key(k)}: {yaml_scalar(v)}" for k, v in wanted.items())]
+        edits.append((children[-1].end, children[-1].end, new))
+    else:
+        entries = mapping_entries(lines, b.value, b.key_line + 1, b.end)
+        if entries is None:
+            if isinstance(b.value, yaml.MappingNode) and not b.value.value:
+                entries = []  # "bindings: {}": write a block mapping instead
+            else:
+                return _rewrite(data, env_name, wanted, notes, path)
+        bind = " " * entries[0].column if entries else ind + unit
+        appended: list[str] = []
+        for k, v in wanted.items():
+            hit = find_entry(entries, k, fold=True)
+            line = f"{bind}{yaml_key(k)}: {yaml_scalar(v)}"
+            if hit is not None:
+                edits.append((hit.key_line, hit.end, [line]))
+            else:
+                appended.append(line)
+        if not entries:
+            edits.append((b.key_line, b.end, [f"{ind}bindings:", *appended]))
+        elif appended:
+            end = entries[-1].end
+            edits.append((end, end, appended))
+    text = "\n".join(splice_lines(lines, edits)).rstrip("\n") + "\n"
+    return MergeResult(text, notes)
+
+
+def _describe_binding(value: Any) -> str:
+    sel = selector_from(value)
+    if isinstance(sel, Selector):
+        return sel.describe()
+    return str(value)
+
+
+def _rewrite(data: Mapping[str, Any], env_name: str, wanted: Mapping[str, str], notes: list[str],
+             path: str) -> MergeResult:
+    new = dict(data)
+    envs = dict(new["environments"])
+    env = dict(envs[env_name])
+    bindings = dict(env.get("bindings") or {})
+    for k, v in wanted.items():
+        for old in [x for x in bindings if str(x).lower() == k.lower()]:
+            del bindings[old]
+        bindings[k] = v
+    env["bindings"] = dict(sorted(bindings.items(), key=lambda kv: str(kv[0]).lower()))
+    envs[env_name] = env
+    new["environments"] = envs
+    text = yaml.safe_dump(new, default_flow_style=False, sort_keys=False, allow_unicode=True)
+    notes.append(f"{path} is not in plain block style here: wrote the whole file fresh, without its comments")
+    return MergeResult(text, notes, rewritten=True)
+
+
+__all__ = [
+    "MergeResult",
+    "bindings_from_settings",
+    "merge_bindings",
+]

@@ -1,0 +1,373 @@
+"""Adoption: write the config YAML for what an environment has today.
+
+``import_environment`` turns a ``LiveEnvironment`` into config text that the loader accepts and that
+plans "No changes." right away: every reference in the solution with its connector, display name and
+description, and the environment's bindings to the connections they have now. What lint would flag
+gets a YAML comment above the item naming the lint code and why (random suffix, several references
+for one connector, personal or broken connection, unbound, unused), so the file is also the to-do list.
+
+Given the current config text, import keeps the rest of the file as the user wrote it and replaces
+only the ``references`` section and the environment's ``url``, ``environment_id`` and ``bindings``
+(``reconciler.adoption.import_merge``).
+
+Output is deterministic: references and bindings sorted by logical name, no timestamps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from reconciler.adoption.import_merge import (
+    SA_NOTE,
+    environment_data,
+    kept_bindings,
+    merge_import,
+    parse_existing,
+    restore_service_account,
+)
+from reconciler.adoption.lint import (
+    NamingTemplate,
+    connection_findings,
+    connector_display_name,
+    flows_using,
+    is_connected,
+    random_suffix,
+)
+from reconciler.adoption.settings import connection_owner_label
+from reconciler.adoption.yamledit import (
+    PARK_MARK,
+    Parked,
+    comment_lines,
+    find_entry,
+    indent_unit,
+    is_comment_line,
+    mapping_entries,
+    park_block,
+    parked_groups,
+    parked_lines,
+    yaml_key,
+    yaml_scalar,
+)
+from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, connector_name
+from reconciler.errors import ConnrefError
+
+
+def _duplicate_groups(refs: Sequence[LiveReference]) -> dict[str, list[LiveReference]]:
+    groups: dict[str, list[LiveReference]] = {}
+    for r in refs:
+        groups.setdefault(connector_name(r.connector), []).append(r)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _flows_label(live: LiveEnvironment, logical_name: str) -> str:
+    flows = flows_using(live, logical_name)
+    return ", ".join(f.name for f in flows) if flows else "no flow"
+
+
+def _reference_comments(
+    ref: LiveReference,
+    live: LiveEnvironment,
+    duplicates: Mapping[str, list[LiveReference]],
+    template: NamingTemplate | None,
+    solution: str,
+    service_account: str | None,
+    foreign_owners: Mapping[str, str],
+) -> list[str]:
+    """The comments above one declared reference: lint findings, and who owns it when that is not
+    ``service_account`` (``foreign_owners``: reference id -> owner)."""
+    notes: list[str] = []
+    for what, name in (("logical name", ref.logical_name), ("display name", ref.display_name)):
+        suffix = random_suffix(name)
+        if suffix:
+            notes.append(f"CR102 random-suffix: the {what} ends with the random suffix {suffix!r} "
+                         "the maker portal adds")
+    group = duplicates.get(connector_name(ref.connector))
+    if group:
+        others = "; ".join(
+            f"{r.logical_name} ({_flows_label(live, r.logical_name)})"
+            for r in sorted(group, key=lambda r: r.logical_name.lower())
+        )
+        notes.append(f"CR103 duplicate-connector: one of {len(group)} references for "
+                     f"{connector_display_name(ref.connector)}: {others}")
+    if template is not None and ref.display_name:
+        hint = template.check(ref.display_name, ref.logical_name, ref.connector, solution)
+        if hint:
+            notes.append(f"CR101 naming-policy: {hint}")
+    if not flows_using(live, ref.logical_name):
+        notes.append("CR207 unused-reference: no flow uses it")
+    if service_account and ref.id in foreign_owners:
+        notes.append(f"owned by {foreign_owners[ref.id]}: with service_account set, plan assigns it to "
+                     f"{service_account}")
+    return notes
+
+
+def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in notes:
+        out += comment_lines(n, indent)
+    out.append(f"{indent}{yaml_key(ref.logical_name)}:")
+    inner = indent + unit
+    # The short connector name reads better; the loader accepts it and normalises to the full id.
+    out.append(f"{inner}connector: {yaml_scalar(ref.connector.rstrip('/').rsplit('/', 1)[-1])}")
+    if ref.display_name:
+        out.append(f"{inner}display_name: {yaml_scalar(ref.display_name)}")
+    else:
+        out += comment_lines("no display name today: plan will set this one", inner)
+        out.append(f"{inner}display_name: {yaml_scalar(ref.logical_name)}")
+    if ref.description:
+        out.append(f"{inner}description: {yaml_scalar(ref.description)}")
+    return out
+
+
+def _binding_lines(
+    ref: LiveReference,
+    live: LiveEnvironment,
+    env_name: str,
+    service_account: str | None,
+    indent: str,
+    kept: Mapping[str, list[str]],
+    example_owner: str | None = None,
+) -> list[str]:
+    """The binding of one live reference: its current connection, or a comment when there is none
+    that plan could keep (unbound, or bound to a connection that does not exist)."""
+    out: list[str] = []
+    if not ref.connection:
+        users = _flows_label(live, ref.logical_name)
+        out += comment_lines(f"CR202 unbound: not bound to any connection in {env_name} (used by: {users}); "
+                        "bind it, e.g.:", indent)
+        owner = service_account or example_owner or "svc-account@example.com"
+        out += comment_lines(f"{ref.logical_name}: {{owner: {owner}}}", indent, wrap=False)
+        return out
+    conn = live.connection(ref.connection)
+    if conn is None:
+        out += comment_lines(f"CR204 connection-not-found: bound to connection {ref.connection}, which does not "
+                        f"exist in {env_name}; bind it to a working connection:", indent)
+        out += comment_lines(f"{ref.logical_name}: {ref.connection}", indent, wrap=False)
+        return out
+    for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
+        out += comment_lines(f"{f.code} {f.name}: {f.message}", indent)
+    owner = connection_owner_label(conn, live)
+    shown = conn.display_name or conn.name
+    label = shown if owner.lower() == shown.lower() else f"{shown} ({owner})"
+    refusal = planner_refusal(ref, conn, live)
+    if refusal is not None:
+        # plan checks every binding, changed or not; a commented-out binding leaves the live one alone
+        out += comment_lines(f"plan would refuse this binding ({refusal}); it stays commented out "
+                        "until fixed:", indent)
+        out += comment_lines(f"{ref.logical_name}: {conn.name}  # {label}", indent, wrap=False)
+        return out
+    if ref.logical_name.lower() in kept:
+        return out + kept[ref.logical_name.lower()]
+    out.append(f"{indent}{yaml_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {label}")
+    return out
+
+
+def planner_refusal(ref: LiveReference, conn: LiveConnection, live: LiveEnvironment) -> str | None:
+    """Why the planner would reject binding ``ref`` to ``conn`` (its checks: same connector, status
+    Connected, usable by the identity that writes; see planner module docstring), or None."""
+    if connector_name(conn.connector) != connector_name(ref.connector):
+        return f"the connection is for {connector_name(conn.connector)}"
+    if not is_connected(conn):
+        return f"the connection's status is {conn.status or 'unknown'}"
+    writer = live.writer or live.caller
+    if writer is None:
+        return "the identity that writes is unknown"
+    if not conn.usable_by(writer.object_id):
+        return f"the connection is not shared with {writer.describe()}, which writes bindings"
+    return None
+
+
+def _service_account_user(live: LiveEnvironment, service_account: str) -> LiveUser | None:
+    """The Dataverse user of the service account (the live reader matches it by ``domainname``)."""
+    want = service_account.lower()
+    if live.writer is not None and (live.writer.upn or "").lower() == want:
+        return live.writer
+    return next((u for u in live.users if (u.upn or "").lower() == want), None)
+
+
+def _foreign_owners(refs: Sequence[LiveReference], live: LiveEnvironment,
+                    sa_user: LiveUser | None, service_account: str) -> dict[str, str]:
+    """Reference id -> its owner, for the references the service account does not own (the ones plan
+    would give to it: planner compares ``_ownerid_value`` with the writer's ``systemuserid``)."""
+    out: dict[str, str] = {}
+    for r in refs:
+        owner = live.user(r.owner_id)
+        if sa_user is not None:
+            if (r.owner_id or "").lower() == sa_user.systemuserid.lower():
+                continue
+        elif owner is not None and (owner.upn or "").lower() == service_account.lower():
+            continue
+        out[r.id] = owner.describe() if owner else (r.owner_id or "nobody")
+    return out
+
+
+def _service_account_lines(service_account: str, foreign: Mapping[str, str], indent: str) -> list[str]:
+    """The service_account line at ``indent``: as is when the service account owns every reference,
+    else commented out after a note saying who owns them and what uncommenting does."""
+    line = f"service_account: {yaml_scalar(service_account)}"
+    if not foreign:
+        return [indent + line]
+    owners = ", ".join(sorted(set(foreign.values()), key=str.lower))
+    n = len(foreign)
+    are = f"{n} reference is" if n == 1 else f"{n} references are"
+    note = (f"{SA_NOTE}{are} owned by {owners} today. Uncomment it to have plan make "
+            f"{service_account} their owner; plan then shows '~ owner' changes for them.")
+    return comment_lines(note, indent) + comment_lines(line, indent, wrap=False)
+
+
+def import_environment(
+    live: LiveEnvironment,
+    *,
+    solution: str,
+    env_name: str,
+    env_url: str,
+    environment_id: str | None,
+    existing_config_text: str | None = None,
+    service_account: str | None = None,
+) -> str:
+    """Config YAML declaring what ``live`` has in ``solution`` today.
+
+    Without ``existing_config_text`` the result is a complete config (version, solution, references,
+    one environment). With it, the result is that config with its ``version``, ``solution`` and
+    ``references`` replaced and the ``env_name`` environment's ``url``, ``environment_id`` and
+    ``bindings`` replaced (added when missing); everything else is kept as written, comments included.
+    References the old config declared but ``live`` lacks are *parked*: written back commented out
+    with a ``#| `` mark, with every environment's bindings to them, because declaring them would make
+    plan create them; deleting the marks restores them, and a later import declares them again once
+    the environment has them. A binding the old config gave by selector is kept when it still
+    resolves to the connection the reference has now.
+
+    ``service_account`` (default: the environment's ``service_account`` in the existing config) is
+    who should own the references and connections. When it owns every imported reference, the
+    environment's ``service_account`` line is kept (written, for a fresh config) and bindings to
+    connections owned by anyone else get a CR201 comment. When some reference is owned by someone
+    else, plan with that line would make the service account their owner, so the line is written
+    commented out after a note naming the owners (uncommenting it is the user's call), and the
+    rest (CR201, which bindings plan would refuse) is judged as plan will judge it then: without a
+    service account, the caller writing. A later import finds that commented line and decides again.
+    Raises ``ConnrefError`` when the solution is not in the environment.
+    """
+    if live.solution is None:
+        raise ConnrefError(
+            f"solution {solution!r} does not exist in environment {env_name}; pass the unique name of the "
+            "solution that holds the connection references (--solution)"
+        )
+    solution = live.solution.unique_name or solution
+    existing = parse_existing(existing_config_text)
+    if existing is not None:
+        existing = restore_service_account(existing, env_name)
+    env_data = environment_data(existing, env_name)
+    if service_account is None and isinstance(env_data.get("service_account"), str):
+        service_account = env_data["service_account"]
+    naming = existing.data.get("naming") if existing else None
+    template: NamingTemplate | None = None
+    if isinstance(naming, str) and naming:
+        try:
+            template = NamingTemplate(naming)
+        except ValueError:
+            template = None  # lint reports CR100; import still works
+
+    unit = indent_unit(existing.lines, existing.root) if existing else "  "
+    refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
+    outside = sorted((r for r in live.references if not r.in_solution), key=lambda r: r.logical_name.lower())
+    by_key = {r.logical_name.lower(): r for r in refs}
+    duplicates = _duplicate_groups(refs)
+
+    # service_account: kept only when the service account owns every reference already, so that plan
+    # right after import has no changes; else written commented out, and everything below is judged
+    # with the caller writing, as plan will then (live reader: no service account -> writer = caller).
+    foreign: dict[str, str] = {}
+    sa_lines: list[str] | None = None
+    if service_account:
+        sa_user = _service_account_user(live, service_account)
+        foreign = _foreign_owners(refs, live, sa_user, service_account)
+        sa_lines = _service_account_lines(service_account, foreign, unit * 2)
+        if foreign:
+            live = dataclasses.replace(live, writer=live.caller)
+        else:
+            if sa_user is not None and live.writer != sa_user:
+                live = dataclasses.replace(live, writer=sa_user)
+            old_sa = env_data.get("service_account")
+            if isinstance(old_sa, str) and old_sa.lower() == service_account.lower():
+                sa_lines = None  # the line stays as the user wrote it
+    active_sa = service_account if not foreign else None
+
+    # references:
+    ref_lines = ["references:"]
+    if not refs:
+        ref_lines += comment_lines(f"solution {solution} has no connection references in {env_name}", unit)
+    for r in refs:
+        notes = _reference_comments(r, live, duplicates, template, solution, service_account, foreign)
+        ref_lines += _reference_lines(r, unit, unit, notes)
+    # References the old config declared and the environment lacks are parked, not declared: plan
+    # would create them, and import promises a config that plans no changes.
+    parked: dict[str, Parked] = {}
+    newly_parked: set[str] = set()
+    if existing is not None:
+        old = find_entry(existing.root, "references")
+        if old is not None:
+            for key, content in parked_groups(existing.lines[old.key_line + 1:old.end]):
+                parked[key.lower()] = (key, content)
+            for e in mapping_entries(existing.lines, old.value, old.key_line + 1, old.end) or []:
+                if e.key.lower() not in by_key:
+                    parked[e.key.lower()] = (e.key, park_block(existing.lines[e.start:e.end], e.column))
+                    newly_parked.add(e.key.lower())
+    for low in sorted(parked):
+        key, content = parked[low]
+        if low in by_key:
+            continue  # it exists now: declared above from what the environment has
+        ref_lines += parked_lines(key, content, unit, (
+            f"parked: {key} is not in solution {solution} in {env_name}, so declaring it would make plan "
+            f"create it there. Remove the '{PARK_MARK.strip()}' marks here and on its bindings to declare "
+            "it again."
+        ))
+    if outside:
+        ref_lines += comment_lines(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
+        for r in outside:
+            ref_lines += comment_lines(f"  {r.logical_name} ({connector_name(r.connector)}, "
+                                  f"{r.display_name or 'no display name'})", unit)
+    if not any(line.strip() and not is_comment_line(line) for line in ref_lines[1:]):
+        ref_lines[0] = "references: {}"
+
+    # environments.<env>.bindings:
+    same, absent = kept_bindings(existing, env_name, live, by_key)
+    b_indent = unit * 3
+    binding_lines = [f"{unit * 2}bindings:"]
+    if not active_sa:
+        binding_lines += comment_lines("no service_account for this environment: bindings to personal "
+                                  "connections are not flagged (see lint code CR200)", b_indent)
+    for r in refs:
+        binding_lines += _binding_lines(r, live, env_name, active_sa, b_indent, same, service_account)
+    for key, content in sorted(absent, key=lambda kc: kc[0].lower()):
+        if key.lower() not in by_key:
+            binding_lines += parked_lines(key, content, b_indent, None)
+    if all(is_comment_line(line) or not line.strip() for line in binding_lines[1:]):
+        # Only comments under the key would load as null: an empty mapping keeps the type right.
+        binding_lines[0] = f"{unit * 2}bindings: {{}}"
+
+    url_line = f"{unit * 2}url: {yaml_scalar(env_url)}"
+    id_line = f"{unit * 2}environment_id: {yaml_scalar(environment_id)}" if environment_id else None
+
+    if existing is None:
+        out = [
+            f"# connref config imported from environment {env_name} (solution {solution}).",
+            "# Comments with a lint code (CR...) mark what to tidy: see docs/adoption.md.",
+            "version: 1",
+            f"solution: {yaml_scalar(solution)}",
+            "",
+            *ref_lines,
+            "",
+            "environments:",
+            f"{unit}{yaml_key(env_name)}:",
+            url_line,
+            *([id_line] if id_line else []),
+            *(sa_lines or []),
+            *binding_lines,
+        ]
+        return "\n".join(out) + "\n"
+    return merge_import(existing, env_name, solution, unit, ref_lines, url_line, id_line, binding_lines,
+                         newly_parked, sa_lines)
+
+
+__all__ = ["import_environment", "planner_refusal"]
