@@ -154,6 +154,11 @@ def build_parser() -> Parser:
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     sp.add_argument("--prune", action="store_true", help="delete managed refs no longer declared")
 
+    sp = command("show", "print a saved plan for review (no config, no network)")
+    sp.add_argument("planfile", metavar="PLANFILE", help="a plan saved with 'plan --out'")
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON (the plan --json document)")
+    sp.add_argument("--markdown", metavar="FILE", help="also write the plan as markdown")
+
     sp = command("apply", "apply a fresh plan after confirmation, or exactly a saved plan")
     envs(sp)
     sp.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved with 'plan --out'")

@@ -69,6 +69,7 @@ def dispatch(args: argparse.Namespace, *, color: bool, out: Out | None = None, e
         "settings": cmd_settings,
         "whoami": cmd_whoami,
         "state": cmd_state,
+        "show": cmd_show,
     }
     return handlers[args.command](args, color, o, e)
 
@@ -162,27 +163,33 @@ def cmd_validate(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
 
 
 def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
-    config = load_config(args.config)
-    names = select_environments(config, args.envs)
-    states = load_states(config, names)
-    with opened(config, names) as sessions:
-        lives = read_all(config, sessions, err=err)
-        try:
+    try:
+        config = load_config(args.config)
+        names = select_environments(config, args.envs)
+        states = load_states(config, names)
+        with opened(config, names) as sessions:
+            lives = read_all(config, sessions, err=err)
             plan = _make_plan(config, lives, states, args.prune)
-        except PlanError as e:
-            if args.json:
-                print(json.dumps(render.render_json_error(e), indent=2), file=out)
-            raise
+        if args.out:
+            save_plan(args.out, config, plan, lives, states, prune=args.prune)
+    except ConnrefError as e:
+        # A pipeline still gets one JSON document on stdout and a markdown comment that says why.
+        if args.json:
+            print(json.dumps(render.render_json_error(e), indent=2), file=out)
+        if args.markdown:
+            _write_text(args.markdown, render.render_markdown_error(e))
+        raise
     if args.json:
         print(json.dumps(render.render_json(plan), indent=2), file=out)
     else:
         print(render.render_text(plan, color=color), file=out)
     if args.markdown:
-        _write_text(args.markdown, render.render_markdown(plan))
+        hint = f"connref show {args.out}" if args.out else None
+        _write_text(args.markdown, render.render_markdown(plan, full_plan_hint=hint))
     if args.out:
-        save_plan(args.out, config, plan, lives, states, prune=args.prune)
+        # With --json, stdout holds the JSON document and nothing else.
         print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: connref apply {args.out}",
-              file=out)
+              file=err if args.json else out)
     return 2 if args.detailed_exitcode and plan_has_changes(plan) else 0
 
 
@@ -355,13 +362,20 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
 
 
 def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
-    config = load_config(args.config)
-    names = select_environments(config, args.envs)
-    states = load_states(config, names)
-    with opened(config, names) as sessions:
-        # All references: a managed one moved out of the solution must not read as deleted.
-        lives = read_all(config, sessions, all_references=True, err=err)
-    reports = [detect_drift(config, n, lives[n], states[n]) for n in names]
+    try:
+        config = load_config(args.config)
+        names = select_environments(config, args.envs)
+        states = load_states(config, names)
+        with opened(config, names) as sessions:
+            # All references: a managed one moved out of the solution must not read as deleted.
+            lives = read_all(config, sessions, all_references=True, err=err)
+        reports = [detect_drift(config, n, lives[n], states[n]) for n in names]
+    except ConnrefError as e:
+        if args.json:
+            print(drift_render.render_json_error(e), file=out, end="")
+        if args.markdown:
+            _write_text(args.markdown, drift_render.render_markdown_error(e))
+        raise
     if args.json:
         print(drift_render.render_json(reports), file=out)
     else:
@@ -369,6 +383,45 @@ def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     if args.markdown:
         _write_text(args.markdown, drift_render.render_markdown(reports))
     return 2 if any(r.has_drift for r in reports) else 0
+
+
+# --------------------------------------------------------------------------- show
+
+
+def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    """A saved plan for a reviewer: what it will do (as ``plan`` prints it) and what it was made against.
+    Needs no config and no network."""
+    saved = planfile.read_plan_file(args.planfile)
+    try:
+        plan = saved.load_plan()
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"plan file {args.planfile} is damaged: {e}. {planfile.REPLAN}") from e
+    if args.json:
+        doc = render.render_json(plan)
+        doc["saved_plan"] = {
+            "path": str(args.planfile),
+            "created_at": saved.created_at,
+            "config_path": saved.config_path,
+            "config_digest": saved.config_digest,
+            "options": dict(saved.options),
+            "environments": {
+                name: {"state_serial": env.state_serial, "state_lineage": env.state_lineage}
+                for name, env in sorted(saved.environments.items())
+            },
+        }
+        print(json.dumps(doc, indent=2), file=out)
+    else:
+        print(f"Saved plan {args.planfile}, made {saved.created_at} from {saved.config_path or 'a config'} "
+              f"({saved.config_digest[:19]}…).", file=out)
+        for name, env in sorted(saved.environments.items()):
+            against = f"state serial {env.state_serial}" if env.state_serial is not None else "no state yet"
+            print(f"  {name}: made against {against}", file=out)
+        options = ", ".join(f"{k}={v}" for k, v in sorted(saved.options.items())) or "none"
+        print(f"  options: {options}\n", file=out)
+        print(render.render_text(plan, color=color), file=out)
+    if args.markdown:
+        _write_text(args.markdown, render.render_markdown(plan, full_plan_hint=f"connref show {args.planfile}"))
+    return 0
 
 
 # --------------------------------------------------------------------------- import

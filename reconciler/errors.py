@@ -131,3 +131,12 @@ class StateError(ConnrefError):
 
 class LockError(ConnrefError):
     """Another run holds the lock of an environment."""
+
+
+def problem_lines(error: BaseException) -> list[str]:
+    """The problems an error stands for, one line each: each config error (``file:line:column: ...``), each
+    planning problem, or else the error's message. For documents that list errors (JSON, markdown)."""
+    many = getattr(error, "errors", None) or getattr(error, "problems", None)
+    if isinstance(many, list | tuple) and many:
+        return [str(x) for x in many]
+    return [str(error)]

@@ -295,14 +295,14 @@ def test_json_report_is_versioned_and_complete() -> None:
 
 def test_markdown_report_escapes_cells() -> None:
     md = render_markdown(_drifted())
-    assert md.startswith("## connref drift: drift found")
+    assert md.startswith("<!-- connref:drift -->\n## connref drift: drift found")
     assert "| Reference | Change | Expected | Live | By | When |" in md
     assert "My \\| SharePoint" in md  # a pipe in a value does not break the table
     row = next(line for line in md.splitlines() if line.startswith(f"| `{SPN}` | rebound"))
     assert "alice@contoso.com | 2024-06-03T09:15:00Z |" in row
     assert row.count(" | ") == 5  # six cells
     assert "### test: no drift" in md
-    assert render_markdown([_drifted()[1]]).startswith("## connref drift: no drift")
+    assert render_markdown([_drifted()[1]]).startswith("<!-- connref:drift -->\n## connref drift: no drift")
 
 
 def test_state_reference_type_is_what_drift_reads() -> None:

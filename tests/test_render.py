@@ -22,7 +22,16 @@ from reconciler.plan.ops import (
     UpdateReference,
 )
 from reconciler.plan.planner import PlanProblems, plan
-from reconciler.plan.render import render_json, render_json_error, render_markdown, render_text
+from reconciler.plan.render import (
+    GITHUB_COMMENT_LIMIT,
+    MARKDOWN_LIMIT,
+    PLAN_MARKER,
+    render_json,
+    render_json_error,
+    render_markdown,
+    render_markdown_error,
+    render_text,
+)
 
 SP = connector_id("shared_sharepointonline")
 SVC_CONN = ConnectionInfo(
@@ -226,6 +235,7 @@ def test_markdown_exact() -> None:
         "sha256:c",
     )
     assert render_markdown(small) == (
+        "<!-- connref:plan -->\n"
         "### connref plan\n"
         "\n"
         "**Plan: 0 to add, 0 to change, 1 to destroy.**\n"
@@ -252,7 +262,8 @@ def test_markdown_update_and_no_changes() -> None:
     )
     assert "#### Environment `test` (solution `ContosoConnections`)\n\nNo changes.\n" in md
     assert render_markdown(EMPTY).startswith(
-        "### connref plan\n\n**No changes. The connection references match the configuration.**\n"
+        "<!-- connref:plan -->\n### connref plan\n\n"
+        "**No changes. The connection references match the configuration.**\n"
     )
 
 
@@ -271,3 +282,58 @@ def test_planned_rebind_renders_by_display_name_and_owner() -> None:
     ) in text
     assert "      ~ owner: maker1@contoso.com -> svc-flows@contoso.com\n" in text
     assert text.endswith("Plan: 0 to add, 1 to change, 0 to destroy.\n")
+
+
+# --------------------------------------------------------------------------- markdown size
+
+
+def _long_plan(n: int, description: str = "d" * 1500) -> Plan:
+    """``n`` creates in dev and in prod, each with a long description, and a long warning."""
+    envs = []
+    for env in ("dev", "prod"):
+        ops = tuple(
+            CreateReference(
+                environment=env,
+                logical_name=f"contoso_Ref{i:05d}",
+                reason="declared in the config and not found in environment " + env,
+                solution="ContosoConnections",
+                connector=SP,
+                display_name=f"SharePoint <{i}> | ContosoConnections",
+                description=description,
+            )
+            for i in range(n)
+        )
+        envs.append(EnvironmentPlan(env, ops, (f"{env}: " + "w" * 5000,), "sha256:aa"))
+    return Plan(tuple(envs), "ContosoConnections", "2026-03-04T10:15:00Z", "sha256:c")
+
+
+def test_long_plan_markdown_is_folded_under_githubs_comment_limit() -> None:
+    md = render_markdown(_long_plan(3000), full_plan_hint="connref show plan.json")
+    assert len(md) < GITHUB_COMMENT_LIMIT
+    assert md.startswith(PLAN_MARKER + "\n### connref plan\n\n**Plan: 6000 to add, 0 to change, 0 to destroy.**")
+    assert "| `dev` | 3000 to add, 0 to change, 0 to destroy |" in md
+    assert md.count("<details><summary>") == 2 and md.count("</details>") == 2
+    hidden = [int(m) for m in re.findall(r"… and (\d+) more changes in `(?:dev|prod)`", md)]
+    shown = len(re.findall(r"^\| `\+` create \| `contoso_Ref\d{5}`", md, flags=re.M))
+    assert shown > 10 and shown + sum(hidden) == 6000  # every change is either shown or counted
+    assert "connref show plan.json" in md
+    # Clipped cells never leave a broken entity or tag behind.
+    for row in md.splitlines():
+        if row.startswith("| `+` create"):
+            assert row.endswith(" |")
+            assert "&" not in row.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
+            assert "<" not in row.replace("<br>", "")
+
+
+def test_a_plan_that_fits_is_not_folded() -> None:
+    md = render_markdown(_long_plan(5, description="short"))
+    assert len(md) < MARKDOWN_LIMIT and "<details>" not in md and "more change" not in md
+    assert md.count("| `+` create |") == 10
+
+
+def test_failed_plan_markdown_lists_every_problem_with_the_marker() -> None:
+    md = render_markdown_error(PlanProblems(["dev: a: <bad> | x", "prod: b: y"]))
+    assert md.startswith(PLAN_MARKER + "\n### connref plan\n\n**The plan could not be made.**")
+    assert "- dev: a: &lt;bad&gt; \\| x\n- prod: b: y\n" in md
+    huge = render_markdown_error(PlanProblems([f"dev: r{i}: " + "x" * 3000 for i in range(100)]))
+    assert len(huge) < GITHUB_COMMENT_LIMIT and "more." in huge

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 
 from reconciler.drift.detect import FORMAT_VERSION, KIND_ORDER, UNMANAGED, DriftReport, ReferenceDrift
+from reconciler.errors import problem_lines
 
 _TITLE = {
     "deleted": "deleted",
@@ -97,6 +98,21 @@ def render_json(reports: Sequence[DriftReport]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def render_json_error(error: BaseException) -> str:
+    """The JSON document for a drift check that could not be made: same shape, ``errored`` true and
+    ``errors`` one line per problem, so a pipeline reading stdout always gets one document."""
+    problems = problem_lines(error)
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "has_drift": False,
+        "summary": "Drift could not be checked.",
+        "environments": [],
+        "errored": True,
+        "errors": problems,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def _md(text: str | None) -> str:
     """A value safe inside a markdown table cell (pipes escaped, no line breaks, no HTML)."""
     if not text:
@@ -111,11 +127,20 @@ def _md(text: str | None) -> str:
     )
 
 
-def render_markdown(reports: Sequence[DriftReport]) -> str:
-    """A markdown document for a PR comment or a job summary: a heading with the verdict, then a table
-    per drifted environment (reference, change, expected, live, by, when)."""
+#: The hidden first line of the drift report: a scheduled pipeline finds its one open issue by it and
+#: updates that issue instead of opening a new one each day.
+DRIFT_MARKER = "<!-- connref:drift -->"
+#: GitHub refuses an issue or comment body over 65,536 characters; stay well under it.
+MARKDOWN_LIMIT = 60_000
+
+
+def render_markdown(reports: Sequence[DriftReport], *, limit: int = MARKDOWN_LIMIT) -> str:
+    """A markdown document for an issue, a PR comment or a job summary: the marker, a heading with the
+    verdict, then a table per drifted environment (reference, change, expected, live, by, when). Rows that
+    would take it past ``limit`` characters are counted instead of shown."""
     drift = any(r.has_drift for r in reports)
-    out = [f"## connref drift: {'drift found' if drift else 'no drift'}", "", _summary(reports), ""]
+    out = [DRIFT_MARKER, f"## connref drift: {'drift found' if drift else 'no drift'}", "", _summary(reports), ""]
+    budget = limit - sum(len(x) + 1 for x in out) - 400 * (len(reports) + 1)
     for rep in reports:
         if not rep.has_drift:
             out.append(f"### {_md(rep.environment)}: no drift ({rep.checked} references checked)")
@@ -131,16 +156,35 @@ def render_markdown(reports: Sequence[DriftReport]) -> str:
         out.append("")
         out.append("| Reference | Change | Expected | Live | By | When |")
         out.append("|---|---|---|---|---|---|")
-        for ref in rep.references:
-            for item in ref.items:
-                expected = item.before_label or item.before
-                live = item.after_label or item.after
-                out.append(
-                    f"| `{_md(ref.logical_name)}` | {_TITLE[item.kind]} | {_md(expected)} | {_md(live)} | "
-                    f"{_md(ref.changed_by)} | {_md(ref.changed_on)} |"
-                )
+        rows = [
+            f"| `{_md(ref.logical_name)}` | {_TITLE[item.kind]} | {_md(item.before_label or item.before)} | "
+            f"{_md(item.after_label or item.after)} | {_md(ref.changed_by)} | {_md(ref.changed_on)} |"
+            for ref in rep.references
+            for item in ref.items
+        ]
+        for i, row in enumerate(rows):
+            if budget - len(row) - 1 < 0:
+                out.append("")
+                out.append(f"… and {len(rows) - i} more changes in {_md(rep.environment)} not shown here: "
+                           "`connref drift --json` lists them all.")
+                break
+            out.append(row)
+            budget -= len(row) + 1
         out.append("")
+        for n in rep.notes:
+            note = f"- {_md(n)}"
+            if budget - len(note) - 1 < 0:
+                break
+            out.append(note)
+            budget -= len(note) + 1
         if rep.notes:
-            out.extend(f"- {_md(n)}" for n in rep.notes)
             out.append("")
+    return "\n".join(out)
+
+
+def render_markdown_error(error: BaseException) -> str:
+    """The drift report for a check that could not be made: the marker, the verdict and every problem."""
+    out = [DRIFT_MARKER, "## connref drift: check failed", "", "Drift could not be checked:", ""]
+    out.extend(f"- {_md(line)[:2000]}" for line in problem_lines(error)[:50])
+    out.append("")
     return "\n".join(out)

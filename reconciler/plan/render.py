@@ -10,11 +10,10 @@ follows Terraform's plan output (``+`` create, ``~`` update with ``old -> new`` 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from reconciler.domain.model import connector_name
-from reconciler.errors import PlanError
+from reconciler.errors import problem_lines
 from reconciler.plan.ops import (
     FORMAT_VERSION,
     AddToSolution,
@@ -176,9 +175,9 @@ def render_json(plan: Plan) -> dict[str, Any]:
     }
 
 
-def render_json_error(error: PlanError) -> dict[str, Any]:
-    """The JSON document for a plan that could not be made: same shape, ``errored`` true."""
-    problems: Sequence[str] = getattr(error, "problems", None) or [str(error)]
+def render_json_error(error: BaseException) -> dict[str, Any]:
+    """The JSON document for a plan that could not be made: same shape, ``errored`` true, ``errors`` one line
+    per problem."""
     return {
         "format_version": FORMAT_VERSION,
         "applyable": False,
@@ -187,7 +186,7 @@ def render_json_error(error: PlanError) -> dict[str, Any]:
         "environments": [],
         "changes": [],
         "warnings": [],
-        "errors": list(problems),
+        "errors": problem_lines(error),
     }
 
 
@@ -199,28 +198,134 @@ def _md(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
-def render_markdown(plan: Plan) -> str:
-    """The plan for a pull-request comment or a job summary (GitHub-flavoured markdown)."""
+#: The hidden first line of every plan comment: a pipeline finds its own comment by it and edits it.
+PLAN_MARKER = "<!-- connref:plan -->"
+#: GitHub refuses a comment body over 65,536 characters; the markdown stays well under it, leaving room for
+#: a pipeline's own header or footer.
+GITHUB_COMMENT_LIMIT = 65_536
+MARKDOWN_LIMIT = 60_000
+_CELL_LIMIT = 400  # characters of one table cell once the plan is folded
+_FOOTER_LIMIT = 300
+
+
+def _row(op: Op, cell_limit: int | None = None) -> str:
+    cells = []
+    for name, old, new in _field_lines(op):
+        cells.append(f"{name}: {_md(new)}" if old is None else f"{name}: {_md(old)} → {_md(new)}")
+    action = f"`{_SYMBOL[op.kind]}` {op.kind.replace('_', ' ')}"
+    changes, reason = "<br>".join(cells), _md(op.reason)
+    if cell_limit is not None:
+        changes, reason = _clip(changes, cell_limit), _clip(reason, cell_limit)
+    return f"| {action} | `{op.logical_name}` | {changes} | {reason} |"
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    # Never cut inside an entity or a <br>: drop the partial one.
+    for start in ("&", "<"):
+        i = cut.rfind(start)
+        if i != -1 and (";" if start == "&" else ">") not in cut[i:]:
+            cut = cut[:i]
+    return cut + " …"
+
+
+_TABLE_HEAD = ["| | Reference | Changes | Reason |", "|---|---|---|---|"]
+
+
+def _env_title(env: EnvironmentPlan, solution: str) -> str:
+    return f"#### Environment `{env.environment}` (solution `{solution}`)"
+
+
+def _counts_text(counts: Counts) -> str:
+    return f"{counts.add} to add, {counts.change} to change, {counts.destroy} to destroy"
+
+
+def render_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, full_plan_hint: str | None = None) -> str:
+    """The plan for a pull-request comment or a job summary (GitHub-flavoured markdown).
+
+    The first line is ``PLAN_MARKER`` (an HTML comment, invisible once rendered) so a pipeline updates its
+    own comment instead of adding one per push. When the whole plan would exceed ``limit`` characters, each
+    environment is folded into a ``<details>`` block, long cells are clipped, and the rows that do not fit
+    are counted instead of shown; ``full_plan_hint`` (e.g. "connref show plan.json") says where the rest is."""
     counts = plan.counts
     title = summary_line(counts) if plan.has_changes else NO_CHANGES
-    out = ["### connref plan", "", f"**{title}**", ""]
+    head = [PLAN_MARKER, "### connref plan", "", f"**{title}**", ""]
+    full = [*head]
     for env in plan.environments:
-        out.append(f"#### Environment `{env.environment}` (solution `{plan.solution}`)")
-        out.append("")
-        if not env.ops:
-            out.append("No changes.")
-            out.append("")
-        else:
-            out.append("| | Reference | Changes | Reason |")
-            out.append("|---|---|---|---|")
-            for op in env.ops:
-                cells = []
-                for name, old, new in _field_lines(op):
-                    cells.append(f"{name}: {_md(new)}" if old is None else f"{name}: {_md(old)} → {_md(new)}")
-                action = f"`{_SYMBOL[op.kind]}` {op.kind.replace('_', ' ')}"
-                out.append(f"| {action} | `{op.logical_name}` | {'<br>'.join(cells)} | {_md(op.reason)} |")
-            out.append("")
-        for w in env.warnings:
-            out.append(f"> **Warning:** {_md(w)}")
-            out.append("")
+        full.extend(_env_section(env, plan.solution))
+    text = "\n".join(full)
+    if len(text) <= limit:
+        return text
+    return _folded(plan, head, limit, full_plan_hint)
+
+
+def _env_section(env: EnvironmentPlan, solution: str) -> list[str]:
+    out = [_env_title(env, solution), ""]
+    if not env.ops:
+        out.extend(["No changes.", ""])
+    else:
+        out.extend([*_TABLE_HEAD, *(_row(op) for op in env.ops), ""])
+    for w in env.warnings:
+        out.extend([f"> **Warning:** {_md(w)}", ""])
+    return out
+
+
+def _folded(plan: Plan, head: list[str], limit: int, hint: str | None) -> str:
+    """The plan within ``limit`` characters: one folded block per environment, rows until the budget ends."""
+    where = f" The full plan: `{_md(hint)}`." if hint else " The full plan is in the saved plan file."
+    out = [*head, "| Environment | Changes |", "|---|---|"]
+    out.extend(f"| `{e.environment}` | {_counts_text(e.counts)} |" for e in plan.environments)
+    out.extend(["", f"_This plan is long: details are folded and shortened.{where}_", ""])
+    budget = limit - len("\n".join(out)) - _FOOTER_LIMIT * (len(plan.environments) + 1)
+    for env in plan.environments:
+        block = [f"<details><summary>{_md(env.environment)}: {_counts_text(env.counts)}</summary>", ""]
+        rows: list[str] = []
+        shown = 0
+        for op in env.ops:
+            row = _row(op, _CELL_LIMIT)
+            if budget - len(row) - 1 < 0:
+                break
+            rows.append(row)
+            budget -= len(row) + 1
+            shown += 1
+        if rows:
+            block.extend([*_TABLE_HEAD, *rows, ""])
+        elif not env.ops:
+            block.extend(["No changes.", ""])
+        hidden = len(env.ops) - shown
+        if hidden:
+            block.extend([f"… and {hidden} more change{'s' if hidden != 1 else ''} in `{env.environment}` "
+                          f"not shown here.{where}", ""])
+        warnings = [f"> **Warning:** {_clip(_md(w), _CELL_LIMIT)}" for w in env.warnings]
+        kept = []
+        for w in warnings:
+            if budget - len(w) - 2 < 0:
+                break
+            kept.append(w)
+            budget -= len(w) + 2
+        for w in kept:
+            block.extend([w, ""])
+        if len(kept) < len(warnings):
+            block.extend([f"> … and {len(warnings) - len(kept)} more warnings.", ""])
+        block.extend(["</details>", ""])
+        out.extend(block)
+    return "\n".join(out)
+
+
+def render_markdown_error(error: BaseException) -> str:
+    """The markdown for a plan that could not be made: the marker, the verdict and every problem, so the
+    pull request says why instead of keeping a stale plan."""
+    out = [PLAN_MARKER, "### connref plan", "", "**The plan could not be made.** Fix these and push again:", ""]
+    lines = problem_lines(error)
+    budget = MARKDOWN_LIMIT - 500
+    for i, line in enumerate(lines):
+        item = f"- {_clip(_md(line.strip()).replace(chr(10), '<br>'), 2000)}"
+        if budget - len(item) < 0:
+            out.append(f"- … and {len(lines) - i} more.")
+            break
+        out.append(item)
+        budget -= len(item) + 1
+    out.append("")
     return "\n".join(out)
