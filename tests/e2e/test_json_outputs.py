@@ -12,9 +12,9 @@ from typing import Any
 
 import jsonschema
 import pytest
-from e2e_support import Workspace
 from schema_support import check
 
+from e2e.e2e_support import Workspace
 from reconciler.schemas import SCHEMAS, load_schema
 
 pytestmark = pytest.mark.emulator_only
