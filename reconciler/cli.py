@@ -110,20 +110,24 @@ class EnvAction(argparse.Action):
 def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     """The options every command accepts, before or after the command name. On the top-level parser
     they carry the defaults; on a command they are only set when given (``SUPPRESS``), so a value given
-    before the command is kept, and one given after it wins."""
+    before the command is kept, and one given after it wins. ``-v`` after the command counts apart
+    (``verbose_after``) and is added up."""
     default: Any = None if top else argparse.SUPPRESS
     g = p.add_argument_group("global options") if not top else p
     g.add_argument("-c", "--config", metavar="PATH", default=default,
                    help=f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
     g.add_argument("--no-color", action="store_true", default=False if top else argparse.SUPPRESS,
                    help="plain output even on a terminal")
+    g.add_argument("-v", "--verbose", dest="verbose" if top else "verbose_after", action="count",
+                   default=0 if top else argparse.SUPPRESS,
+                   help="log each request, retry and wait on stderr (as CONNREF_LOG=debug)")
 
 
 def build_parser() -> Parser:
     p = Parser(
         prog="connref",
         description="Plan and apply Power Automate connection references per environment.",
-        epilog="Global options (-c, --no-color) go before or after the command. "
+        epilog="Global options (-c, --no-color, -v) go before or after the command. "
         "Exit codes: 0 ok, 1 error (usage errors too), 2 changes/drift/findings where the command says so.",
     )
     p.add_argument("--version", action="version", version=f"connref {__version__}")
@@ -227,6 +231,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     against what the command accepts. A usage error raises ``SystemExit(1)`` after printing why."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = int(args.verbose or 0) + int(getattr(args, "verbose_after", 0) or 0)
     if not args.config:
         args.config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
     envs: list[str] = list(getattr(args, "envs", None) or [])
@@ -244,12 +249,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _use_color(args: argparse.Namespace) -> bool:
-    if args.no_color or os.environ.get("NO_COLOR"):
-        return False
-    return sys.stdout.isatty()
-
-
 def _terminate_like_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -265,14 +264,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         # locks are released and nothing is left half-recorded.
         signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     from reconciler import commands
+    from reconciler.console import run_output
 
-    color = _use_color(args)
     try:
-        if args.command == "emulator":
-            from reconciler.emulator.server import run_emulator_command
+        with run_output(verbose=args.verbose, no_color=args.no_color, out=sys.stdout, err=sys.stderr,
+                        environ=os.environ) as color:
+            if args.command == "emulator":
+                from reconciler.emulator.server import run_emulator_command
 
-            return run_emulator_command(args)
-        return commands.dispatch(args, color=color)
+                return run_emulator_command(args)
+            return commands.dispatch(args, color=color)
     except ConfigErrors as e:
         print(f"Error: {len(e.errors)} problems in the config:", file=sys.stderr)
         for one in e.errors:

@@ -12,6 +12,7 @@ import argparse
 import difflib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -19,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+from reconciler import progress
 from reconciler.adoption import lint
 from reconciler.adoption.bindings_merge import merge_bindings
 from reconciler.adoption.import_generate import import_environment
@@ -112,10 +114,10 @@ def read_all(
     A partial view of the connections is said once per environment on ``err``."""
     if len(sessions) == 1:
         (name, s), = sessions.items()
-        lives = {name: read_environment(s, config, name, all_references=all_references)}
+        lives = {name: _read_reported(s, config, name, all_references=all_references)}
     else:
         with ThreadPoolExecutor(max_workers=min(4, len(sessions))) as pool:
-            futures = {n: pool.submit(read_environment, s, config, n, all_references=all_references)
+            futures = {n: pool.submit(_read_reported, s, config, n, all_references=all_references)
                        for n, s in sessions.items()}
             lives = {n: f.result() for n, f in futures.items()}
     for name, live in lives.items():
@@ -123,6 +125,20 @@ def read_all(
         if note:
             print(f"warning: {name}: {note}", file=err or sys.stderr)
     return lives
+
+
+def _read_reported(session: EnvSession, config: Config, name: str, *, all_references: bool) -> LiveEnvironment:
+    """``read_environment`` with its progress reported (reading, read or failed)."""
+    progress.step(name, progress.START, "reading")
+    t0 = time.monotonic()
+    try:
+        live = read_environment(session, config, name, all_references=all_references)
+    except BaseException:
+        progress.step(name, progress.FAILED, "reading failed")
+        raise
+    progress.step(name, progress.DONE, "read %d reference(s), %d connection(s), %d flow(s) in %.1f s",
+                  len(live.references), len(live.connections), len(live.flows), time.monotonic() - t0)
+    return live
 
 
 def load_states(config: Config, names: Sequence[str]) -> dict[str, EnvState | None]:
@@ -226,31 +242,10 @@ def _confirm(out: Out) -> bool:
     return sys.stdin.readline().strip() == "yes"
 
 
-@contextmanager
-def _progress(err: Out, environment: str, total: int) -> Iterator[Callable[[BatchProgress], None]]:
-    """Report each ``$batch`` of a long apply: a live bar on a terminal, one line per batch otherwise
-    (pipeline logs keep them)."""
-    if err.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=Console(file=err), transient=False) as bar:
-            task = bar.add_task(environment, total=total)
-
-            def live(p: BatchProgress) -> None:
-                bar.update(task, completed=p.done,
-                           description=f"{environment}: batch {p.batch}/{p.batches}" + ("" if p.ok else " FAILED"))
-
-            yield live
-        return
-
-    def lines(p: BatchProgress) -> None:
-        status = "ok" if p.ok else "FAILED"
-        print(f"  {p.environment}: batch {p.batch}/{p.batches} {status} ({p.done}/{p.total} changes)",
-              file=err, flush=True)
-
-    yield lines
+def _report_batch(p: BatchProgress) -> None:
+    """One ``$batch`` of a long apply written (or failed): a status update, a log line in pipelines."""
+    progress.step(p.environment, progress.UPDATE, "batch %d/%d %s (%d/%d changes)", p.batch, p.batches,
+                  "written" if p.ok else "FAILED", p.done, p.total)
 
 
 def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
@@ -303,17 +298,22 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
         result: ApplyResult | None = None
         failed: list[str] = []
         if env_plan.ops:
-            print(f"\nApplying {len(env_plan.ops)} change(s) to {name}...", file=err, flush=True)
+            progress.step(name, progress.START, "applying %d change(s)", len(env_plan.ops))
             try:
-                with _progress(err, name, len(env_plan.ops)) as progress:
-                    result = apply_environment(sessions[name], env_plan, progress=progress)
+                result = apply_environment(sessions[name], env_plan, progress=_report_batch)
             except ApplyError as e:
                 failures.append(e)
                 result = e.results if isinstance(e.results, ApplyResult) else None
                 failed = [r.op.logical_name for r in result.failed] if result else []
                 if result is None:
+                    progress.step(name, progress.FAILED, "apply failed")
                     raise
+            except BaseException:
+                progress.step(name, progress.FAILED, "apply failed")
+                raise
             results[name] = result
+        if env_plan.ops:
+            _report_applied(name, result)
         snap = snapshots.get(name)
         prev = snap.state if snap else None
         if not env_plan.ops and prev is not None:
@@ -333,6 +333,15 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
     if failures:
         raise ApplyError("\n".join(str(f) for f in failures))
     return 0
+
+
+def _report_applied(name: str, result: ApplyResult | None) -> None:
+    written = len(result.written) if result else 0
+    failed = len(result.failed) if result else 0
+    if failed:
+        progress.step(name, progress.FAILED, "applied: %d written, %d failed", written, failed)
+    else:
+        progress.step(name, progress.DONE, "applied: %d written", written)
 
 
 def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out) -> None:

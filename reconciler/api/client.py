@@ -32,6 +32,7 @@ import json
 import logging
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -135,6 +136,50 @@ def _display_url(url: str) -> str:
     return url if len(url) <= 300 else url[:297] + "..."
 
 
+def loggable_url(url: str | httpx.URL) -> str:
+    """A URL fit for a log line: scheme, host, port and path, and the query's parameter names without
+    their values (``?$select=...&$filter=...``): no user info, and nothing a caller put in a value."""
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{port}" if port else "")
+    names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
+    query = "?" + "&".join(f"{name}=..." for name in names) if names else ""
+    return redact(_display_url(f"{parts.scheme}://{netloc}{parts.path}{query}"))
+
+
+http_log = logging.getLogger("reconciler.api.http")
+
+
+def request_log_hooks(label: str) -> dict[str, list[Callable[[Any], None]]]:
+    """httpx event hooks that log every request of one environment's client (the API calls, and the
+    token requests MSAL sends through it): method, URL (``loggable_url``), status and time to the
+    answer's headers, at debug level. The progress display counts them per environment."""
+    started: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def on_request(request: httpx.Request) -> None:
+        with lock:
+            started[id(request)] = time.monotonic()
+
+    def on_response(response: httpx.Response) -> None:
+        request = response.request
+        with lock:
+            t0 = started.pop(id(request), None)
+        elapsed = f"{(time.monotonic() - t0) * 1000:.0f} ms" if t0 is not None else "?"
+        http_log.debug(
+            "%s: %s %s -> %s (%s)", label, request.method, loggable_url(request.url), response.status_code,
+            elapsed, extra={"connref_env": label, "connref_state": "request"},
+        )
+
+    return {"request": [on_request], "response": [on_response]}
+
+
 # --------------------------------------------------------------------------- request core
 
 
@@ -205,11 +250,24 @@ class _HttpCore:
         http: httpx.Client,
         scope: str,
         retry: RetryPolicy | None = None,
+        label: str = "",
     ) -> None:
         self._tokens = token_provider
         self._http = http
         self.scope = scope
         self.retry = retry or RetryPolicy()
+        self.label = label  # the environment's name, for the log and the progress display
+
+    def _log_wait(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
+        """Say that a request is retried and how long it waits first: a wait over a second is a warning,
+        so it is shown even without -v (a throttled run never sits silent)."""
+        level = logging.WARNING if delay > 1.0 else logging.INFO
+        who = f"{self.label}: " if self.label else ""
+        log.log(
+            level, "%s%s %s: %s; retry %d of %d in %.1f s", who, method, loggable_url(url), why,
+            attempt + 1, self.retry.max_retries, delay,
+            extra={"connref_env": self.label or None, "connref_state": "wait", "connref_delay": delay},
+        )
 
     # -- plumbing
 
@@ -293,15 +351,16 @@ class _HttpCore:
                         method=method,
                         url=_display_url(url),
                     ) from None
-                log.debug("%s %s: %s, retrying in %.1fs", method, url, kind, delay)
+                self._log_wait(method, url, f"connection failed ({kind})", attempt, delay)
                 self.retry.sleep(delay)
                 waited += delay
                 attempt += 1
                 continue
             status = resp.status_code
-            log.debug("%s %s -> %s", method, url, status)
             if status == 401 and not refreshed:
                 # A token can expire or be revoked between two requests: get a fresh one, once.
+                log.info("%s%s %s: HTTP 401; fetching a new token and trying once more",
+                         f"{self.label}: " if self.label else "", method, loggable_url(url))
                 refreshed = True
                 resp.close()
                 self._refresh(scope)
@@ -315,7 +374,10 @@ class _HttpCore:
                         method, url, resp,
                         after=f"gave up after {attempt + 1} attempt(s) and {waited:.0f}s of waiting",
                     )
-                log.debug("%s %s -> %s, retrying in %.1fs", method, url, status, delay)
+                why = f"HTTP {status}" + (" (throttled)" if status == 429 else "")
+                if asked is not None:
+                    why += f", Retry-After {asked:g} s"
+                self._log_wait(method, url, why, attempt, delay)
                 resp.close()
                 self.retry.sleep(delay)
                 waited += delay
@@ -353,8 +415,9 @@ class DataverseClient(_HttpCore):
         scope: str,
         caller_object_id: str | None = None,
         retry: RetryPolicy | None = None,
+        label: str = "",
     ) -> None:
-        super().__init__(token_provider, http=http, scope=scope, retry=retry)
+        super().__init__(token_provider, http=http, scope=scope, retry=retry, label=label)
         root = base_url.rstrip("/")
         if root.lower().endswith(API_PATH.rstrip("/")):
             root = root[: -len(API_PATH.rstrip("/"))]
@@ -611,8 +674,9 @@ class ConnectionsClient(_HttpCore):
         admin_base_url: str | None = None,
         admin_scope: str | None = None,
         retry: RetryPolicy | None = None,
+        label: str = "",
     ) -> None:
-        super().__init__(token_provider, http=http, scope=scope, retry=retry)
+        super().__init__(token_provider, http=http, scope=scope, retry=retry, label=label)
         if environment_id is not None and not _PATH_SEGMENT.match(environment_id):
             raise ValueError(f"not an environment id: {environment_id!r}")
         self.base_url = base_url.rstrip("/")

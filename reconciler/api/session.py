@@ -25,6 +25,7 @@ from reconciler.api.client import (
     DataverseClient,
     RetryPolicy,
     power_platform_api_base,
+    request_log_hooks,
     scope_for,
 )
 from reconciler.domain.model import Config, EnvironmentConfig
@@ -171,14 +172,15 @@ def _open_local(
     app = EmulatorApp(store, persist=True)
     # Every host goes to the in-process app: the data's environment URL (the token audience),
     # the connections API and the token endpoint MSAL talks to.
-    http = httpx.Client(transport=httpx.WSGITransport(app=app), timeout=DEFAULT_TIMEOUT)
+    http = httpx.Client(transport=httpx.WSGITransport(app=app), timeout=DEFAULT_TIMEOUT,
+                        event_hooks=request_log_hooks(env.name))
     try:
         url = str(store.data["environment"]["url"]).rstrip("/")
         env_id = str(store.data["environment"].get("environment_id") or env.environment_id or "local")
         tokens = token_provider or _provider(config, env, http) or LocalTokenProvider(store.data)
-        dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), retry=retry)
+        dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), retry=retry, label=env.name)
         connections = ConnectionsClient(url, tokens, http=http, scope=POWERPLATFORM_SCOPE,
-                                        environment_id=env_id, retry=retry)
+                                        environment_id=env_id, retry=retry, label=env.name)
     except BaseException:
         http.close()
         raise
@@ -193,13 +195,13 @@ def _open_remote(
     retry: RetryPolicy,
 ) -> EnvSession:
     own_http = http is None
-    client = http or httpx.Client(timeout=DEFAULT_TIMEOUT)
+    client = http or httpx.Client(timeout=DEFAULT_TIMEOUT, event_hooks=request_log_hooks(env.name))
     try:
         tokens = token_provider or _provider(config, env, client)
         if tokens is None:
             raise ConfigError(f"environment '{env.name}' needs an auth profile (auth:)", env.location, "auth")
         url = env.url.rstrip("/")
-        dataverse = DataverseClient(url, tokens, http=client, scope=scope_for(url), retry=retry)
+        dataverse = DataverseClient(url, tokens, http=client, scope=scope_for(url), retry=retry, label=env.name)
         connections = _connections_client(env, tokens, client, retry)
     except BaseException:
         if own_http:
@@ -221,7 +223,7 @@ def _connections_client(
         if base.startswith("http://"):
             scope = POWERPLATFORM_SCOPE  # a loopback emulator accepts the Power Platform API audience
         return ConnectionsClient(base, tokens, http=http, scope=scope, environment_id=env_id,
-                                 retry=retry)
+                                 retry=retry, label=env.name)
     if not env.environment_id:
         return None  # the live reader says what is missing when it needs connections
     try:
@@ -235,5 +237,5 @@ def _connections_client(
         base, tokens, http=http, scope=c.connections_scope, environment_id=env.environment_id,
         admin_base_url=POWERAPPS_BASE if env.cloud == "public" else None,
         admin_scope=POWERAPPS_SCOPE if env.cloud == "public" else None,
-        retry=retry,
+        retry=retry, label=env.name,
     )

@@ -44,9 +44,15 @@ def _assert_clean(texts: list[str], where: str) -> None:
         assert not JWT.search(t), f"a token leaked into {where}"
 
 
-def test_no_command_prints_or_writes_a_secret(quickstart: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("log_level", ["default", "debug"])
+def test_no_command_prints_or_writes_a_secret(
+    quickstart: Workspace, monkeypatch: pytest.MonkeyPatch, log_level: str
+) -> None:
+    """Once with the default output, once with -v's log of every request, retry and step."""
     _use_canary(quickstart)
     monkeypatch.setenv("CONNREF_CANARY", CANARY)
+    if log_level == "debug":
+        monkeypatch.setenv("CONNREF_LOG", "debug")
     d = str(quickstart.dir)
     runs: list[Result] = [
         quickstart.run("validate"),
@@ -72,6 +78,10 @@ def test_no_command_prints_or_writes_a_secret(quickstart: Workspace, monkeypatch
     assert "demo" in failed.err  # the error names the auth profile...
     runs.append(failed)
 
+    if log_level == "debug":  # the debug log really ran: every request is in it
+        assert "/oauth2/v2.0/token -> 200" in runs[1].err
+        assert "/api/data/v9.2/$batch -> 200" in runs[3].err
+        assert "/oauth2/v2.0/token -> 401" in failed.err or "/oauth2/v2.0/token -> 400" in failed.err
     for r in runs:
         _assert_clean([r.out, r.err], "command output")
     for path in Path(d).rglob("*"):
