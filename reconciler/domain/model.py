@@ -193,9 +193,15 @@ class LiveConnection:
         return f"{self.display_name or self.name} ({self.name}{owner})"
 
 
+FLOW_OFF, FLOW_ON, FLOW_SUSPENDED = 0, 1, 2  # workflow statecode (docs/dataverse.md §5.1)
+FLOW_STATES = {FLOW_OFF: "Off", FLOW_ON: "On", FLOW_SUSPENDED: "Suspended"}
+
+
 @dataclass(frozen=True)
 class LiveFlow:
-    """A cloud flow (``workflows`` row, category 5) and the reference logical names its clientdata uses."""
+    """A cloud flow (``workflows`` row, category 5): its state, owner, the reference logical names its
+    clientdata uses, the child flows it runs (their ``workflowid``, docs/dataverse.md §5.5), its trigger's
+    kind, whether it is managed, the solutions it belongs to, and the ETag to send back on a write."""
 
     id: str
     name: str
@@ -203,6 +209,19 @@ class LiveFlow:
     owner_id: str | None
     references: tuple[str, ...]
     solutions: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+    trigger: str | None = None  # "manual", "recurrence", "automated" (from the definition's first trigger)
+    managed: bool = False
+    status: int | None = None
+    etag: str = ""
+
+    @property
+    def is_on(self) -> bool:
+        return self.state == FLOW_ON
+
+    @property
+    def state_name(self) -> str:
+        return FLOW_STATES.get(self.state, str(self.state))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from types import ModuleType
 from typing import Any
 
-from . import dataverse
+from . import dataverse, workflows
 from .dvcommon import API_ROOT, wants_annotations
 from .faults import ConnectionDropped, Faults
 from .requestlog import BatchPart, LogEntry, RequestLog
@@ -180,6 +180,10 @@ class EmulatorApp:
     def dispatch(self, request: Request) -> Response:
         path = request.path
         if path == API_ROOT or path.startswith(API_ROOT + "/"):
+            # Asynchronous flow updates whose time has come finish before the request is served
+            # (docs/dataverse.md §5.7): no background thread, the same answer in-process and over loopback.
+            if workflows.run_due_updates(self.store):
+                request.state["dirty"] = True
             return dataverse.handle(self, request)
         if path.startswith("/connectivity/") or path.lower().startswith("/providers/microsoft.powerapps/"):
             module = self._module("connections")

@@ -37,6 +37,7 @@ from .dvcommon import (
     not_found,
     read_json_body,
 )
+from .layers import record_change
 from .store import new_guid, utc_now
 from .web import HttpError, Response
 
@@ -163,8 +164,9 @@ def _check_connection(ctx: Ctx, connectionid: str, connectorid: str) -> None:
 
 
 def _solution_for_write(ctx: Ctx, uniquename: str) -> dict[str, Any]:
-    """The target of ``MSCRM.SolutionUniqueName``: it must exist and be unmanaged. A wrong name is an
-    error, never a silent misroute (docs/dataverse.md §2.2). Codes UNCONFIRMED."""
+    """The target of ``MSCRM.SolutionUniqueName`` and ``AddSolutionComponent``: it must exist and be
+    unmanaged (components are added to unmanaged solutions only, docs/dataverse.md §2.2, §2.6). A wrong
+    name is an error, never a silent misroute. Codes UNCONFIRMED."""
     sol = ctx.store.solution(uniquename)
     if sol is None:
         raise HttpError(404, OBJECT_DOES_NOT_EXIST, f"solution With UniqueName = {uniquename} Does Not Exist")
@@ -278,9 +280,18 @@ def update(ctx: Ctx, row: dict[str, Any], body: dict[str, Any]) -> Response:
             _check_connection(ctx, fields["connectionid"], connectorid)
         if "connectionid" in fields and not fields["connectionid"]:
             fields["connectionid"] = None
+        old_connection = row.get("connectionid")
+        changed = [k for k, v in fields.items() if row.get(k) != v]
         row.update(fields)
         if owner is not None:
+            if str(row.get("_ownerid_value") or "").lower() != str(owner["systemuserid"]).lower():
+                changed.append("_ownerid_value")
             row["_ownerid_value"] = owner["systemuserid"]
+        # A managed reference takes binding and owner changes; other changes leave an unmanaged layer
+        # (docs/dataverse.md §2.6).
+        record_change(ctx, "connectionreferences", row, changed)
+        if (old_connection or "").lower() != (row.get("connectionid") or "").lower():
+            workflows.on_rebind(ctx, row, old_connection)
         row["_modifiedby_value"] = ctx.user["systemuserid"]
         row["_modifiedonbehalfby_value"] = ctx.on_behalf_of
         row["modifiedon"] = utc_now()
@@ -334,9 +345,12 @@ def delete(ctx: Ctx, key: str) -> Response:
         if row is None:
             raise not_found(ENTITY, key)
         check_if_match(ctx, row, key)
-        users = workflows.flows_using(ctx.store, row["connectionreferencelogicalname"])
+        if row.get("ismanaged"):
+            managed = [s for s in ctx.store.solutions_of(str(row["connectionreferenceid"])) if s.get("ismanaged")]
+            raise workflows.managed_refusal(ENTITY, str(row["connectionreferenceid"]), managed)
+        users = workflows.dependents_of(ctx.store, row["connectionreferencelogicalname"])
         if users:
-            # Message as seen at import/delete; the HTTP status is UNCONFIRMED (docs/dataverse.md §2.4).
+            # Message as seen at import/delete; the HTTP status is UNCONFIRMED (docs/dataverse.md §2.4, §2.7).
             raise HttpError(
                 int(ctx.setting("delete_in_use_status")),
                 IN_USE,

@@ -29,7 +29,10 @@ OBJECT_DOES_NOT_EXIST = "0x80040217"  # 404
 VALIDATION_LENGTH = "0x80044331"  # 400 "A validation error occurred. The length of ..."
 PRIVILEGE_DENIED = "0x80040220"  # 403
 CANNOT_ACT_ON_BEHALF = "0x8004A110"  # CannotActOnBehalfOfAnotherUser, 403
-IN_USE = "0x8004F01F"  # component referenced by others (status UNCONFIRMED; docs/dataverse.md §2.4)
+IN_USE = "0x8004F01F"  # component referenced by others (status UNCONFIRMED; docs/dataverse.md §2.4, §2.7)
+# Observed with "Flow client error returned with status code "BadRequest" ..." refusals of the flow service
+# (ChildFlowNeverPublished; docs/dataverse.md §5.6).
+FLOW_CLIENT_ERROR = "0x80060467"
 # UNCONFIRMED codes: plausible values, kept in one place so a real-tenant run can correct them.
 QUERY_ERROR = "0x80060888"  # bad or unsupported query option
 PAYLOAD_ERROR = "0x80048d19"  # "Error identified in Payload provided by the user ..."

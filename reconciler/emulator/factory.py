@@ -139,9 +139,11 @@ def add_reference(
     description: str | None = None,
     solution: dict[str, Any] | None = None,
     connectionreferenceid: str | None = None,
+    managed: bool | None = None,
 ) -> dict[str, Any]:
     """A ``connectionreferences`` row owned by ``owner`` (a systemusers row); with ``solution`` it is
-    also a component of that solution."""
+    also a component of that solution, managed when the solution is (or when ``managed`` says so)."""
+    is_managed = bool(solution and solution.get("ismanaged")) if managed is None else managed
     now = utc_now()
     row = {
         "connectionreferenceid": connectionreferenceid or new_guid(),
@@ -152,7 +154,7 @@ def add_reference(
         "description": description,
         "statecode": 0,
         "statuscode": 1,
-        "ismanaged": False,
+        "ismanaged": is_managed,
         "promptingbehavior": 0,
         "_ownerid_value": owner["systemuserid"],
         "_createdby_value": owner["systemuserid"],
@@ -244,9 +246,14 @@ def add_connection(
     return conn
 
 
-def flow_clientdata(references: Iterable[tuple[str, str]]) -> str:
+def flow_clientdata(
+    references: Iterable[tuple[str, str]], *, children: Iterable[str] = (), trigger: str = "manual"
+) -> str:
     """A solution-aware flow's ``clientdata`` using ``(logical_name, connector)`` pairs, keyed the way
-    the designer keys them (``shared_x``, ``shared_x-1`` for a second reference to one connector)."""
+    the designer keys them (``shared_x``, ``shared_x-1`` for a second reference to one connector), and
+    running the flows whose ``workflowid`` is in ``children`` with the "Run a Child Flow" action (type
+    ``Workflow``, docs/dataverse.md §5.5). ``trigger``: ``manual`` (a button; what a child flow has) or
+    ``recurrence`` (a scheduled flow)."""
     conn_refs: dict[str, Any] = {}
     actions: dict[str, Any] = {}
     for logical, connector in references:
@@ -265,12 +272,21 @@ def flow_clientdata(references: Iterable[tuple[str, str]]) -> str:
             "type": "OpenApiConnection",
             "inputs": {"host": {"apiId": connector_id(connector), "connectionName": key, "operationId": "Op"}},
         }
+    for child in children:
+        actions[f"Run_a_Child_Flow_{len(actions) + 1}"] = {
+            "type": "Workflow",
+            "inputs": {"host": {"workflowReferenceName": child}, "body": {}},
+        }
+    triggers: dict[str, Any] = (
+        {"Recurrence": {"type": "Recurrence", "recurrence": {"frequency": "Day", "interval": 1}}}
+        if trigger == "recurrence" else {"manual": {"type": "Request", "kind": "Button"}}
+    )
     doc = {
         "properties": {
             "connectionReferences": conn_refs,
             "definition": {
                 "$schema": "https://schema.management.azure.com/providers/Microsoft.Logic/schemas/2016-06-01/workflowdefinition.json#",
-                "triggers": {"manual": {"type": "Request", "kind": "Button"}},
+                "triggers": triggers,
                 "actions": actions,
             },
         },
@@ -288,8 +304,13 @@ def add_flow(
     active: bool = True,
     solution: dict[str, Any] | None = None,
     workflowid: str | None = None,
+    children: Iterable[str] = (),
+    trigger: str = "manual",
+    managed: bool | None = None,
 ) -> dict[str, Any]:
-    """A cloud flow (category 5, type 1) whose clientdata uses the given references."""
+    """A cloud flow (category 5, type 1) whose clientdata uses the given references and runs the given
+    child flows (their ``workflowid``); managed when its solution is (or ``managed`` says so)."""
+    is_managed = bool(solution and solution.get("ismanaged")) if managed is None else managed
     now = utc_now()
     row = {
         "workflowid": workflowid or new_guid(),
@@ -299,18 +320,94 @@ def add_flow(
         "primaryentity": "none",
         "statecode": 1 if active else 0,
         "statuscode": 2 if active else 1,
-        "ismanaged": False,
+        "ismanaged": is_managed,
         "_ownerid_value": owner["systemuserid"],
         "_createdby_value": owner["systemuserid"],
         "_modifiedby_value": owner["systemuserid"],
         "createdon": now,
         "modifiedon": now,
-        "clientdata": flow_clientdata(references),
+        "clientdata": flow_clientdata(references, children=children, trigger=trigger),
         "versionnumber": _next_version(data),
     }
+    if active:
+        row["published_once"] = True
     data["workflows"].append(row)
     if solution is not None:
         add_solution_component(data, solution, row["workflowid"], 29)
+    return row
+
+
+def fail_flow_update(data: dict[str, Any], workflowid: str, message: str) -> None:
+    """Fault injection: the next asynchronous update of this flow (after a rebind, docs/dataverse.md §5.7)
+    fails with ``message`` and leaves the flow on its old connection."""
+    for row in data["workflows"]:
+        if str(row["workflowid"]).lower() == workflowid.lower():
+            row["update_failure"] = message
+            return
+    raise KeyError(workflowid)
+
+
+def add_canvas_app(
+    data: dict[str, Any],
+    name: str,
+    references: Iterable[str],
+    *,
+    owner: dict[str, Any],
+    solution: dict[str, Any] | None = None,
+    canvasappid: str | None = None,
+) -> dict[str, Any]:
+    """A canvas app (``canvasapps``) that uses the given references (logical names; the emulator keeps
+    them in the emulator-only ``connection_references`` key: the platform records the dependency,
+    docs/dataverse.md §2.5). A component of ``solution`` (type 300) when given."""
+    now = utc_now()
+    row = {
+        "canvasappid": canvasappid or new_guid(),
+        "name": name.lower().replace(" ", "_"),
+        "displayname": name,
+        "ismanaged": bool(solution and solution.get("ismanaged")),
+        "_ownerid_value": owner["systemuserid"],
+        "createdon": now,
+        "modifiedon": now,
+        "versionnumber": _next_version(data),
+        "connection_references": list(references),
+    }
+    data["canvasapps"].append(row)
+    if solution is not None:
+        add_solution_component(data, solution, row["canvasappid"], 300)
+    return row
+
+
+def add_bot(
+    data: dict[str, Any],
+    name: str,
+    references: Iterable[str],
+    *,
+    owner: dict[str, Any],
+    solution: dict[str, Any] | None = None,
+    botid: str | None = None,
+    active: bool = True,
+) -> dict[str, Any]:
+    """A Copilot Studio agent (``bots``) that uses the given references (emulator-only
+    ``connection_references``, docs/dataverse.md §2.5); its component type is the org's bot type."""
+    now = utc_now()
+    row = {
+        "botid": botid or new_guid(),
+        "name": name,
+        "schemaname": "contoso_" + "".join(ch for ch in name.title() if ch.isalnum()),
+        "statecode": 0 if active else 1,
+        "statuscode": 1 if active else 2,
+        "ismanaged": bool(solution and solution.get("ismanaged")),
+        "_ownerid_value": owner["systemuserid"],
+        "createdon": now,
+        "modifiedon": now,
+        "versionnumber": _next_version(data),
+        "connection_references": list(references),
+    }
+    data["bots"].append(row)
+    if solution is not None:
+        add_solution_component(
+            data, solution, row["botid"], int(data["environment"].get("bot_componenttype", 10191))
+        )
     return row
 
 
@@ -380,6 +477,8 @@ def sample_environment(signing_key_pem: str | None = None) -> dict[str, Any]:
         business_unit_id="0b0b0b0b-0000-4000-8000-000000000001",
         componenttype=s.COMPONENT_TYPE,
         signing_key_pem=signing_key_pem,
+        # Tests see a rebind reach the flows at once; tests of the delay set their own.
+        settings={"rebind_propagation_seconds": 0},
     )
     app = add_application(
         data,

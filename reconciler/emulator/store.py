@@ -33,6 +33,9 @@ TOP_LEVEL_KEYS = frozenset(
         "connectionreferences",
         "solutioncomponents",
         "workflows",
+        "canvasapps",
+        "bots",
+        "asyncoperations",
         "connections",
         "next_versionnumber",
         "oidc",  # emulated OIDC issuers and managed identity (docs/emulator-data.md, Identity)
@@ -46,6 +49,9 @@ LIST_KEYS = (
     "connectionreferences",
     "solutioncomponents",
     "workflows",
+    "canvasapps",
+    "bots",
+    "asyncoperations",
     "connections",
 )
 ENVIRONMENT_REQUIRED = ("url",)
@@ -62,6 +68,18 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "delete_in_use_status": 400,
     # Rows per page when the client sends no odata.maxpagesize (default and cap 5000: docs/dataverse.md §3.5).
     "page_size_default": 5000,
+    # Seconds before a rebind reaches the flows that use the reference: the platform applies it to them
+    # asynchronously (docs/dataverse.md §5.3, §5.7); 0 = at once, inside the PATCH.
+    "rebind_propagation_seconds": 3,
+    # What a parent flow needs of its child flows to be switched on: "on" (each child is on now) or
+    # "published_once" (each child was on at least once). UNCONFIRMED: docs/dataverse.md §5.6.
+    "child_flow_activation": "on",
+    # Whether a connectionid or owner change on a managed reference also leaves an unmanaged layer
+    # (UNCONFIRMED: docs/dataverse.md §2.6); display name and description changes always do.
+    "binding_leaves_layer": False,
+    # msdyn_componentlayers answers only a query naming one component (msdyn_componentid and
+    # msdyn_solutioncomponentname in the $filter), as a virtual table may (UNCONFIRMED: docs/dataverse.md §2.6).
+    "componentlayers_require_component": True,
 }
 
 
@@ -83,6 +101,7 @@ def new_environment_data(
     organization_id: str | None = None,
     business_unit_id: str | None = None,
     componenttype: int = 10150,
+    bot_componenttype: int = 10191,
     signing_key_pem: str | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -98,6 +117,7 @@ def new_environment_data(
             "organization_id": organization_id or new_guid(),
             "business_unit_id": business_unit_id or new_guid(),
             "connectionreference_componenttype": componenttype,
+            "bot_componenttype": bot_componenttype,
         },
         "settings": dict(settings or {}),
         "signing_key_pem": signing_key_pem or jwt.new_signing_key_pem(),
@@ -107,6 +127,9 @@ def new_environment_data(
         "connectionreferences": [],
         "solutioncomponents": [],
         "workflows": [],
+        "canvasapps": [],
+        "bots": [],
+        "asyncoperations": [],
         "connections": [],
         "next_versionnumber": 1000,
     }
@@ -219,6 +242,12 @@ class EnvironmentStore:
     def componenttype(self) -> int:
         return int(self.environment.get("connectionreference_componenttype", 10150))
 
+    @property
+    def bot_componenttype(self) -> int:
+        """The org-specific component type of a Copilot Studio bot (a solution-aware table, like the
+        connection reference: docs/dataverse.md §2.1, §2.5)."""
+        return int(self.environment.get("bot_componenttype", 10191))
+
     def rows(self, table: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.data.setdefault(table, [])
         return rows
@@ -254,3 +283,13 @@ class EnvironmentStore:
 
     def reference_by_logical_name(self, logical_name: str | None) -> dict[str, Any] | None:
         return self.find("connectionreferences", "connectionreferencelogicalname", logical_name)
+
+    def workflow(self, workflowid: str | None) -> dict[str, Any] | None:
+        return self.find("workflows", "workflowid", workflowid)
+
+    def solutions_of(self, objectid: str) -> list[dict[str, Any]]:
+        """The solutions a component belongs to (its ``solutioncomponents`` rows, docs/dataverse.md §2.2)."""
+        oid = objectid.lower()
+        ids = {str(c.get("_solutionid_value", "")).lower() for c in self.rows("solutioncomponents")
+               if str(c.get("objectid", "")).lower() == oid}
+        return [s for s in self.rows("solutions") if str(s.get("solutionid", "")).lower() in ids]

@@ -87,6 +87,54 @@ WORKFLOW_COLUMNS = (
     "modifiedon",
     "versionnumber",
 )
+CANVASAPP_COLUMNS = (
+    "canvasappid",
+    "name",
+    "displayname",
+    "ismanaged",
+    "_ownerid_value",
+    "createdon",
+    "modifiedon",
+    "versionnumber",
+)
+BOT_COLUMNS = (
+    "botid",
+    "name",
+    "schemaname",
+    "statecode",
+    "statuscode",
+    "ismanaged",
+    "_ownerid_value",
+    "createdon",
+    "modifiedon",
+    "versionnumber",
+)
+ASYNCOPERATION_COLUMNS = (
+    "asyncoperationid",
+    "name",
+    "operationtype",
+    "statecode",
+    "statuscode",
+    "_regardingobjectid_value",
+    "message",
+    "friendlymessage",
+    "createdon",
+    "startedon",
+    "completedon",
+)
+COMPONENTLAYER_COLUMNS = (
+    "msdyn_componentlayerid",
+    "msdyn_name",
+    "msdyn_componentid",
+    "msdyn_solutioncomponentname",
+    "msdyn_solutionname",
+    "msdyn_publishername",
+    "msdyn_order",
+    "msdyn_changes",
+    "msdyn_componentjson",
+    "msdyn_children",
+    "msdyn_overwritetime",
+)
 SYSTEMUSER_COLUMNS = (
     "systemuserid",
     "azureactivedirectoryobjectid",
@@ -130,6 +178,7 @@ def _definitions(ctx: Ctx) -> list[dict[str, Any]]:
     rows = []
     for name, ctype in (
         ("connectionreference", ctx.store.componenttype),
+        ("bot", ctx.store.bot_componenttype),
         ("environmentvariabledefinition", 380),
         ("environmentvariablevalue", 381),
     ):
@@ -145,6 +194,12 @@ def _definitions(ctx: Ctx) -> list[dict[str, Any]]:
     return rows
 
 
+def _component_layers(ctx: Ctx) -> list[dict[str, Any]]:
+    from .layers import component_layers  # layers build on this module's presentation
+
+    return component_layers(ctx)
+
+
 TABLES: dict[str, Table] = {
     t.entity_set: t
     for t in (
@@ -153,8 +208,16 @@ TABLES: dict[str, Table] = {
             "connectionreference",
             "connectionreferenceid",
             CONNECTIONREFERENCE_COLUMNS,
+            hidden=("active_layer",),
         ),
-        Table("workflows", "workflow", "workflowid", WORKFLOW_COLUMNS),
+        Table("workflows", "workflow", "workflowid", WORKFLOW_COLUMNS,
+              hidden=("applied_connections", "published_once", "update_failure")),
+        Table("canvasapps", "canvasapp", "canvasappid", CANVASAPP_COLUMNS, hidden=("connection_references",)),
+        Table("bots", "bot", "botid", BOT_COLUMNS, hidden=("connection_references",)),
+        Table("asyncoperations", "asyncoperation", "asyncoperationid", ASYNCOPERATION_COLUMNS,
+              hidden=("due_epoch", "workflowid", "reference", "connectionid")),
+        Table("msdyn_componentlayers", "msdyn_componentlayer", "msdyn_componentlayerid", COMPONENTLAYER_COLUMNS,
+              rows=lambda ctx: _component_layers(ctx)),
         Table("systemusers", "systemuser", "systemuserid", SYSTEMUSER_COLUMNS, hidden=("privileges",)),
         Table("solutions", "solution", "solutionid", SOLUTION_COLUMNS, hidden=("publisher_prefix",)),
         Table("solutioncomponents", "solutioncomponent", "solutioncomponentid", SOLUTIONCOMPONENT_COLUMNS),
@@ -351,7 +414,15 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
             for p in node.properties():
                 if p not in columns_of(ctx, table):
                     raise _unknown_property(table, p)
+            if table.entity_set == "msdyn_componentlayers":
+                from .layers import check_query
+
+                check_query(ctx, node.properties())
             served = [r for r in served if node.test(r)]
+        elif table.entity_set == "msdyn_componentlayers":
+            from .layers import check_query
+
+            check_query(ctx, ())
         keys: list[tuple[str, bool]] = []
         if "$orderby" in q:
             try:
