@@ -404,7 +404,8 @@ def problems_of(cfg: Config, lv: LiveEnvironment) -> list[str]:
 def test_missing_connection() -> None:
     cfg = config([SP_REF], {"contoso_SharePoint": "deadbeef"})
     assert problems_of(cfg, live([], [C_SVC])) == [
-        "dev: contoso_SharePoint: connection deadbeef not found in environment dev"
+        "dev: contoso_SharePoint: connection deadbeef not found in environment dev; bind it to an existing "
+        "connection (connref import shows the current ones) or create the connection first"
     ]
 
 
@@ -420,7 +421,8 @@ def test_connection_for_another_connector() -> None:
     cfg = config([SP_REF], {"contoso_SharePoint": C_OUTLOOK.name})
     assert problems_of(cfg, live([], [C_OUTLOOK])) == [
         f'dev: contoso_SharePoint: connection "Outlook svc" (owner svc-flows@contoso.com, {C_OUTLOOK.name}) '
-        "is for connector shared_office365, but the reference is for shared_sharepointonline"
+        "is for connector shared_office365, but the reference is for shared_sharepointonline; bind it to a "
+        "shared_sharepointonline connection"
     ]
 
 
@@ -451,7 +453,8 @@ def test_empty_selector_match_lists_the_connectors_connections() -> None:
     assert line == (
         "dev: contoso_SharePoint: selector {owner: nobody@contoso.com, display_name: X} matches no "
         "shared_sharepointonline connection in environment dev. "
-        f'shared_sharepointonline connections: "SharePoint maker1" (owner maker1@contoso.com, {C_MAKER.name})'
+        f'shared_sharepointonline connections: "SharePoint maker1" (owner maker1@contoso.com, {C_MAKER.name}); '
+        "change the selector, or bind by connection name"
     )
 
 
@@ -529,13 +532,15 @@ def test_service_account_not_found_or_disabled() -> None:
     ]
     disabled = LiveUser("u-svc", "oid-svc", "svc-flows@contoso.com", disabled=True)
     assert problems_of(config([SP_REF]), live([], writer=disabled)) == [
-        "dev: service account svc-flows@contoso.com is disabled in environment dev"
+        "dev: service account svc-flows@contoso.com is disabled in environment dev; enable the user in this "
+        "environment, or fix service_account"
     ]
 
 
 def test_solution_missing() -> None:
     assert problems_of(config([SP_REF]), live([], solution=None)) == [
-        "dev: solution ContosoConnections not found in environment dev"
+        "dev: solution ContosoConnections not found in environment dev; create it, or fix solution: in the "
+        "config (its unique name, not its display name)"
     ]
 
 
@@ -581,7 +586,7 @@ def test_fingerprint_moves_with_etags_and_ignores_order() -> None:
 def test_caller_needs_the_delegate_privilege_to_act_as_the_service_account() -> None:
     lv = live([ref("contoso_SharePoint", SP_REF.display_name)], caller=MAKER1)
     assert problems_of(config([SP_REF]), lv) == [
-        "dev: maker1@contoso.com may not act as svc-flows@contoso.com: give it the Delegate security role "
+        "dev: maker1@contoso.com may not act as svc-flows@contoso.com; give it the Delegate security role "
         "(privilege prvActOnBehalfOfAnotherUser) in environment dev"
     ]
     allowed = dataclasses.replace(lv, caller_can_impersonate=True)

@@ -8,6 +8,7 @@ import re
 from builders import C_MAKER, C_SVC, MAKER1, PLANNING, SP_REF
 
 from reconciler.domain.model import connector_id
+from reconciler.domain.rules import problem
 from reconciler.errors import PlanError
 from reconciler.plan.ops import (
     AddToSolution,
@@ -222,9 +223,14 @@ def test_json_no_changes_is_not_applyable() -> None:
 
 
 def test_json_for_a_failed_plan() -> None:
-    doc = render_json_error(PlanProblems(["dev: a: x", "prod: b: y"]))
-    assert (doc["errored"], doc["applyable"], doc["errors"]) == (True, False, ["dev: a: x", "prod: b: y"])
+    problems = [problem("CR204", "x", "fix x", environment="dev", subject="a"),
+                problem("CR310", "y", "fix y", environment="prod")]
+    doc = render_json_error(PlanProblems(problems))
+    assert (doc["errored"], doc["applyable"], doc["errors"]) == (True, False, ["dev: a: x; fix x", "prod: y; fix y"])
+    assert [(d["code"], d["severity"], d["environment"], d["subject"], d["fix"]) for d in doc["diagnostics"]] == [
+        ("CR204", "error", "dev", "a", "fix x"), ("CR310", "error", "prod", None, "fix y")]
     assert render_json_error(PlanError("solution missing"))["errors"] == ["solution missing"]
+    assert render_json_error(PlanError("solution missing"))["diagnostics"] == []
 
 
 def test_markdown_exact() -> None:
@@ -332,8 +338,10 @@ def test_a_plan_that_fits_is_not_folded() -> None:
 
 
 def test_failed_plan_markdown_lists_every_problem_with_the_marker() -> None:
-    md = render_markdown_error(PlanProblems(["dev: a: <bad> | x", "prod: b: y"]))
+    md = render_markdown_error(PlanProblems([problem("CR204", "<bad> | x", "f", environment="dev", subject="a"),
+                                             problem("CR310", "y", "g", environment="prod", subject="b")]))
     assert md.startswith(PLAN_MARKER + "\n### connref plan\n\n**The plan could not be made.**")
-    assert "- dev: a: &lt;bad&gt; \\| x\n- prod: b: y\n" in md
-    huge = render_markdown_error(PlanProblems([f"dev: r{i}: " + "x" * 3000 for i in range(100)]))
+    assert "- dev: a: &lt;bad&gt; \\| x; f\n- prod: b: y; g\n" in md
+    huge = render_markdown_error(PlanProblems([problem("CR204", "x" * 3000, "f", environment="dev", subject=f"r{i}")
+                                               for i in range(100)]))
     assert len(huge) < GITHUB_COMMENT_LIMIT and "more." in huge

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reconciler.api.odata_filter import checked_column, entity_path
+from reconciler.domain.patterns import GUID
 from reconciler.errors import ApiError
 
 #: "Batch requests can contain up to 1000 individual requests" (execute-batch-operations-using-web-api).
 MAX_BATCH_OPERATIONS = 1000
-GUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -160,5 +160,5 @@ def entity_id_from_headers(headers: Mapping[str, str]) -> str | None:
     location = headers.get("odata-entityid") or headers.get("location")
     if not location:
         return None
-    m = GUID_IN_TEXT.findall(location)
+    m = GUID.findall(location)
     return m[-1].lower() if m else None

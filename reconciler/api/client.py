@@ -44,7 +44,6 @@ import httpx
 
 from reconciler.api.auth import TokenProvider
 from reconciler.api.batch_format import (
-    GUID_IN_TEXT,
     MAX_BATCH_OPERATIONS,
     BatchOperation,
     MultipartPart,
@@ -54,6 +53,7 @@ from reconciler.api.batch_format import (
     parse_multipart,
 )
 from reconciler.api.odata_filter import Filter, checked_column, entity_path, eq, literal
+from reconciler.domain.patterns import GUID, JWT
 from reconciler.errors import (
     ApiError,
     NotFoundError,
@@ -81,7 +81,6 @@ POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
 # Throttled (429, honouring Retry-After) and transient answers are retried (docs/dataverse.md §3.8).
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Characters left as they are in a query value: everything else is percent-encoded, so a value can
@@ -91,7 +90,7 @@ _QUERY_SAFE = "'(),/:$@"
 
 def redact(text: str) -> str:
     """Remove anything shaped like a bearer token or a JWT from a message."""
-    return _JWT_LIKE.sub("<redacted>", _BEARER.sub("Bearer <redacted>", text))
+    return JWT.sub("<redacted>", _BEARER.sub("Bearer <redacted>", text))
 
 
 # --------------------------------------------------------------------------- URLs
@@ -620,7 +619,7 @@ class DataverseClient(_HttpCore):
             return parts.index(failed)
         # Last resort: the error message often names the row ("... With Id = <guid> Does Not Exist").
         _code, message, _ = _part_error_fields(failed)
-        for guid in GUID_IN_TEXT.findall(message or ""):
+        for guid in GUID.findall(message or ""):
             for i, op in enumerate(operations):
                 if guid.lower() in op.path.lower():
                     return i

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -45,6 +44,7 @@ from reconciler.domain.model import (
     LiveUser,
     Permission,
 )
+from reconciler.domain.patterns import is_guid
 from reconciler.errors import ApiError, AuthError, NotFoundError, PlanError
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,11 @@ USER_COLUMNS = ("systemuserid", "azureactivedirectoryobjectid", "domainname", "f
 FLOW_COLUMNS = ("workflowid", "name", "statecode", "statuscode", "ismanaged", "_ownerid_value", "clientdata")
 SOLUTION_COLUMNS = ("solutionid", "uniquename", "friendlyname", "ismanaged")
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
 
 def _guids(values: Iterable[str | None]) -> list[Guid]:
     seen: dict[str, Guid] = {}
     for v in values:
-        if v and _GUID.match(v):
+        if v and is_guid(v):
             seen.setdefault(v.lower(), Guid(v.lower()))
     return list(seen.values())
 

@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+from reconciler.domain.patterns import is_guid
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # --------------------------------------------------------------------------- filter builder
@@ -26,7 +27,7 @@ class Guid:
     value: str
 
     def __post_init__(self) -> None:
-        if not _GUID.match(self.value):
+        if not is_guid(self.value):
             raise ValueError(f"not a GUID: {self.value!r}")
 
 

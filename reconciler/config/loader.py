@@ -43,6 +43,7 @@ from reconciler.domain.model import (
     frozen_map,
 )
 from reconciler.domain.names import logical_name_problem, publisher_prefix
+from reconciler.domain.patterns import GUID, has_jwt, is_guid
 from reconciler.errors import ConfigError, ConfigErrors, Location
 
 SUPPORTED_VERSION = 1
@@ -87,8 +88,7 @@ ALL_AUTH_KEYS = tuple(sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_
 # Option keys that name files: stored as absolute paths, resolved relative to the config file.
 FILE_KEYS = ("client_secret_file", "certificate_path", "federated_token_file")
 
-_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_ENV_ID_RE = re.compile(r"(?:Default-)?" + _GUID_RE.pattern)
+_ENV_ID_RE = re.compile(r"(?:Default-)?" + GUID.pattern)
 _UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -97,11 +97,10 @@ _LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
 def _guid_check(what: str) -> Callable[[str], str | None]:
     """A check for ``Reader.checked``: the value must be a GUID (``what`` names it in the error)."""
-    return lambda v: None if _GUID_RE.fullmatch(v) else f"expected a GUID (the {what})"
+    return lambda v: None if is_guid(v) else f"expected a GUID (the {what})"
 
 
-# Values that are secrets whatever key they sit under.
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*")
+# Values that are secrets whatever key they sit under (and JWTs: reconciler.domain.patterns).
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 # Entra client secrets since 2021: three characters, a digit, "Q~", then 31-34 more.
 _ENTRA_SECRET_RE = re.compile(r"[A-Za-z0-9_\-.~]{3}\dQ~[A-Za-z0-9_\-.~]{31,34}")
@@ -126,7 +125,7 @@ def _secret_key(key: str) -> bool:
 def _secret_value(value: str) -> str | None:
     if _PEM_RE.search(value):
         return "a PEM block (key or certificate)"
-    if _JWT_RE.search(value):
+    if has_jwt(value):
         return "a token (JWT)"
     if _ENTRA_SECRET_RE.fullmatch(value.strip()):
         return "a client secret"
@@ -485,7 +484,7 @@ class _Validator:
             field,
             lambda v: (
                 None
-                if _UPN_RE.fullmatch(v) or _GUID_RE.fullmatch(v)
+                if _UPN_RE.fullmatch(v) or is_guid(v)
                 else "expected a user principal name (name@domain) or an Entra object id (GUID)"
             ),
         )
@@ -686,7 +685,7 @@ class _Validator:
             field,
             lambda v: (
                 None
-                if _GUID_RE.fullmatch(v) or _DOMAIN_RE.fullmatch(v)
+                if is_guid(v) or _DOMAIN_RE.fullmatch(v)
                 else "expected a GUID or a domain such as contoso.onmicrosoft.com (the tenant)"
             ),
         )
@@ -752,7 +751,7 @@ class _Validator:
         return AuthProfile(
             name=name,
             method=method,
-            tenant_id=tenant.lower() if tenant and _GUID_RE.fullmatch(tenant) else tenant,
+            tenant_id=tenant.lower() if tenant and is_guid(tenant) else tenant,
             client_id=client.lower() if client else None,
             options=frozen_map(options),
             location=m.loc,

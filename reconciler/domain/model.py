@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -263,30 +264,38 @@ class LiveEnvironment:
                 "(New-PowerAppManagementApp) so connref sees every connection, or share the connections "
                 f"with {who}")
 
-    def connection(self, name: str) -> LiveConnection | None:
-        key = name.lower()
+    # Lookups by key, without case, through indexes built on first use (the data is frozen).
+
+    @cached_property
+    def _connections_by_name(self) -> Mapping[str, LiveConnection]:
+        index: dict[str, LiveConnection] = {}
         for c in self.connections:
-            if c.name.lower() == key:
-                return c
-        return None
+            index.setdefault(c.name.lower(), c)
+        return index
+
+    @cached_property
+    def _users_by_id(self) -> Mapping[str, LiveUser]:
+        index: dict[str, LiveUser] = {}
+        for u in self.users:
+            index.setdefault(u.systemuserid.lower(), u)
+        return index
+
+    @cached_property
+    def _users_by_object_id(self) -> Mapping[str, LiveUser]:
+        index: dict[str, LiveUser] = {}
+        for u in self.users:
+            if u.object_id:
+                index.setdefault(u.object_id.lower(), u)
+        return index
+
+    def connection(self, name: str) -> LiveConnection | None:
+        return self._connections_by_name.get(name.lower())
 
     def user(self, systemuserid: str | None) -> LiveUser | None:
-        if not systemuserid:
-            return None
-        key = systemuserid.lower()
-        for u in self.users:
-            if u.systemuserid.lower() == key:
-                return u
-        return None
+        return self._users_by_id.get(systemuserid.lower()) if systemuserid else None
 
     def user_by_object_id(self, object_id: str | None) -> LiveUser | None:
-        if not object_id:
-            return None
-        key = object_id.lower()
-        for u in self.users:
-            if (u.object_id or "").lower() == key:
-                return u
-        return None
+        return self._users_by_object_id.get(object_id.lower()) if object_id else None
 
     def owner_upn(self, conn: LiveConnection) -> str | None:
         """A connection's owner as people name it: the UPN of the Dataverse user whose object id

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from reconciler.domain.rules import connection_label
+
 FORMAT_VERSION = "1.0"
 
 JsonMap = Mapping[str, Any]
@@ -47,9 +49,7 @@ class ConnectionInfo:
 
     def describe(self) -> str:
         """``"SharePoint svc" (owner svc-flows@contoso.com, 0f3a…)``: readable first, the id to copy last."""
-        label = f'"{self.display_name}"' if self.display_name else self.name
-        owner = f"owner {self.owner}" if self.owner else "owner unknown"
-        return f"{label} ({owner}, {self.name})"
+        return connection_label(self.name, self.display_name, self.owner)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.domain.model import Config, LiveEnvironment, frozen_map
+from reconciler.domain.patterns import has_jwt
 from reconciler.errors import PlanError, StalePlanError
 from reconciler.state.local import atomic_write
 from reconciler.state.model import EnvState
@@ -36,8 +36,6 @@ KIND = "connref-saved-plan"
 REPLAN = "Run `connref plan --out FILE` again and apply the new plan."
 
 _SECRET_FILE_KEYS = ("client_secret_file", "federated_token_file")
-# A JWT (an access token or a federated assertion) is a secret wherever it appears.
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*")
 # Option names that must never be saved, whatever a caller passes (belt and braces with the value scan).
 _SECRET_WORDS = ("secret", "token", "password", "passphrase", "assertion", "private_key", "credential")
 
@@ -211,7 +209,7 @@ def write_plan_file(
         path=str(path),
     )
     text = json.dumps(saved.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    leaked = _JWT_RE.search(text) is not None
+    leaked = has_jwt(text)  # a JWT is a secret wherever it appears
     for value in secret_values(config, secrets):
         # json.dumps escapes some characters, so look for the raw and the JSON-escaped form.
         leaked = leaked or value in text or json.dumps(value)[1:-1] in text

@@ -12,6 +12,10 @@ Rules, in the order a reader meets them:
   is Connected (docs/dataverse.md §4.4), and the identity that writes owns it or has it shared, which
   Dataverse requires to set ``connectionid`` (docs/dataverse.md §4.6, §5.3).
 - Every problem of the plan is collected and raised as one ``PlanError``, so the user fixes all at once.
+
+Each verdict above (who writes, whether a binding may be used, which fields differ) is the rules layer's
+(``reconciler.domain.rules``); the planner turns its answers into operations and its problems into the
+plan's refusal.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.domain import rules
 from reconciler.domain.model import (
     Binding,
     Config,
@@ -30,10 +35,10 @@ from reconciler.domain.model import (
     LiveConnection,
     LiveEnvironment,
     LiveReference,
-    LiveUser,
     Selector,
     connector_name,
 )
+from reconciler.domain.rules import Problem, problem
 from reconciler.errors import PlanError
 from reconciler.plan.ops import (
     AddToSolution,
@@ -49,17 +54,14 @@ from reconciler.plan.ops import (
     UpdateReference,
 )
 
-CONNECTED = "connected"
-# The role a service principal needs on a connection to use it ("Can use" in the maker portal;
-# docs/dataverse.md §4.5).
-SHARE_ROLE = "CanView"
-
 
 class PlanProblems(PlanError):
-    """Every problem found while planning, one line each (``ENV: reference: what to fix``)."""
+    """Every problem found while planning: ``diagnostics`` holds them as ``Problem``s, ``problems`` as
+    their readable lines (``ENV: reference: what is wrong; what to do``)."""
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
+    def __init__(self, problems: list[Problem]) -> None:
+        self.diagnostics = tuple(problems)
+        self.problems = [p.line() for p in problems]
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -87,7 +89,7 @@ def plan(
         raise PlanError(f"environment(s) not in the config: {', '.join(unknown)}")
     do_prune = config.prune if prune is None else prune
     envs: list[EnvironmentPlan] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
     for name, env in config.environments.items():
         if name not in lives:
             continue
@@ -95,7 +97,7 @@ def plan(
             managed_here = (managed or {}).get(name, ())
             envs.append(plan_environment(config, env, lives[name], prune=do_prune, managed=managed_here))
         except PlanProblems as e:
-            problems.extend(e.problems)
+            problems.extend(e.diagnostics)
     if problems:
         raise PlanProblems(problems)
     return Plan(
@@ -170,40 +172,23 @@ def config_digest(config: Config) -> str:
 # --------------------------------------------------------------------------- one environment
 
 
-def _norm(text: str | None) -> str:
-    """Dataverse returns an empty text column as null or as ""; they mean the same."""
-    return text or ""
-
-
 class _EnvPlanner:
     def __init__(self, config: Config, env: EnvironmentConfig, live: LiveEnvironment) -> None:
         self.config = config
         self.env = env
         self.live = live
-        # Writes act as the service account when one is configured (never silently as the caller).
-        self.writer: LiveUser | None = live.writer if env.service_account else (live.writer or live.caller)
-        self.who = self.writer.describe() if self.writer else "the identity that writes"
-        self.problems: list[str] = []
+        self.writer = rules.writer(env.service_account, live)
+        self.bindings = rules.BindingIndex.of(env)
+        self.problems: list[Problem] = []
         self.warnings: list[str] = []
 
     # ---- helpers
 
-    def problem(self, ref: str | None, message: str) -> None:
-        where = f"{self.env.name}: {ref}: " if ref else f"{self.env.name}: "
-        self.problems.append(where + message)
-
-    def owner_upn(self, conn: LiveConnection) -> str | None:
-        return self.live.owner_upn(conn)
+    def problem(self, code: str, ref: str | None, message: str, fix: str) -> None:
+        self.problems.append(problem(code, message, fix, environment=self.env.name, subject=ref))
 
     def info(self, conn: LiveConnection) -> ConnectionInfo:
-        return ConnectionInfo(conn.name, conn.display_name, self.owner_upn(conn), conn.status)
-
-    def describe(self, conn: LiveConnection) -> str:
-        return self.info(conn).describe()
-
-    def binding_for(self, logical_name: str) -> Binding | None:
-        key = logical_name.lower()
-        return next((b for name, b in self.env.bindings.items() if name.lower() == key), None)
+        return ConnectionInfo(conn.name, conn.display_name, rules.owner_label(conn, self.live), conn.status)
 
     def owner_info(self, systemuserid: str | None) -> OwnerInfo | None:
         if not systemuserid:
@@ -214,9 +199,10 @@ class _EnvPlanner:
     # ---- the run
 
     def run(self, *, prune: bool, managed: Collection[str]) -> EnvironmentPlan:
-        self.check_identity()
+        self.problems.extend(rules.identity_problems(self.env.name, self.env.service_account, self.live))
         if self.live.solution is None:
-            self.problem(None, f"solution {self.config.solution} not found in environment {self.env.name}")
+            self.problem("CR310", None, f"solution {self.config.solution} not found in environment {self.env.name}",
+                         "create it, or fix solution: in the config (its unique name, not its display name)")
         by_name: dict[str, list[LiveReference]] = {}
         for ref in self.live.references:
             by_name.setdefault(ref.logical_name.lower(), []).append(ref)
@@ -238,46 +224,27 @@ class _EnvPlanner:
             fingerprint=live_fingerprint(self.live),
         )
 
-    def check_identity(self) -> None:
-        """With a service account, writes are sent as it (``CallerObjectId``); that needs the account to
-        exist, be enabled, and the caller to hold prvActOnBehalfOfAnotherUser (docs/dataverse.md §3.10,
-        learn.microsoft.com/power-apps/developer/data-platform/webapi/impersonate-another-user-web-api)."""
-        account = self.env.service_account
-        writer, caller = self.live.writer, self.live.caller
-        if not account:
-            return
-        if writer is None:
-            self.problem(
-                None,
-                f"service account {account} not found among the users of environment {self.env.name}; "
-                "add it as a user (application users for service principals) or fix service_account",
-            )
-            return
-        if writer.disabled:
-            self.problem(None, f"service account {account} is disabled in environment {self.env.name}")
-        acting_as_other = caller is not None and caller.systemuserid.lower() != writer.systemuserid.lower()
-        if acting_as_other and caller is not None and not self.live.caller_can_impersonate:
-            self.problem(
-                None,
-                f"{caller.describe()} may not act as {account}: give it the Delegate security role "
-                f"(privilege prvActOnBehalfOfAnotherUser) in environment {self.env.name}",
-            )
-
     def plan_reference(self, desired: DesiredReference, matches: list[LiveReference]) -> list[Op]:
         name = desired.logical_name
         if len(matches) > 1:
             names = ", ".join(sorted(m.logical_name for m in matches))
-            self.problem(name, f"several live references match it ignoring case ({names}); remove the extras")
+            self.problem("CR311", name, f"several live references match it ignoring case ({names})",
+                         "remove the extras")
             return []
-        binding = self.binding_for(name)
+        binding = self.bindings.get(name)
         target = self.resolve(desired, binding) if binding is not None else None
         if not matches:
             return [self.create(desired, target)]
         return self.update(desired, matches[0], binding, target)
 
+    def new_owner(self) -> OwnerInfo | None:
+        """The owner every managed reference gets: the service account, when one is configured."""
+        if not self.env.service_account or self.writer is None:
+            return None
+        return self.owner_info(self.writer.systemuserid)
+
     def create(self, desired: DesiredReference, target: LiveConnection | None) -> CreateReference:
-        writer = self.live.writer
-        owner = self.owner_info(writer.systemuserid) if self.env.service_account and writer else None
+        owner = self.new_owner()
         after = {
             "logical_name": desired.logical_name,
             "connector": desired.connector,
@@ -313,12 +280,12 @@ class _EnvPlanner:
                 f"{self.env.name}: {desired.logical_name} is {ref.logical_name} in the environment; logical "
                 f"names can't change, so {ref.logical_name} is kept (spell it so in the config)"
             )
-        if connector_name(ref.connector) != connector_name(desired.connector):
+        if not rules.same_connector(ref.connector, desired.connector):
             self.problem(
-                name,
+                "CR312", name,
                 f"the live reference is for connector {connector_name(ref.connector)} but the config "
-                f"declares {connector_name(desired.connector)}; the connector of a reference can't change: "
-                "declare a new logical name for the new connector",
+                f"declares {connector_name(desired.connector)}",
+                "the connector of a reference can't change: declare a new logical name for the new connector",
             )
             return []
 
@@ -351,45 +318,42 @@ class _EnvPlanner:
                 )
             )
 
+        # Unbound in the config: the live binding is left alone (it may be set by hand or by another tool).
+        # Without a service account the owner is left alone too.
+        new_owner = self.new_owner()
+        expected: dict[str, str | None] = {"display_name": desired.display_name, "description": desired.description}
+        if target is not None:
+            expected["connection"] = target.name
+        if new_owner is not None:
+            expected["owner"] = new_owner.systemuserid
+        actual = {"display_name": ref.display_name, "description": ref.description,
+                  "connection": ref.connection, "owner": ref.owner_id}
         changes: list[FieldChange] = []
         reasons: list[str] = []
-        if _norm(ref.display_name) != _norm(desired.display_name):
-            changes.append(FieldChange("display_name", ref.display_name, desired.display_name))
-            reasons.append("the display name differs from the config")
-        if _norm(ref.description) != _norm(desired.description):
-            changes.append(FieldChange("description", ref.description, desired.description))
-            reasons.append("the description differs from the config")
-
         old_conn = new_conn = None
-        # Unbound in the config: the live binding is left alone (it may be set by hand or by another tool).
-        if target is not None and (ref.connection or "").lower() != target.name.lower():
-            live_old = self.live.connection(ref.connection) if ref.connection else None
-            if live_old is not None:
-                old_conn = self.info(live_old)
-            elif ref.connection:
-                old_conn = ConnectionInfo(ref.connection, status="not found")
-            new_conn = self.info(target)
-            changes.append(FieldChange("connection", ref.connection, target.name))
-            how = "named in the config"
-            if isinstance(binding, Selector):
-                how = f"selected by {binding.describe()}"
-            other = "another connection" if ref.connection else "a connection to this unbound reference"
-            reasons.append(f"the config binds {other} ({how})")
-
-        new_owner = None
-        writer = self.live.writer
-        if (
-            self.env.service_account
-            and writer is not None
-            and (ref.owner_id or "").lower() != writer.systemuserid.lower()
-        ):
-            new_owner = self.owner_info(writer.systemuserid)
-            assert new_owner is not None
-            changes.append(
-                FieldChange("owner", old_owner.describe() if old_owner else None, new_owner.describe())
-            )
-            was = old_owner.describe() if old_owner else "nobody"
-            reasons.append(f"owned by {was}, not the service account")
+        for d in rules.differences(expected, actual):
+            if d.field == "connection" and target is not None:  # in ``expected`` only with a target
+                live_old = self.live.connection(ref.connection) if ref.connection else None
+                if live_old is not None:
+                    old_conn = self.info(live_old)
+                elif ref.connection:
+                    old_conn = ConnectionInfo(ref.connection, status="not found")
+                new_conn = self.info(target)
+                changes.append(FieldChange("connection", ref.connection, target.name))
+                how = f"selected by {binding.describe()}" if isinstance(binding, Selector) else "named in the config"
+                other = "another connection" if ref.connection else "a connection to this unbound reference"
+                reasons.append(f"the config binds {other} ({how})")
+            elif d.field == "owner" and new_owner is not None:
+                changes.append(
+                    FieldChange("owner", old_owner.describe() if old_owner else None, new_owner.describe())
+                )
+                was = old_owner.describe() if old_owner else "nobody"
+                reasons.append(f"owned by {was}, not the service account")
+            else:
+                changes.append(FieldChange(d.field, d.actual, d.expected))
+                reasons.append(f"the {d.field.replace('_', ' ')} differs from the config")
+        if not any(c.field == "owner" for c in changes):
+            new_owner = None
 
         if changes:
             after = dict(before)
@@ -456,73 +420,9 @@ class _EnvPlanner:
     # ---- bindings
 
     def resolve(self, desired: DesiredReference, binding: Binding) -> LiveConnection | None:
-        """The connection a binding names, checked; ``None`` (problems recorded) when it can't be used."""
-        name = desired.logical_name
-        want = connector_name(desired.connector)
-        if isinstance(binding, Selector):
-            conn = self.select(desired, binding)
-        else:
-            conn = self.live.connection(binding)
-            if conn is None:
-                note = self.live.connections_visibility_note()
-                self.problem(
-                    name,
-                    f"connection {binding} not found in environment {self.env.name}"
-                    + (f" ({note})" if note else ""),
-                )
-        if conn is None:
-            return None
-        ok = True
-        if connector_name(conn.connector) != want:
-            self.problem(
-                name,
-                f"connection {self.describe(conn)} is for connector {connector_name(conn.connector)}, "
-                f"but the reference is for {want}",
-            )
-            ok = False
-        if (conn.status or "").lower() != CONNECTED:
-            self.problem(
-                name,
-                f"connection {self.describe(conn)} has status {conn.status or 'unknown'}, not Connected; "
-                "repair it (sign in again) in the maker portal or bind another connection",
-            )
-            ok = False
-        if self.writer is None:
-            if not self.env.service_account:  # else check_identity already said the account is missing
-                self.problem(name, "the identity that writes is unknown, so its access can't be checked")
-            ok = False
-        elif not conn.usable_by(self.writer.object_id):
-            self.problem(
-                name,
-                f"connection {self.describe(conn)} is owned by {self.owner_upn(conn) or 'someone else'} "
-                f"and not shared with {self.who}, which writes the binding; share it with {self.who} "
-                f"(object id {self.writer.object_id}) with the {SHARE_ROLE} ('Can use') permission, or bind "
-                f"a connection {self.who} owns",
-            )
-            ok = False
-        return conn if ok else None
-
-    def select(self, desired: DesiredReference, selector: Selector) -> LiveConnection | None:
-        want = connector_name(desired.connector)
-        candidates = sorted(
-            (c for c in self.live.connections if connector_name(c.connector) == want),
-            key=lambda c: ((c.display_name or "").lower(), c.name),
-        )
-        matches = self.live.selector_matches(selector, desired.connector)
-        if len(matches) == 1:
-            return matches[0]
-        listing = "; ".join(self.describe(c) for c in (matches or candidates)) or "none"
-        if matches:
-            self.problem(
-                desired.logical_name,
-                f"selector {selector.describe()} matches {len(matches)} {want} connections; add display_name "
-                f"to pick one, or bind by name. Candidates: {listing}",
-            )
-        else:
-            self.problem(
-                desired.logical_name,
-                f"selector {selector.describe()} matches no {want} connection in environment {self.env.name}"
-                + (f" ({note})" if (note := self.live.connections_visibility_note()) else "")
-                + f". {want} connections: {listing}",
-            )
-        return None
+        """The connection a binding names, checked (``rules.judge_binding``); ``None`` (problems recorded)
+        when it can't be used."""
+        found = rules.judge_binding(binding, desired.connector, self.writer, self.live,
+                                    service_account=self.env.service_account, subject=desired.logical_name)
+        self.problems.extend(found.problems)
+        return found.usable

@@ -10,9 +10,11 @@ follows Terraform's plan output (``+`` create, ``~`` update with ``old -> new`` 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from reconciler.domain.model import connector_name
+from reconciler.domain.rules import Problem
 from reconciler.errors import problem_lines
 from reconciler.plan.ops import (
     FORMAT_VERSION,
@@ -177,7 +179,8 @@ def render_json(plan: Plan) -> dict[str, Any]:
 
 def render_json_error(error: BaseException) -> dict[str, Any]:
     """The JSON document for a plan that could not be made: same shape, ``errored`` true, ``errors`` one line
-    per problem."""
+    per problem, ``diagnostics`` the plan's problems themselves (code, severity, message, fix, where)."""
+    diagnostics: Sequence[Problem] = getattr(error, "diagnostics", ())
     return {
         "format_version": FORMAT_VERSION,
         "applyable": False,
@@ -187,6 +190,7 @@ def render_json_error(error: BaseException) -> dict[str, Any]:
         "changes": [],
         "warnings": [],
         "errors": problem_lines(error),
+        "diagnostics": [p.to_dict() for p in diagnostics],
     }
 
 

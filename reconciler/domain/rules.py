@@ -1,0 +1,548 @@
+"""The domain rules: every verdict about principals, connections, bindings and fields, decided once.
+
+Pure: plain data in (``reconciler.domain.model``), answers out; no I/O. The planner, drift, lint, import,
+deployment settings, whoami and the live reader ask these functions instead of deciding for themselves,
+so the same question gets the same answer, and the same problem the same code, everywhere.
+
+- **Problems.** One ``Problem(code, severity, message, fix)`` type, with where it was found (environment,
+  subject). ``CODES`` lists every code; lint findings, plan refusals, drift health findings and whoami
+  checks are all ``Problem``s, and one verdict has one code (a connection that is not Connected is
+  CR203 in lint, plan, drift, import and whoami alike).
+- **Fields.** How values compare: an empty text column is null or "" (the same); ids, names and
+  connectors compare without case (docs/dataverse.md §1.7). ``differences`` turns expected
+  and actual field maps into the fields that differ: planner updates and drift both use it.
+- **Principals.** A principal (service account, selector owner) may be given as a UPN, an Entra object
+  id, an application (client) id or a systemuserid, compared without case (``resolve_principal``; the
+  ``systemusers`` columns of docs/dataverse.md §3.9 and §6.4).
+  Writes act as the service account when one is configured, never silently as the caller; without
+  one, the caller writes (``pick_writer`` / ``writer``).
+- **Connections.** Who owns a connection (``owner_user``, ``owner_label``, ``is_owner``), whether a
+  principal may use it (owner or shared: ``can_use``, docs/dataverse.md §4.5, §4.6), whether it is
+  Connected (docs/dataverse.md §4.4), and one way to show it (``describe_connection``).
+- **Bindings.** The binding of a reference (``BindingIndex``: one lookup, case-insensitive), what it
+  resolves to (a connection name, or a selector that must match exactly one connection of the
+  reference's connector), and whether that connection may be bound (same connector, Connected, usable
+  by the writer): ``judge_binding``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.domain.model import (
+    Binding,
+    EnvironmentConfig,
+    LiveConnection,
+    LiveEnvironment,
+    LiveUser,
+    Selector,
+    connector_name,
+)
+
+# --------------------------------------------------------------------------- problems
+
+ERROR = "error"
+WARNING = "warning"
+INFO = "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+SEVERITY_RANK = {ERROR: 0, WARNING: 1, INFO: 2}
+
+
+@dataclass(frozen=True)
+class Code:
+    """One problem code: its short name (usable in ``lint: ignore:`` too), severity and meaning."""
+
+    code: str
+    name: str
+    severity: str
+    summary: str
+
+
+CODES: Mapping[str, Code] = {
+    c.code: c
+    for c in (
+        # the config's names (lint)
+        Code("CR100", "naming-template", ERROR, "the naming template in the config cannot be used"),
+        Code("CR101", "naming-policy", ERROR, "display name does not follow the naming template"),
+        Code("CR102", "random-suffix", WARNING, "logical or display name ends with a random five-hex suffix"),
+        Code("CR103", "duplicate-connector", WARNING, "several references for the same connector in one solution"),
+        # references, their bindings and connections (lint; plan, drift, import and whoami for the shared ones)
+        Code("CR200", "no-service-account", INFO, "no service account configured: owner checks skipped"),
+        Code("CR201", "personal-connection", WARNING,
+             "bound to a connection owned by someone other than the service account"),
+        Code("CR202", "unbound", ERROR, "the reference has no connection in the environment"),
+        Code("CR203", "connection-not-connected", ERROR, "bound to a connection whose status is not Connected"),
+        Code("CR204", "connection-not-found", ERROR, "bound to a connection that does not exist in the environment"),
+        Code("CR205", "connector-mismatch", ERROR, "bound to a connection of another connector"),
+        Code("CR206", "binding-unresolved", ERROR, "a selector binding matches no connection or several"),
+        Code("CR207", "unused-reference", WARNING, "no flow uses the reference"),
+        Code("CR208", "multi-solution-reference", INFO, "flows of more than one solution use the reference"),
+        Code("CR209", "fixed-by-apply", INFO,
+             "the live binding has problems that the config's binding fixes when applied"),
+        Code("CR210", "connection-not-usable", ERROR,
+             "the config binds a connection the identity that writes neither owns nor has been shared"),
+        # the identity that writes and the environment (plan and whoami)
+        Code("CR300", "service-account-not-found", ERROR, "the service account has no user in the environment"),
+        Code("CR301", "service-account-disabled", ERROR, "the service account's user is disabled"),
+        Code("CR302", "cannot-act-as-service-account", ERROR,
+             "the signed-in identity may not act on behalf of the service account"),
+        Code("CR303", "writer-unknown", ERROR, "the identity that writes is unknown"),
+        Code("CR304", "service-account-without-object-id", ERROR,
+             "the service account has no Entra object id, so writes cannot act as it"),
+        Code("CR310", "solution-not-found", ERROR, "the config's solution does not exist in the environment"),
+        Code("CR311", "case-duplicates", ERROR, "several live references have the declared name, ignoring case"),
+        Code("CR312", "connector-changed", ERROR, "the live reference is for another connector than declared"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, said the same way by every command: a stable ``code`` (``CODES``), its
+    ``severity``, what is wrong (``message``) and what to do (``fix``); ``environment`` and ``subject``
+    (a reference's logical name, or what else the problem is about) say where."""
+
+    code: str
+    severity: str
+    message: str
+    fix: str
+    environment: str | None = None
+    subject: str | None = None
+
+    @property
+    def name(self) -> str:
+        known = CODES.get(self.code)
+        return known.name if known else self.code
+
+    def text(self) -> str:
+        """``message; fix``: the problem in one sentence."""
+        return f"{self.message}; {self.fix}" if self.fix else self.message
+
+    def line(self) -> str:
+        """``ENV: subject: message; fix``: the readable one-line form plan refusals use."""
+        where = "".join(f"{part}: " for part in (self.environment, self.subject) if part)
+        return where + self.text()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: ``fix``, and ``hint`` with the same value (the name lint's JSON used first)."""
+        return {
+            "code": self.code,
+            "name": self.name,
+            "severity": self.severity,
+            "environment": self.environment,
+            "subject": self.subject,
+            "message": self.message,
+            "fix": self.fix,
+            "hint": self.fix,
+        }
+
+
+def problem(code: str, message: str, fix: str, *, environment: str | None = None,
+            subject: str | None = None) -> Problem:
+    """A ``Problem`` with the severity ``CODES`` gives ``code``."""
+    return Problem(code, CODES[code].severity, message, fix, environment, subject)
+
+
+# --------------------------------------------------------------------------- fields
+
+#: The managed fields of a reference, in the order a reader meets them.
+FIELDS = ("display_name", "description", "connector", "connection", "owner")
+_TEXT_FIELDS = frozenset({"display_name", "description"})
+
+
+def text_value(value: str | None) -> str | None:
+    """Dataverse returns an empty text column as null or as ""; they are the same value."""
+    return value if value else None
+
+
+def id_value(value: str | None) -> str | None:
+    """Ids and names (connection names, systemuserids, logical names) compare without case."""
+    return value.lower() if value else None
+
+
+def normalise(field: str, value: str | None) -> str | None:
+    """``value`` of ``field`` in the form two values are compared in."""
+    if field in _TEXT_FIELDS:
+        return text_value(value)
+    if field == "connector":
+        return connector_name(value) if value else None
+    return id_value(value)
+
+
+def same(field: str, a: str | None, b: str | None) -> bool:
+    return normalise(field, a) == normalise(field, b)
+
+
+def same_connector(a: str, b: str) -> bool:
+    """``shared_x`` and ``/providers/Microsoft.PowerApps/apis/shared_x`` are one connector, in any case."""
+    return connector_name(a) == connector_name(b)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One field whose actual value differs from the expected one (both as given, not normalised)."""
+
+    field: str
+    expected: str | None
+    actual: str | None
+
+    def normalised(self) -> tuple[str | None, str | None]:
+        return normalise(self.field, self.expected), normalise(self.field, self.actual)
+
+
+def differences(expected: Mapping[str, str | None], actual: Mapping[str, str | None]) -> list[Difference]:
+    """The fields of ``expected`` whose value differs from ``actual``'s once normalised, in
+    ``expected``'s order. A field ``expected`` leaves out is not compared."""
+    return [
+        Difference(f, value, actual.get(f))
+        for f, value in expected.items()
+        if not same(f, value, actual.get(f))
+    ]
+
+
+# --------------------------------------------------------------------------- principals
+
+
+def principal_keys(user: LiveUser) -> frozenset[str]:
+    """Every form a principal may be given in for ``user``, lower-cased: UPN, Entra object id,
+    application (client) id, systemuserid."""
+    values = (user.upn, user.object_id, user.application_id, user.systemuserid)
+    return frozenset(v.strip().lower() for v in values if v)
+
+
+def resolve_principal(principal: str | None, users: Iterable[LiveUser]) -> LiveUser | None:
+    """The user ``principal`` names (UPN, object id, application id or systemuserid, without case), or
+    None. An enabled user wins over a disabled one with the same key."""
+    want = (principal or "").strip().lower()
+    if not want:
+        return None
+    found = [u for u in users if want in principal_keys(u)]
+    found.sort(key=lambda u: u.disabled)
+    return found[0] if found else None
+
+
+def pick_writer(service_account: str | None, caller: LiveUser | None,
+                users: Iterable[LiveUser]) -> LiveUser | None:
+    """The identity writes act as: the service account's user when one is configured (None when it is
+    not among ``users``: never silently the caller), else the caller."""
+    if service_account:
+        return resolve_principal(service_account, users)
+    return caller
+
+
+def writer(service_account: str | None, live: LiveEnvironment) -> LiveUser | None:
+    """The identity writes act as in ``live`` (the live reader picked it with ``pick_writer``)."""
+    if service_account:
+        return live.writer
+    return live.writer or live.caller
+
+
+def _same_user(a: LiveUser, b: LiveUser) -> bool:
+    return a.systemuserid.lower() == b.systemuserid.lower()
+
+
+def impersonates(service_account: str | None, live: LiveEnvironment) -> bool:
+    """Whether writes act as someone other than the signed-in identity (``CallerObjectId``)."""
+    w = live.writer
+    if not service_account or w is None:
+        return False
+    return live.caller is None or not _same_user(live.caller, w)
+
+
+def impersonated_object_id(service_account: str | None, live: LiveEnvironment) -> str | None:
+    """The Entra object id writes send as ``CallerObjectId``, or None when the caller writes itself."""
+    if not impersonates(service_account, live) or live.writer is None:
+        return None
+    return id_value(live.writer.object_id)
+
+
+def identity_problems(env_name: str, service_account: str | None, live: LiveEnvironment) -> list[Problem]:
+    """Why writes cannot act as the configured service account: it has no user, the user is disabled,
+    the caller may not act on its behalf (prvActOnBehalfOfAnotherUser), or it has no Entra object id to
+    send as ``CallerObjectId`` (docs/dataverse.md §3.10). Nothing without a service account."""
+    if not service_account:
+        return []
+    w = live.writer
+    if w is None:
+        return [problem(
+            "CR300",
+            f"service account {service_account} not found among the users of environment {env_name}",
+            "add it as a user (application users for service principals) or fix service_account",
+            environment=env_name,
+        )]
+    out: list[Problem] = []
+    if w.disabled:
+        out.append(problem(
+            "CR301", f"service account {service_account} is disabled in environment {env_name}",
+            "enable the user in this environment, or fix service_account", environment=env_name,
+        ))
+    caller = live.caller
+    if impersonates(service_account, live):
+        if caller is not None and not live.caller_can_impersonate:
+            out.append(problem(
+                "CR302", f"{caller.describe()} may not act as {service_account}",
+                "give it the Delegate security role (privilege prvActOnBehalfOfAnotherUser) in environment "
+                f"{env_name}",
+                environment=env_name,
+            ))
+        if not w.object_id:
+            out.append(problem(
+                "CR304", f"service account {service_account} has no Entra object id in environment {env_name}, "
+                "so writes cannot act as it",
+                "use an account with an Entra identity (a user, or the application user of a service "
+                "principal)",
+                environment=env_name,
+            ))
+    return out
+
+
+# --------------------------------------------------------------------------- connections
+
+CONNECTED = "connected"
+#: The role a principal needs on a connection to bind it ("Can use" in the maker portal; docs/dataverse.md §4.5).
+SHARE_ROLE = "CanView"
+
+
+def owner_user(conn: LiveConnection, live: LiveEnvironment) -> LiveUser | None:
+    """The Dataverse user who owns ``conn``: the one whose object id created it (``createdBy.id``)."""
+    return live.user_by_object_id(conn.owner_object_id)
+
+
+def owner_label(conn: LiveConnection, live: LiveEnvironment) -> str | None:
+    """A connection's owner as people name it (docs/dataverse.md §4.4): the owner's UPN (or full name)
+    when the user is known, else the name the connections API gave, else the object id; None when
+    nothing is known."""
+    user = owner_user(conn, live)
+    if user is not None and (user.upn or user.fullname):
+        return user.upn or user.fullname
+    return conn.owner_name or conn.owner_object_id or None
+
+
+def is_owner(principal: str, conn: LiveConnection, live: LiveEnvironment) -> bool:
+    """True when ``principal`` (any form ``resolve_principal`` takes) names the owner of ``conn``, or
+    matches the owner name or object id the connections API gave."""
+    want = principal.strip().lower()
+    if not want:
+        return False
+    user = owner_user(conn, live)
+    if user is not None and want in principal_keys(user):
+        return True
+    return want in {(conn.owner_object_id or "").lower(), (conn.owner_name or "").lower()}
+
+
+def can_use(user: LiveUser | None, conn: LiveConnection) -> bool:
+    """The user owns the connection or has it shared with them (any role), by Entra object id."""
+    oid = id_value(user.object_id) if user is not None else None
+    if not oid:
+        return False
+    if id_value(conn.owner_object_id) == oid:
+        return True
+    return any(id_value(p.principal_id) == oid for p in conn.permissions)
+
+
+def is_connected(conn: LiveConnection) -> bool:
+    """The connection's first status is Connected (else flows using it fail; docs/dataverse.md §4.4)."""
+    return (conn.status or "").strip().lower() == CONNECTED
+
+
+def connection_label(name: str, display_name: str | None, owner: str | None) -> str:
+    """``"SharePoint svc" (owner svc-flows@contoso.com, 0f3a…)``: readable first, the name to copy last."""
+    label = f'"{display_name}"' if display_name else name
+    return f"{label} (owner {owner or 'unknown'}, {name})"
+
+
+def describe_connection(conn: LiveConnection, live: LiveEnvironment) -> str:
+    return connection_label(conn.name, conn.display_name, owner_label(conn, live))
+
+
+# --------------------------------------------------------------------------- bindings
+
+
+class BindingIndex:
+    """The bindings of one environment, looked up by logical name without case in one step
+    (Dataverse compares logical names without case: docs/dataverse.md §1.7)."""
+
+    def __init__(self, bindings: Mapping[str, Binding] | None = None) -> None:
+        self._by_key = {name.lower(): b for name, b in (bindings or {}).items()}
+
+    @classmethod
+    def of(cls, env: EnvironmentConfig | None) -> BindingIndex:
+        return cls(env.bindings if env is not None else None)
+
+    def get(self, logical_name: str) -> Binding | None:
+        return self._by_key.get(logical_name.lower())
+
+    def __contains__(self, logical_name: object) -> bool:
+        return isinstance(logical_name, str) and logical_name.lower() in self._by_key
+
+
+def selector_matches(selector: Selector, connector: str, live: LiveEnvironment) -> list[LiveConnection]:
+    """Connections of ``connector`` the selector names: owned by ``selector.owner`` (``is_owner``) and,
+    when given, with that display name (without case); sorted by display name, then name."""
+    display = selector.display_name.lower() if selector.display_name is not None else None
+    found = [
+        c for c in live.connections
+        if same_connector(c.connector, connector)
+        and is_owner(selector.owner, c, live)
+        and (display is None or (c.display_name or "").lower() == display)
+    ]
+    return sorted(found, key=_by_display_name)
+
+
+def _by_display_name(c: LiveConnection) -> tuple[str, str]:
+    return (c.display_name or "").lower(), c.name
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a binding resolved to: the connection (None when there is none, or no single one) and the
+    problems found on the way. ``usable`` is the connection when nothing is wrong."""
+
+    connection: LiveConnection | None
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def usable(self) -> LiveConnection | None:
+        return self.connection if not self.problems else None
+
+
+def find_connection(binding: Binding, connector: str, live: LiveEnvironment, *,
+                    subject: str | None = None) -> Resolution:
+    """The one connection ``binding`` names in ``live`` (no checks on it): CR204 when a named
+    connection is missing, CR206 when a selector matches none or several."""
+    where: dict[str, Any] = {"environment": live.name, "subject": subject}
+    note = live.connections_visibility_note()
+    if not isinstance(binding, Selector):
+        conn = live.connection(binding)
+        if conn is not None:
+            return Resolution(conn)
+        return Resolution(None, (not_found(binding, live, subject=subject),))
+    matches = selector_matches(binding, connector, live)
+    if len(matches) == 1:
+        return Resolution(matches[0])
+    want = connector_name(connector)
+    if matches:
+        listing = "; ".join(describe_connection(c, live) for c in matches)
+        found = problem(
+            "CR206", f"selector {binding.describe()} matches {len(matches)} {want} connections",
+            f"add display_name to pick one, or bind by name. Candidates: {listing}", **where,
+        )
+    else:
+        candidates = sorted((c for c in live.connections if same_connector(c.connector, connector)),
+                            key=_by_display_name)
+        listing = "; ".join(describe_connection(c, live) for c in candidates) or "none"
+        found = problem(
+            "CR206",
+            f"selector {binding.describe()} matches no {want} connection in environment {live.name}"
+            + (f" ({note})" if note else "") + f". {want} connections: {listing}",
+            "change the selector, or bind by connection name", **where,
+        )
+    return Resolution(None, (found,))
+
+
+def not_found(name: str, live: LiveEnvironment, *, subject: str | None = None) -> Problem:
+    """CR204: connection ``name`` is not in ``live`` (saying why it may be invisible, when it may be)."""
+    note = live.connections_visibility_note()
+    return problem(
+        "CR204",
+        f"connection {name} not found in environment {live.name}" + (f" ({note})" if note else ""),
+        "bind it to an existing connection (connref import shows the current ones) or create the "
+        "connection first",
+        environment=live.name, subject=subject,
+    )
+
+
+def connection_problems(conn: LiveConnection, connector: str, live: LiveEnvironment, *,
+                        subject: str | None = None) -> list[Problem]:
+    """What makes ``conn`` unfit for a reference of ``connector`` whoever binds it: another connector
+    (CR205), a status other than Connected (CR203)."""
+    where: dict[str, Any] = {"environment": live.name, "subject": subject}
+    out: list[Problem] = []
+    if not same_connector(conn.connector, connector):
+        want = connector_name(connector)
+        out.append(problem(
+            "CR205", f"connection {describe_connection(conn, live)} is for connector "
+            f"{connector_name(conn.connector)}, but the reference is for {want}",
+            f"bind it to a {want} connection", **where,
+        ))
+    if not is_connected(conn):
+        out.append(not_connected(conn, live, subject=subject))
+    return out
+
+
+def not_connected(conn: LiveConnection, live: LiveEnvironment, *, subject: str | None = None) -> Problem:
+    return problem(
+        "CR203", f"connection {describe_connection(conn, live)} has status {conn.status or 'unknown'}, "
+        "not Connected",
+        "repair it (sign in again) in the maker portal or bind another connection",
+        environment=live.name, subject=subject,
+    )
+
+
+def access_problem(conn: LiveConnection, writer: LiveUser | None, live: LiveEnvironment, *,
+                   service_account: str | None, subject: str | None = None) -> Problem | None:
+    """Why ``writer`` may not bind ``conn`` (Dataverse requires the identity that sets ``connectionid``
+    to own the connection or have it shared: docs/dataverse.md §4.6, §5.3): CR210, or CR303 when the
+    writer is unknown. None when
+    it may, and None when the writer is a configured service account that was not found
+    (``identity_problems`` says so once)."""
+    if writer is None:
+        if service_account:
+            return None
+        return problem("CR303", "the identity that writes is unknown, so its access can't be checked",
+                       "set service_account, or sign in as a user of the environment",
+                       environment=live.name, subject=subject)
+    if can_use(writer, conn):
+        return None
+    who = writer.describe()
+    return problem(
+        "CR210", f"connection {describe_connection(conn, live)} is owned by "
+        f"{owner_label(conn, live) or 'someone else'} and not shared with {who}, which writes the binding",
+        f"share it with {who} (object id {writer.object_id}) with the {SHARE_ROLE} ('Can use') permission, "
+        f"or bind a connection {who} owns",
+        environment=live.name, subject=subject,
+    )
+
+
+def judge_binding(binding: Binding, connector: str, writer: LiveUser | None, live: LiveEnvironment, *,
+                  service_account: str | None, subject: str | None = None) -> Resolution:
+    """Resolve ``binding`` to one connection and check it as plan does before writing: it exists (or
+    the selector matches exactly one), is for ``connector``, is Connected, and ``writer`` may use it."""
+    found = find_connection(binding, connector, live, subject=subject)
+    if found.connection is None:
+        return found
+    conn = found.connection
+    problems = connection_problems(conn, connector, live, subject=subject)
+    access = access_problem(conn, writer, live, service_account=service_account, subject=subject)
+    if access is not None:
+        problems.append(access)
+    return Resolution(conn, tuple(problems))
+
+
+def connection_health(name: str | None, live: LiveEnvironment, *, subject: str | None = None) -> Problem | None:
+    """What is wrong with the connection a reference is bound to now: missing (CR204) or not
+    Connected (CR203); None when unbound or healthy."""
+    if not name:
+        return None
+    conn = live.connection(name)
+    if conn is None:
+        return not_found(name, live, subject=subject)
+    return None if is_connected(conn) else not_connected(conn, live, subject=subject)
+
+
+def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
+    """Problems without an environment first, then by environment, severity, subject and code."""
+    return sorted(
+        problems,
+        key=lambda p: (
+            p.environment is not None,
+            (p.environment or "").lower(),
+            SEVERITY_RANK.get(p.severity, 9),
+            (p.subject or "").lower(),
+            p.code,
+            p.message,
+        ),
+    )
+
