@@ -133,6 +133,7 @@ class EmulatorApp:
     def handle(self, request: Request) -> Response:
         """Answer one request (faults, routing, errors, log, persistence); raises ``ConnectionDropped``
         when a fault drops the connection."""
+        started = time.perf_counter()
         # Service protection counts a user's requests in flight (latency included); Dataverse only.
         slot = None
         try:
@@ -140,14 +141,14 @@ class EmulatorApp:
                 try:
                     slot = self.faults.enter(request)
                 except HttpError as e:
-                    self._log(request, e.status, fault="concurrency")
+                    self._log(request, e.status, fault="concurrency", started=started)
                     return e.response(annotations=wants_annotations(request))
             response = self._answer(request)
         finally:
             self.faults.leave(slot)
         if response is None:
-            return self._dropped(request)
-        self._log(request, response.status, fault=request.state.get("fault"))
+            return self._dropped(request, started)
+        self._log(request, response.status, fault=request.state.get("fault"), started=started)
         # Token requests are POSTs that change nothing; every other successful write is saved.
         wrote = request.method in _WRITE_METHODS and response.status < 400 and request.state.get("route") != "tokens"
         if self.persist and (wrote or request.state.get("dirty")):
@@ -173,8 +174,8 @@ class EmulatorApp:
             traceback.print_exc(file=sys.stderr)
             return HttpError(500, "0x80040216", "An unexpected error occurred.").response()
 
-    def _dropped(self, request: Request) -> Response:
-        self._log(request, 0, fault="drop")
+    def _dropped(self, request: Request, started: float) -> Response:
+        self._log(request, 0, fault="drop", started=started)
         raise ConnectionDropped()
 
     def dispatch(self, request: Request) -> Response:
@@ -211,7 +212,7 @@ class EmulatorApp:
 
     # ------------------------------------------------------------------ request log
 
-    def _log(self, request: Request, status: int, fault: str | None = None) -> None:
+    def _log(self, request: Request, status: int, fault: str | None = None, started: float = 0.0) -> None:
         parts: list[BatchPart] = request.state.get("batch_parts", [])
         self.log.record(
             LogEntry(
@@ -224,5 +225,7 @@ class EmulatorApp:
                 batch_count=request.state.get("batch_count"),
                 parts=tuple(parts),
                 fault=fault,
+                started=started,
+                finished=time.perf_counter(),
             )
         )

@@ -9,9 +9,11 @@ The 429 bodies, codes and ``Retry-After`` header follow powerapps-docs
 * ``0x80072326`` "Number of concurrent requests exceeded the limit of 52." (bites at once, per user)
 
 Every choice comes from ``random.Random(seed)``, so a test that injects 30% failures sees the same
-sequence on every run. Controls: ``app.faults`` from Python, or a JSON file (``connref emulator --faults``)::
+sequence on every run. ``latency_ms`` delays every request the app answers, on every route (Dataverse,
+connections API and token endpoint alike), as a network round trip would; latency rules add to it.
+Controls: ``app.faults`` from Python, or a JSON file (``connref emulator --faults``)::
 
-    {"seed": 7, "concurrency_limit": 52,
+    {"seed": 7, "concurrency_limit": 52, "latency_ms": 50,
      "rules": [{"kind": "throttle", "path": "/api/data/v9.2/connectionreferences*", "methods": ["GET"],
                 "code": "0x80072322", "retry_after": 1, "probability": 0.5, "times": 3}]}
 """
@@ -133,8 +135,10 @@ def _user_key(request: Request) -> str:
 class Faults:
     """The fault configuration of one app (``app.faults``)."""
 
-    def __init__(self, seed: int = 0, concurrency_limit: int | None = 52) -> None:
+    def __init__(self, seed: int = 0, concurrency_limit: int | None = 52, latency_ms: int = 0) -> None:
         self.seed = seed
+        #: Round-trip latency added to every request, whatever its route (milliseconds).
+        self.latency_ms = latency_ms
         self.rng = random.Random(seed)
         self.rules: list[FaultRule] = []
         #: Service protection: at most this many in-flight Dataverse requests per user (None = no limit).
@@ -189,7 +193,7 @@ class Faults:
 
     def load(self, config: dict[str, Any]) -> None:
         """Replace the configuration with a JSON-style dict (the ``--faults`` file format)."""
-        unknown = set(config) - {"seed", "concurrency_limit", "rules"}
+        unknown = set(config) - {"seed", "concurrency_limit", "latency_ms", "rules"}
         if unknown:
             raise ValueError(f"unknown fault option(s): {', '.join(sorted(unknown))}")
         rules = []
@@ -203,6 +207,7 @@ class Faults:
             self.rules = rules
             if "concurrency_limit" in config:
                 self.concurrency_limit = config["concurrency_limit"]
+            self.latency_ms = int(config.get("latency_ms", 0))
 
     @classmethod
     def from_file(cls, path: str) -> Faults:
@@ -219,6 +224,7 @@ class Faults:
         return {
             "seed": self.seed,
             "concurrency_limit": self.concurrency_limit,
+            "latency_ms": self.latency_ms,
             "rules": [r.to_dict() for r in self.rules],
         }
 
@@ -226,7 +232,7 @@ class Faults:
 
     def decide(self, request: Request) -> Decision:
         """Which faults fire for this request (latency adds up; the first failing rule answers)."""
-        decision = Decision()
+        decision = Decision(delay=max(self.latency_ms, 0) / 1000.0)
         with self._lock:
             for rule in self.rules:
                 if rule.exhausted or not rule.matches(request):

@@ -32,6 +32,10 @@ class LogEntry:
     batch_count: int | None = None  # number of inner requests, for a $batch
     parts: tuple[BatchPart, ...] = field(default_factory=tuple)
     fault: str | None = None  # the injected fault, if one answered instead of the route
+    # When the app received the request and when it answered (``time.perf_counter()``, injected latency
+    # included): benchmarks find the critical path of round trips with them. Tests count, never time.
+    started: float = 0.0
+    finished: float = 0.0
 
     @property
     def is_write(self) -> bool:

@@ -166,12 +166,16 @@ def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
-def build_apps(data_files: Sequence[str], faults_file: str | None = None, persist: bool = False) -> list[EmulatorApp]:
-    """One app per data file (or one fresh in-memory environment when none is given)."""
+def build_apps(data_files: Sequence[str], faults_file: str | None = None, persist: bool = False,
+               latency_ms: int | None = None) -> list[EmulatorApp]:
+    """One app per data file (or one fresh in-memory environment when none is given). ``latency_ms``
+    (when given) delays every request of every app, token endpoint included."""
     stores = [EnvironmentStore.from_file(p) for p in data_files] or [EnvironmentStore.from_dict(new_environment_data())]
     apps = []
     for store in stores:
-        faults = Faults.from_file(faults_file) if faults_file else None
+        faults = Faults.from_file(faults_file) if faults_file else Faults()
+        if latency_ms is not None:
+            faults.latency_ms = latency_ms
         apps.append(EmulatorApp(store, persist=persist and store.path is not None, faults=faults))
     return apps
 
@@ -184,7 +188,8 @@ def run_emulator_command(args: Any) -> int:
     if isinstance(data, str):
         data = [data]
     try:
-        apps = build_apps(list(data), getattr(args, "faults", None), bool(getattr(args, "persist", False)))
+        apps = build_apps(list(data), getattr(args, "faults", None), bool(getattr(args, "persist", False)),
+                          getattr(args, "latency_ms", None))
         ctx = _ssl_context(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
         servers = serve(
             apps,
@@ -221,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data", action="append", help="emulator data file (repeat for several environments)")
     parser.add_argument("--faults", help="fault-injection JSON file")
+    parser.add_argument("--latency-ms", dest="latency_ms", type=int,
+                        help="delay every request by this many milliseconds (all routes)")
     parser.add_argument("--tls-cert", dest="tls_cert")
     parser.add_argument("--tls-key", dest="tls_key")
     parser.add_argument("--persist", action="store_true", help="write changes back into the data files")
