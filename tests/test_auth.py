@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from reconciler.api.auth import (
     CLOUDS,
+    CachingTokenProvider,
     StaticTokenProvider,
     connections_scope,
     dataverse_scope,
@@ -593,6 +595,56 @@ def test_token_is_cached_per_scope(world: World, monkeypatch: pytest.MonkeyPatch
     p.invalidate(SCOPE)  # type: ignore[attr-defined]
     assert p.get_token(SCOPE) != first
     assert world.counting.count("/oauth2/v2.0/token") - before == 3
+
+
+class _GatedProvider(CachingTokenProvider):
+    """Fetching scope A waits until a fetch of scope B has started (or gives up after 10 s)."""
+
+    def __init__(self) -> None:
+        super().__init__("gated", "test")
+        self.a_started = threading.Event()
+        self.b_started = threading.Event()
+
+    def _acquire(self, scope: str) -> tuple[str, float]:
+        if scope == "A":
+            self.a_started.set()
+            return ("a-after-b" if self.b_started.wait(10) else "a-alone"), 3600
+        self.b_started.set()
+        return "b", 3600
+
+
+def test_tokens_of_different_scopes_are_fetched_at_the_same_time() -> None:
+    """The lock is per scope: a fetch for the connections API never waits behind the Dataverse one."""
+    p = _GatedProvider()
+    got: dict[str, str] = {}
+    t = threading.Thread(target=lambda: got.setdefault("A", p.get_token("A")))
+    t.start()
+    assert p.a_started.wait(10)
+    assert p.get_token("B") == "b"  # while A's fetch is still in flight
+    t.join(10)
+    assert got["A"] == "a-after-b"
+    assert p.acquisitions == 2
+    assert p.get_token("A") == "a-after-b" and p.acquisitions == 2  # cached
+
+
+def test_environments_of_one_profile_share_a_provider(tmp_path: Any) -> None:
+    from reconciler.api.session import TokenProviders
+    from reconciler.domain.model import Config, EnvironmentConfig
+
+    def profile(name: str, client: str) -> AuthProfile:
+        return AuthProfile(name, "client_secret", tenant_id="t1", client_id=client,
+                           options={"client_secret_env": "X"})
+
+    envs = {n: EnvironmentConfig(n, f"https://{n}.crm.dynamics.com", auth=a)
+            for n, a in (("dev", "p"), ("test", "p"), ("prod", "other"), ("gov", "p"))}
+    envs["gov"] = EnvironmentConfig("gov", "https://gov.crm9.dynamics.com", auth="p", cloud="usgovhigh")
+    config = Config(str(tmp_path / "c.yaml"), 1, "S", {}, envs,
+                    auth={"p": profile("p", "c1"), "other": profile("other", "c2")})
+    with TokenProviders() as providers:
+        dev, test, prod, gov = (providers.for_environment(config, envs[n]) for n in ("dev", "test", "prod", "gov"))
+    assert dev is test  # same authority, client and credential: one provider, one token cache
+    assert prod is not dev  # another client
+    assert gov is not dev  # another cloud, so another authority
 
 
 def test_managed_identity_token_can_be_invalidated(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

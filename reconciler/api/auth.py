@@ -162,6 +162,12 @@ class _Cached:
 class CachingTokenProvider:
     """Caches one token per scope for the process and renews it before it expires.
 
+    Locking is per scope: a thread waiting for the Dataverse token never waits for the connections
+    API token, so the two are fetched at the same time; two threads asking for the same scope send
+    one request. One provider serves every environment of a run that shares its authority and client
+    (see ``reconciler.api.session.TokenProviders``), so the cache is in effect keyed by
+    (authority, client, scope).
+
     Subclasses implement :meth:`_acquire` returning ``(token, expires_in_seconds)``."""
 
     def __init__(self, profile_name: str, method: str, *, clock: Callable[[], float] = time.time) -> None:
@@ -169,28 +175,48 @@ class CachingTokenProvider:
         self.method = method
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts and the counter, never held across a request
+        self._scope_locks: dict[str, threading.Lock] = {}
         self.acquisitions = 0  # how many tokens were fetched (tests assert renewal with it)
 
-    def get_token(self, scope: str) -> str:
+    def _scope_lock(self, scope: str) -> threading.Lock:
         with self._lock:
-            now = self._clock()
+            lock = self._scope_locks.get(scope)
+            if lock is None:
+                lock = self._scope_locks[scope] = threading.Lock()
+            return lock
+
+    def _fresh(self, scope: str, now: float) -> str | None:
+        with self._lock:
             hit = self._cache.get(scope)
-            if hit is not None and now < hit.expires_at - self._margin(hit.lifetime):
-                return hit.token
+        if hit is not None and now < hit.expires_at - self._margin(hit.lifetime):
+            return hit.token
+        return None
+
+    def get_token(self, scope: str) -> str:
+        token = self._fresh(scope, self._clock())
+        if token is not None:
+            return token
+        with self._scope_lock(scope):
+            now = self._clock()
+            token = self._fresh(scope, now)  # another thread may have fetched it while this one waited
+            if token is not None:
+                return token
             token, expires_in = self._acquire(scope)
-            self.acquisitions += 1
             # expires_in is whole seconds counted from when the service minted the token: take one off
             # for the rounding and the trip back.
             lifetime = max(float(expires_in) - 1.0, 0.0)
-            self._cache[scope] = _Cached(token, now + lifetime, lifetime)
+            with self._lock:
+                self.acquisitions += 1
+                self._cache[scope] = _Cached(token, now + lifetime, lifetime)
             return token
 
     def invalidate(self, scope: str) -> None:
         """Forget the cached token of ``scope`` (the service refused it with 401); the next
         :meth:`get_token` fetches a new one."""
-        with self._lock:
-            self._cache.pop(scope, None)
+        with self._scope_lock(scope):
+            with self._lock:
+                self._cache.pop(scope, None)
             self._forget(scope)
 
     def _forget(self, scope: str) -> None:
@@ -319,6 +345,7 @@ class MsalClientProvider(CachingTokenProvider):
         self._what_failed = what_failed
         self._secrets = secrets
         self._app: Any = None
+        self._app_lock = threading.Lock()  # one application (one discovery) for every scope
 
     def _build(self) -> Any:
         import msal  # imported lazily: a run that only uses access_token never pays for it
@@ -356,8 +383,9 @@ class MsalClientProvider(CachingTokenProvider):
                 cache.remove_at(at)
 
     def _acquire(self, scope: str) -> tuple[str, float]:
-        if self._app is None:
-            self._app = self._build()
+        with self._app_lock:
+            if self._app is None:
+                self._app = self._build()
         try:
             result = self._app.acquire_token_for_client(scopes=[scope])
         except AuthError:
@@ -398,6 +426,7 @@ class ManagedIdentityProvider(CachingTokenProvider):
         self._client_id = profile.options.get("managed_identity_client_id")
         self._http = MsalHttpClient(http_client)
         self._mi: Any = None
+        self._mi_lock = threading.Lock()
 
     def _forget(self, scope: str) -> None:
         cache = getattr(self._mi, "_token_cache", None)  # the client keeps its tokens there (msal 1.29+)
@@ -408,10 +437,11 @@ class ManagedIdentityProvider(CachingTokenProvider):
     def _acquire(self, scope: str) -> tuple[str, float]:
         import msal
 
-        if self._mi is None:
-            identity: Any = (msal.UserAssignedManagedIdentity(client_id=self._client_id)
-                             if self._client_id else msal.SystemAssignedManagedIdentity())
-            self._mi = msal.ManagedIdentityClient(identity, http_client=self._http)
+        with self._mi_lock:
+            if self._mi is None:
+                identity: Any = (msal.UserAssignedManagedIdentity(client_id=self._client_id)
+                                 if self._client_id else msal.SystemAssignedManagedIdentity())
+                self._mi = msal.ManagedIdentityClient(identity, http_client=self._http)
         resource = resource_of(scope)
         kind = f"user-assigned {self._client_id}" if self._client_id else "system-assigned"
         try:
@@ -503,18 +533,20 @@ class FederatedAssertion:
         self._value: str | None = None
         self._exp: float | None = None
         self.fetches = 0
+        self._lock = threading.Lock()  # token requests for several scopes run at once: fetch once
 
     def _error(self, what: str, check: str) -> AuthError:
         return AuthError(f"auth profile '{self._profile.name}' (federated): {what}. Check {check}")
 
     def __call__(self) -> str:
-        now = time.time()
-        if self._value is not None and (self._exp is None or now < self._exp - 60):
+        with self._lock:
+            now = time.time()
+            if self._value is not None and (self._exp is None or now < self._exp - 60):
+                return self._value
+            self._value = self._fetch()
+            self._exp = _jwt_exp(self._value)
+            self.fetches += 1
             return self._value
-        self._value = self._fetch()
-        self._exp = _jwt_exp(self._value)
-        self.fetches += 1
-        return self._value
 
     def secrets(self) -> list[str]:
         return [self._value] if self._value else []
@@ -638,6 +670,21 @@ def load_certificate(path: str, password: str | None) -> dict[str, Any]:
 def _opt(profile: AuthProfile, key: str) -> str | None:
     v = profile.options.get(key)
     return str(v) if v not in (None, "") else None
+
+
+def authority_of(profile: AuthProfile, env: EnvironmentConfig | None = None) -> str:
+    """The authority a profile's tokens come from (host and tenant), as its provider will use it."""
+    cloud_name = _opt(profile, "cloud") or (env.cloud if env else None)
+    host = _opt(profile, "authority_host") or cloud(cloud_name).authority_host
+    return host.rstrip("/").lower() + "/" + (profile.tenant_id or "").lower()
+
+
+def provider_key(profile: AuthProfile, env: EnvironmentConfig | None = None) -> tuple[str, ...]:
+    """What makes two environments' providers interchangeable: the same authority, client, method and
+    credential settings (names of variables and files, never their values). Environments with the same
+    key share one provider, so each (authority, client, scope) gets one token per run."""
+    options = tuple(f"{k}={profile.options[k]}" for k in sorted(profile.options))
+    return (authority_of(profile, env), (profile.client_id or "").lower(), profile.method, *options)
 
 
 def provider_for(

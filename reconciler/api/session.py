@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from reconciler.api.auth import TokenProvider
+from reconciler.api.auth import TokenProvider, provider_key
 from reconciler.api.client import (
     POWERAPPS_BASE,
     POWERAPPS_SCOPE,
@@ -28,7 +28,7 @@ from reconciler.api.client import (
     request_log_hooks,
     scope_for,
 )
-from reconciler.domain.model import Config, EnvironmentConfig
+from reconciler.domain.model import AuthProfile, Config, EnvironmentConfig
 from reconciler.errors import AuthError, ConfigError
 
 #: Timeouts for real services: Dataverse may take tens of seconds on a large $batch.
@@ -123,16 +123,66 @@ class LocalTokenProvider:
         return "LocalTokenProvider(<emulator>)"
 
 
-def _provider(config: Config, env: EnvironmentConfig, http: httpx.Client) -> TokenProvider | None:
+def _profile(config: Config, env: EnvironmentConfig) -> AuthProfile | None:
     if not env.auth:
         return None
     profile = config.auth.get(env.auth)
     if profile is None:
         raise ConfigError(f"environment '{env.name}' names auth profile '{env.auth}', which is not defined",
                           env.location, "auth")
+    return profile
+
+
+def _provider(config: Config, env: EnvironmentConfig, http: httpx.Client) -> TokenProvider | None:
+    profile = _profile(config, env)
+    if profile is None:
+        return None
     from reconciler.api.auth import provider_for
 
     return provider_for(profile, http_client=http, env=env)
+
+
+class TokenProviders:
+    """The token providers of one run, shared by all its remote environments.
+
+    Environments whose auth profiles resolve to the same authority, client and credential settings
+    (``auth.provider_key``) get the same provider, and so share its token cache: twenty environments
+    of one tenant cost one token request per scope (each environment's Dataverse URL, and the
+    connections API once), and MSAL reads the tenant's discovery document once. Token traffic goes
+    through one ``httpx.Client`` owned here, closed with :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._providers: dict[tuple[str, ...], TokenProvider] = {}
+        self._lock = threading.Lock()
+        self._http: httpx.Client | None = None
+
+    def for_environment(self, config: Config, env: EnvironmentConfig) -> TokenProvider | None:
+        profile = _profile(config, env)
+        if profile is None:
+            return None
+        key = provider_key(profile, env)
+        with self._lock:
+            found = self._providers.get(key)
+            if found is None:
+                from reconciler.api.auth import provider_for
+
+                if self._http is None:
+                    self._http = httpx.Client(timeout=DEFAULT_TIMEOUT)
+                found = self._providers[key] = provider_for(profile, http_client=self._http, env=env)
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+            self._providers.clear()
+
+    def __enter__(self) -> TokenProviders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def open_environment(
@@ -142,9 +192,12 @@ def open_environment(
     token_provider: TokenProvider | None = None,
     http: httpx.Client | None = None,
     max_retries: int = 5,
+    providers: TokenProviders | None = None,
 ) -> EnvSession:
     """Open the clients of environment ``env_name``. ``token_provider`` overrides the auth profile
-    (tests); ``http`` overrides the transport for a real URL (tests pass a loopback client)."""
+    (tests); ``http`` overrides the transport for a real URL (tests pass a loopback client);
+    ``providers`` shares token providers with the run's other environments (a remote environment
+    without it gets a provider of its own)."""
     env = config.environments.get(env_name)
     if env is None:
         known = ", ".join(sorted(config.environments)) or "none"
@@ -152,7 +205,7 @@ def open_environment(
     retry = RetryPolicy(max_retries=max_retries)
     if env.is_local:
         return _open_local(config, env, token_provider, retry)
-    return _open_remote(config, env, token_provider, http, retry)
+    return _open_remote(config, env, token_provider, http, retry, providers)
 
 
 def _open_local(
@@ -193,10 +246,13 @@ def _open_remote(
     token_provider: TokenProvider | None,
     http: httpx.Client | None,
     retry: RetryPolicy,
+    providers: TokenProviders | None = None,
 ) -> EnvSession:
     own_http = http is None
     client = http or httpx.Client(timeout=DEFAULT_TIMEOUT, event_hooks=request_log_hooks(env.name))
     try:
+        if token_provider is None and providers is not None and http is None:
+            token_provider = providers.for_environment(config, env)
         tokens = token_provider or _provider(config, env, client)
         if tokens is None:
             raise ConfigError(f"environment '{env.name}' needs an auth profile (auth:)", env.location, "auth")
