@@ -31,8 +31,8 @@ from reconciler.adoption.settings import (
     render_settings_json,
     resolve_binding,
 )
-from reconciler.api.live import read_environment
-from reconciler.api.session import EnvSession, open_environment
+from reconciler.api.live import MAX_PARALLEL_ENVIRONMENTS, read_environment
+from reconciler.api.session import EnvSession, TokenProviders, open_environment
 from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment
 from reconciler.config.loader import load_config
 from reconciler.domain.model import Config, LiveEnvironment
@@ -102,7 +102,9 @@ def select_environments(config: Config, wanted: Sequence[str] | None) -> list[st
 def opened(config: Config, names: Sequence[str]) -> Iterator[dict[str, EnvSession]]:
     """Sessions for ``names``, closed on exit."""
     with ExitStack() as stack:
-        sessions = {n: stack.enter_context(open_environment(config, n)) for n in names}
+        # One token provider per (authority, client) for the whole run: shared token cache.
+        providers = stack.enter_context(TokenProviders())
+        sessions = {n: stack.enter_context(open_environment(config, n, providers=providers)) for n in names}
         yield sessions
 
 
@@ -110,13 +112,14 @@ def read_all(
     config: Config, sessions: Mapping[str, EnvSession], *, all_references: bool = False,
     err: Out | None = None,
 ) -> dict[str, LiveEnvironment]:
-    """Read every environment, in parallel (each reader also parallelises its own collections).
+    """Read every environment at once (up to ``MAX_PARALLEL_ENVIRONMENTS``; each reader also
+    parallelises its own collections).
     A partial view of the connections is said once per environment on ``err``."""
     if len(sessions) == 1:
         (name, s), = sessions.items()
         lives = {name: _read_reported(s, config, name, all_references=all_references)}
     else:
-        with ThreadPoolExecutor(max_workers=min(4, len(sessions))) as pool:
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_ENVIRONMENTS, len(sessions))) as pool:
             futures = {n: pool.submit(_read_reported, s, config, n, all_references=all_references)
                        for n, s in sessions.items()}
             lives = {n: f.result() for n, f in futures.items()}

@@ -320,6 +320,16 @@ def _env(config: Config, env: EnvironmentConfig | str | None, session: EnvSessio
     return found if found is not None else session.env
 
 
+#: Every read of one environment runs at once: 8 independent reads, then 3 that wait on some of them.
+#: That is at most 11 requests in flight per environment, far below the 52 concurrent requests
+#: Dataverse allows per user and web server (docs/dataverse.md, "Service protection limits").
+READS_PER_ENVIRONMENT = 11
+#: Environments read at the same time. Each is its own Dataverse web server (its own per-user limit);
+#: what they share is the connections API, which each reads with one list (two when the admin list is
+#: refused). 32 environments at once is up to 32 x 11 threads, still small for one process.
+MAX_PARALLEL_ENVIRONMENTS = 32
+
+
 def read_environment(
     session: EnvSession,
     config: Config,
@@ -327,10 +337,14 @@ def read_environment(
     *,
     all_references: bool = False,
     admin_connections: bool = True,
-    max_workers: int = 6,
+    max_workers: int = READS_PER_ENVIRONMENT,
 ) -> LiveEnvironment:
     """Read one environment for planning. ``references`` holds the solution's references and any
-    declared reference outside it (all of the environment's with ``all_references``)."""
+    declared reference outside it (all of the environment's with ``all_references``).
+
+    Round trips: the longest chains start first (the connections, which may take two requests when
+    the admin list is refused, then the references, which page at 5000 rows), and each second-round
+    read starts as soon as what it needs has arrived rather than after all of round 1."""
     envc = _env(config, env, session)
     dv = session.dataverse
     service_account = envc.service_account
@@ -339,12 +353,9 @@ def read_environment(
         def run(fn: Callable[[], T]) -> Future[T]:
             return pool.submit(fn)
 
-        f_who = run(lambda: _who_am_i(session))
-        f_type = run(lambda: dv.component_type_for("connectionreference"))
-        # The publisher prefix comes with the solution through its publisherid navigation property.
-        f_solution = run(lambda: dv.get_all("solutions", select=SOLUTION_COLUMNS,
-                                            filter=eq("uniquename", config.solution),
-                                            expand="publisherid($select=customizationprefix)"))
+        # Round 1, longest chains first. A dependent read below is submitted after what it waits on, so
+        # the pool (first in, first out) always starts a dependency before the read that waits for it.
+        f_conns = run(lambda: read_connections(session, admin=admin_connections))
         f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
         f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
                                          filter=eq("category", FLOW_CATEGORY)))
@@ -353,42 +364,46 @@ def read_environment(
         f_flow_members = run(lambda: dv.get_all("solutioncomponents", select=("objectid", "_solutionid_value"),
                                                 filter=eq("componenttype", WORKFLOW_COMPONENT_TYPE)))
         f_solution_names = run(lambda: dv.get_all("solutions", select=("solutionid", "uniquename")))
-        f_conns = run(lambda: read_connections(session, admin=admin_connections))
+        f_who = run(lambda: _who_am_i(session))
+        f_type = run(lambda: dv.component_type_for("connectionreference"))
+        # The publisher prefix comes with the solution through its publisherid navigation property.
+        f_solution = run(lambda: _solution(dv.get_all("solutions", select=SOLUTION_COLUMNS,
+                                                      filter=eq("uniquename", config.solution),
+                                                      expand="publisherid($select=customizationprefix)")))
+
+        # Round 2: each read waits only for what it needs.
+        def members() -> set[str]:
+            solution, component_type = f_solution.result(), f_type.result()
+            if solution is None:
+                return set()
+            member_filter = eq("_solutionid_value", Guid(solution.id)) & eq("componenttype", component_type)
+            rows = dv.get_all("solutioncomponents", select=("objectid",), filter=member_filter)
+            return {str(m.get("objectid", "")).lower() for m in rows}
+
+        def privilege() -> bool | None:
+            if not service_account:
+                return None
+            return dv.user_has_privilege(f_who.result().user_id, IMPERSONATION_PRIVILEGE)
+
+        def users() -> list[LiveUser]:
+            owner_ids = [r.get("_ownerid_value") for r in f_refs.result()]
+            conns = f_conns.result()[0]
+            owner_oids = [connection_from_item(c).owner_object_id for c in conns]
+            return _read_users(session, f_who.result().user_id, service_account, owner_ids, owner_oids)
+
+        f_members = run(members)
+        f_priv = run(privilege)
+        f_users = run(users)
 
         who = f_who.result()
         component_type = f_type.result()
-        solution_rows = f_solution.result()
+        solution = f_solution.result()
         ref_rows = f_refs.result()
         conn_items, connections_scope = f_conns.result()
-
-        solution = None
-        if solution_rows:
-            s = solution_rows[0]
-            raw = s.get("publisherid")
-            publisher: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            solution = LiveSolution(id=str(s["solutionid"]).lower(), unique_name=str(s.get("uniquename")),
-                                    managed=bool(s.get("ismanaged")),
-                                    prefix=publisher.get("customizationprefix") or None)
-
         connections = tuple(connection_from_item(c) for c in conn_items)
-
-        # Round 2: what depends on round 1, again in parallel.
-        f_members: Future[list[dict[str, Any]]] | None = None
-        if solution is not None:
-            sol_id = solution.id
-            member_filter = eq("_solutionid_value", Guid(sol_id)) & eq("componenttype", component_type)
-            f_members = run(lambda: dv.get_all("solutioncomponents", select=("objectid",),
-                                               filter=member_filter))
-        owner_ids = [r.get("_ownerid_value") for r in ref_rows]
-        f_users = run(lambda: _read_users(session, who.user_id, service_account, owner_ids,
-                                          [c.owner_object_id for c in connections]))
-        f_priv: Future[bool | None] | None = None
-        if service_account:
-            f_priv = run(lambda: dv.user_has_privilege(who.user_id, IMPERSONATION_PRIVILEGE))
-
-        members = {str(m.get("objectid", "")).lower() for m in (f_members.result() if f_members else [])}
-        users = f_users.result()
-        can_impersonate = f_priv.result() if f_priv else None
+        members_ids = f_members.result()
+        users_found = f_users.result()
+        can_impersonate = f_priv.result()
         by_flow = flow_solutions(f_flow_members.result(), f_solution_names.result())
         flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
                       for r in f_flows.result())
@@ -396,18 +411,18 @@ def read_environment(
     session.component_type = component_type
     declared = {name.lower() for name in config.references}
     references = tuple(
-        reference_from_row(row, str(row["connectionreferenceid"]).lower() in members)
+        reference_from_row(row, str(row["connectionreferenceid"]).lower() in members_ids)
         for row in ref_rows
         if all_references
-        or str(row["connectionreferenceid"]).lower() in members
+        or str(row["connectionreferenceid"]).lower() in members_ids
         or str(row.get("connectionreferencelogicalname") or "").lower() in declared
     )
 
-    caller = next((u for u in users if u.systemuserid == who.user_id), None)
+    caller = next((u for u in users_found if u.systemuserid == who.user_id), None)
     if caller is None:
         caller = LiveUser(systemuserid=who.user_id, object_id=None, upn=None)
     if service_account:
-        writer = next((u for u in users if (u.upn or "").lower() == service_account.lower()), None)
+        writer = next((u for u in users_found if (u.upn or "").lower() == service_account.lower()), None)
     else:
         writer = caller
     impersonating = (bool(service_account) and writer is not None
@@ -426,13 +441,23 @@ def read_environment(
         component_type=component_type,
         references=references,
         connections=connections,
-        users=tuple(users),
+        users=tuple(users_found),
         flows=flows,
         caller=caller,
         writer=writer,
         caller_can_impersonate=caller_can_impersonate,
         connections_scope=connections_scope,
     )
+
+
+def _solution(rows: list[dict[str, Any]]) -> LiveSolution | None:
+    if not rows:
+        return None
+    s = rows[0]
+    raw = s.get("publisherid")
+    publisher: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return LiveSolution(id=str(s["solutionid"]).lower(), unique_name=str(s.get("uniquename")),
+                        managed=bool(s.get("ismanaged")), prefix=publisher.get("customizationprefix") or None)
 
 
 def _read_users(
