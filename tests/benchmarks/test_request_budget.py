@@ -1,24 +1,35 @@
 """Request budgets, asserted by counting the emulator's request log (never wall-clock time):
 
 - planning one environment takes the same number of requests with 3 references as with 3,000;
-- applying N changes takes ceil(N/1000) ``$batch`` requests (plus the reads).
+- applying N changes takes ceil(N/1000) ``$batch`` requests (plus the reads);
+- planning 20 environments of one tenant takes each environment's own dozen reads and one token
+  request per (authority, client, scope): 20 Dataverse scopes and the connections API's, after one
+  discovery of the tenant.
+
+Wall time, CPU and round trips are measured by ``make bench`` (benchmarks/bench.py), not here.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from builders import EmulatorTokens, sample_config
 
+from reconciler import cli
 from reconciler.api.live import read_environment
 from reconciler.api.session import open_environment
 from reconciler.apply.applier import apply_environment
 from reconciler.domain.model import Config, DesiredReference, connector_id
 from reconciler.emulator import factory
+from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.factory import Sample
+from reconciler.emulator.server import serve
+from reconciler.emulator.store import EnvironmentStore
+from reconciler.emulator.tls import make_test_ca
 from reconciler.plan.planner import plan_environment
 
 pytestmark = pytest.mark.emulator_only
@@ -88,3 +99,39 @@ def test_applying_2500_changes_takes_3_batches(emulator: Any) -> None:
     # Idempotent: planning again finds nothing to do.
     _, ops = plan_requests(emulator, config)
     assert ops == 0
+
+
+def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    tls = make_test_ca(str(tmp_path / "tls"))
+    monkeypatch.setenv("SSL_CERT_FILE", tls.ca_pem)  # MSAL talks https to the emulator's token endpoint
+    monkeypatch.setenv("CONNREF_BENCH_SECRET", Sample.APP_SECRET)
+    first = factory.sample_environment()
+    apps = [EmulatorApp(EnvironmentStore.from_dict(first))]
+    for _ in range(19):  # one tenant: every environment trusts the same signing key
+        apps.append(EmulatorApp(EnvironmentStore.from_dict(
+            factory.sample_environment(signing_key_pem=first["signing_key_pem"]))))
+    servers = serve(apps, ssl_context=tls.server_context())
+    try:
+        lines = ["version: 1", f"solution: {Sample.SOLUTION}", "references:",
+                 f"  {Sample.REF_SP_NAME}:", f"    connector: {Sample.SP}",
+                 "    display_name: SharePoint ContosoConnections", "environments:"]
+        for i, server in enumerate(servers):
+            lines += [f"  env{i:02d}:", f"    url: {server.url}", f"    connections_url: {server.url}",
+                      f"    environment_id: {Sample.ENVIRONMENT_ID}", "    auth: pipeline",
+                      f"    service_account: {Sample.SVC_UPN}"]
+        lines += ["auth:", "  pipeline:", "    method: client_secret", f"    tenant_id: {Sample.TENANT_ID}",
+                  f"    client_id: {Sample.APP_CLIENT_ID}", "    client_secret_env: CONNREF_BENCH_SECRET",
+                  f"    authority_host: {servers[0].url}"]
+        config = tmp_path / "connref.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        assert cli.run(["-c", str(config), "plan"]) == 0, capsys.readouterr().err
+    finally:
+        servers.shutdown()
+    assert capsys.readouterr().out.count("  No changes.\n") == 20
+    tokens = apps[0].log.matching("POST", "*/oauth2/v2.0/token")
+    assert len(tokens) == 21  # 20 environments' Dataverse scopes + the connections API's, each once
+    assert apps[0].log.count_requests("GET", "*/.well-known/openid-configuration") == 1
+    assert all(app.log.count_requests(path="/api/data/*") + app.log.count_requests(path="/connectivity/*")
+               + app.log.count_requests(path="/providers/*") == 12 for app in apps)
+    assert all(e.status == 200 for app in apps for e in app.log.matching(path="/api/data/*"))
