@@ -80,3 +80,31 @@ def test_field_and_location_are_structured(monkeypatch: pytest.MonkeyPatch) -> N
     assert err.field == "environments.dev.bindings.contoso_Outlook"
     assert err.location is not None
     assert (err.location.line, err.location.column) == (11, 7)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_messages_are_the_same_without_libyaml(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader uses libyaml when PyYAML has it; without it (pure-Python parser) every message,
+    line and column is the same."""
+    from reconciler.config import yamlsource
+
+    with_fast = str(_load_error(name, monkeypatch))
+    monkeypatch.setattr(yamlsource, "FAST_LOADER", None)
+    assert str(_load_error(name, monkeypatch)) == with_fast
+
+
+def test_libyaml_is_used_when_present_and_gives_the_same_tree() -> None:
+    import yaml
+
+    from reconciler.config import yamlsource
+
+    assert yamlsource.FAST_LOADER is getattr(yaml, "CSafeLoader", None)
+    text = (CORPUS.parent.parent / "examples" / "quickstart" / "connref.yaml").read_text(encoding="utf-8")
+
+    def flat(fast: bool) -> list[tuple[str, int, int, object]]:
+        tree, errors = yamlsource.parse(text, "q.yaml", fast=fast)
+        assert tree is not None and errors == []
+        return [(type(n).__name__, n.loc.line, n.loc.column,
+                 n.value if isinstance(n, yamlsource.Scalar) else None) for n in yamlsource.walk(tree)]
+
+    assert flat(True) == flat(False)

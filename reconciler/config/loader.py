@@ -563,10 +563,14 @@ class _Validator:
         if m is None:
             return None
         out: dict[str, Binding] = {}
+        declared = set(references) if references is not None else set()
+        by_lower: dict[str, str] = {}
+        for r in references or ():
+            by_lower.setdefault(r.lower(), r)
         for key, value in m.pairs:
             path = join_path(field, key.text)
-            if references is not None and key.text not in references:
-                same_case = [r for r in references if r.lower() == key.text.lower()]
+            if references is not None and key.text not in declared:
+                same_case = [by_lower[key.text.lower()]] if key.text.lower() in by_lower else []
                 if same_case:
                     self.error(
                         key,
