@@ -33,7 +33,7 @@ from reconciler.adoption.settings import (
 )
 from reconciler.api.live import MAX_PARALLEL_ENVIRONMENTS, read_environment
 from reconciler.api.session import EnvSession, TokenProviders, open_environment
-from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment
+from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment, live_after_apply
 from reconciler.config.loader import load_config
 from reconciler.domain.model import Config, LiveEnvironment
 from reconciler.drift import render as drift_render
@@ -323,8 +323,9 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
             continue  # nothing written and already recorded: the state stays as it is
         if env_plan.ops and (result is None or not result.written):
             continue  # nothing was written: the state must not claim an apply happened
-        # Re-read so the state records the ETags the writes produced (drift compares against them).
-        live_after = read_environment(sessions[name], config, name) if env_plan.ops else lives[name]
+        # The state records the ETags the writes produced (drift compares against them): they came
+        # back in the same $batch, so only what was written changes and nothing is read again.
+        live_after = live_after_apply(sessions[name], lives[name], result) if result else lives[name]
         written_ops = [r.op for r in result.written] if result else []
         new_state = record_state.record_apply(
             prev, name, live_after, declared=list(config.references), ops=written_ops, failed=failed,

@@ -55,23 +55,38 @@ class OperationResult:
         return self.outcome == "written"
 
 
+def _returning(path: str, headers: dict[str, str], select: Sequence[str] | None) -> str:
+    """Ask for the written row back (``Prefer: return=representation`` with ``$select``;
+    docs/dataverse.md §3.3), so what was written is known without reading it again."""
+    if select is None:
+        return path
+    headers["Prefer"] = "return=representation"
+    return path + "?$select=" + ",".join(checked_column(c) for c in select)
+
+
 def create_op(
-    entity_set: str, body: Mapping[str, Any], *, solution_unique_name: str | None = None, label: str = ""
+    entity_set: str, body: Mapping[str, Any], *, solution_unique_name: str | None = None, label: str = "",
+    select: Sequence[str] | None = None,
 ) -> BatchOperation:
     """POST a new row; ``MSCRM.SolutionUniqueName`` makes it a component of that unmanaged solution
-    (compose-http-requests-handle-errors, "Other headers")."""
+    (compose-http-requests-handle-errors, "Other headers"). With ``select`` the answer carries the
+    new row's columns."""
     headers = {"MSCRM.SolutionUniqueName": solution_unique_name} if solution_unique_name else {}
-    return BatchOperation("POST", checked_column(entity_set), dict(body), headers, label)
+    path = _returning(checked_column(entity_set), headers, select)
+    return BatchOperation("POST", path, dict(body), headers, label)
 
 
 def update_op(
-    entity_set: str, entity_id: str, body: Mapping[str, Any], *, etag: str | None, label: str = ""
+    entity_set: str, entity_id: str, body: Mapping[str, Any], *, etag: str | None, label: str = "",
+    select: Sequence[str] | None = None,
 ) -> BatchOperation:
     """PATCH a row. ``If-Match`` carries the ETag read when planning, so a row changed since is not
     overwritten (412); without one, ``If-Match: *`` still stops a PATCH from creating a missing row
-    (perform-conditional-operations-using-web-api)."""
-    path = entity_path(entity_set, entity_id)
-    return BatchOperation("PATCH", path, dict(body), {"If-Match": etag or "*"}, label)
+    (perform-conditional-operations-using-web-api). With ``select`` the answer carries the updated
+    row's columns (its new ETag among them)."""
+    headers = {"If-Match": etag or "*"}
+    path = _returning(entity_path(entity_set, entity_id), headers, select)
+    return BatchOperation("PATCH", path, dict(body), headers, label)
 
 
 def delete_op(entity_set: str, entity_id: str, *, etag: str | None, label: str = "") -> BatchOperation:

@@ -322,7 +322,7 @@ def _env(config: Config, env: EnvironmentConfig | str | None, session: EnvSessio
 
 #: Every read of one environment runs at once: 8 independent reads, then 3 that wait on some of them.
 #: That is at most 11 requests in flight per environment, far below the 52 concurrent requests
-#: Dataverse allows per user and web server (docs/dataverse.md, "Service protection limits").
+#: Dataverse allows per user and web server (docs/dataverse.md §3.8).
 READS_PER_ENVIRONMENT = 11
 #: Environments read at the same time. Each is its own Dataverse web server (its own per-user limit);
 #: what they share is the connections API, which each reads with one list (two when the admin list is
@@ -493,6 +493,22 @@ def _read_users(
     else:
         rows = dv.get_all("systemusers", select=USER_COLUMNS, filter=either(*clauses))
     return [user_from_row(r) for r in rows]
+
+
+#: Ids per filtered read of references, to keep the URL short.
+IDS_PER_READ = 50
+
+
+def read_references(session: EnvSession, ids: Iterable[str]) -> list[LiveReference]:
+    """The reference rows with these ids (``in_solution`` left False for the caller to set), in one
+    filtered request per 50 ids."""
+    guids = _guids(ids)
+    refs: list[LiveReference] = []
+    for start in range(0, len(guids), IDS_PER_READ):
+        rows = session.dataverse.get_all("connectionreferences", select=REFERENCE_COLUMNS,
+                                         filter=any_of("connectionreferenceid", guids[start:start + IDS_PER_READ]))
+        refs.extend(reference_from_row(row, False) for row in rows)
+    return refs
 
 
 def resolve_writer_object_id(session: EnvSession) -> str | None:

@@ -23,8 +23,8 @@ plan again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from reconciler.api.batch_format import (
@@ -36,10 +36,10 @@ from reconciler.api.batch_format import (
     delete_op,
     update_op,
 )
-from reconciler.api.live import resolve_writer_object_id
+from reconciler.api.live import REFERENCE_COLUMNS, read_references, reference_from_row, resolve_writer_object_id
 from reconciler.api.odata_filter import odata_bind
 from reconciler.api.session import EnvSession
-from reconciler.domain.model import connector_id
+from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
 from reconciler.errors import ApiError, ApplyError, PreconditionFailedError, TransientError
 from reconciler.plan.ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
 
@@ -64,6 +64,7 @@ class OpResult:
     reason: str = ""
     status: int | None = None
     reference_id: str | None = None  # the new row's id for a create
+    row: Mapping[str, Any] | None = None  # the row as written, when the service sent it back
 
     @property
     def address(self) -> str:
@@ -143,7 +144,8 @@ def _create(op: CreateReference) -> BatchOperation:
         body["connectionid"] = op.connection.name
     if op.owner is not None:
         body["ownerid@odata.bind"] = odata_bind("systemusers", op.owner.systemuserid)
-    return create_op(ENTITY_SET, body, solution_unique_name=op.solution, label=op.logical_name)
+    return create_op(ENTITY_SET, body, solution_unique_name=op.solution, label=op.logical_name,
+                     select=REFERENCE_COLUMNS)
 
 
 def _update(op: UpdateReference) -> BatchOperation:
@@ -156,7 +158,7 @@ def _update(op: UpdateReference) -> BatchOperation:
             body[COLUMNS[name]] = value
         else:
             raise ValueError(f"{op.address}: no column for field {name!r}")
-    return update_op(ENTITY_SET, _id(op), body, etag=op.etag, label=op.logical_name)
+    return update_op(ENTITY_SET, _id(op), body, etag=op.etag, label=op.logical_name, select=REFERENCE_COLUMNS)
 
 
 def _add_to_solution(op: AddToSolution, component_type: int) -> BatchOperation:
@@ -275,7 +277,10 @@ def _op_result(op: Op, r: OperationResult) -> OpResult:
     if r.outcome == "not_written":
         return OpResult(op, "not_written", r.reason, r.status)
     new_id = r.entity_id if isinstance(op, CreateReference) else None
-    return OpResult(op, "written", "", r.status, reference_id=new_id)
+    row = r.body if isinstance(r.body, dict) and r.body.get("connectionreferenceid") else None
+    if new_id is None and row is not None and isinstance(op, CreateReference):
+        new_id = str(row["connectionreferenceid"]).lower()
+    return OpResult(op, "written", "", r.status, reference_id=new_id, row=row)
 
 
 def _apply_error_message(result: ApplyResult) -> str:
@@ -285,3 +290,46 @@ def _apply_error_message(result: ApplyResult) -> str:
         names = ", ".join(r.op.logical_name for r in stale)
         head += f": {names} changed since the plan was made. Run 'connref plan' again"
     return head + ".\n" + result.summary()
+
+
+# --------------------------------------------------------------------------- after the apply
+
+
+def live_after_apply(session: EnvSession, live: LiveEnvironment, result: ApplyResult) -> LiveEnvironment:
+    """The environment as the apply left it: ``live`` (read before writing) with every written
+    reference replaced by the row the service sent back in the same ``$batch`` (new ETag, owner,
+    binding), references added to the solution marked so, deleted ones dropped. Only what was written
+    changes, and nothing is read again; a written row the service did not send back is read in one
+    filtered query (per 50 ids) of just those rows."""
+    by_id: dict[str, LiveReference] = {r.id: r for r in live.references}
+    added: list[LiveReference] = []
+    missing: dict[str, bool] = {}  # id -> in the solution
+    for r in result.written:
+        op = r.op
+        if isinstance(op, DeleteReference):
+            by_id.pop(op.reference_id or "", None)
+            continue
+        if isinstance(op, AddToSolution):
+            old = by_id.get(op.reference_id or "")
+            if old is not None:
+                by_id[old.id] = replace(old, in_solution=True)
+            continue
+        ref_id = (r.reference_id if isinstance(op, CreateReference) else op.reference_id) or ""
+        old = by_id.get(ref_id)
+        in_solution = True if isinstance(op, CreateReference) else bool(old and old.in_solution)
+        if r.row is None:
+            if ref_id:
+                missing[ref_id] = in_solution
+            continue
+        new = reference_from_row(r.row, in_solution)
+        if ref_id in by_id:
+            by_id[ref_id] = replace(new, in_solution=by_id[ref_id].in_solution or in_solution)
+        else:
+            added.append(new)
+    if missing:
+        for new in read_references(session, list(missing)):
+            if new.id in by_id:
+                by_id[new.id] = replace(new, in_solution=by_id[new.id].in_solution or missing[new.id])
+            else:
+                added.append(replace(new, in_solution=missing[new.id]))
+    return replace(live, references=(*by_id.values(), *added))

@@ -11,6 +11,7 @@ Wall time, CPU and round trips are measured by ``make bench`` (benchmarks/bench.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -101,30 +102,38 @@ def test_applying_2500_changes_takes_3_batches(emulator: Any) -> None:
     assert ops == 0
 
 
-def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def served_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int,
+                  display: str = "SharePoint ContosoConnections") -> tuple[Path, list[EmulatorApp], Any]:
+    """``count`` sample environments of one tenant served over loopback https (MSAL talks to the first
+    one's token endpoint for real) and a config declaring the sample's SharePoint reference."""
     tls = make_test_ca(str(tmp_path / "tls"))
-    monkeypatch.setenv("SSL_CERT_FILE", tls.ca_pem)  # MSAL talks https to the emulator's token endpoint
+    monkeypatch.setenv("SSL_CERT_FILE", tls.ca_pem)
     monkeypatch.setenv("CONNREF_BENCH_SECRET", Sample.APP_SECRET)
     first = factory.sample_environment()
     apps = [EmulatorApp(EnvironmentStore.from_dict(first))]
-    for _ in range(19):  # one tenant: every environment trusts the same signing key
+    for _ in range(count - 1):  # one tenant: every environment trusts the same signing key
         apps.append(EmulatorApp(EnvironmentStore.from_dict(
             factory.sample_environment(signing_key_pem=first["signing_key_pem"]))))
     servers = serve(apps, ssl_context=tls.server_context())
+    lines = ["version: 1", f"solution: {Sample.SOLUTION}", "references:",
+             f"  {Sample.REF_SP_NAME}:", f"    connector: {Sample.SP}", f"    display_name: {display}",
+             "environments:"]
+    for i, server in enumerate(servers):
+        lines += [f"  env{i:02d}:", f"    url: {server.url}", f"    connections_url: {server.url}",
+                  f"    environment_id: {Sample.ENVIRONMENT_ID}", "    auth: pipeline",
+                  f"    service_account: {Sample.SVC_UPN}"]
+    lines += ["auth:", "  pipeline:", "    method: client_secret", f"    tenant_id: {Sample.TENANT_ID}",
+              f"    client_id: {Sample.APP_CLIENT_ID}", "    client_secret_env: CONNREF_BENCH_SECRET",
+              f"    authority_host: {servers[0].url}"]
+    config = tmp_path / "connref.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config, apps, servers
+
+
+def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    config, apps, servers = served_config(tmp_path, monkeypatch, 20)
     try:
-        lines = ["version: 1", f"solution: {Sample.SOLUTION}", "references:",
-                 f"  {Sample.REF_SP_NAME}:", f"    connector: {Sample.SP}",
-                 "    display_name: SharePoint ContosoConnections", "environments:"]
-        for i, server in enumerate(servers):
-            lines += [f"  env{i:02d}:", f"    url: {server.url}", f"    connections_url: {server.url}",
-                      f"    environment_id: {Sample.ENVIRONMENT_ID}", "    auth: pipeline",
-                      f"    service_account: {Sample.SVC_UPN}"]
-        lines += ["auth:", "  pipeline:", "    method: client_secret", f"    tenant_id: {Sample.TENANT_ID}",
-                  f"    client_id: {Sample.APP_CLIENT_ID}", "    client_secret_env: CONNREF_BENCH_SECRET",
-                  f"    authority_host: {servers[0].url}"]
-        config = tmp_path / "connref.yaml"
-        config.write_text("\n".join(lines) + "\n")
         assert cli.run(["-c", str(config), "plan"]) == 0, capsys.readouterr().err
     finally:
         servers.shutdown()
@@ -135,3 +144,51 @@ def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatc
     assert all(app.log.count_requests(path="/api/data/*") + app.log.count_requests(path="/connectivity/*")
                + app.log.count_requests(path="/providers/*") == 12 for app in apps)
     assert all(e.status == 200 for app in apps for e in app.log.matching(path="/api/data/*"))
+
+
+def test_apply_reads_back_nothing_after_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The written rows come back inside the $batch (return=representation): the state records their
+    new ETags with no read after the write."""
+    config, apps, servers = served_config(tmp_path, monkeypatch, 1, display="SharePoint Renamed")
+    (app,) = apps
+    try:
+        assert cli.run(["-c", str(config), "apply", "--auto-approve"]) == 0, capsys.readouterr().err
+    finally:
+        servers.shutdown()
+    log = list(app.log)
+    first_batch = next(i for i, e in enumerate(log) if e.path.endswith("/$batch"))
+    assert [e for e in log[first_batch:] if e.method == "GET"] == []
+    assert log.count(log[first_batch]) == 1 and len(log) == first_batch + 1
+    row = app.store.reference(Sample.REF_SP)
+    assert row is not None and row["connectionreferencedisplayname"] == "SharePoint Renamed"
+    state = json.loads((tmp_path / "state" / "env00.json").read_text())
+    recorded = state["references"][Sample.REF_SP_NAME]
+    assert recorded["display_name"] == "SharePoint Renamed"
+    assert recorded["etag"] == f'W/"{row["versionnumber"]}"'  # the ETag the write produced
+
+
+def test_rows_not_sent_back_are_read_in_one_filtered_query(emulator: Any) -> None:
+    """Should the service answer a write without the row, only the written rows are read again."""
+    from dataclasses import replace
+
+    from reconciler.apply.applier import live_after_apply
+
+    n = 30
+    add_bulk(emulator, 0, n, display="Old {i}")
+    config = config_for(emulator, n, display="New {i}")
+    with open_environment(config, "dev", token_provider=EmulatorTokens(emulator),
+                          http=httpx.Client(timeout=60)) as s:
+        live = read_environment(s, config, "dev")
+        result = apply_environment(s, plan_environment(config, config.environments["dev"], live))
+        stripped = replace(result, results=tuple(replace(r, row=None) for r in result.results))
+        emulator.app.log.clear()
+        after = live_after_apply(s, live, stripped)
+    (read,) = emulator.app.log
+    assert read.method == "GET" and "connectionreferenceid" in read.query
+    fresh = {r.logical_name: r for r in after.references}
+    for i in range(n):
+        ref = fresh[f"contoso_Bulk{i:04d}"]
+        assert ref.display_name == f"New {i}" and ref.in_solution
+        row = emulator.store.reference(ref.id)
+        assert ref.etag == f'W/"{row["versionnumber"]}"'
