@@ -216,7 +216,7 @@ def flow_children(clientdata: str | None) -> tuple[str, ...]:
         inputs = node.get("inputs")
         host = inputs.get("host") if isinstance(inputs, dict) else None
         ref = host.get("workflowReferenceName") if isinstance(host, dict) else None
-        if isinstance(ref, str) and _GUID.match(ref) and ref.lower() not in out:
+        if isinstance(ref, str) and is_guid(ref) and ref.lower() not in out:
             out.append(ref.lower())
     return tuple(out)
 
