@@ -3,13 +3,17 @@
     ConnrefError                      every error connref raises on purpose (exit 1)
     ├── ConfigError                   the YAML is invalid; carries file, line, column, field
     ├── AuthError                     a token could not be obtained; names the profile, never a secret
+    │   └── AuthUnavailableError      the token service could not answer (5xx, throttled, unreachable)
+    │                                 after the retry budget: a failure, never a refusal to fall back on
     ├── PlanError                     the plan cannot be made safely (bad binding, ambiguous selector,
     │                                 missing privilege, connection not usable by the writer)
     ├── ApiError                      the service answered with an error; carries status, code, message
     │   ├── NotFoundError             404
     │   ├── PreconditionFailedError   412: an ETag moved or a duplicate key
     │   ├── ThrottledError            429 after the retry budget ran out
-    │   └── TransientError            5xx or a dropped connection after the retry budget ran out
+    │   ├── TransientError            5xx or a dropped connection after the retry budget ran out
+    │   └── MalformedResponseError    an answer connref cannot read: not JSON, truncated, too big or
+    │                                 too deep, the wrong shape, or paging that loops or leaves the host
     ├── StalePlanError                a saved plan no longer matches state or live (re-plan)
     ├── ApplyError                    some writes failed; carries what was and was not written
     ├── StateError                    the state file is missing, corrupt or from another lineage
@@ -72,6 +76,11 @@ class AuthError(ConnrefError):
     """A token could not be obtained for an auth profile."""
 
 
+class AuthUnavailableError(AuthError):
+    """The token service did not answer usefully (5xx, 429, a dropped connection, an unreadable answer)
+    after the retry budget. Unlike a refusal, it says nothing about what the identity may do."""
+
+
 class PlanError(ConnrefError):
     """The plan cannot be made safely; the message says what to fix."""
 
@@ -111,6 +120,16 @@ class ThrottledError(ApiError):
 
 class TransientError(ApiError):
     """A 5xx or a dropped connection persisted past the retry budget."""
+
+
+class MalformedResponseError(ApiError):
+    """The service answered with something connref cannot read. ``problem`` says what was wrong (never
+    the body itself); the message also names the method, the URL and the status."""
+
+    def __init__(self, message: str, *, problem: str, status: int | None = None, method: str | None = None,
+                 url: str | None = None) -> None:
+        self.problem = problem
+        super().__init__(message, status=status, method=method, url=url)
 
 
 class StalePlanError(ConnrefError):

@@ -43,8 +43,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from reconciler.api.client import MsalHttpClient, RetryPolicy
 from reconciler.domain.model import AuthProfile, EnvironmentConfig
-from reconciler.errors import AuthError
+from reconciler.errors import (
+    ApiError,
+    AuthError,
+    AuthUnavailableError,
+    MalformedResponseError,
+    ThrottledError,
+    TransientError,
+)
 
 METHODS = ("client_secret", "certificate", "federated", "managed_identity", "azure_cli", "access_token")
 
@@ -233,6 +241,14 @@ class CachingTokenProvider:
     def _error(self, what: str, check: str) -> AuthError:
         return AuthError(f"auth profile '{self.profile_name}' ({self.method}): {what}. Check {check}")
 
+    def _unavailable(self, exc: ApiError, check: str) -> AuthError:
+        """The error for a token service that did not answer usefully: ``AuthUnavailableError`` (a
+        failure, not a refusal) when it was down, throttled or unreadable, else an ``AuthError``."""
+        text = f"auth profile '{self.profile_name}' ({self.method}): {exc}. Check {check}"
+        if isinstance(exc, TransientError | ThrottledError | MalformedResponseError):
+            return AuthUnavailableError(text)
+        return AuthError(text)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile={self.profile_name!r}, method={self.method!r})"
 
@@ -240,31 +256,8 @@ class CachingTokenProvider:
 # --------------------------------------------------------------------------- MSAL http adapter
 
 
-class MsalHttpClient:
-    """The requests-like object MSAL's ``http_client`` parameter expects (``.get``/``.post``/``.close``
-    returning objects with ``status_code``, ``text``, ``headers`` and ``raise_for_status``; see
-    msal/oauth2cli/http.py), backed by a shared ``httpx.Client``."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self._client = client
-
-    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> httpx.Response:
-        return self._client.get(url, params=params, headers=headers, timeout=kwargs.get("timeout", 30.0))
-
-    def post(
-        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
-    ) -> httpx.Response:
-        timeout = kwargs.get("timeout", 30.0)
-        if isinstance(data, (str, bytes)):
-            return self._client.post(url, params=params, content=data, headers=headers, timeout=timeout)
-        if isinstance(data, Mapping):
-            # MSAL hands the client assertion over as bytes; requests form-encodes bytes as-is, httpx
-            # would send their repr, so decode them first.
-            data = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in data.items()}
-        return self._client.post(url, params=params, data=data, headers=headers, timeout=timeout)
-
-    def close(self) -> None:
-        """The httpx client belongs to the caller; MSAL must not close it."""
+# ``MsalHttpClient`` (the requests-like adapter MSAL talks through, with retries and answer checks) lives
+# with the other HTTP code in reconciler.api.client.
 
 
 # --------------------------------------------------------------------------- error explanations
@@ -333,6 +326,7 @@ class MsalClientProvider(CachingTokenProvider):
         credential: Callable[[], Any],
         what_failed: str,
         secrets: Callable[[], list[str]] = lambda: [],
+        retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(profile.name, profile.method)
         if not profile.tenant_id or not profile.client_id:
@@ -340,7 +334,7 @@ class MsalClientProvider(CachingTokenProvider):
         self._tenant = profile.tenant_id
         self._client_id = profile.client_id
         self._authority = authority_host.rstrip("/") + "/" + self._tenant
-        self._http = MsalHttpClient(http_client)
+        self._http = MsalHttpClient(http_client, retry=retry)
         self._credential = credential
         self._what_failed = what_failed
         self._secrets = secrets
@@ -368,6 +362,8 @@ class MsalClientProvider(CachingTokenProvider):
             )
         except AuthError:
             raise
+        except ApiError as e:  # the discovery documents: unavailable past the retries, or unreadable
+            raise self._unreachable(e) from None
         except ValueError as e:
             detail = _redact(_first_sentence(str(e)), self._secrets())
             raise self._error(f"the authority {self._authority} could not be used ({detail})",
@@ -375,6 +371,17 @@ class MsalClientProvider(CachingTokenProvider):
         except httpx.HTTPError as e:
             raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
                               "authority_host and the network (proxy, TLS trust)") from None
+        except Exception as e:  # MSAL's own errors for an authority it cannot use
+            detail = _redact(_first_sentence(str(e)), self._secrets())
+            raise self._error(f"the authority {self._authority} could not be used ({detail})",
+                              "tenant_id and authority_host") from None
+
+    def _unreachable(self, exc: ApiError) -> AuthError:
+        if exc.status is None and not isinstance(exc, MalformedResponseError):  # no answer at all
+            return AuthUnavailableError(
+                f"auth profile '{self.profile_name}' ({self.method}): could not reach {self._authority} "
+                f"({exc}). Check authority_host and the network (proxy, TLS trust)")
+        return self._unavailable(exc, "authority_host, or try again later if the service is busy")
 
     def _forget(self, scope: str) -> None:
         if self._app is not None:
@@ -390,6 +397,8 @@ class MsalClientProvider(CachingTokenProvider):
             result = self._app.acquire_token_for_client(scopes=[scope])
         except AuthError:
             raise
+        except ApiError as e:  # the token endpoint: unavailable past the retries, or unreadable
+            raise self._unreachable(e) from None
         except httpx.HTTPError as e:
             raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
                               "authority_host and the network (proxy, TLS trust)") from None
@@ -421,10 +430,12 @@ class ManagedIdentityProvider(CachingTokenProvider):
     not a scope. The endpoint is found by MSAL from the environment (IDENTITY_ENDPOINT/IDENTITY_HEADER
     on App Service and Functions, IMDS on a VM)."""
 
-    def __init__(self, profile: AuthProfile, *, http_client: httpx.Client) -> None:
+    def __init__(self, profile: AuthProfile, *, http_client: httpx.Client, retry: RetryPolicy | None = None) -> None:
         super().__init__(profile.name, profile.method)
         self._client_id = profile.options.get("managed_identity_client_id")
-        self._http = MsalHttpClient(http_client)
+        # Fewer attempts than for the APIs: off an Azure host the endpoint is unreachable, each attempt
+        # waits out the connect timeout, and that is a set-up problem, not a passing one.
+        self._http = MsalHttpClient(http_client, retry=retry or RetryPolicy(max_retries=2))
         self._mi: Any = None
         self._mi_lock = threading.Lock()
 
@@ -446,6 +457,8 @@ class ManagedIdentityProvider(CachingTokenProvider):
         kind = f"user-assigned {self._client_id}" if self._client_id else "system-assigned"
         try:
             result = self._mi.acquire_token_for_client(resource=resource)
+        except ApiError as e:
+            raise self._unavailable(e, "that the managed identity is enabled on this host") from None
         except httpx.HTTPError as e:
             raise self._error(f"the managed identity endpoint could not be reached ({type(e).__name__})",
                               "that this runs on an Azure host with a managed identity enabled "
@@ -688,9 +701,11 @@ def provider_key(profile: AuthProfile, env: EnvironmentConfig | None = None) -> 
 
 
 def provider_for(
-    profile: AuthProfile, *, http_client: httpx.Client, env: EnvironmentConfig | None = None
+    profile: AuthProfile, *, http_client: httpx.Client, env: EnvironmentConfig | None = None,
+    retry: RetryPolicy | None = None,
 ) -> TokenProvider:
-    """The token provider of an auth profile. Reading secrets is deferred to the first token request
+    """The token provider of an auth profile (``retry``: how hard to try the identity platform; the
+    default policy when None). Reading secrets is deferred to the first token request
     where possible, so building a provider never fails on a missing variable of an unused profile."""
     method = profile.method
 
@@ -740,7 +755,7 @@ def provider_for(
             holder[:] = [value]
             return value
 
-        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host,
+        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host, retry=retry,
                                   credential=secret, what_failed=f"{source} was rejected",
                                   secrets=lambda: list(holder))
 
@@ -774,12 +789,12 @@ def provider_for(
                     what += f"; certificate thumbprint {thumbs['sha1'].upper()}"
                 raise self._error(what, check)
 
-        return _CertProvider(profile, http_client=http_client, authority_host=authority_host,
+        return _CertProvider(profile, http_client=http_client, authority_host=authority_host, retry=retry,
                              credential=certificate, what_failed=f"the certificate {path} was rejected")
 
     if method == "federated":
         assertion = FederatedAssertion(profile, http_client)
-        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host,
+        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host, retry=retry,
                                   # MSAL calls a callable client_assertion before each token request
                                   # (msal/application.py docstring), so an expired token is re-fetched.
                                   credential=lambda: {"client_assertion": assertion},
@@ -787,7 +802,7 @@ def provider_for(
                                   secrets=assertion.secrets)
 
     if method == "managed_identity":
-        return ManagedIdentityProvider(profile, http_client=http_client)
+        return ManagedIdentityProvider(profile, http_client=http_client, retry=retry)
 
     if method == "azure_cli":
         return AzureCliProvider(profile)

@@ -32,17 +32,17 @@ import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from reconciler.api.auth import TokenProvider
 from reconciler.api.batch_format import (
     MAX_BATCH_OPERATIONS,
     BatchOperation,
@@ -53,14 +53,34 @@ from reconciler.api.batch_format import (
     parse_multipart,
 )
 from reconciler.api.odata_filter import Filter, checked_column, entity_path, eq, literal
+from reconciler.api.shapes import (
+    CONNECTION,
+    INSTANCE_DISCOVERY,
+    OPENID_CONFIGURATION,
+    ROWS,
+    TOKEN,
+    TOKEN_ERROR,
+    USER_PRIVILEGES,
+    WHO_AM_I,
+    Limits,
+    Shape,
+    ShapeProblem,
+    check,
+    check_collection,
+    parse_json,
+)
 from reconciler.domain.patterns import GUID, JWT
 from reconciler.errors import (
     ApiError,
+    MalformedResponseError,
     NotFoundError,
     PreconditionFailedError,
     ThrottledError,
     TransientError,
 )
+
+if TYPE_CHECKING:
+    from reconciler.api.auth import TokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +209,33 @@ class RefreshableTokenProvider(Protocol):
 
 
 def _error_body(resp: httpx.Response) -> tuple[str | None, str | None, Any]:
+    """(code, message, parsed body) of an error answer: the Dataverse and connections APIs'
+    ``{"error": {"code", "message"}}``, or the identity platform's ``{"error": "...",
+    "error_description": "..."}`` (RFC 6749 §5.2)."""
     try:
-        body = resp.json()
-    except (ValueError, UnicodeDecodeError):
-        text = resp.text.strip()
+        body = parse_json(resp.content, content_type=resp.headers.get("Content-Type"))
+    except ShapeProblem:
+        try:
+            text = resp.text.strip()
+        except (UnicodeDecodeError, LookupError):
+            text = ""
+        if text.startswith("<"):
+            return None, f"an HTML page ({len(resp.content)} bytes)", None
         return None, (text[:300] or None), None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
-        return (str(err.get("code") or "") or None), (str(err.get("message") or "") or None), body
+        return (_text(err.get("code")) or None), (_text(err.get("message")) or None), body
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        description = _text(body.get("error_description")).replace("\r\n", "\n").split("\n")[0]
+        return (body["error"] or None), (description or None), body
     return None, None, body
+
+
+def _text(value: Any) -> str:
+    """A scalar of an error body as text; anything else (a nested object or list) is not a message."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
 
 
 def error_from_response(method: str, url: str, resp: httpx.Response, *, after: str = "") -> ApiError:
@@ -226,6 +264,16 @@ def error_from_response(method: str, url: str, resp: httpx.Response, *, after: s
     return cls(redact(text), status=status, code=code, method=method, url=shown, body=body)
 
 
+def malformed(method: str, url: str, status: int | None, problem: str) -> MalformedResponseError:
+    """The error for an answer connref cannot read: method, URL, status and what was wrong."""
+    shown = _display_url(url)
+    where = f"HTTP {status}" if status is not None else "the answer"
+    return MalformedResponseError(
+        redact(f"{method} {shown}: {where}: connref cannot read this answer: {problem}"),
+        problem=problem, status=status, method=method, url=shown,
+    )
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard a client tries before giving up: retries on 429 (honouring Retry-After), 5xx and dropped
@@ -239,22 +287,36 @@ class RetryPolicy:
     jitter: Callable[[], float] = random.random
 
 
-class _HttpCore:
-    """Auth header, standard headers, retries, 401 refresh and error mapping for one API."""
+class _BodyTooLarge(Exception):
+    pass
 
-    def __init__(
-        self,
-        token_provider: TokenProvider,
-        *,
-        http: httpx.Client,
-        scope: str,
-        retry: RetryPolicy | None = None,
-        label: str = "",
-    ) -> None:
-        self._tokens = token_provider
+
+def _tls_refused(exc: BaseException) -> bool:
+    """Whether a transport error is a TLS handshake that failed (an untrusted or wrong certificate)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _Transport:
+    """Retries and bounded reading over a shared ``httpx.Client``: what every request connref sends
+    goes through (the APIs' and the identity platform's).
+
+    Retried: 429 (honouring ``Retry-After``), 502/503/504 for any method (the service did not act on
+    the request), 500 and a connection dropped after sending only when the request may be repeated
+    (``_may_repeat``: reads; a ``$batch`` may have been committed). Every answer is read whole, up to
+    ``limits.max_body_bytes``, before anything looks at it."""
+
+    def __init__(self, http: httpx.Client, *, retry: RetryPolicy | None = None,
+                 limits: Limits | None = None, label: str = "") -> None:
         self._http = http
-        self.scope = scope
         self.retry = retry or RetryPolicy()
+        self.limits = limits or Limits()
         self.label = label  # the environment's name, for the log and the progress display
 
     def _log_wait(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
@@ -267,6 +329,20 @@ class _HttpCore:
             attempt + 1, self.retry.max_retries, delay,
             extra={"connref_env": self.label or None, "connref_state": "wait", "connref_delay": delay},
         )
+
+    # -- hooks
+
+    def _may_repeat(self, method: str) -> bool:
+        """Whether a request that may have reached the service can be sent again."""
+        return method.upper() in _IDEMPOTENT
+
+    def _request_headers(self, scope: str | None, extra: Mapping[str, str] | None,
+                         has_body: bool) -> dict[str, str]:
+        return dict(extra or {})
+
+    def _unauthorized(self, scope: str | None) -> bool:
+        """Called on a first 401: True to send the request again (with a fresh token)."""
+        return False
 
     # -- plumbing
 
@@ -291,27 +367,43 @@ class _HttpCore:
             return None
         return max(0.0, when.timestamp() - time.time())
 
-    @staticmethod
-    def _retryable_transport(method: str, exc: httpx.TransportError) -> bool:
+    def _retryable_transport(self, method: str, exc: httpx.TransportError) -> bool:
         # A failure before the request left (connect, pool) is safe to retry for any method. A
-        # connection dropped after sending is retried only for idempotent methods: a POST ($batch)
-        # may already have been committed, and repeating it is not ours to decide.
+        # connection dropped after sending is retried only when the request may be repeated: a POST
+        # ($batch) may already have been committed, and repeating it is not ours to decide.
+        if _tls_refused(exc):
+            return False  # an untrusted certificate stays untrusted
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
             return True
-        return method.upper() in _IDEMPOTENT
+        return self._may_repeat(method)
 
-    def _refresh(self, scope: str) -> None:
-        invalidate = getattr(self._tokens, "invalidate", None)
-        if callable(invalidate):
-            invalidate(scope)
+    def _retryable_status(self, method: str, status: int) -> bool:
+        if status in _RETRY_STATUSES:
+            return True
+        return status == 500 and self._may_repeat(method)
 
-    def _headers(self, scope: str, extra: Mapping[str, str] | None, has_body: bool) -> dict[str, str]:
-        headers = dict(STANDARD_HEADERS)
-        if has_body:
-            headers["Content-Type"] = "application/json"
-        headers.update(extra or {})
-        headers["Authorization"] = "Bearer " + self._tokens.get_token(scope)
-        return headers
+    def _fetch(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None,
+               **request: Any) -> httpx.Response:
+        """One request, its answer read whole within the size limit (``_BodyTooLarge`` past it)."""
+        req = self._http.build_request(method, url, headers=headers, content=content, **request)
+        resp = self._http.send(req, stream=True)
+        try:
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+                raise _BodyTooLarge()
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > self.limits.max_body_bytes:
+                    raise _BodyTooLarge()
+                chunks.append(chunk)
+        finally:
+            resp.close()
+        # The body is decoded already: drop the headers that described it on the wire.
+        kept = [(k, v) for k, v in resp.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(resp.status_code, headers=kept, content=b"".join(chunks), request=req)
 
     def send(
         self,
@@ -323,9 +415,9 @@ class _HttpCore:
         headers: Mapping[str, str] | None = None,
         scope: str | None = None,
         raise_for_status: bool = True,
+        **request: Any,
     ) -> httpx.Response:
         """Send one request (absolute ``url``) with retries; raise the typed error for a failure."""
-        scope = scope or self.scope
         content = body
         if json_body is not None:
             content = json.dumps(json_body).encode("utf-8")
@@ -333,9 +425,12 @@ class _HttpCore:
         attempt = 0
         waited = 0.0
         while True:
-            req_headers = self._headers(scope, headers, content is not None)
+            req_headers = self._request_headers(scope, headers, content is not None)
             try:
-                resp = self._http.request(method, url, headers=req_headers, content=content)
+                resp = self._fetch(method, url, req_headers, content, **request)
+            except _BodyTooLarge:
+                raise malformed(method, url, None,
+                                f"the body is larger than {self.limits.max_body_bytes} bytes") from None
             except httpx.TransportError as exc:
                 kind = type(exc).__name__
                 delay = self._backoff(attempt)
@@ -344,8 +439,9 @@ class _HttpCore:
                     or attempt >= self.retry.max_retries
                     or waited + delay > self.retry.max_total_wait
                 ):
+                    why = "TLS: the server's certificate is not trusted" if _tls_refused(exc) else kind
                     raise TransientError(
-                        f"{method} {_display_url(url)}: connection failed ({kind}) "
+                        f"{method} {_display_url(url)}: connection failed ({why}) "
                         f"after {attempt + 1} attempt(s)",
                         method=method,
                         url=_display_url(url),
@@ -356,19 +452,16 @@ class _HttpCore:
                 attempt += 1
                 continue
             status = resp.status_code
-            if status == 401 and not refreshed:
+            if status == 401 and not refreshed and self._unauthorized(scope):
                 # A token can expire or be revoked between two requests: get a fresh one, once.
                 log.info("%s%s %s: HTTP 401; fetching a new token and trying once more",
                          f"{self.label}: " if self.label else "", method, loggable_url(url))
                 refreshed = True
-                resp.close()
-                self._refresh(scope)
                 continue
-            if status in _RETRY_STATUSES:
+            if self._retryable_status(method, status):
                 asked = self._retry_after(resp)
                 delay = self._backoff(attempt) if asked is None else asked
                 if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
-                    resp.read()
                     raise error_from_response(
                         method, url, resp,
                         after=f"gave up after {attempt + 1} attempt(s) and {waited:.0f}s of waiting",
@@ -377,15 +470,117 @@ class _HttpCore:
                 if asked is not None:
                     why += f", Retry-After {asked:g} s"
                 self._log_wait(method, url, why, attempt, delay)
-                resp.close()
                 self.retry.sleep(delay)
                 waited += delay
                 attempt += 1
                 continue
             if status >= 400 and raise_for_status:
-                resp.read()
                 raise error_from_response(method, url, resp)
             return resp
+
+    def read_json(self, method: str, url: str, resp: httpx.Response) -> Any:
+        """The JSON of an answer, or ``MalformedResponseError`` saying why there is none."""
+        try:
+            return parse_json(resp.content, content_type=resp.headers.get("Content-Type"), limits=self.limits)
+        except ShapeProblem as exc:
+            raise malformed(method, url, resp.status_code, str(exc)) from None
+
+
+class _HttpCore(_Transport):
+    """Auth header, standard headers, retries, 401 refresh and error mapping for one API."""
+
+    def __init__(
+        self,
+        token_provider: TokenProvider,
+        *,
+        http: httpx.Client,
+        scope: str,
+        retry: RetryPolicy | None = None,
+        limits: Limits | None = None,
+        label: str = "",
+    ) -> None:
+        super().__init__(http, retry=retry, limits=limits, label=label)
+        self._tokens = token_provider
+        self.scope = scope
+
+    def _unauthorized(self, scope: str | None) -> bool:
+        invalidate = getattr(self._tokens, "invalidate", None)
+        if callable(invalidate):
+            invalidate(scope or self.scope)
+        return True
+
+    def _request_headers(self, scope: str | None, extra: Mapping[str, str] | None,
+                         has_body: bool) -> dict[str, str]:
+        headers = dict(STANDARD_HEADERS)
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        headers.update(extra or {})
+        headers["Authorization"] = "Bearer " + self._tokens.get_token(scope or self.scope)
+        return headers
+
+    def get_json(self, url: str, *, shape: Shape | None = None, scope: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> Any:
+        """GET ``url`` and return its JSON, checked against ``shape`` when one is given."""
+        resp = self.send("GET", url, headers=headers, scope=scope)
+        doc = self.read_json("GET", url, resp)
+        if shape is not None:
+            try:
+                check(doc, shape)
+            except ShapeProblem as exc:
+                raise malformed("GET", url, resp.status_code, str(exc)) from None
+        return doc
+
+    def get_pages(
+        self,
+        url: str,
+        *,
+        row: Shape | None,
+        selected: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        scope: str | None = None,
+        next_link_keys: Sequence[str] = ("@odata.nextLink",),
+        same_path: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Every row of a paged collection, following its next links (page-results) unchanged.
+
+        A next link must stay on the first page's origin (it would receive our bearer token) and, with
+        ``same_path``, on its path; a link already followed (a loop) and more than ``limits.max_pages``
+        pages are errors, not endless reads."""
+        first = urlsplit(url)
+        rows: list[dict[str, Any]] = []
+        seen = {url}
+        next_url: str | None = url
+        pages = 0
+        while next_url:
+            current = next_url
+            pages += 1
+            resp = self.send("GET", current, headers=headers, scope=scope)
+            doc = self.read_json("GET", current, resp)
+            try:
+                page, link = check_collection(doc, row, selected, next_link_keys)
+            except ShapeProblem as exc:
+                raise malformed("GET", current, resp.status_code, str(exc)) from None
+            rows.extend(page)
+            next_url = None
+            if not link:
+                break
+            target = urlsplit(link)
+            if _origin(link) != _origin(url):
+                raise malformed("GET", current, resp.status_code,
+                                f"the next link points at another host ({_display_url(_origin(link))}); "
+                                "connref does not send its token there")
+            if same_path and target.path.rstrip("/").lower() != first.path.rstrip("/").lower():
+                raise malformed("GET", current, resp.status_code,
+                                "the next link points at another collection")
+            if link in seen:
+                raise malformed("GET", current, resp.status_code,
+                                f"the next link repeats a page already read (page {pages}); paging stopped")
+            if pages >= self.limits.max_pages:
+                raise malformed("GET", current, resp.status_code,
+                                f"more than {self.limits.max_pages} pages; paging stopped")
+            seen.add(link)
+            next_url = link
+        return rows
 
 
 # --------------------------------------------------------------------------- Dataverse
@@ -414,9 +609,10 @@ class DataverseClient(_HttpCore):
         scope: str,
         caller_object_id: str | None = None,
         retry: RetryPolicy | None = None,
+        limits: Limits | None = None,
         label: str = "",
     ) -> None:
-        super().__init__(token_provider, http=http, scope=scope, retry=retry, label=label)
+        super().__init__(token_provider, http=http, scope=scope, retry=retry, limits=limits, label=label)
         root = base_url.rstrip("/")
         if root.lower().endswith(API_PATH.rstrip("/")):
             root = root[: -len(API_PATH.rstrip("/"))]
@@ -430,16 +626,12 @@ class DataverseClient(_HttpCore):
         base = self.api_root + path.lstrip("/")
         return f"{base}?{query}" if query else base
 
-    def _check_origin(self, url: str) -> None:
-        # A nextLink that pointed elsewhere would receive our bearer token: refuse it.
-        if _origin(url) != _origin(self.api_root):
-            raise ApiError(f"refusing to follow a link to another host: {_display_url(url)}")
-
     # -- reads
 
     def get(self, path: str, params: Mapping[str, object] | None = None,
-            headers: Mapping[str, str] | None = None) -> Any:
-        return self.send("GET", self.url(path, params), headers=headers).json()
+            headers: Mapping[str, str] | None = None, *, shape: Shape | None = None) -> Any:
+        """The JSON at ``path``, checked against ``shape`` when one is given."""
+        return self.get_json(self.url(path, params), shape=shape, headers=headers)
 
     def get_all(
         self,
@@ -465,19 +657,15 @@ class DataverseClient(_HttpCore):
         if expand:
             params["$expand"] = expand
         headers = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"}
-        next_url: str | None = self.url(checked_column(entity_set), params)
-        rows: list[dict[str, Any]] = []
-        while next_url:
-            data = self.send("GET", next_url, headers=headers).json()
-            rows.extend(data.get("value", []))
-            next_url = data.get("@odata.nextLink")
-            if next_url:
-                self._check_origin(next_url)
-        return rows
+        # Rows are checked against the shape of their entity set (reconciler.api.shapes); a selected
+        # column is always returned, null when empty.
+        selected = [c for c in (select or ()) if c]
+        return self.get_pages(self.url(checked_column(entity_set), params), row=ROWS.get(entity_set),
+                              selected=selected, headers=headers)
 
     def who_am_i(self) -> WhoAmI:
         """``WhoAmI`` (docs/dataverse.md §3.9): the caller's systemuserid."""
-        data = self.get("WhoAmI")
+        data = self.get("WhoAmI", shape=WHO_AM_I)
         return WhoAmI(
             user_id=str(data["UserId"]).lower(),
             business_unit_id=data.get("BusinessUnitId"),
@@ -504,7 +692,9 @@ class DataverseClient(_HttpCore):
             + "/Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeName(PrivilegeName=@p)"
         )
         try:
-            data = self.get(path, {"@p": literal(privilege)})
+            data = self.get(path, {"@p": literal(privilege)}, shape=USER_PRIVILEGES)
+        except MalformedResponseError:
+            raise
         except ApiError as exc:
             if exc.status in (400, 403, 404, 405, 501):
                 return None
@@ -641,11 +831,9 @@ def _part_error_fields(part: MultipartPart) -> tuple[str | None, str | None, Any
 
 
 def _json_or_none(data: bytes) -> Any:
-    if not data.strip():
-        return None
     try:
-        return json.loads(data)
-    except ValueError:
+        return parse_json(data)
+    except ShapeProblem:
         return None
 
 
@@ -673,9 +861,10 @@ class ConnectionsClient(_HttpCore):
         admin_base_url: str | None = None,
         admin_scope: str | None = None,
         retry: RetryPolicy | None = None,
+        limits: Limits | None = None,
         label: str = "",
     ) -> None:
-        super().__init__(token_provider, http=http, scope=scope, retry=retry, label=label)
+        super().__init__(token_provider, http=http, scope=scope, retry=retry, limits=limits, label=label)
         if environment_id is not None and not _PATH_SEGMENT.match(environment_id):
             raise ValueError(f"not an environment id: {environment_id!r}")
         self.base_url = base_url.rstrip("/")
@@ -684,17 +873,8 @@ class ConnectionsClient(_HttpCore):
         self.admin_scope = admin_scope or scope
 
     def _list(self, url: str, scope: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        next_url: str | None = url
-        origin = _origin(url)
-        while next_url:
-            data = self.send("GET", next_url, scope=scope).json()
-            rows.extend(data.get("value", []))
-            # The classic API pages with a top-level nextLink, not @odata.nextLink (docs/dataverse.md §4.2).
-            next_url = data.get("nextLink") or data.get("@odata.nextLink")
-            if next_url and _origin(next_url) != origin:
-                raise ApiError(f"refusing to follow a link to another host: {_display_url(next_url)}")
-        return rows
+        # The classic API pages with a top-level nextLink, not @odata.nextLink (docs/dataverse.md §4.2).
+        return self.get_pages(url, row=CONNECTION, scope=scope, next_link_keys=("nextLink", "@odata.nextLink"))
 
     def list_connections(self) -> list[dict[str, Any]]:
         """Connections the caller owns or has shared with it (Power Platform API)."""
@@ -709,3 +889,83 @@ class ConnectionsClient(_HttpCore):
         path = f"/providers/Microsoft.PowerApps/scopes/admin/environments/{self.environment_id}/connections"
         return self._list(f"{self.admin_base_url}{path}?{_query({'api-version': POWERAPPS_API_VERSION})}",
                           self.admin_scope)
+
+
+# --------------------------------------------------------------------------- identity platform (MSAL)
+
+
+class MsalHttpClient(_Transport):
+    """The requests-like object MSAL's ``http_client`` parameter expects (``.get``/``.post``/``.close``
+    returning objects with ``status_code``, ``text``, ``headers`` and ``raise_for_status``; see
+    msal/oauth2cli/http.py), backed by a shared ``httpx.Client``.
+
+    Below MSAL (whose own throttling cache would otherwise replay a 429 or 5xx answer), every request is
+    retried like the APIs' (429 with ``Retry-After``, 5xx, a dropped or reset connection: asking for a
+    token changes nothing, so any request may be repeated), read within the size limit, and the
+    answers MSAL relies on are checked before it parses them: the token answer (``access_token``,
+    ``expires_in``), a token error in the OAuth shape, the OpenID configuration and the instance
+    discovery document. An answer connref cannot hand to MSAL raises a typed ``ApiError`` (through MSAL
+    to the provider, which names the auth profile)."""
+
+    def __init__(self, client: httpx.Client, *, retry: RetryPolicy | None = None,
+                 limits: Limits | None = None) -> None:
+        super().__init__(client, retry=retry, limits=limits)
+
+    def _may_repeat(self, method: str) -> bool:
+        return True
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> httpx.Response:
+        return self._exchange("GET", url, params=params, headers=headers, timeout=kwargs.get("timeout", 30.0))
+
+    def post(
+        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
+    ) -> httpx.Response:
+        timeout = kwargs.get("timeout", 30.0)
+        if isinstance(data, (str, bytes)):
+            content = data.encode("utf-8") if isinstance(data, str) else data
+            return self._exchange("POST", url, params=params, headers=headers, timeout=timeout, body=content)
+        if isinstance(data, Mapping):
+            # MSAL hands the client assertion over as bytes; requests form-encodes bytes as-is, httpx
+            # would send their repr, so decode them first.
+            data = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in data.items()}
+        return self._exchange("POST", url, params=params, headers=headers, timeout=timeout, data=data)
+
+    def close(self) -> None:
+        """The httpx client belongs to the caller; MSAL must not close it."""
+
+    def _exchange(self, method: str, url: str, *, params: Any, headers: Any, timeout: Any,
+                  body: bytes | None = None, data: Any = None) -> httpx.Response:
+        extra = {"params": params, "timeout": timeout}
+        if data is not None:
+            extra["data"] = data
+        resp = self.send(method, url, body=body, headers=dict(headers or {}), raise_for_status=False, **extra)
+        shown = str(resp.request.url.copy_with(query=None)) if resp.request is not None else url
+        if resp.status_code >= 500:
+            # Past the retry budget (or a 5xx that is never retried): MSAL would raise a bare HTTP error.
+            raise error_from_response(method, shown, resp)
+        self._check(method, shown, resp)
+        return resp
+
+    def _check(self, method: str, url: str, resp: httpx.Response) -> None:
+        path = urlsplit(url).path.lower()
+        status = resp.status_code
+        shape: Shape | None = None
+        if path.endswith("/token") and status < 400:  # the token endpoint and the managed identity ones
+            shape = TOKEN
+        elif path.endswith("/token") and "/oauth2/" in path:  # Entra's errors (MSAL reads them)
+            shape = TOKEN_ERROR
+        elif path.endswith("/.well-known/openid-configuration") and status < 400:
+            shape = OPENID_CONFIGURATION
+        elif path.endswith("/discovery/instance") and status < 400:
+            shape = INSTANCE_DISCOVERY
+        if shape is None:
+            return
+        try:
+            doc = parse_json(resp.content, content_type=resp.headers.get("Content-Type"), limits=self.limits)
+            check(doc, shape)
+        except ShapeProblem as exc:
+            if status >= 400:
+                # Not an OAuth error (a gateway's page, another service's error shape): say what it was
+                # rather than let MSAL fail on it.
+                raise error_from_response(method, url, resp) from None
+            raise malformed(method, url, status, str(exc)) from None

@@ -45,7 +45,14 @@ from reconciler.domain.model import (
     Permission,
 )
 from reconciler.domain.patterns import is_guid
-from reconciler.errors import ApiError, AuthError, NotFoundError, PlanError
+from reconciler.errors import (
+    ApiError,
+    AuthError,
+    AuthUnavailableError,
+    MalformedResponseError,
+    NotFoundError,
+    PlanError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +290,18 @@ def read_connections(session: EnvSession, *, admin: bool = True) -> tuple[list[d
             "or connections_url; add one of them to the environment"
         )
     if admin and client.environment_id:
+        # Only a refusal means "not an admin": a failure (the service or the token endpoint down or
+        # throttled past the retries, an unreadable answer) is an error, or the plan would be made from
+        # the caller's partial list and give the wrong advice.
         try:
             return client.list_connections_admin(), "admin"
         except ApiError as exc:
-            if exc.status not in (401, 403):
+            if isinstance(exc, MalformedResponseError) or exc.status not in (401, 403):
                 raise
             log.info("%s: admin connection list refused (%s); using the caller's scope",
                      session.name, exc.status)
+        except AuthUnavailableError:
+            raise
         except AuthError as exc:
             log.info("%s: no token for the admin connection list (%s); using the caller's scope",
                      session.name, type(exc).__name__)

@@ -133,13 +133,14 @@ def _profile(config: Config, env: EnvironmentConfig) -> AuthProfile | None:
     return profile
 
 
-def _provider(config: Config, env: EnvironmentConfig, http: httpx.Client) -> TokenProvider | None:
+def _provider(config: Config, env: EnvironmentConfig, http: httpx.Client,
+              retry: RetryPolicy | None = None) -> TokenProvider | None:
     profile = _profile(config, env)
     if profile is None:
         return None
     from reconciler.api.auth import provider_for
 
-    return provider_for(profile, http_client=http, env=env)
+    return provider_for(profile, http_client=http, env=env, retry=retry)
 
 
 class TokenProviders:
@@ -230,7 +231,7 @@ def _open_local(
     try:
         url = str(store.data["environment"]["url"]).rstrip("/")
         env_id = str(store.data["environment"].get("environment_id") or env.environment_id or "local")
-        tokens = token_provider or _provider(config, env, http) or LocalTokenProvider(store.data)
+        tokens = token_provider or _provider(config, env, http, retry) or LocalTokenProvider(store.data)
         dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), retry=retry, label=env.name)
         connections = ConnectionsClient(url, tokens, http=http, scope=POWERPLATFORM_SCOPE,
                                         environment_id=env_id, retry=retry, label=env.name)
@@ -253,7 +254,7 @@ def _open_remote(
     try:
         if token_provider is None and providers is not None and http is None:
             token_provider = providers.for_environment(config, env)
-        tokens = token_provider or _provider(config, env, client)
+        tokens = token_provider or _provider(config, env, client, retry)
         if tokens is None:
             raise ConfigError(f"environment '{env.name}' needs an auth profile (auth:)", env.location, "auth")
         url = env.url.rstrip("/")

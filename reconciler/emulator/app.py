@@ -166,13 +166,18 @@ class EmulatorApp:
             request.state["fault"] = decision.name
             return decision.response
         try:
-            return self.dispatch(request)
+            response = self.dispatch(request)
         except HttpError as e:
-            return e.response(annotations=wants_annotations(request))
+            response = e.response(annotations=wants_annotations(request))
         except Exception:
             # A bug in a route: answer like the service's generic 500 and keep serving.
             traceback.print_exc(file=sys.stderr)
-            return HttpError(500, "0x80040216", "An unexpected error occurred.").response()
+            response = HttpError(500, "0x80040216", "An unexpected error occurred.").response()
+        if decision.alter is not None:
+            # Served (a write is committed), then the answer is replaced or altered.
+            request.state["fault"] = decision.name
+            response = decision.alter(response)
+        return response
 
     def _dropped(self, request: Request, started: float) -> Response:
         self._log(request, 0, fault="drop", started=started)

@@ -1,5 +1,6 @@
-"""Deterministic fault injection for the emulator: latency, service-protection 429s, transient 503s and
-dropped connections, per route pattern and method, plus the per-user concurrent-request limit.
+"""Deterministic fault injection for the emulator: latency, service-protection 429s, transient 503s,
+any error status, dropped connections and malformed answers, per route pattern and method, plus the
+per-user concurrent-request limit.
 
 The 429 bodies, codes and ``Retry-After`` header follow powerapps-docs
 ``developer/data-platform/api-limits.md`` (docs/dataverse.md §3.8): three limits, each with its own code:
@@ -7,6 +8,33 @@ The 429 bodies, codes and ``Retry-After`` header follow powerapps-docs
 * ``0x80072322`` "Number of requests exceeded the limit of 6000 over time window of 300 seconds."
 * ``0x80072321`` "Combined execution time of incoming requests exceeded limit of 1,200,000 milliseconds ..."
 * ``0x80072326`` "Number of concurrent requests exceeded the limit of 52." (bites at once, per user)
+
+Errors come in the shape of the route they answer for (``error_body: "route"``): Dataverse and the
+connections APIs ``{"error": {"code", "message"}}``, the identity routes (token endpoint, discovery,
+managed identity) the OAuth shape ``{"error", "error_description", "error_codes"}`` (RFC 6749 §5.2; the
+body of Entra's 429 and 5xx answers is not documented: Learn only says a throttled client credentials
+request gets 429 with ``Retry-After``, so the AADSTS codes used are UNCONFIRMED). ``error_body`` also
+takes ``"odata"`` (the nested shape on any route, as a gateway in front may answer), ``"oauth"`` and
+``"html"`` (a proxy's error page).
+
+``malformed`` answers are what a broken service or a hostile middlebox can send with a 2xx status; the
+request is served first (a write is committed), then its answer is replaced or altered (``shape``):
+
+=================  ===================================================================================
+``html``           an HTML error page, ``text/html``
+``empty``          no body at all
+``truncated``      the real answer cut in half
+``null``           the JSON ``null``
+``wrong_type``     the real answer with ``key_path`` set to ``value`` (default 42)
+``missing_field``  the real answer without ``key_path``
+``deep``           a JSON array nested ``depth`` levels deep (default 200,000)
+``huge``           the real answer padded to ``size_bytes`` (default 1 MiB) with a long string
+``self_link``      the real collection with its next link pointing at the request itself
+``foreign_link``   the real collection with its next link on another host (``link_host``)
+=================  ===================================================================================
+
+``key_path`` is a path with ``/`` between keys and ``[]`` for every item of a list:
+``value[]/connectionreferenceid``, ``UserId``, ``value[]/properties/apiId``.
 
 Every choice comes from ``random.Random(seed)``, so a test that injects 30% failures sees the same
 sequence on every run. ``latency_ms`` delays every request the app answers, on every route (Dataverse,
@@ -22,11 +50,13 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import json
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -43,7 +73,20 @@ THROTTLE_MESSAGES = {
     ),
     "0x80072326": "Number of concurrent requests exceeded the limit of 52.",
 }
-KINDS = ("latency", "throttle", "unavailable", "drop")
+KINDS = ("latency", "throttle", "unavailable", "error", "drop", "malformed")
+SHAPES = ("html", "empty", "truncated", "null", "wrong_type", "missing_field", "deep", "huge", "self_link",
+          "foreign_link")
+ERROR_BODIES = ("route", "odata", "oauth", "html")
+#: The OAuth error of the identity routes, per status (RFC 6749 §5.2 ``error``; AADSTS codes from Learn's
+#: "Microsoft Entra authentication and authorization error codes"; which ones Entra sends for 429 and
+#: 5xx is UNCONFIRMED).
+OAUTH_ERRORS = {
+    429: ("temporarily_unavailable", 90055, "There are too many incoming requests. Try again later."),
+    500: ("server_error", 90033, "A transient error has occurred. Please try again."),
+}
+_GENERIC_500 = ("0x80040216", "An unexpected error occurred.")
+_HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Service Unavailable</title></head>"
+              b"<body><h1>The service is unavailable.</h1></body></html>")
 
 
 class ConnectionDropped(httpx.RemoteProtocolError):
@@ -68,6 +111,14 @@ class FaultRule:
     retry_after: int = 0
     code: str = "0x80072322"
     latency_ms: int = 0
+    status: int = 500
+    error_body: str = "route"
+    shape: str = "html"
+    key_path: str | None = None
+    value: Any = 42
+    depth: int = 200_000
+    size_bytes: int = 1024 * 1024
+    link_host: str = "https://elsewhere.example"
     seen: int = field(default=0, compare=False)
     fired: int = field(default=0, compare=False)
 
@@ -76,6 +127,15 @@ class FaultRule:
             raise ValueError(f"unknown fault kind {self.kind!r} (one of {', '.join(KINDS)})")
         if self.kind == "throttle" and self.code not in THROTTLE_MESSAGES:
             raise ValueError(f"unknown throttle code {self.code!r} (one of {', '.join(THROTTLE_MESSAGES)})")
+        if self.kind == "error" and not 400 <= self.status <= 599:
+            raise ValueError(f"an error fault answers 4xx or 5xx, not {self.status}")
+        if self.error_body not in ERROR_BODIES:
+            raise ValueError(f"unknown error_body {self.error_body!r} (one of {', '.join(ERROR_BODIES)})")
+        if self.kind == "malformed":
+            if self.shape not in SHAPES:
+                raise ValueError(f"unknown malformed shape {self.shape!r} (one of {', '.join(SHAPES)})")
+            if self.shape in ("wrong_type", "missing_field") and not self.key_path:
+                raise ValueError(f"a {self.shape} fault needs the key_path it alters")
         if self.methods is not None:
             self.methods = tuple(m.upper() for m in self.methods)
 
@@ -99,6 +159,14 @@ class FaultRule:
             "retry_after": self.retry_after,
             "code": self.code,
             "latency_ms": self.latency_ms,
+            "status": self.status,
+            "error_body": self.error_body,
+            "shape": self.shape,
+            "key_path": self.key_path,
+            "value": self.value,
+            "depth": self.depth,
+            "size_bytes": self.size_bytes,
+            "link_host": self.link_host,
         }
 
 
@@ -106,14 +174,92 @@ def throttle_error(code: str = "0x80072322", retry_after: int = 0, message: str 
     return HttpError(429, code, message or THROTTLE_MESSAGES[code], {"Retry-After": str(retry_after)})
 
 
+def _route(request: Request) -> str:
+    """Which family of routes a request is for: ``dataverse``, ``connections`` or ``identity``."""
+    path = request.path.lower()
+    if path == "/api/data/v9.2" or path.startswith("/api/data/v9.2/"):
+        return "dataverse"
+    if path.startswith("/connectivity/") or path.startswith("/providers/microsoft.powerapps/"):
+        return "connections"
+    return "identity"
+
+
+def error_response(request: Request, status: int, *, body: str = "route", retry_after: int = 0,
+                   code: str | None = None, message: str | None = None) -> Response:
+    """An error answer in the shape ``body`` names (``route``: the shape of the route's own service)."""
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    if body == "html":
+        return Response(status, _HTML_PAGE, {"Content-Type": "text/html; charset=utf-8", **headers})
+    if body == "oauth" or (body == "route" and _route(request) == "identity"):
+        error, aadsts, text = OAUTH_ERRORS[429] if status == 429 else OAUTH_ERRORS[500]
+        payload = {"error": error, "error_description": f"AADSTS{aadsts}: {text}", "error_codes": [aadsts]}
+        return Response(status, json.dumps(payload).encode("utf-8"),
+                        {"Content-Type": "application/json; charset=utf-8", **headers})
+    if code is None:
+        code, default = _GENERIC_500 if status == 500 else ("", HTTPStatus(status).phrase)
+        message = message or default
+    return HttpError(status, code, message or "", headers).response()
+
+
+def _edit(doc: Any, path: list[str], change: Callable[[dict[str, Any], str], None]) -> None:
+    """Apply ``change(parent, key)`` at ``path`` (``[]`` after a key: every item of that list)."""
+    if not path or not isinstance(doc, dict):
+        return
+    head, rest = path[0], path[1:]
+    every = head.endswith("[]")
+    key = head[:-2] if every else head
+    if not rest and not every:
+        change(doc, key)
+        return
+    child = doc.get(key)
+    for item in (child if every and isinstance(child, list) else [child]):
+        _edit(item, rest, change)
+
+
+def malformed_response(rule: FaultRule, request: Request, real: Response) -> Response:
+    """The answer ``rule`` makes of the real answer ``real`` to ``request``."""
+    json_type = {"Content-Type": "application/json; odata.metadata=minimal", "OData-Version": "4.0"}
+    shape = rule.shape
+    if shape == "html":
+        return Response(200, _HTML_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+    if shape == "empty":
+        return Response(200, b"", json_type)
+    if shape == "null":
+        return Response(200, b"null", json_type)
+    if shape == "deep":
+        return Response(200, b"[" * rule.depth + b"]" * rule.depth, json_type)
+    if shape == "truncated":
+        return Response(real.status, real.body[: len(real.body) // 2], dict(real.headers))
+    try:
+        doc = json.loads(real.body) if real.body else None
+    except ValueError:
+        return real
+    if shape == "wrong_type":
+        _edit(doc, str(rule.key_path).split("/"), lambda parent, key: parent.__setitem__(key, rule.value))
+    elif shape == "missing_field":
+        _edit(doc, str(rule.key_path).split("/"), lambda parent, key: parent.pop(key, None))
+    elif shape == "huge" and isinstance(doc, dict):
+        doc["padding"] = ""
+        doc["padding"] = "x" * max(0, rule.size_bytes - len(json.dumps(doc)))
+    elif shape in ("self_link", "foreign_link") and isinstance(doc, dict):
+        query = f"?{request.query_string}" if request.query_string else ""
+        origin = rule.link_host.rstrip("/") if shape == "foreign_link" else request.origin
+        own = origin + request.path + query
+        key = "nextLink" if _route(request) == "connections" and "nextLink" in doc else "@odata.nextLink"
+        doc[key] = own
+    return Response(real.status, json.dumps(doc).encode("utf-8"), dict(real.headers))
+
+
 @dataclass
 class Decision:
-    """What the faults say about one request: wait ``delay`` seconds, then answer ``response`` or drop."""
+    """What the faults say about one request: wait ``delay`` seconds, then answer ``response`` or drop,
+    or serve it and let ``alter`` change the answer."""
 
     delay: float = 0.0
     response: Response | None = None
     drop: bool = False
     name: str | None = None
+    alter: Callable[[Response], Response] | None = None
 
 
 def _user_key(request: Request) -> str:
@@ -248,10 +394,20 @@ class Faults:
                     continue
                 decision.name = rule.kind
                 if rule.kind == "throttle":
-                    decision.response = throttle_error(rule.code, rule.retry_after).response()
+                    if (rule.error_body == "route" and _route(request) != "identity") or rule.error_body == "odata":
+                        decision.response = throttle_error(rule.code, rule.retry_after).response()
+                    else:
+                        decision.response = error_response(request, 429, body=rule.error_body,
+                                                           retry_after=rule.retry_after)
                 elif rule.kind == "unavailable":
-                    headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after else None
-                    decision.response = HttpError(503, "", "Service Unavailable", headers).response()
+                    decision.response = error_response(request, 503, body=rule.error_body,
+                                                       retry_after=rule.retry_after,
+                                                       code="", message="Service Unavailable")
+                elif rule.kind == "error":
+                    decision.response = error_response(request, rule.status, body=rule.error_body,
+                                                       retry_after=rule.retry_after)
+                elif rule.kind == "malformed":
+                    decision.alter = functools.partial(malformed_response, rule, request)
                 else:
                     decision.drop = True
                 break

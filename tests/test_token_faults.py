@@ -1,0 +1,244 @@
+"""Faults of the identity platform, through MSAL (no mock) against the emulator's token endpoint in
+process: 5xx, 429 with Retry-After and dropped connections are retried below MSAL; what is still wrong
+after the retries, and every answer MSAL could not read, is an AuthError naming the profile, the URL and
+the status (``AuthUnavailableError``: a failure, not a refusal), never a traceback or MSAL's internals."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.api.auth import provider_for
+from reconciler.api.client import RetryPolicy
+from reconciler.domain.model import AuthProfile
+from reconciler.emulator import jwt
+from reconciler.emulator.app import EmulatorApp
+from reconciler.emulator.factory import Sample, sample_environment
+from reconciler.emulator.store import EnvironmentStore
+from reconciler.errors import AuthError, AuthUnavailableError
+
+AUTHORITY = "https://login.emulator.test"
+TOKEN = f"/{Sample.TENANT_ID}/oauth2/v2.0/token"
+DISCOVERY = f"/{Sample.TENANT_ID}/v2.0/.well-known/openid-configuration"
+SCOPE = Sample.URL + "/.default"
+SECRET = "token-faults-secret-value"
+
+
+@pytest.fixture
+def app(signing_key_pem: str) -> EmulatorApp:
+    data = sample_environment(signing_key_pem=signing_key_pem)
+    data["applications"][0]["client_secret_sha256"] = [hashlib.sha256(SECRET.encode()).hexdigest()]
+    return EmulatorApp(EnvironmentStore.from_dict(data))
+
+
+@pytest.fixture
+def http(app: EmulatorApp) -> Iterator[httpx.Client]:
+    with httpx.Client(transport=httpx.WSGITransport(app=app)) as client:
+        yield client
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+def provider(http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch, **retry: Any) -> Any:
+    monkeypatch.setenv("TOKEN_FAULTS_SECRET", SECRET)
+    profile = AuthProfile(name="pipeline", method="client_secret", tenant_id=Sample.TENANT_ID,
+                          client_id=Sample.APP_CLIENT_ID,
+                          options={"client_secret_env": "TOKEN_FAULTS_SECRET", "authority_host": AUTHORITY})
+    policy = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, **retry)
+    return provider_for(profile, http_client=http, retry=policy)
+
+
+def statuses(app: EmulatorApp, path: str) -> list[int]:
+    return [e.status for e in app.log if e.path == path]
+
+
+def assert_token(app: EmulatorApp, token: str) -> None:
+    who = jwt.verify_bearer(app.store.data["signing_key_pem"], "Bearer " + token, [Sample.URL])
+    assert who.app_id == Sample.APP_CLIENT_ID
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_token_endpoint_5xx_is_retried(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    app.faults.fail_next(2, TOKEN, kind="error", status=status)
+    assert_token(app, provider(http, sleeps, monkeypatch).get_token(SCOPE))
+    assert statuses(app, TOKEN) == [status, status, 200]
+    assert sleeps == [0.5, 1.0]
+
+
+def test_token_endpoint_429_honours_retry_after(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.faults.fail_next(1, TOKEN, kind="throttle", retry_after=7)
+    assert_token(app, provider(http, sleeps, monkeypatch).get_token(SCOPE))
+    assert statuses(app, TOKEN) == [429, 200]
+    assert sleeps == [7.0]
+
+
+def test_token_endpoint_connection_reset_is_retried(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.faults.fail_next(2, TOKEN, kind="drop")
+    assert_token(app, provider(http, sleeps, monkeypatch).get_token(SCOPE))
+    assert statuses(app, TOKEN) == [0, 0, 200]
+
+
+@pytest.mark.parametrize("body", ["odata", "oauth", "html"])
+def test_token_endpoint_429_past_the_budget_is_a_clear_message(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch, body: str
+) -> None:
+    # "odata": the nested {"error": {"code", "message"}} body a gateway in front may answer with.
+    app.faults.add("throttle", TOKEN, retry_after=1, error_body=body)
+    with pytest.raises(AuthUnavailableError) as info:
+        provider(http, sleeps, monkeypatch, max_retries=2).get_token(SCOPE)
+    text = str(info.value)
+    assert text.startswith("auth profile 'pipeline' (client_secret): POST " + AUTHORITY + TOKEN + ": HTTP 429")
+    assert "gave up after 3 attempt(s)" in text
+    assert "MSAL" not in text and "sequence item" not in text and "{" not in text
+    assert SECRET not in text
+    if body == "odata":
+        assert "0x80072322: Number of requests exceeded the limit" in text
+    if body == "oauth":
+        assert "temporarily_unavailable: AADSTS90055" in text
+
+
+def test_oidc_discovery_500_is_a_clear_message(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.faults.add("error", DISCOVERY, status=500)
+    with pytest.raises(AuthUnavailableError) as info:
+        provider(http, sleeps, monkeypatch, max_retries=2).get_token(SCOPE)
+    text = str(info.value)
+    assert f"GET {AUTHORITY}{DISCOVERY}: HTTP 500 server_error: AADSTS90033" in text
+    assert "gave up after 3 attempt(s)" in text
+    assert statuses(app, DISCOVERY) == [500, 500, 500]
+
+
+def test_oidc_discovery_500_then_200_is_retried(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.faults.fail_next(1, DISCOVERY, kind="error", status=500, error_body="html")
+    assert_token(app, provider(http, sleeps, monkeypatch).get_token(SCOPE))
+    assert statuses(app, DISCOVERY) == [500, 200]
+
+
+MALFORMED: list[tuple[str, str, dict[str, Any], str]] = [
+    ("token html", TOKEN, {"shape": "html"}, "the body is HTML or XML (text/html), not JSON"),
+    ("token empty", TOKEN, {"shape": "empty"}, "the body is empty"),
+    ("token null", TOKEN, {"shape": "null"}, "expected an object (token answer), got null"),
+    ("token truncated", TOKEN, {"shape": "truncated"}, "the JSON ends before it is complete"),
+    ("token without access_token", TOKEN, {"shape": "missing_field", "key_path": "access_token"},
+     "access_token: missing"),
+    ("access_token not a string", TOKEN, {"shape": "wrong_type", "key_path": "access_token", "value": 5},
+     "access_token: expected a string, got an integer"),
+    ("expires_in not seconds", TOKEN, {"shape": "wrong_type", "key_path": "expires_in", "value": "soon"},
+     "expires_in: expected a number of seconds, got a string"),
+    ("token deep", TOKEN, {"shape": "deep"}, "nested deeper than 32 levels"),
+    ("discovery html", DISCOVERY, {"shape": "html"}, "the body is HTML or XML"),
+    ("discovery null", DISCOVERY, {"shape": "null"}, "expected an object (OpenID configuration), got null"),
+    ("discovery without token_endpoint", DISCOVERY, {"shape": "missing_field", "key_path": "token_endpoint"},
+     "token_endpoint: missing"),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "options", "problem"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_identity_answer_is_a_clear_message(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, name: str, path: str, options: dict[str, Any], problem: str,
+) -> None:
+    app.faults.add("malformed", path, **options)
+    with pytest.raises(AuthUnavailableError) as info:
+        provider(http, sleeps, monkeypatch).get_token(SCOPE)
+    text = str(info.value)
+    assert text.startswith("auth profile 'pipeline' (client_secret): ")
+    assert f"{AUTHORITY}{path}: HTTP 200: connref cannot read this answer: " in text
+    assert problem in text
+    assert SECRET not in text
+    # MSAL never got to parse it, so it logged no traceback of its own.
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_refusal_is_still_a_plain_auth_error(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN_FAULTS_SECRET", "wrong")
+    p = provider(http, sleeps, monkeypatch)
+    monkeypatch.setenv("TOKEN_FAULTS_SECRET", "wrong")
+    with pytest.raises(AuthError) as info:
+        p.get_token(SCOPE)
+    assert not isinstance(info.value, AuthUnavailableError)
+    assert "AADSTS7000215" in str(info.value)
+    assert sleeps == []
+
+
+# --------------------------------------------------------------------------- the admin connection list
+
+
+def connections_session(app: EmulatorApp, http: httpx.Client, sleeps: list[float],
+                        monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A session whose connections client asks the identity platform for a separate admin-scope token
+    (as against the real Power Apps admin route), through MSAL and the emulator's token endpoint."""
+    from builders import sample_config
+
+    from reconciler.api.client import POWERAPPS_SCOPE, POWERPLATFORM_SCOPE, ConnectionsClient
+    from reconciler.api.session import EnvSession
+
+    tokens = provider(http, sleeps, monkeypatch, max_retries=1)
+    config = sample_config(Sample.URL, {})
+    env = config.environments["dev"]
+    policy = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, max_retries=1)
+    conns = ConnectionsClient(Sample.URL, tokens, http=http, scope=POWERPLATFORM_SCOPE,
+                              environment_id=Sample.ENVIRONMENT_ID, admin_scope=POWERAPPS_SCOPE, retry=policy)
+    from reconciler.api.client import DataverseClient
+
+    dv = DataverseClient(Sample.URL, tokens, http=http, scope=SCOPE, retry=policy)
+    return EnvSession("dev", env, dv, conns, http, tokens)
+
+
+def test_transient_token_failure_on_the_admin_list_does_not_fall_back(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.api.live import read_connections
+
+    for a in app.store.data["applications"]:
+        a["management_app"] = True
+    session = connections_session(app, http, sleeps, monkeypatch)
+    # The admin-scope token is asked for first: its two attempts fail, the next token request would not.
+    app.faults.fail_next(2, TOKEN, kind="error", status=503)
+    with pytest.raises(AuthUnavailableError, match="HTTP 503"):
+        read_connections(session)
+    assert not [e for e in app.log if e.path.startswith("/connectivity/")]  # no silent fallback
+
+
+def test_transient_failure_of_the_admin_list_itself_does_not_fall_back(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.api.live import read_connections
+    from reconciler.errors import TransientError
+
+    for a in app.store.data["applications"]:
+        a["management_app"] = True
+    session = connections_session(app, http, sleeps, monkeypatch)
+    app.faults.add("error", "/providers/Microsoft.PowerApps/scopes/admin/*", status=503)
+    with pytest.raises(TransientError):
+        read_connections(session)
+    assert not [e for e in app.log if e.path.startswith("/connectivity/")]
+
+
+def test_a_refused_admin_list_still_falls_back_to_the_callers_list(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.api.live import read_connections
+
+    session = connections_session(app, http, sleeps, monkeypatch)  # not a management app: 403
+    items, scope = read_connections(session)
+    assert scope == "user"
+    assert [c["name"] for c in items] == [Sample.CONN_DV_SVC]
