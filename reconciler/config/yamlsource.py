@@ -68,21 +68,28 @@ class Map(YNode):
     """An ordered mapping. Keys are the source text of scalar keys (so ``on:`` stays ``"on"``)."""
 
     pairs: list[tuple[Scalar, YNode]] = field(default_factory=list)
+    _index: dict[str, tuple[Scalar, YNode]] | None = field(default=None, init=False, repr=False)
 
     def key_texts(self) -> list[str]:
         return [k.text for k, _ in self.pairs]
 
+    def _pair(self, key: str) -> tuple[Scalar, YNode] | None:
+        # Keys are unique once parsed (duplicates are reported and dropped), so an index built on
+        # first use answers every later lookup at once.
+        if self._index is None or len(self._index) != len(self.pairs):
+            index: dict[str, tuple[Scalar, YNode]] = {}
+            for pair in self.pairs:
+                index.setdefault(pair[0].text, pair)
+            self._index = index
+        return self._index.get(key)
+
     def get(self, key: str) -> YNode | None:
-        for k, v in self.pairs:
-            if k.text == key:
-                return v
-        return None
+        pair = self._pair(key)
+        return pair[1] if pair is not None else None
 
     def key_node(self, key: str) -> Scalar | None:
-        for k, _ in self.pairs:
-            if k.text == key:
-                return k
-        return None
+        pair = self._pair(key)
+        return pair[0] if pair is not None else None
 
 
 def join_path(parent: str, key: str | int) -> str:

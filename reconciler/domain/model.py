@@ -288,8 +288,25 @@ class LiveEnvironment:
                 index.setdefault(u.object_id.lower(), u)
         return index
 
+    @cached_property
+    def _connections_by_connector(self) -> Mapping[str, tuple[LiveConnection, ...]]:
+        index: dict[str, list[LiveConnection]] = {}
+        for c in self.connections:
+            index.setdefault(connector_name(c.connector), []).append(c)
+        return {k: tuple(v) for k, v in index.items()}
+
+    @cached_property
+    def selector_memo(self) -> dict[tuple[str, ...], list[LiveConnection]]:
+        """What each selector matched, so a selector shared by many references is resolved once
+        (the rules layer fills it; the data it derives from is frozen)."""
+        return {}
+
     def connection(self, name: str) -> LiveConnection | None:
         return self._connections_by_name.get(name.lower())
+
+    def connections_of(self, connector: str) -> tuple[LiveConnection, ...]:
+        """The connections of one connector (``shared_x`` or its full id, any case), in list order."""
+        return self._connections_by_connector.get(connector_name(connector), ())
 
     def user(self, systemuserid: str | None) -> LiveUser | None:
         return self._users_by_id.get(systemuserid.lower()) if systemuserid else None
@@ -313,9 +330,8 @@ class LiveEnvironment:
         owner = selector.owner.lower()
         display = selector.display_name.lower() if selector.display_name is not None else None
         found = [
-            c for c in self.connections
-            if connector_name(c.connector) == want
-            and (self.owner_upn(c) or "").lower() == owner
+            c for c in self.connections_of(want)
+            if (self.owner_upn(c) or "").lower() == owner
             and (display is None or (c.display_name or "").lower() == display)
         ]
         return sorted(found, key=lambda c: ((c.display_name or "").lower(), c.name))

@@ -382,13 +382,15 @@ def selector_matches(selector: Selector, connector: str, live: LiveEnvironment) 
     """Connections of ``connector`` the selector names: owned by ``selector.owner`` (``is_owner``) and,
     when given, with that display name (without case); sorted by display name, then name."""
     display = selector.display_name.lower() if selector.display_name is not None else None
-    found = [
-        c for c in live.connections
-        if same_connector(c.connector, connector)
-        and is_owner(selector.owner, c, live)
-        and (display is None or (c.display_name or "").lower() == display)
-    ]
-    return sorted(found, key=_by_display_name)
+    key = (selector.owner.strip().lower(), "" if display is None else "=" + display, connector_name(connector))
+    memo = live.selector_memo
+    if key not in memo:  # many references share one selector: each is resolved once per environment
+        memo[key] = sorted((
+            c for c in live.connections_of(connector)
+            if is_owner(selector.owner, c, live)
+            and (display is None or (c.display_name or "").lower() == display)
+        ), key=_by_display_name)
+    return list(memo[key])
 
 
 def _by_display_name(c: LiveConnection) -> tuple[str, str]:
@@ -430,8 +432,7 @@ def find_connection(binding: Binding, connector: str, live: LiveEnvironment, *,
             f"add display_name to pick one, or bind by name. Candidates: {listing}", **where,
         )
     else:
-        candidates = sorted((c for c in live.connections if same_connector(c.connector, connector)),
-                            key=_by_display_name)
+        candidates = sorted(live.connections_of(connector), key=_by_display_name)
         listing = "; ".join(describe_connection(c, live) for c in candidates) or "none"
         found = problem(
             "CR206",
