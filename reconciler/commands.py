@@ -18,34 +18,22 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from reconciler import progress
-from reconciler.adoption import lint
-from reconciler.adoption.bindings_merge import merge_bindings
-from reconciler.adoption.import_generate import import_environment
-from reconciler.adoption.settings import (
-    binding_for,
-    deployment_settings,
-    parse_settings_file,
-    render_settings_json,
-    resolve_binding,
-)
-from reconciler.api.live import MAX_PARALLEL_ENVIRONMENTS, read_environment
-from reconciler.api.session import EnvSession, TokenProviders, open_environment
-from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment, live_after_apply
 from reconciler.config.loader import load_config
 from reconciler.domain.model import Config, LiveEnvironment
-from reconciler.drift import render as drift_render
-from reconciler.drift.detect import detect_drift
 from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError
-from reconciler.plan import planfile, planner, render
-from reconciler.plan.ops import Plan
-from reconciler.state import record as record_state
-from reconciler.state import render as render_state
-from reconciler.state.backend import Snapshot, StateBackend, StateLock
-from reconciler.state.model import EnvState
-from reconciler.state.select import backend_for
+
+if TYPE_CHECKING:
+    from reconciler.api.session import EnvSession
+    from reconciler.apply.applier import ApplyResult, BatchProgress
+    from reconciler.plan.ops import Plan
+    from reconciler.state.backend import Snapshot, StateBackend, StateLock
+    from reconciler.state.model import EnvState
+
+# Each command imports what it needs when it runs: ``connref validate`` never loads the HTTP client,
+# MSAL, the planner or the drift reports (start-up time; measured with ``python -X importtime``).
 
 Out = TextIO
 
@@ -101,6 +89,7 @@ def select_environments(config: Config, wanted: Sequence[str] | None) -> list[st
 @contextmanager
 def opened(config: Config, names: Sequence[str]) -> Iterator[dict[str, EnvSession]]:
     """Sessions for ``names``, closed on exit."""
+    from reconciler.api.session import TokenProviders, open_environment
     with ExitStack() as stack:
         # One token provider per (authority, client) for the whole run: shared token cache.
         providers = stack.enter_context(TokenProviders())
@@ -115,6 +104,7 @@ def read_all(
     """Read every environment at once (up to ``MAX_PARALLEL_ENVIRONMENTS``; each reader also
     parallelises its own collections).
     A partial view of the connections is said once per environment on ``err``."""
+    from reconciler.api.live import MAX_PARALLEL_ENVIRONMENTS
     if len(sessions) == 1:
         (name, s), = sessions.items()
         lives = {name: _read_reported(s, config, name, all_references=all_references)}
@@ -132,6 +122,7 @@ def read_all(
 
 def _read_reported(session: EnvSession, config: Config, name: str, *, all_references: bool) -> LiveEnvironment:
     """``read_environment`` with its progress reported (reading, read or failed)."""
+    from reconciler.api.live import read_environment
     progress.step(name, progress.START, "reading")
     t0 = time.monotonic()
     try:
@@ -146,6 +137,7 @@ def _read_reported(session: EnvSession, config: Config, name: str, *, all_refere
 
 def load_states(config: Config, names: Sequence[str]) -> dict[str, EnvState | None]:
     """The state of each environment (None: nothing applied there yet), read through the config's backend."""
+    from reconciler.state.select import backend_for
     with backend_for(config) as backend:
         return {n: backend.load(n) for n in names}
 
@@ -164,6 +156,7 @@ def _write_text(path: str, text: str) -> None:
 
 def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
                states: Mapping[str, EnvState | None], prune: bool) -> Plan:
+    from reconciler.plan import planner
     return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states))
 
 
@@ -182,6 +175,7 @@ def cmd_validate(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
 
 
 def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.plan import render
     try:
         config = load_config(args.config)
         names = select_environments(config, args.envs)
@@ -218,6 +212,7 @@ def plan_has_changes(plan: Plan) -> bool:
 
 def save_plan(path: str, config: Config, plan: Plan, lives: Mapping[str, LiveEnvironment],
               states: Mapping[str, EnvState | None], *, prune: bool) -> None:
+    from reconciler.plan import planfile, planner
     planfile.write_plan_file(
         path,
         plan,
@@ -252,6 +247,8 @@ def _report_batch(p: BatchProgress) -> None:
 
 
 def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.plan import planfile, planner, render
+    from reconciler.state.select import backend_for
     config = load_config(args.config)
     saved: planfile.SavedPlan | None = None
     if args.planfile:
@@ -293,6 +290,8 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
                 lives: Mapping[str, LiveEnvironment], snapshots: Mapping[str, Snapshot | None],
                 backend: StateBackend, locks: Mapping[str, StateLock], out: Out, err: Out) -> int:
+    from reconciler.apply.applier import apply_environment, live_after_apply
+    from reconciler.state import record as record_state
     results: dict[str, ApplyResult] = {}
     failures: list[ApplyError] = []
     commit = record_state.git_commit(Path(config.path).parent)
@@ -375,6 +374,8 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
 
 
 def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.drift import render as drift_render
+    from reconciler.drift.detect import detect_drift
     try:
         config = load_config(args.config)
         names = select_environments(config, args.envs)
@@ -404,6 +405,7 @@ def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     """A saved plan for a reviewer: what it will do (as ``plan`` prints it) and what it was made against.
     Needs no config and no network."""
+    from reconciler.plan import planfile, render
     saved = planfile.read_plan_file(args.planfile)
     try:
         plan = saved.load_plan()
@@ -441,6 +443,10 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 
 
 def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.adoption.bindings_merge import merge_bindings
+    from reconciler.adoption.import_generate import import_environment
+    from reconciler.adoption.settings import parse_settings_file
+    from reconciler.api.live import read_environment
     config = load_config(args.config)
     (name,) = select_environments(config, [args.env])
     config_text = Path(config.path).read_text(encoding="utf-8")
@@ -484,6 +490,7 @@ def _emit(text: str, path: str | None, out: Out, err: Out) -> int:
 
 
 def cmd_lint(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.adoption import lint
     config = load_config(args.config)
     lives: dict[str, LiveEnvironment] | None = None
     if args.envs:
@@ -499,6 +506,8 @@ def cmd_lint(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 
 
 def cmd_settings(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.adoption.settings import deployment_settings, render_settings_json
+    from reconciler.api.live import read_environment
     config = load_config(args.config)
     (name,) = select_environments(config, [args.env])
     with opened(config, [name]) as sessions:
@@ -511,6 +520,8 @@ def cmd_settings(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
 
 
 def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.adoption.settings import binding_for, resolve_binding
+    from reconciler.api.live import read_environment
     config = load_config(args.config)
     (name,) = select_environments(config, [args.env])
     env = config.environments[name]
@@ -573,6 +584,8 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
 
 
 def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    from reconciler.state import render as render_state
+    from reconciler.state.select import backend_for
     config = load_config(args.config)
     sub = args.state_command
     with backend_for(config) as backend:
