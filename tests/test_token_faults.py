@@ -14,6 +14,7 @@ import pytest
 
 from reconciler.api.auth import provider_for
 from reconciler.api.client import RetryPolicy
+from reconciler.api.session import InProcessTransport
 from reconciler.domain.model import AuthProfile
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
@@ -37,7 +38,7 @@ def app(signing_key_pem: str) -> EmulatorApp:
 
 @pytest.fixture
 def http(app: EmulatorApp) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=httpx.WSGITransport(app=app)) as client:
+    with httpx.Client(transport=InProcessTransport(app=app)) as client:
         yield client
 
 

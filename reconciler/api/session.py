@@ -2,7 +2,7 @@
 
 For a real environment (https URL, or a loopback emulator) the clients share one ordinary
 ``httpx.Client``. For ``local:PATH`` the emulator app runs in-process behind
-``httpx.WSGITransport``: Dataverse, the connections API and the token endpoint (MSAL) all go to it,
+``InProcessTransport``: Dataverse, the connections API and the token endpoint (MSAL) all go to it,
 and ``apply`` writes back into the file (``persist=True``). Either way the same client code runs.
 """
 
@@ -49,6 +49,19 @@ def tls_context() -> ssl.SSLContext:
         if ctx is None:
             ctx = _TLS_CONTEXTS[key] = httpx.create_ssl_context()
         return ctx
+
+
+class InProcessTransport(httpx.WSGITransport):
+    """httpx's WSGI transport for an in-process app, where an app that drops the connection (raises a
+    ``ConnectionError``, as the emulator's ``drop`` fault does) reaches the client as the transport
+    error a dropped socket gives over the network, so retries behave the same either way."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except ConnectionError as exc:
+            raise httpx.RemoteProtocolError(str(exc) or "Server disconnected without sending a response.",
+                                            request=request) from exc
 
 
 @dataclass
@@ -242,7 +255,7 @@ def _open_local(
     app = EmulatorApp(store, persist=True)
     # Every host goes to the in-process app: the data's environment URL (the token audience),
     # the connections API and the token endpoint MSAL talks to.
-    http = httpx.Client(transport=httpx.WSGITransport(app=app), timeout=DEFAULT_TIMEOUT,
+    http = httpx.Client(transport=InProcessTransport(app=app), timeout=DEFAULT_TIMEOUT,
                         event_hooks=request_log_hooks(env.name))
     try:
         url = str(store.data["environment"]["url"]).rstrip("/")

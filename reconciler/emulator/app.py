@@ -2,7 +2,7 @@
 one environment.
 
 The same object serves loopback sockets (``server.serve``) and in-process clients
-(``httpx.Client(transport=httpx.WSGITransport(app=...))`` for ``local:`` environments), so both go
+(``reconciler.api.session.InProcessTransport`` for ``local:`` environments), so both go
 through identical code. It dispatches by path:
 
 * ``/api/data/v9.2/...`` -> ``dataverse.handle``

@@ -59,8 +59,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-import httpx
-
 from .web import HttpError, Request, Response
 
 THROTTLE_MESSAGES = {
@@ -89,9 +87,11 @@ _HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Service Unavailable</title></h
               b"<body><h1>The service is unavailable.</h1></body></html>")
 
 
-class ConnectionDropped(httpx.RemoteProtocolError):
+class ConnectionDropped(ConnectionAbortedError):
     """Raised by the app to drop the connection without a response. The loopback server closes the
-    socket; in-process (``httpx.WSGITransport``) it reaches the client as the transport error it is."""
+    socket; in-process, the client's WSGI transport (``reconciler.api.session.InProcessTransport``)
+    turns it into the transport error a dropped socket gives. A ``ConnectionError`` of the standard
+    library, so the emulator needs no HTTP client library."""
 
     def __init__(self) -> None:
         super().__init__("Server disconnected without sending a response.")

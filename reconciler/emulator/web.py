@@ -1,7 +1,8 @@
 """Request and response primitives of the emulator's WSGI application.
 
 Kept tiny and dependency-free so every route module (Dataverse, connections, tokens) speaks the
-same types, and the same objects serve loopback sockets and in-process ``httpx.WSGITransport``.
+same types, and the same objects serve loopback sockets and in-process clients (httpx's WSGI
+transport, ``reconciler.api.session.InProcessTransport``).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from reconciler.api.session import InProcessTransport
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.faults import THROTTLE_MESSAGES, Faults
 from reconciler.emulator.store import EnvironmentStore
@@ -48,7 +49,8 @@ def test_dropped_connection_in_process(emulator_data: dict[str, Any], emulator: 
     app = EmulatorApp(EnvironmentStore.from_dict(emulator_data))
     app.faults.fail_next(1, kind="drop")
     token = emulator.token()
-    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="https://contoso-dev.crm4.dynamics.com") as c:
+    transport = InProcessTransport(app=app)
+    with httpx.Client(transport=transport, base_url="https://contoso-dev.crm4.dynamics.com") as c:
         with pytest.raises(httpx.TransportError):
             c.get("/api/data/v9.2/WhoAmI", headers={"Authorization": f"Bearer {token}"})
         assert c.get("/api/data/v9.2/WhoAmI", headers={"Authorization": f"Bearer {token}"}).status_code == 200
