@@ -261,14 +261,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         args = parse(argv)
     except SystemExit as e:  # --help and --version (0), usage errors (1)
         return e.code if isinstance(e.code, int) else 1
-    if threading.current_thread() is threading.main_thread():
-        # A cancelled pipeline job or a stopped container sends SIGTERM: unwind as for Ctrl-C, so
-        # locks are released and nothing is left half-recorded.
-        signal.signal(signal.SIGTERM, _terminate_like_interrupt)
-    from reconciler import commands
-    from reconciler.console import run_output
-
     try:
+        if threading.current_thread() is threading.main_thread():
+            # A cancelled pipeline job or a stopped container sends SIGTERM: unwind as for Ctrl-C, so
+            # locks are released and nothing is left half-recorded. From here on, an interrupt (during
+            # the imports below too) ends in "Interrupted." and exit code 130, never a traceback.
+            signal.signal(signal.SIGTERM, _terminate_like_interrupt)
+        from reconciler import commands
+        from reconciler.console import run_output
+
         with run_output(verbose=args.verbose, no_color=args.no_color, out=sys.stdout, err=sys.stderr,
                         environ=os.environ) as color:
             if args.command == "emulator":
@@ -295,7 +296,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv)
+    try:
+        return run(argv)
+    except KeyboardInterrupt:  # an interrupt while an error was being reported
+        print("Interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -290,7 +290,7 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
                 lives: Mapping[str, LiveEnvironment], snapshots: Mapping[str, Snapshot | None],
                 backend: StateBackend, locks: Mapping[str, StateLock], out: Out, err: Out) -> int:
-    from reconciler.apply.applier import apply_environment, live_after_apply
+    from reconciler.apply.applier import ApplyResult, apply_environment, live_after_apply
     from reconciler.state import record as record_state
     results: dict[str, ApplyResult] = {}
     failures: list[ApplyError] = []
@@ -332,7 +332,7 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
         )
         backend.write(new_state, token=snap.token if snap else None, lock=locks[name])
 
-    _print_apply_summary(plan, results, out)
+    _print_apply_summary(plan, results, out, failed=bool(failures))
     if failures:
         raise ApplyError("\n".join(str(f) for f in failures))
     return 0
@@ -347,8 +347,10 @@ def _report_applied(name: str, result: ApplyResult | None) -> None:
         progress.step(name, progress.DONE, "applied: %d written", written)
 
 
-def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out) -> None:
-    added = changed = destroyed = 0
+def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out, *, failed: bool) -> None:
+    """What was written, per environment, then one closing line: "Apply complete!" only when every
+    change was written (Terraform's wording); otherwise what was and was not, before the error."""
+    added = changed = destroyed = unwritten = 0
     for env, result in results.items():
         print(f"\n{env}:", file=out)
         for r in result.results:
@@ -364,10 +366,17 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
                     destroyed += 1
                 else:
                     changed += 1
+            else:
+                unwritten += 1
+    counts = f"{added} added, {changed} changed, {destroyed} destroyed"
+    if failed:
+        print(f"\nApply failed: {counts}; {unwritten} change(s) not written. "
+              "The error follows; run plan to see what is left.", file=out)
+        return
     if not results:
         print("\nNo changes. Nothing was written.", file=out)
         return
-    print(f"\nApply complete! Changes: {added} added, {changed} changed, {destroyed} destroyed.", file=out)
+    print(f"\nApply complete! Changes: {counts}.", file=out)
 
 
 # --------------------------------------------------------------------------- drift

@@ -65,6 +65,7 @@ def test_bad_config_message(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         ("jwt_in_description", "eyJhbGciOiJSUzI1NiJ9"),
         ("pem_block", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
         ("entra_secret_as_client_id", "Xy71Q~abcdefghijklmnopqrstuvwxyz0123456_"),
+        ("entra_secret_in_description", "Qm82Q~Abcdefghijklmnopqrstuvwxyz01234.5"),
         ("secret_in_env_var_name", "s3cr3t value!"),
         ("url_with_credentials", "pa55"),
     ],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +225,76 @@ def test_lock_of_a_dead_process_is_reported_as_such(tmp_path: Path) -> None:
 
 
 def test_unreadable_lock_file_still_locks(tmp_path: Path) -> None:
-    lock_path(tmp_path, "dev").write_text("")  # a holder killed between create and write
+    path = lock_path(tmp_path, "dev")
+    path.write_text("")  # a holder killed between create and write, a minute ago
+    old = time.time() - 60
+    os.utime(path, (old, old))
     with pytest.raises(LockError, match=r"delete .*dev\.lock by hand"):
         acquire(tmp_path, "dev", "apply")
     with pytest.raises(LockError, match="unreadable"):
         force_unlock(tmp_path, "dev", "whatever")
+
+
+def _half_written(tmp_path: Path) -> tuple[Path, str]:
+    """A lock file as a writer that creates it in place leaves it mid-write, and the whole text it will
+    have once written."""
+    from reconciler.state.backend import new_lock_info
+
+    info = new_lock_info("dev", "apply")
+    whole = json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n"
+    path = lock_path(tmp_path, "dev")
+    path.write_text(whole[: len(whole) // 3])
+    return path, whole
+
+
+def test_a_lock_file_still_being_written_is_read_once_whole(tmp_path: Path) -> None:
+    path, whole = _half_written(tmp_path)
+    waits: list[float] = []
+
+    def writer_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        path.write_text(whole)
+
+    info = read_lock(tmp_path, "dev", sleep=writer_finishes)
+    assert info is not None
+    assert info.id == json.loads(whole)["id"]
+    assert info.pid == os.getpid() and info.holder != "unknown (unreadable lock file)"
+    assert len(waits) == 1
+
+
+def test_a_run_meeting_a_lock_mid_write_names_the_holder(tmp_path: Path) -> None:
+    path, whole = _half_written(tmp_path)
+    def writer_finishes(_seconds: float) -> None:
+        path.write_text(whole)
+
+    with pytest.raises(LockError) as info:
+        acquire(tmp_path, "dev", "apply", timeout=0.0, sleep=writer_finishes)
+    text = str(info.value)
+    lock_id = json.loads(whole)["id"]
+    assert f"connref state unlock dev {lock_id}" in text
+    assert "unknown" not in text and "(pid 0)" not in text and "by hand" not in text
+
+
+def test_a_lock_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            found = read_lock(tmp_path, "dev", sleep=lambda _s: None, clock=lambda: 1e12)
+            if found is not None:
+                seen.append(found.id)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        taken = []
+        for _ in range(200):
+            with acquire(tmp_path, "dev", "apply") as lock:
+                taken.append(lock.id)
+    finally:
+        stop.set()
+        t.join()
+    assert "unknown" not in seen
+    assert set(seen) <= set(taken)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind

@@ -103,7 +103,9 @@ def _guid_check(what: str) -> Callable[[str], str | None]:
 # Values that are secrets whatever key they sit under (and JWTs: reconciler.domain.patterns).
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 # Entra client secrets since 2021: three characters, a digit, "Q~", then 31-34 more.
-_ENTRA_SECRET_RE = re.compile(r"[A-Za-z0-9_\-.~]{3}\dQ~[A-Za-z0-9_\-.~]{31,34}")
+# Found anywhere in a value ("the secret is Xy71Q~..."), not only as the whole of it.
+_SECRET_CHAR = r"[A-Za-z0-9_\-.~]"
+_ENTRA_SECRET_RE = re.compile(rf"(?<!{_SECRET_CHAR}){_SECRET_CHAR}{{3}}\dQ~{_SECRET_CHAR}{{31,34}}(?!{_SECRET_CHAR})")
 # Keys whose value would be a secret. ``*_env`` / ``*_file`` / ``*_path`` / ``*_id`` never match.
 _SECRET_KEY_RE = re.compile(
     r"(?:^|_)(?:secret|password|passwd|pwd|token|private_key|privatekey|api_key|apikey|assertion|"
@@ -127,7 +129,7 @@ def _secret_value(value: str) -> str | None:
         return "a PEM block (key or certificate)"
     if has_jwt(value):
         return "a token (JWT)"
-    if _ENTRA_SECRET_RE.fullmatch(value.strip()):
+    if _ENTRA_SECRET_RE.search(value):
         return "a client secret"
     return None
 

@@ -1,7 +1,10 @@
 """Per-environment locks in the state directory, so two runs never apply to one environment at once.
 
-A lock is the file ``<state dir>/<env>.lock``, created with ``O_CREAT | O_EXCL`` (atomic: of two processes
-creating it, exactly one succeeds, on every POSIX file system and on Windows). It holds who took it
+A lock is the file ``<state dir>/<env>.lock``. It is written whole to a private temporary file first and
+then linked into place with ``link(2)``, which fails when the name exists (atomic: of two processes
+creating it, exactly one succeeds), so a reader never sees a lock file half-written. Where the file
+system cannot link, it is created with ``O_CREAT | O_EXCL`` and written, and a reader that finds it
+empty or cut short reads it again for a moment before calling it unreadable. It holds who took it
 (user@host, pid), for which operation, when, and a random lock id. As in Terraform
 (``website/docs/language/state/locking.mdx``), a run that finds the lock taken waits up to its timeout,
 then stops naming the holder; a lock left by a killed run is released with
@@ -32,32 +35,61 @@ def lock_path(state_dir: str | os.PathLike[str], env: str) -> Path:
     return Path(state_dir) / f"{env}{LOCK_SUFFIX}"
 
 
-def read_lock(state_dir: str | os.PathLike[str], env: str) -> LockInfo | None:
-    """The lock of ``env`` if one is held, else None.
+#: How long a lock file that cannot be parsed yet is given to be written whole (counted from when it
+#: was last modified): a writer on a file system without links writes it just after creating it.
+SETTLE_SECONDS = 2.0
 
-    A lock file that cannot be parsed (a holder killed between creating and writing it, or a hand edit) is
-    still a lock: it is returned with id ``"unknown"`` so nobody mistakes it for free."""
-    path = lock_path(state_dir, env)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+
+def _parse(raw: str) -> LockInfo | None:
     try:
         return LockInfo.from_dict(json.loads(raw))
     except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_lock(
+    state_dir: str | os.PathLike[str],
+    env: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> LockInfo | None:
+    """The lock of ``env`` if one is held, else None.
+
+    A lock file that cannot be parsed while it is fresh is read again (every 20 ms, until it is
+    ``SETTLE_SECONDS`` old): its writer may still be writing it. One that stays unparsable (a holder killed
+    between creating and writing it, or a hand edit) is still a lock: it is returned with id ``"unknown"``
+    so nobody mistakes it for free."""
+    path = lock_path(state_dir, env)
+    start = clock()
+    while True:
         try:
-            created = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        except OSError:
-            created = "?"
-        return LockInfo(
-            id="unknown",
-            environment=env,
-            operation="?",
-            holder="unknown (unreadable lock file)",
-            host="",
-            pid=0,
-            created=created,
-        )
+            raw = path.read_text(encoding="utf-8")
+            modified = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            raw, modified = "", 0.0
+        info = _parse(raw)
+        if info is not None:
+            return info
+        now = clock()
+        if now - modified >= SETTLE_SECONDS or now - start >= SETTLE_SECONDS:
+            break
+        sleep(0.02)
+    try:
+        created = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except OSError:
+        created = "?"
+    return LockInfo(
+        id="unknown",
+        environment=env,
+        operation="?",
+        holder="unknown (unreadable lock file)",
+        host="",
+        pid=0,
+        created=created,
+    )
 
 
 def _pid_alive_here(info: LockInfo) -> bool | None:
@@ -126,13 +158,39 @@ class Lock:
         return f"Lock({self.info.environment!r}, id={self.info.id}, released={self.released})"
 
 
+def _lock_bytes(info: LockInfo) -> bytes:
+    return (json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
 def _try_create(path: Path, info: LockInfo) -> bool:
+    """Create the lock file holding ``info``, whole, unless it exists (then False)."""
+    tmp = path.with_name(f".{path.name}.{info.id}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, _lock_bytes(info))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic, and fails when the lock exists: readers see it whole or not at all
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            return _create_in_place(path, info)  # a file system without hard links
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _create_in_place(path: Path, info: LockInfo) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
     try:
-        os.write(fd, (json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        os.write(fd, _lock_bytes(info))
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -167,7 +225,7 @@ def acquire(
             return Lock(path, info)
         waited = clock() - start
         if waited >= timeout:
-            holder = read_lock(directory, env)
+            holder = read_lock(directory, env, sleep=sleep)
             if holder is None:
                 continue  # released between our attempt and the read: try again at once
             raise LockError(_locked_message(directory, env, holder, waited))

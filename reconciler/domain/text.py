@@ -1,0 +1,79 @@
+"""Text from live data or the config made safe to show: one pure module, used by every renderer.
+
+Display names, connection names, flow names, descriptions and owner names come from Dataverse, the
+connections API or a config file that anyone may have edited. Printed as they are, an ESC sequence in
+a display name would drive the reader's terminal (move the cursor, rewrite earlier lines, set the
+window title), a bidi override would make ``contoso_Evil`` read as something else, and a backtick or a
+link in a pull-request comment would turn into markup. So:
+
+- ``inert(text)`` for terminals, logs and error messages: every control character (C0, DEL, C1), line
+  and paragraph separator, lone surrogate and bidi embedding/override/isolate/mark is shown as a visible
+  escape (``\\x1b``, ``\\x07``, ``\\n``, ``\\u202e``), so what is printed is exactly one line of plain
+  characters that cannot change how anything else is displayed. Other text is unchanged.
+- ``md(text)`` for markdown text (table cells, list items, quotes): ``inert`` first, then backslash
+  escapes for the ASCII punctuation markdown gives a meaning to (emphasis, code, links, images, tables,
+  headings), HTML special characters as entities, and a zero-width space after ``@`` and inside
+  ``://`` and ``www.`` so that no mention and no autolink comes out of data.
+- ``md_code(text)``: a code span that holds ``text`` literally (a fence longer than any backtick run in
+  it; ``|`` escaped, as GitHub-flavoured tables need even inside code).
+
+They are pure functions of a string; applying one twice is harmless but shows the escapes escaped, so
+apply them once, where the text is written out.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls, DEL and C1 controls (Unicode category Cc), the line and paragraph separators, lone
+# surrogates (printing one fails with UnicodeEncodeError), the byte-order mark / zero-width no-break
+# space, and the bidi formatting characters: ALM, LRM, RLM, LRE..RLO (embeddings and overrides), and
+# LRI..PDI (isolates). Unicode: UAX #9 (bidi) and the Cc general category.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+# ASCII punctuation with a meaning in CommonMark or GitHub-flavoured markdown; a backslash before any
+# ASCII punctuation character is always a literal (CommonMark 0.31, "Backslash escapes").
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!|~^])")
+_ZWSP = "&#8203;"
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group(0)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def inert(text: object) -> str:
+    """``text`` (anything: ``str()`` is taken) with every character that could act on a terminal, or
+    reorder what is displayed, shown as a visible escape."""
+    s = text if isinstance(text, str) else str(text)
+    return _UNSAFE.sub(_escape, s)
+
+
+def md(text: object) -> str:
+    """``text`` as literal markdown text: no emphasis, code, link, image, HTML, heading, table cell
+    break, mention or autolink can come out of it."""
+    s = inert(text)
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = _MD_PUNCT.sub(r"\\\1", s)
+    # A zero-width space breaks the patterns GitHub links by itself (mentions, e-mail addresses, bare
+    # URLs, www.): the text reads the same.
+    s = s.replace("@", "@" + _ZWSP).replace("://", ":" + _ZWSP + "//")
+    return re.sub(r"(?i)\b(www)\\\.", lambda m: m.group(1) + _ZWSP + "\\.", s)
+
+
+def md_code(text: object, *, table: bool = False) -> str:
+    """``text`` as a markdown code span, shown exactly (after ``inert``). In a table cell (``table``),
+    ``|`` is escaped: GitHub-flavoured markdown splits cells on it even inside code."""
+    s = inert(text)
+    if table:
+        s = s.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") or not s.strip() else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
