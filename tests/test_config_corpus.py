@@ -109,3 +109,54 @@ def test_libyaml_is_used_when_present_and_gives_the_same_tree() -> None:
                  n.value if isinstance(n, yamlsource.Scalar) else None) for n in yamlsource.walk(tree)]
 
     assert flat(True) == flat(False)
+
+
+TRICKY = """\
+version: 1
+'quoted key': "double"
+plain: text
+empty:
+nulls: [~, null, Null]
+numbers: [1, -2, 0x1F, 1.5, .inf]
+flags: [true, False, yes, on]
+date: 2026-03-01
+stamp: 2026-03-01T09:00:00Z
+nested:
+  - a: 1
+    b: [x, 'y']
+  - {c: d}
+block: |
+  two
+  lines
+1: integer key
+"""
+
+
+@pytest.mark.parametrize("text", [TRICKY, "", "# only a comment\n", "---\n", "- a\n- b\n", "plain scalar\n"])
+def test_plain_documents_are_built_from_events_into_the_same_tree(text: str) -> None:
+    import yaml
+
+    from reconciler.config import yamlsource
+
+    def flat(tree: yamlsource.YNode | None) -> list[tuple[object, ...]]:
+        if tree is None:
+            return []
+        return [(type(n).__name__, n.loc, n.value if isinstance(n, yamlsource.Scalar) else None,
+                 n.text if isinstance(n, yamlsource.Scalar) else None,
+                 n.quoted if isinstance(n, yamlsource.Scalar) else None) for n in yamlsource.walk(tree)]
+
+    built = yamlsource._build_plain(yaml.CSafeLoader, text, "t.yaml")
+    assert built is not None  # plain: no composer needed
+    composed = yamlsource._parse_with(yaml.SafeLoader, text, "t.yaml")
+    assert built[1] == composed[1] == []
+    assert flat(built[0]) == flat(composed[0])
+
+
+@pytest.mark.parametrize("text", ["a: &x 1\nb: *x\n", "a: !!str 1\n", "<<: {a: 1}\nb: 2\n", "a: 1\na: 2\n",
+                                  "? [a]\n: 1\n", "a: 1\n---\nb: 2\n", "a: 2026-13-45\n"])
+def test_other_documents_go_through_the_composer(text: str) -> None:
+    import yaml
+
+    from reconciler.config import yamlsource
+
+    assert yamlsource._build_plain(yaml.CSafeLoader, text, "t.yaml") is None

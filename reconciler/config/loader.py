@@ -16,7 +16,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +172,7 @@ class _Validator:
 
     # ------------------------------------------------------------------ secrets (first pass)
 
-    def scan_secrets(self, root: YNode, path_of: dict[int, str]) -> None:
+    def scan_secrets(self, root: YNode, path_of: Mapping[int, str]) -> None:
         for node in walk(root):
             if isinstance(node, Map):
                 for key, value in node.pairs:
@@ -820,6 +820,29 @@ def _path_index(root: YNode) -> dict[int, str]:
     return paths
 
 
+class _LazyPaths(Mapping[int, str]):
+    """``_path_index(root)``, built only when a secret is found (a config without one never pays
+    for the walk)."""
+
+    def __init__(self, root: YNode) -> None:
+        self._root = root
+        self._index: dict[int, str] | None = None
+
+    def _paths(self) -> dict[int, str]:
+        if self._index is None:
+            self._index = _path_index(self._root)
+        return self._index
+
+    def __getitem__(self, key: int) -> str:
+        return self._paths()[key]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._paths())
+
+    def __len__(self) -> int:
+        return len(self._paths())
+
+
 def _raise(errors: list[ConfigError]) -> None:
     ordered = sorted(errors, key=lambda e: (e.location.line, e.location.column) if e.location else (0, 0))
     if len(ordered) == 1:
@@ -841,7 +864,7 @@ def load_config_text(text: str, path: str) -> Config:
     assert root is not None
     validator = _Validator(ctx)
     validator.errors.extend(errors)
-    validator.scan_secrets(root, _path_index(root))
+    validator.scan_secrets(root, _LazyPaths(root))
     config = validator.document(root)
     if validator.errors or config is None:
         _raise(validator.errors or [ConfigError("invalid config", root.loc)])

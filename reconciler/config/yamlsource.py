@@ -13,11 +13,13 @@ Duplicate keys, non-scalar keys, recursive aliases and bad merge values are coll
 can report everything it finds in one pass. Anchors and aliases are allowed; an aliased node is
 converted once and shared, which keeps "billion laughs" documents linear.
 
-Speed: the nodes come from libyaml (``yaml.CSafeLoader``, about ten times faster than the pure-Python
-scanner; its nodes carry the same 0-based line and column marks) when PyYAML was built with it. A
-document libyaml refuses is parsed again with the pure-Python ``yaml.SafeLoader``, whose messages are
-the ones users see, so every ``file:line:column`` error reads the same with or without libyaml; so
-does a machine without libyaml, which simply uses the pure-Python loader.
+Speed: libyaml (``yaml.CSafeLoader``, about ten times faster than the pure-Python scanner; its marks
+carry the same 0-based line and column) is used when PyYAML was built with it. A plain document (no
+anchors, aliases, tags, merge keys or duplicate keys: what a config almost always is) is built
+straight from libyaml's events, skipping PyYAML's node graph; any other goes through the composer as
+before. A document libyaml refuses is parsed again with the pure-Python ``yaml.SafeLoader``, whose
+messages are the ones users see, so every ``file:line:column`` error reads the same with or without
+libyaml; so does a machine without libyaml, which simply uses the pure-Python loader.
 """
 
 from __future__ import annotations
@@ -257,6 +259,9 @@ def parse(text: str, file: str, *, fast: bool = True) -> tuple[YNode | None, lis
     libyaml (tests compare the two)."""
     if fast and FAST_LOADER is not None:
         try:
+            plain = _build_plain(FAST_LOADER, text, file)
+            if plain is not None:
+                return plain
             return _parse_with(FAST_LOADER, text, file)
         except yaml.YAMLError:
             pass  # the pure-Python loader says what is wrong, in the words users know
@@ -278,6 +283,85 @@ def _parse_with(loader_class: type[yaml.SafeLoader], text: str, file: str) -> tu
         return tree, converter.errors
     finally:
         loader.dispose()
+
+
+class _NotPlain(Exception):
+    """The document uses something the direct builder leaves to the composer (anchors, aliases, tags,
+    merge keys, duplicate or complex keys, several documents, a value that does not construct)."""
+
+
+def _build_plain(loader_class: Any, text: str, file: str) -> tuple[YNode | None, list[ConfigError]] | None:
+    """The located tree built straight from libyaml's events, without PyYAML's node graph: most of
+    the cost of a large config. Only for plain documents (what a config almost always is); returns None
+    for anything else, which the composer path then handles (and reports) as before. The tree is the
+    one ``_parse_with`` builds for the same text."""
+    loader: Any = loader_class(text)
+    try:
+        loader.get_event()  # StreamStart
+        if loader.check_event(yaml.StreamEndEvent):
+            return None, []
+        loader.get_event()  # DocumentStart
+        root = _plain_node(loader, file)
+        loader.get_event()  # DocumentEnd
+        if not loader.check_event(yaml.StreamEndEvent):
+            return None  # a second document: the composer says so
+        return root, []
+    except _NotPlain:
+        return None
+    finally:
+        loader.dispose()
+
+
+def _plain_node(loader: Any, file: str) -> YNode:
+    event = loader.get_event()
+    if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
+        raise _NotPlain
+    mark: Any = event.start_mark
+    loc = Location(file, mark.line + 1, mark.column + 1)
+    if isinstance(event, yaml.ScalarEvent):
+        if event.tag is not None and event.tag != "!":
+            raise _NotPlain
+        value = event.value
+        tag = loader.resolve(ScalarNode, value, event.implicit)
+        if tag == _STR:
+            return Scalar(loc, value, value, quoted=event.style in ("'", '"'))
+        if tag not in ALLOWED_TAGS:
+            raise _NotPlain
+        try:
+            end: Any = event.end_mark
+            constructed = loader.construct_object(ScalarNode(tag, value, mark, end, event.style), deep=True)
+        except Exception:  # whatever the composer path makes of it, it says
+            raise _NotPlain from None
+        return Scalar(loc, constructed, str(value), quoted=event.style in ("'", '"'))
+    if event.tag is not None and event.tag != "!":
+        raise _NotPlain
+    if isinstance(event, yaml.SequenceStartEvent):
+        items: list[YNode] = []
+        while not loader.check_event(yaml.SequenceEndEvent):
+            items.append(_plain_node(loader, file))
+        loader.get_event()
+        return Seq(loc, items)
+    if not isinstance(event, yaml.MappingStartEvent):  # pragma: no cover - the parser makes no other
+        raise _NotPlain
+    pairs: list[tuple[Scalar, YNode]] = []
+    seen: set[str] = set()
+    while not loader.check_event(yaml.MappingEndEvent):
+        key_event = loader.peek_event()
+        if not isinstance(key_event, yaml.ScalarEvent) or key_event.anchor is not None or (
+            key_event.tag is not None and key_event.tag != "!"
+        ):
+            raise _NotPlain
+        loader.get_event()
+        text = key_event.value
+        if text in seen or text == "<<":
+            raise _NotPlain  # a duplicate (reported by the composer path), or a merge key
+        seen.add(text)
+        key_mark: Any = key_event.start_mark
+        key = Scalar(Location(file, key_mark.line + 1, key_mark.column + 1), text, text,
+                     key_event.style in ("'", '"'))
+        pairs.append((key, _plain_node(loader, file)))
+    loader.get_event()
+    return Map(loc, pairs)
 
 
 def describe(node: YNode) -> str:
