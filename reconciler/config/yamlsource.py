@@ -177,9 +177,12 @@ class _Converter:
         loc = _loc(self.file, node)
         try:
             value = self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            # Unknown tags (``!!python/object``, ``!vault``) and malformed timestamps land here.
-            problem = getattr(exc, "problem", None) or "cannot read this value"
+        except (yaml.YAMLError, ValueError) as exc:
+            # Unknown tags (``!!python/object``, ``!vault``) and malformed timestamps land here; an
+            # impossible date (2026-13-45) is a ValueError from the constructor.
+            problem = getattr(exc, "problem", None) or (
+                "not a valid date; put it in quotes if you meant text" if isinstance(exc, ValueError)
+                else "cannot read this value")
             self.errors.append(ConfigError(problem, loc, path or None))
             return Scalar(loc, None, str(node.value), broken=True)
         return Scalar(loc, value, str(node.value), quoted=node.style in ("'", '"'))
