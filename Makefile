@@ -1,34 +1,96 @@
 # Every target creates what it needs from nothing: a .venv with the project and its dev tools.
-PY ?= python3
+#
+# PY is the interpreter .venv is built from: the first of python3, python3.13, python3.12, python3.11
+# that is 3.11 or newer (override: make PY=/path/to/python3.12 test). .venv is rebuilt when it was made
+# from another interpreter (or is broken), and reinstalled when pyproject.toml changes.
+MIN_PYTHON := 3.11
+ifeq ($(origin PY),undefined)
+PY := $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Identity of an interpreter: the real path of the base Python a venv was made from, and its version.
+IDENTITY := import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)), sys.version.split()[0])
+PREFIX ?= $(HOME)/.local
+INSTALL_VENV := $(PREFIX)/share/connref/venv
+VENV_ARGS ?=
 
-.PHONY: demo test bench lint typecheck check clean
+.PHONY: demo test test-minimums bench lint typecheck python venv-interpreter venv install uninstall clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+python:
+	@if [ -z "$(PY)" ]; then \
+	  echo "connref needs Python $(MIN_PYTHON) or newer, and none of python3, python3.13, python3.12, python3.11 is."; \
+	  echo "Install one (python.org, your package manager, or pyenv) and run: make PY=/path/to/python3.12 $(MAKECMDGOALS)"; \
+	  exit 1; \
+	fi
+	@if ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+	  echo "connref needs Python $(MIN_PYTHON) or newer; PY=$(PY) is $$($(PY) --version 2>&1 || echo 'not runnable')."; \
+	  echo "Run: make PY=/path/to/python3.12 $(MAKECMDGOALS)"; \
+	  exit 1; \
+	fi
 
-demo: $(STAMP)
+# .venv made from PY: rebuilt when it was made from another interpreter, or no longer runs.
+venv-interpreter: python
+	@want="$$($(PY) -c '$(IDENTITY)')"; \
+	have="$$($(BIN)/python -c '$(IDENTITY)' 2>/dev/null)"; \
+	if [ "$$want" != "$$have" ]; then \
+	  if [ -e $(VENV) ]; then echo "Rebuilding $(VENV): it was made from '$${have:-an interpreter that no longer runs}', PY is '$$want'."; fi; \
+	  rm -rf $(VENV) && $(PY) -m venv $(VENV_ARGS) $(VENV) || exit 1; \
+	fi
+
+# ... with the project and its dev tools installed (again when pyproject.toml changes).
+venv: venv-interpreter
+	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ]; then \
+	  $(BIN)/python -m pip install --quiet --upgrade pip && \
+	  $(BIN)/python -m pip install --quiet -e '.[dev]' && \
+	  touch $(STAMP); \
+	fi
+
+demo: venv
 	$(BIN)/python examples/quickstart/demo.py
 
-test: $(STAMP)
+test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 # Not part of `make test`: a few minutes of load against the emulator; prints the table in docs/performance.md.
-bench: $(STAMP)
+bench: venv
 	$(BIN)/python benchmarks/bench.py
 
-lint: $(STAMP)
+lint: venv
 	$(BIN)/ruff check .
 
-typecheck: $(STAMP)
+typecheck: venv
 	$(BIN)/mypy
 
+# The suite against the oldest versions pyproject.toml allows: a fresh .venv-minimums with every runtime
+# dependency pinned to its lower bound (constraints written by .ci/lower_bounds.py).
+test-minimums: python
+	rm -rf .venv-minimums
+	$(PY) -m venv .venv-minimums
+	$(PY) .ci/lower_bounds.py > .venv-minimums/constraints.txt
+	.venv-minimums/bin/python -m pip install --quiet --upgrade pip
+	.venv-minimums/bin/python -m pip install --quiet --constraint .venv-minimums/constraints.txt -e '.[dev]'
+	.venv-minimums/bin/python .ci/lower_bounds.py --check
+	.venv-minimums/bin/pytest -p no:cacheprovider
+
+# connref on PATH without the repository's .venv: its own venv under PREFIX/share, linked from PREFIX/bin.
+# (pipx install . does the same.)
+install: python
+	rm -rf $(INSTALL_VENV)
+	$(PY) -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/python -m pip install --quiet .
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(INSTALL_VENV)/bin/connref $(PREFIX)/bin/connref
+	@echo "Installed $(PREFIX)/bin/connref ($$($(PREFIX)/bin/connref --version))."
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "$(PREFIX)/bin is not on PATH: add it, e.g. export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
+
+uninstall:
+	rm -rf $(PREFIX)/share/connref
+	rm -f $(PREFIX)/bin/connref
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-minimums .pytest_cache .mypy_cache .ruff_cache build *.egg-info
