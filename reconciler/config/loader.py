@@ -66,7 +66,7 @@ ENVIRONMENT_KEYS = (
 )
 SELECTOR_KEYS = ("owner", "display_name")
 
-# Keys each auth method accepts (besides ``method``); required ones are checked in ``_auth_profile``.
+# Keys each auth method accepts (besides ``method``); required ones are in ``_AUTH_NEEDS``.
 COMMON_AUTH_KEYS = ("authority_host", "cloud")
 AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "client_secret": ("tenant_id", "client_id", "client_secret_env", "client_secret_file"),
@@ -87,6 +87,18 @@ AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
 ALL_AUTH_KEYS = tuple(sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_METHOD_KEYS.values() for k in keys)}))
 # Option keys that name files: stored as absolute paths, resolved relative to the config file.
 FILE_KEYS = ("client_secret_file", "certificate_path", "federated_token_file")
+# Option keys that name environment variables, and those that hold GUIDs (with what they are).
+_AUTH_ENV_KEYS = ("client_secret_env", "certificate_password_env", "federated_token_env", "access_token_env",
+                  "connections_access_token_env")
+_AUTH_GUID_KEYS = (("azure_devops_service_connection_id", "service connection id"),
+                   ("managed_identity_client_id", "client id of the user-assigned identity"))
+# What each method needs: keys it must have, and groups of keys of which it takes exactly one.
+_AUTH_NEEDS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
+    "client_secret": (("tenant_id", "client_id"), (("client_secret_env", "client_secret_file"),)),
+    "certificate": (("tenant_id", "client_id", "certificate_path"), ()),
+    "federated": (("tenant_id", "client_id"), (("federated_provider", "federated_token_env", "federated_token_file"),)),
+    "access_token": (("access_token_env",), ()),
+}
 
 _ENV_ID_RE = re.compile(r"(?:Default-)?" + GUID.pattern)
 _UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
@@ -98,6 +110,20 @@ _LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 def _guid_check(what: str) -> Callable[[str], str | None]:
     """A check for ``Reader.checked``: the value must be a GUID (``what`` names it in the error)."""
     return lambda v: None if is_guid(v) else f"expected a GUID (the {what})"
+
+
+def _tenant_problem(value: str) -> str | None:
+    if is_guid(value) or _DOMAIN_RE.fullmatch(value):
+        return None
+    return "expected a GUID or a domain such as contoso.onmicrosoft.com (the tenant)"
+
+
+def _auth_key_of_other_methods(method: str, key: str) -> str | None:
+    """Why ``key`` is refused in a profile of ``method`` when another method takes it, else None."""
+    if key in ALL_AUTH_KEYS:
+        users = [meth for meth, keys in AUTH_METHOD_KEYS.items() if key in keys]
+        return f"does not apply to method {method} (it is for: {', '.join(users)})"
+    return None
 
 
 # Values that are secrets whatever key they sit under (and JWTs: reconciler.domain.patterns).
@@ -138,6 +164,10 @@ def _secret_value(value: str) -> str | None:
 class _Ctx:
     file: str
     base_dir: str
+
+    def resolve(self, path: str) -> str:
+        """``path`` from the config (``~`` expanded) as an absolute path, relative to the config file."""
+        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
 
 
 class _Validator:
@@ -542,7 +572,7 @@ class _Validator:
             if not rel:
                 self.error(node, path, "local: needs the path of an emulator data file, e.g. local:dev.json")
                 return None, None
-            full = os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(rel)))
+            full = self.ctx.resolve(rel)
             if not os.path.isfile(full):
                 self.error(
                     node,
@@ -645,6 +675,28 @@ class _Validator:
         m = self.mapping(node, field)
         if m is None:
             return None
+        method = self.auth_method(m, field)
+        if method is None:
+            return None
+        errors_before = len(self.errors)
+        tenant = self.checked(m, "tenant_id", field, _tenant_problem)
+        client = self.checked(m, "client_id", field, _guid_check("application (client) id"))
+        options = self.auth_options(m, field)
+        self.auth_requirements(m, field, method, options)
+        if len(self.errors) != errors_before:
+            return None
+        return AuthProfile(
+            name=name,
+            method=method,
+            tenant_id=tenant.lower() if tenant and is_guid(tenant) else tenant,
+            client_id=client.lower() if client else None,
+            options=frozen_map(options),
+            location=m.loc,
+        )
+
+    def auth_method(self, m: Map, field: str) -> str | None:
+        """The profile's ``method``, with its keys checked against what that method takes; None (and
+        every key checked against all methods' keys) when it is missing or unknown."""
         method = self.choice(m, "method", field, tuple(AUTH_METHOD_KEYS))
         if m.get("method") is None:
             self.error(
@@ -656,24 +708,47 @@ class _Validator:
             self.keys(m, field, ALL_AUTH_KEYS)
             return None
         allowed = ("method", *AUTH_METHOD_KEYS[method], *COMMON_AUTH_KEYS)
+        self.keys(m, field, allowed, why_not=lambda key: _auth_key_of_other_methods(method, key))
+        return method
 
-        def why_not(key: str) -> str | None:
-            if key in ALL_AUTH_KEYS:
-                users = [meth for meth, keys in AUTH_METHOD_KEYS.items() if key in keys]
-                return f"does not apply to method {method} (it is for: {', '.join(users)})"
+    def auth_options(self, m: Map, field: str) -> dict[str, Any]:
+        """The profile's options that are given, checked and normalised (file paths absolute, GUIDs in
+        lower case, audience and authority host trimmed)."""
+        options: dict[str, Any] = {}
+        for key in _AUTH_ENV_KEYS:
+            options[key] = self.checked(m, key, field, env_var_problem)
+        for key in FILE_KEYS:
+            path = self.string(m, key, field)
+            options[key] = None if path is None else self.ctx.resolve(path)
+        for key, what in _AUTH_GUID_KEYS:
+            guid = self.checked(m, key, field, _guid_check(what))
+            options[key] = None if guid is None else guid.lower()
+        audience = self.string(m, "federated_audience", field)
+        options["federated_audience"] = None if audience is None else audience.strip()
+        options["federated_provider"] = self.choice(m, "federated_provider", field, FEDERATED_PROVIDERS)
+        options["cloud"] = self.choice(m, "cloud", field, CLOUDS)
+        options["authority_host"] = self.authority_host(m, field)
+        return {k: v for k, v in options.items() if v is not None}
+
+    def authority_host(self, m: Map, field: str) -> str | None:
+        authority = self.string(m, "authority_host", field)
+        if authority is None:
             return None
+        problem = url_problem(authority.strip())
+        if problem:
+            self.error(self.node_of(m, "authority_host"), join_path(field, "authority_host"), problem)
+            return None
+        return authority.strip().rstrip("/")
 
-        self.keys(m, field, allowed, why_not=why_not)
-        errors_before = len(self.errors)
+    def auth_requirements(self, m: Map, field: str, method: str, options: Mapping[str, Any]) -> None:
+        """Errors for the keys ``method`` needs and does not have (``_AUTH_NEEDS``)."""
         # With a secret written inline, that error already says which key to use instead.
         inline_secret = any(_secret_key(k) for k in m.key_texts())
-
-        def need(*keys: str) -> None:
-            for k in keys:
-                if m.get(k) is None and not inline_secret:
-                    self.error(m, join_path(field, k), f"required key is missing (method {method} needs it)")
-
-        def exactly_one(*keys: str) -> None:
+        needs, one_of = _AUTH_NEEDS.get(method, ((), ()))
+        for k in needs:
+            if m.get(k) is None and not inline_secret:
+                self.error(m, join_path(field, k), f"required key is missing (method {method} needs it)")
+        for keys in one_of:
             present = [k for k in keys if m.get(k) is not None]
             if not present and not inline_secret:
                 self.error(m, field, f"method {method} needs one of {', '.join(keys)}; none is given")
@@ -683,85 +758,13 @@ class _Validator:
                     join_path(field, present[1]),
                     f"method {method} takes only one of {', '.join(keys)}; {' and '.join(present)} are both given",
                 )
-
-        guid = _guid_check
-        tenant = self.checked(
-            m,
-            "tenant_id",
-            field,
-            lambda v: (
-                None
-                if is_guid(v) or _DOMAIN_RE.fullmatch(v)
-                else "expected a GUID or a domain such as contoso.onmicrosoft.com (the tenant)"
-            ),
-        )
-        client = self.checked(m, "client_id", field, guid("application (client) id"))
-        options: dict[str, Any] = {}
-        for key in (
-            "client_secret_env",
-            "certificate_password_env",
-            "federated_token_env",
-            "access_token_env",
-            "connections_access_token_env",
-        ):
-            v = self.checked(m, key, field, env_var_problem)
-            if v is not None:
-                options[key] = v
-        for key in FILE_KEYS:
-            v = self.string(m, key, field)
-            if v is not None:
-                options[key] = os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(v)))
-        for key, what in (
-            ("azure_devops_service_connection_id", "service connection id"),
-            ("managed_identity_client_id", "client id of the user-assigned identity"),
-        ):
-            v = self.checked(m, key, field, guid(what))
-            if v is not None:
-                options[key] = v.lower()
-        audience = self.string(m, "federated_audience", field)
-        if audience is not None:
-            options["federated_audience"] = audience.strip()
-        provider = self.choice(m, "federated_provider", field, FEDERATED_PROVIDERS)
-        if provider is not None:
-            options["federated_provider"] = provider
-        cloud = self.choice(m, "cloud", field, CLOUDS)
-        if cloud is not None:
-            options["cloud"] = cloud
-        authority = self.string(m, "authority_host", field)
-        if authority is not None:
-            problem = url_problem(authority.strip())
-            if problem:
-                self.error(self.node_of(m, "authority_host"), join_path(field, "authority_host"), problem)
-            else:
-                options["authority_host"] = authority.strip().rstrip("/")
-
-        if method in ("client_secret", "certificate", "federated"):
-            need("tenant_id", "client_id")
-        if method == "client_secret":
-            exactly_one("client_secret_env", "client_secret_file")
-        elif method == "certificate":
-            need("certificate_path")
-        elif method == "federated":
-            exactly_one("federated_provider", "federated_token_env", "federated_token_file")
-            if provider == "azure_devops" and m.get("azure_devops_service_connection_id") is None:
-                self.error(
-                    m,
-                    join_path(field, "azure_devops_service_connection_id"),
-                    "required key is missing (federated_provider azure_devops needs the service connection id)",
-                )
-        elif method == "access_token":
-            need("access_token_env")
-
-        if len(self.errors) != errors_before:
-            return None
-        return AuthProfile(
-            name=name,
-            method=method,
-            tenant_id=tenant.lower() if tenant and is_guid(tenant) else tenant,
-            client_id=client.lower() if client else None,
-            options=frozen_map(options),
-            location=m.loc,
-        )
+        if (method == "federated" and options.get("federated_provider") == "azure_devops"
+                and m.get("azure_devops_service_connection_id") is None):
+            self.error(
+                m,
+                join_path(field, "azure_devops_service_connection_id"),
+                "required key is missing (federated_provider azure_devops needs the service connection id)",
+            )
 
     # ------------------------------------------------------------------ lint, state
 
@@ -793,7 +796,7 @@ class _Validator:
         value = self.string(m, "dir", "state")
         if value is None:
             return None
-        return os.path.normpath(os.path.join(self.ctx.base_dir, os.path.expanduser(value)))
+        return self.ctx.resolve(value)
 
 
 # ---------------------------------------------------------------------- entry points
