@@ -700,6 +700,25 @@ def provider_key(profile: AuthProfile, env: EnvironmentConfig | None = None) -> 
     return (authority_of(profile, env), (profile.client_id or "").lower(), profile.method, *options)
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What building any provider of one profile takes."""
+
+    profile: AuthProfile
+    http_client: httpx.Client
+    authority_host: str
+    retry: RetryPolicy | None
+
+    def err(self, what: str, check: str) -> AuthError:
+        return AuthError(f"auth profile '{self.profile.name}' ({self.profile.method}): {what}. Check {check}")
+
+    def msal(self, credential: Callable[[], Any], what_failed: str,
+             secrets: Callable[[], list[str]]) -> MsalClientProvider:
+        return MsalClientProvider(self.profile, http_client=self.http_client, authority_host=self.authority_host,
+                                  retry=self.retry, credential=credential, what_failed=what_failed,
+                                  secrets=secrets)
+
+
 def provider_for(
     profile: AuthProfile, *, http_client: httpx.Client, env: EnvironmentConfig | None = None,
     retry: RetryPolicy | None = None,
@@ -707,104 +726,119 @@ def provider_for(
     """The token provider of an auth profile (``retry``: how hard to try the identity platform; the
     default policy when None). Reading secrets is deferred to the first token request
     where possible, so building a provider never fails on a missing variable of an unused profile."""
-    method = profile.method
-
-    def err(what: str, check: str) -> AuthError:
-        return AuthError(f"auth profile '{profile.name}' ({method}): {what}. Check {check}")
-
     cloud_name = _opt(profile, "cloud") or (env.cloud if env else None)
     authority_host = _opt(profile, "authority_host") or cloud(cloud_name).authority_host
+    setup = _Setup(profile, http_client, authority_host, retry)
+    build = _BUILDERS.get(profile.method)
+    if build is None:
+        raise setup.err(f"unknown method '{profile.method}'", f"method: one of {', '.join(METHODS)}")
+    return build(setup)
 
-    if method == "access_token":
-        name = _opt(profile, "access_token_env")
-        if not name:
-            raise err("access_token_env is not set", "the profile under auth:")
-        token = os.environ.get(name, "").strip()
-        if not token:
-            raise err(f"the environment variable {name} is empty or not set",
-                      f"that the pipeline sets {name}")
-        conn_name = _opt(profile, "connections_access_token_env")
-        conn_token = os.environ.get(conn_name, "").strip() if conn_name else None
-        if conn_name and not conn_token:
-            raise err(f"the environment variable {conn_name} is empty or not set",
-                      f"that the pipeline sets {conn_name}")
-        return StaticTokenProvider(token, conn_token)
 
-    if method == "client_secret":
-        secret_env, secret_file = _opt(profile, "client_secret_env"), _opt(profile, "client_secret_file")
-        if not secret_env and not secret_file:
-            raise err("client_secret_env or client_secret_file is required", "the profile under auth:")
-        source = f"the secret in {secret_env}" if secret_env else f"the secret in file {secret_file}"
-        holder: list[str] = []
+def _access_token_provider(setup: _Setup) -> TokenProvider:
+    profile, err = setup.profile, setup.err
+    name = _opt(profile, "access_token_env")
+    if not name:
+        raise err("access_token_env is not set", "the profile under auth:")
+    token = os.environ.get(name, "").strip()
+    if not token:
+        raise err(f"the environment variable {name} is empty or not set",
+                  f"that the pipeline sets {name}")
+    conn_name = _opt(profile, "connections_access_token_env")
+    conn_token = os.environ.get(conn_name, "").strip() if conn_name else None
+    if conn_name and not conn_token:
+        raise err(f"the environment variable {conn_name} is empty or not set",
+                  f"that the pipeline sets {conn_name}")
+    return StaticTokenProvider(token, conn_token)
 
-        def secret() -> str:
-            if secret_env:
-                value = os.environ.get(secret_env, "").strip()
-                if not value:
-                    raise err(f"the environment variable {secret_env} is empty or not set",
-                              f"that the pipeline sets {secret_env}")
-            else:
-                try:
-                    with open(str(secret_file), encoding="utf-8") as f:
-                        value = f.read().strip()
-                except OSError as e:
-                    raise err(f"the secret file {secret_file} could not be read ({e.strerror})",
-                              "client_secret_file") from None
-                if not value:
-                    raise err(f"the secret file {secret_file} is empty", "client_secret_file")
-            holder[:] = [value]
-            return value
 
-        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host, retry=retry,
-                                  credential=secret, what_failed=f"{source} was rejected",
-                                  secrets=lambda: list(holder))
+def _client_secret_provider(setup: _Setup) -> TokenProvider:
+    profile, err = setup.profile, setup.err
+    secret_env, secret_file = _opt(profile, "client_secret_env"), _opt(profile, "client_secret_file")
+    if not secret_env and not secret_file:
+        raise err("client_secret_env or client_secret_file is required", "the profile under auth:")
+    source = f"the secret in {secret_env}" if secret_env else f"the secret in file {secret_file}"
+    holder: list[str] = []
 
-    if method == "certificate":
-        path = _opt(profile, "certificate_path")
-        if not path:
-            raise err("certificate_path is required", "the profile under auth:")
-        pw_env = _opt(profile, "certificate_password_env")
-        thumbs: dict[str, str] = {}
-
-        def certificate() -> dict[str, Any]:
-            password = os.environ.get(pw_env) if pw_env else None
-            if pw_env and password is None:
-                raise err(f"the environment variable {pw_env} is not set", "certificate_password_env")
+    def secret() -> str:
+        if secret_env:
+            value = os.environ.get(secret_env, "").strip()
+            if not value:
+                raise err(f"the environment variable {secret_env} is empty or not set",
+                          f"that the pipeline sets {secret_env}")
+        else:
             try:
-                loaded = load_certificate(str(path), password)
+                with open(str(secret_file), encoding="utf-8") as f:
+                    value = f.read().strip()
             except OSError as e:
-                raise err(f"the certificate {path} could not be read ({e.strerror})",
-                          "certificate_path") from None
-            except (ValueError, TypeError):
-                raise err(f"the certificate {path} could not be loaded (wrong format or password)",
-                          "that it is a PEM with key and certificate or a PFX, and certificate_password_env"
-                          ) from None
-            thumbs["sha1"] = loaded.pop("thumbprint_sha1")
-            thumbs["sha256"] = loaded.pop("thumbprint_sha256")
-            return loaded
+                raise err(f"the secret file {secret_file} could not be read ({e.strerror})",
+                          "client_secret_file") from None
+            if not value:
+                raise err(f"the secret file {secret_file} is empty", "client_secret_file")
+        holder[:] = [value]
+        return value
 
-        class _CertProvider(MsalClientProvider):
-            def _raise(self, what: str, check: str) -> tuple[str, float]:
-                if thumbs:
-                    what += f"; certificate thumbprint {thumbs['sha1'].upper()}"
-                raise self._error(what, check)
+    return setup.msal(secret, f"{source} was rejected", secrets=lambda: list(holder))
 
-        return _CertProvider(profile, http_client=http_client, authority_host=authority_host, retry=retry,
-                             credential=certificate, what_failed=f"the certificate {path} was rejected")
 
-    if method == "federated":
-        assertion = FederatedAssertion(profile, http_client)
-        return MsalClientProvider(profile, http_client=http_client, authority_host=authority_host, retry=retry,
-                                  # MSAL calls a callable client_assertion before each token request
-                                  # (msal/application.py docstring), so an expired token is re-fetched.
-                                  credential=lambda: {"client_assertion": assertion},
-                                  what_failed="the federated token was rejected",
-                                  secrets=assertion.secrets)
+def _certificate_provider(setup: _Setup) -> TokenProvider:
+    profile, err = setup.profile, setup.err
+    path = _opt(profile, "certificate_path")
+    if not path:
+        raise err("certificate_path is required", "the profile under auth:")
+    pw_env = _opt(profile, "certificate_password_env")
+    thumbs: dict[str, str] = {}
 
-    if method == "managed_identity":
-        return ManagedIdentityProvider(profile, http_client=http_client, retry=retry)
+    def certificate() -> dict[str, Any]:
+        password = os.environ.get(pw_env) if pw_env else None
+        if pw_env and password is None:
+            raise err(f"the environment variable {pw_env} is not set", "certificate_password_env")
+        try:
+            loaded = load_certificate(str(path), password)
+        except OSError as e:
+            raise err(f"the certificate {path} could not be read ({e.strerror})",
+                      "certificate_path") from None
+        except (ValueError, TypeError):
+            raise err(f"the certificate {path} could not be loaded (wrong format or password)",
+                      "that it is a PEM with key and certificate or a PFX, and certificate_password_env"
+                      ) from None
+        thumbs["sha1"] = loaded.pop("thumbprint_sha1")
+        thumbs["sha256"] = loaded.pop("thumbprint_sha256")
+        return loaded
 
-    if method == "azure_cli":
-        return AzureCliProvider(profile)
+    class _CertProvider(MsalClientProvider):
+        def _raise(self, what: str, check: str) -> tuple[str, float]:
+            if thumbs:
+                what += f"; certificate thumbprint {thumbs['sha1'].upper()}"
+            raise self._error(what, check)
 
-    raise err(f"unknown method '{method}'", f"method: one of {', '.join(METHODS)}")
+    return _CertProvider(profile, http_client=setup.http_client, authority_host=setup.authority_host,
+                         retry=setup.retry, credential=certificate,
+                         what_failed=f"the certificate {path} was rejected")
+
+
+def _federated_provider(setup: _Setup) -> TokenProvider:
+    assertion = FederatedAssertion(setup.profile, setup.http_client)
+    # MSAL calls a callable client_assertion before each token request (msal/application.py
+    # docstring), so an expired token is re-fetched.
+    return setup.msal(lambda: {"client_assertion": assertion}, "the federated token was rejected",
+                      secrets=assertion.secrets)
+
+
+def _managed_identity_provider(setup: _Setup) -> TokenProvider:
+    return ManagedIdentityProvider(setup.profile, http_client=setup.http_client, retry=setup.retry)
+
+
+def _azure_cli_provider(setup: _Setup) -> TokenProvider:
+    return AzureCliProvider(setup.profile)
+
+
+# One builder per auth method (METHODS).
+_BUILDERS: dict[str, Callable[[_Setup], TokenProvider]] = {
+    "access_token": _access_token_provider,
+    "client_secret": _client_secret_provider,
+    "certificate": _certificate_provider,
+    "federated": _federated_provider,
+    "managed_identity": _managed_identity_provider,
+    "azure_cli": _azure_cli_provider,
+}
