@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import connrefs, jwt, tables, workflows
@@ -147,48 +148,79 @@ def route(ctx: Ctx, rel: str) -> Response:
         raise HttpError(404, SEGMENT_NOT_FOUND, f"Resource not found for the segment '{rel.strip('/')}'.")
     name, key = m.group(1), m.group(2)
     method = ctx.request.method.upper()
-    if name == "WhoAmI":
-        if method != "GET" or key not in (None, ""):
-            raise _method_not_allowed(method)
-        return who_am_i(ctx)
-    if name in ("RetrieveDependentComponents", "RetrieveDependenciesForDelete"):
-        if method != "GET":
-            raise _method_not_allowed(method)
-        params = _function_params(ctx, key or "")
-        return workflows.dependent_components(ctx, params["ObjectId"], params["ComponentType"])
-    if name == "AddSolutionComponent":
-        if method != "POST" or key is not None:
-            raise _method_not_allowed(method)
-        return add_solution_component(ctx)
+    operation = _OPERATIONS.get(name)
+    if operation is not None:
+        return operation(ctx, method, key)
     table = tables.TABLES.get(name)
     if table is None:
         raise HttpError(404, SEGMENT_NOT_FOUND, f"Resource not found for the segment '{name}'.")
-    if key is not None:
-        key = key.strip()
-        if key.startswith(f"{table.key}="):
-            key = key.split("=", 1)[1]
-        if not is_guid(key):
-            raise bad_request(
-                f"Bad Request - Error in query syntax: '{key}' is not a valid key for {name} "
-                "(alternate keys are not "
-                "defined for this table).",
-                QUERY_ERROR,
-            )
+    if key is None:
+        if method == "GET":
+            return tables.query(ctx, table)
+        write = _COLLECTION_WRITES.get((name, method))
+        if write is None:
+            raise _method_not_allowed(method)
+        return write(ctx)
+    key = _row_key(table, name, key)
     if method == "GET":
-        return tables.get_one(ctx, table, key) if key is not None else tables.query(ctx, table)
-    if name == "connectionreferences":
-        if method == "POST" and key is None:
-            return connrefs.post(ctx)
-        if method == "PATCH" and key is not None:
-            return connrefs.patch(ctx, key)
-        if method == "DELETE" and key is not None:
-            return connrefs.delete(ctx, key)
-    if name == "workflows" and key is not None:
-        if method == "PATCH":
-            return workflows.patch(ctx, key)
-        if method == "DELETE":
-            return workflows.delete(ctx, key)
-    raise _method_not_allowed(method)
+        return tables.get_one(ctx, table, key)
+    row_write = _ROW_WRITES.get((name, method))
+    if row_write is None:
+        raise _method_not_allowed(method)
+    return row_write(ctx, key)
+
+
+def _row_key(table: tables.Table, name: str, key: str) -> str:
+    """The row id in ``table(key)`` or ``table(keyname=key)``; 400 for anything but a GUID."""
+    key = key.strip()
+    if key.startswith(f"{table.key}="):
+        key = key.split("=", 1)[1]
+    if not is_guid(key):
+        raise bad_request(
+            f"Bad Request - Error in query syntax: '{key}' is not a valid key for {name} "
+            "(alternate keys are not "
+            "defined for this table).",
+            QUERY_ERROR,
+        )
+    return key
+
+
+def _call_who_am_i(ctx: Ctx, method: str, key: str | None) -> Response:
+    if method != "GET" or key not in (None, ""):
+        raise _method_not_allowed(method)
+    return who_am_i(ctx)
+
+
+def _call_dependencies(ctx: Ctx, method: str, key: str | None) -> Response:
+    if method != "GET":
+        raise _method_not_allowed(method)
+    params = _function_params(ctx, key or "")
+    return workflows.dependent_components(ctx, params["ObjectId"], params["ComponentType"])
+
+
+def _call_add_solution_component(ctx: Ctx, method: str, key: str | None) -> Response:
+    if method != "POST" or key is not None:
+        raise _method_not_allowed(method)
+    return add_solution_component(ctx)
+
+
+# Functions and actions, by name: each checks its own method and parameters.
+_OPERATIONS: dict[str, Callable[[Ctx, str, str | None], Response]] = {
+    "WhoAmI": _call_who_am_i,
+    "RetrieveDependentComponents": _call_dependencies,
+    "RetrieveDependenciesForDelete": _call_dependencies,
+    "AddSolutionComponent": _call_add_solution_component,
+}
+# The writes each table takes (any other method: 405), on the collection and on one row.
+_COLLECTION_WRITES: dict[tuple[str, str], Callable[[Ctx], Response]] = {
+    ("connectionreferences", "POST"): connrefs.post,
+}
+_ROW_WRITES: dict[tuple[str, str], Callable[[Ctx, str], Response]] = {
+    ("connectionreferences", "PATCH"): connrefs.patch,
+    ("connectionreferences", "DELETE"): connrefs.delete,
+    ("workflows", "PATCH"): workflows.patch,
+    ("workflows", "DELETE"): workflows.delete,
+}
 
 
 def _function_params(ctx: Ctx, text: str) -> dict[str, Any]:
