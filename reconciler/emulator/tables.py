@@ -15,12 +15,14 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from . import odata
 from .dvcommon import QUERY_ERROR, Ctx, etag_of, is_guid, not_found, stable_guid
 from .web import HttpError, Response
+
+_T = TypeVar("_T")
 
 MAX_PAGE = 5000
 
@@ -406,57 +408,15 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
         source = rows if rows is not None else table.stored(ctx)
         served = [present(ctx, table, r) for r in source]
         originals = {id(s): r for s, r in zip(served, source, strict=True)}
-        if "$filter" in q:
-            try:
-                node = odata.parse_filter(q["$filter"])
-            except odata.ODataError as e:
-                raise _query_error(str(e)) from None
-            for p in node.properties():
-                if p not in columns_of(ctx, table):
-                    raise _unknown_property(table, p)
-            if table.entity_set == "msdyn_componentlayers":
-                from .layers import check_query
-
-                check_query(ctx, node.properties())
-            served = [r for r in served if node.test(r)]
-        elif table.entity_set == "msdyn_componentlayers":
-            from .layers import check_query
-
-            check_query(ctx, ())
-        keys: list[tuple[str, bool]] = []
-        if "$orderby" in q:
-            try:
-                keys = odata.parse_orderby(q["$orderby"])
-            except odata.ODataError as e:
-                raise _query_error(str(e)) from None
-            for name, _ in keys:
-                if name not in columns_of(ctx, table):
-                    raise _unknown_property(table, name)
+        served = _filtered(ctx, table, q, served)
+        keys = _order_keys(ctx, table, q)
         # Stable order for paging: the requested keys, then the primary key (as Dataverse pages by it).
         served = odata.order_rows(served, [*keys, (table.key, False)])
         total = len(served)
-        top = None
-        if "$top" in q:
-            try:
-                top = odata.parse_top(q["$top"])
-            except odata.ODataError as e:
-                raise _query_error(str(e)) from None
+        top = _parsed(odata.parse_top, q["$top"]) if "$top" in q else None
         size, applied = _page_size(ctx)
-        offset = _decode_skiptoken(q["$skiptoken"]) if "$skiptoken" in q else 0
-        headers: dict[str, str] = {}
-        next_link = None
-        if top is not None:
-            # $top limits the result; no nextLink is returned beyond it.
-            page = served[: min(top, MAX_PAGE)]
-        else:
-            page = served[offset : offset + size]
-            if offset + size < total:
-                last = page[-1].get(table.key) if page else ""
-                token = _encode_skiptoken(offset + size, offset // size + 2, str(last))
-                params = [(k, v) for k, v in q.items() if k != "$skiptoken"] + [("$skiptoken", token)]
-                next_link = f"{ctx.base}/{table.entity_set}?" + urlencode(params, quote_via=quote, safe="$,'()")
-        if applied:
-            headers["Preference-Applied"] = f"odata.maxpagesize={size}"
+        page, next_link = _page(ctx, table, q, served, top, size)
+        headers = {"Preference-Applied": f"odata.maxpagesize={size}"} if applied else {}
         body: dict[str, Any] = {"@odata.context": context_url(ctx, table, select)}
         if q.get("$count", "").lower() == "true":
             body["@odata.count"] = min(total, MAX_PAGE)
@@ -464,6 +424,60 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
         if next_link:
             body["@odata.nextLink"] = next_link
     return Response.json(200, body, headers)
+
+
+def _parsed(parse: Callable[[str], _T], text: str) -> _T:
+    """``parse(text)``, an OData syntax error answered as Dataverse's query error."""
+    try:
+        return parse(text)
+    except odata.ODataError as e:
+        raise _query_error(str(e)) from None
+
+
+def _filtered(ctx: Ctx, table: Table, q: dict[str, str], served: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows ``$filter`` keeps (all without one), after checking the properties it names."""
+    if "$filter" not in q:
+        if table.entity_set == "msdyn_componentlayers":
+            from .layers import check_query
+
+            check_query(ctx, ())
+        return served
+    node = _parsed(odata.parse_filter, q["$filter"])
+    for p in node.properties():
+        if p not in columns_of(ctx, table):
+            raise _unknown_property(table, p)
+    if table.entity_set == "msdyn_componentlayers":
+        from .layers import check_query
+
+        check_query(ctx, node.properties())
+    return [r for r in served if node.test(r)]
+
+
+def _order_keys(ctx: Ctx, table: Table, q: dict[str, str]) -> list[tuple[str, bool]]:
+    """``$orderby`` as (property, descending) pairs, after checking the properties it names."""
+    if "$orderby" not in q:
+        return []
+    keys = _parsed(odata.parse_orderby, q["$orderby"])
+    for name, _ in keys:
+        if name not in columns_of(ctx, table):
+            raise _unknown_property(table, name)
+    return keys
+
+
+def _page(ctx: Ctx, table: Table, q: dict[str, str], served: list[dict[str, Any]], top: int | None,
+          size: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of this page and the next page's link (None on the last page, and with ``$top``)."""
+    offset = _decode_skiptoken(q["$skiptoken"]) if "$skiptoken" in q else 0
+    if top is not None:
+        # $top limits the result; no nextLink is returned beyond it.
+        return served[: min(top, MAX_PAGE)], None
+    page = served[offset : offset + size]
+    if offset + size >= len(served):
+        return page, None
+    last = page[-1].get(table.key) if page else ""
+    token = _encode_skiptoken(offset + size, offset // size + 2, str(last))
+    params = [(k, v) for k, v in q.items() if k != "$skiptoken"] + [("$skiptoken", token)]
+    return page, f"{ctx.base}/{table.entity_set}?" + urlencode(params, quote_via=quote, safe="$,'()")
 
 
 def get_one(ctx: Ctx, table: Table, key: str) -> Response:
