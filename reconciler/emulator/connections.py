@@ -200,6 +200,25 @@ def _modify(
         raise HttpError(403, "Forbidden", f"The caller with object id '{caller.object_id}' holds {role} on "
                         f"connection '{conn.get('name')}' and may not share it; CanViewWithShare, CanEdit or "
                         "Owner is needed.")
+    puts, deletes = _modify_body(request)
+    perms = _permissions(conn)
+    base_id = str(conn.get("id") or f"{API_PREFIX}{_api_name(conn)}/connections/{conn.get('name')}")
+    # Validate everything first so a bad entry changes nothing.
+    new = [_granted(entry, conn, role, base_id) for entry in puts]
+    drop = {_revoked(entry, conn, perms, role) for entry in deletes}
+    kept = [p for i, p in enumerate(perms) if i not in drop]
+    for n in new:  # a put for a principal that already has a permission replaces it
+        kept = [p for p in kept if str(p.get("name", "")).lower() != n["name"].lower()
+                or p.get("properties", {}).get("roleName") == "Owner"]
+        kept.append(n)
+    perms[:] = kept
+    conn.setdefault("properties", {})["lastModifiedTime"] = _now()
+    request.state["write"] = True
+    return Response(200, b"", {"Content-Length": "0"})
+
+
+def _modify_body(request: Request) -> tuple[list[Any], list[Any]]:
+    """The ``put`` and ``delete`` lists of a modifyPermissions body (400 for any other shape)."""
     try:
         body = request.json() or {}
     except ValueError:
@@ -210,71 +229,63 @@ def _modify(
     puts, deletes = body.get("put") or [], body.get("delete") or []
     if not isinstance(puts, list) or not isinstance(deletes, list):
         raise HttpError(400, "InvalidRequestContent", "'put' and 'delete' must be arrays.")
-    perms = _permissions(conn)
-    base_id = str(conn.get("id") or f"{API_PREFIX}{_api_name(conn)}/connections/{conn.get('name')}")
+    return puts, deletes
 
-    # Validate everything first so a bad entry changes nothing.
-    new: list[dict[str, Any]] = []
-    for entry in puts:
-        props = (entry or {}).get("properties") if isinstance(entry, dict) else None
-        if not isinstance(props, dict):
-            raise HttpError(400, "InvalidRequestContent", "Each 'put' entry needs 'properties'.")
-        want = props.get("roleName")
-        principal = props.get("principal") or {}
-        pid = str(principal.get("id") or "") if isinstance(principal, dict) else ""
-        if want not in ROLES:
-            raise HttpError(400, "InvalidRoleName", f"The role name '{want}' is not valid; use one of "
-                            "CanView, CanViewWithShare, CanEdit.")
-        if not pid:
-            raise HttpError(400, "InvalidRequestContent", "Each 'put' entry needs properties.principal.id.")
-        if want == "Owner":
-            raise HttpError(400, "InvalidRoleName", "The Owner role cannot be granted; the owner of a "
-                            "connection is the account that created it.")
-        if _RANK[want] > _MAY_GRANT[role]:
-            raise HttpError(403, "Forbidden", f"The caller holds {role} on connection "
-                            f"'{conn.get('name')}' and may not grant {want}.")
-        if _role_of(conn, pid) == "Owner":
-            raise HttpError(400, "CannotModifyOwner", f"The principal '{pid}' owns connection "
-                            f"'{conn.get('name')}'; the Owner permission cannot be changed.")
-        new.append({
-            "name": pid,
-            "id": f"{base_id}/permissions/{pid}",
-            "type": "Microsoft.PowerApps/apis/connections/permissions",
-            "properties": {"roleName": want,
-                           "principal": {"id": pid, "type": principal.get("type") or "User",
-                                         "tenantId": principal.get("tenantId")},
-                           "notifyShareTargetOption": props.get("NotifyShareTargetOption")
-                           or props.get("notifyShareTargetOption") or "NotSpecified"},
-        })
-    drop: set[int] = set()
-    for entry in deletes:
-        pid_path = str((entry or {}).get("id") or "") if isinstance(entry, dict) else ""
-        tail = pid_path.rsplit("/", 1)[-1].lower()
-        idx = next((i for i, p in enumerate(perms)
-                    if pid_path and (str(p.get("id", "")).lower() == pid_path.lower()
-                                     or str(p.get("name", "")).lower() == tail)),
-                   None)
-        if idx is None:
-            raise HttpError(404, "PermissionNotFound", f"The permission '{pid_path}' was not found on "
-                            f"connection '{conn.get('name')}'.")
-        if perms[idx].get("properties", {}).get("roleName") == "Owner":
-            raise HttpError(400, "CannotRemoveOwner", "The Owner permission of connection "
-                            f"'{conn.get('name')}' cannot be removed; delete the connection instead.")
-        target_role = str(perms[idx].get("properties", {}).get("roleName", ""))
-        if _RANK.get(target_role, 0) > _MAY_GRANT[role]:
-            raise HttpError(403, "Forbidden", f"The caller holds {role} and may not remove a {target_role} "
-                            "permission.")
-        drop.add(idx)
 
-    kept = [p for i, p in enumerate(perms) if i not in drop]
-    for n in new:  # a put for a principal that already has a permission replaces it
-        kept = [p for p in kept if str(p.get("name", "")).lower() != n["name"].lower()
-                or p.get("properties", {}).get("roleName") == "Owner"]
-        kept.append(n)
-    perms[:] = kept
-    conn.setdefault("properties", {})["lastModifiedTime"] = _now()
-    request.state["write"] = True
-    return Response(200, b"", {"Content-Length": "0"})
+def _granted(entry: Any, conn: dict[str, Any], role: str, base_id: str) -> dict[str, Any]:
+    """The permission one ``put`` entry grants, checked against what a caller holding ``role`` may grant."""
+    props = (entry or {}).get("properties") if isinstance(entry, dict) else None
+    if not isinstance(props, dict):
+        raise HttpError(400, "InvalidRequestContent", "Each 'put' entry needs 'properties'.")
+    want = props.get("roleName")
+    principal = props.get("principal") or {}
+    pid = str(principal.get("id") or "") if isinstance(principal, dict) else ""
+    if want not in ROLES:
+        raise HttpError(400, "InvalidRoleName", f"The role name '{want}' is not valid; use one of "
+                        "CanView, CanViewWithShare, CanEdit.")
+    if not pid:
+        raise HttpError(400, "InvalidRequestContent", "Each 'put' entry needs properties.principal.id.")
+    if want == "Owner":
+        raise HttpError(400, "InvalidRoleName", "The Owner role cannot be granted; the owner of a "
+                        "connection is the account that created it.")
+    if _RANK[want] > _MAY_GRANT[role]:
+        raise HttpError(403, "Forbidden", f"The caller holds {role} on connection "
+                        f"'{conn.get('name')}' and may not grant {want}.")
+    if _role_of(conn, pid) == "Owner":
+        raise HttpError(400, "CannotModifyOwner", f"The principal '{pid}' owns connection "
+                        f"'{conn.get('name')}'; the Owner permission cannot be changed.")
+    return {
+        "name": pid,
+        "id": f"{base_id}/permissions/{pid}",
+        "type": "Microsoft.PowerApps/apis/connections/permissions",
+        "properties": {"roleName": want,
+                       "principal": {"id": pid, "type": principal.get("type") or "User",
+                                     "tenantId": principal.get("tenantId")},
+                       "notifyShareTargetOption": props.get("NotifyShareTargetOption")
+                       or props.get("notifyShareTargetOption") or "NotSpecified"},
+    }
+
+
+def _revoked(entry: Any, conn: dict[str, Any], perms: list[dict[str, Any]], role: str) -> int:
+    """The index in ``perms`` of the permission one ``delete`` entry removes, checked against what a
+    caller holding ``role`` may remove."""
+    pid_path = str((entry or {}).get("id") or "") if isinstance(entry, dict) else ""
+    tail = pid_path.rsplit("/", 1)[-1].lower()
+    idx = next((i for i, p in enumerate(perms)
+                if pid_path and (str(p.get("id", "")).lower() == pid_path.lower()
+                                 or str(p.get("name", "")).lower() == tail)),
+               None)
+    if idx is None:
+        raise HttpError(404, "PermissionNotFound", f"The permission '{pid_path}' was not found on "
+                        f"connection '{conn.get('name')}'.")
+    if perms[idx].get("properties", {}).get("roleName") == "Owner":
+        raise HttpError(400, "CannotRemoveOwner", "The Owner permission of connection "
+                        f"'{conn.get('name')}' cannot be removed; delete the connection instead.")
+    target_role = str(perms[idx].get("properties", {}).get("roleName", ""))
+    if _RANK.get(target_role, 0) > _MAY_GRANT[role]:
+        raise HttpError(403, "Forbidden", f"The caller holds {role} and may not remove a {target_role} "
+                        "permission.")
+    return idx
 
 
 def _now() -> str:
