@@ -284,49 +284,52 @@ def stale_reasons(
         reasons.append("the config file changed since the plan was made")
     for env in sorted(saved.environments):
         was = saved.environments[env]
-        now = current_state_by_env.get(env)
-        if was.state_serial is None and now is not None:
-            reasons.append(
-                f"{env}: a state was created since the plan (now serial {now.serial}): another run applied"
-            )
-        elif was.state_serial is not None and now is None:
-            reasons.append(f"{env}: the state (serial {was.state_serial}) is gone since the plan")
-        elif was.state_serial is not None and now is not None:
-            if was.state_lineage != now.lineage:
-                reasons.append(
-                    f"{env}: the state lineage changed ({was.state_lineage} -> {now.lineage}): the state was "
-                    "replaced since the plan"
-                )
-            elif was.state_serial != now.serial:
-                reasons.append(
-                    f"{env}: the state was written since the plan (serial {was.state_serial} -> {now.serial})"
-                )
-            elif was.state_digest and was.state_digest != now.digest:
-                reasons.append(f"{env}: the state changed since the plan (same serial, different content)")
-
-        etag_moved = False
-        if current_etags is not None and env in current_etags:
-            cur = {k.lower(): (k, v) for k, v in current_etags[env].items()}
-            old = {k.lower(): (k, v) for k, v in was.etags.items()}
-            for key in sorted(set(old) | set(cur)):
-                if key in old and key not in cur:
-                    reasons.append(f"{env}: reference {old[key][0]} was deleted since the plan")
-                elif key in cur and key not in old:
-                    reasons.append(f"{env}: reference {cur[key][0]} appeared since the plan")
-                elif old[key][1] != cur[key][1]:
-                    reasons.append(
-                        f"{env}: reference {old[key][0]} changed since the plan "
-                        f"(ETag {old[key][1]} -> {cur[key][1]})"
-                    )
-                else:
-                    continue
-                etag_moved = True
+        reasons += _state_reasons(env, was, current_state_by_env.get(env))
+        etag_reasons = (_etag_reasons(env, was.etags, current_etags[env])
+                        if current_etags is not None and env in current_etags else [])
+        reasons += etag_reasons
         if current_live_fingerprint_by_env is not None and env in current_live_fingerprint_by_env:
             fp = current_live_fingerprint_by_env[env]
-            if fp != was.live_fingerprint and not etag_moved:
+            if fp != was.live_fingerprint and not etag_reasons:
                 reasons.append(
                     f"{env}: the live environment changed since the plan (connections, owners or rows)"
                 )
+    return reasons
+
+
+def _state_reasons(env: str, was: SavedEnvironment, now: EnvState | None) -> list[str]:
+    """Why the state of ``env`` is not the one the plan was made against (empty: it is)."""
+    if was.state_serial is None:
+        if now is None:
+            return []
+        return [f"{env}: a state was created since the plan (now serial {now.serial}): another run applied"]
+    if now is None:
+        return [f"{env}: the state (serial {was.state_serial}) is gone since the plan"]
+    if was.state_lineage != now.lineage:
+        return [f"{env}: the state lineage changed ({was.state_lineage} -> {now.lineage}): the state was "
+                "replaced since the plan"]
+    if was.state_serial != now.serial:
+        return [f"{env}: the state was written since the plan (serial {was.state_serial} -> {now.serial})"]
+    if was.state_digest and was.state_digest != now.digest:
+        return [f"{env}: the state changed since the plan (same serial, different content)"]
+    return []
+
+
+def _etag_reasons(env: str, saved: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """One sentence per reference (logical name -> ETag) deleted, added or changed since the plan."""
+    cur = {k.lower(): (k, v) for k, v in current.items()}
+    old = {k.lower(): (k, v) for k, v in saved.items()}
+    reasons: list[str] = []
+    for key in sorted(set(old) | set(cur)):
+        if key not in cur:
+            reasons.append(f"{env}: reference {old[key][0]} was deleted since the plan")
+        elif key not in old:
+            reasons.append(f"{env}: reference {cur[key][0]} appeared since the plan")
+        elif old[key][1] != cur[key][1]:
+            reasons.append(
+                f"{env}: reference {old[key][0]} changed since the plan "
+                f"(ETag {old[key][1]} -> {cur[key][1]})"
+            )
     return reasons
 
 
