@@ -53,6 +53,21 @@ def merge_bindings(
     data (comments lost) and ``rewritten`` says so. ``ConfigError`` when the environment is not in
     the config or the text is not a config.
     """
+    node, data = _parse_config(config_text, env_name, path)
+    wanted, notes = _changed_bindings(data, env_name, bindings, path)
+    if not wanted:
+        return MergeResult(config_text, notes or [f"bindings of {env_name} already match"])
+    lines = config_text.splitlines()
+    edits = _binding_edits(lines, node, env_name, wanted)
+    if edits is None:
+        return _rewrite(data, env_name, wanted, notes, path)
+    text = "\n".join(splice_lines(lines, edits)).rstrip("\n") + "\n"
+    return MergeResult(text, notes)
+
+
+def _parse_config(config_text: str, env_name: str, path: str) -> tuple[yaml.Node | None, Mapping[str, Any]]:
+    """The node tree and the data of the config text; ``ConfigError`` when it is not a config with
+    ``env_name`` under ``environments``."""
     try:
         node = yaml.compose(config_text)
         data = yaml.safe_load(config_text)
@@ -63,14 +78,21 @@ def merge_bindings(
     envs_data = data.get("environments")
     if not isinstance(envs_data, Mapping) or not isinstance(envs_data.get(env_name), Mapping):
         raise ConfigError(f"{path}: environment {env_name!r} is not in the config; add it (url, auth) first")
+    return node, data
+
+
+def _changed_bindings(data: Mapping[str, Any], env_name: str, bindings: Mapping[str, str],
+                      path: str) -> tuple[dict[str, str], list[str]]:
+    """The bindings to write (declared spelling -> connection: those that differ from the config's),
+    and one note per change or skipped name."""
     declared_data = data.get("references")
     declared = {str(k).lower(): str(k) for k in (declared_data if isinstance(declared_data, Mapping) else {})}
-    current = envs_data[env_name].get("bindings")
+    current = data["environments"][env_name].get("bindings")
     current = current if isinstance(current, Mapping) else {}
     current_keys = {str(k).lower(): str(k) for k in current}
 
     notes: list[str] = []
-    wanted: dict[str, str] = {}  # declared spelling -> connection
+    wanted: dict[str, str] = {}
     for name in sorted(bindings, key=str.lower):
         conn = bindings[name]
         spelled = declared.get(name.lower())
@@ -86,47 +108,48 @@ def merge_bindings(
             f"{spelled}: {old_text} -> {conn}" if old_text is not None else f"{spelled}: bound to {conn}"
         )
         wanted[spelled] = conn
-    if not wanted:
-        return MergeResult(config_text, notes or [f"bindings of {env_name} already match"])
+    return wanted, notes
 
-    lines = config_text.splitlines()
+
+def _binding_edits(lines: list[str], node: yaml.Node | None, env_name: str,
+                   wanted: Mapping[str, str]) -> list[tuple[int, int, list[str]]] | None:
+    """Text edits that set ``wanted`` in the environment's block-style ``bindings`` (replacing the
+    entries of the same names, appending the others); None when that part of the file is not in
+    block style and must be written fresh."""
     root = mapping_entries(lines, node, 0, len(lines)) if node is not None else None
     envs = find_entry(root or [], "environments")
     env_entries = mapping_entries(lines, envs.value, envs.key_line + 1, envs.end) if envs else None
     env = find_entry(env_entries or [], env_name)
     children = mapping_entries(lines, env.value, env.key_line + 1, env.end) if env else None
     if root is None or env is None or not children:
-        return _rewrite(data, env_name, wanted, notes, path)
+        return None
     b = find_entry(children, "bindings")
     ind = " " * children[0].column
     unit = " " * max(children[0].column - env.column, 1)
-    edits: list[tuple[int, int, list[str]]] = []
     if b is None:
         new = [f"{ind}bindings:", *(f"{ind}{unit}{yaml_key(k)}: {yaml_scalar(v)}" for k, v in wanted.items())]
-        edits.append((children[-1].end, children[-1].end, new))
-    else:
-        entries = mapping_entries(lines, b.value, b.key_line + 1, b.end)
-        if entries is None:
-            if isinstance(b.value, yaml.MappingNode) and not b.value.value:
-                entries = []  # "bindings: {}": write a block mapping instead
-            else:
-                return _rewrite(data, env_name, wanted, notes, path)
-        bind = " " * entries[0].column if entries else ind + unit
-        appended: list[str] = []
-        for k, v in wanted.items():
-            hit = find_entry(entries, k, fold=True)
-            line = f"{bind}{yaml_key(k)}: {yaml_scalar(v)}"
-            if hit is not None:
-                edits.append((hit.key_line, hit.end, [line]))
-            else:
-                appended.append(line)
-        if not entries:
-            edits.append((b.key_line, b.end, [f"{ind}bindings:", *appended]))
-        elif appended:
-            end = entries[-1].end
-            edits.append((end, end, appended))
-    text = "\n".join(splice_lines(lines, edits)).rstrip("\n") + "\n"
-    return MergeResult(text, notes)
+        return [(children[-1].end, children[-1].end, new)]
+    entries = mapping_entries(lines, b.value, b.key_line + 1, b.end)
+    if entries is None:
+        if not (isinstance(b.value, yaml.MappingNode) and not b.value.value):
+            return None
+        entries = []  # "bindings: {}": write a block mapping instead
+    bind = " " * entries[0].column if entries else ind + unit
+    edits: list[tuple[int, int, list[str]]] = []
+    appended: list[str] = []
+    for k, v in wanted.items():
+        hit = find_entry(entries, k, fold=True)
+        line = f"{bind}{yaml_key(k)}: {yaml_scalar(v)}"
+        if hit is not None:
+            edits.append((hit.key_line, hit.end, [line]))
+        else:
+            appended.append(line)
+    if not entries:
+        edits.append((b.key_line, b.end, [f"{ind}bindings:", *appended]))
+    elif appended:
+        end = entries[-1].end
+        edits.append((end, end, appended))
+    return edits
 
 
 def _describe_binding(value: Any) -> str:
