@@ -9,6 +9,7 @@ citation cannot slip past in another form.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,35 +59,72 @@ def heading_anchors(text: str) -> set[str]:
     return {slug(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
 
 
+@dataclass(frozen=True)
+class Scan:
+    """One file being checked: says where a problem is."""
+
+    name: str
+    text: str
+
+    def at(self, pos: int, problem: str) -> str:
+        line = self.text.count("\n", 0, pos) + 1
+        return f"{self.name}:{line}: {problem}"
+
+
 def problems_in(name: str, text: str, known: dict[str, str], *, own: bool = False,
                 other_anchors: frozenset[str] = frozenset()) -> list[str]:
     """What is wrong with the citations of one file. ``own``: the text is docs/dataverse.md itself, where
     a bare ``§N.M`` refers to its own sections and ``(#anchor)`` links to its own headings.
     ``other_anchors``: anchors of the page's headings that are not numbered sections."""
-    found: list[str] = []
+    scan = Scan(name, text)
     anchors = {a: n for n, a in known.items()}
+    covered: list[tuple[int, int]] = []  # spans read as citations: their '§' are accounted for
+    found = text_citation_problems(scan, known, covered)
+    found += link_problems(scan, anchors, other_anchors, covered)
+    found += stray_section_signs(scan, known, own, covered)
+    if own:
+        found += [scan.at(m.start(), f"links #{m.group(1)}, which is no heading")
+                  for m in re.finditer(r"\]\(#([^)\s]+)\)", text)
+                  if m.group(1) not in anchors and m.group(1) not in other_anchors]
+    found += [scan.at(m.start(), f"cites notes outside the repository: {m.group(0)!r}")
+              for pattern in OUTSIDE for m in pattern.finditer(text)]
+    return found
 
-    def line_of(pos: int) -> int:
-        return text.count("\n", 0, pos) + 1
 
-    covered: list[tuple[int, int]] = []
-    for m in TEXT_CITATION.finditer(text):
+def text_citation_problems(scan: Scan, known: dict[str, str], covered: list[tuple[int, int]]) -> list[str]:
+    """``dataverse.md §N.M`` citations of sections that do not exist (their spans added to ``covered``)."""
+    found: list[str] = []
+    for m in TEXT_CITATION.finditer(scan.text):
         covered.append(m.span())
         for number in [m.group(1), *re.findall(SEC, m.group(2) or "")]:
             if number not in known:
-                found.append(f"{name}:{line_of(m.start())}: cites docs/dataverse.md §{number}, which does not exist")
-    for m in LINK.finditer(text):
+                found.append(scan.at(m.start(), f"cites docs/dataverse.md §{number}, which does not exist"))
+    return found
+
+
+def link_problems(scan: Scan, anchors: dict[str, str], other_anchors: frozenset[str],
+                  covered: list[tuple[int, int]]) -> list[str]:
+    """Links to dataverse.md anchors that are no section, or whose text names another section (their
+    spans added to ``covered``)."""
+    found: list[str] = []
+    for m in LINK.finditer(scan.text):
         covered.append(m.span())
         label, anchor = m.group(1), m.group(3)
         if anchor is None:
             continue
         if anchor not in anchors:
             if anchor not in other_anchors or re.search(SEC, label):
-                found.append(f"{name}:{line_of(m.start())}: links dataverse.md#{anchor}, which is no section")
+                found.append(scan.at(m.start(), f"links dataverse.md#{anchor}, which is no section"))
             continue
-        for number in re.findall(SEC, label):
-            if number != anchors[anchor]:
-                found.append(f"{name}:{line_of(m.start())}: link text §{number} points at §{anchors[anchor]}")
+        found += [scan.at(m.start(), f"link text §{number} points at §{anchors[anchor]}")
+                  for number in re.findall(SEC, label) if number != anchors[anchor]]
+    return found
+
+
+def stray_section_signs(scan: Scan, known: dict[str, str], own: bool, covered: list[tuple[int, int]]) -> list[str]:
+    """Every '§' outside a citation (but an RFC's), or, in docs/dataverse.md itself, naming no section."""
+    found: list[str] = []
+    text = scan.text
     for m in re.finditer("§", text):
         if any(start <= m.start() < end for start, end in covered):
             continue
@@ -95,17 +133,10 @@ def problems_in(name: str, text: str, known: dict[str, str], *, own: bool = Fals
         own_ref = re.match(SEC, text[m.start():])
         if own and own_ref:
             if own_ref.group(1) not in known:
-                found.append(f"{name}:{line_of(m.start())}: refers to §{own_ref.group(1)}, which does not exist")
+                found.append(scan.at(m.start(), f"refers to §{own_ref.group(1)}, which does not exist"))
             continue
-        found.append(f"{name}:{line_of(m.start())}: '§' outside a docs/dataverse.md citation: "
-                     f"{text[max(0, m.start() - 30):m.end() + 10]!r}")
-    if own:
-        for m in re.finditer(r"\]\(#([^)\s]+)\)", text):
-            if m.group(1) not in anchors and m.group(1) not in other_anchors:
-                found.append(f"{name}:{line_of(m.start())}: links #{m.group(1)}, which is no heading")
-    for pattern in OUTSIDE:
-        for m in pattern.finditer(text):
-            found.append(f"{name}:{line_of(m.start())}: cites notes outside the repository: {m.group(0)!r}")
+        found.append(scan.at(m.start(), "'§' outside a docs/dataverse.md citation: "
+                             f"{text[max(0, m.start() - 30):m.end() + 10]!r}"))
     return found
 
 
