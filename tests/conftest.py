@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings
 
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
@@ -53,6 +54,14 @@ _EMULATOR_FIXTURES = frozenset({"emulator", "dv", "emulator_data", "target"})
 # cleaned up, emulator-only controls marked): remote mode runs them instead of skipping them wholesale.
 # tests/emulator/test_remote_mode.py runs them in its self-check.
 PORTED_FILES = frozenset({"test_client_emulator.py", "test_live.py", "test_live_flow_solutions.py"})
+
+
+# Hypothesis profiles. "ci" (the default, what `make test` runs): the same examples on every run
+# (derandomized, no example database), no per-example deadline on a shared machine. "long"
+# (HYPOTHESIS_PROFILE=long): twenty times the examples, random, failures replayed from .hypothesis/.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def remote_mode() -> bool:

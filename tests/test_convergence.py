@@ -1,0 +1,348 @@
+"""Convergence, proved by property tests: random configs against random emulator data (tests/convergence_world.py).
+
+For every world the planner accepts: plan -> apply (the real applier over httpx, the emulator in-process)
+-> the next plan is "No changes.", drift reports nothing but what the world really holds (undeclared
+references in the solution, and declared ones left unbound on a broken connection), a second apply sends
+no write, and every reference row is what the config says (declared) or what it was (the rest).
+For every world the planner refuses: it is refused for exactly the reasons the world holds.
+
+Examples Hypothesis shrank from a failure stay below as ``@example``s, each with what it caught.
+Budget: the "ci" Hypothesis profile (tests/conftest.py) runs a fixed, derandomized set of examples;
+``HYPOTHESIS_PROFILE=long`` runs many more (README, Development).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from convergence_world import (
+    REFUSAL_PATTERNS,
+    SOLUTION,
+    SVC,
+    Conn,
+    Declared,
+    Running,
+    Sel,
+    Tokens,
+    World,
+    config_text,
+    declarations,
+    expected_drift,
+    expected_rows,
+    refusals,
+    rows_from_data,
+    running,
+    solution_members,
+    tail,
+    worlds,
+    write_local,
+)
+from hypothesis import event, given, note, settings
+from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
+
+from reconciler.api.live import read_environment
+from reconciler.apply.applier import apply_environment
+from reconciler.cli import run
+from reconciler.drift.detect import detect_drift
+from reconciler.emulator import jwt
+from reconciler.plan import planner
+from reconciler.plan.ops import Plan
+from reconciler.plan.render import NO_CHANGES, render_text
+from reconciler.state.model import EnvState
+from reconciler.state.record import record_apply
+
+# Emulator-only: worlds are emulator data files, and "no write" is read from the emulator's request log.
+pytestmark = pytest.mark.emulator_only
+
+KEY = jwt.new_signing_key_pem()
+TOKENS = Tokens(KEY)
+# Examples per property, as a share of the Hypothesis profile's budget (tests/conftest.py; ci: 100,
+# long: 2000). In-process, a world is read four times, planned three times and applied twice (about
+# 0.1 s); through the CLI every command also parses the config and the data file (about 0.5 s a world).
+BUDGET = (settings.default or settings()).max_examples
+EXAMPLES = max(1, BUDGET // 4)  # ci: 25
+CLI_EXAMPLES = max(1, BUDGET // 8)  # ci: 12
+TWO_STEP_EXAMPLES = max(1, BUDGET // 16)  # ci: 6
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def say(text: str) -> None:
+    """Shown with a failing example (Hypothesis' note); outside Hypothesis, with the test's output."""
+    if currently_in_test_context():
+        note(text)
+    else:
+        print(text)
+
+
+def count(what: str) -> None:
+    """A statistic of the run (--hypothesis-show-statistics)."""
+    if currently_in_test_context():
+        event(what)
+
+
+def classify(problems: list[str]) -> set[tuple[str | None, str]]:
+    """(reference in lower case or None, rule) of each problem line ``dev: [ref: ]message``; a line no
+    rule explains fails the test."""
+    out: set[tuple[str | None, str]] = set()
+    for line in problems:
+        m = re.fullmatch(r"dev: (?:(?P<ref>[A-Za-z0-9_.\-]+): )?(?P<msg>.*)", line, re.S)
+        assert m is not None, f"unexpected problem line: {line}"
+        ref, msg = m.group("ref"), m.group("msg")
+        rules = [rule for rule, pattern in REFUSAL_PATTERNS.items() if re.search(pattern, msg)]
+        assert len(rules) == 1, f"no single rule explains: {line} (matched {rules})"
+        out.add((ref.lower() if ref else None, rules[0]))
+    return out
+
+
+def plan_env(rt: Running, state: EnvState | None) -> Plan:
+    """Read the environment and plan it, as ``connref plan`` does (the state says what connref manages)."""
+    live = read_environment(rt.session, rt.config, "dev")
+    return planner.plan(rt.config, {"dev": live}, managed={"dev": sorted(state.references) if state else []})
+
+
+def check_rows(world: World, data: dict[str, Any]) -> None:
+    """Each row of the emulator's ``data`` is what the config declares (declared) or what it was (the rest)."""
+    by_name = {str(r["connectionreferencelogicalname"]).lower(): r for r in data["connectionreferences"]}
+    members = solution_members(data)
+    expected = expected_rows(world)
+    assert sorted(by_name) == sorted(e.logical_name.lower() for e in expected)
+    for e in expected:
+        row = by_name[e.logical_name.lower()]
+        got = {
+            "logical_name": row["connectionreferencelogicalname"],
+            "connector": tail(str(row["connectorid"])),
+            "display_name": row["connectionreferencedisplayname"],
+            "description": row["description"] or None,
+            "connection": row["connectionid"],
+            "owner": row["_ownerid_value"],
+            "in_solution": str(row["connectionreferenceid"]).lower() in members,
+        }
+        want = {
+            "logical_name": e.logical_name,
+            "connector": e.connector,
+            "display_name": e.display_name,
+            "description": e.description or None,
+            "connection": e.connection,
+            "owner": e.owner,
+            "in_solution": e.in_solution,
+        }
+        assert got == want, e.logical_name
+        if e.id is not None:
+            assert str(row["connectionreferenceid"]).lower() == e.id
+
+
+def converges(world: World) -> None:
+    """The whole property for one world (see the module docstring)."""
+    expected_refusals = refusals(world)
+    say(f"expected refusals: {sorted(expected_refusals, key=str)}")
+    with running(world, TOKENS, KEY) as rt:
+        untouched = {r["connectionreferenceid"]: r for r in rt.ref_rows()
+                     if rt.config.reference(str(r["connectionreferencelogicalname"])) is None}
+        members_before = rt.members()
+        try:
+            first = plan_env(rt, None)
+        except planner.PlanProblems as e:
+            say("\n".join(e.problems))
+            count("refused")
+            for _, rule in expected_refusals:
+                count(f"refused: {rule}")
+            assert expected_refusals, f"refused a plan the world allows:\n{e}"
+            assert classify(e.problems) == expected_refusals
+            return
+        assert not expected_refusals, f"planned a world that must be refused: {sorted(expected_refusals, key=str)}"
+        say(render_text(first, color=False))
+        env_plan = first.environments[0]
+
+        count(f"applied {min(len(env_plan.ops), 3)}{'+' if len(env_plan.ops) >= 3 else ''} operations")
+        for op in env_plan.ops:
+            count(f"op: {op.kind}")
+        result = apply_environment(rt.session, env_plan)  # raises ApplyError on any refused write
+        assert len(result.written) == len(env_plan.ops)
+        live_after = read_environment(rt.session, rt.config, "dev")
+        state = record_apply(None, "dev", live_after, declared=list(rt.config.references),
+                             ops=[r.op for r in result.written], solution=SOLUTION, user="ci",
+                             at="2026-03-02T09:00:00Z")
+
+        # The next plan has nothing to do.
+        again = plan_env(rt, state)
+        text = render_text(again, color=False)
+        assert again.environments[0].ops == (), text
+        assert text.rstrip().endswith(NO_CHANGES) and "  No changes." in text
+
+        # Drift finds only what the world really holds, against the state and against the config.
+        live_all = read_environment(rt.session, rt.config, "dev", all_references=True)
+        for baseline in (state, None):
+            report = detect_drift(rt.config, "dev", live_all, baseline)
+            found = {(r.logical_name.lower(), i.kind) for r in report.references for i in r.items}
+            assert found == expected_drift(world), f"baseline {'state' if baseline else 'config'}"
+
+        # Every row as declared, the others untouched (not even their version), membership likewise.
+        check_rows(world, rt.store.data)
+        after = {r["connectionreferenceid"]: r for r in rt.ref_rows()}
+        for rid, row in untouched.items():
+            assert after[rid] == row
+        undeclared_ids = {str(i).lower() for i in untouched}
+        assert rt.members() & undeclared_ids == members_before & undeclared_ids
+
+        # Applying again sends no write at all.
+        rt.app.log.clear()
+        apply_environment(rt.session, plan_env(rt, state).environments[0])
+        writes = [f"{e.method} {e.path}" for e in rt.app.log if e.is_write]
+        assert writes == []
+
+
+# --------------------------------------------------------------------------- the properties
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(worlds(accepted=True))
+def test_accepted_worlds_converge(world: World) -> None:
+    converges(world)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(worlds())
+def test_any_world_converges_or_is_refused_for_its_reasons(world: World) -> None:
+    converges(world)
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    """A directory for one example's config, data file and state: in memory where the system has one
+    (every apply fsyncs the data file and the state, which a disk makes slow and tmpfs makes free)."""
+    shm = Path("/dev/shm")
+    return tempfile.TemporaryDirectory(prefix="connref-convergence-", dir=shm if shm.is_dir() else None)
+
+
+def cli(config: Path, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(["-c", str(config), "--no-color", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def plan_counts(text: str) -> tuple[int, int, int]:
+    if text.rstrip().endswith(NO_CHANGES):
+        return 0, 0, 0
+    m = re.search(r"^Plan: (\d+) to add, (\d+) to change, (\d+) to destroy\.$", text, re.M)
+    assert m is not None, text
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def apply_counts(text: str) -> tuple[int, int, int]:
+    if "No changes. Nothing was written." in text:
+        return 0, 0, 0
+    m = re.search(r"^Apply complete! Changes: (\d+) added, (\d+) changed, (\d+) destroyed\.$", text, re.M)
+    assert m is not None, text
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def converges_through_the_cli(world: World) -> None:
+    """plan, apply, plan, drift, apply again: the commands a pipeline runs, on a ``local:`` data file."""
+    with scratch() as tmp:
+        cli_converges(world, write_local(world, Path(tmp), KEY))
+
+
+def cli_converges(world: World, config: Path) -> None:
+    """The property through the CLI, for the config and ``local:`` data at ``config`` that ``world`` describes."""
+    data_file = config.parent / "dev.json"
+    state_dir = config.parent / "state"
+    code, planned, err = cli(config, "plan")
+    assert code == 0, err
+    for r in world.rows:
+        if world.kept_for_flows(r.logical_name):
+            count("kept for flows")
+            assert f"{r.logical_name} is no longer declared but is not deleted: flows still use it" in planned
+        elif world.pruned(r.logical_name):
+            count("pruned")
+    code, applied, err = cli(config, "apply", "--auto-approve")
+    assert code == 0, err
+    say(applied)
+
+    code, replanned, err = cli(config, "plan", "--detailed-exitcode")
+    assert (code, replanned.rstrip().endswith(NO_CHANGES)) == (0, True), replanned + err
+    code, drift, err = cli(config, "drift", "--json")
+    found = {(r["logical_name"].lower(), i["kind"]) for env in json.loads(drift)["environments"]
+             for r in env["references"] for i in r["items"]}
+    assert found == expected_drift(world)
+    assert code == (2 if found else 0), err
+    data = json.loads(data_file.read_text(encoding="utf-8"))
+    check_rows(world, data)
+    # The state manages what is declared, and what is no longer declared but was kept.
+    names = [r.logical_name for r in rows_from_data(data)]
+    assert {n.lower() for n in managed_names(config)} == {
+        n.lower() for n in names if world.declares(n) or world.manages(n)
+    }
+
+    # The second apply writes nothing: the emulator saves its file after every write it accepts.
+    before = data_file.read_bytes(), sorted(p.read_bytes() for p in state_dir.iterdir())
+    code, again, err = cli(config, "apply", "--auto-approve")
+    assert code == 0, err
+    assert apply_counts(again) == (0, 0, 0)
+    assert (data_file.read_bytes(), sorted(p.read_bytes() for p in state_dir.iterdir())) == before
+
+
+def managed_names(config: Path) -> tuple[str, ...]:
+    code, shown, err = cli(config, "state", "show", "dev", "--json")
+    assert code == 0, err
+    return tuple(json.loads(shown)["references"])
+
+
+SP = "shared_sharepointonline"
+
+
+@settings(max_examples=CLI_EXAMPLES, deadline=None)
+@given(worlds(accepted=True))
+def test_accepted_worlds_converge_through_the_cli(world: World) -> None:
+    converges_through_the_cli(world)
+
+
+
+def as_left(world: World, config: Path) -> World:
+    """``world`` as the environment and the state at ``config`` are now, for a next config, pruning."""
+    data = json.loads((config.parent / "dev.json").read_text(encoding="utf-8"))
+    return dataclasses.replace(world, rows=rows_from_data(data), managed=managed_names(config), prune=True)
+
+
+@settings(max_examples=TWO_STEP_EXAMPLES, deadline=None)
+@given(worlds(accepted=True), st.data())
+def test_a_next_config_with_prune_converges_through_the_cli(world: World, draws: st.DataObject) -> None:
+    """Apply one config, then another over what it left (references dropped, added, rebound), pruning:
+    what connref manages and no longer declares is deleted unless flows use it."""
+    with scratch() as tmp:
+        config = write_local(world, Path(tmp), KEY)
+        cli_converges(world, config)
+        nxt = draws.draw(declarations(as_left(world, config), accepted=True), label="next config")
+        config.write_text(config_text(nxt, local="dev.json"), encoding="utf-8")
+        cli_converges(nxt, config)
+
+
+# --------------------------------------------------------------------------- known failures
+
+SA_BY_OBJECT_ID = World(
+    conns=(Conn("0f3a9e0c6d2b4e1f9a8b7c6d5e4f3a2b", SP, "svc", "Connected", "Main"),),
+    declared=(Declared("contoso_SharePoint", SP, "SharePoint ContosoConnections"),),
+    bindings=(("contoso_SharePoint", Sel("svc-flows@contoso.com")),),
+    service_account=SVC.object_id,
+)
+
+
+@pytest.mark.xfail(strict=True, reason="a service_account given as an Entra object id passes validate (docs/config.md "
+                   "allows it) but the live reader looks the account up by UPN only, so plan refuses with 'service "
+                   "account ... not found'. When this passes, drop the mark and let worlds() draw object ids too")
+def test_service_account_given_as_object_id_converges() -> None:
+    converges(SA_BY_OBJECT_ID)
+    converges_through_the_cli(SA_BY_OBJECT_ID)
