@@ -350,7 +350,9 @@ def _report_applied(name: str, result: ApplyResult | None) -> None:
 def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out, *, failed: bool) -> None:
     """What was written, per environment, then one closing line: "Apply complete!" only when every
     change was written (Terraform's wording); otherwise what was and was not, before the error."""
-    added = changed = destroyed = unwritten = 0
+    from reconciler.plan.ops import Counts
+
+    unwritten = 0
     for env, result in results.items():
         print(f"\n{env}:", file=out)
         for r in result.results:
@@ -358,17 +360,11 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
             reason = f": {r.reason}" if r.reason else ""
             outcome = r.outcome.replace("_", " ")
             print(f"  {mark} {r.op.kind} {r.op.logical_name} ({outcome}){reason}", file=out)
-            if r.outcome == "written":
-                acts = r.op.actions
-                if "create" in acts:
-                    added += 1
-                elif "delete" in acts:
-                    destroyed += 1
-                else:
-                    changed += 1
-            else:
+            if r.outcome != "written":
                 unwritten += 1
-    counts = f"{added} added, {changed} changed, {destroyed} destroyed"
+    # Per reference, as the plan's summary counts (ops.Counts.of).
+    done = Counts.of(r.op for result in results.values() for r in result.written)
+    counts = f"{done.add} added, {done.change} changed, {done.destroy} destroyed"
     if failed:
         print(f"\nApply failed: {counts}; {unwritten} change(s) not written. "
               "The error follows; run plan to see what is left.", file=out)

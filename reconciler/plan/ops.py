@@ -15,7 +15,7 @@ Each operation names one connection reference in one environment and carries:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -336,6 +336,19 @@ class Counts:
     def to_dict(self) -> dict[str, int]:
         return {"add": self.add, "change": self.change, "destroy": self.destroy}
 
+    @classmethod
+    def of(cls, ops: Iterable[Op]) -> Counts:
+        """Counted per reference, as Terraform counts per resource: adding a reference to the solution and
+        renaming it is one change. The plan's summary and the apply's (over the operations written) both
+        count this way, so an apply reports what its plan announced."""
+        ops = list(ops)
+        changed = {(op.environment, op.logical_name.lower()) for op in ops if op.actions == ("update",)}
+        return cls(
+            add=sum(1 for op in ops if "create" in op.actions),
+            change=len(changed),
+            destroy=sum(1 for op in ops if "delete" in op.actions),
+        )
+
 
 @dataclass(frozen=True)
 class EnvironmentPlan:
@@ -349,14 +362,7 @@ class EnvironmentPlan:
 
     @property
     def counts(self) -> Counts:
-        # Counted per reference, as Terraform counts per resource: adding a reference to the solution and
-        # renaming it is one change.
-        changed = {op.logical_name.lower() for op in self.ops if op.actions == ("update",)}
-        return Counts(
-            add=sum(1 for op in self.ops if "create" in op.actions),
-            change=len(changed),
-            destroy=sum(1 for op in self.ops if "delete" in op.actions),
-        )
+        return Counts.of(self.ops)
 
     @property
     def has_changes(self) -> bool:
