@@ -19,9 +19,9 @@ from reconciler.config.yamlsource import Map, Scalar, Seq, YNode
 from reconciler.domain.model import CONNECTOR_PREFIX, connector_id
 
 MAX_CONNECTION_NAME = 1000
-_ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SOLUTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,64}")
-_CONNECTOR_NAME_RE = re.compile(r"shared_[A-Za-z0-9][A-Za-z0-9_.\-]*")
+ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SOLUTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,64}")
+CONNECTOR_NAME_RE = re.compile(r"shared_[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def absent_if_null(node: YNode | None) -> YNode | None:
@@ -42,7 +42,7 @@ def is_empty_node(node: YNode) -> bool:
 
 
 def solution_problem(value: str) -> str | None:
-    if _SOLUTION_RE.fullmatch(value):
+    if SOLUTION_RE.fullmatch(value):
         return None
     return "expected the solution's unique name (letters, digits and '_', starting with a letter or '_', at most 65)"
 
@@ -55,7 +55,7 @@ def connector_problem(value: str) -> str | None:
         tail = value[len(CONNECTOR_PREFIX) :]
     if len(connector_id(value)) > MAX_CONNECTION_NAME:
         return f"a connector id may be at most {MAX_CONNECTION_NAME} characters"
-    if _CONNECTOR_NAME_RE.fullmatch(tail):
+    if CONNECTOR_NAME_RE.fullmatch(tail):
         return None
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", tail) and "/" not in value:
         return f"expected shared_<name> or {CONNECTOR_PREFIX}shared_<name>; did you mean 'shared_{tail}'?"
@@ -83,7 +83,7 @@ def connection_name_problem(name: str) -> str | None:
 
 
 def env_var_problem(value: str) -> str | None:
-    if _ENV_VAR_RE.fullmatch(value):
+    if ENV_VAR_RE.fullmatch(value):
         return None
     return "expected the name of an environment variable (letters, digits and '_'), not its value"
 

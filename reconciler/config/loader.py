@@ -66,7 +66,7 @@ ENVIRONMENT_KEYS = (
 )
 SELECTOR_KEYS = ("owner", "display_name")
 
-# Keys each auth method accepts (besides ``method``); required ones are in ``_AUTH_NEEDS``.
+# Keys each auth method accepts (besides ``method``); required ones are in ``AUTH_NEEDS``.
 COMMON_AUTH_KEYS = ("authority_host", "cloud")
 AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "client_secret": ("tenant_id", "client_id", "client_secret_env", "client_secret_file"),
@@ -88,23 +88,23 @@ ALL_AUTH_KEYS = tuple(sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_
 # Option keys that name files: stored as absolute paths, resolved relative to the config file.
 FILE_KEYS = ("client_secret_file", "certificate_path", "federated_token_file")
 # Option keys that name environment variables, and those that hold GUIDs (with what they are).
-_AUTH_ENV_KEYS = ("client_secret_env", "certificate_password_env", "federated_token_env", "access_token_env",
+AUTH_ENV_KEYS = ("client_secret_env", "certificate_password_env", "federated_token_env", "access_token_env",
                   "connections_access_token_env")
-_AUTH_GUID_KEYS = (("azure_devops_service_connection_id", "service connection id"),
+AUTH_GUID_KEYS = (("azure_devops_service_connection_id", "service connection id"),
                    ("managed_identity_client_id", "client id of the user-assigned identity"))
 # What each method needs: keys it must have, and groups of keys of which it takes exactly one.
-_AUTH_NEEDS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
+AUTH_NEEDS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
     "client_secret": (("tenant_id", "client_id"), (("client_secret_env", "client_secret_file"),)),
     "certificate": (("tenant_id", "client_id", "certificate_path"), ()),
     "federated": (("tenant_id", "client_id"), (("federated_provider", "federated_token_env", "federated_token_file"),)),
     "access_token": (("access_token_env",), ()),
 }
 
-_ENV_ID_RE = re.compile(r"(?:Default-)?" + GUID.pattern)
-_UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
-_DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
-_ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
+ENV_ID_RE = re.compile(r"(?:Default-)?" + GUID.pattern)
+UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
+ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+LINT_CODE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
 
 def _guid_check(what: str) -> Callable[[str], str | None]:
@@ -113,7 +113,7 @@ def _guid_check(what: str) -> Callable[[str], str | None]:
 
 
 def _tenant_problem(value: str) -> str | None:
-    if is_guid(value) or _DOMAIN_RE.fullmatch(value):
+    if is_guid(value) or DOMAIN_RE.fullmatch(value):
         return None
     return "expected a GUID or a domain such as contoso.onmicrosoft.com (the tenant)"
 
@@ -464,7 +464,7 @@ class _Validator:
         out: dict[str, EnvironmentConfig] = {}
         for key, value in m.pairs:
             field = join_path("environments", key.text)
-            if not _ENV_NAME_RE.fullmatch(key.text):
+            if not ENV_NAME_RE.fullmatch(key.text):
                 self.error(
                     key,
                     field,
@@ -494,7 +494,7 @@ class _Validator:
             m,
             "environment_id",
             field,
-            lambda v: None if _ENV_ID_RE.fullmatch(v) else "expected a GUID (the environment id)",
+            lambda v: None if ENV_ID_RE.fullmatch(v) else "expected a GUID (the environment id)",
         )
         auth_name = self.string(m, "auth", field)
         if auth_name is not None and auth is not None and auth_name not in auth:
@@ -516,7 +516,7 @@ class _Validator:
             field,
             lambda v: (
                 None
-                if _UPN_RE.fullmatch(v) or is_guid(v)
+                if UPN_RE.fullmatch(v) or is_guid(v)
                 else "expected a user principal name (name@domain) or an Entra object id (GUID)"
             ),
         )
@@ -627,7 +627,7 @@ class _Validator:
                 field,
                 lambda v: (
                     None
-                    if _UPN_RE.fullmatch(v)
+                    if UPN_RE.fullmatch(v)
                     else "expected the user principal name of the connection owner (name@domain)"
                 ),
                 nullable=False,
@@ -663,7 +663,7 @@ class _Validator:
         out: dict[str, AuthProfile] = {}
         for key, value in m.pairs:
             field = join_path("auth", key.text)
-            if not _ENV_NAME_RE.fullmatch(key.text):
+            if not ENV_NAME_RE.fullmatch(key.text):
                 self.error(key, field, "a profile name may contain only letters, digits, '_', '.' and '-'")
                 continue
             profile = self.auth_profile(key.text, value, field)
@@ -715,12 +715,12 @@ class _Validator:
         """The profile's options that are given, checked and normalised (file paths absolute, GUIDs in
         lower case, audience and authority host trimmed)."""
         options: dict[str, Any] = {}
-        for key in _AUTH_ENV_KEYS:
+        for key in AUTH_ENV_KEYS:
             options[key] = self.checked(m, key, field, env_var_problem)
         for key in FILE_KEYS:
             path = self.string(m, key, field)
             options[key] = None if path is None else self.ctx.resolve(path)
-        for key, what in _AUTH_GUID_KEYS:
+        for key, what in AUTH_GUID_KEYS:
             guid = self.checked(m, key, field, _guid_check(what))
             options[key] = None if guid is None else guid.lower()
         audience = self.string(m, "federated_audience", field)
@@ -741,10 +741,10 @@ class _Validator:
         return authority.strip().rstrip("/")
 
     def auth_requirements(self, m: Map, field: str, method: str, options: Mapping[str, Any]) -> None:
-        """Errors for the keys ``method`` needs and does not have (``_AUTH_NEEDS``)."""
+        """Errors for the keys ``method`` needs and does not have (``AUTH_NEEDS``)."""
         # With a secret written inline, that error already says which key to use instead.
         inline_secret = any(_secret_key(k) for k in m.key_texts())
-        needs, one_of = _AUTH_NEEDS.get(method, ((), ()))
+        needs, one_of = AUTH_NEEDS.get(method, ((), ()))
         for k in needs:
             if m.get(k) is None and not inline_secret:
                 self.error(m, join_path(field, k), f"required key is missing (method {method} needs it)")
@@ -783,7 +783,7 @@ class _Validator:
             path = join_path("lint.ignore", i)
             if not isinstance(item, Scalar) or not isinstance(item.value, str):
                 self.type_error(item, path, "a string")
-            elif not _LINT_CODE_RE.fullmatch(item.value):
+            elif not LINT_CODE_RE.fullmatch(item.value):
                 self.error(item, path, "expected a finding code (letters, digits, '_' or '-')")
             else:
                 codes.append(item.value)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 
 MAX_LOGICAL_NAME = 200
-_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{1,7}")
-_REST_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{1,7}")
+REST_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _BAD_CHAR_RE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
@@ -29,7 +29,7 @@ def prefix_problem(prefix: str) -> str | None:
         return f"the publisher prefix '{prefix}' must be 2 to 8 characters long"
     if not prefix[0].isascii() or not prefix[0].isalpha():
         return f"the publisher prefix '{prefix}' must start with a letter"
-    if not _PREFIX_RE.fullmatch(prefix):
+    if not PREFIX_RE.fullmatch(prefix):
         return f"the publisher prefix '{prefix}' may contain only letters and digits"
     if prefix.lower().startswith("mscrm"):
         return "the publisher prefix must not start with 'mscrm' (reserved by Microsoft)"
@@ -52,7 +52,7 @@ def logical_name_problem(name: str) -> str | None:
     rest = name[len(prefix) + 1 :]
     if not rest:
         return "a logical name needs a name after the publisher prefix and '_'"
-    if not _REST_RE.fullmatch(rest):
+    if not REST_RE.fullmatch(rest):
         bad = _BAD_CHAR_RE.search(rest)
         shown = repr(bad.group(0)) if bad else "a character"
         return f"a logical name may contain only letters, digits, '_', '.' and '-' (found {shown})"
