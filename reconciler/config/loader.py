@@ -53,8 +53,12 @@ MAX_DESCRIPTION = 2000
 CLOUDS = ("public", "usgov", "usgovhigh", "dod", "china")
 FEDERATED_PROVIDERS = ("github", "azure_devops")
 
+# The keys of each mapping, and which of them are required. The loader checks these, and the config's JSON
+# Schema (reconciler.config.schema) is generated from them, so the two cannot drift apart.
 TOP_KEYS = ("version", "solution", "references", "environments", "auth", "prune", "naming", "lint", "state")
+TOP_REQUIRED = ("version", "solution", "references", "environments")
 REFERENCE_KEYS = ("connector", "display_name", "description")
+REFERENCE_REQUIRED = ("connector", "display_name")
 ENVIRONMENT_KEYS = (
     "url",
     "environment_id",
@@ -64,7 +68,11 @@ ENVIRONMENT_KEYS = (
     "connections_url",
     "cloud",
 )
+ENVIRONMENT_REQUIRED = ("url",)
 SELECTOR_KEYS = ("owner", "display_name")
+SELECTOR_REQUIRED = ("owner",)
+LINT_KEYS = ("ignore",)
+STATE_KEYS = ("dir",)
 
 # Keys each auth method accepts (besides ``method``); required ones are in ``AUTH_NEEDS``.
 COMMON_AUTH_KEYS = ("authority_host", "cloud")
@@ -99,6 +107,8 @@ AUTH_NEEDS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
     "federated": (("tenant_id", "client_id"), (("federated_provider", "federated_token_env", "federated_token_file"),)),
     "access_token": (("access_token_env",), ()),
 }
+# federated_provider: azure_devops also needs the service connection id.
+AZURE_DEVOPS_REQUIRED = "azure_devops_service_connection_id"
 
 ENV_ID_RE = re.compile(r"(?:Default-)?" + GUID.pattern)
 UPN_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
@@ -334,7 +344,7 @@ class _Validator:
                 f"the top level must be a mapping of keys (version, solution, ...), got {describe(root)}",
             )
             return None
-        self.keys(root, "", TOP_KEYS, required=("version", "solution", "references", "environments"))
+        self.keys(root, "", TOP_KEYS, required=TOP_REQUIRED)
 
         version_node = root.get("version")
         version = SUPPORTED_VERSION
@@ -435,7 +445,7 @@ class _Validator:
         m = self.mapping(node, field)
         if m is None:
             return None
-        self.keys(m, field, REFERENCE_KEYS, required=("connector", "display_name"))
+        self.keys(m, field, REFERENCE_KEYS, required=REFERENCE_REQUIRED)
         connector = self.checked(m, "connector", field, connector_problem, nullable=False)
         display_name = self.string(m, "display_name", field, max_len=MAX_DISPLAY_NAME, nullable=False)
         description = self.string(m, "description", field, max_len=MAX_DESCRIPTION)
@@ -488,7 +498,7 @@ class _Validator:
         m = self.mapping(node, field)
         if m is None:
             return None
-        self.keys(m, field, ENVIRONMENT_KEYS, required=("url",))
+        self.keys(m, field, ENVIRONMENT_KEYS, required=ENVIRONMENT_REQUIRED)
         url, local_path = self.url(m, "url", field, allow_local=True)
         environment_id = self.checked(
             m,
@@ -620,7 +630,7 @@ class _Validator:
 
     def binding(self, node: YNode, field: str) -> Binding | None:
         if isinstance(node, Map):
-            self.keys(node, field, SELECTOR_KEYS, required=("owner",))
+            self.keys(node, field, SELECTOR_KEYS, required=SELECTOR_REQUIRED)
             owner = self.checked(
                 node,
                 "owner",
@@ -759,10 +769,10 @@ class _Validator:
                     f"method {method} takes only one of {', '.join(keys)}; {' and '.join(present)} are both given",
                 )
         if (method == "federated" and options.get("federated_provider") == "azure_devops"
-                and m.get("azure_devops_service_connection_id") is None):
+                and m.get(AZURE_DEVOPS_REQUIRED) is None):
             self.error(
                 m,
-                join_path(field, "azure_devops_service_connection_id"),
+                join_path(field, AZURE_DEVOPS_REQUIRED),
                 "required key is missing (federated_provider azure_devops needs the service connection id)",
             )
 
@@ -771,7 +781,7 @@ class _Validator:
     def lint(self, m: Map | None) -> tuple[str, ...]:
         if m is None:
             return ()
-        self.keys(m, "lint", ("ignore",))
+        self.keys(m, "lint", LINT_KEYS)
         node = m.get("ignore")
         if node is None or (isinstance(node, Scalar) and node.value is None):
             return ()
@@ -792,7 +802,7 @@ class _Validator:
     def state(self, m: Map | None) -> str | None:
         if m is None:
             return None
-        self.keys(m, "state", ("dir",))
+        self.keys(m, "state", STATE_KEYS)
         value = self.string(m, "dir", "state")
         if value is None:
             return None
