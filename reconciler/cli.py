@@ -212,6 +212,9 @@ def build_parser() -> Parser:
     x = state_command("restore", "put the backup of an environment's state back")
     x.add_argument("env", metavar="ENV")
 
+    sp = command("schema", "print the JSON Schema of the config file (for editors)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
     sp = command("emulator", "serve the local Dataverse + connections + token emulator")
     sp.add_argument("--port", type=int, default=8080, help="first port (default 8080; 0 picks one)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")

@@ -59,6 +59,7 @@ def dispatch(args: argparse.Namespace, *, color: bool, out: Out | None = None, e
         "settings": cmd_settings,
         "whoami": cmd_whoami,
         "state": cmd_state,
+        "schema": cmd_schema,
         "show": cmd_show,
     }
     return handlers[args.command](args, color, o, e)
@@ -611,3 +612,13 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
                 restored = backend.restore(name, lock=lock)
             print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
     return 0
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def cmd_schema(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    """The config's JSON Schema (no config needed): for editors, ``# yaml-language-server: $schema=...``."""
+    from reconciler.config.schema import render_schema
+
+    return _emit(render_schema(), args.output, out, err)

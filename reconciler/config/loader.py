@@ -324,7 +324,7 @@ class _Validator:
             return None
         return value
 
-    def choice(self, m: Map, key: str, field: str, choices: tuple[str, ...]) -> str | None:
+    def choice(self, m: Map, key: str, field: str, choices: tuple[str, ...], *, nullable: bool = True) -> str | None:
         def check(v: str) -> str | None:
             if v in choices:
                 return None
@@ -332,7 +332,11 @@ class _Validator:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             return f"'{v}' is not one of: {', '.join(choices)}{hint}"
 
-        return self.checked(m, key, field, check)
+        node = m.get(key)
+        if not nullable and isinstance(node, Scalar) and node.value is None:
+            self.type_error(node, join_path(field, key), f"one of: {', '.join(choices)}")
+            return None
+        return self.checked(m, key, field, check, nullable=nullable)
 
     # ------------------------------------------------------------------ the document
 
@@ -707,7 +711,7 @@ class _Validator:
     def auth_method(self, m: Map, field: str) -> str | None:
         """The profile's ``method``, with its keys checked against what that method takes; None (and
         every key checked against all methods' keys) when it is missing or unknown."""
-        method = self.choice(m, "method", field, tuple(AUTH_METHOD_KEYS))
+        method = self.choice(m, "method", field, tuple(AUTH_METHOD_KEYS), nullable=False)
         if m.get("method") is None:
             self.error(
                 m,
