@@ -526,39 +526,30 @@ def cmd_settings(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
 
 
 def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
-    from reconciler.adoption.settings import binding_for, resolve_binding
     from reconciler.api.live import read_environment
+    from reconciler.domain import rules
     config = load_config(args.config)
     (name,) = select_environments(config, [args.env])
     env = config.environments[name]
     with opened(config, [name]) as sessions:
         live = read_environment(sessions[name], config, name)
-    caller = live.caller
-    problems = 0
+    sa = env.service_account
+    caller, writer = live.caller, rules.writer(sa, live)
+    identity = rules.identity_problems(name, sa, live)
     print(f"Environment {name} ({env.url})", file=out)
     if caller:
         kind = f"application {caller.application_id}" if caller.application_id else "user"
         print(f"  authenticated as: {caller.describe()} ({kind}, object id {caller.object_id})", file=out)
-    writer = caller
-    if env.service_account:
-        w = live.writer
-        if w is None:
-            problems += 1
-            print(f"  ✗ service account: {env.service_account} has no user in this environment: add the "
-                  "account (or correct service_account in the config)", file=out)
+    if sa and writer is not None:
+        print(f"  service account:  {writer.describe()} (object id {writer.object_id})", file=out)
+        if rules.impersonates(sa, live) and not any(p.code == "CR302" for p in identity):
+            print("  may write as the service account: yes", file=out)
+    for p in identity:
+        if p.code == "CR302":
+            print(f"  ✗ may write as the service account: NO ({p.code} {p.message}): {p.fix}", file=out)
         else:
-            print(f"  service account:  {w.describe()} (object id {w.object_id})", file=out)
-            if w.disabled:
-                problems += 1
-                print(f"  ✗ {w.describe()} is disabled: enable the user in this environment", file=out)
-            if w.systemuserid != (caller.systemuserid if caller else None):
-                if live.caller_can_impersonate:
-                    print("  may write as the service account: yes", file=out)
-                else:
-                    problems += 1
-                    print("  ✗ may write as the service account: NO: grant the signed-in identity the "
-                          "Delegate role (prvActOnBehalfOfAnotherUser)", file=out)
-        writer = w
+            print(f"  ✗ {p.code} {p.text()}", file=out)
+    problems = len(identity)
     note = live.connections_visibility_note()
     if note:
         print(f"  note: {note}", file=out)
@@ -566,23 +557,18 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
         print("  bindings: not checked (the identity that writes is unknown)", file=out)
         return 2
     print(f"  writes act as:    {writer.describe()}", file=out)
+    bindings = rules.BindingIndex.of(env)
     for logical_name, ref in config.references.items():
-        binding = binding_for(env, logical_name)
+        binding = bindings.get(logical_name)
         if binding is None:
             print(f"  - {logical_name}: no binding declared", file=out)
             continue
-        try:
-            conn = resolve_binding(binding, ref.connector, live)
-        except PlanError as e:
+        judged = rules.judge_binding(binding, ref.connector, writer, live, service_account=sa)
+        if judged.usable is not None:
+            print(f"  ✓ {logical_name}: may use {rules.describe_connection(judged.usable, live)}", file=out)
+        for p in judged.problems:
             problems += 1
-            print(f"  ✗ {logical_name}: {e}", file=out)
-            continue
-        if conn.usable_by(writer.object_id):
-            print(f"  ✓ {logical_name}: may use {conn.describe()}", file=out)
-        else:
-            problems += 1
-            print(f"  ✗ {logical_name}: may NOT use {conn.describe()}: share it with "
-                  f"{writer.describe()} (CanView) or bind another", file=out)
+            print(f"  ✗ {logical_name}: {p.code} {p.text()}", file=out)
     return 2 if problems else 0
 
 

@@ -170,13 +170,15 @@ def test_binding_comments_for_each_suspicious_kind() -> None:
     above = comments_above(bindings, "contoso_sharedsharepointonline_8f4b0")
     assert "CR201 personal-connection" in above and "alice@contoso.com" in above
     # personal, not usable by the writer: flagged and commented out (plan would refuse it)
-    assert "CR201 personal-connection: bound to SharePoint bob" in bindings
+    assert 'CR201 personal-connection: bound to "SharePoint bob"' in bindings
+    assert "plan would refuse this binding (CR210 connection-not-usable: share it with svc-flows@contoso.com" in (
+        " ".join(line.lstrip(" #") for line in bindings.splitlines()))
     assert (
         "# contoso_sharedsharepointonline_30e7d: b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"
         "  # SharePoint bob (bob@contoso.com)" in bindings
     )
     # broken: flagged and commented out
-    assert "CR203 connection-not-connected" in bindings and "whose status is Error" in bindings
+    assert "CR203 connection-not-connected" in bindings and "has status Error, not Connected" in bindings
     assert "# contoso_Teams: dead0000dead0000dead0000dead0000" in bindings
     # missing connection
     assert "CR204 connection-not-found: bound to connection 0000aaaa0000aaaa0000aaaa0000aaaa" in bindings

@@ -38,11 +38,11 @@ from reconciler.domain.model import Config, LiveConnection, LiveEnvironment, Sel
 config, conn, live, ref = ADOPTION.config, ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 
 
-def codes(findings: list[Finding]) -> set[tuple[str, str | None, str]]:
+def codes(findings: list[Finding]) -> set[tuple[str, str | None, str | None]]:
     return {(f.code, f.environment, f.subject) for f in findings}
 
 
-def run(cfg: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> set[tuple[str, str | None, str]]:
+def run(cfg: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> set[tuple[str, str | None, str | None]]:
     return codes(lint(cfg, lives))
 
 
@@ -215,7 +215,7 @@ def test_messy_environment_every_finding() -> None:
         ("CR208", "dev", "contoso_Teams"),
     }
     # one finding per reference, naming both its logical and its display name
-    suffixed = next(f for f in found if f.code == "CR102" and f.subject.endswith("8f4b0"))
+    suffixed = next(f for f in found if f.code == "CR102" and (f.subject or "").endswith("8f4b0"))
     assert "logical name 'contoso_sharedsharepointonline_8f4b0' ends with '8f4b0'" in suffixed.message
     assert "display name 'SharePoint ContosoFlows-8f4b0' ends with '8f4b0'" in suffixed.message
     # the reference outside the solution is not linted
@@ -259,25 +259,27 @@ def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
 
 
 @pytest.mark.parametrize(
-    ("binding", "connections", "code"),
+    ("binding", "connections", "expected"),
     [
-        pytest.param(Selector(SA), [C_ALICE_SP], "CR206", id="selector-none"),
+        pytest.param(Selector(SA), [C_ALICE_SP], {"CR206"}, id="selector-none"),
         pytest.param(
             Selector(SA),
             [C_SVC_SP, conn("ffff0000ffff0000ffff0000ffff0000", "SharePoint 2")],
-            "CR206",
+            {"CR206"},
             id="selector-several",
         ),
-        pytest.param("nosuchconnection", [C_SVC_SP], "CR204", id="name-not-found"),
-        pytest.param(C_SVC_OUTLOOK.name, [C_SVC_OUTLOOK], "CR205", id="connector-mismatch"),
-        pytest.param(C_BOB_SP.name, [C_BOB_SP], "CR201", id="personal"),
-        pytest.param("c-broken", [conn("c-broken", status="Error")], "CR203", id="not-connected"),
-        pytest.param(C_SVC_SP.name, [C_SVC_SP], None, id="good-name"),
-        pytest.param(Selector(SA.upper()), [C_SVC_SP, C_ALICE_SP], None, id="good-selector"),
-        pytest.param(Selector(SA, "sharepoint SVC"), [C_SVC_SP], None, id="selector-display-name-any-case"),
+        pytest.param("nosuchconnection", [C_SVC_SP], {"CR204"}, id="name-not-found"),
+        pytest.param(C_SVC_OUTLOOK.name, [C_SVC_OUTLOOK], {"CR205"}, id="connector-mismatch"),
+        pytest.param(C_ALICE_SP.name, [C_ALICE_SP], {"CR201"}, id="personal-shared-with-the-writer"),
+        # plan would refuse it: the service account, which writes, may not use Bob's connection
+        pytest.param(C_BOB_SP.name, [C_BOB_SP], {"CR201", "CR210"}, id="personal-not-usable"),
+        pytest.param("c-broken", [conn("c-broken", status="Error")], {"CR203"}, id="not-connected"),
+        pytest.param(C_SVC_SP.name, [C_SVC_SP], set(), id="good-name"),
+        pytest.param(Selector(SA.upper()), [C_SVC_SP, C_ALICE_SP], set(), id="good-selector"),
+        pytest.param(Selector(SA, "sharepoint SVC"), [C_SVC_SP], set(), id="selector-display-name-any-case"),
     ],
 )
-def test_declared_binding_checks(binding: object, connections: list[LiveConnection], code: str | None) -> None:
+def test_declared_binding_checks(binding: object, connections: list[LiveConnection], expected: set[str]) -> None:
     cfg = config([GOOD_SP], {"contoso_SharePoint": binding})  # type: ignore[dict-item]
     env = live(
         [ref("contoso_SharePoint", "SharePoint ContosoFlows")],
@@ -285,7 +287,7 @@ def test_declared_binding_checks(binding: object, connections: list[LiveConnecti
         flows=[flow("F", "contoso_SharePoint")],
     )
     found = {f.code for f in lint(cfg, {"dev": env})}
-    assert found == ({code} if code else set())
+    assert found == expected
 
 
 def test_live_reference_bound_to_a_missing_connection() -> None:
@@ -376,6 +378,7 @@ def test_rules_are_stable() -> None:
         "CR207": ("unused-reference", "warning"),
         "CR208": ("multi-solution-reference", "info"),
         "CR209": ("fixed-by-apply", "info"),
+        "CR210": ("connection-not-usable", "error"),
     }
 
 
@@ -414,8 +417,8 @@ def test_render_text() -> None:
     )
     text = render_findings_text(found)
     assert text.splitlines()[0] == "error   CR203 connection-not-connected  dev: contoso_Teams"
-    assert "whose status is Error" in text
-    assert "        fix: repair the connection" in text
+    assert "has status Error, not Connected" in text
+    assert "        fix: repair it (sign in again)" in text
     assert text.endswith("1 finding: 1 error, 0 warnings, 0 info.\n")
     assert render_findings_text([]) == "No findings.\n"
 
@@ -431,15 +434,16 @@ def test_render_json() -> None:
         "info": sum(f.severity == "info" for f in found),
     }
     first = doc["findings"][0]
-    assert set(first) == {"code", "name", "severity", "environment", "subject", "message", "hint"}
+    assert set(first) == {"code", "name", "severity", "environment", "subject", "message", "fix", "hint"}
+    assert first["hint"] == first["fix"]  # the first format's name for the fix, kept for its consumers
     assert [d["code"] for d in doc["findings"]] == [f.code for f in found]
     assert json.loads(render_findings_json([]))["exit_code"] == 0
 
 
 def test_exit_code_follows_severity() -> None:
-    warn = Finding("CR102", "warning", None, "x", "m", "h")
-    info = Finding("CR208", "info", "dev", "x", "m", "h")
-    err = Finding("CR202", "error", "dev", "x", "m", "h")
+    warn = Finding("CR102", "warning", "m", "h", None, "x")
+    info = Finding("CR208", "info", "m", "h", "dev", "x")
+    err = Finding("CR202", "error", "m", "h", "dev", "x")
     assert exit_code([]) == 0
     assert exit_code([warn, info]) == 0
     assert exit_code([warn, err]) == 2

@@ -18,7 +18,8 @@ from builders import EmulatorTokens, sample_config
 
 from reconciler.api.live import flow_references, read_environment
 from reconciler.api.session import EnvSession, open_environment
-from reconciler.domain.model import Config, DesiredReference, connector_id
+from reconciler.domain import rules
+from reconciler.domain.model import Config, DesiredReference, LiveUser, connector_id
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ConfigError
@@ -114,8 +115,9 @@ def test_connections_admin_scope_then_fallback(emulator: Any, session: EnvSessio
                           Sample.CONN_SP_MAKER}
     assert conns[Sample.CONN_SP_SVC].owner_object_id == Sample.SVC_OBJECT_ID
     assert conns[Sample.CONN_SP_SVC].status == "Connected"
-    assert conns[Sample.CONN_DV_SVC].usable_by(Sample.APP_OBJECT_ID)  # shared with the app
-    assert not conns[Sample.CONN_SP_MAKER].usable_by(Sample.SVC_OBJECT_ID)
+    app, svc = LiveUser("app", Sample.APP_OBJECT_ID, None), LiveUser("svc", Sample.SVC_OBJECT_ID, None)
+    assert rules.can_use(app, conns[Sample.CONN_DV_SVC])  # shared with the app
+    assert not rules.can_use(svc, conns[Sample.CONN_SP_MAKER])
     assert len([e for e in emulator.app.log if "connections" in e.path]) == 1
     # Connection owners are among the users read (one query for all of them).
     assert live.user_by_object_id(Sample.MAKER_OBJECT_ID) is not None

@@ -27,9 +27,9 @@ from reconciler.adoption.settings import (
     parse_settings,
     parse_settings_file,
     render_settings_json,
-    resolve_binding,
 )
 from reconciler.config.loader import load_config
+from reconciler.domain import rules
 from reconciler.domain.model import Selector
 from reconciler.errors import ConfigError, PlanError
 
@@ -91,8 +91,8 @@ def test_strict_refuses_unbound() -> None:
             Selector("nobody@contoso.com"),
             "matches no sharepointonline connection|matches no shared_sharepointonline",
         ),
-        ("missing0000", "connection missing0000 does not exist in environment dev"),
-        (C_SVC_OUTLOOK.name, "is for shared_office365, not shared_sharepointonline"),
+        ("missing0000", "connection missing0000 not found in environment dev"),
+        (C_SVC_OUTLOOK.name, "is for connector shared_office365, but the reference is for shared_sharepointonline"),
     ],
 )
 def test_bad_bindings_are_plan_errors(binding: object, message: str) -> None:
@@ -104,10 +104,12 @@ def test_bad_bindings_are_plan_errors(binding: object, message: str) -> None:
 def test_ambiguous_selector_lists_the_candidates() -> None:
     second = conn("ffff0000ffff0000ffff0000ffff0000", "SharePoint 2")
     env = live([], [C_SVC_SP, second])
-    with pytest.raises(PlanError, match="matches 2 connections") as e:
-        resolve_binding(Selector(SA), "shared_sharepointonline", env)
+    cfg = config([SP_REF], {"contoso_SharePoint": Selector(SA)})
+    with pytest.raises(PlanError, match="matches 2 shared_sharepointonline connections") as e:
+        deployment_settings(cfg, "dev", env)
     assert C_SVC_SP.name in str(e.value) and second.name in str(e.value)
-    assert resolve_binding(Selector(SA, "sharepoint 2"), "shared_sharepointonline", env) == second
+    cfg = config([SP_REF], {"contoso_SharePoint": Selector(SA, "sharepoint 2")})
+    assert deployment_settings(cfg, "dev", env)["ConnectionReferences"][0]["ConnectionId"] == second.name
 
 
 def test_without_live_names_pass_through_and_selectors_fail() -> None:
@@ -365,6 +367,6 @@ def test_merge_errors(text: str, env: str, message: str) -> None:
 def test_selector_owner_matching_is_the_planners() -> None:
     # a selector names the owner by UPN; a connection owned by someone else never matches
     env = live([], [C_ALICE_SP])
-    assert resolve_binding(Selector(ALICE.upn or ""), "shared_sharepointonline", env) == C_ALICE_SP
-    with pytest.raises(PlanError):
-        resolve_binding(Selector(SA), "shared_sharepointonline", env)
+    assert rules.find_connection(Selector(ALICE.upn or ""), "shared_sharepointonline", env).connection == C_ALICE_SP
+    (refused,) = rules.find_connection(Selector(SA), "shared_sharepointonline", env).problems
+    assert refused.code == "CR206"

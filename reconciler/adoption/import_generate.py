@@ -31,10 +31,8 @@ from reconciler.adoption.lint import (
     connection_findings,
     connector_display_name,
     flows_using,
-    is_connected,
     random_suffix,
 )
-from reconciler.adoption.settings import connection_owner_label
 from reconciler.adoption.yamledit import (
     PARK_MARK,
     Parked,
@@ -49,7 +47,9 @@ from reconciler.adoption.yamledit import (
     yaml_key,
     yaml_scalar,
 )
+from reconciler.domain import rules
 from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, connector_name
+from reconciler.domain.rules import Problem
 from reconciler.errors import ConnrefError
 
 
@@ -145,15 +145,18 @@ def _binding_lines(
                         f"exist in {env_name}; bind it to a working connection:", indent)
         out += comment_lines(f"{ref.logical_name}: {ref.connection}", indent, wrap=False)
         return out
-    for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account):
+    findings = connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account)
+    for f in findings:
         out += comment_lines(f"{f.code} {f.name}: {f.message}", indent)
-    owner = connection_owner_label(conn, live)
+    owner = rules.owner_label(conn, live) or "unknown owner"
     shown = conn.display_name or conn.name
     label = shown if owner.lower() == shown.lower() else f"{shown} ({owner})"
-    refusal = planner_refusal(ref, conn, live)
-    if refusal is not None:
+    refusals = plan_refusals(ref, conn, live)
+    if refusals:
         # plan checks every binding, changed or not; a commented-out binding leaves the live one alone
-        out += comment_lines(f"plan would refuse this binding ({refusal}); it stays commented out "
+        said = {f.code for f in findings}
+        why = "; ".join(f"{p.code} {p.name}" + ("" if p.code in said else f": {p.fix}") for p in refusals)
+        out += comment_lines(f"plan would refuse this binding ({why}); it stays commented out "
                         "until fixed:", indent)
         out += comment_lines(f"{ref.logical_name}: {conn.name}  # {label}", indent, wrap=False)
         return out
@@ -163,27 +166,13 @@ def _binding_lines(
     return out
 
 
-def planner_refusal(ref: LiveReference, conn: LiveConnection, live: LiveEnvironment) -> str | None:
-    """Why the planner would reject binding ``ref`` to ``conn`` (its checks: same connector, status
-    Connected, usable by the identity that writes; see planner module docstring), or None."""
-    if connector_name(conn.connector) != connector_name(ref.connector):
-        return f"the connection is for {connector_name(conn.connector)}"
-    if not is_connected(conn):
-        return f"the connection's status is {conn.status or 'unknown'}"
-    writer = live.writer or live.caller
-    if writer is None:
-        return "the identity that writes is unknown"
-    if not conn.usable_by(writer.object_id):
-        return f"the connection is not shared with {writer.describe()}, which writes bindings"
-    return None
-
-
-def _service_account_user(live: LiveEnvironment, service_account: str) -> LiveUser | None:
-    """The Dataverse user of the service account (the live reader matches it by ``domainname``)."""
-    want = service_account.lower()
-    if live.writer is not None and (live.writer.upn or "").lower() == want:
-        return live.writer
-    return next((u for u in live.users if (u.upn or "").lower() == want), None)
+def plan_refusals(ref: LiveReference, conn: LiveConnection, live: LiveEnvironment) -> list[Problem]:
+    """Why plan would refuse binding ``ref`` to ``conn`` as ``live`` stands (the rules layer's checks:
+    same connector, Connected, usable by the identity that writes), or nothing."""
+    found = rules.connection_problems(conn, ref.connector, live, subject=ref.logical_name)
+    access = rules.access_problem(conn, rules.writer(None, live), live, service_account=None,
+                                  subject=ref.logical_name)
+    return found + ([access] if access is not None else [])
 
 
 def _foreign_owners(refs: Sequence[LiveReference], live: LiveEnvironment,
@@ -194,9 +183,9 @@ def _foreign_owners(refs: Sequence[LiveReference], live: LiveEnvironment,
     for r in refs:
         owner = live.user(r.owner_id)
         if sa_user is not None:
-            if (r.owner_id or "").lower() == sa_user.systemuserid.lower():
+            if rules.same("owner", r.owner_id, sa_user.systemuserid):
                 continue
-        elif owner is not None and (owner.upn or "").lower() == service_account.lower():
+        elif owner is not None and service_account.strip().lower() in rules.principal_keys(owner):
             continue
         out[r.id] = owner.describe() if owner else (r.owner_id or "nobody")
     return out
@@ -280,7 +269,8 @@ def import_environment(
     foreign: dict[str, str] = {}
     sa_lines: list[str] | None = None
     if service_account:
-        sa_user = _service_account_user(live, service_account)
+        writers = (live.writer,) if live.writer is not None else ()
+        sa_user = rules.resolve_principal(service_account, (*writers, *live.users))
         foreign = _foreign_owners(refs, live, sa_user, service_account)
         sa_lines = _service_account_lines(service_account, foreign, unit * 2)
         if foreign:
@@ -370,4 +360,4 @@ def import_environment(
                          newly_parked, sa_lines)
 
 
-__all__ = ["import_environment", "planner_refusal"]
+__all__ = ["import_environment", "plan_refusals"]

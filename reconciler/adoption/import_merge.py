@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from reconciler.adoption.settings import resolve_binding
 from reconciler.adoption.yamledit import (
     Entry,
     Parked,
@@ -32,8 +31,8 @@ from reconciler.adoption.yamledit import (
     yaml_key,
     yaml_scalar,
 )
+from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, Selector
-from reconciler.errors import PlanError
 
 # --------------------------------------------------------------------------- the existing config
 
@@ -113,11 +112,8 @@ def kept_bindings(existing: Existing | None, env_name: str, live: LiveEnvironmen
         binding = selector_from(data.get(e.key))
         if binding is None or not ref.connection:
             continue
-        try:
-            conn = resolve_binding(binding, ref.connector, live)
-        except PlanError:
-            continue
-        if conn.name.lower() == ref.connection.lower():
+        conn = rules.find_connection(binding, ref.connector, live).connection
+        if conn is not None and rules.same("connection", conn.name, ref.connection):
             same[e.key.lower()] = text
     return same, absent
 

@@ -1,7 +1,9 @@
 """Lint: what to tidy in a config and, given live environments, in what those environments have.
 
-``lint(config, lives)`` returns findings, each with a stable code (``RULES`` lists them; docs/adoption.md
-explains each), a fixed severity and a fix hint. It is pure: the caller reads the environments.
+``lint(config, lives)`` returns findings, each a ``Problem`` of the rules layer with a stable code (``RULES``
+lists lint's; docs/adoption.md explains each), a fixed severity and a fix. It is pure: the caller reads the
+environments. Whether a binding resolves, a connection is fit and who owns or may use it are the rules
+layer's verdicts (``reconciler.domain.rules``), so lint and plan never disagree about a binding.
 
 What it looks for, and why it matters:
 - display names that break the team's naming template (``config.naming``), and the random five-hex
@@ -12,6 +14,7 @@ What it looks for, and why it matters:
   flows run as the owner of the bound connections (docs/dataverse.md §5.4);
 - unbound references and references bound to connections that are missing, of another connector or
   not ``Connected`` (docs/dataverse.md §4.4): flows using them fail or cannot be turned on;
+- bindings in the config to a connection the identity that writes may not use: plan would refuse them;
 - references no flow uses, and references whose flows sit in more than one solution.
 
 Severity rules: ``error`` for what breaks flows or the team's declared policy (exit 2), ``warning``
@@ -25,9 +28,8 @@ import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from reconciler.adoption.settings import binding_for, connection_owner_label, owner_matches, resolve_binding
+from reconciler.domain import rules
 from reconciler.domain.model import (
     Config,
     DesiredReference,
@@ -36,88 +38,28 @@ from reconciler.domain.model import (
     LiveEnvironment,
     LiveFlow,
     LiveReference,
-    Selector,
     connector_name,
 )
-from reconciler.errors import PlanError
+from reconciler.domain.rules import Code, Problem
 
-ERROR = "error"
-WARNING = "warning"
-INFO = "info"
-SEVERITIES = (ERROR, WARNING, INFO)
-_SEVERITY_RANK = {ERROR: 0, WARNING: 1, INFO: 2}
+SEVERITIES = rules.SEVERITIES
+ERROR, WARNING, INFO = rules.ERROR, rules.WARNING, rules.INFO
 
-
-@dataclass(frozen=True)
-class Rule:
-    """One lint code: its short name (usable in ``lint: ignore:`` too), severity and what it means."""
-
-    code: str
-    name: str
-    severity: str
-    summary: str
-
-
-RULES: Mapping[str, Rule] = {
-    r.code: r
-    for r in (
-        Rule("CR100", "naming-template", ERROR, "the naming template in the config cannot be used"),
-        Rule("CR101", "naming-policy", ERROR, "display name does not follow the naming template"),
-        Rule("CR102", "random-suffix", WARNING, "logical or display name ends with a random five-hex suffix"),
-        Rule("CR103", "duplicate-connector", WARNING,
-             "several references for the same connector in one solution"),
-        Rule("CR200", "no-service-account", INFO, "no service account configured: owner checks skipped"),
-        Rule("CR201", "personal-connection", WARNING,
-             "bound to a connection owned by someone other than the service account"),
-        Rule("CR202", "unbound", ERROR, "the reference has no connection in the environment"),
-        Rule("CR203", "connection-not-connected", ERROR,
-             "bound to a connection whose status is not Connected"),
-        Rule("CR204", "connection-not-found", ERROR,
-             "bound to a connection that does not exist in the environment"),
-        Rule("CR205", "connector-mismatch", ERROR, "bound to a connection of another connector"),
-        Rule("CR206", "binding-unresolved", ERROR, "a selector binding matches no connection or several"),
-        Rule("CR207", "unused-reference", WARNING, "no flow uses the reference"),
-        Rule("CR208", "multi-solution-reference", INFO, "flows of more than one solution use the reference"),
-        Rule("CR209", "fixed-by-apply", INFO,
-             "the live binding has problems that the config's binding fixes when applied"),
-    )
+#: The codes lint reports (their names, severities and meanings are the rules layer's ``CODES``).
+RULES: Mapping[str, Code] = {
+    code: c for code, c in rules.CODES.items()
+    if code in {"CR100", "CR101", "CR102", "CR103", *(f"CR2{n:02d}" for n in range(11))}
 }
+
+#: A lint finding is a ``Problem``: code, severity, message, fix, and where (environment, subject).
+Finding = Problem
 
 # Solutions every component also belongs to; they say nothing about which team owns a flow.
 _SYSTEM_SOLUTIONS = frozenset({"default", "active", "basic"})
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One thing lint found. ``environment`` is None for findings about the config alone; ``subject``
-    is the reference's logical name (the config itself for CR100)."""
-
-    code: str
-    severity: str
-    environment: str | None
-    subject: str
-    message: str
-    hint: str
-
-    @property
-    def name(self) -> str:
-        rule = RULES.get(self.code)
-        return rule.name if rule else self.code
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "name": self.name,
-            "severity": self.severity,
-            "environment": self.environment,
-            "subject": self.subject,
-            "message": self.message,
-            "hint": self.hint,
-        }
-
-
-def _finding(code: str, environment: str | None, subject: str, message: str, hint: str) -> Finding:
-    return Finding(code, RULES[code].severity, environment, subject, message, hint)
+def _finding(code: str, environment: str | None, subject: str, message: str, fix: str) -> Finding:
+    return rules.problem(code, message, fix, environment=environment, subject=subject)
 
 
 # --------------------------------------------------------------------------- name checks (shared with import)
@@ -234,10 +176,6 @@ class NamingTemplate:
 # --------------------------------------------------------------------- connection checks (shared with import)
 
 
-def is_connected(connection: LiveConnection) -> bool:
-    return connection.status.strip().lower() == "connected"
-
-
 def connection_findings(
     env_name: str,
     logical_name: str,
@@ -246,26 +184,12 @@ def connection_findings(
     live: LiveEnvironment,
     service_account: str | None,
 ) -> list[Finding]:
-    """Findings about the connection a reference is (or will be) bound to: connector, status, owner."""
-    out: list[Finding] = []
-    described = connection.describe()
-    if connector_name(connection.connector) != connector_name(connector):
-        out.append(_finding(
-            "CR205", env_name, logical_name,
-            f"bound to {described}, a {connector_name(connection.connector)} connection; the reference "
-            f"is for {connector_name(connector)}",
-            f"bind it to a {connector_name(connector)} connection",
-        ))
-    if not is_connected(connection):
-        out.append(_finding(
-            "CR203", env_name, logical_name,
-            f"bound to {described} whose status is {connection.status or 'unknown'}",
-            "repair the connection (sign in again in Power Automate > Connections) or bind the reference "
-            "to a working connection owned by the service account",
-        ))
-    if service_account and not owner_matches(service_account, connection, live):
-        owner = connection_owner_label(connection, live)
-        usable = _usable_by_service_account(connection, live, service_account)
+    """Findings about the connection a reference is (or will be) bound to: connector (CR205) and status
+    (CR203) as the rules layer judges them, and its owner (CR201)."""
+    out = rules.connection_problems(connection, connector, live, subject=logical_name)
+    if service_account and not rules.is_owner(service_account, connection, live):
+        owner = rules.owner_label(connection, live) or "unknown owner"
+        usable = rules.can_use(rules.resolve_principal(service_account, live.users), connection)
         shared = (
             "it is shared with the service account, but flows run with the owner's credentials"
             if usable
@@ -273,21 +197,11 @@ def connection_findings(
         )
         out.append(_finding(
             "CR201", env_name, logical_name,
-            f"bound to {described}, owned by {owner}, not the service account {service_account}; {shared}",
+            f"bound to {rules.describe_connection(connection, live)}, owned by {owner}, not by the service "
+            f"account {service_account}; {shared}",
             f"bind it to a connection owned by {service_account} (binding: {{owner: {service_account}}})",
         ))
     return out
-
-
-def _usable_by_service_account(
-    connection: LiveConnection, live: LiveEnvironment, service_account: str
-) -> bool:
-    want = service_account.lower()
-    for user in live.users:
-        ids = (user.upn, user.object_id, user.application_id, user.systemuserid)
-        if any((x or "").lower() == want for x in ids) and connection.usable_by(user.object_id):
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------- flows
@@ -429,35 +343,21 @@ def _env_binding_findings(config: Config, env_name: str, env: EnvironmentConfig 
             "set service_account: under the environment (the UPN or object id of the account that should "
             "own the connections)",
         ))
+    bindings = rules.BindingIndex.of(env)
+    writer = rules.writer(service_account, live)
     for ref in refs:
-        binding = binding_for(env, ref.logical_name) if (env is not None and ref.declared) else None
+        binding = bindings.get(ref.logical_name) if ref.declared else None
         connection: LiveConnection | None = None
         if binding is not None:
-            try:
-                connection = resolve_binding(binding, ref.connector, live, logical_name=ref.logical_name)
-            except PlanError as e:
-                if isinstance(binding, Selector):
-                    out.append(_finding(
-                        "CR206", env_name, ref.logical_name, str(e).removeprefix(f"{ref.logical_name}: "),
-                        "make the selector match exactly one connection (add display_name) or bind by "
-                        "connection name",
-                    ))
-                else:
-                    out.append(_finding(
-                        "CR204", env_name, ref.logical_name,
-                        f"bound in the config to connection {binding}, which does not exist in {env_name}",
-                        "bind it to an existing connection (connref import shows the current ones) or "
-                        "create the connection first",
-                    ))
+            found = rules.find_connection(binding, ref.connector, live, subject=ref.logical_name)
+            if found.connection is None:
+                out.extend(found.problems)  # CR204, CR206
                 continue
+            connection = found.connection
         elif ref.live is not None and ref.live.connection:
             connection = live.connection(ref.live.connection)
             if connection is None:
-                out.append(_finding(
-                    "CR204", env_name, ref.logical_name,
-                    f"bound to connection {ref.live.connection}, which does not exist in {env_name}",
-                    "bind it to an existing connection owned by the service account",
-                ))
+                out.append(rules.not_found(ref.live.connection, live, subject=ref.logical_name))
                 continue
         if connection is None:
             where = "in the config or " if ref.declared else ""
@@ -473,6 +373,10 @@ def _env_binding_findings(config: Config, env_name: str, env: EnvironmentConfig 
             connection_findings(env_name, ref.logical_name, ref.connector, connection, live, service_account)
         )
         if binding is not None:
+            # Plan refuses a binding the identity that writes may not use: say so before plan does.
+            access = rules.access_problem(connection, writer, live, service_account=service_account,
+                                          subject=ref.logical_name)
+            out.extend([access] if access is not None else [])
             out.extend(_pending_fix(env_name, ref, connection, live, service_account))
     return out
 
@@ -482,22 +386,20 @@ def _pending_fix(env_name: str, ref: _Ref, target: LiveConnection, live: LiveEnv
     """What is wrong with the connection a reference has now when the config binds it elsewhere:
     context (info), since ``apply`` replaces it."""
     current = ref.live.connection if ref.live is not None else None
-    if not current or current.lower() == target.name.lower():
+    if not current or rules.same("connection", current, target.name):
         return []
     conn = live.connection(current)
     if conn is None:
-        problems = [f"CR204 connection {current} does not exist"]
+        found = [rules.not_found(current, live, subject=ref.logical_name)]
     else:
-        problems = [
-            f"{f.code} {f.name}"
-            for f in connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account)
-        ]
-    if not problems:
+        found = connection_findings(env_name, ref.logical_name, ref.connector, conn, live, service_account)
+    if not found:
         return []
-    now = conn.describe() if conn is not None else current
+    problems = "; ".join(f"{f.code} {f.name}" for f in found)
+    now = rules.describe_connection(conn, live) if conn is not None else current
     return [_finding(
         "CR209", env_name, ref.logical_name,
-        f"now bound to {now} ({'; '.join(problems)}); the config binds it to {target.describe()}",
+        f"now bound to {now} ({problems}); the config binds it to {rules.describe_connection(target, live)}",
         f"run connref apply -e {env_name} to rebind it",
     )]
 
@@ -534,17 +436,7 @@ def _ignored(finding: Finding, ignore: Iterable[str]) -> bool:
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Config findings first, then by environment, severity, subject and code: stable output to diff."""
-    return sorted(
-        findings,
-        key=lambda f: (
-            f.environment is not None,
-            (f.environment or "").lower(),
-            _SEVERITY_RANK.get(f.severity, 9),
-            f.subject.lower(),
-            f.code,
-            f.message,
-        ),
-    )
+    return rules.sort_problems(findings)
 
 
 def lint(config: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> list[Finding]:
@@ -561,8 +453,9 @@ def lint(config: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> 
     if lives is None:
         findings += _duplicate_findings(declared, None, config.solution, None)
         for env_name, env in sorted(config.environments.items()):
+            bound = rules.BindingIndex.of(env)
             for ref in declared:
-                if binding_for(env, ref.logical_name) is None:
+                if ref.logical_name not in bound:
                     findings.append(_finding(
                         "CR202", env_name, ref.logical_name,
                         f"the config does not bind it in {env_name}",
@@ -610,7 +503,7 @@ def render_findings_text(findings: Sequence[Finding]) -> str:
         where = f"{f.environment}: " if f.environment else "config: "
         lines.append(f"{f.severity:<7} {f.code} {f.name}  {where}{f.subject}")
         lines.append(f"        {f.message}")
-        lines.append(f"        fix: {f.hint}")
+        lines.append(f"        fix: {f.fix}")
     counts = summary_counts(findings)
     lines.append("")
     lines.append(
@@ -625,7 +518,8 @@ JSON_FORMAT_VERSION = "1"
 
 
 def render_findings_json(findings: Sequence[Finding]) -> str:
-    """A versioned JSON document: ``format_version``, ``findings`` (each ``Finding.to_dict()``),
+    """A versioned JSON document: ``format_version``, ``findings`` (each ``Finding.to_dict()``: ``fix``,
+    and ``hint`` with the same value for consumers of the first format),
     ``summary`` (counts per severity) and the ``exit_code`` the CLI returns."""
     doc = {
         "format_version": JSON_FORMAT_VERSION,

@@ -13,9 +13,8 @@ Readers treat the keys case-insensitively, as the Terraform provider does
 (microsoft/terraform-provider-power-platform, ``internal/services/solution``), so this module does too.
 Extra keys some tools add (the ALM Accelerator's ``ConnectionOwner``) are ignored on read.
 
-It also holds the small binding resolution shared by settings and lint: a binding is a connection
-name, or a selector (``{owner: ..., display_name: ...}``) that must match exactly one connection of the
-reference's connector in the environment.
+Bindings are resolved by the rules layer (``reconciler.domain.rules``): a connection name, or a selector
+that must match exactly one connection of the reference's connector, the same way plan resolves them.
 """
 
 from __future__ import annotations
@@ -26,93 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.domain.model import (
-    Binding,
-    Config,
-    EnvironmentConfig,
-    LiveConnection,
-    LiveEnvironment,
-    Selector,
-    connector_id,
-    connector_name,
-)
+from reconciler.domain import rules
+from reconciler.domain.model import Config, EnvironmentConfig, LiveEnvironment, Selector, connector_id
 from reconciler.errors import ConfigError, Location, PlanError
-
-# --------------------------------------------------------------------------- binding resolution
-
-
-def owner_matches(principal: str, connection: LiveConnection, live: LiveEnvironment) -> bool:
-    """True when ``principal`` (a UPN, an Entra object id, an application (client) id or a systemuserid)
-    names the owner of ``connection``. The owner is the connection's ``createdBy`` object id
-    (docs/dataverse.md §4.4); the Dataverse user with that object id supplies the UPN."""
-    want = principal.strip().lower()
-    if not want:
-        return False
-    oid = (connection.owner_object_id or "").lower()
-    if oid and oid == want:
-        return True
-    user = live.user_by_object_id(connection.owner_object_id)
-    if user is not None:
-        ids = (user.upn, user.systemuserid, user.application_id, user.fullname)
-        if any((x or "").lower() == want for x in ids):
-            return True
-    return (connection.owner_name or "").lower() == want
-
-
-def connection_owner_label(connection: LiveConnection, live: LiveEnvironment) -> str:
-    """The owner as a person reads it: UPN when the user is known, else the name the API gave."""
-    user = live.user_by_object_id(connection.owner_object_id)
-    if user is not None and (user.upn or user.fullname):
-        return user.upn or user.fullname or ""
-    return connection.owner_name or connection.owner_object_id or "unknown owner"
-
-
-def owner_upn(connection: LiveConnection, live: LiveEnvironment) -> str | None:
-    """The owner's UPN as the planner reads it (``LiveEnvironment.owner_upn``)."""
-    return live.owner_upn(connection)
-
-
-def selector_candidates(selector: Selector, connector: str, live: LiveEnvironment) -> list[LiveConnection]:
-    """Connections of ``connector`` that ``selector`` matches: the planner's rule
-    (``LiveEnvironment.selector_matches``)."""
-    return live.selector_matches(selector, connector)
-
-
-def resolve_binding(
-    binding: Binding, connector: str, live: LiveEnvironment, *, logical_name: str = ""
-) -> LiveConnection:
-    """The one connection ``binding`` names in ``live``; ``PlanError`` saying why when there is none
-    or (for a selector) more than one."""
-    what = f"{logical_name}: " if logical_name else ""
-    if isinstance(binding, Selector):
-        found = selector_candidates(binding, connector, live)
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise PlanError(
-                f"{what}selector {binding.describe()} matches no {connector_name(connector)} connection "
-                f"in environment {live.name}"
-            )
-        names = ", ".join(c.describe() for c in found)
-        raise PlanError(
-            f"{what}selector {binding.describe()} matches {len(found)} connections in environment "
-            f"{live.name}: {names}; add display_name to the selector or bind by connection name"
-        )
-    conn = live.connection(binding)
-    if conn is None:
-        raise PlanError(f"{what}connection {binding} does not exist in environment {live.name}")
-    return conn
-
-
-def binding_for(env: EnvironmentConfig, logical_name: str) -> Binding | None:
-    """The environment's binding for a reference, matching the logical name case-insensitively
-    (Dataverse compares logical names without case, docs/dataverse.md §1.7)."""
-    key = logical_name.lower()
-    for name, binding in env.bindings.items():
-        if name.lower() == key:
-            return binding
-    return None
-
 
 # --------------------------------------------------------------------------- writing
 
@@ -144,10 +59,12 @@ def deployment_settings(
     create-settings`` writes for "fill in later"), or a ``PlanError`` with ``strict=True``.
     """
     environment = _environment(config, env)
+    bindings = rules.BindingIndex.of(environment)
     entries: list[dict[str, str]] = []
     unbound: list[str] = []
+    problems: list[rules.Problem] = []
     for logical_name, ref in config.references.items():
-        binding = binding_for(environment, logical_name)
+        binding = bindings.get(logical_name)
         connection_name = ""
         if binding is None:
             unbound.append(logical_name)
@@ -159,13 +76,13 @@ def deployment_settings(
                 )
             connection_name = binding
         else:
-            conn = resolve_binding(binding, ref.connector, live, logical_name=logical_name)
-            if connector_name(conn.connector) != connector_name(ref.connector):
-                raise PlanError(
-                    f"{logical_name}: connection {conn.name} is for {connector_name(conn.connector)}, "
-                    f"not {connector_name(ref.connector)}"
-                )
-            connection_name = conn.name
+            found = rules.find_connection(binding, ref.connector, live, subject=logical_name)
+            problems.extend(found.problems)
+            if found.connection is not None:
+                # The connector only: what pac checks ("Invalid Connection" otherwise).
+                mismatch = rules.connector_mismatch(found.connection, ref.connector, live, subject=logical_name)
+                problems.extend([mismatch] if mismatch else [])
+                connection_name = found.connection.name
         entries.append(
             {
                 "LogicalName": logical_name,
@@ -173,6 +90,8 @@ def deployment_settings(
                 "ConnectorId": connector_id(ref.connector),
             }
         )
+    if problems:
+        raise PlanError("\n".join(p.line() for p in problems))
     if strict and unbound:
         raise PlanError(
             f"no binding in environment {environment.name} for: {', '.join(sorted(unbound, key=str.lower))}"

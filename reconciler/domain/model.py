@@ -180,19 +180,6 @@ class LiveConnection:
     owner_name: str | None = None
     permissions: tuple[Permission, ...] = ()
 
-    def usable_by(self, object_id: str | None) -> bool:
-        """The principal owns the connection or has it shared with it."""
-        if object_id is None:
-            return False
-        oid = object_id.lower()
-        if (self.owner_object_id or "").lower() == oid:
-            return True
-        return any(p.principal_id.lower() == oid for p in self.permissions)
-
-    def describe(self) -> str:
-        owner = f", owner {self.owner_name}" if self.owner_name else ""
-        return f"{self.display_name or self.name} ({self.name}{owner})"
-
 
 FLOW_OFF, FLOW_ON, FLOW_SUSPENDED = 0, 1, 2  # workflow statecode (docs/dataverse.md §5.1)
 FLOW_STATES = {FLOW_OFF: "Off", FLOW_ON: "On", FLOW_SUSPENDED: "Suspended"}
@@ -238,7 +225,7 @@ class LiveEnvironment:
     """Everything the planner needs about one environment, read in bulk before planning.
 
     ``caller`` is the authenticated identity; ``writer`` is the identity writes act as (the
-    service account when one is configured, else the caller)."""
+    service account when one is configured, else the caller: ``reconciler.domain.rules.pick_writer``)."""
 
     name: str
     solution: LiveSolution | None
@@ -313,25 +300,3 @@ class LiveEnvironment:
 
     def user_by_object_id(self, object_id: str | None) -> LiveUser | None:
         return self._users_by_object_id.get(object_id.lower()) if object_id else None
-
-    def owner_upn(self, conn: LiveConnection) -> str | None:
-        """A connection's owner as people name it: the UPN of the Dataverse user whose object id
-        created it (connections API ``createdBy.id``), else the name the API gave, else the object id."""
-        user = self.user_by_object_id(conn.owner_object_id)
-        if user is not None and user.upn:
-            return user.upn
-        return conn.owner_name or conn.owner_object_id
-
-    def selector_matches(self, selector: Selector, connector: str) -> list[LiveConnection]:
-        """Connections of ``connector`` whose owner UPN and (when given) display name match the
-        selector, both compared without case; sorted by display name, then name. The one rule the
-        planner, deployment settings and ``whoami`` share."""
-        want = connector_name(connector)
-        owner = selector.owner.lower()
-        display = selector.display_name.lower() if selector.display_name is not None else None
-        found = [
-            c for c in self.connections_of(want)
-            if (self.owner_upn(c) or "").lower() == owner
-            and (display is None or (c.display_name or "").lower() == display)
-        ]
-        return sorted(found, key=lambda c: ((c.display_name or "").lower(), c.name))

@@ -116,6 +116,11 @@ class Problem:
         known = CODES.get(self.code)
         return known.name if known else self.code
 
+    @property
+    def hint(self) -> str:
+        """The same as ``fix`` (the name lint findings used first)."""
+        return self.fix
+
     def text(self) -> str:
         """``message; fix``: the problem in one sentence."""
         return f"{self.message}; {self.fix}" if self.fix else self.message
@@ -378,18 +383,26 @@ class BindingIndex:
         return isinstance(logical_name, str) and logical_name.lower() in self._by_key
 
 
+def selects(selector: Selector, conn: LiveConnection, connector: str, live: LiveEnvironment) -> bool:
+    """Whether ``selector`` names ``conn`` for a reference of ``connector``: same connector, owned by
+    ``selector.owner`` (``is_owner``) and, when given, with that display name (without case)."""
+    display = selector.display_name
+    return (
+        same_connector(conn.connector, connector)
+        and is_owner(selector.owner, conn, live)
+        and (display is None or (conn.display_name or "").lower() == display.lower())
+    )
+
+
 def selector_matches(selector: Selector, connector: str, live: LiveEnvironment) -> list[LiveConnection]:
-    """Connections of ``connector`` the selector names: owned by ``selector.owner`` (``is_owner``) and,
-    when given, with that display name (without case); sorted by display name, then name."""
+    """The connections ``selector`` names (``selects``), sorted by display name, then name. Many
+    references share one selector: each is resolved once per environment (``live.selector_memo``)."""
     display = selector.display_name.lower() if selector.display_name is not None else None
     key = (selector.owner.strip().lower(), "" if display is None else "=" + display, connector_name(connector))
     memo = live.selector_memo
-    if key not in memo:  # many references share one selector: each is resolved once per environment
-        memo[key] = sorted((
-            c for c in live.connections_of(connector)
-            if is_owner(selector.owner, c, live)
-            and (display is None or (c.display_name or "").lower() == display)
-        ), key=_by_display_name)
+    if key not in memo:
+        memo[key] = sorted((c for c in live.connections_of(connector) if selects(selector, c, connector, live)),
+                           key=_by_display_name)
     return list(memo[key])
 
 
@@ -415,7 +428,6 @@ def find_connection(binding: Binding, connector: str, live: LiveEnvironment, *,
     """The one connection ``binding`` names in ``live`` (no checks on it): CR204 when a named
     connection is missing, CR206 when a selector matches none or several."""
     where: dict[str, Any] = {"environment": live.name, "subject": subject}
-    note = live.connections_visibility_note()
     if not isinstance(binding, Selector):
         conn = live.connection(binding)
         if conn is not None:
@@ -434,6 +446,7 @@ def find_connection(binding: Binding, connector: str, live: LiveEnvironment, *,
     else:
         candidates = sorted(live.connections_of(connector), key=_by_display_name)
         listing = "; ".join(describe_connection(c, live) for c in candidates) or "none"
+        note = live.connections_visibility_note()
         found = problem(
             "CR206",
             f"selector {binding.describe()} matches no {want} connection in environment {live.name}"
@@ -459,18 +472,23 @@ def connection_problems(conn: LiveConnection, connector: str, live: LiveEnvironm
                         subject: str | None = None) -> list[Problem]:
     """What makes ``conn`` unfit for a reference of ``connector`` whoever binds it: another connector
     (CR205), a status other than Connected (CR203)."""
-    where: dict[str, Any] = {"environment": live.name, "subject": subject}
-    out: list[Problem] = []
-    if not same_connector(conn.connector, connector):
-        want = connector_name(connector)
-        out.append(problem(
-            "CR205", f"connection {describe_connection(conn, live)} is for connector "
-            f"{connector_name(conn.connector)}, but the reference is for {want}",
-            f"bind it to a {want} connection", **where,
-        ))
+    out = [connector_mismatch(conn, connector, live, subject=subject)]
     if not is_connected(conn):
         out.append(not_connected(conn, live, subject=subject))
-    return out
+    return [p for p in out if p is not None]
+
+
+def connector_mismatch(conn: LiveConnection, connector: str, live: LiveEnvironment, *,
+                       subject: str | None = None) -> Problem | None:
+    """CR205 when ``conn`` is for another connector than ``connector``, else None."""
+    if same_connector(conn.connector, connector):
+        return None
+    want = connector_name(connector)
+    return problem(
+        "CR205", f"connection {describe_connection(conn, live)} is for connector "
+        f"{connector_name(conn.connector)}, but the reference is for {want}",
+        f"bind it to a {want} connection", environment=live.name, subject=subject,
+    )
 
 
 def not_connected(conn: LiveConnection, live: LiveEnvironment, *, subject: str | None = None) -> Problem:

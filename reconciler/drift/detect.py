@@ -16,8 +16,9 @@ Per reference it reports: rebound (from which connection to which), renamed, des
 connector changed, owner changed, deleted, removed from the solution, connection now broken (not
 ``Connected``: docs/dataverse.md §4.4 ``statuses``), and unmanaged. Who and when come from the row's
 ``modifiedby`` / ``modifiedon`` (docs/dataverse.md §1.3), the user resolved to a UPN through
-``live.users``. Field-level differences come from DeepDiff over the normalised managed fields, so an
-empty description and a null one, or two casings of a connection name, are not drift.
+``live.users``. Field-level differences are the rules layer's (``reconciler.domain.rules.differences``,
+the comparison plan makes too), so an empty description and a null one, or two casings of a connection
+name, are not drift; a broken connection is the rules layer's Problem (CR203, CR204), as in lint and plan.
 """
 
 from __future__ import annotations
@@ -26,23 +27,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepdiff import DeepDiff
-
+from reconciler.domain import rules
 from reconciler.domain.model import (
-    Binding,
     Config,
     EnvironmentConfig,
-    LiveConnection,
     LiveEnvironment,
     LiveReference,
     Selector,
-    connector_name,
     frozen_map,
 )
+from reconciler.domain.rules import Problem
 from reconciler.state.model import EnvState, ManagedReference
 
 FORMAT_VERSION = "1.0"
-CONNECTED = "connected"
 
 # Kinds, in the order a reader wants them.
 DELETED = "deleted"
@@ -73,6 +70,8 @@ _FIELD_KIND = {
     "owner": OWNER_CHANGED,
 }
 
+_ITEM_ORDER = ("connection", "display_name", "description", "connector", "owner")
+
 STATE = "state"  # baseline: the values connref last applied
 CONFIG = "config"  # baseline: the config (no state for the reference)
 
@@ -92,9 +91,10 @@ class DriftItem:
     after: str | None = None
     before_label: str | None = None
     after_label: str | None = None
+    problem: Problem | None = None  # for a broken connection: the rules layer's verdict (code, fix)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "message": self.message,
             "field": self.field,
@@ -103,6 +103,10 @@ class DriftItem:
             "before_label": self.before_label,
             "after_label": self.after_label,
         }
+        if self.problem is not None:
+            out["code"] = self.problem.code
+            out["fix"] = self.problem.fix
+        return out
 
 
 @dataclass(frozen=True)
@@ -177,54 +181,36 @@ class DriftReport:
         }
 
 
-# --------------------------------------------------------------------------- normalising
-
-
-def _text(v: str | None) -> str | None:
-    # Dataverse returns an empty text column as null or as "": the same value.
-    return v if v else None
-
-
-def _id(v: str | None) -> str | None:
-    # Names, ids and connector ids compare case-insensitively (docs/dataverse.md §1.7).
-    return v.lower() if v else None
+# --------------------------------------------------------------------------- comparing
 
 
 def _fields_of_state(ref: ManagedReference) -> dict[str, str | None]:
     return {
-        "display_name": _text(ref.display_name),
-        "description": _text(ref.description),
-        "connector": connector_name(ref.connector),
-        "connection": _id(ref.connection),
-        "owner": _id(ref.owner),
+        "display_name": ref.display_name,
+        "description": ref.description,
+        "connector": ref.connector,
+        "connection": ref.connection,
+        "owner": ref.owner,
     }
 
 
 def _fields_of_live(ref: LiveReference) -> dict[str, str | None]:
     return {
-        "display_name": _text(ref.display_name),
-        "description": _text(ref.description),
-        "connector": connector_name(ref.connector),
-        "connection": _id(ref.connection),
-        "owner": _id(ref.owner_id),
+        "display_name": ref.display_name,
+        "description": ref.description,
+        "connector": ref.connector,
+        "connection": ref.connection,
+        "owner": ref.owner_id,
     }
 
 
-def _changed_fields(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """DeepDiff of two flat field maps -> {field: {"before": ..., "after": ...}} (normalised values)."""
-    diff = DeepDiff(dict(expected), dict(actual), view="tree")
+def _changed_fields(expected: Mapping[str, str | None], actual: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+    """{field: {"before": ..., "after": ...}} (normalised values) for the fields of ``expected`` whose
+    actual value differs (``rules.differences``)."""
     out: dict[str, dict[str, Any]] = {}
-    for group in ("values_changed", "type_changes"):  # str -> None is a type change to DeepDiff
-        for level in diff.get(group, []):
-            path = level.path(output_format="list")
-            if path:
-                out[str(path[0])] = {"before": level.t1, "after": level.t2}
-    for group in ("dictionary_item_added", "dictionary_item_removed"):
-        for level in diff.get(group, []):
-            path = level.path(output_format="list")
-            if path:
-                key = str(path[0])
-                out[key] = {"before": expected.get(key), "after": actual.get(key)}
+    for d in rules.differences(expected, actual):
+        before, after = d.normalised()
+        out[d.field] = {"before": before, "after": after}
     return out
 
 
@@ -241,20 +227,13 @@ class _Describer:
         u = self.live.user(systemuserid)
         return u.describe() if u else systemuserid
 
-    def conn_owner(self, conn: LiveConnection) -> str | None:
-        u = self.live.user_by_object_id(conn.owner_object_id)
-        if u and u.upn:
-            return u.upn
-        return conn.owner_name or conn.owner_object_id
-
     def connection(self, name: str | None) -> str:
         if not name:
             return "(unbound)"
         conn = self.live.connection(name)
         if conn is None:
             return f"{name} (not found)"
-        label = f'"{conn.display_name}"' if conn.display_name else conn.name
-        return f"{label} (owner {self.conn_owner(conn) or 'unknown'}, {conn.name})"
+        return rules.describe_connection(conn, self.live)
 
 
 def _by_when(ref: LiveReference, d: _Describer) -> tuple[str | None, str | None]:
@@ -287,47 +266,18 @@ def _field_item(fieldname: str, before: Any, after: Any, d: _Describer, baseline
 
 
 def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
-    """A bound connection that is missing or not Connected: flows using the reference will fail."""
-    if not ref.connection:
+    """A bound connection that is missing or not Connected (``rules.connection_health``): flows using the
+    reference will fail."""
+    found = rules.connection_health(ref.connection, d.live, subject=ref.logical_name)
+    if found is None or not ref.connection:
         return None
     conn = d.live.connection(ref.connection)
     if conn is None:
-        return DriftItem(
-            CONNECTION_BROKEN,
-            f"bound to connection {ref.connection}, which does not exist in the environment (or is not "
-            "visible to the identity that reads it)",
-            "connection",
-            ref.connection,
-            None,
-            ref.connection,
-            "(not found)",
-        )
-    if (conn.status or "").lower() != CONNECTED:
-        label = d.connection(conn.name)
-        return DriftItem(
-            CONNECTION_BROKEN,
-            f"connection {label} has status {conn.status or 'unknown'}, not Connected: repair it (sign in "
-            "again) in the maker portal or bind another connection",
-            "connection",
-            conn.name,
-            conn.status,
-            label,
-            f"status {conn.status or 'unknown'}",
-        )
-    return None
-
-
-def _binding_for(env: EnvironmentConfig, logical_name: str) -> Binding | None:
-    key = logical_name.lower()
-    return next((b for n, b in env.bindings.items() if n.lower() == key), None)
-
-
-def _selector_matches(sel: Selector, conn: LiveConnection | None, d: _Describer) -> bool:
-    if conn is None:
-        return False
-    if (d.conn_owner(conn) or "").lower() != sel.owner.lower():
-        return False
-    return sel.display_name is None or (conn.display_name or "").lower() == sel.display_name.lower()
+        return DriftItem(CONNECTION_BROKEN, found.text(), "connection", ref.connection, None, ref.connection,
+                         "(not found)", problem=found)
+    status = f"status {conn.status or 'unknown'}"
+    return DriftItem(CONNECTION_BROKEN, found.text(), "connection", conn.name, conn.status,
+                     d.connection(conn.name), status, problem=found)
 
 
 # --------------------------------------------------------------------------- detection
@@ -354,25 +304,8 @@ def _against_state(
         )
     expected, actual = _fields_of_state(m), _fields_of_live(live_ref)
     changed = _changed_fields(expected, actual)
-    items: list[DriftItem] = []
     # Report original (not normalised) values, in a fixed field order.
-    originals_before = {
-        "display_name": m.display_name,
-        "description": m.description,
-        "connector": m.connector,
-        "connection": m.connection,
-        "owner": m.owner,
-    }
-    originals_after = {
-        "display_name": live_ref.display_name,
-        "description": live_ref.description,
-        "connector": live_ref.connector,
-        "connection": live_ref.connection,
-        "owner": live_ref.owner_id,
-    }
-    for f in ("connection", "display_name", "description", "connector", "owner"):
-        if f in changed:
-            items.append(_field_item(f, originals_before[f], originals_after[f], d, STATE))
+    items = [_field_item(f, expected[f], actual[f], d, STATE) for f in _ITEM_ORDER if f in changed]
     if not live_ref.in_solution:
         items.append(
             DriftItem(
@@ -390,40 +323,24 @@ def _against_config(
 ) -> ReferenceDrift | None:
     desired = config.reference(live_ref.logical_name)
     assert desired is not None
-    expected: dict[str, Any] = {
-        "display_name": _text(desired.display_name),
-        "description": _text(desired.description),
-        "connector": connector_name(desired.connector),
-    }
-    actual: dict[str, Any] = {
-        "display_name": _text(live_ref.display_name),
-        "description": _text(live_ref.description),
-        "connector": connector_name(live_ref.connector),
-    }
-    originals_before: dict[str, Any] = {
+    expected: dict[str, str | None] = {
         "display_name": desired.display_name,
         "description": desired.description,
         "connector": desired.connector,
     }
-    originals_after: dict[str, Any] = {
-        "display_name": live_ref.display_name,
-        "description": live_ref.description,
-        "connector": live_ref.connector,
-        "connection": live_ref.connection,
-        "owner": live_ref.owner_id,
-    }
-    binding = _binding_for(env, live_ref.logical_name)
+    actual = _fields_of_live(live_ref)
+    binding = rules.BindingIndex.of(env).get(live_ref.logical_name)
     if isinstance(binding, str):
-        expected["connection"], actual["connection"] = _id(binding), _id(live_ref.connection)
-        originals_before["connection"] = binding
+        expected["connection"] = binding
     # Only a config that names an owner (service_account) and a writer found live give an owner to expect.
-    if env.service_account and live.writer is not None:
-        expected["owner"], actual["owner"] = _id(live.writer.systemuserid), _id(live_ref.owner_id)
-        originals_before["owner"] = live.writer.systemuserid
+    writer = rules.writer(env.service_account, live) if env.service_account else None
+    if writer is not None:
+        expected["owner"] = writer.systemuserid
     changed = _changed_fields(expected, actual)
     items: list[DriftItem] = []
-    if isinstance(binding, Selector) and not _selector_matches(
-        binding, live.connection(live_ref.connection or ""), d
+    bound = live.connection(live_ref.connection) if live_ref.connection else None
+    if isinstance(binding, Selector) and (
+        bound is None or not rules.selects(binding, bound, desired.connector, live)
     ):
         al = d.connection(live_ref.connection)
         items.append(
@@ -437,10 +354,10 @@ def _against_config(
                 al,
             )
         )
-        changed["connection"] = {"before": binding.describe(), "after": _id(live_ref.connection)}
-    for f in ("connection", "display_name", "description", "connector", "owner"):
+        changed["connection"] = {"before": binding.describe(), "after": rules.id_value(live_ref.connection)}
+    for f in _ITEM_ORDER:
         if f in changed and not (f == "connection" and isinstance(binding, Selector)):
-            items.append(_field_item(f, originals_before.get(f), originals_after[f], d, CONFIG))
+            items.append(_field_item(f, expected.get(f), actual[f], d, CONFIG))
     return _drift_of(live_ref, d, CONFIG, items, changed)
 
 
