@@ -319,7 +319,16 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
             _report_applied(name, result)
         snap = snapshots.get(name)
         prev = snap.state if snap else None
+        gone = _gone(config, prev, sessions[name], lives[name])
+        if gone:
+            print(f"\n{name}: no longer managed (not declared, and deleted from the environment): "
+                  + ", ".join(gone), file=out)
         if not env_plan.ops and prev is not None:
+            if gone:
+                who = lives[name].writer or lives[name].caller
+                forgotten = record_state.forget(prev, gone, identity=who.describe() if who else None,
+                                                commit=commit)
+                backend.write(forgotten, token=snap.token if snap else None, lock=locks[name])
             continue  # nothing written and already recorded: the state stays as it is
         if env_plan.ops and (result is None or not result.written):
             continue  # nothing was written: the state must not claim an apply happened
@@ -329,7 +338,7 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
         written_ops = [r.op for r in result.written] if result else []
         new_state = record_state.record_apply(
             prev, name, live_after, declared=list(config.references), ops=written_ops, failed=failed,
-            solution=config.solution, commit=commit,
+            solution=config.solution, commit=commit, gone=gone,
         )
         backend.write(new_state, token=snap.token if snap else None, lock=locks[name])
 
@@ -337,6 +346,22 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
     if failures:
         raise ApplyError("\n".join(str(f) for f in failures))
     return 0
+
+
+def _gone(config: Config, prev: EnvState | None, session: EnvSession, live: LiveEnvironment) -> list[str]:
+    """The references the state manages that are neither declared nor in the environment any more
+    (``record.vanished``). ``live`` holds the solution's and the declared references only, so a candidate
+    is looked for again among all of them (it may just have left the solution): one more read, and only
+    when there is a candidate."""
+    from reconciler.api.live import read_environment
+    from reconciler.state import record as record_state
+
+    declared = list(config.references)
+    candidates = record_state.vanished(prev, declared, (r.logical_name for r in live.references))
+    if not candidates:
+        return []
+    everything = read_environment(session, config, live.name, all_references=True)
+    return record_state.vanished(prev, declared, (r.logical_name for r in everything.references))
 
 
 def _report_applied(name: str, result: ApplyResult | None) -> None:

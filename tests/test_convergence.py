@@ -19,6 +19,7 @@ import io
 import json
 import re
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from convergence_world import (
     World,
     config_text,
     declarations,
+    delete_rows,
     expected_drift,
     expected_rows,
     refusals,
@@ -320,6 +322,14 @@ def test_accepted_worlds_converge_through_the_cli(world: World) -> None:
 
 
 
+def deleted_by_hand(config: Path, ids: Collection[str]) -> None:
+    """Delete reference rows in the ``local:`` data next to ``config``, as someone in the portal would."""
+    data_file = config.parent / "dev.json"
+    data = json.loads(data_file.read_text(encoding="utf-8"))
+    delete_rows(data, ids)
+    data_file.write_text(json.dumps(data), encoding="utf-8")
+
+
 def as_left(world: World, config: Path) -> World:
     """``world`` as the environment and the state at ``config`` are now, for a next config, pruning."""
     data = json.loads((config.parent / "dev.json").read_text(encoding="utf-8"))
@@ -329,14 +339,36 @@ def as_left(world: World, config: Path) -> World:
 @settings(max_examples=TWO_STEP_EXAMPLES, deadline=None)
 @given(worlds(accepted=True), st.data())
 def test_a_next_config_with_prune_converges_through_the_cli(world: World, draws: st.DataObject) -> None:
-    """Apply one config, then another over what it left (references dropped, added, rebound), pruning:
-    what connref manages and no longer declares is deleted unless flows use it."""
+    """Apply one config; someone deletes references by hand (those no flow uses: the portal refuses the
+    others); then apply another config over what is left (references dropped, added, rebound), pruning:
+    what connref manages and no longer declares is deleted unless flows use it, and forgotten if gone."""
     with scratch() as tmp:
         config = write_local(world, Path(tmp), KEY)
         cli_converges(world, config)
+        deletable = [r for r in as_left(world, config).rows if not world.used_by_flows(r.logical_name)]
+        gone = draws.draw(st.lists(st.sampled_from(deletable), unique=True) if deletable else st.just([]),
+                          label="deleted by hand")
+        if gone:
+            count("deleted by hand")
+            deleted_by_hand(config, {str(r.id) for r in gone})
         nxt = draws.draw(declarations(as_left(world, config), accepted=True), label="next config")
         config.write_text(config_text(nxt, local="dev.json"), encoding="utf-8")
         cli_converges(nxt, config)
+
+
+def test_a_managed_reference_deleted_by_hand_and_no_longer_declared_is_forgotten() -> None:
+    """Caught by the property above (shrunk): a reference connref created, then deleted by hand and dropped
+    from the config, stayed in the state for good: plan and apply said "No changes." and every drift run
+    reported it deleted (exit 2), with nothing the user could do. The apply now forgets it."""
+    world = World(declared=(Declared("contoso_Invoices.v2-eu", SP, "SharePoint ContosoConnections"),))
+    with scratch() as tmp:
+        config = write_local(world, Path(tmp), KEY)
+        cli_converges(world, config)
+        deleted_by_hand(config, {str(r.id) for r in as_left(world, config).rows})
+        nxt = dataclasses.replace(as_left(world, config), declared=())
+        config.write_text(config_text(nxt, local="dev.json"), encoding="utf-8")
+        cli_converges(nxt, config)
+        assert managed_names(config) == ()
 
 
 # --------------------------------------------------------------------------- known failures

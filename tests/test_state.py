@@ -181,6 +181,35 @@ def test_untouched_reference_keeps_applied_at() -> None:
     assert nxt.reference("a").applied_at == "2024-01-01T00:00:00Z"  # type: ignore[union-attr]
 
 
+def test_vanished_is_what_is_managed_neither_declared_nor_present() -> None:
+    state = record.record_apply(None, "dev", live_env(live_ref("a"), live_ref("b"), live_ref("c")),
+                                declared=["a", "b", "c"], user="u", at="2024-01-01T00:00:00Z")
+    assert record.vanished(None, [], []) == []
+    # a: declared; B: still in the environment (another case); c: neither, so gone.
+    assert record.vanished(state, declared=["A"], present=["B"]) == ["c"]
+    assert record.vanished(state, declared=["a", "b", "c"], present=[]) == []
+
+
+def test_forget_drops_only_the_gone_and_keeps_every_other_record() -> None:
+    state = record.record_apply(None, "dev", live_env(live_ref("a"), live_ref("c")), declared=["a", "c"],
+                                user="u", at="2024-01-01T00:00:00Z")
+    nxt = record.forget(state, ["C"], identity="pipeline-app", user="u", at="2024-02-02T00:00:00Z")
+    assert sorted(nxt.references) == ["a"] and nxt.reference("a") == state.reference("a")
+    assert nxt.serial == state.serial + 1 and nxt.lineage == state.lineage
+    h = nxt.last_apply
+    assert h is not None and (h.identity, dict(h.counts)) == ("pipeline-app", {"forgotten": 1})
+
+
+def test_record_apply_drops_the_gone_along_with_what_it_wrote() -> None:
+    prev = record.record_apply(None, "dev", live_env(live_ref("a"), live_ref("c")), declared=["a", "c"],
+                               user="u", at="2024-01-01T00:00:00Z")
+    nxt = record.record_apply(prev, "dev", live_env(live_ref("a", conn="c2")), declared=["a"],
+                              ops=[{"kind": "update", "logical_name": "a"}], gone=["c"], user="u",
+                              at="2024-02-02T00:00:00Z")
+    assert sorted(nxt.references) == ["a"]
+    assert nxt.last_apply is not None and dict(nxt.last_apply.counts) == {"forgotten": 1, "update": 1}
+
+
 # --------------------------------------------------------------------------- atomic writes and backup
 
 

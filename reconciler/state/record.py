@@ -59,6 +59,7 @@ def record_apply(
     user: str | None = None,
     commit: str | None = None,
     at: str | None = None,
+    gone: Iterable[str] = (),
 ) -> EnvState:
     """The state after an apply, from the previous state, what the apply did and the environment re-read.
 
@@ -66,12 +67,13 @@ def record_apply(
     - ``ops``: the operations applied (``ops.Operation`` objects or their ``to_dict()``);
     - ``failed``: logical names whose writes failed (from the ApplyResult): their previous entry is kept;
     - ``live_after``: the environment read after the apply; each declared reference found there is recorded
-      with its live values and ETag, so the next drift check compares against what is really there.
+      with its live values and ETag, so the next drift check compares against what is really there;
+    - ``gone``: managed references that are neither declared nor in the environment any more (``vanished``).
 
-    A delete op that succeeded removes the reference from the state. ``identity`` defaults to the writer
-    (or caller) of ``live_after``, ``user`` to the OS user, ``at`` to now; ``commit`` is not looked up
-    here (pass ``git_commit(config_dir)``). Serial goes up by one; lineage is kept (new for a first apply).
-    Pure: nothing is written; call ``save_state`` with the result."""
+    A delete op that succeeded removes the reference from the state, and so does ``gone``. ``identity``
+    defaults to the writer (or caller) of ``live_after``, ``user`` to the OS user, ``at`` to now; ``commit``
+    is not looked up here (pass ``git_commit(config_dir)``). Serial goes up by one; lineage is kept (new
+    for a first apply). Pure: nothing is written; call ``save_state`` with the result."""
     at = at or now_utc()
     failed_keys = {n.lower() for n in failed}
     touched: dict[str, str] = {}
@@ -89,9 +91,12 @@ def record_apply(
         counts["failed"] = len(failed_keys)
 
     base = prev or new_state(env, solution=solution)
+    forgotten = {n.lower() for n in gone} & {n.lower() for n in base.references}
+    if forgotten:
+        counts["forgotten"] = len(forgotten)
     refs: dict[str, ManagedReference] = {}
     for name, ref in base.references.items():
-        if name.lower() not in deleted:
+        if name.lower() not in deleted | forgotten:
             refs[name] = ref
 
     live_by_name = {r.logical_name.lower(): r for r in live_after.references}
@@ -107,18 +112,62 @@ def record_apply(
         refs[live_ref.logical_name] = ManagedReference.from_live(live_ref, live_after, when)
 
     who = live_after.writer or live_after.caller
+    return _next(base, refs, counts, at=at, user=user, identity=identity or (who.describe() if who else None),
+                 commit=commit, solution=solution)
+
+
+def vanished(state: EnvState | None, declared: Iterable[str], present: Iterable[str]) -> list[str]:
+    """The references ``state`` manages that the config no longer declares and that are not among the
+    logical names ``present`` in the environment: deleted there, nothing is left to manage. Prune has
+    nothing to delete and drift nothing to compare them with, so an apply drops them from the state
+    (``forget``), as Terraform's refresh drops a resource that no longer exists."""
+    if state is None:
+        return []
+    keep = {n.lower() for n in declared} | {n.lower() for n in present}
+    return sorted((n for n in state.references if n.lower() not in keep), key=str.lower)
+
+
+def forget(
+    state: EnvState,
+    names: Iterable[str],
+    *,
+    identity: str | None = None,
+    user: str | None = None,
+    commit: str | None = None,
+    at: str | None = None,
+) -> EnvState:
+    """The state after an apply that wrote nothing but found managed references gone (``vanished``):
+    those are dropped, every other record stays as it was (its drift is still drift)."""
+    drop = {n.lower() for n in names}
+    refs = {n: r for n, r in state.references.items() if n.lower() not in drop}
+    counts = {"forgotten": len(state.references) - len(refs)}
+    return _next(state, refs, counts, at=at or now_utc(), user=user, identity=identity, commit=commit)
+
+
+def _next(
+    base: EnvState,
+    refs: Mapping[str, ManagedReference],
+    counts: Mapping[str, int],
+    *,
+    at: str,
+    user: str | None,
+    identity: str | None,
+    commit: str | None,
+    solution: str | None = None,
+) -> EnvState:
+    """``base`` with ``refs``, the serial one up and a history entry for this apply."""
     entry = HistoryEntry(
         serial=base.serial + 1,
         at=at,
         os_user=user if user is not None else os_user(),
-        identity=identity or (who.describe() if who else None),
+        identity=identity,
         commit=commit,
         counts=frozen_map(dict(sorted(counts.items()))),
     )
     return replace(
         base,
         serial=base.serial + 1,
-        references=frozen_map(refs),
+        references=frozen_map(dict(refs)),
         history=(*base.history, entry)[-HISTORY_LIMIT:],
         solution=solution or base.solution,
         format_version=FORMAT_VERSION,
