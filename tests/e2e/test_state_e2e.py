@@ -9,14 +9,15 @@ reported with its backup and restored; ``drift`` exits 0 on a clean environment 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -39,27 +40,30 @@ BATCH = "/api/data/v9.2/$batch"
 # A lock holder that is killed with SIGKILL, as a pipeline agent that dies mid-apply would be: it takes the
 # lock with the real lock module, says its id, and waits to be killed.
 KILLED_HOLDER = """
-import sys, time
+import sys, threading
 from reconciler.state.lock import acquire
 lock = acquire(sys.argv[1], sys.argv[2], "apply")
 print(lock.id, flush=True)
-time.sleep(600)
+threading.Event().wait()
 """
 
 # The CLI in a subprocess, with an observer on the lock module's one atomic step: the first time the lock
-# is found taken, a marker file appears. The test needs it to know, without sleeping, that the second run
-# really is waiting on the lock before it lets the first run finish. Nothing else is changed.
+# is found taken, it writes a byte to the pipe whose descriptor it is given. The test needs it to know,
+# without sleeping, that the second run really is waiting on the lock before it lets the first run finish.
+# Nothing else is changed.
 WAITING_CLI = """
-import sys
-from pathlib import Path
+import os, sys
 import reconciler.state.lock as lock
 from reconciler.cli import main
-marker, argv = Path(sys.argv[1]), sys.argv[2:]
+fd, argv = int(sys.argv[1]), sys.argv[2:]
 real = lock._try_create
 def observed(path, info):
+    global fd
     taken = real(path, info)
-    if not taken:
-        marker.touch()
+    if not taken and fd >= 0:
+        os.write(fd, b"w")
+        os.close(fd)
+        fd = -1
     return taken
 lock._try_create = observed
 raise SystemExit(main(argv))
@@ -78,35 +82,64 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _wait_for(cond: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None) -> None:
-    """Poll ``cond`` until true; fail (with the process's output) if ``proc`` exits first or time runs out."""
-    deadline = time.monotonic() + TIMEOUT
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def _wait_for(event: threading.Event, what: str, proc: subprocess.Popen[str]) -> None:
+    """Wait until ``event`` is set; fail (with the process's output) if ``proc`` exits first, or after TIMEOUT.
+    Two watchers wake the test on whichever comes first: no polling."""
+    woke = threading.Event()
+
+    def on_event() -> None:
+        if event.wait(TIMEOUT):
+            woke.set()
+
+    def on_exit() -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(TIMEOUT)
+        woke.set()
+
+    for watch in (on_event, on_exit):
+        threading.Thread(target=watch, daemon=True).start()
+    woke.wait(TIMEOUT)
+    if event.is_set():
+        return
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _wait_for_byte(fd: int, what: str, proc: subprocess.Popen[str]) -> None:
+    """Wait until ``proc`` writes a byte to the pipe ``fd`` reads; fail (with its output) if it closes the
+    pipe without one (it exited), or after TIMEOUT."""
+    ready, _, _ = select.select([fd], [], [], TIMEOUT)
+    if not ready:
+        pytest.fail(f"timed out waiting for {what}")
+    if os.read(fd, 1) != b"w":
+        out, err = proc.communicate(timeout=TIMEOUT)
+        pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
 
 
 class BatchGate:
     """WSGI middleware in front of an emulator app: every ``POST .../$batch`` waits until ``release()``.
 
     Deterministic where a latency fault is not: the first apply holds its lock for exactly as long as the
-    test wants, whatever the machine's speed. The emulator app itself answers every request unchanged."""
+    test wants, whatever the machine's speed. The emulator app itself answers every request unchanged;
+    ``answered`` is set once it has answered a ``$batch`` (and logged it)."""
 
     def __init__(self, app: EmulatorApp) -> None:
         self.app = app
         self.reached = threading.Event()
+        self.answered = threading.Event()
         self._open = threading.Event()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch")):
+        is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
+        if is_batch:
             self.reached.set()
             self._open.wait(TIMEOUT)
         result: Iterable[bytes] = self.app(environ, start_response)
+        if is_batch:
+            self.answered.set()
         return result
 
     def release(self) -> None:
@@ -168,8 +201,8 @@ def test_two_processes_racing_second_is_locked_out_and_state_stays_intact(served
     first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve", "--lock-timeout", "0.5"),
                              env=_env(), cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for((state_dir / "dev.lock").exists, "the first apply takes the lock", first)
-        _wait_for(gate.reached.is_set, "the first apply sends its $batch", first)
+        # It takes the lock before it writes: held in its $batch, it holds the lock.
+        _wait_for(gate.reached, "the first apply sends its $batch", first)
         holder = read_lock(state_dir, "dev")
         assert holder is not None and holder.pid == first.pid
         second = subprocess.run(_cli(served.config, "apply", "--auto-approve", "--lock-timeout", "0.5"),
@@ -206,21 +239,26 @@ def test_two_processes_racing_second_is_locked_out_and_state_stays_intact(served
 
 def test_second_apply_waits_within_lock_timeout_then_finds_no_changes(served: Served) -> None:
     state_dir = served.dir / "state"
-    marker = served.dir / "second-found-the-lock-taken"
     gate = _gate_batches(served, "dev")
     first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve"),
                              env=_env(), cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second: subprocess.Popen[str] | None = None
+    found_taken, tell = os.pipe()
     try:
-        _wait_for((state_dir / "dev.lock").exists, "the first apply takes the lock", first)
-        _wait_for(gate.reached.is_set, "the first apply sends its $batch", first)
+        _wait_for(gate.reached, "the first apply sends its $batch", first)
         second = subprocess.Popen(
-            [sys.executable, "-c", WAITING_CLI, str(marker),
+            [sys.executable, "-c", WAITING_CLI, str(tell),
              "-c", str(served.config), "apply", "--auto-approve", "--lock-timeout", str(TIMEOUT)],
-            env=_env(), cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(marker.exists, "the second apply finds the lock taken", second)
+            env=_env(), cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            pass_fds=(tell,))
+        os.close(tell)
+        tell = -1
+        _wait_for_byte(found_taken, "the second apply finds the lock taken", second)
     finally:
         gate.release()
+        os.close(found_taken)
+        if tell >= 0:
+            os.close(tell)
     out1, err1 = first.communicate(timeout=TIMEOUT)
     assert second is not None
     out2, err2 = second.communicate(timeout=TIMEOUT)
@@ -286,13 +324,14 @@ def test_interrupted_apply_gives_its_locks_back(served: Served, sig: signal.Sign
     first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve"), env=_env(), cwd=served.dir,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(gate.reached.is_set, "the apply sends its $batch", first)
+        _wait_for(gate.reached, "the apply sends its $batch", first)
         first.send_signal(sig)
         first.communicate(timeout=TIMEOUT)
     finally:
         gate.release()
     # The $batch had been sent whole: the emulator still answers it. Wait for that, so what follows is ordered.
-    _wait_for(lambda: served.apps["dev"].log.count_requests("POST", BATCH) == 1, "the sent $batch is answered")
+    assert gate.answered.wait(TIMEOUT), "the sent $batch was not answered"
+    assert served.apps["dev"].log.count_requests("POST", BATCH) == 1
 
     assert read_lock(state_dir, "dev") is None and read_lock(state_dir, "prod") is None
     assert first.returncode == 130
