@@ -12,7 +12,7 @@ import pytest
 from reconciler.config.loader import load_config
 from reconciler.errors import ConfigError, ConfigErrors
 
-CORPUS = Path(__file__).parent / "config_corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "config_corpus"
 CASES = sorted(p.stem for p in CORPUS.glob("*.yaml"))
 LINE_RE = re.compile(r"^(?P<file>[\w.-]+\.yaml):(?P<line>\d+):(?P<col>\d+): ")
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import yaml
 from builders import ALICE, C_ALICE_SP, C_SVC_OUTLOOK, C_SVC_SP, SA, messy_live
-from test_importer import EXISTING, do_import, owned_by_svc, prose, write_config
 
 from reconciler.config.loader import load_config
 from reconciler.domain.model import LiveEnvironment
 from reconciler.plan.ops import UpdateReference
 from reconciler.plan.planner import plan_environment
+from unit.test_importer import EXISTING, do_import, owned_by_svc, prose, write_config
 
 COMMENTED = "    # service_account: svc-flows@contoso.com\n"
 ACTIVE = "    service_account: svc-flows@contoso.com\n"

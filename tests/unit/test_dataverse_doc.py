@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "docs" / "dataverse.md"
 SCANNED = ("reconciler", "tests", "docs", "examples", "state", "README.md")
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".json", ".txt", ".toml"}
