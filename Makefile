@@ -17,7 +17,7 @@ PREFIX ?= $(HOME)/.local
 INSTALL_VENV := $(PREFIX)/share/connref/venv
 VENV_ARGS ?=
 
-.PHONY: demo test test-minimums bench lint typecheck python venv-interpreter venv install uninstall clean
+.PHONY: demo test test-fast test-minimums bench lint typecheck python venv-interpreter venv install uninstall clean
 
 python:
 	@if [ -z "$(PY)" ]; then \
@@ -55,6 +55,10 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The fast tier: the pure tests of tests/unit/ (no emulator, no process, no socket), seconds, for every change.
+test-fast: venv
+	HYPOTHESIS_PROFILE=fast $(BIN)/pytest tests/unit -p no:cacheprovider
 
 # Not part of `make test`: a few minutes of load against the emulator; prints the table in docs/performance.md.
 bench: venv
