@@ -254,6 +254,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _shown(error: BaseException) -> str:
+    """An error message as printed: its lines kept, each inert (messages quote names and answers from
+    live data and the config, reconciler.domain.text)."""
+    from reconciler.domain.text import inert
+
+    return "\n".join(inert(line) for line in str(error).split("\n"))
+
+
 def _terminate_like_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -283,10 +291,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ConfigErrors as e:
         print(f"Error: {len(e.errors)} problems in the config:", file=sys.stderr)
         for one in e.errors:
-            print(f"  {one}", file=sys.stderr)
+            print(f"  {_shown(one)}", file=sys.stderr)
         return e.exit_code
     except ConnrefError as e:
-        print(f"Error: {e}", file=sys.stderr)
+        print(f"Error: {_shown(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

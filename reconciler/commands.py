@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 from reconciler import progress
 from reconciler.config.loader import load_config
 from reconciler.domain.model import Config, LiveEnvironment
+from reconciler.domain.text import inert
 from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def read_all(
     for name, live in lives.items():
         note = live.connections_visibility_note()
         if note:
-            print(f"warning: {name}: {note}", file=err or sys.stderr)
+            print(f"warning: {name}: {inert(note)}", file=err or sys.stderr)
     return lives
 
 
@@ -380,12 +381,12 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
 
     unwritten = 0
     for env, result in results.items():
-        print(f"\n{env}:", file=out)
+        print(f"\n{inert(env)}:", file=out)
         for r in result.results:
             mark = {"written": "✓", "not_written": "·", "failed": "✗"}.get(r.outcome, "?")
-            reason = f": {r.reason}" if r.reason else ""
+            reason = f": {inert(r.reason)}" if r.reason else ""
             outcome = r.outcome.replace("_", " ")
-            print(f"  {mark} {r.op.kind} {r.op.logical_name} ({outcome}){reason}", file=out)
+            print(f"  {mark} {r.op.kind} {inert(r.op.logical_name)} ({outcome}){reason}", file=out)
             if r.outcome != "written":
                 unwritten += 1
     # Per reference, as the plan's summary counts (ops.Counts.of).
@@ -457,13 +458,14 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         }
         print(json.dumps(doc, indent=2), file=out)
     else:
-        print(f"Saved plan {args.planfile}, made {saved.created_at} from {saved.config_path or 'a config'} "
-              f"({saved.config_digest[:19]}…).", file=out)
+        # A plan file travels between jobs: what it says is shown inert.
+        print(inert(f"Saved plan {args.planfile}, made {saved.created_at} from {saved.config_path or 'a config'} "
+                    f"({saved.config_digest[:19]}…)."), file=out)
         for name, env in sorted(saved.environments.items()):
             against = f"state serial {env.state_serial}" if env.state_serial is not None else "no state yet"
-            print(f"  {name}: made against {against}", file=out)
+            print(inert(f"  {name}: made against {against}"), file=out)
         options = ", ".join(f"{k}={v}" for k, v in sorted(saved.options.items())) or "none"
-        print(f"  options: {options}\n", file=out)
+        print(inert(f"  options: {options}") + "\n", file=out)
         print(render.render_text(plan, color=color), file=out)
     if args.markdown:
         _write_text(args.markdown, render.render_markdown(plan, full_plan_hint=f"connref show {args.planfile}"))
@@ -487,7 +489,7 @@ def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
                     for r in settings.connection_references if r.connection_id}
         merged = merge_bindings(config_text, name, bindings, path=config.path)
         for note in merged.notes:
-            print(note, file=err)
+            print(inert(note), file=err)
         if merged.rewritten:
             print("note: the config was written fresh from its data (its comments could not be kept)",
                   file=err)
@@ -561,39 +563,44 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     sa = env.service_account
     caller, writer = live.caller, rules.writer(sa, live)
     identity = rules.identity_problems(name, sa, live)
-    print(f"Environment {name} ({env.url})", file=out)
+
+    def say(line: str) -> None:
+        # Every line quotes names from live data (users, connections): shown inert.
+        print(inert(line), file=out)
+
+    say(f"Environment {name} ({env.url})")
     if caller:
         kind = f"application {caller.application_id}" if caller.application_id else "user"
-        print(f"  authenticated as: {caller.describe()} ({kind}, object id {caller.object_id})", file=out)
+        say(f"  authenticated as: {caller.describe()} ({kind}, object id {caller.object_id})")
     if sa and writer is not None:
-        print(f"  service account:  {writer.describe()} (object id {writer.object_id})", file=out)
+        say(f"  service account:  {writer.describe()} (object id {writer.object_id})")
         if rules.impersonates(sa, live) and not any(p.code == "CR302" for p in identity):
-            print("  may write as the service account: yes", file=out)
+            say("  may write as the service account: yes")
     for p in identity:
         if p.code == "CR302":
-            print(f"  ✗ may write as the service account: NO ({p.code} {p.message}): {p.fix}", file=out)
+            say(f"  ✗ may write as the service account: NO ({p.code} {p.message}): {p.fix}")
         else:
-            print(f"  ✗ {p.code} {p.text()}", file=out)
+            say(f"  ✗ {p.code} {p.text()}")
     problems = len(identity)
     note = live.connections_visibility_note()
     if note:
-        print(f"  note: {note}", file=out)
+        say(f"  note: {note}")
     if writer is None:
-        print("  bindings: not checked (the identity that writes is unknown)", file=out)
+        say("  bindings: not checked (the identity that writes is unknown)")
         return 2
-    print(f"  writes act as:    {writer.describe()}", file=out)
+    say(f"  writes act as:    {writer.describe()}")
     bindings = rules.BindingIndex.of(env)
     for logical_name, ref in config.references.items():
         binding = bindings.get(logical_name)
         if binding is None:
-            print(f"  - {logical_name}: no binding declared", file=out)
+            say(f"  - {logical_name}: no binding declared")
             continue
         judged = rules.judge_binding(binding, ref.connector, writer, live, service_account=sa)
         if judged.usable is not None:
-            print(f"  ✓ {logical_name}: may use {rules.describe_connection(judged.usable, live)}", file=out)
+            say(f"  ✓ {logical_name}: may use {rules.describe_connection(judged.usable, live)}")
         for p in judged.problems:
             problems += 1
-            print(f"  ✗ {logical_name}: {p.code} {p.text()}", file=out)
+            say(f"  ✗ {logical_name}: {p.code} {p.text()}")
     return 2 if problems else 0
 
 
@@ -616,7 +623,7 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         elif sub == "unlock":
             (name,) = select_environments(config, [args.env])
             info = backend.unlock(name, args.lock_id)
-            print(f"Released the lock of {name} held by {info.describe()}.", file=out)
+            print(f"Released the lock of {name} held by {inert(info.describe())}.", file=out)
         elif sub == "restore":
             (name,) = select_environments(config, [args.env])
             with backend.lock(name, "state restore", timeout=0.0) as lock:

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from reconciler.domain.text import inert
 from reconciler.progress import DONE, ENV, FAILED, FINAL, REQUEST, START, STATE, UPDATE, WAIT
 
 LOG_ENV = "CONNREF_LOG"
@@ -121,7 +122,7 @@ class ProgressHandler(logging.Handler):
     # -- lines
 
     def _line(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
+        msg = inert(record.getMessage())  # messages quote URLs and names from live data
         if record.levelno >= logging.ERROR:
             return f"error: {msg}"
         if record.levelno >= logging.WARNING:
@@ -138,7 +139,7 @@ class ProgressHandler(logging.Handler):
     # -- live status
 
     def _track(self, env: str, state: str, record: logging.LogRecord) -> None:
-        text = record.getMessage().removeprefix(f"{env}: ")
+        text = inert(record.getMessage().removeprefix(f"{env}: "))
         status = self._envs.get(env)
         if state == START:
             if status is None or status.state in FINAL:

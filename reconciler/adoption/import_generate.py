@@ -50,6 +50,7 @@ from reconciler.adoption.yamledit import (
 from reconciler.domain import rules
 from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, connector_name
 from reconciler.domain.rules import Problem
+from reconciler.domain.text import inert
 from reconciler.errors import ConnrefError
 
 
@@ -162,7 +163,7 @@ def _binding_lines(
         return out
     if ref.logical_name.lower() in kept:
         return out + kept[ref.logical_name.lower()]
-    out.append(f"{indent}{yaml_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {label}")
+    out.append(f"{indent}{yaml_key(ref.logical_name)}: {yaml_scalar(conn.name)}  # {inert(label)}")
     return out
 
 
@@ -341,7 +342,7 @@ def import_environment(
 
     if existing is None:
         out = [
-            f"# connref config imported from environment {env_name} (solution {solution}).",
+            f"# connref config imported from environment {inert(env_name)} (solution {inert(solution)}).",
             "# Comments with a lint code (CR...) mark what to tidy: see docs/adoption.md.",
             "version: 1",
             f"solution: {yaml_scalar(solution)}",

@@ -41,6 +41,7 @@ from reconciler.domain.model import (
     connector_name,
 )
 from reconciler.domain.rules import Code, Problem
+from reconciler.domain.text import inert
 
 SEVERITIES = rules.SEVERITIES
 ERROR, WARNING, INFO = rules.ERROR, rules.WARNING, rules.INFO
@@ -500,10 +501,11 @@ def render_findings_text(findings: Sequence[Finding]) -> str:
         return "No findings.\n"
     lines: list[str] = []
     for f in findings:
-        where = f"{f.environment}: " if f.environment else "config: "
-        lines.append(f"{f.severity:<7} {f.code} {f.name}  {where}{f.subject}")
-        lines.append(f"        {f.message}")
-        lines.append(f"        fix: {f.fix}")
+        # Subjects, messages and fixes quote live names: shown inert (reconciler.domain.text).
+        where = f"{inert(f.environment)}: " if f.environment else "config: "
+        lines.append(f"{f.severity:<7} {f.code} {f.name}  {where}{inert(f.subject)}")
+        lines.append(f"        {inert(f.message)}")
+        lines.append(f"        fix: {inert(f.fix)}")
     counts = summary_counts(findings)
     lines.append("")
     lines.append(
@@ -527,4 +529,4 @@ def render_findings_json(findings: Sequence[Finding]) -> str:
         "summary": summary_counts(findings),
         "exit_code": exit_code(findings),
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(doc, indent=2) + "\n"  # ASCII: no control or bidi character reaches a terminal

@@ -102,7 +102,7 @@ def deployment_settings(
 
 def render_settings_json(settings: Mapping[str, Any]) -> str:
     """The settings as the file to write: two-space JSON with a final newline, keys in the given order."""
-    return json.dumps(settings, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(settings, indent=2) + "\n"  # ASCII: printed to a terminal, nothing in it acts on it
 
 
 def _key(d: Mapping[str, Any], name: str) -> str | None:

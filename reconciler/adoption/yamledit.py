@@ -17,17 +17,20 @@ from dataclasses import dataclass
 
 import yaml
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+from reconciler.domain.text import inert, is_inert
 
 
 def yaml_scalar(value: str | int | bool | None) -> str:
     """``value`` as a YAML scalar that loads back to exactly ``value``: plain when that is safe,
-    quoted otherwise (``yes``, ``1.0``, ``a: b``, ``x #y`` and friends)."""
+    quoted otherwise (``yes``, ``1.0``, ``a: b``, ``x #y`` and friends). A value holding a control,
+    line-breaking or bidi character (anything ``inert`` would show escaped) is double-quoted with every
+    character outside ASCII escaped (``"\\e"``, ``"\\u202E"``), so the file holds no such character raw
+    and still loads back to the same string."""
     if value is None:
         return "null"
-    style = '"' if isinstance(value, str) and _CONTROL.search(value) else None
-    text = yaml.safe_dump({"k": value}, allow_unicode=True, width=2**30, default_style=style,
-                          default_flow_style=False)
+    hostile = isinstance(value, str) and not is_inert(value)
+    text = yaml.safe_dump({"k": value}, allow_unicode=not hostile, width=2**30,
+                          default_style='"' if hostile else None, default_flow_style=False)
     # With default_style the key is quoted too: skip past it either way.
     out = text.split(": ", 1)[1].rstrip("\n")
     return out
@@ -44,11 +47,14 @@ def comment_lines(text: str, indent: str, *, wrap: bool = True) -> list[str]:
     """``text`` as comment lines at ``indent``, wrapped so a reader need not scroll sideways
     (continuation lines indented by two more spaces). ``wrap=False`` for commented-out YAML that the
     user is meant to uncomment as is."""
+    # Comments quote live names: each paragraph (split on "\n" only) is shown inert, so no carriage
+    # return, NEL or line separator in a name can end the comment and start YAML of its own.
+    paragraphs = [inert(p) for p in text.split("\n")] if text else [""]
     if not wrap:
-        return [f"{indent}# {line}".rstrip() for line in text.splitlines() or [""]]
+        return [f"{indent}# {line}".rstrip() for line in paragraphs]
     width = max(_COMMENT_WIDTH - len(indent) - 2, 40)
     out: list[str] = []
-    for para in text.splitlines() or [""]:
+    for para in paragraphs:
         wrapped = textwrap.wrap(para, width=width, subsequent_indent="  ", break_long_words=False,
                                 break_on_hyphens=False) or [""]
         out += [f"{indent}# {line}".rstrip() for line in wrapped]

@@ -10,12 +10,15 @@ link in a pull-request comment would turn into markup. So:
   and paragraph separator, lone surrogate and bidi embedding/override/isolate/mark is shown as a visible
   escape (``\\x1b``, ``\\x07``, ``\\n``, ``\\u202e``), so what is printed is exactly one line of plain
   characters that cannot change how anything else is displayed. Other text is unchanged.
-- ``md(text)`` for markdown text (table cells, list items, quotes): ``inert`` first, then backslash
-  escapes for the ASCII punctuation markdown gives a meaning to (emphasis, code, links, images, tables,
-  headings), HTML special characters as entities, and a zero-width space after ``@`` and inside
-  ``://`` and ``www.`` so that no mention and no autolink comes out of data.
+- ``md(text)`` for markdown text (table cells, list items, quotes): ``inert`` first, then HTML special
+  characters as entities, backslash escapes for the punctuation that starts inline markup (code,
+  emphasis, links and images, strikethrough, table cells) and for a block marker at the start, and a
+  zero-width space after ``@`` and inside ``://`` and ``www.`` so that no mention and no autolink comes
+  out of data.
 - ``md_code(text)``: a code span that holds ``text`` literally (a fence longer than any backtick run in
   it; ``|`` escaped, as GitHub-flavoured tables need even inside code).
+- ``html_text(text)``: text inside raw HTML of a markdown document (``<summary>``): ``inert``, then HTML
+  escapes, and no mention.
 
 They are pure functions of a string; applying one twice is harmless but shows the escapes escaped, so
 apply them once, where the text is written out.
@@ -23,6 +26,7 @@ apply them once, where the text is written out.
 
 from __future__ import annotations
 
+import html
 import re
 
 # C0 controls, DEL and C1 controls (Unicode category Cc), the line and paragraph separators, lone
@@ -34,9 +38,13 @@ _UNSAFE = re.compile(
 )
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-# ASCII punctuation with a meaning in CommonMark or GitHub-flavoured markdown; a backslash before any
-# ASCII punctuation character is always a literal (CommonMark 0.31, "Backslash escapes").
-_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!|~^])")
+# The ASCII punctuation that starts inline markup in CommonMark and GitHub-flavoured markdown: code,
+# emphasis, links and images, strikethrough, table cells, and the backslash itself. A backslash before
+# any ASCII punctuation character is always a literal (CommonMark 0.31, "Backslash escapes"). ``_`` is
+# left alone between two letters or digits, where it cannot open or close emphasis ("intraword").
+_MD_INLINE = re.compile(r"([\\`*\[\]!~|])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# What starts a block when it opens a line (a heading, a quote, a list item, a setext underline).
+_MD_BLOCK_START = re.compile(r"^(\s*)(?:([#>+=-])|(\d+)([.)]))")
 _ZWSP = "&#8203;"
 
 
@@ -55,16 +63,23 @@ def inert(text: object) -> str:
     return _UNSAFE.sub(_escape, s)
 
 
+def is_inert(text: str) -> bool:
+    """True when ``inert`` would leave ``text`` as it is (nothing in it acts on a terminal)."""
+    return _UNSAFE.search(text) is None
+
+
 def md(text: object) -> str:
-    """``text`` as literal markdown text: no emphasis, code, link, image, HTML, heading, table cell
+    """``text`` as literal markdown text: no emphasis, code, link, image, HTML, heading, list, table cell
     break, mention or autolink can come out of it."""
     s = inert(text)
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    s = _MD_PUNCT.sub(r"\\\1", s)
+    s = _MD_INLINE.sub(lambda m: "\\" + m.group(0), s)
+    s = _MD_BLOCK_START.sub(
+        lambda m: m.group(1) + ("\\" + m.group(2) if m.group(2) else m.group(3) + "\\" + m.group(4)), s)
     # A zero-width space breaks the patterns GitHub links by itself (mentions, e-mail addresses, bare
     # URLs, www.): the text reads the same.
     s = s.replace("@", "@" + _ZWSP).replace("://", ":" + _ZWSP + "//")
-    return re.sub(r"(?i)\b(www)\\\.", lambda m: m.group(1) + _ZWSP + "\\.", s)
+    return re.sub(r"(?i)\b(www)\.", lambda m: m.group(1) + _ZWSP + ".", s)
 
 
 def md_code(text: object, *, table: bool = False) -> str:
@@ -77,3 +92,8 @@ def md_code(text: object, *, table: bool = False) -> str:
     fence = "`" * (longest + 1)
     pad = " " if s.startswith("`") or s.endswith("`") or not s.strip() else ""
     return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def html_text(text: object) -> str:
+    """``text`` as the content of an HTML element in a markdown document: no tag, entity or mention."""
+    return html.escape(inert(text), quote=True).replace("@", "@" + _ZWSP)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from reconciler.domain.text import inert, md, md_code
 from reconciler.drift.detect import FORMAT_VERSION, KIND_ORDER, UNMANAGED, DriftReport, ReferenceDrift
 from reconciler.errors import problem_lines
+
+# Names, display names, who and when come from live data: text goes through ``inert``, markdown through
+# ``md``/``md_code``, and JSON escapes everything outside ASCII (reconciler.domain.text).
 
 _TITLE = {
     "deleted": "deleted",
@@ -67,7 +71,7 @@ def render_text(reports: Sequence[DriftReport]) -> str:
             about.append(f"state serial {rep.state_serial}")
         if rep.last_apply:
             about.append(f"last apply {rep.last_apply}")
-        head = f"Environment {rep.environment}" + (f" ({', '.join(about)})" if about else " (no state)")
+        head = f"Environment {inert(rep.environment)}" + (f" ({inert(', '.join(about))})" if about else " (no state)")
         if not rep.has_drift:
             out.append(f"{head}: no drift in {rep.checked} references.")
         else:
@@ -76,14 +80,15 @@ def render_text(reports: Sequence[DriftReport]) -> str:
                 who = _who(ref)
                 base = "" if ref.baseline == "none" else f" [compared with the {ref.baseline}]"
                 out.append(
-                    f"  {_symbol(ref)} {ref.logical_name}{base}" + (f" (last modified {who})" if who else "")
+                    f"  {_symbol(ref)} {inert(ref.logical_name)}{base}"
+                    + (f" (last modified {inert(who)})" if who else "")
                 )
                 for item in ref.items:
-                    out.append(f"      {_TITLE[item.kind]}: {item.message}")
+                    out.append(f"      {_TITLE[item.kind]}: {inert(item.message)}")
         for note in rep.notes:
-            out.append(f"  note: {note}")
+            out.append(f"  note: {inert(note)}")
         out.append("")
-    out.append(_summary(reports))
+    out.append(inert(_summary(reports)))
     return "\n".join(out) + "\n"
 
 
@@ -95,7 +100,7 @@ def render_json(reports: Sequence[DriftReport]) -> str:
         "summary": _summary(reports),
         "environments": [r.to_dict() for r in reports],
     }
-    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
 def render_json_error(error: BaseException) -> str:
@@ -110,21 +115,12 @@ def render_json_error(error: BaseException) -> str:
         "errored": True,
         "errors": problems,
     }
-    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
 def _md(text: str | None) -> str:
-    """A value safe inside a markdown table cell (pipes escaped, no line breaks, no HTML)."""
-    if not text:
-        return ""
-    return (
-        text.replace("\\", "\\\\")
-        .replace("|", "\\|")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
+    """A value as literal text in a markdown table cell (empty when there is none)."""
+    return md(text) if text else ""
 
 
 #: The hidden first line of the drift report: a scheduled pipeline finds its one open issue by it and
@@ -139,7 +135,7 @@ def render_markdown(reports: Sequence[DriftReport], *, limit: int = MARKDOWN_LIM
     verdict, then a table per drifted environment (reference, change, expected, live, by, when). Rows that
     would take it past ``limit`` characters are counted instead of shown."""
     drift = any(r.has_drift for r in reports)
-    out = [DRIFT_MARKER, f"## connref drift: {'drift found' if drift else 'no drift'}", "", _summary(reports), ""]
+    out = [DRIFT_MARKER, f"## connref drift: {'drift found' if drift else 'no drift'}", "", _md(_summary(reports)), ""]
     budget = limit - sum(len(x) + 1 for x in out) - 400 * (len(reports) + 1)
     for rep in reports:
         if not rep.has_drift:
@@ -157,8 +153,9 @@ def render_markdown(reports: Sequence[DriftReport], *, limit: int = MARKDOWN_LIM
         out.append("| Reference | Change | Expected | Live | By | When |")
         out.append("|---|---|---|---|---|---|")
         rows = [
-            f"| `{_md(ref.logical_name)}` | {_TITLE[item.kind]} | {_md(item.before_label or item.before)} | "
-            f"{_md(item.after_label or item.after)} | {_md(ref.changed_by)} | {_md(ref.changed_on)} |"
+            f"| {md_code(ref.logical_name, table=True)} | {_TITLE[item.kind]} | "
+            f"{_md(item.before_label or item.before)} | {_md(item.after_label or item.after)} | "
+            f"{_md(ref.changed_by)} | {_md(ref.changed_on)} |"
             for ref in rep.references
             for item in ref.items
         ]

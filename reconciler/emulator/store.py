@@ -199,6 +199,10 @@ class EnvironmentStore:
             return
         with self.lock:
             text = json.dumps(self.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the file valid UTF-8
+                text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
         directory = os.path.dirname(self.path) or "."
         fd, tmp = tempfile.mkstemp(prefix=".connref-", suffix=".json.tmp", dir=directory)
         try:

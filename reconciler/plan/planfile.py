@@ -209,6 +209,11 @@ def write_plan_file(
         path=str(path),
     )
     text = json.dumps(saved.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from live data: \u escapes keep the file valid UTF-8
+            text = json.dumps(saved.to_dict(), indent=2, sort_keys=True) + "\n"
     leaked = has_jwt(text)  # a JWT is a secret wherever it appears
     for value in secret_values(config, secrets):
         # json.dumps escapes some characters, so look for the raw and the JSON-escaped form.

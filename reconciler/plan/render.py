@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.domain.model import connector_name
 from reconciler.domain.rules import Problem
+from reconciler.domain.text import html_text, inert, md, md_code
 from reconciler.errors import problem_lines
 from reconciler.plan.ops import (
     FORMAT_VERSION,
@@ -90,6 +91,11 @@ def _headline(op: Op) -> str:
     return f"{op.logical_name} " + _HEADLINE[op.kind].format(solution=solution)
 
 
+# Every value shown comes from the config or from live data (display names, connection and flow names,
+# reasons that quote them): the text renderer passes each through ``inert`` and the markdown renderer
+# through ``md``/``md_code`` (reconciler.domain.text), so none can drive a terminal or add markup.
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -102,23 +108,23 @@ def render_text(plan: Plan, *, color: bool) -> str:
 
     out: list[str] = []
     for env in plan.environments:
-        out.append(paint("1", f"Environment {env.environment} (solution {plan.solution}):"))
+        out.append(paint("1", f"Environment {inert(env.environment)} (solution {inert(plan.solution)}):"))
         if not env.ops:
             out.append("  No changes.")
         for op in env.ops:
             symbol = _SYMBOL[op.kind]
             out.append("")
-            out.append(f"  # {_headline(op)}")
-            out.append(f"  {paint(_COLOR[symbol], symbol)} {op.logical_name}")
+            out.append(f"  # {inert(_headline(op))}")
+            out.append(f"  {paint(_COLOR[symbol], symbol)} {inert(op.logical_name)}")
             for name, old, new in _field_lines(op):
                 if old is None:
-                    out.append(f"      {name}: {new}")
+                    out.append(f"      {name}: {inert(new)}")
                 else:
-                    out.append(f"      {paint(_COLOR['~'], '~')} {name}: {old} -> {new}")
-            out.append(f"      reason: {op.reason}")
+                    out.append(f"      {paint(_COLOR['~'], '~')} {name}: {inert(old)} -> {inert(new)}")
+            out.append(f"      reason: {inert(op.reason)}")
         for w in env.warnings:
             out.append("")
-            out.append(f"  {paint('1;33', 'Warning:')} {w}")
+            out.append(f"  {paint('1;33', 'Warning:')} {inert(w)}")
         out.append("")
     if plan.has_changes:
         out.append(paint("1", summary_line(plan.counts)))
@@ -197,11 +203,6 @@ def render_json_error(error: BaseException) -> dict[str, Any]:
 # --------------------------------------------------------------------------- markdown
 
 
-def _md(text: str) -> str:
-    """Escape what would break a table cell or be read as HTML."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-
-
 #: The hidden first line of every plan comment: a pipeline finds its own comment by it and edits it.
 PLAN_MARKER = "<!-- connref:plan -->"
 #: GitHub refuses a comment body over 65,536 characters; the markdown stays well under it, leaving room for
@@ -215,23 +216,25 @@ _FOOTER_LIMIT = 300
 def _row(op: Op, cell_limit: int | None = None) -> str:
     cells = []
     for name, old, new in _field_lines(op):
-        cells.append(f"{name}: {_md(new)}" if old is None else f"{name}: {_md(old)} → {_md(new)}")
+        cells.append(f"{name}: {md(new)}" if old is None else f"{name}: {md(old)} → {md(new)}")
     action = f"`{_SYMBOL[op.kind]}` {op.kind.replace('_', ' ')}"
-    changes, reason = "<br>".join(cells), _md(op.reason)
+    changes, reason = "<br>".join(cells), md(op.reason)
     if cell_limit is not None:
         changes, reason = _clip(changes, cell_limit), _clip(reason, cell_limit)
-    return f"| {action} | `{op.logical_name}` | {changes} | {reason} |"
+    return f"| {action} | {md_code(op.logical_name, table=True)} | {changes} | {reason} |"
 
 
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[:limit]
-    # Never cut inside an entity or a <br>: drop the partial one.
+    # Never cut inside an entity or a <br>: drop the partial one; nor after an escaping backslash.
     for start in ("&", "<"):
         i = cut.rfind(start)
         if i != -1 and (";" if start == "&" else ">") not in cut[i:]:
             cut = cut[:i]
+    if (len(cut) - len(cut.rstrip("\\"))) % 2:
+        cut = cut[:-1]
     return cut + " …"
 
 
@@ -239,7 +242,7 @@ _TABLE_HEAD = ["| | Reference | Changes | Reason |", "|---|---|---|---|"]
 
 
 def _env_title(env: EnvironmentPlan, solution: str) -> str:
-    return f"#### Environment `{env.environment}` (solution `{solution}`)"
+    return f"#### Environment {md_code(env.environment)} (solution {md_code(solution)})"
 
 
 def _counts_text(counts: Counts) -> str:
@@ -272,19 +275,19 @@ def _env_section(env: EnvironmentPlan, solution: str) -> list[str]:
     else:
         out.extend([*_TABLE_HEAD, *(_row(op) for op in env.ops), ""])
     for w in env.warnings:
-        out.extend([f"> **Warning:** {_md(w)}", ""])
+        out.extend([f"> **Warning:** {md(w)}", ""])
     return out
 
 
 def _folded(plan: Plan, head: list[str], limit: int, hint: str | None) -> str:
     """The plan within ``limit`` characters: one folded block per environment, rows until the budget ends."""
-    where = f" The full plan: `{_md(hint)}`." if hint else " The full plan is in the saved plan file."
+    where = f" The full plan: {md_code(hint)}." if hint else " The full plan is in the saved plan file."
     out = [*head, "| Environment | Changes |", "|---|---|"]
-    out.extend(f"| `{e.environment}` | {_counts_text(e.counts)} |" for e in plan.environments)
+    out.extend(f"| {md_code(e.environment, table=True)} | {_counts_text(e.counts)} |" for e in plan.environments)
     out.extend(["", f"_This plan is long: details are folded and shortened.{where}_", ""])
     budget = limit - len("\n".join(out)) - _FOOTER_LIMIT * (len(plan.environments) + 1)
     for env in plan.environments:
-        block = [f"<details><summary>{_md(env.environment)}: {_counts_text(env.counts)}</summary>", ""]
+        block = [f"<details><summary>{html_text(env.environment)}: {_counts_text(env.counts)}</summary>", ""]
         rows: list[str] = []
         shown = 0
         for op in env.ops:
@@ -300,9 +303,9 @@ def _folded(plan: Plan, head: list[str], limit: int, hint: str | None) -> str:
             block.extend(["No changes.", ""])
         hidden = len(env.ops) - shown
         if hidden:
-            block.extend([f"… and {hidden} more change{'s' if hidden != 1 else ''} in `{env.environment}` "
+            block.extend([f"… and {hidden} more change{'s' if hidden != 1 else ''} in {md_code(env.environment)} "
                           f"not shown here.{where}", ""])
-        warnings = [f"> **Warning:** {_clip(_md(w), _CELL_LIMIT)}" for w in env.warnings]
+        warnings = [f"> **Warning:** {_clip(md(w), _CELL_LIMIT)}" for w in env.warnings]
         kept = []
         for w in warnings:
             if budget - len(w) - 2 < 0:
@@ -325,7 +328,7 @@ def render_markdown_error(error: BaseException) -> str:
     lines = problem_lines(error)
     budget = MARKDOWN_LIMIT - 500
     for i, line in enumerate(lines):
-        item = f"- {_clip(_md(line.strip()).replace(chr(10), '<br>'), 2000)}"
+        item = f"- {_clip(md(line.strip()), 2000)}"
         if budget - len(item) < 0:
             out.append(f"- … and {len(lines) - i} more.")
             break

@@ -199,7 +199,11 @@ def new_state(environment: str, *, solution: str | None = None) -> EnvState:
 
 def serialize_state(state: EnvState) -> bytes:
     """Deterministic bytes: sorted keys, two-space indent, trailing newline."""
-    return (json.dumps(state.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    doc = state.to_dict()
+    try:
+        return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from live data: \u escapes keep the file valid UTF-8
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("ascii")
 
 
 

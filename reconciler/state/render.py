@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler.domain.text import inert
 from reconciler.errors import StateError
 from reconciler.state.backend import StateBackend
 from reconciler.state.model import HISTORY_LIMIT
@@ -70,7 +71,7 @@ def render_state_list(summaries: Sequence[Mapping[str, Any]]) -> str:
         lock = s.get("lock")
         locked = f", LOCKED by {lock['holder']} ({lock['operation']}, id {lock['id']})" if lock else ""
         lines.append(f"{s['environment']}: serial {s['serial']}, {s['references']} references{when}{locked}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(inert(line) for line in lines) + "\n"
 
 
 def render_state_show(doc: Mapping[str, Any]) -> str:
@@ -99,4 +100,5 @@ def render_state_show(doc: Mapping[str, Any]) -> str:
             f"  serial {h['serial']} at {h['at']} by {h.get('identity') or '-'} "
             f"(os user {h.get('os_user') or '-'}{commit}): {counts}"
         )
-    return "\n".join(lines) + "\n"
+    # The state records names from live data: each line is shown inert (reconciler.domain.text).
+    return "\n".join(inert(line) for line in lines) + "\n"

@@ -153,7 +153,7 @@ def test_drift_reports_a_portal_rebind_with_who_and_when(quickstart: Workspace) 
     r = quickstart.run("drift", "-e", "dev", "--markdown", str(quickstart.dir / "drift.md"))
     assert r.code == 2
     md = (quickstart.dir / "drift.md").read_text()
-    assert "contoso_sharedsharepointonline_8f4b0" in md and "maker2@contoso.com" in md
+    assert "contoso_sharedsharepointonline_8f4b0" in md and "maker2@&#8203;contoso.com" in md
     assert "rebound" in r.out.lower() and "renamed" in r.out.lower()
 
 

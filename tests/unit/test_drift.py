@@ -299,7 +299,7 @@ def test_markdown_report_escapes_cells() -> None:
     assert "| Reference | Change | Expected | Live | By | When |" in md
     assert "My \\| SharePoint" in md  # a pipe in a value does not break the table
     row = next(line for line in md.splitlines() if line.startswith(f"| `{SPN}` | rebound"))
-    assert "alice@contoso.com | 2024-06-03T09:15:00Z |" in row
+    assert "alice@&#8203;contoso.com | 2024-06-03T09:15:00Z |" in row  # no mailto link made of it
     assert row.count(" | ") == 5  # six cells
     assert "### test: no drift" in md
     assert render_markdown([_drifted()[1]]).startswith("<!-- connref:drift -->\n## connref drift: no drift")

@@ -262,9 +262,9 @@ def test_markdown_update_and_no_changes() -> None:
     md = render_markdown(PLAN)
     assert (
         '| `~` update | `contoso_SharePoint` | display_name: "SP" → "SharePoint"<br>connection: '
-        '"SharePoint maker1" (owner maker1@contoso.com, beef0002beef0002beef0002beef0002) → "SharePoint svc" '
-        "(owner svc-flows@contoso.com, c0ffee01c0ffee01c0ffee01c0ffee01)<br>owner: maker1@contoso.com → "
-        "svc-flows@contoso.com |" in md
+        '"SharePoint maker1" (owner maker1@&#8203;contoso.com, beef0002beef0002beef0002beef0002) → '
+        '"SharePoint svc" (owner svc-flows@&#8203;contoso.com, c0ffee01c0ffee01c0ffee01c0ffee01)<br>owner: '
+        "maker1@&#8203;contoso.com → svc-flows@&#8203;contoso.com |" in md
     )
     assert "#### Environment `test` (solution `ContosoConnections`)\n\nNo changes.\n" in md
     assert render_markdown(EMPTY).startswith(
