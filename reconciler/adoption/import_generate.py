@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from reconciler.adoption.import_merge import (
     SA_NOTE,
+    Existing,
     environment_data,
     kept_bindings,
     merge_import,
@@ -250,93 +252,12 @@ def import_environment(
     env_data = environment_data(existing, env_name)
     if service_account is None and isinstance(env_data.get("service_account"), str):
         service_account = env_data["service_account"]
-    naming = existing.data.get("naming") if existing else None
-    template: NamingTemplate | None = None
-    if isinstance(naming, str) and naming:
-        try:
-            template = NamingTemplate(naming)
-        except ValueError:
-            template = None  # lint reports CR100; import still works
-
     unit = indent_unit(existing.lines, existing.root) if existing else "  "
     refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
-    outside = sorted((r for r in live.references if not r.in_solution), key=lambda r: r.logical_name.lower())
-    by_key = {r.logical_name.lower(): r for r in refs}
-    duplicates = _duplicate_groups(refs)
-
-    # service_account: kept only when the service account owns every reference already, so that plan
-    # right after import has no changes; else written commented out, and everything below is judged
-    # with the caller writing, as plan will then (live reader: no service account -> writer = caller).
-    foreign: dict[str, str] = {}
-    sa_lines: list[str] | None = None
-    if service_account:
-        writers = (live.writer,) if live.writer is not None else ()
-        sa_user = rules.resolve_principal(service_account, (*writers, *live.users))
-        foreign = _foreign_owners(refs, live, sa_user, service_account)
-        sa_lines = _service_account_lines(service_account, foreign, unit * 2)
-        if foreign:
-            live = dataclasses.replace(live, writer=live.caller)
-        else:
-            if sa_user is not None and live.writer != sa_user:
-                live = dataclasses.replace(live, writer=sa_user)
-            old_sa = env_data.get("service_account")
-            if isinstance(old_sa, str) and old_sa.lower() == service_account.lower():
-                sa_lines = None  # the line stays as the user wrote it
-    active_sa = service_account if not foreign else None
-
-    # references:
-    ref_lines = ["references:"]
-    if not refs:
-        ref_lines += comment_lines(f"solution {solution} has no connection references in {env_name}", unit)
-    for r in refs:
-        notes = _reference_comments(r, live, duplicates, template, solution, service_account, foreign)
-        ref_lines += _reference_lines(r, unit, unit, notes)
-    # References the old config declared and the environment lacks are parked, not declared: plan
-    # would create them, and import promises a config that plans no changes.
-    parked: dict[str, Parked] = {}
-    newly_parked: set[str] = set()
-    if existing is not None:
-        old = find_entry(existing.root, "references")
-        if old is not None:
-            for key, content in parked_groups(existing.lines[old.key_line + 1:old.end]):
-                parked[key.lower()] = (key, content)
-            for e in mapping_entries(existing.lines, old.value, old.key_line + 1, old.end) or []:
-                if e.key.lower() not in by_key:
-                    parked[e.key.lower()] = (e.key, park_block(existing.lines[e.start:e.end], e.column))
-                    newly_parked.add(e.key.lower())
-    for low in sorted(parked):
-        key, content = parked[low]
-        if low in by_key:
-            continue  # it exists now: declared above from what the environment has
-        ref_lines += parked_lines(key, content, unit, (
-            f"parked: {key} is not in solution {solution} in {env_name}, so declaring it would make plan "
-            f"create it there. Remove the '{PARK_MARK.strip()}' marks here and on its bindings to declare "
-            "it again."
-        ))
-    if outside:
-        ref_lines += comment_lines(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
-        for r in outside:
-            ref_lines += comment_lines(f"  {r.logical_name} ({connector_name(r.connector)}, "
-                                  f"{r.display_name or 'no display name'})", unit)
-    if not any(line.strip() and not is_comment_line(line) for line in ref_lines[1:]):
-        ref_lines[0] = "references: {}"
-
-    # environments.<env>.bindings:
-    same, absent = kept_bindings(existing, env_name, live, by_key)
-    b_indent = unit * 3
-    binding_lines = [f"{unit * 2}bindings:"]
-    if not active_sa:
-        binding_lines += comment_lines("no service_account for this environment: bindings to personal "
-                                  "connections are not flagged (see lint code CR200)", b_indent)
-    for r in refs:
-        binding_lines += _binding_lines(r, live, env_name, active_sa, b_indent, same, service_account)
-    for key, content in sorted(absent, key=lambda kc: kc[0].lower()):
-        if key.lower() not in by_key:
-            binding_lines += parked_lines(key, content, b_indent, None)
-    if all(is_comment_line(line) or not line.strip() for line in binding_lines[1:]):
-        # Only comments under the key would load as null: an empty mapping keeps the type right.
-        binding_lines[0] = f"{unit * 2}bindings: {{}}"
-
+    live, foreign, sa_lines = _service_account_decision(live, refs, service_account, env_data, unit)
+    scope = _Scope(live, solution, env_name, unit, tuple(refs), service_account, foreign)
+    ref_lines, newly_parked = _references_section(scope, existing)
+    binding_lines = _bindings_section(scope, existing)
     url_line = f"{unit * 2}url: {yaml_scalar(env_url)}"
     id_line = f"{unit * 2}environment_id: {yaml_scalar(environment_id)}" if environment_id else None
 
@@ -359,6 +280,142 @@ def import_environment(
         return "\n".join(out) + "\n"
     return merge_import(existing, env_name, solution, unit, ref_lines, url_line, id_line, binding_lines,
                          newly_parked, sa_lines)
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What one import writes from: the environment (with the writer plan will use), the solution's
+    references in output order, the service account and the references it does not own."""
+
+    live: LiveEnvironment
+    solution: str
+    env_name: str
+    unit: str
+    refs: tuple[LiveReference, ...]
+    service_account: str | None
+    foreign: Mapping[str, str]  # reference id -> its owner, when not the service account
+
+    @property
+    def by_key(self) -> dict[str, LiveReference]:
+        return {r.logical_name.lower(): r for r in self.refs}
+
+    @property
+    def active_service_account(self) -> str | None:
+        """The service account plan will write as: none while its line is commented out."""
+        return self.service_account if not self.foreign else None
+
+
+def _service_account_decision(
+    live: LiveEnvironment, refs: Sequence[LiveReference], service_account: str | None,
+    env_data: Mapping[str, object], unit: str,
+) -> tuple[LiveEnvironment, dict[str, str], list[str] | None]:
+    """(the environment as plan will judge it, the references the service account does not own, the
+    service_account lines to write: None to leave the existing line alone).
+
+    The line is kept only when the service account owns every reference already, so that plan right
+    after import has no changes; else it is written commented out, and everything is judged with the
+    caller writing, as plan will then (live reader: no service account -> writer = caller)."""
+    if not service_account:
+        return live, {}, None
+    writers = (live.writer,) if live.writer is not None else ()
+    sa_user = rules.resolve_principal(service_account, (*writers, *live.users))
+    foreign = _foreign_owners(refs, live, sa_user, service_account)
+    sa_lines: list[str] | None = _service_account_lines(service_account, foreign, unit * 2)
+    if foreign:
+        return dataclasses.replace(live, writer=live.caller), foreign, sa_lines
+    if sa_user is not None and live.writer != sa_user:
+        live = dataclasses.replace(live, writer=sa_user)
+    old_sa = env_data.get("service_account")
+    if isinstance(old_sa, str) and old_sa.lower() == service_account.lower():
+        sa_lines = None  # the line stays as the user wrote it
+    return live, foreign, sa_lines
+
+
+def _naming_template(existing: Existing | None) -> NamingTemplate | None:
+    naming = existing.data.get("naming") if existing else None
+    if not isinstance(naming, str) or not naming:
+        return None
+    try:
+        return NamingTemplate(naming)
+    except ValueError:
+        return None  # lint reports CR100; import still works
+
+
+def _references_section(scope: _Scope, existing: Existing | None) -> tuple[list[str], set[str]]:
+    """The ``references:`` section, and the (lower-cased) names import parks now."""
+    unit, solution, env_name = scope.unit, scope.solution, scope.env_name
+    ref_lines = ["references:"]
+    if not scope.refs:
+        ref_lines += comment_lines(f"solution {solution} has no connection references in {env_name}", unit)
+    template = _naming_template(existing)
+    duplicates = _duplicate_groups(scope.refs)
+    for r in scope.refs:
+        notes = _reference_comments(r, scope.live, duplicates, template, solution, scope.service_account,
+                                    scope.foreign)
+        ref_lines += _reference_lines(r, unit, unit, notes)
+    # References the old config declared and the environment lacks are parked, not declared: plan
+    # would create them, and import promises a config that plans no changes.
+    by_key = scope.by_key
+    parked, newly_parked = _parked_references(existing, by_key)
+    for low in sorted(parked):
+        key, content = parked[low]
+        if low in by_key:
+            continue  # it exists now: declared above from what the environment has
+        ref_lines += parked_lines(key, content, unit, (
+            f"parked: {key} is not in solution {solution} in {env_name}, so declaring it would make plan "
+            f"create it there. Remove the '{PARK_MARK.strip()}' marks here and on its bindings to declare "
+            "it again."
+        ))
+    outside = sorted((r for r in scope.live.references if not r.in_solution), key=lambda r: r.logical_name.lower())
+    if outside:
+        ref_lines += comment_lines(f"Also in {env_name} but not in solution {solution} (not imported):", unit)
+        for r in outside:
+            ref_lines += comment_lines(f"  {r.logical_name} ({connector_name(r.connector)}, "
+                                  f"{r.display_name or 'no display name'})", unit)
+    if not any(line.strip() and not is_comment_line(line) for line in ref_lines[1:]):
+        ref_lines[0] = "references: {}"
+    return ref_lines, newly_parked
+
+
+def _parked_references(existing: Existing | None,
+                       by_key: Mapping[str, LiveReference]) -> tuple[dict[str, Parked], set[str]]:
+    """The references to write parked (lower-cased name -> (name, YAML)): those parked before, and those
+    the existing config declares that the environment lacks; and the names of the latter."""
+    parked: dict[str, Parked] = {}
+    newly_parked: set[str] = set()
+    old = find_entry(existing.root, "references") if existing is not None else None
+    if existing is None or old is None:
+        return parked, newly_parked
+    for key, content in parked_groups(existing.lines[old.key_line + 1:old.end]):
+        parked[key.lower()] = (key, content)
+    for e in mapping_entries(existing.lines, old.value, old.key_line + 1, old.end) or []:
+        if e.key.lower() not in by_key:
+            parked[e.key.lower()] = (e.key, park_block(existing.lines[e.start:e.end], e.column))
+            newly_parked.add(e.key.lower())
+    return parked, newly_parked
+
+
+def _bindings_section(scope: _Scope, existing: Existing | None) -> list[str]:
+    """The environment's ``bindings:``: each reference's current connection (or why not), the existing
+    entries that still hold, and the parked bindings."""
+    unit, by_key = scope.unit, scope.by_key
+    same, absent = kept_bindings(existing, scope.env_name, scope.live, by_key)
+    b_indent = unit * 3
+    binding_lines = [f"{unit * 2}bindings:"]
+    active_sa = scope.active_service_account
+    if not active_sa:
+        binding_lines += comment_lines("no service_account for this environment: bindings to personal "
+                                  "connections are not flagged (see lint code CR200)", b_indent)
+    for r in scope.refs:
+        binding_lines += _binding_lines(r, scope.live, scope.env_name, active_sa, b_indent, same,
+                                        scope.service_account)
+    for key, content in sorted(absent, key=lambda kc: kc[0].lower()):
+        if key.lower() not in by_key:
+            binding_lines += parked_lines(key, content, b_indent, None)
+    if all(is_comment_line(line) or not line.strip() for line in binding_lines[1:]):
+        # Only comments under the key would load as null: an empty mapping keeps the type right.
+        binding_lines[0] = f"{unit * 2}bindings: {{}}"
+    return binding_lines
 
 
 __all__ = ["import_environment", "plan_refusals"]
