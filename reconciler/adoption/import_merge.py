@@ -199,15 +199,7 @@ def merge_import(existing: Existing, env_name: str, solution: str, unit: str, re
     if envs is None:
         tail += ["environments:", *env_block]
     elif env_entries is None:
-        # Flow style or empty: write the section fresh (with the other environments as data).
-        data = existing.data.get("environments")
-        others = {k: v for k, v in (data.items() if isinstance(data, Mapping) else []) if k != env_name}
-        fresh = ["environments:"]
-        if others:
-            dumped = yaml.safe_dump(others, default_flow_style=False, sort_keys=False, allow_unicode=True)
-            fresh += [unit + line for line in dumped.splitlines()]
-        fresh += env_block
-        edits.append((envs.key_line, envs.end, fresh))
+        edits.append((envs.key_line, envs.end, _fresh_environments(existing, env_name, unit, env_block)))
     else:
         env = find_entry(env_entries, env_name)
         if env is None:
@@ -222,16 +214,33 @@ def merge_import(existing: Existing, env_name: str, solution: str, unit: str, re
 
     out = splice_lines(lines, edits)
     if head:
-        # after the leading comments of the file
-        i = 0
-        while i < len(out) and (is_comment_line(out[i]) or out[i].strip() == "---"):
-            i += 1
-        out[i:i] = head
+        at = _leading_comments_end(out)
+        out[at:at] = head
     if tail:
         if out and out[-1].strip():
             out.append("")
         out += tail
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _fresh_environments(existing: Existing, env_name: str, unit: str, env_block: list[str]) -> list[str]:
+    """The ``environments`` section written fresh, when it is in flow style or empty: the other
+    environments as data, then ``env_block``."""
+    data = existing.data.get("environments")
+    others = {k: v for k, v in (data.items() if isinstance(data, Mapping) else []) if k != env_name}
+    fresh = ["environments:"]
+    if others:
+        dumped = yaml.safe_dump(others, default_flow_style=False, sort_keys=False, allow_unicode=True)
+        fresh += [unit + line for line in dumped.splitlines()]
+    return fresh + env_block
+
+
+def _leading_comments_end(lines: Sequence[str]) -> int:
+    """The index of the first line after the file's leading comments (and ``---``)."""
+    i = 0
+    while i < len(lines) and (is_comment_line(lines[i]) or lines[i].strip() == "---"):
+        i += 1
+    return i
 
 
 def _park_bindings(lines: Sequence[str], env: Entry, parked: set[str]) -> list[tuple[int, int, list[str]]]:
