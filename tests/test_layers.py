@@ -52,9 +52,11 @@ EXPECTED: dict[str, frozenset[str]] = {
 
 
 def ruff_codes(path: str, source: str, select: str = "TID251,TID252") -> list[tuple[int, str]]:
-    """(line, code) of what ruff reports for ``source`` as if it were the file at ``path``."""
+    """(line, code) of what ruff reports for ``source`` as if it were the file at ``path``; ``select="ALL"``:
+    the rules the config selects."""
+    chosen = [] if select == "ALL" else ["--select", select]
     proc = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", select, "--output-format", "json",
+        [sys.executable, "-m", "ruff", "check", "--no-cache", *chosen, "--output-format", "json",
          "--stdin-filename", path, "-"],
         input=source, cwd=ROOT, capture_output=True, text=True, check=False,
     )
@@ -111,6 +113,23 @@ def test_relative_imports_cannot_reach_another_package() -> None:
 
 def test_tests_may_import_any_layer() -> None:
     assert ruff_codes("tests/layer_probe.py", "import httpx\nimport msal\nimport reconciler.api.client\n") == []
+
+
+def branchy(paths: int) -> str:
+    """A function with exactly ``paths`` paths through it (McCabe complexity)."""
+    body = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(paths - 1))
+    return f"def f(x: int) -> int:\n{body}    return -1\n"
+
+
+@pytest.mark.parametrize("where", ["reconciler/layer_probe.py", "reconciler/plan/layer_probe.py",
+                                   "reconciler/emulator/layer_probe.py", "tests/layer_probe.py"])
+def test_the_complexity_limit_holds_everywhere(where: str) -> None:
+    """The limit comes from the config (not the command line), also through the nested layer configs."""
+    def c901(source: str) -> list[str]:
+        return [code for _, code in ruff_codes(where, source, select="ALL") if code == "C901"]
+
+    assert c901(branchy(15)) == []
+    assert c901(branchy(16)) == ["C901"]
 
 
 def test_the_repository_keeps_its_layers() -> None:
