@@ -100,15 +100,21 @@ def record_apply(
             refs[name] = ref
 
     live_by_name = {r.logical_name.lower(): r for r in live_after.references}
+    # The recorded names by lower case, in recording order (an index, not a scan per declared name).
+    spellings: dict[str, list[str]] = {}
+    for k in refs:
+        spellings.setdefault(k.lower(), []).append(k)
     for name in declared:
         key = name.lower()
         live_ref = live_by_name.get(key)
         if key in failed_keys or live_ref is None:
             continue  # not known to be as declared: keep what was recorded before, if anything
-        old_key = next((k for k in refs if k.lower() == key), None)
-        old = refs.pop(old_key) if old_key is not None else None
+        recorded = spellings.get(key)
+        old = refs.pop(recorded.pop(0)) if recorded else None
         # applied_at moves only when this apply wrote the reference (or first took it under management).
         when = at if (key in touched or old is None) else (old.applied_at or at)
+        if live_ref.logical_name not in refs:
+            spellings.setdefault(key, []).append(live_ref.logical_name)
         refs[live_ref.logical_name] = ManagedReference.from_live(live_ref, live_after, when)
 
     who = live_after.writer or live_after.caller
