@@ -77,7 +77,12 @@ class Map(YNode):
 
     def _pair(self, key: str) -> tuple[Scalar, YNode] | None:
         # Keys are unique once parsed (duplicates are reported and dropped), so an index built on
-        # first use answers every later lookup at once.
+        # first use answers every later lookup at once; a small mapping is quicker to scan.
+        if len(self.pairs) <= 8:
+            for pair in self.pairs:
+                if pair[0].text == key:
+                    return pair
+            return None
         if self._index is None or len(self._index) != len(self.pairs):
             index: dict[str, tuple[Scalar, YNode]] = {}
             for pair in self.pairs:
