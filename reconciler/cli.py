@@ -66,7 +66,7 @@ class Parser(argparse.ArgumentParser):
             return "\n".join(hints) or None
         return None
 
-    def parse_args(  # type: ignore[override]
+    def parse_args(  # type: ignore[override]  # typeshed overloads it; connref calls only this form
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         ns, extras = self.parse_known_args(args, namespace)

@@ -133,7 +133,11 @@ class MalformedResponseError(ApiError):
 
 
 class StalePlanError(ConnrefError):
-    """A saved plan no longer matches the state or the live environment."""
+    """A saved plan no longer matches the state or the live environment; ``reasons``: one sentence each."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or []
 
 
 class ApplyError(ConnrefError):

@@ -592,7 +592,8 @@ def test_token_is_cached_per_scope(world: World, monkeypatch: pytest.MonkeyPatch
     p.get_token(connections_scope())
     assert world.counting.count("/oauth2/v2.0/token") - before == 2
     # A 401 from the service makes the client invalidate the token: the next one is fetched anew.
-    p.invalidate(SCOPE)  # type: ignore[attr-defined]
+    assert isinstance(p, CachingTokenProvider)
+    p.invalidate(SCOPE)
     assert p.get_token(SCOPE) != first
     assert world.counting.count("/oauth2/v2.0/token") - before == 3
 
@@ -654,7 +655,8 @@ def test_managed_identity_token_can_be_invalidated(world: World, monkeypatch: py
     first = p.get_token(SCOPE)
     assert p.get_token(SCOPE) == first
     before = world.counting.count("/msi/token")
-    p.invalidate(SCOPE)  # type: ignore[attr-defined]
+    assert isinstance(p, CachingTokenProvider)
+    p.invalidate(SCOPE)
     assert p.get_token(SCOPE) != first
     assert world.counting.count("/msi/token") - before == 1
 

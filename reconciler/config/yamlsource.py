@@ -32,7 +32,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 try:
-    FAST_LOADER: type[yaml.SafeLoader] | None = yaml.CSafeLoader  # type: ignore[assignment]
+    FAST_LOADER: type[yaml.SafeLoader] | None = yaml.CSafeLoader  # type: ignore[assignment]  # stubs: no SafeLoader subclass
 except AttributeError:  # PyYAML built without libyaml
     FAST_LOADER = None
 

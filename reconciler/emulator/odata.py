@@ -382,9 +382,14 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (3, str(v).lower())
 
 
+def _sort_key_of(name: str) -> Callable[[dict[str, Any]], tuple[int, Any]]:
+    """The sort key of a row by its ``name`` column."""
+    return lambda row: _sort_key(row.get(name))
+
+
 def order_rows(rows: list[dict[str, Any]], keys: list[tuple[str, bool]]) -> list[dict[str, Any]]:
     """Stable multi-key sort: apply the keys last to first."""
     out = list(rows)
     for name, desc in reversed(keys):
-        out.sort(key=lambda r, n=name: _sort_key(r.get(n)), reverse=desc)  # type: ignore[misc]
+        out.sort(key=_sort_key_of(name), reverse=desc)
     return out

@@ -28,6 +28,7 @@ from .store import EnvironmentStore, new_environment_data
 
 class _Handler(ServerHandler):
     dropped = False
+    request_handler: WSGIRequestHandler | None = None  # as wsgiref's own handle() sets it
 
     def handle_error(self) -> None:
         exc = sys.exc_info()[1]
@@ -62,14 +63,17 @@ class _RequestHandler(WSGIRequestHandler):
             return
         handler = _Handler(
             self.rfile,
-            self.wfile,  # type: ignore[arg-type]
+            self.wfile,  # type: ignore[arg-type]  # typeshed: wfile is BufferedIOBase, SimpleHandler wants IO[bytes]
             self.get_stderr(),
             self.get_environ(),
             multithread=True,
         )
         handler.dropped = False
-        handler.request_handler = self  # type: ignore[attr-defined]
-        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+        handler.request_handler = self
+        assert isinstance(self.server, WSGIServer)
+        app = self.server.get_app()
+        assert app is not None, "serve() sets the app before the server starts"
+        handler.run(app)
         if handler.dropped:
             self.close_connection = True
             with contextlib.suppress(OSError):

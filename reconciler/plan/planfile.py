@@ -357,10 +357,9 @@ def check_fresh(
     )
     if reasons:
         where = f" {saved.path}" if saved.path else ""
-        err = StalePlanError(
+        raise StalePlanError(
             f"saved plan{where} is stale; nothing was applied:\n"
             + "\n".join(f"  - {r}" for r in reasons)
-            + f"\n{REPLAN}"
+            + f"\n{REPLAN}",
+            reasons,
         )
-        err.reasons = reasons  # type: ignore[attr-defined]
-        raise err

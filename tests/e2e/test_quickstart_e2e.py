@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -208,15 +210,15 @@ def test_whoami_shows_identity_and_usable_bindings(quickstart: Workspace) -> Non
     assert r.out.count("✓") == 5 and "✗" not in r.out
 
 
-def _edit_data(ws: Workspace, env: str, edit: object) -> None:
+def _edit_data(ws: Workspace, env: str, edit: Callable[[dict[str, Any]], None]) -> None:
     path = ws.dir / f"{env}.json"
     data = json.loads(path.read_text())
-    edit(data)  # type: ignore[operator]
+    edit(data)
     path.write_text(json.dumps(data, indent=2))
 
 
 def test_missing_delegate_privilege_is_a_plan_time_error(quickstart: Workspace) -> None:
-    def revoke(data: dict) -> None:  # type: ignore[type-arg]
+    def revoke(data: dict[str, Any]) -> None:
         for u in data["systemusers"]:
             if u.get("applicationid"):
                 u["privileges"] = []
@@ -234,7 +236,7 @@ def test_missing_delegate_privilege_is_a_plan_time_error(quickstart: Workspace) 
 
 
 def test_disabled_or_unknown_service_account_is_a_plan_time_error(quickstart: Workspace) -> None:
-    def disable(data: dict) -> None:  # type: ignore[type-arg]
+    def disable(data: dict[str, Any]) -> None:
         for u in data["systemusers"]:
             if u["domainname"] == "svc-flows@contoso.com":
                 u["isdisabled"] = True
@@ -296,7 +298,7 @@ def test_bad_settings_file_names_file_and_entry(quickstart: Workspace) -> None:
 
 
 def test_without_management_app_connref_says_why_connections_are_missing(quickstart: Workspace) -> None:
-    def not_admin(data: dict) -> None:  # type: ignore[type-arg]
+    def not_admin(data: dict[str, Any]) -> None:
         for a in data["applications"]:
             a["management_app"] = False
 
@@ -310,7 +312,7 @@ def test_without_management_app_connref_says_why_connections_are_missing(quickst
 
 
 def test_missing_application_user_is_explained(quickstart: Workspace) -> None:
-    def drop_app_user(data: dict) -> None:  # type: ignore[type-arg]
+    def drop_app_user(data: dict[str, Any]) -> None:
         data["systemusers"] = [u for u in data["systemusers"] if not u.get("applicationid")]
 
     _edit_data(quickstart, "dev", drop_app_user)
@@ -320,7 +322,7 @@ def test_missing_application_user_is_explained(quickstart: Workspace) -> None:
 
 
 def test_whoami_is_honest_about_a_disabled_service_account(quickstart: Workspace) -> None:
-    def disable(data: dict) -> None:  # type: ignore[type-arg]
+    def disable(data: dict[str, Any]) -> None:
         for u in data["systemusers"]:
             if u["domainname"] == "svc-flows@contoso.com":
                 u["isdisabled"] = True

@@ -31,6 +31,7 @@ from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore
 from reconciler.state.local import backup_path, load_state, state_path
 from reconciler.state.lock import read_lock
+from reconciler.state.model import EnvState
 
 pytestmark = pytest.mark.emulator_only
 
@@ -182,6 +183,13 @@ def _drop_references(config: Path, names: Iterable[str]) -> None:
     config.write_text(text)
 
 
+def _state(state_dir: Path, env: str) -> EnvState:
+    """The state of ``env``, which must exist."""
+    st = load_state(state_dir, env)
+    assert st is not None, f"no state for {env}"
+    return st
+
+
 def _names(rows: Iterable[dict[str, Any]]) -> set[str]:
     return {r["connectionreferencelogicalname"] for r in rows}
 
@@ -233,7 +241,7 @@ def test_two_processes_racing_second_is_locked_out_and_state_stays_intact(served
     r = served.run("apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert "No changes" in r.out
-    assert load_state(state_dir, "dev").serial == 1  # type: ignore[union-attr]
+    assert _state(state_dir, "dev").serial == 1
     assert served.apps["dev"].log.count_requests("POST", BATCH) == 1
 
 
@@ -313,7 +321,7 @@ def test_unlock_releases_the_lock_of_a_killed_run_and_refuses_a_wrong_id(quickst
     r = quickstart.run("apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert "Apply complete!" in r.out
-    assert load_state(state_dir, "prod").serial == 1  # type: ignore[union-attr]
+    assert _state(state_dir, "prod").serial == 1
 
 
 # SIGTERM is what a cancelled CI job or a stopped container gets: it must unwind like Ctrl-C.
@@ -357,7 +365,7 @@ def test_saved_plan_refused_when_another_apply_moved_the_serial(quickstart: Work
     # Meanwhile another run (the merge pipeline) applies to dev: state serial 1 -> 2.
     r = quickstart.run("apply", "-e", "dev", "--auto-approve")
     assert r.code == 0, r.out + r.err
-    assert load_state(state_dir, "dev").serial == 2  # type: ignore[union-attr]
+    assert _state(state_dir, "dev").serial == 2
 
     before = _snapshot(quickstart)
     r = quickstart.run("apply", str(plan_path))
@@ -379,7 +387,7 @@ def test_saved_plan_refused_when_only_the_state_moved(quickstart: Workspace) -> 
 
     r = quickstart.run("state", "restore", "dev")
     assert r.code == 0, r.err
-    assert load_state(state_dir, "dev").serial == 3  # type: ignore[union-attr]
+    assert _state(state_dir, "dev").serial == 3
 
     before = _snapshot(quickstart)
     r = quickstart.run("apply", str(plan_path))
@@ -416,7 +424,7 @@ def test_prune_deletes_only_managed_unused_references(quickstart: Workspace) -> 
     state_dir = quickstart.dir / "state"
     _add_unmanaged_orphan(quickstart)
     assert quickstart.run("apply", "--auto-approve").code == 0
-    assert load_state(state_dir, "dev").manages("contoso_Teams")  # type: ignore[union-attr]
+    assert _state(state_dir, "dev").manages("contoso_Teams")
     # contoso_Teams: managed, no flow uses it. contoso_sharedoffice365_d4c61: managed, "Invoice intake" uses it.
     _drop_references(quickstart.config, ["contoso_Teams", "contoso_sharedoffice365_d4c61"])
 
@@ -472,7 +480,7 @@ def test_prune_true_in_config_works_like_the_flag(quickstart: Workspace) -> None
     assert "2 destroyed" in r.out
     for env in ("dev", "prod"):
         assert "contoso_Teams" not in _names(quickstart.data(env)["connectionreferences"])
-        assert not load_state(quickstart.dir / "state", env).manages("contoso_Teams")  # type: ignore[union-attr]
+        assert not _state(quickstart.dir / "state", env).manages("contoso_Teams")
 
 
 # --------------------------------------------------------------------------- damaged state

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import operator
 import os
 import re
 import subprocess
@@ -67,7 +68,7 @@ def _snapshot(url: str, token: str) -> dict[str, Any]:
             r = c.get(entity, params={"$select": cols})
             assert r.status_code == 200, r.text
             key = cols.split(",")[0]
-            out[entity] = sorted(r.json()["value"], key=lambda row, k=key: row[k])  # type: ignore[misc]
+            out[entity] = sorted(r.json()["value"], key=operator.itemgetter(key))
     return out
 
 
@@ -119,8 +120,9 @@ def test_unmarked_contract_tests_pass_in_remote_mode(tmp_path: Path, signing_key
         assert inner.returncode == 0, out[-6000:] + inner.stderr[-2000:]
         summary = out.strip().splitlines()[-1]
         print("remote mode:", summary)  # shown with -s / in CI logs
-        passed = int(re.search(r"(\d+) passed", summary).group(1))  # type: ignore[union-attr]
-        skipped = int(re.search(r"(\d+) skipped", summary).group(1))  # type: ignore[union-attr]
+        passed_m, skipped_m = re.search(r"(\d+) passed", summary), re.search(r"(\d+) skipped", summary)
+        assert passed_m and skipped_m, summary
+        passed, skipped = int(passed_m.group(1)), int(skipped_m.group(1))
         assert "failed" not in summary and "error" not in summary, summary
         assert passed >= 60, summary  # the unmarked contract tests really ran
         passed_ids = {ln.split()[1] for ln in out.splitlines() if ln.startswith("PASSED ")}

@@ -279,8 +279,10 @@ def test_declared_binding_is_checked_instead_of_the_live_one() -> None:
         pytest.param(Selector(SA, "sharepoint SVC"), [C_SVC_SP], set(), id="selector-display-name-any-case"),
     ],
 )
-def test_declared_binding_checks(binding: object, connections: list[LiveConnection], expected: set[str]) -> None:
-    cfg = config([GOOD_SP], {"contoso_SharePoint": binding})  # type: ignore[dict-item]
+def test_declared_binding_checks(
+    binding: str | Selector, connections: list[LiveConnection], expected: set[str]
+) -> None:
+    cfg = config([GOOD_SP], {"contoso_SharePoint": binding})
     env = live(
         [ref("contoso_SharePoint", "SharePoint ContosoFlows")],
         connections,

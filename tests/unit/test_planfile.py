@@ -228,7 +228,7 @@ def test_check_fresh(tmp_path: Path, case: str) -> None:
     msg = str(e.value)
     assert f"saved plan {path} is stale; nothing was applied" in msg
     assert expected[0] in msg and "connref plan --out FILE` again" in msg
-    assert e.value.reasons == reasons  # type: ignore[attr-defined]
+    assert e.value.reasons == reasons
 
 
 def test_first_plan_without_state_is_stale_once_a_state_exists(tmp_path: Path) -> None:

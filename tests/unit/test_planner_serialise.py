@@ -121,7 +121,7 @@ def test_actions_use_terraform_vocabulary() -> None:
 def test_snapshots_are_read_only() -> None:
     op = AddToSolution(environment="dev", logical_name="x_a", solution="S", before={"in_solution": False})
     with pytest.raises(TypeError):
-        op.before["in_solution"] = True  # type: ignore[index]
+        op.before["in_solution"] = True  # type: ignore[index]  # the point: it is read-only
     assert hash(op) == hash(AddToSolution(environment="dev", logical_name="x_a", solution="S"))
 
 

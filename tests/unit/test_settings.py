@@ -30,7 +30,7 @@ from reconciler.adoption.settings import (
 )
 from reconciler.config.loader import load_config
 from reconciler.domain import rules
-from reconciler.domain.model import Selector
+from reconciler.domain.model import Config, Selector
 from reconciler.errors import ConfigError, PlanError
 
 config, conn, live = ADOPTION.config, ADOPTION.conn, ADOPTION.live
@@ -95,8 +95,8 @@ def test_strict_refuses_unbound() -> None:
         (C_SVC_OUTLOOK.name, "is for connector shared_office365, but the reference is for shared_sharepointonline"),
     ],
 )
-def test_bad_bindings_are_plan_errors(binding: object, message: str) -> None:
-    cfg = config([SP_REF], {"contoso_SharePoint": binding})  # type: ignore[dict-item]
+def test_bad_bindings_are_plan_errors(binding: str | Selector, message: str) -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": binding})
     with pytest.raises(PlanError, match=message):
         deployment_settings(cfg, "dev", ENV)
 
@@ -270,7 +270,7 @@ environments:
 """
 
 
-def load(tmp_path: Path, text: str) -> object:
+def load(tmp_path: Path, text: str) -> Config:
     for name in ("dev.json", "prod.json"):
         (tmp_path / name).write_text("{}", encoding="utf-8")
     p = tmp_path / "connref.yaml"
@@ -306,7 +306,7 @@ def test_merge_replaces_adds_and_keeps_comments(tmp_path: Path) -> None:
     ]
     assert not result.rewritten
     cfg = load(tmp_path, result.text)
-    assert dict(cfg.environments["dev"].bindings)["contoso_Outlook"] == "2222bbbb"  # type: ignore[attr-defined]
+    assert dict(cfg.environments["dev"].bindings)["contoso_Outlook"] == "2222bbbb"
 
 
 def test_merge_into_environment_without_bindings(tmp_path: Path) -> None:

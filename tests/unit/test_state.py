@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,8 @@ def test_write_with_stale_serial_is_refused(tmp_path: Path) -> None:
     late = record.record_apply(s1, "dev", live_env(live_ref("contoso_A")), declared=["contoso_A"], user="x")
     with pytest.raises(StateError, match="serial 2"):
         local.save_state(tmp_path, late)
-    assert local.load_state(tmp_path, "dev").serial == 2  # type: ignore[union-attr]
+    st = local.load_state(tmp_path, "dev")
+    assert st is not None and st.serial == 2
 
 
 def test_write_of_another_lineage_is_refused(tmp_path: Path) -> None:
@@ -177,7 +179,8 @@ def test_untouched_reference_keeps_applied_at() -> None:
     nxt = record.record_apply(
         prev, "dev", live_env(live_ref("a")), declared=["a"], user="u", at="2024-03-03T00:00:00Z"
     )
-    assert nxt.reference("a").applied_at == "2024-01-01T00:00:00Z"  # type: ignore[union-attr]
+    kept = nxt.reference("a")
+    assert kept is not None and kept.applied_at == "2024-01-01T00:00:00Z"
 
 
 def test_vanished_is_what_is_managed_neither_declared_nor_present() -> None:
@@ -273,7 +276,9 @@ def test_atomic_write_replaces_inode_never_truncates_in_place(tmp_path: Path) ->
     ],
     ids=["truncated", "empty", "garbage", "bad-serial", "no-lineage", "future-major"],
 )
-def test_damaged_state_names_file_and_offers_backup(tmp_path: Path, damage, expect: str) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_state_names_file_and_offers_backup(
+    tmp_path: Path, damage: Callable[[bytes], bytes], expect: str
+) -> None:
     s1 = applied(tmp_path, "contoso_A")
     applied(tmp_path, "contoso_A", "contoso_B", prev=s1)
     path = tmp_path / "dev.json"

@@ -65,7 +65,8 @@ def test_creating_state_that_another_run_created_meanwhile_is_refused(backend: S
         backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
         with pytest.raises(StateError):
             backend.write(applied_state("dev", "contoso_B"), token=None, lock=lock)
-    assert set(backend.load("dev").references) == {"contoso_A"}  # type: ignore[union-attr]
+    loaded = backend.load("dev")
+    assert loaded is not None and set(loaded.references) == {"contoso_A"}
 
 
 def test_serial_and_lineage_must_follow_on(backend: StateBackend) -> None:
