@@ -622,7 +622,8 @@ def declarations(draw: st.DrawFn, base: World, accepted: bool = False) -> World:
             display_name=draw(st.sampled_from(DISPLAY_NAMES)),
             description=draw(st.none() | st.sampled_from(DESCRIPTIONS)),
         ))
-    accounts = (SVC.upn, SVC.upn.upper(), ALICE.upn, LEAVER.upn, "nobody@contoso.com")
+    accounts = (SVC.upn, SVC.upn.upper(), SVC.object_id.upper(), ALICE.upn, ALICE.object_id, LEAVER.upn,
+                "nobody@contoso.com")
     world = dataclasses.replace(base, declared=tuple(declared), bindings=(),
                                 service_account=draw(st.sampled_from(accounts) | st.none()))
     chosen: list[tuple[str, Bind]] = []

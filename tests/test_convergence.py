@@ -371,7 +371,7 @@ def test_a_managed_reference_deleted_by_hand_and_no_longer_declared_is_forgotten
         assert managed_names(config) == ()
 
 
-# --------------------------------------------------------------------------- known failures
+# --------------------------------------------------------------------------- a former failure, kept as a case
 
 SA_BY_OBJECT_ID = World(
     conns=(Conn("0f3a9e0c6d2b4e1f9a8b7c6d5e4f3a2b", SP, "svc", "Connected", "Main"),),
@@ -381,9 +381,6 @@ SA_BY_OBJECT_ID = World(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="a service_account given as an Entra object id passes validate (docs/config.md "
-                   "allows it) but the live reader looks the account up by UPN only, so plan refuses with 'service "
-                   "account ... not found'. When this passes, drop the mark and let worlds() draw object ids too")
 def test_service_account_given_as_object_id_converges() -> None:
     converges(SA_BY_OBJECT_ID)
     converges_through_the_cli(SA_BY_OBJECT_ID)

@@ -210,3 +210,19 @@ def test_flow_references_current_shape_from_the_factory() -> None:
 def test_flow_references_other_shapes(clientdata: str | None, expected: tuple[str, ...]) -> None:
     assert flow_references(clientdata) == expected
 
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it counts requests in the emulator's log")
+@pytest.mark.parametrize("form", ["upn", "object_id", "systemuserid", "application_id"])
+def test_the_service_account_in_any_form_is_read_in_the_same_single_users_query(
+        emulator: Any, session: EnvSession, form: str) -> None:
+    app = next(u for u in emulator.store.data["systemusers"] if u.get("applicationid"))
+    given = {"upn": Sample.SVC_UPN, "object_id": Sample.SVC_OBJECT_ID.upper(), "systemuserid": Sample.SVC_USER_ID,
+             "application_id": str(app["applicationid"])}[form]
+    emulator.app.log.clear()
+    live = read_environment(session, make_config(emulator.url, service_account=given), "dev")
+    user_queries = [e for e in emulator.app.log if e.path == API + "systemusers"]
+    assert len(user_queries) == 1
+    want = str(app["systemuserid"]) if form == "application_id" else Sample.SVC_USER_ID
+    assert live.writer is not None and live.writer.systemuserid == want
+    assert rules.writer(given, live) == live.writer

@@ -13,9 +13,11 @@ flows, joined here rather than one request per flow); the connections (admin sco
 caller's scope on a 403: one extra request when the caller is no admin).
 
 Round 2: the solution's components of that type (membership, docs/dataverse.md §2.2: never
-``connectionreference.solutionid``); the users needed (the caller, the service account by
-``domainname``, reference and connection owners) in ONE query with an ``or`` chain; and, when writes
-impersonate a service account, whether the caller holds ``prvActOnBehalfOfAnotherUser``.
+``connectionreference.solutionid``); the users needed (the caller, the service account in any form the
+config allows: by ``domainname`` for a UPN, or for a GUID by ``systemuserid``, Entra object id and
+``applicationid``; reference and connection owners) in ONE query with an ``or`` chain; and, when writes
+impersonate a service account, whether the caller holds ``prvActOnBehalfOfAnotherUser``. Which user is
+the writer is the rules layer's call (``reconciler.domain.rules.pick_writer``).
 
 Why the whole reference collection rather than a filter on the declared names: membership of
 undeclared references in the solution (drift, prune, lint) needs their rows too, and reading the
@@ -33,6 +35,7 @@ from typing import Any, TypeVar
 
 from reconciler.api.odata_filter import Filter, Guid, any_of, either, eq
 from reconciler.api.session import EnvSession
+from reconciler.domain import rules
 from reconciler.domain.model import (
     Config,
     EnvironmentConfig,
@@ -433,12 +436,8 @@ def read_environment(
     caller = next((u for u in users_found if u.systemuserid == who.user_id), None)
     if caller is None:
         caller = LiveUser(systemuserid=who.user_id, object_id=None, upn=None)
-    if service_account:
-        writer = next((u for u in users_found if (u.upn or "").lower() == service_account.lower()), None)
-    else:
-        writer = caller
-    impersonating = (bool(service_account) and writer is not None
-                     and writer.systemuserid != caller.systemuserid)
+    writer = rules.pick_writer(service_account, caller, users_found)
+    impersonating = bool(service_account) and rules.acts_as_other(caller, writer)
     if impersonating and writer is not None:
         session.writer_object_id = writer.object_id
     else:
@@ -479,31 +478,35 @@ def _read_users(
     owner_ids: Iterable[str | None],
     owner_object_ids: Iterable[str | None],
 ) -> list[LiveUser]:
-    """The users the plan names, in one request: the caller, the service account (by ``domainname``,
-    escaped: a UPN may hold an apostrophe), the owners of references and of connections."""
-    ids = _guids([caller_id, *owner_ids])
-    oids = _guids(owner_object_ids)
+    """The users the plan names, in one request: the caller, the owners of references and of
+    connections, and the service account in every form ``rules.resolve_principal`` accepts: a UPN by
+    ``domainname`` (escaped: a UPN may hold an apostrophe), a GUID as a systemuserid, an Entra object
+    id or an application (client) id."""
+    sa = (service_account or "").strip()
+    sa_guid = sa.lower() if is_guid(sa) else None
+    ids = _guids([caller_id, *owner_ids, sa_guid])
+    oids = _guids([*owner_object_ids, sa_guid])
     clauses: list[Filter] = []
     if ids:
         clauses.append(any_of("systemuserid", ids))
     if oids:
         clauses.append(any_of("azureactivedirectoryobjectid", oids))
-    if service_account:
-        clauses.append(eq("domainname", service_account))
+    if sa_guid:
+        clauses.append(eq("applicationid", Guid(sa_guid)))
+    elif sa:
+        clauses.append(eq("domainname", sa))
     dv = session.dataverse
     if len(ids) + len(oids) > MAX_USER_KEYS:
-        rows = dv.get_all("systemusers", select=USER_COLUMNS)
         wanted_ids = {g.value for g in ids}
         wanted_oids = {g.value for g in oids}
-        sa = (service_account or "").lower()
-        rows = [
-            r for r in rows
-            if str(r.get("systemuserid", "")).lower() in wanted_ids
-            or str(r.get("azureactivedirectoryobjectid") or "").lower() in wanted_oids
-            or (sa and str(r.get("domainname") or "").lower() == sa)
+        everyone = [user_from_row(r) for r in dv.get_all("systemusers", select=USER_COLUMNS)]
+        return [
+            u for u in everyone
+            if u.systemuserid in wanted_ids
+            or (u.object_id or "") in wanted_oids
+            or (sa and sa.lower() in rules.principal_keys(u))
         ]
-    else:
-        rows = dv.get_all("systemusers", select=USER_COLUMNS, filter=either(*clauses))
+    rows = dv.get_all("systemusers", select=USER_COLUMNS, filter=either(*clauses))
     return [user_from_row(r) for r in rows]
 
 
@@ -531,11 +534,11 @@ def resolve_writer_object_id(session: EnvSession) -> str | None:
         return None
     if session.writer_object_id:
         return session.writer_object_id
-    rows = session.dataverse.get_all("systemusers", select=USER_COLUMNS, filter=eq("domainname", sa))
-    if not rows or not rows[0].get("azureactivedirectoryobjectid"):
-        raise NotFoundError(f"environment '{session.name}': service account {sa} has no Dataverse user")
     who = session.dataverse.who_am_i()
-    if str(rows[0]["systemuserid"]).lower() == who.user_id:
+    user = rules.pick_writer(sa, None, _read_users(session, who.user_id, sa, (), ()))
+    if user is None or not user.object_id:
+        raise NotFoundError(f"environment '{session.name}': service account {sa} has no Dataverse user")
+    if user.systemuserid == who.user_id:
         return None  # the caller is the service account: nothing to impersonate
-    session.writer_object_id = str(rows[0]["azureactivedirectoryobjectid"]).lower()
+    session.writer_object_id = user.object_id
     return session.writer_object_id

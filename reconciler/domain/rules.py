@@ -248,12 +248,17 @@ def _same_user(a: LiveUser, b: LiveUser) -> bool:
     return a.systemuserid.lower() == b.systemuserid.lower()
 
 
+def acts_as_other(caller: LiveUser | None, writer: LiveUser | None) -> bool:
+    """Whether ``writer`` is someone other than the signed-in ``caller`` (an unknown caller counts as
+    someone else, so writes still name the writer)."""
+    if writer is None:
+        return False
+    return caller is None or not _same_user(caller, writer)
+
+
 def impersonates(service_account: str | None, live: LiveEnvironment) -> bool:
     """Whether writes act as someone other than the signed-in identity (``CallerObjectId``)."""
-    w = live.writer
-    if not service_account or w is None:
-        return False
-    return live.caller is None or not _same_user(live.caller, w)
+    return bool(service_account) and acts_as_other(live.caller, live.writer)
 
 
 def impersonated_object_id(service_account: str | None, live: LiveEnvironment) -> str | None:
