@@ -40,6 +40,7 @@ BEYOND_SCHEMA = {
     "jwt_in_description": "a secret pasted into a value (recognised by its shape anywhere)",
     "pem_block": "a secret pasted into a value (recognised by its shape anywhere)",
     "entra_secret_in_description": "a secret pasted into a value (recognised by its shape anywhere)",
+    "secret_in_file_path": "a secret pasted where a file's path belongs (no such file, and its shape)",
 }
 
 
@@ -55,7 +56,7 @@ def _data(path: Path) -> Any:
     editor reports that itself, before any schema)."""
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, ValueError):
+    except (yaml.YAMLError, ValueError, RecursionError):  # RecursionError: nested thousands deep
         return None
 
 

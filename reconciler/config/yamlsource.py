@@ -41,6 +41,7 @@ from reconciler.errors import ConfigError, Location
 MERGE_TAG = "tag:yaml.org,2002:merge"
 _STD = "tag:yaml.org,2002:"
 _STR = _STD + "str"
+_INT = _STD + "int"
 # Plain YAML only: a config never needs ``!!python/...`` or application tags.
 ALLOWED_TAGS = frozenset(_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
 
@@ -106,11 +107,74 @@ def join_path(parent: str, key: str | int) -> str:
     return f"{parent}.{key}" if parent else key
 
 
+#: Deepest nesting a config may have. A connref config nests five levels (environments.dev.bindings.x.owner);
+#: anything far deeper is refused before the tree is built, so no input can exhaust the recursion.
+MAX_NESTING = 64
+#: Longest integer a config may hold: no setting takes more (and Python refuses past 4,300 digits).
+MAX_INT_DIGITS = 30
+
+
+class _TooDeep(Exception):
+    """The document nests deeper than ``MAX_NESTING`` (``error`` says where)."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _too_deep(file: str, mark: Any) -> _TooDeep:
+    return _TooDeep(ConfigError(
+        f"the YAML nests deeper than {MAX_NESTING} levels here; a connref config nests five at most "
+        "(environments: NAME: bindings: REFERENCE: owner)", Location(file, mark.line + 1, mark.column + 1)))
+
+
+def _long_int(tag: str, value: str) -> str | None:
+    """The problem with an integer literal too long to be any setting, or None."""
+    if tag != _INT:
+        return None
+    digits = sum(ch.isdigit() for ch in value)
+    if digits <= MAX_INT_DIGITS:
+        return None
+    return (f"an integer of {digits} digits: no setting takes a number that long "
+            "(put it in quotes if you meant text)")
+
+
+def _check_depth(loader_class: Any, text: str, file: str) -> None:
+    """Raise ``_TooDeep`` when the document nests deeper than ``MAX_NESTING`` (from the parser's events,
+    which need no recursion; the composer that follows does)."""
+    loader: Any = loader_class(text)
+    try:
+        depth = 0
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise _too_deep(file, event.start_mark)
+            elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+                depth -= 1
+    finally:
+        loader.dispose()
+
+
 def _loc(file: str, node: Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _syntax_error(file: str, exc: yaml.YAMLError) -> ConfigError:
+def _reader_error(file: str, text: str, exc: yaml.reader.ReaderError) -> ConfigError:
+    """A character YAML does not allow in a text (NUL, other control characters), at its line and column."""
+    position = max(0, min(int(exc.position), len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+    what = "a NUL character" if code == 0 else f"the control character U+{code:04X}"
+    return ConfigError(f"the config holds {what}, which YAML does not allow; a config is plain text",
+                       Location(file, line, column))
+
+
+def _syntax_error(file: str, exc: yaml.YAMLError, text: str = "") -> ConfigError:
+    if isinstance(exc, yaml.reader.ReaderError):
+        return _reader_error(file, text, exc)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     if problem == "but found another document" and mark is not None:
@@ -180,6 +244,10 @@ class _Converter:
 
     def _scalar(self, node: ScalarNode, path: str) -> Scalar:
         loc = _loc(self.file, node)
+        long_int = _long_int(node.tag, str(node.value))
+        if long_int:
+            self.errors.append(ConfigError(long_int, loc, path or None))
+            return Scalar(loc, None, str(node.value), broken=True)
         try:
             value = self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError) as exc:
@@ -271,16 +339,22 @@ def parse(text: str, file: str, *, fast: bool = True) -> tuple[YNode | None, lis
             if plain is not None:
                 return plain
             return _parse_with(FAST_LOADER, text, file)
+        except _TooDeep as exc:
+            return None, [exc.error]
         except yaml.YAMLError:
             pass  # the pure-Python loader says what is wrong, in the words users know
     try:
         return _parse_with(yaml.SafeLoader, text, file)
+    except _TooDeep as exc:
+        return None, [exc.error]
     except yaml.YAMLError as exc:
-        return None, [_syntax_error(file, exc)]
+        return None, [_syntax_error(file, exc, text)]
 
 
 def _parse_with(loader_class: type[yaml.SafeLoader], text: str, file: str) -> tuple[YNode | None, list[ConfigError]]:
-    """Compose and convert with ``loader_class``; a syntax error is raised."""
+    """Compose and convert with ``loader_class``; a syntax error is raised, and ``_TooDeep`` for a document
+    nested too deeply to compose."""
+    _check_depth(loader_class, text, file)
     loader = loader_class(text)
     try:
         root = loader.get_single_node()
@@ -309,7 +383,7 @@ def _build_plain(loader_class: Any, text: str, file: str) -> tuple[YNode | None,
         if loader.check_event(yaml.StreamEndEvent):
             return None, []
         loader.get_event()  # DocumentStart
-        root = _plain_node(loader, file)
+        root = _plain_node(loader, file, 0)
         loader.get_event()  # DocumentEnd
         if not loader.check_event(yaml.StreamEndEvent):
             return None  # a second document: the composer says so
@@ -320,7 +394,7 @@ def _build_plain(loader_class: Any, text: str, file: str) -> tuple[YNode | None,
         loader.dispose()
 
 
-def _plain_node(loader: Any, file: str) -> YNode:
+def _plain_node(loader: Any, file: str, depth: int) -> YNode:
     event = loader.get_event()
     if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
         raise _NotPlain
@@ -333,7 +407,7 @@ def _plain_node(loader: Any, file: str) -> YNode:
         tag = loader.resolve(ScalarNode, value, event.implicit)
         if tag == _STR:
             return Scalar(loc, value, value, quoted=event.style in ("'", '"'))
-        if tag not in ALLOWED_TAGS:
+        if tag not in ALLOWED_TAGS or _long_int(tag, value):
             raise _NotPlain
         try:
             end: Any = event.end_mark
@@ -343,10 +417,12 @@ def _plain_node(loader: Any, file: str) -> YNode:
         return Scalar(loc, constructed, str(value), quoted=event.style in ("'", '"'))
     if event.tag is not None and event.tag != "!":
         raise _NotPlain
+    if depth >= MAX_NESTING:
+        raise _too_deep(file, mark)
     if isinstance(event, yaml.SequenceStartEvent):
         items: list[YNode] = []
         while not loader.check_event(yaml.SequenceEndEvent):
-            items.append(_plain_node(loader, file))
+            items.append(_plain_node(loader, file, depth + 1))
         loader.get_event()
         return Seq(loc, items)
     if not isinstance(event, yaml.MappingStartEvent):  # pragma: no cover - the parser makes no other
@@ -367,7 +443,7 @@ def _plain_node(loader: Any, file: str) -> YNode:
         key_mark: Any = key_event.start_mark
         key = Scalar(Location(file, key_mark.line + 1, key_mark.column + 1), text, text,
                      key_event.style in ("'", '"'))
-        pairs.append((key, _plain_node(loader, file)))
+        pairs.append((key, _plain_node(loader, file, depth + 1)))
     loader.get_event()
     return Map(loc, pairs)
 

@@ -25,6 +25,9 @@ def test_validate_reports_every_error_with_its_location(name: str) -> None:
     assert r.out == ""
     for line in _expected(name):
         assert line in r.err, f"missing from stderr: {line}\n---\n{r.err}"
+    # One short report: no traceback (a RecursionError once printed ~200 KB), no echo of the file.
+    assert "Traceback" not in r.err
+    assert len(r.err) < 200 * max(1, len(_expected(name))) + 200
 
 
 @pytest.mark.parametrize("command", [["plan"], ["apply", "--auto-approve"], ["drift"], ["lint"]])

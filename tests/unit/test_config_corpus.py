@@ -66,6 +66,7 @@ def test_bad_config_message(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         ("pem_block", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
         ("entra_secret_as_client_id", "Xy71Q~abcdefghijklmnopqrstuvwxyz0123456_"),
         ("entra_secret_in_description", "Qm82Q~Abcdefghijklmnopqrstuvwxyz01234.5"),
+        ("secret_in_file_path", "jS8vQ2pLx9Tr4NwZb7Ke-Ua"),
         ("secret_in_env_var_name", "s3cr3t value!"),
         ("url_with_credentials", "pa55"),
     ],

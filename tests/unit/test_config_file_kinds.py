@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config.loader import load_config
+from reconciler.config.loader import MAX_CONFIG_BYTES, load_config
 from reconciler.errors import ConfigError
 
 # Long enough for a slow machine, short enough that a hang fails the test instead of the run.
@@ -75,3 +75,31 @@ def test_symlink_to_a_regular_file_is_read(tmp_path: Path) -> None:
     # It was read: the error is about the content, not the kind of file.
     assert isinstance(err, ConfigError)
     assert "required key is missing" in str(err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/urandom"), reason="no /dev/urandom")
+def test_random_device_is_refused() -> None:
+    err = _load_in_thread("/dev/urandom")
+    assert "character device" in str(err)
+
+
+def test_a_50_mb_file_is_refused_at_once_naming_the_limit(tmp_path: Path) -> None:
+    big = tmp_path / "connref.yaml"
+    with open(big, "wb") as f:
+        f.write(b"version: 1\n")
+        f.truncate(50 * 1000 * 1000)  # sparse: nothing is written, the size is what is checked
+    with pytest.raises(ConfigError) as info:
+        load_config(str(big))
+    text = str(info.value)
+    assert "is 47.7 MiB" in text
+    assert f"at most 32 MiB ({MAX_CONFIG_BYTES} bytes)" in text
+
+
+def test_a_file_at_the_limit_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "connref.yaml"
+    body = "version: 1\nsolution: ContosoFlows\nreferences: {}\nenvironments: {}\n"
+    config.write_text(body + "#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n")
+    assert config.stat().st_size == MAX_CONFIG_BYTES
+    with pytest.raises(ConfigError) as info:
+        load_config(str(config))
+    assert "MiB" not in str(info.value)  # refused for its content, not its size
