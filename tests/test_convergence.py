@@ -5,6 +5,9 @@ For every world the planner accepts: plan -> apply (the real applier over httpx,
 references in the solution, and declared ones left unbound on a broken connection), a second apply sends
 no write, and every reference row is what the config says (declared) or what it was (the rest).
 For every world the planner refuses: it is refused for exactly the reasons the world holds.
+Then, through the CLI: a next config over what an apply left (pruning, after deletions by hand) converges
+too, and hand edits of declared references in the portal are reported by drift exactly and undone by
+the next apply.
 
 Examples Hypothesis shrank from a failure stay below as ``@example``s, each with what it caught.
 Budget: the "ci" Hypothesis profile (tests/conftest.py) runs a fixed, derandomized set of examples;
@@ -25,6 +28,7 @@ from typing import Any
 
 import pytest
 from convergence_world import (
+    PEOPLE,
     REFUSAL_PATTERNS,
     SOLUTION,
     SVC,
@@ -35,6 +39,7 @@ from convergence_world import (
     Sel,
     Tokens,
     World,
+    broken,
     config_text,
     declarations,
     delete_rows,
@@ -369,6 +374,83 @@ def test_a_managed_reference_deleted_by_hand_and_no_longer_declared_is_forgotten
         config.write_text(config_text(nxt, local="dev.json"), encoding="utf-8")
         cli_converges(nxt, config)
         assert managed_names(config) == ()
+
+
+def drift_found(config: Path) -> set[tuple[str, str]]:
+    """(logical name in lower case, kind) of every item ``connref drift`` reports; its exit code agrees."""
+    code, out, err = cli(config, "drift", "--json")
+    found = {(r["logical_name"].lower(), i["kind"]) for env in json.loads(out)["environments"]
+             for r in env["references"] for i in r["items"]}
+    assert code == (2 if found else 0), err
+    return found
+
+
+def edit_by_hand(draws: st.DataObject, world: World, data: dict[str, Any]) -> set[tuple[str, str]]:
+    """Edit the declared references in ``data`` as someone in the portal might, each in a field the config
+    governs (so the next apply undoes it); returns what drift must now report against the state."""
+    expected = set(expected_drift(world))
+    users = {p.key: p.systemuserid for p in PEOPLE.values()}
+    for row in data["connectionreferences"]:
+        name = str(row["connectionreferencelogicalname"])
+        if not world.declares(name):
+            continue
+        key, rid = name.lower(), str(row["connectionreferenceid"]).lower()
+        edits = ["none", "rename", "describe", "remove_from_solution"]
+        if not world.used_by_flows(name):
+            edits.append("delete")
+        bound = world.binding(name) is not None
+        others = [c.name for c in world.conns if tail(c.connector) == tail(str(row["connectorid"]))
+                  and c.name != row["connectionid"]]
+        if bound:
+            edits.append("rebind")
+        if world.service_account:
+            edits.append("owner")
+        edit = draws.draw(st.sampled_from(edits), label=f"edit of {name}")
+        if edit == "none":
+            continue
+        count(f"edited by hand: {edit}")
+        if edit == "rename":
+            row["connectionreferencedisplayname"] = f"{row['connectionreferencedisplayname']} (edited)"
+            expected.add((key, "renamed"))
+        elif edit == "describe":
+            row["description"] = "Edited in the portal"
+            expected.add((key, "description_changed"))
+        elif edit == "remove_from_solution":
+            data["solutioncomponents"] = [c for c in data["solutioncomponents"] if str(c["objectid"]).lower() != rid]
+            expected.add((key, "removed_from_solution"))
+        elif edit == "delete":
+            delete_rows(data, {rid})
+            expected -= {(key, "connection_broken")}  # no row, no connection to check
+            expected.add((key, "deleted"))
+        elif edit == "rebind":
+            row["connectionid"] = draws.draw(st.sampled_from([None, *others]), label=f"{name} rebound to")
+            expected.add((key, "rebound"))
+            if broken(world, row["connectionid"]):
+                expected.add((key, "connection_broken"))
+        else:
+            owner = draws.draw(st.sampled_from([k for k, u in users.items() if u != row["_ownerid_value"]]),
+                               label=f"{name} given to")
+            row["_ownerid_value"] = users[owner]
+            expected.add((key, "owner_changed"))
+    return expected
+
+
+@settings(max_examples=TWO_STEP_EXAMPLES, deadline=None)
+@given(worlds(accepted=True), st.data())
+def test_hand_edits_are_drift_and_the_next_apply_undoes_them(world: World, draws: st.DataObject) -> None:
+    """Apply; someone renames, describes, rebinds, hands over, removes from the solution or deletes
+    declared references in the portal; drift reports exactly those edits (against the state), and the
+    next apply of the same config converges again."""
+    with scratch() as tmp:
+        config = write_local(world, Path(tmp), KEY)
+        cli_converges(world, config)
+        left = dataclasses.replace(as_left(world, config), prune=False)
+        data_file = config.parent / "dev.json"
+        data = json.loads(data_file.read_text(encoding="utf-8"))
+        expected = edit_by_hand(draws, left, data)
+        data_file.write_text(json.dumps(data), encoding="utf-8")
+        assert drift_found(config) == expected
+        cli_converges(dataclasses.replace(left, rows=rows_from_data(data)), config)
 
 
 # --------------------------------------------------------------------------- a former failure, kept as a case
