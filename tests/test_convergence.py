@@ -213,16 +213,69 @@ def converges(world: World) -> None:
 # --------------------------------------------------------------------------- the properties
 
 
+SP = "shared_sharepointonline"
+
+# Worlds every run covers, whatever the draw: the shapes the property is about, in one example each.
+SP_MAIN = Conn("0f3a9e0c6d2b4e1f9a8b7c6d5e4f3a2b", SP, "svc", "Connected", "Main")
+SP_BACKUP = Conn("1e2d3c4b5a697887a6b5c4d3e2f10a1b", SP, "svc", "Connected", "Backup")
+SP_ALICE = Conn("3c3c3c3c3c3c4c4c8c8c9c9cacacbcbc", SP, "alice", "Connected", "alice@contoso.com", ("svc",))
+SP_BROKEN = Conn("dead0000dead0000dead0000dead0000", SP, "svc", "Error", "Main")
+# Case differences everywhere (logical name, connection name, service account, selector), per-developer
+# duplicates in and out of the solution, an empty description live where the config has none.
+CASES = World(
+    conns=(SP_MAIN, SP_BACKUP, SP_ALICE),
+    rows=(
+        Row("contoso_sharepoint", SP, "SharePoint", "", SP_ALICE.name, "alice", in_solution=True),
+        Row("contoso_sharedsharepointonline_8f4b0", SP, "SharePoint Solution1-8f4b0", None, SP_ALICE.name, "alice",
+            in_solution=True),
+        Row("contoso_sharedsharepointonline_30e7d", SP, "SharePoint Solution1-30e7d", "Invoices", SP_MAIN.name,
+            "bob", in_solution=False),
+    ),
+    declared=(
+        Declared("contoso_SharePoint", SP, "SharePoint ContosoConnections"),
+        Declared("contoso_sharedsharepointonline_30e7d", SP, "SharePoint invoices", "Invoices"),
+        Declared("contoso_Files", SP, "Files"),
+    ),
+    bindings=(
+        ("contoso_SharePoint", SP_MAIN.name.upper()),
+        ("contoso_sharedsharepointonline_30e7d", Sel("SVC-Flows@Contoso.com", "backup")),
+        ("contoso_Files", SP_ALICE.name),  # Alice's, shared with the service account
+    ),
+    service_account="SVC-FLOWS@contoso.com",
+)
+
+
+# A selector two connections match, a binding to a connection that is not Connected, one to a
+# connection the service account may not use, and a reference declared on another connector than live.
+REFUSED = World(
+    conns=(SP_MAIN, SP_BACKUP, SP_BROKEN, Conn("b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0", SP, "bob", "Connected", "Main")),
+    rows=(Row("contoso_Teams", "shared_teams", "Teams", None, None, "svc", in_solution=True),),
+    declared=(Declared("contoso_SharePoint", SP, "SharePoint"), Declared("contoso_Broken", SP, "Broken"),
+              Declared("contoso_Bob", SP, "Bob's"), Declared("contoso_Teams", SP, "Teams")),
+    bindings=(("contoso_SharePoint", Sel(SVC.upn)), ("contoso_Broken", SP_BROKEN.name),
+              ("contoso_Bob", "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0")),
+)
+
+
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(worlds(accepted=True))
+@example(CASES)
 def test_accepted_worlds_converge(world: World) -> None:
     converges(world)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(worlds())
+@example(CASES)
+@example(REFUSED)
 def test_any_world_converges_or_is_refused_for_its_reasons(world: World) -> None:
     converges(world)
+
+
+def test_the_examples_are_what_they_say() -> None:
+    assert refusals(CASES) == set()
+    assert refusals(REFUSED) == {("contoso_sharepoint", "selector_many"), ("contoso_broken", "not_connected"),
+                                 ("contoso_bob", "not_usable"), ("contoso_teams", "connector_changed")}
 
 
 # --------------------------------------------------------------------------- through the CLI
@@ -310,9 +363,6 @@ def managed_names(config: Path) -> tuple[str, ...]:
     return tuple(json.loads(shown)["references"])
 
 
-SP = "shared_sharepointonline"
-
-
 @settings(max_examples=CLI_EXAMPLES, deadline=None)
 @given(worlds(accepted=True))
 # Caught: a reference found outside the solution whose display name also differs was planned as one
@@ -322,6 +372,7 @@ SP = "shared_sharepointonline"
     rows=(Row("contoso_Outlook", SP, "SharePoint ContosoConnections", None, None, "svc", in_solution=False),),
     declared=(Declared("contoso_Outlook", SP, "Outlook"),),
 ))
+@example(CASES)
 def test_accepted_worlds_converge_through_the_cli(world: World) -> None:
     converges_through_the_cli(world)
 
