@@ -44,7 +44,7 @@ def record_change(ctx: Ctx, table: str, row: dict[str, Any], changed: Iterable[s
         return
     layered = set(CUSTOMIZING_COLUMNS) | (set(BINDING_COLUMNS) if ctx.setting("binding_leaves_layer") else set())
     if table == "workflows":
-        layered = {"name", "description"}
+        layered = {"name", "description", "clientdata"}
     layer: dict[str, Any] = row.setdefault("active_layer", {})
     for col in changed:
         if col in layered:

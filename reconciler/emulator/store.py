@@ -80,6 +80,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # msdyn_componentlayers answers only a query naming one component (msdyn_componentid and
     # msdyn_solutioncomponentname in the $filter), as a virtual table may (UNCONFIRMED: docs/dataverse.md §2.6).
     "componentlayers_require_component": True,
+    # A PATCH of clientdata on a flow that is on: "refuse" (it must be switched off first, as a published
+    # classic workflow must) or "allow" (edited in place). UNCONFIRMED: docs/dataverse.md §5.9.
+    "flow_edit_while_on": "refuse",
 }
 
 

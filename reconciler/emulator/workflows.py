@@ -11,7 +11,10 @@ cannot be switched on before its children: ``ChildFlowNeverPublished``); docs/da
 reaches the flows asynchronously; the emulator shows each flow's update as an ``asyncoperations`` row
 regarding the flow, UNCONFIRMED); docs/dataverse.md §2.5 and §2.7 (canvas apps and bots depend on references
 too; ``RetrieveDependenciesForDelete``); docs/dataverse.md §2.6 (a managed flow cannot be deleted; a name
-change leaves an unmanaged layer).
+change leaves an unmanaged layer); docs/dataverse.md §5.9 (a definition is edited by a PATCH of
+``clientdata``; whether a flow that is on must be switched off first is UNCONFIRMED: setting
+``flow_edit_while_on``); docs/dataverse.md §5.10 (a definition naming a reference that does not exist is
+refused with ``WorkflowRunActionInputsInvalidProperty``).
 
 Emulator-only keys of a workflow row (never served): ``applied_connections`` (logical name -> the
 connection the flow uses while a rebind is on its way; absent = the reference's current one),
@@ -49,7 +52,7 @@ WORKFLOW_COMPONENT_TYPE = 29
 CANVAS_APP_COMPONENT_TYPE = 300  # solutioncomponent componenttype "Canvas App" (docs/dataverse.md §2.5)
 STATE_STATUS = {0: 1, 1: 2, 2: 3}  # statecode -> default statuscode (Draft/Activated/Suspended)
 VALID_STATUS = {0: {1}, 1: {2}, 2: {3}}
-PATCHABLE = {"statecode", "statuscode", "name", "description", "ownerid@odata.bind"}
+PATCHABLE = {"statecode", "statuscode", "name", "description", "ownerid@odata.bind", "clientdata"}
 # asyncoperation state and status (Learn: asyncoperation table; docs/dataverse.md §5.7).
 JOB_READY, JOB_COMPLETED = 0, 3
 JOB_WAITING, JOB_SUCCEEDED, JOB_FAILED = 0, 30, 31
@@ -301,6 +304,100 @@ def _children_check(ctx: Ctx, wf: dict[str, Any]) -> None:
                     f'Flow client error returned with status code "BadRequest" and details "{dumps(inner)}".')
 
 
+# --------------------------------------------------------------------------- editing the definition
+
+
+def _flow_error(code: str, message: str) -> HttpError:
+    """A refusal of the flow service, wrapped as Dataverse wraps them (docs/dataverse.md §5.6, §5.10)."""
+    inner = dumps({"error": {"code": "InvalidOpenApiFlow",
+                             "message": f"Flow save failed with code '{code}' and message '{message}'."}})
+    return HttpError(400, FLOW_CLIENT_ERROR,
+                     f'Flow client error returned with status code "BadRequest" and details "{inner}".')
+
+
+def _host_uses(definition: Any) -> Iterator[tuple[str, str]]:
+    """(operation name, ``inputs.host.connectionName``) of every trigger and action at any depth that calls
+    a connector through the definition's connection references (docs/dataverse.md §5.2)."""
+    for node in _walk(definition):
+        for section in ("triggers", "actions"):
+            ops = node.get(section)
+            if not isinstance(ops, dict):
+                continue
+            for op_name, op in ops.items():
+                inputs = op.get("inputs") if isinstance(op, dict) else None
+                host = inputs.get("host") if isinstance(inputs, dict) else None
+                key = host.get("connectionName") if isinstance(host, dict) else None
+                if isinstance(key, str) and key:
+                    yield str(op_name), key
+
+
+def _invalid_property(name: str, operation: str) -> HttpError:
+    return _flow_error("WorkflowRunActionInputsInvalidProperty",
+                       f"The API connection reference '{name}' could not be found for the operation '{operation}'.")
+
+
+def check_definition(ctx: Ctx, clientdata: Any) -> None:
+    """A new ``clientdata`` as the flow service checks it when a definition is saved (docs/dataverse.md
+    §5.10): a JSON object with a definition; every operation's ``host.connectionName`` names an entry of
+    ``connectionReferences``; every entry names a connection reference that exists, of the entry's connector.
+    The wording of the refusals other than the missing reference is UNCONFIRMED."""
+    if not isinstance(clientdata, str):
+        raise bad_request("clientdata must be a string holding the flow's definition as JSON.")
+    try:
+        doc = json.loads(clientdata)
+    except ValueError as exc:
+        raise _flow_error("InvalidTemplate", f"The flow definition is not valid JSON: {exc}.") from exc
+    props = doc.get("properties") if isinstance(doc, dict) else None
+    definition = props.get("definition") if isinstance(props, dict) else None
+    entries = props.get("connectionReferences", {}) if isinstance(props, dict) else None
+    if not isinstance(definition, dict) or not isinstance(entries, dict):
+        raise _flow_error("InvalidTemplate", "The flow definition must be an object with properties.definition "
+                                             "and properties.connectionReferences.")
+    uses = list(_host_uses(definition))
+    for operation, key in uses:
+        if key not in entries:
+            raise _invalid_property(key, operation)
+    for key, entry in entries.items():
+        conn = entry.get("connection") if isinstance(entry, dict) else None
+        ln = conn.get("connectionReferenceLogicalName") if isinstance(conn, dict) else None
+        if not isinstance(ln, str) or not ln:
+            continue  # a connection bound directly (the older shape): nothing to look up
+        operation = next((op for op, k in uses if k == key), key)
+        ref = ctx.store.reference_by_logical_name(ln)
+        if ref is None:
+            raise _invalid_property(ln, operation)
+        api = entry.get("api", {}).get("name") if isinstance(entry.get("api"), dict) else None
+        ref_api = str(ref.get("connectorid", "")).rstrip("/").rsplit("/", 1)[-1]
+        if isinstance(api, str) and api and api.lower() != ref_api.lower():
+            raise _flow_error("WorkflowRunActionInputsInvalidProperty",
+                              f"The API connection reference '{ln}' is for the API '{ref_api}', not '{api}' "
+                              f"as the operation '{operation}' expects.")
+
+
+def edit_check(ctx: Ctx, wf: dict[str, Any], clientdata: Any) -> None:
+    """Whether this PATCH may replace the flow's definition: with ``flow_edit_while_on`` ``refuse`` (the
+    default) a flow that is on must be switched off first, as a published classic workflow must
+    (docs/dataverse.md §5.9, UNCONFIRMED for cloud flows; ``allow``: it is edited in place); then the
+    definition is checked (``check_definition``)."""
+    if wf.get("statecode") == 1 and str(ctx.setting("flow_edit_while_on")) != "allow":
+        raise bad_request("Cannot update a published workflow definition.")
+    check_definition(ctx, clientdata)
+
+
+def after_edit(wf: dict[str, Any]) -> None:
+    """A new definition: the connections an unfinished rebind left the flow are kept only for references it
+    still uses."""
+    applied = wf.get("applied_connections")
+    if not applied:
+        return
+    still = {ln.lower() for ln in references_of(wf.get("clientdata"))}
+    kept = {k: v for k, v in applied.items() if k in still}
+    if kept:
+        wf["applied_connections"] = kept
+    else:
+        wf.pop("applied_connections", None)
+
+
 # --------------------------------------------------------------------------- writes
 
 
@@ -328,10 +425,14 @@ def patch(ctx: Ctx, key: str) -> Response:
         if status not in VALID_STATUS[state]:
             raise bad_request(f"{status} is not a valid status code for state code {state} on workflow.")
         owner = _owner_from_bind(ctx, body["ownerid@odata.bind"]) if "ownerid@odata.bind" in body else None
+        if "clientdata" in body and body["clientdata"] != wf.get("clientdata"):
+            edit_check(ctx, wf, body["clientdata"])
         if state == 1 and wf.get("statecode") != 1:
-            activation_check(ctx, wf)
-        renamed = [k for k in ("name", "description") if k in body and body[k] != wf.get(k)]
-        wf.update({k: v for k, v in body.items() if k in ("name", "description")})
+            activation_check(ctx, {**wf, "clientdata": body.get("clientdata", wf.get("clientdata"))})
+        renamed = [k for k in ("name", "description", "clientdata") if k in body and body[k] != wf.get(k)]
+        wf.update({k: v for k, v in body.items() if k in ("name", "description", "clientdata")})
+        if "clientdata" in renamed:
+            after_edit(wf)
         record_change(ctx, "workflows", wf, renamed)
         wf["statecode"] = state
         wf["statuscode"] = status
