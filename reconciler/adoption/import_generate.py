@@ -28,13 +28,7 @@ from reconciler.adoption.import_merge import (
     parse_existing,
     restore_service_account,
 )
-from reconciler.adoption.lint import (
-    NamingTemplate,
-    connection_findings,
-    connector_display_name,
-    flows_using,
-    random_suffix,
-)
+from reconciler.adoption.lint import connection_findings, flows_using
 from reconciler.adoption.yamledit import (
     PARK_MARK,
     Parked,
@@ -51,6 +45,7 @@ from reconciler.adoption.yamledit import (
 )
 from reconciler.domain import rules
 from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, connector_name
+from reconciler.domain.naming import NamingTemplate, connector_display_name, random_suffix
 from reconciler.domain.rules import Problem
 from reconciler.domain.text import inert
 from reconciler.errors import ConnrefError

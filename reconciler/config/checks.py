@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from reconciler.config.yamlsource import Map, Scalar, Seq, YNode
 from reconciler.domain.model import CONNECTOR_PREFIX, connector_id
+from reconciler.domain.naming import PLACEHOLDERS
 
 MAX_CONNECTION_NAME = 1000
 ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -89,9 +90,6 @@ def env_var_problem(value: str) -> str | None:
 
 
 def naming_problem(value: str) -> str | None:
-    # The placeholders are lint's (it applies the template); imported here to keep one list.
-    from reconciler.adoption.lint import PLACEHOLDERS
-
     try:
         parts = list(string.Formatter().parse(value))
     except ValueError as exc:

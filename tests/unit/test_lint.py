@@ -26,14 +26,13 @@ from builders import (
 from reconciler.adoption.lint import (
     RULES,
     Finding,
-    NamingTemplate,
     exit_code,
     lint,
-    random_suffix,
     render_findings_json,
     render_findings_text,
 )
 from reconciler.domain.model import Config, LiveConnection, LiveEnvironment, Selector
+from reconciler.domain.naming import NamingTemplate, random_suffix
 
 config, conn, live, ref = ADOPTION.config, ADOPTION.conn, ADOPTION.live, ADOPTION.ref
 
