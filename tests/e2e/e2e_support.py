@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import select
+import subprocess
+import threading
+from collections.abc import Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reconciler import cli
 from reconciler.emulator.app import EmulatorApp
@@ -63,3 +71,79 @@ class Served:
 
     def run(self, *argv: str) -> Result:
         return run_cli("-c", str(self.config), *argv)
+
+
+# --------------------------------------------------------------------------- waiting on processes and requests
+
+#: Seconds: the bound on every subprocess and every wait of the end-to-end tests that use these helpers.
+TIMEOUT = 120
+
+
+def wait_for(event: threading.Event, what: str, proc: subprocess.Popen[str]) -> None:
+    """Wait until ``event`` is set; fail (with the process's output) if ``proc`` exits first, or after TIMEOUT.
+    Two watchers wake the test on whichever comes first: no polling."""
+    woke = threading.Event()
+
+    def on_event() -> None:
+        if event.wait(TIMEOUT):
+            woke.set()
+
+    def on_exit() -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(TIMEOUT)
+        woke.set()
+
+    for watch in (on_event, on_exit):
+        threading.Thread(target=watch, daemon=True).start()
+    woke.wait(TIMEOUT)
+    if event.is_set():
+        return
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def wait_for_byte(fd: int, what: str, proc: subprocess.Popen[str]) -> None:
+    """Wait until ``proc`` writes a byte to the pipe ``fd`` reads; fail (with its output) if it closes the
+    pipe without one (it exited), or after TIMEOUT."""
+    ready, _, _ = select.select([fd], [], [], TIMEOUT)
+    if not ready:
+        pytest.fail(f"timed out waiting for {what}")
+    if os.read(fd, 1) != b"w":
+        out, err = proc.communicate(timeout=TIMEOUT)
+        pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
+
+
+class BatchGate:
+    """WSGI middleware in front of an emulator app: every ``POST .../$batch`` waits until ``release()``.
+
+    Deterministic where a latency fault is not: the first apply holds its lock for exactly as long as the
+    test wants, whatever the machine's speed. The emulator app itself answers every request unchanged;
+    ``answered`` is set once it has answered a ``$batch`` (and logged it)."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.app = app
+        self.reached = threading.Event()
+        self.answered = threading.Event()
+        self._open = threading.Event()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
+        if is_batch:
+            self.reached.set()
+            self._open.wait(TIMEOUT)
+        result: Iterable[bytes] = self.app(environ, start_response)
+        if is_batch:
+            self.answered.set()
+        return result
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def gate_batches(served: Served, env: str) -> BatchGate:
+    gate = BatchGate(served.apps[env])
+    served.servers[env].server.set_app(gate)
+    return gate

@@ -9,15 +9,12 @@ reported with its backup and restored; ``drift`` exits 0 on a clean environment 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.e2e_support import Served, Workspace
+from e2e.e2e_support import TIMEOUT, Served, Workspace, gate_batches, wait_for, wait_for_byte
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore
@@ -35,7 +32,6 @@ from reconciler.state.model import EnvState
 
 pytestmark = pytest.mark.emulator_only
 
-TIMEOUT = 120  # seconds: the bound on every subprocess and every wait in this file
 BATCH = "/api/data/v9.2/$batch"
 
 # A lock holder that is killed with SIGKILL, as a pipeline agent that dies mid-apply would be: it takes the
@@ -81,76 +77,6 @@ def _cli(config: Path, *argv: str) -> list[str]:
 def _env() -> dict[str, str]:
     """The test's environment (SSL_CERT_FILE for the loopback CA, NO_COLOR) for a child process."""
     return dict(os.environ)
-
-
-def _wait_for(event: threading.Event, what: str, proc: subprocess.Popen[str]) -> None:
-    """Wait until ``event`` is set; fail (with the process's output) if ``proc`` exits first, or after TIMEOUT.
-    Two watchers wake the test on whichever comes first: no polling."""
-    woke = threading.Event()
-
-    def on_event() -> None:
-        if event.wait(TIMEOUT):
-            woke.set()
-
-    def on_exit() -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(TIMEOUT)
-        woke.set()
-
-    for watch in (on_event, on_exit):
-        threading.Thread(target=watch, daemon=True).start()
-    woke.wait(TIMEOUT)
-    if event.is_set():
-        return
-    if proc.poll() is not None:
-        out, err = proc.communicate()
-        pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def _wait_for_byte(fd: int, what: str, proc: subprocess.Popen[str]) -> None:
-    """Wait until ``proc`` writes a byte to the pipe ``fd`` reads; fail (with its output) if it closes the
-    pipe without one (it exited), or after TIMEOUT."""
-    ready, _, _ = select.select([fd], [], [], TIMEOUT)
-    if not ready:
-        pytest.fail(f"timed out waiting for {what}")
-    if os.read(fd, 1) != b"w":
-        out, err = proc.communicate(timeout=TIMEOUT)
-        pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
-
-
-class BatchGate:
-    """WSGI middleware in front of an emulator app: every ``POST .../$batch`` waits until ``release()``.
-
-    Deterministic where a latency fault is not: the first apply holds its lock for exactly as long as the
-    test wants, whatever the machine's speed. The emulator app itself answers every request unchanged;
-    ``answered`` is set once it has answered a ``$batch`` (and logged it)."""
-
-    def __init__(self, app: EmulatorApp) -> None:
-        self.app = app
-        self.reached = threading.Event()
-        self.answered = threading.Event()
-        self._open = threading.Event()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
-        if is_batch:
-            self.reached.set()
-            self._open.wait(TIMEOUT)
-        result: Iterable[bytes] = self.app(environ, start_response)
-        if is_batch:
-            self.answered.set()
-        return result
-
-    def release(self) -> None:
-        self._open.set()
-
-
-def _gate_batches(served: Served, env: str) -> BatchGate:
-    gate = BatchGate(served.apps[env])
-    served.servers[env].server.set_app(gate)
-    return gate
 
 
 def _portal_rename(data_file: Path, logical_name: str, new_name: str) -> None:
@@ -205,12 +131,12 @@ def _snapshot(ws: Workspace) -> dict[str, bytes]:
 
 def test_two_processes_racing_second_is_locked_out_and_state_stays_intact(served: Served) -> None:
     state_dir = served.dir / "state"
-    gate = _gate_batches(served, "dev")
+    gate = gate_batches(served, "dev")
     first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve", "--lock-timeout", "0.5"),
                              env=_env(), cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # It takes the lock before it writes: held in its $batch, it holds the lock.
-        _wait_for(gate.reached, "the first apply sends its $batch", first)
+        wait_for(gate.reached, "the first apply sends its $batch", first)
         holder = read_lock(state_dir, "dev")
         assert holder is not None and holder.pid == first.pid
         second = subprocess.run(_cli(served.config, "apply", "--auto-approve", "--lock-timeout", "0.5"),
@@ -247,13 +173,13 @@ def test_two_processes_racing_second_is_locked_out_and_state_stays_intact(served
 
 def test_second_apply_waits_within_lock_timeout_then_finds_no_changes(served: Served) -> None:
     state_dir = served.dir / "state"
-    gate = _gate_batches(served, "dev")
+    gate = gate_batches(served, "dev")
     first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve"),
                              env=_env(), cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second: subprocess.Popen[str] | None = None
     found_taken, tell = os.pipe()
     try:
-        _wait_for(gate.reached, "the first apply sends its $batch", first)
+        wait_for(gate.reached, "the first apply sends its $batch", first)
         second = subprocess.Popen(
             [sys.executable, "-c", WAITING_CLI, str(tell),
              "-c", str(served.config), "apply", "--auto-approve", "--lock-timeout", str(TIMEOUT)],
@@ -261,7 +187,7 @@ def test_second_apply_waits_within_lock_timeout_then_finds_no_changes(served: Se
             pass_fds=(tell,))
         os.close(tell)
         tell = -1
-        _wait_for_byte(found_taken, "the second apply finds the lock taken", second)
+        wait_for_byte(found_taken, "the second apply finds the lock taken", second)
     finally:
         gate.release()
         os.close(found_taken)
@@ -328,11 +254,11 @@ def test_unlock_releases_the_lock_of_a_killed_run_and_refuses_a_wrong_id(quickst
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_apply_gives_its_locks_back(served: Served, sig: signal.Signals) -> None:
     state_dir = served.dir / "state"
-    gate = _gate_batches(served, "dev")
+    gate = gate_batches(served, "dev")
     first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve"), env=_env(), cwd=served.dir,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(gate.reached, "the apply sends its $batch", first)
+        wait_for(gate.reached, "the apply sends its $batch", first)
         first.send_signal(sig)
         first.communicate(timeout=TIMEOUT)
     finally:
