@@ -1,4 +1,6 @@
-# Every target creates what it needs from nothing: a .venv with the project and its dev tools.
+# Every target creates what it needs from nothing: a .venv with the project and its dev tools, and for the
+# tests node_modules/ with Azurite (the Azure Storage emulator the azurerm state backend is tested against;
+# pinned in package.json and package-lock.json; needs node and npm).
 #
 # PY is the interpreter .venv is built from: the first of python3, python3.13, python3.12, python3.11
 # that is 3.11 or newer (override: make PY=/path/to/python3.12 test). .venv is rebuilt when it was made
@@ -16,6 +18,7 @@ IDENTITY := import os, sys; print(os.path.realpath(getattr(sys, "_base_executabl
 PREFIX ?= $(HOME)/.local
 INSTALL_VENV := $(PREFIX)/share/connref/venv
 VENV_ARGS ?=
+AZURITE := node_modules/.bin/azurite-blob
 
 .PHONY: demo test test-fast test-minimums bench lint typecheck python venv-interpreter venv install uninstall clean
 
@@ -48,10 +51,14 @@ venv: venv-interpreter
 	  touch $(STAMP); \
 	fi
 
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(AZURITE)
+
 demo: venv
 	$(BIN)/python examples/quickstart/demo.py
 
-test: venv
+test: venv $(AZURITE)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -72,7 +79,7 @@ typecheck: venv
 
 # The suite against the oldest versions pyproject.toml allows: a fresh .venv-minimums with every runtime
 # dependency pinned to its lower bound (constraints written by .ci/lower_bounds.py).
-test-minimums: python
+test-minimums: python $(AZURITE)
 	rm -rf .venv-minimums
 	$(PY) -m venv .venv-minimums
 	$(PY) .ci/lower_bounds.py > .venv-minimums/constraints.txt
@@ -97,4 +104,4 @@ uninstall:
 	rm -f $(PREFIX)/bin/connref
 
 clean:
-	rm -rf $(VENV) .venv-minimums .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-minimums node_modules .pytest_cache .mypy_cache .ruff_cache build *.egg-info

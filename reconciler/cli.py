@@ -211,6 +211,13 @@ def build_parser() -> Parser:
     x.add_argument("lock_id", metavar="LOCK_ID")
     x = state_command("restore", "put the backup of an environment's state back")
     x.add_argument("env", metavar="ENV")
+    x = state_command("migrate", "copy state between the local directory and the azurerm backend")
+    x.add_argument("--to", required=True, choices=("azurerm", "local"),
+                   help="azurerm: local directory -> the config's backend; local: the config's backend -> directory")
+    x.add_argument("--dir", metavar="DIR", help="the local state directory (default: state/ next to the config)")
+    envs(x)
+    x.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run's lock (default: 0)")
 
     sp = command("schema", "print the JSON Schema of the config file (for editors)")
     sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")

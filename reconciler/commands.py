@@ -24,7 +24,7 @@ from reconciler import progress
 from reconciler.config.loader import load_config
 from reconciler.domain.model import Config, LiveEnvironment
 from reconciler.domain.text import inert
-from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError
+from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError, StateError
 
 if TYPE_CHECKING:
     from reconciler.api.session import EnvSession
@@ -629,7 +629,60 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             with backend.lock(name, "state restore", timeout=0.0) as lock:
                 restored = backend.restore(name, lock=lock)
             print(f"Restored the state of {name} from its backup (serial {restored.serial}).", file=out)
+        elif sub == "migrate":
+            _migrate(config, backend, args, out)
     return 0
+
+
+def _migrate(config: Config, configured: StateBackend, args: argparse.Namespace, out: Out) -> None:
+    """``connref state migrate --to azurerm|local``: copy every environment's state (or those of ``-e``)
+    from the local directory into the azurerm backend the config declares, or back. The documents are copied
+    byte for byte (serial, lineage, history), so the next apply continues the same history. A destination
+    that already holds the same version is left alone; one with another history or a newer serial is
+    refused."""
+    from reconciler.state.local import DEFAULT_STATE_DIR, LocalBackend
+
+    if configured.kind != "azurerm":
+        raise ConfigError(
+            "state migrate copies between a local directory and the azurerm backend: declare the backend in the "
+            "config first (state: {backend: azurerm, account_url: ..., container: ..., auth: ...}, see "
+            "docs/pipelines.md)", None, "state")
+    directory = Path(args.dir).resolve() if args.dir else Path(config.path).resolve().parent / DEFAULT_STATE_DIR
+    local = LocalBackend(directory)
+    source, target = (local, configured) if args.to == "azurerm" else (configured, local)
+    names = select_environments(config, args.envs) if args.envs else source.environments()
+    if not names:
+        where = str(local.directory) if source is local else "the azurerm backend"
+        print(f"No state to migrate: no environment has state in {where}.", file=out)
+        return
+    copied = 0
+    for name in names:
+        with source.lock(name, "state migrate", timeout=args.lock_timeout) as src_lock, \
+                target.lock(name, "state migrate", timeout=args.lock_timeout) as dst_lock:
+            del src_lock  # held so no apply moves the source while it is copied
+            snap = source.read(name)
+            if snap is None:
+                print(f"{name}: no state at {source.location(name)}; skipped.", file=out)
+                continue
+            there = target.read(name)
+            if there is not None and there.token == snap.token:
+                print(f"{name}: {target.location(name)} already holds serial {snap.state.serial}; left as it is.",
+                      file=out)
+                continue
+            if there is not None and (there.state.lineage != snap.state.lineage
+                                      or there.state.serial >= snap.state.serial):
+                raise StateError(
+                    f"{name}: {target.location(name)} already holds another state (serial {there.state.serial}, "
+                    f"lineage {there.state.lineage}) than {source.location(name)} (serial {snap.state.serial}, "
+                    f"lineage {snap.state.lineage}); nothing was copied for {name}. Move one of them away first."
+                )
+            target.write(snap.state, token=there.token if there else None, lock=dst_lock)
+            copied += 1
+            print(f"{name}: copied serial {snap.state.serial} from {source.location(name)} to "
+                  f"{target.location(name)}.", file=out)
+    if copied:
+        print(f"Migrated {copied} environment(s). The source was left as it was; remove it once every run uses "
+              f"the {'azurerm backend' if args.to == 'azurerm' else 'local directory'}.", file=out)
 
 
 # --------------------------------------------------------------------------- schema

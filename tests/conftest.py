@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
+from azurite_support import AzuriteServer, running_azurite
 from hypothesis import settings
 
 from reconciler.emulator import jwt
@@ -41,6 +42,7 @@ from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.factory import Sample, sample_environment
 from reconciler.emulator.server import RunningServer, serve
 from reconciler.emulator.store import EnvironmentStore
+from reconciler.emulator.tls import TlsFiles, make_test_ca
 
 API = "/api/data/v9.2/"
 ODATA_HEADERS = {"Accept": "application/json", "OData-Version": "4.0", "OData-MaxVersion": "4.0"}
@@ -415,3 +417,21 @@ def dv(emulator: EmulatorHandle | RemoteHandle, created: Created) -> Iterator[ht
         yield client
         client.event_hooks["response"].clear()
         created.delete_all(client)
+
+
+# --------------------------------------------------------------------------- Azurite (azurerm state backend)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's blob service over http on a free loopback port, for the whole session."""
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AzuriteServer, TlsFiles]]:
+    """Azurite over https with bearer-token checks (``--oauth basic``), and the test CA it presents."""
+    tls = make_test_ca(str(tmp_path_factory.mktemp("azurite-tls")))
+    with running_azurite(tmp_path_factory.mktemp("azurite-oauth"), tls=tls) as server:
+        yield server, tls

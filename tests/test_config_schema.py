@@ -28,6 +28,7 @@ CASES = sorted(p.stem for p in CORPUS.glob("*.yaml"))
 BEYOND_SCHEMA = {
     "auth_profile_undeclared": "an environment names an auth profile that is not declared (a cross-reference)",
     "auth_section_missing": "an environment names an auth profile and there is no auth section (a cross-reference)",
+    "state_azurerm_auth_undeclared": "the state backend names an auth profile that is not declared (a cross-reference)",
     "binding_case_mismatch": "a binding names a declared reference in another case (a cross-reference)",
     "binding_undeclared_reference": "a binding names a reference that is not declared (a cross-reference)",
     "logical_names_differ_in_case": "two keys differ only in case (the schema compares keys exactly)",

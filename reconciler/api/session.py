@@ -190,6 +190,14 @@ class TokenProviders:
         profile = _profile(config, env)
         if profile is None:
             return None
+        return self._provider(profile, env)
+
+    def for_profile(self, profile: AuthProfile) -> TokenProvider:
+        """The provider of a profile used outside any environment: the azurerm state backend asks it for
+        Azure Storage tokens."""
+        return self._provider(profile, None)
+
+    def _provider(self, profile: AuthProfile, env: EnvironmentConfig | None) -> TokenProvider:
         key = provider_key(profile, env)
         with self._lock:
             found = self._providers.get(key)

@@ -19,6 +19,7 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler.config.checks import (
     absent_if_null,
@@ -35,6 +36,7 @@ from reconciler.config.checks import (
 from reconciler.config.yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, walk
 from reconciler.domain.model import (
     AuthProfile,
+    AzureStateConfig,
     Binding,
     Config,
     DesiredReference,
@@ -72,7 +74,17 @@ ENVIRONMENT_REQUIRED = ("url",)
 SELECTOR_KEYS = ("owner", "display_name")
 SELECTOR_REQUIRED = ("owner",)
 LINT_KEYS = ("ignore",)
-STATE_KEYS = ("dir",)
+STATE_BACKENDS = ("local", "azurerm")
+STATE_KEYS = ("backend", "dir")  # the local backend's
+AZURERM_STATE_KEYS = ("backend", "account_url", "container", "key_prefix", "auth", "connection_string_env",
+                      "lease_duration")
+AZURERM_STATE_REQUIRED = ("container",)
+# A blob lease lasts 15 to 60 seconds (or is infinite: never used, a killed run would hold it forever).
+LEASE_MIN, LEASE_MAX, LEASE_DEFAULT = 15, 60, 60
+# Azure container names: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter
+# or digit (Microsoft Learn, "Naming and referencing containers, blobs, and metadata").
+CONTAINER_RE = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+MAX_KEY_PREFIX = 900
 
 # Keys each auth method accepts (besides ``method``); required ones are in ``AUTH_NEEDS``.
 COMMON_AUTH_KEYS = ("authority_host", "cloud")
@@ -153,6 +165,7 @@ _SECRET_ALTERNATIVES = {
     "certificate_password": "certificate_password_env",
     "federated_token": "federated_token_env or federated_token_file",
     "private_key": "certificate_path (a file)",
+    "connection_string": "connection_string_env",
 }
 
 
@@ -353,6 +366,22 @@ class _Validator:
             return None
         return self.checked(m, key, field, check, nullable=nullable)
 
+    def auth_name(self, m: Map, field: str, auth: list[str] | None) -> str | None:
+        """The ``auth`` key of ``m``: the name of a profile declared under ``auth:`` (``auth`` lists them;
+        None: the section is unusable, skip the check)."""
+        name = self.string(m, "auth", field)
+        if name is not None and auth is not None and name not in auth:
+            close = difflib.get_close_matches(name, auth, n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean '{close[0]}'?"
+            elif auth:
+                hint = f" (declared: {', '.join(auth)})"
+            else:
+                hint = " (there is no auth section)"
+            self.error(self.node_of(m, "auth"), join_path(field, "auth"),
+                       f"auth profile '{name}' is not declared under auth{hint}")
+        return name
+
     # ------------------------------------------------------------------ the document
 
     def document(self, root: YNode) -> Config | None:
@@ -403,7 +432,7 @@ class _Validator:
 
         naming = self.checked(root, "naming", "", naming_problem)
         lint_ignore = self.lint(self.mapping(absent_if_null(root.get("lint")), "lint"))
-        state_dir = self.state(self.mapping(absent_if_null(root.get("state")), "state"))
+        state_dir, remote_state = self.state(self.mapping(absent_if_null(root.get("state")), "state"), auth_names)
 
         if self.errors or solution is None or references is None or environments is None:
             return None
@@ -418,6 +447,7 @@ class _Validator:
             naming=naming,
             lint_ignore=lint_ignore,
             state_dir=state_dir,
+            remote_state=remote_state,
         )
 
     # ------------------------------------------------------------------ references
@@ -525,20 +555,7 @@ class _Validator:
             field,
             lambda v: None if ENV_ID_RE.fullmatch(v) else "expected a GUID (the environment id)",
         )
-        auth_name = self.string(m, "auth", field)
-        if auth_name is not None and auth is not None and auth_name not in auth:
-            close = difflib.get_close_matches(auth_name, auth, n=1, cutoff=0.6)
-            if close:
-                hint = f"; did you mean '{close[0]}'?"
-            elif auth:
-                hint = f" (declared: {', '.join(auth)})"
-            else:
-                hint = " (there is no auth section)"
-            self.error(
-                self.node_of(m, "auth"),
-                join_path(field, "auth"),
-                f"auth profile '{auth_name}' is not declared under auth{hint}",
-            )
+        auth_name = self.auth_name(m, field, auth)
         service_account = self.checked(
             m,
             "service_account",
@@ -824,14 +841,99 @@ class _Validator:
                 codes.append(item.value)
         return tuple(codes)
 
-    def state(self, m: Map | None) -> str | None:
+    def state(
+        self, m: Map | None, auth: list[str] | None
+    ) -> tuple[str | None, AzureStateConfig | None]:
+        """``state:``: the local directory (``dir``), or ``backend: azurerm`` and its keys."""
         if m is None:
+            return None, None
+        backend = self.choice(m, "backend", "state", STATE_BACKENDS) if m.get("backend") is not None else "local"
+        if backend is None:  # an invalid backend name, reported: check the keys against both backends
+            self.keys(m, "state", tuple(dict.fromkeys((*STATE_KEYS, *AZURERM_STATE_KEYS))))
+            return None, None
+        if backend == "local":
+            self.keys(m, "state", STATE_KEYS,
+                      why_not=lambda k: f"{k} belongs to the azurerm backend (backend: azurerm)"
+                      if k in AZURERM_STATE_KEYS else None)
+            value = self.string(m, "dir", "state")
+            if value is None:
+                return None, None
+            return self.ctx.resolve(value), None
+        return None, self.azurerm_state(m, auth)
+
+    def azurerm_state(self, m: Map, auth: list[str] | None) -> AzureStateConfig | None:
+        errors_before = len(self.errors)
+        self.keys(m, "state", AZURERM_STATE_KEYS, required=AZURERM_STATE_REQUIRED,
+                  why_not=lambda k: "dir is for the local backend; the azurerm backend keeps state in the container"
+                  if k == "dir" else None)
+        container = self.checked(m, "container", "state", _container_problem, nullable=False)
+        key_prefix = self.checked(m, "key_prefix", "state", _key_prefix_problem)
+        account_url = self.checked(m, "account_url", "state", _account_url_problem)
+        conn_env = self.checked(m, "connection_string_env", "state", env_var_problem)
+        auth_name = self.auth_name(m, "state", auth)
+        def given(key: str) -> bool:
+            node = m.get(key)
+            return node is not None and not (isinstance(node, Scalar) and node.value is None)
+
+        has_auth, has_conn = given("auth"), given("connection_string_env")
+        # An inline connection string was reported as a secret: that error already says what to write.
+        inline = given("connection_string")
+        if has_auth and has_conn:
+            self.error(self.node_of(m, "connection_string_env"), "state.connection_string_env",
+                       "give either auth (an auth profile, for Azure) or connection_string_env (for Azurite), not both")
+        elif not has_auth and not has_conn and not inline:
+            self.error(m, "state.auth", "the azurerm backend needs auth (an auth profile whose identity may read "
+                       "and write blobs in the container) or connection_string_env (for Azurite)")
+        if has_auth and not given("account_url"):
+            self.error(m, "state.account_url",
+                       "required key is missing (the storage account's blob endpoint, "
+                       "https://ACCOUNT.blob.core.windows.net)")
+        lease = LEASE_DEFAULT
+        node = m.get("lease_duration")
+        if node is not None:
+            if isinstance(node, Scalar) and isinstance(node.value, int) and not isinstance(node.value, bool):
+                if LEASE_MIN <= node.value <= LEASE_MAX:
+                    lease = node.value
+                else:
+                    self.error(node, "state.lease_duration",
+                               f"a blob lease lasts {LEASE_MIN} to {LEASE_MAX} seconds (got {node.value})")
+            else:
+                self.type_error(node, "state.lease_duration", f"an integer number of seconds ({LEASE_MIN}-{LEASE_MAX})")
+        if len(self.errors) != errors_before or container is None:
             return None
-        self.keys(m, "state", STATE_KEYS)
-        value = self.string(m, "dir", "state")
-        if value is None:
-            return None
-        return self.ctx.resolve(value)
+        return AzureStateConfig(
+            container=container,
+            key_prefix=key_prefix or "",
+            account_url=account_url.rstrip("/") if account_url else None,
+            auth=auth_name,
+            connection_string_env=conn_env,
+            lease_duration=lease,
+            location=m.loc,
+        )
+
+
+def _container_problem(value: str) -> str | None:
+    if CONTAINER_RE.fullmatch(value):
+        return None
+    return ("expected a container name: 3-63 lowercase letters, digits and single hyphens, starting with a "
+            "letter or digit")
+
+
+def _key_prefix_problem(value: str) -> str | None:
+    if value.startswith("/") or "\\" in value or any(ord(c) < 32 for c in value):
+        return "expected a blob name prefix such as 'connref/' (no leading '/', no backslash or control character)"
+    if len(value) > MAX_KEY_PREFIX:
+        return f"a blob name prefix may be at most {MAX_KEY_PREFIX} characters"
+    return None
+
+
+def _account_url_problem(value: str) -> str | None:
+    problem = url_problem(value)
+    if problem:
+        return problem.replace(" (or local:PATH for the built-in emulator)", "")
+    if urlsplit(value).query:
+        return "expected the blob endpoint without a query (no SAS token: use auth or connection_string_env)"
+    return None
 
 
 # ---------------------------------------------------------------------- entry points

@@ -22,8 +22,11 @@ from reconciler.config.loader import (
     AUTH_METHOD_KEYS,
     AUTH_NEEDS,
     AZURE_DEVOPS_REQUIRED,
+    AZURERM_STATE_KEYS,
+    AZURERM_STATE_REQUIRED,
     CLOUDS,
     COMMON_AUTH_KEYS,
+    CONTAINER_RE,
     DOMAIN_RE,
     ENV_ID_RE,
     ENV_NAME_RE,
@@ -31,14 +34,18 @@ from reconciler.config.loader import (
     ENVIRONMENT_REQUIRED,
     FEDERATED_PROVIDERS,
     FILE_KEYS,
+    LEASE_MAX,
+    LEASE_MIN,
     LINT_CODE_RE,
     LINT_KEYS,
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
+    MAX_KEY_PREFIX,
     REFERENCE_KEYS,
     REFERENCE_REQUIRED,
     SELECTOR_KEYS,
     SELECTOR_REQUIRED,
+    STATE_BACKENDS,
     STATE_KEYS,
     SUPPORTED_VERSION,
     TOP_KEYS,
@@ -243,6 +250,39 @@ def _reference() -> dict[str, Any]:
     )
 
 
+def _state() -> dict[str, Any]:
+    """``state:``: the local directory (``dir``), or ``backend: azurerm`` with its keys."""
+    keys = tuple(dict.fromkeys((*STATE_KEYS, *AZURERM_STATE_KEYS)))
+    node = _mapping("Where the state is kept: a local directory (default), or Azure Blob storage.", {
+        "backend": _string("local (default) or azurerm (Azure Blob storage, locked with blob leases).",
+                           nullable=True, enum=STATE_BACKENDS),
+        "dir": _string("local: folder of the state files, relative to the config file (default: state/).",
+                       nullable=True),
+        "account_url": _url("azurerm: the storage account's blob endpoint, https://ACCOUNT.blob.core.windows.net.",
+                            allow_local=False),
+        "container": _string("azurerm: the container that holds the state blobs (it must exist).",
+                             pattern=_whole(CONTAINER_RE.pattern)),
+        "key_prefix": _string("azurerm: prefix of the blob names, e.g. connref/.", nullable=True,
+                              pattern=r"^(?![/])[^\\\x00-\x1f]*\S[^\\\x00-\x1f]*$", max_length=MAX_KEY_PREFIX),
+        "auth": _string("azurerm: the auth profile whose token (for Azure Storage) reads and writes the blobs.",
+                        nullable=True),
+        "connection_string_env": _string("azurerm: name of the environment variable holding a storage connection "
+                                         "string (Azurite).", pattern=_whole(ENV_VAR_RE.pattern)),
+        "lease_duration": {"description": "azurerm: seconds a lock's lease lasts between renewals.",
+                           "type": "integer", "minimum": LEASE_MIN, "maximum": LEASE_MAX},
+    }, keys, nullable=True)
+    azurerm = {"properties": {"backend": {"const": "azurerm"}}, "required": ["backend"]}
+    node["if"] = azurerm
+    node["then"] = {
+        "required": list(AZURERM_STATE_REQUIRED),
+        "propertyNames": {"enum": list(AZURERM_STATE_KEYS)},
+        "oneOf": [{"required": ["auth"]}, {"required": ["connection_string_env"]}],
+        "dependentRequired": {"auth": ["account_url"]},
+    }
+    node["else"] = {"propertyNames": {"enum": list(STATE_KEYS)}}
+    return node
+
+
 def config_schema() -> dict[str, Any]:
     """The schema as a JSON-ready dict."""
     top = _mapping(
@@ -279,10 +319,7 @@ def config_schema() -> dict[str, Any]:
                            "type": ["array", "null"],
                            "items": {"type": "string", "pattern": _whole(LINT_CODE_RE.pattern)}},
             }, LINT_KEYS, nullable=True),
-            "state": _mapping("The local state backend.", {
-                "dir": _string("Folder of the state files, relative to the config file (default: state/).",
-                               nullable=True),
-            }, STATE_KEYS, nullable=True),
+            "state": _state(),
         },
         TOP_KEYS, TOP_REQUIRED,
     )

@@ -98,8 +98,25 @@ class EnvironmentConfig:
 
 
 @dataclass(frozen=True)
+class AzureStateConfig:
+    """``state: {backend: azurerm, ...}``: state kept in Azure Blob storage, one blob per environment
+    (``<key_prefix><env>.json`` in ``container``), locked with a blob lease. It authenticates with the auth
+    profile ``auth`` (a token for Azure Storage) or, for the Azurite emulator, with the connection string
+    in the environment variable ``connection_string_env``."""
+
+    container: str
+    key_prefix: str = ""
+    account_url: str | None = None
+    auth: str | None = None
+    connection_string_env: str | None = None
+    lease_duration: int = 60
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
 class Config:
-    """The whole validated config."""
+    """The whole validated config. ``state_dir`` is the local backend's directory; ``remote_state``, when
+    set, keeps the state in Azure Blob storage instead."""
 
     path: str
     version: int
@@ -111,6 +128,7 @@ class Config:
     naming: str | None = None
     lint_ignore: tuple[str, ...] = ()
     state_dir: str | None = None
+    remote_state: AzureStateConfig | None = None
 
     def reference(self, logical_name: str) -> DesiredReference | None:
         """Look a declared reference up case-insensitively."""

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .web import HttpError, Principal
 
 ISSUER_TEMPLATE = "https://login.microsoftonline.com/{tenant}/v2.0"
+# v1.0 access tokens (resources that accept only those, e.g. Azure Storage) carry the STS issuer.
+V1_ISSUER_TEMPLATE = "https://sts.windows.net/{tenant}/"
 
 
 def new_signing_key_pem() -> str:
@@ -52,12 +54,13 @@ def mint(
     upn: str | None = None,
     lifetime: int = 3600,
     now: float | None = None,
+    version: str = "2.0",
 ) -> str:
-    """Mint an access token in the shape Entra issues (v2 claims)."""
+    """Mint an access token in the shape Entra issues (v2 claims; ``version="1.0"`` for the v1 issuer)."""
     t = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
         "aud": audience,
-        "iss": ISSUER_TEMPLATE.format(tenant=tenant_id),
+        "iss": (V1_ISSUER_TEMPLATE if version == "1.0" else ISSUER_TEMPLATE).format(tenant=tenant_id),
         "iat": t,
         "nbf": t,
         "exp": t + lifetime,
@@ -65,7 +68,7 @@ def mint(
         "sub": object_id,
         "tid": tenant_id,
         "uti": uuid.uuid4().hex,
-        "ver": "2.0",
+        "ver": version,
     }
     if app_id:
         claims["appid"] = app_id

@@ -48,7 +48,14 @@ GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 ADO_ISSUER_TEMPLATE = "https://vstoken.dev.azure.com/{organization_id}"
 
 # Resources every emulated tenant knows besides the environment itself (docs/dataverse.md §6.1).
-WELL_KNOWN_RESOURCES = ("https://api.powerplatform.com", "https://service.powerapps.com")
+# Azure Storage: the audience of the azurerm state backend's tokens (Microsoft Learn, "Authorize access to
+# blobs using Microsoft Entra ID": scope https://storage.azure.com/.default).
+# The token format is the resource's choice (its accessTokenAcceptedVersion; Microsoft Learn, "Access tokens
+# in the Microsoft identity platform", "Token formats"): Azure Storage takes v1.0 tokens, issuer
+# https://sts.windows.net/{tenant}/ (the issuers Azurite accepts are all v1.0 ones). UNCONFIRMED for
+# Dataverse and the Power Platform API, which keep the emulator's v2.0 shape.
+V1_RESOURCES = ("https://storage.azure.com",)
+WELL_KNOWN_RESOURCES = ("https://api.powerplatform.com", "https://service.powerapps.com", "https://storage.azure.com")
 
 DEFAULT_TOKEN_LIFETIME = 3599  # what Entra answers for a client credentials token (expires_in)
 DEFAULT_OIDC_TOKEN_LIFETIME = 300
@@ -144,6 +151,10 @@ def _application(app: Any, client_id: str) -> dict[str, Any] | None:
 def _oidc(app: Any) -> dict[str, Any]:
     section: dict[str, Any] = app.store.data.get("oidc") or {}
     return section
+
+
+def _token_version(resource: str) -> str:
+    return "1.0" if resource.rstrip("/").lower() in V1_RESOURCES else "2.0"
 
 
 def _resource_ok(app: Any, resource: str, request: Request) -> bool:
@@ -305,7 +316,8 @@ def _token(app: Any, request: Request, tenant: str) -> Response:
     lifetime = _lifetime(app, "token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME)
     token = jwt.mint(app.store.data["signing_key_pem"], tenant_id=_tenant_id(app),
                      object_id=str(application.get("object_id") or ""), audience=resource,
-                     app_id=str(application["client_id"]), lifetime=lifetime)
+                     app_id=str(application["client_id"]), lifetime=lifetime,
+                     version=_token_version(resource))
     return _json(200, {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
                        "access_token": token})
 
@@ -588,7 +600,7 @@ def _managed_identity(app: Any, request: Request, *, app_service: bool) -> Respo
     audience = resource.rstrip("/")
     token = jwt.mint(app.store.data["signing_key_pem"], tenant_id=_tenant_id(app),
                      object_id=str(chosen.get("object_id") or ""), audience=audience,
-                     app_id=str(chosen["client_id"]), lifetime=lifetime)
+                     app_id=str(chosen["client_id"]), lifetime=lifetime, version=_token_version(audience))
     expires_on = int(time.time()) + lifetime
     body: dict[str, Any] = {"access_token": token, "expires_on": str(expires_on), "resource": resource,
                             "token_type": "Bearer", "client_id": str(chosen["client_id"])}

@@ -10,7 +10,6 @@ rename(2) replaces atomically within one file system), and the previous good fil
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from dataclasses import replace
@@ -21,7 +20,7 @@ from reconciler.domain.model import Config
 from reconciler.errors import StateError
 from reconciler.state.backend import LockInfo, Snapshot, StateBackend, StateLock, check_successor
 from reconciler.state.lock import acquire, force_unlock, read_lock
-from reconciler.state.model import EnvState, parse_state, serialize_state
+from reconciler.state.model import EnvState, parse_state, serialize_state, token_of
 
 DEFAULT_STATE_DIR = "state"
 STATE_SUFFIX = ".json"
@@ -72,11 +71,6 @@ def _recovery_hint(state_dir: Path, env: str) -> str:
         f"The previous good state is in {bak}{about}: restore it with `connref state restore {env}`, "
         f"or copy {bak.name} over {state_path(state_dir, env).name}."
     )
-
-
-def token_of(raw: bytes) -> str:
-    """The compare-and-swap token of a state file's bytes: their SHA-256."""
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def read_snapshot(state_dir: str | os.PathLike[str], env: str) -> Snapshot | None:

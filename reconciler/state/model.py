@@ -207,6 +207,13 @@ def serialize_state(state: EnvState) -> bytes:
 
 
 
+def token_of(raw: bytes) -> str:
+    """The compare-and-swap token of a stored state document: the SHA-256 of its bytes. The serial goes up
+    on every write, so equal bytes are the same version (no ABA), whatever else the store changes around
+    them (a blob's metadata, a file's timestamps)."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
 def parse_state(raw: bytes, path: str | os.PathLike[str], env: str) -> EnvState:
     """Parse and validate the bytes of a state document read from ``path`` (a file or a URL); any problem is
     a StateError naming it."""

@@ -8,6 +8,11 @@ from reconciler.state.local import LocalBackend, state_dir_for
 
 
 def backend_for(config: Config) -> StateBackend:
-    """The backend of ``config``: the state directory (``state: {dir: ...}``, else ``state/`` next to the
+    """The backend of ``config``: Azure Blob storage for ``state: {backend: azurerm, ...}`` (the Azure SDK is
+    imported only then), else the state directory (``state: {dir: ...}``, else ``state/`` next to the
     config file)."""
+    if config.remote_state is not None:
+        from reconciler.state.azurerm import open_azure_backend
+
+        return open_azure_backend(config, config.remote_state)
     return LocalBackend(state_dir_for(config))

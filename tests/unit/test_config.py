@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.config.loader import load_config, load_config_text
-from reconciler.domain.model import CONNECTOR_PREFIX, Selector
+from reconciler.domain.model import CONNECTOR_PREFIX, AzureStateConfig, Selector
 from reconciler.errors import ConfigError, ConfigErrors
 
 DESIGN_EXAMPLE = """\
@@ -104,6 +104,31 @@ def test_optional_top_level_keys(tmp_path: Path) -> None:
     assert config.naming == "{connector} {solution}"
     assert config.lint_ignore == ("CR001", "per-developer")
     assert config.state_dir == str(tmp_path.parent / "connref-state")
+
+
+def test_azurerm_state_backend(tmp_path: Path) -> None:
+    text = DESIGN_EXAMPLE + textwrap.dedent(
+        """\
+        state:
+          backend: azurerm
+          account_url: https://contosostate.blob.core.windows.net/
+          container: connref-state
+          key_prefix: flows/
+          auth: pipeline
+        """
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.state_dir is None
+    assert config.remote_state == AzureStateConfig(
+        container="connref-state", key_prefix="flows/", account_url="https://contosostate.blob.core.windows.net",
+        auth="pipeline", connection_string_env=None, lease_duration=60,
+    )
+    azurite = load_config(write(tmp_path, DESIGN_EXAMPLE + "state: {backend: azurerm, container: connref-ci, "
+                                "connection_string_env: AZURITE_CONNECTION_STRING, lease_duration: 15}\n"))
+    assert azurite.remote_state is not None
+    assert (azurite.remote_state.connection_string_env, azurite.remote_state.lease_duration) == (
+        "AZURITE_CONNECTION_STRING", 15)
+    assert load_config(write(tmp_path, DESIGN_EXAMPLE + "state: {backend: local}\n")).remote_state is None
 
 
 def test_full_connector_id_and_case_of_prefix_are_normalised(tmp_path: Path) -> None:

@@ -1,0 +1,226 @@
+"""The azurerm state backend against Azurite: the contract every backend keeps (tests/unit/test_state_backend.py),
+then what the blob service itself enforces (lease, ETag), the holder record in the metadata, lease renewal while
+a run lasts, a killed holder's lease expiring, a conditional write that loses, damaged state and restore.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
+from azurite_support import AzuriteServer
+from builders import applied_state
+from e2e.e2e_support import QUICKSTART
+from unit.test_state_backend import BackendContract
+
+from reconciler.config.loader import load_config
+from reconciler.errors import LockError, StateError
+from reconciler.state.azurerm import AzureBlobBackend, BlobLock
+from reconciler.state.backend import StateBackend
+from reconciler.state.model import serialize_state
+from reconciler.state.select import backend_for
+
+TIMEOUT = 120.0  # bound on every wait in this file
+LEASE = 15  # the shortest lease the service grants
+
+CONFIG = """\
+version: 1
+solution: ContosoFlows
+references:
+  contoso_SharePoint:
+    connector: shared_sharepointonline
+    display_name: SharePoint ContosoFlows
+environments:
+  dev:
+    url: local:dev.json
+state:
+  backend: azurerm
+  container: {container}
+  key_prefix: connref/
+  connection_string_env: TEST_AZURITE
+  lease_duration: {lease}
+"""
+
+# Takes the lock of dev through the backend, says its id, then waits to be killed (as a pipeline agent
+# that dies mid-apply): no finally block runs, the lease is left to expire.
+HOLDER = """
+import sys, threading
+from reconciler.config.loader import load_config
+from reconciler.state.select import backend_for
+lock = backend_for(load_config(sys.argv[1])).lock("dev", "apply")
+print(lock.id, flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.fixture
+def config_path(azurite: AzuriteServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TEST_AZURITE", azurite.connection_string)
+    path = tmp_path / "connref.yaml"
+    path.write_text(CONFIG.format(container=azurite.new_container(), lease=LEASE))
+    shutil.copy(QUICKSTART / "dev.json", tmp_path / "dev.json")
+    return path
+
+
+@pytest.fixture
+def backend(config_path: Path) -> Iterator[AzureBlobBackend]:
+    b = backend_for(load_config(str(config_path)))
+    assert isinstance(b, AzureBlobBackend)
+    with b:
+        yield b
+
+
+@pytest.fixture
+def raw(azurite: AzuriteServer, backend: AzureBlobBackend) -> Iterator[ContainerClient]:
+    """The same container through the SDK directly: what another client sees."""
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        yield service.get_container_client(backend.container.container_name)
+
+
+class TestAzureBlobBackendContract(BackendContract):
+    @pytest.fixture
+    def backend(self, config_path: Path) -> Iterator[StateBackend]:
+        with backend_for(load_config(str(config_path))) as b:
+            yield b
+
+
+def test_lock_is_a_lease_whose_id_is_the_lock_id_with_the_holder_in_metadata(
+    backend: AzureBlobBackend, raw: ContainerClient
+) -> None:
+    blob = raw.get_blob_client("connref/dev.json")
+    with backend.lock("dev", "apply") as lock:
+        props = blob.get_blob_properties()
+        assert (props.lease.state, props.lease.status, props.lease.duration) == ("leased", "locked", "fixed")
+        record = json.loads(base64.b64decode(props.metadata["connref_lock"]))
+        assert record["id"] == lock.id and record["operation"] == "apply" and record["pid"] == os.getpid()
+        # The service enforces the lock: another client can neither lease nor write the blob.
+        with pytest.raises(ResourceExistsError):
+            BlobLeaseClient(blob).acquire(lease_duration=LEASE)
+        with pytest.raises(HttpResponseError) as refused:
+            blob.upload_blob(b"{}", overwrite=True)
+        assert refused.value.status_code == 412
+        # ... but the lease id is the lock id: holding it is what lets a write through.
+        BlobLeaseClient(blob, lease_id=lock.id).renew()
+    assert blob.get_blob_properties().lease.state == "available"
+
+
+@pytest.mark.slow
+def test_the_lease_is_renewed_for_as_long_as_the_run_holds_it(backend: AzureBlobBackend,
+                                                              raw: ContainerClient) -> None:
+    lock = backend.lock("dev", "apply")
+    assert isinstance(lock, BlobLock)
+    start = time.monotonic()
+    try:
+        # Four renewals, one every LEASE/3 seconds, outlast the lease itself.
+        assert lock.wait_for_renewals(4, TIMEOUT), "the lease was not renewed four times"
+        assert time.monotonic() - start > LEASE
+        assert raw.get_blob_client("connref/dev.json").get_blob_properties().lease.state == "leased"
+        with pytest.raises(LockError, match=f"connref state unlock dev {lock.id}"):
+            backend.lock("dev", "apply")
+        assert lock.lost is None
+        token = backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
+        snap = backend.read("dev")
+        assert snap is not None and snap.token == token
+    finally:
+        lock.release()
+    with backend.lock("dev", "apply"):
+        pass
+
+
+@pytest.mark.slow
+def test_a_killed_holders_lease_expires_and_a_waiting_run_takes_over(
+    backend: AzureBlobBackend, config_path: Path
+) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(config_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        lock_id = holder.stdout.readline().strip()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=TIMEOUT)
+    killed_at = time.monotonic()
+    info = backend.lock_info("dev")
+    assert info is not None and info.id == lock_id and info.pid == holder.pid
+    with pytest.raises(LockError) as e:
+        backend.lock("dev", "apply")
+    assert f"pid {holder.pid}" in str(e.value) and "expires by itself" in str(e.value)
+
+    with backend.lock("dev", "apply", timeout=TIMEOUT) as lock:
+        waited = time.monotonic() - killed_at
+        assert lock.id != lock_id
+        # Freed by expiry: not before the holder's last renewal ran out, not long after the lease duration.
+        assert 0 < waited <= LEASE + 5, waited
+
+
+def test_a_write_that_loses_the_etag_race_is_refused_by_the_service(
+    backend: AzureBlobBackend, raw: ContainerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s1 = applied_state("dev", "contoso_A")
+    with backend.lock("dev", "apply") as lock:
+        backend.write(s1, token=None, lock=lock)
+    snap = backend.read("dev")
+    assert snap is not None
+    rival = serialize_state(applied_state("dev", "contoso_A", "contoso_R", prev=s1))
+    real_backup = backend._backup_current
+
+    def rival_slips_in(env: str, current: bytes) -> None:
+        real_backup(env, current)
+        # Between this run's read of the ETag and its upload, a writer holding the lease id replaces the blob.
+        blob = raw.get_blob_client("connref/dev.json")
+        blob.upload_blob(rival, overwrite=True, lease=BlobLeaseClient(blob, lease_id=lock.id))
+
+    monkeypatch.setattr(backend, "_backup_current", rival_slips_in)
+    with backend.lock("dev", "apply") as lock, pytest.raises(StateError, match="changed since this run read it"):
+        backend.write(applied_state("dev", "contoso_A", "contoso_B", prev=s1), token=snap.token, lock=lock)
+    assert raw.get_blob_client("connref/dev.json").download_blob().readall() == rival
+
+
+def test_damaged_state_names_the_backup_and_restore_brings_it_back(
+    backend: AzureBlobBackend, raw: ContainerClient
+) -> None:
+    s1 = applied_state("dev", "contoso_A")
+    with backend.lock("dev", "apply") as lock:
+        t1 = backend.write(s1, token=None, lock=lock)
+        s2 = applied_state("dev", "contoso_A", "contoso_B", prev=s1)
+        backend.write(s2, token=t1, lock=lock)
+    raw.get_blob_client("connref/dev.json").upload_blob(b'{"format_version": "1.0", "environ', overwrite=True)
+
+    with pytest.raises(StateError) as e:
+        backend.read("dev")
+    message = str(e.value)
+    assert "connref/dev.json is not valid JSON" in message and "connref/dev.json.backup (serial 1" in message
+    assert "connref state restore dev" in message
+    with backend.lock("dev", "apply") as lock, pytest.raises(StateError, match="refusing to overwrite a damaged"):
+        backend.write(applied_state("dev", "contoso_C", prev=s2), token=None, lock=lock)
+
+    with backend.lock("dev", "state restore") as lock:
+        restored = backend.restore("dev", lock=lock)
+    assert restored.references == s1.references and restored.serial == 2
+    assert backend.load("dev") == restored
+    kept = [b.name for b in raw.list_blobs(name_starts_with="connref/dev.json.damaged-")]
+    assert len(kept) == 1
+    assert backend.environments() == ["dev"]  # backups and set-aside copies are not environments
+
+
+def test_listing_skips_the_empty_blob_a_lock_leaves_and_other_prefixes(
+    backend: AzureBlobBackend, raw: ContainerClient
+) -> None:
+    with backend.lock("prod", "apply"):
+        pass  # an apply that failed before writing leaves the empty blob it leased
+    raw.get_blob_client("terraform.tfstate").upload_blob(b"{}")
+    raw.get_blob_client("connref/nested/dev.json").upload_blob(b"{}")
+    with backend.lock("dev", "apply") as lock:
+        backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
+    assert backend.environments() == ["dev"]
+    assert backend.read("prod") is None and backend.lock_info("prod") is None
