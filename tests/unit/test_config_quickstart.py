@@ -6,7 +6,6 @@ dev has a create, a rename and a rebind)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -39,11 +38,9 @@ def data(env: str) -> dict[str, Any]:
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quickstart_make_data", QUICKSTART / "make_data.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from reconciler.emulator import quickstart
+
+    return quickstart
 
 
 def owner_upn(conn: dict[str, Any]) -> str:

@@ -1,0 +1,492 @@
+"""The quickstart's emulator data (``dev.json``, ``prod.json``), made deterministically.
+
+    python examples/quickstart/make_data.py            # rewrite both files
+    python examples/quickstart/make_data.py --check    # exit 1 if the files differ from what it makes
+
+The data is in the format of ``docs/emulator-data.md`` and messy the way real environments are:
+two makers each added their own SharePoint reference to the same unmanaged solution (random
+five-hex suffixes, display names like ``SharePoint Solution1-30e7d``), flows use different
+references for the same connector, one reference's connection is broken, one reference (made
+outside the solution) is unbound, and connections belong to the makers as well as to the service
+account. prod is tidier.
+
+Every id comes from a seeded random generator, so running this again gives the same files. The one
+exception is the emulator's token-signing key: it is generated once and then kept from the existing
+file (it is the emulator's own key, not a user secret).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+APIS = "/providers/Microsoft.PowerApps/apis/"
+TYPE_CONNREF = {"dev": 10150, "prod": 10063}  # org-specific on purpose: read it at run time
+COMPONENT_WORKFLOW = 29
+
+SHAREPOINT = "shared_sharepointonline"
+OUTLOOK = "shared_office365"
+DATAVERSE = "shared_commondataserviceforapps"
+TEAMS = "shared_teams"
+
+# People and apps of the tenant (same object ids in every environment of the tenant).
+MAKER1 = ("maker1@contoso.com", "Megan Bowen")
+MAKER2 = ("maker2@contoso.com", "Alex Wilber")
+SVC = ("svc-flows@contoso.com", "Flows Service Account")
+APP_NAME = "connref pipeline"
+
+
+class Ids:
+    """Deterministic GUIDs and connection names from one seed."""
+
+    def __init__(self, seed: str) -> None:
+        self.rng = random.Random(seed)
+
+    def guid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def hex32(self) -> str:
+        return uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
+
+    def legacy(self, api: str) -> str:
+        # The older connection name form: shared-<api name cut to 13 characters>-<guid>,
+        # e.g. shared-commondataser-<guid> (docs/dataverse.md §4.4).
+        short = api.removeprefix("shared_")[:13]
+        return f"shared-{short}-{self.guid()}"
+
+
+TENANT = Ids("contoso-tenant")
+TENANT_ID = TENANT.guid()
+APP_CLIENT_ID = TENANT.guid()
+APP_OBJECT_ID = TENANT.guid()
+OBJECT_IDS = {upn: TENANT.guid() for upn, _ in (MAKER1, MAKER2, SVC)}
+
+
+def demo_secret(directory: Path) -> str:
+    return (directory / ".demo-secret").read_text(encoding="utf-8").strip()
+
+
+class EnvBuilder:
+    """Builds one environment's data; rows keep the Web API's column names."""
+
+    def __init__(self, name: str, url: str, people: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.ids = Ids(f"contoso-{name}")
+        self.version = 1200
+        self.clock = 0
+        self.environment_id = self.ids.guid()
+        self.env = {
+            "name": name,
+            "environment_id": self.environment_id,
+            "url": url,
+            "tenant_id": TENANT_ID,
+            "organization_id": self.ids.guid(),
+            "business_unit_id": self.ids.guid(),
+            "connectionreference_componenttype": TYPE_CONNREF[name],
+        }
+        self.users: dict[str, dict[str, Any]] = {}
+        for upn, full in people:
+            self.users[upn] = {
+                "systemuserid": self.ids.guid(),
+                "azureactivedirectoryobjectid": OBJECT_IDS[upn],
+                "domainname": upn,
+                "fullname": full,
+                "applicationid": None,
+                "isdisabled": False,
+                "privileges": [],
+            }
+        # The application user of the pipeline's app registration; it may impersonate (CallerObjectId).
+        self.app_user = {
+            "systemuserid": self.ids.guid(),
+            "azureactivedirectoryobjectid": APP_OBJECT_ID,
+            "domainname": f"{APP_CLIENT_ID}@contoso.onmicrosoft.com",
+            "fullname": f"# {APP_NAME}",
+            "applicationid": APP_CLIENT_ID,
+            "isdisabled": False,
+            "privileges": ["prvActOnBehalfOfAnotherUser"],
+        }
+        self.solution = {
+            "solutionid": SOLUTION_ID,
+            "uniquename": "ContosoFlows",
+            "friendlyname": "Contoso Flows",
+            "ismanaged": False,
+            "publisher_prefix": "contoso",
+        }
+        self.connections: list[dict[str, Any]] = []
+        self.references: list[dict[str, Any]] = []
+        self.components: list[dict[str, Any]] = []
+        self.workflows: list[dict[str, Any]] = []
+
+    def next_version(self) -> int:
+        self.version += 7
+        return self.version
+
+    def when(self, day: int, hour: int) -> str:
+        return f"2026-02-{day:02d}T{hour:02d}:{(self.clock * 13) % 60:02d}:00Z"
+
+    def connection(self, api: str, owner: str, *, legacy: bool = False, broken: bool = False, day: int = 2) -> str:
+        name = self.ids.legacy(api) if legacy else self.ids.hex32()
+        self.clock += 1
+        oid = OBJECT_IDS[owner]
+        full = self.users[owner]["fullname"]
+        conn_id = f"{APIS}{api}/connections/{name}"
+        status: dict[str, Any] = {"status": "Connected"}
+        if broken:
+            # The shape API Hub reports for an expired sign-in (docs/dataverse.md §4.4).
+            status = {
+                "status": "Error",
+                "target": "token",
+                "error": {"code": "Unauthenticated", "message": "This connection is not authenticated."},
+            }
+        self.connections.append(
+            {
+                "name": name,
+                "id": conn_id,
+                "type": "Microsoft.PowerApps/apis/connections",
+                "properties": {
+                    "apiId": f"{APIS}{api}",
+                    "displayName": owner,
+                    "statuses": [status],
+                    "createdBy": {"id": oid, "displayName": full, "userPrincipalName": owner, "type": "User"},
+                    "createdTime": self.when(day, 9),
+                    "environment": {
+                        "id": f"/providers/Microsoft.PowerApps/environments/{self.environment_id}",
+                        "name": self.environment_id,
+                    },
+                    "permissions": [self.permission(conn_id, oid, "Owner")],
+                    "accountName": owner,
+                    "allowSharing": False,
+                },
+            }
+        )
+        return name
+
+    @staticmethod
+    def permission(conn_id: str, oid: str, role: str) -> dict[str, Any]:
+        return {
+            "name": oid,
+            "id": f"{conn_id}/permissions/{oid}",
+            "properties": {"roleName": role, "principal": {"id": oid, "type": "User"}},
+        }
+
+    def share(self, conn_name: str, upn: str, role: str) -> None:
+        conn = next(c for c in self.connections if c["name"] == conn_name)
+        conn["properties"]["permissions"].append(self.permission(conn["id"], OBJECT_IDS[upn], role))
+
+    def reference(
+        self,
+        ref_id: str,
+        logical: str,
+        display: str,
+        api: str,
+        connection: str | None,
+        owner: str,
+        day: int,
+        in_solution: bool = True,
+    ) -> None:
+        uid = self.users[owner]["systemuserid"]
+        self.clock += 1
+        stamp = self.when(day, 10)
+        self.references.append(
+            {
+                "connectionreferenceid": ref_id,
+                "connectionreferencelogicalname": logical,
+                "connectionreferencedisplayname": display,
+                "connectorid": f"{APIS}{api}",
+                "connectionid": connection,
+                "description": None,
+                "statecode": 0,
+                "statuscode": 1,
+                "ismanaged": False,
+                "promptingbehavior": 0,
+                "_ownerid_value": uid,
+                "_createdby_value": uid,
+                "_modifiedby_value": uid,
+                "_createdonbehalfby_value": None,
+                "_modifiedonbehalfby_value": None,
+                "createdon": stamp,
+                "modifiedon": stamp,
+                "versionnumber": self.next_version(),
+            }
+        )
+        if in_solution:
+            self.component(ref_id, TYPE_CONNREF[self.name])
+
+    def component(self, object_id: str, componenttype: int) -> None:
+        self.components.append(
+            {
+                "solutioncomponentid": self.ids.guid(),
+                "_solutionid_value": SOLUTION_ID,
+                "objectid": object_id,
+                "componenttype": componenttype,
+            }
+        )
+
+    def flow(
+        self,
+        flow_id: str,
+        name: str,
+        owner: str,
+        uses: list[tuple[str, str, str]],
+        on: bool,
+        in_solution: bool = True,
+    ) -> None:
+        """``uses``: (clientdata key, connector, reference logical name); keys are shared_x, shared_x-1..."""
+        self.workflows.append(
+            {
+                "workflowid": flow_id,
+                "name": name,
+                "category": 5,
+                "type": 1,
+                "statecode": 1 if on else 0,
+                "statuscode": 2 if on else 1,
+                "_ownerid_value": self.users[owner]["systemuserid"],
+                "clientdata": clientdata(uses),
+                "versionnumber": self.next_version(),
+            }
+        )
+        if in_solution:
+            self.component(flow_id, COMPONENT_WORKFLOW)
+
+    def build(self, signing_key_pem: str, secret: str) -> dict[str, Any]:
+        return {
+            "format": "connref-emulator/1",
+            "environment": self.env,
+            "settings": {
+                "enforce_connection_access": True,
+                "enforce_duplicate_logical_name": True,
+                "logical_name_immutable": True,
+                "delete_in_use_status": 400,
+                "page_size_default": 5000,
+            },
+            "signing_key_pem": signing_key_pem,
+            "applications": [
+                {
+                    "client_id": APP_CLIENT_ID,
+                    "object_id": APP_OBJECT_ID,
+                    "display_name": APP_NAME,
+                    "client_secret_sha256": [hashlib.sha256(secret.encode("utf-8")).hexdigest()],
+                    "certificates": [],
+                    "federated_credentials": [],
+                    "managed_identity": False,
+                    "management_app": True,
+                }
+            ],
+            "systemusers": [*self.users.values(), self.app_user],
+            "solutions": [self.solution],
+            "connectionreferences": self.references,
+            "solutioncomponents": self.components,
+            "workflows": self.workflows,
+            "connections": self.connections,
+            "next_versionnumber": self.version + 1000,
+        }
+
+
+def clientdata(uses: list[tuple[str, str, str]]) -> str:
+    """A flow definition in the solution-aware clientdata shape (docs/dataverse.md §5.2)."""
+    refs = {
+        key: {
+            "runtimeSource": "embedded",
+            "connection": {"connectionReferenceLogicalName": logical},
+            "api": {"name": api},
+        }
+        for key, api, logical in uses
+    }
+    first_key, first_api, _ = uses[0]
+    actions = {}
+    for i, (key, api, _) in enumerate(uses[1:], start=1):
+        actions[f"Step_{i}_{api.removeprefix('shared_')}"] = {
+            "type": "OpenApiConnection",
+            "inputs": {
+                "host": {"apiId": f"{APIS}{api}", "connectionName": key, "operationId": OPERATIONS[api]},
+                "authentication": "@parameters('$authentication')",
+            },
+            "runAfter": {},
+        }
+    definition = {
+        "$schema": "https://schema.management.azure.com/providers/Microsoft.Logic/schemas/2016-06-01/workflowdefinition.json#",
+        "contentVersion": "1.0.0.0",
+        "parameters": {
+            "$connections": {"defaultValue": {}, "type": "Object"},
+            "$authentication": {"defaultValue": {}, "type": "SecureObject"},
+        },
+        "triggers": {
+            "When_an_item_is_created": {
+                "type": "OpenApiConnectionNotification",
+                "inputs": {
+                    "host": {
+                        "apiId": f"{APIS}{first_api}",
+                        "connectionName": first_key,
+                        "operationId": TRIGGERS.get(first_api, "GetOnNewItems"),
+                    },
+                    "authentication": "@parameters('$authentication')",
+                },
+            }
+        },
+        "actions": actions,
+    }
+    return json.dumps(
+        {"properties": {"connectionReferences": refs, "definition": definition}, "schemaVersion": "1.0.0.0"},
+        separators=(",", ":"),
+    )
+
+
+OPERATIONS = {
+    SHAREPOINT: "PatchItem",
+    OUTLOOK: "SendEmailV2",
+    DATAVERSE: "CreateRecord",
+    TEAMS: "PostMessageToConversation",
+}
+TRIGGERS = {SHAREPOINT: "GetOnNewItems", DATAVERSE: "SubscribeWebhookTrigger", TEAMS: "OnNewChannelMessage"}
+
+# Rows that keep their id across environments: solution import preserves the ids of the solution,
+# its connection references and its flows.
+_SHARED = Ids("contoso-solution")
+SOLUTION_ID = _SHARED.guid()
+REF_SP_30E7D = _SHARED.guid()
+REF_SP_8F4B0 = _SHARED.guid()
+REF_OUTLOOK = _SHARED.guid()
+REF_DATAVERSE = _SHARED.guid()
+REF_TEAMS = _SHARED.guid()
+FLOW_INTAKE = _SHARED.guid()
+FLOW_APPROVAL = _SHARED.guid()
+FLOW_NOTIFY = _SHARED.guid()
+
+LN_SP_30E7D = "contoso_sharedsharepointonline_30e7d"
+LN_SP_8F4B0 = "contoso_sharedsharepointonline_8f4b0"
+LN_OUTLOOK = "contoso_sharedoffice365_d4c61"
+LN_DATAVERSE = "contoso_sharedcommondataserviceforapps_7b2e9"
+LN_TEAMS = "contoso_sharedteams_c93f2"
+
+
+def make_dev() -> EnvBuilder:
+    b = EnvBuilder("dev", "https://contoso-dev.crm4.dynamics.com", [MAKER1, MAKER2, SVC])
+    sp_m1 = b.connection(SHAREPOINT, MAKER1[0], day=2)
+    sp_m2 = b.connection(SHAREPOINT, MAKER2[0], day=3)
+    b.connection(SHAREPOINT, SVC[0], day=5)
+    outlook_m1 = b.connection(OUTLOOK, MAKER1[0], broken=True, day=2)
+    b.connection(OUTLOOK, SVC[0], day=5)
+    dataverse_svc = b.connection(DATAVERSE, SVC[0], legacy=True, day=1)
+    b.connection(TEAMS, MAKER2[0], day=3)
+    b.connection(TEAMS, SVC[0], day=5)
+    b.share(sp_m1, MAKER2[0], "CanView")  # maker1 shared a site connection with maker2, by hand
+
+    b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_m1, MAKER1[0], 2)
+    b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint Solution1-8f4b0", SHAREPOINT, sp_m2, MAKER2[0], 3)
+    b.reference(REF_OUTLOOK, LN_OUTLOOK, "Office 365 Outlook Solution1-d4c61", OUTLOOK, outlook_m1, MAKER1[0], 2)
+    b.reference(REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 1)
+    # maker2 started a Teams flow outside the solution (in the default solution) and never bound
+    # its reference: it stays unbound, and off.
+    b.reference(REF_TEAMS, LN_TEAMS, "Microsoft Teams Solution1-c93f2", TEAMS, None, MAKER2[0], 3, in_solution=False)
+
+    b.flow(
+        FLOW_INTAKE,
+        "Invoice intake",
+        MAKER1[0],
+        [(SHAREPOINT, SHAREPOINT, LN_SP_30E7D), (OUTLOOK, OUTLOOK, LN_OUTLOOK)],
+        on=True,
+    )
+    b.flow(
+        FLOW_APPROVAL,
+        "Invoice approval",
+        MAKER2[0],
+        [
+            (SHAREPOINT, SHAREPOINT, LN_SP_8F4B0),
+            (f"{SHAREPOINT}-1", SHAREPOINT, LN_SP_30E7D),
+            (DATAVERSE, DATAVERSE, LN_DATAVERSE),
+        ],
+        on=True,
+    )
+    b.flow(
+        FLOW_NOTIFY,
+        "Notify finance channel",
+        MAKER2[0],
+        [(TEAMS, TEAMS, LN_TEAMS)],
+        on=False,
+        in_solution=False,
+    )
+    return b
+
+
+def make_prod() -> EnvBuilder:
+    b = EnvBuilder("prod", "https://contoso.crm4.dynamics.com", [MAKER2, SVC])
+    sp_svc = b.connection(SHAREPOINT, SVC[0], day=10)
+    outlook_svc = b.connection(OUTLOOK, SVC[0], day=10)
+    dataverse_svc = b.connection(DATAVERSE, SVC[0], day=10)
+    b.connection(TEAMS, SVC[0], day=10)
+    sp_m2 = b.connection(SHAREPOINT, MAKER2[0], day=11)  # made during a hotfix, never cleaned up
+
+    b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint Solution1-30e7d", SHAREPOINT, sp_svc, SVC[0], 10)
+    b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint Solution1-8f4b0", SHAREPOINT, sp_m2, MAKER2[0], 11)
+    b.reference(REF_OUTLOOK, LN_OUTLOOK, "Office 365 Outlook ContosoFlows", OUTLOOK, outlook_svc, SVC[0], 10)
+    b.reference(REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, dataverse_svc, SVC[0], 10)
+    b.flow(
+        FLOW_INTAKE,
+        "Invoice intake",
+        SVC[0],
+        [(SHAREPOINT, SHAREPOINT, LN_SP_30E7D), (OUTLOOK, OUTLOOK, LN_OUTLOOK)],
+        on=True,
+    )
+    b.flow(
+        FLOW_APPROVAL,
+        "Invoice approval",
+        SVC[0],
+        [
+            (SHAREPOINT, SHAREPOINT, LN_SP_8F4B0),
+            (f"{SHAREPOINT}-1", SHAREPOINT, LN_SP_30E7D),
+            (DATAVERSE, DATAVERSE, LN_DATAVERSE),
+        ],
+        on=True,
+    )
+    return b
+
+
+def dumps(data: dict[str, Any]) -> str:
+    # Same layout as the emulator's store writes back, so an apply on a copy diffs cleanly.
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def existing_key(path: Path) -> str | None:
+    try:
+        key = json.loads(path.read_text(encoding="utf-8")).get("signing_key_pem")
+    except (OSError, ValueError):
+        return None
+    return key if isinstance(key, str) and key else None
+
+
+def build_all(out_dir: Path) -> dict[str, str]:
+    """File name -> content. Keys come from the existing files; missing ones are generated."""
+    out: dict[str, str] = {}
+    secret = demo_secret(out_dir)
+    for name, make in (("dev.json", make_dev), ("prod.json", make_prod)):
+        key = existing_key(out_dir / name)
+        if key is None:
+            from .jwt import new_signing_key_pem
+
+            key = new_signing_key_pem()
+        out[name] = dumps(make().build(key, secret))
+    return out
+
+
+def main(argv: list[str] | None = None, *, default_dir: Path) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if the files are not what this script makes")
+    parser.add_argument("--out", type=Path, default=default_dir, help="folder to write to (default: the quickstart)")
+    args = parser.parse_args(argv)
+    files = build_all(args.out)
+    stale = [n for n, text in files.items() if not (args.out / n).exists() or (args.out / n).read_text() != text]
+    if args.check:
+        for n in stale:
+            print(f"{n} is out of date: run python examples/quickstart/make_data.py", file=sys.stderr)
+        return 1 if stale else 0
+    for n, text in files.items():
+        (args.out / n).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out / n}")
+    return 0
+
