@@ -25,6 +25,9 @@ from reconciler.errors import ConfigErrors, ConnrefError
 DEFAULT_CONFIG = "connref.yaml"
 CONFIG_ENV = "CONNREF_CONFIG"
 
+#: Shells ``connref completion`` writes scripts for.
+SHELLS = ("bash", "zsh", "fish")
+
 #: Commands that act on exactly one environment (``-e`` once); the others take several or all.
 SINGLE_ENV_COMMANDS = ("import", "settings", "whoami")
 
@@ -219,6 +222,16 @@ def build_parser() -> Parser:
     x.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run's lock (default: 0)")
 
+    sp = command("init", "write a starter connref.yaml (and, with --emulator, data to try it on)")
+    sp.add_argument("directory", nargs="?", default=".", metavar="DIR", help="where to write (default: here)")
+    sp.add_argument("--emulator", action="store_true",
+                    help="the quickstart: two environments served by the built-in emulator, ready to plan")
+    sp.add_argument("--force", action="store_true", help="overwrite files that exist")
+
+    sp = command("completion", "print a shell completion script (bash, zsh or fish)")
+    sp.add_argument("shell", nargs="?", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+    sp.add_argument("--list-environments", action="store_true", help=argparse.SUPPRESS)
+
     sp = command("schema", "print the JSON Schema of the config file (for editors)")
     sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
@@ -251,6 +264,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         # ``apply -e dev plan.json``: -e takes several names, so the plan file landed in the list.
         args.planfile = envs.pop()
         args.envs = envs
+    if args.command == "completion" and not args.shell and not args.list_environments:
+        chosen_parser(parser, args).error("the following arguments are required: SHELL (bash, zsh or fish)")
     if args.command in SINGLE_ENV_COMMANDS:
         if len(envs) != 1:
             chosen_parser(parser, args).error(

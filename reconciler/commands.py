@@ -61,6 +61,8 @@ def dispatch(args: argparse.Namespace, *, color: bool, out: Out | None = None, e
         "whoami": cmd_whoami,
         "state": cmd_state,
         "schema": cmd_schema,
+        "completion": cmd_completion,
+        "init": cmd_init,
         "show": cmd_show,
     }
     return handlers[args.command](args, color, o, e)
@@ -693,3 +695,88 @@ def cmd_schema(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     from reconciler.config.schema import render_schema
 
     return _emit(render_schema(), args.output, out, err)
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def cmd_completion(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    """A completion script for ``args.shell``; with ``--list-environments`` (what the scripts call), the
+    environment names of the config, one per line, and nothing at all when the config cannot be read."""
+    if args.list_environments:
+        try:
+            config = load_config(args.config)
+        except ConnrefError:
+            return 0
+        for name in config.environments:
+            print(name, file=out)
+        return 0
+    from reconciler.cli import build_parser
+    from reconciler.completion import script
+
+    out.write(script(args.shell, build_parser()))
+    return 0
+
+
+# --------------------------------------------------------------------------- init
+
+STARTER_CONFIG = """\
+# yaml-language-server: $schema=connref.schema.json
+# connref: the connection references of one solution, and the connection each one is bound to in each
+# environment. Replace the values marked <-, then run: connref validate, connref whoami -e dev, connref plan.
+# Every key: `connref schema` (or docs/config.md). To start from what an environment has today instead,
+# fill in the environment and auth below and run: connref import -e dev -o connref.yaml
+version: 1
+solution: ContosoFlows                                 # <- the unique name of your unmanaged solution
+references:
+  contoso_SharePoint:                                  # <- logical name: <publisher prefix>_<name>
+    connector: shared_sharepointonline
+    display_name: SharePoint ContosoFlows
+environments:
+  dev:
+    url: https://contoso-dev.crm4.dynamics.com         # <- the environment's URL
+    environment_id: 00000000-0000-0000-0000-000000000000  # <- its Power Platform environment id
+    auth: pipeline
+    service_account: svc-flows@contoso.com             # <- owns the references and their connections
+    bindings:
+      contoso_SharePoint: {owner: svc-flows@contoso.com}  # or a connection name
+auth:
+  pipeline:
+    method: client_secret                              # or certificate, federated, managed_identity, ...
+    tenant_id: 00000000-0000-0000-0000-000000000000    # <- your tenant
+    client_id: 00000000-0000-0000-0000-000000000000    # <- the app registration connref signs in as
+    client_secret_env: CONNREF_CLIENT_SECRET           # the variable that holds the secret (never the secret)
+"""
+
+
+def cmd_init(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    """Write a starter config (and its JSON Schema for editors) into ``args.directory``; with ``--emulator``,
+    the quickstart: a config and two environments served by the built-in emulator, ready to plan."""
+    from reconciler.config.schema import render_schema
+
+    target = Path(args.directory)
+    if args.emulator:
+        from reconciler.emulator.quickstart import quickstart_files
+
+        files = quickstart_files(schema_path="connref.schema.json")
+    else:
+        files = {"connref.yaml": STARTER_CONFIG}
+    files["connref.schema.json"] = render_schema()
+    existing = [n for n in files if (target / n).exists()]
+    if existing and not args.force:
+        raise ConnrefError(f"{target} already has {', '.join(existing)}: nothing was written "
+                           "(--force overwrites them)")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = target / name
+        path.write_text(text, encoding="utf-8")
+        if name == ".demo-secret":
+            path.chmod(0o600)
+    print(f"Wrote {', '.join(str(target / n) for n in files)}.", file=out)
+    where = "" if target.resolve() == Path.cwd().resolve() else f"cd {args.directory} && "
+    if args.emulator:
+        print(f"Next: {where}connref plan    (then apply, drift, lint -e dev, import -e dev: see the README's tour)",
+              file=out)
+    else:
+        print(f"Next: replace the values marked <- in connref.yaml, then {where}connref validate", file=out)
+    return 0

@@ -47,7 +47,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     "reconciler/apply": HTTP,
     "reconciler/schemas": HTTP,
     "reconciler/emulator": HTTP | (ALL - {"reconciler.emulator"}),
-    "reconciler": HTTP,  # cli.py, commands.py, console.py, progress.py, errors.py
+    "reconciler": HTTP,  # cli.py, commands.py, console.py, completion.py, progress.py, errors.py
 }
 
 

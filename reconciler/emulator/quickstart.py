@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import random
+import secrets
 import sys
 import uuid
 from pathlib import Path
@@ -445,6 +446,92 @@ def make_prod() -> EnvBuilder:
         on=True,
     )
     return b
+
+
+# The quickstart's config, after its first line (``# yaml-language-server: $schema=...``, which depends on
+# where the schema is). examples/quickstart/connref.yaml is this with the repository's schema path.
+CONFIG_BODY = """\
+# The quickstart: one clean set of connection references for the ContosoFlows solution, bound in
+# each environment to connections owned by the flows service account. The two environments are
+# served by connref's built-in emulator from the JSON files next to this one (no tenant needed);
+# `apply` writes back into those files, so try it on a copy (`make demo` does).
+version: 1
+solution: ContosoFlows
+
+references:
+  # Logical names are immutable: keep the ones the makers' flows already use, tidy the rest.
+  contoso_sharedsharepointonline_30e7d:
+    connector: shared_sharepointonline
+    display_name: SharePoint ContosoFlows
+    description: Invoice library and approvals list
+  contoso_sharedsharepointonline_8f4b0:
+    connector: shared_sharepointonline
+    display_name: SharePoint ContosoFlows Approvals
+  contoso_sharedoffice365_d4c61:
+    connector: shared_office365
+    display_name: Office 365 Outlook ContosoFlows
+  contoso_sharedcommondataserviceforapps_7b2e9:
+    connector: /providers/Microsoft.PowerApps/apis/shared_commondataserviceforapps
+    display_name: Microsoft Dataverse ContosoFlows
+  # New: not in any environment yet, so the first apply creates it inside the solution.
+  contoso_Teams:
+    connector: shared_teams
+    display_name: Microsoft Teams ContosoFlows
+    description: Posts to the finance channel
+
+environments:
+  dev:
+    url: local:dev.json
+    auth: demo
+    service_account: svc-flows@contoso.com
+    bindings:
+      contoso_sharedsharepointonline_30e7d: {owner: svc-flows@contoso.com}
+      contoso_sharedsharepointonline_8f4b0: 7c84991c04914d13b9fa2b331a3ad4b8
+      contoso_sharedoffice365_d4c61: {owner: svc-flows@contoso.com}
+      contoso_sharedcommondataserviceforapps_7b2e9: shared-commondataser-02b6ee82-a4ff-46ec-8360-751ab6c28b1b
+      contoso_Teams: 8f70942eabcb416e8a0f9861272ee570
+  prod:
+    url: local:prod.json
+    auth: demo
+    service_account: svc-flows@contoso.com
+    bindings:
+      contoso_sharedsharepointonline_30e7d: 014bbff826f84ec390f6953d109919d5
+      contoso_sharedsharepointonline_8f4b0: 014bbff826f84ec390f6953d109919d5
+      contoso_sharedoffice365_d4c61: 8ee5a024897742cc86f3aea206fe2e92
+      contoso_sharedcommondataserviceforapps_7b2e9: d6f3c5bb44574352a780f54d27314721
+      contoso_Teams: 3e42458eac204f9bb872ce16abfd20ab
+
+auth:
+  demo:
+    # The "connref pipeline" app registration of the emulated tenant. Its secret is in a file
+    # (a demo value, accepted only by the emulator); in a pipeline use client_secret_env instead.
+    method: client_secret
+    tenant_id: df76c6b8-fbdd-4bb3-b003-b292f5ad38a3
+    client_id: b60019b8-637b-4318-b461-ea6796113c58
+    client_secret_file: .demo-secret
+"""
+
+
+def config_text(schema_path: str) -> str:
+    """The quickstart's connref.yaml, naming ``schema_path`` for editors."""
+    return f"# yaml-language-server: $schema={schema_path}\n" + CONFIG_BODY
+
+
+def new_demo_secret() -> str:
+    """A fresh client secret for the emulated app registration (the data keeps only its SHA-256)."""
+    return secrets.token_urlsafe(24)
+
+
+def quickstart_files(*, schema_path: str) -> dict[str, str]:
+    """The quickstart as file name -> content: the config, both environments' data with fresh signing keys,
+    and a fresh demo secret (``connref init --emulator`` writes them)."""
+    from .jwt import new_signing_key_pem
+
+    secret = new_demo_secret()
+    files = {"connref.yaml": config_text(schema_path), ".demo-secret": secret + "\n"}
+    for name, make in (("dev.json", make_dev), ("prod.json", make_prod)):
+        files[name] = dumps(make().build(new_signing_key_pem(), secret))
+    return files
 
 
 def dumps(data: dict[str, Any]) -> str:
