@@ -29,7 +29,7 @@ CONFIG_ENV = "CONNREF_CONFIG"
 SHELLS = ("bash", "zsh", "fish")
 
 #: Commands that act on exactly one environment (``-e`` once); the others take several or all.
-SINGLE_ENV_COMMANDS = ("import", "settings", "whoami")
+SINGLE_ENV_COMMANDS = ("import", "settings", "whoami", "explain")
 
 
 class Parser(argparse.ArgumentParser):
@@ -160,6 +160,15 @@ def build_parser() -> Parser:
     sp.add_argument("--markdown", metavar="FILE", help="also write the plan as markdown")
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     sp.add_argument("--prune", action="store_true", help="delete managed refs no longer declared")
+    sp.add_argument("--explain", action="store_true",
+                    help="also show who the flows the plan changes will run as (as connref explain does)")
+
+    sp = command("explain", "who each flow runs as and why: trigger, references, connections, owners")
+    sp.add_argument("-e", "--env", dest="envs", action=EnvAction, required=True, metavar="ENV",
+                    help="the one environment to read")
+    sp.add_argument("flows", nargs="*", metavar="FLOW",
+                    help="flows to explain, by name or workflowid (default: the solution's flows)")
+    sp.add_argument("--json", action="store_true", help="print the explanation as JSON")
 
     sp = command("show", "print a saved plan for review (no config, no network)")
     sp.add_argument("planfile", metavar="PLANFILE", help="a plan saved with 'plan --out'")

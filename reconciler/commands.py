@@ -29,6 +29,7 @@ from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError, 
 if TYPE_CHECKING:
     from reconciler.api.session import EnvSession
     from reconciler.apply.applier import ApplyResult, BatchProgress
+    from reconciler.plan.explain import EnvironmentExplanation
     from reconciler.plan.ops import Plan
     from reconciler.state.backend import Snapshot, StateBackend, StateLock
     from reconciler.state.model import EnvState
@@ -64,6 +65,7 @@ def dispatch(args: argparse.Namespace, *, color: bool, out: Out | None = None, e
         "completion": cmd_completion,
         "init": cmd_init,
         "show": cmd_show,
+        "explain": cmd_explain,
     }
     return handlers[args.command](args, color, o, e)
 
@@ -196,10 +198,19 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         if args.markdown:
             _write_text(args.markdown, render.render_markdown_error(e))
         raise
+    explained = _plan_explanation(config, lives, plan) if args.explain else None
     if args.json:
-        print(json.dumps(render.render_json(plan), indent=2), file=out)
+        doc = render.render_json(plan)
+        if explained is not None:
+            from reconciler.plan.explain import render_json_doc
+            doc["explain"] = render_json_doc(explained)
+        print(json.dumps(doc, indent=2), file=out)
     else:
         print(render.render_text(plan, color=color), file=out)
+        if explained is not None:
+            from reconciler.plan.explain import render_text as explain_text
+            print("\n" + explain_text(explained, heading="Who the flows this plan changes will run as:"), file=out,
+                  end="")
     if args.markdown:
         hint = f"connref show {args.out}" if args.out else None
         _write_text(args.markdown, render.render_markdown(plan, full_plan_hint=hint))
@@ -208,6 +219,12 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: connref apply {args.out}",
               file=err if args.json else out)
     return 2 if args.detailed_exitcode and plan_has_changes(plan) else 0
+
+
+def _plan_explanation(config: Config, lives: Mapping[str, LiveEnvironment],
+                      plan: Plan) -> list[EnvironmentExplanation]:
+    from reconciler.plan.explain import explain_for_plan
+    return explain_for_plan(config, lives, {env.environment: env.ops for env in plan.environments})
 
 
 def plan_has_changes(plan: Plan) -> bool:
@@ -604,6 +621,23 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
             problems += 1
             say(f"  ✗ {logical_name}: {p.code} {p.text()}")
     return 2 if problems else 0
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def cmd_explain(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
+    """Who each flow runs as and why (``reconciler.plan.explain``); read-only."""
+    from reconciler.api.live import read_environment
+    from reconciler.plan import explain
+    config = load_config(args.config)
+    (name,) = select_environments(config, [args.env])
+    with opened(config, [name]) as sessions:
+        live = read_environment(sessions[name], config, name)
+    flows = explain.select_flows(config, name, live, args.flows)
+    result = [explain.explain_environment(config, name, live, flows)]
+    print(explain.render_json(result) if args.json else explain.render_text(result), file=out, end="")
+    return 0
 
 
 # --------------------------------------------------------------------------- state

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from reconciler.api.odata_filter import Filter, Guid, any_of, either, eq
 from reconciler.api.session import EnvSession
-from reconciler.domain import rules
+from reconciler.domain import flowdef, rules
 from reconciler.domain.model import (
     Config,
     EnvironmentConfig,
@@ -245,7 +245,8 @@ def flow_trigger(clientdata: str | None) -> str | None:
 
 
 def flow_from_row(row: Mapping[str, Any], solutions: tuple[str, ...] = ()) -> LiveFlow:
-    clientdata = row.get("clientdata")
+    raw = row.get("clientdata")
+    clientdata = raw if isinstance(raw, str) else None
     status = row.get("statuscode")
     return LiveFlow(
         id=str(row["workflowid"]).lower(),
@@ -259,6 +260,9 @@ def flow_from_row(row: Mapping[str, Any], solutions: tuple[str, ...] = ()) -> Li
         managed=bool(row.get("ismanaged")),
         status=int(status) if isinstance(status, int) else None,
         etag=str(row.get("@odata.etag") or ""),
+        connections=flowdef.connections(clientdata),
+        trigger_name=flowdef.trigger_name(clientdata),
+        clientdata=clientdata,
     )
 
 
@@ -401,7 +405,8 @@ def read_environment(
             return dv.user_has_privilege(f_who.result().user_id, IMPERSONATION_PRIVILEGE)
 
         def users() -> list[LiveUser]:
-            owner_ids = [r.get("_ownerid_value") for r in f_refs.result()]
+            # Reference and flow owners: explain and plan name who owns each flow.
+            owner_ids = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
             conns = f_conns.result()[0]
             owner_oids = [connection_from_item(c).owner_object_id for c in conns]
             return _read_users(session, f_who.result().user_id, service_account, owner_ids, owner_oids)

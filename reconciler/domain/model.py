@@ -199,6 +199,20 @@ class LiveConnection:
     permissions: tuple[Permission, ...] = ()
 
 
+@dataclass(frozen=True)
+class FlowConnection:
+    """One entry of a flow's ``connectionReferences`` (docs/dataverse.md §5.2): the ``key`` its triggers and
+    actions name, the reference's ``logical_name`` (None for an older entry binding ``connection_name``
+    directly), the ``connector`` (``shared_x``) and ``runtime_source`` (``embedded`` or ``invoker``,
+    docs/dataverse.md §5.4)."""
+
+    key: str
+    logical_name: str | None
+    connector: str | None
+    runtime_source: str = "embedded"
+    connection_name: str | None = None
+
+
 FLOW_OFF, FLOW_ON, FLOW_SUSPENDED = 0, 1, 2  # workflow statecode (docs/dataverse.md §5.1)
 FLOW_STATES = {FLOW_OFF: "Off", FLOW_ON: "On", FLOW_SUSPENDED: "Suspended"}
 
@@ -220,6 +234,11 @@ class LiveFlow:
     managed: bool = False
     status: int | None = None
     etag: str = ""
+    # The definition's entries (reconciler.domain.flowdef.connections), its first trigger's name, and the
+    # definition itself: what a consolidation rewrites (docs/dataverse.md §5.9).
+    connections: tuple[FlowConnection, ...] = ()
+    trigger_name: str | None = None
+    clientdata: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_on(self) -> bool:

@@ -83,6 +83,8 @@ CODES: Mapping[str, Code] = {
              "the live binding has problems that the config's binding fixes when applied"),
         Code("CR210", "connection-not-usable", ERROR,
              "the config binds a connection the identity that writes neither owns nor has been shared"),
+        Code("CR211", "flow-runs-as-person", WARNING,
+             "an automated or scheduled flow acts as a personal account (the owner of a bound connection)"),
         # the identity that writes and the environment (plan and whoami)
         Code("CR300", "service-account-not-found", ERROR, "the service account has no user in the environment"),
         Code("CR301", "service-account-disabled", ERROR, "the service account's user is disabled"),

@@ -247,15 +247,18 @@ def add_connection(
 
 
 def flow_clientdata(
-    references: Iterable[tuple[str, str]], *, children: Iterable[str] = (), trigger: str = "manual"
+    references: Iterable[tuple[str, str]], *, children: Iterable[str] = (), trigger: str = "manual",
+    runtime_source: str = "embedded",
 ) -> str:
     """A solution-aware flow's ``clientdata`` using ``(logical_name, connector)`` pairs, keyed the way
     the designer keys them (``shared_x``, ``shared_x-1`` for a second reference to one connector), and
     running the flows whose ``workflowid`` is in ``children`` with the "Run a Child Flow" action (type
-    ``Workflow``, docs/dataverse.md §5.5). ``trigger``: ``manual`` (a button; what a child flow has) or
-    ``recurrence`` (a scheduled flow)."""
+    ``Workflow``, docs/dataverse.md §5.5). ``trigger``: ``manual`` (a button; what a child flow has),
+    ``recurrence`` (a scheduled flow) or ``automated`` (the first reference's connector's event);
+    ``runtime_source``: ``embedded`` or ``invoker`` for every entry (docs/dataverse.md §5.4)."""
     conn_refs: dict[str, Any] = {}
     actions: dict[str, Any] = {}
+    first_key: str | None = None
     for logical, connector in references:
         api = connector_tail(connector)
         key = api
@@ -263,8 +266,9 @@ def flow_clientdata(
         while key in conn_refs:
             n += 1
             key = f"{api}-{n}"
+        first_key = first_key or key
         conn_refs[key] = {
-            "runtimeSource": "embedded",
+            "runtimeSource": runtime_source,
             "connection": {"connectionReferenceLogicalName": logical},
             "api": {"name": api},
         }
@@ -277,10 +281,16 @@ def flow_clientdata(
             "type": "Workflow",
             "inputs": {"host": {"workflowReferenceName": child}, "body": {}},
         }
-    triggers: dict[str, Any] = (
-        {"Recurrence": {"type": "Recurrence", "recurrence": {"frequency": "Day", "interval": 1}}}
-        if trigger == "recurrence" else {"manual": {"type": "Request", "kind": "Button"}}
-    )
+    triggers: dict[str, Any] = {"manual": {"type": "Request", "kind": "Button"}}
+    if trigger == "recurrence":
+        triggers = {"Recurrence": {"type": "Recurrence", "recurrence": {"frequency": "Day", "interval": 1}}}
+    elif trigger == "automated" and first_key is not None:
+        first_api = conn_refs[first_key]["api"]["name"]
+        triggers = {"When_an_item_is_created": {
+            "type": "OpenApiConnectionNotification",
+            "inputs": {"host": {"apiId": connector_id(first_api), "connectionName": first_key,
+                                "operationId": "GetOnNewItems"}},
+        }}
     doc = {
         "properties": {
             "connectionReferences": conn_refs,
@@ -307,6 +317,7 @@ def add_flow(
     children: Iterable[str] = (),
     trigger: str = "manual",
     managed: bool | None = None,
+    runtime_source: str = "embedded",
 ) -> dict[str, Any]:
     """A cloud flow (category 5, type 1) whose clientdata uses the given references and runs the given
     child flows (their ``workflowid``); managed when its solution is (or ``managed`` says so)."""
@@ -326,7 +337,8 @@ def add_flow(
         "_modifiedby_value": owner["systemuserid"],
         "createdon": now,
         "modifiedon": now,
-        "clientdata": flow_clientdata(references, children=children, trigger=trigger),
+        "clientdata": flow_clientdata(references, children=children, trigger=trigger,
+                                      runtime_source=runtime_source),
         "versionnumber": _next_version(data),
     }
     if active:
