@@ -7,8 +7,10 @@ every figure, its goal, the ratio to the goal and to the baseline, and PASS/FAIL
 How each figure is taken:
 - connref runs as a child process (``python -m reconciler``, with bytecode, as installed), as a user
   runs it; wall time is the child's whole life (interpreter start-up included), CPU its user + system
-  time, peak RSS its ``ru_maxrss`` (all from ``os.wait4``). Each plan runs three times and the fastest
-  run is shown (the one least disturbed by whatever else the machine runs); an apply runs once.
+  time (from ``os.wait4``), peak RSS its own high-water mark (``VmHWM``, written by a small wrapper at
+  exit: ``ru_maxrss`` would also count the benchmark process it was forked from). Each plan runs three
+  times and the fastest run is shown (the one least disturbed by whatever else the machine runs); an
+  apply runs once.
 - The emulator (in this process, over loopback https with a throw-away CA, so MSAL talks to its
   token endpoint for real) logs when it received and answered each request. ``requests`` counts
   them. ``depth`` is the critical path of round trips: the longest chain of requests in which each
@@ -53,6 +55,23 @@ PREFIX = "contoso_Bench"
 TOKEN_PATH = "/oauth2/v2.0/token"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 REFERENCE_PAGE = 5000
+# Runs a module or script and, at exit, writes its peak resident memory (VmHWM, which exec resets:
+# ru_maxrss would also count the benchmark process the child was forked from) to $CONNREF_BENCH_RSS.
+RSS_WRAPPER = """\
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["CONNREF_BENCH_RSS"], "w") as f:
+        f.write(str(kb))
+atexit.register(_peak)
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target == "-m":
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(target, run_name="__main__")
+"""
 
 
 # --------------------------------------------------------------------------- environments
@@ -218,8 +237,11 @@ class Bench:
               envs: int = 1, cwd: Path | None = None) -> Run:
         for app in apps:
             app.log.clear()
+        rss_file = self.work / "rss.txt"
+        rss_file.unlink(missing_ok=True)
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *argv], cwd=cwd or self.work, env=self.env,
+        proc = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, *argv], cwd=cwd or self.work,
+                                env=dict(self.env, CONNREF_BENCH_RSS=str(rss_file)),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out_box: dict[str, bytes] = {}
 
@@ -236,7 +258,8 @@ class Bench:
         proc.returncode = os.waitstatus_to_exitcode(status)
         by_env = [list(app.log) for app in apps]
         entries = [e for log in by_env for e in log]
-        run = Run(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, entries,
+        peak_kb = int(rss_file.read_text()) if rss_file.exists() else usage.ru_maxrss
+        run = Run(name, wall, usage.ru_utime + usage.ru_stime, peak_kb / 1024, entries,
                   proc.returncode, refs, envs, by_env)
         if proc.returncode not in (0, 2):
             sys.stderr.write(out_box.get("err", b"").decode(errors="replace")[-3000:])
