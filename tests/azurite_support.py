@@ -8,9 +8,12 @@ audience, issuer and lifetime, not the signature), so the token path of an auth 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ AZURITE_BLOB = ROOT / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 STARTUP_TIMEOUT = 60.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LISTENING = re.compile(r"successfully listens on (https?://[\w.:\[\]-]+)")
 
 
@@ -66,6 +70,14 @@ class AzuriteServer:
                 self.process.wait(timeout=15)
 
 
+def _die_with_parent() -> None:
+    """In the child, before Azurite starts: on Linux, be sent SIGTERM when the test process dies, so a run
+    killed outright (a CI timeout) leaves no emulator behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _missing() -> str:
     return (f"Azurite is not installed ({AZURITE_BLOB} is missing): run `make test`, or `npm ci` in {ROOT} "
             "(package.json pins it; node 20 and npm are needed).")
@@ -82,7 +94,7 @@ def start_azurite(workdir: Path, *, tls: TlsFiles | None = None) -> AzuriteServe
     if tls is not None:
         argv += ["--cert", tls.cert_pem, "--key", tls.key_pem, "--oauth", "basic"]
     proc = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "AZURITE_ACCOUNTS": ""})
+                            env={**os.environ, "AZURITE_ACCOUNTS": ""}, preexec_fn=_die_with_parent)
     assert proc.stdout is not None
     found: list[str] = []
     lines: list[str] = []
