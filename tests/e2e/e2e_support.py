@@ -8,6 +8,7 @@ import json
 import os
 import select
 import subprocess
+import sys
 import threading
 from collections.abc import Iterable
 from contextlib import redirect_stderr, redirect_stdout
@@ -77,6 +78,21 @@ class Served:
 
 #: Seconds: the bound on every subprocess and every wait of the end-to-end tests that use these helpers.
 TIMEOUT = 120
+
+#: Python source that gives SIGINT its default meaning (KeyboardInterrupt) in a child process, as in a process
+#: started from a terminal. A process inherits an ignored SIGINT from its parent (a shell ignores it for the
+#: commands it starts in the background, and so for pytest and everything pytest starts when `make test` runs
+#: that way), and Python then leaves it ignored: a test that interrupts a child with SIGINT starts it with this
+#: first, so the test does not depend on how the suite was started.
+SIGINT_AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
+def cli_in_child(*argv: str) -> list[str]:
+    """The command line of the real CLI in a child process, SIGINT as from a terminal
+    (``SIGINT_AS_FROM_A_TERMINAL``): what ``python -m reconciler ARGV`` runs, with that one line first."""
+    code = "\n".join((SIGINT_AS_FROM_A_TERMINAL, "import sys", "from reconciler.cli import main",
+                      "raise SystemExit(main(sys.argv[1:]))"))
+    return [sys.executable, "-c", code, *argv]
 
 
 def wait_for(event: threading.Event, what: str, proc: subprocess.Popen[str]) -> None:

@@ -10,21 +10,23 @@ import sys
 
 import pytest
 
-from e2e.e2e_support import Served, Workspace
+from e2e.e2e_support import SIGINT_AS_FROM_A_TERMINAL, Served, Workspace
 
 TIMEOUT = 120
 BATCH = "/api/data/v9.2/$batch"
 
-# Runs the CLI with an import hook that sends the process SIGTERM the moment start-up imports the command
-# code (after the SIGTERM handler is installed, before any command runs): an event, not a timed kill.
-TERM_DURING_IMPORT = """
-import builtins, os, signal, sys
+# Runs the CLI with an import hook that raises SIGTERM in the main thread the moment start-up imports the
+# command code (after the SIGTERM handler is installed, before any command runs): an event, not a timed kill.
+# raise_signal delivers it to the calling thread at once (os.kill would let the system pick a thread). SIGINT
+# gets its default meaning first, whatever the test process inherited (SIGINT_AS_FROM_A_TERMINAL).
+TERM_DURING_IMPORT = SIGINT_AS_FROM_A_TERMINAL + """
+import builtins, signal, sys
 from reconciler import cli
 real_import = builtins.__import__
 def hooked(name, globals=None, locals=None, fromlist=(), level=0):
     if name == "reconciler" and fromlist and "commands" in fromlist:
         builtins.__import__ = real_import
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
     return real_import(name, globals, locals, fromlist, level)
 builtins.__import__ = hooked
 sys.exit(cli.main(sys.argv[1:]))
@@ -114,5 +116,6 @@ def test_ctrl_c_during_start_up_prints_no_traceback(quickstart: Workspace) -> No
     proc = subprocess.run([sys.executable, "-c", script, "-c", str(quickstart.config), "validate"],
                           cwd=quickstart.dir, capture_output=True, text=True, timeout=TIMEOUT,
                           env=dict(os.environ))
-    assert proc.returncode == 130
+    assert proc.returncode == 130, proc.stdout + proc.stderr
     assert proc.stderr.strip() == "Interrupted."
+    assert proc.stdout == ""

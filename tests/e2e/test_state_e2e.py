@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.e2e_support import TIMEOUT, Served, Workspace, gate_batches, wait_for, wait_for_byte
+from e2e.e2e_support import TIMEOUT, Served, Workspace, cli_in_child, gate_batches, wait_for, wait_for_byte
 from reconciler.emulator import jwt
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.store import EnvironmentStore
@@ -255,8 +255,9 @@ def test_unlock_releases_the_lock_of_a_killed_run_and_refuses_a_wrong_id(quickst
 def test_interrupted_apply_gives_its_locks_back(served: Served, sig: signal.Signals) -> None:
     state_dir = served.dir / "state"
     gate = gate_batches(served, "dev")
-    first = subprocess.Popen(_cli(served.config, "apply", "--auto-approve"), env=_env(), cwd=served.dir,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as from a terminal: the child does not inherit an ignored SIGINT from the way the suite was started.
+    first = subprocess.Popen(cli_in_child("-c", str(served.config), "apply", "--auto-approve"), env=_env(),
+                             cwd=served.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(gate.reached, "the apply sends its $batch", first)
         first.send_signal(sig)
