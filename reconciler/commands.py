@@ -457,11 +457,16 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     """A saved plan for a reviewer: what it will do (as ``plan`` prints it) and what it was made against.
     Needs no config and no network."""
     from reconciler.plan import planfile, render
-    saved = planfile.read_plan_file(args.planfile)
     try:
-        plan = saved.load_plan()
-    except (KeyError, TypeError, ValueError) as e:
-        raise PlanError(f"plan file {args.planfile} is damaged: {e}. {planfile.REPLAN}") from e
+        saved = planfile.read_plan_file(args.planfile)
+        try:
+            plan = saved.load_plan()
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"plan file {args.planfile} is damaged: {e}. {planfile.REPLAN}") from e
+    except ConnrefError as e:
+        if args.json:  # stdout holds one document, also for a file that is not a plan
+            print(json.dumps(render.render_json_error(e), indent=2), file=out)
+        raise
     if args.json:
         doc = render.render_json(plan)
         doc["saved_plan"] = {
@@ -543,13 +548,19 @@ def _emit(text: str, path: str | None, out: Out, err: Out) -> int:
 
 def cmd_lint(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.adoption import lint
-    config = load_config(args.config)
-    lives: dict[str, LiveEnvironment] | None = None
-    if args.envs:
-        names = select_environments(config, args.envs)
-        with opened(config, names) as sessions:
-            lives = read_all(config, sessions, all_references=True, err=err)
-    findings = lint.lint(config, lives)
+    from reconciler.errors import problem_lines
+    try:
+        config = load_config(args.config)
+        lives: dict[str, LiveEnvironment] | None = None
+        if args.envs:
+            names = select_environments(config, args.envs)
+            with opened(config, names) as sessions:
+                lives = read_all(config, sessions, all_references=True, err=err)
+        findings = lint.lint(config, lives)
+    except ConnrefError as e:
+        if args.json:  # stdout holds one document, also when lint could not run
+            print(lint.render_findings_json_error(problem_lines(e)), file=out, end="")
+        raise
     print(lint.render_findings_json(findings) if args.json else lint.render_findings_text(findings), file=out)
     return lint.exit_code(findings)
 

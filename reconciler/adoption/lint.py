@@ -418,3 +418,17 @@ def render_findings_json(findings: Sequence[Finding]) -> str:
         "exit_code": exit_code(findings),
     }
     return json.dumps(doc, indent=2) + "\n"  # ASCII: no control or bidi character reaches a terminal
+
+
+def render_findings_json_error(problems: Sequence[str]) -> str:
+    """The JSON document when lint could not run (a config error, a sign-in failure): no findings,
+    ``errored`` true and ``errors`` one line each, so stdout still holds exactly one document."""
+    doc = {
+        "format_version": JSON_FORMAT_VERSION,
+        "findings": [],
+        "summary": summary_counts(()),
+        "exit_code": 1,
+        "errored": True,
+        "errors": list(problems),
+    }
+    return json.dumps(doc, indent=2) + "\n"

@@ -100,6 +100,19 @@ def test_show_refuses_a_file_that_is_not_a_plan(quickstart: Workspace) -> None:
     (quickstart.dir / "x.json").write_text('{"hello": 1}')
     r = quickstart.run("show", str(quickstart.dir / "x.json"))
     assert r.code == 1 and "is not a connref plan file" in r.err
+    js = quickstart.run("show", str(quickstart.dir / "x.json"), "--json")
+    doc = _one_document(js.out)
+    check("plan", doc)
+    assert js.code == 1 and doc["errored"] is True and "is not a connref plan file" in doc["errors"][0]
+
+
+def test_lint_json_that_cannot_run_is_one_errored_document(quickstart: Workspace) -> None:
+    quickstart.config.write_text(quickstart.config.read_text().replace("version: 1", "version: 7"))
+    r = quickstart.run("lint", "--json")
+    doc = _one_document(r.out)
+    check("lint", doc)
+    assert r.code == 1 and doc["errored"] is True and doc["exit_code"] == 1
+    assert "unsupported version 7" in doc["errors"][0] and doc["findings"] == []
 
 
 def test_a_plan_that_fails_writes_its_errors_as_json_and_markdown(quickstart: Workspace) -> None:
