@@ -243,3 +243,143 @@ def test_a_refused_admin_list_still_falls_back_to_the_callers_list(
     items, scope = read_connections(session)
     assert scope == "user"
     assert [c["name"] for c in items] == [Sample.CONN_DV_SVC]
+
+
+# --------------------------------------------------------------------------- the CI systems' OIDC token endpoints
+
+GH_REQUEST_TOKEN = "token-faults-github-request-token"
+ADO_ACCESS_TOKEN = "token-faults-azure-devops-access-token"
+GH_SUBJECT = "repo:contoso/flows:ref:refs/heads/main"
+ADO_ORG = "5f0c7e2a-3b1d-4c9e-8a7f-6e5d4c3b2a10"
+ADO_CONNECTION = "7c2b8d3e-1f4a-4b6c-9d8e-0a1b2c3d4e5f"
+ADO_SUBJECT = "sc://contoso/flows/connref-prod"
+GITHUB_OIDC = "/_oidc/github/token"
+ADO_OIDC = "/_oidc/ado/contoso/flows/_apis/distributedtask/hubs/build/plans/p1/jobs/j1/oidctoken"
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def federated(app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
+              ci: str, **retry: Any) -> Any:
+    """A ``federated`` provider for GitHub Actions or Azure DevOps (``ci``), whose OIDC token endpoint is the
+    emulator's: the application trusts both issuers."""
+    data = app.store.data
+    data["applications"][0]["federated_credentials"] = [
+        {"issuer": "https://token.actions.githubusercontent.com", "subject": GH_SUBJECT,
+         "audience": "api://AzureADTokenExchange"},
+        {"issuer": f"https://vstoken.dev.azure.com/{ADO_ORG}", "subject": ADO_SUBJECT,
+         "audience": "api://AzureADTokenExchange"},
+    ]
+    data["oidc"] = {
+        "github": {"runs": [{"request_token_sha256": _sha(GH_REQUEST_TOKEN), "subject": GH_SUBJECT}]},
+        "azure_devops": {"organization_id": ADO_ORG, "access_token_sha256": [_sha(ADO_ACCESS_TOKEN)],
+                         "service_connections": [{"id": ADO_CONNECTION, "subject": ADO_SUBJECT}]},
+    }
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"{AUTHORITY}{GITHUB_OIDC}?api-version=2.0")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", GH_REQUEST_TOKEN)
+    monkeypatch.setenv("SYSTEM_OIDCREQUESTURI", f"{AUTHORITY}{ADO_OIDC}")
+    monkeypatch.setenv("SYSTEM_ACCESSTOKEN", ADO_ACCESS_TOKEN)
+    options: dict[str, Any] = {"federated_provider": ci, "authority_host": AUTHORITY}
+    if ci == "azure_devops":
+        options["azure_devops_service_connection_id"] = ADO_CONNECTION
+    profile = AuthProfile(name="pipeline", method="federated", tenant_id=Sample.TENANT_ID,
+                          client_id=Sample.APP_CLIENT_ID, options=options)
+    policy = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, **retry)
+    return provider_for(profile, http_client=http, retry=policy)
+
+
+CI_ENDPOINTS = [("github", GITHUB_OIDC), ("azure_devops", ADO_OIDC)]
+
+
+@pytest.mark.parametrize(("ci", "path"), CI_ENDPOINTS, ids=["github", "azure_devops"])
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_ci_oidc_endpoint_5xx_is_retried(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
+    ci: str, path: str, status: int,
+) -> None:
+    # Asking the CI system for a token changes nothing, so its endpoint is retried like the token endpoint
+    # (the Azure DevOps request is a POST).
+    app.faults.fail_next(2, path, kind="error", status=status)
+    assert_token(app, federated(app, http, sleeps, monkeypatch, ci).get_token(SCOPE))
+    assert statuses(app, path) == [status, status, 200]
+    assert sleeps == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(("ci", "path"), CI_ENDPOINTS, ids=["github", "azure_devops"])
+def test_ci_oidc_endpoint_429_and_dropped_connections_are_retried(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch, ci: str, path: str,
+) -> None:
+    app.faults.fail_next(1, path, kind="throttle", retry_after=3)
+    app.faults.fail_next(1, path, kind="drop")
+    assert_token(app, federated(app, http, sleeps, monkeypatch, ci).get_token(SCOPE))
+    assert statuses(app, path) == [429, 0, 200]
+    assert sleeps[0] == 3.0
+
+
+OIDC_MALFORMED: list[tuple[str, dict[str, Any], str]] = [
+    ("html", {"shape": "html"}, "the body is HTML or XML (text/html), not JSON"),
+    ("empty", {"shape": "empty"}, "the body is empty"),
+    ("null", {"shape": "null"}, "expected an object"),
+    ("truncated", {"shape": "truncated"}, "the JSON ends before it is complete"),
+]
+
+
+@pytest.mark.parametrize(("ci", "path"), CI_ENDPOINTS, ids=["github", "azure_devops"])
+@pytest.mark.parametrize(("name", "options", "problem"), OIDC_MALFORMED, ids=[m[0] for m in OIDC_MALFORMED])
+def test_ci_oidc_endpoint_malformed_answer_is_a_clear_message(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
+    ci: str, path: str, name: str, options: dict[str, Any], problem: str,
+) -> None:
+    app.faults.add("malformed", path, **options)
+    with pytest.raises(AuthUnavailableError) as info:
+        federated(app, http, sleeps, monkeypatch, ci).get_token(SCOPE)
+    text = str(info.value)
+    assert text.startswith("auth profile 'pipeline' (federated): ")
+    assert f"{AUTHORITY}{path}: HTTP 200: connref cannot read this answer: " in text
+    assert problem in text
+    assert GH_REQUEST_TOKEN not in text and ADO_ACCESS_TOKEN not in text
+
+
+@pytest.mark.parametrize(("ci", "path", "key"),
+                         [("github", GITHUB_OIDC, "value"), ("azure_devops", ADO_OIDC, "oidcToken")],
+                         ids=["github", "azure_devops"])
+def test_ci_oidc_answer_without_its_token_is_a_clear_message(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
+    ci: str, path: str, key: str,
+) -> None:
+    app.faults.add("malformed", path, shape="missing_field", key_path=key)
+    with pytest.raises(AuthUnavailableError, match=f"{key}: missing"):
+        federated(app, http, sleeps, monkeypatch, ci).get_token(SCOPE)
+    app.faults.clear()
+    app.faults.add("malformed", path, shape="wrong_type", key_path=key, value=7)
+    with pytest.raises(AuthUnavailableError, match=f"{key}: expected a string, got an integer"):
+        federated(app, http, sleeps, monkeypatch, ci).get_token(SCOPE)
+
+
+@pytest.mark.parametrize(("ci", "path"), CI_ENDPOINTS, ids=["github", "azure_devops"])
+def test_ci_oidc_endpoint_unavailable_past_the_budget(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch, ci: str, path: str,
+) -> None:
+    app.faults.add("unavailable", path)
+    with pytest.raises(AuthUnavailableError) as info:
+        federated(app, http, sleeps, monkeypatch, ci, max_retries=2).get_token(SCOPE)
+    text = str(info.value)
+    assert f"{AUTHORITY}{path}: HTTP 503" in text and "gave up after 3 attempt(s)" in text
+    assert statuses(app, path) == [503, 503, 503]
+    assert GH_REQUEST_TOKEN not in text and ADO_ACCESS_TOKEN not in text
+
+
+@pytest.mark.parametrize(("ci", "path"), CI_ENDPOINTS, ids=["github", "azure_devops"])
+def test_ci_oidc_refusal_is_a_plain_auth_error(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch, ci: str, path: str,
+) -> None:
+    provider = federated(app, http, sleeps, monkeypatch, ci)
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "not-the-run-token")
+    monkeypatch.setenv("SYSTEM_ACCESSTOKEN", "not-the-access-token")
+    with pytest.raises(AuthError) as info:
+        provider.get_token(SCOPE)
+    assert not isinstance(info.value, AuthUnavailableError)
+    assert "answered 401" in str(info.value)
+    assert sleeps == [] and statuses(app, path) == [401]

@@ -39,11 +39,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from reconciler.api.client import MsalHttpClient, RetryPolicy
+from reconciler.api.client import MsalHttpClient, OidcTokenClient, RetryPolicy
+from reconciler.api.shapes import AZURE_DEVOPS_OIDC_TOKEN, GITHUB_OIDC_TOKEN, Shape
 from reconciler.domain.model import AuthProfile, EnvironmentConfig
 from reconciler.errors import (
     ApiError,
@@ -539,9 +540,9 @@ class FederatedAssertion:
     """Fetches the workload identity token (GitHub Actions, Azure DevOps, a file or a variable) and
     fetches it again once it is within a minute of expiring. MSAL calls it before every token request."""
 
-    def __init__(self, profile: AuthProfile, http_client: httpx.Client) -> None:
+    def __init__(self, profile: AuthProfile, http_client: httpx.Client, retry: RetryPolicy | None = None) -> None:
         self._profile = profile
-        self._http = http_client
+        self._http = OidcTokenClient(http_client, retry=retry)
         self._opts = profile.options
         self._value: str | None = None
         self._exp: float | None = None
@@ -597,6 +598,30 @@ class FederatedAssertion:
             raise self._error(f"the environment variable {name} is not set", check)
         return value
 
+    def _oidc_token(self, method: str, url: str, *, params: Mapping[str, str], headers: Mapping[str, str],
+                    shape: Shape, key: str, who: str, refused: Callable[[int | None], AuthError],
+                    secrets: list[str]) -> str:
+        """The workload identity token from a CI system's OIDC endpoint (``url`` may carry a query of its
+        own: kept, with ``params`` added). Through the request core (``OidcTokenClient``): retries, bounded
+        reads, the answer's shape checked. A refusal (4xx) is ``refused(status)``; no answer past the
+        retries, or one connref cannot read, is an ``AuthUnavailableError``. No message holds a token."""
+        base, _, query = url.partition("?")
+        merged = dict(parse_qsl(query, keep_blank_values=True))
+        merged.update(params)
+        try:
+            doc = self._http.token_answer(method, base, shape=shape, params=merged, headers=headers)
+        except MalformedResponseError as e:
+            raise AuthUnavailableError(self._message(_redact(str(e), secrets))) from None
+        except ApiError as e:
+            if e.status is not None and 400 <= e.status < 500 and e.status != 429:
+                raise refused(e.status) from None
+            raise AuthUnavailableError(self._message(
+                f"the {who} OIDC endpoint did not answer usefully: {_redact(str(e), secrets)}")) from None
+        return str(doc[key])
+
+    def _message(self, what: str) -> str:
+        return f"auth profile '{self._profile.name}' (federated): {what}"
+
     def _github(self) -> str:
         # GitHub Actions: GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=... with the request token as a
         # bearer; the answer is {"count":..,"value":"<jwt>"} (docs/dataverse.md §6.3).
@@ -604,18 +629,11 @@ class FederatedAssertion:
         url = self._need_env("ACTIONS_ID_TOKEN_REQUEST_URL", check)
         request_token = self._need_env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", check)
         audience = str(self._opts.get("federated_audience") or FEDERATED_AUDIENCE)
-        try:
-            resp = self._http.get(url, params={"audience": audience},
-                                  headers={"Authorization": f"Bearer {request_token}"})
-        except httpx.HTTPError as e:
-            raise self._error(f"the GitHub OIDC endpoint could not be reached ({type(e).__name__})",
-                              "ACTIONS_ID_TOKEN_REQUEST_URL") from None
-        if resp.status_code != 200:
-            raise self._error(f"the GitHub OIDC endpoint answered {resp.status_code}", check)
-        try:
-            return str(resp.json()["value"])
-        except (ValueError, KeyError, TypeError):
-            raise self._error("the GitHub OIDC endpoint gave no token", check) from None
+        return self._oidc_token(
+            "GET", url, params={"audience": audience}, headers={"Authorization": f"Bearer {request_token}"},
+            shape=GITHUB_OIDC_TOKEN, key="value", who="GitHub",
+            refused=lambda status: self._error(f"the GitHub OIDC endpoint answered {status}", check),
+            secrets=[request_token])
 
     def _azure_devops(self) -> str:
         # Azure DevOps: POST $SYSTEM_OIDCREQUESTURI?api-version=7.1&serviceConnectionId=<id> with
@@ -627,21 +645,14 @@ class FederatedAssertion:
         if not connection:
             raise self._error("azure_devops_service_connection_id is not set",
                               "the id of the workload identity service connection")
-        try:
-            resp = self._http.post(url, params={"api-version": "7.1", "serviceConnectionId": str(connection)},
-                                   headers={"Authorization": f"Bearer {access_token}",
-                                            "Content-Type": "application/json"})
-        except httpx.HTTPError as e:
-            raise self._error(f"the Azure DevOps OIDC endpoint could not be reached ({type(e).__name__})",
-                              "SYSTEM_OIDCREQUESTURI") from None
-        if resp.status_code != 200:
-            raise self._error(f"the Azure DevOps OIDC endpoint answered {resp.status_code} for service "
-                              f"connection {connection}",
-                              check + " and that the service connection may be used by this pipeline")
-        try:
-            return str(resp.json()["oidcToken"])
-        except (ValueError, KeyError, TypeError):
-            raise self._error("the Azure DevOps OIDC endpoint gave no token", check) from None
+        return self._oidc_token(
+            "POST", url, params={"api-version": "7.1", "serviceConnectionId": str(connection)},
+            headers={"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"},
+            shape=AZURE_DEVOPS_OIDC_TOKEN, key="oidcToken", who="Azure DevOps",
+            refused=lambda status: self._error(
+                f"the Azure DevOps OIDC endpoint answered {status} for service connection {connection}",
+                check + " and that the service connection may be used by this pipeline"),
+            secrets=[access_token])
 
 
 # --------------------------------------------------------------------------- certificates
@@ -818,7 +829,7 @@ def _certificate_provider(setup: _Setup) -> TokenProvider:
 
 
 def _federated_provider(setup: _Setup) -> TokenProvider:
-    assertion = FederatedAssertion(setup.profile, setup.http_client)
+    assertion = FederatedAssertion(setup.profile, setup.http_client, setup.retry)
     # MSAL calls a callable client_assertion before each token request (msal/application.py
     # docstring), so an expired token is re-fetched.
     return setup.msal(lambda: {"client_assertion": assertion}, "the federated token was rejected",

@@ -891,6 +891,35 @@ class ConnectionsClient(_HttpCore):
                           self.admin_scope)
 
 
+# --------------------------------------------------------------------------- the CI systems' OIDC endpoints
+
+
+class OidcTokenClient(_Transport):
+    """Requests to the OIDC token endpoints of the CI systems (GitHub Actions, Azure DevOps), which hand
+    out the workload identity token a federated credential exchanges (docs/dataverse.md §6.3). They go
+    through the same transport as every other request connref sends: retried on 429 (honouring
+    ``Retry-After``), 5xx and dropped connections (asking for a token changes nothing, so any request,
+    the Azure DevOps POST included, may be repeated), read within the size limit, and the answer checked
+    against its shape before anything reads it."""
+
+    def _may_repeat(self, method: str) -> bool:
+        return True
+
+    def token_answer(self, method: str, url: str, *, shape: Shape, params: Mapping[str, str],
+                     headers: Mapping[str, str]) -> dict[str, Any]:
+        """The JSON answer of ``method url`` (the URL without its query: ``params`` holds it), checked
+        against ``shape``. An error status past the retries raises the typed ``ApiError``; an answer that
+        is not of the shape a ``MalformedResponseError``. Messages name the URL without its query."""
+        resp = self.send(method, url, headers=headers, params=dict(params))
+        try:
+            doc = parse_json(resp.content, content_type=resp.headers.get("Content-Type"), limits=self.limits)
+            check(doc, shape)
+        except ShapeProblem as exc:
+            raise malformed(method, url, resp.status_code, str(exc)) from None
+        assert isinstance(doc, dict)
+        return doc
+
+
 # --------------------------------------------------------------------------- identity platform (MSAL)
 
 

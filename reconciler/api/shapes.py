@@ -19,6 +19,8 @@ are ignored, so a service that adds fields breaks nothing. Facts they rely on:
 - The token endpoint answers ``access_token``, ``token_type`` and ``expires_in``, or an error
   ``{"error": "...", "error_description": "..."}``; the OpenID configuration has
   ``authorization_endpoint`` and ``token_endpoint``, which MSAL reads (docs/dataverse.md §6.5).
+- The CI systems' OIDC token endpoints answer the workload identity token as ``value`` (GitHub Actions)
+  or ``oidcToken`` (Azure DevOps) (docs/dataverse.md §6.3).
 """
 
 from __future__ import annotations
@@ -382,3 +384,5 @@ INSTANCE_DISCOVERY = Shape("instance discovery answer", (
     _f("tenant_discovery_endpoint", required=True, nullable=False),
     _f("metadata", "list"),
 ))
+GITHUB_OIDC_TOKEN = Shape("GitHub Actions OIDC token answer", (_f("value", required=True, nullable=False),))
+AZURE_DEVOPS_OIDC_TOKEN = Shape("Azure DevOps OIDC token answer", (_f("oidcToken", required=True, nullable=False),))
