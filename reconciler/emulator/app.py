@@ -149,22 +149,39 @@ class EmulatorApp:
         if response is None:
             return self._dropped(request, started)
         self._log(request, response.status, fault=request.state.get("fault"), started=started)
-        # Token requests are POSTs that change nothing; every other successful write is saved.
-        wrote = request.method in _WRITE_METHODS and response.status < 400 and request.state.get("route") != "tokens"
-        if self.persist and (wrote or request.state.get("dirty")):
-            self.store.save()
         return response
 
     def _answer(self, request: Request) -> Response | None:
-        """Faults then routing; None when a fault drops the connection."""
+        """Faults then routing; None when a fault drops the connection. A rule acting after the commit
+        lets the request be served (and saved) first, then holds, drops or replaces its answer."""
         decision = self.faults.decide(request)
         if decision.delay:
             time.sleep(decision.delay)
-        if decision.drop:
-            return None
-        if decision.response is not None:
+        if not decision.after_commit:
+            if decision.drop:
+                return None
+            if decision.response is not None:
+                request.state["fault"] = decision.name
+                return decision.response
+        response = self._serve(request)
+        decision.mark_served()
+        if decision.late:
             request.state["fault"] = decision.name
-            return decision.response
+            time.sleep(decision.late)  # committed already: only the answer is late
+        if decision.after_commit:
+            request.state["fault"] = decision.name
+            if decision.drop:
+                return None
+            if decision.response is not None:
+                return decision.response
+        if decision.alter is not None:
+            # Served (a write is committed), then the answer is replaced or altered.
+            request.state["fault"] = decision.name
+            response = decision.alter(response)
+        return response
+
+    def _serve(self, request: Request) -> Response:
+        """Route the request and save what it wrote (``persist``), whatever becomes of its answer."""
         try:
             response = self.dispatch(request)
         except HttpError as e:
@@ -173,10 +190,10 @@ class EmulatorApp:
             # A bug in a route: answer like the service's generic 500 and keep serving.
             traceback.print_exc(file=sys.stderr)
             response = HttpError(500, "0x80040216", "An unexpected error occurred.").response()
-        if decision.alter is not None:
-            # Served (a write is committed), then the answer is replaced or altered.
-            request.state["fault"] = decision.name
-            response = decision.alter(response)
+        # Token requests are POSTs that change nothing; every other successful write is saved.
+        wrote = request.method in _WRITE_METHODS and response.status < 400 and request.state.get("route") != "tokens"
+        if self.persist and (wrote or request.state.get("dirty")):
+            self.store.save()
         return response
 
     def _dropped(self, request: Request, started: float) -> Response:

@@ -36,6 +36,16 @@ request is served first (a write is committed), then its answer is replaced or a
 ``key_path`` is a path with ``/`` between keys and ``[]`` for every item of a list:
 ``value[]/connectionreferenceid``, ``UserId``, ``value[]/properties/apiId``.
 
+**Answers lost after the commit.** With ``after_commit: true`` a ``drop``, ``error`` or ``latency`` rule
+acts on the answer, not the request: the request is served first (a write is committed and, for a
+``local:`` file, saved), then the connection is dropped, the rule's status (500, 502, 504...) is answered
+instead of the real answer, or the real answer is held back ``latency_ms`` (past a client's timeout).
+So a ``$batch`` can be committed and its answer lost, as when a gateway times out (502/504) while the
+service still commits, a connection breaks after the request was sent, or a client gives up waiting:
+the client cannot tell from the answer whether its write happened. ``malformed`` rules always act
+after the commit (a 2xx whose body the client cannot read). ``rule.committed`` is set once a request the
+rule acted on has been served, for tests that wait on it rather than on time.
+
 Every choice comes from ``random.Random(seed)``, so a test that injects 30% failures sees the same
 sequence on every run. ``latency_ms`` delays every request the app answers, on every route (Dataverse,
 connections API and token endpoint alike), as a network round trip would; latency rules add to it.
@@ -72,6 +82,10 @@ THROTTLE_MESSAGES = {
     "0x80072326": "Number of concurrent requests exceeded the limit of 52.",
 }
 KINDS = ("latency", "throttle", "unavailable", "error", "drop", "malformed")
+#: The kinds that may act after the request was served (``after_commit``): the answer is lost, replaced or late.
+#: Not ``throttle`` nor ``unavailable``: the service answers 429 and 503 without acting on the request
+#: (docs/dataverse.md §3.8); a gateway's 502 or 504 after the commit is an ``error`` rule.
+AFTER_COMMIT_KINDS = ("latency", "error", "drop")
 SHAPES = ("html", "empty", "truncated", "null", "wrong_type", "missing_field", "deep", "huge", "self_link",
           "foreign_link")
 ERROR_BODIES = ("route", "odata", "oauth", "html")
@@ -119,8 +133,10 @@ class FaultRule:
     depth: int = 200_000
     size_bytes: int = 1024 * 1024
     link_host: str = "https://elsewhere.example"
+    after_commit: bool = False
     seen: int = field(default=0, compare=False)
     fired: int = field(default=0, compare=False)
+    committed: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -136,6 +152,9 @@ class FaultRule:
                 raise ValueError(f"unknown malformed shape {self.shape!r} (one of {', '.join(SHAPES)})")
             if self.shape in ("wrong_type", "missing_field") and not self.key_path:
                 raise ValueError(f"a {self.shape} fault needs the key_path it alters")
+        if self.after_commit and self.kind not in AFTER_COMMIT_KINDS:
+            raise ValueError(f"after_commit applies to {', '.join(AFTER_COMMIT_KINDS)} rules "
+                             f"(a malformed answer is always made after the commit), not to {self.kind!r}")
         if self.methods is not None:
             self.methods = tuple(m.upper() for m in self.methods)
 
@@ -167,6 +186,7 @@ class FaultRule:
             "depth": self.depth,
             "size_bytes": self.size_bytes,
             "link_host": self.link_host,
+            "after_commit": self.after_commit,
         }
 
 
@@ -253,13 +273,22 @@ def malformed_response(rule: FaultRule, request: Request, real: Response) -> Res
 @dataclass
 class Decision:
     """What the faults say about one request: wait ``delay`` seconds, then answer ``response`` or drop,
-    or serve it and let ``alter`` change the answer."""
+    or serve it and let ``alter`` change the answer. With ``after_commit`` the request is served first,
+    then held ``late`` seconds, then dropped or answered ``response`` instead; ``served`` are the rules
+    to tell once it has been served."""
 
     delay: float = 0.0
     response: Response | None = None
     drop: bool = False
     name: str | None = None
     alter: Callable[[Response], Response] | None = None
+    after_commit: bool = False
+    late: float = 0.0
+    served: list[FaultRule] = field(default_factory=list)
+
+    def mark_served(self) -> None:
+        for rule in self.served:
+            rule.committed.set()
 
 
 def _user_key(request: Request) -> str:
@@ -389,10 +418,17 @@ class Faults:
                 if rule.probability < 1.0 and self.rng.random() >= rule.probability:
                     continue
                 rule.fired += 1
+                if rule.after_commit or rule.kind == "malformed":
+                    decision.served.append(rule)
                 if rule.kind == "latency":
-                    decision.delay += rule.latency_ms / 1000.0
+                    if rule.after_commit:
+                        decision.late += rule.latency_ms / 1000.0
+                        decision.name = decision.name or "late answer"
+                    else:
+                        decision.delay += rule.latency_ms / 1000.0
                     continue
                 decision.name = rule.kind
+                decision.after_commit = rule.after_commit
                 if rule.kind == "throttle":
                     if (rule.error_body == "route" and _route(request) != "identity") or rule.error_body == "odata":
                         decision.response = throttle_error(rule.code, rule.retry_after).response()
