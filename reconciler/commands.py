@@ -327,7 +327,8 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
             except ApplyError as e:
                 failures.append(e)
                 result = e.results if isinstance(e.results, ApplyResult) else None
-                failed = [r.op.logical_name for r in result.failed] if result else []
+                # Failed, or of unknown outcome: the state keeps what it recorded before for them.
+                failed = [r.op.logical_name for r in (*result.failed, *result.unknown)] if result else []
                 if result is None:
                     progress.step(name, progress.FAILED, "apply failed")
                     raise
@@ -396,23 +397,30 @@ def _report_applied(name: str, result: ApplyResult | None) -> None:
 def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out, *, failed: bool) -> None:
     """What was written, per environment, then one closing line: "Apply complete!" only when every
     change was written (Terraform's wording); otherwise what was and was not, before the error."""
+    from reconciler.apply.applier import unknown_outcome
     from reconciler.plan.ops import Counts
 
-    unwritten = 0
+    unwritten = unknown = 0
     for env, result in results.items():
         print(f"\n{inert(env)}:", file=out)
         for r in result.results:
-            mark = {"written": "✓", "not_written": "·", "failed": "✗"}.get(r.outcome, "?")
+            mark = {"written": "✓", "not_written": "·", "failed": "✗", "unknown": "?"}.get(r.outcome, "?")
             reason = f": {inert(r.reason)}" if r.reason else ""
-            outcome = r.outcome.replace("_", " ")
+            outcome = "outcome unknown" if r.outcome == "unknown" else r.outcome.replace("_", " ")
             print(f"  {mark} {r.op.kind} {inert(r.op.logical_name)} ({outcome}){reason}", file=out)
-            if r.outcome != "written":
+            if r.outcome == "unknown":
+                unknown += 1
+            elif r.outcome != "written":
                 unwritten += 1
     # Per reference, as the plan's summary counts (ops.Counts.of).
     done = Counts.of(r.op for result in results.values() for r in result.written)
     counts = f"{done.add} added, {done.change} changed, {done.destroy} destroyed"
     if failed:
-        print(f"\nApply failed: {counts}; {unwritten} change(s) not written. "
+        # Writes whose outcome is unknown are never called "not written": they may have been committed.
+        parts = [f"{unwritten} change(s) not written"] if unwritten else []
+        if unknown:
+            parts.append(unknown_outcome(unknown))
+        print(f"\nApply failed: {counts}; {'; '.join(parts) or 'nothing left unwritten'}. "
               "The error follows; run plan to see what is left.", file=out)
         return
     if not results:

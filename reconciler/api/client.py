@@ -74,6 +74,7 @@ from reconciler.errors import (
     ApiError,
     MalformedResponseError,
     NotFoundError,
+    OutcomeUnknownError,
     PreconditionFailedError,
     ThrottledError,
     TransientError,
@@ -98,8 +99,13 @@ POWERAPPS_BASE = "https://api.powerapps.com"
 POWERAPPS_SCOPE = "https://service.powerapps.com/.default"
 POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
 
-# Throttled (429, honouring Retry-After) and transient answers are retried (docs/dataverse.md §3.8).
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Throttled (429, honouring Retry-After) and unavailable (503) answers say the service did not act: any
+# request is retried. 500, 502 and 504 may come after the service acted (a gateway that timed out while
+# it committed): retried for requests that may be repeated only (docs/dataverse.md §3.8, §3.12).
+_RETRY_STATUSES = frozenset({429, 503})
+_RETRY_IF_REPEATABLE = frozenset({500, 502, 504})
+#: Statuses after which a write may or may not have been committed.
+OUTCOME_UNKNOWN_STATUSES = frozenset({500, 502, 504})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -307,10 +313,11 @@ class _Transport:
     """Retries and bounded reading over a shared ``httpx.Client``: what every request connref sends
     goes through (the APIs' and the identity platform's).
 
-    Retried: 429 (honouring ``Retry-After``), 502/503/504 for any method (the service did not act on
-    the request), 500 and a connection dropped after sending only when the request may be repeated
-    (``_may_repeat``: reads; a ``$batch`` may have been committed). Every answer is read whole, up to
-    ``limits.max_body_bytes``, before anything looks at it."""
+    Retried: 429 (honouring ``Retry-After``) and 503 for any method (the service did not act on the
+    request); 500, 502, 504 and a connection dropped after sending only when the request may be
+    repeated (``_may_repeat``: reads; a ``$batch`` may have been committed). A request that may not be
+    repeated and meets one of those ends in ``OutcomeUnknownError`` (docs/dataverse.md §3.12). Every
+    answer is read whole, up to ``limits.max_body_bytes``, before anything looks at it."""
 
     def __init__(self, http: httpx.Client, *, retry: RetryPolicy | None = None,
                  limits: Limits | None = None, label: str = "") -> None:
@@ -367,20 +374,25 @@ class _Transport:
             return None
         return max(0.0, when.timestamp() - time.time())
 
-    def _retryable_transport(self, method: str, exc: httpx.TransportError) -> bool:
+    @staticmethod
+    def _never_sent(exc: httpx.TransportError) -> bool:
+        """Whether a transport error happened before the request left (connect, pool)."""
+        return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+    def _retryable_transport(self, method: str, exc: httpx.TransportError, repeatable: bool) -> bool:
         # A failure before the request left (connect, pool) is safe to retry for any method. A
         # connection dropped after sending is retried only when the request may be repeated: a POST
         # ($batch) may already have been committed, and repeating it is not ours to decide.
         if _tls_refused(exc):
             return False  # an untrusted certificate stays untrusted
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        if self._never_sent(exc):
             return True
-        return self._may_repeat(method)
+        return repeatable
 
-    def _retryable_status(self, method: str, status: int) -> bool:
+    def _retryable_status(self, status: int, repeatable: bool) -> bool:
         if status in _RETRY_STATUSES:
             return True
-        return status == 500 and self._may_repeat(method)
+        return status in _RETRY_IF_REPEATABLE and repeatable
 
     def _fetch(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None,
                **request: Any) -> httpx.Response:
@@ -415,12 +427,18 @@ class _Transport:
         headers: Mapping[str, str] | None = None,
         scope: str | None = None,
         raise_for_status: bool = True,
+        repeatable: bool | None = None,
         **request: Any,
     ) -> httpx.Response:
-        """Send one request (absolute ``url``) with retries; raise the typed error for a failure."""
+        """Send one request (absolute ``url``) with retries; raise the typed error for a failure.
+        ``repeatable``: whether the request may be sent again after it may have reached the service
+        (default: by method, ``_may_repeat``). One that may not, and whose answer is lost after it was
+        sent (a dropped connection, a timeout), raises ``OutcomeUnknownError``."""
         content = body
         if json_body is not None:
             content = json.dumps(json_body).encode("utf-8")
+        if repeatable is None:
+            repeatable = self._may_repeat(method)
         refreshed = False
         attempt = 0
         waited = 0.0
@@ -434,8 +452,14 @@ class _Transport:
             except httpx.TransportError as exc:
                 kind = type(exc).__name__
                 delay = self._backoff(attempt)
+                if not repeatable and not self._never_sent(exc) and not _tls_refused(exc):
+                    raise OutcomeUnknownError(
+                        f"{method} {_display_url(url)}: the answer was lost after the request was sent "
+                        f"({kind})", why=f"the connection failed after the request was sent ({kind})",
+                        method=method, url=_display_url(url),
+                    ) from None
                 if (
-                    not self._retryable_transport(method, exc)
+                    not self._retryable_transport(method, exc, repeatable)
                     or attempt >= self.retry.max_retries
                     or waited + delay > self.retry.max_total_wait
                 ):
@@ -458,7 +482,7 @@ class _Transport:
                          f"{self.label}: " if self.label else "", method, loggable_url(url))
                 refreshed = True
                 continue
-            if self._retryable_status(method, status):
+            if self._retryable_status(status, repeatable):
                 asked = self._retry_after(resp)
                 delay = self._backoff(attempt) if asked is None else asked
                 if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
@@ -728,19 +752,40 @@ class DataverseClient(_HttpCore):
         if impersonate:
             headers["CallerObjectId"] = impersonate
         url = self.url("$batch")
-        resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False)
+        # A change set may have been committed whatever became of its answer: never resent here.
+        resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False, repeatable=False)
         resp.read()
         ctype = resp.headers.get("Content-Type", "")
         boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         if boundary is None:
+            if resp.status_code in OUTCOME_UNKNOWN_STATUSES:
+                # Not the service's own $batch answer (that is multipart): a gateway's or a layer's that
+                # cannot say whether the change set was committed.
+                error = error_from_response("POST", url, resp)
+                raise OutcomeUnknownError(f"{error}; the change set may have been committed",
+                                          why=f"HTTP {resp.status_code} without the $batch answer",
+                                          status=resp.status_code, method="POST", url=url)
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
-            raise ApiError(
-                f"POST {url}: unexpected $batch response ({resp.status_code}, {ctype or 'no type'})",
-                status=resp.status_code, method="POST", url=url,
-            )
-        parts = parse_multipart(resp.text, boundary)
-        return self._map_batch(operations, parts, url)
+            raise self._unreadable(url, resp.status_code, f"not a $batch answer ({ctype or 'no content type'})")
+        try:
+            text = resp.content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._unreadable(url, resp.status_code, "the body is not UTF-8 text") from None
+        parts = parse_multipart(text, boundary)
+        if not parts:
+            if resp.status_code >= 400:
+                raise error_from_response("POST", url, resp)
+            raise self._unreadable(url, resp.status_code, "no response part could be read")
+        return self._map_batch(operations, parts, url, resp.status_code)
+
+    @staticmethod
+    def _unreadable(url: str, status: int, problem: str) -> OutcomeUnknownError:
+        """A $batch answered 2xx (or a multipart error) that cannot be read: it may have been committed."""
+        return OutcomeUnknownError(
+            f"POST {url}: HTTP {status}: connref cannot read this $batch answer ({problem}); the change set "
+            "may have been committed", why=f"HTTP {status} with an answer connref cannot read ({problem})",
+            status=status, method="POST", url=url)
 
     def _batch_body(self, operations: Sequence[BatchOperation], batch_id: str, changeset_id: str) -> bytes:
         crlf = "\r\n"
@@ -763,14 +808,12 @@ class DataverseClient(_HttpCore):
         return crlf.join(out).encode("utf-8")
 
     def _map_batch(
-        self, operations: Sequence[BatchOperation], parts: list[MultipartPart], url: str
+        self, operations: Sequence[BatchOperation], parts: list[MultipartPart], url: str, status: int = 200
     ) -> list[OperationResult]:
         failures = [p for p in parts if p.status >= 400]
         if not failures:
             if len(parts) != len(operations):
-                raise ApiError(
-                    f"POST {url}: $batch answered {len(parts)} parts for {len(operations)} operations"
-                )
+                raise self._unreadable(url, status, f"{len(parts)} response parts for {len(operations)} operations")
             by_id = {p.headers.get("content-id"): p for p in parts}
             results = []
             for n, op in enumerate(operations, start=1):

@@ -519,16 +519,22 @@ def _read_users(
 IDS_PER_READ = 50
 
 
+def read_reference_rows(session: EnvSession, ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The rows (as the service answers them, ETag included) of the references with these ids that
+    exist, in one filtered request per 50 ids."""
+    guids = _guids(ids)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(guids), IDS_PER_READ):
+        rows.extend(session.dataverse.get_all(
+            "connectionreferences", select=REFERENCE_COLUMNS,
+            filter=any_of("connectionreferenceid", guids[start:start + IDS_PER_READ])))
+    return rows
+
+
 def read_references(session: EnvSession, ids: Iterable[str]) -> list[LiveReference]:
     """The reference rows with these ids (``in_solution`` left False for the caller to set), in one
     filtered request per 50 ids."""
-    guids = _guids(ids)
-    refs: list[LiveReference] = []
-    for start in range(0, len(guids), IDS_PER_READ):
-        rows = session.dataverse.get_all("connectionreferences", select=REFERENCE_COLUMNS,
-                                         filter=any_of("connectionreferenceid", guids[start:start + IDS_PER_READ]))
-        refs.extend(reference_from_row(row, False) for row in rows)
-    return refs
+    return [reference_from_row(row, False) for row in read_reference_rows(session, ids)]
 
 
 def resolve_writer_object_id(session: EnvSession) -> str | None:

@@ -16,9 +16,18 @@ names one.
 
 A change set is atomic (docs/dataverse.md §3.7): when one operation fails, the
 others of its batch are rolled back and later batches are not sent. The result says, per operation,
-whether it was written, not written, or failed and why; any failure raises ``ApplyError`` carrying
-that result. A 412 means the reference changed since the plan: the message names it and says to
-plan again.
+whether it was written, not written, failed and why, or whether its outcome is unknown; anything but
+written raises ``ApplyError`` carrying that result. A 412 means the reference changed since the plan:
+the message names it and says to plan again.
+
+A create carries the row id decided when planning, so sending it twice makes one row at most. When the
+answer to a change set is lost (``OutcomeUnknownError``: the connection dropped after sending, 500/502/504,
+a timeout, a 2xx that cannot be read), it is never sent again blindly: its rows are read back (one filtered
+query on their ids) and the rules layer decides (``rules.write_landed``, ``rules.change_set_landed``).
+Written: recorded so, with the rows read back. Not written: sent once more (and read back again if that
+answer is lost too, or if it fails as a late commit of the first would make it). Neither can be told: the
+outcome is unknown, reported as such ("run plan again; nothing else needed"), never as not written
+(docs/dataverse.md §3.12).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from reconciler.api.batch_format import (
+    MAX_BATCH_OPERATIONS,
     BatchOperation,
     OperationResult,
     action_op,
@@ -36,11 +46,18 @@ from reconciler.api.batch_format import (
     delete_op,
     update_op,
 )
-from reconciler.api.live import REFERENCE_COLUMNS, read_references, reference_from_row, resolve_writer_object_id
+from reconciler.api.live import (
+    REFERENCE_COLUMNS,
+    read_reference_rows,
+    read_references,
+    reference_from_row,
+    resolve_writer_object_id,
+)
 from reconciler.api.odata_filter import odata_bind
 from reconciler.api.session import EnvSession
+from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
-from reconciler.errors import ApiError, ApplyError, PreconditionFailedError, TransientError
+from reconciler.errors import ApiError, ApplyError, OutcomeUnknownError, PreconditionFailedError
 from reconciler.plan.ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
 
 ENTITY_SET = "connectionreferences"
@@ -52,7 +69,9 @@ COLUMNS = {
 }
 DUPLICATE_RECORD = "0x80040237"  # "A record with matching key values already exists." (412; docs/dataverse.md §1.5)
 
-Outcome = Literal["written", "not_written", "failed"]
+Outcome = Literal["written", "not_written", "failed", "unknown"]
+#: What the apply says when writes may or may not have been committed (docs/pipelines.md).
+PLAN_AGAIN = "run plan again; nothing else needed"
 
 
 @dataclass(frozen=True)
@@ -108,16 +127,26 @@ class ApplyResult:
         return self._with("failed")
 
     @property
+    def unknown(self) -> tuple[OpResult, ...]:
+        return self._with("unknown")
+
+    @property
     def ok(self) -> bool:
         return all(r.outcome == "written" for r in self.results)
 
     def summary(self, limit: int = 20) -> str:
-        """A plain-text account: failures in full, then what was and was not written."""
-        lines = [f"{self.environment}: {len(self.written)} written, {len(self.not_written)} not written, "
-                 f"{len(self.failed)} failed"]
+        """A plain-text account: failures in full, writes of unknown outcome, then what was and was not
+        written (only the kinds of outcome that happened are named)."""
+        counts = [f"{len(group)} {label}" for label, group in (
+            ("written", self.written), ("not written", self.not_written), ("failed", self.failed),
+            ("of unknown outcome", self.unknown)) if group]
+        lines = [f"{self.environment}: {', '.join(counts) or 'nothing to write'}"]
         for r in self.failed:
             lines.append(f"  ! {r.op.kind} {r.op.logical_name}: {r.reason}")
-        for label, group in (("written", self.written), ("not written", self.not_written)):
+        if self.unknown:
+            lines.append(f"  ? {unknown_outcome(len(self.unknown))} ({self.unknown[0].reason})")
+        for label, group in (("written", self.written), ("not written", self.not_written),
+                             ("outcome unknown", self.unknown)):
             if not group:
                 continue
             names = [f"{r.op.kind} {r.op.logical_name}" for r in group[:limit]]
@@ -129,11 +158,20 @@ class ApplyResult:
 Progress = Callable[[BatchProgress], None]
 
 
+def unknown_outcome(n: int) -> str:
+    """The sentence for ``n`` writes whose outcome is unknown (docs/pipelines.md says what to do)."""
+    return f"the outcome of {n} write{'s' if n != 1 else ''} is unknown: {PLAN_AGAIN}"
+
+
 # --------------------------------------------------------------------------- ops -> requests
 
 
 def _create(op: CreateReference) -> BatchOperation:
-    body: dict[str, Any] = {
+    body: dict[str, Any] = {}
+    if op.reference_id:
+        # The row id decided when planning: sent twice, the create still makes one row (docs/dataverse.md §3.12).
+        body["connectionreferenceid"] = op.reference_id
+    body |= {
         "connectionreferencelogicalname": op.logical_name,
         "connectionreferencedisplayname": op.display_name,
         "connectorid": connector_id(op.connector),
@@ -224,10 +262,12 @@ def _component_type(session: EnvSession, ops: Sequence[Op]) -> int | None:
 
 
 def apply_environment(
-    session: EnvSession, env_plan: EnvironmentPlan, *, progress: Progress | None = None
+    session: EnvSession, env_plan: EnvironmentPlan, *, progress: Progress | None = None,
+    batch_size: int = MAX_BATCH_OPERATIONS,
 ) -> ApplyResult:
-    """Write one environment's plan. Returns the per-operation result when everything was written;
-    raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything failed."""
+    """Write one environment's plan, in change sets of at most ``batch_size`` operations. Returns the
+    per-operation result when everything was written; raises ``ApplyError`` (with ``results`` = the
+    ``ApplyResult``) when anything was not, failed, or ended with an unknown outcome."""
     ops = list(env_plan.ops)
     if not ops:
         return ApplyResult(env_plan.environment, ())
@@ -235,7 +275,7 @@ def apply_environment(
     caller_object_id = resolve_writer_object_id(session)
 
     results: list[OpResult] = []
-    batches = list(chunked(requests))
+    batches = list(chunked(requests, batch_size))
     failed_at: int | None = None
     for number, batch in enumerate(batches, start=1):
         start = len(results)
@@ -244,23 +284,10 @@ def apply_environment(
             skipped = "not sent: an earlier batch failed"
             results.extend(OpResult(op, "not_written", skipped) for op in batch_ops)
             continue
-        try:
-            outcomes = session.dataverse.execute_batch(batch, caller_object_id=caller_object_id)
-        except TransientError as exc:
-            # A dropped connection after sending may or may not have committed the change set.
-            reason = f"{exc}; the change set may or may not have been written: run plan to see"
-            results.extend(OpResult(op, "failed", reason, exc.status) for op in batch_ops)
+        done = _ChangeSet(session, batch_ops, batch, caller_object_id).apply()
+        results.extend(done)
+        if any(r.outcome != "written" for r in done):
             failed_at = number
-        except ApiError as exc:
-            # The batch request as a whole was refused (403, throttling past the budget...): nothing
-            # of it was written.
-            results.extend(OpResult(op, "not_written", f"the batch was refused: {exc}", exc.status)
-                           for op in batch_ops)
-            failed_at = number
-        else:
-            results.extend(_op_result(op, r) for op, r in zip(batch_ops, outcomes, strict=True))
-            if any(r.outcome != "written" for r in outcomes):
-                failed_at = number
         if progress is not None:
             progress(BatchProgress(env_plan.environment, number, len(batches), len(results), len(ops),
                                    ok=failed_at is None))
@@ -269,6 +296,106 @@ def apply_environment(
     if not result.ok:
         raise ApplyError(_apply_error_message(result), results=result)
     return result
+
+
+def _action(op: Op) -> str:
+    """What a write does to its row, for the rules layer's read-back verdict."""
+    if isinstance(op, CreateReference):
+        return "create"
+    if isinstance(op, UpdateReference):
+        return "update"
+    if isinstance(op, DeleteReference):
+        return "delete"
+    return op.kind
+
+
+#: Writes that may be sent again whatever became of the first: adding a component already in the solution
+#: changes nothing (AddSolutionComponent).
+_REPEATABLE = (AddToSolution,)
+
+
+class _ChangeSet:
+    """One ``$batch`` change set: sent, and when its answer is lost, read back and settled."""
+
+    def __init__(self, session: EnvSession, ops: list[Op], batch: Sequence[BatchOperation],
+                 caller_object_id: str | None) -> None:
+        self.session = session
+        self.ops = ops
+        self.batch = batch
+        self.caller_object_id = caller_object_id
+
+    def _send(self) -> list[OperationResult]:
+        return self.session.dataverse.execute_batch(self.batch, caller_object_id=self.caller_object_id)
+
+    def apply(self) -> list[OpResult]:
+        try:
+            outcomes = self._send()
+        except OutcomeUnknownError as lost:
+            return self._settle(lost)
+        except ApiError as exc:
+            # The batch request as a whole was refused (403, throttling past the budget...): nothing
+            # of it was written.
+            return [OpResult(op, "not_written", f"the batch was refused: {exc}", exc.status) for op in self.ops]
+        return [_op_result(op, r) for op, r in zip(self.ops, outcomes, strict=True)]
+
+    def _settle(self, lost: OutcomeUnknownError) -> list[OpResult]:
+        """The answer was lost: read back; written -> recorded so; not written -> sent once more."""
+        verdict, rows, why = self._read_back()
+        if verdict == rules.WRITTEN:
+            return self._written(rows, lost)
+        if verdict == rules.UNKNOWN and not all(isinstance(op, _REPEATABLE) for op in self.ops):
+            return self._unknown(lost, why)
+        try:
+            outcomes = self._send()
+        except OutcomeUnknownError as again:
+            verdict, rows, why = self._read_back()
+            if verdict == rules.WRITTEN:
+                return self._written(rows, again)
+            if verdict == rules.NOT_WRITTEN:
+                reason = f"{lost.why}; sent once more: {again.why}; read back: not written"
+                return [OpResult(op, "not_written", reason, again.status) for op in self.ops]
+            return self._unknown(again, why)
+        except ApiError as exc:
+            return [OpResult(op, "not_written", f"the batch was refused when sent once more: {exc}", exc.status)
+                    for op in self.ops]
+        results = [_op_result(op, r) for op, r in zip(self.ops, outcomes, strict=True)]
+        if any(r.status == 412 for r in results):
+            # Refused because its ids or ETags are taken: the first one may have been committed late.
+            verdict, rows, _ = self._read_back()
+            if verdict == rules.WRITTEN:
+                return self._written(rows, lost)
+        return results
+
+    def _read_back(self) -> tuple[str, dict[str, dict[str, Any]], str]:
+        """(verdict, rows read back by id, why not) for the change set, from one filtered read of its rows."""
+        ids = [op.reference_id for op in self.ops if op.reference_id]
+        try:
+            rows = {str(row["connectionreferenceid"]).lower(): row for row in read_reference_rows(self.session, ids)}
+        except ApiError as exc:
+            return rules.UNKNOWN, {}, f"reading back what was written failed: {exc}"
+        verdicts = []
+        for op in self.ops:
+            row = rows.get((op.reference_id or "").lower())
+            found = reference_from_row(row, False) if row is not None else None
+            expected = op.new_values() if isinstance(op, UpdateReference) else {}
+            verdicts.append(rules.write_landed(_action(op), logical_name=op.logical_name, etag=op.etag,
+                                               expected=expected, found=found))
+        verdict = rules.change_set_landed(verdicts)
+        return verdict, rows, "" if verdict != rules.UNKNOWN else "the rows read back cannot tell"
+
+    def _written(self, rows: Mapping[str, dict[str, Any]], lost: OutcomeUnknownError) -> list[OpResult]:
+        out = []
+        for op in self.ops:
+            row = rows.get((op.reference_id or "").lower())
+            keep = row if isinstance(op, CreateReference | UpdateReference) else None
+            new_id = op.reference_id if isinstance(op, CreateReference) else None
+            out.append(OpResult(op, "written", f"{lost.why}; read back: written", None,
+                                reference_id=new_id, row=keep))
+        return out
+
+    def _unknown(self, lost: OutcomeUnknownError, why: str) -> list[OpResult]:
+        reason = f"{lost.why}, and {why}" if why else lost.why
+        return [OpResult(op, "unknown", reason, lost.status) for op in self.ops]
 
 
 def _op_result(op: Op, r: OperationResult) -> OpResult:
@@ -286,7 +413,9 @@ def _op_result(op: Op, r: OperationResult) -> OpResult:
 def _apply_error_message(result: ApplyResult) -> str:
     stale = [r for r in result.failed if "plan again" in r.reason]
     head = f"apply of environment {result.environment} did not complete"
-    if stale:
+    if result.unknown:
+        head += f": {unknown_outcome(len(result.unknown))}"
+    elif stale:
         names = ", ".join(r.op.logical_name for r in stale)
         head += f": {names} changed since the plan was made. Run 'connref plan' again"
     return head + ".\n" + result.summary()

@@ -23,11 +23,14 @@ so the same question gets the same answer, and the same problem the same code, e
   resolves to (a connection name, or a selector that must match exactly one connection of the
   reference's connector), and whether that connection may be bound (same connector, Connected, usable
   by the writer): ``judge_binding``.
+- **Lost answers.** Whether a write whose answer was lost took effect, judged from its row read back
+  (``write_landed``), and what that says of its whole change set (``change_set_landed``;
+  docs/dataverse.md §3.12).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,7 @@ from reconciler.domain.model import (
     EnvironmentConfig,
     LiveConnection,
     LiveEnvironment,
+    LiveReference,
     LiveUser,
     Selector,
     connector_name,
@@ -572,3 +576,49 @@ def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
         ),
     )
 
+
+# --------------------------------------------------------------------------- writes whose answer was lost
+
+WRITTEN = "written"
+NOT_WRITTEN = "not_written"
+UNKNOWN = "unknown"
+
+
+def write_landed(action: str, *, logical_name: str, etag: str | None, expected: Mapping[str, str | None],
+                 found: LiveReference | None) -> bool | None:
+    """Whether one write of a change set whose answer was lost took effect, from its row read back
+    (``found``: the row with the write's id, None when there is none; docs/dataverse.md §3.12).
+
+    ``action`` is ``create``, ``update`` or ``delete`` (any other: None); ``etag`` the ETag the write was
+    planned with; ``expected`` the fields an update sets (``display_name``, ``description``, ``connection``,
+    ``owner`` as a systemuserid). True: it was written (a created row exists; an updated row carries the
+    new values under another ETag; a deleted row is gone). False: it was not (no created row; the row is
+    still at the planned ETag). None: the row cannot tell (it changed in another way since, or is gone
+    after an update)."""
+    if action == "create":
+        if found is None:
+            return False
+        return True if same("logical_name", found.logical_name, logical_name) else None
+    if action == "delete":
+        if found is None:
+            return True
+        return False if etag and found.etag == etag else None
+    if action != "update" or found is None:
+        return None
+    if etag and found.etag == etag:
+        return False
+    actual = {"display_name": found.display_name, "description": found.description,
+              "connection": found.connection, "owner": found.owner_id}
+    return None if differences(expected, actual) else True
+
+
+def change_set_landed(verdicts: Sequence[bool | None]) -> str:
+    """The fate of an atomic change set (docs/dataverse.md §3.7) from what its writes' rows tell
+    (``write_landed``): ``WRITTEN`` when some write was written and none not, ``NOT_WRITTEN`` when some was
+    not and none was, else ``UNKNOWN`` (nothing tells, or the rows disagree: someone else wrote them since)."""
+    told = [v for v in verdicts if v is not None]
+    if told and all(told):
+        return WRITTEN
+    if told and not any(told):
+        return NOT_WRITTEN
+    return UNKNOWN

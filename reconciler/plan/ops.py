@@ -183,7 +183,9 @@ class Operation:
 @dataclass(frozen=True, kw_only=True)
 class CreateReference(Operation):
     """Create a declared reference inside the solution, bound to ``connection`` when the config binds it,
-    owned by ``owner`` (the service account) when one is configured."""
+    owned by ``owner`` (the service account) when one is configured. ``reference_id`` is the row id the
+    create carries, decided when planning (``planner.create_id``), so a create sent twice makes one row
+    (docs/dataverse.md §3.12)."""
 
     kind: ClassVar[str] = "create"
     actions: ClassVar[tuple[str, ...]] = ("create",)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -144,6 +145,19 @@ def live_fingerprint(live: LiveEnvironment) -> str:
     )
 
 
+#: The namespace of the row ids of the references connref creates (``create_id``).
+CREATE_ID_NAMESPACE = uuid.UUID("6c1f7a0e-3b5d-4e2a-9f8c-0d4b2e6a1c73")
+
+
+def create_id(env_url: str, logical_name: str, fingerprint: str) -> str:
+    """The row id a create carries (docs/dataverse.md §3.12), decided when planning: the same for the same
+    environment, logical name and live state, so a plan made twice from one world, or made again when a
+    saved plan is applied, names the same row; another once anything in the environment moved (a reference
+    deleted and declared again gets a new id). Sent in the create, it makes a create sent twice one row."""
+    name = f"{env_url.rstrip('/').lower()}\n{logical_name.lower()}\n{fingerprint}"
+    return str(uuid.uuid5(CREATE_ID_NAMESPACE, name))
+
+
 def config_digest(config: Config) -> str:
     """A stable hash of what the config asks for (file paths and line numbers left out)."""
 
@@ -181,6 +195,7 @@ class _EnvPlanner:
         self.bindings = rules.BindingIndex.of(env)
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        self.fingerprint = live_fingerprint(live)
 
     # ---- helpers
 
@@ -221,7 +236,7 @@ class _EnvPlanner:
             environment=self.env.name,
             ops=tuple(ops),
             warnings=tuple(self.warnings),
-            fingerprint=live_fingerprint(self.live),
+            fingerprint=self.fingerprint,
         )
 
     def plan_reference(self, desired: DesiredReference, matches: list[LiveReference]) -> list[Op]:
@@ -257,6 +272,7 @@ class _EnvPlanner:
         return CreateReference(
             environment=self.env.name,
             logical_name=desired.logical_name,
+            reference_id=create_id(self.env.url, desired.logical_name, self.fingerprint),
             reason=f"declared in the config and not found in environment {self.env.name}",
             after=after,
             solution=self.config.solution,

@@ -34,6 +34,7 @@ from reconciler.domain.model import (
     Selector,
     connector_id,
 )
+from reconciler.domain.patterns import is_guid
 from reconciler.errors import PlanError
 from reconciler.plan.ops import (
     AddToSolution,
@@ -45,7 +46,7 @@ from reconciler.plan.ops import (
     OwnerInfo,
     UpdateReference,
 )
-from reconciler.plan.planner import PlanProblems, live_fingerprint, plan, plan_environment
+from reconciler.plan.planner import PlanProblems, create_id, live_fingerprint, plan, plan_environment
 
 conn, ref, live, config = PLANNING.conn, PLANNING.ref, PLANNING.live, PLANNING.config
 
@@ -248,6 +249,7 @@ def test_create_carries_binding_owner_and_snapshot() -> None:
         CreateReference(
             environment="dev",
             logical_name="contoso_SharePoint",
+            reference_id=create_id(cfg.environments["dev"].url, "contoso_SharePoint", ep.fingerprint),
             reason="declared in the config and not found in environment dev",
             after={
                 "logical_name": "contoso_SharePoint",
@@ -266,7 +268,7 @@ def test_create_carries_binding_owner_and_snapshot() -> None:
         ),
     )
     assert ep.ops[0].actions == ("create",)
-    assert ep.ops[0].reference_id is None and ep.ops[0].etag is None
+    assert ep.ops[0].etag is None
     assert ep.counts.to_dict() == {"add": 1, "change": 0, "destroy": 0}
 
 
@@ -593,3 +595,19 @@ def test_caller_needs_the_delegate_privilege_to_act_as_the_service_account() -> 
     assert plan_dev(config([SP_REF]), allowed).ops == ()
     # Signed in as the service account itself: nothing to impersonate.
     assert plan_dev(config([SP_REF]), dataclasses.replace(lv, caller=SVC)).ops == ()
+
+
+def test_a_create_carries_a_row_id_decided_by_the_environment_the_name_and_what_was_read() -> None:
+    """docs/dataverse.md §3.12: the same world plans the same id (a saved plan re-derived at apply time
+    names the same row); another name, another environment or anything read that moved gives another."""
+    cfg = config([SP_REF], {"contoso_SharePoint": C_SVC.name})
+    first = plan_dev(cfg, live([], [C_SVC])).ops[0]
+    assert first.reference_id is not None and is_guid(first.reference_id)
+    assert plan_dev(cfg, live([], [C_SVC])).ops[0].reference_id == first.reference_id
+    other = replace(C_SVC, status="Error")
+    moved = plan_dev(config([SP_REF], {}), live([], [C_SVC, replace(other, name="c-other")]))
+    assert moved.ops[0].reference_id != first.reference_id
+    assert create_id("https://a.crm.dynamics.com", "contoso_X", "sha256:1") != create_id(
+        "https://b.crm.dynamics.com", "contoso_X", "sha256:1")
+    assert create_id("https://a.crm.dynamics.com/", "CONTOSO_x", "sha256:1") == create_id(
+        "https://A.crm.dynamics.com", "contoso_X", "sha256:1")

@@ -1,0 +1,76 @@
+"""Lost answers through the real CLI: two environments served over loopback https, the emulator committing
+a ``$batch`` and then losing its answer. The apply reads back what it wrote and records it; when even that
+cannot tell, it says the outcome is unknown and to plan again (never "not written"), and the next run
+converges with nothing else done (docs/pipelines.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e.e2e_support import Served
+from reconciler.state.local import load_state
+
+pytestmark = pytest.mark.emulator_only
+
+BATCH = "/api/data/v9.2/$batch"
+REFERENCES = "/api/data/v9.2/connectionreferences"
+DECLARED = {"contoso_sharedsharepointonline_30e7d", "contoso_sharedsharepointonline_8f4b0",
+            "contoso_sharedoffice365_d4c61", "contoso_sharedcommondataserviceforapps_7b2e9", "contoso_Teams"}
+
+
+def teams_rows(served: Served, env: str) -> list[dict[str, object]]:
+    return [r for r in served.apps[env].store.data["connectionreferences"]
+            if str(r["connectionreferencelogicalname"]).lower() == "contoso_teams"]
+
+
+def managed(served: Served, env: str) -> set[str]:
+    state = load_state(served.dir / "state", env)
+    return set(state.references) if state else set()
+
+
+@pytest.mark.parametrize("duplicates", ["refused", "accepted"])
+def test_a_batch_committed_whose_answer_is_a_504_is_read_back_and_recorded(served: Served, duplicates: str) -> None:
+    served.apps["dev"].settings["enforce_duplicate_logical_name"] = duplicates == "refused"
+    served.apps["dev"].faults.add("error", BATCH, methods=["POST"], status=504, error_body="html",
+                                  after_commit=True, times=1)
+    r = served.run("apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in r.out
+    assert served.apps["dev"].log.count_requests("POST", BATCH) == 1  # never sent twice
+    assert len(teams_rows(served, "dev")) == 1
+    assert managed(served, "dev") == DECLARED
+    r = served.run("drift", "--json")
+    assert r.code == 0, r.out
+    assert not any(env["has_drift"] for env in json.loads(r.out)["environments"])
+    assert served.run("plan", "--detailed-exitcode").code == 0
+
+
+def test_an_unknown_outcome_says_plan_again_and_the_next_run_converges(served: Served) -> None:
+    dev = served.apps["dev"].faults
+    dev.add("drop", BATCH, methods=["POST"], after_commit=True, times=1)
+    # The read-back (the second read of the references: the first is the plan's) cannot be read either.
+    dev.add("malformed", REFERENCES, methods=["GET"], shape="html", after=1, times=1)
+    r = served.run("apply", "--auto-approve")
+    assert r.code == 1, r.out + r.err
+    assert "Traceback" not in r.err
+    said = "the outcome of 4 writes is unknown: run plan again; nothing else needed"
+    assert said in r.err and said in r.out
+    assert "Apply complete!" not in r.out
+    assert "not written" not in (r.out + r.err).lower()
+    assert "(outcome unknown)" in r.out
+    assert served.apps["dev"].log.count_requests("POST", BATCH) == 1
+    # prod was applied and recorded; dev's writes were committed but the state does not say so yet.
+    assert managed(served, "prod") == DECLARED
+    assert len(teams_rows(served, "dev")) == 1
+
+    # What the message says: plan again. It finds dev converged, and nothing else is needed.
+    r = served.run("plan", "--detailed-exitcode")
+    assert r.code == 0, r.out + r.err
+    r = served.run("apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert managed(served, "dev") == DECLARED
+    r = served.run("drift")
+    assert r.code == 0, r.out + r.err
+    assert len(teams_rows(served, "dev")) == 1
