@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from reconciler.api.session import EnvSession
     from reconciler.apply.applier import ApplyResult, BatchProgress
     from reconciler.plan.explain import EnvironmentExplanation
-    from reconciler.plan.ops import Plan
+    from reconciler.plan.ops import EnvironmentPlan, Plan
     from reconciler.state.backend import Snapshot, StateBackend, StateLock
     from reconciler.state.model import EnvState
 
@@ -105,18 +105,21 @@ def opened(config: Config, names: Sequence[str]) -> Iterator[dict[str, EnvSessio
 
 def read_all(
     config: Config, sessions: Mapping[str, EnvSession], *, all_references: bool = False,
-    err: Out | None = None,
+    err: Out | None = None, managed: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, LiveEnvironment]:
     """Read every environment at once (up to ``MAX_PARALLEL_ENVIRONMENTS``; each reader also
-    parallelises its own collections).
+    parallelises its own collections). ``managed``: per environment, the logical names the state records,
+    read wherever they are (prune must find one moved out of the solution).
     A partial view of the connections is said once per environment on ``err``."""
     from reconciler.api.live import MAX_PARALLEL_ENVIRONMENTS
+    keep = managed or {}
     if len(sessions) == 1:
         (name, s), = sessions.items()
-        lives = {name: _read_reported(s, config, name, all_references=all_references)}
+        lives = {name: _read_reported(s, config, name, all_references=all_references, managed=keep.get(name, ()))}
     else:
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_ENVIRONMENTS, len(sessions))) as pool:
-            futures = {n: pool.submit(_read_reported, s, config, n, all_references=all_references)
+            futures = {n: pool.submit(_read_reported, s, config, n, all_references=all_references,
+                                      managed=keep.get(n, ()))
                        for n, s in sessions.items()}
             lives = {n: f.result() for n, f in futures.items()}
     for name, live in lives.items():
@@ -126,13 +129,14 @@ def read_all(
     return lives
 
 
-def _read_reported(session: EnvSession, config: Config, name: str, *, all_references: bool) -> LiveEnvironment:
+def _read_reported(session: EnvSession, config: Config, name: str, *, all_references: bool,
+                   managed: Sequence[str] = ()) -> LiveEnvironment:
     """``read_environment`` with its progress reported (reading, read or failed)."""
     from reconciler.api.live import read_environment
     progress.step(name, progress.START, "reading")
     t0 = time.monotonic()
     try:
-        live = read_environment(session, config, name, all_references=all_references)
+        live = read_environment(session, config, name, all_references=all_references, managed=managed)
     except BaseException:
         progress.step(name, progress.FAILED, "reading failed")
         raise
@@ -187,7 +191,7 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         names = select_environments(config, args.envs)
         states = load_states(config, names)
         with opened(config, names) as sessions:
-            lives = read_all(config, sessions, err=err)
+            lives = read_all(config, sessions, err=err, managed=managed_names(states))
             plan = _make_plan(config, lives, states, args.prune)
         if args.out:
             save_plan(args.out, config, plan, lives, states, prune=args.prune)
@@ -288,7 +292,7 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         snapshots = backend.load_many(names)
         states = _states(snapshots)
         sessions = stack.enter_context(opened(config, names))
-        lives = read_all(config, sessions, err=err)
+        lives = read_all(config, sessions, err=err, managed=managed_names(states))
         if saved is not None:
             planfile.check_fresh(
                 saved,
@@ -311,62 +315,107 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
                 lives: Mapping[str, LiveEnvironment], snapshots: Mapping[str, Snapshot | None],
                 backend: StateBackend, locks: Mapping[str, StateLock], out: Out, err: Out) -> int:
-    from reconciler.apply.applier import ApplyResult, apply_environment, live_after_apply
     from reconciler.state import record as record_state
     results: dict[str, ApplyResult] = {}
     failures: list[ApplyError] = []
     commit = record_state.git_commit(Path(config.path).parent)
     for env_plan in plan.environments:
         name = env_plan.environment
-        result: ApplyResult | None = None
-        failed: list[str] = []
-        if env_plan.ops:
-            progress.step(name, progress.START, "applying %d change(s)", len(env_plan.ops))
-            try:
-                result = apply_environment(sessions[name], env_plan, progress=_report_batch)
-            except ApplyError as e:
-                failures.append(e)
-                result = e.results if isinstance(e.results, ApplyResult) else None
-                # Failed, or of unknown outcome: the state keeps what it recorded before for them.
-                failed = [r.op.logical_name for r in (*result.failed, *result.unknown)] if result else []
-                if result is None:
-                    progress.step(name, progress.FAILED, "apply failed")
-                    raise
-            except BaseException:
-                progress.step(name, progress.FAILED, "apply failed")
-                raise
+        result = _apply_environment(sessions[name], env_plan, failures)
+        if result is not None:
             results[name] = result
-        if env_plan.ops:
-            _report_applied(name, result)
-        snap = snapshots.get(name)
-        prev = snap.state if snap else None
-        gone = _gone(config, prev, sessions[name], lives[name])
-        if gone:
-            print(f"\n{name}: no longer managed (not declared, and deleted from the environment): "
-                  + ", ".join(gone), file=out)
-        if not env_plan.ops and prev is not None:
-            if gone:
-                who = lives[name].writer or lives[name].caller
-                forgotten = record_state.forget(prev, gone, identity=who.describe() if who else None,
-                                                commit=commit)
-                backend.write(forgotten, token=snap.token if snap else None, lock=locks[name])
-            continue  # nothing written and already recorded: the state stays as it is
-        if env_plan.ops and (result is None or not result.written):
-            continue  # nothing was written: the state must not claim an apply happened
-        # The state records the ETags the writes produced (drift compares against them): they came
-        # back in the same $batch, so only what was written changes and nothing is read again.
-        live_after = live_after_apply(sessions[name], lives[name], result) if result else lives[name]
-        written_ops = [r.op for r in result.written] if result else []
-        new_state = record_state.record_apply(
-            prev, name, live_after, declared=list(config.references), ops=written_ops, failed=failed,
-            solution=config.solution, commit=commit, gone=gone,
-        )
-        backend.write(new_state, token=snap.token if snap else None, lock=locks[name])
+        _record(config, name, env_plan, result, sessions[name], lives[name], snapshots.get(name),
+                backend, locks[name], commit, out)
 
     _print_apply_summary(plan, results, out, failed=bool(failures))
     if failures:
         raise ApplyError("\n".join(str(f) for f in failures))
     return 0
+
+
+def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
+                       failures: list[ApplyError]) -> ApplyResult | None:
+    """Write one environment's plan (None: nothing to write). A write that did not succeed is an
+    ``ApplyError`` added to ``failures``; its result is returned all the same, so what was written is
+    recorded."""
+    from reconciler.apply.applier import ApplyResult, apply_environment
+    name = env_plan.environment
+    if not env_plan.ops:
+        return None
+    progress.step(name, progress.START, "applying %d change(s)", len(env_plan.ops))
+    try:
+        result = apply_environment(session, env_plan, progress=_report_batch)
+    except ApplyError as e:
+        if not isinstance(e.results, ApplyResult):
+            progress.step(name, progress.FAILED, "apply failed")
+            raise
+        failures.append(e)
+        result = e.results
+    except BaseException:
+        progress.step(name, progress.FAILED, "apply failed")
+        raise
+    _report_applied(name, result)
+    return result
+
+
+def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyResult | None,
+            session: EnvSession, live: LiveEnvironment, snap: Snapshot | None, backend: StateBackend,
+            lock: StateLock, commit: str | None, out: Out) -> None:
+    """The state after an apply, by one rule whatever the apply wrote (state/README.md, "When the state is
+    refreshed"): every declared reference is recorded as the environment has it now, except those whose
+    write did not happen (failed, not written, outcome unknown: their record stays), and managed
+    references gone from the environment are forgotten. Written when that changes what the state records
+    (a first state: when the apply wrote something or had nothing to write); what the refresh took in
+    without writing it is said."""
+    from reconciler.apply.applier import live_after_apply
+    from reconciler.state import record as record_state
+    prev = snap.state if snap else None
+    gone = _gone(config, prev, session, live)
+    if gone:
+        print(f"\n{name}: no longer managed (not declared, and deleted from the environment): "
+              + ", ".join(gone), file=out)
+    written = result.written if result else ()
+    if prev is None and env_plan.ops and not written:
+        return  # a first apply that wrote nothing: no state claims an apply happened
+    # The ETags the writes produced came back in the same $batch (or were read back after a lost answer):
+    # only what was written changes, and nothing is read again.
+    live_after = live_after_apply(session, live, result) if result else live
+
+    def names(outcome: str) -> list[str]:
+        return [r.op.logical_name for r in (result.results if result else ()) if r.outcome == outcome]
+
+    new_state = record_state.record_apply(
+        prev, name, live_after, declared=list(config.references), ops=[r.op for r in written],
+        failed=names("failed"), unknown=names("unknown"), not_written=names("not_written"),
+        solution=config.solution, commit=commit, gone=gone,
+    )
+    if prev is not None and record_state.same_records(prev, new_state):
+        return  # already recorded as it is: the state stays as it is
+    backend.write(new_state, token=snap.token if snap else None, lock=lock)
+    changes = record_state.recorded_changes(prev, new_state, (r.op.logical_name for r in written))
+    _report_recorded(config, name, changes, out)
+
+
+def _report_recorded(config: Config, name: str, changes: Sequence[tuple[str, str, object, object]], out: Out) -> None:
+    """Say what the state now records that this apply did not write: outside changes to what the config
+    leaves alone, and references already as the config declares whose record was missing."""
+    from reconciler.domain import rules
+    env = config.environments[name]
+    outside: list[str] = []
+    matching: list[str] = []
+    for logical_name, field, before, after in changes:
+        shown = f"{logical_name} {field} {_quoted(before)} -> {_quoted(after)}"
+        (matching if field in rules.governed_fields(env, logical_name) else outside).append(shown)
+    if outside:
+        print(inert(f"\n{name}: changed outside connref since the state last recorded it, now recorded as it is "
+                    f"(the config does not set it): {'; '.join(outside)}"), file=out)
+    if matching:
+        print(inert(f"\n{name}: already as the config declares, now recorded (written by an earlier apply whose "
+                    f"answer or state record was lost, or by hand): {'; '.join(matching)}"), file=out)
+
+
+def _quoted(value: object) -> str:
+    return f'"{value}"' if value not in (None, "") else "(none)"
 
 
 def _gone(config: Config, prev: EnvState | None, session: EnvSession, live: LiveEnvironment) -> list[str]:

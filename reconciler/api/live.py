@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -357,9 +357,11 @@ def read_environment(
     all_references: bool = False,
     admin_connections: bool = True,
     max_workers: int = READS_PER_ENVIRONMENT,
+    managed: Collection[str] = (),
 ) -> LiveEnvironment:
     """Read one environment for planning. ``references`` holds the solution's references and any
-    declared reference outside it (all of the environment's with ``all_references``).
+    declared or ``managed`` (logical names the state records) reference outside it, so prune finds a
+    managed reference someone moved out of the solution (all of the environment's with ``all_references``).
 
     Round trips: the longest chains start first (the connections, which may take two requests when
     the admin list is refused, then the references, which page at 5000 rows), and each second-round
@@ -429,7 +431,7 @@ def read_environment(
                       for r in f_flows.result())
 
     session.component_type = component_type
-    declared = {name.lower() for name in config.references}
+    declared = {name.lower() for name in config.references} | {name.lower() for name in managed}
     references = tuple(
         reference_from_row(row, str(row["connectionreferenceid"]).lower() in members_ids)
         for row in ref_rows

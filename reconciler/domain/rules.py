@@ -394,6 +394,19 @@ class BindingIndex:
         return isinstance(logical_name, str) and logical_name.lower() in self._by_key
 
 
+def governed_fields(env: EnvironmentConfig, logical_name: str) -> frozenset[str]:
+    """The fields of a declared reference the config sets in ``env`` (an apply brings them to the config):
+    display name, description and connector always, the connection when ``env`` binds it, the owner when
+    ``env`` names a service account. The others (an unbound reference's connection, the owner without a
+    service account) are left as they are, by the planner and by the state's refresh."""
+    fields = {"display_name", "description", "connector"}
+    if BindingIndex.of(env).get(logical_name) is not None:
+        fields.add("connection")
+    if env.service_account:
+        fields.add("owner")
+    return frozenset(fields)
+
+
 def selects(selector: Selector, conn: LiveConnection, connector: str, live: LiveEnvironment) -> bool:
     """Whether ``selector`` names ``conn`` for a reference of ``connector``: same connector, owned by
     ``selector.owner`` (``is_owner``) and, when given, with that display name (without case)."""

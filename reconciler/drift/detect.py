@@ -10,7 +10,12 @@
   added it, typically with a per-developer suffix).
 
 A difference between the config and the state while live still equals the state is not drift: it is a
-change the team made in the config and not applied yet, which ``plan`` shows.
+change the team made in the config and not applied yet, which ``plan`` shows. Nor is connref's own
+convergent write: a field of a declared reference that differs from the state but is what the config
+declares, last written by the identity connref writes as (``rules.writer``), is an apply whose answer or
+state record was lost; it is noted ("the next apply records it", state/README.md), not reported. And a
+managed reference no longer declared and already gone from the environment has nothing left to drift
+from: the next apply forgets it, which a note says.
 
 Per reference it reports: rebound (from which connection to which), renamed, description changed,
 connector changed, owner changed, deleted, removed from the solution, connection now broken (not
@@ -284,8 +289,12 @@ def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
 
 
 def _against_state(
-    m: ManagedReference, live_ref: LiveReference | None, d: _Describer
+    m: ManagedReference, live_ref: LiveReference | None, d: _Describer,
+    own: Mapping[str, str | None] | None = None,
 ) -> ReferenceDrift | None:
+    """``live_ref`` against what connref last applied (``m``). ``own``: for a declared reference last written
+    by connref's writer, the values the config declares; a field changed to that value is connref's own write
+    (not drift, ``_own_writes``)."""
     if live_ref is None:
         return ReferenceDrift(
             m.logical_name,
@@ -304,6 +313,8 @@ def _against_state(
         )
     expected, actual = _fields_of_state(m), _fields_of_live(live_ref)
     changed = _changed_fields(expected, actual)
+    for f in _own_writes(changed, actual, own):
+        del changed[f]
     # Report original (not normalised) values, in a fixed field order.
     items = [_field_item(f, expected[f], actual[f], d, STATE) for f in _ITEM_ORDER if f in changed]
     if not live_ref.in_solution:
@@ -318,9 +329,19 @@ def _against_state(
     return _drift_of(live_ref, d, STATE, items, changed)
 
 
-def _against_config(
-    config: Config, env: EnvironmentConfig, live: LiveEnvironment, live_ref: LiveReference, d: _Describer
-) -> ReferenceDrift | None:
+def _own_writes(changed: Mapping[str, Any], actual: Mapping[str, str | None],
+                own: Mapping[str, str | None] | None) -> list[str]:
+    """The changed fields whose live value is what the config declares (``own``, given when connref's writer
+    made the last change): connref's own writes, not drift."""
+    if not own:
+        return []
+    return [f for f in changed if f in own and rules.same(f, own[f], actual.get(f))]
+
+
+def _declared_values(config: Config, env: EnvironmentConfig, live: LiveEnvironment,
+                     live_ref: LiveReference) -> dict[str, str | None]:
+    """What the config declares for ``live_ref``'s fields it sets: display name, description, connector, the
+    connection a binding names, the owner when the config names a service account (and it is found)."""
     desired = config.reference(live_ref.logical_name)
     assert desired is not None
     expected: dict[str, str | None] = {
@@ -328,19 +349,34 @@ def _against_config(
         "description": desired.description,
         "connector": desired.connector,
     }
-    actual = _fields_of_live(live_ref)
     binding = rules.BindingIndex.of(env).get(live_ref.logical_name)
     if isinstance(binding, str):
         expected["connection"] = binding
+    elif isinstance(binding, Selector) and live_ref.connection:
+        bound = live.connection(live_ref.connection)
+        if bound is not None and rules.selects(binding, bound, desired.connector, live):
+            expected["connection"] = live_ref.connection
     # Only a config that names an owner (service_account) and a writer found live give an owner to expect.
     writer = rules.writer(env.service_account, live) if env.service_account else None
     if writer is not None:
         expected["owner"] = writer.systemuserid
+    return expected
+
+
+def _against_config(
+    config: Config, env: EnvironmentConfig, live: LiveEnvironment, live_ref: LiveReference, d: _Describer
+) -> ReferenceDrift | None:
+    expected = _declared_values(config, env, live, live_ref)
+    expected.pop("connection", None)
+    actual = _fields_of_live(live_ref)
+    binding = rules.BindingIndex.of(env).get(live_ref.logical_name)
+    if isinstance(binding, str):
+        expected["connection"] = binding
     changed = _changed_fields(expected, actual)
     items: list[DriftItem] = []
     bound = live.connection(live_ref.connection) if live_ref.connection else None
     if isinstance(binding, Selector) and (
-        bound is None or not rules.selects(binding, bound, desired.connector, live)
+        bound is None or not rules.selects(binding, bound, str(expected["connector"]), live)
     ):
         al = d.connection(live_ref.connection)
         items.append(
@@ -359,6 +395,19 @@ def _against_config(
         if f in changed and not (f == "connection" and isinstance(binding, Selector)):
             items.append(_field_item(f, expected.get(f), actual[f], d, CONFIG))
     return _drift_of(live_ref, d, CONFIG, items, changed)
+
+
+def _own_write_note(m: ManagedReference, live_ref: LiveReference, own: Mapping[str, str | None],
+                    writer: Any) -> str | None:
+    """The note for fields connref's writer changed to what the config declares but the state does not
+    record (an apply whose answer or state record was lost), or None."""
+    changed = _changed_fields(_fields_of_state(m), _fields_of_live(live_ref))
+    fields = [f for f in _ITEM_ORDER if f in _own_writes(changed, _fields_of_live(live_ref), own)]
+    if not fields:
+        return None
+    what = ", ".join(f.replace("_", " ") for f in fields)
+    return (f"{live_ref.logical_name}: {what} written by connref ({writer.describe()}) as the config declares, "
+            "not yet in the state (an apply's answer or state record was lost): the next apply records it")
 
 
 def _drift_of(live_ref: LiveReference, d: _Describer, baseline: str, items: list[DriftItem],
@@ -394,16 +443,29 @@ def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvStat
     found: list[ReferenceDrift] = []
     notes: list[str] = []
     checked = 0
+    writer = rules.writer(env_cfg.service_account, live)
     for key, m in sorted(managed.items()):
         checked += 1
-        rd = _against_state(m, live_by_key.get(key), d)
-        if rd:
-            found.append(rd)
+        live_ref = live_by_key.get(key)
         if key not in declared:
+            if live_ref is None:
+                notes.append(f"{m.logical_name} is managed by connref, no longer declared, and already gone from "
+                             "the environment: the next apply forgets it (nothing is left to prune)")
+                continue
             notes.append(
                 f"{m.logical_name} is managed by connref but no longer declared in the config "
                 "(plan with prune to delete it, or declare it again)"
             )
+        own = None
+        if key in declared and live_ref is not None and writer is not None and rules.same(
+                "owner", live_ref.modified_by, writer.systemuserid):
+            own = _declared_values(config, env_cfg, live, live_ref)
+            note = _own_write_note(m, live_ref, own, writer)
+            if note:
+                notes.append(note)
+        rd = _against_state(m, live_ref, d, own)
+        if rd:
+            found.append(rd)
     for name in sorted(config.references, key=str.lower):
         key = name.lower()
         if key in managed:

@@ -54,6 +54,8 @@ def record_apply(
     declared: Iterable[str],
     ops: Sequence[Any] = (),
     failed: Iterable[str] = (),
+    unknown: Iterable[str] = (),
+    not_written: Iterable[str] = (),
     solution: str | None = None,
     identity: str | None = None,
     user: str | None = None,
@@ -63,9 +65,15 @@ def record_apply(
 ) -> EnvState:
     """The state after an apply, from the previous state, what the apply did and the environment re-read.
 
+    The refresh rule (state/README.md, "When the state is refreshed"): every declared reference found in
+    the environment after the apply is recorded as it is there, whether this apply wrote it or not, except
+    those whose write did not happen: their previous entry is kept, so an outside change the apply tried and
+    failed to undo is still drift.
+
     - ``declared``: the logical names the config declares for this environment;
-    - ``ops``: the operations applied (``ops.Operation`` objects or their ``to_dict()``);
-    - ``failed``: logical names whose writes failed (from the ApplyResult): their previous entry is kept;
+    - ``ops``: the operations written (``ops.Operation`` objects or their ``to_dict()``);
+    - ``failed``, ``unknown``, ``not_written``: logical names whose writes failed, ended with an unknown
+      outcome, or were not sent or rolled back (from the ApplyResult): their previous entry is kept;
     - ``live_after``: the environment read after the apply; each declared reference found there is recorded
       with its live values and ETag, so the next drift check compares against what is really there;
     - ``gone``: managed references that are neither declared nor in the environment any more (``vanished``).
@@ -76,12 +84,14 @@ def record_apply(
     for a first apply). Pure: nothing is written; call ``save_state`` with the result."""
     at = at or now_utc()
     failed_keys = {n.lower() for n in failed}
+    unknown_keys = {n.lower() for n in unknown}
+    kept_keys = failed_keys | unknown_keys | {n.lower() for n in not_written}
     touched: dict[str, str] = {}
     counts: dict[str, int] = {}
     deleted: set[str] = set()
     for op in ops:
         kind, name = _op_fields(op)
-        if name.lower() in failed_keys:
+        if name.lower() in kept_keys:
             continue
         touched[name.lower()] = kind
         counts[kind] = counts.get(kind, 0) + 1
@@ -89,6 +99,8 @@ def record_apply(
             deleted.add(name.lower())
     if failed_keys:
         counts["failed"] = len(failed_keys)
+    if unknown_keys:
+        counts["unknown"] = len(unknown_keys)
 
     base = prev or new_state(env, solution=solution)
     forgotten = {n.lower() for n in gone} & {n.lower() for n in base.references}
@@ -104,10 +116,11 @@ def record_apply(
     spellings: dict[str, list[str]] = {}
     for k in refs:
         spellings.setdefault(k.lower(), []).append(k)
+    recorded_now = 0
     for name in declared:
         key = name.lower()
         live_ref = live_by_name.get(key)
-        if key in failed_keys or live_ref is None:
+        if key in kept_keys or live_ref is None:
             continue  # not known to be as declared: keep what was recorded before, if anything
         recorded = spellings.get(key)
         old = refs.pop(recorded.pop(0)) if recorded else None
@@ -115,11 +128,48 @@ def record_apply(
         when = at if (key in touched or old is None) else (old.applied_at or at)
         if live_ref.logical_name not in refs:
             spellings.setdefault(key, []).append(live_ref.logical_name)
-        refs[live_ref.logical_name] = ManagedReference.from_live(live_ref, live_after, when)
+        new = ManagedReference.from_live(live_ref, live_after, when)
+        if key not in touched and new != old:
+            recorded_now += 1
+        refs[live_ref.logical_name] = new
+    if recorded_now:
+        counts["recorded"] = recorded_now
 
     who = live_after.writer or live_after.caller
     return _next(base, refs, counts, at=at, user=user, identity=identity or (who.describe() if who else None),
                  commit=commit, solution=solution)
+
+
+#: The fields of a record a person reads, in the order shown (the ETag and times are not shown).
+SHOWN_FIELDS = ("display_name", "description", "connector", "connection", "owner")
+
+
+def same_records(a: EnvState | None, b: EnvState | None) -> bool:
+    """Whether two states record the same references with the same values (serial and history aside)."""
+    if a is None or b is None:
+        return a is b
+    return {k.lower(): v for k, v in a.references.items()} == {k.lower(): v for k, v in b.references.items()}
+
+
+def recorded_changes(prev: EnvState | None, new: EnvState, written: Iterable[str]) -> list[tuple[str, str, Any, Any]]:
+    """What ``new`` records differently from ``prev`` for references this apply did not write (``written``:
+    logical names): one ``(logical name, field, before, after)`` per field a person reads (``owner`` as the
+    UPN when known), for references recorded before. What an apply's refresh took into the state."""
+    if prev is None:
+        return []
+    wrote = {n.lower() for n in written}
+    out: list[tuple[str, str, Any, Any]] = []
+    for name, ref in sorted(new.references.items(), key=lambda kv: kv[0].lower()):
+        old = prev.reference(name)
+        if old is None or name.lower() in wrote or old == ref:
+            continue
+        for f in SHOWN_FIELDS:
+            before, after = getattr(old, f), getattr(ref, f)
+            if f == "owner":
+                before, after = (old.owner_upn or before), (ref.owner_upn or after)
+            if (before or None) != (after or None) and str(before or "").lower() != str(after or "").lower():
+                out.append((ref.logical_name, f, before, after))
+    return out
 
 
 def vanished(state: EnvState | None, declared: Iterable[str], present: Iterable[str]) -> list[str]:

@@ -163,3 +163,34 @@ def gate_batches(served: Served, env: str) -> BatchGate:
     gate = BatchGate(served.apps[env])
     served.servers[env].server.set_app(gate)
     return gate
+
+
+class CommitGate:
+    """WSGI middleware in front of an emulator app: the next ``POST .../$batch`` is served (committed) at
+    once, then its answer is held until ``release()``. ``committed`` is set once the change set has been
+    committed, so a test can kill the client between its write and its state record, on an event."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.app = app
+        self.committed = threading.Event()
+        self._open = threading.Event()
+        self._used = False
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
+        result: Iterable[bytes] = self.app(environ, start_response)
+        if is_batch and not self._used:
+            self._used = True
+            self.committed.set()
+            self._open.wait(TIMEOUT)
+        return result
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def gate_commits(served: Served, env: str) -> CommitGate:
+    gate = CommitGate(served.apps[env])
+    served.servers[env].server.set_app(gate)
+    return gate
