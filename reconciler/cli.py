@@ -252,6 +252,9 @@ def build_parser() -> Parser:
     sp.add_argument("--faults", metavar="FILE", help="fault-injection settings (JSON)")
     sp.add_argument("--latency-ms", dest="latency_ms", type=int, metavar="MS",
                     help="delay every request by MS milliseconds, token endpoint included")
+    sp.add_argument("--tls", action="store_true",
+                    help="serve https with a throwaway certificate authority and print a config snippet that "
+                    "signs in (docs/emulator.md)")
     sp.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate")
     sp.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     sp.add_argument("--persist", action="store_true",

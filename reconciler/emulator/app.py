@@ -111,6 +111,9 @@ class EmulatorApp:
         self.log = RequestLog()
         self.faults = faults or Faults()
         self.settings = Settings(store)
+        # Client secrets accepted for this process only (client id -> SHA-256 hex digests), never part of the
+        # data: what ``connref emulator --tls`` registers for the session it prints (emulator/session.py).
+        self.session_secret_hashes: dict[str, list[str]] = {}
         self._modules: dict[str, ModuleType] = {}
 
     # ------------------------------------------------------------------ WSGI

@@ -23,6 +23,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from .app import EmulatorApp
 from .faults import ConnectionDropped, Faults
+from .session import HTTP_NOTE, Session, snippet
 from .store import EnvironmentStore, new_environment_data
 
 
@@ -191,10 +192,19 @@ def run_emulator_command(args: Any) -> int:
     data = getattr(args, "data", None) or []
     if isinstance(data, str):
         data = [data]
+    tls = bool(getattr(args, "tls", False))
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if tls and (cert or key):
+        print("connref emulator: --tls makes its own certificate; leave out --tls-cert and --tls-key",
+              file=sys.stderr)
+        return 1
+    session: Session | None = None
     try:
         apps = build_apps(list(data), getattr(args, "faults", None), bool(getattr(args, "persist", False)),
                           getattr(args, "latency_ms", None))
-        ctx = _ssl_context(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+        if tls or cert:
+            session = Session.start(make_ca=tls)
+        ctx = session.tls.server_context() if session and session.tls else _ssl_context(cert, key)
         servers = serve(
             apps,
             host=getattr(args, "host", None) or "127.0.0.1",
@@ -202,6 +212,8 @@ def run_emulator_command(args: Any) -> int:
             ssl_context=ctx,
         )
     except (OSError, ValueError, json.JSONDecodeError) as e:
+        if session is not None:
+            session.close()
         print(f"connref emulator: {e}", file=sys.stderr)
         return 1
     for server in servers:
@@ -212,6 +224,7 @@ def run_emulator_command(args: Any) -> int:
             f"{os.path.relpath(source) if server.app.store.path else source}",
             flush=True,
         )
+    print(snippet(servers, session) if session is not None else HTTP_NOTE, flush=True)
     stop = threading.Event()
     try:
         stop.wait()
@@ -219,6 +232,8 @@ def run_emulator_command(args: Any) -> int:
         pass
     finally:
         servers.shutdown()
+        if session is not None:
+            session.close()
     return 0
 
 
@@ -232,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--faults", help="fault-injection JSON file")
     parser.add_argument("--latency-ms", dest="latency_ms", type=int,
                         help="delay every request by this many milliseconds (all routes)")
+    parser.add_argument("--tls", action="store_true", help="https with a throwaway CA, and a config snippet")
     parser.add_argument("--tls-cert", dest="tls_cert")
     parser.add_argument("--tls-key", dest="tls_key")
     parser.add_argument("--persist", action="store_true", help="write changes back into the data files")

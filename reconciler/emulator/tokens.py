@@ -301,7 +301,9 @@ def _token(app: Any, request: Request, tenant: str) -> Response:
     assertion = form.get("client_assertion")
     token_endpoint = f"{request.origin}/{tenant}/oauth2/v2.0/token"
     if secret:
-        if not _hash_in(secret, application.get("client_secret_sha256")):
+        accepted = [*(application.get("client_secret_sha256") or []),
+                    *getattr(app, "session_secret_hashes", {}).get(client_id, [])]
+        if not _hash_in(secret, accepted):
             raise _AadError("invalid_client", 7000215, "Invalid client secret provided. Ensure the secret "
                             "being sent in the request is the client secret value, not the client secret ID, "
                             f"for a secret added to app '{client_id}'.")
