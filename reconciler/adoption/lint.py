@@ -331,8 +331,10 @@ def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
 def lint(config: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> list[Finding]:
     """Lint ``config`` and, when given, the live environments (keyed by environment name).
 
-    Without ``lives`` only the config is checked: names, duplicate connectors among the declared
-    references, and that every environment binds every declared reference. With ``lives`` each
+    Without ``lives`` only the config is checked: names and duplicate connectors among the declared
+    references. A reference an environment's ``bindings`` leave out is not a finding then: the config
+    may leave it out to keep whatever it has live (docs/config.md, "bindings"), and only the
+    environment can tell whether that is a connection (CR202 with ``lives``). With ``lives`` each
     environment is checked too: its references in the solution (declared or not), the connection
     each is or will be bound to, and which flows use them. Codes in ``config.lint_ignore`` are dropped.
     """
@@ -341,16 +343,6 @@ def lint(config: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> 
     findings += _names_findings(declared, None, config, template)
     if lives is None:
         findings += _duplicate_findings(declared, None, config.solution, None)
-        for env_name, env in sorted(config.environments.items()):
-            bound = rules.BindingIndex.of(env)
-            for ref in declared:
-                if ref.logical_name not in bound:
-                    findings.append(_finding(
-                        "CR202", env_name, ref.logical_name,
-                        f"the config does not bind it in {env_name}",
-                        f"add a binding under environments.{env_name}.bindings (a connection name or "
-                        f"{{owner: {env.service_account or 'the service account'}}})",
-                    ))
     else:
         for env_name, live in sorted(lives.items()):
             env_config = config.environments.get(env_name)
@@ -404,7 +396,8 @@ def render_findings_text(findings: Sequence[Finding]) -> str:
     return "\n".join(lines) + "\n"
 
 
-JSON_FORMAT_VERSION = "1"
+#: The same "MAJOR.MINOR" form as the plan, drift, explain and state documents (a minor only adds fields).
+JSON_FORMAT_VERSION = "1.0"
 
 
 def render_findings_json(findings: Sequence[Finding]) -> str:

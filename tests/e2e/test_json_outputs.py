@@ -184,3 +184,20 @@ def test_lint_and_state_documents_match_their_schemas(quickstart: Workspace) -> 
     check("state", doc)
     assert doc["serial"] == 1 and doc["path"].endswith("dev.json")
     check("state", json.loads(Path(doc["path"]).read_text()))  # the file itself is a state document
+
+
+def test_every_document_says_the_same_format_version(quickstart: Workspace) -> None:
+    """plan, show, drift, lint, explain and state documents all write ``format_version`` as MAJOR.MINOR."""
+    plan_path = str(quickstart.dir / "plan.json")
+    assert quickstart.run("plan", "--out", plan_path).code == 0
+    runs = {
+        "plan": quickstart.run("plan", "--json"),
+        "show": quickstart.run("show", plan_path, "--json"),
+        "lint": quickstart.run("lint", "-e", "dev", "--json"),
+        "explain": quickstart.run("explain", "-e", "dev", "--json"),
+    }
+    assert quickstart.run("apply", "--auto-approve", "-e", "dev").code == 0
+    runs["drift"] = quickstart.run("drift", "-e", "dev", "--json")
+    runs["state"] = quickstart.run("state", "show", "dev", "--json")
+    versions = {kind: _one_document(r.out)["format_version"] for kind, r in runs.items()}
+    assert versions == dict.fromkeys(runs, "1.0")

@@ -132,8 +132,8 @@ CONFIG_CASES = [
     ),
     pytest.param(
         config([GOOD_SP, GOOD_OUTLOOK], {"contoso_SharePoint": "c1"}, envs=("dev", "prod")),
-        {("CR202", "dev", "contoso_Outlook"), ("CR202", "prod", "contoso_Outlook")},
-        id="unbound-in-config",
+        set(),  # a binding left out keeps what the reference has live: only the environment can tell
+        id="binding-left-out-of-config",
     ),
 ]
 
@@ -143,12 +143,19 @@ def test_config_only(cfg: Config, expected: set[tuple[str, str | None, str]]) ->
     assert run(cfg) == expected
 
 
-def test_unbound_in_config_names_each_environment() -> None:
+def test_a_binding_left_out_is_judged_against_the_environment_only() -> None:
+    """docs/config.md lets a config leave a reference out of bindings (it keeps its live connection):
+    the config alone has nothing to report, the environment says CR202 only when there is no connection."""
     cfg = config([GOOD_SP], {}, envs=("dev", "prod"))
-    found = lint(cfg)
-    assert [(f.code, f.environment) for f in found] == [("CR202", "dev"), ("CR202", "prod")]
-    assert all(f.severity == "error" for f in found)
-    assert "environments.dev.bindings" in found[0].hint
+    assert lint(cfg) == []
+    bound = live([ref("contoso_SharePoint", "SharePoint ContosoFlows", connection=C_SVC_SP.name)], [C_SVC_SP],
+                 flows=[flow("F", "contoso_SharePoint")])
+    unbound = live([ref("contoso_SharePoint", "SharePoint ContosoFlows")], [C_SVC_SP],
+                   flows=[flow("F", "contoso_SharePoint")])
+    assert "CR202" not in {f.code for f in lint(cfg, {"dev": bound})}
+    found = [f for f in lint(cfg, {"dev": unbound}) if f.code == "CR202"]
+    assert [(f.environment, f.subject, f.severity) for f in found] == [("dev", "contoso_SharePoint", "error")]
+    assert "environments.dev.bindings" in found[0].fix
 
 
 def test_naming_hint_gives_the_expected_name() -> None:
@@ -427,7 +434,7 @@ def test_render_text() -> None:
 def test_render_json() -> None:
     found = lint(config(), {"dev": messy_live()})
     doc = json.loads(render_findings_json(found))
-    assert doc["format_version"] == "1"
+    assert doc["format_version"] == "1.0"
     assert doc["exit_code"] == 2
     assert doc["summary"] == {
         "error": sum(f.severity == "error" for f in found),
