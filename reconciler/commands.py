@@ -557,7 +557,7 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 
 
 def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
-    from reconciler.adoption.bindings_merge import merge_bindings
+    from reconciler.adoption.bindings_merge import merge_bindings, settings_bindings
     from reconciler.adoption.import_generate import import_environment
     from reconciler.adoption.settings import parse_settings_file
     from reconciler.api.live import read_environment
@@ -566,10 +566,9 @@ def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     config_text = Path(config.path).read_text(encoding="utf-8")
     if args.from_settings:
         settings = parse_settings_file(args.from_settings)
-        bindings = {r.logical_name: r.connection_id
-                    for r in settings.connection_references if r.connection_id}
+        bindings, skipped = settings_bindings(settings, source=str(args.from_settings))
         merged = merge_bindings(config_text, name, bindings, path=config.path)
-        for note in merged.notes:
+        for note in [*skipped, *merged.notes]:
             print(inert(note), file=err)
         if merged.rewritten:
             print("note: the config was written fresh from its data (its comments could not be kept)",

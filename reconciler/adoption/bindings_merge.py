@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from reconciler.adoption.import_merge import selector_from
-from reconciler.adoption.settings import parse_settings
+from reconciler.adoption.settings import DeploymentSettings, parse_settings
 from reconciler.adoption.yamledit import find_entry, mapping_entries, splice_lines, yaml_key, yaml_scalar
 from reconciler.domain.model import Selector
 from reconciler.errors import ConfigError
@@ -26,6 +26,21 @@ def bindings_from_settings(settings_json: Mapping[str, Any], *, source: str = "<
     parsed = parse_settings(settings_json, source)
     pairs = [(r.logical_name, r.connection_id) for r in parsed.connection_references if r.connection_id]
     return {name: conn for name, conn in sorted(pairs, key=lambda p: p[0].lower()) if conn}
+
+
+def settings_bindings(settings: DeploymentSettings, *, source: str) -> tuple[dict[str, str], list[str]]:
+    """The bindings a parsed settings file gives (``{logical name: connection name}``) and one note per
+    entry it skips: an empty ``ConnectionId`` (what ``pac solution create-settings`` writes) binds
+    nothing, and docs/adoption.md promises every skip is printed."""
+    bindings: dict[str, str] = {}
+    notes: list[str] = []
+    for r in settings.connection_references:
+        if r.connection_id:
+            bindings[r.logical_name] = r.connection_id
+        else:
+            notes.append(f"skipped {r.logical_name}: its ConnectionId is empty in {source} "
+                         f"(ConnectionReferences[{r.index}]); fill it in, or bind it in the config")
+    return bindings, notes
 
 
 @dataclass
@@ -181,4 +196,5 @@ __all__ = [
     "MergeResult",
     "bindings_from_settings",
     "merge_bindings",
+    "settings_bindings",
 ]

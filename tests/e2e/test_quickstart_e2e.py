@@ -8,6 +8,7 @@ same way ``make demo`` does.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -299,6 +300,28 @@ def test_settings_file_round_trips_into_config_bindings(quickstart: Workspace) -
     # the selectors that still resolve to the same connections are replaced by names or kept: either
     # way the merged config loads and names the same references
     assert run_cli("-c", str(merged), "validate").code == 0
+
+
+def test_every_skipped_settings_entry_is_printed(quickstart: Workspace) -> None:
+    """An empty ConnectionId (what pac solution create-settings writes) and an undeclared reference each
+    get a line on stderr; the entry that binds is merged."""
+    settings = quickstart.dir / "pac.json"
+    settings.write_text(json.dumps({"ConnectionReferences": [
+        {"LogicalName": "contoso_Teams", "ConnectionId": "",
+         "ConnectorId": "/providers/Microsoft.PowerApps/apis/shared_teams"},
+        {"LogicalName": "contoso_sharedoffice365_d4c61", "ConnectionId": "8ee5a024897742cc86f3aea206fe2e92"},
+        {"LogicalName": "contoso_Unknown", "ConnectionId": "0123456789abcdef0123456789abcdef"},
+    ]}))
+    merged = quickstart.dir / "merged.yaml"
+    r = quickstart.run("import", "-e", "dev", "--from-settings", str(settings), "-o", str(merged))
+    assert r.code == 0, r.err
+    assert re.search(r"^skipped contoso_Teams: its ConnectionId is empty in \S*pac\.json "
+                     r"\(ConnectionReferences\[0\]\)", r.err, re.M), r.err
+    assert re.search(r"^skipped contoso_Unknown: not declared under references", r.err, re.M), r.err
+    assert re.search(r"^contoso_sharedoffice365_d4c61: .* -> 8ee5a024897742cc86f3aea206fe2e92$", r.err, re.M), r.err
+    text = merged.read_text()
+    assert "contoso_sharedoffice365_d4c61: 8ee5a024897742cc86f3aea206fe2e92" in text
+    assert "contoso_Teams: 8f70942eabcb416e8a0f9861272ee570" in text  # the skipped entry left the binding alone
 
 
 def test_bad_settings_file_names_file_and_entry(quickstart: Workspace) -> None:
