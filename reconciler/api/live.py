@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from reconciler.api.odata_filter import Filter, Guid, any_of, either, eq
+from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
 from reconciler.api.session import EnvSession
 from reconciler.domain import flowdef, rules
 from reconciler.domain.model import (
@@ -74,21 +75,6 @@ WORKFLOW_COMPONENT_TYPE = 29
 #: far below URL length limits; either way it is one request (per 5000 users).
 MAX_USER_KEYS = 60
 
-REFERENCE_COLUMNS = (
-    "connectionreferenceid",
-    "connectionreferencelogicalname",
-    "connectionreferencedisplayname",
-    "connectorid",
-    "connectionid",
-    "description",
-    "ismanaged",
-    "statecode",
-    "_ownerid_value",
-    "_createdby_value",
-    "createdon",
-    "_modifiedby_value",
-    "modifiedon",
-)
 USER_COLUMNS = ("systemuserid", "azureactivedirectoryobjectid", "domainname", "fullname", "isdisabled",
                 "applicationid")
 FLOW_COLUMNS = ("workflowid", "name", "statecode", "statuscode", "ismanaged", "_ownerid_value", "clientdata")
@@ -104,25 +90,6 @@ def _guids(values: Iterable[str | None]) -> list[Guid]:
 
 
 # --------------------------------------------------------------------------- row -> model
-
-
-def reference_from_row(row: Mapping[str, Any], in_solution: bool) -> LiveReference:
-    return LiveReference(
-        id=str(row["connectionreferenceid"]).lower(),
-        logical_name=str(row.get("connectionreferencelogicalname") or ""),
-        display_name=row.get("connectionreferencedisplayname"),
-        connector=str(row.get("connectorid") or ""),
-        connection=row.get("connectionid") or None,
-        description=row.get("description"),
-        owner_id=(row.get("_ownerid_value") or None),
-        etag=str(row.get("@odata.etag") or ""),
-        in_solution=in_solution,
-        managed=bool(row.get("ismanaged")),
-        modified_by=row.get("_modifiedby_value"),
-        modified_on=row.get("modifiedon"),
-        created_by=row.get("_createdby_value"),
-        created_on=row.get("createdon"),
-    )
 
 
 def user_from_row(row: Mapping[str, Any]) -> LiveUser:

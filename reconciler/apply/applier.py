@@ -46,14 +46,9 @@ from reconciler.api.batch_format import (
     delete_op,
     update_op,
 )
-from reconciler.api.live import (
-    REFERENCE_COLUMNS,
-    read_reference_rows,
-    read_references,
-    reference_from_row,
-    resolve_writer_object_id,
-)
+from reconciler.api.live import read_reference_rows, read_references, resolve_writer_object_id
 from reconciler.api.odata_filter import odata_bind
+from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
 from reconciler.api.session import EnvSession
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id

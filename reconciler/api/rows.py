@@ -1,0 +1,47 @@
+"""Dataverse ``connectionreferences`` rows and the domain's ``LiveReference``: the columns connref
+reads, and how a row becomes a reference. The live reader reads rows with them, and the applier asks
+for its written rows back with the same columns (``Prefer: return=representation``), so both turn a
+row into the same ``LiveReference``. No requests here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler.domain.model import LiveReference
+
+REFERENCE_COLUMNS = (
+    "connectionreferenceid",
+    "connectionreferencelogicalname",
+    "connectionreferencedisplayname",
+    "connectorid",
+    "connectionid",
+    "description",
+    "ismanaged",
+    "statecode",
+    "_ownerid_value",
+    "_createdby_value",
+    "createdon",
+    "_modifiedby_value",
+    "modifiedon",
+)
+
+
+def reference_from_row(row: Mapping[str, Any], in_solution: bool) -> LiveReference:
+    return LiveReference(
+        id=str(row["connectionreferenceid"]).lower(),
+        logical_name=str(row.get("connectionreferencelogicalname") or ""),
+        display_name=row.get("connectionreferencedisplayname"),
+        connector=str(row.get("connectorid") or ""),
+        connection=row.get("connectionid") or None,
+        description=row.get("description"),
+        owner_id=(row.get("_ownerid_value") or None),
+        etag=str(row.get("@odata.etag") or ""),
+        in_solution=in_solution,
+        managed=bool(row.get("ismanaged")),
+        modified_by=row.get("_modifiedby_value"),
+        modified_on=row.get("modifiedon"),
+        created_by=row.get("_createdby_value"),
+        created_on=row.get("createdon"),
+    )
