@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import sys
 import time
@@ -136,7 +137,7 @@ def _read_reported(session: EnvSession, config: Config, name: str, *, all_refere
     progress.step(name, progress.START, "reading")
     t0 = time.monotonic()
     try:
-        live = read_environment(session, config, name, all_references=all_references, managed=managed)
+        live = read_environment(session.reader, config, name, all_references=all_references, managed=managed)
     except BaseException:
         progress.step(name, progress.FAILED, "reading failed")
         raise
@@ -281,6 +282,7 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             raise ConnrefError("a saved plan is applied exactly as planned: -e/--env and --prune are not "
                                "allowed with PLANFILE (they were fixed when the plan was made)")
         saved = planfile.read_plan_file(args.planfile)
+        planfile.check_applyable(saved)
         names = select_environments(config, list(saved.environments))
     else:
         names = select_environments(config, args.envs)
@@ -338,13 +340,16 @@ def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
     """Write one environment's plan (None: nothing to write). A write that did not succeed is an
     ``ApplyError`` added to ``failures``; its result is returned all the same, so what was written is
     recorded."""
+    from reconciler.api.live import read_reference_rows
     from reconciler.apply.applier import ApplyResult, apply_environment
     name = env_plan.environment
     if not env_plan.ops:
         return None
     progress.step(name, progress.START, "applying %d change(s)", len(env_plan.ops))
     try:
-        result = apply_environment(session, env_plan, progress=_report_batch)
+        # The applier alone is handed the client that sends $batch; it reads back through the reader.
+        read_rows = functools.partial(read_reference_rows, session.reader)
+        result = apply_environment(session.dataverse, read_rows, env_plan, progress=_report_batch)
     except ApplyError as e:
         if not isinstance(e.results, ApplyResult):
             progress.step(name, progress.FAILED, "apply failed")
@@ -367,6 +372,7 @@ def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyR
     references gone from the environment are forgotten. Written when that changes what the state records
     (a first state: when the apply wrote something or had nothing to write); what the refresh took in
     without writing it is said."""
+    from reconciler.api.live import read_reference_rows
     from reconciler.apply.applier import live_after_apply
     from reconciler.state import record as record_state
     prev = snap.state if snap else None
@@ -379,7 +385,8 @@ def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyR
         return  # a first apply that wrote nothing: no state claims an apply happened
     # The ETags the writes produced came back in the same $batch (or were read back after a lost answer):
     # only what was written changes, and nothing is read again.
-    live_after = live_after_apply(session, live, result) if result else live
+    read_rows = functools.partial(read_reference_rows, session.reader)
+    live_after = live_after_apply(live, result, read_rows) if result else live
 
     def names(outcome: str) -> list[str]:
         return [r.op.logical_name for r in (result.results if result else ()) if r.outcome == outcome]
@@ -430,7 +437,7 @@ def _gone(config: Config, prev: EnvState | None, session: EnvSession, live: Live
     candidates = record_state.vanished(prev, declared, (r.logical_name for r in live.references))
     if not candidates:
         return []
-    everything = read_environment(session, config, live.name, all_references=True)
+    everything = read_environment(session.reader, config, live.name, all_references=True)
     return record_state.vanished(prev, declared, (r.logical_name for r in everything.references))
 
 
@@ -579,7 +586,7 @@ def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     target = replace(config, solution=solution)
     env = target.environments[name]
     with opened(target, [name]) as sessions:
-        live = read_environment(sessions[name], target, name)
+        live = read_environment(sessions[name].reader, target, name)
     if live.solution is None:
         raise ConnrefError(f"solution '{solution}' does not exist in environment {name}")
     in_solution = replace(live, references=tuple(r for r in live.references if r.in_solution))
@@ -630,7 +637,7 @@ def cmd_settings(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
     config = load_config(args.config)
     (name,) = select_environments(config, [args.env])
     with opened(config, [name]) as sessions:
-        live = read_environment(sessions[name], config, name)
+        live = read_environment(sessions[name].reader, config, name)
     settings = deployment_settings(config, name, live, strict=True)
     return _emit(render_settings_json(settings), args.output, out, err)
 
@@ -645,7 +652,7 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     (name,) = select_environments(config, [args.env])
     env = config.environments[name]
     with opened(config, [name]) as sessions:
-        live = read_environment(sessions[name], config, name)
+        live = read_environment(sessions[name].reader, config, name)
     sa = env.service_account
     caller, writer = live.caller, rules.writer(sa, live)
     identity = rules.identity_problems(name, sa, live)
@@ -700,7 +707,7 @@ def cmd_explain(args: argparse.Namespace, color: bool, out: Out, err: Out) -> in
     config = load_config(args.config)
     (name,) = select_environments(config, [args.env])
     with opened(config, [name]) as sessions:
-        live = read_environment(sessions[name], config, name)
+        live = read_environment(sessions[name].reader, config, name)
     flows = explain.select_flows(config, name, live, args.flows)
     result = [explain.explain_environment(config, name, live, flows)]
     print(explain.render_json(result) if args.json else explain.render_text(result), file=out, end="")

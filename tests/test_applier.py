@@ -4,7 +4,9 @@ operation, and idempotence (a second plan has nothing to do)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -12,14 +14,14 @@ import pytest
 from builders import EmulatorTokens, sample_config
 
 from reconciler.api.batch_format import update_op
-from reconciler.api.live import read_environment
+from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.api.odata_filter import Guid, eq
 from reconciler.api.session import EnvSession, open_environment
 from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment
 from reconciler.domain.model import Binding, Config, DesiredReference, connector_id
 from reconciler.emulator.factory import Sample
 from reconciler.errors import ApplyError
-from reconciler.plan.ops import EnvironmentPlan, FieldChange, UpdateReference
+from reconciler.plan.ops import ApplyFacts, EnvironmentPlan, FieldChange, UpdateReference
 from reconciler.plan.planner import plan_environment
 
 # Every test makes the pipeline app a management app by editing the emulator's data, and several
@@ -77,7 +79,7 @@ def members(emulator: Any) -> set[str]:
 def test_in_sync_plan_applies_nothing(admin_app: Any, session: EnvSession) -> None:
     env_plan = plan(session, sample_config(admin_app.url, in_sync()))
     admin_app.app.log.clear()
-    result = apply_environment(session, env_plan)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     assert result.results == () and result.ok
     assert len(admin_app.app.log) == 0
 
@@ -95,7 +97,8 @@ def test_create_rename_rebind_then_nothing_to_do(admin_app: Any, session: EnvSes
 
     admin_app.app.log.clear()
     progress: list[BatchProgress] = []
-    result = apply_environment(session, env_plan, progress=progress.append)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader),
+        env_plan, progress=progress.append)
     assert result.ok and len(result.written) == 3
     assert [(p.batch, p.batches, p.done, p.total) for p in progress] == [(1, 1, 3, 3)]
     assert [e.path.rsplit("/", 1)[-1] for e in admin_app.app.log] == ["$batch"]
@@ -125,8 +128,12 @@ def test_add_to_solution_and_take_ownership(admin_app: Any, session: EnvSession)
     update = next(op for op in env_plan.ops if isinstance(op, UpdateReference))
     assert [c.field for c in update.changes] == ["owner"]
 
-    result = apply_environment(session, env_plan)
+    admin_app.app.log.clear()
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     assert result.ok
+    # The plan carried the component type and the service account's object id: apply read nothing.
+    assert [e.path.rsplit("/", 1)[-1] for e in admin_app.app.log] == ["$batch"]
+    assert admin_app.app.log[0].effective_user_id == Sample.SVC_USER_ID
     assert Sample.REF_MAKER in members(admin_app)
     assert row(admin_app, Sample.REF_MAKER_NAME)["_ownerid_value"] == Sample.SVC_USER_ID
     inner = admin_app.app.log.inner_requests()
@@ -150,7 +157,7 @@ def test_stale_etag_stops_the_apply_and_says_to_plan_again(admin_app: Any, sessi
         "connectionreferences", Sample.REF_OUTLOOK, {"description": "edited in the portal"}, etag=etag)])
 
     with pytest.raises(ApplyError) as info:
-        apply_environment(session, env_plan)
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     message = str(info.value)
     assert Sample.REF_OUTLOOK_NAME in message and "plan" in message and "again" in message
     result = info.value.results
@@ -168,7 +175,7 @@ def test_stale_etag_stops_the_apply_and_says_to_plan_again(admin_app: Any, sessi
                                      filter=eq("connectionreferencelogicalname", "contoso_Late"))
     assert rows == []
     # Planning again picks up the new ETag and applies cleanly.
-    assert apply_environment(session, plan(session, config)).ok
+    assert apply_environment(session.dataverse, partial(read_reference_rows, session.reader), plan(session, config)).ok
 
 
 def test_rebind_to_a_connection_the_writer_cannot_use_fails_with_the_reason(
@@ -180,8 +187,10 @@ def test_rebind_to_a_connection_the_writer_cannot_use_fails_with_the_reason(
     # Built by hand: the planner refuses this binding; the applier must still report the service's refusal.
     op = UpdateReference(environment="dev", logical_name=Sample.REF_SP_NAME, reference_id=sp.id, etag=sp.etag,
                          changes=(FieldChange("connection", Sample.CONN_SP_SVC, Sample.CONN_SP_MAKER),))
+    facts = ApplyFacts(writer_object_id=Sample.SVC_OBJECT_ID, component_type=Sample.COMPONENT_TYPE)
     with pytest.raises(ApplyError) as info:
-        apply_environment(session, EnvironmentPlan("dev", (op,)))
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader),
+            EnvironmentPlan("dev", (op,), facts=facts))
     result = info.value.results
     assert [r.outcome for r in result.results] == ["failed"]
     assert result.failed[0].status == 403
@@ -189,3 +198,18 @@ def test_rebind_to_a_connection_the_writer_cannot_use_fails_with_the_reason(
     member_filter = eq("connectionreferenceid", Guid(sp.id))
     assert session.dataverse.get_all("connectionreferences", filter=member_filter)[0]["connectionid"] == (
         Sample.CONN_SP_SVC)
+
+
+def test_a_plan_without_the_facts_apply_needs_is_refused_before_anything_is_sent(
+    admin_app: Any, session: EnvSession
+) -> None:
+    refs = in_sync()
+    refs[Sample.REF_SP_NAME] = ref(Sample.REF_SP_NAME, Sample.SP, "SharePoint (renamed)")
+    env_plan = plan(session, sample_config(admin_app.url, refs))
+    assert env_plan.facts is not None and env_plan.facts.writer_object_id == Sample.SVC_OBJECT_ID
+    admin_app.app.log.clear()
+    with pytest.raises(ApplyError, match=r"earlier connref.*plan' again"):
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader),
+            dataclasses.replace(env_plan, facts=None))
+    assert len(admin_app.app.log) == 0
+    assert row(admin_app, Sample.REF_SP_NAME)["connectionreferencedisplayname"] == "SharePoint ContosoConnections"

@@ -23,6 +23,7 @@ import json
 import re
 import tempfile
 from collections.abc import Collection
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ from hypothesis import event, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from reconciler.api.live import read_environment
+from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.apply.applier import apply_environment
 from reconciler.cli import run
 from reconciler.drift.detect import detect_drift
@@ -175,7 +176,8 @@ def converges(world: World) -> None:
         count(f"applied {min(len(env_plan.ops), 3)}{'+' if len(env_plan.ops) >= 3 else ''} operations")
         for op in env_plan.ops:
             count(f"op: {op.kind}")
-        result = apply_environment(rt.session, env_plan)  # raises ApplyError on any refused write
+        result = apply_environment(rt.session.dataverse, partial(read_reference_rows, rt.session.reader),
+            env_plan)  # raises ApplyError on any refused write
         assert len(result.written) == len(env_plan.ops)
         live_after = read_environment(rt.session, rt.config, "dev")
         state = record_apply(None, "dev", live_after, declared=list(rt.config.references),
@@ -205,7 +207,8 @@ def converges(world: World) -> None:
 
         # Applying again sends no write at all.
         rt.app.log.clear()
-        apply_environment(rt.session, plan_env(rt, state).environments[0])
+        apply_environment(rt.session.dataverse, partial(read_reference_rows, rt.session.reader),
+            plan_env(rt, state).environments[0])
         writes = [f"{e.method} {e.path}" for e in rt.app.log if e.is_write]
         assert writes == []
 

@@ -111,6 +111,13 @@ def test_relative_imports_cannot_reach_another_package() -> None:
     assert ruff_codes("reconciler/emulator/layer_probe.py", "from . import web\n") == []
 
 
+def test_the_applier_does_not_read_through_the_live_reader() -> None:
+    """It takes what it needs from the plan and writes through the client it is handed."""
+    source = ("from reconciler.api.live import read_environment\nimport reconciler.api.session\n"
+              "from reconciler.api.batch_format import chunked\n")
+    assert ruff_codes("reconciler/apply/layer_probe.py", source) == [(1, "TID251"), (2, "TID251")]
+
+
 def test_tests_may_import_any_layer() -> None:
     assert ruff_codes("tests/layer_probe.py", "import httpx\nimport msal\nimport reconciler.api.client\n") == []
 

@@ -80,7 +80,7 @@ def test_reads_the_sample_environment(emulator: Any, session: EnvSession) -> Non
     assert live.caller is not None and live.caller.systemuserid == Sample.APP_USER_ID
     assert live.writer is not None and live.writer.upn == Sample.SVC_UPN
     assert live.writer.object_id == Sample.SVC_OBJECT_ID
-    assert session.writer_object_id == Sample.SVC_OBJECT_ID
+    assert rules.impersonated_object_id(Sample.SVC_UPN, live) == Sample.SVC_OBJECT_ID
     # Flows, from clientdata.
     flows = {f.name: f for f in live.flows}
     assert set(flows["Invoice approval"].references) == {Sample.REF_SP_NAME, Sample.REF_OUTLOOK_NAME}
@@ -147,7 +147,7 @@ def test_without_service_account_the_writer_is_the_caller(emulator: Any, session
     config = make_config(emulator.url, service_account=None)
     live = read_environment(session, config, "dev")
     assert live.writer == live.caller
-    assert session.writer_object_id is None
+    assert rules.impersonated_object_id(None, live) is None
 
 
 @pytest.mark.emulator_only(reason="the local: session is the in-process emulator on a data file")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 from builders import EmulatorTokens, sample_config
 
 from reconciler.api.client import RetryPolicy
-from reconciler.api.live import read_environment
+from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.api.session import EnvSession, open_environment
 from reconciler.apply.applier import ApplyResult, apply_environment
 from reconciler.domain.model import Binding, Config, DesiredReference, connector_id
@@ -119,7 +120,7 @@ def test_a_create_carries_the_row_id_decided_when_planning(admin_app: Any, sessi
     assert create.reference_id is not None and is_guid(create.reference_id)
     assert create_of(second).reference_id == create.reference_id  # the same world plans the same id
     assert create.to_dict()["reference_id"] == create.reference_id  # saved with the plan
-    result = apply_environment(session, first)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), first)
     assert result.ok
     assert rows_named(admin_app, NEW)[0]["connectionreferenceid"] == create.reference_id
     written = next(r for r in result.written if r.op is create)
@@ -133,10 +134,11 @@ def test_a_replayed_create_never_makes_a_second_row(admin_app: Any, session: Env
     config = changed_config(admin_app.url)
     env_plan = plan(session, config)
     create = create_of(env_plan)
-    assert apply_environment(session, env_plan).ok
+    assert apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan).ok
     replay = EnvironmentPlan("dev", (create,))
     with pytest.raises(ApplyError):
-        apply_environment(session, replay)  # refused: the id is taken (412 0x80040237), read back: not ours
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader),
+            replay)  # refused: the id is taken (412 0x80040237), read back: not ours
     assert len(rows_named(admin_app, NEW)) == 1
 
 
@@ -165,7 +167,7 @@ def test_a_change_set_committed_whose_answer_is_lost_is_read_back_and_recorded_w
     admin_app.app.faults.add(kind, BATCH, methods=["POST"], times=1, **options)
     admin_app.app.log.clear()
 
-    result = apply_environment(session, env_plan)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
 
     assert result.ok and len(result.written) == 3
     assert admin_app.app.log.count_requests("POST", BATCH) == 1, "a committed change set is never sent again"
@@ -182,7 +184,7 @@ def test_a_client_timeout_after_the_commit_is_read_back(admin_app: Any) -> None:
         env_plan = plan(session, config)
         rule = admin_app.app.faults.add("latency", BATCH, methods=["POST"], after_commit=True, latency_ms=5000,
                                         times=1)
-        result = apply_environment(session, env_plan)
+        result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
         assert rule.committed.is_set()
         assert result.ok and len(result.written) == 3
         assert_converged(admin_app, session, config, create_of(env_plan))
@@ -207,7 +209,7 @@ def test_a_change_set_not_committed_whose_answer_is_lost_is_sent_once_more(
     admin_app.app.faults.add(kind, BATCH, methods=["POST"], times=1, **options)
     admin_app.app.log.clear()
 
-    result = apply_environment(session, env_plan)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
 
     assert result.ok and len(result.written) == 3
     assert admin_app.app.log.count_requests("POST", BATCH) == 2, "read back first, then sent once more"
@@ -221,7 +223,7 @@ def test_a_resend_that_is_lost_too_is_read_back_again(admin_app: Any, session: E
     admin_app.app.faults.add("drop", BATCH, methods=["POST"], times=1)  # not committed
     admin_app.app.faults.add("error", BATCH, methods=["POST"], times=1, status=504, after_commit=True)
     admin_app.app.log.clear()
-    result = apply_environment(session, env_plan)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     assert result.ok
     assert admin_app.app.log.count_requests("POST", BATCH) == 2
     assert len(read_backs(admin_app)) == 2
@@ -233,7 +235,7 @@ def test_a_change_set_still_lost_after_one_resend_is_reported_unknown(admin_app:
     env_plan = plan(session, config)
     admin_app.app.faults.add("drop", BATCH, methods=["POST"], times=2)  # neither attempt committed
     with pytest.raises(ApplyError) as info:
-        apply_environment(session, env_plan)
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     result = info.value.results
     assert isinstance(result, ApplyResult)
     assert [r.outcome for r in result.results] == ["not_written"] * 3
@@ -251,7 +253,7 @@ def test_an_outcome_that_cannot_be_read_back_is_unknown_never_not_written(admin_
     # The read-back fails too (every read of connectionreferences from now on, past the read retries).
     admin_app.app.faults.add("error", "/api/data/v9.2/connectionreferences", methods=["GET"], status=500)
     with pytest.raises(ApplyError) as info:
-        apply_environment(session, env_plan)
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     message = str(info.value)
     assert "the outcome of 3 writes is unknown: run plan again; nothing else needed" in message
     assert "not written" not in message and "NOT written" not in message
@@ -271,7 +273,8 @@ def test_later_batches_are_not_sent_after_an_unknown_outcome(admin_app: Any, ses
     admin_app.app.faults.add("error", BATCH, methods=["POST"], times=1, status=504, after_commit=True)
     admin_app.app.faults.add("error", "/api/data/v9.2/connectionreferences", methods=["GET"], status=500)
     with pytest.raises(ApplyError) as info:
-        apply_environment(session, env_plan, batch_size=1)  # one operation per $batch
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader),
+            env_plan, batch_size=1)  # one operation per $batch
     result = info.value.results
     assert isinstance(result, ApplyResult)
     assert [r.outcome for r in result.results] == ["unknown", "not_written", "not_written"]
@@ -290,7 +293,7 @@ def test_an_update_whose_answer_is_lost_is_read_back(admin_app: Any, session: En
     assert [op.kind for op in env_plan.ops] == ["update"]
     version = rows_named(admin_app, Sample.REF_OUTLOOK_NAME)[0]["versionnumber"]
     admin_app.app.faults.add("drop", BATCH, methods=["POST"], times=1, after_commit=True)
-    result = apply_environment(session, env_plan)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     assert result.ok
     row = rows_named(admin_app, Sample.REF_OUTLOOK_NAME)[0]
     assert row["connectionreferencedisplayname"] == "Outlook (renamed)"
@@ -307,6 +310,6 @@ def test_a_delete_whose_answer_is_lost_is_read_back(admin_app: Any, session: Env
                                 managed=[Sample.REF_DV_NAME])
     assert [op.kind for op in env_plan.ops] == ["delete"]
     admin_app.app.faults.add("error", BATCH, methods=["POST"], times=1, status=502, after_commit=True)
-    result = apply_environment(session, env_plan)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan)
     assert result.ok and rows_named(admin_app, Sample.REF_DV_NAME) == []
     assert admin_app.app.log.count_requests("POST", BATCH) == 1

@@ -1,6 +1,10 @@
 """The live reader: everything the planner needs about one environment, read in bulk and in parallel.
 
-``read_environment(session, config, env)`` makes a fixed number of requests whatever the number of
+It is given a ``LiveSource``: the environment's Dataverse and connections clients seen through
+read-only protocols (``DataverseReader``, ``ConnectionsReader``), so it cannot write; only the applier
+is handed what sends a ``$batch``. ``EnvSession.reader`` is such a source.
+
+``read_environment(source, config, env)`` makes a fixed number of requests whatever the number of
 references (a page holds 5000 rows): two rounds of independent reads run in parallel threads
 (``httpx.Client`` is thread-safe).
 
@@ -29,13 +33,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from reconciler.api.client import MAX_PAGE_SIZE, WhoAmI
 from reconciler.api.odata_filter import Filter, Guid, any_of, either, eq
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
-from reconciler.api.session import EnvSession
 from reconciler.domain import flowdef, rules
 from reconciler.domain.model import (
     Config,
@@ -54,11 +58,52 @@ from reconciler.errors import (
     AuthError,
     AuthUnavailableError,
     MalformedResponseError,
-    NotFoundError,
     PlanError,
 )
 
 log = logging.getLogger(__name__)
+
+
+class DataverseReader(Protocol):
+    """What the live reader may ask Dataverse: queries, WhoAmI, the component type, a privilege check."""
+
+    def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+                orderby: str | None = None, expand: str | None = None,
+                page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]: ...
+
+    def who_am_i(self) -> WhoAmI: ...
+
+    def component_type_for(self, entity: str) -> int: ...
+
+    def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None: ...
+
+
+class ConnectionsReader(Protocol):
+    """What the live reader may ask the connections API: the two lists."""
+
+    @property
+    def environment_id(self) -> str | None: ...
+
+    def list_connections(self) -> list[dict[str, Any]]: ...
+
+    def list_connections_admin(self) -> list[dict[str, Any]]: ...
+
+
+class LiveSource(Protocol):
+    """One environment as the live reader sees it: its name and config, and read-only clients."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def env(self) -> EnvironmentConfig: ...
+
+    @property
+    def dataverse(self) -> DataverseReader: ...
+
+    @property
+    def connections(self) -> ConnectionsReader | None: ...
+
 
 T = TypeVar("T")
 
@@ -252,15 +297,15 @@ def flow_solutions(component_rows: Iterable[Mapping[str, Any]],
 # --------------------------------------------------------------------------- reads
 
 
-def read_connections(session: EnvSession, *, admin: bool = True) -> tuple[list[dict[str, Any]], str]:
+def read_connections(source: LiveSource, *, admin: bool = True) -> tuple[list[dict[str, Any]], str]:
     """Every connection the writer could bind: the admin-scope list when the caller may read it,
     else (403: no Power Platform admin role / no management app registration, docs/dataverse.md §4.3)
     the caller-scoped list. That fallback costs one extra request. Returns the items and the scope
     they came from ("admin" or "user")."""
-    client = session.connections
+    client = source.connections
     if client is None:
         raise PlanError(
-            f"environment '{session.name}': connref cannot read connections without environment_id "
+            f"environment '{source.name}': connref cannot read connections without environment_id "
             "or connections_url; add one of them to the environment"
         )
     if admin and client.environment_id:
@@ -273,37 +318,37 @@ def read_connections(session: EnvSession, *, admin: bool = True) -> tuple[list[d
             if isinstance(exc, MalformedResponseError) or exc.status not in (401, 403):
                 raise
             log.info("%s: admin connection list refused (%s); using the caller's scope",
-                     session.name, exc.status)
+                     source.name, exc.status)
         except AuthUnavailableError:
             raise
         except AuthError as exc:
             log.info("%s: no token for the admin connection list (%s); using the caller's scope",
-                     session.name, type(exc).__name__)
+                     source.name, type(exc).__name__)
     return client.list_connections(), "user"
 
 
-def _who_am_i(session: EnvSession) -> Any:
+def _who_am_i(source: LiveSource) -> Any:
     """WhoAmI, with a refusal explained: a 403 here means the signed-in identity has no usable user in
     this environment (no application user, or a disabled one), which a raw Dataverse error hides."""
     try:
-        return session.dataverse.who_am_i()
+        return source.dataverse.who_am_i()
     except ApiError as exc:
         if exc.status != 403:
             raise
         raise PlanError(
-            f"environment '{session.name}': Dataverse refused the signed-in identity ({exc}). "
+            f"environment '{source.name}': Dataverse refused the signed-in identity ({exc}). "
             "For a service principal, create an enabled application user for it in this environment "
             "(Power Platform admin center > the environment > Settings > Users + permissions > Application "
             "users) and give it a security role; see docs/service-account.md"
         ) from None
 
 
-def _env(config: Config, env: EnvironmentConfig | str | None, session: EnvSession) -> EnvironmentConfig:
+def _env(config: Config, env: EnvironmentConfig | str | None, source: LiveSource) -> EnvironmentConfig:
     if isinstance(env, EnvironmentConfig):
         return env
-    name = env or session.name
+    name = env or source.name
     found = config.environments.get(name)
-    return found if found is not None else session.env
+    return found if found is not None else source.env
 
 
 #: Every read of one environment runs at once: 8 independent reads, then 3 that wait on some of them.
@@ -317,7 +362,7 @@ MAX_PARALLEL_ENVIRONMENTS = 32
 
 
 def read_environment(
-    session: EnvSession,
+    source: LiveSource,
     config: Config,
     env: EnvironmentConfig | str | None = None,
     *,
@@ -333,8 +378,8 @@ def read_environment(
     Round trips: the longest chains start first (the connections, which may take two requests when
     the admin list is refused, then the references, which page at 5000 rows), and each second-round
     read starts as soon as what it needs has arrived rather than after all of round 1."""
-    envc = _env(config, env, session)
-    dv = session.dataverse
+    envc = _env(config, env, source)
+    dv = source.dataverse
     service_account = envc.service_account
 
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"live-{envc.name}") as pool:
@@ -343,7 +388,7 @@ def read_environment(
 
         # Round 1, longest chains first. A dependent read below is submitted after what it waits on, so
         # the pool (first in, first out) always starts a dependency before the read that waits for it.
-        f_conns = run(lambda: read_connections(session, admin=admin_connections))
+        f_conns = run(lambda: read_connections(source, admin=admin_connections))
         f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
         f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
                                          filter=eq("category", FLOW_CATEGORY)))
@@ -352,7 +397,7 @@ def read_environment(
         f_flow_members = run(lambda: dv.get_all("solutioncomponents", select=("objectid", "_solutionid_value"),
                                                 filter=eq("componenttype", WORKFLOW_COMPONENT_TYPE)))
         f_solution_names = run(lambda: dv.get_all("solutions", select=("solutionid", "uniquename")))
-        f_who = run(lambda: _who_am_i(session))
+        f_who = run(lambda: _who_am_i(source))
         f_type = run(lambda: dv.component_type_for("connectionreference"))
         # The publisher prefix comes with the solution through its publisherid navigation property.
         f_solution = run(lambda: _solution(dv.get_all("solutions", select=SOLUTION_COLUMNS,
@@ -378,7 +423,7 @@ def read_environment(
             owner_ids = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
             conns = f_conns.result()[0]
             owner_oids = [connection_from_item(c).owner_object_id for c in conns]
-            return _read_users(session, f_who.result().user_id, service_account, owner_ids, owner_oids)
+            return _read_users(source, f_who.result().user_id, service_account, owner_ids, owner_oids)
 
         f_members = run(members)
         f_priv = run(privilege)
@@ -397,7 +442,6 @@ def read_environment(
         flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
                       for r in f_flows.result())
 
-    session.component_type = component_type
     declared = {name.lower() for name in config.references} | {name.lower() for name in managed}
     references = tuple(
         reference_from_row(row, str(row["connectionreferenceid"]).lower() in members_ids)
@@ -412,10 +456,6 @@ def read_environment(
         caller = LiveUser(systemuserid=who.user_id, object_id=None, upn=None)
     writer = rules.pick_writer(service_account, caller, users_found)
     impersonating = bool(service_account) and rules.acts_as_other(caller, writer)
-    if impersonating and writer is not None:
-        session.writer_object_id = writer.object_id
-    else:
-        session.writer_object_id = None
     # When the service cannot say whether the caller may impersonate, leave it to the apply: the
     # write then fails with Dataverse's own CannotActOnBehalfOfAnotherUser error.
     caller_can_impersonate = impersonating if can_impersonate is None else can_impersonate
@@ -446,7 +486,7 @@ def _solution(rows: list[dict[str, Any]]) -> LiveSolution | None:
 
 
 def _read_users(
-    session: EnvSession,
+    source: LiveSource,
     caller_id: str,
     service_account: str | None,
     owner_ids: Iterable[str | None],
@@ -469,7 +509,7 @@ def _read_users(
         clauses.append(eq("applicationid", Guid(sa_guid)))
     elif sa:
         clauses.append(eq("domainname", sa))
-    dv = session.dataverse
+    dv = source.dataverse
     if len(ids) + len(oids) > MAX_USER_KEYS:
         wanted_ids = {g.value for g in ids}
         wanted_oids = {g.value for g in oids}
@@ -488,37 +528,19 @@ def _read_users(
 IDS_PER_READ = 50
 
 
-def read_reference_rows(session: EnvSession, ids: Iterable[str]) -> list[dict[str, Any]]:
+def read_reference_rows(source: LiveSource, ids: Iterable[str]) -> list[dict[str, Any]]:
     """The rows (as the service answers them, ETag included) of the references with these ids that
     exist, in one filtered request per 50 ids."""
     guids = _guids(ids)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(guids), IDS_PER_READ):
-        rows.extend(session.dataverse.get_all(
+        rows.extend(source.dataverse.get_all(
             "connectionreferences", select=REFERENCE_COLUMNS,
             filter=any_of("connectionreferenceid", guids[start:start + IDS_PER_READ])))
     return rows
 
 
-def read_references(session: EnvSession, ids: Iterable[str]) -> list[LiveReference]:
+def read_references(source: LiveSource, ids: Iterable[str]) -> list[LiveReference]:
     """The reference rows with these ids (``in_solution`` left False for the caller to set), in one
     filtered request per 50 ids."""
-    return [reference_from_row(row, False) for row in read_reference_rows(session, ids)]
-
-
-def resolve_writer_object_id(session: EnvSession) -> str | None:
-    """The Entra object id writes impersonate: the service account's, when the environment has one
-    (one request when the live reader has not resolved it already)."""
-    sa = session.service_account
-    if not sa:
-        return None
-    if session.writer_object_id:
-        return session.writer_object_id
-    who = session.dataverse.who_am_i()
-    user = rules.pick_writer(sa, None, _read_users(session, who.user_id, sa, (), ()))
-    if user is None or not user.object_id:
-        raise NotFoundError(f"environment '{session.name}': service account {sa} has no Dataverse user")
-    if user.systemuserid == who.user_id:
-        return None  # the caller is the service account: nothing to impersonate
-    session.writer_object_id = user.object_id
-    return session.writer_object_id
+    return [reference_from_row(row, False) for row in read_reference_rows(source, ids)]

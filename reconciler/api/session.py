@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +19,19 @@ import httpx
 
 from reconciler.api.auth import TokenProvider, provider_key
 from reconciler.api.client import (
+    MAX_PAGE_SIZE,
     POWERAPPS_BASE,
     POWERAPPS_SCOPE,
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
     DataverseClient,
     RetryPolicy,
+    WhoAmI,
     power_platform_api_base,
     request_log_hooks,
     scope_for,
 )
+from reconciler.api.odata_filter import Filter
 from reconciler.domain.model import AuthProfile, Config, EnvironmentConfig
 from reconciler.errors import AuthError, ConfigError
 
@@ -64,12 +67,44 @@ class InProcessTransport(httpx.WSGITransport):
                                             request=request) from exc
 
 
+class ReadOnlyDataverse:
+    """The read half of a ``DataverseClient``: what the live reader is handed, so it cannot write."""
+
+    def __init__(self, client: DataverseClient) -> None:
+        self._client = client
+
+    def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+                orderby: str | None = None, expand: str | None = None,
+                page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
+        return self._client.get_all(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
+                                    page_size=page_size)
+
+    def who_am_i(self) -> WhoAmI:
+        return self._client.who_am_i()
+
+    def component_type_for(self, entity: str) -> int:
+        return self._client.component_type_for(entity)
+
+    def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None:
+        return self._client.user_has_privilege(systemuserid, privilege)
+
+
+@dataclass(frozen=True)
+class ReadOnlySource:
+    """One environment for the live reader (``reconciler.api.live.LiveSource``): reads only."""
+
+    name: str
+    env: EnvironmentConfig
+    dataverse: ReadOnlyDataverse
+    connections: ConnectionsClient | None  # the connections API client only reads
+
+
 @dataclass
 class EnvSession:
     """The clients of one environment, and (for ``local:``) the in-process emulator app.
 
-    ``writer_object_id`` caches the Entra object id of the service account once the live reader
-    (or the applier) has resolved it, so writes can impersonate it with ``CallerObjectId``."""
+    ``reader`` is what the live reader is given (it can only read); ``dataverse`` (which also sends
+    ``$batch``) is handed to the applier alone."""
 
     name: str
     env: EnvironmentConfig
@@ -78,8 +113,6 @@ class EnvSession:
     http: httpx.Client
     token_provider: TokenProvider
     emulator: Any = None  # reconciler.emulator.app.EmulatorApp for local: environments
-    writer_object_id: str | None = None
-    component_type: int | None = None  # of connectionreference, once read (it varies per org)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = False
 
@@ -90,6 +123,11 @@ class EnvSession:
     @property
     def service_account(self) -> str | None:
         return self.env.service_account
+
+    @property
+    def reader(self) -> ReadOnlySource:
+        """This environment seen through read-only clients: what the live reader is given."""
+        return ReadOnlySource(self.name, self.env, ReadOnlyDataverse(self.dataverse), self.connections)
 
     def close(self) -> None:
         with self._lock:

@@ -1,6 +1,6 @@
 """The applier: the only module that writes to an environment.
 
-``apply_environment(session, env_plan)`` turns a plan's operations into Dataverse requests and
+``apply_environment(writer, env_plan)`` turns a plan's operations into Dataverse requests and
 sends them in ``$batch`` change sets of at most 1000 (ceil(N/1000) batches for N operations), one
 batch after the other:
 
@@ -8,11 +8,13 @@ batch after the other:
   solution (docs/dataverse.md §2.2), its ``connectionid`` and, with a service account, ``ownerid@odata.bind``;
 - update (rename, description, rebind, owner): ``PATCH`` with ``If-Match: <ETag read when
   planning>``, owner changes as ``ownerid@odata.bind`` (docs/dataverse.md §3.3, §3.4);
-- add to solution: the ``AddSolutionComponent`` action with the component type read at run time;
+- add to solution: the ``AddSolutionComponent`` action with the component type the plan read;
 - delete: ``DELETE`` with ``If-Match``.
 
-Writes impersonate the service account (``CallerObjectId``, docs/dataverse.md §3.10) when the environment
-names one.
+Writes impersonate the service account (``CallerObjectId``, docs/dataverse.md §3.10) when the plan says
+so. Everything apply needs besides the operations (the writer's object id, the component type) comes
+with the plan (``EnvironmentPlan.facts``): the applier reads nothing to decide what to write, and is
+handed only what sends a ``$batch`` (``BatchWriter``).
 
 A change set is atomic (docs/dataverse.md §3.7): when one operation fails, the
 others of its batch are rolled back and later batches are not sent. The result says, per operation,
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from reconciler.api.batch_format import (
     MAX_BATCH_OPERATIONS,
@@ -46,10 +48,8 @@ from reconciler.api.batch_format import (
     delete_op,
     update_op,
 )
-from reconciler.api.live import read_reference_rows, read_references, resolve_writer_object_id
 from reconciler.api.odata_filter import odata_bind
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
-from reconciler.api.session import EnvSession
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
 from reconciler.errors import ApiError, ApplyError, OutcomeUnknownError, PreconditionFailedError
@@ -248,26 +248,39 @@ def _failure_reason(op: Op, error: ApiError | None, fallback: str) -> str:
     return str(error) if error is not None else fallback
 
 
-def _component_type(session: EnvSession, ops: Sequence[Op]) -> int | None:
-    if not any(isinstance(op, AddToSolution) for op in ops):
-        return None
-    if session.component_type is None:
-        session.component_type = session.dataverse.component_type_for("connectionreference")
-    return session.component_type
+class BatchWriter(Protocol):
+    """What the applier writes through: one atomic ``$batch`` change set per call."""
+
+    def execute_batch(
+        self, operations: Sequence[BatchOperation], *, caller_object_id: str | None = None
+    ) -> list[OperationResult]: ...
+
+
+#: How the applier reads rows back (the caller's live reader, ``reconciler.api.live.read_reference_rows``):
+#: the rows, as the service answers them, of the references with these ids that exist.
+RowReader = Callable[[list[str]], list[dict[str, Any]]]
 
 
 def apply_environment(
-    session: EnvSession, env_plan: EnvironmentPlan, *, progress: Progress | None = None,
+    writer: BatchWriter, read_rows: RowReader, env_plan: EnvironmentPlan, *, progress: Progress | None = None,
     batch_size: int = MAX_BATCH_OPERATIONS,
 ) -> ApplyResult:
-    """Write one environment's plan, in change sets of at most ``batch_size`` operations. Returns the
-    per-operation result when everything was written; raises ``ApplyError`` (with ``results`` = the
-    ``ApplyResult``) when anything was not, failed, or ended with an unknown outcome."""
+    """Write one environment's plan through ``writer``, in change sets of at most ``batch_size``
+    operations; ``read_rows`` (the caller's live reader) reads back a change set whose answer was lost.
+    Returns the per-operation result when everything was written; raises ``ApplyError`` (with
+    ``results`` = the ``ApplyResult``) when anything was not, failed, or ended with an unknown outcome,
+    and before sending anything when the plan lacks the facts apply needs (a plan made by an earlier
+    connref)."""
     ops = list(env_plan.ops)
     if not ops:
         return ApplyResult(env_plan.environment, ())
-    requests = to_requests(ops, _component_type(session, ops))
-    caller_object_id = resolve_writer_object_id(session)
+    facts = env_plan.facts
+    if facts is None:
+        raise ApplyError(f"the plan of environment {env_plan.environment} does not record the identity writes "
+                         "act as and the solution component type (it was made by an earlier connref): "
+                         "run 'connref plan' again")
+    requests = to_requests(ops, facts.component_type)
+    caller_object_id = facts.writer_object_id
 
     results: list[OpResult] = []
     batches = list(chunked(requests, batch_size))
@@ -279,7 +292,7 @@ def apply_environment(
             skipped = "not sent: an earlier batch failed"
             results.extend(OpResult(op, "not_written", skipped) for op in batch_ops)
             continue
-        done = _ChangeSet(session, batch_ops, batch, caller_object_id).apply()
+        done = _ChangeSet(writer, read_rows, batch_ops, batch, caller_object_id).apply()
         results.extend(done)
         if any(r.outcome != "written" for r in done):
             failed_at = number
@@ -312,15 +325,16 @@ _REPEATABLE = (AddToSolution,)
 class _ChangeSet:
     """One ``$batch`` change set: sent, and when its answer is lost, read back and settled."""
 
-    def __init__(self, session: EnvSession, ops: list[Op], batch: Sequence[BatchOperation],
-                 caller_object_id: str | None) -> None:
-        self.session = session
+    def __init__(self, writer: BatchWriter, read_rows: RowReader, ops: list[Op],
+                 batch: Sequence[BatchOperation], caller_object_id: str | None) -> None:
+        self.writer = writer
+        self.read_rows = read_rows
         self.ops = ops
         self.batch = batch
         self.caller_object_id = caller_object_id
 
     def _send(self) -> list[OperationResult]:
-        return self.session.dataverse.execute_batch(self.batch, caller_object_id=self.caller_object_id)
+        return self.writer.execute_batch(self.batch, caller_object_id=self.caller_object_id)
 
     def apply(self) -> list[OpResult]:
         try:
@@ -365,7 +379,7 @@ class _ChangeSet:
         """(verdict, rows read back by id, why not) for the change set, from one filtered read of its rows."""
         ids = [op.reference_id for op in self.ops if op.reference_id]
         try:
-            rows = {str(row["connectionreferenceid"]).lower(): row for row in read_reference_rows(self.session, ids)}
+            rows = {str(row["connectionreferenceid"]).lower(): row for row in self.read_rows(ids)}
         except ApiError as exc:
             return rules.UNKNOWN, {}, f"reading back what was written failed: {exc}"
         verdicts = []
@@ -419,12 +433,14 @@ def _apply_error_message(result: ApplyResult) -> str:
 # --------------------------------------------------------------------------- after the apply
 
 
-def live_after_apply(session: EnvSession, live: LiveEnvironment, result: ApplyResult) -> LiveEnvironment:
+def live_after_apply(live: LiveEnvironment, result: ApplyResult,
+                     read_rows: RowReader) -> LiveEnvironment:
     """The environment as the apply left it: ``live`` (read before writing) with every written
     reference replaced by the row the service sent back in the same ``$batch`` (new ETag, owner,
     binding), references added to the solution marked so, deleted ones dropped. Only what was written
-    changes, and nothing is read again; a written row the service did not send back is read in one
-    filtered query (per 50 ids) of just those rows."""
+    changes, and nothing is read again; a written row the service did not send back is asked of
+    ``read_rows`` (the caller's live reader: ``reconciler.api.live.read_reference_rows``, one filtered
+    query per 50 ids)."""
     by_id: dict[str, LiveReference] = {r.id: r for r in live.references}
     added: list[LiveReference] = []
     missing: dict[str, bool] = {}  # id -> in the solution
@@ -451,7 +467,7 @@ def live_after_apply(session: EnvSession, live: LiveEnvironment, result: ApplyRe
         else:
             added.append(new)
     if missing:
-        for new in read_references(session, list(missing)):
+        for new in (reference_from_row(row, False) for row in read_rows(list(missing))):
             if new.id in by_id:
                 by_id[new.id] = replace(new, in_solution=by_id[new.id].in_solution or missing[new.id])
             else:

@@ -353,14 +353,38 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class ApplyFacts:
+    """What apply needs besides the operations, which only a read of the environment tells, taken from
+    it when planning so the applier never reads to decide what to write:
+
+    - ``writer_object_id``: the Entra object id writes act as (``CallerObjectId``, docs/dataverse.md
+      §3.10), or None when the signed-in identity writes as itself;
+    - ``component_type``: the solution component type of ``connectionreference`` in this environment,
+      for ``AddSolutionComponent`` (it varies per environment: docs/dataverse.md §2.1)."""
+
+    writer_object_id: str | None = None
+    component_type: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"writer_object_id": self.writer_object_id, "component_type": self.component_type}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ApplyFacts:
+        ctype = d.get("component_type")
+        return cls(writer_object_id=d.get("writer_object_id"), component_type=None if ctype is None else int(ctype))
+
+
+@dataclass(frozen=True)
 class EnvironmentPlan:
-    """The operations for one environment, the warnings met while planning, and a fingerprint of the live
-    rows read (a saved plan is stale when the fingerprint moves)."""
+    """The operations for one environment, the warnings met while planning, a fingerprint of the live
+    rows read (a saved plan is stale when the fingerprint moves) and the facts apply needs (``facts``;
+    None only in a plan saved by a connref that did not record them, which apply refuses)."""
 
     environment: str
     ops: tuple[Op, ...] = ()
     warnings: tuple[str, ...] = ()
     fingerprint: str = ""
+    facts: ApplyFacts | None = None
 
     @property
     def counts(self) -> Counts:
@@ -376,6 +400,7 @@ class EnvironmentPlan:
             "ops": [op.to_dict() for op in self.ops],
             "warnings": list(self.warnings),
             "fingerprint": self.fingerprint,
+            "apply_facts": _opt_dict(self.facts),
         }
 
     @classmethod
@@ -385,6 +410,7 @@ class EnvironmentPlan:
             ops=tuple(operation_from_dict(o) for o in d.get("ops", ())),
             warnings=tuple(d.get("warnings", ())),
             fingerprint=d.get("fingerprint", ""),
+            facts=_opt(ApplyFacts, d.get("apply_facts")),
         )
 
 

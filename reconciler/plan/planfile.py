@@ -268,6 +268,26 @@ def read_plan_file(path: str | os.PathLike[str]) -> SavedPlan:
         raise PlanError(f"plan file {p} is damaged: missing or invalid field ({e}). {REPLAN}") from e
 
 
+def check_applyable(saved: SavedPlan) -> None:
+    """Refuse (StalePlanError) a plan saved by a connref that did not record what apply needs besides
+    the operations (the identity writes act as, the solution component type: ``ops.ApplyFacts``): apply
+    takes them from the plan and reads nothing to decide what to write, so such a plan is planned again
+    rather than guessed at."""
+    from reconciler.plan.ops import Plan
+
+    try:
+        plan = Plan.from_dict(saved.plan)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"plan file {saved.path} is damaged: {e}. {REPLAN}") from e
+    without = [env.environment for env in plan.environments if env.ops and env.facts is None]
+    if without:
+        raise StalePlanError(
+            f"plan file {saved.path} was made by an earlier connref: it does not record the identity writes "
+            f"act as and the solution component type of {', '.join(without)}, which apply now takes from the "
+            f"plan. {REPLAN}"
+        )
+
+
 # --------------------------------------------------------------------------- freshness
 
 

@@ -43,6 +43,7 @@ from reconciler.domain.rules import Problem, problem
 from reconciler.errors import PlanError
 from reconciler.plan.ops import (
     AddToSolution,
+    ApplyFacts,
     ConnectionInfo,
     CreateReference,
     DeleteReference,
@@ -237,6 +238,10 @@ class _EnvPlanner:
             ops=tuple(ops),
             warnings=tuple(self.warnings),
             fingerprint=self.fingerprint,
+            facts=ApplyFacts(
+                writer_object_id=rules.impersonated_object_id(self.env.service_account, self.live),
+                component_type=self.live.component_type,
+            ),
         )
 
     def plan_reference(self, desired: DesiredReference, matches: list[LiveReference]) -> list[Op]:

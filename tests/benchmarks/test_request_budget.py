@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from builders import EmulatorTokens, sample_config
 
 from reconciler import cli
-from reconciler.api.live import read_environment
+from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.api.session import open_environment
 from reconciler.apply.applier import apply_environment
 from reconciler.domain.model import Config, DesiredReference, connector_id
@@ -90,7 +91,8 @@ def test_applying_2500_changes_takes_3_batches(emulator: Any) -> None:
         assert len(env_plan.ops) == n
         emulator.app.log.clear()
         seen: list[int] = []
-        result = apply_environment(s, env_plan, progress=lambda p: seen.append(p.done))
+        result = apply_environment(s.dataverse, partial(read_reference_rows, s.reader),
+            env_plan, progress=lambda p: seen.append(p.done))
     batches = [e for e in emulator.app.log if e.path.endswith("/$batch")]
     assert len(batches) == math.ceil(n / 1000) == 3
     assert [e.batch_count for e in batches] == [1000, 1000, 500]
@@ -180,10 +182,11 @@ def test_rows_not_sent_back_are_read_in_one_filtered_query(emulator: Any) -> Non
     with open_environment(config, "dev", token_provider=EmulatorTokens(emulator),
                           http=httpx.Client(timeout=60)) as s:
         live = read_environment(s, config, "dev")
-        result = apply_environment(s, plan_environment(config, config.environments["dev"], live))
+        result = apply_environment(s.dataverse, partial(read_reference_rows, s.reader),
+            plan_environment(config, config.environments["dev"], live))
         stripped = replace(result, results=tuple(replace(r, row=None) for r in result.results))
         emulator.app.log.clear()
-        after = live_after_apply(s, live, stripped)
+        after = live_after_apply(live, stripped, partial(read_reference_rows, s.reader))
     (read,) = emulator.app.log
     assert read.method == "GET" and "connectionreferenceid" in read.query
     fresh = {r.logical_name: r for r in after.references}

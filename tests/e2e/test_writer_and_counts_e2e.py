@@ -81,3 +81,22 @@ def test_add_to_solution_and_update_count_once_in_plan_and_in_apply(quickstart: 
     applied = re.search(r"Apply complete! Changes: (\d+) added, (\d+) changed, (\d+) destroyed\.", r.out)
     assert applied is not None
     assert applied.groups() == planned.groups()
+
+
+def test_a_plan_saved_without_the_facts_apply_needs_is_refused_with_plan_again(quickstart: Workspace) -> None:
+    plan_path = quickstart.dir / "plan.json"
+    assert quickstart.run("plan", "-e", "dev", "--out", str(plan_path)).code == 0
+    doc = json.loads(plan_path.read_text())
+    (env_plan,) = doc["plan"]["environments"]
+    svc = _user(quickstart, "dev", SVC_UPN)
+    assert env_plan["apply_facts"] == {"writer_object_id": svc["azureactivedirectoryobjectid"],
+                                       "component_type": 10150}
+    # What a plan saved by an earlier connref looks like: the same, without the facts.
+    del env_plan["apply_facts"]
+    plan_path.write_text(json.dumps(doc))
+    before = (quickstart.dir / "dev.json").read_bytes()
+    r = quickstart.run("apply", str(plan_path))
+    assert r.code == 1
+    assert "earlier connref" in r.err and "connref plan --out FILE" in r.err
+    assert (quickstart.dir / "dev.json").read_bytes() == before, "nothing may be written"
+    assert quickstart.run("show", str(plan_path)).code == 0  # still readable for a reviewer

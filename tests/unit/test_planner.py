@@ -38,6 +38,7 @@ from reconciler.domain.patterns import is_guid
 from reconciler.errors import PlanError
 from reconciler.plan.ops import (
     AddToSolution,
+    ApplyFacts,
     ConnectionInfo,
     CreateReference,
     DeleteReference,
@@ -611,3 +612,14 @@ def test_a_create_carries_a_row_id_decided_by_the_environment_the_name_and_what_
         "https://b.crm.dynamics.com", "contoso_X", "sha256:1")
     assert create_id("https://a.crm.dynamics.com/", "CONTOSO_x", "sha256:1") == create_id(
         "https://A.crm.dynamics.com", "contoso_X", "sha256:1")
+
+
+def test_the_plan_carries_what_apply_needs() -> None:
+    # Writing as the service account on behalf of the signed-in maker: its object id goes with the plan,
+    # with the environment's component type, so apply reads nothing to decide what to write.
+    lv = replace(live([ref("contoso_SharePoint", "old")], caller=MAKER1), caller_can_impersonate=True)
+    assert plan_dev(config([SP_REF]), lv).facts == ApplyFacts(writer_object_id="oid-svc", component_type=10150)
+    # Signed in as the service account itself, or no service account: nobody to impersonate.
+    assert plan_dev(config([SP_REF]), replace(lv, caller=SVC)).facts == ApplyFacts(None, 10150)
+    no_sa = replace(lv, writer=MAKER1)
+    assert plan_dev(config([SP_REF], service_account=None), no_sa).facts == ApplyFacts(None, 10150)

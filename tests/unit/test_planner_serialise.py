@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from reconciler.plan.ops import (
     AddToSolution,
+    ApplyFacts,
     ConnectionInfo,
     CreateReference,
     DeleteReference,
@@ -77,6 +78,8 @@ env_plans = st.builds(
     ops=st.lists(operations, max_size=4).map(tuple),
     warnings=st.lists(text, max_size=3).map(tuple),
     fingerprint=text,
+    facts=st.none() | st.builds(ApplyFacts, writer_object_id=st.none() | text,
+                                component_type=st.none() | st.integers(0, 2**31)),
 )
 plans = st.builds(
     Plan,
