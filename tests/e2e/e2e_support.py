@@ -40,6 +40,28 @@ def run_cli(*argv: str) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def add_explain_flows(directory: Path) -> None:
+    """Add to the quickstart's dev.json in ``directory`` an instant flow run with the caller's connections
+    ("Approve from Teams") and a scheduled flow on the service account's Dataverse connection ("Nightly
+    summary"), both in the solution: the dev environment docs/concepts.md explains."""
+    from reconciler.emulator import factory
+
+    path = directory / "dev.json"
+    data = json.loads(path.read_text())
+    solution = data["solutions"][0]
+    users = {u["domainname"]: u for u in data["systemusers"]}
+    factory.add_flow(data, "Approve from Teams",
+                     [("contoso_sharedsharepointonline_30e7d", "shared_sharepointonline"),
+                      ("contoso_sharedoffice365_d4c61", "shared_office365")],
+                     owner=users["maker2@contoso.com"], solution=solution, trigger="manual", runtime_source="invoker",
+                     workflowid="a0000000-0000-4000-8000-00000000aa01")
+    factory.add_flow(data, "Nightly summary",
+                     [("contoso_sharedcommondataserviceforapps_7b2e9", "shared_commondataserviceforapps")],
+                     owner=users["svc-flows@contoso.com"], solution=solution, trigger="recurrence",
+                     workflowid="a0000000-0000-4000-8000-00000000aa02")
+    path.write_text(json.dumps(data))
+
+
 @dataclass
 class Workspace:
     """A scratch copy of the quickstart (``local:`` environments, in-process emulator)."""

@@ -10,8 +10,7 @@ import json
 import pytest
 from schema_support import check
 
-from e2e.e2e_support import Workspace
-from reconciler.emulator import factory
+from e2e.e2e_support import Workspace, add_explain_flows
 
 SP_30E7D = "contoso_sharedsharepointonline_30e7d"
 DATAVERSE = "contoso_sharedcommondataserviceforapps_7b2e9"
@@ -23,17 +22,7 @@ SVC = "svc-flows@contoso.com"
 def workspace(quickstart: Workspace) -> Workspace:
     """The quickstart, with an instant flow run with the caller's connections and a scheduled flow on the
     service account's Dataverse connection, both in the solution."""
-    path = quickstart.dir / "dev.json"
-    data = json.loads(path.read_text())
-    solution = data["solutions"][0]
-    users = {u["domainname"]: u for u in data["systemusers"]}
-    factory.add_flow(data, "Approve from Teams", [(SP_30E7D, "shared_sharepointonline"), (OUTLOOK, "shared_office365")],
-                     owner=users["maker2@contoso.com"], solution=solution, trigger="manual", runtime_source="invoker",
-                     workflowid="a0000000-0000-4000-8000-00000000aa01")
-    factory.add_flow(data, "Nightly summary", [(DATAVERSE, "shared_commondataserviceforapps")],
-                     owner=users[SVC], solution=solution, trigger="recurrence",
-                     workflowid="a0000000-0000-4000-8000-00000000aa02")
-    path.write_text(json.dumps(data))
+    add_explain_flows(quickstart.dir)
     return quickstart
 
 
