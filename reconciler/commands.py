@@ -162,7 +162,14 @@ def managed_names(states: Mapping[str, EnvState | None]) -> dict[str, list[str]]
 
 
 def _write_text(path: str, text: str) -> None:
-    Path(path).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    """Write an output file (``-o``, ``--markdown``), making its folder if needed (``-o settings/prod.json``
+    in a fresh checkout); a file that cannot be written is an error naming it, not a traceback."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as e:
+        raise ConnrefError(f"cannot write {path}: {e.strerror or e.__class__.__name__}") from None
 
 
 def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],

@@ -279,6 +279,20 @@ def test_binding_to_a_connection_the_writer_may_not_use_names_owner_and_fix(quic
     assert personal["name"] in r.err and "maker2@contoso.com" in r.err and "CanView" in r.err
 
 
+def test_an_output_file_gets_its_folder_or_a_clear_error(quickstart: Workspace) -> None:
+    """``-o settings/prod.json`` in a checkout without that folder (docs/adoption.md) makes it; a path that
+    cannot be written is an error naming it, never a traceback."""
+    target = quickstart.dir / "settings" / "prod.json"
+    r = quickstart.run("settings", "-e", "prod", "-o", str(target))
+    assert r.code == 0, r.err
+    assert json.loads(target.read_text())["ConnectionReferences"]
+    blocked = quickstart.dir / "a-file"
+    blocked.write_text("")
+    r = quickstart.run("settings", "-e", "prod", "-o", str(blocked / "prod.json"))
+    assert r.code == 1
+    assert r.err.startswith(f"Error: cannot write {blocked / 'prod.json'}: ") and "Traceback" not in r.err
+
+
 def test_settings_file_round_trips_into_config_bindings(quickstart: Workspace) -> None:
     settings = quickstart.dir / "settings.dev.json"
     assert quickstart.run("settings", "-e", "dev", "-o", str(settings)).code == 0
