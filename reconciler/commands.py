@@ -356,7 +356,8 @@ def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
     try:
         # The applier alone is handed the client that sends $batch; it reads back through the reader.
         read_rows = functools.partial(read_reference_rows, session.reader)
-        result = apply_environment(session.dataverse, read_rows, env_plan, progress=_report_batch)
+        result = apply_environment(session.dataverse, read_rows, env_plan, progress=_report_batch,
+                                   sharer=session.connections)
     except ApplyError as e:
         if not isinstance(e.results, ApplyResult):
             progress.step(name, progress.FAILED, "apply failed")
@@ -695,9 +696,15 @@ def cmd_whoami(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
         if binding is None:
             say(f"  - {logical_name}: no binding declared")
             continue
-        judged = rules.judge_binding(binding, ref.connector, writer, live, service_account=sa)
+        grant = env.grants(logical_name)
+        judged = rules.judge_binding(binding, ref.connector, writer, live, service_account=sa, grant=grant)
         if judged.usable is not None:
-            say(f"  ✓ {logical_name}: may use {rules.describe_connection(judged.usable, live)}")
+            how = rules.access(judged.usable, writer, live)
+            shown = ("none yet; apply shares it (grant_access)" if grant and how.how == rules.NO_ACCESS
+                     else how.describe())
+            say(f"  ✓ {logical_name}: may use {rules.describe_connection(judged.usable, live)}; access: {shown}")
+        for p in judged.warnings:
+            say(f"  ! {logical_name}: {p.code} {p.text()}")
         for p in judged.problems:
             problems += 1
             say(f"  ✗ {logical_name}: {p.code} {p.text()}")

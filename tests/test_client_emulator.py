@@ -359,7 +359,8 @@ def test_batch_impersonates_with_caller_object_id(
 
 def _connections(emulator: Any, http: httpx.Client) -> ConnectionsClient:
     return ConnectionsClient(emulator.url, EmulatorTokens(emulator), http=http, scope=POWERPLATFORM_SCOPE,
-                             environment_id=Sample.ENVIRONMENT_ID)
+                             environment_id=Sample.ENVIRONMENT_ID,
+                             admin_scope="https://service.powerapps.com/.default")
 
 
 @pytest.mark.emulator_only(reason=CONNECTIONS_API)

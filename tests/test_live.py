@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -116,7 +117,10 @@ def test_connections_admin_scope_then_fallback(emulator: Any, session: EnvSessio
     assert conns[Sample.CONN_SP_SVC].owner_object_id == Sample.SVC_OBJECT_ID
     assert conns[Sample.CONN_SP_SVC].status == "Connected"
     app, svc = LiveUser("app", Sample.APP_OBJECT_ID, None), LiveUser("svc", Sample.SVC_OBJECT_ID, None)
-    assert rules.can_use(app, conns[Sample.CONN_DV_SVC])  # shared with the app
+    # The list carries only the Owner (docs/dataverse.md §4.8): the share with the app is on the permissions
+    # route, read only for bound connections.
+    assert [p.role for p in conns[Sample.CONN_DV_SVC].permissions] == ["Owner"]
+    assert app.object_id and not rules.can_use(app, replace(conns[Sample.CONN_DV_SVC], shares=None))
     assert not rules.can_use(svc, conns[Sample.CONN_SP_MAKER])
     assert len([e for e in emulator.app.log if "connections" in e.path]) == 1
     # Connection owners are among the users read (one query for all of them).

@@ -53,7 +53,8 @@ def connections(emulator: Any, http: httpx.Client, sleeps: list[float]) -> Conne
         app["management_app"] = True
     retry = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, max_retries=3)
     return ConnectionsClient(emulator.url, Tokens(emulator), http=http, scope="https://api.powerplatform.com/.default",
-                             environment_id=Sample.ENVIRONMENT_ID, retry=retry)
+                             environment_id=Sample.ENVIRONMENT_ID, retry=retry,
+                             admin_scope="https://service.powerapps.com/.default")
 
 
 def references(c: DataverseClient) -> Any:

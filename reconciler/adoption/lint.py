@@ -78,7 +78,7 @@ def connection_findings(
     out = rules.connection_problems(connection, connector, live, subject=logical_name)
     if service_account and not rules.is_owner(service_account, connection, live):
         owner = rules.owner_label(connection, live) or "unknown owner"
-        usable = rules.can_use(rules.resolve_principal(service_account, live.users), connection)
+        usable = rules.can_use(rules.resolve_principal(service_account, live.users), connection, live)
         shared = (
             "it is shared with the service account, but flows run with the owner's credentials"
             if usable

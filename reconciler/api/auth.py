@@ -20,7 +20,9 @@ federated           federated_provider: github | azure_devops, or federated_toke
                     federated_audience (default api://AzureADTokenExchange)
 managed_identity    managed_identity_client_id (user-assigned; omit for system-assigned)
 azure_cli           (none; uses the ``az`` on PATH)
-access_token        access_token_env
+access_token        access_token_env (Dataverse); powerplatform_access_token_env, powerapps_access_token_env,
+                    graph_access_token_env (one token per API audience; connections_access_token_env is the
+                    older name of powerplatform_access_token_env)
 all                 authority_host (default per cloud), cloud (default: the environment's)
 ==================  ==========================================================================
 """
@@ -80,6 +82,7 @@ class Cloud:
     powerplatform_api: str  # resource (audience) of the Power Platform API, also its host
     powerapps_service: str  # resource of the classic Power Apps API and BAP
     dataverse_domain: str  # the suffix of Dataverse environment hosts in that cloud
+    graph: str = "https://graph.microsoft.com"  # Microsoft Graph: its host and resource
 
     @property
     def connections_scope(self) -> str:
@@ -90,13 +93,13 @@ CLOUDS: dict[str, Cloud] = {
     "public": Cloud("public", "https://login.microsoftonline.com", "https://api.powerplatform.com",
                     "https://service.powerapps.com", "dynamics.com"),
     "usgov": Cloud("usgov", "https://login.microsoftonline.com", "https://api.gov.powerplatform.microsoft.us",
-                   "https://service.powerapps.us", "crm9.dynamics.com"),
+                   "https://service.powerapps.us", "crm9.dynamics.com", "https://graph.microsoft.com"),
     "usgovhigh": Cloud("usgovhigh", "https://login.microsoftonline.us", "https://api.high.powerplatform.microsoft.us",
-                       "https://high.service.powerapps.us", "crm.microsoftdynamics.us"),
+                       "https://high.service.powerapps.us", "crm.microsoftdynamics.us", "https://graph.microsoft.us"),
     "dod": Cloud("dod", "https://login.microsoftonline.us", "https://api.appsplatform.us",
-                 "https://service.apps.appsplatform.us", "crm.appsplatform.us"),
+                 "https://service.apps.appsplatform.us", "crm.appsplatform.us", "https://dod-graph.microsoft.us"),
     "china": Cloud("china", "https://login.chinacloudapi.cn", "https://api.powerplatform.partner.microsoftonline.cn",
-                   "https://service.powerapps.cn", "crm.dynamics.cn"),
+                   "https://service.powerapps.cn", "crm.dynamics.cn", "https://microsoftgraph.chinacloudapi.cn"),
 }
 
 
@@ -138,20 +141,41 @@ class TokenProvider(Protocol):
     def get_token(self, scope: str) -> str: ...
 
 
+#: The ``access_token`` method's variables, one per API audience (docs/dataverse.md §6.6): the key naming the
+#: variable and the hosts whose scopes it serves. ``access_token_env`` serves Dataverse (every other scope).
+ACCESS_TOKEN_AUDIENCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("powerplatform_access_token_env", "the Power Platform API", ("api.powerplatform.", "powerplatform.microsoft.us",
+                                                                  "api.appsplatform.us", "powerplatform.partner.")),
+    ("powerapps_access_token_env", "the Power Apps admin API", ("service.powerapps.", "service.apps.appsplatform.",
+                                                                "api.bap.")),
+    ("graph_access_token_env", "Microsoft Graph", ("graph.microsoft.", "dod-graph.", "microsoftgraph.")),
+)
+
+
 class StaticTokenProvider:
-    """Fixed bearer tokens (``method: access_token``): ``token`` for Dataverse and, when given,
-    ``connections_token`` for the connections API (a token has one audience, so a pipeline that
-    holds tokens for both APIs hands in two)."""
+    """Fixed bearer tokens (``method: access_token``), one per API audience (a token has one audience:
+    docs/dataverse.md §6.6): ``token`` for Dataverse, ``by_audience`` (key of ``ACCESS_TOKEN_AUDIENCES`` ->
+    token) for the others. A scope whose token was not handed in raises ``AuthError`` naming the variable
+    that would give it, rather than sending another API's token to be refused."""
 
-    _CONNECTIONS_HOSTS = ("api.powerplatform.", "service.powerapps.", "api.bap.")
-
-    def __init__(self, token: str, connections_token: str | None = None) -> None:
+    def __init__(self, token: str, connections_token: str | None = None, *,
+                 by_audience: Mapping[str, str] | None = None, profile: str = "") -> None:
         self._token = token
-        self._connections_token = connections_token
+        self._by_audience = dict(by_audience or {})
+        if connections_token and "powerplatform_access_token_env" not in self._by_audience:
+            self._by_audience["powerplatform_access_token_env"] = connections_token
+        self._profile = profile
 
     def get_token(self, scope: str) -> str:
-        if self._connections_token and any(h in scope.lower() for h in self._CONNECTIONS_HOSTS):
-            return self._connections_token
+        low = scope.lower()
+        for key, api, hosts in ACCESS_TOKEN_AUDIENCES:
+            if any(h in low for h in hosts):
+                found = self._by_audience.get(key)
+                if found:
+                    return found
+                raise AuthError(
+                    f"auth profile '{self._profile}' (access_token): no token for {api} ({resource_of(scope)}); "
+                    f"a token has one audience, so set {key} to the variable holding one for it")
         return self._token
 
     def invalidate(self, scope: str) -> None:
@@ -755,12 +779,18 @@ def _access_token_provider(setup: _Setup) -> TokenProvider:
     if not token:
         raise err(f"the environment variable {name} is empty or not set",
                   f"that the pipeline sets {name}")
-    conn_name = _opt(profile, "connections_access_token_env")
-    conn_token = os.environ.get(conn_name, "").strip() if conn_name else None
-    if conn_name and not conn_token:
-        raise err(f"the environment variable {conn_name} is empty or not set",
-                  f"that the pipeline sets {conn_name}")
-    return StaticTokenProvider(token, conn_token)
+    by_audience: dict[str, str] = {}
+    keys = [("connections_access_token_env", "powerplatform_access_token_env")]
+    keys += [(key, key) for key, _, _ in ACCESS_TOKEN_AUDIENCES]
+    for key, audience in keys:
+        var = _opt(profile, key)
+        if not var:
+            continue
+        value = os.environ.get(var, "").strip()
+        if not value:
+            raise err(f"the environment variable {var} is empty or not set", f"that the pipeline sets {var}")
+        by_audience[audience] = value
+    return StaticTokenProvider(token, by_audience=by_audience, profile=profile.name)
 
 
 def _client_secret_provider(setup: _Setup) -> TokenProvider:

@@ -56,8 +56,10 @@ from reconciler.api.odata_filter import Filter, checked_column, entity_path, eq,
 from reconciler.api.shapes import (
     CONNECTION,
     INSTANCE_DISCOVERY,
+    MEMBER_GROUPS,
     OPENID_CONFIGURATION,
     ROWS,
+    SHARE,
     TOKEN,
     TOKEN_ERROR,
     USER_PRIVILEGES,
@@ -94,10 +96,14 @@ STANDARD_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OD
 PP_API_VERSION = "1"
 #: Classic Power Apps API version for the admin connection list (docs/dataverse.md §4.2, §4.3).
 POWERAPPS_API_VERSION = "2016-11-01"
+#: The version the admin PowerShell sends to a connection's permissions routes (docs/dataverse.md §4.8).
+POWERAPPS_PERMISSIONS_API_VERSION = "2017-06-01"
 #: Public-cloud hosts and token scopes of the connections APIs (docs/dataverse.md §4.2, §6.1).
 POWERAPPS_BASE = "https://api.powerapps.com"
 POWERAPPS_SCOPE = "https://service.powerapps.com/.default"
 POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
+GRAPH_BASE = "https://graph.microsoft.com"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 # Throttled (429, honouring Retry-After) and unavailable (503) answers say the service did not act: any
 # request is retried. 500, 502 and 504 may come after the service acted (a gateway that timed out while
@@ -932,6 +938,83 @@ class ConnectionsClient(_HttpCore):
         path = f"/providers/Microsoft.PowerApps/scopes/admin/environments/{self.environment_id}/connections"
         return self._list(f"{self.admin_base_url}{path}?{_query({'api-version': POWERAPPS_API_VERSION})}",
                           self.admin_scope)
+
+    def _segment(self, value: str, what: str) -> str:
+        if not _PATH_SEGMENT.match(value):
+            raise ValueError(f"not a {what}: {value!r}")
+        return value
+
+    def _shares(self, url: str, scope: str) -> list[dict[str, Any]]:
+        return self.get_pages(url, row=SHARE, scope=scope, next_link_keys=("nextLink", "@odata.nextLink"))
+
+    def list_permissions(self, connector: str, name: str) -> list[dict[str, Any]]:
+        """Every share of one connection, for a caller holding a role on it (Power Platform API; the
+        Terraform provider's ``GetConnectionShares``; docs/dataverse.md §4.8)."""
+        path = (f"/connectivity/connectors/{self._segment(connector, 'connector')}/connections/"
+                f"{self._segment(name, 'connection name')}/permissions")
+        return self._shares(f"{self.base_url}{path}?{_query({'api-version': PP_API_VERSION})}", self.scope)
+
+    def _admin_connection(self, connector: str, name: str, rest: str) -> str:
+        if not self.environment_id:
+            raise ValueError("the admin connection routes need the environment id")
+        path = (f"/providers/Microsoft.PowerApps/scopes/admin/environments/{self.environment_id}/apis/"
+                f"{self._segment(connector, 'connector')}/connections/{self._segment(name, 'connection name')}"
+                f"/{rest}")
+        return f"{self.admin_base_url}{path}?{_query({'api-version': POWERAPPS_PERMISSIONS_API_VERSION})}"
+
+    def list_permissions_admin(self, connector: str, name: str) -> list[dict[str, Any]]:
+        """Every share of one connection, as an admin (``Get-AdminPowerAppConnectionRoleAssignment``;
+        docs/dataverse.md §4.8)."""
+        return self._shares(self._admin_connection(connector, name, "permissions"), self.admin_scope)
+
+    def share_admin(self, connector: str, name: str, *, principal_id: str, principal_type: str, role: str,
+                    tenant_id: str | None = None) -> None:
+        """Share one connection as an admin (``Set-AdminPowerAppConnectionRoleAssignment``: a ``put`` of
+        one role for one principal; docs/dataverse.md §4.8, §4.9)."""
+        principal: dict[str, Any] = {"id": principal_id, "type": principal_type}
+        if tenant_id:
+            principal["tenantId"] = tenant_id
+        body = {"put": [{"properties": {"roleName": role, "principal": principal,
+                                        "NotifyShareTargetOption": "NotSpecified"}}], "delete": []}
+        self.send("POST", self._admin_connection(connector, name, "modifyPermissions"), json_body=body,
+                  scope=self.admin_scope)
+
+
+# --------------------------------------------------------------------------- Microsoft Graph
+
+
+class GraphClient(_HttpCore):
+    """Microsoft Graph, for the one question connref asks it: which of some groups a principal belongs to
+    (``checkMemberGroups``, transitive, at most 20 groups a request; docs/dataverse.md §4.10)."""
+
+    MAX_GROUPS = 20
+
+    def __init__(self, base_url: str, token_provider: TokenProvider, *, http: httpx.Client, scope: str,
+                 retry: RetryPolicy | None = None, limits: Limits | None = None, label: str = "") -> None:
+        super().__init__(token_provider, http=http, scope=scope, retry=retry, limits=limits, label=label)
+        self.base_url = base_url.rstrip("/")
+
+    def _may_repeat(self, method: str) -> bool:
+        return True  # checkMemberGroups is a POST that changes nothing
+
+    def member_groups(self, object_id: str, group_ids: Sequence[str]) -> set[str]:
+        """The ids (lower case) among ``group_ids`` that ``object_id`` belongs to, directly or not."""
+        if not _PATH_SEGMENT.match(object_id):
+            raise ValueError(f"not an object id: {object_id!r}")
+        found: set[str] = set()
+        ids = list(dict.fromkeys(g.lower() for g in group_ids))
+        for start in range(0, len(ids), self.MAX_GROUPS):
+            url = f"{self.base_url}/v1.0/directoryObjects/{object_id}/checkMemberGroups"
+            resp = self.send("POST", url, json_body={"groupIds": ids[start:start + self.MAX_GROUPS]})
+            doc = self.read_json("POST", url, resp)
+            try:
+                check(doc, MEMBER_GROUPS)
+                if not all(isinstance(v, str) for v in doc["value"]):
+                    raise ShapeProblem("value: not a list of group ids")
+            except ShapeProblem as exc:
+                raise malformed("POST", url, resp.status_code, str(exc)) from None
+            found.update(v.lower() for v in doc["value"])
+        return found
 
 
 # --------------------------------------------------------------------------- the CI systems' OIDC endpoints

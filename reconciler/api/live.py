@@ -35,6 +35,7 @@ import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from reconciler.api.client import MAX_PAGE_SIZE, WhoAmI
@@ -79,7 +80,7 @@ class DataverseReader(Protocol):
 
 
 class ConnectionsReader(Protocol):
-    """What the live reader may ask the connections API: the two lists."""
+    """What the live reader may ask the connections API: the two lists, and one connection's shares."""
 
     @property
     def environment_id(self) -> str | None: ...
@@ -87,6 +88,16 @@ class ConnectionsReader(Protocol):
     def list_connections(self) -> list[dict[str, Any]]: ...
 
     def list_connections_admin(self) -> list[dict[str, Any]]: ...
+
+    def list_permissions(self, connector: str, name: str) -> list[dict[str, Any]]: ...
+
+    def list_permissions_admin(self, connector: str, name: str) -> list[dict[str, Any]]: ...
+
+
+class GraphReader(Protocol):
+    """What the live reader may ask Microsoft Graph: which of some groups a principal belongs to."""
+
+    def member_groups(self, object_id: str, group_ids: Sequence[str]) -> set[str]: ...
 
 
 class LiveSource(Protocol):
@@ -103,6 +114,9 @@ class LiveSource(Protocol):
 
     @property
     def connections(self) -> ConnectionsReader | None: ...
+
+    @property
+    def graph(self) -> GraphReader | None: ...
 
 
 T = TypeVar("T")
@@ -147,6 +161,15 @@ def user_from_row(row: Mapping[str, Any]) -> LiveUser:
         disabled=bool(row.get("isdisabled")),
         application_id=row.get("applicationid"),
     )
+
+
+def share_from_item(item: Mapping[str, Any]) -> Permission:
+    """One share as the permissions route serves it (docs/dataverse.md §4.8)."""
+    props = item.get("properties") or {}
+    principal = props.get("principal") or {}
+    return Permission(principal_id=str(principal.get("id") or item.get("name") or ""),
+                      role=str(props.get("roleName") or ""), principal_type=principal.get("type"),
+                      id=item.get("id"), display_name=principal.get("displayName"))
 
 
 def connection_from_item(item: Mapping[str, Any]) -> LiveConnection:
@@ -308,23 +331,118 @@ def read_connections(source: LiveSource, *, admin: bool = True) -> tuple[list[di
             f"environment '{source.name}': connref cannot read connections without environment_id "
             "or connections_url; add one of them to the environment"
         )
+    items, scope, _ = read_connections_explained(source, admin=admin)
+    return items, scope
+
+
+def read_connections_explained(source: LiveSource, *,
+                               admin: bool = True) -> tuple[list[dict[str, Any]], str, tuple[str, ...]]:
+    """``read_connections``, with why the admin list was not used (each refusal, as text). When the caller's
+    list is refused too, the error names every refusal and what fixes each (docs/dataverse.md §4.3)."""
+    client = source.connections
+    if client is None:
+        raise PlanError(
+            f"environment '{source.name}': connref cannot read connections without environment_id "
+            "or connections_url; add one of them to the environment"
+        )
+    refusals: list[str] = []
     if admin and client.environment_id:
         # Only a refusal means "not an admin": a failure (the service or the token endpoint down or
         # throttled past the retries, an unreadable answer) is an error, or the plan would be made from
         # the caller's partial list and give the wrong advice.
         try:
-            return client.list_connections_admin(), "admin"
-        except ApiError as exc:
-            if isinstance(exc, MalformedResponseError) or exc.status not in (401, 403):
+            return client.list_connections_admin(), "admin", ()
+        except (ApiError, AuthError) as exc:
+            why = _refusal(exc)
+            if why is None or (isinstance(exc, ApiError) and exc.status == 404):
                 raise
-            log.info("%s: admin connection list refused (%s); using the caller's scope",
-                     source.name, exc.status)
-        except AuthUnavailableError:
+            refusals.append(why)
+            log.info("%s: admin connection list refused; using the caller's scope", source.name)
+    try:
+        return client.list_connections(), "user", tuple(refusals)
+    except (ApiError, AuthError) as exc:
+        why = _refusal(exc)
+        if why is None:
             raise
-        except AuthError as exc:
-            log.info("%s: no token for the admin connection list (%s); using the caller's scope",
-                     source.name, type(exc).__name__)
-    return client.list_connections(), "user"
+        refusals.append(why)
+        raise PlanError(
+            f"environment '{source.name}': every connections route was refused: "
+            + "; ".join(refusals)
+            + ". To list every connection, register the application as a Power Platform management app "
+            "(New-PowerAppManagementApp) or sign in as a Power Platform administrator (the admin route wants a "
+            "token for https://service.powerapps.com); to list the caller's own, it needs a token for "
+            "https://api.powerplatform.com and a user in the environment (docs/service-account.md)"
+        ) from None
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """A refusal worth reporting and working around (401/403/404, or no token for that API), as text;
+    None for a failure that must stop the run."""
+    if isinstance(exc, AuthUnavailableError):
+        return None
+    if isinstance(exc, AuthError):
+        return str(exc)
+    if isinstance(exc, ApiError) and not isinstance(exc, MalformedResponseError) and exc.status in (401, 403, 404):
+        return str(exc)
+    return None
+
+
+#: Shares of bound connections read at once (one request each; docs/dataverse.md §4.8).
+SHARES_IN_PARALLEL = 8
+
+
+def _read_shares(source: LiveSource, conn: LiveConnection, scope: str) -> LiveConnection:
+    """``conn`` with its shares: through the admin route when the connections were listed as an admin, else
+    the caller's route; a refusal leaves them unread with the reason."""
+    client = source.connections
+    assert client is not None
+    api = conn.connector.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        items = (client.list_permissions_admin(api, conn.name) if scope == "admin"
+                 else client.list_permissions(api, conn.name))
+    except (ApiError, AuthError) as exc:
+        why = _refusal(exc)
+        if why is None:
+            raise
+        return replace(conn, shares_refused=why)
+    return replace(conn, shares=tuple(share_from_item(i) for i in items))
+
+
+def _memberships(source: LiveSource, writer: LiveUser | None,
+                 conns: Iterable[LiveConnection]) -> tuple[dict[str, bool], str | None]:
+    """The writer's membership of the groups bound connections are shared with, from Microsoft Graph
+    (docs/dataverse.md §4.10), and why it could not be read (None when it was, or was not needed)."""
+    groups = sorted({p.principal_id.lower() for c in conns for p in (c.shares or ())
+                     if p.principal_type == "Group" and p.principal_id})
+    oid = writer.object_id if writer is not None else None
+    if not groups or not oid:
+        return {}, None
+    if source.graph is None:
+        return {}, "no Microsoft Graph client"
+    try:
+        found = source.graph.member_groups(oid, groups)
+    except (ApiError, AuthError) as exc:
+        why = _refusal(exc)
+        if why is None:
+            raise
+        return {}, why
+    return {g: g in found for g in groups}, None
+
+
+def read_access(source: LiveSource, envc: EnvironmentConfig, config: Config,
+                live: LiveEnvironment) -> LiveEnvironment:
+    """``live`` with the shares of the connections the bindings resolve to (only those: one request each, in
+    parallel) and the writer's membership of the groups they are shared with (docs/dataverse.md §4.8-§4.10)."""
+    bound = rules.bound_connections(config.references, rules.BindingIndex.of(envc), live)
+    if not bound or source.connections is None:
+        return live
+    workers = min(SHARES_IN_PARALLEL, len(bound))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"shares-{envc.name}") as pool:
+        read = list(pool.map(lambda c: _read_shares(source, c, live.connections_scope), bound))
+    by_name = {c.name.lower(): c for c in read}
+    membership, why = _memberships(source, live.writer, read)
+    return replace(live, connections=tuple(by_name.get(c.name.lower(), c) for c in live.connections),
+                   group_membership=membership, group_check=why)
 
 
 def _who_am_i(source: LiveSource) -> Any:
@@ -388,7 +506,7 @@ def read_environment(
 
         # Round 1, longest chains first. A dependent read below is submitted after what it waits on, so
         # the pool (first in, first out) always starts a dependency before the read that waits for it.
-        f_conns = run(lambda: read_connections(source, admin=admin_connections))
+        f_conns = run(lambda: read_connections_explained(source, admin=admin_connections))
         f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
         f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
                                          filter=eq("category", FLOW_CATEGORY)))
@@ -433,7 +551,7 @@ def read_environment(
         component_type = f_type.result()
         solution = f_solution.result()
         ref_rows = f_refs.result()
-        conn_items, connections_scope = f_conns.result()
+        conn_items, connections_scope, refusals = f_conns.result()
         connections = tuple(connection_from_item(c) for c in conn_items)
         members_ids = f_members.result()
         users_found = f_users.result()
@@ -460,7 +578,7 @@ def read_environment(
     # write then fails with Dataverse's own CannotActOnBehalfOfAnotherUser error.
     caller_can_impersonate = impersonating if can_impersonate is None else can_impersonate
 
-    return LiveEnvironment(
+    live = LiveEnvironment(
         name=envc.name,
         solution=solution,
         component_type=component_type,
@@ -472,7 +590,9 @@ def read_environment(
         writer=writer,
         caller_can_impersonate=caller_can_impersonate,
         connections_scope=connections_scope,
+        connections_refusals=refusals,
     )
+    return read_access(source, envc, config, live)
 
 
 def _solution(rows: list[dict[str, Any]]) -> LiveSolution | None:

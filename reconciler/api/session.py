@@ -19,12 +19,14 @@ import httpx
 
 from reconciler.api.auth import TokenProvider, provider_key
 from reconciler.api.client import (
+    GRAPH_BASE,
     MAX_PAGE_SIZE,
     POWERAPPS_BASE,
     POWERAPPS_SCOPE,
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
     DataverseClient,
+    GraphClient,
     RetryPolicy,
     WhoAmI,
     power_platform_api_base,
@@ -89,6 +91,29 @@ class ReadOnlyDataverse:
         return self._client.user_has_privilege(systemuserid, privilege)
 
 
+class ReadOnlyConnections:
+    """The read half of a ``ConnectionsClient``: the lists and one connection's shares, never a share."""
+
+    def __init__(self, client: ConnectionsClient) -> None:
+        self._client = client
+
+    @property
+    def environment_id(self) -> str | None:
+        return self._client.environment_id
+
+    def list_connections(self) -> list[dict[str, Any]]:
+        return self._client.list_connections()
+
+    def list_connections_admin(self) -> list[dict[str, Any]]:
+        return self._client.list_connections_admin()
+
+    def list_permissions(self, connector: str, name: str) -> list[dict[str, Any]]:
+        return self._client.list_permissions(connector, name)
+
+    def list_permissions_admin(self, connector: str, name: str) -> list[dict[str, Any]]:
+        return self._client.list_permissions_admin(connector, name)
+
+
 @dataclass(frozen=True)
 class ReadOnlySource:
     """One environment for the live reader (``reconciler.api.live.LiveSource``): reads only."""
@@ -96,7 +121,8 @@ class ReadOnlySource:
     name: str
     env: EnvironmentConfig
     dataverse: ReadOnlyDataverse
-    connections: ConnectionsClient | None  # the connections API client only reads
+    connections: ReadOnlyConnections | None
+    graph: GraphClient | None = None  # Microsoft Graph: group membership only (docs/dataverse.md §4.10)
 
 
 @dataclass
@@ -113,6 +139,7 @@ class EnvSession:
     http: httpx.Client
     token_provider: TokenProvider
     emulator: Any = None  # reconciler.emulator.app.EmulatorApp for local: environments
+    graph: GraphClient | None = None  # group membership (docs/dataverse.md §4.10)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = False
 
@@ -127,7 +154,8 @@ class EnvSession:
     @property
     def reader(self) -> ReadOnlySource:
         """This environment seen through read-only clients: what the live reader is given."""
-        return ReadOnlySource(self.name, self.env, ReadOnlyDataverse(self.dataverse), self.connections)
+        return ReadOnlySource(self.name, self.env, ReadOnlyDataverse(self.dataverse),
+                              ReadOnlyConnections(self.connections) if self.connections else None, self.graph)
 
     def close(self) -> None:
         with self._lock:
@@ -308,12 +336,15 @@ def _open_local(
         env_id = str(store.data["environment"].get("environment_id") or env.environment_id or "local")
         tokens = token_provider or _provider(config, env, http, retry) or LocalTokenProvider(store.data)
         dataverse = DataverseClient(url, tokens, http=http, scope=scope_for(url), retry=retry, label=env.name)
+        # Each API wants its own audience (docs/dataverse.md §6.1, §6.6): the emulator serves both APIs.
         connections = ConnectionsClient(url, tokens, http=http, scope=POWERPLATFORM_SCOPE,
-                                        environment_id=env_id, retry=retry, label=env.name)
+                                        environment_id=env_id, admin_scope=POWERAPPS_SCOPE,
+                                        retry=retry, label=env.name)
+        graph = GraphClient(url, tokens, http=http, scope=GRAPH_BASE + "/.default", retry=retry, label=env.name)
     except BaseException:
         http.close()
         raise
-    return EnvSession(env.name, env, dataverse, connections, http, tokens, emulator=app)
+    return EnvSession(env.name, env, dataverse, connections, http, tokens, emulator=app, graph=graph)
 
 
 def _open_remote(
@@ -336,11 +367,23 @@ def _open_remote(
         url = env.url.rstrip("/")
         dataverse = DataverseClient(url, tokens, http=client, scope=scope_for(url), retry=retry, label=env.name)
         connections = _connections_client(env, tokens, client, retry)
+        graph = _graph_client(env, tokens, client, retry)
     except BaseException:
         if own_http:
             client.close()
         raise
-    return EnvSession(env.name, env, dataverse, connections, client, tokens)
+    return EnvSession(env.name, env, dataverse, connections, client, tokens, graph=graph)
+
+
+def _graph_client(env: EnvironmentConfig, tokens: TokenProvider, http: httpx.Client,
+                  retry: RetryPolicy) -> GraphClient:
+    """Microsoft Graph of the environment's cloud; with ``connections_url`` (an emulator, which serves
+    Graph's routes too) that host, still with Graph's own audience (docs/dataverse.md §6.6)."""
+    from reconciler.api.auth import cloud
+
+    graph = cloud(env.cloud).graph
+    base = env.connections_url.rstrip("/") if env.connections_url else graph
+    return GraphClient(base, tokens, http=http, scope=graph + "/.default", retry=retry, label=env.name)
 
 
 def _connections_client(
@@ -352,11 +395,10 @@ def _connections_client(
     if env.connections_url:
         base = env.connections_url.rstrip("/")
         env_id = env.environment_id
-        scope = POWERPLATFORM_SCOPE if "powerapps.com" not in base else POWERAPPS_SCOPE
-        if base.startswith("http://"):
-            scope = POWERPLATFORM_SCOPE  # a loopback emulator accepts the Power Platform API audience
-        return ConnectionsClient(base, tokens, http=http, scope=scope, environment_id=env_id,
-                                 retry=retry, label=env.name)
+        # One host serving both route families (an emulator): each family still wants its own API's
+        # audience (docs/dataverse.md §6.1, §6.6).
+        return ConnectionsClient(base, tokens, http=http, scope=POWERPLATFORM_SCOPE, environment_id=env_id,
+                                 admin_scope=POWERAPPS_SCOPE, retry=retry, label=env.name)
     if not env.environment_id:
         return None  # the live reader says what is missing when it needs connections
     try:

@@ -344,7 +344,7 @@ USER_PRIVILEGES = Shape("RetrieveUserPrivilegeByPrivilegeName answer", (
     _f("RolePrivileges", "list", required=True, nullable=False),
 ))
 
-_PRINCIPAL = Shape("principal", (_f("id"), _f("type")))
+_PRINCIPAL = Shape("principal", (_f("id"), _f("type"), _f("displayName"), _f("tenantId")))
 _PERMISSION = Shape("permission", (
     _f("name"),
     _f("properties", "object", shape=Shape("permission properties", (
@@ -363,6 +363,22 @@ CONNECTION = Shape("connection", (
         _f("createdBy", "object", shape=_CREATED_BY),
         _f("permissions", "list", shape=_PERMISSION),
     ))),
+))
+
+#: One share as the permissions route serves it (docs/dataverse.md §4.8): the principal's id is required.
+SHARE = Shape("connection permission", (
+    _f("name"),
+    _f("id"),
+    _f("properties", "object", required=True, nullable=False, shape=Shape("permission properties", (
+        _f("roleName", required=True, nullable=False),
+        _f("principal", "object", required=True, nullable=False, shape=Shape("principal", (
+            _f("id", required=True, nullable=False), _f("type"), _f("displayName"), _f("tenantId"),
+        ))),
+    ))),
+))
+#: Microsoft Graph's checkMemberGroups answer: the group ids the object belongs to (docs/dataverse.md §4.10).
+MEMBER_GROUPS = Shape("checkMemberGroups answer", (
+    _f("value", "list", required=True, nullable=False),
 ))
 
 TOKEN = Shape("token answer", (

@@ -52,8 +52,16 @@ from reconciler.api.odata_filter import odata_bind
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
-from reconciler.errors import ApiError, ApplyError, OutcomeUnknownError, PreconditionFailedError
-from reconciler.plan.ops import AddToSolution, CreateReference, DeleteReference, EnvironmentPlan, Op, UpdateReference
+from reconciler.errors import ApiError, ApplyError, AuthError, OutcomeUnknownError, PreconditionFailedError
+from reconciler.plan.ops import (
+    AddToSolution,
+    CreateReference,
+    DeleteReference,
+    EnvironmentPlan,
+    Op,
+    ShareConnection,
+    UpdateReference,
+)
 
 ENTITY_SET = "connectionreferences"
 #: Plan field -> connectionreference column (connectionreference.md, docs/dataverse.md §1.2).
@@ -256,6 +264,14 @@ class BatchWriter(Protocol):
     ) -> list[OperationResult]: ...
 
 
+class ConnectionSharer(Protocol):
+    """What the applier grants access through: one share of one connection, as an admin (the connections
+    client's ``share_admin``; docs/dataverse.md §4.8)."""
+
+    def share_admin(self, connector: str, name: str, *, principal_id: str, principal_type: str, role: str,
+                    tenant_id: str | None = None) -> None: ...
+
+
 #: How the applier reads rows back (the caller's live reader, ``reconciler.api.live.read_reference_rows``):
 #: the rows, as the service answers them, of the references with these ids that exist.
 RowReader = Callable[[list[str]], list[dict[str, Any]]]
@@ -263,22 +279,31 @@ RowReader = Callable[[list[str]], list[dict[str, Any]]]
 
 def apply_environment(
     writer: BatchWriter, read_rows: RowReader, env_plan: EnvironmentPlan, *, progress: Progress | None = None,
-    batch_size: int = MAX_BATCH_OPERATIONS,
+    batch_size: int = MAX_BATCH_OPERATIONS, sharer: ConnectionSharer | None = None,
 ) -> ApplyResult:
-    """Write one environment's plan through ``writer``, in change sets of at most ``batch_size``
-    operations; ``read_rows`` (the caller's live reader) reads back a change set whose answer was lost.
-    Returns the per-operation result when everything was written; raises ``ApplyError`` (with
-    ``results`` = the ``ApplyResult``) when anything was not, failed, or ended with an unknown outcome,
-    and before sending anything when the plan lacks the facts apply needs (a plan made by an earlier
-    connref)."""
-    ops = list(env_plan.ops)
-    if not ops:
+    """Write one environment's plan: first the grants of access (``ShareConnection``) through ``sharer``, then
+    the reference writes through ``writer``, in change sets of at most ``batch_size`` operations; ``read_rows``
+    (the caller's live reader) reads back a change set whose answer was lost. Returns the per-operation result
+    when everything was written; raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything
+    was not, failed, or ended with an unknown outcome, and before sending anything when the plan lacks the
+    facts apply needs (a plan made by an earlier connref)."""
+    ops: list[Op] = [op for op in env_plan.ops if not isinstance(op, ShareConnection)]
+    shares = [op for op in env_plan.ops if isinstance(op, ShareConnection)]
+    if not ops and not shares:
         return ApplyResult(env_plan.environment, ())
     facts = env_plan.facts
     if facts is None:
         raise ApplyError(f"the plan of environment {env_plan.environment} does not record the identity writes "
                          "act as and the solution component type (it was made by an earlier connref): "
                          "run 'connref plan' again")
+    # Grants first: a binding needs its connection shared with the writer before it is written.
+    granted = _share_all(sharer, shares)
+    if any(r.outcome != "written" for r in granted):
+        unsent = [OpResult(op, "not_written", "not sent: a grant of access failed") for op in ops]
+        result = ApplyResult(env_plan.environment, (*granted, *unsent), batches_sent=0)
+        raise ApplyError(_apply_error_message(result), results=result)
+    if not ops:
+        return ApplyResult(env_plan.environment, tuple(granted), batches_sent=0)
     requests = to_requests(ops, facts.component_type)
     caller_object_id = facts.writer_object_id
 
@@ -300,7 +325,7 @@ def apply_environment(
             progress(BatchProgress(env_plan.environment, number, len(batches), len(results), len(ops),
                                    ok=failed_at is None))
 
-    result = ApplyResult(env_plan.environment, tuple(results), batches_sent=failed_at or len(batches))
+    result = ApplyResult(env_plan.environment, (*granted, *results), batches_sent=failed_at or len(batches))
     if not result.ok:
         raise ApplyError(_apply_error_message(result), results=result)
     return result
@@ -407,6 +432,29 @@ class _ChangeSet:
         return [OpResult(op, "unknown", reason, lost.status) for op in self.ops]
 
 
+def _share_all(sharer: ConnectionSharer | None, shares: Sequence[ShareConnection]) -> list[OpResult]:
+    """Share each connection with the writer through the admin route (docs/dataverse.md §4.8), in plan
+    order; after a refusal the rest is not sent."""
+    out: list[OpResult] = []
+    for op in shares:
+        if out and out[-1].outcome != "written":
+            out.append(OpResult(op, "not_written", "not sent: an earlier grant failed"))
+            continue
+        if sharer is None:
+            out.append(OpResult(op, "not_written", "no connections API for this environment"))
+            continue
+        try:
+            sharer.share_admin(op.connector, op.connection.name, principal_id=op.principal_id,
+                                            principal_type=op.principal_type, role=op.role)
+        except (ApiError, AuthError) as exc:
+            hint = ("; granting needs a Power Platform admin or a registered management app "
+                    "(New-PowerAppManagementApp) and a token for https://service.powerapps.com")
+            out.append(OpResult(op, "failed", f"{exc}{hint}", getattr(exc, "status", None)))
+            continue
+        out.append(OpResult(op, "written", ""))
+    return out
+
+
 def _op_result(op: Op, r: OperationResult) -> OpResult:
     if r.outcome == "failed":
         return OpResult(op, "failed", _failure_reason(op, r.error, r.reason), r.status)
@@ -446,6 +494,8 @@ def live_after_apply(live: LiveEnvironment, result: ApplyResult,
     missing: dict[str, bool] = {}  # id -> in the solution
     for r in result.written:
         op = r.op
+        if isinstance(op, ShareConnection):
+            continue  # a grant changes no reference
         if isinstance(op, DeleteReference):
             by_id.pop(op.reference_id or "", None)
             continue

@@ -69,10 +69,14 @@ ENVIRONMENT_KEYS = (
     "bindings",
     "connections_url",
     "cloud",
+    "grant_access",
 )
 ENVIRONMENT_REQUIRED = ("url",)
-SELECTOR_KEYS = ("owner", "display_name")
+SELECTOR_KEYS = ("owner", "display_name", "grant_access")
 SELECTOR_REQUIRED = ("owner",)
+# A binding by connection name with options: {name: <connection name>, grant_access: true}.
+NAMED_BINDING_KEYS = ("name", "grant_access")
+NAMED_BINDING_REQUIRED = ("name",)
 LINT_KEYS = ("ignore",)
 STATE_BACKENDS = ("local", "azurerm")
 STATE_KEYS = ("backend", "dir")  # the local backend's
@@ -102,13 +106,15 @@ AUTH_METHOD_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "managed_identity": ("managed_identity_client_id",),
     "azure_cli": ("tenant_id",),
-    "access_token": ("access_token_env", "connections_access_token_env"),
+    "access_token": ("access_token_env", "powerplatform_access_token_env", "powerapps_access_token_env",
+                     "graph_access_token_env", "connections_access_token_env"),
 }
 ALL_AUTH_KEYS = tuple(sorted({"method", *COMMON_AUTH_KEYS, *(k for keys in AUTH_METHOD_KEYS.values() for k in keys)}))
 # Option keys that name files: stored as absolute paths, resolved relative to the config file.
 FILE_KEYS = ("client_secret_file", "certificate_path", "federated_token_file")
 # Option keys that name environment variables, and those that hold GUIDs (with what they are).
 AUTH_ENV_KEYS = ("client_secret_env", "certificate_password_env", "federated_token_env", "access_token_env",
+                  "powerplatform_access_token_env", "powerapps_access_token_env", "graph_access_token_env",
                   "connections_access_token_env")
 AUTH_GUID_KEYS = (("azure_devops_service_connection_id", "service connection id"),
                    ("managed_identity_client_id", "client id of the user-assigned identity"))
@@ -340,6 +346,16 @@ class _Validator:
         node = m.get(key)
         assert node is not None
         return node
+
+    def boolean(self, m: Map, key: str, field: str) -> bool:
+        """``key`` of ``m`` as a boolean (absent or null: False); anything else is an error at its place."""
+        node = m.get(key)
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return False
+        if isinstance(node, Scalar) and isinstance(node.value, bool):
+            return node.value
+        self.type_error(node, join_path(field, key), "a boolean (true or false)")
+        return False
 
     def checked(self, m: Map, key: str, field: str, check: Callable[[str], str | None], **kw: Any) -> str | None:
         """A string that must also pass ``check`` (returns a problem or None)."""
@@ -584,7 +600,9 @@ class _Validator:
                     join_path(field, "environment_id"),
                     "required key is missing (the connections API is addressed by environment id)",
                 )
-        bindings = self.bindings(m.get("bindings"), join_path(field, "bindings"), references)
+        grants: set[str] = set()
+        bindings = self.bindings(m.get("bindings"), join_path(field, "bindings"), references, grants)
+        grant_access = self.boolean(m, "grant_access", field)
         if url is None or url_node is None or bindings is None:
             return None
         return EnvironmentConfig(
@@ -600,6 +618,8 @@ class _Validator:
             cloud=cloud,
             local_path=local_path,
             location=m.loc,
+            grant_access=grant_access,
+            grant_bindings=frozenset(grants),
         )
 
     def url(self, m: Map, key: str, field: str, *, allow_local: bool) -> tuple[str | None, str | None]:
@@ -634,7 +654,8 @@ class _Validator:
             return None, None
         return value.rstrip("/"), None
 
-    def bindings(self, node: YNode | None, field: str, references: list[str] | None) -> dict[str, Binding] | None:
+    def bindings(self, node: YNode | None, field: str, references: list[str] | None,
+                 grants: set[str] | None = None) -> dict[str, Binding] | None:
         if node is None or (isinstance(node, Scalar) and node.value is None):
             return {}  # no bindings: every reference stays as it is (unbound is allowed)
         m = self.mapping(node, field)
@@ -662,9 +683,16 @@ class _Validator:
             binding = self.binding(value, path)
             if binding is not None:
                 out[key.text] = binding
+                if grants is not None and isinstance(value, Map) and self.boolean(value, "grant_access", path):
+                    grants.add(key.text.lower())
         return out
 
     def binding(self, node: YNode, field: str) -> Binding | None:
+        if isinstance(node, Map) and node.get("name") is not None and node.get("owner") is None:
+            self.keys(node, field, NAMED_BINDING_KEYS, required=NAMED_BINDING_REQUIRED)
+            named = node.get("name")
+            assert named is not None
+            return self.binding(named, join_path(field, "name"))
         if isinstance(node, Map):
             self.keys(node, field, SELECTOR_KEYS, required=SELECTOR_REQUIRED)
             owner = self.checked(

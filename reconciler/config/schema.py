@@ -41,6 +41,8 @@ from reconciler.config.loader import (
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
     MAX_KEY_PREFIX,
+    NAMED_BINDING_KEYS,
+    NAMED_BINDING_REQUIRED,
     REFERENCE_KEYS,
     REFERENCE_REQUIRED,
     SELECTOR_KEYS,
@@ -138,10 +140,18 @@ def _auth_properties() -> dict[str, Any]:
                                             "password.", nullable=True, pattern=env_var),
         "federated_token_env": _string("Name of the environment variable that holds a federated token.",
                                        nullable=True, pattern=env_var),
-        "access_token_env": _string("Name of the environment variable that holds a bearer token.", nullable=True,
-                                    pattern=env_var),
-        "connections_access_token_env": _string("Name of the environment variable that holds a bearer token for "
-                                                "the connections API.", nullable=True, pattern=env_var),
+        "access_token_env": _string("Name of the environment variable that holds a bearer token for Dataverse.",
+                                    nullable=True, pattern=env_var),
+        "powerplatform_access_token_env": _string("Name of the environment variable that holds a bearer token for "
+                                                  "the Power Platform API (https://api.powerplatform.com).",
+                                                  nullable=True, pattern=env_var),
+        "powerapps_access_token_env": _string("Name of the environment variable that holds a bearer token for the "
+                                              "Power Apps admin API (https://service.powerapps.com): lists every "
+                                              "connection and grants access.", nullable=True, pattern=env_var),
+        "graph_access_token_env": _string("Name of the environment variable that holds a bearer token for "
+                                          "Microsoft Graph (group membership).", nullable=True, pattern=env_var),
+        "connections_access_token_env": _string("Older name of powerplatform_access_token_env.", nullable=True,
+                                                pattern=env_var),
         "federated_provider": _string("Where the federated token comes from.", nullable=True,
                                       enum=FEDERATED_PROVIDERS),
         "azure_devops_service_connection_id": _guid("The Azure DevOps service connection (workload identity) id."),
@@ -191,13 +201,22 @@ def _binding() -> dict[str, Any]:
             "owner": _string("UPN of the connection's owner.", pattern=_whole(UPN_RE.pattern)),
             "display_name": _string("The connection's display name, when the owner has several.", nullable=True,
                                     max_length=MAX_DISPLAY_NAME),
+            "grant_access": _grant_access(),
         },
         SELECTOR_KEYS, SELECTOR_REQUIRED,
     )
     by_name = _string("The connection's name (the last segment of its id).", pattern=r"^\s*[^/\s]+\s*$",
                       max_length=MAX_CONNECTION_NAME)
-    return {"description": "The connection a reference is bound to: its name, or a selector {owner, display_name}.",
-            "oneOf": [by_name, selector]}
+    named = _mapping("A connection name with options.", {"name": by_name, "grant_access": _grant_access()},
+                     NAMED_BINDING_KEYS, NAMED_BINDING_REQUIRED)
+    return {"description": "The connection a reference is bound to: its name, {name, grant_access}, or a selector "
+            "{owner, display_name, grant_access}.",
+            "oneOf": [by_name, named, selector]}
+
+
+def _grant_access() -> dict[str, Any]:
+    return {"description": "apply shares the bound connection with the identity that writes (CanView) when it "
+            "has no access, through the admin route (docs/service-account.md).", "type": ["boolean", "null"]}
 
 
 def _environment() -> dict[str, Any]:
@@ -222,6 +241,7 @@ def _environment() -> dict[str, Any]:
             "connections_url": _url("Base URL of the connections API (default: derived from environment_id).",
                                     allow_local=False),
             "cloud": _string("The Microsoft cloud.", nullable=True, enum=CLOUDS),
+            "grant_access": _grant_access(),
         },
         ENVIRONMENT_KEYS, ENVIRONMENT_REQUIRED,
     )

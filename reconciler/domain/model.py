@@ -91,6 +91,14 @@ class EnvironmentConfig:
     cloud: str = "public"
     local_path: str | None = None
     location: Location | None = field(default=None, compare=False)
+    # grant_access: apply shares each bound connection with the identity that writes when it has no access
+    # (the whole environment, or the bindings named here, lower case; docs/dataverse.md §4.8).
+    grant_access: bool = False
+    grant_bindings: frozenset[str] = frozenset()
+
+    def grants(self, logical_name: str) -> bool:
+        """Whether apply may share the connection ``logical_name`` is bound to with the writer."""
+        return self.grant_access or logical_name.lower() in self.grant_bindings
 
     @property
     def is_local(self) -> bool:
@@ -179,11 +187,15 @@ class LiveReference:
 
 @dataclass(frozen=True)
 class Permission:
-    """A role a principal holds on a connection (``Owner``, ``CanView``, ``CanViewWithShare``, ``CanEdit``)."""
+    """A role a principal holds on a connection (``Owner``, ``CanView``, ``CanViewWithShare``, ``CanEdit``).
+    ``principal_type`` is ``User``, ``ServicePrincipal``, ``Group`` or ``Tenant`` (docs/dataverse.md §4.8);
+    ``id`` is the permission's own id (what a removal names), ``display_name`` the principal's."""
 
     principal_id: str
     role: str
     principal_type: str | None = None
+    id: str | None = None
+    display_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,10 @@ class LiveConnection:
     owner_object_id: str | None
     owner_name: str | None = None
     permissions: tuple[Permission, ...] = ()
+    # The shares read from the connection's permissions route (docs/dataverse.md §4.8); None when they were
+    # not read (the connection is bound by no binding) or could not be (``shares_refused`` says why).
+    shares: tuple[Permission, ...] | None = None
+    shares_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -277,16 +293,25 @@ class LiveEnvironment:
     # "admin": every connection of the environment was listed; "user": only those the caller owns or
     # has been shared (the admin list was refused), so a missing connection may just be invisible.
     connections_scope: str = "admin"
+    # Why the admin list was not used ("GET ...: HTTP 403 ..."), when it was not.
+    connections_refusals: tuple[str, ...] = ()
+    # The writer's membership of the groups bound connections are shared with (group id, lower case ->
+    # member), as Microsoft Graph answered; ``group_check`` says why it could not be checked (None: it was,
+    # or no group share needed it). docs/dataverse.md §4.10.
+    group_membership: Mapping[str, bool] = field(default_factory=frozen_map)
+    group_check: str | None = None
 
     def connections_visibility_note(self) -> str | None:
         """Why a connection may be missing from ``connections`` although it exists, or None."""
         if self.connections_scope == "admin":
             return None
         who = self.caller.describe() if self.caller else "the signed-in identity"
+        why = f" ({'; '.join(self.connections_refusals)})" if self.connections_refusals else ""
         return (f"connref could list only the connections {who} owns or has been shared, because the "
-                "admin list was refused: register the application as a Power Platform management app "
-                "(New-PowerAppManagementApp) so connref sees every connection, or share the connections "
-                f"with {who}")
+                f"admin list was refused{why}; other owners' connections, and who else they are shared "
+                "with, are hidden from it: register the application as a Power Platform management app "
+                "(New-PowerAppManagementApp), or sign in as a Power Platform administrator, so connref "
+                f"sees every connection, or share the connections with {who}")
 
     # Lookups by key, without case, through indexes built on first use (the data is frozen).
 

@@ -16,9 +16,11 @@ so the same question gets the same answer, and the same problem the same code, e
   ``systemusers`` columns of docs/dataverse.md §3.9 and §6.4).
   Writes act as the service account when one is configured, never silently as the caller; without
   one, the caller writes (``pick_writer`` / ``writer``).
-- **Connections.** Who owns a connection (``owner_user``, ``owner_label``, ``is_owner``), whether a
-  principal may use it (owner or shared: ``can_use``, docs/dataverse.md §4.5, §4.6), whether it is
-  Connected (docs/dataverse.md §4.4), and one way to show it (``describe_connection``).
+- **Connections.** Who owns a connection (``owner_user``, ``owner_label``, ``is_owner``), whether and how a
+  principal may use it: the access verdict (``access``: owner, direct share, tenant, group verified through
+  Microsoft Graph, group unverifiable, unreadable shares, none; docs/dataverse.md §4.5, §4.6, §4.8-§4.10),
+  with the advice the platform allows (``share_advice``) and whether apply must grant it (``needs_grant``);
+  whether it is Connected (docs/dataverse.md §4.4), and one way to show it (``describe_connection``).
 - **Bindings.** The binding of a reference (``BindingIndex``: one lookup, case-insensitive), what it
   resolves to (a connection name, or a selector that must match exactly one connection of the
   reference's connector), and whether that connection may be bound (same connector, Connected, usable
@@ -41,6 +43,7 @@ from reconciler.domain.model import (
     LiveEnvironment,
     LiveReference,
     LiveUser,
+    Permission,
     Selector,
     connector_name,
 )
@@ -89,6 +92,10 @@ CODES: Mapping[str, Code] = {
              "the config binds a connection the identity that writes neither owns nor has been shared"),
         Code("CR211", "flow-runs-as-person", WARNING,
              "an automated or scheduled flow acts as a personal account (the owner of a bound connection)"),
+        Code("CR213", "group-share-unverified", WARNING,
+             "the connection is shared with a group connref may not check the writer's membership of"),
+        Code("CR214", "shares-unreadable", WARNING,
+             "the connection's shares could not be read, so the writer's access is unverified"),
         # the identity that writes and the environment (plan and whoami)
         Code("CR300", "service-account-not-found", ERROR, "the service account has no user in the environment"),
         Code("CR301", "service-account-disabled", ERROR, "the service account's user is disabled"),
@@ -348,14 +355,98 @@ def is_owner(principal: str, conn: LiveConnection, live: LiveEnvironment) -> boo
     return want in {(conn.owner_object_id or "").lower(), (conn.owner_name or "").lower()}
 
 
-def can_use(user: LiveUser | None, conn: LiveConnection) -> bool:
-    """The user owns the connection or has it shared with them (any role), by Entra object id."""
-    oid = id_value(user.object_id) if user is not None else None
-    if not oid:
+def can_use(user: LiveUser | None, conn: LiveConnection, live: LiveEnvironment | None = None) -> bool:
+    """The user may use the connection: owner, or shared with it directly, through its tenant or a group it
+    is known to belong to (``access``). Without ``live``, only owner and direct shares count."""
+    if user is None:
         return False
+    if live is None:
+        live = LiveEnvironment("", None, None, (), (conn,), ())
+    return access(conn, user, live).granted
+
+
+# How a principal came to use a connection (docs/dataverse.md §4.5, §4.8-§4.10): the access verdict.
+OWNER = "owner"
+DIRECT = "direct share"
+TENANT = "tenant"
+GROUP = "group"
+GROUP_UNVERIFIED = "unverified group"
+UNVERIFIED = "unverified"
+NO_ACCESS = "none"
+_GRANTED = frozenset({OWNER, DIRECT, TENANT, GROUP})
+
+
+@dataclass(frozen=True)
+class Access:
+    """Whether and how ``writer`` may use a connection: ``how`` (one of OWNER, DIRECT, TENANT, GROUP,
+    GROUP_UNVERIFIED, UNVERIFIED, NO_ACCESS), the role that gives it, the share it comes through (a group's
+    id and name), and for the unverified kinds why connref could not check."""
+
+    how: str
+    role: str | None = None
+    via: str | None = None
+    reason: str | None = None
+
+    @property
+    def granted(self) -> bool:
+        """Known to be allowed."""
+        return self.how in _GRANTED
+
+    @property
+    def allowed(self) -> bool:
+        """Allowed, or possibly allowed and not checkable (bound with a warning)."""
+        return self.how != NO_ACCESS
+
+    def describe(self) -> str:
+        """How access was established, for whoami: ``owner``, ``direct share (CanView)``, ..."""
+        role = f" ({self.role})" if self.role and self.how != OWNER else ""
+        via = f" {self.via}" if self.via else ""
+        if self.how == GROUP_UNVERIFIED:
+            return f"shared with group{via}{role}; membership not verified ({self.reason})"
+        if self.how == UNVERIFIED:
+            return f"not verified ({self.reason})"
+        if self.how == GROUP:
+            return f"group{via}{role}"
+        return f"{self.how}{role}"
+
+
+def _group_label(p: Permission) -> str:
+    return f"{p.display_name} ({p.principal_id})" if p.display_name else p.principal_id
+
+
+def access(conn: LiveConnection, writer: LiveUser, live: LiveEnvironment) -> Access:
+    """How ``writer`` may use ``conn``, from the shares the permissions route served (``conn.shares``; the
+    list's own permissions when they were not read): owner; a share naming the writer's Entra object id (a
+    user or a service principal); a share with the tenant; a share with a group the writer belongs to
+    (``live.group_membership``, as Microsoft Graph answered). A group share whose membership could not be
+    read is GROUP_UNVERIFIED; shares that could not be read at all are UNVERIFIED; else NO_ACCESS. Any role
+    is enough to use a connection (Owner and CanEdit imply CanView)."""
+    oid = id_value(writer.object_id)
+    if not oid:
+        return Access(NO_ACCESS)
     if id_value(conn.owner_object_id) == oid:
-        return True
-    return any(id_value(p.principal_id) == oid for p in conn.permissions)
+        return Access(OWNER, "Owner")
+    shares = conn.shares if conn.shares is not None else conn.permissions
+    for p in shares:
+        if id_value(p.principal_id) == oid and (p.principal_type or "") not in ("Group", "Tenant"):
+            return Access(OWNER if p.role == "Owner" else DIRECT, p.role)
+    for p in shares:
+        if p.principal_type == "Tenant":
+            return Access(TENANT, p.role, "the whole tenant")
+    groups = [p for p in shares if p.principal_type == "Group"]
+    unknown: list[Permission] = []
+    for p in groups:
+        member = live.group_membership.get(p.principal_id.lower())
+        if member:
+            return Access(GROUP, p.role, _group_label(p))
+        if member is None:
+            unknown.append(p)
+    if unknown:
+        return Access(GROUP_UNVERIFIED, unknown[0].role, ", ".join(_group_label(p) for p in unknown),
+                      live.group_check or "membership not read")
+    if conn.shares is None and conn.shares_refused:
+        return Access(UNVERIFIED, reason=conn.shares_refused)
+    return Access(NO_ACCESS)
 
 
 def is_connected(conn: LiveConnection) -> bool:
@@ -441,6 +532,7 @@ class Resolution:
 
     connection: LiveConnection | None
     problems: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def usable(self) -> LiveConnection | None:
@@ -524,44 +616,100 @@ def not_connected(conn: LiveConnection, live: LiveEnvironment, *, subject: str |
     )
 
 
+#: What lets connref read group membership in Microsoft Graph (docs/dataverse.md §4.10).
+GRAPH_PERMISSION = "GroupMember.Read.All (application permission, with admin consent)"
+
+
+def share_advice(writer: LiveUser) -> str:
+    """What the platform allows to give ``writer`` the use of someone's connection (docs/dataverse.md §4.9):
+    a service principal's user may be shared with directly (CanView, 'Can use'); a person may not be shared
+    with explicitly (on the stricter reading), but a security group they belong to may, or they sign in and
+    create their own connection. ``grant_access: true`` makes apply share it."""
+    who = writer.describe()
+    if writer.application_id:
+        return (f"share it with {who} (the application user of service principal {writer.object_id}) with the "
+                f"{SHARE_ROLE} ('Can use') permission, or set grant_access: true so apply shares it, or bind a "
+                f"connection {who} owns")
+    return (f"share it with a security group {who} belongs to ({SHARE_ROLE}), or sign in as {who} and create "
+            f"the connection, then bind that one (connections can be explicitly shared with users only when "
+            "they represent a service principal; docs/service-account.md)")
+
+
 def access_problem(conn: LiveConnection, writer: LiveUser | None, live: LiveEnvironment, *,
-                   service_account: str | None, subject: str | None = None) -> Problem | None:
+                   service_account: str | None, subject: str | None = None,
+                   grant: bool = False) -> Problem | None:
     """Why ``writer`` may not bind ``conn`` (Dataverse requires the identity that sets ``connectionid``
-    to own the connection or have it shared: docs/dataverse.md §4.6, §5.3): CR210, or CR303 when the
-    writer is unknown. None when
-    it may, and None when the writer is a configured service account that was not found
-    (``identity_problems`` says so once)."""
+    to own the connection or have it shared: docs/dataverse.md §4.6, §5.3), from the access verdict
+    (``access``): CR210 when it has no access (None with ``grant``: apply shares it), CR213 / CR214 (warnings)
+    when access could not be verified, CR303 when the writer is unknown. None when it may, and None when the
+    writer is a configured service account that was not found (``identity_problems`` says so once)."""
     if writer is None:
         if service_account:
             return None
         return problem("CR303", "the identity that writes is unknown, so its access can't be checked",
                        "set service_account, or sign in as a user of the environment",
                        environment=live.name, subject=subject)
-    if can_use(writer, conn):
-        return None
+    verdict = access(conn, writer, live)
     who = writer.describe()
+    where: dict[str, Any] = {"environment": live.name, "subject": subject}
+    if verdict.how == GROUP_UNVERIFIED:
+        return problem(
+            "CR213", f"connection {describe_connection(conn, live)} is shared with group {verdict.via}; connref "
+            f"could not check that {who}, which writes the binding, is a member ({verdict.reason})",
+            f"grant the signed-in application {GRAPH_PERMISSION} in Microsoft Graph so connref can check, or "
+            f"share the connection with {who} directly", **where)
+    if verdict.how == UNVERIFIED:
+        return problem(
+            "CR214", f"the shares of connection {describe_connection(conn, live)} could not be read "
+            f"({verdict.reason}), so connref could not check that {who} may use it",
+            "register the application as a Power Platform management app (New-PowerAppManagementApp) so "
+            "connref can read every connection's shares", **where)
+    if verdict.allowed or grant:
+        return None
     return problem(
         "CR210", f"connection {describe_connection(conn, live)} is owned by "
         f"{owner_label(conn, live) or 'someone else'} and not shared with {who}, which writes the binding",
-        f"share it with {who} (object id {writer.object_id}) with the {SHARE_ROLE} ('Can use') permission, "
-        f"or bind a connection {who} owns",
-        environment=live.name, subject=subject,
-    )
+        share_advice(writer), **where)
+
+
+def needs_grant(conn: LiveConnection, writer: LiveUser | None, live: LiveEnvironment) -> bool:
+    """Whether apply must share ``conn`` with ``writer`` before binding it (``grant_access``): the writer is
+    known and has no access (docs/dataverse.md §4.8)."""
+    return writer is not None and bool(writer.object_id) and access(conn, writer, live).how == NO_ACCESS
 
 
 def judge_binding(binding: Binding, connector: str, writer: LiveUser | None, live: LiveEnvironment, *,
-                  service_account: str | None, subject: str | None = None) -> Resolution:
+                  service_account: str | None, subject: str | None = None, grant: bool = False) -> Resolution:
     """Resolve ``binding`` to one connection and check it as plan does before writing: it exists (or
-    the selector matches exactly one), is for ``connector``, is Connected, and ``writer`` may use it."""
+    the selector matches exactly one), is for ``connector``, is Connected, and ``writer`` may use it (with
+    ``grant``, a connection it has no access to is fine: apply shares it). Warnings (access that could not be
+    verified) go in ``warnings``; they do not stop the binding."""
     found = find_connection(binding, connector, live, subject=subject)
     if found.connection is None:
         return found
     conn = found.connection
     problems = connection_problems(conn, connector, live, subject=subject)
-    access = access_problem(conn, writer, live, service_account=service_account, subject=subject)
-    if access is not None:
-        problems.append(access)
-    return Resolution(conn, tuple(problems))
+    warnings: list[Problem] = []
+    checked = access_problem(conn, writer, live, service_account=service_account, subject=subject, grant=grant)
+    if checked is not None:
+        (problems if checked.severity == ERROR else warnings).append(checked)
+    return Resolution(conn, tuple(problems), tuple(warnings))
+
+
+def bound_connections(references: Mapping[str, Any], bindings: BindingIndex,
+                      live: LiveEnvironment) -> list[LiveConnection]:
+    """The connections the bindings of ``references`` (logical name -> a declared reference with a
+    ``connector``) resolve to in ``live``, each once: whose shares the live reader reads (docs/dataverse.md
+    §4.8)."""
+    found: dict[str, LiveConnection] = {}
+    for name, ref in references.items():
+        binding = bindings.get(name)
+        if binding is None:
+            continue
+        conn = find_connection(binding, ref.connector, live).connection
+        if conn is not None:
+            found.setdefault(conn.name.lower(), conn)
+    return list(found.values())
 
 
 def connection_health(name: str | None, live: LiveEnvironment, *, subject: str | None = None) -> Problem | None:

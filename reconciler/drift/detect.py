@@ -274,6 +274,8 @@ def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
     """A bound connection that is missing or not Connected (``rules.connection_health``): flows using the
     reference will fail."""
     found = rules.connection_health(ref.connection, d.live, subject=ref.logical_name)
+    if found is None and ref.connection:
+        return _access_lost(ref, d)
     if found is None or not ref.connection:
         return None
     conn = d.live.connection(ref.connection)
@@ -283,6 +285,21 @@ def _health(ref: LiveReference, d: _Describer) -> DriftItem | None:
     status = f"status {conn.status or 'unknown'}"
     return DriftItem(CONNECTION_BROKEN, found.text(), "connection", conn.name, conn.status,
                      d.connection(conn.name), status, problem=found)
+
+
+def _access_lost(ref: LiveReference, d: _Describer) -> DriftItem | None:
+    """A bound connection whose shares were read and no longer let the writer use it (a share removed):
+    flows using the reference fail when switched on again (``rules.access``; docs/dataverse.md §4.8)."""
+    conn = d.live.connection(ref.connection or "")
+    writer = d.live.writer
+    if conn is None or conn.shares is None or writer is None:
+        return None
+    found = rules.access_problem(conn, writer, d.live, service_account=None, subject=ref.logical_name)
+    if found is None or found.code != "CR210":
+        return None
+    return DriftItem(CONNECTION_BROKEN, f"no longer shared with {writer.describe()}: {found.text()}", "connection",
+                     conn.name, conn.name, d.connection(conn.name), f"not usable by {writer.describe()}",
+                     problem=found)
 
 
 # --------------------------------------------------------------------------- detection

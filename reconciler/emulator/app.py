@@ -7,6 +7,7 @@ through identical code. It dispatches by path:
 
 * ``/api/data/v9.2/...`` -> ``dataverse.handle``
 * ``/connectivity/...``, ``/providers/Microsoft.PowerApps/...`` -> ``connections.handle``
+* ``/v1.0/...`` (Microsoft Graph) -> ``graph.handle``
 * anything else (token, discovery and OIDC routes) -> ``tokens.handle``
 
 A route module returning ``None`` means "not my route" (404). ``connections`` and ``tokens`` are
@@ -213,6 +214,8 @@ class EmulatorApp:
             return dataverse.handle(self, request)
         if path.startswith("/connectivity/") or path.lower().startswith("/providers/microsoft.powerapps/"):
             module = self._module("connections")
+        elif path.startswith("/v1.0/"):
+            module = self._module("graph")
         else:
             request.state["route"] = "tokens"
             module = self._module("tokens")

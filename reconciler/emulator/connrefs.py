@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import tables, workflows
+from . import sharing, tables, workflows
 from .dvcommon import (
     CONCURRENCY_MISMATCH,
     DUPLICATE_RECORD,
@@ -119,19 +119,10 @@ def _duplicate_check(ctx: Ctx, logical_name: str, exclude_id: str | None = None)
         raise HttpError(412, DUPLICATE_RECORD, "A record with matching key values already exists.")
 
 
-def connection_usable_by(conn: dict[str, Any], object_id: str | None) -> bool:
-    """Owner (createdBy) or any principal in permissions[] (docs/dataverse.md §4.4, §4.5)."""
-    if not object_id:
-        return False
-    oid = object_id.lower()
-    props = conn.get("properties", {})
-    if str(props.get("createdBy", {}).get("id", "")).lower() == oid:
-        return True
-    for p in props.get("permissions", []) or []:
-        principal = p.get("properties", {}).get("principal", {})
-        if str(principal.get("id", "")).lower() == oid:
-            return True
-    return False
+def connection_usable_by(data: dict[str, Any], conn: dict[str, Any], object_id: str | None) -> bool:
+    """Any role on the connection: its creator, a share naming the principal, a share with a group it belongs
+    to, or with its tenant (docs/dataverse.md §4.4, §4.5, §4.8; ``sharing.role_of``)."""
+    return sharing.role_of(data, conn, object_id) is not None
 
 
 def _check_connection(ctx: Ctx, connectionid: str, connectorid: str) -> None:
@@ -150,7 +141,7 @@ def _check_connection(ctx: Ctx, connectionid: str, connectorid: str) -> None:
             "connection reference's connectorid."
         )
     if ctx.setting("enforce_connection_access") and not connection_usable_by(
-        conn, ctx.user.get("azureactivedirectoryobjectid")
+        ctx.store.data, conn, ctx.user.get("azureactivedirectoryobjectid")
     ):
         raise HttpError(
             403,

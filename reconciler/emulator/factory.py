@@ -40,8 +40,10 @@ def add_application(
     secrets: Iterable[str] = (),
     management_app: bool = False,
     managed_identity: bool = False,
+    graph_permissions: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """An Entra application (service principal). Secrets are stored only as SHA-256 hex."""
+    """An Entra application (service principal). Secrets are stored only as SHA-256 hex;
+    ``graph_permissions`` are the Microsoft Graph application permissions consented to it."""
     app = {
         "client_id": client_id or new_guid(),
         "object_id": object_id or new_guid(),
@@ -51,6 +53,7 @@ def add_application(
         "federated_credentials": [],
         "managed_identity": managed_identity,
         "management_app": management_app,
+        "graph_permissions": list(graph_permissions),
     }
     data["applications"].append(app)
     return app
@@ -188,12 +191,13 @@ def add_connection(
     owner: dict[str, Any],
     name: str | None = None,
     display_name: str | None = None,
-    shared_with: Iterable[tuple[str, str]] = (),
+    shared_with: Iterable[tuple[str, str] | tuple[str, str, str]] = (),
     status: str = "Connected",
     created: str | None = None,
 ) -> dict[str, Any]:
     """A connection (connections API shape) created by ``owner`` (a systemusers row), optionally
-    shared with ``(object_id, role)`` pairs (roles CanView, CanViewWithShare, CanEdit)."""
+    shared with ``(object_id, role)`` pairs (roles CanView, CanViewWithShare, CanEdit) or
+    ``(object_id, role, principal type)`` (User, ServicePrincipal, Group, Tenant: docs/dataverse.md §4.8)."""
     api = connector_id(connector)
     name = name or new_connection_name()
     cid = f"{api}/connections/{name}"
@@ -213,12 +217,14 @@ def add_connection(
             },
         }
     ]
-    for oid, role in shared_with:
+    for share in shared_with:
+        oid, role = share[0], share[1]
+        kind = share[2] if len(share) > 2 else "User"
         perms.append(
             {
                 "name": oid,
                 "id": f"{cid}/permissions/{oid}",
-                "properties": {"roleName": role, "principal": {"id": oid, "type": "User"}},
+                "properties": {"roleName": role, "principal": {"id": oid, "type": kind}},
             }
         )
     conn = {
@@ -244,6 +250,16 @@ def add_connection(
     }
     data["connections"].append(conn)
     return conn
+
+
+def add_group(
+    data: dict[str, Any], display_name: str, members: Iterable[str] = (), *, group_id: str | None = None
+) -> dict[str, Any]:
+    """An Entra security group; ``members`` are object ids of users, service principals or other groups
+    (membership is transitive: docs/dataverse.md §4.10)."""
+    group = {"id": group_id or new_guid(), "displayName": display_name, "members": list(members)}
+    data.setdefault("groups", []).append(group)
+    return group
 
 
 def flow_clientdata(

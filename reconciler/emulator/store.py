@@ -83,6 +83,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # A PATCH of clientdata on a flow that is on: "refuse" (it must be switched off first, as a published
     # classic workflow must) or "allow" (edited in place). UNCONFIRMED: docs/dataverse.md §5.9.
     "flow_edit_while_on": "refuse",
+    # Whether connection lists carry only the Owner's permission ("owner") or every share ("all");
+    # the permissions route always serves every share (docs/dataverse.md §4.8).
+    "list_permissions": "owner",
+    # Whom a connection may be explicitly shared with as a user: "service_principals" (a user representing a
+    # service principal only) or "anyone" (UNCONFIRMED reading of Learn's note: docs/dataverse.md §4.9).
+    "explicit_share_targets": "service_principals",
 }
 
 

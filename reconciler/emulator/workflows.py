@@ -266,7 +266,7 @@ def activation_check(ctx: Ctx, wf: dict[str, Any]) -> None:
             raise _activation_error(ctx, f"(connection reference '{ln}' is not bound to a connection)", api)
         conn = ctx.store.connection(cid)
         full_id = f"{ref.get('connectorid')}/connections/{cid}"
-        if conn is None or not connection_usable_by(conn, oid):
+        if conn is None or not connection_usable_by(ctx.store.data, conn, oid):
             raise _activation_error(ctx, full_id, api)
         statuses = conn.get("properties", {}).get("statuses") or []
         if statuses and statuses[0].get("status") != "Connected":

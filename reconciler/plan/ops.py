@@ -306,10 +306,47 @@ class DeleteReference(Operation):
         return cls(**cls._base_kwargs(d), flows=tuple(FlowInfo.from_dict(f) for f in d.get("flows", ())))
 
 
-Op = CreateReference | UpdateReference | AddToSolution | DeleteReference
+@dataclass(frozen=True, kw_only=True)
+class ShareConnection(Operation):
+    """Share the connection a binding resolves to with the identity that writes, before binding it
+    (``grant_access``), through the connections API's admin route (docs/dataverse.md §4.8, §4.9).
+    ``logical_name`` is the reference whose binding needs it; one share serves every reference bound to the
+    same connection."""
+
+    kind: ClassVar[str] = "share"
+    actions: ClassVar[tuple[str, ...]] = ("create",)
+
+    connection: ConnectionInfo
+    connector: str
+    principal_id: str
+    principal_type: str
+    principal: str
+    role: str = "CanView"
+
+    @property
+    def address(self) -> str:
+        return f"{self.environment}.share.{self.connection.name}.{self.principal_id}"
+
+    def describe(self) -> str:
+        """``share "SharePoint svc" (owner ..., 0f3a…) with svc-flows@contoso.com (CanView)``."""
+        return f"share {self.connection.describe()} with {self.principal} ({self.role})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "connection": self.connection.to_dict(), "connector": self.connector,
+                "principal_id": self.principal_id, "principal_type": self.principal_type,
+                "principal": self.principal, "role": self.role}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShareConnection:
+        return cls(**cls._base_kwargs(d), connection=ConnectionInfo.from_dict(d["connection"]),
+                   connector=d["connector"], principal_id=d["principal_id"], principal_type=d["principal_type"],
+                   principal=d["principal"], role=d.get("role", "CanView"))
+
+
+Op = CreateReference | UpdateReference | AddToSolution | DeleteReference | ShareConnection
 
 _KINDS: dict[str, Any] = {
-    cls.kind: cls for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference)
+    cls.kind: cls for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference, ShareConnection)
 }
 
 

@@ -53,6 +53,7 @@ from reconciler.plan.ops import (
     Op,
     OwnerInfo,
     Plan,
+    ShareConnection,
     UpdateReference,
 )
 
@@ -177,6 +178,8 @@ def config_digest(config: Config) -> str:
                     "url": e.url,
                     "service_account": e.service_account,
                     "bindings": {k: binding(v) for k, v in e.bindings.items()},
+                    **({"grant_access": e.grant_access, "grant_bindings": sorted(e.grant_bindings)}
+                       if e.grant_access or e.grant_bindings else {}),
                 }
                 for name, e in config.environments.items()
             },
@@ -197,6 +200,7 @@ class _EnvPlanner:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.fingerprint = live_fingerprint(live)
+        self.shares: dict[str, ShareConnection] = {}  # connection name (lower) -> the grant it needs
 
     # ---- helpers
 
@@ -228,10 +232,11 @@ class _EnvPlanner:
             ops.extend(self.plan_reference(desired, by_name.get(desired.logical_name.lower(), [])))
         if prune:
             ops.extend(self.plan_prune(by_name, {m.lower() for m in managed}))
+        ops.extend(self.shares.values())
 
         if self.problems:
             raise PlanProblems(self.problems)
-        order = {"add_to_solution": 0, "create": 1, "update": 2, "delete": 3}
+        order = {"share": -1, "add_to_solution": 0, "create": 1, "update": 2, "delete": 3}
         ops.sort(key=lambda op: (op.logical_name.lower(), order[op.kind]))
         return EnvironmentPlan(
             environment=self.env.name,
@@ -443,7 +448,37 @@ class _EnvPlanner:
     def resolve(self, desired: DesiredReference, binding: Binding) -> LiveConnection | None:
         """The connection a binding names, checked (``rules.judge_binding``); ``None`` (problems recorded)
         when it can't be used."""
+        grant = self.env.grants(desired.logical_name)
         found = rules.judge_binding(binding, desired.connector, self.writer, self.live,
-                                    service_account=self.env.service_account, subject=desired.logical_name)
+                                    service_account=self.env.service_account, subject=desired.logical_name,
+                                    grant=grant)
         self.problems.extend(found.problems)
-        return found.usable
+        self.warnings.extend(p.line() for p in found.warnings)
+        conn = found.usable
+        if conn is not None and grant and rules.needs_grant(conn, self.writer, self.live):
+            self.grant(desired.logical_name, conn)
+        return conn
+
+    def grant(self, logical_name: str, conn: LiveConnection) -> None:
+        """A share of ``conn`` with the writer (``grant_access``), once per connection."""
+        writer = self.writer
+        assert writer is not None and writer.object_id
+        if conn.name.lower() in self.shares:
+            return
+        kind = "ServicePrincipal" if writer.application_id else "User"
+        if kind == "User":
+            self.warnings.append(
+                f"{self.env.name}: {logical_name}: {writer.describe()} is a person; the platform may refuse to "
+                "share a connection with a user that does not represent a service principal (docs/service-account.md)")
+        self.shares[conn.name.lower()] = ShareConnection(
+            environment=self.env.name,
+            logical_name=logical_name,
+            reason=f"grant_access: {writer.describe()} writes the binding and has no access to the connection",
+            after={"connection": conn.name, "principal": writer.object_id, "role": rules.SHARE_ROLE},
+            connection=self.info(conn),
+            connector=conn.connector.rstrip("/").rsplit("/", 1)[-1],
+            principal_id=str(writer.object_id),
+            principal_type=kind,
+            principal=writer.describe(),
+            role=rules.SHARE_ROLE,
+        )

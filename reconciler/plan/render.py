@@ -26,18 +26,20 @@ from reconciler.plan.ops import (
     EnvironmentPlan,
     Op,
     Plan,
+    ShareConnection,
     UpdateReference,
 )
 
 NO_CHANGES = "No changes. The connection references match the configuration."
 
-_SYMBOL = {"create": "+", "update": "~", "add_to_solution": "~", "delete": "-"}
+_SYMBOL = {"create": "+", "update": "~", "add_to_solution": "~", "delete": "-", "share": "+"}
 _COLOR = {"+": "32", "~": "33", "-": "31"}  # ANSI green, yellow, red
 _HEADLINE = {
     "create": "will be created",
     "update": "will be updated in place",
     "add_to_solution": "will be added to solution {solution}",
     "delete": "will be destroyed",
+    "share": "needs its connection shared with the identity that writes",
 }
 
 
@@ -77,6 +79,9 @@ def _field_lines(op: Op) -> list[tuple[str, str | None, str]]:
         return lines
     if isinstance(op, AddToSolution):
         return [("solution", "(none)", op.solution)]
+    if isinstance(op, ShareConnection):
+        return [("principal", None, f"{op.principal} ({op.principal_type}, object id {op.principal_id})"),
+                ("role", None, op.role)]
     if isinstance(op, DeleteReference):
         lines = [("display_name", None, _value(op.before.get("display_name")))]
         lines.append(("connection", None, op.before.get("connection") or "(unbound)"))
@@ -115,7 +120,8 @@ def render_text(plan: Plan, *, color: bool) -> str:
             symbol = _SYMBOL[op.kind]
             out.append("")
             out.append(f"  # {inert(_headline(op))}")
-            out.append(f"  {paint(_COLOR[symbol], symbol)} {inert(op.logical_name)}")
+            label = op.describe() if isinstance(op, ShareConnection) else op.logical_name
+            out.append(f"  {paint(_COLOR[symbol], symbol)} {inert(label)}")
             for name, old, new in _field_lines(op):
                 if old is None:
                     out.append(f"      {name}: {inert(new)}")
@@ -151,7 +157,8 @@ def _change_json(op: Op) -> dict[str, Any]:
         "reference_id": op.reference_id,
         "etag": op.etag,
     }
-    for key in ("changes", "old_connection", "new_connection", "connection", "flows"):
+    for key in ("changes", "old_connection", "new_connection", "connection", "flows", "principal_id",
+                "principal_type", "principal", "role"):
         if key in d:
             change[key] = d[key]
     return change

@@ -141,7 +141,8 @@ def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatc
         servers.shutdown()
     assert capsys.readouterr().out.count("  No changes.\n") == 20
     tokens = apps[0].log.matching("POST", "*/oauth2/v2.0/token")
-    assert len(tokens) == 21  # 20 environments' Dataverse scopes + the connections API's, each once
+    # 20 environments' Dataverse scopes + the Power Platform API's + the Power Apps admin API's, each once
+    assert len(tokens) == 22
     assert apps[0].log.count_requests("GET", "*/.well-known/openid-configuration") == 1
     assert all(app.log.count_requests(path="/api/data/*") + app.log.count_requests(path="/connectivity/*")
                + app.log.count_requests(path="/providers/*") == 12 for app in apps)

@@ -50,25 +50,42 @@ def test_multi_environment_plan_apply_replan(served: Served) -> None:
 def test_access_token_method_with_a_token_per_api(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     store = served.apps["dev"].store
     app = next(a for a in store.data["applications"] if a.get("client_secret_sha256"))
+    app["management_app"] = True  # registered: the admin routes answer it
     env = store.data["environment"]
     base = served.servers["dev"].base_url
     mint = {"tenant_id": env["tenant_id"], "object_id": app["object_id"], "app_id": app["client_id"]}
-    monkeypatch.setenv("CONNREF_DV_TOKEN", jwt.mint(store.data["signing_key_pem"], audience=base, **mint))
-    monkeypatch.setenv("CONNREF_PP_TOKEN",
-                       jwt.mint(store.data["signing_key_pem"], audience="https://api.powerplatform.com", **mint))
+    key = store.data["signing_key_pem"]
+    monkeypatch.setenv("CONNREF_DV_TOKEN", jwt.mint(key, audience=base, **mint))
+    monkeypatch.setenv("CONNREF_PP_TOKEN", jwt.mint(key, audience="https://api.powerplatform.com", **mint))
+    monkeypatch.setenv("CONNREF_PA_TOKEN", jwt.mint(key, audience="https://service.powerapps.com", **mint))
     text = served.config.read_text()
     start = text.index("  demo:")
     text = text[:start] + ("  demo:\n    method: access_token\n    access_token_env: CONNREF_DV_TOKEN\n"
-                           "    connections_access_token_env: CONNREF_PP_TOKEN\n")
+                           "    powerplatform_access_token_env: CONNREF_PP_TOKEN\n"
+                           "    powerapps_access_token_env: CONNREF_PA_TOKEN\n")
     served.config.write_text(text)
+    log = served.apps["dev"].log
+    log.clear()
     r = served.run("plan", "-e", "dev", "--detailed-exitcode")
     assert r.code == 2, r.out + r.err
     assert "+ contoso_Teams" in r.out
+    assert "admin list was refused" not in r.err
+    # Every connection listed in the admin scope, with the admin API's own token.
+    admin = log.matching("GET", "/providers/Microsoft.PowerApps/scopes/admin/environments/*/connections")
+    assert [e.status for e in admin] == [200]
+    assert not log.matching("GET", "/connectivity/connections")
 
-    # One token for both APIs: the connections API refuses it, and the error says so without the token.
-    monkeypatch.setenv("CONNREF_PP_TOKEN", "")
-    served.config.write_text(text.replace("    connections_access_token_env: CONNREF_PP_TOKEN\n", ""))
+    # Without the admin API's token: the caller's list, and the plan says why and what it may hide.
+    served.config.write_text(text.replace("    powerapps_access_token_env: CONNREF_PA_TOKEN\n", ""))
+    r = served.run("plan", "-e", "dev")
+    assert "set powerapps_access_token_env" in r.err and "hidden" in r.err
+
+    # Only the Dataverse token: every connections route is refused, and the error names each refusal.
+    served.config.write_text(text.replace("    powerapps_access_token_env: CONNREF_PA_TOKEN\n", "")
+                             .replace("    powerplatform_access_token_env: CONNREF_PP_TOKEN\n", ""))
     r = served.run("plan", "-e", "dev")
     assert r.code == 1
-    assert "401" in r.err or "audience" in r.err.lower()
+    assert "every connections route was refused" in r.err
+    assert "powerapps_access_token_env" in r.err and "powerplatform_access_token_env" in r.err
+    assert "New-PowerAppManagementApp" in r.err
     assert "eyJ" not in r.err

@@ -112,11 +112,19 @@ def test_list_is_scoped_to_the_caller(emulator: Any) -> None:
         assert _names(maker) == [S.CONN_SP_MAKER]
 
 
-def test_both_documented_audiences_are_accepted_and_others_refused(emulator: Any) -> None:
-    with _client(emulator, S.SVC_OBJECT_ID, audience="https://service.powerapps.com") as c:
+def test_each_api_accepts_only_its_own_audience(emulator: Any) -> None:
+    with _client(emulator, S.SVC_OBJECT_ID) as c:
         assert c.get("/connectivity/connections", params=V1).status_code == 200
-    with _client(emulator, S.SVC_OBJECT_ID, audience=S.URL) as c:  # a Dataverse token
-        assert c.get("/connectivity/connections", params=V1).status_code == 401
+    # A Power Apps (admin API) token on the Power Platform API, and a Dataverse token: refused.
+    for audience in ("https://service.powerapps.com", S.URL):
+        with _client(emulator, S.SVC_OBJECT_ID, audience=audience) as c:
+            r = c.get("/connectivity/connections", params=V1)
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "InvalidAuthenticationTokenAudience"
+    # A Power Platform API token on the admin route: refused the same way.
+    with _client(emulator, S.SVC_OBJECT_ID) as c:
+        r = c.get(_admin_path(), params={"api-version": "2016-11-01"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "InvalidAuthenticationTokenAudience"
     with httpx.Client(base_url=emulator.url) as anonymous:
         assert anonymous.get("/connectivity/connections", params=V1).status_code == 401
     expired = emulator.token(S.SVC_OBJECT_ID, None, PP, lifetime=-120)
@@ -222,7 +230,9 @@ def test_only_owner_or_resharers_may_share(emulator: Any) -> None:
         assert _share(maker, S.OUTLOOK, S.CONN_OUTLOOK_SVC, S.MAKER_OBJECT_ID, "CanEdit").status_code == 403
 
 
+@pytest.mark.emulator_only
 def test_can_view_with_share_may_reshare_up_to_its_own_role(emulator: Any) -> None:
+    emulator.app.settings["explicit_share_targets"] = "anyone"  # the maker is a person
     with _client(emulator, S.SVC_OBJECT_ID) as svc:
         assert (
             _share(svc, S.OUTLOOK, S.CONN_OUTLOOK_SVC, S.MAKER_OBJECT_ID, "CanViewWithShare").status_code
@@ -284,3 +294,126 @@ def test_admin_scope_lists_every_connection_for_a_management_app(emulator: Any) 
             _admin_path("00000000-0000-4000-8000-000000000000"), params={"api-version": "2016-11-01"}
         )
         assert other.status_code == 404
+
+
+# --------------------------------------------------------------------------- shares as the platform serves them
+
+PA = "https://service.powerapps.com"
+ADMIN_V = {"api-version": "2017-06-01"}
+
+
+def _admin_conn(api: str, name: str, rest: str) -> str:
+    return (f"/providers/Microsoft.PowerApps/scopes/admin/environments/{S.ENVIRONMENT_ID}/apis/{api}"
+            f"/connections/{name}{rest}")
+
+
+def _put(principal: str, role: str, kind: str | None = None, tenant: str | None = None) -> dict[str, Any]:
+    p: dict[str, Any] = {"id": principal}
+    if kind:
+        p["type"] = kind
+    if tenant:
+        p["tenantId"] = tenant
+    return {"put": [{"properties": {"roleName": role, "principal": p}}], "delete": []}
+
+
+@pytest.mark.emulator_only
+def test_lists_carry_only_the_owner_and_the_permissions_route_every_share(emulator: Any) -> None:
+    with _client(emulator, S.SVC_OBJECT_ID) as svc:
+        listed = {c["name"]: c for c in svc.get("/connectivity/connections", params=V1).json()["value"]}
+        roles = [p["properties"]["roleName"] for p in listed[S.CONN_DV_SVC]["properties"]["permissions"]]
+        assert roles == ["Owner"]  # the CanView share with the application is not in the list
+        shares = svc.get(_conn_path(S.DATAVERSE, S.CONN_DV_SVC, "/permissions"), params=V1).json()["value"]
+    by_id = {p["properties"]["principal"]["id"]: p["properties"] for p in shares}
+    assert by_id[S.APP_OBJECT_ID]["roleName"] == "CanView"
+    assert by_id[S.APP_OBJECT_ID]["principal"]["displayName"]
+    emulator.app.settings["list_permissions"] = "all"  # the other reading
+    with _client(emulator, S.SVC_OBJECT_ID) as svc:
+        listed = {c["name"]: c for c in svc.get("/connectivity/connections", params=V1).json()["value"]}
+    assert len(listed[S.CONN_DV_SVC]["properties"]["permissions"]) == 2
+
+
+@pytest.mark.emulator_only
+def test_sharing_rules_users_groups_and_the_tenant(emulator: Any) -> None:
+    from reconciler.emulator.factory import add_group
+
+    group = add_group(emulator.store.data, "Flow makers", [S.MAKER_OBJECT_ID])
+    with _client(emulator, S.SVC_OBJECT_ID) as svc:
+        path = _conn_path(S.SP, S.CONN_SP_SVC, "/modifyPermissions")
+        # A person, by default: refused (only a user representing a service principal).
+        r = svc.post(path, params=V1, json=_put(S.MAKER_OBJECT_ID, "CanView", "User"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "ConnectionSharingNotSupported"
+        # The tenant: CanView only, and its id must be the tenant's.
+        r = svc.post(path, params=V1, json=_put(S.TENANT_ID, "CanEdit", "Tenant", S.TENANT_ID))
+        assert r.status_code == 400 and "only supported for CanView" in r.json()["error"]["message"]
+        r = svc.post(path, params=V1, json=_put(S.MAKER_OBJECT_ID, "CanView", "Tenant"))
+        assert r.status_code == 400
+        # A group: its members hold the role.
+        assert svc.post(path, params=V1, json=_put(group["id"], "CanView")).status_code == 200
+        shares = svc.get(_conn_path(S.SP, S.CONN_SP_SVC, "/permissions"), params=V1).json()["value"]
+        assert {p["properties"]["principal"]["type"] for p in shares} == {"User", "Group"}
+    with _client(emulator, S.MAKER_OBJECT_ID) as maker:
+        assert S.CONN_SP_SVC in _names(maker)
+    with _client(emulator, S.SVC_OBJECT_ID) as svc:
+        path = _conn_path(S.OUTLOOK, S.CONN_OUTLOOK_SVC, "/modifyPermissions")
+        assert svc.post(path, params=V1, json=_put(S.TENANT_ID, "CanView", None, S.TENANT_ID)).status_code == 200
+    with _client(emulator, S.MAKER_OBJECT_ID) as maker:
+        assert S.CONN_OUTLOOK_SVC in _names(maker)  # everyone in the tenant
+    emulator.app.settings["explicit_share_targets"] = "anyone"  # the other reading
+    with _client(emulator, S.SVC_OBJECT_ID) as svc:
+        r = svc.post(_conn_path(S.DATAVERSE, S.CONN_DV_SVC, "/modifyPermissions"), params=V1,
+                     json=_put(S.MAKER_OBJECT_ID, "CanView", "User"))
+        assert r.status_code == 200
+
+
+@pytest.mark.emulator_only
+def test_admin_permissions_routes_need_an_admin_and_their_own_audience(emulator: Any) -> None:
+    with _client(emulator, S.APP_OBJECT_ID, S.APP_CLIENT_ID, audience=PA) as app:
+        r = app.get(_admin_conn(S.SP, S.CONN_SP_SVC, "/permissions"), params=ADMIN_V)
+        assert r.status_code == 403
+    app_row = next(a for a in emulator.store.data["applications"] if a["client_id"] == S.APP_CLIENT_ID)
+    app_row["management_app"] = True
+    with _client(emulator, S.APP_OBJECT_ID, S.APP_CLIENT_ID) as pp:  # the Power Platform API's audience
+        assert pp.get(_admin_conn(S.SP, S.CONN_SP_SVC, "/permissions"), params=ADMIN_V).status_code == 401
+    with _client(emulator, S.APP_OBJECT_ID, S.APP_CLIENT_ID, audience=PA) as app:
+        before = app.get(_admin_conn(S.SP, S.CONN_SP_SVC, "/permissions"), params=ADMIN_V).json()["value"]
+        assert [p["properties"]["roleName"] for p in before] == ["Owner"]
+        # The admin shares someone else's connection with a service principal's user (itself here).
+        r = app.post(_admin_conn(S.SP, S.CONN_SP_SVC, "/modifyPermissions"), params=ADMIN_V,
+                     json=_put(S.APP_OBJECT_ID, "CanView"))
+        assert r.status_code == 200, r.text
+        after = app.get(_admin_conn(S.SP, S.CONN_SP_SVC, "/permissions"), params=ADMIN_V).json()["value"]
+    assert {(p["properties"]["principal"]["id"], p["properties"]["roleName"]) for p in after} == {
+        (S.SVC_OBJECT_ID, "Owner"), (S.APP_OBJECT_ID, "CanView")}
+
+
+# --------------------------------------------------------------------------- Graph membership
+
+GRAPH = "https://graph.microsoft.com"
+
+
+@pytest.mark.emulator_only
+def test_graph_check_member_groups(emulator: Any) -> None:
+    from reconciler.emulator.factory import add_group
+
+    inner = add_group(emulator.store.data, "Inner", [S.SVC_OBJECT_ID])
+    outer = add_group(emulator.store.data, "Outer", [inner["id"]])
+    other = add_group(emulator.store.data, "Other", [S.MAKER_OBJECT_ID])
+    path = f"/v1.0/directoryObjects/{S.SVC_OBJECT_ID}/checkMemberGroups"
+    body = {"groupIds": [outer["id"], other["id"]]}
+    with _client(emulator, S.APP_OBJECT_ID, S.APP_CLIENT_ID, audience=GRAPH) as app:
+        r = app.post(path, json=body)
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "Authorization_RequestDenied"
+        assert "innerError" in r.json()["error"]
+    app_row = next(a for a in emulator.store.data["applications"] if a["client_id"] == S.APP_CLIENT_ID)
+    app_row["graph_permissions"] = ["GroupMember.Read.All"]
+    with _client(emulator, S.APP_OBJECT_ID, S.APP_CLIENT_ID, audience=GRAPH) as app:
+        r = app.post(path, json=body)
+        assert r.status_code == 200 and r.json()["value"] == [outer["id"]]  # transitive
+        r = app.post(path, json={"groupIds": [outer["id"]] * 21})
+        assert r.status_code == 400
+    with _client(emulator, S.APP_OBJECT_ID, S.APP_CLIENT_ID) as wrong:  # a Power Platform API token
+        r = wrong.post(path, json=body)
+        assert r.status_code == 401
+        assert r.json()["error"] == {**r.json()["error"], "code": "InvalidAuthenticationToken",
+                                     "message": "Access token validation failure. Invalid audience."}

@@ -171,7 +171,8 @@ def test_binding_comments_for_each_suspicious_kind() -> None:
     assert "CR201 personal-connection" in above and "alice@contoso.com" in above
     # personal, not usable by the writer: flagged and commented out (plan would refuse it)
     assert 'CR201 personal-connection: bound to "SharePoint bob"' in bindings
-    assert "plan would refuse this binding (CR210 connection-not-usable: share it with svc-flows@contoso.com" in (
+    assert ("plan would refuse this binding (CR210 connection-not-usable: share it with a security group "
+            "svc-flows@contoso.com belongs to") in (
         " ".join(line.lstrip(" #") for line in bindings.splitlines()))
     assert (
         "# contoso_sharedsharepointonline_30e7d: b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"

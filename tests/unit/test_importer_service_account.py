@@ -56,7 +56,7 @@ def test_foreign_owners_comment_the_line_out_in_an_existing_config(tmp_path: Pat
     # usable; the service account's (Outlook, the Spare selector) would be refused
     assert dev["bindings"] == {"contoso_sharedsharepointonline_8f4b0": C_ALICE_SP.name}
     assert "# contoso_Outlook: " + C_SVC_OUTLOOK.name in text
-    assert "CR210 connection-not-usable: share it with alice@contoso.com" in prose(text)
+    assert "CR210 connection-not-usable: share it with a security group alice@contoso.com belongs to" in prose(text)
     # no service account in the written config: lint's CR201 does not apply, and import says so
     assert "CR201" not in text and "no service_account for this environment" in text
     cfg = load_config(str(write_config(tmp_path, text)))

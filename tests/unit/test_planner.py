@@ -483,8 +483,9 @@ def test_connection_not_usable_by_the_writer() -> None:
     assert problems_of(cfg, live([], [private])) == [
         f'dev: contoso_SharePoint: connection "SharePoint maker2" (owner maker2@contoso.com, {private.name}) '
         "is owned by maker2@contoso.com and not shared with svc-flows@contoso.com, which writes the binding; "
-        "share it with svc-flows@contoso.com (object id oid-svc) with the CanView ('Can use') permission, "
-        "or bind a connection svc-flows@contoso.com owns"
+        "share it with a security group svc-flows@contoso.com belongs to (CanView), or sign in as "
+        "svc-flows@contoso.com and create the connection, then bind that one (connections can be explicitly shared "
+        "with users only when they represent a service principal; docs/service-account.md)"
     ]
 
 
