@@ -39,6 +39,11 @@ TOP_LEVEL_KEYS = frozenset(
         "connections",
         "next_versionnumber",
         "oidc",  # emulated OIDC issuers and managed identity (docs/emulator-data.md, Identity)
+        # Entra groups {id, displayName, members}, Power Platform admins (object ids) and users who consented
+        # to Graph's delegated membership permissions (docs/dataverse.md §4.3, §4.10)
+        "groups",
+        "power_platform_admins",
+        "graph_delegated",
     }
 )
 REQUIRED_KEYS = ("format", "environment", "signing_key_pem")
