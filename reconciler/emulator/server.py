@@ -1,5 +1,9 @@
 """Serve emulator apps over loopback HTTP(S) with the standard library's WSGI server, one thread per
-request, and the ``connref emulator`` command.
+connection, and the ``connref emulator`` command.
+
+Connections are persistent (HTTP/1.1 keep-alive, as the services connref talks to keep them): a
+client sends its next request on the connection it already has instead of a new TCP connection and
+TLS handshake. ``shutdown()`` closes the connections still open, so a stopped server serves nothing.
 
 ``serve(app)`` starts a server in a background thread and returns it (``.url``, ``.shutdown()``);
 tests use it, and ``main``/``run_emulator_command`` use it to serve until interrupted. A fault that
@@ -26,9 +30,18 @@ from .faults import ConnectionDropped, Faults
 from .session import HTTP_NOTE, Session, snippet
 from .store import EnvironmentStore, new_environment_data
 
+#: Seconds a kept-alive connection may stay idle before the server closes it.
+IDLE_TIMEOUT = 60.0
+
 
 class _Handler(ServerHandler):
+    http_version = "1.1"  # every answer carries Content-Length (EmulatorApp.__call__): keep-alive works
     dropped = False
+    answered = False  # headers were sent (wsgiref's own headers_sent is reset when the handler closes)
+
+    def send_headers(self) -> None:
+        super().send_headers()
+        self.answered = True
     request_handler: WSGIRequestHandler | None = None  # as wsgiref's own handle() sets it
 
     def handle_error(self) -> None:
@@ -40,10 +53,23 @@ class _Handler(ServerHandler):
 
 
 class _RequestHandler(WSGIRequestHandler):
+    protocol_version = "HTTP/1.1"  # persistent connections unless the client asks to close
+    timeout = IDLE_TIMEOUT  # a connection idle this long is closed
+
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()  # in this request's thread, not the accept loop
+            self.request.do_handshake()  # in this connection's thread, not the accept loop
         super().setup()
+        server = self.server
+        if isinstance(server, _ThreadingWSGIServer):
+            server.track(self.connection)
+
+    def finish(self) -> None:
+        server = self.server
+        if isinstance(server, _ThreadingWSGIServer):
+            server.untrack(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
@@ -55,8 +81,22 @@ class _RequestHandler(WSGIRequestHandler):
         pass
 
     def handle(self) -> None:
+        # http.server's loop over the requests of one connection (wsgiref answers one and closes).
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.handle_one_request()
+
+    def handle_one_request(self) -> None:
         # wsgiref's handle(), with our ServerHandler that knows how to drop a connection.
-        self.raw_requestline = self.rfile.readline(65537)
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+        except (TimeoutError, OSError):  # idle past the timeout, or closed by shutdown()
+            self.close_connection = True
+            return
+        if not self.raw_requestline:  # the client closed the connection
+            self.close_connection = True
+            return
         if len(self.raw_requestline) > 65536:
             self.send_error(414)
             return
@@ -75,7 +115,10 @@ class _RequestHandler(WSGIRequestHandler):
         app = self.server.get_app()
         assert app is not None, "serve() sets the app before the server starts"
         handler.run(app)
-        if handler.dropped:
+        # No answer written: a dropped connection (wsgiref's run() swallows the ConnectionAbortedError
+        # that ConnectionDropped is without calling handle_error), or a client gone mid-answer. The
+        # connection cannot carry another request: close it, as the client expects.
+        if handler.dropped or not handler.answered:
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -84,6 +127,33 @@ class _RequestHandler(WSGIRequestHandler):
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     request_queue_size = 128  # bursts of concurrent requests (the 52-per-user limit) must connect
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        self._closing = False
+
+    def track(self, conn: socket.socket) -> None:
+        with self._open_lock:
+            if not self._closing:
+                self._open.add(conn)
+                return
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._open_lock:
+            self._open.discard(conn)
+
+    def close_connections(self) -> None:
+        """End every open connection: its thread reads end-of-file and returns."""
+        with self._open_lock:
+            self._closing = True
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class RunningServer:
@@ -101,6 +171,7 @@ class RunningServer:
     def shutdown(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_connections()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> RunningServer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -78,3 +79,46 @@ def test_run_emulator_command_reports_bad_data_file(tmp_path: Path, capsys: pyte
     args = SimpleNamespace(port=0, data=[str(p)], faults=None, tls_cert=None, tls_key=None)
     assert run_emulator_command(args) == 1
     assert "oops" in capsys.readouterr().err
+
+
+def _read_response(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response (head and a Content-Length body) from ``sock``; returns it and what follows."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection before answering"
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection mid-body"
+        rest += chunk
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+def test_connections_are_kept_alive_and_closed_by_shutdown(emulator_data: dict[str, Any]) -> None:
+    """Two requests on one connection get two answers (HTTP/1.1 keep-alive, as the real services keep
+    connections); a server that is shut down closes the connection it kept open."""
+    server = serve(EmulatorApp(EnvironmentStore.from_dict(emulator_data)))
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            request = f"GET /api/data/v9.2/WhoAmI HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n\r\n".encode()
+            sock.sendall(request)
+            first, rest = _read_response(sock, b"")
+            sock.sendall(request)
+            second, rest = _read_response(sock, rest)
+            assert first.startswith(b"HTTP/1.1 401 ") and second.startswith(b"HTTP/1.1 401 ")
+            assert rest == b""
+            server.shutdown()
+            assert sock.recv(1) == b""  # end of file: the kept connection is closed
+    finally:
+        server.shutdown()
+
+
+def test_connection_close_is_honoured(emulator: Any) -> None:
+    with socket.create_connection((emulator.server.host, emulator.server.port), timeout=10) as sock:
+        sock.sendall(f"GET /nothing HTTP/1.1\r\nHost: {emulator.server.host}\r\nConnection: close\r\n\r\n".encode())
+        answer, rest = _read_response(sock, b"")
+        assert answer.startswith(b"HTTP/1.1 404 ")
+        assert rest == b"" and sock.recv(1) == b""
