@@ -406,10 +406,14 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
     expand = parse_expand(ctx, table, q)
     with ctx.store.lock:
         source = rows if rows is not None else table.stored(ctx)
-        served = [present(ctx, table, r) for r in source]
-        originals = {id(s): r for s, r in zip(served, source, strict=True)}
-        served = _filtered(ctx, table, q, served)
+        node = _filter_node(ctx, table, q)
         keys = _order_keys(ctx, table, q)
+        # Filter and order on the columns they name (as served); only the page is presented whole.
+        names = (node.properties() if node is not None else set()) | {k for k, _ in keys} | {table.key}
+        served = [_served_values(ctx, table, r, names) for r in source]
+        originals = {id(s): r for s, r in zip(served, source, strict=True)}
+        if node is not None:
+            served = [r for r in served if node.test(r)]
         # Stable order for paging: the requested keys, then the primary key (as Dataverse pages by it).
         served = odata.order_rows(served, [*keys, (table.key, False)])
         total = len(served)
@@ -434,14 +438,29 @@ def _parsed(parse: Callable[[str], _T], text: str) -> _T:
         raise _query_error(str(e)) from None
 
 
-def _filtered(ctx: Ctx, table: Table, q: dict[str, str], served: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows ``$filter`` keeps (all without one), after checking the properties it names."""
+def _served_values(ctx: Ctx, table: Table, row: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The values of ``names`` in ``row`` as :func:`present` serves them (hidden keys never, computed
+    columns where the row stores none), without presenting the whole row."""
+    derived: dict[str, Any] | None = None
+    out: dict[str, Any] = {}
+    for name in names:
+        value = None if name in table.hidden else row.get(name)
+        if value is None:
+            if derived is None:
+                derived = _derived(ctx, table, row)
+            value = derived.get(name)
+        out[name] = value
+    return out
+
+
+def _filter_node(ctx: Ctx, table: Table, q: dict[str, str]) -> odata.Node | None:
+    """``$filter`` parsed (None without one), after checking the properties it names."""
     if "$filter" not in q:
         if table.entity_set == "msdyn_componentlayers":
             from .layers import check_query
 
             check_query(ctx, ())
-        return served
+        return None
     node = _parsed(odata.parse_filter, q["$filter"])
     for p in node.properties():
         if p not in columns_of(ctx, table):
@@ -450,7 +469,7 @@ def _filtered(ctx: Ctx, table: Table, q: dict[str, str], served: list[dict[str, 
         from .layers import check_query
 
         check_query(ctx, node.properties())
-    return [r for r in served if node.test(r)]
+    return node
 
 
 def _order_keys(ctx: Ctx, table: Table, q: dict[str, str]) -> list[tuple[str, bool]]:
