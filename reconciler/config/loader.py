@@ -13,6 +13,7 @@ the value. For the same reason messages about ids and variable names do not quot
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import stat
@@ -175,11 +176,16 @@ _SECRET_ALTERNATIVES = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def _secret_key(key: str) -> bool:
+    # Cached: a config repeats the same few keys (connector, display_name) thousands of times.
     return bool(_SECRET_KEY_RE.search(key.lower().replace("-", "_")))
 
 
 def _secret_value(value: str) -> str | None:
+    # Each pattern below needs one of these fragments: most values have none and skip the searches.
+    if "-----BEGIN " not in value and "eyJ" not in value and "Q~" not in value:
+        return None
     if _PEM_RE.search(value):
         return "a PEM block (key or certificate)"
     if has_jwt(value):
@@ -247,8 +253,26 @@ class _Validator:
     # ------------------------------------------------------------------ secrets (first pass)
 
     def scan_secrets(self, root: YNode, path_of: Mapping[int, str]) -> None:
-        for node in walk(root):
+        # ``walk``'s order (document order, keys before their values), without its list and with the
+        # visited set kept for collections only: a scalar reached twice (an alias) is reported once
+        # through ``flagged``, and a mapping's keys must be checked once.
+        stack: list[YNode] = [root]
+        seen: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Scalar):
+                self._scan_scalar(node, path_of)
+                continue
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, Seq):
+                stack.extend(reversed(node.items))
+                continue
             if isinstance(node, Map):
+                for key, value in reversed(node.pairs):
+                    stack.append(value)
+                    stack.append(key)
                 for key, value in node.pairs:
                     if _secret_key(key.text) and not is_empty_node(value):
                         field = join_path(path_of.get(id(node), ""), key.text)
@@ -260,16 +284,19 @@ class _Validator:
                             f"variable or a file and name it with {alt}",
                         )
                         self._flag(value)
-            elif isinstance(node, Scalar) and isinstance(node.value, str) and id(node) not in self.flagged:
-                what = _secret_value(node.value)
-                if what:
-                    self.error(
-                        node,
-                        path_of.get(id(node)),
-                        f"this value looks like {what}; secrets must not be written in the config file: "
-                        "put it in an environment variable or a file and name it with a *_env or *_file key",
-                    )
-                    self.flagged.add(id(node))
+
+    def _scan_scalar(self, node: Scalar, path_of: Mapping[int, str]) -> None:
+        if not isinstance(node.value, str) or id(node) in self.flagged:
+            return
+        what = _secret_value(node.value)
+        if what:
+            self.error(
+                node,
+                path_of.get(id(node)),
+                f"this value looks like {what}; secrets must not be written in the config file: "
+                "put it in an environment variable or a file and name it with a *_env or *_file key",
+            )
+            self.flagged.add(id(node))
 
     def _flag(self, node: YNode) -> None:
         for n in walk(node):
@@ -323,22 +350,21 @@ class _Validator:
     ) -> str | None:
         """A string value; None when absent (or null and ``nullable``). Empty strings are refused."""
         node = m.get(key)
-        path = join_path(field, key)
         if node is None:
             return None
         if isinstance(node, Scalar) and node.value is None and nullable:
             return None
         if not isinstance(node, Scalar) or not isinstance(node.value, str):
-            self.type_error(node, path, "a string")
+            self.type_error(node, join_path(field, key), "a string")
             return None
         if id(node) in self.flagged:
             return None
         value = node.value
         if not value.strip():
-            self.error(node, path, "must not be empty")
+            self.error(node, join_path(field, key), "must not be empty")
             return None
         if max_len is not None and len(value) > max_len:
-            self.error(node, path, f"may be at most {max_len} characters (this one has {len(value)})")
+            self.error(node, join_path(field, key), f"may be at most {max_len} characters (this one has {len(value)})")
             return None
         return value
 

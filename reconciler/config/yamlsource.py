@@ -394,48 +394,75 @@ def _build_plain(loader_class: Any, text: str, file: str) -> tuple[YNode | None,
         loader.dispose()
 
 
-def _plain_node(loader: Any, file: str, depth: int) -> YNode:
-    event = loader.get_event()
-    if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
-        raise _NotPlain
+def _resolve(loader: Any, value: str, implicit: tuple[bool, bool]) -> str:
+    """``loader.resolve(ScalarNode, value, implicit)`` without the call for most scalars: a quoted or
+    block scalar (``implicit[0]`` false) is a string, and so is a plain one whose first character starts
+    none of the loader's implicit types (``null``, ``true``, numbers, dates...), as the resolver decides
+    (without path resolvers or wildcard resolvers, which the safe loaders do not have)."""
+    resolvers = loader.yaml_implicit_resolvers
+    if (not implicit[0] or (value and value[0] not in resolvers)) and (
+        None not in resolvers and not loader.yaml_path_resolvers
+    ):
+        return _STR
+    tag: str = loader.resolve(ScalarNode, value, implicit)
+    return tag
+
+
+def _plain_node(loader: Any, file: str, depth: int, event: Any = None) -> YNode:
+    """The node that starts with ``event`` (the next event when None). Events are told apart by their
+    exact type (libyaml makes no subclasses) and read with ``get_event`` alone: this loop runs once
+    per node of the document."""
+    if event is None:
+        event = loader.get_event()
+    if event.anchor is not None or (event.tag is not None and event.tag != "!"):
+        raise _NotPlain  # an alias (it names an anchor), an anchor or a tag: the composer path's
     mark: Any = event.start_mark
     loc = Location(file, mark.line + 1, mark.column + 1)
-    if isinstance(event, yaml.ScalarEvent):
-        if event.tag is not None and event.tag != "!":
-            raise _NotPlain
-        value = event.value
-        tag = loader.resolve(ScalarNode, value, event.implicit)
-        if tag == _STR:
-            return Scalar(loc, value, value, quoted=event.style in ("'", '"'))
-        if tag not in ALLOWED_TAGS or _long_int(tag, value):
-            raise _NotPlain
-        try:
-            end: Any = event.end_mark
-            constructed = loader.construct_object(ScalarNode(tag, value, mark, end, event.style), deep=True)
-        except Exception:  # whatever the composer path makes of it, it says
-            raise _NotPlain from None
-        return Scalar(loc, constructed, str(value), quoted=event.style in ("'", '"'))
-    if event.tag is not None and event.tag != "!":
+    kind = type(event)
+    if kind is yaml.ScalarEvent:
+        return _plain_scalar(loader, event, loc)
+    if kind is yaml.AliasEvent:
         raise _NotPlain
     if depth >= MAX_NESTING:
         raise _too_deep(file, mark)
-    if isinstance(event, yaml.SequenceStartEvent):
+    if kind is yaml.SequenceStartEvent:
         items: list[YNode] = []
-        while not loader.check_event(yaml.SequenceEndEvent):
-            items.append(_plain_node(loader, file, depth + 1))
-        loader.get_event()
-        return Seq(loc, items)
-    if not isinstance(event, yaml.MappingStartEvent):  # pragma: no cover - the parser makes no other
+        while True:
+            item = loader.get_event()
+            if type(item) is yaml.SequenceEndEvent:
+                return Seq(loc, items)
+            items.append(_plain_node(loader, file, depth + 1, item))
+    if kind is not yaml.MappingStartEvent:  # pragma: no cover - the parser makes no other
         raise _NotPlain
+    return _plain_mapping(loader, file, depth, loc)
+
+
+def _plain_scalar(loader: Any, event: Any, loc: Location) -> Scalar:
+    value = event.value
+    tag = _resolve(loader, value, event.implicit)
+    if tag == _STR:
+        return Scalar(loc, value, value, quoted=event.style in ("'", '"'))
+    if tag not in ALLOWED_TAGS or _long_int(tag, value):
+        raise _NotPlain
+    try:
+        end: Any = event.end_mark
+        constructed = loader.construct_object(ScalarNode(tag, value, event.start_mark, end, event.style), deep=True)
+    except Exception:  # whatever the composer path makes of it, it says
+        raise _NotPlain from None
+    return Scalar(loc, constructed, str(value), quoted=event.style in ("'", '"'))
+
+
+def _plain_mapping(loader: Any, file: str, depth: int, loc: Location) -> Map:
     pairs: list[tuple[Scalar, YNode]] = []
     seen: set[str] = set()
-    while not loader.check_event(yaml.MappingEndEvent):
-        key_event = loader.peek_event()
-        if not isinstance(key_event, yaml.ScalarEvent) or key_event.anchor is not None or (
+    while True:
+        key_event = loader.get_event()
+        if type(key_event) is yaml.MappingEndEvent:
+            return Map(loc, pairs)
+        if type(key_event) is not yaml.ScalarEvent or key_event.anchor is not None or (
             key_event.tag is not None and key_event.tag != "!"
         ):
             raise _NotPlain
-        loader.get_event()
         text = key_event.value
         if text in seen or text == "<<":
             raise _NotPlain  # a duplicate (reported by the composer path), or a merge key
@@ -444,8 +471,6 @@ def _plain_node(loader: Any, file: str, depth: int) -> YNode:
         key = Scalar(Location(file, key_mark.line + 1, key_mark.column + 1), text, text,
                      key_event.style in ("'", '"'))
         pairs.append((key, _plain_node(loader, file, depth + 1)))
-    loader.get_event()
-    return Map(loc, pairs)
 
 
 def describe(node: YNode) -> str:
