@@ -42,6 +42,10 @@ BEYOND_SCHEMA = {
     "pem_block": "a secret pasted into a value (recognised by its shape anywhere)",
     "entra_secret_in_description": "a secret pasted into a value (recognised by its shape anywhere)",
     "secret_in_file_path": "a secret pasted where a file's path belongs (no such file, and its shape)",
+    "replaces_declared": "a replaced name is also declared under references (a cross-reference)",
+    "replaces_itself": "a reference replaces its own name (a cross-reference)",
+    "replaces_twice": "two references replace the same name (a relation between references)",
+    "replaces_listed_twice": "a name listed twice apart from case (the schema compares items exactly)",
 }
 
 

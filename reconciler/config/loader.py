@@ -60,7 +60,7 @@ FEDERATED_PROVIDERS = ("github", "azure_devops")
 # Schema (reconciler.config.schema) is generated from them, so the two cannot drift apart.
 TOP_KEYS = ("version", "solution", "references", "environments", "auth", "prune", "naming", "lint", "state")
 TOP_REQUIRED = ("version", "solution", "references", "environments")
-REFERENCE_KEYS = ("connector", "display_name", "description")
+REFERENCE_KEYS = ("connector", "display_name", "description", "replaces")
 REFERENCE_REQUIRED = ("connector", "display_name")
 ENVIRONMENT_KEYS = (
     "url",
@@ -530,7 +530,57 @@ class _Validator:
             ref = self.reference(name, value, field)
             if ref is not None and not problem:
                 out[name] = ref
+        self.check_replacements(m)
         return out
+
+    def replaced_names(self, node: YNode | None, field: str) -> list[tuple[str, Scalar]]:
+        """The ``replaces:`` list of one reference: its items that are valid logical names, each once, with
+        their field paths."""
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return []
+        if not isinstance(node, Seq):
+            self.type_error(node, field, "a list of logical names")
+            return []
+        seen: dict[str, tuple[str, Scalar]] = {}
+        for i, item in enumerate(node.items):
+            path = join_path(field, i)
+            if not isinstance(item, Scalar) or not isinstance(item.value, str):
+                self.type_error(item, path, "a logical name")
+                continue
+            problem = logical_name_problem(item.value)
+            if problem:
+                hint = " (this looks like a display name; replaces lists logical names)" if " " in item.value else ""
+                self.error(item, path, f"invalid logical name: {problem}{hint}")
+                continue
+            first = seen.get(item.value.lower())
+            if first is not None:
+                self.error(item, path, f"listed twice: also {first[0]} (logical names compare without case)")
+                continue
+            seen[item.value.lower()] = (path, item)
+        return list(seen.values())
+
+    def check_replacements(self, m: Map) -> None:
+        """Across references: a replaced name is not declared itself, and only one reference replaces it."""
+        declared = {key.text.lower(): key for key, _ in m.pairs}
+        replaced_by: dict[str, tuple[str, Scalar]] = {}
+        for key, value in m.pairs:
+            if not isinstance(value, Map):
+                continue
+            field = join_path(join_path("references", key.text), "replaces")
+            for path, item in self.replaced_names(value.get("replaces"), field):
+                name = str(item.value)
+                own = declared.get(name.lower())
+                if own is not None:
+                    what = "itself" if own is key else f"{own.text}, declared at line {own.loc.line}"
+                    self.error(item, path, f"a reference cannot replace {what}: a replaced reference is "
+                                           "removed, so it is not declared under references")
+                    continue
+                other = replaced_by.get(name.lower())
+                if other is not None:
+                    self.error(item, path, f"{name} is already replaced by {other[0]} (line {other[1].loc.line}); "
+                                           "one reference replaces it")
+                    continue
+                replaced_by[name.lower()] = (key.text, item)
 
     def reference(self, name: str, node: YNode, field: str) -> DesiredReference | None:
         m = self.mapping(node, field)
@@ -542,12 +592,16 @@ class _Validator:
         description = self.string(m, "description", field, max_len=MAX_DESCRIPTION)
         if connector is None or display_name is None:
             return None
+        # Checked (with locations) by check_replacements, across all references.
+        replaces = m.get("replaces")
+        names = tuple(str(n.value) for n in _items(replaces) if isinstance(n, Scalar) and isinstance(n.value, str))
         return DesiredReference(
             logical_name=name,
             connector=normalise_connector(connector),
             display_name=display_name,
             description=description,
             location=m.loc,
+            replaces=tuple(dict.fromkeys(names)),
         )
 
     # ------------------------------------------------------------------ environments
@@ -988,6 +1042,10 @@ def _account_url_problem(value: str) -> str | None:
     if urlsplit(value).query:
         return "expected the blob endpoint without a query (no SAS token: use auth or connection_string_env)"
     return None
+
+
+def _items(node: YNode | None) -> list[YNode]:
+    return node.items if isinstance(node, Seq) else []
 
 
 # ---------------------------------------------------------------------- entry points

@@ -265,6 +265,14 @@ def _reference() -> dict[str, Any]:
                                  pattern=_whole(_CONNECTOR), max_length=MAX_CONNECTION_NAME),
             "display_name": _string("The display name.", max_length=MAX_DISPLAY_NAME),
             "description": _string("What it is for.", nullable=True, max_length=MAX_DESCRIPTION),
+            "replaces": {
+                "description": "Logical names of the references this one replaces (per-developer duplicates): in "
+                "an unmanaged environment their flows are moved onto this reference and they are deleted. A "
+                "replaced name is not declared under references, and only one reference replaces it.",
+                "type": ["array", "null"],
+                "uniqueItems": True,
+                "items": {"type": "string", "pattern": _whole(_LOGICAL_NAME), "maxLength": MAX_LOGICAL_NAME},
+            },
         },
         REFERENCE_KEYS, REFERENCE_REQUIRED,
     )

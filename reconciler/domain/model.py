@@ -52,13 +52,16 @@ Binding = str | Selector
 
 @dataclass(frozen=True)
 class DesiredReference:
-    """One declared connection reference. ``connector`` is always the full connector id."""
+    """One declared connection reference. ``connector`` is always the full connector id. ``replaces``: the
+    logical names of the references it replaces (per-developer duplicates of the same connector): in an
+    unmanaged environment their flows are moved onto this one and they are deleted."""
 
     logical_name: str
     connector: str
     display_name: str
     description: str | None = None
     location: Location | None = field(default=None, compare=False)
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,19 @@ class Config:
             if name.lower() == key:
                 return ref
         return None
+
+    def replaced_by(self, logical_name: str) -> DesiredReference | None:
+        """The declared reference that replaces ``logical_name`` (compared without case), or None."""
+        key = logical_name.lower()
+        for ref in self.references.values():
+            if any(r.lower() == key for r in ref.replaces):
+                return ref
+        return None
+
+    @property
+    def replacements(self) -> Mapping[str, DesiredReference]:
+        """Replaced logical name (lower case) -> the declared reference that replaces it."""
+        return {r.lower(): ref for ref in self.references.values() for r in ref.replaces}
 
 
 # --------------------------------------------------------------------------- live (Dataverse + connections)

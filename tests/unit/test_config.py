@@ -405,3 +405,33 @@ def test_optional_sections_may_be_empty(tmp_path: Path) -> None:
     (tmp_path / "dev.json").write_text("{}", encoding="utf-8")
     config = load_config(write(tmp_path, text))
     assert config.auth == {} and config.lint_ignore == () and config.state_dir is None
+
+
+def test_replaces_loads_and_answers_which_reference_replaces_a_name(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, textwrap.dedent("""\
+        version: 1
+        solution: ContosoFlows
+        references:
+          contoso_SharePoint:
+            connector: shared_sharepointonline
+            display_name: SharePoint ContosoFlows
+            replaces:
+              - contoso_sharedsharepointonline_30e7d
+              - contoso_sharedsharepointonline_8f4b0
+          contoso_Outlook:
+            connector: shared_office365
+            display_name: Outlook ContosoFlows
+            replaces: []
+        environments:
+          dev:
+            url: http://127.0.0.1:8080
+            auth: a
+        auth:
+          a: {method: azure_cli}
+        """)))
+    sharepoint = config.references["contoso_SharePoint"]
+    assert sharepoint.replaces == ("contoso_sharedsharepointonline_30e7d", "contoso_sharedsharepointonline_8f4b0")
+    assert config.references["contoso_Outlook"].replaces == ()
+    assert config.replaced_by("CONTOSO_sharedsharepointonline_8F4B0") is sharepoint
+    assert config.replaced_by("contoso_SharePoint") is None
+    assert set(config.replacements) == {"contoso_sharedsharepointonline_30e7d", "contoso_sharedsharepointonline_8f4b0"}
