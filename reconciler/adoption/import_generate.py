@@ -43,7 +43,7 @@ from reconciler.adoption.yamledit import (
     yaml_key,
     yaml_scalar,
 )
-from reconciler.domain import rules
+from reconciler.domain import consolidation, rules
 from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, connector_name
 from reconciler.domain.naming import NamingTemplate, connector_display_name, random_suffix
 from reconciler.domain.rules import Problem
@@ -100,7 +100,11 @@ def _reference_comments(
     return notes
 
 
-def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str]) -> list[str]:
+def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str],
+                     replaces: Sequence[str] = (), suggested: Sequence[str] = (),
+                     live: LiveEnvironment | None = None) -> list[str]:
+    """One declared reference; ``replaces``: the names the existing config says it replaces (kept as they
+    are); ``suggested``: the per-developer duplicates it could replace (a commented-out ``replaces:``)."""
     out: list[str] = []
     for n in notes:
         out += comment_lines(n, indent)
@@ -115,6 +119,44 @@ def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str
         out.append(f"{inner}display_name: {yaml_scalar(ref.logical_name)}")
     if ref.description:
         out.append(f"{inner}description: {yaml_scalar(ref.description)}")
+    if replaces:
+        out.append(f"{inner}replaces:")
+        out += [f"{inner}{unit}- {yaml_scalar(name)}" for name in replaces]
+    elif suggested and live is not None:
+        moved = "; ".join(f"{name}: {_flows_label(live, name)}" for name in suggested)
+        out += comment_lines(
+            f"CR103 duplicate-connector: to consolidate the {connector_display_name(ref.connector)} references "
+            f"onto this one, uncomment the lines below and remove {', '.join(suggested)} from references and "
+            "bindings; apply then moves their flows onto this reference and deletes them (docs/adoption.md, "
+            f"Consolidating per-developer references). Flows to move: {moved}.", inner)
+        out += comment_lines("replaces:", inner, wrap=False)
+        out += comment_lines("\n".join(f"{unit}- {name}" for name in suggested), inner, wrap=False)
+    return out
+
+
+def existing_replaces(existing: Existing | None) -> dict[str, tuple[str, ...]]:
+    """Declared reference (lower case) -> the names the existing config says it replaces."""
+    refs = existing.data.get("references") if existing is not None else None
+    out: dict[str, tuple[str, ...]] = {}
+    for name, body in (refs.items() if isinstance(refs, Mapping) else []):
+        names = body.get("replaces") if isinstance(body, Mapping) else None
+        if isinstance(name, str) and isinstance(names, list):
+            out[name.lower()] = tuple(n for n in names if isinstance(n, str))
+    return out
+
+
+def _suggestions(scope: _Scope, existing: Existing | None) -> dict[str, list[str]]:
+    """Kept reference (lower case) -> the per-developer duplicates import suggests it replaces: for each
+    connector with several references, the one the rules layer would keep (``consolidation.kept_reference``);
+    none when the team's policy allows per-developer references, or the config already consolidates them."""
+    lint_section = existing.data.get("lint") if existing is not None else None
+    policy = lint_section.get("per_developer_references") if isinstance(lint_section, Mapping) else None
+    if consolidation.per_developer_severity(policy if isinstance(policy, str) else None) is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for group in consolidation.duplicate_groups(scope.refs).values():
+        kept = consolidation.kept_reference(group, scope.live, scope.service_account)
+        out[kept.logical_name.lower()] = [r.logical_name for r in group if r is not kept]
     return out
 
 
@@ -249,8 +291,10 @@ def import_environment(
         service_account = env_data["service_account"]
     unit = indent_unit(existing.lines, existing.root) if existing else "  "
     refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
+    replaced = _replaced_here(refs, existing)
+    refs = [r for r in refs if r not in replaced]
     live, foreign, sa_lines = _service_account_decision(live, refs, service_account, env_data, unit)
-    scope = _Scope(live, solution, env_name, unit, tuple(refs), service_account, foreign)
+    scope = _Scope(live, solution, env_name, unit, tuple(refs), service_account, foreign, replaced)
     ref_lines, newly_parked = _references_section(scope, existing)
     binding_lines = _bindings_section(scope, existing)
     url_line = f"{unit * 2}url: {yaml_scalar(env_url)}"
@@ -289,6 +333,8 @@ class _Scope:
     refs: tuple[LiveReference, ...]
     service_account: str | None
     foreign: Mapping[str, str]  # reference id -> its owner, when not the service account
+    # References the existing config replaces by one the environment has: not declared (apply retires them).
+    replaced: Mapping[LiveReference, str] = dataclasses.field(default_factory=dict)
 
     @property
     def by_key(self) -> dict[str, LiveReference]:
@@ -298,6 +344,20 @@ class _Scope:
     def active_service_account(self) -> str | None:
         """The service account plan will write as: none while its line is commented out."""
         return self.service_account if not self.foreign else None
+
+
+def _replaced_here(refs: Sequence[LiveReference], existing: Existing | None) -> dict[LiveReference, str]:
+    """The references the existing config replaces (``replaces:``) by a reference the environment has ->
+    that reference's name: the consolidation is under way, so import declares the kept one with its
+    ``replaces:`` and not these (declaring both is an error)."""
+    names = {r.logical_name.lower(): r.logical_name for r in refs}
+    out: dict[LiveReference, str] = {}
+    for kept, replaced in existing_replaces(existing).items():
+        if kept not in names:
+            continue
+        wanted = {n.lower() for n in replaced}
+        out.update({r: names[kept] for r in refs if r.logical_name.lower() in wanted})
+    return out
 
 
 def _service_account_decision(
@@ -344,10 +404,17 @@ def _references_section(scope: _Scope, existing: Existing | None) -> tuple[list[
         ref_lines += comment_lines(f"solution {solution} has no connection references in {env_name}", unit)
     template = _naming_template(existing)
     duplicates = _duplicate_groups(scope.refs)
+    replaces = existing_replaces(existing)
+    suggested = _suggestions(scope, existing)
     for r in scope.refs:
         notes = _reference_comments(r, scope.live, duplicates, template, solution, scope.service_account,
                                     scope.foreign)
-        ref_lines += _reference_lines(r, unit, unit, notes)
+        ref_lines += _reference_lines(r, unit, unit, notes, replaces.get(r.logical_name.lower(), ()),
+                                      suggested.get(r.logical_name.lower(), ()), scope.live)
+    for r in scope.replaced:
+        ref_lines += comment_lines(
+            f"{r.logical_name} is replaced by {scope.replaced[r]} (its replaces:), so it is not declared; "
+            f"apply moves its flows ({_flows_label(scope.live, r.logical_name)}) and deletes it", unit)
     # References the old config declared and the environment lacks are parked, not declared: plan
     # would create them, and import promises a config that plans no changes.
     by_key = scope.by_key

@@ -23,11 +23,12 @@ for what works today but is the mess adoption cleans up, ``info`` for context th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.domain import rules
+from reconciler.domain import consolidation, rules
 from reconciler.domain.model import (
     Config,
     DesiredReference,
@@ -48,7 +49,7 @@ ERROR, WARNING, INFO = rules.ERROR, rules.WARNING, rules.INFO
 #: The codes lint reports (their names, severities and meanings are the rules layer's ``CODES``).
 RULES: Mapping[str, Code] = {
     code: c for code, c in rules.CODES.items()
-    if code in {"CR100", "CR101", "CR102", "CR103", *(f"CR2{n:02d}" for n in range(11))}
+    if code in {"CR100", "CR101", "CR102", "CR103", "CR104", *(f"CR2{n:02d}" for n in range(11))}
 }
 
 #: A lint finding is a ``Problem``: code, severity, message, fix, and where (environment, subject).
@@ -97,11 +98,8 @@ def connection_findings(
 
 
 def flows_using(live: LiveEnvironment, logical_name: str) -> list[LiveFlow]:
-    key = logical_name.lower()
-    return sorted(
-        (f for f in live.flows if any(r.lower() == key for r in f.references)),
-        key=lambda f: (f.name.lower(), f.id),
-    )
+    """The flows that use a reference (the rules layer's answer, ``consolidation.flows_using``)."""
+    return consolidation.flows_using(live, logical_name)
 
 
 def solutions_of(flows: Iterable[LiveFlow]) -> list[str]:
@@ -128,6 +126,13 @@ class _Ref:
     live: LiveReference | None
 
 
+def _per_developer(finding: Finding, policy: str) -> Finding | None:
+    """A per-developer finding (CR102 on a logical name, CR103) as the team's policy reports it: at the
+    policy's severity, or not at all when the policy allows them (``consolidation.per_developer_severity``)."""
+    severity = consolidation.per_developer_severity(policy)
+    return None if severity is None else dataclasses.replace(finding, severity=severity)
+
+
 def _names_findings(refs: Iterable[_Ref], env_name: str | None, config: Config,
                     template: NamingTemplate | None) -> list[Finding]:
     out: list[Finding] = []
@@ -137,15 +142,21 @@ def _names_findings(refs: Iterable[_Ref], env_name: str | None, config: Config,
             suffix = random_suffix(name)
             if suffix:
                 parts.append((what, name, suffix))
+        logical = bool(parts) and parts[0][0] == "logical name"
+        if logical and consolidation.per_developer_severity(config.per_developer_policy) is None:
+            parts = parts[1:]  # the policy allows per-developer logical names; a display name is still tidied
+            logical = False
         if parts:
             said = " and ".join(f"{what} {name!r} ends with {suffix!r}" for what, name, suffix in parts)
-            logical = parts[0][0] == "logical name"
-            out.append(_finding(
+            finding = _finding(
                 "CR102", env_name, ref.logical_name,
                 f"{said}: the random suffix the maker portal adds to each maker's reference",
-                "consolidate the flows onto one well-named reference per connector (logical names cannot "
-                "change)" if logical else "rename the display name without the suffix",
-            ))
+                "consolidate the flows onto one well-named reference per connector: list this one under the "
+                "kept reference's replaces: (logical names cannot change)" if logical
+                else "rename the display name without the suffix",
+            )
+            kept = _per_developer(finding, config.per_developer_policy) if logical else finding
+            out.extend([kept] if kept is not None else [])
         if template is not None and ref.display_name is not None:
             hint = template.check(ref.display_name, ref.logical_name, ref.connector, config.solution)
             if hint is not None:
@@ -158,10 +169,13 @@ def _names_findings(refs: Iterable[_Ref], env_name: str | None, config: Config,
     return out
 
 
-def _duplicate_findings(refs: Sequence[_Ref], env_name: str | None, solution: str,
+def _duplicate_findings(refs: Sequence[_Ref], env_name: str | None, config: Config,
                         live: LiveEnvironment | None) -> list[Finding]:
+    solution = config.solution
     groups: dict[str, list[_Ref]] = {}
     for ref in refs:
+        if config.replaced_by(ref.logical_name) is not None:
+            continue  # being consolidated: CR104 says so
         groups.setdefault(connector_name(ref.connector), []).append(ref)
     out: list[Finding] = []
     for connector, group in sorted(groups.items()):
@@ -174,13 +188,39 @@ def _duplicate_findings(refs: Sequence[_Ref], env_name: str | None, solution: st
         else:
             detail = "references: " + ", ".join(names)
         for ref in sorted(group, key=lambda r: r.logical_name.lower()):
-            out.append(_finding(
+            finding = _per_developer(_finding(
                 "CR103", env_name, ref.logical_name,
                 f"one of {len(group)} references for {connector_display_name(connector)} ({connector}) "
                 f"in solution {solution}; {detail}",
-                "keep one reference per connector (e.g. the best-named one), move the flows of the others "
-                "to it, then remove the others from the config and the solution",
-            ))
+                "keep one reference per connector (e.g. the best-named one) and list the others under its "
+                "replaces: (connref import suggests it); apply then moves their flows onto it and deletes them. "
+                "If one reference per developer is your team's pattern, set lint: per_developer_references: "
+                "allow",
+            ), config.per_developer_policy)
+            out.extend([finding] if finding is not None else [])
+    return out
+
+
+def _replaced_findings(refs: Sequence[_Ref], env_name: str, config: Config,
+                       live: LiveEnvironment) -> list[Finding]:
+    """CR104: references the config replaces that the environment still has, and what becomes of them."""
+    out: list[Finding] = []
+    managed = bool(live.solution and live.solution.managed)
+    for ref in refs:
+        kept = config.replaced_by(ref.logical_name)
+        if kept is None or ref.live is None:
+            continue
+        flows = flows_using(live, ref.logical_name)
+        if managed:
+            fix = (f"remove it from {config.solution} in development; the next import of the managed solution "
+                   "removes it here (connref does not consolidate a managed environment)")
+        else:
+            fix = f"run connref apply -e {env_name}: it moves the flows onto {kept.logical_name} and deletes it"
+        out.append(_finding(
+            "CR104", env_name, ref.logical_name,
+            f"replaced by {kept.logical_name} in the config, still in {env_name} (used by: {_flow_list(flows)})",
+            fix,
+        ))
     return out
 
 
@@ -342,13 +382,15 @@ def lint(config: Config, lives: Mapping[str, LiveEnvironment] | None = None) -> 
     declared = _declared_refs(config)
     findings += _names_findings(declared, None, config, template)
     if lives is None:
-        findings += _duplicate_findings(declared, None, config.solution, None)
+        findings += _duplicate_findings(declared, None, config, None)
     else:
         for env_name, live in sorted(lives.items()):
             env_config = config.environments.get(env_name)
             refs, undeclared = _env_refs(config, live)
-            findings += _names_findings(undeclared, env_name, config, template)
-            findings += _duplicate_findings(refs, env_name, config.solution, live)
+            replaced = [r for r in undeclared if config.replaced_by(r.logical_name) is not None]
+            findings += _names_findings([r for r in undeclared if r not in replaced], env_name, config, template)
+            findings += _duplicate_findings(refs, env_name, config, live)
+            findings += _replaced_findings(replaced, env_name, config, live)
             findings += _env_binding_findings(config, env_name, env_config, refs, live)
             findings += _usage_findings(env_name, refs, live)
     kept = [f for f in findings if not _ignored(f, config.lint_ignore)]

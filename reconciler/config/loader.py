@@ -35,6 +35,7 @@ from reconciler.config.checks import (
     url_problem,
 )
 from reconciler.config.yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, walk
+from reconciler.domain.consolidation import DEFAULT_PER_DEVELOPER_POLICY, PER_DEVELOPER_POLICIES
 from reconciler.domain.model import (
     AuthProfile,
     AzureStateConfig,
@@ -78,7 +79,7 @@ SELECTOR_REQUIRED = ("owner",)
 # A binding by connection name with options: {name: <connection name>, grant_access: true}.
 NAMED_BINDING_KEYS = ("name", "grant_access")
 NAMED_BINDING_REQUIRED = ("name",)
-LINT_KEYS = ("ignore",)
+LINT_KEYS = ("ignore", "per_developer_references")
 STATE_BACKENDS = ("local", "azurerm")
 STATE_KEYS = ("backend", "dir")  # the local backend's
 AZURERM_STATE_KEYS = ("backend", "account_url", "container", "key_prefix", "auth", "connection_string_env",
@@ -473,7 +474,10 @@ class _Validator:
                 self.type_error(prune_node, "prune", "a boolean (true or false)")
 
         naming = self.checked(root, "naming", "", naming_problem)
-        lint_ignore = self.lint(self.mapping(absent_if_null(root.get("lint")), "lint"))
+        lint_map = self.mapping(absent_if_null(root.get("lint")), "lint")
+        lint_ignore = self.lint(lint_map)
+        per_developer = (self.choice(lint_map, "per_developer_references", "lint", PER_DEVELOPER_POLICIES)
+                         if lint_map is not None else None)
         state_dir, remote_state = self.state(self.mapping(absent_if_null(root.get("state")), "state"), auth_names)
 
         if self.errors or solution is None or references is None or environments is None:
@@ -488,6 +492,7 @@ class _Validator:
             prune=prune,
             naming=naming,
             lint_ignore=lint_ignore,
+            per_developer_policy=per_developer or DEFAULT_PER_DEVELOPER_POLICY,
             state_dir=state_dir,
             remote_state=remote_state,
         )

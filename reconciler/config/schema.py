@@ -54,6 +54,7 @@ from reconciler.config.loader import (
     TOP_REQUIRED,
     UPN_RE,
 )
+from reconciler.domain.consolidation import PER_DEVELOPER_POLICIES
 from reconciler.domain.model import CONNECTOR_PREFIX
 from reconciler.domain.names import MAX_LOGICAL_NAME, PREFIX_RE, REST_RE
 from reconciler.domain.patterns import GUID
@@ -346,6 +347,10 @@ def config_schema() -> dict[str, Any]:
                 "ignore": {"description": "Finding codes or rule names lint should not report.",
                            "type": ["array", "null"],
                            "items": {"type": "string", "pattern": _whole(LINT_CODE_RE.pattern)}},
+                "per_developer_references": {
+                    "description": "Per-developer references (several references for one connector, logical "
+                    "names with the portal's random suffix): allow (the team's pattern), warn (default) or error.",
+                    "type": ["string", "null"], "enum": [*PER_DEVELOPER_POLICIES, None]},
             }, LINT_KEYS, nullable=True),
             "state": _state(),
         },

@@ -138,6 +138,8 @@ class Config:
     prune: bool = False
     naming: str | None = None
     lint_ignore: tuple[str, ...] = ()
+    # lint's verdict on per-developer references: allow, warn or error (reconciler.domain.consolidation).
+    per_developer_policy: str = "warn"
     state_dir: str | None = None
     remote_state: AzureStateConfig | None = None
 

@@ -75,6 +75,9 @@ CODES: Mapping[str, Code] = {
         Code("CR101", "naming-policy", ERROR, "display name does not follow the naming template"),
         Code("CR102", "random-suffix", WARNING, "logical or display name ends with a random five-hex suffix"),
         Code("CR103", "duplicate-connector", WARNING, "several references for the same connector in one solution"),
+        Code("CR104", "replaced-reference", INFO,
+             "a reference the config replaces is still in the environment (apply, or the next managed import, "
+             "removes it)"),
         # references, their bindings and connections (lint; plan, drift, import and whoami for the shared ones)
         Code("CR200", "no-service-account", INFO, "no service account configured: owner checks skipped"),
         Code("CR201", "personal-connection", WARNING,

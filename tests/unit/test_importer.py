@@ -444,3 +444,77 @@ def test_plan_refusal_is_judged_for_the_writer() -> None:
     }
     as_alice = dataclasses.replace(env, writer=ALICE, caller=ALICE)
     assert yaml.safe_load(do_import(as_alice))["environments"]["dev"]["bindings"] == {}
+
+
+# --------------------------------------------------------------------------- consolidation: replaces
+
+
+SP_8F4B0, SP_30E7D = "contoso_sharedsharepointonline_8f4b0", "contoso_sharedsharepointonline_30e7d"
+
+
+def uncommented(text: str, kept: str, replaced: str) -> str:
+    """``text`` with its suggested ``replaces:`` uncommented and the replaced reference's declaration and
+    binding removed: what docs/adoption.md tells the user to do."""
+    lines = text.splitlines()
+    out: list[str] = []
+    skip_indent: int | None = None
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if skip_indent is not None:
+            if line.strip() and indent > skip_indent:
+                continue
+            skip_indent = None
+        if line.strip() == f"{replaced}:":
+            skip_indent = indent
+            continue
+        if line.lstrip().startswith(f"{replaced}:"):
+            continue  # its binding
+        if line.strip() in ("# replaces:", f"#   - {replaced}"):
+            line = line.replace("# ", "", 1)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_import_suggests_replaces_on_the_reference_it_would_keep(tmp_path: Path) -> None:
+    env = owned_by_svc(messy_live())
+    text = do_import(env)
+    # 30e7d and 8f4b0 both have random suffixes and one flow each; contoso_Spare has no suffix: it is kept.
+    block = text[text.index("  contoso_Spare:"):]
+    assert "# replaces:" in block
+    assert f"#   - {SP_30E7D}" in block and f"#   - {SP_8F4B0}" in block
+    said = prose(block[:block.index("# replaces:")])
+    assert "uncomment the lines below and remove" in said and "Flows to move:" in said
+    assert "Invoice approval" in said and "Leave request" in said
+    # The suggestion is only a comment: the config loads and declares no replaces.
+    config = load_config(str(write_config(tmp_path, text)))
+    assert all(not r.replaces for r in config.references.values())
+
+
+def test_accepting_the_suggestion_gives_a_valid_config_that_consolidates(tmp_path: Path) -> None:
+    env = owned_by_svc(dataclasses.replace(messy_live(), references=tuple(
+        r for r in messy_live().references if r.logical_name != "contoso_Spare")))
+    text = do_import(env)
+    assert f"#   - {SP_8F4B0}" in text[text.index(f"  {SP_30E7D}:"):]  # 30e7d is first by name
+    accepted = uncommented(text, SP_30E7D, SP_8F4B0)
+    config = load_config(str(write_config(tmp_path, accepted)))
+    assert config.references[SP_30E7D].replaces == (SP_8F4B0,)
+    assert SP_8F4B0 not in config.references
+
+
+def test_reimport_keeps_an_accepted_replaces_and_does_not_declare_the_replaced(tmp_path: Path) -> None:
+    env = owned_by_svc(dataclasses.replace(messy_live(), references=tuple(
+        r for r in messy_live().references if r.logical_name != "contoso_Spare")))
+    accepted = uncommented(do_import(env), SP_30E7D, SP_8F4B0)
+    again = do_import(env, accepted)
+    config = load_config(str(write_config(tmp_path, again)))
+    assert config.references[SP_30E7D].replaces == (SP_8F4B0,)
+    assert SP_8F4B0 not in config.references
+    assert SP_8F4B0 not in config.environments["dev"].bindings
+    assert f"{SP_8F4B0} is replaced by {SP_30E7D}" in prose(again)
+    assert do_import(env, again) == again  # stable
+
+
+def test_no_suggestion_when_the_policy_allows_per_developer_references() -> None:
+    existing = do_import(owned_by_svc(messy_live())).replace(
+        "version: 1\n", "version: 1\nlint:\n  per_developer_references: allow\n", 1)
+    assert "# replaces:" not in do_import(owned_by_svc(messy_live()), existing)

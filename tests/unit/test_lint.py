@@ -3,6 +3,7 @@ silencing works, output is stable, and the exit code follows the severities."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 
@@ -376,6 +377,7 @@ def test_rules_are_stable() -> None:
         "CR101": ("naming-policy", "error"),
         "CR102": ("random-suffix", "warning"),
         "CR103": ("duplicate-connector", "warning"),
+        "CR104": ("replaced-reference", "info"),
         "CR200": ("no-service-account", "info"),
         "CR201": ("personal-connection", "warning"),
         "CR202": ("unbound", "error"),
@@ -455,3 +457,64 @@ def test_exit_code_follows_severity() -> None:
     assert exit_code([]) == 0
     assert exit_code([warn, info]) == 0
     assert exit_code([warn, err]) == 2
+
+
+# ------------------------------------------------------------------- per-developer references: the policy
+
+SP_8F4B0, SP_30E7D = "contoso_sharedsharepointonline_8f4b0", "contoso_sharedsharepointonline_30e7d"
+
+
+def per_developer_config(policy: str, *, replaces: tuple[str, ...] = ()) -> Config:
+    kept = dataclasses.replace(desired(SP_30E7D, "SharePoint ContosoFlows"), replaces=replaces)
+    refs = [kept] if replaces else [kept, desired(SP_8F4B0, "SharePoint ContosoFlows Approvals")]
+    bound = {r.logical_name: C_SVC_SP.name for r in refs}
+    return dataclasses.replace(config(refs, bound), per_developer_policy=policy)
+
+
+def per_developer(findings: list[Finding]) -> dict[tuple[str, str | None, str | None], str]:
+    """The per-developer findings (CR103, and CR102 on a logical name) with their severities."""
+    return {(f.code, f.environment, f.subject): f.severity for f in findings
+            if f.code == "CR103" or (f.code == "CR102" and "logical name" in f.message)}
+
+
+@pytest.mark.parametrize(("policy", "severity"), [("warn", "warning"), ("error", "error"), ("allow", None)])
+def test_the_per_developer_policy_sets_how_duplicates_are_reported(policy: str, severity: str | None) -> None:
+    found = lint(per_developer_config(policy), {"dev": messy_live()})
+    expected = {("CR102", None, SP_8F4B0), ("CR102", None, SP_30E7D), ("CR103", "dev", SP_8F4B0),
+                ("CR103", "dev", SP_30E7D), ("CR103", "dev", "contoso_Spare")}
+    assert per_developer(found) == ({} if severity is None else dict.fromkeys(expected, severity))
+    others_fail = any(f.severity == "error" for f in found if (f.code, f.environment, f.subject) not in expected)
+    assert exit_code(found) == (2 if policy == "error" or others_fail else 0)
+
+
+def test_allow_still_tidies_a_display_name_suffix() -> None:
+    cfg = dataclasses.replace(
+        config([desired(SP_8F4B0, "SharePoint ContosoFlows-8f4b0")], {SP_8F4B0: "c1"}), per_developer_policy="allow")
+    (finding,) = [f for f in lint(cfg) if f.code == "CR102"]
+    assert "display name" in finding.message and "logical name" not in finding.message
+    assert finding.severity == "warning"
+
+
+def test_cr103_points_at_replaces() -> None:
+    found = [f for f in lint(per_developer_config("warn"), {"dev": messy_live()}) if f.code == "CR103"]
+    assert found and all("replaces:" in f.fix and "per_developer_references: allow" in f.fix for f in found)
+
+
+def test_a_replaced_reference_still_there_is_cr104_not_a_duplicate() -> None:
+    found = lint(per_developer_config("warn", replaces=(SP_8F4B0,)), {"dev": messy_live()})
+    assert ("CR104", "dev", SP_8F4B0) in codes(found)
+    assert not {c for c in codes(found) if c[0] in {"CR102", "CR103"} and c[2] == SP_8F4B0}
+    (cr104,) = [f for f in found if f.code == "CR104"]
+    assert cr104.severity == "info"
+    assert "replaced by contoso_sharedsharepointonline_30e7d" in cr104.message
+    assert "Invoice approval" in cr104.message  # the flow that still uses it
+    assert "connref apply -e dev" in cr104.fix
+
+
+def test_cr104_in_a_managed_environment_says_the_solution_removes_it() -> None:
+    env = messy_live()
+    managed = dataclasses.replace(env, solution=dataclasses.replace(env.solution, managed=True)
+                                  if env.solution else None)
+    (cr104,) = [f for f in lint(per_developer_config("warn", replaces=(SP_8F4B0,)), {"dev": managed})
+                if f.code == "CR104"]
+    assert "managed solution" in cr104.fix and "apply" not in cr104.fix
