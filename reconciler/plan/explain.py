@@ -36,6 +36,7 @@ def solution_flows(config: Config, live: LiveEnvironment) -> list[LiveFlow]:
     sol = config.solution.lower()
     names = {r.logical_name.lower() for r in live.references if r.in_solution}
     names |= {n.lower() for n in config.references}
+    names |= {n.lower() for ref in config.references.values() for n in ref.replaces}
     return [f for f in live.flows
             if any(s.lower() == sol for s in f.solutions) or any(r.lower() in names for r in f.references)]
 
