@@ -8,7 +8,10 @@ A state document records:
   compared within one history (a state that was deleted and recreated has a new lineage);
 - ``references``: logical name -> the values connref last applied (id, display name, description,
   connector, connection, owner, ETag, when);
-- ``history``: the last ``HISTORY_LIMIT`` applies (when, who, serial, git commit, counts).
+- ``history``: the last ``HISTORY_LIMIT`` applies (when, who, serial, git commit, counts);
+- ``flows_to_restore`` (only when there are any): flows that were on and that connref switches off to edit
+  (docs/dataverse.md §5.9), recorded before it does, so an apply interrupted before they are on again is
+  finished by the next one: workflow id -> name and since when.
 
 The model is Terraform's state file (``internal/states/statefile/file.go``: serial for conflicting
 updates, lineage for "is this the same state at all"). Serialisation is deterministic (sorted keys, fixed
@@ -133,6 +136,22 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class FlowToRestore:
+    """A flow that was on when connref switched it off to edit it: it must end on again."""
+
+    id: str
+    name: str
+    since: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "since": self.since}
+
+    @classmethod
+    def from_dict(cls, flow_id: str, d: Mapping[str, Any]) -> FlowToRestore:
+        return cls(id=flow_id.lower(), name=str(d.get("name") or flow_id), since=d.get("since"))
+
+
+@dataclass(frozen=True)
 class EnvState:
     """The state of one environment. ``references`` is keyed by logical name as applied."""
 
@@ -143,6 +162,7 @@ class EnvState:
     history: tuple[HistoryEntry, ...] = ()
     solution: str | None = None
     format_version: str = FORMAT_VERSION
+    flows_to_restore: Mapping[str, FlowToRestore] = field(default_factory=frozen_map, hash=False)
 
     def reference(self, logical_name: str) -> ManagedReference | None:
         """Look a managed reference up case-insensitively (Dataverse compares logical names so)."""
@@ -173,6 +193,8 @@ class EnvState:
             "solution": self.solution,
             "references": {k: self.references[k].to_dict() for k in sorted(self.references, key=str.lower)},
             "history": [h.to_dict() for h in self.history],
+            **({"flows_to_restore": {k: self.flows_to_restore[k].to_dict() for k in sorted(self.flows_to_restore)}}
+               if self.flows_to_restore else {}),
         }
 
     @classmethod
@@ -189,6 +211,9 @@ class EnvState:
             history=tuple(HistoryEntry.from_dict(h) for h in d.get("history", ())),
             solution=d.get("solution"),
             format_version=str(d.get("format_version", FORMAT_VERSION)),
+            flows_to_restore=frozen_map({
+                k.lower(): FlowToRestore.from_dict(k, v) for k, v in (d.get("flows_to_restore") or {}).items()
+            }),
         )
 
 

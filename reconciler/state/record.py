@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.domain.model import LiveEnvironment, frozen_map
-from reconciler.state.model import FORMAT_VERSION, HISTORY_LIMIT, EnvState, HistoryEntry, ManagedReference, new_state
+from reconciler.state.model import (
+    FORMAT_VERSION,
+    HISTORY_LIMIT,
+    EnvState,
+    FlowToRestore,
+    HistoryEntry,
+    ManagedReference,
+    new_state,
+)
 
 
 def now_utc() -> str:
@@ -62,6 +70,7 @@ def record_apply(
     commit: str | None = None,
     at: str | None = None,
     gone: Iterable[str] = (),
+    flows_on: Iterable[str] | None = None,
 ) -> EnvState:
     """The state after an apply, from the previous state, what the apply did and the environment re-read.
 
@@ -76,7 +85,8 @@ def record_apply(
       outcome, or were not sent or rolled back (from the ApplyResult): their previous entry is kept;
     - ``live_after``: the environment read after the apply; each declared reference found there is recorded
       with its live values and ETag, so the next drift check compares against what is really there;
-    - ``gone``: managed references that are neither declared nor in the environment any more (``vanished``).
+    - ``gone``: managed references that are neither declared nor in the environment any more (``vanished``);
+    - ``flows_on``: the flows to restore that are on again after this apply (ids): no longer recorded.
 
     A delete op that succeeded removes the reference from the state, and so does ``gone``. ``identity``
     defaults to the writer (or caller) of ``live_after``, ``user`` to the OS user, ``at`` to now; ``commit``
@@ -95,7 +105,7 @@ def record_apply(
             continue
         touched[name.lower()] = kind
         counts[kind] = counts.get(kind, 0) + 1
-        if kind == "delete":
+        if kind in ("delete", "retire"):
             deleted.add(name.lower())
     if failed_keys:
         counts["failed"] = len(failed_keys)
@@ -136,6 +146,9 @@ def record_apply(
         counts["recorded"] = recorded_now
 
     who = live_after.writer or live_after.caller
+    restored = {f.lower() for f in flows_on or ()}
+    base = replace(base, flows_to_restore=frozen_map(
+        {k: v for k, v in base.flows_to_restore.items() if k not in restored}))
     return _next(base, refs, counts, at=at, user=user, identity=identity or (who.describe() if who else None),
                  commit=commit, solution=solution)
 
@@ -170,6 +183,20 @@ def recorded_changes(prev: EnvState | None, new: EnvState, written: Iterable[str
             if (before or None) != (after or None) and str(before or "").lower() != str(after or "").lower():
                 out.append((ref.logical_name, f, before, after))
     return out
+
+
+def mark_flows_to_restore(prev: EnvState | None, env: str, flows: Mapping[str, str], *, solution: str | None = None,
+                          at: str | None = None) -> EnvState:
+    """The state before an apply switches flows that are on off to edit them (docs/dataverse.md §5.9): ``prev``
+    with ``flows`` (workflow id -> name) recorded as flows to restore, serial one up. Written before the first
+    of those writes, so an apply interrupted before the flows are on again is finished by the next one."""
+    at = at or now_utc()
+    base = prev or new_state(env, solution=solution)
+    restore = dict(base.flows_to_restore)
+    for flow_id, name in flows.items():
+        restore.setdefault(flow_id.lower(), FlowToRestore(flow_id.lower(), name, at))
+    return replace(base, serial=base.serial + 1, flows_to_restore=frozen_map(restore),
+                   solution=solution or base.solution, format_version=FORMAT_VERSION)
 
 
 def vanished(state: EnvState | None, declared: Iterable[str], present: Iterable[str]) -> list[str]:

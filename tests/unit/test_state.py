@@ -383,3 +383,29 @@ def test_restore_over_a_readable_state_keeps_it_and_moves_the_serial_past_it(tmp
     assert restored.references == s1.references and restored.serial == s2.serial + 1
     kept = [p for p in tmp_path.iterdir() if ".replaced-" in p.name]
     assert len(kept) == 1 and json.loads(kept[0].read_text())["serial"] == s2.serial
+
+
+# --------------------------------------------------------------------------- flows to restore
+
+
+def test_flows_to_restore_are_recorded_before_and_cleared_once_on() -> None:
+    empty = record.record_apply(None, "dev", LiveEnvironment("dev", None, None, (), (), ()), declared=[],
+                                at="2026-03-01T00:00:00Z", user="u")
+    assert "flows_to_restore" not in empty.to_dict()  # absent while there are none
+    marked = record.mark_flows_to_restore(empty, "dev", {"F1-ID": "Intake", "f2-id": "Approval"},
+                                          at="2026-03-02T00:00:00Z")
+    assert marked.serial == empty.serial + 1 and marked.history == empty.history
+    assert marked.to_dict()["flows_to_restore"] == {
+        "f1-id": {"name": "Intake", "since": "2026-03-02T00:00:00Z"},
+        "f2-id": {"name": "Approval", "since": "2026-03-02T00:00:00Z"}}
+    again = model.parse_state(model.serialize_state(marked), "dev.json", "dev")
+    assert again == marked and set(again.flows_to_restore) == {"f1-id", "f2-id"}
+    # Marking a flow again keeps when it was first switched off.
+    remarked = record.mark_flows_to_restore(marked, "dev", {"f1-id": "Intake"}, at="2026-03-03T00:00:00Z")
+    assert remarked.flows_to_restore["f1-id"].since == "2026-03-02T00:00:00Z"
+    after = record.record_apply(remarked, "dev", LiveEnvironment("dev", None, None, (), (), ()), declared=[],
+                                flows_on=["F1-ID"], at="2026-03-04T00:00:00Z", user="u")
+    assert set(after.flows_to_restore) == {"f2-id"} and after.serial == remarked.serial + 1
+    done = record.record_apply(after, "dev", LiveEnvironment("dev", None, None, (), (), ()), declared=[],
+                               flows_on=["f2-id"], user="u")
+    assert "flows_to_restore" not in done.to_dict()
