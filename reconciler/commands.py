@@ -106,12 +106,13 @@ def opened(config: Config, names: Sequence[str]) -> Iterator[dict[str, EnvSessio
 
 def read_all(
     config: Config, sessions: Mapping[str, EnvSession], *, all_references: bool = False,
-    err: Out | None = None, managed: Mapping[str, Sequence[str]] | None = None,
+    err: Out | None = None, managed: Mapping[str, Sequence[str]] | None = None, say_scope: bool = True,
 ) -> dict[str, LiveEnvironment]:
     """Read every environment at once (up to ``MAX_PARALLEL_ENVIRONMENTS``; each reader also
     parallelises its own collections). ``managed``: per environment, the logical names the state records,
     read wherever they are (prune must find one moved out of the solution).
-    A partial view of the connections is said once per environment on ``err``."""
+    A partial view of the connections is said once per environment on ``err`` (with ``say_scope``; a plan
+    says it among its own warnings instead)."""
     from reconciler.api.live import MAX_PARALLEL_ENVIRONMENTS
     keep = managed or {}
     if len(sessions) == 1:
@@ -124,7 +125,7 @@ def read_all(
                        for n, s in sessions.items()}
             lives = {n: f.result() for n, f in futures.items()}
     for name, live in lives.items():
-        note = live.connections_visibility_note()
+        note = live.connections_visibility_note() if say_scope else None
         if note:
             print(f"warning: {name}: {inert(note)}", file=err or sys.stderr)
     return lives
@@ -199,7 +200,7 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         names = select_environments(config, args.envs)
         states = load_states(config, names)
         with opened(config, names) as sessions:
-            lives = read_all(config, sessions, err=err, managed=managed_names(states))
+            lives = read_all(config, sessions, err=err, managed=managed_names(states), say_scope=False)
             plan = _make_plan(config, lives, states, args.prune)
         if args.out:
             save_plan(args.out, config, plan, lives, states, prune=args.prune)
@@ -301,7 +302,8 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         snapshots = backend.load_many(names)
         states = _states(snapshots)
         sessions = stack.enter_context(opened(config, names))
-        lives = read_all(config, sessions, err=err, managed=managed_names(states))
+        # The plan shown says a partial view of the connections among its warnings.
+        lives = read_all(config, sessions, err=err, managed=managed_names(states), say_scope=False)
         if saved is not None:
             planfile.check_fresh(
                 saved,

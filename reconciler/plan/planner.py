@@ -220,6 +220,9 @@ class _EnvPlanner:
 
     def run(self, *, prune: bool, managed: Collection[str]) -> EnvironmentPlan:
         self.problems.extend(rules.identity_problems(self.env.name, self.env.service_account, self.live))
+        scope = self.live.connections_visibility_note()
+        if scope:  # the caller's list only: say so in the plan itself (docs/dataverse.md §4.3)
+            self.warnings.append(f"{self.env.name}: {scope}")
         if self.live.solution is None:
             self.problem("CR310", None, f"solution {self.config.solution} not found in environment {self.env.name}",
                          "create it, or fix solution: in the config (its unique name, not its display name)")

@@ -3,8 +3,10 @@
 - planning one environment takes the same number of requests with 3 references as with 3,000;
 - applying N changes takes ceil(N/1000) ``$batch`` requests (plus the reads);
 - planning 20 environments of one tenant takes each environment's own dozen reads and one token
-  request per (authority, client, scope): 20 Dataverse scopes and the connections API's, after one
-  discovery of the tenant.
+  request per (authority, client, scope): 20 Dataverse scopes, the Power Platform API's and the Power Apps
+  admin API's, after one discovery of the tenant (22 token requests); a binding adds one read per
+  environment, the bound connection's shares (as a management app: 10 Dataverse reads, the admin list and
+  that one share read; 21 token requests, the Power Platform API's never being needed).
 
 Wall time, CPU and round trips are measured by ``make bench`` (benchmarks/bench.py), not here.
 """
@@ -105,17 +107,20 @@ def test_applying_2500_changes_takes_3_batches(emulator: Any) -> None:
 
 
 def served_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int,
-                  display: str = "SharePoint ContosoConnections") -> tuple[Path, list[EmulatorApp], Any]:
+                  display: str = "SharePoint ContosoConnections",
+                  bind: str | None = None, management_app: bool = False) -> tuple[Path, list[EmulatorApp], Any]:
     """``count`` sample environments of one tenant served over loopback https (MSAL talks to the first
     one's token endpoint for real) and a config declaring the sample's SharePoint reference."""
     tls = make_test_ca(str(tmp_path / "tls"))
     monkeypatch.setenv("SSL_CERT_FILE", tls.ca_pem)
     monkeypatch.setenv("CONNREF_BENCH_SECRET", Sample.APP_SECRET)
     first = factory.sample_environment()
-    apps = [EmulatorApp(EnvironmentStore.from_dict(first))]
-    for _ in range(count - 1):  # one tenant: every environment trusts the same signing key
-        apps.append(EmulatorApp(EnvironmentStore.from_dict(
-            factory.sample_environment(signing_key_pem=first["signing_key_pem"]))))
+    datas = [first] + [factory.sample_environment(signing_key_pem=first["signing_key_pem"])
+                       for _ in range(count - 1)]  # one tenant: every environment trusts the same signing key
+    for data in datas:
+        for application in data["applications"]:
+            application["management_app"] = management_app
+    apps = [EmulatorApp(EnvironmentStore.from_dict(data)) for data in datas]
     servers = serve(apps, ssl_context=tls.server_context())
     lines = ["version: 1", f"solution: {Sample.SOLUTION}", "references:",
              f"  {Sample.REF_SP_NAME}:", f"    connector: {Sample.SP}", f"    display_name: {display}",
@@ -124,6 +129,8 @@ def served_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int,
         lines += [f"  env{i:02d}:", f"    url: {server.url}", f"    connections_url: {server.url}",
                   f"    environment_id: {Sample.ENVIRONMENT_ID}", "    auth: pipeline",
                   f"    service_account: {Sample.SVC_UPN}"]
+        if bind:
+            lines += ["    bindings:", f"      {Sample.REF_SP_NAME}: {bind}"]
     lines += ["auth:", "  pipeline:", "    method: client_secret", f"    tenant_id: {Sample.TENANT_ID}",
               f"    client_id: {Sample.APP_CLIENT_ID}", "    client_secret_env: CONNREF_BENCH_SECRET",
               f"    authority_host: {servers[0].url}"]
@@ -147,6 +154,32 @@ def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatc
     assert all(app.log.count_requests(path="/api/data/*") + app.log.count_requests(path="/connectivity/*")
                + app.log.count_requests(path="/providers/*") == 12 for app in apps)
     assert all(e.status == 200 for app in apps for e in app.log.matching(path="/api/data/*"))
+
+
+def test_twenty_environments_read_the_shares_of_bound_connections_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A binding costs one more request per environment: the bound connection's shares, through the admin
+    permissions route (docs/dataverse.md §4.8); never one per connection listed. No group share, so no
+    Graph request and no Graph token."""
+    config, apps, servers = served_config(tmp_path, monkeypatch, 20, bind=Sample.CONN_SP_SVC, management_app=True)
+    try:
+        assert cli.run(["-c", str(config), "plan"]) == 0, capsys.readouterr().err
+    finally:
+        servers.shutdown()
+    assert capsys.readouterr().out.count("  No changes.\n") == 20
+    # 20 Dataverse scopes + the Power Apps admin API's, each once: a management app lists and reads shares
+    # through the admin routes only, so the Power Platform API's token is never asked for.
+    assert len(apps[0].log.matching("POST", "*/oauth2/v2.0/token")) == 21
+    for app in apps:
+        shares = app.log.matching("GET", "/providers/Microsoft.PowerApps/scopes/admin/environments/*/apis/*/"
+                                  "connections/*/permissions")
+        assert [e.status for e in shares] == [200]
+        assert Sample.CONN_SP_SVC in shares[0].path
+        # 10 Dataverse reads, the admin list and the bound connection's shares
+        assert app.log.count_requests(path="/api/data/*") == 10
+        assert app.log.count_requests(path="/connectivity/*") == 0
+        assert app.log.count_requests(path="/providers/*") == 2
+        assert app.log.count_requests(path="/v1.0/*") == 0
 
 
 def test_apply_reads_back_nothing_after_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

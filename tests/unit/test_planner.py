@@ -45,6 +45,7 @@ from reconciler.plan.ops import (
     FieldChange,
     FlowInfo,
     OwnerInfo,
+    ShareConnection,
     UpdateReference,
 )
 from reconciler.plan.planner import PlanProblems, create_id, live_fingerprint, plan, plan_environment
@@ -624,3 +625,48 @@ def test_the_plan_carries_what_apply_needs() -> None:
     assert plan_dev(config([SP_REF]), replace(lv, caller=SVC)).facts == ApplyFacts(None, 10150)
     no_sa = replace(lv, writer=MAKER1)
     assert plan_dev(config([SP_REF], service_account=None), no_sa).facts == ApplyFacts(None, 10150)
+
+
+# --------------------------------------------------------------------------- access (docs/dataverse.md §4.8-§4.10)
+
+
+def test_a_caller_scope_listing_is_said_in_the_plan() -> None:
+    cfg = config([SP_REF], {"contoso_SharePoint": C_SVC.name})
+    lv = replace(live([], [C_SVC]), connections_scope="user",
+                 connections_refusals=("GET .../scopes/admin/...: HTTP 403 Forbidden",))
+    env_plan = plan_dev(cfg, lv)
+    assert [op.kind for op in env_plan.ops] == ["create"]
+    (warning,) = env_plan.warnings
+    assert warning.startswith("dev: connref could list only the connections")
+    assert "HTTP 403 Forbidden" in warning and "hidden" in warning and "New-PowerAppManagementApp" in warning
+    assert plan_dev(cfg, live([], [C_SVC])).warnings == ()
+
+
+def test_grant_access_plans_one_share_per_connection_before_the_binding() -> None:
+    private = replace(conn("a" * 32, "SharePoint maker2", owner=MAKER2), shares=())
+    two = [SP_REF, desired("contoso_SharePoint2", "SP two")]
+    cfg = config(two, {"contoso_SharePoint": private.name, "contoso_SharePoint2": private.name})
+    cfg = replace(cfg, environments={"dev": replace(cfg.environments["dev"], grant_access=True)})
+    env_plan = plan_dev(cfg, live([], [private]))
+    assert [op.kind for op in env_plan.ops] == ["share", "create", "create"]
+    share = env_plan.ops[0]
+    assert isinstance(share, ShareConnection)
+    assert (share.connection.name, share.principal_id, share.principal_type, share.role) == (
+        private.name, "oid-svc", "User", "CanView")
+    assert share.describe().startswith('share "SharePoint maker2"') and share.describe().endswith("(CanView)")
+    # The writer is a person: the plan warns the platform may refuse (docs/dataverse.md §4.9).
+    assert any("is a person" in w for w in env_plan.warnings)
+    # Without grant_access the same binding is refused (CR210).
+    no_grant = config(two, {"contoso_SharePoint": private.name, "contoso_SharePoint2": private.name})
+    assert len(problems_of(no_grant, live([], [private]))) == 2
+
+
+def test_grant_access_on_one_binding_only() -> None:
+    private = replace(conn("a" * 32, "SharePoint maker2", owner=MAKER2), shares=())
+    cfg = config([SP_REF], {"contoso_SharePoint": private.name})
+    cfg = replace(cfg, environments={"dev": replace(cfg.environments["dev"],
+                                                    grant_bindings=frozenset({"contoso_sharepoint"}))})
+    assert [op.kind for op in plan_dev(cfg, live([], [private])).ops] == ["share", "create"]
+    # Access already there (shared with the writer): nothing to grant.
+    usable = replace(private, shares=(Permission("oid-svc", "CanView", "User"),))
+    assert [op.kind for op in plan_dev(cfg, live([], [usable])).ops] == ["create"]
