@@ -10,6 +10,8 @@ Each page runs in a scratch folder set up as the page says (a copy of the quicks
 does to it), one line after another, through ``bash -c`` in that folder with the ``connref`` of this
 ``.venv`` first on ``PATH``: the README's tour as a user runs it after ``make demo`` and
 ``export PATH="$PWD/.venv/bin:$PATH"``. ``/tmp/qs`` and ``/tmp/adopt`` in a line mean the scratch folder.
+Where a page shows what a ``$ connref`` line prints (the lines after it in its block), the output must be
+that (a line ``…`` stands for lines left out).
 
 The second half checks the README's table of commands against ``connref --help``: every command is in
 the table, every option the table gives exists, and every option a command has is documented.
@@ -26,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,7 @@ class Line:
     page: str  # relative to the repository root
     number: int
     text: str  # as written, without a leading "$ "
+    shown: tuple[str, ...] | None = None  # after a "$ " line, the output the page shows (to the next "$ ")
 
     def __str__(self) -> str:
         return f"{self.page}:{self.number}: {self.text}"
@@ -61,12 +64,14 @@ def _pages() -> list[Path]:
 
 
 def command_lines(path: Path) -> tuple[list[Line], list[Line]]:
-    """The command lines of one page: (to run, marked not-run)."""
-    run: list[Line] = []
-    skipped: list[Line] = []
+    """The command lines of one page: (to run, marked not-run). A ``$ connref`` line carries the lines
+    the page shows after it, up to the next ``$`` line or the end of the block, as its output."""
+    found: list[tuple[Line, bool, list[str] | None]] = []
     lang: str | None = None
     not_run = False
     previous = ""
+    output: list[str] | None = None  # the output lines of the last "$ " line of this block
+    page = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         stripped = raw.strip()
         if stripped.startswith("```"):
@@ -75,18 +80,33 @@ def command_lines(path: Path) -> tuple[list[Line], list[Line]]:
                 not_run = bool(NOT_RUN.match(previous))
             else:
                 lang = None
-            previous = stripped
+            previous, output = stripped, None
             continue
         if stripped:
             previous = stripped
-        if lang is None or not COMMAND.match(stripped):
+        if lang is None:
             continue
-        if lang not in SHELL_LANGS and not stripped.startswith("$ "):
-            continue  # output that quotes a command (an error message naming the fix)
-        page = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-        line = Line(page, number, stripped.removeprefix("$ "))
-        (skipped if not_run else run).append(line)
-    return run, skipped
+        if stripped.startswith("$ "):
+            output = None
+        if not COMMAND.match(stripped) or (lang not in SHELL_LANGS and not stripped.startswith("$ ")):
+            if output is not None:
+                output.append(raw.rstrip())
+            continue  # output, or a line that quotes a command (an error message naming the fix)
+        output = [] if stripped.startswith("$ ") else None
+        found.append((Line(page, number, stripped.removeprefix("$ ")), not_run, output))
+    lines = [Line(line.page, line.number, line.text, tuple(shown) if shown else None) if shown is not None else line
+             for line, _, shown in found]
+    run = [line for line, (_, skipped, _) in zip(lines, found, strict=True) if not skipped]
+    return run, [line for line, (_, skipped, _) in zip(lines, found, strict=True) if skipped]
+
+
+def shows(expected: Sequence[str], actual: Sequence[str]) -> bool:
+    """Whether ``actual`` lines are what a page shows: equal, where a line ``…`` stands for any lines."""
+    if not expected:
+        return not actual
+    if expected[0] in ("…", "..."):
+        return any(shows(expected[1:], actual[i:]) for i in range(len(actual) + 1))
+    return bool(actual) and actual[0] == expected[0] and shows(expected[1:], actual[1:])
 
 
 # --------------------------------------------------------------------------- how each page runs
@@ -166,7 +186,8 @@ def _command(text: str, folder: Path) -> str:
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("CONNREF_CONFIG", "CONNREF_LOG", "FORCE_COLOR", "PYTHONPATH")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", NO_COLOR="1", HOME=str(home))
+    # CONNREF_LOG=warning: the output a person sees at a terminal, less the live status line.
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", NO_COLOR="1", HOME=str(home), CONNREF_LOG="warning")
     return env
 
 
@@ -209,7 +230,7 @@ def _run(line: Line, folder: Path, env: dict[str, str], page: Page) -> tuple[int
         return _run_at_terminal(command, folder, env, page.answered[line.text])
     r = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True,
                        timeout=120, stdin=subprocess.DEVNULL)
-    return r.returncode, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.returncode, r.stdout + r.stderr
 
 
 def _bare(text: str) -> str:
@@ -237,7 +258,11 @@ def test_every_command_line_of_the_page_runs_as_written(page: str, tmp_path: Pat
         expected = spec.exit_codes.get(f"{bare}#{seen[bare]}", spec.exit_codes.get(bare, 0))
         code, output = _run(line, folder, env, spec)
         if code != expected:
-            failures.append(f"{line}\n  exit {code}, expected {expected}\n{output}")
+            failures.append(f"{line}\n  exit {code}, expected {expected}\n{output[-3000:]}")
+        actual = [x.rstrip() for x in output.rstrip().splitlines()]
+        if line.shown is not None and not shows([x for x in line.shown if x], [x for x in actual if x]):
+            failures.append(f"{line}\n  prints:\n" + "\n".join(actual) + "\n  the page shows:\n"
+                            + "\n".join(line.shown))
     assert not failures, "\n\n".join(failures)
 
 
