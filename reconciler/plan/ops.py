@@ -414,14 +414,17 @@ class ApplyFacts:
 @dataclass(frozen=True)
 class EnvironmentPlan:
     """The operations for one environment, the warnings met while planning, a fingerprint of the live
-    rows read (a saved plan is stale when the fingerprint moves) and the facts apply needs (``facts``;
-    None only in a plan saved by a connref that did not record them, which apply refuses)."""
+    rows read (a saved plan is stale when the fingerprint moves), the facts apply needs (``facts``;
+    None only in a plan saved by a connref that did not record them, which apply refuses) and the scope
+    the connections were listed in (``connections_scope``: ``admin``, every connection; ``user``, only the
+    caller's, which the plan's header and a warning say: docs/dataverse.md §4.3)."""
 
     environment: str
     ops: tuple[Op, ...] = ()
     warnings: tuple[str, ...] = ()
     fingerprint: str = ""
     facts: ApplyFacts | None = None
+    connections_scope: str = "admin"
 
     @property
     def counts(self) -> Counts:
@@ -438,6 +441,7 @@ class EnvironmentPlan:
             "warnings": list(self.warnings),
             "fingerprint": self.fingerprint,
             "apply_facts": _opt_dict(self.facts),
+            "connections_scope": self.connections_scope,
         }
 
     @classmethod
@@ -448,6 +452,7 @@ class EnvironmentPlan:
             warnings=tuple(d.get("warnings", ())),
             fingerprint=d.get("fingerprint", ""),
             facts=_opt(ApplyFacts, d.get("apply_facts")),
+            connections_scope=str(d.get("connections_scope") or "admin"),
         )
 
 

@@ -246,6 +246,7 @@ class _EnvPlanner:
             ops=tuple(ops),
             warnings=tuple(self.warnings),
             fingerprint=self.fingerprint,
+            connections_scope=self.live.connections_scope,
             facts=ApplyFacts(
                 writer_object_id=rules.impersonated_object_id(self.env.service_account, self.live),
                 component_type=self.live.component_type,

@@ -31,6 +31,9 @@ from reconciler.plan.ops import (
 )
 
 NO_CHANGES = "No changes. The connection references match the configuration."
+#: The header line of an environment whose connections were listed in the caller's scope only.
+_CALLER_SCOPE = ("listed in the caller's scope only (the admin list was refused): other owners' connections "
+                 "are hidden from this plan; see the warning below")
 
 _SYMBOL = {"create": "+", "update": "~", "add_to_solution": "~", "delete": "-", "share": "+"}
 _COLOR = {"+": "32", "~": "33", "-": "31"}  # ANSI green, yellow, red
@@ -114,6 +117,8 @@ def render_text(plan: Plan, *, color: bool) -> str:
     out: list[str] = []
     for env in plan.environments:
         out.append(paint("1", f"Environment {inert(env.environment)} (solution {inert(plan.solution)}):"))
+        if env.connections_scope == "user":
+            out.append(f"  {paint('1;33', 'Connections:')} {_CALLER_SCOPE}")
         if not env.ops:
             out.append("  No changes.")
         for op in env.ops:
@@ -170,6 +175,7 @@ def _env_json(env: EnvironmentPlan) -> dict[str, Any]:
         "fingerprint": env.fingerprint,
         "summary": env.counts.to_dict(),
         "warnings": list(env.warnings),
+        "connections_scope": env.connections_scope,
     }
 
 
@@ -277,6 +283,8 @@ def render_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, full_plan_hint: 
 
 def _env_section(env: EnvironmentPlan, solution: str) -> list[str]:
     out = [_env_title(env, solution), ""]
+    if env.connections_scope == "user":
+        out.extend([f"**Connections:** {md(_CALLER_SCOPE)}", ""])
     if not env.ops:
         out.extend(["No changes.", ""])
     else:

@@ -36,15 +36,18 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.patterns import is_guid
 from reconciler.errors import PlanError
+from reconciler.plan import render
 from reconciler.plan.ops import (
     AddToSolution,
     ApplyFacts,
     ConnectionInfo,
     CreateReference,
     DeleteReference,
+    EnvironmentPlan,
     FieldChange,
     FlowInfo,
     OwnerInfo,
+    Plan,
     ShareConnection,
     UpdateReference,
 )
@@ -640,6 +643,17 @@ def test_a_caller_scope_listing_is_said_in_the_plan() -> None:
     assert warning.startswith("dev: connref could list only the connections")
     assert "HTTP 403 Forbidden" in warning and "hidden" in warning and "New-PowerAppManagementApp" in warning
     assert plan_dev(cfg, live([], [C_SVC])).warnings == ()
+    # The header of the environment says it too, in every rendering, and a saved plan keeps it.
+    assert env_plan.connections_scope == "user"
+    assert plan_dev(cfg, live([], [C_SVC])).connections_scope == "admin"
+    whole = Plan(environments=(env_plan,), solution="ContosoConnections", created_at="2026-12-02T00:00:00Z",
+                 config_digest="")
+    header = render.render_text(whole, color=False).splitlines()[:2]
+    assert header[1].startswith("  Connections: listed in the caller's scope only"), header
+    assert "**Connections:** listed in the caller's scope only" in render.render_markdown(whole)
+    assert render.render_json(whole)["environments"][0]["connections_scope"] == "user"
+    assert EnvironmentPlan.from_dict(env_plan.to_dict()).connections_scope == "user"
+    assert EnvironmentPlan.from_dict({**env_plan.to_dict(), "connections_scope": None}).connections_scope == "admin"
 
 
 def test_grant_access_plans_one_share_per_connection_before_the_binding() -> None:
