@@ -283,14 +283,16 @@ def _report_batch(p: BatchProgress) -> None:
 def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.plan import planfile, planner, render
     from reconciler.state.select import backend_for
-    config = load_config(args.config)
     saved: planfile.SavedPlan | None = None
     if args.planfile:
         if args.envs or args.prune:
             raise ConnrefError("a saved plan is applied exactly as planned: -e/--env and --prune are not "
                                "allowed with PLANFILE (they were fixed when the plan was made)")
+        # First of all, the file: its schema, every operation rebuilt, its environments in its freshness block.
         saved = planfile.read_plan_file(args.planfile)
         planfile.check_applyable(saved)
+    config = load_config(args.config)
+    if saved is not None:
         names = select_environments(config, list(saved.environments))
     else:
         names = select_environments(config, args.envs)
@@ -313,6 +315,10 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
                 current_config_digest=planfile.config_digest(config.path),
             )
             plan = saved.load_plan()
+            # The operations must be exactly those the config implies for the environments as read: an
+            # edited file (another connection, owner or row, a delete of what connref never managed) is refused.
+            derived = _make_plan(config, lives, states, bool(saved.options.get("prune")))
+            planfile.check_derived(saved, plan, derived, states)
             print(render.render_text(plan, color=color), file=out)
         else:
             plan = _make_plan(config, lives, states, args.prune)

@@ -348,6 +348,8 @@ Op = CreateReference | UpdateReference | AddToSolution | DeleteReference | Share
 _KINDS: dict[str, Any] = {
     cls.kind: cls for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference, ShareConnection)
 }
+#: Every operation kind a plan may hold (a saved plan's schema lists the same, saved-plan-1.json).
+OPERATION_KINDS: tuple[str, ...] = tuple(_KINDS)
 
 
 def operation_from_dict(d: Mapping[str, Any]) -> Op:

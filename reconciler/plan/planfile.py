@@ -9,6 +9,15 @@ moved, so a plan is never applied to a world it was not made for. This follows T
 (``internal/backend/local/backend_local.go``: "Saved plan is stale" on a serial change, "does not match the
 given state" on a lineage change) and Atlas's pre-approved plans (refused when the live hash moved).
 
+A plan file travels between jobs (a pipeline artifact), so it is not trusted as written: ``read_plan_file``
+checks it against its JSON Schema (``reconciler/schemas/saved-plan-1.json``) and rebuilds every operation
+before anything else, and refuses a plan that names an environment its freshness block does not; at apply
+time ``check_derived`` compares its operations with the plan made again from the config (whose digest the
+file records) and the environment as read, and refuses the file unless they are the same operations
+(``to_dict()`` equality, whatever their kind), nor a delete of a reference the state does not record as
+managed. An edited plan (another connection, another owner, another row, a delete connref never managed)
+is refused with what differs, and nothing is written.
+
 A plan file never holds a secret: only what the plan needs, and ``write_plan_file`` refuses to write when
 a secret value known to the run (the values of the ``*_env`` variables of the auth profiles, plus any the
 caller passes) would appear in it. The file is written with mode 0600 all the same.
@@ -27,7 +36,9 @@ from typing import Any
 
 from reconciler.domain.model import Config, LiveEnvironment, frozen_map
 from reconciler.domain.patterns import has_jwt
+from reconciler.domain.text import inert
 from reconciler.errors import PlanError, StalePlanError
+from reconciler.schemas.validate import problems
 from reconciler.state.local import atomic_write
 from reconciler.state.model import EnvState
 
@@ -247,9 +258,21 @@ def read_plan_file(path: str | os.PathLike[str]) -> SavedPlan:
             f"plan file {p} has format_version {version!r}; this connref reads "
             f"{FORMAT_VERSION.split('.')[0]}.x. {REPLAN}"
         )
+    found = problems("saved-plan", doc)
+    if found:
+        raise PlanError(f"plan file {p} is not a valid connref plan (reconciler/schemas/saved-plan-1.json); "
+                        "nothing was applied:\n" + "\n".join(f"  - {inert(x)}" for x in found) + f"\n{REPLAN}")
+    saved = _saved_plan(doc, p, version)
+    _check_environments(saved)
+    return saved
+
+
+def _saved_plan(doc: Mapping[str, Any], p: Path, version: str) -> SavedPlan:
+    """The ``SavedPlan`` of a document the schema accepted, its plan rebuilt once (an operation that does not
+    rebuild is a PlanError here, not a traceback halfway through an apply)."""
     try:
         cfg = doc.get("config") or {}
-        return SavedPlan(
+        saved = SavedPlan(
             format_version=version,
             created_at=str(doc["created_at"]),
             config_path=cfg.get("path"),
@@ -264,8 +287,21 @@ def read_plan_file(path: str | os.PathLike[str]) -> SavedPlan:
             plan=frozen_map(doc["plan"]),
             path=str(p),
         )
+        saved.load_plan()
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise PlanError(f"plan file {p} is damaged: missing or invalid field ({e}). {REPLAN}") from e
+        raise PlanError(f"plan file {p} is damaged: missing or invalid field ({inert(str(e))}). {REPLAN}") from e
+    return saved
+
+
+def _check_environments(saved: SavedPlan) -> None:
+    """A plan acts only on environments its freshness block records what they looked like."""
+    planned = [e.environment for e in saved.load_plan().environments]
+    outside = [e for e in planned if e not in saved.environments]
+    twice = sorted({e for e in planned if planned.count(e) > 1})
+    if outside or twice:
+        what = (f"environment(s) its freshness block does not record: {', '.join(outside)}" if outside
+                else f"environment(s) twice: {', '.join(twice)}")
+        raise PlanError(inert(f"plan file {saved.path} names {what}; nothing was applied. {REPLAN}"))
 
 
 def check_applyable(saved: SavedPlan) -> None:
@@ -382,4 +418,119 @@ def check_fresh(
             + "\n".join(f"  - {r}" for r in reasons)
             + f"\n{REPLAN}",
             reasons,
+        )
+
+
+# --------------------------------------------------------------------------- the operations themselves
+
+#: Keys of an operation that are prose for people, not what apply does.
+_PROSE = frozenset({"reason"})
+
+
+def normalised_ops(ops: Iterable[Any]) -> list[dict[str, Any]]:
+    """Operations as plain JSON data (``to_dict()``, keys sorted), without their prose (``reason``): two
+    operations that do the same are equal, whatever their kind."""
+    out = []
+    for op in ops:
+        d = json.loads(json.dumps(op.to_dict(), sort_keys=True))
+        out.append({k: v for k, v in d.items() if k not in _PROSE})
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return inert(text if len(text) <= 120 else text[:117] + "...")
+
+
+def _field_differences(mine: Mapping[str, Any], theirs: Mapping[str, Any],
+                       prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, value in the file, value implied) for every field that differs; inside two objects,
+    the fields of theirs that differ (``new_connection.name``), so the line shows what was changed."""
+    out: list[tuple[str, Any, Any]] = []
+    for name in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(name), theirs.get(name)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _field_differences(a, b, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", a, b))
+    return out
+
+
+def _op_differences(env: str, saved: list[dict[str, Any]], derived: list[dict[str, Any]]) -> list[str]:
+    """What differs between the saved operations of ``env`` and those the config implies, one line each."""
+    def key(d: Mapping[str, Any]) -> tuple[str, str]:
+        return str(d.get("kind")), str(d.get("logical_name", "")).lower()
+
+    out: list[str] = []
+    theirs = {key(d): d for d in derived}
+    ours = {key(d): d for d in saved}
+    for k, d in ours.items():
+        other = theirs.get(k)
+        if other is None:
+            out.append(f"{env}: {k[0]} {d.get('logical_name')} is not what the config implies (it implies no "
+                       "such operation)")
+            continue
+        for name, mine, theirs_value in _field_differences(d, other):
+            out.append(f"{env}: {k[0]} {d.get('logical_name')}: {name} is {_shown(mine)} in the file; "
+                       f"the config implies {_shown(theirs_value)}")
+    for k, d in theirs.items():
+        if k not in ours:
+            out.append(f"{env}: the file lacks {k[0]} {d.get('logical_name')}, which the config implies")
+    if not out and saved != derived:
+        out.append(f"{env}: the operations are not in the order the config implies")
+    return out
+
+
+def derived_problems(saved_plan: Any, derived: Any, states: Mapping[str, EnvState | None]) -> list[str]:
+    """Why a saved plan's operations (``saved_plan``, the typed plan of the file) are not exactly those of
+    ``derived``, the plan made again from the config and the environments as read (empty: they are):
+    a delete of a reference the state does not record as managed (with that row id), then every operation
+    that differs, is missing or is extra, by ``to_dict()`` equality of the normalised operations, and the
+    facts apply takes from the file (``apply_facts``: whom writes act as) when they differ."""
+    reasons: list[str] = []
+    for env_plan in saved_plan.environments:
+        st = states.get(env_plan.environment)
+        for op in env_plan.ops:
+            if "delete" not in op.actions:
+                continue
+            managed = st.reference(op.logical_name) if st else None
+            if managed is None or managed.id.lower() != (op.reference_id or "").lower():
+                reasons.append(inert(f"{env_plan.environment}: the file deletes {op.logical_name} (row "
+                                     f"{op.reference_id}), which the state does not record as managed; connref "
+                                     "deletes only what it manages"))
+    by_env = {e.environment: e for e in derived.environments}
+    for env_plan in saved_plan.environments:
+        other = by_env.get(env_plan.environment)
+        mine = normalised_ops(env_plan.ops)
+        theirs = normalised_ops(other.ops) if other is not None else []
+        if mine != theirs:
+            reasons += _op_differences(env_plan.environment, mine, theirs)
+        reasons += _facts_differences(env_plan, other)
+    return reasons
+
+
+def _facts_differences(env_plan: Any, other: Any) -> list[str]:
+    """What differs between the facts apply takes from the file (the identity writes act as, the component
+    type: ``ops.ApplyFacts``) and those read again, for an environment the file writes to."""
+    if not env_plan.ops:
+        return []
+    mine = env_plan.facts.to_dict() if env_plan.facts is not None else {}
+    theirs = other.facts.to_dict() if other is not None and other.facts is not None else {}
+    return [f"{env_plan.environment}: apply_facts.{name} is {_shown(a)} in the file; the environment as read "
+            f"implies {_shown(b)}" for name, a, b in _field_differences(mine, theirs)]
+
+
+def check_derived(saved: SavedPlan, saved_plan: Any, derived: Any, states: Mapping[str, EnvState | None]) -> None:
+    """Raise ``PlanError`` (nothing is applied) unless the saved plan's operations are exactly what the config
+    implies for the environments as they are (``derived_problems``)."""
+    reasons = derived_problems(saved_plan, derived, states)
+    if reasons:
+        where = f" {saved.path}" if saved.path else ""
+        raise PlanError(
+            f"saved plan{where} was refused; nothing was applied: its operations are not what the config "
+            "(whose digest it records) implies for the environment as it is:\n"
+            + "\n".join(f"  - {r}" for r in reasons)
+            + "\nA plan file is applied only as `connref plan --out FILE` wrote it. " + REPLAN
         )
