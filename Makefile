@@ -20,7 +20,7 @@ INSTALL_VENV := $(PREFIX)/share/connref/venv
 VENV_ARGS ?=
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: demo test test-fast test-minimums bench lint typecheck python venv-interpreter venv install uninstall clean
+.PHONY: demo test test-fast test-minimums bench soak lint typecheck python venv-interpreter venv install uninstall clean
 
 python:
 	@if [ -z "$(PY)" ]; then \
@@ -70,6 +70,16 @@ test-fast: venv
 # Not part of `make test`: a few minutes of load against the emulator; prints the table in docs/performance.md.
 bench: venv
 	$(BIN)/python benchmarks/bench.py
+
+# Not part of `make test` (which runs a few seeded runs of the same soak): many seeded runs of apply with
+# random faults on every write and read-back, and kills between a write and its state record
+# (tests/e2e/test_fault_soak_e2e.py). SOAK_RUNS, SOAK_KILLS and SOAK_SEED choose how many and which.
+SOAK_RUNS ?= 40
+SOAK_KILLS ?= 8
+SOAK_SEED ?= 16
+soak: venv
+	SOAK_RUNS=$(SOAK_RUNS) SOAK_KILLS=$(SOAK_KILLS) SOAK_SEED=$(SOAK_SEED) \
+	  $(BIN)/pytest tests/e2e/test_fault_soak_e2e.py -p no:cacheprovider -q -rA
 
 lint: venv
 	$(BIN)/ruff check .
