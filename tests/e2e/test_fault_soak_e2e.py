@@ -1,9 +1,10 @@
 """Fault soak: seeded runs of ``apply`` through the real CLI against the quickstart served over loopback
 https, with faults drawn at random on every write and every read-back: a ``$batch`` committed whose answer
 is dropped, replaced by a 500, 502 or 504, or by a 2xx connref cannot read; a ``$batch`` refused (504,
-dropped) before it commits; a read-back that cannot be read; and, in some runs, the CLI killed between its
-write and its state record. Each run applies the quickstart config, then an edited one (a rename and a
-reference removed with ``--prune``), retrying until an apply without faults succeeds, and asserts:
+dropped, throttled) before it commits; reads throttled; a read-back that cannot be read; and, in some
+runs, the CLI killed between its write and its state record. Each run applies the quickstart config,
+then an edited one (a rename and a reference removed with ``--prune``), retrying until an apply without
+faults succeeds, and asserts:
 
 - no apply ends in a traceback, and one that fails says what happened (an unknown outcome says to plan
   again, never "not written" for a change set the environment holds);
@@ -60,6 +61,7 @@ WRITE_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "committed, 200 with no body": ("malformed", {"shape": "empty"}),
     "not committed, 504": ("error", {"status": 504, "error_body": "html"}),
     "not committed, connection dropped": ("drop", {}),
+    "not committed, throttled (429)": ("throttle", {"retry_after": 0}),
 }
 #: What can happen to a read of the references after the plan's own (the read-back of a lost answer).
 READ_BACK_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -89,7 +91,7 @@ class Soak:
 
     def draw_faults(self) -> list[str]:
         """Faults for one apply: in each environment at most one write fault, sometimes on the second
-        write, and sometimes a read-back that cannot be read."""
+        write, sometimes a few reads throttled, and sometimes a read-back that cannot be read."""
         drawn = []
         for env, app in self.served.apps.items():
             app.faults.clear()
@@ -100,6 +102,10 @@ class Soak:
                 app.faults.add(kind, BATCH, methods=["POST"], times=1, after=self.rng.choice((0, 0, 1)),
                                **options)
                 drawn.append(f"{env}: {name}")
+                if self.rng.random() < 0.3:  # reads throttled, then served (retried after Retry-After: 0)
+                    app.faults.add("throttle", "/api/data/v9.2/*", methods=["GET"], retry_after=0,
+                                   times=self.rng.randint(1, 3))
+                    drawn.append(f"{env}: reads throttled (429)")
                 if self.rng.random() < 0.25:
                     rname = self.rng.choice(sorted(READ_BACK_FAULTS))
                     rkind, roptions = READ_BACK_FAULTS[rname]

@@ -6,6 +6,7 @@ converges with nothing else done (docs/pipelines.md)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -47,9 +48,34 @@ def test_a_batch_committed_whose_answer_is_a_504_is_read_back_and_recorded(serve
     assert served.run("plan", "--detailed-exitcode").code == 0
 
 
-def test_an_unknown_outcome_says_plan_again_and_the_next_run_converges(served: Served) -> None:
+@pytest.mark.parametrize("shape", ["html", "truncated", "empty"])
+def test_a_batch_answered_2xx_with_a_body_connref_cannot_read_is_read_back_and_recorded(
+    served: Served, shape: str
+) -> None:
+    # The $batch is committed, then answered 200 with an HTML page, half its body, or nothing.
+    served.apps["dev"].faults.add("malformed", BATCH, methods=["POST"], shape=shape, times=1)
+    r = served.run("apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in r.out
+    assert "not written" not in (r.out + r.err).lower()
+    assert served.apps["dev"].log.count_requests("POST", BATCH) == 1  # read back, not sent again
+    assert len(teams_rows(served, "dev")) == 1
+    assert managed(served, "dev") == DECLARED
+    assert served.run("drift").code == 0
+    assert served.run("plan", "--detailed-exitcode").code == 0
+
+
+LOST: dict[str, tuple[str, dict[str, Any]]] = {
+    "dropped after the commit": ("drop", {"after_commit": True}),
+    "answered 200 with an HTML page": ("malformed", {"shape": "html"}),
+}
+
+
+@pytest.mark.parametrize("lost", sorted(LOST))
+def test_an_unknown_outcome_says_plan_again_and_the_next_run_converges(served: Served, lost: str) -> None:
     dev = served.apps["dev"].faults
-    dev.add("drop", BATCH, methods=["POST"], after_commit=True, times=1)
+    kind, options = LOST[lost]
+    dev.add(kind, BATCH, methods=["POST"], times=1, **options)
     # The read-back (the second read of the references: the first is the plan's) cannot be read either.
     dev.add("malformed", REFERENCES, methods=["GET"], shape="html", after=1, times=1)
     r = served.run("apply", "--auto-approve")
