@@ -493,7 +493,9 @@ def derived_problems(saved_plan: Any, derived: Any, states: Mapping[str, EnvStat
     for env_plan in saved_plan.environments:
         st = states.get(env_plan.environment)
         for op in env_plan.ops:
-            if "delete" not in op.actions:
+            # Prune's deletes; any other operation that deletes is checked by the equality below (the config
+            # must imply it).
+            if op.kind != "delete":
                 continue
             managed = st.reference(op.logical_name) if st else None
             if managed is None or managed.id.lower() != (op.reference_id or "").lower():
