@@ -119,6 +119,20 @@ def config_text(n: int, urls: Sequence[str], authority: str, *, display: str) ->
 # --------------------------------------------------------------------------- measuring
 
 
+def is_shares(e: LogEntry) -> bool:
+    """A read of one connection's shares (its ``/permissions``), which waits for the connections and users."""
+    return e.method == "GET" and "/connections/" in e.path and e.path.endswith("/permissions")
+
+
+def is_connection_list(e: LogEntry) -> bool:
+    return e.method == "GET" and "/connections" in e.path and not is_shares(e)
+
+
+def is_graph(e: LogEntry) -> bool:
+    """The writer's group membership from Microsoft Graph (``checkMemberGroups``)."""
+    return e.path.endswith("/checkMemberGroups")
+
+
 @dataclass
 class Run:
     """One measured child process and what the emulator saw of it."""
@@ -177,11 +191,15 @@ class Run:
         """The longest chain of independent reads one environment needs: its reference pages, or its
         connection lists (two when the admin list is refused), whichever is longer."""
         pages = max(1, math.ceil((self.refs + 4) / REFERENCE_PAGE))
-        conn_lists = sum(1 for e in self.entries if "/connections" in e.path and e.method == "GET")
+        conn_lists = sum(1 for e in self.entries if is_connection_list(e))
         return max(pages, math.ceil(conn_lists / max(self.envs, 1)))
 
     def bound_round_trips(self) -> int:
-        return 2 + self.read_chain() + 1 + self.batches
+        """Discovery, token, the read chain, the users, then (when read) the shares of the bound
+        connections and the writer's groups, which wait for the users, then one per ``$batch``."""
+        shares = any(is_shares(e) for e in self.entries)
+        graph = any(is_graph(e) for e in self.entries)
+        return 2 + self.read_chain() + 1 + shares + graph + self.batches
 
     def bound_seconds(self) -> float:
         """The shortest network time the requests made allow, given what must wait for what: tenant
@@ -203,11 +221,13 @@ class Run:
         for log in self.by_env:
             reads = [e for e in log if e.method == "GET" and not e.path.endswith((DISCOVERY_PATH, TOKEN_PATH))]
             pages = sum(took(e) for e in reads if e.path.endswith("/connectionreferences"))
-            lists = sum(took(e) for e in reads if "/connections" in e.path)
+            lists = sum(took(e) for e in reads if is_connection_list(e))
             users = [e for e in reads if e.path.endswith("/systemusers")]
             others = [e for e in reads if e not in users and not e.path.endswith("/connectionreferences")
                       and "/connections" not in e.path]
             env = max(pages, lists, longest(others)) + longest(users)
+            # Then the shares of the bound connections (in parallel) and the writer's groups.
+            env += longest([e for e in reads if is_shares(e)]) + longest([e for e in log if is_graph(e)])
             env += sum(took(e) for e in log if e.path.endswith("/$batch"))
             slowest = max(slowest, env)
         return start + slowest
@@ -489,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nrequests/tokens/depth/network: seen by the emulator (tokens = token-endpoint POSTs; depth = "
               "longest chain of requests each received after the previous was answered; min = the round "
               "trips that must follow one another: tenant discovery, token, the longest chain of independent "
-              "reads, the users read that needs their answers, one per $batch). bound = the same chain with "
+              "reads, the users read that needs their answers, the shares of the bound connections when read, one per "
+              "$batch). bound = the same chain with "
               "each request counted for as long as the emulator took to answer it (latency + its own work; "
               "the slowest environment). wall/CPU/RSS: the connref process, start-up included.")
         failed = [x for x in g if not x.ok]
