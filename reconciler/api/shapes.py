@@ -70,24 +70,26 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+_CONTAINERS = (dict, list)
+
+
 def depth_of(value: Any, limit: int) -> int:
-    """How deeply ``value`` nests (a scalar is 0), counting no further than ``limit + 1``."""
+    """How deeply ``value`` nests (a scalar is 0), counting no further than ``limit + 1``. Only
+    containers go on the stack: a page of rows is mostly scalars, which need no visit of their own."""
+    if not isinstance(value, dict | list):
+        return 0
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Iterable[Any] = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        depth += 1
         if depth > deepest:
             deepest = depth
             if deepest > limit:
                 return deepest
-        stack.extend((child, depth) for child in children)
+        children: Iterable[Any] = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
     return deepest
 
 
