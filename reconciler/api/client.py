@@ -27,6 +27,7 @@ response parser are in ``reconciler.api.batch_format``; this module sends them.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -37,9 +38,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import httpx
 
@@ -581,36 +583,69 @@ class _HttpCore(_Transport):
         seen = {url}
         next_url: str | None = url
         pages = 0
-        while next_url:
-            current = next_url
-            pages += 1
-            resp = self.send("GET", current, headers=headers, scope=scope)
-            doc = self.read_json("GET", current, resp)
-            try:
-                page, link = check_collection(doc, row, selected, next_link_keys)
-            except ShapeProblem as exc:
-                raise malformed("GET", current, resp.status_code, str(exc)) from None
-            rows.extend(page)
-            next_url = None
-            if not link:
-                break
-            target = urlsplit(link)
-            if _origin(link) != _origin(url):
-                raise malformed("GET", current, resp.status_code,
-                                f"the next link points at another host ({_display_url(_origin(link))}); "
-                                "connref does not send its token there")
-            if same_path and target.path.rstrip("/").lower() != first.path.rstrip("/").lower():
-                raise malformed("GET", current, resp.status_code,
-                                "the next link points at another collection")
-            if link in seen:
-                raise malformed("GET", current, resp.status_code,
-                                f"the next link repeats a page already read (page {pages}); paging stopped")
-            if pages >= self.limits.max_pages:
-                raise malformed("GET", current, resp.status_code,
-                                f"more than {self.limits.max_pages} pages; paging stopped")
-            seen.add(link)
-            next_url = link
+        # The next page is asked for as soon as its link is known and followable, and this page's rows
+        # are checked while it is on its way; what is raised, and when, is as if read one after the other.
+        ahead: Future[httpx.Response] | None = None
+        pool: ThreadPoolExecutor | None = None
+        try:
+            while next_url:
+                current = next_url
+                pages += 1
+                if ahead is not None:
+                    resp, ahead = ahead.result(), None
+                else:
+                    resp = self.send("GET", current, headers=headers, scope=scope)
+                doc = self.read_json("GET", current, resp)
+                early = _next_link(doc, next_link_keys)
+                if early is not None and self._link_problem(early, url, first, same_path, seen, pages) is None:
+                    pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-page")
+                    ahead = pool.submit(self.send, "GET", early, headers=headers, scope=scope)
+                try:
+                    page, link = check_collection(doc, row, selected, next_link_keys)
+                except ShapeProblem as exc:
+                    raise malformed("GET", current, resp.status_code, str(exc)) from None
+                rows.extend(page)
+                next_url = None
+                if not link:
+                    break
+                problem = self._link_problem(link, url, first, same_path, seen, pages)
+                if problem:
+                    raise malformed("GET", current, resp.status_code, problem)
+                seen.add(link)
+                next_url = link
+        finally:
+            if ahead is not None:  # this page failed its checks: the page asked for ahead is not used
+                with contextlib.suppress(Exception):
+                    ahead.result()
+            if pool is not None:
+                pool.shutdown()
         return rows
+
+    def _link_problem(self, link: str, url: str, first: SplitResult, same_path: bool, seen: set[str],
+                      pages: int) -> str | None:
+        """Why the next link of page ``pages`` is not followed (None: it is)."""
+        if _origin(link) != _origin(url):
+            return (f"the next link points at another host ({_display_url(_origin(link))}); "
+                    "connref does not send its token there")
+        if same_path and urlsplit(link).path.rstrip("/").lower() != first.path.rstrip("/").lower():
+            return "the next link points at another collection"
+        if link in seen:
+            return f"the next link repeats a page already read (page {pages}); paging stopped"
+        if pages >= self.limits.max_pages:
+            return f"more than {self.limits.max_pages} pages; paging stopped"
+        return None
+
+
+def _next_link(doc: Any, keys: Sequence[str]) -> str | None:
+    """The next link of a page as ``check_collection`` picks it (the first key present), when it is a
+    non-empty string; None otherwise (``check_collection`` then says what is wrong)."""
+    if not isinstance(doc, dict):
+        return None
+    for key in keys:
+        candidate = doc.get(key)
+        if candidate is not None:
+            return candidate if isinstance(candidate, str) and candidate.strip() else None
+    return None
 
 
 # --------------------------------------------------------------------------- Dataverse
