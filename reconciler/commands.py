@@ -29,7 +29,7 @@ from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError, 
 
 if TYPE_CHECKING:
     from reconciler.api.session import EnvSession
-    from reconciler.apply.applier import ApplyResult, BatchProgress
+    from reconciler.apply.applier import ApplyResult, BatchProgress, FlowProgress
     from reconciler.plan.explain import EnvironmentExplanation
     from reconciler.plan.ops import EnvironmentPlan, Plan
     from reconciler.state.backend import Snapshot, StateBackend, StateLock
@@ -179,6 +179,20 @@ def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
     return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states))
 
 
+def with_dependents(config: Config, sessions: Mapping[str, EnvSession], lives: Mapping[str, LiveEnvironment],
+                    states: Mapping[str, EnvState | None], prune: bool) -> dict[str, LiveEnvironment]:
+    """``lives`` with what uses each reference the plan would rebind or delete (flows, canvas apps, agents:
+    ``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7), read before the plan is made so it names them
+    and never deletes a reference something uses. Nothing is read for an environment the plan leaves alone."""
+    from reconciler.api.live import read_dependents
+    from reconciler.plan import planner
+
+    wanted = planner.dependency_candidates(config, lives, prune=True if prune else None,
+                                           managed=managed_names(states))
+    return {n: read_dependents(sessions[n].reader, live, wanted.get(n, ())) if wanted.get(n) else live
+            for n, live in lives.items()}
+
+
 # --------------------------------------------------------------------------- validate
 
 
@@ -201,6 +215,7 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         states = load_states(config, names)
         with opened(config, names) as sessions:
             lives = read_all(config, sessions, err=err, managed=managed_names(states), say_scope=False)
+            lives = with_dependents(config, sessions, lives, states, args.prune)
             plan = _make_plan(config, lives, states, args.prune)
         if args.out:
             save_plan(args.out, config, plan, lives, states, prune=args.prune)
@@ -280,6 +295,13 @@ def _report_batch(p: BatchProgress) -> None:
                   "written" if p.ok else "FAILED", p.done, p.total)
 
 
+def _report_flows(p: FlowProgress) -> None:
+    """Waiting for the platform's asynchronous update of the flows after a rebind (docs/dataverse.md §5.7)."""
+    failed = f", {p.failed} failed" if p.failed else ""
+    progress.step(p.environment, progress.UPDATE, "waiting for the flows to take the new connections: "
+                  "%d/%d updated%s (%.0f s of at most %.0f s)", p.done, p.total, failed, p.waited, p.limit)
+
+
 def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.plan import planfile, planner, render
     from reconciler.state.select import backend_for
@@ -317,10 +339,13 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             plan = saved.load_plan()
             # The operations must be exactly those the config implies for the environments as read: an
             # edited file (another connection, owner or row, a delete of what connref never managed) is refused.
+            # What uses each reference is read as for a new plan: the derived rebinds name it too.
+            lives = with_dependents(config, sessions, lives, states, bool(saved.options.get("prune")))
             derived = _make_plan(config, lives, states, bool(saved.options.get("prune")))
             planfile.check_derived(saved, plan, derived, states)
             print(render.render_text(plan, color=color), file=out)
         else:
+            lives = with_dependents(config, sessions, lives, states, args.prune)
             plan = _make_plan(config, lives, states, args.prune)
             print(render.render_text(plan, color=color), file=out)
             if plan_has_changes(plan) and not args.auto_approve and not _confirm(out):
@@ -356,7 +381,7 @@ def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
     ``ApplyError`` added to ``failures``; its result is returned all the same, so what was written is
     recorded."""
     from reconciler.api.live import read_reference_rows
-    from reconciler.apply.applier import ApplyResult, apply_environment
+    from reconciler.apply.applier import ApplyResult, FlowWatch, apply_environment
     name = env_plan.environment
     if not env_plan.ops:
         return None
@@ -364,8 +389,10 @@ def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
     try:
         # The applier alone is handed the client that sends $batch; it reads back through the reader.
         read_rows = functools.partial(read_reference_rows, session.reader)
+        watch = FlowWatch(session.reader.dataverse, wait_seconds=session.env.flows.wait_seconds,
+                          progress=_report_flows)
         result = apply_environment(session.dataverse, read_rows, env_plan, progress=_report_batch,
-                                   sharer=session.connections)
+                                   sharer=session.connections, flows=watch)
     except ApplyError as e:
         if not isinstance(e.results, ApplyResult):
             progress.step(name, progress.FAILED, "apply failed")
@@ -405,7 +432,9 @@ def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyR
     live_after = live_after_apply(live, result, read_rows) if result else live
 
     def names(outcome: str) -> list[str]:
-        return [r.op.logical_name for r in (result.results if result else ()) if r.outcome == outcome]
+        # References only: switching a flow on records nothing in the state.
+        return [r.op.logical_name for r in (result.results if result else ())
+                if r.outcome == outcome and r.op.kind != "activate_flow"]
 
     new_state = record_state.record_apply(
         prev, name, live_after, declared=list(config.references), ops=[r.op for r in written],
@@ -466,16 +495,25 @@ def _report_applied(name: str, result: ApplyResult | None) -> None:
         progress.step(name, progress.DONE, "applied: %d written", written)
 
 
+_FLOW_MARKS = {"updated": "✓", "switched_on": "✓", "update_not_checked": "·", "not_attempted": "·"}
+_FLOW_WORDS = {"updated": "took the new connection", "update_failed": "update failed",
+               "update_not_finished": "update did not finish", "update_not_checked": "update not checked",
+               "switched_on": "switched on", "not_switched_on": "not switched on",
+               "not_attempted": "not switched on", "not_on": "not on"}
+
+
 def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out, *, failed: bool) -> None:
     """What was written, per environment, then one closing line: "Apply complete!" only when every
     change was written (Terraform's wording); otherwise what was and was not, before the error."""
     from reconciler.apply.applier import unknown_outcome
     from reconciler.plan.ops import Counts
 
-    unwritten = unknown = 0
+    unwritten = unknown = failing = 0
     for env, result in results.items():
         print(f"\n{inert(env)}:", file=out)
         for r in result.results:
+            if r.op.kind == "activate_flow":
+                continue  # said with the flows below
             mark = {"written": "✓", "not_written": "·", "failed": "✗", "unknown": "?"}.get(r.outcome, "?")
             reason = f": {inert(r.reason)}" if r.reason else ""
             outcome = "outcome unknown" if r.outcome == "unknown" else r.outcome.replace("_", " ")
@@ -484,6 +522,11 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
                 unknown += 1
             elif r.outcome != "written":
                 unwritten += 1
+        for f in result.flows:
+            mark = _FLOW_MARKS.get(f.outcome, "✗")
+            reason = f": {inert(f.reason)}" if f.reason else ""
+            print(f'  {mark} flow "{inert(f.name)}" ({_FLOW_WORDS[f.outcome]}){reason}', file=out)
+            failing += f.failing
     # Per reference, as the plan's summary counts (ops.Counts.of).
     done = Counts.of(r.op for result in results.values() for r in result.written)
     counts = f"{done.add} added, {done.change} changed, {done.destroy} destroyed"
@@ -492,6 +535,8 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
         parts = [f"{unwritten} change(s) not written"] if unwritten else []
         if unknown:
             parts.append(unknown_outcome(unknown))
+        if failing:
+            parts.append(f"{failing} flow(s) left failing")
         print(f"\nApply failed: {counts}; {'; '.join(parts) or 'nothing left unwritten'}. "
               "The error follows; run plan to see what is left.", file=out)
         return
@@ -881,7 +926,7 @@ auth:
 
 def cmd_init(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     """Write a starter config (and its JSON Schema for editors) into ``args.directory``; with ``--emulator``,
-    the quickstart: a config and two environments served by the built-in emulator, ready to plan."""
+    the quickstart: a config and three environments served by the built-in emulator, ready to plan."""
     from reconciler.config.schema import render_schema
 
     target = Path(args.directory)

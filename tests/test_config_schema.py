@@ -46,6 +46,7 @@ BEYOND_SCHEMA = {
     "replaces_itself": "a reference replaces its own name (a cross-reference)",
     "replaces_twice": "two references replace the same name (a relation between references)",
     "replaces_listed_twice": "a name listed twice apart from case (the schema compares items exactly)",
+    "flows_keep_off_duplicate": "two flow names that differ only in case (uniqueItems compares exactly)",
 }
 
 

@@ -329,7 +329,7 @@ def cli_converges(world: World, config: Path) -> None:
     for r in world.rows:
         if world.kept_for_flows(r.logical_name):
             count("kept for flows")
-            assert f"{r.logical_name} is no longer declared but is not deleted: flows still use it" in planned
+            assert f"{r.logical_name}: no longer declared but not deleted: flow " in planned
         elif world.pruned(r.logical_name):
             count("pruned")
     code, applied, err = cli(config, "apply", "--auto-approve")

@@ -1,5 +1,6 @@
 """The quickstart example planned through the real chain (session -> emulator over WSGI -> live reader
--> planner): the first plan against dev has a create, a rename and a rebind. The example's other checks
+-> planner): the first plan against dev has a create, a rename and a rebind; against test (managed) it
+binds, sets owners and switches the flows on, the child before its parent. The example's other checks
 need no emulator: tests/unit/test_config_quickstart.py."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_emulator_plans_the_quickstart(scratch: Path) -> None:
 
     cfg = load_config(str(scratch / "connref.yaml"))
     lives = {}
-    for env in ("dev", "prod"):
+    for env in ("dev", "test", "prod"):
         session = open_environment(cfg, env)
         lives[env] = read_environment(session, cfg, env)
     result = plan(cfg, lives)
@@ -49,3 +50,11 @@ def test_emulator_plans_the_quickstart(scratch: Path) -> None:
     assert "contoso_sharedteams_c93f2" not in changed  # not declared, outside the solution
     prod = next(p for p in result.environments if p.environment == "prod")
     assert [op.logical_name for op in prod.ops if isinstance(op, CreateReference)] == ["contoso_Teams"]
+    # test (managed): bind and owner only, then the flows, the child before its parent.
+    test = next(p for p in result.environments if p.environment == "test")
+    assert test.mode == "managed" and dev.mode == "unmanaged"
+    assert {op.kind for op in test.ops} == {"update", "activate_flow"}
+    assert all({c.field for c in op.changes} == {"connection", "owner"} for op in test.ops
+               if isinstance(op, UpdateReference))
+    passes = {op.logical_name: op.pass_number for op in test.activations}
+    assert passes == {"Invoice intake": 1, "Post to finance channel": 1, "Invoice approval": 2}

@@ -1,8 +1,10 @@
 """The quickstart, end to end, on the embedded emulator: ``make demo`` runs this.
 
 It copies the example config and environment data to a scratch folder (so the demo can be run
-again and again from the same starting point), then shows what a team would do on day one:
-plan against the messy dev and prod environments, apply, and plan again to see nothing left to do.
+again and again from the same starting point), then shows what a team would do on day one: plan against
+the messy dev environment (unmanaged: connref creates, renames and rebinds), the test environment the
+pipeline just imported the solution into as managed (connref binds the references, sets their owner and
+switches the flows on, child flows first) and prod, apply, and plan again to see nothing left to do.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main() -> None:
     shutil.copytree(HERE, SCRATCH, ignore=shutil.ignore_patterns("demo.py", "__pycache__", "make_data.py"))
     print(f"Copied the quickstart to {SCRATCH} (the examples stay untouched).")
     step("check the config, no network", "validate")
-    step("what would change in dev and prod", "plan", ok=(0,))
+    step("what would change in dev (unmanaged), test (managed) and prod", "plan", ok=(0,))
     step("make it so, as the service account", "apply", "--auto-approve")
     step("nothing left to do: exit 0 with --detailed-exitcode", "plan", "--detailed-exitcode")
     step("nothing changed behind our back", "drift", ok=(0,))

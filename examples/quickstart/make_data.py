@@ -1,6 +1,6 @@
-"""Regenerate the quickstart's emulator data (``dev.json``, ``prod.json``) deterministically.
+"""Regenerate the quickstart's emulator data (``dev.json``, ``test.json``, ``prod.json``) deterministically.
 
-    python examples/quickstart/make_data.py            # rewrite both files
+    python examples/quickstart/make_data.py            # rewrite the files
     python examples/quickstart/make_data.py --check    # exit 1 if the files differ from what it makes
 
 The builder is ``reconciler.emulator.quickstart``.

@@ -828,6 +828,46 @@ class DataverseClient(_HttpCore):
             "may have been committed", why=f"HTTP {status} with an answer connref cannot read ({problem})",
             status=status, method="POST", url=url)
 
+    def get_batch(self, requests: Sequence[tuple[str, Mapping[str, object] | None]]) -> list[tuple[int, Any]]:
+        """Several GETs (``(path, query parameters)``, built like ``get``'s) in ``$batch`` requests of at most
+        1000, outside any change set and with ``Prefer: odata.continue-on-error`` so one refusal does not
+        hide the others (docs/dataverse.md §3.7). Returns ``(status, JSON body or None)`` per request, in
+        order: ceil(N/1000) requests instead of N."""
+        out: list[tuple[int, Any]] = []
+        for start in range(0, len(requests), MAX_BATCH_OPERATIONS):
+            chunk = requests[start:start + MAX_BATCH_OPERATIONS]
+            batch_id = f"batch_{uuid.uuid4()}"
+            lines: list[str] = []
+            for n, (path, params) in enumerate(chunk, start=1):
+                query = _query(params)
+                lines += [f"--{batch_id}", "Content-Type: application/http", "Content-Transfer-Encoding: binary",
+                          f"Content-ID: {n}", "", f"GET {self.api_root}{path}{'?' + query if query else ''} HTTP/1.1",
+                          "Accept: application/json", ""]
+            lines += [f"--{batch_id}--", ""]
+            url = self.url("$batch")
+            headers = {"Content-Type": f'multipart/mixed; boundary="{batch_id}"',
+                       "Prefer": "odata.continue-on-error"}
+            # Only GETs: sending it again changes nothing, so it is retried like a GET.
+            resp = self.send("POST", url, body="\r\n".join(lines).encode("utf-8"), headers=headers,
+                             raise_for_status=False, repeatable=True)
+            resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+            boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
+            if boundary is None:
+                if resp.status_code >= 400:
+                    raise error_from_response("POST", url, resp)
+                raise ApiError(f"POST {url}: unexpected $batch response ({resp.status_code}, {ctype or 'no type'})",
+                               status=resp.status_code, method="POST", url=url)
+            parts = parse_multipart(resp.text, boundary)
+            if len(parts) != len(chunk):
+                raise ApiError(f"POST {url}: $batch answered {len(parts)} parts for {len(chunk)} requests",
+                               status=resp.status_code, method="POST", url=url)
+            by_id = {p.headers.get("content-id"): p for p in parts}
+            for n in range(1, len(chunk) + 1):
+                part = by_id.get(str(n)) or parts[n - 1]
+                out.append((part.status, _json_or_none(part.body)))
+        return out
+
     def _batch_body(self, operations: Sequence[BatchOperation], batch_id: str, changeset_id: str) -> bytes:
         crlf = "\r\n"
         out = [f"--{batch_id}", f'Content-Type: multipart/mixed; boundary="{changeset_id}"', ""]

@@ -46,12 +46,14 @@ from reconciler.domain.model import (
     Config,
     EnvironmentConfig,
     LiveConnection,
+    LiveDependent,
     LiveEnvironment,
     LiveFlow,
     LiveReference,
     LiveSolution,
     LiveUser,
     Permission,
+    frozen_map,
 )
 from reconciler.domain.patterns import is_guid
 from reconciler.errors import (
@@ -75,6 +77,8 @@ class DataverseReader(Protocol):
     def who_am_i(self) -> WhoAmI: ...
 
     def component_type_for(self, entity: str) -> int: ...
+
+    def get_batch(self, requests: Sequence[tuple[str, Mapping[str, object] | None]]) -> list[tuple[int, Any]]: ...
 
     def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None: ...
 
@@ -578,6 +582,13 @@ def read_environment(
     # write then fails with Dataverse's own CannotActOnBehalfOfAnotherUser error.
     caller_can_impersonate = impersonating if can_impersonate is None else can_impersonate
 
+    # A managed solution's references may carry unmanaged layers (docs/dataverse.md §2.6): read those of the
+    # managed references connref manages, one batched GET per 1000 (none in an unmanaged environment).
+    layers: dict[str, tuple[str, ...]] = {}
+    if solution is not None and solution.managed:
+        layers = read_layers(source, [r.id for r in references if r.managed and
+                                       (r.in_solution or r.logical_name.lower() in declared)])
+
     live = LiveEnvironment(
         name=envc.name,
         solution=solution,
@@ -591,8 +602,132 @@ def read_environment(
         caller_can_impersonate=caller_can_impersonate,
         connections_scope=connections_scope,
         connections_refusals=refusals,
+        layers=frozen_map(layers),
     )
     return read_access(source, envc, config, live)
+
+
+#: The unmanaged layer of a component (docs/dataverse.md §2.6).
+ACTIVE_LAYER = "Active"
+#: ``msdyn_solutioncomponentname`` of a connection reference (UNCONFIRMED: docs/dataverse.md §2.6).
+REFERENCE_LAYER_NAME = "connectionreference"
+LAYER_COLUMNS = ("msdyn_componentid", "msdyn_solutionname", "msdyn_order", "msdyn_changes")
+
+
+def layer_columns(changes: str | None) -> tuple[str, ...]:
+    """The columns an unmanaged layer changes, from its ``msdyn_changes`` (``{"Attributes": [{"Key": ...}]}``;
+    the shape is UNCONFIRMED, docs/dataverse.md §2.6). Unreadable: ``("(unknown)",)``, so the layer is still
+    reported."""
+    try:
+        doc = json.loads(changes or "")
+    except (TypeError, ValueError):
+        return ("(unknown)",)
+    attrs = doc.get("Attributes") if isinstance(doc, dict) else None
+    if not isinstance(attrs, list):
+        return ("(unknown)",)
+    return tuple(sorted({str(a.get("Key")) for a in attrs if isinstance(a, dict) and a.get("Key")}))
+
+
+def read_layers(source: LiveSource, reference_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Reference id -> the columns its unmanaged ("Active") layer changes (empty: none). The layers table
+    is queried one component at a time (a virtual table may refuse more, docs/dataverse.md §2.6); the
+    queries go in ``$batch`` requests of 1000."""
+    ids = [g.value for g in _guids(reference_ids)]
+    if not ids:
+        return {}
+    requests: list[tuple[str, Mapping[str, object] | None]] = [
+        ("msdyn_componentlayers", {
+            "$select": ",".join(LAYER_COLUMNS),
+            "$filter": eq("msdyn_componentid", rid) & eq("msdyn_solutioncomponentname", REFERENCE_LAYER_NAME),
+        })
+        for rid in ids
+    ]
+    out: dict[str, tuple[str, ...]] = {}
+    for rid, (status, body) in zip(ids, source.dataverse.get_batch(requests), strict=True):
+        if status >= 400 or not isinstance(body, dict):
+            log.info("%s: the layers of reference %s could not be read (HTTP %s)", source.name, rid, status)
+            continue
+        active = [r for r in body.get("value") or [] if str(r.get("msdyn_solutionname") or "") == ACTIVE_LAYER]
+        cols: set[str] = set()
+        for row in active:
+            cols.update(layer_columns(row.get("msdyn_changes")))
+        out[rid] = tuple(sorted(cols))
+    return out
+
+
+#: Component types of what may use a reference (docs/dataverse.md §2.5): 29 Workflow, 300 Canvas App; a
+#: bot's type is the organization's own (read from ``solutioncomponentdefinitions``).
+DEPENDENT_KINDS = {WORKFLOW_COMPONENT_TYPE: "flow", 300: "canvas_app"}
+BOT_STATES = {0: "Active", 1: "Inactive"}
+
+
+def read_dependents(source: LiveSource, live: LiveEnvironment,
+                    reference_ids: Iterable[str]) -> LiveEnvironment:
+    """``live`` with what uses each of these references (``RetrieveDependenciesForDelete``, docs/dataverse.md
+    §2.7): flows, canvas apps and Copilot Studio agents, with names, state and owner. One batched request per
+    1000 references, then one read of the apps and one of the agents they name (only when they name any)."""
+    ids = [g.value for g in _guids(reference_ids) if g.value not in live.dependents]
+    if not ids or live.component_type is None:
+        return live
+    dv = source.dataverse
+    requests: list[tuple[str, Mapping[str, object] | None]] = [
+        (f"RetrieveDependenciesForDelete(ObjectId={rid},ComponentType={int(live.component_type)})", None)
+        for rid in ids
+    ]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for rid, (status, body) in zip(ids, dv.get_batch(requests), strict=True):
+        if status >= 400 or not isinstance(body, dict):
+            raise ApiError(f"environment '{source.name}': RetrieveDependenciesForDelete of reference {rid} "
+                           f"answered HTTP {status}", status=status)
+        rows[rid] = [d for d in body.get("value") or [] if isinstance(d, dict)]
+    all_deps = [d for deps in rows.values() for d in deps]
+    types = {int(d.get("dependentcomponenttype") or -1) for d in all_deps}
+    bot_type = dv.component_type_for("bot") if types - set(DEPENDENT_KINDS) else None
+    apps = _rows_by_id(source, "canvasapps", "canvasappid",
+                       ("canvasappid", "displayname", "name", "_ownerid_value"),
+                       [d for d in all_deps if d.get("dependentcomponenttype") == 300])
+    bots = _rows_by_id(source, "bots", "botid", ("botid", "name", "statecode", "_ownerid_value"),
+                       [d for d in all_deps if bot_type is not None and d.get("dependentcomponenttype") == bot_type])
+    found: dict[str, tuple[LiveDependent, ...]] = dict(live.dependents)
+    for rid, deps in rows.items():
+        out: list[LiveDependent] = []
+        for d in deps:
+            oid = str(d.get("dependentcomponentobjectid") or "").lower()
+            ctype = int(d.get("dependentcomponenttype") or -1)
+            if ctype == WORKFLOW_COMPONENT_TYPE:
+                flow = live.flow(oid)
+                out.append(LiveDependent("flow", oid, flow.name if flow else oid, ctype,
+                                         flow.state_name if flow else None, flow.owner_id if flow else None))
+            elif ctype == 300:
+                app = apps.get(oid, {})
+                out.append(LiveDependent("canvas_app", oid, str(app.get("displayname") or app.get("name") or oid),
+                                         ctype, None, app.get("_ownerid_value")))
+            elif bot_type is not None and ctype == bot_type:
+                bot = bots.get(oid, {})
+                state = bot.get("statecode")
+                out.append(LiveDependent("bot", oid, str(bot.get("name") or oid), ctype,
+                                         BOT_STATES.get(state) if isinstance(state, int) else None,
+                                         bot.get("_ownerid_value")))
+            else:
+                out.append(LiveDependent("component", oid, f"component {oid} (type {ctype})", ctype))
+        found[rid] = tuple(sorted(out, key=lambda x: (x.kind, x.name.lower(), x.id)))
+    owners = [d.owner_id for deps in found.values() for d in deps if d.owner_id and live.user(d.owner_id) is None]
+    users = live.users
+    if owners:
+        extra = _read_users(source, owners[0], None, owners, ())
+        users = (*users, *(u for u in extra if live.user(u.systemuserid) is None))
+    return replace(live, dependents=frozen_map(found), users=tuple(users))
+
+
+def _rows_by_id(source: LiveSource, entity_set: str, key: str, select: Sequence[str],
+                deps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    ids = _guids(str(d.get("dependentcomponentobjectid") or "") for d in deps)
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), IDS_PER_READ):
+        chunk = ids[start:start + IDS_PER_READ]
+        for row in source.dataverse.get_all(entity_set, select=select, filter=any_of(key, chunk)):
+            out[str(row.get(key) or "").lower()] = row
+    return out
 
 
 def _solution(rows: list[dict[str, Any]]) -> LiveSolution | None:

@@ -87,6 +87,10 @@ class ReadOnlyDataverse:
     def component_type_for(self, entity: str) -> int:
         return self._client.component_type_for(entity)
 
+    def get_batch(self, requests: Sequence[tuple[str, Mapping[str, object] | None]]) -> list[tuple[int, Any]]:
+        """GETs only, in ``$batch`` requests (``DataverseClient.get_batch``): a read."""
+        return self._client.get_batch(requests)
+
     def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None:
         return self._client.user_has_privilege(systemuserid, privilege)
 

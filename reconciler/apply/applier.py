@@ -16,6 +16,15 @@ so. Everything apply needs besides the operations (the writer's object id, the c
 with the plan (``EnvironmentPlan.facts``): the applier reads nothing to decide what to write, and is
 handed only what sends a ``$batch`` (``BatchWriter``).
 
+Flows, after the references (docs/dataverse.md §5.6-§5.8):
+
+- a rebind reaches the flows that use the reference asynchronously: the applier waits (bounded by the
+  environment's ``flows.wait_seconds``, reporting progress) until the update of every such flow is done,
+  and reports each flow whose update failed or did not finish;
+- then it switches on the plan's flows, pass by pass (children before parents), as the writer; a flow
+  whose update failed, or whose child was not switched on, is not attempted;
+- then it reads the flows back and reports any flow the plan switched on that is not on.
+
 A change set is atomic (docs/dataverse.md §3.7): when one operation fails, the
 others of its batch are rolled back and later batches are not sent. The result says, per operation,
 whether it was written, not written, failed and why, or whether its outcome is unknown; anything but
@@ -34,8 +43,9 @@ outcome is unknown, reported as such ("run plan again; nothing else needed"), ne
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from reconciler.api.batch_format import (
@@ -48,12 +58,13 @@ from reconciler.api.batch_format import (
     delete_op,
     update_op,
 )
-from reconciler.api.odata_filter import odata_bind
+from reconciler.api.odata_filter import Filter, Guid, any_of, odata_bind
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
 from reconciler.errors import ApiError, ApplyError, AuthError, OutcomeUnknownError, PreconditionFailedError
 from reconciler.plan.ops import (
+    ActivateFlow,
     AddToSolution,
     CreateReference,
     DeleteReference,
@@ -106,13 +117,53 @@ class BatchProgress:
     ok: bool
 
 
+FlowOutcomeKind = Literal["updated", "update_failed", "update_not_finished", "update_not_checked",
+                          "switched_on", "not_switched_on", "not_attempted", "not_on"]
+#: Outcomes that leave a flow failing: the apply fails (exit code 1).
+FAILING = frozenset({"update_failed", "update_not_finished", "not_switched_on", "not_on"})
+
+
+@dataclass(frozen=True)
+class FlowOutcome:
+    """What became of one flow: its update after a rebind (``updated``, ``update_failed``,
+    ``update_not_finished``, ``update_not_checked``), or its switching on (``switched_on``,
+    ``not_switched_on``, ``not_attempted``, ``not_on`` when it is not on when read back)."""
+
+    flow_id: str
+    name: str
+    outcome: FlowOutcomeKind
+    reason: str = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.outcome in FAILING
+
+
+@dataclass(frozen=True)
+class FlowProgress:
+    """Reported while waiting for the platform's asynchronous update of the flows (docs/dataverse.md §5.7)."""
+
+    environment: str
+    done: int
+    total: int
+    failed: int
+    waited: float
+    limit: float
+
+
 @dataclass(frozen=True)
 class ApplyResult:
-    """Per-operation outcomes of one environment's apply, for the CLI's summary."""
+    """Per-operation outcomes of one environment's apply, for the CLI's summary; ``flows`` says what became
+    of the flows (their asynchronous update, switching them on)."""
 
     environment: str
     results: tuple[OpResult, ...]
     batches_sent: int = 0
+    flows: tuple[FlowOutcome, ...] = field(default=())
+
+    @property
+    def failing_flows(self) -> tuple[FlowOutcome, ...]:
+        return tuple(f for f in self.flows if f.failing)
 
     def _with(self, outcome: Outcome) -> tuple[OpResult, ...]:
         return tuple(r for r in self.results if r.outcome == outcome)
@@ -135,7 +186,7 @@ class ApplyResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.outcome == "written" for r in self.results)
+        return all(r.outcome == "written" for r in self.results) and not self.failing_flows
 
     def summary(self, limit: int = 20) -> str:
         """A plain-text account: failures in full, writes of unknown outcome, then what was and was not
@@ -148,6 +199,8 @@ class ApplyResult:
             lines.append(f"  ! {r.op.kind} {r.op.logical_name}: {r.reason}")
         if self.unknown:
             lines.append(f"  ? {unknown_outcome(len(self.unknown))} ({self.unknown[0].reason})")
+        for f in self.failing_flows:
+            lines.append(f'  ! flow "{f.name}": {f.reason}')
         for label, group in (("written", self.written), ("not written", self.not_written),
                              ("outcome unknown", self.unknown)):
             if not group:
@@ -159,6 +212,7 @@ class ApplyResult:
 
 
 Progress = Callable[[BatchProgress], None]
+FlowProgressCallback = Callable[[FlowProgress], None]
 
 
 def unknown_outcome(n: int) -> str:
@@ -218,6 +272,15 @@ def _delete(op: DeleteReference) -> BatchOperation:
     return delete_op(ENTITY_SET, _id(op), etag=op.etag, label=op.logical_name)
 
 
+def _activate(op: ActivateFlow) -> BatchOperation:
+    # statecode 1 / statuscode 2 (docs/dataverse.md §5.1). If-Match: * (the row must exist) rather than the
+    # ETag read when planning: the asynchronous update this apply's rebinds started may itself write the
+    # flow's row (UNCONFIRMED, docs/dataverse.md §5.7); a saved plan is refused at the start of apply when
+    # a flow moved since it was made (the live fingerprint covers the flows).
+    return update_op("workflows", op.flow_id, {"statecode": 1, "statuscode": 2}, etag=None,
+                     label=f"flow {op.logical_name}")
+
+
 def _id(op: Op) -> str:
     if not op.reference_id:
         raise ValueError(f"{op.address}: the plan has no reference id for a {op.kind}")
@@ -238,6 +301,8 @@ def to_requests(ops: Sequence[Op], component_type: int | None) -> list[BatchOper
             out.append(_add_to_solution(op, component_type))
         elif isinstance(op, DeleteReference):
             out.append(_delete(op))
+        elif isinstance(op, ActivateFlow):
+            out.append(_activate(op))
         else:  # pragma: no cover - Op is a closed union
             raise TypeError(f"unknown operation {type(op).__name__}")
     return out
@@ -272,24 +337,56 @@ class ConnectionSharer(Protocol):
                     tenant_id: str | None = None) -> None: ...
 
 
+class FlowReader(Protocol):
+    """What the applier reads flows and their system jobs through after writing (a read-only client: the
+    session's ``reader.dataverse``): to wait for the platform's asynchronous update and to verify."""
+
+    def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+                orderby: str | None = None) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class FlowWatch:
+    """How apply follows the flows after writing (docs/dataverse.md §5.7): ``reader`` (None: nothing is read,
+    the updates are reported not checked), at most ``wait_seconds`` for the asynchronous update (the
+    environment's ``flows.wait_seconds``), ``progress`` while waiting; ``sleep`` and ``clock`` are the
+    waiting's (a test hands its own)."""
+
+    reader: FlowReader | None
+    wait_seconds: float = 300
+    progress: FlowProgressCallback | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
 #: How the applier reads rows back (the caller's live reader, ``reconciler.api.live.read_reference_rows``):
 #: the rows, as the service answers them, of the references with these ids that exist.
 RowReader = Callable[[list[str]], list[dict[str, Any]]]
 
 
 def apply_environment(
-    writer: BatchWriter, read_rows: RowReader, env_plan: EnvironmentPlan, *, progress: Progress | None = None,
-    batch_size: int = MAX_BATCH_OPERATIONS, sharer: ConnectionSharer | None = None,
+    writer: BatchWriter,
+    read_rows: RowReader,
+    env_plan: EnvironmentPlan,
+    *,
+    progress: Progress | None = None,
+    flows: FlowWatch | None = None,
+    batch_size: int = MAX_BATCH_OPERATIONS,
+    sharer: ConnectionSharer | None = None,
 ) -> ApplyResult:
     """Write one environment's plan: first the grants of access (``ShareConnection``) through ``sharer``, then
-    the reference writes through ``writer``, in change sets of at most ``batch_size`` operations; ``read_rows``
-    (the caller's live reader) reads back a change set whose answer was lost. Returns the per-operation result
-    when everything was written; raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything
-    was not, failed, or ended with an unknown outcome, and before sending anything when the plan lacks the
-    facts apply needs (a plan made by an earlier connref)."""
-    ops: list[Op] = [op for op in env_plan.ops if not isinstance(op, ShareConnection)]
+    the reference writes through ``writer``, in change sets of at most ``batch_size`` operations (``read_rows``,
+    the caller's live reader, reads back a change set whose answer was lost); then (docs/dataverse.md
+    §5.6-§5.8) wait for the asynchronous update of the flows the rebinds reach, switch the plan's flows on
+    pass by pass and read them back (``flows``: how, and through which read-only client; without it the
+    updates are not waited for and nothing is read back). Returns the result when everything was written and
+    no flow is left failing; raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything was
+    not, failed, ended with an unknown outcome, or a flow is left failing, and before sending anything when
+    the plan lacks the facts apply needs (a plan made by an earlier connref)."""
+    ref_ops: list[Op] = [op for op in env_plan.reference_ops if not isinstance(op, ShareConnection)]
     shares = [op for op in env_plan.ops if isinstance(op, ShareConnection)]
-    if not ops and not shares:
+    activations = list(env_plan.activations)
+    if not ref_ops and not shares and not activations:
         return ApplyResult(env_plan.environment, ())
     facts = env_plan.facts
     if facts is None:
@@ -299,14 +396,43 @@ def apply_environment(
     # Grants first: a binding needs its connection shared with the writer before it is written.
     granted = _share_all(sharer, shares)
     if any(r.outcome != "written" for r in granted):
-        unsent = [OpResult(op, "not_written", "not sent: a grant of access failed") for op in ops]
+        unsent = [OpResult(op, "not_written", "not sent: a grant of access failed") for op in (*ref_ops, *activations)]
         result = ApplyResult(env_plan.environment, (*granted, *unsent), batches_sent=0)
         raise ApplyError(_apply_error_message(result), results=result)
-    if not ops:
-        return ApplyResult(env_plan.environment, tuple(granted), batches_sent=0)
-    requests = to_requests(ops, facts.component_type)
     caller_object_id = facts.writer_object_id
+    watch = flows or FlowWatch(None)
+    watched = _watched_flows(ref_ops)
+    known_jobs = _jobs(watch.reader, watched) if watched and watch.reader is not None else {}
 
+    results, batches_sent = _write_references(writer, read_rows, env_plan.environment, ref_ops,
+                                              facts.component_type, caller_object_id, progress, batch_size)
+    written = {id(r.op) for r in results if r.outcome == "written"}
+    reached = {f for op in ref_ops if id(op) in written for f in _flows_of(op)}
+    outcomes: list[FlowOutcome] = []
+    if reached:
+        outcomes.extend(_wait_for_updates(watch, env_plan.environment, {k: watched[k] for k in reached},
+                                          known_jobs))
+    if activations:
+        refs_ok = all(r.outcome == "written" for r in results)
+        act_results, act_flows = _switch_on(writer, watch.reader, activations, caller_object_id, outcomes, refs_ok)
+        results.extend(act_results)
+        outcomes.extend(act_flows)
+
+    result = ApplyResult(env_plan.environment, (*granted, *results), batches_sent=batches_sent,
+                         flows=tuple(outcomes))
+    if not result.ok:
+        raise ApplyError(_apply_error_message(result), results=result)
+    return result
+
+
+def _write_references(writer: BatchWriter, read_rows: RowReader, environment: str, ops: list[Op],
+                      component_type: int | None, caller_object_id: str | None, progress: Progress | None,
+                      batch_size: int) -> tuple[list[OpResult], int]:
+    """The reference operations in change sets of at most ``batch_size``, one batch after the other; a failed
+    batch stops the later ones."""
+    if not ops:
+        return [], 0
+    requests = to_requests(ops, component_type)
     results: list[OpResult] = []
     batches = list(chunked(requests, batch_size))
     failed_at: int | None = None
@@ -322,13 +448,161 @@ def apply_environment(
         if any(r.outcome != "written" for r in done):
             failed_at = number
         if progress is not None:
-            progress(BatchProgress(env_plan.environment, number, len(batches), len(results), len(ops),
+            progress(BatchProgress(environment, number, len(batches), len(results), len(ops),
                                    ok=failed_at is None))
+    return results, failed_at or len(batches)
 
-    result = ApplyResult(env_plan.environment, (*granted, *results), batches_sent=failed_at or len(batches))
-    if not result.ok:
-        raise ApplyError(_apply_error_message(result), results=result)
-    return result
+
+# --------------------------------------------------------------------------- flows
+
+
+def _flows_of(op: Op) -> list[str]:
+    """The flows a written operation sends an asynchronous update to: those using a rebound reference."""
+    if isinstance(op, UpdateReference) and op.rebinds:
+        return [d.id.lower() for d in op.dependents if d.kind == "flow"]
+    return []
+
+
+def _watched_flows(ops: Sequence[Op]) -> dict[str, str]:
+    """Flow id (lower case) -> name, for every flow a rebind of the plan reaches."""
+    out: dict[str, str] = {}
+    for op in ops:
+        if isinstance(op, UpdateReference) and op.rebinds:
+            for d in op.dependents:
+                if d.kind == "flow":
+                    out[d.id.lower()] = d.name
+    return out
+
+
+JOB_COLUMNS = ("asyncoperationid", "statecode", "statuscode", "message", "friendlymessage",
+               "_regardingobjectid_value", "createdon")
+JOB_COMPLETED = 3  # asyncoperation statecode Completed; statuscode 30 Succeeded, 31 Failed, 32 Canceled
+JOB_SUCCEEDED = 30
+FLOW_IDS_PER_READ = 50
+
+
+def _jobs(reader: FlowReader, flow_ids: Mapping[str, str] | Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Flow id -> its system jobs (``asyncoperations`` regarding the flow, docs/dataverse.md §5.7), newest
+    first; one request per 50 flows."""
+    ids = sorted(flow_ids)
+    out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    for start in range(0, len(ids), FLOW_IDS_PER_READ):
+        chunk = [Guid(i) for i in ids[start:start + FLOW_IDS_PER_READ]]
+        rows = reader.get_all("asyncoperations", select=JOB_COLUMNS,
+                              filter=any_of("_regardingobjectid_value", chunk), orderby="createdon desc")
+        for row in rows:
+            key = str(row.get("_regardingobjectid_value") or "").lower()
+            if key in out:
+                out[key].append(row)
+    return out
+
+
+def _settled(jobs: list[dict[str, Any]], before: set[str], fid: str, name: str) -> FlowOutcome | None:
+    """The outcome of a flow's update from its jobs (every job started since the writes, one per rebound
+    reference the flow uses, must be done), or None while one is under way."""
+    new = [j for j in jobs if str(j.get("asyncoperationid")).lower() not in before]
+    if not new or any(j.get("statecode") != JOB_COMPLETED for j in new):
+        return None
+    bad = [j for j in new if j.get("statuscode") != JOB_SUCCEEDED]
+    if not bad:
+        return FlowOutcome(fid, name, "updated")
+    job = bad[0]
+    why = job.get("friendlymessage") or job.get("message") or f"status {job.get('statuscode')}"
+    return FlowOutcome(fid, name, "update_failed", f"the platform's update of the flow after the rebind failed: {why}")
+
+
+def _wait_for_updates(watch: FlowWatch, environment: str, flows: Mapping[str, str],
+                      known: Mapping[str, list[dict[str, Any]]]) -> list[FlowOutcome]:
+    """Wait until the update a rebind sent to each flow has finished (a job that was not there before the
+    writes, completed), at most ``watch.wait_seconds``; the outcome of each flow."""
+    limit = float(watch.wait_seconds) if watch.reader is not None else 0.0
+    before = {fid: {str(j.get("asyncoperationid")).lower() for j in known.get(fid, [])} for fid in flows}
+    done: dict[str, FlowOutcome] = {}
+    start = watch.clock()
+    delay = 0.5
+    while watch.reader is not None and limit > 0:
+        for fid, jobs in _jobs(watch.reader, [f for f in flows if f not in done]).items():
+            outcome = _settled(jobs, before[fid], fid, flows[fid])
+            if outcome is not None:
+                done[fid] = outcome
+        waited = watch.clock() - start
+        if watch.progress is not None:
+            watch.progress(FlowProgress(environment, len(done), len(flows),
+                                        sum(1 for o in done.values() if o.failing), waited, limit))
+        if len(done) == len(flows) or waited >= limit:
+            break
+        watch.sleep(min(delay, max(limit - waited, 0.0)))
+        delay = min(delay * 2, 5.0)
+    for fid, name in flows.items():
+        if fid in done:
+            continue
+        if limit <= 0:
+            done[fid] = FlowOutcome(fid, name, "update_not_checked",
+                                    "not waited for: flows.wait_seconds is 0 for this environment")
+        else:
+            done[fid] = FlowOutcome(fid, name, "update_not_finished",
+                                    f"the platform's update of the flow after the rebind did not finish within "
+                                    f"{limit:g} s (flows.wait_seconds): check the flow, then plan again")
+    return [done[f] for f in sorted(flows, key=lambda f: (flows[f].lower(), f))]
+
+
+def _not_attempted(op: ActivateFlow, refs_ok: bool, failed_update: set[str], unavailable: set[str]) -> str | None:
+    """Why a flow is not switched on without asking the platform, or None."""
+    if not refs_ok:
+        return "not attempted: not every reference change was written"
+    if op.flow_id.lower() in failed_update:
+        return "not attempted: its update after the rebind failed or did not finish"
+    if any(c.lower() in unavailable for c in op.children):
+        return "not attempted: a child flow it runs was not switched on"
+    return None
+
+
+def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list[ActivateFlow],
+               caller_object_id: str | None, updates: list[FlowOutcome],
+               refs_ok: bool) -> tuple[list[OpResult], list[FlowOutcome]]:
+    """Switch the flows on, pass by pass (children first), one request each, as the writer; then read them
+    back (through ``reader``, when given). A flow is not attempted when the references were not all written,
+    its update failed, or a child of it was not switched on."""
+    failed_update = {u.flow_id for u in updates if u.failing}
+    results: list[OpResult] = []
+    outcomes: dict[str, FlowOutcome] = {}
+    unavailable: set[str] = set(failed_update)
+    for number in sorted({a.pass_number for a in activations}):
+        for op in [a for a in activations if a.pass_number == number]:
+            fid = op.flow_id.lower()
+            why = _not_attempted(op, refs_ok, failed_update, unavailable)
+            if why is not None:
+                unavailable.add(fid)
+                results.append(OpResult(op, "not_written", why))
+                outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_attempted", why)
+                continue
+            try:
+                (r,) = writer.execute_batch([_activate(op)], caller_object_id=caller_object_id)
+            except ApiError as exc:
+                r = OperationResult(_activate(op), "failed", status=exc.status, error=exc, reason=str(exc))
+            result = _op_result(op, r)
+            results.append(result)
+            if result.outcome == "written":
+                outcomes[fid] = FlowOutcome(fid, op.logical_name, "switched_on")
+            else:
+                unavailable.add(fid)
+                outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_switched_on",
+                                            result.reason or "the platform refused to switch it on")
+    switched = [fid for fid, o in outcomes.items() if o.outcome == "switched_on"]
+    if switched and reader is not None:
+        state: dict[str, Any] = {}
+        for start in range(0, len(switched), FLOW_IDS_PER_READ):
+            chunk = [Guid(f) for f in switched[start:start + FLOW_IDS_PER_READ]]
+            for row in reader.get_all("workflows", select=("workflowid", "statecode"),
+                                      filter=any_of("workflowid", chunk)):
+                state[str(row.get("workflowid") or "").lower()] = row.get("statecode")
+        for fid in switched:
+            if state.get(fid) != 1:
+                o = outcomes[fid]
+                outcomes[fid] = FlowOutcome(fid, o.name, "not_on",
+                                            "switched on, but it is not on when read back: check it in the portal")
+    order = {a.flow_id.lower(): i for i, a in enumerate(activations)}
+    return results, sorted(outcomes.values(), key=lambda o: order.get(o.flow_id, 0))
 
 
 def _action(op: Op) -> str:
@@ -470,6 +744,11 @@ def _op_result(op: Op, r: OperationResult) -> OpResult:
 def _apply_error_message(result: ApplyResult) -> str:
     stale = [r for r in result.failed if "plan again" in r.reason]
     head = f"apply of environment {result.environment} did not complete"
+    if result.failing_flows and all(r.outcome == "written" for r in result.results
+                                    if not isinstance(r.op, ActivateFlow)):
+        names = ", ".join(f'"{f.name}"' for f in result.failing_flows)
+        head = (f"apply of environment {result.environment} wrote the references, but flows are left failing: "
+                f"{names}")
     if result.unknown:
         head += f": {unknown_outcome(len(result.unknown))}"
     elif stale:
@@ -494,8 +773,8 @@ def live_after_apply(live: LiveEnvironment, result: ApplyResult,
     missing: dict[str, bool] = {}  # id -> in the solution
     for r in result.written:
         op = r.op
-        if isinstance(op, ShareConnection):
-            continue  # a grant changes no reference
+        if isinstance(op, ShareConnection | ActivateFlow):
+            continue  # a grant or a flow switched on changes no reference
         if isinstance(op, DeleteReference):
             by_id.pop(op.reference_id or "", None)
             continue

@@ -37,12 +37,14 @@ from reconciler.config.checks import (
 from reconciler.config.yamlsource import Map, Scalar, Seq, YNode, describe, join_path, parse, walk
 from reconciler.domain.consolidation import DEFAULT_PER_DEVELOPER_POLICY, PER_DEVELOPER_POLICIES
 from reconciler.domain.model import (
+    DEFAULT_FLOW_WAIT_SECONDS,
     AuthProfile,
     AzureStateConfig,
     Binding,
     Config,
     DesiredReference,
     EnvironmentConfig,
+    FlowSettings,
     Selector,
     frozen_map,
 )
@@ -72,8 +74,11 @@ ENVIRONMENT_KEYS = (
     "connections_url",
     "cloud",
     "grant_access",
+    "flows",
 )
 ENVIRONMENT_REQUIRED = ("url",)
+FLOW_KEYS = ("activate", "keep_off", "wait_seconds")
+MAX_FLOW_WAIT_SECONDS = 3600
 SELECTOR_KEYS = ("owner", "display_name", "grant_access")
 SELECTOR_REQUIRED = ("owner",)
 # A binding by connection name with options: {name: <connection name>, grant_access: true}.
@@ -688,7 +693,8 @@ class _Validator:
         grants: set[str] = set()
         bindings = self.bindings(m.get("bindings"), join_path(field, "bindings"), references, grants)
         grant_access = self.boolean(m, "grant_access", field)
-        if url is None or url_node is None or bindings is None:
+        flows = self.flow_settings(m.get("flows"), join_path(field, "flows"))
+        if url is None or url_node is None or bindings is None or flows is None:
             return None
         return EnvironmentConfig(
             name=name,
@@ -705,7 +711,66 @@ class _Validator:
             location=m.loc,
             grant_access=grant_access,
             grant_bindings=frozenset(grants),
+            flows=flows,
         )
+
+    def flow_settings(self, node: YNode | None, field: str) -> FlowSettings | None:
+        """``flows:`` of an environment (docs/config.md): ``activate`` (a boolean), ``keep_off`` (flow names
+        or workflow ids, each once) and ``wait_seconds`` (0 to 3600). Absent: the defaults."""
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return FlowSettings()
+        m = self.mapping(node, field)
+        if m is None:
+            return None
+        ok = True
+        self.keys(m, field, FLOW_KEYS)
+        activate = True
+        a = m.get("activate")
+        if a is not None:
+            if isinstance(a, Scalar) and isinstance(a.value, bool):
+                activate = a.value
+            else:
+                self.type_error(a, join_path(field, "activate"), "true or false")
+                ok = False
+        keep_off: list[str] = []
+        k = m.get("keep_off")
+        if k is not None and not (isinstance(k, Scalar) and k.value is None):
+            if not isinstance(k, Seq):
+                self.type_error(k, join_path(field, "keep_off"), "a list of flow names or workflow ids")
+                ok = False
+            else:
+                seen: dict[str, int] = {}
+                for i, item in enumerate(k.items):
+                    path = join_path(join_path(field, "keep_off"), i)
+                    if not isinstance(item, Scalar) or not isinstance(item.value, str):
+                        self.type_error(item, path, "a flow name or workflow id (a string)")
+                        ok = False
+                    elif not item.value.strip():
+                        self.error(item, path, "must not be empty")
+                        ok = False
+                    elif item.value.strip().lower() in seen:
+                        first = seen[item.value.strip().lower()]
+                        self.error(item, path, f"'{item.value}' is already listed (item {first}); flow names "
+                                               "compare without case")
+                        ok = False
+                    else:
+                        seen[item.value.strip().lower()] = i
+                        keep_off.append(item.value.strip())
+        wait = DEFAULT_FLOW_WAIT_SECONDS
+        w = m.get("wait_seconds")
+        if w is not None:
+            path = join_path(field, "wait_seconds")
+            if not isinstance(w, Scalar) or not isinstance(w.value, int) or isinstance(w.value, bool):
+                self.type_error(w, path, "a whole number of seconds")
+                ok = False
+            elif not 0 <= w.value <= MAX_FLOW_WAIT_SECONDS:
+                self.error(w, path, f"must be from 0 to {MAX_FLOW_WAIT_SECONDS} seconds (got {w.value})")
+                ok = False
+            else:
+                wait = w.value
+        if not ok:
+            return None
+        return FlowSettings(activate=activate, keep_off=tuple(keep_off), wait_seconds=wait, location=m.loc)
 
     def url(self, m: Map, key: str, field: str, *, allow_local: bool) -> tuple[str | None, str | None]:
         """Returns ``(url, local_path)``; ``local_path`` is the absolute data file for ``local:PATH``."""

@@ -34,12 +34,14 @@ from reconciler.config.loader import (
     ENVIRONMENT_REQUIRED,
     FEDERATED_PROVIDERS,
     FILE_KEYS,
+    FLOW_KEYS,
     LEASE_MAX,
     LEASE_MIN,
     LINT_CODE_RE,
     LINT_KEYS,
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
+    MAX_FLOW_WAIT_SECONDS,
     MAX_KEY_PREFIX,
     NAMED_BINDING_KEYS,
     NAMED_BINDING_REQUIRED,
@@ -243,6 +245,20 @@ def _environment() -> dict[str, Any]:
                                     allow_local=False),
             "cloud": _string("The Microsoft cloud.", nullable=True, enum=CLOUDS),
             "grant_access": _grant_access(),
+            "flows": _mapping(
+                "Switching the solution's flows on after binding (docs/config.md#flows).",
+                {
+                    "activate": {"description": "Switch on the solution's flows that are off once their references "
+                                 "are bound (default true).", "type": "boolean"},
+                    "keep_off": {"description": "Flow names or workflow ids never switched on (compared without "
+                                 "case, each listed once).", "type": ["array", "null"],
+                                 "items": {"type": "string", "pattern": NONBLANK}},
+                    "wait_seconds": {"description": "How long apply waits for the flows to take the new connections "
+                                     "after a rebind (default 300).", "type": "integer", "minimum": 0,
+                                     "maximum": MAX_FLOW_WAIT_SECONDS},
+                },
+                FLOW_KEYS, nullable=True,
+            ),
         },
         ENVIRONMENT_KEYS, ENVIRONMENT_REQUIRED,
     )

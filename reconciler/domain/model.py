@@ -77,6 +77,26 @@ class AuthProfile:
     location: Location | None = field(default=None, compare=False)
 
 
+DEFAULT_FLOW_WAIT_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """An environment's ``flows:``: whether apply switches on the solution's flows that are off once
+    their references are bound (``activate``), the flows it never switches on (``keep_off``: names or
+    workflow ids, compared without case), and how long apply waits for the platform's asynchronous
+    update after a rebind (``wait_seconds``, docs/dataverse.md §5.7)."""
+
+    activate: bool = True
+    keep_off: tuple[str, ...] = ()
+    wait_seconds: int = DEFAULT_FLOW_WAIT_SECONDS
+    location: Location | None = field(default=None, compare=False)
+
+    def keeps_off(self, flow_id: str, flow_name: str) -> bool:
+        keys = {k.lower() for k in self.keep_off}
+        return flow_id.lower() in keys or flow_name.lower() in keys
+
+
 @dataclass(frozen=True)
 class EnvironmentConfig:
     """One environment under ``environments:``.
@@ -98,6 +118,7 @@ class EnvironmentConfig:
     # (the whole environment, or the bindings named here, lower case; docs/dataverse.md §4.8).
     grant_access: bool = False
     grant_bindings: frozenset[str] = frozenset()
+    flows: FlowSettings = field(default_factory=FlowSettings)
 
     def grants(self, logical_name: str) -> bool:
         """Whether apply may share the connection ``logical_name`` is bound to with the writer."""
@@ -284,6 +305,20 @@ class LiveFlow:
 
 
 @dataclass(frozen=True)
+class LiveDependent:
+    """A component that uses a connection reference, from ``RetrieveDependenciesForDelete``
+    (docs/dataverse.md §2.5, §2.7): ``kind`` "flow", "canvas_app", "bot", or "component" (another type,
+    named by its number); ``state`` as people read it ("On", "Off"...), when known."""
+
+    kind: str
+    id: str
+    name: str
+    component_type: int
+    state: str | None = None
+    owner_id: str | None = None
+
+
+@dataclass(frozen=True)
 class LiveSolution:
     id: str
     unique_name: str
@@ -318,6 +353,20 @@ class LiveEnvironment:
     # or no group share needed it). docs/dataverse.md §4.10.
     group_membership: Mapping[str, bool] = field(default_factory=frozen_map)
     group_check: str | None = None
+    # Reference id -> what uses it, for the references whose dependents were read (docs/dataverse.md §2.7).
+    dependents: Mapping[str, tuple[LiveDependent, ...]] = field(default_factory=frozen_map)
+    # Reference id -> the columns its unmanaged ("Active") layer changes, for the managed references whose
+    # layers were read (empty: no unmanaged layer; docs/dataverse.md §2.6).
+    layers: Mapping[str, tuple[str, ...]] = field(default_factory=frozen_map)
+
+    @property
+    def managed(self) -> bool:
+        """The environment's mode follows its solution: managed downstream, unmanaged in development."""
+        return bool(self.solution and self.solution.managed)
+
+    def flow(self, flow_id: str) -> LiveFlow | None:
+        key = flow_id.lower()
+        return next((f for f in self.flows if f.id.lower() == key), None)
 
     def connections_visibility_note(self) -> str | None:
         """Why a connection may be missing from ``connections`` although it exists, or None."""

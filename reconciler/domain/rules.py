@@ -28,20 +28,29 @@ so the same question gets the same answer, and the same problem the same code, e
 - **Lost answers.** Whether a write whose answer was lost took effect, judged from its row read back
   (``write_landed``), and what that says of its whole change set (``change_set_landed``;
   docs/dataverse.md §3.12).
+- **Downstream.** The mode of an environment, from its solution (``environment_mode``); which columns of
+  an unmanaged layer are customizations rather than what binding leaves (``layer_customizations``); which
+  of the solution's flows can be switched on, in which passes (children first), and why the others stay
+  off (``activation_verdict``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from reconciler.domain.model import (
+    FLOW_OFF,
+    FLOW_SUSPENDED,
     Binding,
     EnvironmentConfig,
+    FlowSettings,
     LiveConnection,
     LiveEnvironment,
+    LiveFlow,
     LiveReference,
+    LiveSolution,
     LiveUser,
     Permission,
     Selector,
@@ -110,6 +119,18 @@ CODES: Mapping[str, Code] = {
         Code("CR310", "solution-not-found", ERROR, "the config's solution does not exist in the environment"),
         Code("CR311", "case-duplicates", ERROR, "several live references have the declared name, ignoring case"),
         Code("CR312", "connector-changed", ERROR, "the live reference is for another connector than declared"),
+        # managed (downstream) environments, dependents and flows (plan)
+        Code("CR313", "not-in-managed-solution", ERROR,
+             "a declared reference is not in the environment's managed solution"),
+        Code("CR320", "managed-field-differs", WARNING,
+             "a managed reference's display name or description differs from the config (not changed downstream)"),
+        Code("CR321", "unmanaged-layer", WARNING, "an unmanaged layer customizes a managed reference"),
+        Code("CR322", "managed-not-pruned", INFO,
+             "an undeclared reference of a managed solution is left to the solution"),
+        Code("CR323", "delete-blocked", WARNING, "flows, apps or agents use a reference, so it is not deleted"),
+        Code("CR330", "flow-cannot-be-switched-on", WARNING,
+             "a flow of the solution stays off: it cannot be switched on"),
+        Code("CR331", "flow-kept-off", INFO, "a flow of the solution stays off: the config keeps it off"),
     )
 }
 
@@ -786,3 +807,176 @@ def change_set_landed(verdicts: Sequence[bool | None]) -> str:
     if told and not any(told):
         return NOT_WRITTEN
     return UNKNOWN
+
+
+# --------------------------------------------------------------------------- environments, dependents, flows
+#
+# The mode of an environment follows its solution (docs/dataverse.md §2.6): managed downstream (bind, owner,
+# switch flows on; everything else reported), unmanaged in development. What blocks a delete is what uses the
+# reference (docs/dataverse.md §2.7). A flow of the solution that is off can be switched on when every
+# reference it uses is bound to an existing, Connected connection the writer owns or has shared
+# (docs/dataverse.md §5.3, §5.8), after its children (docs/dataverse.md §5.6).
+
+UNMANAGED = "unmanaged"
+MANAGED = "managed"
+#: Columns a downstream environment is expected to set on a managed reference: a layer that changes only
+#: these is what binding leaves, not a customization to report (docs/dataverse.md §2.6).
+BINDING_COLUMNS = frozenset({"connectionid", "_ownerid_value", "ownerid", "owninguser", "_owninguser_value"})
+#: How a person reads the columns an unmanaged layer changes.
+COLUMN_LABELS = {"connectionreferencedisplayname": "display name", "description": "description",
+                 "connectionid": "connection", "_ownerid_value": "owner", "ownerid": "owner"}
+
+
+def environment_mode(solution: LiveSolution | None) -> str:
+    """The mode follows the solution: managed (downstream: bind, owner, switch flows on; everything else is
+    reported) or unmanaged (development: create, rename, add, prune). No solution: unmanaged (planning
+    refuses it anyway)."""
+    return MANAGED if solution is not None and solution.managed else UNMANAGED
+
+
+def layer_customizations(columns: Iterable[str]) -> tuple[str, ...]:
+    """The columns of an unmanaged layer that are customizations (not the binding or the owner), as people
+    read them; empty when the layer only holds what binding a managed reference leaves."""
+    out = {COLUMN_LABELS.get(c.lower(), c) for c in columns if c.lower() not in BINDING_COLUMNS}
+    return tuple(sorted(out))
+
+
+# --------------------------------------------------------------------------- switching flows on
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A flow to switch on, in pass ``pass_number`` (its children are on, or switched on in earlier passes)."""
+
+    flow: LiveFlow
+    pass_number: int
+
+
+@dataclass(frozen=True)
+class HeldFlow:
+    """A flow of the solution that stays off: ``kind`` "held" (``reasons`` say why it cannot be switched on),
+    "kept_off" (the config keeps it off) or "suspended"."""
+
+    flow: LiveFlow
+    kind: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ActivationVerdict:
+    activations: tuple[Activation, ...]
+    held: tuple[HeldFlow, ...]
+
+
+def activation_verdict(
+    solution_flows: Iterable[LiveFlow],
+    all_flows: Mapping[str, LiveFlow],
+    *,
+    bound_after: Mapping[str, str | None],
+    connection: Callable[[str], LiveConnection | None],
+    describe: Callable[[LiveConnection], str],
+    writer: LiveUser | None,
+    writer_label: str,
+    settings: FlowSettings,
+) -> ActivationVerdict:
+    """Which of the solution's flows that are off can be switched on once the plan's bindings are written,
+    in passes (a flow goes in the pass after the last of its children; docs/dataverse.md §5.6), and which
+    stay off and why.
+
+    ``bound_after``: lower-case logical name -> the connection name each reference will have after apply
+    (None: unbound); a name missing from it is a reference not in the environment. ``all_flows``: every
+    flow of the environment by lower-case id (children may live outside the solution). A flow can be
+    switched on when every reference it uses is bound to an existing, Connected connection the writer owns
+    or has shared (docs/dataverse.md §5.3, §5.8), every child flow is on or switched on before it, and the
+    config does not keep it off."""
+    candidates, held = _off_flows(solution_flows, settings)
+    blocked: dict[str, tuple[str, ...]] = {}
+    for flow in candidates:
+        reasons = _reference_reasons(flow, bound_after, connection, describe, writer, writer_label)
+        if reasons:
+            blocked[flow.id] = reasons
+    activations, waiting = _passes([f for f in candidates if f.id not in blocked], all_flows)
+    on = {fid for fid, f in all_flows.items() if f.state not in (FLOW_OFF, FLOW_SUSPENDED)}
+    on |= {a.flow.id.lower() for a in activations}
+    for f in waiting:
+        names = []
+        for child in f.children:
+            if child.lower() in on:
+                continue
+            c = all_flows.get(child.lower())
+            names.append(f'runs child flow "{c.name}", which stays off' if c is not None
+                         else f"runs child flow {child}, which is not in the environment")
+        blocked[f.id] = tuple(names) or ("its child flows run each other in a loop",)
+    held += [HeldFlow(f, "held", blocked[f.id]) for f in candidates if f.id in blocked]
+    held.sort(key=lambda h: (h.flow.name.lower(), h.flow.id))
+    return ActivationVerdict(tuple(activations), tuple(held))
+
+
+def _off_flows(solution_flows: Iterable[LiveFlow], settings: FlowSettings) -> tuple[list[LiveFlow], list[HeldFlow]]:
+    """The solution's flows that are off and may be switched on, and those that stay off whatever the
+    bindings: suspended, or kept off by the config."""
+    candidates: list[LiveFlow] = []
+    held: list[HeldFlow] = []
+    for flow in sorted(solution_flows, key=lambda f: (f.name.lower(), f.id)):
+        if flow.state == FLOW_SUSPENDED:
+            held.append(HeldFlow(flow, "suspended",
+                                 ("it is suspended: connref switches on only flows that are off",)))
+        elif flow.state != FLOW_OFF:
+            continue
+        elif not settings.activate:
+            held.append(HeldFlow(flow, "kept_off",
+                                 ("flow activation is off for this environment (flows.activate)",)))
+        elif settings.keeps_off(flow.id, flow.name):
+            held.append(HeldFlow(flow, "kept_off", ("the config keeps it off (flows.keep_off)",)))
+        else:
+            candidates.append(flow)
+    return candidates, held
+
+
+def _passes(ready_flows: list[LiveFlow], all_flows: Mapping[str, LiveFlow]) -> tuple[list[Activation], list[LiveFlow]]:
+    """Passes of flows to switch on: each flow in the pass after the last of its children (children that
+    are on already count as done); the flows whose children never come on are returned as waiting."""
+    on = {fid for fid, f in all_flows.items() if f.state not in (FLOW_OFF, FLOW_SUSPENDED)}
+    waiting = list(ready_flows)
+    activations: list[Activation] = []
+    number = 0
+    while waiting:
+        ready = [f for f in waiting if all(c.lower() in on for c in f.children)]
+        if not ready:
+            break
+        number += 1
+        activations.extend(Activation(f, number) for f in ready)
+        on.update(f.id.lower() for f in ready)
+        waiting = [f for f in waiting if f not in ready]
+    return activations, waiting
+
+
+def _reference_reasons(
+    flow: LiveFlow,
+    bound_after: Mapping[str, str | None],
+    connection: Callable[[str], LiveConnection | None],
+    describe: Callable[[LiveConnection], str],
+    writer: LiveUser | None,
+    writer_label: str,
+) -> tuple[str, ...]:
+    reasons: list[str] = []
+    for ln in flow.references:
+        key = ln.lower()
+        if key not in bound_after:
+            reasons.append(f"it uses reference {ln}, which is not in the environment")
+            continue
+        name = bound_after[key]
+        if not name:
+            reasons.append(f"reference {ln} has no connection: bind it in the config")
+            continue
+        conn = connection(name)
+        if conn is None:
+            reasons.append(f"reference {ln} is bound to connection {name}, which is not in the environment")
+        elif not is_connected(conn):
+            reasons.append(f"connection {describe(conn)} of reference {ln} has status {conn.status or 'unknown'}, "
+                           "not Connected")
+        elif not can_use(writer, conn):
+            reasons.append(f"connection {describe(conn)} of reference {ln} is neither owned by nor shared with "
+                           f"{writer_label}, which switches flows on: share it with {writer_label} or bind a "
+                           f"connection {writer_label} owns")
+    return tuple(reasons)

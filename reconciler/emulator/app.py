@@ -195,7 +195,8 @@ class EmulatorApp:
             traceback.print_exc(file=sys.stderr)
             response = HttpError(500, "0x80040216", "An unexpected error occurred.").response()
         # Token requests are POSTs that change nothing; every other successful write is saved.
-        wrote = request.method in _WRITE_METHODS and response.status < 400 and request.state.get("route") != "tokens"
+        wrote = (request.method in _WRITE_METHODS and response.status < 400 and request.state.get("route") != "tokens"
+                 and "batch_count" not in request.state)  # a $batch marks itself dirty when a part writes
         if self.persist and (wrote or request.state.get("dirty")):
             self.store.save()
         return response

@@ -1,6 +1,6 @@
-"""The quickstart's emulator data (``dev.json``, ``prod.json``), made deterministically.
+"""The quickstart's emulator data (``dev.json``, ``test.json``, ``prod.json``), made deterministically.
 
-    python examples/quickstart/make_data.py            # rewrite both files
+    python examples/quickstart/make_data.py            # rewrite the files
     python examples/quickstart/make_data.py --check    # exit 1 if the files differ from what it makes
 
 The data is in the format of ``docs/emulator-data.md`` and messy the way real environments are:
@@ -9,6 +9,12 @@ five-hex suffixes, display names like ``SharePoint Solution1-30e7d``), flows use
 references for the same connector, one reference's connection is broken, one reference (made
 outside the solution) is unbound, and connections belong to the makers as well as to the service
 account. prod is tidier.
+
+test is what a pipeline leaves after importing the solution *managed* (``pac solution import``, docs/
+dataverse.md §2.6): the solution and its references and flows are managed, the references are unbound and
+owned by the pipeline's application user, and the flows are off, among them a parent flow that runs a child
+flow (docs/dataverse.md §5.5). connref binds the references, makes the service account their owner and
+switches the flows on, the child first. A canvas app uses one of the references there too.
 
 Every id comes from a seeded random generator, so running this again gives the same files. The one
 exception is the emulator's token-signing key: it is generated once and then kept from the existing
@@ -28,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 APIS = "/providers/Microsoft.PowerApps/apis/"
-TYPE_CONNREF = {"dev": 10150, "prod": 10063}  # org-specific on purpose: read it at run time
+TYPE_CONNREF = {"dev": 10150, "test": 10077, "prod": 10063}  # org-specific on purpose: read it at run time
+CANVAS_APP = 300  # solutioncomponent componenttype "Canvas App" (docs/dataverse.md §2.5)
 COMPONENT_WORKFLOW = 29
 
 SHAREPOINT = "shared_sharepointonline"
@@ -76,8 +83,11 @@ def demo_secret(directory: Path) -> str:
 class EnvBuilder:
     """Builds one environment's data; rows keep the Web API's column names."""
 
-    def __init__(self, name: str, url: str, people: list[tuple[str, str]]) -> None:
+    def __init__(self, name: str, url: str, people: list[tuple[str, str]], *, managed: bool = False,
+                 settings: dict[str, Any] | None = None) -> None:
         self.name = name
+        self.managed = managed
+        self.settings = dict(settings or {})
         self.ids = Ids(f"contoso-{name}")
         self.version = 1200
         self.clock = 0
@@ -116,13 +126,14 @@ class EnvBuilder:
             "solutionid": SOLUTION_ID,
             "uniquename": "ContosoFlows",
             "friendlyname": "Contoso Flows",
-            "ismanaged": False,
+            "ismanaged": managed,
             "publisher_prefix": "contoso",
         }
         self.connections: list[dict[str, Any]] = []
         self.references: list[dict[str, Any]] = []
         self.components: list[dict[str, Any]] = []
         self.workflows: list[dict[str, Any]] = []
+        self.canvasapps: list[dict[str, Any]] = []
 
     def next_version(self) -> int:
         self.version += 7
@@ -191,7 +202,7 @@ class EnvBuilder:
         day: int,
         in_solution: bool = True,
     ) -> None:
-        uid = self.users[owner]["systemuserid"]
+        uid = self.owner_id(owner)
         self.clock += 1
         stamp = self.when(day, 10)
         self.references.append(
@@ -204,7 +215,7 @@ class EnvBuilder:
                 "description": None,
                 "statecode": 0,
                 "statuscode": 1,
-                "ismanaged": False,
+                "ismanaged": self.managed and in_solution,
                 "promptingbehavior": 0,
                 "_ownerid_value": uid,
                 "_createdby_value": uid,
@@ -218,6 +229,10 @@ class EnvBuilder:
         )
         if in_solution:
             self.component(ref_id, TYPE_CONNREF[self.name])
+
+    def owner_id(self, owner: str) -> str:
+        """A person's systemuserid, or the application user's for ``APP_NAME`` (what an import leaves)."""
+        return str(self.app_user["systemuserid"] if owner == APP_NAME else self.users[owner]["systemuserid"])
 
     def component(self, object_id: str, componenttype: int) -> None:
         self.components.append(
@@ -237,23 +252,41 @@ class EnvBuilder:
         uses: list[tuple[str, str, str]],
         on: bool,
         in_solution: bool = True,
+        children: tuple[str, ...] = (),
+        child: bool = False,
     ) -> None:
-        """``uses``: (clientdata key, connector, reference logical name); keys are shared_x, shared_x-1..."""
-        self.workflows.append(
-            {
-                "workflowid": flow_id,
-                "name": name,
-                "category": 5,
-                "type": 1,
-                "statecode": 1 if on else 0,
-                "statuscode": 2 if on else 1,
-                "_ownerid_value": self.users[owner]["systemuserid"],
-                "clientdata": clientdata(uses),
-                "versionnumber": self.next_version(),
-            }
-        )
+        """``uses``: (clientdata key, connector, reference logical name); keys are shared_x, shared_x-1...
+        ``children``: the workflow ids it runs ("Run a Child Flow"); ``child``: it is one (a manual trigger)."""
+        row: dict[str, Any] = {
+            "workflowid": flow_id,
+            "name": name,
+            "category": 5,
+            "type": 1,
+            "statecode": 1 if on else 0,
+            "statuscode": 2 if on else 1,
+            "ismanaged": self.managed and in_solution,
+            "_ownerid_value": self.owner_id(owner),
+            "clientdata": clientdata(uses, children=children, child=child),
+            "versionnumber": self.next_version(),
+        }
+        if on:
+            row["published_once"] = True
+        self.workflows.append(row)
         if in_solution:
             self.component(flow_id, COMPONENT_WORKFLOW)
+
+    def canvas_app(self, app_id: str, name: str, owner: str, uses: list[str]) -> None:
+        """A canvas app of the solution that uses these references (docs/dataverse.md §2.5)."""
+        self.canvasapps.append({
+            "canvasappid": app_id,
+            "name": "contoso_" + "".join(ch for ch in name.lower() if ch.isalnum()),
+            "displayname": name,
+            "ismanaged": self.managed,
+            "_ownerid_value": self.owner_id(owner),
+            "versionnumber": self.next_version(),
+            "connection_references": uses,
+        })
+        self.component(app_id, CANVAS_APP)
 
     def build(self, signing_key_pem: str, secret: str) -> dict[str, Any]:
         return {
@@ -265,6 +298,7 @@ class EnvBuilder:
                 "logical_name_immutable": True,
                 "delete_in_use_status": 400,
                 "page_size_default": 5000,
+                **self.settings,
             },
             "signing_key_pem": signing_key_pem,
             "applications": [
@@ -284,13 +318,18 @@ class EnvBuilder:
             "connectionreferences": self.references,
             "solutioncomponents": self.components,
             "workflows": self.workflows,
+            "canvasapps": self.canvasapps,
+            "bots": [],
+            "asyncoperations": [],
             "connections": self.connections,
             "next_versionnumber": self.version + 1000,
         }
 
 
-def clientdata(uses: list[tuple[str, str, str]]) -> str:
-    """A flow definition in the solution-aware clientdata shape (docs/dataverse.md §5.2)."""
+def clientdata(uses: list[tuple[str, str, str]], *, children: tuple[str, ...] = (), child: bool = False) -> str:
+    """A flow definition in the solution-aware clientdata shape (docs/dataverse.md §5.2): an automated trigger
+    on its first connector, or a manual one for a child flow; ``children`` are run with the "Run a Child
+    Flow" action (``"type": "Workflow"``, ``inputs.host.workflowReferenceName``, docs/dataverse.md §5.5)."""
     refs = {
         key: {
             "runtimeSource": "embedded",
@@ -300,8 +339,8 @@ def clientdata(uses: list[tuple[str, str, str]]) -> str:
         for key, api, logical in uses
     }
     first_key, first_api, _ = uses[0]
-    actions = {}
-    for i, (key, api, _) in enumerate(uses[1:], start=1):
+    actions: dict[str, Any] = {}
+    for i, (key, api, _) in enumerate(uses if child else uses[1:], start=1):
         actions[f"Step_{i}_{api.removeprefix('shared_')}"] = {
             "type": "OpenApiConnection",
             "inputs": {
@@ -329,9 +368,15 @@ def clientdata(uses: list[tuple[str, str, str]]) -> str:
                     "authentication": "@parameters('$authentication')",
                 },
             }
-        },
+        } if not child else {"manual": {"type": "Request", "kind": "Button", "inputs": {"schema": {}}}},
         "actions": actions,
     }
+    for n, child_id in enumerate(children, start=1):
+        actions[f"Run_a_Child_Flow_{n}"] = {
+            "type": "Workflow",
+            "inputs": {"host": {"workflowReferenceName": child_id}, "body": {}},
+            "runAfter": {},
+        }
     return json.dumps(
         {"properties": {"connectionReferences": refs, "definition": definition}, "schemaVersion": "1.0.0.0"},
         separators=(",", ":"),
@@ -358,16 +403,26 @@ REF_TEAMS = _SHARED.guid()
 FLOW_INTAKE = _SHARED.guid()
 FLOW_APPROVAL = _SHARED.guid()
 FLOW_NOTIFY = _SHARED.guid()
+# Shipped with the solution's newer version that test has (made in dev by the quickstart's first apply).
+FLOW_POST = _SHARED.guid()
+APP_TRACKER = _SHARED.guid()
+REF_TEAMS_NEW = _SHARED.guid()
 
 LN_SP_30E7D = "contoso_sharedsharepointonline_30e7d"
 LN_SP_8F4B0 = "contoso_sharedsharepointonline_8f4b0"
 LN_OUTLOOK = "contoso_sharedoffice365_d4c61"
 LN_DATAVERSE = "contoso_sharedcommondataserviceforapps_7b2e9"
 LN_TEAMS = "contoso_sharedteams_c93f2"
+LN_TEAMS_NEW = "contoso_Teams"  # declared in the config: created in dev, shipped to test in the solution
+
+
+# dev and prod answer a rebind's asynchronous update of the flows at once; test takes a second, as the
+# platform does (docs/dataverse.md §5.7), so the demo shows connref waiting for it.
+AT_ONCE = {"rebind_propagation_seconds": 0}
 
 
 def make_dev() -> EnvBuilder:
-    b = EnvBuilder("dev", "https://contoso-dev.crm4.dynamics.com", [MAKER1, MAKER2, SVC])
+    b = EnvBuilder("dev", "https://contoso-dev.crm4.dynamics.com", [MAKER1, MAKER2, SVC], settings=AT_ONCE)
     sp_m1 = b.connection(SHAREPOINT, MAKER1[0], day=2)
     sp_m2 = b.connection(SHAREPOINT, MAKER2[0], day=3)
     b.connection(SHAREPOINT, SVC[0], day=5)
@@ -415,8 +470,57 @@ def make_dev() -> EnvBuilder:
     return b
 
 
+def make_test() -> EnvBuilder:
+    """After ``pac solution import`` of the managed solution: references unbound and owned by the pipeline's
+    application user, flows off; the service account's connections exist (it signed in once)."""
+    b = EnvBuilder("test", "https://contoso-test.crm4.dynamics.com", [MAKER2, SVC], managed=True,
+                   settings={"rebind_propagation_seconds": 1})
+    b.connection(SHAREPOINT, SVC[0], day=20)
+    b.connection(OUTLOOK, SVC[0], day=20)
+    b.connection(DATAVERSE, SVC[0], day=20)
+    b.connection(TEAMS, SVC[0], day=20)
+    b.connection(SHAREPOINT, MAKER2[0], day=21)  # a tester's own, never to be bound
+
+    b.reference(REF_SP_30E7D, LN_SP_30E7D, "SharePoint ContosoFlows", SHAREPOINT, None, APP_NAME, 19)
+    b.reference(REF_SP_8F4B0, LN_SP_8F4B0, "SharePoint ContosoFlows Approvals", SHAREPOINT, None, APP_NAME, 19)
+    b.reference(REF_OUTLOOK, LN_OUTLOOK, "Office 365 Outlook ContosoFlows", OUTLOOK, None, APP_NAME, 19)
+    b.reference(REF_DATAVERSE, LN_DATAVERSE, "Microsoft Dataverse ContosoFlows", DATAVERSE, None, APP_NAME, 19)
+    b.reference(REF_TEAMS_NEW, LN_TEAMS_NEW, "Microsoft Teams ContosoFlows", TEAMS, None, APP_NAME, 19)
+    b.references[-1]["description"] = "Posts to the finance channel"
+    b.references[0]["description"] = "Invoice library and approvals list"
+    b.flow(
+        FLOW_INTAKE,
+        "Invoice intake",
+        APP_NAME,
+        [(SHAREPOINT, SHAREPOINT, LN_SP_30E7D), (OUTLOOK, OUTLOOK, LN_OUTLOOK)],
+        on=False,
+    )
+    b.flow(
+        FLOW_POST,
+        "Post to finance channel",
+        APP_NAME,
+        [(TEAMS, TEAMS, LN_TEAMS_NEW)],
+        on=False,
+        child=True,
+    )
+    b.flow(
+        FLOW_APPROVAL,
+        "Invoice approval",
+        APP_NAME,
+        [
+            (SHAREPOINT, SHAREPOINT, LN_SP_8F4B0),
+            (f"{SHAREPOINT}-1", SHAREPOINT, LN_SP_30E7D),
+            (DATAVERSE, DATAVERSE, LN_DATAVERSE),
+        ],
+        on=False,
+        children=(FLOW_POST,),
+    )
+    b.canvas_app(APP_TRACKER, "Invoice tracker", APP_NAME, [LN_SP_30E7D])
+    return b
+
+
 def make_prod() -> EnvBuilder:
-    b = EnvBuilder("prod", "https://contoso.crm4.dynamics.com", [MAKER2, SVC])
+    b = EnvBuilder("prod", "https://contoso.crm4.dynamics.com", [MAKER2, SVC], settings=AT_ONCE)
     sp_svc = b.connection(SHAREPOINT, SVC[0], day=10)
     outlook_svc = b.connection(OUTLOOK, SVC[0], day=10)
     dataverse_svc = b.connection(DATAVERSE, SVC[0], day=10)
@@ -452,9 +556,13 @@ def make_prod() -> EnvBuilder:
 # where the schema is). examples/quickstart/connref.yaml is this with the repository's schema path.
 CONFIG_BODY = """\
 # The quickstart: one clean set of connection references for the ContosoFlows solution, bound in
-# each environment to connections owned by the flows service account. The two environments are
+# each environment to connections owned by the flows service account. The three environments are
 # served by connref's built-in emulator from the JSON files next to this one (no tenant needed);
 # `apply` writes back into those files, so try it on a copy (`make demo` does).
+#   dev   the makers' environment: the solution is unmanaged, connref creates, renames and rebinds.
+#   test  the solution was imported managed by the pipeline: connref binds the references, makes the
+#         service account their owner and switches the flows on (child flows first).
+#   prod  an older, unmanaged install, tidied up.
 version: 1
 solution: ContosoFlows
 
@@ -490,6 +598,19 @@ environments:
       contoso_sharedoffice365_d4c61: {owner: svc-flows@contoso.com}
       contoso_sharedcommondataserviceforapps_7b2e9: shared-commondataser-02b6ee82-a4ff-46ec-8360-751ab6c28b1b
       contoso_Teams: 8f70942eabcb416e8a0f9861272ee570
+  test:
+    url: local:test.json
+    auth: demo
+    service_account: svc-flows@contoso.com
+    bindings:
+      contoso_sharedsharepointonline_30e7d: {owner: svc-flows@contoso.com}
+      contoso_sharedsharepointonline_8f4b0: {owner: svc-flows@contoso.com}
+      contoso_sharedoffice365_d4c61: {owner: svc-flows@contoso.com}
+      contoso_sharedcommondataserviceforapps_7b2e9: {owner: svc-flows@contoso.com}
+      contoso_Teams: {owner: svc-flows@contoso.com}
+    flows:
+      activate: true        # the default: switch on the solution's flows once their references are bound
+      wait_seconds: 120     # how long apply waits for the platform to update the flows after a rebind
   prod:
     url: local:prod.json
     auth: demo
@@ -523,13 +644,13 @@ def new_demo_secret() -> str:
 
 
 def quickstart_files(*, schema_path: str) -> dict[str, str]:
-    """The quickstart as file name -> content: the config, both environments' data with fresh signing keys,
+    """The quickstart as file name -> content: the config, every environment's data with fresh signing keys,
     and a fresh demo secret (``connref init --emulator`` writes them)."""
     from .jwt import new_signing_key_pem
 
     secret = new_demo_secret()
     files = {"connref.yaml": config_text(schema_path), ".demo-secret": secret + "\n"}
-    for name, make in (("dev.json", make_dev), ("prod.json", make_prod)):
+    for name, make in (("dev.json", make_dev), ("test.json", make_test), ("prod.json", make_prod)):
         files[name] = dumps(make().build(new_signing_key_pem(), secret))
     return files
 
@@ -551,7 +672,7 @@ def build_all(out_dir: Path) -> dict[str, str]:
     """File name -> content. Keys come from the existing files; missing ones are generated."""
     out: dict[str, str] = {}
     secret = demo_secret(out_dir)
-    for name, make in (("dev.json", make_dev), ("prod.json", make_prod)):
+    for name, make in (("dev.json", make_dev), ("test.json", make_test), ("prod.json", make_prod)):
         key = existing_key(out_dir / name)
         if key is None:
             from .jwt import new_signing_key_pem

@@ -39,6 +39,9 @@ class LogEntry:
 
     @property
     def is_write(self) -> bool:
+        """A write request; a ``$batch`` only when one of its parts writes (a batch of GETs reads)."""
+        if self.batch_count is not None:
+            return any(p.method not in ("GET", "HEAD") for p in self.parts)
         return self.method in ("POST", "PATCH", "PUT", "DELETE")
 
 
@@ -65,6 +68,10 @@ class RequestLog(list[LogEntry]):
 
     def count_requests(self, method: str | None = None, path: str | None = None) -> int:
         return len(self.matching(method, path))
+
+    def count_writes(self, path: str | None = None) -> int:
+        """Requests that wrote (``LogEntry.is_write``: a ``$batch`` of GETs is a read) whose path matches."""
+        return sum(1 for e in self.matching(None, path) if e.is_write)
 
     def inner_requests(self) -> list[BatchPart]:
         """Every request carried inside the logged ``$batch`` requests, in order."""

@@ -84,17 +84,28 @@ class OwnerInfo:
 
 @dataclass(frozen=True)
 class FlowInfo:
-    """A cloud flow that uses a reference (named in delete plans)."""
+    """A component that uses a reference, as a plan names it: a cloud flow (``kind`` "flow"), a canvas app
+    ("canvas_app") or a Copilot Studio agent ("bot"), with its state and owner (UPN) when known."""
 
     id: str
     name: str
+    kind: str = "flow"
+    state: str | None = None
+    owner: str | None = None
+
+    def describe(self) -> str:
+        """``flow "Invoice approval" (On, owner svc-flows@contoso.com)``."""
+        label = {"flow": "flow", "canvas_app": "canvas app", "bot": "agent"}.get(self.kind, self.kind)
+        facts = [f for f in (self.state, f"owner {self.owner}" if self.owner else None) if f]
+        return f'{label} "{self.name}"' + (f" ({', '.join(facts)})" if facts else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name}
+        return {"id": self.id, "name": self.name, "kind": self.kind, "state": self.state, "owner": self.owner}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FlowInfo:
-        return cls(id=d["id"], name=d["name"])
+        return cls(id=d["id"], name=d["name"], kind=d.get("kind") or "flow", state=d.get("state"),
+                   owner=d.get("owner"))
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,12 @@ class UpdateReference(Operation):
     new_connection: ConnectionInfo | None = None
     old_owner: OwnerInfo | None = None
     new_owner: OwnerInfo | None = None
+    # What uses the reference (flows, apps, agents): a rebind reaches them all.
+    dependents: tuple[FlowInfo, ...] = ()
+
+    @property
+    def rebinds(self) -> bool:
+        return self.change("connection") is not None
 
     def change(self, name: str) -> FieldChange | None:
         return next((c for c in self.changes if c.field == name), None)
@@ -257,6 +274,7 @@ class UpdateReference(Operation):
             "new_connection": _opt_dict(self.new_connection),
             "old_owner": _opt_dict(self.old_owner),
             "new_owner": _opt_dict(self.new_owner),
+            "dependents": [f.to_dict() for f in self.dependents],
         }
 
     @classmethod
@@ -268,6 +286,7 @@ class UpdateReference(Operation):
             new_connection=_opt(ConnectionInfo, d.get("new_connection")),
             old_owner=_opt(OwnerInfo, d.get("old_owner")),
             new_owner=_opt(OwnerInfo, d.get("new_owner")),
+            dependents=tuple(FlowInfo.from_dict(f) for f in d.get("dependents", ())),
         )
 
 
@@ -343,13 +362,70 @@ class ShareConnection(Operation):
                    principal=d["principal"], role=d.get("role", "CanView"))
 
 
-Op = CreateReference | UpdateReference | AddToSolution | DeleteReference | ShareConnection
+
+@dataclass(frozen=True, kw_only=True)
+class ActivateFlow(Operation):
+    """Switch on a flow of the solution that is off, once every reference it uses is bound (docs/dataverse.md
+    §5.6, §5.8). ``logical_name`` holds the flow's name (what a person reads); ``flow_id`` is what apply
+    writes to; ``pass_number`` orders the switching: children in earlier passes than their parents;
+    ``references`` and ``children`` are what the flow needs; ``etag`` is the flow's row as read."""
+
+    kind: ClassVar[str] = "activate_flow"
+    actions: ClassVar[tuple[str, ...]] = ("update",)
+
+    flow_id: str
+    pass_number: int = 1
+    owner: str | None = None
+    references: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return f"{self.environment}.flows.{self.logical_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "flow_id": self.flow_id, "pass_number": self.pass_number,
+                "owner": self.owner, "references": list(self.references), "children": list(self.children)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ActivateFlow:
+        return cls(**cls._base_kwargs(d), flow_id=d["flow_id"], pass_number=int(d.get("pass_number", 1)),
+                   owner=d.get("owner"), references=tuple(d.get("references", ())),
+                   children=tuple(d.get("children", ())))
+
+
+
+Op = CreateReference | UpdateReference | AddToSolution | DeleteReference | ShareConnection | ActivateFlow
 
 _KINDS: dict[str, Any] = {
-    cls.kind: cls for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference, ShareConnection)
+    cls.kind: cls
+    for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference, ShareConnection, ActivateFlow)
 }
 #: Every operation kind a plan may hold (a saved plan's schema lists the same, saved-plan-1.json).
 OPERATION_KINDS: tuple[str, ...] = tuple(_KINDS)
+
+
+@dataclass(frozen=True)
+class FlowNote:
+    """A flow of the solution that stays off, and why: ``kind`` "held" (it cannot be switched on: a
+    reference unbound, a connection the writer may not use, a child that stays off), "kept_off" (the
+    config keeps it off, or flow activation is off for the environment) or "suspended"."""
+
+    flow_id: str
+    name: str
+    kind: str
+    reasons: tuple[str, ...] = ()
+    state: str | None = None
+    owner: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flow_id": self.flow_id, "name": self.name, "kind": self.kind, "reasons": list(self.reasons),
+                "state": self.state, "owner": self.owner}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FlowNote:
+        return cls(flow_id=d["flow_id"], name=d["name"], kind=d["kind"], reasons=tuple(d.get("reasons", ())),
+                   state=d.get("state"), owner=d.get("owner"))
 
 
 def operation_from_dict(d: Mapping[str, Any]) -> Op:
@@ -379,11 +455,11 @@ class Counts:
 
     @classmethod
     def of(cls, ops: Iterable[Op]) -> Counts:
-        """Counted per reference, as Terraform counts per resource: adding a reference to the solution and
-        renaming it is one change. The plan's summary and the apply's (over the operations written) both
-        count this way, so an apply reports what its plan announced."""
+        """Counted per resource, as Terraform counts: adding a reference to the solution and renaming it is
+        one change; switching a flow on is a change of that flow. The plan's summary and the apply's (over
+        the operations written) both count this way, so an apply reports what its plan announced."""
         ops = list(ops)
-        changed = {(op.environment, op.logical_name.lower()) for op in ops if op.actions == ("update",)}
+        changed = {op.address.lower() for op in ops if op.actions == ("update",)}
         return cls(
             add=sum(1 for op in ops if "create" in op.actions),
             change=len(changed),
@@ -427,6 +503,18 @@ class EnvironmentPlan:
     fingerprint: str = ""
     facts: ApplyFacts | None = None
     connections_scope: str = "admin"
+    # "unmanaged" (development: create, rename, add, prune) or "managed" (downstream: bind, owner, flows),
+    # from the environment's solution (docs/dataverse.md §2.6).
+    mode: str = "unmanaged"
+    flow_notes: tuple[FlowNote, ...] = ()
+
+    @property
+    def reference_ops(self) -> tuple[Op, ...]:
+        return tuple(op for op in self.ops if not isinstance(op, ActivateFlow))
+
+    @property
+    def activations(self) -> tuple[ActivateFlow, ...]:
+        return tuple(op for op in self.ops if isinstance(op, ActivateFlow))
 
     @property
     def counts(self) -> Counts:
@@ -444,6 +532,8 @@ class EnvironmentPlan:
             "fingerprint": self.fingerprint,
             "apply_facts": _opt_dict(self.facts),
             "connections_scope": self.connections_scope,
+            "mode": self.mode,
+            "flow_notes": [n.to_dict() for n in self.flow_notes],
         }
 
     @classmethod
@@ -455,6 +545,8 @@ class EnvironmentPlan:
             fingerprint=d.get("fingerprint", ""),
             facts=_opt(ApplyFacts, d.get("apply_facts")),
             connections_scope=str(d.get("connections_scope") or "admin"),
+            mode=d.get("mode") or "unmanaged",
+            flow_notes=tuple(FlowNote.from_dict(n) for n in d.get("flow_notes", ())),
         )
 
 

@@ -11,6 +11,14 @@ Rules, in the order a reader meets them:
 - Every binding is checked before anything is written: the connection exists, is for the same connector,
   is Connected (docs/dataverse.md §4.4), and the identity that writes owns it or has it shared, which
   Dataverse requires to set ``connectionid`` (docs/dataverse.md §4.6, §5.3).
+- The environment's mode follows its solution (docs/dataverse.md §2.6). In a managed (downstream) environment
+  the plan binds and sets owners only: a declared reference missing there is refused (it ships in the
+  solution), a display-name or description difference and an unmanaged layer are reported, never written,
+  and prune leaves the solution's references alone.
+- Every rebind and delete names what uses the reference (flows, canvas apps, agents; docs/dataverse.md
+  §2.5, §2.7): a delete something depends on is not planned.
+- After the references, the solution's flows that are off and can be switched on once the bindings are
+  written are, in passes, children first; the others are listed with why (docs/dataverse.md §5.6, §5.8).
 - Every problem of the plan is collected and raised as one ``PlanError``, so the user fixes all at once.
 
 Each verdict above (who writes, whether a binding may be used, which fields differ) is the rules layer's
@@ -34,6 +42,7 @@ from reconciler.domain.model import (
     DesiredReference,
     EnvironmentConfig,
     LiveConnection,
+    LiveDependent,
     LiveEnvironment,
     LiveReference,
     Selector,
@@ -42,6 +51,7 @@ from reconciler.domain.model import (
 from reconciler.domain.rules import Problem, problem
 from reconciler.errors import PlanError
 from reconciler.plan.ops import (
+    ActivateFlow,
     AddToSolution,
     ApplyFacts,
     ConnectionInfo,
@@ -50,6 +60,7 @@ from reconciler.plan.ops import (
     EnvironmentPlan,
     FieldChange,
     FlowInfo,
+    FlowNote,
     Op,
     OwnerInfo,
     Plan,
@@ -111,6 +122,34 @@ def plan(
     )
 
 
+def dependency_candidates(
+    config: Config,
+    lives: Mapping[str, LiveEnvironment],
+    *,
+    prune: bool | None = None,
+    managed: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Per environment, the ids of the references the plan would rebind or delete: the ones whose
+    dependents (``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7) must be read before the real plan
+    names them and keeps every delete something uses. An environment whose plan is refused has none (the
+    refusal comes again with the real plan)."""
+    do_prune = config.prune if prune is None else prune
+    out: dict[str, list[str]] = {}
+    for name, env in config.environments.items():
+        if name not in lives:
+            continue
+        try:
+            env_plan = plan_environment(config, env, lives[name], prune=do_prune,
+                                        managed=(managed or {}).get(name, ()))
+        except PlanProblems:
+            continue
+        ids = [op.reference_id for op in env_plan.ops if op.reference_id and (
+            isinstance(op, DeleteReference) or (isinstance(op, UpdateReference) and op.rebinds))]
+        if ids:
+            out[name] = ids
+    return out
+
+
 def plan_environment(
     config: Config,
     env: EnvironmentConfig,
@@ -143,6 +182,8 @@ def live_fingerprint(live: LiveEnvironment) -> str:
                 [c.name.lower(), connector_name(c.connector), c.status, (c.owner_object_id or "").lower()]
                 for c in live.connections
             ),
+            # Flows: a plan that switches flows on is stale once one was switched on or off, or edited.
+            "flows": sorted([f.id.lower(), f.state, f.etag] for f in live.flows),
         }
     )
 
@@ -180,6 +221,7 @@ def config_digest(config: Config) -> str:
                     "bindings": {k: binding(v) for k, v in e.bindings.items()},
                     **({"grant_access": e.grant_access, "grant_bindings": sorted(e.grant_bindings)}
                        if e.grant_access or e.grant_bindings else {}),
+                    "flows": [e.flows.activate, sorted(k.lower() for k in e.flows.keep_off)],
                 }
                 for name, e in config.environments.items()
             },
@@ -188,6 +230,11 @@ def config_digest(config: Config) -> str:
 
 
 # --------------------------------------------------------------------------- one environment
+
+
+def quoted(value: str | None) -> str:
+    """A text value as a plan quotes it: ``"SharePoint"``, or ``empty``."""
+    return json.dumps(value, ensure_ascii=False) if value else "empty"
 
 
 class _EnvPlanner:
@@ -201,6 +248,11 @@ class _EnvPlanner:
         self.warnings: list[str] = []
         self.fingerprint = live_fingerprint(live)
         self.shares: dict[str, ShareConnection] = {}  # connection name (lower) -> the grant it needs
+        self.mode = rules.environment_mode(live.solution)
+        self.managed_env = self.mode == rules.MANAGED
+
+    def warn(self, code: str, ref: str | None, message: str, fix: str) -> None:
+        self.warnings.append(problem(code, message, fix, environment=self.env.name, subject=ref).line())
 
     # ---- helpers
 
@@ -241,9 +293,10 @@ class _EnvPlanner:
             raise PlanProblems(self.problems)
         order = {"share": -1, "add_to_solution": 0, "create": 1, "update": 2, "delete": 3}
         ops.sort(key=lambda op: (op.logical_name.lower(), order[op.kind]))
+        activations, notes = self.plan_flows(ops)
         return EnvironmentPlan(
             environment=self.env.name,
-            ops=tuple(ops),
+            ops=(*ops, *activations),
             warnings=tuple(self.warnings),
             fingerprint=self.fingerprint,
             connections_scope=self.live.connections_scope,
@@ -251,6 +304,8 @@ class _EnvPlanner:
                 writer_object_id=rules.impersonated_object_id(self.env.service_account, self.live),
                 component_type=self.live.component_type,
             ),
+            mode=self.mode,
+            flow_notes=notes,
         )
 
     def plan_reference(self, desired: DesiredReference, matches: list[LiveReference]) -> list[Op]:
@@ -262,6 +317,17 @@ class _EnvPlanner:
             return []
         binding = self.bindings.get(name)
         target = self.resolve(desired, binding) if binding is not None else None
+        if self.managed_env and (not matches or not matches[0].in_solution):
+            where = ("is not in environment " if not matches else "is in environment ") + self.env.name + (
+                "" if not matches else " only outside the solution")
+            self.problem(
+                "CR313", name,
+                f"declared in the config but {where}, whose solution {self.config.solution} is managed; connref "
+                "does not create references or add them to a managed solution",
+                f"ship it in the solution: add it to {self.config.solution} in development, export the solution "
+                "as managed and import the new version here, then apply again",
+            )
+            return []
         if not matches:
             return [self.create(desired, target)]
         return self.update(desired, matches[0], binding, target)
@@ -351,7 +417,11 @@ class _EnvPlanner:
         # Unbound in the config: the live binding is left alone (it may be set by hand or by another tool).
         # Without a service account the owner is left alone too.
         new_owner = self.new_owner()
-        expected: dict[str, str | None] = {"display_name": desired.display_name, "description": desired.description}
+        managed_ref = self.managed_env or ref.managed
+        if managed_ref:
+            self.report_managed(desired, ref)
+        expected: dict[str, str | None] = {} if managed_ref else {
+            "display_name": desired.display_name, "description": desired.description}
         if target is not None:
             expected["connection"] = target.name
         if new_owner is not None:
@@ -400,29 +470,82 @@ class _EnvPlanner:
                     new_connection=new_conn,
                     old_owner=old_owner if new_owner else None,
                     new_owner=new_owner,
+                    dependents=self.dependents_of(ref) if new_conn is not None else (),
                 )
             )
         return ops
 
+    def report_managed(self, desired: DesiredReference, ref: LiveReference) -> None:
+        """A managed reference: its display name and description come with the solution (a difference is
+        reported, never written); an unmanaged layer over it is reported (docs/dataverse.md §2.6)."""
+        for field, live_value, wanted in (("display name", ref.display_name, desired.display_name),
+                                          ("description", ref.description, desired.description)):
+            if not rules.same("display_name", live_value, wanted):
+                self.warn(
+                    "CR320", ref.logical_name,
+                    f"the {field} is {quoted(live_value)} here but {quoted(wanted)} in the config; the "
+                    "reference is part of a managed solution, so connref does not change it here (a change made "
+                    "here would stay as an unmanaged layer over the solution)",
+                    f"change it in development and ship it with the next version of {self.config.solution}",
+                )
+        columns = rules.layer_customizations(self.live.layers.get(ref.id.lower(), ()))
+        if columns:
+            self.warn(
+                "CR321", ref.logical_name,
+                f"an unmanaged layer over the managed solution changes its {', '.join(columns)} in environment "
+                f"{self.env.name}, hiding what the solution ships",
+                "remove the active customization (the reference's solution layers: Remove active customizations) "
+                "and make the change in development",
+            )
+
+    def dependents_of(self, ref: LiveReference) -> tuple[FlowInfo, ...]:
+        """What uses a reference: from ``RetrieveDependenciesForDelete`` when it was read, else the flows
+        whose ``clientdata`` names it (docs/dataverse.md §2.5, §5.2)."""
+        read = self.live.dependents.get(ref.id.lower())
+        if read is not None:
+            return tuple(self.dependent_info(d) for d in read)
+        key = ref.logical_name.lower()
+        return tuple(
+            FlowInfo(f.id, f.name, "flow", f.state_name, self.user_label(f.owner_id))
+            for f in sorted(self.live.flows, key=lambda f: (f.name.lower(), f.id))
+            if key in {r.lower() for r in f.references}
+        )
+
+    def dependent_info(self, dep: LiveDependent) -> FlowInfo:
+        flow = self.live.flow(dep.id) if dep.kind == "flow" else None
+        if flow is not None:
+            return FlowInfo(flow.id, flow.name, "flow", flow.state_name, self.user_label(flow.owner_id))
+        return FlowInfo(dep.id, dep.name, dep.kind, dep.state, self.user_label(dep.owner_id))
+
+    def user_label(self, systemuserid: str | None) -> str | None:
+        user = self.live.user(systemuserid)
+        return user.describe() if user else systemuserid
+
     def plan_prune(self, by_name: Mapping[str, list[LiveReference]], managed: set[str]) -> list[Op]:
-        """Delete references connref manages that the config no longer declares, unless flows use them.
-        References connref never managed are never deleted."""
+        """Delete references connref manages that the config no longer declares, unless something uses them
+        (flows, canvas apps, agents: ``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7). References
+        connref never managed are never deleted, nor managed components (they go with their solution)."""
         declared = {n.lower() for n in self.config.references}
         ops: list[Op] = []
         for key, refs in sorted(by_name.items()):
             if key in declared or key not in managed:
                 continue
             for ref in refs:
-                flows = tuple(
-                    FlowInfo(f.id, f.name)
-                    for f in self.live.flows
-                    if key in {r.lower() for r in f.references}
-                )
-                if flows:
-                    names = ", ".join(sorted(f'"{f.name}"' for f in flows))
-                    self.warnings.append(
-                        f"{self.env.name}: {ref.logical_name} is no longer declared but is not deleted: "
-                        f"flows still use it: {names}"
+                if self.managed_env or ref.managed:
+                    self.warn(
+                        "CR322", ref.logical_name,
+                        f"no longer declared, but it is part of the managed solution {self.config.solution}, so "
+                        "prune leaves it",
+                        "remove it from the solution in development; the next managed import removes it here",
+                    )
+                    continue
+                users = self.dependents_of(ref)
+                if users:
+                    self.warn(
+                        "CR323", ref.logical_name,
+                        "no longer declared but not deleted: " + "; ".join(u.describe() for u in users)
+                        + (" uses" if len(users) == 1 else " use") + " it",
+                        "bind them to another reference, or remove them, before pruning it",
                     )
                     continue
                 owner = self.owner_info(ref.owner_id)
@@ -442,10 +565,61 @@ class _EnvPlanner:
                             "owner": owner.describe() if owner else None,
                             "in_solution": ref.in_solution,
                         },
-                        flows=flows,
+                        flows=users,
                     )
                 )
         return ops
+
+    # ---- flows
+
+    def plan_flows(self, ops: list[Op]) -> tuple[tuple[ActivateFlow, ...], tuple[FlowNote, ...]]:
+        """The solution's flows that are off: which apply switches on once the bindings are written, in
+        passes (children first), and which stay off and why (``rules.activation_verdict``)."""
+        sol = self.config.solution.lower()
+        solution_flows = [f for f in self.live.flows if any(s.lower() == sol for s in f.solutions)]
+        bound: dict[str, str | None] = {r.logical_name.lower(): r.connection for r in self.live.references}
+        for op in ops:
+            if isinstance(op, CreateReference):
+                bound[op.logical_name.lower()] = op.connection.name if op.connection else None
+            elif isinstance(op, UpdateReference) and op.new_connection is not None:
+                bound[op.logical_name.lower()] = op.new_connection.name
+            elif isinstance(op, DeleteReference):
+                bound.pop(op.logical_name.lower(), None)
+        writer = self.writer
+        who = writer.describe() if writer else "the identity that writes"
+        verdict = rules.activation_verdict(
+            solution_flows,
+            {f.id.lower(): f for f in self.live.flows},
+            bound_after=bound,
+            connection=self.live.connection,
+            describe=lambda c: rules.describe_connection(c, self.live),
+            writer=writer,
+            writer_label=who,
+            settings=self.env.flows,
+        )
+        activations = []
+        for a in verdict.activations:
+            f = a.flow
+            needs = " after its child flows" if f.children else ""
+            activations.append(ActivateFlow(
+                environment=self.env.name,
+                logical_name=f.name,
+                etag=f.etag or None,
+                reason=f"off, and every reference it uses will be bound to a connection {who} may use; "
+                       f"switched on as {who}{needs}",
+                before={"state": f.state_name},
+                after={"state": "On"},
+                flow_id=f.id,
+                pass_number=a.pass_number,
+                owner=self.user_label(f.owner_id),
+                references=f.references,
+                children=f.children,
+            ))
+        notes = tuple(
+            FlowNote(h.flow.id, h.flow.name, h.kind, h.reasons, h.flow.state_name, self.user_label(h.flow.owner_id))
+            for h in verdict.held
+        )
+        return tuple(activations), notes
 
     # ---- bindings
 

@@ -19,11 +19,13 @@ from reconciler.domain.text import html_text, inert, md, md_code
 from reconciler.errors import problem_lines
 from reconciler.plan.ops import (
     FORMAT_VERSION,
+    ActivateFlow,
     AddToSolution,
     Counts,
     CreateReference,
     DeleteReference,
     EnvironmentPlan,
+    FlowNote,
     Op,
     Plan,
     ShareConnection,
@@ -35,7 +37,8 @@ NO_CHANGES = "No changes. The connection references match the configuration."
 _CALLER_SCOPE = ("listed in the caller's scope only (the admin list was refused): other owners' connections "
                  "are hidden from this plan; see the warning below")
 
-_SYMBOL = {"create": "+", "update": "~", "add_to_solution": "~", "delete": "-", "share": "+"}
+_SYMBOL = {"create": "+", "update": "~", "add_to_solution": "~", "delete": "-", "share": "+",
+           "activate_flow": "~"}
 _COLOR = {"+": "32", "~": "33", "-": "31"}  # ANSI green, yellow, red
 _HEADLINE = {
     "create": "will be created",
@@ -43,6 +46,7 @@ _HEADLINE = {
     "add_to_solution": "will be added to solution {solution}",
     "delete": "will be destroyed",
     "share": "needs its connection shared with the identity that writes",
+    "activate_flow": "will be switched on",
 }
 
 
@@ -69,17 +73,9 @@ def _field_lines(op: Op) -> list[tuple[str, str | None, str]]:
             lines.append(("owner", None, op.owner.describe()))
         return lines
     if isinstance(op, UpdateReference):
-        lines = []
-        for c in op.changes:
-            if c.field == "connection":
-                old = op.old_connection.describe() if op.old_connection else (c.before or "(unbound)")
-                new = op.new_connection.describe() if op.new_connection else (c.after or "(unbound)")
-            elif c.field == "owner":
-                old, new = c.before or "(none)", c.after or "(none)"
-            else:
-                old, new = _value(c.before), _value(c.after)
-            lines.append((c.field, old, new))
-        return lines
+        return _update_lines(op)
+    if isinstance(op, ActivateFlow):
+        return _activation_lines(op)
     if isinstance(op, AddToSolution):
         return [("solution", "(none)", op.solution)]
     if isinstance(op, ShareConnection):
@@ -88,15 +84,60 @@ def _field_lines(op: Op) -> list[tuple[str, str | None, str]]:
     if isinstance(op, DeleteReference):
         lines = [("display_name", None, _value(op.before.get("display_name")))]
         lines.append(("connection", None, op.before.get("connection") or "(unbound)"))
-        if op.flows:
-            lines.append(("used by flows", None, ", ".join(_value(f.name) for f in op.flows)))
+        for d in op.flows:
+            lines.append(("used by", None, d.describe()))
         return lines
     raise TypeError(f"not an operation: {op!r}")
 
 
+def _update_lines(op: UpdateReference) -> list[tuple[str, str | None, str]]:
+    lines: list[tuple[str, str | None, str]] = []
+    for c in op.changes:
+        if c.field == "connection":
+            old = op.old_connection.describe() if op.old_connection else (c.before or "(unbound)")
+            new = op.new_connection.describe() if op.new_connection else (c.after or "(unbound)")
+        elif c.field == "owner":
+            old, new = c.before or "(none)", c.after or "(none)"
+        else:
+            old, new = _value(c.before), _value(c.after)
+        lines.append((c.field, old, new))
+    # What a rebind reaches: the flows, apps and agents that use the reference.
+    for d in op.dependents:
+        lines.append(("used by", None, d.describe()))
+    return lines
+
+
+def _activation_lines(op: ActivateFlow) -> list[tuple[str, str | None, str]]:
+    lines: list[tuple[str, str | None, str]] = [("state", op.before.get("state") or "Off", "On")]
+    if op.owner:
+        lines.append(("owner", None, op.owner))
+    if op.references:
+        lines.append(("uses", None, ", ".join(op.references)))
+    if op.pass_number > 1:
+        lines.append(("pass", None, f"{op.pass_number} (after its child flows)"))
+    return lines
+
+
 def _headline(op: Op) -> str:
     solution = op.solution if isinstance(op, AddToSolution | CreateReference) else ""
-    return f"{op.logical_name} " + _HEADLINE[op.kind].format(solution=solution)
+    subject = f'flow "{op.logical_name}"' if isinstance(op, ActivateFlow) else op.logical_name
+    return f"{subject} " + _HEADLINE[op.kind].format(solution=solution)
+
+
+def _subject(op: Op) -> str:
+    if isinstance(op, ShareConnection):
+        return op.describe()
+    return f'flow "{op.logical_name}"' if isinstance(op, ActivateFlow) else op.logical_name
+
+
+def env_header(env: EnvironmentPlan, solution: str) -> str:
+    """``Environment test (solution ContosoFlows, managed)``: the mode follows the solution."""
+    return f"Environment {inert(env.environment)} (solution {inert(solution)}, {env.mode})"
+
+
+def note_line(note: FlowNote) -> str:
+    """``flow "Nightly cleanup" stays off: the config keeps it off (flows.keep_off)``."""
+    return f'flow "{note.name}" stays off: ' + "; ".join(note.reasons)
 
 
 # Every value shown comes from the config or from live data (display names, connection and flow names,
@@ -116,7 +157,7 @@ def render_text(plan: Plan, *, color: bool) -> str:
 
     out: list[str] = []
     for env in plan.environments:
-        out.append(paint("1", f"Environment {inert(env.environment)} (solution {inert(plan.solution)}):"))
+        out.append(paint("1", env_header(env, plan.solution) + ":"))
         if env.connections_scope == "user":
             out.append(f"  {paint('1;33', 'Connections:')} {_CALLER_SCOPE}")
         if not env.ops:
@@ -125,14 +166,16 @@ def render_text(plan: Plan, *, color: bool) -> str:
             symbol = _SYMBOL[op.kind]
             out.append("")
             out.append(f"  # {inert(_headline(op))}")
-            label = op.describe() if isinstance(op, ShareConnection) else op.logical_name
-            out.append(f"  {paint(_COLOR[symbol], symbol)} {inert(label)}")
+            out.append(f"  {paint(_COLOR[symbol], symbol)} {inert(_subject(op))}")
             for name, old, new in _field_lines(op):
                 if old is None:
                     out.append(f"      {name}: {inert(new)}")
                 else:
                     out.append(f"      {paint(_COLOR['~'], '~')} {name}: {inert(old)} -> {inert(new)}")
             out.append(f"      reason: {inert(op.reason)}")
+        for n in env.flow_notes:
+            out.append("")
+            out.append(f"  {paint('1', 'Note:')} {inert(note_line(n))}")
         for w in env.warnings:
             out.append("")
             out.append(f"  {paint('1;33', 'Warning:')} {inert(w)}")
@@ -162,9 +205,10 @@ def _change_json(op: Op) -> dict[str, Any]:
         "reference_id": op.reference_id,
         "etag": op.etag,
     }
-    for key in ("changes", "old_connection", "new_connection", "connection", "flows", "principal_id",
+    for key in ("changes", "old_connection", "new_connection", "connection", "flows", "dependents",
+                "flow_id", "pass_number", "owner", "references", "children", "principal_id",
                 "principal_type", "principal", "role"):
-        if key in d:
+        if key in d and not (key == "owner" and not isinstance(op, ActivateFlow)):
             change[key] = d[key]
     return change
 
@@ -176,6 +220,8 @@ def _env_json(env: EnvironmentPlan) -> dict[str, Any]:
         "summary": env.counts.to_dict(),
         "warnings": list(env.warnings),
         "connections_scope": env.connections_scope,
+        "mode": env.mode,
+        "flow_notes": [n.to_dict() for n in env.flow_notes],
     }
 
 
@@ -237,6 +283,10 @@ def _row(op: Op, cell_limit: int | None = None) -> str:
     return f"| {action} | {md_code(op.logical_name, table=True)} | {changes} | {reason} |"
 
 
+def _note_md(note: FlowNote) -> str:
+    return f"> **Note:** {md(note_line(note))}"
+
+
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -255,7 +305,7 @@ _TABLE_HEAD = ["| | Reference | Changes | Reason |", "|---|---|---|---|"]
 
 
 def _env_title(env: EnvironmentPlan, solution: str) -> str:
-    return f"#### Environment {md_code(env.environment)} (solution {md_code(solution)})"
+    return f"#### Environment {md_code(env.environment)} (solution {md_code(solution)}, {env.mode})"
 
 
 def _counts_text(counts: Counts) -> str:
@@ -289,6 +339,8 @@ def _env_section(env: EnvironmentPlan, solution: str) -> list[str]:
         out.extend(["No changes.", ""])
     else:
         out.extend([*_TABLE_HEAD, *(_row(op) for op in env.ops), ""])
+    for n in env.flow_notes:
+        out.extend([_note_md(n), ""])
     for w in env.warnings:
         out.extend([f"> **Warning:** {md(w)}", ""])
     return out
@@ -320,7 +372,8 @@ def _folded(plan: Plan, head: list[str], limit: int, hint: str | None) -> str:
         if hidden:
             block.extend([f"… and {hidden} more change{'s' if hidden != 1 else ''} in {md_code(env.environment)} "
                           f"not shown here.{where}", ""])
-        warnings = [f"> **Warning:** {_clip(md(w), _CELL_LIMIT)}" for w in env.warnings]
+        warnings = [_clip(_note_md(n), _CELL_LIMIT) for n in env.flow_notes]
+        warnings += [f"> **Warning:** {_clip(md(w), _CELL_LIMIT)}" for w in env.warnings]
         kept = []
         for w in warnings:
             if budget - len(w) - 2 < 0:

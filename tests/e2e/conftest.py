@@ -37,10 +37,10 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     apps: dict[str, EmulatorApp] = {}
     servers: dict[str, TlsServer] = {}
     try:
-        for env in ("dev", "prod"):
+        for env in ("dev", "test", "prod"):
             store = EnvironmentStore.from_file(str(QUICKSTART / f"{env}.json"))
             store.path = None  # served from memory: the example file stays untouched
-            if apps:  # one tenant signs every token: both environments trust the same key
+            if apps:  # one tenant signs every token: every environment trusts the same key
                 store.data["signing_key_pem"] = apps["dev"].store.data["signing_key_pem"]
             apps[env] = EmulatorApp(store)
             servers[env] = serve_https(apps[env], tls)
@@ -50,7 +50,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
                 f"    url: local:{env}.json\n",
                 f"    url: {base}\n    connections_url: {base}\n    environment_id: {env_id}\n",
             )
-        # One tenant: MSAL asks dev's token endpoint for both environments' tokens.
+        # One tenant: MSAL asks dev's token endpoint for every environment's tokens.
         authority = f"    authority_host: {servers['dev'].base_url}"
         text = text.replace("    client_secret_file: .demo-secret",
                             "    client_secret_file: .demo-secret\n" + authority)

@@ -154,7 +154,8 @@ def wait_for_byte(fd: int, what: str, proc: subprocess.Popen[str]) -> None:
 
 
 class BatchGate:
-    """WSGI middleware in front of an emulator app: every ``POST .../$batch`` waits until ``release()``.
+    """WSGI middleware in front of an emulator app: every ``POST .../$batch`` that writes (holds a change set)
+    waits until ``release()``; a batch of reads passes.
 
     Deterministic where a latency fault is not: the first apply holds its lock for exactly as long as the
     test wants, whatever the machine's speed. The emulator app itself answers every request unchanged;
@@ -169,6 +170,10 @@ class BatchGate:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
+        if is_batch:
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            is_batch = b"changeset_" in body
         if is_batch:
             self.reached.set()
             self._open.wait(TIMEOUT)

@@ -173,6 +173,7 @@ PAGES: dict[str, Page] = {
         before={("connref validate", 2): _docs_example_config},
         exit_codes={"connref validate#2": 1},
     ),
+    "docs/promotion.md": Page(_quickstart),
     "docs/service-account.md": Page(_quickstart),
 }
 

@@ -93,7 +93,7 @@ def _start(*args: str) -> Iterator[Running]:
 def data(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
-    for env in ("dev", "prod"):
+    for env in ("dev", "test", "prod"):
         shutil.copy(QUICKSTART / f"{env}.json", d / f"{env}.json")
     return d
 
@@ -120,7 +120,8 @@ def _connref(config: Path, printed: Printed, *args: str) -> subprocess.Completed
 
 def test_the_printed_session_signs_in_and_plans(data: Path, tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in data.iterdir()}
-    running = _start("--tls", "--data", str(data / "dev.json"), "--data", str(data / "prod.json"))
+    running = _start("--tls", "--data", str(data / "dev.json"), "--data", str(data / "test.json"),
+                     "--data", str(data / "prod.json"))
     run = next(running)
     printed = run.printed
     assert re.match(r"^dev: https://127\.0\.0\.1:\d+  <- ", printed.lines[0])  # first line unchanged in form
@@ -132,7 +133,7 @@ def test_the_printed_session_signs_in_and_plans(data: Path, tmp_path: Path) -> N
     config = _config_from(printed, tmp_path)
     r = _connref(config, printed, "plan", "--detailed-exitcode")
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "Plan: 2 to add, 5 to change, 0 to destroy." in r.stdout
+    assert "Plan: 2 to add, 13 to change, 0 to destroy." in r.stdout
     r = _connref(config, printed, "whoami", "-e", "dev")
     assert "authenticated as:" in r.stdout, r.stdout + r.stderr
     next(running, None)  # stop it
@@ -141,7 +142,8 @@ def test_the_printed_session_signs_in_and_plans(data: Path, tmp_path: Path) -> N
 
 
 def test_with_persist_the_session_secret_stays_out_of_the_data(data: Path, tmp_path: Path) -> None:
-    running = _start("--tls", "--persist", "--data", str(data / "dev.json"), "--data", str(data / "prod.json"))
+    running = _start("--tls", "--persist", "--data", str(data / "dev.json"), "--data", str(data / "test.json"),
+                     "--data", str(data / "prod.json"))
     printed = next(running).printed
     config = _config_from(printed, tmp_path)
     r = _connref(config, printed, "apply", "--auto-approve", "-e", "dev")

@@ -44,12 +44,13 @@ def test_sigterm_during_start_up_prints_no_traceback(quickstart: Workspace) -> N
 
 
 def test_an_apply_that_fails_does_not_say_complete(served: Served) -> None:
-    served.apps["dev"].faults.add("error", BATCH, status=403)
+    # dev's first $batch reads what uses the references it rebinds; the second, its writes, is refused.
+    served.apps["dev"].faults.add("error", BATCH, status=403, after=1)
     r = served.run("apply", "--auto-approve")
     assert r.code == 1
     assert "Apply complete!" not in r.out
-    # prod was written; dev's $batch was refused, so its four changes were not.
-    assert "Apply failed: 1 added, 2 changed, 0 destroyed; 4 change(s) not written." in r.out
+    # prod and test were written; dev's $batch was refused, so its four changes were not.
+    assert "Apply failed: 1 added, 10 changed, 0 destroyed; 4 change(s) not written." in r.out
     assert r.err.startswith("Error: ") or "\nError: " in r.err
     assert "Traceback" not in r.err
 
@@ -57,7 +58,7 @@ def test_an_apply_that_fails_does_not_say_complete(served: Served) -> None:
 def test_an_apply_that_succeeds_still_says_complete(served: Served) -> None:
     r = served.run("apply", "--auto-approve")
     assert r.code == 0, r.err
-    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in r.out
+    assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in r.out
     assert "Apply failed" not in r.out
 
 

@@ -37,10 +37,10 @@ def test_init_emulator_writes_the_quickstart_ready_to_plan(tmp_path: Path) -> No
     target = tmp_path / "try"
     r = run_cli("init", "--emulator", str(target))
     assert r.code == 0, r.err
-    assert {p.name for p in target.iterdir()} == {"connref.yaml", "dev.json", "prod.json", ".demo-secret",
-                                                  "connref.schema.json"}
+    assert {p.name for p in target.iterdir()} == {"connref.yaml", "dev.json", "test.json", "prod.json",
+                                                  ".demo-secret", "connref.schema.json"}
     assert f"cd {target} && connref plan" in r.out
-    for env in ("dev", "prod"):
+    for env in ("dev", "test", "prod"):
         made = json.loads((target / f"{env}.json").read_text())
         assert _without_keys(made) == _without_keys(json.loads((QUICKSTART / f"{env}.json").read_text()))
     config = (target / "connref.yaml").read_text()
@@ -51,7 +51,7 @@ def test_init_emulator_writes_the_quickstart_ready_to_plan(tmp_path: Path) -> No
     ws = Workspace(target, target / "connref.yaml")
     r = ws.run("plan", "--detailed-exitcode")
     assert r.code == 2, r.err
-    assert "Plan: 2 to add, 5 to change, 0 to destroy." in r.out
+    assert "Plan: 2 to add, 13 to change, 0 to destroy." in r.out
     assert ws.run("apply", "--auto-approve").code == 0
     assert ws.run("plan", "--detailed-exitcode").code == 0
 
@@ -140,12 +140,12 @@ def test_bash_completes_commands_and_options(tmp_path: Path, line: str, expected
 @needs_bash
 def test_bash_completes_environment_names_from_the_config(quickstart: Workspace, tmp_path: Path) -> None:
     cfg = str(quickstart.config)
-    assert _complete(f"connref plan -c {cfg} -e ", tmp_path) == ["dev", "prod"]
+    assert _complete(f"connref plan -c {cfg} -e ", tmp_path) == ["dev", "prod", "test"]
     assert _complete(f"connref -c {cfg} lint --env p", tmp_path) == ["prod"]
-    assert _complete(f"connref -c {cfg} state show ", tmp_path) == ["dev", "prod"]
+    assert _complete(f"connref -c {cfg} state show ", tmp_path) == ["dev", "prod", "test"]
     # Without -c: $CONNREF_CONFIG, else connref.yaml here.
-    assert _complete("connref whoami -e ", quickstart.dir) == ["dev", "prod"]
-    assert _complete("connref whoami -e ", tmp_path, env={"CONNREF_CONFIG": cfg}) == ["dev", "prod"]
+    assert _complete("connref whoami -e ", quickstart.dir) == ["dev", "prod", "test"]
+    assert _complete("connref whoami -e ", tmp_path, env={"CONNREF_CONFIG": cfg}) == ["dev", "prod", "test"]
     assert _complete("connref whoami -e ", tmp_path) == []  # no config: nothing, and no error
 
 
@@ -159,7 +159,7 @@ def test_bash_completes_file_names_where_a_file_goes(tmp_path: Path) -> None:
 
 def test_list_environments(quickstart: Workspace, tmp_path: Path) -> None:
     r = run_cli("completion", "--list-environments", "-c", str(quickstart.config))
-    assert (r.code, r.out) == (0, "dev\nprod\n")
+    assert (r.code, r.out) == (0, "dev\ntest\nprod\n")
     r = run_cli("completion", "--list-environments", "-c", str(tmp_path / "missing.yaml"))
     assert (r.code, r.out, r.err) == (0, "", "")
 

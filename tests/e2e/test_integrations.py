@@ -62,14 +62,14 @@ def test_action_plans_with_the_summary_and_outputs_then_applies_the_saved_plan(w
     assert run.outputs["exit-code"] == "2" and run.outputs["changes"] == "true"
     assert run.outputs["markdown"].endswith("connref-plan.md")
     assert run.summary.startswith("<!-- connref:plan -->\n### connref plan")
-    assert "**Plan: 2 to add, 5 to change, 0 to destroy.**" in run.summary
+    assert "**Plan: 2 to add, 13 to change, 0 to destroy.**" in run.summary
     assert (workspace / "plan.json").is_file()
     # connref's own output is passed through with workflow commands switched off around it.
     assert re.search(r"^::stop-commands::(\w+)$.*^::\1::$", run.stdout, re.M | re.S)
 
     applied = run_action({"command": "apply", "args": "plan.json"}, workspace=workspace, runner_temp=runner_temp)
     assert applied.code == 0, applied.stdout + applied.stderr
-    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in applied.stdout
+    assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in applied.stdout
     assert applied.outputs["exit-code"] == "0" and applied.outputs["markdown"] == ""
 
     again = run_action({"command": "plan", "environments": "dev"}, workspace=workspace, runner_temp=runner_temp)

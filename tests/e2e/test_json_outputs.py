@@ -80,7 +80,7 @@ def test_show_prints_a_saved_plan_as_text_and_as_the_plan_document(quickstart: W
     shown = quickstart.run("show", str(plan_path))
     assert shown.code == 0, shown.err
     assert f"Saved plan {plan_path}" in shown.out and "dev: made against no state yet" in shown.out
-    assert "+ contoso_Teams" in shown.out and "Plan: 2 to add, 5 to change, 0 to destroy." in shown.out
+    assert "+ contoso_Teams" in shown.out and "Plan: 2 to add, 13 to change, 0 to destroy." in shown.out
 
     js = quickstart.run("show", str(plan_path), "--json", "--markdown", str(quickstart.dir / "show.md"))
     doc = _one_document(js.out)
@@ -88,7 +88,7 @@ def test_show_prints_a_saved_plan_as_text_and_as_the_plan_document(quickstart: W
     assert doc["changes"] == planned["changes"] and doc["summary"] == planned["summary"]
     assert doc["saved_plan"]["environments"]["dev"] == {"state_serial": None, "state_lineage": None}
     md = (quickstart.dir / "show.md").read_text()
-    assert md.startswith(PLAN_MARKER + "\n") and "Plan: 2 to add, 5 to change, 0 to destroy." in md
+    assert md.startswith(PLAN_MARKER + "\n") and "Plan: 2 to add, 13 to change, 0 to destroy." in md
 
     assert quickstart.run("apply", "--auto-approve").code == 0
     quickstart.run("plan", "--out", str(plan_path))

@@ -24,9 +24,9 @@ JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+
 
 
 def _use_canary(ws: Workspace) -> None:
-    """Register the canary as a secret of the pipeline app in both environments, and point the auth
+    """Register the canary as a secret of the pipeline app in every environment, and point the auth
     profile at an environment variable instead of the demo secret file."""
-    for env in ("dev", "prod"):
+    for env in ("dev", "test", "prod"):
         path = ws.dir / f"{env}.json"
         data = json.loads(path.read_text())
         for app in data["applications"]:

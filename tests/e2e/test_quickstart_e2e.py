@@ -41,7 +41,8 @@ def test_apply_then_plan_is_clean_and_second_apply_writes_nothing(quickstart: Wo
     before = quickstart.reference("dev", "contoso_sharedsharepointonline_8f4b0")
     r = quickstart.run("apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
-    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in r.out
+    # dev and prod: 2 created, 5 updated; test: 5 references bound and 3 flows switched on.
+    assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in r.out
 
     after = quickstart.reference("dev", "contoso_sharedsharepointonline_8f4b0")
     assert after["connectionreferencedisplayname"] == "SharePoint ContosoFlows Approvals"
@@ -61,7 +62,7 @@ def test_apply_then_plan_is_clean_and_second_apply_writes_nothing(quickstart: Wo
     assert r.code == 0, r.out + r.err
     assert "No changes." in r.out
 
-    files = {env: (quickstart.dir / f"{env}.json").read_bytes() for env in ("dev", "prod")}
+    files = {env: (quickstart.dir / f"{env}.json").read_bytes() for env in ("dev", "test", "prod")}
     r = quickstart.run("apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert "No changes" in r.out

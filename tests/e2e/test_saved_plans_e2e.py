@@ -134,7 +134,7 @@ def test_a_saved_plan_as_written_is_applied(quickstart: Workspace) -> None:
     path = saved_plan(quickstart)
     r = quickstart.run("apply", str(path))
     assert r.code == 0, r.out + r.err
-    assert "Apply complete! Changes: 2 added, 5 changed, 0 destroyed." in r.out
+    assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in r.out
 
 
 @pytest.mark.parametrize(("name", "edit", "said"), STEERED, ids=[s[0] for s in STEERED])

@@ -24,7 +24,9 @@ SUFFIX_RE = re.compile(r"contoso_shared[a-z0-9]+_[0-9a-f]{5}")
 TOP_KEYS = {
     "format", "environment", "settings", "signing_key_pem", "applications", "systemusers", "solutions",
     "connectionreferences", "solutioncomponents", "workflows", "connections", "next_versionnumber",
+    "canvasapps", "bots", "asyncoperations",
 }  # fmt: skip
+ENVS = ("dev", "test", "prod")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def resolve(d: dict[str, Any], connector: str, binding: str | Selector) -> list[
 
 def test_config_is_valid_and_uses_both_binding_forms(config: Config) -> None:
     assert config.solution == "ContosoFlows"
-    assert set(config.environments) == {"dev", "prod"}
+    assert set(config.environments) == set(ENVS)
     for env in config.environments.values():
         assert env.is_local and env.local_path == str(QUICKSTART / f"{env.name}.json")
         assert env.service_account == "svc-flows@contoso.com"
@@ -77,12 +79,12 @@ def test_config_is_valid_and_uses_both_binding_forms(config: Config) -> None:
 
 def test_data_is_what_the_generator_makes() -> None:
     files = generator().build_all(QUICKSTART)
-    assert set(files) == {"dev.json", "prod.json"}
+    assert set(files) == {f"{e}.json" for e in ENVS}
     for name, text in files.items():
         assert (QUICKSTART / name).read_text(encoding="utf-8") == text, "run examples/quickstart/make_data.py"
 
 
-@pytest.mark.parametrize("env", ["dev", "prod"])
+@pytest.mark.parametrize("env", ENVS)
 def test_data_follows_the_documented_format(env: str) -> None:
     d = data(env)
     assert set(d) == TOP_KEYS
@@ -138,7 +140,7 @@ def test_data_follows_the_documented_format(env: str) -> None:
 
 def test_the_application_and_its_secret() -> None:
     secret = (QUICKSTART / ".demo-secret").read_text(encoding="utf-8").strip()
-    for env in ("dev", "prod"):
+    for env in ENVS:
         d = data(env)
         (app,) = d["applications"]
         assert app["display_name"] == "connref pipeline" and app["management_app"] is True
@@ -152,7 +154,7 @@ def test_the_application_and_its_secret() -> None:
 
 def test_auth_profile_matches_the_tenant_and_app(config: Config) -> None:
     demo = config.auth["demo"]
-    for env in ("dev", "prod"):
+    for env in ENVS:
         d = data(env)
         assert demo.tenant_id == d["environment"]["tenant_id"]
         assert demo.client_id == d["applications"][0]["client_id"]
@@ -199,7 +201,32 @@ def test_dev_is_messy_the_way_the_field_describes() -> None:
     assert len(used["shared_sharepointonline"]) == 2
 
 
-@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_test_is_what_a_managed_import_leaves(config: Config) -> None:
+    """The pipeline imported the solution managed (docs/dataverse.md §2.6): every declared reference is in it,
+    managed, unbound and owned by the importing application's user; the flows are managed and off, one of
+    them runs a child flow (docs/dataverse.md §5.5); a canvas app uses a reference."""
+    d = data("test")
+    (solution,) = d["solutions"]
+    assert solution["uniquename"] == config.solution and solution["ismanaged"] is True
+    app_user = next(u for u in d["systemusers"] if u["applicationid"])
+    refs = {r["connectionreferencelogicalname"]: r for r in d["connectionreferences"]}
+    assert set(refs) == set(config.references)
+    for name, row in refs.items():
+        assert row["ismanaged"] is True and row["connectionid"] is None
+        assert row["_ownerid_value"] == app_user["systemuserid"]
+        assert row["connectionreferencedisplayname"] == config.references[name].display_name
+    flows = {w["name"]: w for w in d["workflows"]}
+    assert all(w["ismanaged"] and w["statecode"] == 0 for w in flows.values())
+    children = {name: [a["inputs"]["host"]["workflowReferenceName"]
+                       for a in json.loads(w["clientdata"])["properties"]["definition"]["actions"].values()
+                       if a["type"] == "Workflow"] for name, w in flows.items()}
+    assert children["Invoice approval"] == [flows["Post to finance channel"]["workflowid"]]
+    assert d["settings"]["rebind_propagation_seconds"] > 0  # the asynchronous update takes a moment here
+    (app,) = d["canvasapps"]
+    assert app["connection_references"] == ["contoso_sharedsharepointonline_30e7d"]
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_every_binding_resolves_to_a_usable_service_account_connection(config: Config, env: str) -> None:
     d = data(env)
     envc = config.environments[env]

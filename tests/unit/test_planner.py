@@ -377,7 +377,8 @@ def test_prune_deletes_managed_undeclared_unused_references_only() -> None:
     )
     assert op.actions == ("delete",) and op.before["connection"] == "x1"
     assert ep.warnings == (
-        'dev: contoso_Old is no longer declared but is not deleted: flows still use it: "Invoice approval"',
+        'dev: contoso_Old: no longer declared but not deleted: flow "Invoice approval" (On, owner '
+        'maker1@contoso.com) uses it; bind them to another reference, or remove them, before pruning it',
     )
     assert ep.counts.to_dict() == {"add": 0, "change": 0, "destroy": 1}
 
@@ -395,7 +396,8 @@ def test_plan_uses_config_prune_and_managed_sets() -> None:
 
 
 def test_flow_info_is_carried() -> None:
-    assert FlowInfo("flow-1", "Invoice approval").to_dict() == {"id": "flow-1", "name": "Invoice approval"}
+    assert FlowInfo("flow-1", "Invoice approval").to_dict() == {
+        "id": "flow-1", "name": "Invoice approval", "kind": "flow", "state": None, "owner": None}
 
 
 # --------------------------------------------------------------------------- errors

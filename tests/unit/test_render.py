@@ -112,7 +112,7 @@ EMPTY = Plan(
 )
 
 EXPECTED_TEXT = """\
-Environment dev (solution ContosoConnections):
+Environment dev (solution ContosoConnections, unmanaged):
 
   # contoso_SharePoint will be updated in place
   ~ contoso_SharePoint
@@ -139,16 +139,16 @@ not the service account
 
   Warning: dev: contoso_SharePoint is contoso_sharepoint in the environment
 
-Environment prod (solution ContosoConnections):
+Environment prod (solution ContosoConnections, unmanaged):
 
   # contoso_Old will be destroyed
   - contoso_Old
       display_name: "Old | one"
       connection: (unbound)
-      used by flows: "Nightly sync"
+      used by: flow "Nightly sync"
       reason: managed by connref, no longer declared in the config, and prune is on
 
-Environment test (solution ContosoConnections):
+Environment test (solution ContosoConnections, unmanaged):
   No changes.
 
 Plan: 1 to add, 2 to change, 1 to destroy.
@@ -161,7 +161,7 @@ def test_text_exact() -> None:
 
 def test_text_no_changes() -> None:
     assert render_text(EMPTY, color=False) == (
-        "Environment dev (solution ContosoConnections):\n"
+        "Environment dev (solution ContosoConnections, unmanaged):\n"
         "  No changes.\n"
         "\n"
         "No changes. The connection references match the configuration.\n"
@@ -208,7 +208,8 @@ def test_json_document() -> None:
         "after": "svc-flows@contoso.com",
     }
     assert create["before"] is None and create["after"]["logical_name"] == "contoso_Outlook"
-    assert delete["after"] is None and delete["flows"] == [{"id": "f1", "name": "Nightly sync"}]
+    assert delete["after"] is None and delete["flows"] == [
+        {"id": "f1", "name": "Nightly sync", "kind": "flow", "state": None, "owner": None}]
     assert delete["reason"] == "managed by connref, no longer declared in the config, and prune is on"
     assert doc["warnings"] == ["dev: contoso_SharePoint is contoso_sharepoint in the environment"]
 
@@ -246,12 +247,12 @@ def test_markdown_exact() -> None:
         "\n"
         "**Plan: 0 to add, 0 to change, 1 to destroy.**\n"
         "\n"
-        "#### Environment `prod` (solution `ContosoConnections`)\n"
+        "#### Environment `prod` (solution `ContosoConnections`, unmanaged)\n"
         "\n"
         "| | Reference | Changes | Reason |\n"
         "|---|---|---|---|\n"
         '| `-` delete | `contoso_Old` | display_name: "Old \\| one"<br>connection: (unbound)'
-        '<br>used by flows: "Nightly sync" | managed by connref, no longer declared in the config, '
+        '<br>used by: flow "Nightly sync" | managed by connref, no longer declared in the config, '
         "and prune is on |\n"
         "\n"
         "> **Warning:** prod: a &lt;b&gt; warning\n"
@@ -266,7 +267,7 @@ def test_markdown_update_and_no_changes() -> None:
         '"SharePoint svc" (owner svc-flows@&#8203;contoso.com, c0ffee01c0ffee01c0ffee01c0ffee01)<br>owner: '
         "maker1@&#8203;contoso.com → svc-flows@&#8203;contoso.com |" in md
     )
-    assert "#### Environment `test` (solution `ContosoConnections`)\n\nNo changes.\n" in md
+    assert "#### Environment `test` (solution `ContosoConnections`, unmanaged)\n\nNo changes.\n" in md
     assert render_markdown(EMPTY).startswith(
         "<!-- connref:plan -->\n### connref plan\n\n"
         "**No changes. The connection references match the configuration.**\n"

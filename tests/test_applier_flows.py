@@ -1,0 +1,119 @@
+"""The applier's flow steps against the emulator over loopback (docs/dataverse.md §5.6-§5.8): it waits for the
+asynchronous update a rebind sends to the flows (bounded, with progress), reports an update that does not
+finish in time, and only then switches flows on. Time is the test's: the applier's ``sleep`` and ``clock``
+are injected, and the emulator's pending updates are moved on explicitly, so nothing here waits."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+from builders import EmulatorTokens, sample_config
+
+from reconciler.api.live import read_environment, read_reference_rows
+from reconciler.api.session import EnvSession, open_environment
+from reconciler.apply.applier import ApplyResult, FlowProgress, FlowWatch, apply_environment
+from reconciler.domain.model import Config, DesiredReference, FlowSettings, connector_id, frozen_map
+from reconciler.emulator import factory, workflows
+from reconciler.emulator.factory import Sample
+from reconciler.errors import ApplyError
+from reconciler.plan.planner import plan_environment
+
+pytestmark = pytest.mark.emulator_only(reason="moves the emulator's asynchronous flow updates on by hand")
+
+SYNC = "f0000000-0000-4000-8000-0000000000f9"
+
+
+@pytest.fixture
+def emulator_data(signing_key_pem: str) -> dict[str, Any]:
+    """The sample with a flow of the solution that is off and uses the unbound Dataverse reference, and a
+    rebind that takes an hour to reach the flows."""
+    data = factory.sample_environment(signing_key_pem)
+    svc = next(u for u in data["systemusers"] if u["systemuserid"] == Sample.SVC_USER_ID)
+    sol = next(s for s in data["solutions"] if s["uniquename"] == Sample.SOLUTION)
+    factory.add_flow(data, "Dataverse sync", [(Sample.REF_DV_NAME, Sample.DATAVERSE)], owner=svc, active=False,
+                     solution=sol, workflowid=SYNC)
+    data["settings"]["rebind_propagation_seconds"] = 3600
+    for app in data["applications"]:
+        app["management_app"] = True
+    return data
+
+
+def config(url: str, wait: int) -> Config:
+    refs = {Sample.REF_DV_NAME: DesiredReference(Sample.REF_DV_NAME, connector_id(Sample.DATAVERSE),
+                                                  "Dataverse ContosoConnections")}
+    cfg = sample_config(url, refs, {Sample.REF_DV_NAME: Sample.CONN_DV_SVC})
+    env = dataclasses.replace(cfg.environments["dev"], flows=FlowSettings(wait_seconds=wait))
+    return dataclasses.replace(cfg, environments=frozen_map({"dev": env}))
+
+
+@pytest.fixture
+def make_session(emulator: Any) -> Iterator[Any]:
+    opened: list[Any] = []
+
+    def make(wait: int) -> tuple[EnvSession, Config]:
+        cfg = config(emulator.url, wait)
+        ctx = open_environment(cfg, "dev", token_provider=EmulatorTokens(emulator), http=httpx.Client(timeout=10))
+        opened.append(ctx)
+        return ctx.__enter__(), cfg
+
+    yield make
+    for ctx in opened:
+        ctx.__exit__(None, None, None)
+
+
+class Clock:
+    """The applier's time: each sleep moves it on, and can move the emulator on too."""
+
+    def __init__(self, on_sleep: Any = None) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep()
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_waits_for_the_update_then_switches_the_flow_on(emulator: Any, make_session: Any) -> None:
+    session, cfg = make_session(120)
+    env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    assert [op.logical_name for op in env_plan.activations] == ["Dataverse sync"]
+    # The update finishes while the applier sleeps for the first time.
+    clock = Clock(lambda: workflows.run_due_updates(emulator.store, time.time() + 7200))
+    seen: list[FlowProgress] = []
+    watch = FlowWatch(session.reader.dataverse, 120, seen.append, clock.sleep, clock.clock)
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan, flows=watch)
+    assert isinstance(result, ApplyResult) and result.ok
+    assert [(f.name, f.outcome) for f in result.flows] == [("Dataverse sync", "updated"),
+                                                          ("Dataverse sync", "switched_on")]
+    assert [(p.done, p.total) for p in seen] == [(0, 1), (1, 1)] and len(clock.sleeps) == 1
+    assert emulator.store.workflow(SYNC)["statecode"] == 1
+
+
+def test_an_update_that_does_not_finish_in_time_is_reported(emulator: Any, make_session: Any) -> None:
+    session, cfg = make_session(30)
+    env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    clock = Clock()
+    with pytest.raises(ApplyError) as info:
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan,
+                          flows=FlowWatch(session.reader.dataverse, 30, None, clock.sleep, clock.clock))
+    result = info.value.results
+    assert isinstance(result, ApplyResult)
+    outcomes = {f.outcome: f for f in result.flows}
+    assert outcomes["update_not_finished"].reason.startswith(
+        "the platform's update of the flow after the rebind did not finish within 30 s")
+    assert "not_attempted" in outcomes  # switching it on is not even tried
+    assert clock.now == pytest.approx(30) and sum(clock.sleeps) == pytest.approx(30)
+    assert emulator.store.workflow(SYNC)["statecode"] == 0
+    assert "flows are left failing" in str(info.value)
