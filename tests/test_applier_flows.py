@@ -18,6 +18,7 @@ from builders import EmulatorTokens, sample_config
 from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.api.session import EnvSession, open_environment
 from reconciler.apply.applier import ApplyResult, FlowProgress, FlowWatch, apply_environment
+from reconciler.apply.flowstate import flow_state_request
 from reconciler.domain.model import Config, DesiredReference, FlowSettings, connector_id, frozen_map
 from reconciler.emulator import factory, workflows
 from reconciler.emulator.factory import Sample
@@ -117,3 +118,24 @@ def test_an_update_that_does_not_finish_in_time_is_reported(emulator: Any, make_
     assert clock.now == pytest.approx(30) and sum(clock.sleeps) == pytest.approx(30)
     assert emulator.store.workflow(SYNC)["statecode"] == 0
     assert "flows are left failing" in str(info.value)
+
+
+def test_one_request_switches_a_flow_off_and_on_as_the_platform_allows(emulator: Any, make_session: Any) -> None:
+    """``flow_state_request`` is the one write for both directions (docs/dataverse.md §5.1); switching on is
+    checked by the platform: the acting user must own or have shared every connection (docs/dataverse.md
+    §5.3)."""
+    session, _ = make_session(0)
+    flow = Sample.FLOW_ACTIVE
+    (off,) = session.dataverse.execute_batch([flow_state_request(flow, "off", on=False, etag=None)],
+                                             caller_object_id=Sample.SVC_OBJECT_ID)
+    assert off.ok and emulator.store.workflow(flow)["statecode"] == 0
+    assert emulator.store.workflow(flow)["statuscode"] == 1
+    # As the application user, which neither owns nor has been shared the service account's connections.
+    (refused,) = session.dataverse.execute_batch([flow_state_request(flow, "on", on=True, etag=None)])
+    assert not refused.ok and refused.status == 403
+    assert refused.error is not None and "ConnectionAuthorizationFailed" in str(refused.error)
+    assert emulator.store.workflow(flow)["statecode"] == 0
+    (on,) = session.dataverse.execute_batch([flow_state_request(flow, "on", on=True, etag=None, select=("statecode",))],
+                                            caller_object_id=Sample.SVC_OBJECT_ID)
+    assert on.ok and isinstance(on.body, dict) and on.body["statecode"] == 1
+    assert emulator.store.workflow(flow)["statuscode"] == 2

@@ -60,6 +60,7 @@ from reconciler.api.batch_format import (
 )
 from reconciler.api.odata_filter import Filter, Guid, any_of, odata_bind
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
+from reconciler.apply.flowstate import flow_state_request
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
 from reconciler.errors import ApiError, ApplyError, AuthError, OutcomeUnknownError, PreconditionFailedError
@@ -277,8 +278,7 @@ def _activate(op: ActivateFlow) -> BatchOperation:
     # ETag read when planning: the asynchronous update this apply's rebinds started may itself write the
     # flow's row (UNCONFIRMED, docs/dataverse.md §5.7); a saved plan is refused at the start of apply when
     # a flow moved since it was made (the live fingerprint covers the flows).
-    return update_op("workflows", op.flow_id, {"statecode": 1, "statuscode": 2}, etag=None,
-                     label=f"flow {op.logical_name}")
+    return flow_state_request(op.flow_id, f"flow {op.logical_name}", on=True, etag=None)
 
 
 def _id(op: Op) -> str:
