@@ -36,6 +36,7 @@ so the same question gets the same answer, and the same problem the same code, e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -839,6 +840,51 @@ def layer_customizations(columns: Iterable[str]) -> tuple[str, ...]:
     read them; empty when the layer only holds what binding a managed reference leaves."""
     out = {COLUMN_LABELS.get(c.lower(), c) for c in columns if c.lower() not in BINDING_COLUMNS}
     return tuple(sorted(out))
+
+
+#: The fields of a managed reference that come with its solution: connref reports a difference, never writes
+#: it downstream (docs/dataverse.md §2.6).
+SOLUTION_FIELDS = ("display_name", "description")
+
+
+def _quoted(value: str | None) -> str:
+    """A text value as a report quotes it: ``"SharePoint"``, or ``empty``."""
+    return json.dumps(value, ensure_ascii=False) if value else "empty"
+
+
+def managed_field_problems(ref: LiveReference, *, display_name: str | None, description: str | None,
+                           solution: str, environment: str) -> list[Problem]:
+    """CR320 for each field of a managed reference (``SOLUTION_FIELDS``) that differs from the config: it comes
+    with the solution, so the fix is in development (docs/dataverse.md §2.6)."""
+    out = []
+    for label, live_value, wanted in (("display name", ref.display_name, display_name),
+                                      ("description", ref.description, description)):
+        if not same("display_name", live_value, wanted):
+            out.append(problem(
+                "CR320",
+                f"the {label} is {_quoted(live_value)} here but {_quoted(wanted)} in the config; the reference is "
+                "part of a managed solution, so connref does not change it here (a change made here would stay "
+                "as an unmanaged layer over the solution)",
+                f"change it in development and ship it with the next version of {solution}",
+                environment=environment, subject=ref.logical_name,
+            ))
+    return out
+
+
+def unmanaged_layer_problem(ref: LiveReference, layer_columns: Iterable[str], *, environment: str) -> Problem | None:
+    """CR321 when an unmanaged layer over a managed reference customizes more than its binding and owner
+    (``layer_customizations``), else None (docs/dataverse.md §2.6)."""
+    columns = layer_customizations(layer_columns)
+    if not columns:
+        return None
+    return problem(
+        "CR321",
+        f"an unmanaged layer over the managed solution changes its {', '.join(columns)} in environment "
+        f"{environment}, hiding what the solution ships",
+        "remove the active customization (the reference's solution layers: Remove active customizations) and "
+        "make the change in development",
+        environment=environment, subject=ref.logical_name,
+    )
 
 
 # --------------------------------------------------------------------------- switching flows on

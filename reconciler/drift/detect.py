@@ -55,6 +55,7 @@ DESCRIPTION_CHANGED = "description_changed"
 CONNECTOR_CHANGED = "connector_changed"
 OWNER_CHANGED = "owner_changed"
 CONNECTION_BROKEN = "connection_broken"
+CUSTOMIZED = "customized"
 UNMANAGED = "unmanaged"
 KIND_ORDER = (
     DELETED,
@@ -64,6 +65,7 @@ KIND_ORDER = (
     DESCRIPTION_CHANGED,
     CONNECTOR_CHANGED,
     OWNER_CHANGED,
+    CUSTOMIZED,
     CONNECTION_BROKEN,
     UNMANAGED,
 )
@@ -444,6 +446,44 @@ def _sorted(items: list[DriftItem]) -> tuple[DriftItem, ...]:
     return tuple(sorted(items, key=lambda i: KIND_ORDER.index(i.kind)))
 
 
+def _managed_view(rd: ReferenceDrift | None, live_ref: LiveReference, config: Config, env: str,
+                  live: LiveEnvironment, d: _Describer, notes: list[str]) -> ReferenceDrift | None:
+    """A managed reference's drift (docs/dataverse.md §2.6): its display name and description come with the
+    solution, so a difference there is no drift of connref's (a difference with the config is noted:
+    CR320); an unmanaged layer that customizes it is (CR321)."""
+    desired = config.reference(live_ref.logical_name)
+    if desired is not None:
+        notes.extend(p.line() for p in rules.managed_field_problems(
+            live_ref, display_name=desired.display_name, description=desired.description,
+            solution=config.solution, environment=env))
+    items = [i for i in (rd.items if rd else ()) if i.field not in rules.SOLUTION_FIELDS]
+    changed = {k: v for k, v in (rd.field_diff if rd else {}).items() if k not in rules.SOLUTION_FIELDS}
+    layer = rules.unmanaged_layer_problem(live_ref, live.layers.get(live_ref.id.lower(), ()), environment=env)
+    if layer is not None:
+        items.append(DriftItem(CUSTOMIZED, layer.message, before_label="as the managed solution ships it",
+                               after_label="customized in this environment", problem=layer))
+    if not items:
+        return None
+    by, on = (rd.changed_by, rd.changed_on) if rd else _by_when(live_ref, d)
+    return ReferenceDrift(live_ref.logical_name, rd.baseline if rd else STATE, _sorted(items), by, on,
+                          frozen_map(changed))
+
+
+def _appeared(live_ref: LiveReference, config: Config, live: LiveEnvironment, d: _Describer) -> ReferenceDrift:
+    """A reference of the solution neither declared nor in the state: a maker added it (unmanaged), or it came
+    with the managed solution and the config does not declare it, so nothing binds it here."""
+    by, on = d.user(live_ref.created_by or live_ref.modified_by), live_ref.created_on or live_ref.modified_on
+    bound = d.connection(live_ref.connection)
+    sol = live.solution.unique_name if live.solution else config.solution
+    how = (f"came with the managed solution {sol} (not declared, not in state), bound to {bound}; declare it so "
+           "connref binds it here (connref import shows the YAML)" if live_ref.managed else
+           f"appeared in solution {sol} (not declared, not in state), bound to {bound}; "
+           "declare it (connref import shows the YAML) or remove it")
+    item = DriftItem(UNMANAGED, how, after=live_ref.connection, before_label="(not declared)",
+                     after_label=f"bound to {bound}")
+    return ReferenceDrift(live_ref.logical_name, "none", (item,), by, on)
+
+
 def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvState | None) -> DriftReport:
     """The drift of environment ``env``: ``live`` as read now, ``state`` as last applied (None: never)."""
     env_cfg = config.environments[env]
@@ -481,6 +521,8 @@ def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvStat
             if note:
                 notes.append(note)
         rd = _against_state(m, live_ref, d, own)
+        if live_ref is not None and live_ref.managed:
+            rd = _managed_view(rd, live_ref, config, env, live, d, notes)
         if rd:
             found.append(rd)
     for name in sorted(config.references, key=str.lower):
@@ -493,36 +535,14 @@ def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvStat
             continue
         checked += 1
         rd = _against_config(config, env_cfg, live, live_ref, d)
+        if live_ref.managed:
+            rd = _managed_view(rd, live_ref, config, env, live, d, notes)
         if rd:
             found.append(rd)
-    for key, live_ref in sorted(live_by_key.items()):
-        if key in declared or key in managed or not live_ref.in_solution:
-            continue
-        checked += 1
-        by, on = (
-            d.user(live_ref.created_by or live_ref.modified_by),
-            live_ref.created_on or live_ref.modified_on,
-        )
-        bound = d.connection(live_ref.connection)
-        sol = live.solution.unique_name if live.solution else config.solution
-        found.append(
-            ReferenceDrift(
-                live_ref.logical_name,
-                "none",
-                (
-                    DriftItem(
-                        UNMANAGED,
-                        f"appeared in solution {sol} (not declared, not in state), bound to {bound}; "
-                        "declare it (connref import shows the YAML) or remove it",
-                        after=live_ref.connection,
-                        before_label="(not declared)",
-                        after_label=f"bound to {bound}",
-                    ),
-                ),
-                by,
-                on,
-            )
-        )
+    appeared = [_appeared(r, config, live, d) for k, r in sorted(live_by_key.items())
+                if k not in declared and k not in managed and r.in_solution]
+    checked += len(appeared)
+    found.extend(appeared)
     found.sort(key=lambda r: r.logical_name.lower())
     last = state.last_apply if state else None
     return DriftReport(

@@ -24,6 +24,7 @@ _TITLE = {
     "description_changed": "description changed",
     "connector_changed": "connector changed",
     "owner_changed": "owner changed",
+    "customized": "customized (unmanaged layer)",
     "connection_broken": "connection broken",
     "unmanaged": "unmanaged",
 }

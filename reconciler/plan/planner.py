@@ -232,11 +232,6 @@ def config_digest(config: Config) -> str:
 # --------------------------------------------------------------------------- one environment
 
 
-def quoted(value: str | None) -> str:
-    """A text value as a plan quotes it: ``"SharePoint"``, or ``empty``."""
-    return json.dumps(value, ensure_ascii=False) if value else "empty"
-
-
 class _EnvPlanner:
     def __init__(self, config: Config, env: EnvironmentConfig, live: LiveEnvironment) -> None:
         self.config = config
@@ -478,25 +473,12 @@ class _EnvPlanner:
     def report_managed(self, desired: DesiredReference, ref: LiveReference) -> None:
         """A managed reference: its display name and description come with the solution (a difference is
         reported, never written); an unmanaged layer over it is reported (docs/dataverse.md §2.6)."""
-        for field, live_value, wanted in (("display name", ref.display_name, desired.display_name),
-                                          ("description", ref.description, desired.description)):
-            if not rules.same("display_name", live_value, wanted):
-                self.warn(
-                    "CR320", ref.logical_name,
-                    f"the {field} is {quoted(live_value)} here but {quoted(wanted)} in the config; the "
-                    "reference is part of a managed solution, so connref does not change it here (a change made "
-                    "here would stay as an unmanaged layer over the solution)",
-                    f"change it in development and ship it with the next version of {self.config.solution}",
-                )
-        columns = rules.layer_customizations(self.live.layers.get(ref.id.lower(), ()))
-        if columns:
-            self.warn(
-                "CR321", ref.logical_name,
-                f"an unmanaged layer over the managed solution changes its {', '.join(columns)} in environment "
-                f"{self.env.name}, hiding what the solution ships",
-                "remove the active customization (the reference's solution layers: Remove active customizations) "
-                "and make the change in development",
-            )
+        found = rules.managed_field_problems(ref, display_name=desired.display_name,
+                                             description=desired.description, solution=self.config.solution,
+                                             environment=self.env.name)
+        layer = rules.unmanaged_layer_problem(ref, self.live.layers.get(ref.id.lower(), ()),
+                                              environment=self.env.name)
+        self.warnings.extend(p.line() for p in (*found, *([layer] if layer else [])))
 
     def dependents_of(self, ref: LiveReference) -> tuple[FlowInfo, ...]:
         """What uses a reference: from ``RetrieveDependenciesForDelete`` when it was read, else the flows

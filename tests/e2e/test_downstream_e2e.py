@@ -138,6 +138,30 @@ def test_an_unmanaged_layer_on_a_managed_reference_is_reported(quickstart: Works
                 and f["field"] != "owner"]
 
 
+def test_drift_in_a_managed_environment_reports_a_layer_not_what_the_solution_ships(quickstart: Workspace) -> None:
+    set_config(quickstart, "display_name: Office 365 Outlook ContosoFlows",
+               "display_name: Outlook, renamed in the config")
+    r = quickstart.run("apply", "-e", "test", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    r = quickstart.run("drift", "-e", "test")
+    assert r.code == 0, r.out + r.err  # the name the solution ships differs from the config: a note only
+    assert "contoso_sharedoffice365_d4c61: the display name is" in r.out
+
+    def customize(data: dict[str, Any]) -> None:
+        row = next(r for r in data["connectionreferences"]
+                   if r["connectionreferencelogicalname"] == "contoso_sharedsharepointonline_8f4b0")
+        row["description"] = "edited in test"
+        row["active_layer"] = {"description": "edited in test"}
+
+    edit(quickstart, "test", customize)
+    r = quickstart.run("drift", "-e", "test", "--json")
+    assert r.code == 2, r.out + r.err
+    (env,) = json.loads(r.out)["environments"]
+    assert [(x["logical_name"], x["kinds"]) for x in env["references"]] == [
+        ("contoso_sharedsharepointonline_8f4b0", ["customized"])]
+    assert env["references"][0]["items"][0]["code"] == "CR321"
+
+
 # --------------------------------------------------------------------------- flows
 
 

@@ -313,3 +313,64 @@ def test_state_reference_type_is_what_drift_reads() -> None:
     st = EnvState("dev", "5f0a3c56-8a47-4b1f-9a43-6c3f3f8f0a11", 3, frozen_map({SPN: m}))
     report = dr.detect_drift(config(), "dev", live(), st)
     assert not report.has_drift and report.state_serial == 3
+
+
+# ------------------------------------------------------------------ a managed (downstream) environment
+
+
+def managed_live() -> LiveEnvironment:
+    """``live()`` as a pipeline's managed import leaves it: the solution and its references managed."""
+    base = live()
+    sol = dataclasses.replace(base.solution, managed=True) if base.solution else None
+    return dataclasses.replace(base, solution=sol,
+                               references=tuple(dataclasses.replace(r, managed=True) for r in base.references))
+
+
+def test_managed_names_come_with_the_solution_and_are_noted_not_drift() -> None:
+    base = managed_live()
+    # A new version of the solution renamed it: no drift of connref's; the config's name differs: a note.
+    now = replace_ref(base, SPN, display_name="SharePoint (v2)", description="Sites v2", **BY_ALICE)
+    report = dr.detect_drift(config(), "dev", now, state_of(base))
+    assert not report.has_drift and dr.exit_code([report]) == 0
+    noted = [n for n in report.notes if "CR320" in n or "change it in development" in n]
+    assert len(noted) == 2 and all(SPN in n for n in noted)
+    # Never applied (compared with the config): the same.
+    report = dr.detect_drift(config(), "dev", now, None)
+    assert report.reference(SPN) is None
+
+
+def test_an_unmanaged_layer_over_a_managed_reference_is_drift() -> None:
+    base = managed_live()
+    sp = next(r for r in base.references if r.logical_name == SPN)
+    now = dataclasses.replace(replace_ref(base, SPN, display_name="Edited in prod", **BY_ALICE),
+                              layers=frozen_map({sp.id.lower(): ("connectionreferencedisplayname",)}))
+    report = dr.detect_drift(config(), "dev", now, state_of(base))
+    rd = report.reference(SPN)
+    assert rd is not None and rd.kinds == (dr.CUSTOMIZED,) and rd.changed_by == "alice@contoso.com"
+    item = rd.item(dr.CUSTOMIZED)
+    assert item is not None and item.problem is not None and item.problem.code == "CR321"
+    assert "display name" in item.message and "Remove active customizations" in item.problem.fix
+    assert dr.exit_code([report]) == 2
+    doc = json.loads(render_json([report]))
+    assert doc["environments"][0]["references"][0]["items"][0]["code"] == "CR321"
+    assert "customized (unmanaged layer)" in render_text([report])
+    # A layer that only holds the binding and the owner is what binding leaves: no drift.
+    bound = dataclasses.replace(base, layers=frozen_map({sp.id.lower(): ("connectionid", "_ownerid_value")}))
+    assert not dr.detect_drift(config(), "dev", bound, state_of(base)).has_drift
+
+
+def test_a_rebind_in_a_managed_environment_is_still_drift() -> None:
+    base = managed_live()
+    now = replace_ref(base, SPN, connection="c-sp-alice", **BY_ALICE)
+    rd = dr.detect_drift(config(), "dev", now, state_of(base)).reference(SPN)
+    assert rd is not None and rd.kinds == (dr.REBOUND,)
+
+
+def test_an_undeclared_reference_of_the_managed_solution_says_to_declare_it() -> None:
+    base = managed_live()
+    extra = dataclasses.replace(ref("contoso_sharedoffice365_8f4b0", "O-8f4b0", connector=OUTLOOK), managed=True)
+    report = dr.detect_drift(config(), "dev", dataclasses.replace(base, references=(*base.references, extra)),
+                             state_of(base))
+    rd = report.reference("contoso_sharedoffice365_8f4b0")
+    assert rd is not None and rd.kinds == (dr.UNMANAGED,)
+    assert rd.items[0].message.startswith("came with the managed solution") and "declare it" in rd.items[0].message
