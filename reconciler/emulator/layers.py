@@ -16,6 +16,7 @@ public tools parse it; it is not documented.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -78,19 +79,39 @@ def _layer(ctx: Ctx, table: str, row: dict[str, Any], solution: str, publisher: 
     }
 
 
-def component_layers(ctx: Ctx) -> list[dict[str, Any]]:
-    """Every layer of every connection reference and flow: an unmanaged component has one ``Active``
-    layer; a managed one its managed solution's layer (order 1), and the ``Active`` layer on top when it
-    was changed in the environment."""
+_COMPONENT_ID = re.compile(r"\bmsdyn_componentid\s+eq\s+'?([0-9A-Fa-f-]{36})'?", re.I)
+
+
+def queried_component(filter_text: str) -> str | None:
+    """The component id a ``$filter`` pins with ``msdyn_componentid eq <id>`` (lower case), or None (also
+    when it has an ``or`` or a ``not``, which may let other components through)."""
+    if re.search(r"\b(or|not)\b", filter_text, re.I):
+        return None
+    m = _COMPONENT_ID.search(filter_text)
+    return m.group(1).lower() if m else None
+
+
+def component_layers(ctx: Ctx, only: str | None = None) -> list[dict[str, Any]]:
+    """Every layer of every connection reference and flow (of the one component ``only`` names, when
+    given): an unmanaged component has one ``Active`` layer; a managed one its managed solution's layer
+    (order 1), and the ``Active`` layer on top when it was changed in the environment."""
+    managed_solutions = {str(s.get("solutionid", "")).lower(): s for s in ctx.store.rows("solutions")
+                         if s.get("ismanaged")}
+    managed_of: dict[str, dict[str, Any]] = {}
+    for c in ctx.store.rows("solutioncomponents"):
+        sol = managed_solutions.get(str(c.get("_solutionid_value", "")).lower())
+        if sol is not None:
+            managed_of.setdefault(str(c.get("objectid", "")).lower(), sol)
     rows: list[dict[str, Any]] = []
     for table in ("connectionreferences", "workflows"):
         for row in ctx.store.rows(table):
+            key = str(row[_KEYS[table]]).lower()
+            if only is not None and key != only:
+                continue
             if not row.get("ismanaged"):
                 rows.append(_layer(ctx, table, row, ACTIVE, None, 1, None))
                 continue
-            key = str(row[_KEYS[table]])
-            managed = [s for s in ctx.store.solutions_of(key) if s.get("ismanaged")]
-            sol = managed[0] if managed else None
+            sol = managed_of.get(key)
             name = str(sol["uniquename"]) if sol else "System"
             publisher = f"{sol.get('publisher_prefix')}publisher" if sol else None
             rows.append(_layer(ctx, table, row, name, publisher, 1, None))

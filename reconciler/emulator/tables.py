@@ -197,9 +197,11 @@ def _definitions(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def _component_layers(ctx: Ctx) -> list[dict[str, Any]]:
-    from .layers import component_layers  # layers build on this module's presentation
+    from .layers import component_layers, queried_component  # layers build on this module's presentation
 
-    return component_layers(ctx)
+    # Only the layers of the component the query names are built (the $filter still decides what is served):
+    # building every component's layers for each of a thousand batched queries would be cubic.
+    return component_layers(ctx, only=queried_component(ctx.request.query.get("$filter", "")))
 
 
 TABLES: dict[str, Table] = {

@@ -229,3 +229,65 @@ def test_rows_not_sent_back_are_read_in_one_filtered_query(emulator: Any) -> Non
         assert ref.display_name == f"New {i}" and ref.in_solution
         row = emulator.store.reference(ref.id)
         assert ref.etag == f'W/"{row["versionnumber"]}"'
+
+
+def managed_downstream(emulator: Any, refs: int, flows: int) -> Config:
+    """The sample made downstream: its solution managed, ``refs`` managed references left unbound by the
+    import, the first ``flows`` of them each used by a flow that is off; a config binding them all."""
+    data = emulator.store.data
+    svc = emulator.store.user(Sample.SVC_USER_ID)
+    sol = emulator.store.solution(Sample.SOLUTION)
+    with emulator.store.lock:
+        sol["ismanaged"] = True
+        for app in data["applications"]:
+            app["management_app"] = True  # it lists every connection (the service account's among them)
+        for i in range(refs):
+            factory.add_reference(data, f"contoso_Down{i:04d}", Sample.SP, owner=svc, display_name=f"Down {i}",
+                                  solution=sol)
+        for i in range(flows):
+            factory.add_flow(data, f"Flow {i:04d}", [(f"contoso_Down{i:04d}", Sample.SP)], owner=svc, active=False,
+                             solution=sol)
+    desired = {f"contoso_Down{i:04d}": DesiredReference(f"contoso_Down{i:04d}", connector_id(Sample.SP), f"Down {i}")
+               for i in range(refs)}
+    return sample_config(emulator.url, desired, {name: Sample.CONN_SP_SVC for name in desired})
+
+
+def downstream_requests(emulator: Any, config: Config) -> tuple[int, int, int]:
+    """(requests to plan, requests to apply, activations) in a managed environment, as ``connref apply``
+    makes them: the live read, what uses each reference to be bound, the plan; then the apply."""
+    from functools import partial
+
+    from reconciler.api.live import read_dependents, read_reference_rows
+    from reconciler.apply.applier import FlowWatch
+    from reconciler.plan.planner import dependency_candidates
+
+    emulator.app.log.clear()
+    with open_environment(config, "dev", token_provider=EmulatorTokens(emulator),
+                          http=httpx.Client(timeout=60)) as s:
+        live = read_environment(s.reader, config, "dev")
+        live = read_dependents(s.reader, live, dependency_candidates(config, {"dev": live}).get("dev", ()))
+        env_plan = plan_environment(config, config.environments["dev"], live)
+        planned = len(emulator.app.log)
+        emulator.app.log.clear()
+        result = apply_environment(s.dataverse, partial(read_reference_rows, s.reader), env_plan,
+                                   flows=FlowWatch(s.reader.dataverse, wait_seconds=30))
+    assert result.ok and not result.failing_flows
+    return planned, len(emulator.app.log), len(env_plan.activations)
+
+
+def test_a_managed_environment_costs_two_batched_reads_per_1000_references_and_one_write_per_flow(
+        emulator: Any) -> None:
+    """Downstream, planning adds to the fixed reads one ``$batch`` of layer queries and one of
+    ``RetrieveDependenciesForDelete`` per 1000 references; applying binds them in ceil(N/1000) change sets,
+    reads the flows' system jobs before and after (one query per 50 flows), switches each flow on with one
+    request (so each gets its own verdict) and reads them back (one query per 50)."""
+    n, f = 1200, 60
+    planned, applied, activations = downstream_requests(emulator, managed_downstream(emulator, n, f))
+    assert activations == f
+    # The fixed reads (eleven here: the admin list of connections answers at once), the shares of the one
+    # connection they are bound to, then the two batches.
+    assert planned == 11 + 1 + 2 * math.ceil(n / 1000) == 16
+    jobs = math.ceil(f / 50)
+    assert applied == math.ceil(n / 1000) + jobs + jobs + f + jobs == 68
+    bound = [e for e in emulator.app.log if e.path.endswith("/$batch") and e.batch_count and e.batch_count > 1]
+    assert [e.batch_count for e in bound] == [1000, 200]
