@@ -139,3 +139,18 @@ def test_one_request_switches_a_flow_off_and_on_as_the_platform_allows(emulator:
                                             caller_object_id=Sample.SVC_OBJECT_ID)
     assert on.ok and isinstance(on.body, dict) and on.body["statecode"] == 1
     assert emulator.store.workflow(flow)["statuscode"] == 2
+
+
+def test_a_lost_answer_to_switching_a_flow_on_is_sent_once_more(emulator: Any, make_session: Any) -> None:
+    """The change set that binds goes first; the emulator commits the switch-on and drops its answer."""
+    session, cfg = make_session(120)
+    env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    emulator.app.faults.add("drop", "/api/data/v9.2/$batch", methods=["POST"], after_commit=True, times=1, after=1)
+    clock = Clock(lambda: workflows.run_due_updates(emulator.store, time.time() + 7200))
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan,
+                               flows=FlowWatch(session.reader.dataverse, 120, None, clock.sleep, clock.clock))
+    assert result.ok and [(f.name, f.outcome) for f in result.flows][-1] == ("Dataverse sync", "switched_on")
+    switches = [e for e in emulator.app.log if e.path.endswith("/$batch")
+                and any("workflows(" in p.path for p in e.parts)]
+    assert len(switches) == 2 and switches[0].fault == "drop"
+    assert emulator.store.workflow(SYNC)["statecode"] == 1

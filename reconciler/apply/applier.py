@@ -557,6 +557,24 @@ def _not_attempted(op: ActivateFlow, refs_ok: bool, failed_update: set[str], una
     return None
 
 
+def _send_switch(writer: BatchWriter, op: ActivateFlow, caller_object_id: str | None) -> OperationResult:
+    """Switch one flow on. Sending it again changes nothing once it is on (the same state, ``If-Match: *``),
+    so a lost answer is sent once more rather than left unknown; the read-back after the passes checks it."""
+    request = _activate(op)
+    lost: OutcomeUnknownError | None = None
+    for _ in range(2):
+        try:
+            (r,) = writer.execute_batch([request], caller_object_id=caller_object_id)
+            return r
+        except OutcomeUnknownError as exc:
+            lost = exc
+        except ApiError as exc:
+            return OperationResult(request, "failed", status=exc.status, error=exc, reason=str(exc))
+    assert lost is not None
+    return OperationResult(request, "failed", status=lost.status, error=lost,
+                           reason=f"{lost.why}, twice: check the flow, then plan again")
+
+
 def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list[ActivateFlow],
                caller_object_id: str | None, updates: list[FlowOutcome],
                refs_ok: bool) -> tuple[list[OpResult], list[FlowOutcome]]:
@@ -576,10 +594,7 @@ def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list
                 results.append(OpResult(op, "not_written", why))
                 outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_attempted", why)
                 continue
-            try:
-                (r,) = writer.execute_batch([_activate(op)], caller_object_id=caller_object_id)
-            except ApiError as exc:
-                r = OperationResult(_activate(op), "failed", status=exc.status, error=exc, reason=str(exc))
+            r = _send_switch(writer, op, caller_object_id)
             result = _op_result(op, r)
             results.append(result)
             if result.outcome == "written":
