@@ -37,7 +37,7 @@ so the same question gets the same answer, and the same problem the same code, e
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -924,6 +924,8 @@ def activation_verdict(
     writer: LiveUser | None,
     writer_label: str,
     settings: FlowSettings,
+    live: LiveEnvironment | None = None,
+    granted: Collection[str] = (),
 ) -> ActivationVerdict:
     """Which of the solution's flows that are off can be switched on once the plan's bindings are written,
     in passes (a flow goes in the pass after the last of its children; docs/dataverse.md §5.6), and which
@@ -933,12 +935,14 @@ def activation_verdict(
     (None: unbound); a name missing from it is a reference not in the environment. ``all_flows``: every
     flow of the environment by lower-case id (children may live outside the solution). A flow can be
     switched on when every reference it uses is bound to an existing, Connected connection the writer owns
-    or has shared (docs/dataverse.md §5.3, §5.8), every child flow is on or switched on before it, and the
-    config does not keep it off."""
+    or has shared (directly, or through the tenant or a group, as ``can_use`` judges it with ``live``; or
+    that apply shares with it first: ``granted``, lower-case connection names; docs/dataverse.md §5.3, §5.8,
+    §4.8), every child flow is on or switched on before it, and the config does not keep it off."""
     candidates, held = _off_flows(solution_flows, settings)
     blocked: dict[str, tuple[str, ...]] = {}
     for flow in candidates:
-        reasons = _reference_reasons(flow, bound_after, connection, describe, writer, writer_label)
+        reasons = _reference_reasons(flow, bound_after, connection, describe,
+                                     lambda c: c.name.lower() in granted or can_use(writer, c, live), writer_label)
         if reasons:
             blocked[flow.id] = reasons
     activations, waiting = _passes([f for f in candidates if f.id not in blocked], all_flows)
@@ -1002,7 +1006,7 @@ def _reference_reasons(
     bound_after: Mapping[str, str | None],
     connection: Callable[[str], LiveConnection | None],
     describe: Callable[[LiveConnection], str],
-    writer: LiveUser | None,
+    usable: Callable[[LiveConnection], bool],
     writer_label: str,
 ) -> tuple[str, ...]:
     reasons: list[str] = []
@@ -1021,7 +1025,7 @@ def _reference_reasons(
         elif not is_connected(conn):
             reasons.append(f"connection {describe(conn)} of reference {ln} has status {conn.status or 'unknown'}, "
                            "not Connected")
-        elif not can_use(writer, conn):
+        elif not usable(conn):
             reasons.append(f"connection {describe(conn)} of reference {ln} is neither owned by nor shared with "
                            f"{writer_label}, which switches flows on: share it with {writer_label} or bind a "
                            f"connection {writer_label} owns")

@@ -578,6 +578,8 @@ class _EnvPlanner:
             writer=writer,
             writer_label=who,
             settings=self.env.flows,
+            live=self.live,
+            granted=set(self.shares),
         )
         activations = []
         for a in verdict.activations:

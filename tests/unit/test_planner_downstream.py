@@ -164,6 +164,19 @@ def test_a_connection_the_writer_may_not_use_keeps_the_flow_off() -> None:
     assert note.kind == "held" and f"neither owned by nor shared with {SA}, which switches flows on" in note.reasons[0]
 
 
+def test_a_connection_apply_shares_first_lets_the_flow_be_switched_on() -> None:
+    """With grant_access, apply shares the connection with the writer before binding it (docs/dataverse.md
+    §4.8): the flow that uses it is switched on, not held."""
+    live = managed_live(flows=(off("Maker's", "contoso_SP"),))
+    cfg = config(bindings={"contoso_SP": "c-maker", "contoso_Teams": "c-teams"})
+    with pytest.raises(PlanProblems):  # the writer may not bind it as it is
+        plan_dev(cfg, live)
+    env = dataclasses.replace(cfg.environments["dev"], grant_access=True)
+    ep = plan_dev(dataclasses.replace(cfg, environments=frozen_map({"dev": env})), live)
+    assert [op.kind for op in ep.ops if op.kind == "share"] == ["share"]
+    assert [op.logical_name for op in ep.activations] == ["Maker's"] and ep.flow_notes == ()
+
+
 def test_activation_off_or_a_flow_kept_off() -> None:
     flows = (off("Nightly", "contoso_SP"), off("Intake", "contoso_SP"))
     ep = plan_dev(config(flows=FlowSettings(keep_off=("NIGHTLY",))), managed_live(flows=flows))
