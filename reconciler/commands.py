@@ -176,7 +176,13 @@ def _write_text(path: str, text: str) -> None:
 def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
                states: Mapping[str, EnvState | None], prune: bool) -> Plan:
     from reconciler.plan import planner
-    return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states))
+    return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states),
+                        restore=flows_to_restore(states))
+
+
+def flows_to_restore(states: Mapping[str, EnvState | None]) -> dict[str, list[str]]:
+    """Per environment, the flows an earlier apply switched off to move them and did not switch on again."""
+    return {n: sorted(s.flows_to_restore) if s else [] for n, s in states.items()}
 
 
 def with_dependents(config: Config, sessions: Mapping[str, EnvSession], lives: Mapping[str, LiveEnvironment],
@@ -358,15 +364,28 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
                 lives: Mapping[str, LiveEnvironment], snapshots: Mapping[str, Snapshot | None],
                 backend: StateBackend, locks: Mapping[str, StateLock], out: Out, err: Out) -> int:
     from reconciler.state import record as record_state
+    from reconciler.state.backend import Snapshot
     results: dict[str, ApplyResult] = {}
     failures: list[ApplyError] = []
     commit = record_state.git_commit(Path(config.path).parent)
     for env_plan in plan.environments:
         name = env_plan.environment
-        result = _apply_environment(sessions[name], env_plan, failures)
+        snap = snapshots.get(name)
+        marked: list[Snapshot] = []
+
+        def mark(flows: Mapping[str, str], name: str = name, snap: Snapshot | None = snap,
+                 marked: list[Snapshot] = marked) -> None:
+            # Before flows that are on are switched off to be edited: the state says they must end on, so
+            # an apply interrupted before they are is finished by the next one (docs/dataverse.md §5.9).
+            state = record_state.mark_flows_to_restore(snap.state if snap else None, name, flows,
+                                                       solution=config.solution)
+            token = backend.write(state, token=snap.token if snap else None, lock=locks[name])
+            marked.append(Snapshot(state, token))
+
+        result = _apply_environment(sessions[name], env_plan, failures, mark)
         if result is not None:
             results[name] = result
-        _record(config, name, env_plan, result, sessions[name], lives[name], snapshots.get(name),
+        _record(config, name, env_plan, result, sessions[name], lives[name], marked[-1] if marked else snap,
                 backend, locks[name], commit, out)
 
     _print_apply_summary(plan, results, out, failed=bool(failures))
@@ -375,11 +394,11 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
     return 0
 
 
-def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
-                       failures: list[ApplyError]) -> ApplyResult | None:
+def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan, failures: list[ApplyError],
+                       before_switch_off: Callable[[Mapping[str, str]], None] | None = None) -> ApplyResult | None:
     """Write one environment's plan (None: nothing to write). A write that did not succeed is an
     ``ApplyError`` added to ``failures``; its result is returned all the same, so what was written is
-    recorded."""
+    recorded. ``before_switch_off``: see ``apply_environment``."""
     from reconciler.api.live import read_reference_rows
     from reconciler.apply.applier import ApplyResult, FlowWatch, apply_environment
     name = env_plan.environment
@@ -392,7 +411,7 @@ def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan,
         watch = FlowWatch(session.reader.dataverse, wait_seconds=session.env.flows.wait_seconds,
                           progress=_report_flows)
         result = apply_environment(session.dataverse, read_rows, env_plan, progress=_report_batch,
-                                   sharer=session.connections, flows=watch)
+                                   sharer=session.connections, flows=watch, before_switch_off=before_switch_off)
     except ApplyError as e:
         if not isinstance(e.results, ApplyResult):
             progress.step(name, progress.FAILED, "apply failed")
@@ -412,7 +431,8 @@ def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyR
     """The state after an apply, by one rule whatever the apply wrote (state/README.md, "When the state is
     refreshed"): every declared reference is recorded as the environment has it now, except those whose
     write did not happen (failed, not written, outcome unknown: their record stays), and managed
-    references gone from the environment are forgotten. Written when that changes what the state records
+    references gone from the environment are forgotten; flows to restore known to be on are no longer
+    recorded (``_flows_on``). Written when that changes what the state records
     (a first state: when the apply wrote something or had nothing to write); what the refresh took in
     without writing it is said."""
     from reconciler.api.live import read_reference_rows
@@ -432,16 +452,17 @@ def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyR
     live_after = live_after_apply(live, result, read_rows) if result else live
 
     def names(outcome: str) -> list[str]:
-        # References only: switching a flow on records nothing in the state.
+        # References only: switching a flow on or moving it records nothing in the state.
         return [r.op.logical_name for r in (result.results if result else ())
-                if r.outcome == outcome and r.op.kind != "activate_flow"]
+                if r.outcome == outcome and r.op.kind not in ("activate_flow", "repoint_flow")]
 
     new_state = record_state.record_apply(
         prev, name, live_after, declared=list(config.references), ops=[r.op for r in written],
         failed=names("failed"), unknown=names("unknown"), not_written=names("not_written"),
-        solution=config.solution, commit=commit, gone=gone,
+        solution=config.solution, commit=commit, gone=gone, flows_on=_flows_on(env_plan, live, result),
     )
-    if prev is not None and record_state.same_records(prev, new_state):
+    if (prev is not None and record_state.same_records(prev, new_state)
+            and prev.flows_to_restore == new_state.flows_to_restore):
         return  # already recorded as it is: the state stays as it is
     backend.write(new_state, token=snap.token if snap else None, lock=lock)
     changes = record_state.recorded_changes(prev, new_state, (r.op.logical_name for r in written))
@@ -470,6 +491,14 @@ def _quoted(value: object) -> str:
     return f'"{value}"' if value not in (None, "") else "(none)"
 
 
+def _flows_on(env_plan: EnvironmentPlan, live: LiveEnvironment, result: ApplyResult | None) -> set[str]:
+    """The flows known to be on after an apply (ids, lower case): those it left on, and those that were on when
+    planning and that it did not move (the state no longer needs to restore them)."""
+    moved = {op.flow_id.lower() for op in env_plan.repoints}
+    on = {f.id.lower() for f in live.flows if f.is_on and f.id.lower() not in moved}
+    return on | set(result.flows_on if result else ())
+
+
 def _gone(config: Config, prev: EnvState | None, session: EnvSession, live: LiveEnvironment) -> list[str]:
     """The references the state manages that are neither declared nor in the environment any more
     (``record.vanished``). ``live`` holds the solution's and the declared references only, so a candidate
@@ -495,11 +524,14 @@ def _report_applied(name: str, result: ApplyResult | None) -> None:
         progress.step(name, progress.DONE, "applied: %d written", written)
 
 
-_FLOW_MARKS = {"updated": "✓", "switched_on": "✓", "update_not_checked": "·", "not_attempted": "·"}
+_FLOW_MARKS = {"updated": "✓", "switched_on": "✓", "update_not_checked": "·", "not_attempted": "·", "moved": "✓",
+               "move_not_attempted": "·"}
 _FLOW_WORDS = {"updated": "took the new connection", "update_failed": "update failed",
                "update_not_finished": "update did not finish", "update_not_checked": "update not checked",
                "switched_on": "switched on", "not_switched_on": "not switched on",
-               "not_attempted": "not switched on", "not_on": "not on"}
+               "not_attempted": "not switched on", "not_on": "not on",
+               "moved": "moved onto the kept reference", "not_moved": "not moved",
+               "move_not_attempted": "not moved"}
 
 
 def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Out, *, failed: bool) -> None:
@@ -512,7 +544,8 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
     for env, result in results.items():
         print(f"\n{inert(env)}:", file=out)
         for r in result.results:
-            if r.op.kind == "activate_flow":
+            if r.op.kind in ("activate_flow", "repoint_flow"):
+                unwritten += r.op.kind == "repoint_flow" and r.outcome != "written"
                 continue  # said with the flows below
             mark = {"written": "✓", "not_written": "·", "failed": "✗", "unknown": "?"}.get(r.outcome, "?")
             reason = f": {inert(r.reason)}" if r.reason else ""

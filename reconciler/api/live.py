@@ -564,7 +564,10 @@ def read_environment(
         flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
                       for r in f_flows.result())
 
-    declared = {name.lower() for name in config.references} | {name.lower() for name in managed}
+    # Declared references, those connref manages (from state), and those the config replaces (consolidation
+    # reads them wherever they are).
+    declared = ({name.lower() for name in config.references} | {name.lower() for name in managed}
+                | set(config.replacements))
     references = tuple(
         reference_from_row(row, str(row["connectionreferenceid"]).lower() in members_ids)
         for row in ref_rows

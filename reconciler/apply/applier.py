@@ -43,6 +43,7 @@ outcome is unknown, reported as such ("run plan again; nothing else needed"), ne
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,6 +61,7 @@ from reconciler.api.batch_format import (
 )
 from reconciler.api.odata_filter import Filter, Guid, any_of, odata_bind
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
+from reconciler.apply import consolidate
 from reconciler.apply.flowstate import flow_state_request
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
@@ -71,6 +73,7 @@ from reconciler.plan.ops import (
     DeleteReference,
     EnvironmentPlan,
     Op,
+    RepointFlow,
     ShareConnection,
     UpdateReference,
 )
@@ -119,7 +122,8 @@ class BatchProgress:
 
 
 FlowOutcomeKind = Literal["updated", "update_failed", "update_not_finished", "update_not_checked",
-                          "switched_on", "not_switched_on", "not_attempted", "not_on"]
+                          "switched_on", "not_switched_on", "not_attempted", "not_on",
+                          "moved", "not_moved", "move_not_attempted"]
 #: Outcomes that leave a flow failing: the apply fails (exit code 1).
 FAILING = frozenset({"update_failed", "update_not_finished", "not_switched_on", "not_on"})
 
@@ -127,13 +131,16 @@ FAILING = frozenset({"update_failed", "update_not_finished", "not_switched_on", 
 @dataclass(frozen=True)
 class FlowOutcome:
     """What became of one flow: its update after a rebind (``updated``, ``update_failed``,
-    ``update_not_finished``, ``update_not_checked``), or its switching on (``switched_on``,
-    ``not_switched_on``, ``not_attempted``, ``not_on`` when it is not on when read back)."""
+    ``update_not_finished``, ``update_not_checked``), its switching on (``switched_on``,
+    ``not_switched_on``, ``not_attempted``, ``not_on`` when it is not on when read back), or its move onto
+    the reference that replaces its per-developer ones (``moved``, ``not_moved``, ``move_not_attempted``;
+    ``on``: True when the move left it on, as it was, without switching it off)."""
 
     flow_id: str
     name: str
     outcome: FlowOutcomeKind
     reason: str = ""
+    on: bool | None = None  # the flow is on at the end (None: not known)
 
     @property
     def failing(self) -> bool:
@@ -166,6 +173,14 @@ class ApplyResult:
     def failing_flows(self) -> tuple[FlowOutcome, ...]:
         return tuple(f for f in self.flows if f.failing)
 
+    @property
+    def flows_on(self) -> tuple[str, ...]:
+        """The flows this apply left on (ids, lower case): switched on (and on when read back), or left on as
+        they were by a move that did not switch them off: the state no longer needs to restore them."""
+        last = {f.flow_id.lower(): f for f in self.flows if f.outcome in ("switched_on", "not_on")}
+        on = {fid for fid, f in last.items() if f.outcome == "switched_on"}
+        return tuple(sorted(on | {f.flow_id.lower() for f in self.flows if f.on}))
+
     def _with(self, outcome: Outcome) -> tuple[OpResult, ...]:
         return tuple(r for r in self.results if r.outcome == outcome)
 
@@ -189,6 +204,23 @@ class ApplyResult:
     def ok(self) -> bool:
         return all(r.outcome == "written" for r in self.results) and not self.failing_flows
 
+    def moves_account(self) -> list[str]:
+        """Which flows a consolidation moved onto the kept reference and which not (and why): the next plan
+        picks up from there."""
+        moves = [f for f in self.flows if f.outcome in consolidate.MOVE_OUTCOMES]
+        if not moves:
+            return []
+        moved = [f for f in moves if f.outcome == "moved"]
+        lines = [f"  flows moved onto the kept reference: {len(moved)} of {len(moves)}"]
+        for f in moves:
+            if f.outcome == "moved":
+                lines.append(f'    moved: flow "{f.name}"')
+            else:
+                lines.append(f'    not moved: flow "{f.name}": {f.reason}')
+        if len(moved) < len(moves):
+            lines.append("  the next plan moves the others (apply again)")
+        return lines
+
     def summary(self, limit: int = 20) -> str:
         """A plain-text account: failures in full, writes of unknown outcome, then what was and was not
         written (only the kinds of outcome that happened are named)."""
@@ -202,6 +234,7 @@ class ApplyResult:
             lines.append(f"  ? {unknown_outcome(len(self.unknown))} ({self.unknown[0].reason})")
         for f in self.failing_flows:
             lines.append(f'  ! flow "{f.name}": {f.reason}')
+        lines.extend(self.moves_account())
         for label, group in (("written", self.written), ("not written", self.not_written),
                              ("outcome unknown", self.unknown)):
             if not group:
@@ -373,20 +406,25 @@ def apply_environment(
     flows: FlowWatch | None = None,
     batch_size: int = MAX_BATCH_OPERATIONS,
     sharer: ConnectionSharer | None = None,
+    before_switch_off: Callable[[Mapping[str, str]], None] | None = None,
 ) -> ApplyResult:
     """Write one environment's plan: first the grants of access (``ShareConnection``) through ``sharer``, then
     the reference writes through ``writer``, in change sets of at most ``batch_size`` operations (``read_rows``,
     the caller's live reader, reads back a change set whose answer was lost); then (docs/dataverse.md
-    §5.6-§5.8) wait for the asynchronous update of the flows the rebinds reach, switch the plan's flows on
-    pass by pass and read them back (``flows``: how, and through which read-only client; without it the
-    updates are not waited for and nothing is read back). Returns the result when everything was written and
-    no flow is left failing; raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything was
-    not, failed, ended with an unknown outcome, or a flow is left failing, and before sending anything when
-    the plan lacks the facts apply needs (a plan made by an earlier connref)."""
+    §5.6-§5.8) wait for the asynchronous update of the flows the rebinds reach, move the flows a consolidation
+    moves (switched off and edited: ``reconciler.apply.consolidate``; ``before_switch_off`` is called with the
+    flows it is about to switch off, before the first of them is), switch the plan's flows on pass by pass
+    (those the moves switched off among them) and read them back (``flows``: how, and through which read-only
+    client; without it the updates are not waited for and nothing is read back), and delete the replaced
+    references nothing uses any more. Returns the result when everything was written and no flow is left
+    failing; raises ``ApplyError`` (with ``results`` = the ``ApplyResult``) when anything was not, failed,
+    ended with an unknown outcome, or a flow is left failing, and before sending anything when the plan lacks
+    the facts apply needs (a plan made by an earlier connref)."""
     ref_ops: list[Op] = [op for op in env_plan.reference_ops if not isinstance(op, ShareConnection)]
     shares = [op for op in env_plan.ops if isinstance(op, ShareConnection)]
     activations = list(env_plan.activations)
-    if not ref_ops and not shares and not activations:
+    repoints, retires = list(env_plan.repoints), list(env_plan.retires)
+    if not ref_ops and not shares and not activations and not repoints and not retires:
         return ApplyResult(env_plan.environment, ())
     facts = env_plan.facts
     if facts is None:
@@ -412,17 +450,70 @@ def apply_environment(
     if reached:
         outcomes.extend(_wait_for_updates(watch, env_plan.environment, {k: watched[k] for k in reached},
                                           known_jobs))
+    refs_ok = all(r.outcome == "written" for r in results)
+    mover = consolidate.Mover(writer, functools.partial(_flow_row, watch.reader), caller_object_id)
+    moves = _move_flows(mover, repoints, refs_ok, before_switch_off, results, outcomes)
     if activations:
-        refs_ok = all(r.outcome == "written" for r in results)
-        act_results, act_flows = _switch_on(writer, watch.reader, activations, caller_object_id, outcomes, refs_ok)
+        # A flow a move was to switch off and did not is on as it was: nothing to switch on.
+        still_on = {m.op.flow_id.lower() for m in moves if m.still_on}
+        act_results, act_flows = _switch_on(writer, watch.reader,
+                                            [a for a in activations if a.flow_id.lower() not in still_on],
+                                            caller_object_id, outcomes, refs_ok)
+        results.extend(OpResult(a, "not_written", "not needed: it was not switched off to be moved, and is on")
+                       for a in activations if a.flow_id.lower() in still_on)
         results.extend(act_results)
         outcomes.extend(act_flows)
+    if retires:
+        send, held = consolidate.retire_requests(retires, moves)
+        results.extend(OpResult(op, "not_written", held[id(op)]) for op in retires if id(op) in held)
+        retire_results, _ = _write_references(writer, read_rows, env_plan.environment, list(send),
+                                              facts.component_type, caller_object_id, None, batch_size)
+        results.extend(retire_results)
 
     result = ApplyResult(env_plan.environment, (*granted, *results), batches_sent=batches_sent,
                          flows=tuple(outcomes))
     if not result.ok:
         raise ApplyError(_apply_error_message(result), results=result)
     return result
+
+
+def _flow_row(reader: FlowReader | None, flow_id: str) -> dict[str, Any] | None:
+    """One flow's row (state, definition, ETag), to read back a move whose answer was lost; None when there is
+    no reader or no such row."""
+    if reader is None:
+        return None
+    rows = reader.get_all("workflows", select=consolidate.FLOW_READ_COLUMNS, filter=any_of("workflowid",
+                                                                                        [Guid(flow_id)]))
+    return rows[0] if rows else None
+
+
+def _move_flows(mover: consolidate.Mover, repoints: list[RepointFlow], refs_ok: bool,
+                before_switch_off: Callable[[Mapping[str, str]], None] | None, results: list[OpResult],
+                flows: list[FlowOutcome]) -> list[consolidate.Move]:
+    """Move the flows of a consolidation (``reconciler.apply.consolidate``): not attempted when a reference
+    write failed (the kept reference may not exist yet) or a flow's asynchronous update failed. Each move's
+    result goes into ``results`` and its outcome into ``flows``."""
+    if not repoints:
+        return []
+    failed_update = {u.flow_id for u in flows if u.failing}
+    if not refs_ok:
+        moves = [consolidate.Move(op, "move_not_attempted", "not attempted: not every reference change was written")
+                 for op in repoints]
+    else:
+        ready = [op for op in repoints if op.flow_id.lower() not in failed_update]
+        moves = consolidate.move_flows(mover, ready, before_switch_off)
+        moves += [consolidate.Move(op, "move_not_attempted", "not attempted: its update after the rebind failed or did "
+                                   "not finish") for op in repoints if op.flow_id.lower() in failed_update]
+    for m in moves:
+        if m.moved:
+            results.append(OpResult(m.op, "written", "", m.result.status if m.result else None))
+        elif m.outcome == "move_not_attempted":
+            results.append(OpResult(m.op, "not_written", m.reason))
+        else:
+            results.append(OpResult(m.op, "failed", m.reason, m.result.status if m.result else None))
+        flows.append(FlowOutcome(m.op.flow_id.lower(), m.op.logical_name, m.outcome, m.reason,
+                                 on=True if m.still_on else None))
+    return moves
 
 
 def _write_references(writer: BatchWriter, read_rows: RowReader, environment: str, ops: list[Op],
@@ -788,8 +879,8 @@ def live_after_apply(live: LiveEnvironment, result: ApplyResult,
     missing: dict[str, bool] = {}  # id -> in the solution
     for r in result.written:
         op = r.op
-        if isinstance(op, ShareConnection | ActivateFlow):
-            continue  # a grant or a flow switched on changes no reference
+        if isinstance(op, ShareConnection | ActivateFlow | RepointFlow):
+            continue  # a grant, a flow switched on or moved changes no reference
         if isinstance(op, DeleteReference):
             by_id.pop(op.reference_id or "", None)
             continue

@@ -9,16 +9,17 @@ lint policy ``per_developer_references`` says which, and this module answers:
 - ``flows_using``: which flows use a reference (their ``clientdata`` names it, docs/dataverse.md §5.2);
 - ``per_developer_severity``: how a per-developer reference is reported under the team's policy;
 - ``duplicate_groups`` / ``kept_reference``: which references share a connector, and which of a group to
-  keep (the one import suggests ``replaces:`` on).
+  keep (the one import suggests ``replaces:`` on);
+- ``still_used``: what keeps a replaced reference from being deleted once its flows are moved.
 
 Lint, import and the planner interpret these answers; none of them decides anew.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
-from reconciler.domain.model import LiveEnvironment, LiveFlow, LiveReference, connector_name
+from reconciler.domain.model import DesiredReference, LiveEnvironment, LiveFlow, LiveReference, connector_name
 from reconciler.domain.naming import random_suffix
 from reconciler.domain.rules import ERROR, WARNING, is_owner
 
@@ -73,3 +74,27 @@ def kept_reference(group: Sequence[LiveReference], live: LiveEnvironment,
                 not service_owned, r.logical_name.lower())
 
     return min(group, key=rank)
+
+
+def connector_label(ref: LiveReference | DesiredReference) -> str:
+    """``shared_sharepointonline``: the connector as a message names it."""
+    return connector_name(ref.connector)
+
+
+_KIND_WORDS = {"flow": "flow", "canvas_app": "canvas app", "bot": "agent"}
+
+
+def still_used(live: LiveEnvironment, ref: LiveReference, moved: Collection[str]) -> list[str]:
+    """What keeps a replaced reference from being deleted once the flows ``moved`` (ids) are moved off it:
+    the other flows whose definition names it, and whatever ``RetrieveDependenciesForDelete`` reported
+    (canvas apps, agents, other components; docs/dataverse.md §2.7), each as a person reads it."""
+    gone = {m.lower() for m in moved}
+    out: dict[str, str] = {}
+    for f in flows_using(live, ref.logical_name):
+        if f.id.lower() not in gone:
+            out[f.id.lower()] = f'flow "{f.name}"'
+    for d in live.dependents.get(ref.id.lower(), ()):
+        if d.id.lower() in gone or d.id.lower() in out:
+            continue
+        out[d.id.lower()] = f'{_KIND_WORDS.get(d.kind, d.kind)} "{d.name}"'
+    return sorted(out.values(), key=str.lower)

@@ -120,6 +120,12 @@ CODES: Mapping[str, Code] = {
         Code("CR310", "solution-not-found", ERROR, "the config's solution does not exist in the environment"),
         Code("CR311", "case-duplicates", ERROR, "several live references have the declared name, ignoring case"),
         Code("CR312", "connector-changed", ERROR, "the live reference is for another connector than declared"),
+        Code("CR314", "replaced-connector-differs", ERROR,
+             "a reference the config replaces is for another connector than the one replacing it"),
+        Code("CR315", "moved-flow-cannot-restart", ERROR,
+             "a flow that is on would have to be switched off to move it, and could not be switched on again"),
+        Code("CR316", "flow-definition-unreadable", ERROR,
+             "a flow using a replaced reference has a definition connref cannot read to move it"),
         # managed (downstream) environments, dependents and flows (plan)
         Code("CR313", "not-in-managed-solution", ERROR,
              "a declared reference is not in the environment's managed solution"),
@@ -798,6 +804,22 @@ def write_landed(action: str, *, logical_name: str, etag: str | None, expected: 
     return None if differences(expected, actual) else True
 
 
+def flow_write_landed(*, etag: str | None, expected: Mapping[str, Any],
+                      found: Mapping[str, Any] | None) -> bool | None:
+    """Whether a write to a flow's row whose answer was lost took effect (its state, or its definition), from
+    the row read back (``found``, the service's row with its ``@odata.etag``; None when there is none;
+    docs/dataverse.md §3.12). True: the row carries every value the write set (``expected``). False: it does
+    not, and is still at the ETag the write was sent with. None: the row cannot tell (gone, or changed in
+    another way since)."""
+    if found is None:
+        return None
+    if all(found.get(k) == v for k, v in expected.items()):
+        return True
+    if etag and found.get("@odata.etag") == etag:
+        return False
+    return None
+
+
 def change_set_landed(verdicts: Sequence[bool | None]) -> str:
     """The fate of an atomic change set (docs/dataverse.md §3.7) from what its writes' rows tell
     (``write_landed``): ``WRITTEN`` when some write was written and none not, ``NOT_WRITTEN`` when some was
@@ -926,10 +948,14 @@ def activation_verdict(
     settings: FlowSettings,
     live: LiveEnvironment | None = None,
     granted: Collection[str] = (),
+    restore: Collection[str] = (),
 ) -> ActivationVerdict:
     """Which of the solution's flows that are off can be switched on once the plan's bindings are written,
     in passes (a flow goes in the pass after the last of its children; docs/dataverse.md §5.6), and which
     stay off and why.
+
+    ``restore``: ids of flows connref itself switches off (or an earlier apply switched off) to edit them
+    (docs/dataverse.md §5.9): they were on, so they are switched on again whatever ``settings`` say.
 
     ``bound_after``: lower-case logical name -> the connection name each reference will have after apply
     (None: unbound); a name missing from it is a reference not in the environment. ``all_flows``: every
@@ -938,7 +964,7 @@ def activation_verdict(
     or has shared (directly, or through the tenant or a group, as ``can_use`` judges it with ``live``; or
     that apply shares with it first: ``granted``, lower-case connection names; docs/dataverse.md §5.3, §5.8,
     §4.8), every child flow is on or switched on before it, and the config does not keep it off."""
-    candidates, held = _off_flows(solution_flows, settings)
+    candidates, held = _off_flows(solution_flows, settings, {r.lower() for r in restore})
     blocked: dict[str, tuple[str, ...]] = {}
     for flow in candidates:
         reasons = _reference_reasons(flow, bound_after, connection, describe,
@@ -962,13 +988,16 @@ def activation_verdict(
     return ActivationVerdict(tuple(activations), tuple(held))
 
 
-def _off_flows(solution_flows: Iterable[LiveFlow], settings: FlowSettings) -> tuple[list[LiveFlow], list[HeldFlow]]:
+def _off_flows(solution_flows: Iterable[LiveFlow], settings: FlowSettings,
+               restore: Collection[str]) -> tuple[list[LiveFlow], list[HeldFlow]]:
     """The solution's flows that are off and may be switched on, and those that stay off whatever the
-    bindings: suspended, or kept off by the config."""
+    bindings: suspended, or kept off by the config (unless connref switched them off: ``restore``)."""
     candidates: list[LiveFlow] = []
     held: list[HeldFlow] = []
     for flow in sorted(solution_flows, key=lambda f: (f.name.lower(), f.id)):
-        if flow.state == FLOW_SUSPENDED:
+        if flow.state == FLOW_OFF and flow.id.lower() in restore:
+            candidates.append(flow)
+        elif flow.state == FLOW_SUSPENDED:
             held.append(HeldFlow(flow, "suspended",
                                  ("it is suspended: connref switches on only flows that are off",)))
         elif flow.state != FLOW_OFF:

@@ -63,6 +63,7 @@ import fnmatch
 import functools
 import json
 import random
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ class FaultRule:
     probability: float = 1.0
     times: int | None = None
     after: int = 0
+    # Only Dataverse requests that write: a POST, PATCH, PUT or DELETE, and a $batch only when one of its
+    # parts writes (a $batch of GETs reads). "Fail the Nth write" whatever the reads between.
+    writes_only: bool = False
     retry_after: int = 0
     code: str = "0x80072322"
     latency_ms: int = 0
@@ -161,6 +165,8 @@ class FaultRule:
     def matches(self, request: Request) -> bool:
         if self.methods is not None and request.method.upper() not in self.methods:
             return False
+        if self.writes_only and not writes(request):
+            return False
         return fnmatch.fnmatchcase(request.path, self.path)
 
     @property
@@ -175,6 +181,7 @@ class FaultRule:
             "probability": self.probability,
             "times": self.times,
             "after": self.after,
+            "writes_only": self.writes_only,
             "retry_after": self.retry_after,
             "code": self.code,
             "latency_ms": self.latency_ms,
@@ -188,6 +195,18 @@ class FaultRule:
             "link_host": self.link_host,
             "after_commit": self.after_commit,
         }
+
+
+_WRITE_LINE = re.compile(rb"^(?:POST|PATCH|PUT|DELETE) ", re.MULTILINE)
+
+
+def writes(request: Request) -> bool:
+    """A Dataverse request that writes; a ``$batch`` when one of its parts writes."""
+    if _route(request) != "dataverse" or request.method.upper() not in ("POST", "PATCH", "PUT", "DELETE"):
+        return False
+    if request.path.rstrip("/").endswith("$batch"):
+        return bool(_WRITE_LINE.search(request.body))
+    return True
 
 
 def throttle_error(code: str = "0x80072322", retry_after: int = 0, message: str | None = None) -> HttpError:

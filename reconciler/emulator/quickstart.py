@@ -254,9 +254,11 @@ class EnvBuilder:
         in_solution: bool = True,
         children: tuple[str, ...] = (),
         child: bool = False,
+        manual: bool = False,
     ) -> None:
         """``uses``: (clientdata key, connector, reference logical name); keys are shared_x, shared_x-1...
-        ``children``: the workflow ids it runs ("Run a Child Flow"); ``child``: it is one (a manual trigger)."""
+        ``children``: the workflow ids it runs ("Run a Child Flow"); ``child``: it is one (a manual trigger);
+        ``manual``: an instant flow (a manual trigger, a button) rather than an automated one."""
         row: dict[str, Any] = {
             "workflowid": flow_id,
             "name": name,
@@ -266,7 +268,7 @@ class EnvBuilder:
             "statuscode": 2 if on else 1,
             "ismanaged": self.managed and in_solution,
             "_ownerid_value": self.owner_id(owner),
-            "clientdata": clientdata(uses, children=children, child=child),
+            "clientdata": clientdata(uses, children=children, child=child or manual),
             "versionnumber": self.next_version(),
         }
         if on:
@@ -407,6 +409,8 @@ FLOW_NOTIFY = _SHARED.guid()
 FLOW_POST = _SHARED.guid()
 APP_TRACKER = _SHARED.guid()
 REF_TEAMS_NEW = _SHARED.guid()
+FLOW_REQUEST = _SHARED.guid()
+FLOW_ARCHIVE = _SHARED.guid()
 
 LN_SP_30E7D = "contoso_sharedsharepointonline_30e7d"
 LN_SP_8F4B0 = "contoso_sharedsharepointonline_8f4b0"
@@ -467,6 +471,11 @@ def make_dev() -> EnvBuilder:
         on=False,
         in_solution=False,
     )
+    # Instant flows (a button) on each maker's SharePoint reference, beside the automated ones above: what a
+    # consolidation moves (docs/adoption.md, "Consolidating per-developer references").
+    b.flow(FLOW_REQUEST, "Request invoice approval", MAKER2[0], [(SHAREPOINT, SHAREPOINT, LN_SP_8F4B0)], on=True,
+           manual=True)
+    b.flow(FLOW_ARCHIVE, "Archive invoice", MAKER1[0], [(SHAREPOINT, SHAREPOINT, LN_SP_30E7D)], on=True, manual=True)
     return b
 
 

@@ -395,11 +395,66 @@ class ActivateFlow(Operation):
 
 
 
-Op = CreateReference | UpdateReference | AddToSolution | DeleteReference | ShareConnection | ActivateFlow
+@dataclass(frozen=True, kw_only=True)
+class RepointFlow(Operation):
+    """Move a flow off the references the config replaces: its definition (``clientdata``) rewritten so each
+    entry naming a replaced reference names the kept one (docs/dataverse.md §5.2, §5.9, §5.10).
+    ``logical_name`` is the flow's name, ``flow_id`` what apply writes to, ``etag`` the flow's row as read
+    (If-Match on the first write, each later write the ETag the one before returned), ``clientdata`` the whole
+    new definition, ``moves`` each (replaced, kept) logical name. A flow that is on is switched off first
+    (``switch_off``); the plan's ``ActivateFlow`` for it switches it on again after the edit."""
+
+    kind: ClassVar[str] = "repoint_flow"
+    actions: ClassVar[tuple[str, ...]] = ("update",)
+
+    flow_id: str
+    clientdata: str
+    moves: tuple[tuple[str, str], ...] = ()
+    switch_off: bool = False
+    owner: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.environment}.flows.{self.logical_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "flow_id": self.flow_id, "clientdata": self.clientdata,
+                "moves": [list(m) for m in self.moves], "switch_off": self.switch_off,
+                "owner": self.owner}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RepointFlow:
+        return cls(**cls._base_kwargs(d), flow_id=d["flow_id"], clientdata=d["clientdata"],
+                   moves=tuple((str(a), str(b)) for a, b in d.get("moves", ())),
+                   switch_off=bool(d.get("switch_off")), owner=d.get("owner"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetireReference(DeleteReference):
+    """Delete a reference the config replaces (``replaced_by``), once nothing uses it: after the flows that
+    used it (``flows``) are moved onto the kept one. Apply sends it after those flows, and not at all when
+    one of them was not moved."""
+
+    kind: ClassVar[str] = "retire"
+    actions: ClassVar[tuple[str, ...]] = ("delete",)
+
+    replaced_by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "replaced_by": self.replaced_by}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RetireReference:
+        return cls(**cls._base_kwargs(d), flows=tuple(FlowInfo.from_dict(f) for f in d.get("flows", ())),
+                   replaced_by=d["replaced_by"])
+
+
+Op = CreateReference | UpdateReference | AddToSolution | DeleteReference | ShareConnection | ActivateFlow | RepointFlow
 
 _KINDS: dict[str, Any] = {
     cls.kind: cls
-    for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference, ShareConnection, ActivateFlow)
+    for cls in (CreateReference, UpdateReference, AddToSolution, DeleteReference, ShareConnection, ActivateFlow,
+                RepointFlow, RetireReference)
 }
 #: Every operation kind a plan may hold (a saved plan's schema lists the same, saved-plan-1.json).
 OPERATION_KINDS: tuple[str, ...] = tuple(_KINDS)
@@ -510,7 +565,16 @@ class EnvironmentPlan:
 
     @property
     def reference_ops(self) -> tuple[Op, ...]:
-        return tuple(op for op in self.ops if not isinstance(op, ActivateFlow))
+        """What apply writes first, in ``$batch`` change sets: creates, updates, additions and prunes."""
+        return tuple(op for op in self.ops if not isinstance(op, ActivateFlow | RepointFlow | RetireReference))
+
+    @property
+    def repoints(self) -> tuple[RepointFlow, ...]:
+        return tuple(op for op in self.ops if isinstance(op, RepointFlow))
+
+    @property
+    def retires(self) -> tuple[RetireReference, ...]:
+        return tuple(op for op in self.ops if isinstance(op, RetireReference))
 
     @property
     def activations(self) -> tuple[ActivateFlow, ...]:

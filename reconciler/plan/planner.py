@@ -50,6 +50,7 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.rules import Problem, problem
 from reconciler.errors import PlanError
+from reconciler.plan.consolidate import ConsolidationPlan, plan_consolidation
 from reconciler.plan.ops import (
     ActivateFlow,
     AddToSolution,
@@ -94,10 +95,12 @@ def plan(
     prune: bool | None = None,
     managed: Mapping[str, Collection[str]] | None = None,
     created_at: str | None = None,
+    restore: Mapping[str, Collection[str]] | None = None,
 ) -> Plan:
     """Plan every environment in ``lives`` (in config order). ``prune`` defaults to the config's setting;
     ``managed`` gives, per environment, the logical names connref manages (from state): only those may
-    ever be deleted. Raises one ``PlanError`` listing the problems of all environments."""
+    ever be deleted; ``restore`` the flows an earlier apply switched off to move them and did not switch on
+    again (from state). Raises one ``PlanError`` listing the problems of all environments."""
     unknown = sorted(set(lives) - set(config.environments))
     if unknown:
         raise PlanError(f"environment(s) not in the config: {', '.join(unknown)}")
@@ -109,7 +112,8 @@ def plan(
             continue
         try:
             managed_here = (managed or {}).get(name, ())
-            envs.append(plan_environment(config, env, lives[name], prune=do_prune, managed=managed_here))
+            envs.append(plan_environment(config, env, lives[name], prune=do_prune, managed=managed_here,
+                                         restore=(restore or {}).get(name, ())))
         except PlanProblems as e:
             problems.extend(e.diagnostics)
     if problems:
@@ -157,9 +161,10 @@ def plan_environment(
     *,
     prune: bool = False,
     managed: Collection[str] = (),
+    restore: Collection[str] = (),
 ) -> EnvironmentPlan:
     """The operations that bring one environment to the config. Raises ``PlanProblems`` (a ``PlanError``)."""
-    return _EnvPlanner(config, env, live).run(prune=prune, managed=managed)
+    return _EnvPlanner(config, env, live).run(prune=prune, managed=managed, restore=restore)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -212,7 +217,8 @@ def config_digest(config: Config) -> str:
             "solution": config.solution,
             "prune": config.prune,
             "references": {
-                name: [r.connector, r.display_name, r.description] for name, r in config.references.items()
+                name: [r.connector, r.display_name, r.description, *([sorted(r.replaces)] if r.replaces else [])]
+                for name, r in config.references.items()
             },
             "environments": {
                 name: {
@@ -265,7 +271,7 @@ class _EnvPlanner:
 
     # ---- the run
 
-    def run(self, *, prune: bool, managed: Collection[str]) -> EnvironmentPlan:
+    def run(self, *, prune: bool, managed: Collection[str], restore: Collection[str] = ()) -> EnvironmentPlan:
         self.problems.extend(rules.identity_problems(self.env.name, self.env.service_account, self.live))
         scope = self.live.connections_visibility_note()
         if scope:  # the caller's list only: say so in the plan itself (docs/dataverse.md §4.3)
@@ -284,14 +290,20 @@ class _EnvPlanner:
             ops.extend(self.plan_prune(by_name, {m.lower() for m in managed}))
         ops.extend(self.shares.values())
 
+        cons = plan_consolidation(self.config, self.env, self.live, writer=self.writer,
+                                  bound_after=self.bound_after(ops), restore=restore,
+                                  managed_env=self.managed_env, user_label=self.user_label,
+                                  granted=set(self.shares))
+        self.problems.extend(cons.problems)
+        self.warnings.extend(p.line() for p in cons.warnings)
         if self.problems:
             raise PlanProblems(self.problems)
         order = {"share": -1, "add_to_solution": 0, "create": 1, "update": 2, "delete": 3}
         ops.sort(key=lambda op: (op.logical_name.lower(), order[op.kind]))
-        activations, notes = self.plan_flows(ops)
+        activations, notes = self.plan_flows(ops, cons)
         return EnvironmentPlan(
             environment=self.env.name,
-            ops=(*ops, *activations),
+            ops=(*ops, *cons.repoints, *activations, *cons.retires),
             warnings=tuple(self.warnings),
             fingerprint=self.fingerprint,
             connections_scope=self.live.connections_scope,
@@ -508,9 +520,10 @@ class _EnvPlanner:
         (flows, canvas apps, agents: ``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7). References
         connref never managed are never deleted, nor managed components (they go with their solution)."""
         declared = {n.lower() for n in self.config.references}
+        replaced = set(self.config.replacements)  # consolidation retires them, after their flows move
         ops: list[Op] = []
         for key, refs in sorted(by_name.items()):
-            if key in declared or key not in managed:
+            if key in declared or key in replaced or key not in managed:
                 continue
             for ref in refs:
                 if self.managed_env or ref.managed:
@@ -554,11 +567,8 @@ class _EnvPlanner:
 
     # ---- flows
 
-    def plan_flows(self, ops: list[Op]) -> tuple[tuple[ActivateFlow, ...], tuple[FlowNote, ...]]:
-        """The solution's flows that are off: which apply switches on once the bindings are written, in
-        passes (children first), and which stay off and why (``rules.activation_verdict``)."""
-        sol = self.config.solution.lower()
-        solution_flows = [f for f in self.live.flows if any(s.lower() == sol for s in f.solutions)]
+    def bound_after(self, ops: list[Op]) -> dict[str, str | None]:
+        """Lower-case logical name -> the connection each reference will have once ``ops`` are written."""
         bound: dict[str, str | None] = {r.logical_name.lower(): r.connection for r in self.live.references}
         for op in ops:
             if isinstance(op, CreateReference):
@@ -567,29 +577,52 @@ class _EnvPlanner:
                 bound[op.logical_name.lower()] = op.new_connection.name
             elif isinstance(op, DeleteReference):
                 bound.pop(op.logical_name.lower(), None)
-        writer = self.writer
-        who = writer.describe() if writer else "the identity that writes"
+        return bound
+
+    def plan_flows(self, ops: list[Op], cons: ConsolidationPlan | None = None
+                   ) -> tuple[tuple[ActivateFlow, ...], tuple[FlowNote, ...]]:
+        """The solution's flows that are off: which apply switches on once the bindings are written, in
+        passes (children first), and which stay off and why (``rules.activation_verdict``). A flow the
+        consolidation moves is judged with its new definition, and as off when the move switches it off; the
+        flows the moves switch off, and those an earlier apply switched off to move them (``cons.again``), are
+        switched on again whatever ``flows.activate`` and ``flows.keep_off`` say."""
+        cons = cons or ConsolidationPlan()
+        flows = [cons.projected.get(f.id.lower(), f) for f in self.live.flows]
+        sol = self.config.solution.lower()
+        chosen = [f for f in flows if any(s.lower() == sol for s in f.solutions) or f.id.lower() in cons.again]
         verdict = rules.activation_verdict(
-            solution_flows,
-            {f.id.lower(): f for f in self.live.flows},
-            bound_after=bound,
+            chosen,
+            {f.id.lower(): f for f in flows},
+            bound_after=self.bound_after(ops),
             connection=self.live.connection,
             describe=lambda c: rules.describe_connection(c, self.live),
-            writer=writer,
-            writer_label=who,
+            writer=self.writer,
+            writer_label=self.writer.describe() if self.writer else "the identity that writes",
             settings=self.env.flows,
             live=self.live,
             granted=set(self.shares),
+            restore=cons.again,
         )
+        return self.activation_ops(verdict, cons)
+
+    def activation_ops(self, verdict: rules.ActivationVerdict, cons: ConsolidationPlan
+                       ) -> tuple[tuple[ActivateFlow, ...], tuple[FlowNote, ...]]:
+        who = self.writer.describe() if self.writer else "the identity that writes"
+        moving = {op.flow_id.lower() for op in cons.repoints if op.switch_off}
         activations = []
         for a in verdict.activations:
             f = a.flow
             needs = " after its child flows" if f.children else ""
+            fid = f.id.lower()
+            why = ("on, and switched off to move it onto the reference that replaces its per-developer ones"
+                   if fid in moving else
+                   "an earlier apply switched it off to move it onto the reference that replaces its "
+                   "per-developer ones and did not switch it on again" if fid in cons.again else "off")
             activations.append(ActivateFlow(
                 environment=self.env.name,
                 logical_name=f.name,
                 etag=f.etag or None,
-                reason=f"off, and every reference it uses will be bound to a connection {who} may use; "
+                reason=f"{why}, and every reference it uses will be bound to a connection {who} may use; "
                        f"switched on as {who}{needs}",
                 before={"state": f.state_name},
                 after={"state": "On"},

@@ -28,6 +28,8 @@ from reconciler.plan.ops import (
     FlowNote,
     Op,
     Plan,
+    RepointFlow,
+    RetireReference,
     ShareConnection,
     UpdateReference,
 )
@@ -38,7 +40,7 @@ _CALLER_SCOPE = ("listed in the caller's scope only (the admin list was refused)
                  "are hidden from this plan; see the warning below")
 
 _SYMBOL = {"create": "+", "update": "~", "add_to_solution": "~", "delete": "-", "share": "+",
-           "activate_flow": "~"}
+           "activate_flow": "~", "repoint_flow": "~", "retire": "-"}
 _COLOR = {"+": "32", "~": "33", "-": "31"}  # ANSI green, yellow, red
 _HEADLINE = {
     "create": "will be created",
@@ -47,6 +49,8 @@ _HEADLINE = {
     "delete": "will be destroyed",
     "share": "needs its connection shared with the identity that writes",
     "activate_flow": "will be switched on",
+    "repoint_flow": "will be moved onto the reference that replaces its per-developer ones",
+    "retire": "will be destroyed: it is replaced, and nothing will use it",
 }
 
 
@@ -76,6 +80,8 @@ def _field_lines(op: Op) -> list[tuple[str, str | None, str]]:
         return _update_lines(op)
     if isinstance(op, ActivateFlow):
         return _activation_lines(op)
+    if isinstance(op, RepointFlow):
+        return _repoint_lines(op)
     if isinstance(op, AddToSolution):
         return [("solution", "(none)", op.solution)]
     if isinstance(op, ShareConnection):
@@ -84,6 +90,11 @@ def _field_lines(op: Op) -> list[tuple[str, str | None, str]]:
     if isinstance(op, DeleteReference):
         lines = [("display_name", None, _value(op.before.get("display_name")))]
         lines.append(("connection", None, op.before.get("connection") or "(unbound)"))
+        if isinstance(op, RetireReference):
+            lines.append(("replaced by", None, op.replaced_by))
+            for d in op.flows:
+                lines.append(("moved first", None, d.describe()))
+            return lines
         for d in op.flows:
             lines.append(("used by", None, d.describe()))
         return lines
@@ -118,16 +129,24 @@ def _activation_lines(op: ActivateFlow) -> list[tuple[str, str | None, str]]:
     return lines
 
 
+def _repoint_lines(op: RepointFlow) -> list[tuple[str, str | None, str]]:
+    lines: list[tuple[str, str | None, str]] = [("reference", old, new) for old, new in op.moves]
+    if op.switch_off:
+        lines.append(("state", str(op.before.get("state") or "On"), "Off (to edit it; switched on again below)"))
+    if op.owner:
+        lines.append(("owner", None, op.owner))
+    return lines
+
+
 def _headline(op: Op) -> str:
     solution = op.solution if isinstance(op, AddToSolution | CreateReference) else ""
-    subject = f'flow "{op.logical_name}"' if isinstance(op, ActivateFlow) else op.logical_name
-    return f"{subject} " + _HEADLINE[op.kind].format(solution=solution)
+    return f"{_subject(op)} " + _HEADLINE[op.kind].format(solution=solution)
 
 
 def _subject(op: Op) -> str:
     if isinstance(op, ShareConnection):
         return op.describe()
-    return f'flow "{op.logical_name}"' if isinstance(op, ActivateFlow) else op.logical_name
+    return f'flow "{op.logical_name}"' if isinstance(op, ActivateFlow | RepointFlow) else op.logical_name
 
 
 def env_header(env: EnvironmentPlan, solution: str) -> str:
@@ -207,8 +226,8 @@ def _change_json(op: Op) -> dict[str, Any]:
     }
     for key in ("changes", "old_connection", "new_connection", "connection", "flows", "dependents",
                 "flow_id", "pass_number", "owner", "references", "children", "principal_id",
-                "principal_type", "principal", "role"):
-        if key in d and not (key == "owner" and not isinstance(op, ActivateFlow)):
+                "principal_type", "principal", "role", "moves", "switch_off", "replaced_by"):
+        if key in d and not (key == "owner" and not isinstance(op, ActivateFlow | RepointFlow)):
             change[key] = d[key]
     return change
 

@@ -255,5 +255,3 @@ def _next(
         solution=solution or base.solution,
         format_version=FORMAT_VERSION,
     )
-
-

@@ -221,3 +221,32 @@ def gate_commits(served: Served, env: str) -> CommitGate:
     gate = CommitGate(served.apps[env])
     served.servers[env].server.set_app(gate)
     return gate
+
+
+# --------------------------------------------------------------------------- consolidating the quickstart
+
+KEPT_SP = "contoso_sharedsharepointonline_30e7d"
+REPLACED_SP = "contoso_sharedsharepointonline_8f4b0"
+
+
+def consolidated(config_text: str) -> str:
+    """The quickstart's config as docs/adoption.md ("Consolidating per-developer references") edits it: the
+    second maker's SharePoint reference is no longer declared nor bound, and the first one replaces it."""
+    lines = config_text.splitlines(keepends=True)
+    out: list[str] = []
+    skipping = False
+    for line in lines:
+        if line == f"  {REPLACED_SP}:\n":
+            skipping = True
+            continue
+        if skipping and line.startswith("    "):
+            continue
+        skipping = False
+        if line.strip().startswith(f"{REPLACED_SP}:"):
+            continue  # its bindings
+        out.append(line)
+        if line == "    description: Invoice library and approvals list\n":
+            out.append(f"    replaces: [{REPLACED_SP}]\n")
+    text = "".join(out)
+    assert f"replaces: [{REPLACED_SP}]" in text and text.count(REPLACED_SP) == 1, text
+    return text

@@ -243,3 +243,18 @@ def test_a_second_reference_with_the_same_logical_name_both_readings(
     else:
         assert second.status_code == 204
         assert len(rows) == 2
+
+
+def test_writes_only_counts_writes_and_not_reads(emulator: Any, dv: httpx.Client) -> None:
+    """``writes_only``: "fail the Nth write" whatever the reads between, a $batch counting only when it writes."""
+    from emulator.test_batch import send
+
+    emulator.app.faults.add("error", writes_only=True, after=1, times=1, status=400)
+    ref = "connectionreferences(e0000000-0000-4000-8000-0000000000e3)"
+    assert dv.get("connectionreferences").status_code == 200  # a read: not counted
+    assert send(dv, [("GET", "connectionreferences")]).status_code == 200  # a $batch of reads: not counted
+    assert dv.patch(ref, json={"description": "first"}).status_code == 204  # write 1: let through
+    r = send(dv, [[("PATCH", ref, {"description": "second"})]])  # write 2, in a $batch: refused
+    assert r.status_code == 400
+    assert dv.patch(ref, json={"description": "third"}).status_code == 204  # it fired once
+    assert dv.get(ref).json()["description"] == "third"

@@ -185,3 +185,17 @@ def test_patterns() -> None:
     assert not is_guid("4d8f82e5-79cf-4c66-933c-5f95dff933de\n") and not is_guid("") and not is_guid(None)
     assert has_jwt("Bearer eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJl")
     assert not has_jwt("eyJ.x.y") and not has_jwt("a description")
+
+
+# --------------------------------------------------------------------------- a flow write whose answer was lost
+
+
+def test_a_flow_write_whose_answer_was_lost_is_told_by_its_row() -> None:
+    off = {"statecode": 0, "statuscode": 1}
+    row = {"@odata.etag": 'W/"7"', "statecode": 1, "statuscode": 2}
+    assert rules.flow_write_landed(etag='W/"7"', expected=off, found=row) is False  # still as it was sent to
+    assert rules.flow_write_landed(etag='W/"7"', expected=off, found={**row, **off, "@odata.etag": 'W/"8"'})
+    # Changed in another way since (another ETag, not the values written), or gone: it cannot tell.
+    assert rules.flow_write_landed(etag='W/"7"', expected=off, found={**row, "@odata.etag": 'W/"9"'}) is None
+    assert rules.flow_write_landed(etag='W/"7"', expected=off, found=None) is None
+    assert rules.flow_write_landed(etag=None, expected={"clientdata": "{}"}, found=row) is None
