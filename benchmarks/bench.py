@@ -18,8 +18,9 @@ How each figure is taken:
   received to the last one answered.
 - The round-trip lower bound of a plan is (tenant discovery + token + the longest chain of
   independent reads, i.e. the reference pages or the connection lists, + one read that needs their
-  answers: the users) x latency; of an apply, that plus one round trip per ``$batch``. The round-trip
-  goals compare ``network`` with it.
+  answers: the users, + the shares of the bound connections when they are read, + the writer's group
+  membership from Graph when it is asked) x latency; of an apply, that plus one round trip per
+  ``$batch``. The round-trip goals compare ``network`` with it.
 """
 
 from __future__ import annotations
