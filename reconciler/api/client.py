@@ -305,16 +305,33 @@ class _BodyTooLarge(Exception):
     pass
 
 
+#: TLS errors that are a connection ending (the peer closed it, or it broke mid-record), not a refusal:
+#: a pooled keep-alive connection the server has closed ends so, and is retried like any dropped one.
+_TLS_CONNECTION_ENDED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def _tls_refused(exc: BaseException) -> bool:
-    """Whether a transport error is a TLS handshake that failed (an untrusted or wrong certificate)."""
+    """Whether a transport error is a TLS handshake that failed (an untrusted or wrong certificate), which
+    retrying cannot fix; a TLS connection that merely ended is not."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
+            return False
+        if isinstance(seen, _TLS_CONNECTION_ENDED):
             return False
         if isinstance(seen, ssl.SSLError):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tls_why(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return "TLS: the server's certificate is not trusted"
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+    return "TLS: the handshake failed"
 
 
 class _Transport:
@@ -471,7 +488,7 @@ class _Transport:
                     or attempt >= self.retry.max_retries
                     or waited + delay > self.retry.max_total_wait
                 ):
-                    why = "TLS: the server's certificate is not trusted" if _tls_refused(exc) else kind
+                    why = _tls_why(exc) if _tls_refused(exc) else kind
                     raise TransientError(
                         f"{method} {_display_url(url)}: connection failed ({why}) "
                         f"after {attempt + 1} attempt(s)",
