@@ -4,7 +4,7 @@ They only read a ``Plan``; they never decide anything, so what is shown is what 
 follows Terraform's plan output (``+`` create, ``~`` update with ``old -> new`` per field, ``-`` destroy,
 ``Plan: X to add, Y to change, Z to destroy.``); the JSON follows the spirit of ``terraform show -json``
 (versioned ``format_version``, per change ``actions`` as a list, ``before``/``after``, ``applyable``,
-``errored``), see reconciler-semantics-and-style.md.
+``errored``; https://developer.hashicorp.com/terraform/internals/json-format).
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ OUTSIDE = [re.compile(p, re.IGNORECASE) for p in (
     "shared" + r"\s+(?:reference\s+)?notes",
     "reference" + r"\s+notes",
     "dataverse" + r"-api\.md",
+    "landscape" + r"\.md",
+    "reconciler-semantics" + r"-and-style\.md",
     r"\.\./" + "shared/",
     "/work/" + "shared",
     r"\b(?:notes|reference)\s+" + "§",
@@ -191,6 +193,8 @@ def test_the_code_cites_the_facts_page() -> None:
     ("(" + "shared" + " notes §2.6)", "outside"),
     ("(" + "dataverse" + "-api.md §7)", "outside"),
     ("(reference §6.2)", "outside"),
+    ("see " + "reconciler-semantics" + "-and-style.md.", "outside"),
+    ("(" + "landscape" + ".md)", "outside"),
     ("(§2.4)", "'§' outside a docs/dataverse.md citation"),
 ])
 def test_the_check_refuses_bad_citations(text: str, expected: str) -> None:
