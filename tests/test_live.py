@@ -17,9 +17,10 @@ import httpx
 import pytest
 from builders import EmulatorTokens, sample_config
 
-from reconciler.api.live import flow_references, read_environment
+from reconciler.api.live import read_environment
 from reconciler.api.session import EnvSession, open_environment
 from reconciler.domain import rules
+from reconciler.domain.flowdef import flow_references
 from reconciler.domain.model import Config, DesiredReference, LiveUser, connector_id
 from reconciler.emulator import factory
 from reconciler.emulator.factory import Sample

@@ -205,84 +205,6 @@ def connection_from_item(item: Mapping[str, Any]) -> LiveConnection:
     )
 
 
-def _clientdata(clientdata: str | None) -> dict[str, Any]:
-    if not clientdata:
-        return {}
-    try:
-        doc = json.loads(clientdata)
-    except (TypeError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _definition_props(doc: Mapping[str, Any]) -> Mapping[str, Any]:
-    inner = doc.get("properties")
-    return inner if isinstance(inner, dict) else doc
-
-
-def flow_references(clientdata: str | None) -> tuple[str, ...]:
-    """The reference logical names a flow's ``clientdata`` uses (docs/dataverse.md §5.2).
-
-    Recognised: entries of ``connectionReferences`` (under ``properties`` or at the top) whose
-    ``connection.connectionReferenceLogicalName`` (current form) or ``connectionReferenceLogicalName``
-    (flattened form) is set. Legacy entries (``connectionName``/``source``/``id``) bind a connection
-    directly and use no reference, so they add nothing."""
-    refs = _definition_props(_clientdata(clientdata)).get("connectionReferences")
-    if not isinstance(refs, dict):
-        return ()
-    names: list[str] = []
-    for entry in refs.values():
-        if not isinstance(entry, dict):
-            continue
-        raw = entry.get("connection")
-        conn: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        name = conn.get("connectionReferenceLogicalName") or entry.get("connectionReferenceLogicalName")
-        if isinstance(name, str) and name and name.lower() not in (n.lower() for n in names):
-            names.append(name)
-    return tuple(names)
-
-
-def _nodes(node: Any) -> Iterable[Mapping[str, Any]]:
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        if isinstance(cur, dict):
-            yield cur
-            stack.extend(reversed(list(cur.values())))
-        elif isinstance(cur, list):
-            stack.extend(reversed(cur))
-
-
-def flow_children(clientdata: str | None) -> tuple[str, ...]:
-    """The ``workflowid`` (lower case) of each child flow a definition runs: actions of type ``Workflow``
-    ("Run a Child Flow") name it in ``inputs.host.workflowReferenceName``, at any depth (docs/dataverse.md
-    §5.5)."""
-    definition = _definition_props(_clientdata(clientdata)).get("definition")
-    out: list[str] = []
-    for node in _nodes(definition):
-        if str(node.get("type", "")).lower() != "workflow":
-            continue
-        inputs = node.get("inputs")
-        host = inputs.get("host") if isinstance(inputs, dict) else None
-        ref = host.get("workflowReferenceName") if isinstance(host, dict) else None
-        if isinstance(ref, str) and is_guid(ref) and ref.lower() not in out:
-            out.append(ref.lower())
-    return tuple(out)
-
-
-def flow_trigger(clientdata: str | None) -> str | None:
-    """The kind of a flow's trigger: ``manual`` (a ``Request`` trigger: buttons, Power Apps, child flows),
-    ``recurrence`` (scheduled) or ``automated`` (any other, such as a connector's event); None when the
-    definition names none."""
-    definition = _definition_props(_clientdata(clientdata)).get("definition")
-    triggers = definition.get("triggers") if isinstance(definition, dict) else None
-    if not isinstance(triggers, dict) or not triggers:
-        return None
-    first = next(iter(triggers.values()))
-    kind = str(first.get("type", "")).lower() if isinstance(first, dict) else ""
-    return {"request": "manual", "recurrence": "recurrence"}.get(kind, "automated")
-
-
 def flow_from_row(row: Mapping[str, Any], solutions: tuple[str, ...] = ()) -> LiveFlow:
     raw = row.get("clientdata")
     clientdata = raw if isinstance(raw, str) else None
@@ -292,10 +214,10 @@ def flow_from_row(row: Mapping[str, Any], solutions: tuple[str, ...] = ()) -> Li
         name=str(row.get("name") or ""),
         state=int(row.get("statecode") or 0),
         owner_id=row.get("_ownerid_value"),
-        references=flow_references(clientdata),
+        references=flowdef.flow_references(clientdata),
         solutions=solutions,
-        children=flow_children(clientdata),
-        trigger=flow_trigger(clientdata),
+        children=flowdef.flow_children(clientdata),
+        trigger=flowdef.flow_trigger(clientdata),
         managed=bool(row.get("ismanaged")),
         status=int(status) if isinstance(status, int) else None,
         etag=str(row.get("@odata.etag") or ""),

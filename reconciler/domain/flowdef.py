@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from reconciler.domain.model import FlowConnection
+from reconciler.domain.patterns import is_guid
 
 TRIGGER_KINDS = ("manual", "scheduled", "automated")
 
@@ -102,15 +103,57 @@ def trigger_name(clientdata: str | None) -> str | None:
 # --------------------------------------------------------------------------- re-pointing
 
 
+def flow_references(clientdata: str | None) -> tuple[str, ...]:
+    """The reference logical names a flow's ``clientdata`` uses, each once, in the definition's order
+    (docs/dataverse.md §5.2).
+
+    Recognised: entries of ``connectionReferences`` (under ``properties`` or at the top) whose
+    ``connection.connectionReferenceLogicalName`` (current form) or ``connectionReferenceLogicalName``
+    (flattened form) is set. Legacy entries (``connectionName``/``source``/``id``) bind a connection
+    directly and use no reference, so they add nothing."""
+    names: list[str] = []
+    for entry in connections(clientdata):
+        name = entry.logical_name
+        if name and name.lower() not in (n.lower() for n in names):
+            names.append(name)
+    return tuple(names)
+
+
 def _nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a definition, depth first in document order."""
     stack = [node]
     while stack:
         cur = stack.pop()
         if isinstance(cur, dict):
             yield cur
-            stack.extend(cur.values())
+            stack.extend(reversed(list(cur.values())))
         elif isinstance(cur, list):
-            stack.extend(cur)
+            stack.extend(reversed(cur))
+
+
+def flow_children(clientdata: str | None) -> tuple[str, ...]:
+    """The ``workflowid`` (lower case) of each child flow a definition runs: actions of type ``Workflow``
+    ("Run a Child Flow") name it in ``inputs.host.workflowReferenceName``, at any depth (docs/dataverse.md
+    §5.5)."""
+    definition = _properties(_document(clientdata)).get("definition")
+    out: list[str] = []
+    for node in _nodes(definition):
+        if str(node.get("type", "")).lower() != "workflow":
+            continue
+        inputs = node.get("inputs")
+        host = inputs.get("host") if isinstance(inputs, dict) else None
+        ref = host.get("workflowReferenceName") if isinstance(host, dict) else None
+        if isinstance(ref, str) and is_guid(ref) and ref.lower() not in out:
+            out.append(ref.lower())
+    return tuple(out)
+
+
+def flow_trigger(clientdata: str | None) -> str | None:
+    """The kind of a flow's trigger as the live model keeps it: ``manual`` (a ``Request`` trigger: buttons,
+    Power Apps, child flows), ``recurrence`` (scheduled) or ``automated``; None when the definition names
+    none. The same reading as :func:`trigger_kind`, which calls the scheduled kind ``scheduled``."""
+    kind = trigger_kind(clientdata)
+    return "recurrence" if kind == "scheduled" else kind
 
 
 def _rename_keys(definition: Any, renamed: Mapping[str, str]) -> None:

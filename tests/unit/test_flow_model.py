@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from reconciler.api.live import flow_children, flow_from_row, flow_references, flow_trigger
+from reconciler.api.live import flow_from_row
+from reconciler.domain.flowdef import flow_children, flow_references, flow_trigger
 from reconciler.emulator import factory
 
 CHILD_A = "F0000000-0000-4000-8000-0000000000C1"
