@@ -173,30 +173,27 @@ def _write_text(path: str, text: str) -> None:
         raise ConnrefError(f"cannot write {path}: {e.strerror or e.__class__.__name__}") from None
 
 
-def _make_plan(config: Config, lives: Mapping[str, LiveEnvironment],
-               states: Mapping[str, EnvState | None], prune: bool) -> Plan:
-    from reconciler.plan import planner
-    return planner.plan(config, lives, prune=True if prune else None, managed=managed_names(states),
-                        restore=flows_to_restore(states))
-
-
 def flows_to_restore(states: Mapping[str, EnvState | None]) -> dict[str, list[str]]:
     """Per environment, the flows an earlier apply switched off to move them and did not switch on again."""
     return {n: sorted(s.flows_to_restore) if s else [] for n, s in states.items()}
 
 
-def with_dependents(config: Config, sessions: Mapping[str, EnvSession], lives: Mapping[str, LiveEnvironment],
-                    states: Mapping[str, EnvState | None], prune: bool) -> dict[str, LiveEnvironment]:
-    """``lives`` with what uses each reference the plan would rebind or delete (flows, canvas apps, agents:
-    ``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7), read before the plan is made so it names them
-    and never deletes a reference something uses. Nothing is read for an environment the plan leaves alone."""
+def plan_with_dependents(config: Config, sessions: Mapping[str, EnvSession], lives: Mapping[str, LiveEnvironment],
+                         states: Mapping[str, EnvState | None], prune: bool) -> tuple[dict[str, LiveEnvironment], Plan]:
+    """The plan of ``lives``, and ``lives`` with what uses each reference the plan would rebind or delete
+    (flows, canvas apps, agents: ``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7), read before the
+    plan is final so it names them and never deletes a reference something uses. Nothing is read for an
+    environment the plan leaves alone, and its first plan is kept (planning twice doubled a plan's CPU)."""
     from reconciler.api.live import read_dependents
     from reconciler.plan import planner
 
-    wanted = planner.dependency_candidates(config, lives, prune=True if prune else None,
-                                           managed=managed_names(states))
-    return {n: read_dependents(sessions[n].reader, live, wanted.get(n, ())) if wanted.get(n) else live
-            for n, live in lives.items()}
+    do_prune, managed, restore = (True if prune else None), managed_names(states), flows_to_restore(states)
+    first = planner.plan_each(config, lives, prune=do_prune, managed=managed, restore=restore)
+    wanted = planner.candidates_of(first)
+    lives = {n: read_dependents(sessions[n].reader, live, wanted[n]) if n in wanted else live
+             for n, live in lives.items()}
+    reuse = {n: p for n, p in first.items() if n not in wanted and not isinstance(p, planner.PlanProblems)}
+    return lives, planner.plan(config, lives, prune=do_prune, managed=managed, restore=restore, reuse=reuse)
 
 
 # --------------------------------------------------------------------------- validate
@@ -221,8 +218,7 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         states = load_states(config, names)
         with opened(config, names) as sessions:
             lives = read_all(config, sessions, err=err, managed=managed_names(states), say_scope=False)
-            lives = with_dependents(config, sessions, lives, states, args.prune)
-            plan = _make_plan(config, lives, states, args.prune)
+            lives, plan = plan_with_dependents(config, sessions, lives, states, args.prune)
         if args.out:
             save_plan(args.out, config, plan, lives, states, prune=args.prune)
     except ConnrefError as e:
@@ -346,13 +342,11 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             # The operations must be exactly those the config implies for the environments as read: an
             # edited file (another connection, owner or row, a delete of what connref never managed) is refused.
             # What uses each reference is read as for a new plan: the derived rebinds name it too.
-            lives = with_dependents(config, sessions, lives, states, bool(saved.options.get("prune")))
-            derived = _make_plan(config, lives, states, bool(saved.options.get("prune")))
+            lives, derived = plan_with_dependents(config, sessions, lives, states, bool(saved.options.get("prune")))
             planfile.check_derived(saved, plan, derived, states)
             print(render.render_text(plan, color=color), file=out)
         else:
-            lives = with_dependents(config, sessions, lives, states, args.prune)
-            plan = _make_plan(config, lives, states, args.prune)
+            lives, plan = plan_with_dependents(config, sessions, lives, states, args.prune)
             print(render.render_text(plan, color=color), file=out)
             if plan_has_changes(plan) and not args.auto_approve and not _confirm(out):
                 print("\nApply cancelled: nothing was written.", file=out)

@@ -164,26 +164,32 @@ class Config:
     state_dir: str | None = None
     remote_state: AzureStateConfig | None = None
 
+    @cached_property
+    def _by_lower_name(self) -> Mapping[str, DesiredReference]:
+        # Built once: the planner and lint look references up per live row, and a scan per lookup made
+        # a plan of 10,000 references quadratic.
+        out: dict[str, DesiredReference] = {}
+        for name, ref in self.references.items():
+            out.setdefault(name.lower(), ref)  # the loader refuses names equal but for case
+        return MappingProxyType(out)
+
     def reference(self, logical_name: str) -> DesiredReference | None:
         """Look a declared reference up case-insensitively."""
-        key = logical_name.lower()
-        for name, ref in self.references.items():
-            if name.lower() == key:
-                return ref
-        return None
+        return self._by_lower_name.get(logical_name.lower())
 
     def replaced_by(self, logical_name: str) -> DesiredReference | None:
         """The declared reference that replaces ``logical_name`` (compared without case), or None."""
-        key = logical_name.lower()
-        for ref in self.references.values():
-            if any(r.lower() == key for r in ref.replaces):
-                return ref
-        return None
+        return self.replacements.get(logical_name.lower())
 
-    @property
+    @cached_property
     def replacements(self) -> Mapping[str, DesiredReference]:
-        """Replaced logical name (lower case) -> the declared reference that replaces it."""
-        return {r.lower(): ref for ref in self.references.values() for r in ref.replaces}
+        """Replaced logical name (lower case) -> the declared reference that replaces it. The loader
+        refuses a name replaced twice; were it not, the first declared would win, as a scan would find it."""
+        out: dict[str, DesiredReference] = {}
+        for ref in self.references.values():
+            for r in ref.replaces:
+                out.setdefault(r.lower(), ref)
+        return MappingProxyType(out)
 
 
 # --------------------------------------------------------------------------- live (Dataverse + connections)

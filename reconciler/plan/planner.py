@@ -96,26 +96,24 @@ def plan(
     managed: Mapping[str, Collection[str]] | None = None,
     created_at: str | None = None,
     restore: Mapping[str, Collection[str]] | None = None,
+    reuse: Mapping[str, EnvironmentPlan] | None = None,
 ) -> Plan:
     """Plan every environment in ``lives`` (in config order). ``prune`` defaults to the config's setting;
     ``managed`` gives, per environment, the logical names connref manages (from state): only those may
     ever be deleted; ``restore`` the flows an earlier apply switched off to move them and did not switch on
-    again (from state). Raises one ``PlanError`` listing the problems of all environments."""
+    again (from state); ``reuse`` plans already made (by ``plan_each``, same arguments) for environments
+    whose live data has not changed since. Raises one ``PlanProblems`` listing the problems of all
+    environments."""
     unknown = sorted(set(lives) - set(config.environments))
     if unknown:
         raise PlanError(f"environment(s) not in the config: {', '.join(unknown)}")
-    do_prune = config.prune if prune is None else prune
     envs: list[EnvironmentPlan] = []
     problems: list[Problem] = []
-    for name, env in config.environments.items():
-        if name not in lives:
-            continue
-        try:
-            managed_here = (managed or {}).get(name, ())
-            envs.append(plan_environment(config, env, lives[name], prune=do_prune, managed=managed_here,
-                                         restore=(restore or {}).get(name, ())))
-        except PlanProblems as e:
-            problems.extend(e.diagnostics)
+    for result in plan_each(config, lives, prune=prune, managed=managed, restore=restore, reuse=reuse).values():
+        if isinstance(result, PlanProblems):
+            problems.extend(result.diagnostics)
+        else:
+            envs.append(result)
     if problems:
         raise PlanProblems(problems)
     return Plan(
@@ -126,6 +124,48 @@ def plan(
     )
 
 
+def plan_each(
+    config: Config,
+    lives: Mapping[str, LiveEnvironment],
+    *,
+    prune: bool | None = None,
+    managed: Mapping[str, Collection[str]] | None = None,
+    restore: Mapping[str, Collection[str]] | None = None,
+    reuse: Mapping[str, EnvironmentPlan] | None = None,
+) -> dict[str, EnvironmentPlan | PlanProblems]:
+    """Per environment of ``lives`` (in config order), its plan or the problems that refuse it."""
+    do_prune = config.prune if prune is None else prune
+    out: dict[str, EnvironmentPlan | PlanProblems] = {}
+    for name, env in config.environments.items():
+        if name not in lives:
+            continue
+        if reuse and name in reuse:
+            out[name] = reuse[name]
+            continue
+        try:
+            out[name] = plan_environment(config, env, lives[name], prune=do_prune,
+                                         managed=(managed or {}).get(name, ()), restore=(restore or {}).get(name, ()))
+        except PlanProblems as e:
+            out[name] = e
+    return out
+
+
+def candidates_of(plans: Mapping[str, EnvironmentPlan | PlanProblems]) -> dict[str, list[str]]:
+    """Per environment, the ids of the references its plan rebinds or deletes: the ones whose dependents
+    (``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7) must be read before the real plan names them
+    and keeps every delete something uses. An environment whose plan is refused has none (the refusal
+    comes again with the real plan)."""
+    out: dict[str, list[str]] = {}
+    for name, env_plan in plans.items():
+        if isinstance(env_plan, PlanProblems):
+            continue
+        ids = [op.reference_id for op in env_plan.ops if op.reference_id and (
+            isinstance(op, DeleteReference) or (isinstance(op, UpdateReference) and op.rebinds))]
+        if ids:
+            out[name] = ids
+    return out
+
+
 def dependency_candidates(
     config: Config,
     lives: Mapping[str, LiveEnvironment],
@@ -133,25 +173,8 @@ def dependency_candidates(
     prune: bool | None = None,
     managed: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, list[str]]:
-    """Per environment, the ids of the references the plan would rebind or delete: the ones whose
-    dependents (``RetrieveDependenciesForDelete``, docs/dataverse.md §2.7) must be read before the real plan
-    names them and keeps every delete something uses. An environment whose plan is refused has none (the
-    refusal comes again with the real plan)."""
-    do_prune = config.prune if prune is None else prune
-    out: dict[str, list[str]] = {}
-    for name, env in config.environments.items():
-        if name not in lives:
-            continue
-        try:
-            env_plan = plan_environment(config, env, lives[name], prune=do_prune,
-                                        managed=(managed or {}).get(name, ()))
-        except PlanProblems:
-            continue
-        ids = [op.reference_id for op in env_plan.ops if op.reference_id and (
-            isinstance(op, DeleteReference) or (isinstance(op, UpdateReference) and op.rebinds))]
-        if ids:
-            out[name] = ids
-    return out
+    """``candidates_of`` the plans of ``lives``."""
+    return candidates_of(plan_each(config, lives, prune=prune, managed=managed))
 
 
 def plan_environment(
