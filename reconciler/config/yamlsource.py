@@ -46,7 +46,7 @@ _INT = _STD + "int"
 ALLOWED_TAGS = frozenset(_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class YNode:
     """Base of the located tree; ``loc`` is where the node starts in the file."""
 
@@ -54,19 +54,19 @@ class YNode:
     broken: bool = field(default=False, kw_only=True)  # already reported; say nothing more about it
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Scalar(YNode):
     value: Any
     text: str
     quoted: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Seq(YNode):
     items: list[YNode] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Map(YNode):
     """An ordered mapping. Keys are the source text of scalar keys (so ``on:`` stays ``"on"``)."""
 
