@@ -71,33 +71,28 @@ class Map(YNode):
     """An ordered mapping. Keys are the source text of scalar keys (so ``on:`` stays ``"on"``)."""
 
     pairs: list[tuple[Scalar, YNode]] = field(default_factory=list)
-    _index: dict[str, tuple[Scalar, YNode]] | None = field(default=None, init=False, repr=False)
+    # Each key's value. Keys are unique once parsed (duplicates are reported and dropped), so ``get``
+    # answers from a dict: the direct builder hands over the one it filled while checking for
+    # duplicates; for any other mapping it is built on first use. ``pairs`` is not changed once built.
+    index: dict[str, YNode] | None = field(default=None, repr=False)
 
     def key_texts(self) -> list[str]:
         return [k.text for k, _ in self.pairs]
 
-    def _pair(self, key: str) -> tuple[Scalar, YNode] | None:
-        # Keys are unique once parsed (duplicates are reported and dropped), so an index built on
-        # first use answers every later lookup at once; a small mapping is quicker to scan.
-        if len(self.pairs) <= 8:
-            for pair in self.pairs:
-                if pair[0].text == key:
-                    return pair
-            return None
-        if self._index is None or len(self._index) != len(self.pairs):
-            index: dict[str, tuple[Scalar, YNode]] = {}
-            for pair in self.pairs:
-                index.setdefault(pair[0].text, pair)
-            self._index = index
-        return self._index.get(key)
-
     def get(self, key: str) -> YNode | None:
-        pair = self._pair(key)
-        return pair[1] if pair is not None else None
+        index = self.index
+        if index is None:
+            index = {}
+            for k, v in self.pairs:
+                index.setdefault(k.text, v)
+            self.index = index
+        return index.get(key)
 
     def key_node(self, key: str) -> Scalar | None:
-        pair = self._pair(key)
-        return pair[0] if pair is not None else None
+        for k, _ in self.pairs:
+            if k.text == key:
+                return k
+        return None
 
 
 def join_path(parent: str, key: str | int) -> str:
@@ -329,26 +324,54 @@ class _Converter:
         return maps
 
 
+@dataclass(eq=False, slots=True)
+class Strings:
+    """The text of every key (``keys``) and of every other string value (``values``) of a tree, in no
+    particular order, for a caller that screens them all (the loader's secret scan) without walking
+    the tree."""
+
+    keys: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class Parsed:
+    """What ``parse_document`` found: the located tree (None for an empty document), the structural
+    errors, and the tree's ``strings`` when it was built straight from libyaml's events (None when
+    it went through the composer: walk the tree for them)."""
+
+    tree: YNode | None
+    errors: list[ConfigError]
+    strings: Strings | None = None
+
+
 def parse(text: str, file: str, *, fast: bool = True) -> tuple[YNode | None, list[ConfigError]]:
     """Parse one YAML document. Returns the located tree (None for an empty document) and the
     structural errors found; a syntax error is returned as the only error. ``fast=False`` skips
     libyaml (tests compare the two)."""
+    parsed = parse_document(text, file, fast=fast)
+    return parsed.tree, parsed.errors
+
+
+def parse_document(text: str, file: str, *, fast: bool = True) -> Parsed:
+    """``parse``, with the strings of the tree when the direct builder made it."""
     if fast and FAST_LOADER is not None:
         try:
-            plain = _build_plain(FAST_LOADER, text, file)
+            strings = Strings()
+            plain = _build_plain(FAST_LOADER, text, file, strings)
             if plain is not None:
-                return plain
-            return _parse_with(FAST_LOADER, text, file)
+                return Parsed(plain[0], plain[1], strings)
+            return Parsed(*_parse_with(FAST_LOADER, text, file))
         except _TooDeep as exc:
-            return None, [exc.error]
+            return Parsed(None, [exc.error])
         except yaml.YAMLError:
             pass  # the pure-Python loader says what is wrong, in the words users know
     try:
-        return _parse_with(yaml.SafeLoader, text, file)
+        return Parsed(*_parse_with(yaml.SafeLoader, text, file))
     except _TooDeep as exc:
-        return None, [exc.error]
+        return Parsed(None, [exc.error])
     except yaml.YAMLError as exc:
-        return None, [_syntax_error(file, exc, text)]
+        return Parsed(None, [_syntax_error(file, exc, text)])
 
 
 def _parse_with(loader_class: type[yaml.SafeLoader], text: str, file: str) -> tuple[YNode | None, list[ConfigError]]:
@@ -372,18 +395,23 @@ class _NotPlain(Exception):
     merge keys, duplicate or complex keys, several documents, a value that does not construct)."""
 
 
-def _build_plain(loader_class: Any, text: str, file: str) -> tuple[YNode | None, list[ConfigError]] | None:
+_QUOTED = ("'", '"')
+
+
+def _build_plain(loader_class: Any, text: str, file: str,
+                 strings: Strings | None = None) -> tuple[YNode | None, list[ConfigError]] | None:
     """The located tree built straight from libyaml's events, without PyYAML's node graph: most of
     the cost of a large config. Only for plain documents (what a config almost always is); returns None
     for anything else, which the composer path then handles (and reports) as before. The tree is the
-    one ``_parse_with`` builds for the same text."""
+    one ``_parse_with`` builds for the same text. ``strings``, when given, receives the text of every key
+    and every string value of the tree."""
     loader: Any = loader_class(text)
     try:
         loader.get_event()  # StreamStart
         if loader.check_event(yaml.StreamEndEvent):
             return None, []
         loader.get_event()  # DocumentStart
-        root = _plain_node(loader, file, 0)
+        root = _plain_tree(loader, file, strings if strings is not None else Strings())
         loader.get_event()  # DocumentEnd
         if not loader.check_event(yaml.StreamEndEvent):
             return None  # a second document: the composer says so
@@ -394,54 +422,100 @@ def _build_plain(loader_class: Any, text: str, file: str) -> tuple[YNode | None,
         loader.dispose()
 
 
-def _resolve(loader: Any, value: str, implicit: tuple[bool, bool]) -> str:
-    """``loader.resolve(ScalarNode, value, implicit)`` without the call for most scalars: a quoted or
-    block scalar (``implicit[0]`` false) is a string, and so is a plain one whose first character starts
-    none of the loader's implicit types (``null``, ``true``, numbers, dates...), as the resolver decides
-    (without path resolvers or wildcard resolvers, which the safe loaders do not have)."""
+def _plain_tree(loader: Any, file: str, strings: Strings) -> YNode:
+    """The document's root node, from its events (after DocumentStart, up to DocumentEnd).
+
+    One loop over the events, without recursion: the collections still open are kept on ``stack``
+    (each with the key it is the value of), the innermost one in the locals ``loc``, ``items``,
+    ``seen`` (its values so far by key, which becomes the ``Map``'s index; None for a sequence) and
+    ``key`` (its key waiting for a value). Events are told apart by their exact type (libyaml makes no
+    subclasses); this loop runs once per node of the document, so it binds what it uses to locals."""
+    get_event = loader.get_event
+    scalar_event = yaml.ScalarEvent
+    mapping_start, mapping_end = yaml.MappingStartEvent, yaml.MappingEndEvent
+    sequence_start, sequence_end = yaml.SequenceStartEvent, yaml.SequenceEndEvent
+    new_tuple = tuple.__new__  # Location(...) without its Python-level __new__
+    # ``loader.resolve`` without the call for most scalars: a quoted or block scalar (``implicit[0]``
+    # false) is a string, and so is a plain one whose first character starts none of the loader's
+    # implicit types (``null``, ``true``, numbers, dates...), as the resolver decides (without path
+    # resolvers or wildcard resolvers, which the safe loaders do not have).
     resolvers = loader.yaml_implicit_resolvers
-    if (not implicit[0] or (value and value[0] not in resolvers)) and (
-        None not in resolvers and not loader.yaml_path_resolvers
-    ):
-        return _STR
-    tag: str = loader.resolve(ScalarNode, value, implicit)
-    return tag
+    no_wildcards = None not in resolvers and not loader.yaml_path_resolvers
+    resolved: dict[tuple[str, Any], str] = {}
+    keys, values = strings.keys, strings.values
+    stack: list[tuple[Location, list[Any], dict[str, YNode] | None, Scalar | None]] = []
+    loc: Location = Location(file, 0, 0)
+    items: list[Any] | None = None  # None: at the root, outside any collection
+    seen: dict[str, YNode] | None = None
+    key: Scalar | None = None
+    node: YNode
+    while True:
+        event = get_event()
+        kind = type(event)
+        if seen is not None and key is None:  # a key of the innermost mapping, or its end
+            if kind is mapping_end:
+                node = Map(loc, items, seen)  # type: ignore[arg-type]  # a mapping's items are its pairs
+                loc, items, seen, key = stack.pop()
+            else:
+                if kind is not scalar_event or event.anchor is not None or (
+                    event.tag is not None and event.tag != "!"
+                ):
+                    raise _NotPlain  # a complex key, an alias, an anchor or a tag: the composer path's
+                text = event.value
+                if text in seen or text == "<<":
+                    raise _NotPlain  # a duplicate (reported by the composer path), or a merge key
+                mark: Any = event.start_mark
+                key = Scalar(new_tuple(Location, (file, mark.line + 1, mark.column + 1)), text, text,
+                             event.style in _QUOTED)
+                keys.append(text)
+                continue
+        elif kind is sequence_end:
+            node = Seq(loc, items)  # type: ignore[arg-type]  # inside a sequence, items is a list
+            loc, items, seen, key = stack.pop()
+        else:
+            if event.anchor is not None or (event.tag is not None and event.tag != "!"):
+                raise _NotPlain  # an alias (it names an anchor), an anchor or a tag: the composer path's
+            mark = event.start_mark
+            node_loc: Location = new_tuple(Location, (file, mark.line + 1, mark.column + 1))
+            if kind is scalar_event:
+                value = event.value
+                implicit = event.implicit
+                if (not implicit[0] or (value and value[0] not in resolvers)) and no_wildcards:
+                    node = Scalar(node_loc, value, value, event.style in _QUOTED)
+                    values.append(value)
+                else:
+                    node = _plain_scalar(loader, event, node_loc, resolved)
+                    if type(node.value) is str:
+                        values.append(node.value)
+            elif kind is mapping_start or kind is sequence_start:
+                if len(stack) >= MAX_NESTING:
+                    raise _too_deep(file, mark)
+                stack.append((loc, items, seen, key))  # type: ignore[arg-type]  # None at the root
+                loc, items, key = node_loc, [], None
+                seen = {} if kind is mapping_start else None
+                continue
+            else:  # pragma: no cover - an alias names an anchor (refused above); the parser makes no other
+                raise _NotPlain
+        # ``node`` is complete: it is the value of the innermost collection (or the root).
+        if items is None:
+            return node
+        if seen is not None:
+            items.append((key, node))
+            seen[key.text] = node  # type: ignore[union-attr]  # a mapping's value follows its key
+            key = None
+        else:
+            items.append(node)
 
 
-def _plain_node(loader: Any, file: str, depth: int, event: Any = None) -> YNode:
-    """The node that starts with ``event`` (the next event when None). Events are told apart by their
-    exact type (libyaml makes no subclasses) and read with ``get_event`` alone: this loop runs once
-    per node of the document."""
-    if event is None:
-        event = loader.get_event()
-    if event.anchor is not None or (event.tag is not None and event.tag != "!"):
-        raise _NotPlain  # an alias (it names an anchor), an anchor or a tag: the composer path's
-    mark: Any = event.start_mark
-    loc = Location(file, mark.line + 1, mark.column + 1)
-    kind = type(event)
-    if kind is yaml.ScalarEvent:
-        return _plain_scalar(loader, event, loc)
-    if kind is yaml.AliasEvent:
-        raise _NotPlain
-    if depth >= MAX_NESTING:
-        raise _too_deep(file, mark)
-    if kind is yaml.SequenceStartEvent:
-        items: list[YNode] = []
-        while True:
-            item = loader.get_event()
-            if type(item) is yaml.SequenceEndEvent:
-                return Seq(loc, items)
-            items.append(_plain_node(loader, file, depth + 1, item))
-    if kind is not yaml.MappingStartEvent:  # pragma: no cover - the parser makes no other
-        raise _NotPlain
-    return _plain_mapping(loader, file, depth, loc)
-
-
-def _plain_scalar(loader: Any, event: Any, loc: Location) -> Scalar:
+def _plain_scalar(loader: Any, event: Any, loc: Location, resolved: dict[tuple[str, Any], str]) -> Scalar:
+    """A plain scalar the resolver decides the type of, constructed as the composer path would.
+    ``resolved`` keeps the tag of each value met so far (a value is often repeated)."""
     value = event.value
-    tag = _resolve(loader, value, event.implicit)
+    tag = resolved.get((value, event.implicit))
+    if tag is None:
+        tag = resolved[(value, event.implicit)] = loader.resolve(ScalarNode, value, event.implicit)
     if tag == _STR:
-        return Scalar(loc, value, value, quoted=event.style in ("'", '"'))
+        return Scalar(loc, value, value, quoted=event.style in _QUOTED)
     if tag not in ALLOWED_TAGS or _long_int(tag, value):
         raise _NotPlain
     try:
@@ -449,28 +523,7 @@ def _plain_scalar(loader: Any, event: Any, loc: Location) -> Scalar:
         constructed = loader.construct_object(ScalarNode(tag, value, event.start_mark, end, event.style), deep=True)
     except Exception:  # whatever the composer path makes of it, it says
         raise _NotPlain from None
-    return Scalar(loc, constructed, str(value), quoted=event.style in ("'", '"'))
-
-
-def _plain_mapping(loader: Any, file: str, depth: int, loc: Location) -> Map:
-    pairs: list[tuple[Scalar, YNode]] = []
-    seen: set[str] = set()
-    while True:
-        key_event = loader.get_event()
-        if type(key_event) is yaml.MappingEndEvent:
-            return Map(loc, pairs)
-        if type(key_event) is not yaml.ScalarEvent or key_event.anchor is not None or (
-            key_event.tag is not None and key_event.tag != "!"
-        ):
-            raise _NotPlain
-        text = key_event.value
-        if text in seen or text == "<<":
-            raise _NotPlain  # a duplicate (reported by the composer path), or a merge key
-        seen.add(text)
-        key_mark: Any = key_event.start_mark
-        key = Scalar(Location(file, key_mark.line + 1, key_mark.column + 1), text, text,
-                     key_event.style in ("'", '"'))
-        pairs.append((key, _plain_node(loader, file, depth + 1)))
+    return Scalar(loc, constructed, str(value), quoted=event.style in _QUOTED)
 
 
 def describe(node: YNode) -> str:
