@@ -198,7 +198,14 @@ def _execute(outer: Ctx, part: Part, content_ids: dict[str, str]) -> Response:
         with outer.store.lock:
             user = resolve_effective(outer.store, outer.caller, inner.headers)
         ctx = Ctx(outer.app, inner, outer.principal, outer.caller, user, in_batch=True)
+        # A GET part meets the fault rules as a request of its own (faults.py, "Inside a $batch").
+        decision = outer.app.faults.decide_part(inner) if part.method == "GET" else None
+        if decision is not None and decision.response is not None:
+            return decision.response
         response = route(ctx, path[len(API_ROOT) :])
+        if decision is not None and decision.alter is not None:
+            decision.mark_served()
+            response = decision.alter(response)
     except HttpError as e:
         annotations = wants_annotations(outer.request) or any(
             k.lower() == "prefer" and "include-annotations" in v for k, v in part.headers

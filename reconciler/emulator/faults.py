@@ -46,6 +46,13 @@ the client cannot tell from the answer whether its write happened. ``malformed``
 after the commit (a 2xx whose body the client cannot read). ``rule.committed`` is set once a request the
 rule acted on has been served, for tests that wait on it rather than on time.
 
+**Inside a ``$batch``.** A GET sent as a part of a ``$batch`` (outside any change set) meets the rules as
+a request of its own would, with its own path and method: ``error`` and ``malformed`` rules answer or
+alter that part, as the service answers each part with its own status and body. Throttling (``throttle``,
+``unavailable``), ``drop`` and ``latency`` act on the HTTP request, so they leave parts alone: the batch
+itself meets them (the service protection limits answer the request that goes over them, docs/dataverse.md
+§3.8), and so does ``latency_ms``.
+
 Every choice comes from ``random.Random(seed)``, so a test that injects 30% failures sees the same
 sequence on every run. ``latency_ms`` delays every request the app answers, on every route (Dataverse,
 connections API and token endpoint alike), as a network round trip would; latency rules add to it.
@@ -465,6 +472,31 @@ class Faults:
                     decision.alter = functools.partial(malformed_response, rule, request)
                 else:
                     decision.drop = True
+                break
+        return decision
+
+    def decide_part(self, request: Request) -> Decision:
+        """``decide`` for a GET carried as a part of a ``$batch``: only the rules that answer or alter one
+        response (``error``, ``malformed``, not after the commit) apply (module docstring)."""
+        decision = Decision()
+        with self._lock:
+            for rule in self.rules:
+                if (rule.exhausted or rule.kind not in ("error", "malformed") or rule.after_commit
+                        or not rule.matches(request)):
+                    continue
+                rule.seen += 1
+                if rule.seen <= rule.after:
+                    continue
+                if rule.probability < 1.0 and self.rng.random() >= rule.probability:
+                    continue
+                rule.fired += 1
+                decision.name = rule.kind
+                if rule.kind == "error":
+                    decision.response = error_response(request, rule.status, body=rule.error_body,
+                                                       retry_after=rule.retry_after)
+                else:
+                    decision.served.append(rule)
+                    decision.alter = functools.partial(malformed_response, rule, request)
                 break
         return decision
 

@@ -258,3 +258,48 @@ def test_writes_only_counts_writes_and_not_reads(emulator: Any, dv: httpx.Client
     assert r.status_code == 400
     assert dv.patch(ref, json={"description": "third"}).status_code == 204  # it fired once
     assert dv.get(ref).json()["description"] == "third"
+
+
+def test_a_get_inside_a_batch_meets_the_error_and_malformed_rules_of_its_path(
+        emulator: Any, dv: httpx.Client) -> None:
+    """A part answers as the request would alone: its own status for an ``error`` rule, an altered body for a
+    ``malformed`` one; throttling acts on the HTTP request (the batch), never on one part."""
+    from emulator.test_batch import send, statuses
+
+    emulator.app.faults.add("error", "/api/data/v9.2/WhoAmI", methods=["GET"], status=403, times=1)
+    emulator.app.faults.add("malformed", "/api/data/v9.2/solutions", methods=["GET"], shape="html", times=1)
+    emulator.app.faults.throttle("/api/data/v9.2/connectionreferences*", retry_after=1, times=1)
+    r = send(dv, [("GET", "WhoAmI"), ("GET", "solutions"), ("GET", "connectionreferences")],
+             Prefer="odata.continue-on-error")
+    assert r.status_code == 200
+    assert statuses(r) == [403, 200, 200]
+    parts = r.text.split("--batchresponse_")
+    assert "<html" in parts[2].lower() and '"value"' in parts[3]
+    # Each rule fired once (the throttle never: a part does not meet it) and is spent.
+    assert statuses(send(dv, [("GET", "WhoAmI"), ("GET", "solutions")], Prefer="odata.continue-on-error")) == [200, 200]
+    assert dv.get("connectionreferences").status_code == 429  # the throttle still waits for a request of its own
+
+
+def test_the_server_sends_without_delay() -> None:
+    """TCP_NODELAY on every accepted connection: with Nagle's algorithm an answer's body waits for the
+    client's delayed acknowledgement of its headers, about 40 ms a round trip the services do not have."""
+    import socket
+
+    from reconciler.emulator.server import serve
+
+    running = serve(EmulatorApp(EnvironmentStore.from_dict(factory_sample())))
+    try:
+        with httpx.Client(timeout=10) as client:
+            assert client.get(running.url + "/api/data/v9.2/").status_code in (200, 401)
+            server = running._server
+            with server._open_lock:  # the connection the client keeps alive
+                conns = list(server._open)
+            assert conns and all(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in conns)
+    finally:
+        running.shutdown()
+
+
+def factory_sample() -> dict[str, Any]:
+    from reconciler.emulator import factory
+
+    return factory.sample_environment()
