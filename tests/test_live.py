@@ -231,3 +231,49 @@ def test_the_service_account_in_any_form_is_read_in_the_same_single_users_query(
     want = str(app["systemuserid"]) if form == "application_id" else Sample.SVC_USER_ID
     assert live.writer is not None and live.writer.systemuserid == want
     assert rules.writer(given, live) == live.writer
+
+
+# --------------------------------------------------------------------------- read batches
+
+
+BATCH = API + "$batch"
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
+@pytest.mark.parametrize(("kind", "options"), [
+    ("error", {"status": 500}),  # the batch refused as a whole
+    ("malformed", {"shape": "html"}),  # answered 200 with a body that is no multipart
+    ("drop", {}),  # the connection dropped
+], ids=["refused", "unreadable", "dropped"])
+def test_a_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
+        emulator: Any, session: EnvSession, kind: str, options: dict[str, Any]) -> None:
+    config = make_config(emulator.url)
+    emulator.app.log.clear()
+    batched = read_environment(session, config, "dev")
+    batches = emulator.app.log.matching("POST", BATCH)
+    assert len(batches) == 2 and not any(e.is_write for e in batches)
+    assert all(e.status == 200 for e in emulator.app.log.matching(path=API + "*"))
+    emulator.app.faults.add(kind, BATCH, methods=["POST"], times=1, **options)  # the first read batch only
+    emulator.app.log.clear()
+    alone = read_environment(session, config, "dev")
+    assert alone == batched
+    # The seven reads the first batch carried went on their own (each once), the second batch as before.
+    for path in ("connectionreferences", "workflows", "solutions", "solutioncomponentdefinitions", "WhoAmI"):
+        assert emulator.app.log.count_requests("GET", API + path) >= 1, path
+    assert emulator.app.log.count_requests("GET", API + "solutions") == 2  # the solution, every solution's name
+    assert emulator.app.log.count_requests("POST", BATCH) == 2
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults")
+def test_a_part_refused_inside_the_read_batch_is_read_again_with_its_own_error(
+        emulator: Any, session: EnvSession) -> None:
+    """A part answered 403 is not used: its read is sent on its own, and fails with the service's own error
+    for that URL (here WhoAmI's, which connref explains), as if no batch had carried it."""
+    from reconciler.errors import PlanError
+
+    emulator.app.faults.add("error", API + "WhoAmI", methods=["GET"], status=403)
+    with pytest.raises(PlanError, match="Dataverse refused the signed-in identity"):
+        read_environment(session, make_config(emulator.url), "dev")
+    parts = [p for p in emulator.app.log.inner_requests() if "WhoAmI" in p.path]
+    assert [p.status for p in parts] == [403]  # the batch's part met the rule too
+    assert emulator.app.log.count_requests("GET", API + "WhoAmI") == 1

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 from urllib.parse import SplitResult, quote, urlsplit
 
 import httpx
@@ -350,6 +350,10 @@ class _Transport:
         self.retry = retry or RetryPolicy()
         self.limits = limits or Limits()
         self.label = label  # the environment's name, for the log and the progress display
+        # Answers of GETs already received inside a read ``$batch`` (``DataverseClient.prefetch``), by URL:
+        # the next GET of that URL takes its answer from here, once, instead of from the network.
+        self._prefetched: dict[str, httpx.Response] = {}
+        self._prefetched_lock = threading.Lock()
 
     def _log_wait(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
         """Say that a request is retried and how long it waits first: a wait over a second is a warning,
@@ -459,6 +463,11 @@ class _Transport:
         ``repeatable``: whether the request may be sent again after it may have reached the service
         (default: by method, ``_may_repeat``). One that may not, and whose answer is lost after it was
         sent (a dropped connection, a timeout), raises ``OutcomeUnknownError``."""
+        if method == "GET" and self._prefetched:
+            with self._prefetched_lock:
+                answered = self._prefetched.pop(url, None)
+            if answered is not None:
+                return answered
         content = body
         if json_body is not None:
             content = json.dumps(json_body).encode("utf-8")
@@ -668,6 +677,17 @@ def _next_link(doc: Any, keys: Sequence[str]) -> str | None:
 # --------------------------------------------------------------------------- Dataverse
 
 
+class QueryArgs(TypedDict, total=False):
+    """The arguments of a collection read (``DataverseClient.get_all`` and ``query``), kept together so a
+    read and its place in a read ``$batch`` are the same query."""
+
+    select: Sequence[str] | None
+    filter: Filter | None
+    orderby: str | None
+    expand: str | None
+    page_size: int
+
+
 @dataclass(frozen=True)
 class WhoAmI:
     user_id: str
@@ -727,6 +747,25 @@ class DataverseClient(_HttpCore):
     ) -> list[dict[str, Any]]:
         """Every row of a query, page by page: ``Prefer: odata.maxpagesize`` and ``@odata.nextLink``
         followed unchanged (docs/dataverse.md §3.5). With the 5000 cap, 3,000 rows are one request."""
+        url, headers = self.query(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
+                                  page_size=page_size)
+        # Rows are checked against the shape of their entity set (reconciler.api.shapes); a selected
+        # column is always returned, null when empty.
+        selected = [c for c in (select or ()) if c]
+        return self.get_pages(url, row=ROWS.get(entity_set), selected=selected, headers=headers)
+
+    def query(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None = None,
+        filter: Filter | None = None,  # the OData name
+        orderby: str | None = None,
+        expand: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and headers of the first page ``get_all`` reads with the same arguments (what a
+        ``prefetch`` of that read sends)."""
         params: dict[str, object] = {}
         if select:
             params["$select"] = ",".join(checked_column(c) for c in select)
@@ -739,15 +778,65 @@ class DataverseClient(_HttpCore):
         if expand:
             params["$expand"] = expand
         headers = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"}
-        # Rows are checked against the shape of their entity set (reconciler.api.shapes); a selected
-        # column is always returned, null when empty.
-        selected = [c for c in (select or ()) if c]
-        return self.get_pages(self.url(checked_column(entity_set), params), row=ROWS.get(entity_set),
-                              selected=selected, headers=headers)
+        return self.url(checked_column(entity_set), params), headers
+
+    def prefetch(self, reads: Sequence[tuple[str, Mapping[str, str]]]) -> int:
+        """Send these GETs (absolute URL and headers, as ``query`` and the ``*_url`` helpers build them) as ONE
+        ``$batch`` outside any change set (docs/dataverse.md §3.7): one request and one connection instead
+        of one each. The service runs them one after the other and answers each in its own part; a later
+        GET of the same URL takes its answer from its part, once, and goes through every check a GET
+        answered by the network does. A refused, throttled or unreadable batch, or part, keeps nothing:
+        each read is then sent on its own with its own retries and errors, so a prefetch never changes
+        what a read returns or raises, only how many requests it takes. Returns how many answers were kept."""
+        if not reads:
+            return 0
+        batch_id = f"batch_{uuid.uuid4()}"
+        lines: list[str] = []
+        for url, headers in reads:
+            lines += [f"--{batch_id}", "Content-Type: application/http", "Content-Transfer-Encoding: binary",
+                      "", f"GET {url} HTTP/1.1", "Accept: application/json",
+                      *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+        lines += [f"--{batch_id}--", ""]
+        url = self.url("$batch")
+        try:
+            request_headers = self._request_headers(
+                None, {"Content-Type": f'multipart/mixed; boundary="{batch_id}"',
+                       "Prefer": "odata.continue-on-error"}, True)
+            resp = self._fetch("POST", url, request_headers, "\r\n".join(lines).encode("utf-8"))
+        except (httpx.TransportError, _BodyTooLarge) as exc:
+            log.info("%s: the read $batch failed (%s); reading one by one", self.label, type(exc).__name__)
+            return 0
+        ctype = resp.headers.get("Content-Type", "")
+        boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
+        try:
+            parts = parse_multipart(resp.text, boundary) if resp.status_code == 200 and boundary else []
+        except (ValueError, UnicodeDecodeError):
+            parts = []
+        if len(parts) != len(reads):
+            log.info("%s: the read $batch was answered HTTP %s with %d of %d parts; reading one by one",
+                     self.label, resp.status_code, len(parts), len(reads))
+            return 0
+        for (read_url, _), part in zip(reads, parts, strict=True):
+            # -v shows what the batch carried, as it shows every request (never query values).
+            http_log.debug("%s:   in the $batch: GET %s -> %s", self.label, loggable_url(read_url), part.status,
+                           extra={"connref_env": self.label})
+        kept = {
+            read_url: httpx.Response(part.status, headers=part.response_headers, content=part.body,
+                                     request=httpx.Request("GET", read_url))
+            for (read_url, _), part in zip(reads, parts, strict=True)
+            if part.status == 200
+        }
+        with self._prefetched_lock:
+            self._prefetched.update(kept)
+        return len(kept)
+
+    def who_am_i_url(self) -> str:
+        """The URL ``who_am_i`` reads."""
+        return self.url("WhoAmI")
 
     def who_am_i(self) -> WhoAmI:
         """``WhoAmI`` (docs/dataverse.md §3.9): the caller's systemuserid."""
-        data = self.get("WhoAmI", shape=WHO_AM_I)
+        data = self.get_json(self.who_am_i_url(), shape=WHO_AM_I)
         return WhoAmI(
             user_id=str(data["UserId"]).lower(),
             business_unit_id=data.get("BusinessUnitId"),
@@ -757,24 +846,30 @@ class DataverseClient(_HttpCore):
     def component_type_for(self, entity: str) -> int:
         """The org-specific solution component type of a table (docs/dataverse.md §2.1): it varies per org,
         so it is read, never hard-coded."""
-        rows = self.get_all(
-            "solutioncomponentdefinitions",
-            select=["solutioncomponenttype", "name", "primaryentityname"],
-            filter=eq("primaryentityname", entity),
-        )
+        rows = self.get_all("solutioncomponentdefinitions", **self.component_type_query(entity))
         if not rows:
             raise NotFoundError(f"no solution component definition for table {entity!r}")
         return int(rows[0]["solutioncomponenttype"])
 
-    def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None:
-        """Whether a user holds a privilege, by ``RetrieveUserPrivilegeByPrivilegeName``; ``None`` when
-        the service cannot tell (the function is missing or refused)."""
+    @staticmethod
+    def component_type_query(entity: str) -> QueryArgs:
+        """The ``get_all`` arguments of ``component_type_for`` (``solutioncomponentdefinitions``)."""
+        return {"select": ("solutioncomponenttype", "name", "primaryentityname"),
+                "filter": eq("primaryentityname", entity)}
+
+    def privilege_url(self, systemuserid: str, privilege: str) -> str:
+        """The URL ``user_has_privilege`` reads."""
         path = (
             entity_path("systemusers", systemuserid)
             + "/Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeName(PrivilegeName=@p)"
         )
+        return self.url(path, {"@p": literal(privilege)})
+
+    def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None:
+        """Whether a user holds a privilege, by ``RetrieveUserPrivilegeByPrivilegeName``; ``None`` when
+        the service cannot tell (the function is missing or refused)."""
         try:
-            data = self.get(path, {"@p": literal(privilege)}, shape=USER_PRIVILEGES)
+            data = self.get_json(self.privilege_url(systemuserid, privilege), shape=USER_PRIVILEGES)
         except MalformedResponseError:
             raise
         except ApiError as exc:

@@ -35,10 +35,10 @@ import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
-from reconciler.api.client import MAX_PAGE_SIZE, WhoAmI
+from reconciler.api.client import MAX_PAGE_SIZE, QueryArgs, WhoAmI
 from reconciler.api.odata_filter import Filter, Guid, any_of, either, eq
 from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
 from reconciler.domain import flowdef, rules
@@ -73,6 +73,18 @@ class DataverseReader(Protocol):
     def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
                 orderby: str | None = None, expand: str | None = None,
                 page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]: ...
+
+    def query(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+              orderby: str | None = None, expand: str | None = None,
+              page_size: int = MAX_PAGE_SIZE) -> tuple[str, dict[str, str]]: ...
+
+    def prefetch(self, reads: Sequence[tuple[str, Mapping[str, str]]]) -> int: ...
+
+    def who_am_i_url(self) -> str: ...
+
+    def privilege_url(self, systemuserid: str, privilege: str) -> str: ...
+
+    def component_type_query(self, entity: str) -> QueryArgs: ...
 
     def who_am_i(self) -> WhoAmI: ...
 
@@ -355,20 +367,49 @@ def _memberships(source: LiveSource, writer: LiveUser | None,
     return {g: g in found for g in groups}, None
 
 
+@dataclass(frozen=True)
+class _Access:
+    """What ``read_access`` learns: the bound connections with their shares (by lower-case name), and the
+    writer's membership of the groups they are shared with (and why it could not be read)."""
+
+    shared: Mapping[str, LiveConnection]
+    membership: Mapping[str, bool]
+    why: str | None
+
+    def onto(self, live: LiveEnvironment) -> LiveEnvironment:
+        if not self.shared:
+            return live
+        return replace(live, connections=tuple(self.shared.get(c.name.lower(), c) for c in live.connections),
+                       group_membership=frozen_map(self.membership), group_check=self.why)
+
+
+def _access(source: LiveSource, envc: EnvironmentConfig, config: Config, live: LiveEnvironment) -> _Access:
+    """The shares of the connections the bindings resolve to in ``live`` (which needs its connections,
+    users and writer, not its references), and the writer's groups."""
+    bound = rules.bound_connections(config.references, rules.BindingIndex.of(envc), live)
+    if not bound or source.connections is None:
+        return _Access({}, {}, None)
+    workers = min(SHARES_IN_PARALLEL, len(bound))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"shares-{envc.name}") as pool:
+        read = list(pool.map(lambda c: _read_shares(source, c, live.connections_scope), bound))
+    membership, why = _memberships(source, live.writer, read)
+    return _Access({c.name.lower(): c for c in read}, membership, why)
+
+
 def read_access(source: LiveSource, envc: EnvironmentConfig, config: Config,
                 live: LiveEnvironment) -> LiveEnvironment:
     """``live`` with the shares of the connections the bindings resolve to (only those: one request each, in
     parallel) and the writer's membership of the groups they are shared with (docs/dataverse.md §4.8-§4.10)."""
-    bound = rules.bound_connections(config.references, rules.BindingIndex.of(envc), live)
-    if not bound or source.connections is None:
-        return live
-    workers = min(SHARES_IN_PARALLEL, len(bound))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"shares-{envc.name}") as pool:
-        read = list(pool.map(lambda c: _read_shares(source, c, live.connections_scope), bound))
-    by_name = {c.name.lower(): c for c in read}
-    membership, why = _memberships(source, live.writer, read)
-    return replace(live, connections=tuple(by_name.get(c.name.lower(), c) for c in live.connections),
-                   group_membership=membership, group_check=why)
+    return _access(source, envc, config, live).onto(live)
+
+
+def _identities(service_account: str | None, who: WhoAmI,
+                users: Sequence[LiveUser]) -> tuple[LiveUser, LiveUser | None]:
+    """The caller (as its user row when read) and the identity writes act as (``rules.pick_writer``)."""
+    caller = next((u for u in users if u.systemuserid == who.user_id), None)
+    if caller is None:
+        caller = LiveUser(systemuserid=who.user_id, object_id=None, upn=None)
+    return caller, rules.pick_writer(service_account, caller, list(users))
 
 
 def _who_am_i(source: LiveSource) -> Any:
@@ -395,8 +436,9 @@ def _env(config: Config, env: EnvironmentConfig | str | None, source: LiveSource
     return found if found is not None else source.env
 
 
-#: Every read of one environment runs at once: 8 independent reads, then 3 that wait on some of them.
-#: That is at most 11 requests in flight per environment, far below the 52 concurrent requests
+#: Threads reading one environment: the connections, the seven reads the first read $batch answers (each
+#: sent on its own when the batch fails), then the second batch, the users and the shares. Usually two
+#: or three requests are in flight per environment; at most 11, far below the 52 concurrent requests
 #: Dataverse allows per user and web server (docs/dataverse.md §3.8).
 READS_PER_ENVIRONMENT = 11
 #: Environments read at the same time. Each is its own Dataverse web server (its own per-user limit);
@@ -430,37 +472,55 @@ def read_environment(
         def run(fn: Callable[[], T]) -> Future[T]:
             return pool.submit(fn)
 
-        # Round 1, longest chains first. A dependent read below is submitted after what it waits on, so
-        # the pool (first in, first out) always starts a dependency before the read that waits for it.
+        # Round 1, longest chains first: the connections (their own service; two lists when the admin list
+        # is refused), the references and the flows (both may be large and page), each on its own, and
+        # the five small reads in ONE read $batch (docs/dataverse.md §3.7): one request and one connection
+        # instead of five. Each read then runs as usual, answered from its part, or sent on its own when
+        # the batch or its part failed.
         f_conns = run(lambda: read_connections_explained(source, admin=admin_connections))
-        f_refs = run(lambda: dv.get_all("connectionreferences", select=REFERENCE_COLUMNS))
-        f_flows = run(lambda: dv.get_all("workflows", select=FLOW_COLUMNS,
-                                         filter=eq("category", FLOW_CATEGORY)))
+        refs_query = QueryArgs(select=REFERENCE_COLUMNS)
+        flows_query = QueryArgs(select=FLOW_COLUMNS, filter=eq("category", FLOW_CATEGORY))
         # Which solutions the flows belong to (lint CR208): every workflow membership and every
-        # solution name, in two requests rather than one per flow.
-        f_flow_members = run(lambda: dv.get_all("solutioncomponents", select=("objectid", "_solutionid_value"),
-                                                filter=eq("componenttype", WORKFLOW_COMPONENT_TYPE)))
-        f_solution_names = run(lambda: dv.get_all("solutions", select=("solutionid", "uniquename")))
+        # solution name, in two reads rather than one per flow.
+        flow_members_query = QueryArgs(select=("objectid", "_solutionid_value"),
+                                       filter=eq("componenttype", WORKFLOW_COMPONENT_TYPE))
+        solution_names_query = QueryArgs(select=("solutionid", "uniquename"))
+        # The publisher prefix comes with the solution through its publisherid navigation property.
+        solution_query = QueryArgs(select=SOLUTION_COLUMNS, filter=eq("uniquename", config.solution),
+                                   expand="publisherid($select=customizationprefix)")
+        type_query = dv.component_type_query("connectionreference")
+        dv.prefetch([
+            dv.query("solutions", **solution_query), dv.query("solutioncomponentdefinitions", **type_query),
+            (dv.who_am_i_url(), {}), dv.query("solutioncomponents", **flow_members_query),
+            dv.query("solutions", **solution_names_query),
+            dv.query("connectionreferences", **refs_query), dv.query("workflows", **flows_query),
+        ])
+        f_refs = run(lambda: dv.get_all("connectionreferences", **refs_query))
+        f_flows = run(lambda: dv.get_all("workflows", **flows_query))
+        f_flow_members = run(lambda: dv.get_all("solutioncomponents", **flow_members_query))
+        f_solution_names = run(lambda: dv.get_all("solutions", **solution_names_query))
         f_who = run(lambda: _who_am_i(source))
         f_type = run(lambda: dv.component_type_for("connectionreference"))
-        # The publisher prefix comes with the solution through its publisherid navigation property.
-        f_solution = run(lambda: _solution(dv.get_all("solutions", select=SOLUTION_COLUMNS,
-                                                      filter=eq("uniquename", config.solution),
-                                                      expand="publisherid($select=customizationprefix)")))
+        f_solution = run(lambda: _solution(dv.get_all("solutions", **solution_query)))
 
-        # Round 2: each read waits only for what it needs.
-        def members() -> set[str]:
-            solution, component_type = f_solution.result(), f_type.result()
-            if solution is None:
-                return set()
-            member_filter = eq("_solutionid_value", Guid(solution.id)) & eq("componenttype", component_type)
-            rows = dv.get_all("solutioncomponents", select=("objectid",), filter=member_filter)
-            return {str(m.get("objectid", "")).lower() for m in rows}
-
-        def privilege() -> bool | None:
-            if not service_account:
-                return None
-            return dv.user_has_privilege(f_who.result().user_id, IMPERSONATION_PRIVILEGE)
+        # Round 2: each read waits only for what it needs. The solution's members and the writer's
+        # privilege need round 1's small reads only, and go as one read $batch while the reference pages
+        # may still be on their way; the users need every owner, so they wait for the lists.
+        def members_and_privilege() -> tuple[set[str], bool | None]:
+            solution, component_type, who = f_solution.result(), f_type.result(), f_who.result()
+            member_query = None
+            if solution is not None:
+                member_query = QueryArgs(select=("objectid",), filter=eq("_solutionid_value", Guid(solution.id))
+                                         & eq("componenttype", component_type))
+            ahead = [dv.query("solutioncomponents", **member_query)] if member_query else []
+            if service_account:
+                ahead.append((dv.privilege_url(who.user_id, IMPERSONATION_PRIVILEGE), {}))
+            if len(ahead) > 1:
+                dv.prefetch(ahead)
+            members = ({str(m.get("objectid", "")).lower() for m in dv.get_all("solutioncomponents", **member_query)}
+                       if member_query else set())
+            allowed = dv.user_has_privilege(who.user_id, IMPERSONATION_PRIVILEGE) if service_account else None
+            return members, allowed
 
         def users() -> list[LiveUser]:
             # Reference and flow owners: explain and plan name who owns each flow.
@@ -469,9 +529,21 @@ def read_environment(
             owner_oids = [connection_from_item(c).owner_object_id for c in conns]
             return _read_users(source, f_who.result().user_id, service_account, owner_ids, owner_oids)
 
-        f_members = run(members)
-        f_priv = run(privilege)
+        def read_shares() -> _Access:
+            # The shares of the bound connections need the connections and the users only (to resolve
+            # owner selectors): read as soon as those arrive, while the rest of round 2 may still run.
+            conn_items, scope, refusals = f_conns.result()
+            found = f_users.result()
+            caller, writer = _identities(service_account, f_who.result(), found)
+            seen = LiveEnvironment(name=envc.name, solution=None, component_type=None, references=(),
+                                   connections=tuple(connection_from_item(c) for c in conn_items),
+                                   users=tuple(found), caller=caller, writer=writer, connections_scope=scope,
+                                   connections_refusals=refusals)
+            return _access(source, envc, config, seen)
+
+        f_members_priv = run(members_and_privilege)
         f_users = run(users)
+        f_access = run(read_shares)
 
         who = f_who.result()
         component_type = f_type.result()
@@ -479,9 +551,9 @@ def read_environment(
         ref_rows = f_refs.result()
         conn_items, connections_scope, refusals = f_conns.result()
         connections = tuple(connection_from_item(c) for c in conn_items)
-        members_ids = f_members.result()
+        members_ids, can_impersonate = f_members_priv.result()
         users_found = f_users.result()
-        can_impersonate = f_priv.result()
+        access = f_access.result()
         by_flow = flow_solutions(f_flow_members.result(), f_solution_names.result())
         flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
                       for r in f_flows.result())
@@ -498,10 +570,7 @@ def read_environment(
         or str(row.get("connectionreferencelogicalname") or "").lower() in declared
     )
 
-    caller = next((u for u in users_found if u.systemuserid == who.user_id), None)
-    if caller is None:
-        caller = LiveUser(systemuserid=who.user_id, object_id=None, upn=None)
-    writer = rules.pick_writer(service_account, caller, users_found)
+    caller, writer = _identities(service_account, who, users_found)
     impersonating = bool(service_account) and rules.acts_as_other(caller, writer)
     # When the service cannot say whether the caller may impersonate, leave it to the apply: the
     # write then fails with Dataverse's own CannotActOnBehalfOfAnotherUser error.
@@ -529,7 +598,7 @@ def read_environment(
         connections_refusals=refusals,
         layers=frozen_map(layers),
     )
-    return read_access(source, envc, config, live)
+    return access.onto(live)
 
 
 #: The unmanaged layer of a component (docs/dataverse.md §2.6).

@@ -27,6 +27,7 @@ from reconciler.api.client import (
     ConnectionsClient,
     DataverseClient,
     GraphClient,
+    QueryArgs,
     RetryPolicy,
     WhoAmI,
     power_platform_api_base,
@@ -80,6 +81,26 @@ class ReadOnlyDataverse:
                 page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
         return self._client.get_all(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
                                     page_size=page_size)
+
+    def query(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+              orderby: str | None = None, expand: str | None = None,
+              page_size: int = MAX_PAGE_SIZE) -> tuple[str, dict[str, str]]:
+        return self._client.query(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
+                                  page_size=page_size)
+
+    def prefetch(self, reads: Sequence[tuple[str, Mapping[str, str]]]) -> int:
+        """GETs only, as one read ``$batch`` (``DataverseClient.prefetch``): a read."""
+        return self._client.prefetch(reads)
+
+    def who_am_i_url(self) -> str:
+        return self._client.who_am_i_url()
+
+    def privilege_url(self, systemuserid: str, privilege: str) -> str:
+        return self._client.privilege_url(systemuserid, privilege)
+
+    @staticmethod
+    def component_type_query(entity: str) -> QueryArgs:
+        return DataverseClient.component_type_query(entity)
 
     def who_am_i(self) -> WhoAmI:
         return self._client.who_am_i()

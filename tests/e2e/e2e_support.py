@@ -153,6 +153,17 @@ def wait_for_byte(fd: int, what: str, proc: subprocess.Popen[str]) -> None:
         pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{out}\n{err}")
 
 
+def writes_batch(environ: dict[str, Any]) -> bool:
+    """Whether a WSGI request is a ``POST .../$batch`` that writes (holds a change set); a batch of reads
+    (the live reader's) does not. The body is read and put back for the app."""
+    path = environ.get("PATH_INFO", "")
+    if environ.get("REQUEST_METHOD") != "POST" or not path.endswith(("$batch", "%24batch")):
+        return False
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    return b"changeset_" in body
+
+
 class BatchGate:
     """WSGI middleware in front of an emulator app: every ``POST .../$batch`` that writes (holds a change set)
     waits until ``release()``; a batch of reads passes.
@@ -168,12 +179,7 @@ class BatchGate:
         self._open = threading.Event()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
-        if is_batch:
-            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-            environ["wsgi.input"] = io.BytesIO(body)
-            is_batch = b"changeset_" in body
+        is_batch = writes_batch(environ)
         if is_batch:
             self.reached.set()
             self._open.wait(TIMEOUT)
@@ -193,9 +199,10 @@ def gate_batches(served: Served, env: str) -> BatchGate:
 
 
 class CommitGate:
-    """WSGI middleware in front of an emulator app: the next ``POST .../$batch`` is served (committed) at
-    once, then its answer is held until ``release()``. ``committed`` is set once the change set has been
-    committed, so a test can kill the client between its write and its state record, on an event."""
+    """WSGI middleware in front of an emulator app: the next ``POST .../$batch`` that writes is served
+    (committed) at once, then its answer is held until ``release()``; a batch of reads passes.
+    ``committed`` is set once the change set has been committed, so a test can kill the client between
+    its write and its state record, on an event."""
 
     def __init__(self, app: EmulatorApp) -> None:
         self.app = app
@@ -204,8 +211,7 @@ class CommitGate:
         self._used = False
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        is_batch = environ.get("REQUEST_METHOD") == "POST" and path.endswith(("$batch", "%24batch"))
+        is_batch = writes_batch(environ)
         result: Iterable[bytes] = self.app(environ, start_response)
         if is_batch and not self._used:
             self._used = True

@@ -44,8 +44,8 @@ def test_sigterm_during_start_up_prints_no_traceback(quickstart: Workspace) -> N
 
 
 def test_an_apply_that_fails_does_not_say_complete(served: Served) -> None:
-    # dev's first $batch reads what uses the references it rebinds; the second, its writes, is refused.
-    served.apps["dev"].faults.add("error", BATCH, status=403, after=1)
+    # dev's first $batch that writes (the read batches before it only read) is refused.
+    served.apps["dev"].faults.add("error", BATCH, status=403, writes_only=True)
     r = served.run("apply", "--auto-approve")
     assert r.code == 1
     assert "Apply complete!" not in r.out

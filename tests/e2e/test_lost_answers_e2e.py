@@ -17,9 +17,8 @@ pytestmark = pytest.mark.emulator_only
 
 BATCH = "/api/data/v9.2/$batch"
 REFERENCES = "/api/data/v9.2/connectionreferences"
-# dev's first $batch reads what uses the references its plan rebinds (RetrieveDependenciesForDelete, GETs
-# only); the second is the change set the faults below aim at.
-READS_FIRST = 1
+# The faults below aim at dev's first $batch that writes (its change set): the read batches before it (the
+# live reader's, RetrieveDependenciesForDelete's) only read, so ``writes_only`` lets them pass.
 DECLARED = {"contoso_sharedsharepointonline_30e7d", "contoso_sharedsharepointonline_8f4b0",
             "contoso_sharedoffice365_d4c61", "contoso_sharedcommondataserviceforapps_7b2e9", "contoso_Teams"}
 
@@ -38,7 +37,7 @@ def managed(served: Served, env: str) -> set[str]:
 def test_a_batch_committed_whose_answer_is_a_504_is_read_back_and_recorded(served: Served, duplicates: str) -> None:
     served.apps["dev"].settings["enforce_duplicate_logical_name"] = duplicates == "refused"
     served.apps["dev"].faults.add("error", BATCH, methods=["POST"], status=504, error_body="html",
-                                  after_commit=True, times=1, after=READS_FIRST)
+                                  after_commit=True, times=1, writes_only=True)
     r = served.run("apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in r.out
@@ -56,7 +55,7 @@ def test_a_batch_answered_2xx_with_a_body_connref_cannot_read_is_read_back_and_r
     served: Served, shape: str
 ) -> None:
     # The $batch is committed, then answered 200 with an HTML page, half its body, or nothing.
-    served.apps["dev"].faults.add("malformed", BATCH, methods=["POST"], shape=shape, times=1, after=READS_FIRST)
+    served.apps["dev"].faults.add("malformed", BATCH, methods=["POST"], shape=shape, times=1, writes_only=True)
     r = served.run("apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in r.out
@@ -78,7 +77,7 @@ LOST: dict[str, tuple[str, dict[str, Any]]] = {
 def test_an_unknown_outcome_says_plan_again_and_the_next_run_converges(served: Served, lost: str) -> None:
     dev = served.apps["dev"].faults
     kind, options = LOST[lost]
-    dev.add(kind, BATCH, methods=["POST"], times=1, after=READS_FIRST, **options)
+    dev.add(kind, BATCH, methods=["POST"], times=1, writes_only=True, **options)
     # The read-back (the second read of the references: the first is the plan's) cannot be read either.
     dev.add("malformed", REFERENCES, methods=["GET"], shape="html", after=1, times=1)
     r = served.run("apply", "--auto-approve")
