@@ -159,6 +159,14 @@ def _guid_check(what: str) -> Callable[[str], str | None]:
     return lambda v: None if is_guid(v) else f"expected a GUID (the {what})"
 
 
+@functools.lru_cache(maxsize=1024)
+def _owner_problem(value: str) -> str | None:
+    # Cached: the selectors of a config name the same few owners (a service account) again and again.
+    if UPN_RE.fullmatch(value):
+        return None
+    return "expected the user principal name of the connection owner (name@domain)"
+
+
 def _tenant_problem(value: str) -> str | None:
     if is_guid(value) or DOMAIN_RE.fullmatch(value):
         return None
@@ -246,6 +254,7 @@ class _Validator:
         self.ctx = ctx
         self.errors: list[ConfigError] = []
         self.flagged: set[int] = set()  # nodes already reported as inline secrets
+        self._declared: tuple[list[str], set[str]] | None = None
 
     # ------------------------------------------------------------------ reporting
 
@@ -833,13 +842,15 @@ class _Validator:
         if m is None:
             return None
         out: dict[str, Binding] = {}
-        declared = set(references) if references is not None else set()
-        by_lower: dict[str, str] = {}
-        for r in references or ():
-            by_lower.setdefault(r.lower(), r)
+        declared = self.declared(references)
+        by_lower: dict[str, str] | None = None  # the declared names by lower case, made for the first stray key
         for key, value in m.pairs:
             path = join_path(field, key.text)
             if references is not None and key.text not in declared:
+                if by_lower is None:
+                    by_lower = {}
+                    for r in references:
+                        by_lower.setdefault(r.lower(), r)
                 same_case = [by_lower[key.text.lower()]] if key.text.lower() in by_lower else []
                 if same_case:
                     self.error(
@@ -858,6 +869,14 @@ class _Validator:
                     grants.add(key.text.lower())
         return out
 
+    def declared(self, references: list[str] | None) -> set[str]:
+        """``references`` as a set, made once for all the environments that bind them."""
+        if references is None:
+            return set()
+        if self._declared is None or self._declared[0] is not references:
+            self._declared = (references, set(references))
+        return self._declared[1]
+
     def binding(self, node: YNode, field: str) -> Binding | None:
         if isinstance(node, Map) and node.get("name") is not None and node.get("owner") is None:
             self.keys(node, field, NAMED_BINDING_KEYS, required=NAMED_BINDING_REQUIRED)
@@ -866,17 +885,7 @@ class _Validator:
             return self.binding(named, join_path(field, "name"))
         if isinstance(node, Map):
             self.keys(node, field, SELECTOR_KEYS, required=SELECTOR_REQUIRED)
-            owner = self.checked(
-                node,
-                "owner",
-                field,
-                lambda v: (
-                    None
-                    if UPN_RE.fullmatch(v)
-                    else "expected the user principal name of the connection owner (name@domain)"
-                ),
-                nullable=False,
-            )
+            owner = self.checked(node, "owner", field, _owner_problem, nullable=False)
             display_name = self.string(node, "display_name", field, max_len=MAX_DISPLAY_NAME)
             if owner is None:
                 return None
