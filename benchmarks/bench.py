@@ -542,8 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nrequests/tokens/depth/network: seen by the emulator (tokens = token-endpoint POSTs; depth = "
               "longest chain of requests each received after the previous was answered; min = the round "
               "trips that must follow one another: tenant discovery, token, the longest chain of independent "
-              "reads, the users read that needs their answers, the shares of the bound connections when read, one per "
-              "$batch). bound = the same chain with "
+              "reads (reference pages, connection lists or the first read $batch), the users read that needs "
+              "their answers, the shares of the bound connections when read, one per $batch that writes; or, "
+              "when longer, the two read $batches and the solution's further member pages). bound = the same "
+              "chain with "
               "each request counted for as long as the emulator took to answer it (latency + its own work; "
               "the slowest environment). wall/CPU/RSS: the connref process, start-up included.")
         failed = [x for x in g if not x.ok]
