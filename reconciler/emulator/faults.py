@@ -431,19 +431,24 @@ class Faults:
 
     # ------------------------------------------------------------------ evaluation
 
+    def _fires(self, rule: FaultRule) -> bool:
+        """Count a matching request against ``rule`` and say whether it fires for it: past its first
+        ``after`` matches, and drawn with its ``probability`` (under ``self._lock``)."""
+        rule.seen += 1
+        if rule.seen <= rule.after:
+            return False
+        if rule.probability < 1.0 and self.rng.random() >= rule.probability:
+            return False
+        rule.fired += 1
+        return True
+
     def decide(self, request: Request) -> Decision:
         """Which faults fire for this request (latency adds up; the first failing rule answers)."""
         decision = Decision(delay=max(self.latency_ms, 0) / 1000.0)
         with self._lock:
             for rule in self.rules:
-                if rule.exhausted or not rule.matches(request):
+                if rule.exhausted or not rule.matches(request) or not self._fires(rule):
                     continue
-                rule.seen += 1
-                if rule.seen <= rule.after:
-                    continue
-                if rule.probability < 1.0 and self.rng.random() >= rule.probability:
-                    continue
-                rule.fired += 1
                 if rule.after_commit or rule.kind == "malformed":
                     decision.served.append(rule)
                 if rule.kind == "latency":
@@ -482,14 +487,8 @@ class Faults:
         with self._lock:
             for rule in self.rules:
                 if (rule.exhausted or rule.kind not in ("error", "malformed") or rule.after_commit
-                        or not rule.matches(request)):
+                        or not rule.matches(request) or not self._fires(rule)):
                     continue
-                rule.seen += 1
-                if rule.seen <= rule.after:
-                    continue
-                if rule.probability < 1.0 and self.rng.random() >= rule.probability:
-                    continue
-                rule.fired += 1
                 decision.name = rule.kind
                 if rule.kind == "error":
                     decision.response = error_response(request, rule.status, body=rule.error_body,
