@@ -277,3 +277,20 @@ def test_a_part_refused_inside_the_read_batch_is_read_again_with_its_own_error(
     parts = [p for p in emulator.app.log.inner_requests() if "WhoAmI" in p.path]
     assert [p.status for p in parts] == [403]  # the batch's part met the rule too
     assert emulator.app.log.count_requests("GET", API + "WhoAmI") == 1
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults")
+def test_an_answer_no_read_took_is_not_kept_for_a_later_read(emulator: Any, session: EnvSession) -> None:
+    """The second batch carries the solution's members and the writer's privilege; when the members' part
+    cannot be read the reader stops before asking for the privilege, whose answer must not wait in the
+    client for whatever reads that URL next."""
+    from reconciler.errors import MalformedResponseError
+
+    # The first solutioncomponents GET is the flows' memberships (first batch), the second the members.
+    emulator.app.faults.add("malformed", API + "solutioncomponents", methods=["GET"], shape="html", after=1,
+                            times=1)
+    with pytest.raises(MalformedResponseError, match="solutioncomponents"):
+        read_environment(session, make_config(emulator.url), "dev")
+    assert any("RetrieveUserPrivilegeByPrivilegeName" in p.path and p.status == 200
+               for p in emulator.app.log.inner_requests())  # its answer came in the batch
+    assert session.dataverse._prefetched == {}

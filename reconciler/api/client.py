@@ -830,6 +830,12 @@ class DataverseClient(_HttpCore):
             self._prefetched.update(kept)
         return len(kept)
 
+    def forget_prefetched(self) -> None:
+        """Drop the answers a ``prefetch`` kept that no read has taken (a read that failed before its
+        turn): a later GET of the same URL then asks the service, never takes an old answer."""
+        with self._prefetched_lock:
+            self._prefetched.clear()
+
     def who_am_i_url(self) -> str:
         """The URL ``who_am_i`` reads."""
         return self.url("WhoAmI")

@@ -31,9 +31,10 @@ with the solution.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -79,6 +80,8 @@ class DataverseReader(Protocol):
               page_size: int = MAX_PAGE_SIZE) -> tuple[str, dict[str, str]]: ...
 
     def prefetch(self, reads: Sequence[tuple[str, Mapping[str, str]]]) -> int: ...
+
+    def forget_prefetched(self) -> None: ...
 
     def who_am_i_url(self) -> str: ...
 
@@ -403,6 +406,15 @@ def read_access(source: LiveSource, envc: EnvironmentConfig, config: Config,
     return _access(source, envc, config, live).onto(live)
 
 
+@contextlib.contextmanager
+def _forgetting(dv: DataverseReader) -> Iterator[None]:
+    """Whatever happens to the reads, the batch answers none of them took are dropped on the way out."""
+    try:
+        yield
+    finally:
+        dv.forget_prefetched()
+
+
 def _identities(service_account: str | None, who: WhoAmI,
                 users: Sequence[LiveUser]) -> tuple[LiveUser, LiveUser | None]:
     """The caller (as its user row when read) and the identity writes act as (``rules.pick_writer``)."""
@@ -468,7 +480,8 @@ def read_environment(
     dv = source.dataverse
     service_account = envc.service_account
 
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"live-{envc.name}") as pool:
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"live-{envc.name}") as pool, \
+            _forgetting(dv):
         def run(fn: Callable[[], T]) -> Future[T]:
             return pool.submit(fn)
 

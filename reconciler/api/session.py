@@ -92,6 +92,9 @@ class ReadOnlyDataverse:
         """GETs only, as one read ``$batch`` (``DataverseClient.prefetch``): a read."""
         return self._client.prefetch(reads)
 
+    def forget_prefetched(self) -> None:
+        self._client.forget_prefetched()
+
     def who_am_i_url(self) -> str:
         return self._client.who_am_i_url()
 
