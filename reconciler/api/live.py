@@ -473,9 +473,11 @@ def read_environment(
     declared or ``managed`` (logical names the state records) reference outside it, so prune finds a
     managed reference someone moved out of the solution (all of the environment's with ``all_references``).
 
-    Round trips: the longest chains start first (the connections, which may take two requests when
-    the admin list is refused, then the references, which page at 5000 rows), and each second-round
-    read starts as soon as what it needs has arrived rather than after all of round 1."""
+    Round trips: the connections (two requests when the admin list is refused) beside one read ``$batch``
+    of every first Dataverse read (the references page at 5000 rows, the further pages follow), then each
+    second-round read as soon as what it needs has arrived rather than after all of round 1: the
+    solution's members with the writer's privilege (a second read ``$batch``), the users, and the shares
+    of the bound connections once the connections and users are known."""
     envc = _env(config, env, source)
     dv = source.dataverse
     service_account = envc.service_account
@@ -485,11 +487,11 @@ def read_environment(
         def run(fn: Callable[[], T]) -> Future[T]:
             return pool.submit(fn)
 
-        # Round 1, longest chains first: the connections (their own service; two lists when the admin list
-        # is refused), the references and the flows (both may be large and page), each on its own, and
-        # the five small reads in ONE read $batch (docs/dataverse.md §3.7): one request and one connection
-        # instead of five. Each read then runs as usual, answered from its part, or sent on its own when
-        # the batch or its part failed.
+        # Round 1: the connections (their own service; two lists when the admin list is refused), and the
+        # seven first reads of Dataverse in ONE read $batch (docs/dataverse.md §3.7): one request on one
+        # connection instead of seven on seven; its parts run one after the other, so the small reads come
+        # back with the first page of references. Each read then runs as usual, answered from its part
+        # (further pages follow their links), or sent on its own when the batch or its part failed.
         f_conns = run(lambda: read_connections_explained(source, admin=admin_connections))
         refs_query = QueryArgs(select=REFERENCE_COLUMNS)
         flows_query = QueryArgs(select=FLOW_COLUMNS, filter=eq("category", FLOW_CATEGORY))
