@@ -394,3 +394,21 @@ def sample_config(
     )
     return Config(path="connref.yaml", version=1, solution=Sample.SOLUTION, references=frozen_map(refs),
                   environments=frozen_map({"dev": env}))
+
+
+def host_keys(node: Any) -> list[str]:
+    """Every ``inputs.host.connectionName`` in a flow definition, in document order: the keys its actions
+    name their connections by (written here from the definition's shape, not from reconciler.domain.flowdef,
+    so tests of flowdef check it against an independent reading)."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        inputs = node.get("inputs")
+        host = inputs.get("host") if isinstance(inputs, dict) else None
+        if isinstance(host, dict) and "connectionName" in host:
+            out.append(host["connectionName"])
+        for v in node.values():
+            out += host_keys(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += host_keys(v)
+    return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from builders import EmulatorTokens
 
 from reconciler.api.client import ConnectionsClient, DataverseClient, RetryPolicy
 from reconciler.api.shapes import Limits, parse_json
@@ -21,14 +22,6 @@ pytestmark = pytest.mark.emulator_only(reason="serves malformed answers through 
 
 API = "/api/data/v9.2/"
 REFS = API + "connectionreferences"
-
-
-class Tokens:
-    def __init__(self, emulator: Any) -> None:
-        self.emulator = emulator
-
-    def get_token(self, scope: str) -> str:
-        return str(self.emulator.token(audience=scope.removesuffix("/.default")))
 
 
 @pytest.fixture
@@ -44,7 +37,7 @@ def sleeps() -> list[float]:
 
 def dataverse(emulator: Any, http: httpx.Client, sleeps: list[float], **limits: Any) -> DataverseClient:
     retry = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, max_retries=3)
-    return DataverseClient(emulator.url, Tokens(emulator), http=http, scope=emulator.url + "/.default",
+    return DataverseClient(emulator.url, EmulatorTokens(emulator), http=http, scope=emulator.url + "/.default",
                            retry=retry, limits=Limits(**limits))
 
 
@@ -52,7 +45,7 @@ def connections(emulator: Any, http: httpx.Client, sleeps: list[float]) -> Conne
     for app in emulator.store.data["applications"]:
         app["management_app"] = True
     retry = RetryPolicy(sleep=sleeps.append, jitter=lambda: 0.0, max_retries=3)
-    return ConnectionsClient(emulator.url, Tokens(emulator), http=http, scope="https://api.powerplatform.com/.default",
+    return ConnectionsClient(emulator.url, EmulatorTokens(emulator), http=http, scope="https://api.powerplatform.com/.default",
                              environment_id=Sample.ENVIRONMENT_ID, retry=retry,
                              admin_scope="https://service.powerapps.com/.default")
 

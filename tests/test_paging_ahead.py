@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from builders import EmulatorTokens
 
 from reconciler.api.client import DataverseClient, RetryPolicy
 from reconciler.errors import MalformedResponseError
@@ -19,18 +20,10 @@ pytestmark = pytest.mark.emulator_only(reason="pages the emulator's references a
 REFS = "/api/data/v9.2/connectionreferences"
 
 
-class Tokens:
-    def __init__(self, emulator: Any) -> None:
-        self.emulator = emulator
-
-    def get_token(self, scope: str) -> str:
-        return str(self.emulator.token(audience=scope.removesuffix("/.default")))
-
-
 @pytest.fixture
 def client(emulator: Any) -> Iterator[DataverseClient]:
     with httpx.Client(timeout=10) as http:
-        yield DataverseClient(emulator.url, Tokens(emulator), http=http, scope=emulator.url + "/.default",
+        yield DataverseClient(emulator.url, EmulatorTokens(emulator), http=http, scope=emulator.url + "/.default",
                               retry=RetryPolicy(sleep=lambda _s: None, jitter=lambda: 0.0, max_retries=1))
 
 

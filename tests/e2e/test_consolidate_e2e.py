@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import host_keys
 from schema_support import check
 
 from e2e.e2e_support import KEPT_SP, REPLACED_SP, Served, Workspace, consolidated
@@ -26,21 +27,6 @@ def flows_by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def entries(flow: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(flow["clientdata"])["properties"]["connectionReferences"]
     return found
-
-
-def host_keys(node: Any) -> list[str]:
-    out: list[str] = []
-    if isinstance(node, dict):
-        inputs = node.get("inputs")
-        host = inputs.get("host") if isinstance(inputs, dict) else None
-        if isinstance(host, dict) and "connectionName" in host:
-            out.append(host["connectionName"])
-        for v in node.values():
-            out += host_keys(v)
-    elif isinstance(node, list):
-        for v in node:
-            out += host_keys(v)
-    return out
 
 
 def assert_consolidated(before: dict[str, Any], after: dict[str, Any]) -> None:

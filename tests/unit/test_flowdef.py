@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from builders import host_keys
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,20 +38,6 @@ def doc(clientdata: str | None) -> dict[str, Any]:
     assert clientdata is not None
     parsed: dict[str, Any] = json.loads(clientdata)
     return parsed
-
-
-def host_keys(node: Any) -> list[str]:
-    out: list[str] = []
-    if isinstance(node, dict):
-        host = node.get("inputs", {}).get("host") if isinstance(node.get("inputs"), dict) else None
-        if isinstance(host, dict) and "connectionName" in host:
-            out.append(host["connectionName"])
-        for v in node.values():
-            out += host_keys(v)
-    elif isinstance(node, list):
-        for v in node:
-            out += host_keys(v)
-    return out
 
 
 # --------------------------------------------------------------------------- reading
