@@ -544,30 +544,29 @@ def read_environment(
             owner_oids = [connection_from_item(c).owner_object_id for c in conns]
             return _read_users(source, f_who.result().user_id, service_account, owner_ids, owner_oids)
 
-        def read_shares() -> _Access:
-            # The shares of the bound connections need the connections and the users only (to resolve
-            # owner selectors): read as soon as those arrive, while the rest of round 2 may still run.
+        def who_and_what() -> LiveEnvironment:
+            # The connections, the users and who reads and writes: all the shares of the bound connections
+            # need (owner selectors resolve through the users), so they are read as soon as those arrive,
+            # while the rest of round 2 may still run. The environment is this, completed below.
             conn_items, scope, refusals = f_conns.result()
             found = f_users.result()
             caller, writer = _identities(service_account, f_who.result(), found)
-            seen = LiveEnvironment(name=envc.name, solution=None, component_type=None, references=(),
+            return LiveEnvironment(name=envc.name, solution=None, component_type=None, references=(),
                                    connections=tuple(connection_from_item(c) for c in conn_items),
                                    users=tuple(found), caller=caller, writer=writer, connections_scope=scope,
                                    connections_refusals=refusals)
-            return _access(source, envc, config, seen)
 
         f_members_priv = run(members_and_privilege)
         f_users = run(users)
-        f_access = run(read_shares)
+        f_seen = run(who_and_what)
+        f_access = run(lambda: _access(source, envc, config, f_seen.result()))
 
-        who = f_who.result()
+        f_who.result()  # first: an identity Dataverse refuses is the error to say, before any other
         component_type = f_type.result()
         solution = f_solution.result()
         ref_rows = f_refs.result()
-        conn_items, connections_scope, refusals = f_conns.result()
-        connections = tuple(connection_from_item(c) for c in conn_items)
+        seen = f_seen.result()
         members_ids, can_impersonate = f_members_priv.result()
-        users_found = f_users.result()
         access = f_access.result()
         by_flow = flow_solutions(f_flow_members.result(), f_solution_names.result())
         flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
@@ -585,8 +584,7 @@ def read_environment(
         or str(row.get("connectionreferencelogicalname") or "").lower() in declared
     )
 
-    caller, writer = _identities(service_account, who, users_found)
-    impersonating = bool(service_account) and rules.acts_as_other(caller, writer)
+    impersonating = bool(service_account) and rules.acts_as_other(seen.caller, seen.writer)
     # When the service cannot say whether the caller may impersonate, leave it to the apply: the
     # write then fails with Dataverse's own CannotActOnBehalfOfAnotherUser error.
     caller_can_impersonate = impersonating if can_impersonate is None else can_impersonate
@@ -598,21 +596,8 @@ def read_environment(
         layers = read_layers(source, [r.id for r in references if r.managed and
                                        (r.in_solution or r.logical_name.lower() in declared)])
 
-    live = LiveEnvironment(
-        name=envc.name,
-        solution=solution,
-        component_type=component_type,
-        references=references,
-        connections=connections,
-        users=tuple(users_found),
-        flows=flows,
-        caller=caller,
-        writer=writer,
-        caller_can_impersonate=caller_can_impersonate,
-        connections_scope=connections_scope,
-        connections_refusals=refusals,
-        layers=frozen_map(layers),
-    )
+    live = replace(seen, solution=solution, component_type=component_type, references=references, flows=flows,
+                   caller_can_impersonate=caller_can_impersonate, layers=frozen_map(layers))
     return access.onto(live)
 
 
