@@ -13,9 +13,11 @@ by doubling it (OData ABNF ``SQUOTE-in-string``), GUID literals without quotes, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+_R = TypeVar("_R")
 
 
 class ODataError(ValueError):
@@ -94,6 +96,15 @@ def tokenize(text: str) -> list[Token]:
 
 # --------------------------------------------------------------------------- AST
 
+#: How a compiled filter reads a property of a row: ``getter(name)(row)`` is the value ``Prop(name)`` sees.
+Getter = Callable[[Any], Any]
+GetterFactory = Callable[[str], Getter]
+
+
+def mapping_getter(name: str) -> Getter:
+    """The getter of a property from a plain mapping (what ``Prop.value`` reads)."""
+    return lambda row: row.get(name)
+
 
 class Node:
     def value(self, row: Mapping[str, Any]) -> Any:
@@ -105,6 +116,17 @@ class Node:
     def properties(self) -> set[str]:
         return set()
 
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        """``value`` compiled into a closure (the tree is walked once, not once per row); ``get`` says how a
+        property is read from a row."""
+        raise NotImplementedError
+
+    def predicate(self, get: GetterFactory) -> Callable[[Any], bool]:
+        """``test`` compiled into a closure: the same answer as ``test`` for every row (tests/emulator/test_odata.py
+        checks it against the tree on generated filters and rows)."""
+        value = self.evaluator(get)
+        return lambda row: bool(value(row))
+
 
 @dataclass(frozen=True)
 class Literal(Node):
@@ -113,6 +135,10 @@ class Literal(Node):
 
     def value(self, row: Mapping[str, Any]) -> Any:
         return self.v
+
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        v = self.v
+        return lambda row: v
 
 
 @dataclass(frozen=True)
@@ -124,6 +150,9 @@ class Prop(Node):
 
     def properties(self) -> set[str]:
         return {self.name}
+
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        return get(self.name)
 
 
 def _norm(v: Any) -> Any:
@@ -156,6 +185,19 @@ def _compare(op: str, a: Any, b: Any) -> bool:
         return False
 
 
+def _equals(b: Any) -> Callable[[Any], bool]:
+    """``_compare("eq", a, b)`` for a fixed ``b`` (a literal), as a function of ``a`` alone: the literal's case
+    folded once instead of once per row. Each branch is ``_compare``'s answer for that kind of ``b``."""
+    if b is None:
+        return lambda a: a is None
+    if isinstance(b, bool):
+        return lambda a: a is b  # only the same boolean equals a boolean (True and False are singletons)
+    if isinstance(b, str):
+        folded = b.lower()
+        return lambda a: isinstance(a, str) and a.lower() == folded  # a string never equals a non-string
+    return lambda a: a is not None and not isinstance(a, bool) and a == b  # a number
+
+
 @dataclass(frozen=True)
 class Compare(Node):
     op: str
@@ -167,6 +209,23 @@ class Compare(Node):
 
     def properties(self) -> set[str]:
         return self.left.properties() | self.right.properties()
+
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        op = self.op
+        if op in ("eq", "ne") and (isinstance(self.left, Literal) or isinstance(self.right, Literal)):
+            # eq/ne are symmetric in _compare: compare the other side with the literal.
+            lit, other = (self.right, self.left) if isinstance(self.right, Literal) else (self.left, self.right)
+            assert isinstance(lit, Literal)
+            side = other.evaluator(get)
+            equals = _equals(lit.v)
+            if op == "eq":
+                return lambda row: equals(side(row))
+            return lambda row: not equals(side(row))
+        left, right = self.left.evaluator(get), self.right.evaluator(get)
+        return lambda row: _compare(op, left(row), right(row))
+
+    def predicate(self, get: GetterFactory) -> Callable[[Any], bool]:
+        return self.evaluator(get)  # a comparison's value is already a bool
 
 
 @dataclass(frozen=True)
@@ -183,6 +242,15 @@ class BoolOp(Node):
     def properties(self) -> set[str]:
         return self.left.properties() | self.right.properties()
 
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        left, right = self.left.predicate(get), self.right.predicate(get)
+        if self.op == "and":
+            return lambda row: left(row) and right(row)
+        return lambda row: left(row) or right(row)
+
+    def predicate(self, get: GetterFactory) -> Callable[[Any], bool]:
+        return self.evaluator(get)  # both sides are bools
+
 
 @dataclass(frozen=True)
 class Not(Node):
@@ -193,6 +261,13 @@ class Not(Node):
 
     def properties(self) -> set[str]:
         return self.operand.properties()
+
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        operand = self.operand.predicate(get)
+        return lambda row: not operand(row)
+
+    def predicate(self, get: GetterFactory) -> Callable[[Any], bool]:
+        return self.evaluator(get)
 
 
 def _str_func(f: Callable[[str, str], bool]) -> Callable[[Any, Any], bool]:
@@ -224,6 +299,14 @@ class Func(Node):
         for a in self.args:
             out |= a.properties()
         return out
+
+    def evaluator(self, get: GetterFactory) -> Callable[[Any], Any]:
+        run = FUNCTIONS[self.name]
+        first, second = self.args[0].evaluator(get), self.args[1].evaluator(get)
+        return lambda row: run(first(row), second(row))
+
+    def predicate(self, get: GetterFactory) -> Callable[[Any], bool]:
+        return self.evaluator(get)  # the string functions answer bools
 
 
 # --------------------------------------------------------------------------- parser
@@ -339,6 +422,11 @@ def parse_filter(text: str) -> Node:
     return _Parser(text).parse()
 
 
+def compile_filter(node: Node, get: GetterFactory = mapping_getter) -> Callable[[Any], bool]:
+    """``node.test`` as one closure per query: what the emulator runs on every row of a collection."""
+    return node.predicate(get)
+
+
 # --------------------------------------------------------------------------- $select / $orderby / $top
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -382,14 +470,20 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (3, str(v).lower())
 
 
-def _sort_key_of(name: str) -> Callable[[dict[str, Any]], tuple[int, Any]]:
-    """The sort key of a row by its ``name`` column."""
-    return lambda row: _sort_key(row.get(name))
+def _sort_key_of(get: Getter) -> Callable[[Any], tuple[int, Any]]:
+    """The sort key of a row by the value ``get`` reads from it."""
+    return lambda row: _sort_key(get(row))
+
+
+def order_by(rows: Iterable[_R], keys: list[tuple[Getter, bool]]) -> list[_R]:
+    """Stable multi-key sort on the values the getters read (the bool says descending): the keys applied
+    last to first."""
+    out = list(rows)
+    for get, desc in reversed(keys):
+        out.sort(key=_sort_key_of(get), reverse=desc)
+    return out
 
 
 def order_rows(rows: list[dict[str, Any]], keys: list[tuple[str, bool]]) -> list[dict[str, Any]]:
-    """Stable multi-key sort: apply the keys last to first."""
-    out = list(rows)
-    for name, desc in reversed(keys):
-        out.sort(key=_sort_key_of(name), reverse=desc)
-    return out
+    """Stable multi-key sort of mappings by the named columns: apply the keys last to first."""
+    return order_by(rows, [(mapping_getter(name), desc) for name, desc in keys])

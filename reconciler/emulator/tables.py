@@ -11,6 +11,7 @@ client follows unchanged. ``$skip`` is not supported and answers 400. Rows carry
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -35,6 +36,10 @@ class Table:
     columns: tuple[str, ...]
     hidden: tuple[str, ...] = ()  # emulator-only keys of the stored rows, never served
     rows: Callable[[Ctx], list[dict[str, Any]]] | None = None  # derived tables
+
+    @functools.cached_property
+    def column_set(self) -> frozenset[str]:
+        return frozenset(self.columns)
 
     def stored(self, ctx: Ctx) -> list[dict[str, Any]]:
         if self.rows is not None:
@@ -239,32 +244,67 @@ TABLES: dict[str, Table] = {
 # --------------------------------------------------------------------------- presentation
 
 
+_Derive = Callable[[Ctx, dict[str, Any]], Any]
+
+
+def _iscustomizable(ctx: Ctx, row: dict[str, Any]) -> Any:
+    return {"Value": True, "CanBeChanged": True, "ManagedPropertyLogicalName": "iscustomizableanddeletable"}
+
+
+#: Columns the real service computes that the data file does not store, per entity set: column -> its value
+#: for a row. A stored value that is not null wins (``present``).
+_DERIVED: dict[str, dict[str, _Derive]] = {
+    "systemusers": {
+        "_businessunitid_value": lambda ctx, row: ctx.store.environment.get("business_unit_id"),
+        "accessmode": lambda ctx, row: 4 if row.get("applicationid") else 0,  # 4 = Non-interactive
+        "internalemailaddress": lambda ctx, row: None if row.get("applicationid") else row.get("domainname"),
+    },
+    "solutions": {
+        "_publisherid_value": lambda ctx, row: stable_guid("publisher", str(row.get("publisher_prefix", ""))),
+        "isvisible": lambda ctx, row: True,
+    },
+    "connectionreferences": {
+        "_owninguser_value": lambda ctx, row: row.get("_ownerid_value"),
+        "_owningbusinessunit_value": lambda ctx, row: ctx.store.environment.get("business_unit_id"),
+        "iscustomizable": _iscustomizable,
+        "componentstate": lambda ctx, row: 0,
+    },
+    "workflows": {
+        "workflowidunique": lambda ctx, row: stable_guid("workflowidunique", str(row.get("workflowid"))),
+    },
+}
+
+
 def _derived(ctx: Ctx, table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """Columns the real service computes that the data file does not store."""
-    extra: dict[str, Any] = {}
-    if table.entity_set == "systemusers":
-        extra["_businessunitid_value"] = ctx.store.environment.get("business_unit_id")
-        extra["accessmode"] = 4 if row.get("applicationid") else 0  # 4 = Non-interactive
-        extra["internalemailaddress"] = None if row.get("applicationid") else row.get("domainname")
-    elif table.entity_set == "solutions":
-        extra["_publisherid_value"] = stable_guid("publisher", str(row.get("publisher_prefix", "")))
-        extra["isvisible"] = True
-    elif table.entity_set == "connectionreferences":
-        extra["_owninguser_value"] = row.get("_ownerid_value")
-        extra["_owningbusinessunit_value"] = ctx.store.environment.get("business_unit_id")
-        extra["iscustomizable"] = {
-            "Value": True,
-            "CanBeChanged": True,
-            "ManagedPropertyLogicalName": "iscustomizableanddeletable",
-        }
-        extra["componentstate"] = 0
-    elif table.entity_set == "workflows":
-        extra["workflowidunique"] = stable_guid("workflowidunique", str(row.get("workflowid")))
-    return extra
+    return {name: derive(ctx, row) for name, derive in _DERIVED.get(table.entity_set, {}).items()}
 
 
-def columns_of(ctx: Ctx, table: Table) -> set[str]:
-    return set(table.columns)
+def served_getter(ctx: Ctx, table: Table, name: str) -> Callable[[dict[str, Any]], Any]:
+    """How :func:`present` serves column ``name`` of a stored row, as a function of the row: a hidden key
+    never, a computed column where the row stores none (null), otherwise the stored value. Filters and
+    ordering read rows through it, so they see exactly the served values without presenting whole rows."""
+    derive = _DERIVED.get(table.entity_set, {}).get(name)
+    if name in table.hidden:
+        if derive is None:
+            return lambda row: None
+
+        def hidden_derived(row: dict[str, Any]) -> Any:
+            return derive(ctx, row) if row.get(name) is None else None
+
+        return hidden_derived
+    if derive is None:
+        return lambda row: row.get(name)
+
+    def stored_or_derived(row: dict[str, Any]) -> Any:
+        value = row.get(name)
+        return derive(ctx, row) if value is None else value
+
+    return stored_or_derived
+
+
+def columns_of(ctx: Ctx, table: Table) -> frozenset[str]:
+    return table.column_set
 
 
 def present(
@@ -275,21 +315,34 @@ def present(
     expand: dict[str, list[str] | None] | None = None,
 ) -> dict[str, Any]:
     """A stored row as the Web API serves it: ``@odata.etag`` first, then the (selected) columns."""
-    full: dict[str, Any] = {c: None for c in table.columns}
-    full.update({k: v for k, v in row.items() if k not in table.hidden})
-    full.update({k: v for k, v in _derived(ctx, table, row).items() if row.get(k) is None})
     out: dict[str, Any] = {}
     if "versionnumber" in row:
         out["@odata.etag"] = etag_of(row)
     if select is None:
-        out.update(full)
+        out.update(_full(ctx, table, row))
     else:
-        for c in select:
-            out[c] = full.get(c)
-        out[table.key] = full.get(table.key)  # the primary key always comes back
+        # Only the selected columns (each known: parse_select checked them), then the primary key, which
+        # always comes back; each valued as the whole row would serve it.
+        derivable = _DERIVED.get(table.entity_set, {})
+        hidden = table.hidden
+        for c in (*select, table.key):
+            value = None if c in hidden else row.get(c)
+            derive = derivable.get(c)
+            if derive is not None and row.get(c) is None:
+                value = derive(ctx, row)
+            out[c] = value
     for nav, nav_select in (expand or {}).items():
         out[nav] = _expand(ctx, table, row, nav, nav_select)
     return out
+
+
+def _full(ctx: Ctx, table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """Every column of ``row`` as served: the table's columns in order (null when not stored), then any other
+    stored key that is not hidden; a computed column where the row stores none."""
+    full: dict[str, Any] = dict.fromkeys(table.columns)
+    full.update({k: v for k, v in row.items() if k not in table.hidden})
+    full.update({k: v for k, v in _derived(ctx, table, row).items() if row.get(k) is None})
+    return full
 
 
 def _expand(ctx: Ctx, table: Table, row: dict[str, Any], nav: str, select: list[str] | None) -> dict[str, Any]:
@@ -410,23 +463,27 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
         source = rows if rows is not None else table.stored(ctx)
         node = _filter_node(ctx, table, q)
         keys = _order_keys(ctx, table, q)
-        # Filter and order on the columns they name (as served); only the page is presented whole.
-        names = (node.properties() if node is not None else set()) | {k for k, _ in keys} | {table.key}
-        served = [_served_values(ctx, table, r, names) for r in source]
-        originals = {id(s): r for s, r in zip(served, source, strict=True)}
-        if node is not None:
-            served = [r for r in served if node.test(r)]
+        # Filter and order the stored rows on the values of the columns they name as served (served_getter):
+        # the filter compiled once for the query, and only the rows of the page presented whole.
+        getters: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+        def getter(name: str) -> Callable[[dict[str, Any]], Any]:
+            if name not in getters:
+                getters[name] = served_getter(ctx, table, name)
+            return getters[name]
+
+        matched = list(source) if node is None else list(filter(odata.compile_filter(node, getter), source))
         # Stable order for paging: the requested keys, then the primary key (as Dataverse pages by it).
-        served = odata.order_rows(served, [*keys, (table.key, False)])
-        total = len(served)
+        matched = odata.order_by(matched, [(getter(name), desc) for name, desc in [*keys, (table.key, False)]])
+        total = len(matched)
         top = _parsed(odata.parse_top, q["$top"]) if "$top" in q else None
         size, applied = _page_size(ctx)
-        page, next_link = _page(ctx, table, q, served, top, size)
+        page, next_link = _page(ctx, table, q, matched, top, size, getter(table.key))
         headers = {"Preference-Applied": f"odata.maxpagesize={size}"} if applied else {}
         body: dict[str, Any] = {"@odata.context": context_url(ctx, table, select)}
         if q.get("$count", "").lower() == "true":
             body["@odata.count"] = min(total, MAX_PAGE)
-        body["value"] = [present(ctx, table, originals[id(r)], select, expand) for r in page]
+        body["value"] = [present(ctx, table, r, select, expand) for r in page]
         if next_link:
             body["@odata.nextLink"] = next_link
     return Response.json(200, body, headers)
@@ -438,21 +495,6 @@ def _parsed(parse: Callable[[str], _T], text: str) -> _T:
         return parse(text)
     except odata.ODataError as e:
         raise _query_error(str(e)) from None
-
-
-def _served_values(ctx: Ctx, table: Table, row: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """The values of ``names`` in ``row`` as :func:`present` serves them (hidden keys never, computed
-    columns where the row stores none), without presenting the whole row."""
-    derived: dict[str, Any] | None = None
-    out: dict[str, Any] = {}
-    for name in names:
-        value = None if name in table.hidden else row.get(name)
-        if value is None:
-            if derived is None:
-                derived = _derived(ctx, table, row)
-            value = derived.get(name)
-        out[name] = value
-    return out
 
 
 def _filter_node(ctx: Ctx, table: Table, q: dict[str, str]) -> odata.Node | None:
@@ -486,8 +528,9 @@ def _order_keys(ctx: Ctx, table: Table, q: dict[str, str]) -> list[tuple[str, bo
 
 
 def _page(ctx: Ctx, table: Table, q: dict[str, str], served: list[dict[str, Any]], top: int | None,
-          size: int) -> tuple[list[dict[str, Any]], str | None]:
-    """The rows of this page and the next page's link (None on the last page, and with ``$top``)."""
+          size: int, key_of: Callable[[dict[str, Any]], Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of this page and the next page's link (None on the last page, and with ``$top``); ``key_of``
+    reads a row's primary key as served."""
     offset = _decode_skiptoken(q["$skiptoken"]) if "$skiptoken" in q else 0
     if top is not None:
         # $top limits the result; no nextLink is returned beyond it.
@@ -495,7 +538,7 @@ def _page(ctx: Ctx, table: Table, q: dict[str, str], served: list[dict[str, Any]
     page = served[offset : offset + size]
     if offset + size >= len(served):
         return page, None
-    last = page[-1].get(table.key) if page else ""
+    last = key_of(page[-1]) if page else ""
     token = _encode_skiptoken(offset + size, offset // size + 2, str(last))
     params = [(k, v) for k, v in q.items() if k != "$skiptoken"] + [("$skiptoken", token)]
     return page, f"{ctx.base}/{table.entity_set}?" + urlencode(params, quote_via=quote, safe="$,'()")
