@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.domain.patterns import is_guid
@@ -71,6 +71,8 @@ def _bounded_int(text: str) -> int:
 
 
 _CONTAINERS = (dict, list)
+# What json.loads makes of a JSON scalar (anything else, a container or a subclass, is looked at one by one).
+_SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
 
 
 def depth_of(value: Any, limit: int) -> int:
@@ -87,6 +89,9 @@ def depth_of(value: Any, limit: int) -> int:
             if deepest > limit:
                 return deepest
         children: Iterable[Any] = node.values() if isinstance(node, dict) else node
+        # Most nodes (a row of scalars) hold no container: tell so in one pass at C speed, visit none.
+        if _SCALAR_TYPES.issuperset(map(type, children)):
+            continue
         for child in children:
             if isinstance(child, _CONTAINERS):
                 stack.append((child, depth + 1))
@@ -201,13 +206,68 @@ class Shape:
 
     what: str
     fields: tuple[Field, ...]
+    # The fields as the quick test reads them (``_fits``): name, the one type json.loads gives a value
+    # of that kind (None: ask ``_kind_ok``), whether it must be a GUID, required, nullable, nested shape.
+    _quick: tuple[tuple[str, type | None, bool, bool, bool, Shape | None], ...] = field(
+        init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_quick", tuple(
+            (f.name, _EXACT_TYPES.get(f.kind), f.kind == "guid", f.required, f.nullable, f.shape)
+            for f in self.fields))
 
     def field(self, name: str) -> Field | None:
         return next((f for f in self.fields if f.name == name), None)
 
 
+#: The type json.loads gives a value of each kind (``bool`` is not an ``int`` here: types compare exactly).
+_EXACT_TYPES: dict[str, type] = {"string": str, "guid": str, "integer": int, "boolean": bool, "object": dict,
+                                 "list": list}
+
+
+def _fits(value: Any, shape: Shape) -> bool:
+    """True when ``value`` certainly fits ``shape``: the quick test of every row of every page, with no
+    message built. False sends ``check`` the slow way, which finds (and words) the problem, if any:
+    the quick test may say False of a value that fits (a subclass, a kind it does not know)."""
+    if type(value) is not dict:
+        return False
+    get = value.get
+    for name, exact, guid, required, nullable, nested in shape._quick:
+        item: Any = get(name, _ABSENT)
+        if item is None:
+            if required and not nullable:
+                return False
+            continue
+        if item is _ABSENT:
+            if required:
+                return False
+            continue
+        if exact is None or type(item) is not exact:
+            return False
+        item = value[name]  # as Any again: the type test above narrows it to ``object`` for mypy
+        if guid and not is_guid(item):
+            return False
+        if nested is not None:
+            if exact is dict:
+                if not _fits(item, nested):
+                    return False
+            elif exact is list and not all(_fits(element, nested) for element in item):
+                return False
+    return True
+
+
+_ABSENT = object()
+
+
 def check(value: Any, shape: Shape, path: str = "") -> None:
     """Raise ``ShapeProblem`` naming the first key of ``value`` that does not fit ``shape``."""
+    if not _fits(value, shape):
+        explain(value, shape, path)
+
+
+def explain(value: Any, shape: Shape, path: str = "") -> None:
+    """``check`` the slow way, field by field, each problem worded with its path: what ``check`` runs when
+    the quick test fails (and what it must agree with)."""
     if not isinstance(value, dict):
         raise ShapeProblem(f"{path or 'the answer'}: expected an object ({shape.what}), got {describe(value)}")
     for f in shape.fields:
@@ -243,6 +303,9 @@ def check_collection(doc: Any, row: Shape | None, selected: Sequence[str] = (),
     if not isinstance(rows, list):
         raise ShapeProblem(f"value: expected a list of rows, got {describe(rows)}")
     for i, r in enumerate(rows):
+        # The quick test first: a message (and the row's place in it) is made only for a row that fails.
+        if (_fits(r, row) if row is not None else type(r) is dict) and all(c in r for c in selected):
+            continue
         where = f"value[{i}]"
         if row is not None:
             check(r, row, where)
