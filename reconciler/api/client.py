@@ -325,6 +325,18 @@ def _tls_refused(exc: BaseException) -> bool:
     return False
 
 
+def _tls_untrusted(exc: BaseException) -> bool:
+    """Whether a transport error is the server's certificate refused: it stays refused, however often asked."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _tls_why(exc: BaseException) -> str:
     seen: BaseException | None = exc
     for _ in range(5):
@@ -408,12 +420,16 @@ class _Transport:
         """Whether a transport error happened before the request left (connect, pool)."""
         return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
-    def _retryable_transport(self, method: str, exc: httpx.TransportError, repeatable: bool) -> bool:
+    def _retryable_transport(self, method: str, exc: httpx.TransportError, repeatable: bool,
+                             attempt: int = 0) -> bool:
         # A failure before the request left (connect, pool) is safe to retry for any method. A
         # connection dropped after sending is retried only when the request may be repeated: a POST
         # ($batch) may already have been committed, and repeating it is not ours to decide.
         if _tls_refused(exc):
-            return False  # an untrusted certificate stays untrusted
+            # An untrusted certificate stays untrusted. Another failed handshake is tried once more (the
+            # request was not sent): a loaded server or middlebox can break one, while a server that does
+            # not speak TLS on that port fails the second time too, and is said after two attempts.
+            return not _tls_untrusted(exc) and attempt == 0
         if self._never_sent(exc):
             return True
         return repeatable
@@ -493,7 +509,7 @@ class _Transport:
                         method=method, url=_display_url(url),
                     ) from None
                 if (
-                    not self._retryable_transport(method, exc, repeatable)
+                    not self._retryable_transport(method, exc, repeatable, attempt)
                     or attempt >= self.retry.max_retries
                     or waited + delay > self.retry.max_total_wait
                 ):
