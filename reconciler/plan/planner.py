@@ -261,6 +261,20 @@ def config_digest(config: Config) -> str:
 # --------------------------------------------------------------------------- one environment
 
 
+def _before(ref: LiveReference, owner: OwnerInfo | None) -> dict[str, Any]:
+    """A live reference as an op shows it before the change: made only for an op, since most references
+    of a plan need none (an environment in sync)."""
+    return {
+        "logical_name": ref.logical_name,
+        "connector": ref.connector,
+        "display_name": ref.display_name,
+        "description": ref.description,
+        "connection": ref.connection,
+        "owner": owner.describe() if owner else None,
+        "in_solution": ref.in_solution,
+    }
+
+
 class _EnvPlanner:
     def __init__(self, config: Config, env: EnvironmentConfig, live: LiveEnvironment) -> None:
         self.config = config
@@ -416,15 +430,6 @@ class _EnvPlanner:
             return []
 
         old_owner = self.owner_info(ref.owner_id)
-        before = {
-            "logical_name": ref.logical_name,
-            "connector": ref.connector,
-            "display_name": ref.display_name,
-            "description": ref.description,
-            "connection": ref.connection,
-            "owner": old_owner.describe() if old_owner else None,
-            "in_solution": ref.in_solution,
-        }
         common: dict[str, Any] = {
             "environment": self.env.name,
             "logical_name": name,
@@ -433,6 +438,7 @@ class _EnvPlanner:
         }
         ops: list[Op] = []
         if not ref.in_solution:
+            before = _before(ref, old_owner)
             ops.append(
                 AddToSolution(
                     **common,
@@ -486,6 +492,7 @@ class _EnvPlanner:
             new_owner = None
 
         if changes:
+            before = _before(ref, old_owner)
             after = dict(before)
             for c in changes:
                 after[c.field] = c.after
