@@ -18,7 +18,8 @@ How each figure is taken:
   received to the last one answered.
 - The round-trip lower bound of a plan is (tenant discovery + token + per environment the longer of two
   chains: the longest chain of first reads (the reference pages, or the connection lists, or the read
-  ``$batch`` of small reads) + the users read that needs their answers + the shares of the bound connections
+  ``$batch`` of small reads) + the users read that needs their answers (in the second read ``$batch``) + the
+  shares of the bound connections
   when they are read + the writer's group membership from Graph when it is asked; or the two read
   ``$batch``es one after the other + the further pages of the solution's members) x latency; of an apply,
   that plus one round trip per ``$batch`` that writes. The round-trip goals compare ``network`` with it.
@@ -145,6 +146,13 @@ def is_member_page(e: LogEntry) -> bool:
     return e.method == "GET" and e.path.endswith("/solutioncomponents") and "_solutionid_value" in e.query
 
 
+def carries_users(e: LogEntry) -> bool:
+    """The users read: on its own, or in the second read ``$batch`` (with the members and the privilege)."""
+    if is_read_batch(e):
+        return any(p.path.split("?")[0].endswith("systemusers") for p in e.parts)
+    return e.method == "GET" and e.path.endswith("/systemusers")
+
+
 def is_graph(e: LogEntry) -> bool:
     """The writer's group membership from Microsoft Graph (``checkMemberGroups``)."""
     return e.path.endswith("/checkMemberGroups")
@@ -208,13 +216,14 @@ class Run:
     def env_round_trips(self, log: list[LogEntry]) -> int:
         """The round trips one environment's reads must take one after the other: the longest of its reference
         pages and its connection lists (two when the admin list is refused), then the users that need their
-        answers, then the shares of the bound connections and the writer's groups (when read); beside that
-        chain, the first read ``$batch`` (the small reads), the second (the solution's members and the
-        writer's privilege, which need the first) and the members' further pages."""
+        answers (in the second read ``$batch``), then the shares of the bound connections and the writer's
+        groups (when read); beside that
+        chain, the first read ``$batch`` (the small reads), the second (the solution's members, the writer's
+        privilege and the users, which need the first) and the members' further pages."""
         pages = sum(1 for e in log if e.method == "GET" and e.path.endswith("/connectionreferences"))
         lists = sum(1 for e in log if is_connection_list(e))
         read_batches = sum(1 for e in log if is_read_batch(e))
-        users = 1 if any(e.path.endswith("/systemusers") for e in log) else 0
+        users = 1 if any(carries_users(e) for e in log) else 0
         shares = 1 if any(is_shares(e) for e in log) else 0
         graph = 1 if any(is_graph(e) for e in log) else 0
         main = max(pages, lists, min(read_batches, 1), 1) + users + shares + graph
@@ -232,8 +241,9 @@ class Run:
         discovery, then the slowest token, then per environment the longer of two chains: (1) the longest of
         its independent first reads (the reference pages one after the other, the connection lists one
         after the other, the flows, the read ``$batch`` of small reads), then the users read that needs
-        their answers, then the shares of the bound connections and the writer's groups; (2) the first read
-        ``$batch``, then the later ones (the solution's members and the writer's privilege) and the members'
+        their answers (alone, or the second read ``$batch`` that carries it), then the shares of the bound
+        connections and the writer's groups; (2) the first read
+        ``$batch``, then the later ones (the solution's members, the writer's privilege, the users) and the members'
         further pages; then its write ``$batch``es one after the other; the slowest environment counts. Each
         request counts for as long as the emulator took to answer it (latency plus its own work), so the
         bound moves with the service's speed and the ratio measures only how well connref overlaps and how
@@ -254,7 +264,7 @@ class Run:
             pages = sum(took(e) for e in reads if e.path.endswith("/connectionreferences"))
             lists = sum(took(e) for e in reads if is_connection_list(e))
             flows = sum(took(e) for e in reads if e.path.endswith("/workflows"))
-            users = [e for e in reads if e.path.endswith("/systemusers")]
+            users = [e for e in log if carries_users(e)]
             others = [e for e in reads if e not in users and not is_member_page(e) and not is_shares(e)
                       and not e.path.endswith(("/connectionreferences", "/workflows")) and "/connections" not in e.path]
             main = max(pages, lists, flows, first, longest(others)) + longest(users)
@@ -543,7 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "longest chain of requests each received after the previous was answered; min = the round "
               "trips that must follow one another: tenant discovery, token, the longest chain of independent "
               "reads (reference pages, connection lists or the first read $batch), the users read that needs "
-              "their answers, the shares of the bound connections when read, one per $batch that writes; or, "
+              "their answers (in the second read $batch), the shares of the bound connections when read, "
+              "one per $batch that writes; or, "
               "when longer, the two read $batches and the solution's further member pages). bound = the same "
               "chain with "
               "each request counted for as long as the emulator took to answer it (latency + its own work; "

@@ -449,7 +449,7 @@ def _env(config: Config, env: EnvironmentConfig | str | None, source: LiveSource
 
 
 #: Threads reading one environment: the connections, the seven reads the first read $batch answers (each
-#: sent on its own when the batch fails), then the second batch, the users and the shares. Usually two
+#: sent on its own when the batch fails), then the second batch and its three reads, and the shares. Usually two
 #: or three requests are in flight per environment; at most 11, far below the 52 concurrent requests
 #: Dataverse allows per user and web server (docs/dataverse.md §3.8).
 READS_PER_ENVIRONMENT = 11
@@ -474,10 +474,9 @@ def read_environment(
     managed reference someone moved out of the solution (all of the environment's with ``all_references``).
 
     Round trips: the connections (two requests when the admin list is refused) beside one read ``$batch``
-    of every first Dataverse read (the references page at 5000 rows, the further pages follow), then each
-    second-round read as soon as what it needs has arrived rather than after all of round 1: the
-    solution's members with the writer's privilege (a second read ``$batch``), the users, and the shares
-    of the bound connections once the connections and users are known."""
+    of every first Dataverse read (the references page at 5000 rows, the further pages follow), then one
+    second read ``$batch`` of the solution's members, the writer's privilege and the users, then the
+    shares of the bound connections once the connections and users are known."""
     envc = _env(config, env, source)
     dv = source.dataverse
     service_account = envc.service_account
@@ -518,11 +517,17 @@ def read_environment(
         f_type = run(lambda: dv.component_type_for("connectionreference"))
         f_solution = run(lambda: _solution(dv.get_all("solutions", **solution_query)))
 
-        # Round 2: each read waits only for what it needs. The solution's members and the writer's
-        # privilege need round 1's small reads only, and go as one read $batch while the reference pages
-        # may still be on their way; the users need every owner, so they wait for the lists.
-        def members_and_privilege() -> tuple[set[str], bool | None]:
+        # Round 2: once round 1 has answered, its reads go as ONE read $batch: the solution's members and the
+        # writer's privilege (they need the solution, the component type and the caller) and the users (they
+        # need every owner: the reference pages, the flows and the connections). Waiting for all of round 1
+        # costs no round trip: the environment is not complete before the users and the shares that follow
+        # them, and the users wait for the last reference page and connection list either way.
+        def second_batch() -> tuple[_UsersRead, QueryArgs | None]:
             solution, component_type, who = f_solution.result(), f_type.result(), f_who.result()
+            # Reference and flow owners: explain and plan name who owns each flow.
+            owner_ids = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
+            owner_oids = [connection_from_item(c).owner_object_id for c in f_conns.result()[0]]
+            users = _UsersRead(who.user_id, service_account, owner_ids, owner_oids)
             member_query = None
             if solution is not None:
                 member_query = QueryArgs(select=("objectid",), filter=eq("_solutionid_value", Guid(solution.id))
@@ -530,19 +535,20 @@ def read_environment(
             ahead = [dv.query("solutioncomponents", **member_query)] if member_query else []
             if service_account:
                 ahead.append((dv.privilege_url(who.user_id, IMPERSONATION_PRIVILEGE), {}))
-            if len(ahead) > 1:
+            ahead.append(dv.query("systemusers", **users.query))
+            if len(ahead) > 1:  # a batch of one read would be one request either way
                 dv.prefetch(ahead)
+            return users, member_query
+
+        # Each read then takes its answer from the batch (or, when the batch failed, is sent on its own, the
+        # users beside the members and the privilege: the shares wait for the users only).
+        def members_and_privilege() -> tuple[set[str], bool | None]:
+            _, member_query = f_second.result()
             members = ({str(m.get("objectid", "")).lower() for m in dv.get_all("solutioncomponents", **member_query)}
                        if member_query else set())
+            who = f_who.result()
             allowed = dv.user_has_privilege(who.user_id, IMPERSONATION_PRIVILEGE) if service_account else None
             return members, allowed
-
-        def users() -> list[LiveUser]:
-            # Reference and flow owners: explain and plan name who owns each flow.
-            owner_ids = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
-            conns = f_conns.result()[0]
-            owner_oids = [connection_from_item(c).owner_object_id for c in conns]
-            return _read_users(source, f_who.result().user_id, service_account, owner_ids, owner_oids)
 
         def who_and_what() -> LiveEnvironment:
             # The connections, the users and who reads and writes: all the shares of the bound connections
@@ -556,8 +562,9 @@ def read_environment(
                                    users=tuple(found), caller=caller, writer=writer, connections_scope=scope,
                                    connections_refusals=refusals)
 
+        f_second = run(second_batch)
         f_members_priv = run(members_and_privilege)
-        f_users = run(users)
+        f_users = run(lambda: f_second.result()[0].read(dv))
         f_seen = run(who_and_what)
         f_access = run(lambda: _access(source, envc, config, f_seen.result()))
 
@@ -742,35 +749,46 @@ def _read_users(
     owner_object_ids: Iterable[str | None],
 ) -> list[LiveUser]:
     """The users the plan names, in one request: the caller, the owners of references and of
-    connections, and the service account in every form ``rules.resolve_principal`` accepts: a UPN by
-    ``domainname`` (escaped: a UPN may hold an apostrophe), a GUID as a systemuserid, an Entra object
-    id or an application (client) id."""
-    sa = (service_account or "").strip()
-    sa_guid = sa.lower() if is_guid(sa) else None
-    ids = _guids([caller_id, *owner_ids, sa_guid])
-    oids = _guids([*owner_object_ids, sa_guid])
-    clauses: list[Filter] = []
-    if ids:
-        clauses.append(any_of("systemuserid", ids))
-    if oids:
-        clauses.append(any_of("azureactivedirectoryobjectid", oids))
-    if sa_guid:
-        clauses.append(eq("applicationid", Guid(sa_guid)))
-    elif sa:
-        clauses.append(eq("domainname", sa))
-    dv = source.dataverse
-    if len(ids) + len(oids) > MAX_USER_KEYS:
-        wanted_ids = {g.value for g in ids}
-        wanted_oids = {g.value for g in oids}
-        everyone = [user_from_row(r) for r in dv.get_all("systemusers", select=USER_COLUMNS)]
-        return [
-            u for u in everyone
-            if u.systemuserid in wanted_ids
-            or (u.object_id or "") in wanted_oids
-            or (sa and sa.lower() in rules.principal_keys(u))
-        ]
-    rows = dv.get_all("systemusers", select=USER_COLUMNS, filter=either(*clauses))
-    return [user_from_row(r) for r in rows]
+    connections, and the service account in every form ``rules.resolve_principal`` accepts (``_UsersRead``)."""
+    return _UsersRead(caller_id, service_account, owner_ids, owner_object_ids).read(source.dataverse)
+
+
+class _UsersRead:
+    """The read of the users the plan names: the caller, the owners of references and of connections,
+    and the service account in every form ``rules.resolve_principal`` accepts: a UPN by ``domainname``
+    (escaped: a UPN may hold an apostrophe), a GUID as a systemuserid, an Entra object id or an
+    application (client) id. One filtered query; every user when the keys would make the URL too long.
+    Its ``query`` can travel in a read ``$batch`` before ``read`` takes its answer."""
+
+    def __init__(self, caller_id: str, service_account: str | None, owner_ids: Iterable[str | None],
+                 owner_object_ids: Iterable[str | None]) -> None:
+        self.sa = (service_account or "").strip()
+        sa_guid = self.sa.lower() if is_guid(self.sa) else None
+        ids = _guids([caller_id, *owner_ids, sa_guid])
+        oids = _guids([*owner_object_ids, sa_guid])
+        self.wanted_ids = {g.value for g in ids}
+        self.wanted_oids = {g.value for g in oids}
+        self.everyone = len(ids) + len(oids) > MAX_USER_KEYS
+        clauses: list[Filter] = []
+        if ids:
+            clauses.append(any_of("systemuserid", ids))
+        if oids:
+            clauses.append(any_of("azureactivedirectoryobjectid", oids))
+        if sa_guid:
+            clauses.append(eq("applicationid", Guid(sa_guid)))
+        elif self.sa:
+            clauses.append(eq("domainname", self.sa))
+        self.query = (QueryArgs(select=USER_COLUMNS) if self.everyone
+                      else QueryArgs(select=USER_COLUMNS, filter=either(*clauses)))
+
+    def read(self, dv: DataverseReader) -> list[LiveUser]:
+        users = [user_from_row(r) for r in dv.get_all("systemusers", **self.query)]
+        if not self.everyone:
+            return users
+        sa = self.sa.lower()
+        return [u for u in users
+                if u.systemuserid in self.wanted_ids or (u.object_id or "") in self.wanted_oids
+                or (sa and sa in rules.principal_keys(u))]
 
 
 #: Ids per filtered read of references, to keep the URL short.

@@ -2,10 +2,10 @@
 
 - planning one environment takes the same number of requests with 3 references as with 3,000;
 - applying N changes takes ceil(N/1000) ``$batch`` requests (plus the reads);
-- planning 20 environments of one tenant takes each environment's own five requests (two of them read
+- planning 20 environments of one tenant takes each environment's own four requests (two of them read
   ``$batch``es) and one token request per (authority, client, scope): 20 Dataverse scopes, the Power Platform
   API's and the Power Apps admin API's, after one discovery of the tenant (22 token requests); a binding adds
-  one read per environment, the bound connection's shares (as a management app: 3 Dataverse requests, the
+  one read per environment, the bound connection's shares (as a management app: 2 Dataverse requests, the
   admin list and that one share read; 21 token requests, the Power Platform API's never being needed).
 
 Wall time, CPU and round trips are measured by ``make bench`` (benchmarks/bench.py), not here.
@@ -75,12 +75,12 @@ def test_planning_3_or_3000_references_takes_the_same_requests(emulator: Any) ->
     large, large_ops = plan_requests(emulator, config_for(emulator, 3000))
     assert small_ops == large_ops == 0  # in sync: nothing to do either way
     assert large == small
-    # A fixed five: round 1 the connections (admin list 403, then the caller's list) and one read $batch of
+    # A fixed four: round 1 the connections (admin list 403, then the caller's list) and one read $batch of
     # the references, the flows, the flows' solution memberships and every solution's name (since flows
     # carry their solutions, for lint CR208; not one per flow), the solution, the component type and
-    # WhoAmI; round 2 one read $batch of the solution's members and the impersonation privilege, and the
+    # WhoAmI; round 2 one read $batch of the solution's members, the impersonation privilege and the
     # users. 3,000 references fit in the batch's first page (5,000 a page).
-    assert small == 5
+    assert small == 4
 
 
 def test_applying_2500_changes_takes_3_batches(emulator: Any) -> None:
@@ -153,7 +153,7 @@ def test_twenty_environments_take_one_token_per_scope(tmp_path: Path, monkeypatc
     assert len(tokens) == 22
     assert apps[0].log.count_requests("GET", "*/.well-known/openid-configuration") == 1
     assert all(app.log.count_requests(path="/api/data/*") + app.log.count_requests(path="/connectivity/*")
-               + app.log.count_requests(path="/providers/*") == 5 for app in apps)  # see the 3-or-3,000 test
+               + app.log.count_requests(path="/providers/*") == 4 for app in apps)  # see the 3-or-3,000 test
     assert all(e.status == 200 for app in apps for e in app.log.matching(path="/api/data/*"))
 
 
@@ -176,8 +176,8 @@ def test_twenty_environments_read_the_shares_of_bound_connections_only(
                                   "connections/*/permissions")
         assert [e.status for e in shares] == [200]
         assert Sample.CONN_SP_SVC in shares[0].path
-        # 3 Dataverse requests (two read batches and the users), the admin list and the bound connection's shares
-        assert app.log.count_requests(path="/api/data/*") == 3
+        # 2 Dataverse requests (two read batches), the admin list and the bound connection's shares
+        assert app.log.count_requests(path="/api/data/*") == 2
         assert app.log.count_requests(path="/connectivity/*") == 0
         assert app.log.count_requests(path="/providers/*") == 2
         assert app.log.count_requests(path="/v1.0/*") == 0
@@ -285,9 +285,9 @@ def test_a_managed_environment_costs_two_batched_reads_per_1000_references_and_o
     n, f = 1200, 60
     planned, applied, activations = downstream_requests(emulator, managed_downstream(emulator, n, f))
     assert activations == f
-    # The fixed reads (four here: the admin list of connections answers at once, two read batches and the
-    # users), the shares of the one connection they are bound to, then the two batches.
-    assert planned == 4 + 1 + 2 * math.ceil(n / 1000) == 9
+    # The fixed reads (three here: the admin list of connections answers at once, and two read batches, the
+    # second with the users), the shares of the one connection they are bound to, then the two batches.
+    assert planned == 3 + 1 + 2 * math.ceil(n / 1000) == 8
     jobs = math.ceil(f / 50)
     assert applied == math.ceil(n / 1000) + jobs + jobs + f + jobs == 68
     bound = [e for e in emulator.app.log if e.path.endswith("/$batch") and e.batch_count and e.batch_count > 1]
