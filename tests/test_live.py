@@ -266,6 +266,33 @@ def test_a_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
     assert emulator.app.log.count_requests("POST", BATCH) == 2
 
 
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
+@pytest.mark.parametrize(("kind", "options"), [
+    ("error", {"status": 500}),
+    ("malformed", {"shape": "html"}),
+    ("drop", {}),
+], ids=["refused", "unreadable", "dropped"])
+def test_a_second_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
+        emulator: Any, session: EnvSession, kind: str, options: dict[str, Any]) -> None:
+    """The second batch carries the solution's members, the writer's privilege and the users: each is then
+    read on its own, once, and the environment is the same."""
+    config = make_config(emulator.url, service_account=Sample.SVC_UPN)
+    emulator.app.log.clear()
+    batched = read_environment(session, config, "dev")
+    second = emulator.app.log.matching("POST", BATCH)[1]
+    carried = sorted(p.path.split("?")[0] for p in second.parts)
+    assert len(carried) == 3
+    assert carried[0].endswith("/solutioncomponents") and carried[1].endswith("/systemusers")
+    assert "RetrieveUserPrivilegeByPrivilegeName" in carried[2]
+    emulator.app.faults.add(kind, BATCH, methods=["POST"], after=1, times=1, **options)  # the second only
+    emulator.app.log.clear()
+    alone = read_environment(session, config, "dev")
+    assert alone == batched
+    assert emulator.app.log.count_requests("GET", API + "systemusers") == 1
+    assert emulator.app.log.count_requests("GET", API + "solutioncomponents") == 1  # the members
+    assert emulator.app.log.count_requests("POST", BATCH) == 2
+
+
 @pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults")
 def test_a_part_refused_inside_the_read_batch_is_read_again_with_its_own_error(
         emulator: Any, session: EnvSession) -> None:
