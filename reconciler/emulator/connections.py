@@ -129,12 +129,15 @@ def _listed(app: Any, conn: dict[str, Any]) -> dict[str, Any]:
     """A connection as the lists and the single GET carry it: the permissions it lists are only the Owner's
     (docs/dataverse.md §4.4, §4.8: the Terraform provider's ``get_connections.json``), unless the setting
     ``list_permissions`` is ``all`` (the other reading: every share inline)."""
-    out = copy.deepcopy(conn)
+    # Not a deep copy: the answer is serialised at once, under the store lock, and nothing changes it; only the
+    # mappings whose keys change are copied (the connection and its properties), so the stored one is untouched.
+    out = dict(conn)
     if str(app.settings.get("list_permissions", "owner")) != "all":
-        perms = out.setdefault("properties", {}).get("permissions") or []
-        out["properties"]["permissions"] = [
+        props = out.setdefault("properties", {})
+        perms = props.get("permissions") or []
+        out["properties"] = {**props, "permissions": [
             p for p in perms if (p.get("properties") or {}).get("roleName") == "Owner"
-        ]
+        ]}
     return out
 
 
@@ -210,7 +213,7 @@ def _page(app: Any, request: Request, rows: list[dict[str, Any]]) -> Response:
         except (ValueError, KeyError, TypeError):
             raise HttpError(400, "InvalidSkipToken", "The skip token is not valid.") from None
     chunk = rows[start:start + size]
-    body: dict[str, Any] = {"value": copy.deepcopy(chunk)}
+    body: dict[str, Any] = {"value": chunk}  # serialised right away: the rows need no copy
     if start + size < len(rows):
         nxt = dict(query)
         token = base64.urlsafe_b64encode(json.dumps({"o": start + size}).encode()).decode()

@@ -8,6 +8,7 @@ another that loads the same file (a test mints a token, a CLI run uses it).
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from typing import Any
@@ -30,11 +31,20 @@ def new_signing_key_pem() -> str:
     ).decode("ascii")
 
 
+_KEYS_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=32)
+def _load_private_key(signing_key_pem: str) -> Any:
+    return serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
+
+
 def _private_key(signing_key_pem: str) -> Any:
     """Parse a PEM key once: loading an RSA key checks it and costs tens of milliseconds, which every
-    request and every minted token would otherwise pay."""
-    return serialization.load_pem_private_key(signing_key_pem.encode("ascii"), password=None)
+    request and every minted token would otherwise pay. Under a lock, so the first requests of several
+    threads at once (one per environment of a run) load it once, not once each."""
+    with _KEYS_LOCK:
+        return _load_private_key(signing_key_pem)
 
 
 def public_jwk(signing_key_pem: str, kid: str = "emulator") -> dict[str, Any]:
@@ -92,9 +102,8 @@ def verify_bearer(signing_key_pem: str, authorization: str | None, audiences: li
         raise HttpError(401, "0x80048306", "Bearer token is missing.",
                         {"WWW-Authenticate": 'Bearer error="invalid_request"'})
     token = authorization[7:].strip()
-    key = _private_key(signing_key_pem).public_key()
     try:
-        claims = pyjwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
+        claims = _checked_claims(signing_key_pem, token)
     except pyjwt.ExpiredSignatureError:
         raise HttpError(401, "0x80048306", "ExpiredAuthTicket: the access token has expired.",
                         {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="expired"'}) from None
@@ -112,3 +121,43 @@ def verify_bearer(signing_key_pem: str, authorization: str | None, audiences: li
         upn=claims.get("upn"),
         audience=str(claims.get("aud", "")),
     )
+
+
+# Tokens PyJWT accepted, with their claims, keyed by (signing key, exact token string); at most _ACCEPTED_MAX,
+# the oldest dropped first. It cannot change an answer: PyJWT's checks of a token are its signature and format
+# (the same for the same token and key, every time) and its times (iat, nbf, exp against the clock). A
+# remembered token is answered from here only while its times still pass, checked on every request; once one
+# does not, PyJWT checks the token again and gives its own refusal. The audience and every rule after it are
+# checked on every request by the callers, from the claims.
+_ACCEPTED_MAX = 1024
+_accepted: dict[tuple[str, str], dict[str, Any]] = {}
+_accepted_lock = threading.Lock()
+
+
+def _checked_claims(signing_key_pem: str, token: str) -> dict[str, Any]:
+    """The claims of ``token`` if it is signed with ``signing_key_pem`` and valid now (signature, format, iat,
+    nbf, exp; not the audience); PyJWT's error otherwise. The claims are not to be changed (they are shared)."""
+    cache_key = (signing_key_pem, token)
+    claims = _accepted.get(cache_key)
+    if claims is not None and _times_pass(claims, time.time()):
+        return claims
+    key = _private_key(signing_key_pem).public_key()
+    claims = pyjwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
+    with _accepted_lock:
+        if len(_accepted) >= _ACCEPTED_MAX:
+            _accepted.pop(next(iter(_accepted)), None)
+        _accepted[cache_key] = claims
+    return claims
+
+
+def _times_pass(claims: dict[str, Any], now: float) -> bool:
+    """PyJWT's time checks (no leeway), all passing: issued and valid from no later than now, expiring after
+    now. False when any fails (or cannot be read): the caller then lets PyJWT decide."""
+    try:
+        return (
+            ("iat" not in claims or int(claims["iat"]) <= now)
+            and ("nbf" not in claims or int(claims["nbf"]) <= now)
+            and ("exp" not in claims or int(claims["exp"]) > now)
+        )
+    except (TypeError, ValueError, OverflowError):
+        return False
