@@ -37,12 +37,30 @@ IDLE_TIMEOUT = 60.0
 class _Handler(ServerHandler):
     http_version = "1.1"  # every answer carries Content-Length (EmulatorApp.__call__): keep-alive works
     dropped = False
-    answered = False  # headers were sent (wsgiref's own headers_sent is reset when the handler closes)
-
-    def send_headers(self) -> None:
-        super().send_headers()
-        self.answered = True
+    answered = False  # the answer was written (wsgiref's own headers_sent is reset when the handler closes)
     request_handler: WSGIRequestHandler | None = None  # as wsgiref's own handle() sets it
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: list[bytes] = []
+
+    # wsgiref writes an answer in pieces (status line, Date, Server, the other headers, the body), each a
+    # send of its own: over TLS a record and a system call each, and as many reads for the client. They are
+    # gathered here and sent together when wsgiref flushes after the body: the same bytes, one write.
+    def _write(self, data: bytes) -> None:
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            super()._write(data)
+            self.answered = True
+        self.stdout.flush()
+
+    def finish_content(self) -> None:
+        super().finish_content()  # headers of an answer without a body are written without a flush
+        self._flush()
 
     def handle_error(self) -> None:
         exc = sys.exc_info()[1]
@@ -57,9 +75,9 @@ class _RequestHandler(WSGIRequestHandler):
     timeout = IDLE_TIMEOUT  # a connection idle this long is closed
 
     def setup(self) -> None:
-        # An answer is written as its headers, then its body: with Nagle's algorithm on, the body waits
-        # for the client to acknowledge the headers, which a client acknowledges late (delayed ACK,
-        # ~40 ms on Linux), so every round trip would gain 40 ms the services do not have. Web servers
+        # With Nagle's algorithm on, the last part of an answer that does not fit in one segment waits
+        # for the client to acknowledge the segments before it, which a client acknowledges late (delayed
+        # ACK, ~40 ms on Linux), so a round trip could gain 40 ms the services do not have. Web servers
         # switch it off; so does the client (httpcore sets TCP_NODELAY on its sockets).
         with contextlib.suppress(OSError):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -110,7 +128,7 @@ class _RequestHandler(WSGIRequestHandler):
             return
         handler = _Handler(
             self.rfile,
-            self.wfile,  # type: ignore[arg-type]  # typeshed: wfile is BufferedIOBase, SimpleHandler wants IO[bytes]
+            self.wfile,
             self.get_stderr(),
             self.get_environ(),
             multithread=True,

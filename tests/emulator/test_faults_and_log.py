@@ -281,8 +281,8 @@ def test_a_get_inside_a_batch_meets_the_error_and_malformed_rules_of_its_path(
 
 
 def test_the_server_sends_without_delay() -> None:
-    """TCP_NODELAY on every accepted connection: with Nagle's algorithm an answer's body waits for the
-    client's delayed acknowledgement of its headers, about 40 ms a round trip the services do not have."""
+    """TCP_NODELAY on every accepted connection: with Nagle's algorithm the end of a long answer waits for
+    the client's delayed acknowledgement of the rest, about 40 ms a round trip the services do not have."""
     import socket
 
     from reconciler.emulator.server import serve
