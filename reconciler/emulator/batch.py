@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
@@ -60,17 +61,46 @@ def _boundary(content_type: str | None) -> str | None:
     return m.group(1).strip() if m else None
 
 
+# What may follow ``--boundary`` on a delimiter line: ``--`` on the closing one, blanks, then the line's end.
+_DELIMITER_TAIL = re.compile(r"(--)?[ \t]*(?:\r?\n|$)")
+
+
+def _delimiters(body: str, boundary: str) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, closing) of each delimiter line in ``body``, as ``re.finditer`` finds the pattern
+    ``(?:^|\r?\n)--<boundary>(--)?[ \t]*(?:\r?\n|$)``: a delimiter starts the body or follows a line break, which
+    belongs to it. Searched with ``str.find`` and one pattern compiled once, rather than a pattern compiled for
+    each batch's own boundary (tests/test_emulator_batch_split.py checks it against that pattern)."""
+    dash = "--" + boundary
+    pos = 0  # where the search goes on: matches do not overlap
+    d = body.find(dash)
+    while d != -1:
+        # The leftmost start of a match whose dash is at d, not before pos.
+        start = None
+        if d == 0:
+            start = 0 if pos == 0 else None
+        elif d >= 2 and body.startswith("\r\n", d - 2) and d - 2 >= pos:
+            start = d - 2
+        elif body[d - 1] == "\n" and d - 1 >= pos:
+            start = d - 1
+        tail = _DELIMITER_TAIL.match(body, d + len(dash)) if start is not None else None
+        if start is None or tail is None:
+            d = body.find(dash, d + 1)
+            continue
+        yield start, tail.end(), tail.group(1) is not None
+        pos = tail.end()
+        d = body.find(dash, pos)
+
+
 def _split(body: str, boundary: str) -> list[str]:
     """The parts between ``--boundary`` delimiters (preamble and epilogue dropped)."""
-    delim = re.compile(r"(?:^|\r?\n)--" + re.escape(boundary) + r"(--)?[ \t]*(?:\r?\n|$)")
     parts: list[str] = []
     pos = None
     closed = False
-    for m in delim.finditer(body):
+    for start, end, closing in _delimiters(body, boundary):
         if pos is not None:
-            parts.append(body[pos : m.start()])
-        pos = m.end()
-        if m.group(1):
+            parts.append(body[pos:start])
+        pos = end
+        if closing:
             closed = True
             break
     if pos is None or not closed:

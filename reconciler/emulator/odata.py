@@ -461,6 +461,8 @@ def parse_top(text: str) -> int:
 
 
 def _sort_key(v: Any) -> tuple[int, Any]:
+    if type(v) is str:  # the common case first; the same key as the last line gives a str
+        return (3, v.lower())
     if v is None:
         return (0, 0)  # SQL Server sorts nulls first in ascending order
     if isinstance(v, bool):

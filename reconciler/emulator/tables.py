@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,7 +295,7 @@ def served_getter(ctx: Ctx, table: Table, name: str) -> Callable[[dict[str, Any]
 
         return hidden_derived
     if derive is None:
-        return lambda row: row.get(name)
+        return operator.methodcaller("get", name)  # row.get(name)
 
     def stored_or_derived(row: dict[str, Any]) -> Any:
         value = row.get(name)
@@ -315,25 +316,39 @@ def present(
     expand: dict[str, list[str] | None] | None = None,
 ) -> dict[str, Any]:
     """A stored row as the Web API serves it: ``@odata.etag`` first, then the (selected) columns."""
-    out: dict[str, Any] = {}
-    if "versionnumber" in row:
-        out["@odata.etag"] = etag_of(row)
+    return presenter(ctx, table, select, expand)(row)
+
+
+def presenter(
+    ctx: Ctx,
+    table: Table,
+    select: list[str] | None = None,
+    expand: dict[str, list[str] | None] | None = None,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """:func:`present` for many rows: what to serve is worked out once (which columns, how each is read),
+    then each row is only read."""
     if select is None:
-        out.update(_full(ctx, table, row))
+        columns: list[tuple[str, Callable[[dict[str, Any]], Any]]] | None = None
     else:
         # Only the selected columns (each known: parse_select checked them), then the primary key, which
-        # always comes back; each valued as the whole row would serve it.
-        derivable = _DERIVED.get(table.entity_set, {})
-        hidden = table.hidden
-        for c in (*select, table.key):
-            value = None if c in hidden else row.get(c)
-            derive = derivable.get(c)
-            if derive is not None and row.get(c) is None:
-                value = derive(ctx, row)
-            out[c] = value
-    for nav, nav_select in (expand or {}).items():
-        out[nav] = _expand(ctx, table, row, nav, nav_select)
-    return out
+        # always comes back (in its place when selected); each valued as the whole row would serve it.
+        columns = [(c, served_getter(ctx, table, c)) for c in dict.fromkeys((*select, table.key))]
+    navigations = list((expand or {}).items())
+
+    def present_row(row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "versionnumber" in row:
+            out["@odata.etag"] = etag_of(row)
+        if columns is None:
+            out.update(_full(ctx, table, row))
+        else:
+            for c, get in columns:
+                out[c] = get(row)
+        for nav, nav_select in navigations:
+            out[nav] = _expand(ctx, table, row, nav, nav_select)
+        return out
+
+    return present_row
 
 
 def _full(ctx: Ctx, table: Table, row: dict[str, Any]) -> dict[str, Any]:
@@ -483,7 +498,8 @@ def query(ctx: Ctx, table: Table, rows: list[dict[str, Any]] | None = None) -> R
         body: dict[str, Any] = {"@odata.context": context_url(ctx, table, select)}
         if q.get("$count", "").lower() == "true":
             body["@odata.count"] = min(total, MAX_PAGE)
-        body["value"] = [present(ctx, table, r, select, expand) for r in page]
+        present_row = presenter(ctx, table, select, expand)
+        body["value"] = [present_row(r) for r in page]
         if next_link:
             body["@odata.nextLink"] = next_link
     return Response.json(200, body, headers)
