@@ -328,22 +328,26 @@ def presenter(
     """:func:`present` for many rows: what to serve is worked out once (which columns, how each is read),
     then each row is only read."""
     if select is None:
-        columns: list[tuple[str, Callable[[dict[str, Any]], Any]]] | None = None
+        columns: list[tuple[str, Callable[[dict[str, Any]], Any] | None]] | None = None
     else:
         # Only the selected columns (each known: parse_select checked them), then the primary key, which
-        # always comes back (in its place when selected); each valued as the whole row would serve it.
-        columns = [(c, served_getter(ctx, table, c)) for c in dict.fromkeys((*select, table.key))]
+        # always comes back (in its place when selected); each valued as the whole row would serve it: a
+        # stored column is the row's value (None: read it with row.get), the others through served_getter.
+        derivable = _DERIVED.get(table.entity_set, {})
+        columns = [
+            (c, served_getter(ctx, table, c) if c in table.hidden or c in derivable else None)
+            for c in dict.fromkeys((*select, table.key))
+        ]
     navigations = list((expand or {}).items())
 
     def present_row(row: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if "versionnumber" in row:
-            out["@odata.etag"] = etag_of(row)
+        stored = row.get
+        out: dict[str, Any] = {"@odata.etag": etag_of(row)} if "versionnumber" in row else {}
         if columns is None:
             out.update(_full(ctx, table, row))
         else:
             for c, get in columns:
-                out[c] = get(row)
+                out[c] = stored(c) if get is None else get(row)
         for nav, nav_select in navigations:
             out[nav] = _expand(ctx, table, row, nav, nav_select)
         return out
