@@ -12,6 +12,7 @@ by doubling it (OData ABNF ``SQUOTE-in-string``), GUID literals without quotes, 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -417,6 +418,14 @@ class _Parser:
 
 def parse_filter(text: str) -> Node:
     """Parse a ``$filter`` expression into a tree whose ``test(row)`` says whether a row matches."""
+    return _parse_filter(text)
+
+
+# Parsed filters by their text (a client sends the same few filters to every environment). It cannot change an
+# answer: parsing depends on the text alone, the tree is immutable (frozen dataclasses), and a text that does
+# not parse is not remembered (the error is raised again each time).
+@functools.lru_cache(maxsize=256)
+def _parse_filter(text: str) -> Node:
     if not text.strip():
         raise ODataError("Syntax error: empty $filter")
     return _Parser(text).parse()
@@ -474,7 +483,14 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 def _sort_key_of(get: Getter) -> Callable[[Any], tuple[int, Any]]:
     """The sort key of a row by the value ``get`` reads from it."""
-    return lambda row: _sort_key(get(row))
+
+    def key(row: Any) -> tuple[int, Any]:
+        v = get(row)
+        if type(v) is str:  # _sort_key's first case, without the call
+            return (3, v.lower())
+        return _sort_key(v)
+
+    return key
 
 
 def order_by(rows: Iterable[_R], keys: list[tuple[Getter, bool]]) -> list[_R]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.emulator.odata import Node, compile_filter, order_by, parse_filter
+from reconciler.emulator.odata import Node, ODataError, _Parser, compile_filter, order_by, parse_filter
 
 GUID = "0A0A0A0A-0000-4000-8000-00000000000A"
 
@@ -106,3 +106,14 @@ def test_order_by_sorts_on_what_the_getters_read_stably() -> None:
     assert [r["id"] for r in ordered] == [1, 5, 4, 2, 3, 0]
     descending = order_by(rows, [(lambda row: served[row["id"]], True), (lambda row: -row["id"], False)])
     assert [r["id"] for r in descending] == [0, 3, 2, 4, 5, 1]
+
+
+def test_parsed_filters_are_remembered_and_refusals_are_not() -> None:
+    text = "a eq 'x' and not (b ne null)"
+    assert parse_filter(text) is parse_filter(text)
+    assert parse_filter(text) == _Parser(text).parse()
+    for _ in range(2):
+        with pytest.raises(ODataError):
+            parse_filter("a eq")
+        with pytest.raises(ODataError):
+            parse_filter("  ")
