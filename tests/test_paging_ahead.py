@@ -1,5 +1,6 @@
-"""Paged reads ask for the next page as soon as its link is known and check a page's rows while the next
-one is on its way (``_HttpCore.get_pages``); what they return, and the error they raise, are those of
+"""Paged reads ask for the next page as soon as its link is known (read from the end of the body, before the
+page is parsed, then confirmed by the parsed page) and check a page's rows while the next one is on its way
+(``_HttpCore.get_pages``); what they return, and the error they raise, are those of
 reading the pages one after the other. Driven against the emulator over loopback (its paging and its
 ``malformed`` faults), counting requests in its log, never timing."""
 
@@ -56,3 +57,29 @@ def test_a_malformed_page_raises_its_own_error_after_the_next_was_asked_for(
     assert "skiptoken" in str(info.value)  # page 2's URL, not page 1's
     pages = [e for e in emulator.app.log if e.path == REFS]
     assert len(pages) == 3
+
+
+def test_a_next_link_guessed_from_the_tail_is_dropped_when_the_page_names_another(
+    emulator: Any, client: DataverseClient
+) -> None:
+    """The next page is asked for from the link found at the end of the body, before the page is parsed;
+    here that is a row's own (nested) ``@odata.nextLink`` on the last page: its answer is dropped, and the
+    rows are those of the page, as if no guess had been made."""
+    whole = names(client, 5000)
+    decoy = f"{emulator.url}{REFS}?$skiptoken=decoy"
+    emulator.app.faults.add("malformed", REFS, shape="wrong_type", key_path="value[]/zz_note",
+                            value={"@odata.nextLink": decoy}, times=1)
+    emulator.app.log.clear()
+    assert names(client, 5000) == whole
+    pages = [e for e in emulator.app.log if e.path == REFS]
+    assert len(pages) == 2 and "decoy" in pages[1].query  # the guess was sent, and its answer not used
+
+
+def test_a_page_whose_tail_names_its_next_link_is_read_ahead_once(emulator: Any, client: DataverseClient) -> None:
+    # The link read from the tail is the page's own: each page is asked for once, none again.
+    whole = names(client, 5000)
+    emulator.app.log.clear()
+    assert names(client, 2) == whole
+    pages = [e for e in emulator.app.log if e.path == REFS]
+    assert len(pages) == -(-len(whole) // 2)
+    assert len({e.query for e in pages}) == len(pages)

@@ -637,9 +637,23 @@ class _HttpCore(_Transport):
                     resp, ahead = ahead.result(), None
                 else:
                     resp = self.send("GET", current, headers=headers, scope=scope)
+                # The services write the next link last: read it from the body's tail, so the next page is
+                # on its way while this one is parsed; the parsed page must then name the same link, or
+                # that answer is dropped and the link the page names is read instead.
+                guessed = _tail_next_link(resp.content, next_link_keys)
+                if guessed is not None and self._link_problem(guessed, url, first, same_path, seen, pages) is None:
+                    pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-page")
+                    ahead = pool.submit(self.send, "GET", guessed, headers=headers, scope=scope)
+                else:
+                    guessed = None
                 doc = self.read_json("GET", current, resp)
                 early = _next_link(doc, next_link_keys)
-                if early is not None and self._link_problem(early, url, first, same_path, seen, pages) is None:
+                if ahead is not None and early != guessed:
+                    with contextlib.suppress(Exception):
+                        ahead.result()
+                    ahead = None
+                if ahead is None and early is not None and (
+                        self._link_problem(early, url, first, same_path, seen, pages) is None):
                     pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-page")
                     ahead = pool.submit(self.send, "GET", early, headers=headers, scope=scope)
                 try:
@@ -676,6 +690,30 @@ class _HttpCore(_Transport):
         if pages >= self.limits.max_pages:
             return f"more than {self.limits.max_pages} pages; paging stopped"
         return None
+
+
+#: How far from the end of a page its next link is looked for before the page is parsed.
+_TAIL_BYTES = 8192
+
+
+def _tail_next_link(body: bytes, keys: Sequence[str]) -> str | None:
+    """A guess at a page's next link from the last bytes of its body, before the whole is parsed: the
+    last ``"key": "..."`` there that reads as a JSON string. Only a guess (the key could sit inside a
+    value): ``get_pages`` uses it only when the parsed page names the same link."""
+    tail = body[-_TAIL_BYTES:]
+    for key in keys:
+        at = tail.rfind(b'"' + key.encode("ascii") + b'"')
+        if at < 0:
+            continue
+        text = tail[at + len(key) + 2:].decode("utf-8", "replace").lstrip()
+        if not text.startswith(":"):
+            return None
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text[1:].lstrip())
+        except ValueError:
+            return None
+        return value if isinstance(value, str) and value.strip() else None
+    return None
 
 
 def _next_link(doc: Any, keys: Sequence[str]) -> str | None:
