@@ -262,8 +262,8 @@ def config_digest(config: Config) -> str:
 
 
 def _before(ref: LiveReference, owner: OwnerInfo | None) -> dict[str, Any]:
-    """A live reference as an op shows it before the change: made only for an op, since most references
-    of a plan need none (an environment in sync)."""
+    """A live reference as an op shows it before the change (an update, an add to the solution, a delete):
+    made only for an op, since most references of a plan need none (an environment in sync)."""
     return {
         "logical_name": ref.logical_name,
         "connector": ref.connector,
@@ -581,15 +581,7 @@ class _EnvPlanner:
                         reference_id=ref.id,
                         etag=ref.etag,
                         reason="managed by connref, no longer declared in the config, and prune is on",
-                        before={
-                            "logical_name": ref.logical_name,
-                            "connector": ref.connector,
-                            "display_name": ref.display_name,
-                            "description": ref.description,
-                            "connection": ref.connection,
-                            "owner": owner.describe() if owner else None,
-                            "in_solution": ref.in_solution,
-                        },
+                        before=_before(ref, owner),
                         flows=users,
                     )
                 )
