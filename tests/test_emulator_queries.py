@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from reconciler.api.odata_filter import literal
+
 # entity set -> (primary key, computed columns; the last one not an object)
 COMPUTED = {
     "systemusers": ("systemuserid", ["_businessunitid_value", "accessmode", "internalemailaddress"]),
@@ -30,16 +32,6 @@ def rows(dv: httpx.Client, query: str) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     value: list[dict[str, Any]] = r.json()["value"]
     return value
-
-
-def literal(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return "'" + v.replace("'", "''") + "'"
-    return str(v)
 
 
 @pytest.mark.parametrize("entity_set", sorted(COMPUTED))

@@ -37,7 +37,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
@@ -310,39 +310,35 @@ class _BodyTooLarge(Exception):
 _TLS_CONNECTION_ENDED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
-def _tls_refused(exc: BaseException) -> bool:
-    """Whether a transport error is a TLS handshake that failed (an untrusted or wrong certificate), which
-    retrying cannot fix; a TLS connection that merely ended is not."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, five deep (httpx wraps the ``ssl`` error it met)."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
-            return False
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """Whether a transport error is a TLS handshake that failed (an untrusted or wrong certificate, or a
+    server that does not speak TLS); a TLS connection that merely ended is not."""
+    for seen in _causes(exc):
         if isinstance(seen, _TLS_CONNECTION_ENDED):
             return False
         if isinstance(seen, ssl.SSLError):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
 
 
 def _tls_untrusted(exc: BaseException) -> bool:
     """Whether a transport error is the server's certificate refused: it stays refused, however often asked."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(seen, ssl.SSLCertVerificationError) for seen in _causes(exc))
 
 
 def _tls_why(exc: BaseException) -> str:
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return "TLS: the server's certificate is not trusted"
-        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+    if _tls_untrusted(exc):
+        return "TLS: the server's certificate is not trusted"
     return "TLS: the handshake failed"
 
 

@@ -69,7 +69,7 @@ def _delimiters(body: str, boundary: str) -> Iterator[tuple[int, int, bool]]:
     """(start, end, closing) of each delimiter line in ``body``, as ``re.finditer`` finds the pattern
     ``(?:^|\r?\n)--<boundary>(--)?[ \t]*(?:\r?\n|$)``: a delimiter starts the body or follows a line break, which
     belongs to it. Searched with ``str.find`` and one pattern compiled once, rather than a pattern compiled for
-    each batch's own boundary (tests/test_emulator_batch_split.py checks it against that pattern)."""
+    each batch's own boundary (tests/unit/test_emulator_batch_split.py checks it against that pattern)."""
     dash = "--" + boundary
     pos = 0  # where the search goes on: matches do not overlap
     d = body.find(dash)

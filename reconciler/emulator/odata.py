@@ -123,8 +123,8 @@ class Node:
         raise NotImplementedError
 
     def predicate(self, get: GetterFactory) -> Callable[[Any], bool]:
-        """``test`` compiled into a closure: the same answer as ``test`` for every row (tests/emulator/test_odata.py
-        checks it against the tree on generated filters and rows)."""
+        """``test`` compiled into a closure: the same answer as ``test`` for every row
+        (tests/unit/test_odata_compiled.py checks it against the tree on generated filters and rows)."""
         value = self.evaluator(get)
         return lambda row: bool(value(row))
 
@@ -416,16 +416,12 @@ class _Parser:
         raise ODataError(f"Syntax error: unexpected '{tok.value}' at position {tok.pos} in $filter")
 
 
+# Parsed filters are remembered by their text (a client sends the same few filters to every environment). It
+# cannot change an answer: parsing depends on the text alone, the tree is immutable (frozen dataclasses), and a
+# text that does not parse is not remembered (the error is raised again each time).
+@functools.lru_cache(maxsize=256)
 def parse_filter(text: str) -> Node:
     """Parse a ``$filter`` expression into a tree whose ``test(row)`` says whether a row matches."""
-    return _parse_filter(text)
-
-
-# Parsed filters by their text (a client sends the same few filters to every environment). It cannot change an
-# answer: parsing depends on the text alone, the tree is immutable (frozen dataclasses), and a text that does
-# not parse is not remembered (the error is raised again each time).
-@functools.lru_cache(maxsize=256)
-def _parse_filter(text: str) -> Node:
     if not text.strip():
         raise ODataError("Syntax error: empty $filter")
     return _Parser(text).parse()
@@ -470,8 +466,6 @@ def parse_top(text: str) -> int:
 
 
 def _sort_key(v: Any) -> tuple[int, Any]:
-    if type(v) is str:  # the common case first; the same key as the last line gives a str
-        return (3, v.lower())
     if v is None:
         return (0, 0)  # SQL Server sorts nulls first in ascending order
     if isinstance(v, bool):
@@ -486,7 +480,7 @@ def _sort_key_of(get: Getter) -> Callable[[Any], tuple[int, Any]]:
 
     def key(row: Any) -> tuple[int, Any]:
         v = get(row)
-        if type(v) is str:  # _sort_key's first case, without the call
+        if type(v) is str:  # the common case, without a call: the key _sort_key gives a string
             return (3, v.lower())
         return _sort_key(v)
 
