@@ -16,13 +16,13 @@ How each figure is taken:
   them. ``depth`` is the critical path of round trips: the longest chain of requests in which each
   was received after the previous one was answered. ``network`` is the time from the first request
   received to the last one answered.
-- The round-trip lower bound of a plan is (tenant discovery + token + per environment the longer of two
-  chains: the longest chain of first reads (the reference pages, or the connection lists, or the read
-  ``$batch`` of small reads) + the users read that needs their answers (in the second read ``$batch``) + the
-  shares of the bound connections
-  when they are read + the writer's group membership from Graph when it is asked; or the two read
-  ``$batch``es one after the other + the further pages of the solution's members) x latency; of an apply,
-  that plus one round trip per ``$batch`` that writes. The round-trip goals compare ``network`` with it.
+- The round-trip lower bound of a plan is (tenant discovery + token + per environment the longest of three
+  chains: the connection lists or the first read ``$batch``, whichever is longer, + the second read
+  ``$batch`` that carries the users + the shares of the bound connections when they are read + the writer's
+  group membership from Graph when it is asked; the first read ``$batch`` + the further pages of references
+  + the users only those pages name, when read; the two read ``$batch``es + the further pages of the
+  solution's members) x latency; of an apply, that plus one round trip per ``$batch`` that writes. The
+  round-trip goals compare ``network`` with it.
 """
 
 from __future__ import annotations
@@ -214,21 +214,26 @@ class Run:
         return len(toks) > 1 and toks[1].started < toks[0].finished
 
     def env_round_trips(self, log: list[LogEntry]) -> int:
-        """The round trips one environment's reads must take one after the other: the longest of its reference
-        pages and its connection lists (two when the admin list is refused), then the users that need their
-        answers (in the second read ``$batch``), then the shares of the bound connections and the writer's
-        groups (when read); beside that
-        chain, the first read ``$batch`` (the small reads), the second (the solution's members, the writer's
-        privilege and the users, which need the first) and the members' further pages."""
+        """The round trips one environment's reads must take one after the other, the longest of three chains:
+        the first read ``$batch`` (the small reads and the first page of references) or the connection lists
+        (two when the admin list is refused), whichever is longer, then the second read ``$batch`` that
+        carries the users (they need the connections' owners and the first page's), then the shares of the
+        bound connections and the writer's groups (when read); the first read ``$batch`` then the further
+        pages of references, then the users only they name (when read); the two read ``$batch``es (the
+        second, with the solution's members and the writer's privilege, needs the first) and the members'
+        further pages."""
         pages = sum(1 for e in log if e.method == "GET" and e.path.endswith("/connectionreferences"))
         lists = sum(1 for e in log if is_connection_list(e))
         read_batches = sum(1 for e in log if is_read_batch(e))
-        users = 1 if any(carries_users(e) for e in log) else 0
+        batch_users = 1 if any(carries_users(e) and is_read_batch(e) for e in log) else 0
+        late_users = 1 if any(carries_users(e) and not is_read_batch(e) for e in log) else 0
         shares = 1 if any(is_shares(e) for e in log) else 0
         graph = 1 if any(is_graph(e) for e in log) else 0
-        main = max(pages, lists, min(read_batches, 1), 1) + users + shares + graph
+        first = min(read_batches, 1)
+        to_shares = max(lists, first, 1) + batch_users + shares + graph
+        to_pages = first + pages + late_users
         beside = read_batches + sum(1 for e in log if is_member_page(e))  # its first page is in a batch
-        return max(main, beside)
+        return max(to_shares, to_pages, beside)
 
     def bound_round_trips(self) -> int:
         """Tenant discovery and token, then the slowest environment's reads (``env_round_trips``), then one
@@ -238,16 +243,16 @@ class Run:
 
     def bound_seconds(self) -> float:
         """The shortest network time the requests made allow, given what must wait for what: tenant
-        discovery, then the slowest token, then per environment the longer of two chains: (1) the longest of
-        its independent first reads (the reference pages one after the other, the connection lists one
-        after the other, the flows, the read ``$batch`` of small reads), then the users read that needs
-        their answers (alone, or the second read ``$batch`` that carries it), then the shares of the bound
-        connections and the writer's groups; (2) the first read
-        ``$batch``, then the later ones (the solution's members, the writer's privilege, the users) and the members'
-        further pages; then its write ``$batch``es one after the other; the slowest environment counts. Each
-        request counts for as long as the emulator took to answer it (latency plus its own work), so the
-        bound moves with the service's speed and the ratio measures only how well connref overlaps and how
-        much it adds between."""
+        discovery, then the slowest token, then per environment the longest of three chains (as
+        ``env_round_trips`` counts them): (1) the longest of its independent first reads (the connection
+        lists one after the other, the first read ``$batch``, any small read sent alone), then the second read
+        ``$batch`` that carries the users, then the shares of the bound connections and the writer's groups;
+        (2) the first read ``$batch``, then the further pages of references (or of flows, the longer), then
+        the users only they name; (3) the first read ``$batch``, then the later ones and the members' further
+        pages; then its write ``$batch``es one after the other; the slowest environment counts. Each request
+        counts for as long as the emulator took to answer it (latency plus its own work), so the bound moves
+        with the service's speed and the ratio measures only how well connref overlaps and how much it adds
+        between."""
         def took(e: LogEntry) -> float:
             return e.finished - e.started
 
@@ -264,14 +269,16 @@ class Run:
             pages = sum(took(e) for e in reads if e.path.endswith("/connectionreferences"))
             lists = sum(took(e) for e in reads if is_connection_list(e))
             flows = sum(took(e) for e in reads if e.path.endswith("/workflows"))
-            users = [e for e in log if carries_users(e)]
-            others = [e for e in reads if e not in users and not is_member_page(e) and not is_shares(e)
+            batch_users = [e for e in log if carries_users(e) and is_read_batch(e)]
+            late_users = [e for e in log if carries_users(e) and not is_read_batch(e)]
+            others = [e for e in reads if not carries_users(e) and not is_member_page(e) and not is_shares(e)
                       and not e.path.endswith(("/connectionreferences", "/workflows")) and "/connections" not in e.path]
-            main = max(pages, lists, flows, first, longest(others)) + longest(users)
-            main += longest([e for e in reads if is_shares(e)]) + longest([e for e in log if is_graph(e)])
+            to_shares = max(lists, first, longest(others)) + longest(batch_users)
+            to_shares += longest([e for e in reads if is_shares(e)]) + longest([e for e in log if is_graph(e)])
+            to_pages = first + max(pages, flows) + longest(late_users)
             member_pages = [e for e in reads if is_member_page(e)]
             beside = first + sum(took(e) for e in read_batches[1:]) + sum(took(e) for e in member_pages)
-            env = max(main, beside) + sum(took(e) for e in log if is_write_batch(e))
+            env = max(to_shares, to_pages, beside) + sum(took(e) for e in log if is_write_batch(e))
             slowest = max(slowest, env)
         return start + slowest
 
@@ -551,12 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report.table())
         print("\nrequests/tokens/depth/network: seen by the emulator (tokens = token-endpoint POSTs; depth = "
               "longest chain of requests each received after the previous was answered; min = the round "
-              "trips that must follow one another: tenant discovery, token, the longest chain of independent "
-              "reads (reference pages, connection lists or the first read $batch), the users read that needs "
-              "their answers (in the second read $batch), the shares of the bound connections when read, "
-              "one per $batch that writes; or, "
-              "when longer, the two read $batches and the solution's further member pages). bound = the same "
-              "chain with "
+              "trips that must follow one another: tenant discovery, token, then the longest of: the "
+              "connection lists or the first read $batch, the second read $batch that carries the users, the "
+              "shares of the bound connections when read; the first read $batch, the further reference "
+              "pages, the users only they name when read; the two read $batches and the solution's further "
+              "member pages; then one per $batch that writes). bound = the same chain with "
               "each request counted for as long as the emulator took to answer it (latency + its own work; "
               "the slowest environment). wall/CPU/RSS: the connref process, start-up included.")
         failed = [x for x in g if not x.ok]

@@ -610,12 +610,14 @@ class _HttpCore(_Transport):
         scope: str | None = None,
         next_link_keys: Sequence[str] = ("@odata.nextLink",),
         same_path: bool = True,
+        first_page: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Every row of a paged collection, following its next links (page-results) unchanged.
 
         A next link must stay on the first page's origin (it would receive our bearer token) and, with
         ``same_path``, on its path; a link already followed (a loop) and more than ``limits.max_pages``
-        pages are errors, not endless reads."""
+        pages are errors, not endless reads. ``first_page`` is handed the first page's rows once they passed
+        their checks, while the next page is on its way: a caller can start what needs only them."""
         first = urlsplit(url)
         rows: list[dict[str, Any]] = []
         seen = {url}
@@ -657,6 +659,8 @@ class _HttpCore(_Transport):
                 except ShapeProblem as exc:
                     raise malformed("GET", current, resp.status_code, str(exc)) from None
                 rows.extend(page)
+                if first_page is not None and pages == 1:
+                    first_page(page)
                 next_url = None
                 if not link:
                     break
@@ -794,15 +798,18 @@ class DataverseClient(_HttpCore):
         orderby: str | None = None,
         expand: str | None = None,
         page_size: int = MAX_PAGE_SIZE,
+        first_page: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Every row of a query, page by page: ``Prefer: odata.maxpagesize`` and ``@odata.nextLink``
-        followed unchanged (docs/dataverse.md §3.5). With the 5000 cap, 3,000 rows are one request."""
+        followed unchanged (docs/dataverse.md §3.5). With the 5000 cap, 3,000 rows are one request.
+        ``first_page``: see ``get_pages``."""
         url, headers = self.query(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
                                   page_size=page_size)
         # Rows are checked against the shape of their entity set (reconciler.api.shapes); a selected
         # column is always returned, null when empty.
         selected = [c for c in (select or ()) if c]
-        return self.get_pages(url, row=ROWS.get(entity_set), selected=selected, headers=headers)
+        return self.get_pages(url, row=ROWS.get(entity_set), selected=selected, headers=headers,
+                              first_page=first_page)
 
     def query(
         self,

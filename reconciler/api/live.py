@@ -72,8 +72,8 @@ class DataverseReader(Protocol):
     """What the live reader may ask Dataverse: queries, WhoAmI, the component type, a privilege check."""
 
     def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
-                orderby: str | None = None, expand: str | None = None,
-                page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]: ...
+                orderby: str | None = None, expand: str | None = None, page_size: int = MAX_PAGE_SIZE,
+                first_page: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]: ...
 
     def query(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
               orderby: str | None = None, expand: str | None = None,
@@ -509,8 +509,22 @@ def read_environment(
             dv.query("solutions", **solution_names_query),
             dv.query("connectionreferences", **refs_query), dv.query("workflows", **flows_query),
         ])
-        f_refs = run(lambda: dv.get_all("connectionreferences", **refs_query))
-        f_flows = run(lambda: dv.get_all("workflows", **flows_query))
+        def paged(entity_set: str, query: QueryArgs) -> tuple[Future[list[dict[str, Any]]],
+                                                             Future[list[dict[str, Any]]]]:
+            """The first page of a paged read (as soon as it is checked) and all its rows."""
+            first: Future[list[dict[str, Any]]] = Future()
+
+            def read() -> list[dict[str, Any]]:
+                try:
+                    return dv.get_all(entity_set, **query, first_page=first.set_result)
+                except BaseException as exc:
+                    if not first.done():  # the first page failed: what waits for it fails the same way
+                        first.set_exception(exc)
+                    raise
+            return first, run(read)
+
+        first_refs, f_refs = paged("connectionreferences", refs_query)
+        first_flows, f_flows = paged("workflows", flows_query)
         f_flow_members = run(lambda: dv.get_all("solutioncomponents", **flow_members_query))
         f_solution_names = run(lambda: dv.get_all("solutions", **solution_names_query))
         f_who = run(lambda: _who_am_i(source))
@@ -518,14 +532,15 @@ def read_environment(
         f_solution = run(lambda: _solution(dv.get_all("solutions", **solution_query)))
 
         # Round 2: once round 1 has answered, its reads go as ONE read $batch: the solution's members and the
-        # writer's privilege (they need the solution, the component type and the caller) and the users (they
-        # need every owner: the reference pages, the flows and the connections). Waiting for all of round 1
-        # costs no round trip: the environment is not complete before the users and the shares that follow
-        # them, and the users wait for the last reference page and connection list either way.
+        # writer's privilege (they need the solution, the component type and the caller) and the users (the
+        # caller, the service account, the connections' owners, and the owners on the first page of
+        # references and of flows). It does not wait for further pages of references: at 10,000 references
+        # they are read beside it, and the shares, which need only the connections and these users, follow
+        # it. Owners first seen on a later page are read once every page is in (``_UsersRead.more``).
         def second_batch() -> tuple[_UsersRead, QueryArgs | None]:
             solution, component_type, who = f_solution.result(), f_type.result(), f_who.result()
             # Reference and flow owners: explain and plan name who owns each flow.
-            owner_ids = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
+            owner_ids = [r.get("_ownerid_value") for r in (*first_refs.result(), *first_flows.result())]
             owner_oids = [connection_from_item(c).owner_object_id for c in f_conns.result()[0]]
             users = _UsersRead(who.user_id, service_account, owner_ids, owner_oids)
             member_query = None
@@ -562,17 +577,24 @@ def read_environment(
                                    users=tuple(found), caller=caller, writer=writer, connections_scope=scope,
                                    connections_refusals=refusals)
 
+        def every_user() -> tuple[LiveUser, ...]:
+            # The round-2 users and the owners later pages brought (none when there was one page of each).
+            later = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
+            return (*f_users.result(), *f_second.result()[0].more(dv, later))
+
         f_second = run(second_batch)
         f_members_priv = run(members_and_privilege)
         f_users = run(lambda: f_second.result()[0].read(dv))
         f_seen = run(who_and_what)
         f_access = run(lambda: _access(source, envc, config, f_seen.result()))
+        f_every_user = run(every_user)
 
         f_who.result()  # first: an identity Dataverse refuses is the error to say, before any other
         component_type = f_type.result()
         solution = f_solution.result()
         ref_rows = f_refs.result()
         seen = f_seen.result()
+        users = f_every_user.result()
         members_ids, can_impersonate = f_members_priv.result()
         access = f_access.result()
         by_flow = flow_solutions(f_flow_members.result(), f_solution_names.result())
@@ -604,7 +626,7 @@ def read_environment(
                                        (r.in_solution or r.logical_name.lower() in declared)])
 
     live = replace(seen, solution=solution, component_type=component_type, references=references, flows=flows,
-                   caller_can_impersonate=caller_can_impersonate, layers=frozen_map(layers))
+                   users=users, caller_can_impersonate=caller_can_impersonate, layers=frozen_map(layers))
     return access.onto(live)
 
 
@@ -780,15 +802,37 @@ class _UsersRead:
             clauses.append(eq("domainname", self.sa))
         self.query = (QueryArgs(select=USER_COLUMNS) if self.everyone
                       else QueryArgs(select=USER_COLUMNS, filter=either(*clauses)))
+        self.answered: list[LiveUser] = []  # what ``read`` was answered
+        self.found: set[str] = set()  # the systemuserids ``read`` returned
 
     def read(self, dv: DataverseReader) -> list[LiveUser]:
         users = [user_from_row(r) for r in dv.get_all("systemusers", **self.query)]
-        if not self.everyone:
-            return users
-        sa = self.sa.lower()
-        return [u for u in users
-                if u.systemuserid in self.wanted_ids or (u.object_id or "") in self.wanted_oids
-                or (sa and sa in rules.principal_keys(u))]
+        self.answered = users
+        if self.everyone:
+            sa = self.sa.lower()
+            users = [u for u in users
+                     if u.systemuserid in self.wanted_ids or (u.object_id or "") in self.wanted_oids
+                     or (sa and sa in rules.principal_keys(u))]
+        self.found = {u.systemuserid for u in users}
+        return users
+
+    def more(self, dv: DataverseReader, owner_ids: Iterable[str | None]) -> list[LiveUser]:
+        """The users among ``owner_ids`` (owners on pages read after this read was built) that it did not
+        ask for: none and no request when every one was asked for (one page of references, or the same
+        owners throughout); else one more filtered read (every user when they are too many for a URL),
+        or, when this read took every user, picked from its answer. Call after ``read``."""
+        missing = [g for g in _guids(owner_ids) if g.value not in self.wanted_ids and g.value not in self.found]
+        if not missing:
+            return []
+        wanted = {g.value for g in missing}
+        if self.everyone:
+            rows: Iterable[LiveUser] = self.answered
+        elif len(missing) > MAX_USER_KEYS:
+            rows = (user_from_row(r) for r in dv.get_all("systemusers", select=USER_COLUMNS))
+        else:
+            rows = (user_from_row(r) for r in dv.get_all("systemusers", select=USER_COLUMNS,
+                                                         filter=any_of("systemuserid", missing)))
+        return [u for u in rows if u.systemuserid in wanted]
 
 
 #: Ids per filtered read of references, to keep the URL short.

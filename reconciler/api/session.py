@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +78,10 @@ class ReadOnlyDataverse:
 
     def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
                 orderby: str | None = None, expand: str | None = None,
-                page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
+                page_size: int = MAX_PAGE_SIZE,
+                first_page: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
         return self._client.get_all(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
-                                    page_size=page_size)
+                                    page_size=page_size, first_page=first_page)
 
     def query(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
               orderby: str | None = None, expand: str | None = None,
