@@ -866,7 +866,7 @@ class DataverseClient(_HttpCore):
         ctype = resp.headers.get("Content-Type", "")
         boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         try:
-            parts = parse_multipart(resp.text, boundary) if resp.status_code == 200 and boundary else []
+            parts = parse_multipart(resp.content, boundary) if resp.status_code == 200 and boundary else []
         except (ValueError, UnicodeDecodeError):
             parts = []
         if len(parts) != len(reads):
@@ -1033,7 +1033,7 @@ class DataverseClient(_HttpCore):
                     raise error_from_response("POST", url, resp)
                 raise ApiError(f"POST {url}: unexpected $batch response ({resp.status_code}, {ctype or 'no type'})",
                                status=resp.status_code, method="POST", url=url)
-            parts = parse_multipart(resp.text, boundary)
+            parts = parse_multipart(resp.content, boundary)
             if len(parts) != len(chunk):
                 raise ApiError(f"POST {url}: $batch answered {len(parts)} parts for {len(chunk)} requests",
                                status=resp.status_code, method="POST", url=url)
