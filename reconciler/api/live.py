@@ -537,11 +537,12 @@ def read_environment(
         # references and of flows). It does not wait for further pages of references: at 10,000 references
         # they are read beside it, and the shares, which need only the connections and these users, follow
         # it. Owners first seen on a later page are read once every page is in (``_UsersRead.more``).
-        def second_batch() -> tuple[_UsersRead, QueryArgs | None]:
+        def second_batch() -> tuple[_UsersRead, QueryArgs | None, tuple[LiveConnection, ...]]:
             solution, component_type, who = f_solution.result(), f_type.result(), f_who.result()
             # Reference and flow owners: explain and plan name who owns each flow.
             owner_ids = [r.get("_ownerid_value") for r in (*first_refs.result(), *first_flows.result())]
-            owner_oids = [connection_from_item(c).owner_object_id for c in f_conns.result()[0]]
+            connections = tuple(connection_from_item(c) for c in f_conns.result()[0])
+            owner_oids = [c.owner_object_id for c in connections]
             users = _UsersRead(who.user_id, service_account, owner_ids, owner_oids)
             member_query = None
             if solution is not None:
@@ -553,12 +554,12 @@ def read_environment(
             ahead.append(dv.query("systemusers", **users.query))
             if len(ahead) > 1:  # a batch of one read would be one request either way
                 dv.prefetch(ahead)
-            return users, member_query
+            return users, member_query, connections
 
         # Each read then takes its answer from the batch (or, when the batch failed, is sent on its own, the
         # users beside the members and the privilege: the shares wait for the users only).
         def members_and_privilege() -> tuple[set[str], bool | None]:
-            _, member_query = f_second.result()
+            _, member_query, _ = f_second.result()
             members = ({str(m.get("objectid", "")).lower() for m in dv.get_all("solutioncomponents", **member_query)}
                        if member_query else set())
             who = f_who.result()
@@ -569,11 +570,11 @@ def read_environment(
             # The connections, the users and who reads and writes: all the shares of the bound connections
             # need (owner selectors resolve through the users), so they are read as soon as those arrive,
             # while the rest of round 2 may still run. The environment is this, completed below.
-            conn_items, scope, refusals = f_conns.result()
+            _, scope, refusals = f_conns.result()
             found = f_users.result()
             caller, writer = _identities(service_account, f_who.result(), found)
             return LiveEnvironment(name=envc.name, solution=None, component_type=None, references=(),
-                                   connections=tuple(connection_from_item(c) for c in conn_items),
+                                   connections=f_second.result()[2],
                                    users=tuple(found), caller=caller, writer=writer, connections_scope=scope,
                                    connections_refusals=refusals)
 

@@ -733,10 +733,14 @@ def bound_connections(references: Mapping[str, Any], bindings: BindingIndex,
     ``connector``) resolve to in ``live``, each once: whose shares the live reader reads (docs/dataverse.md
     §4.8)."""
     found: dict[str, LiveConnection] = {}
+    # Many references share a binding (one service-account connection per connector): each binding and
+    # connector is looked up once, not once per reference.
+    tried: set[tuple[Binding, str]] = set()
     for name, ref in references.items():
         binding = bindings.get(name)
-        if binding is None:
+        if binding is None or (binding, ref.connector) in tried:
             continue
+        tried.add((binding, ref.connector))
         conn = find_connection(binding, ref.connector, live).connection
         if conn is not None:
             found.setdefault(conn.name.lower(), conn)
