@@ -77,7 +77,8 @@ _SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
 
 def depth_of(value: Any, limit: int) -> int:
     """How deeply ``value`` nests (a scalar is 0), counting no further than ``limit + 1``. Only
-    containers go on the stack: a page of rows is mostly scalars, which need no visit of their own."""
+    containers go on the stack: a page of rows is mostly scalars, which need no visit of their own, and
+    a row of scalars is told so where its list is walked, without a visit of its own either."""
     if not isinstance(value, dict | list):
         return 0
     deepest = 0
@@ -94,6 +95,13 @@ def depth_of(value: Any, limit: int) -> int:
             continue
         for child in children:
             if isinstance(child, _CONTAINERS):
+                inner: Iterable[Any] = child.values() if isinstance(child, dict) else child
+                if _SCALAR_TYPES.issuperset(map(type, inner)):  # a row of scalars: one level more, no visit
+                    if depth + 1 > deepest:
+                        deepest = depth + 1
+                        if deepest > limit:
+                            return deepest
+                    continue
                 stack.append((child, depth + 1))
     return deepest
 

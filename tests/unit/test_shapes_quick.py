@@ -116,3 +116,28 @@ def test_a_page_is_refused_with_the_message_of_its_first_bad_row(data: st.DataOb
 ])
 def test_depth_counts_every_container(value: Any, deepest: int) -> None:
     assert shapes.depth_of(value, 32) == deepest
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth, counted the plain recursive way (the reference ``depth_of`` is held to)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=2), inner, max_size=4),
+                    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON, st.integers(0, 6))
+def test_depth_matches_the_recursive_count_up_to_its_limit(value: Any, limit: int) -> None:
+    deepest = _depth(value)
+    found = shapes.depth_of(value, limit)
+    if deepest <= limit:
+        assert found == deepest
+    else:  # it may stop counting once past the limit, never report a depth within it
+        assert limit < found <= deepest
