@@ -189,6 +189,18 @@ def loggable_url(url: str | httpx.URL) -> str:
 http_log = logging.getLogger("reconciler.api.http")
 
 
+class _LoggableUrl:
+    """``loggable_url`` of a URL, worked out only when a log line is written with it."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str | httpx.URL) -> None:
+        self.url = url
+
+    def __str__(self) -> str:
+        return loggable_url(self.url)
+
+
 def request_log_hooks(label: str) -> dict[str, list[Callable[[Any], None]]]:
     """httpx event hooks that log every request of one environment's client (the API calls, and the
     token requests MSAL sends through it): method, URL (``loggable_url``), status and time to the
@@ -196,17 +208,22 @@ def request_log_hooks(label: str) -> dict[str, list[Callable[[Any], None]]]:
     started: dict[int, float] = {}
     lock = threading.Lock()
 
+    # Nothing is timed or worded when no handler would see the line (a pipeline's log): at 20 environments
+    # the hooks run for every request while other environments wait for the same CPU.
     def on_request(request: httpx.Request) -> None:
-        with lock:
-            started[id(request)] = time.monotonic()
+        if http_log.isEnabledFor(logging.DEBUG):
+            with lock:
+                started[id(request)] = time.monotonic()
 
     def on_response(response: httpx.Response) -> None:
         request = response.request
         with lock:
             t0 = started.pop(id(request), None)
+        if not http_log.isEnabledFor(logging.DEBUG):
+            return
         elapsed = f"{(time.monotonic() - t0) * 1000:.0f} ms" if t0 is not None else "?"
         http_log.debug(
-            "%s: %s %s -> %s (%s)", label, request.method, loggable_url(request.url), response.status_code,
+            "%s: %s %s -> %s (%s)", label, request.method, _LoggableUrl(request.url), response.status_code,
             elapsed, extra={"connref_env": label, "connref_state": "request"},
         )
 
@@ -873,10 +890,11 @@ class DataverseClient(_HttpCore):
             log.info("%s: the read $batch was answered HTTP %s with %d of %d parts; reading one by one",
                      self.label, resp.status_code, len(parts), len(reads))
             return 0
-        for (read_url, _), part in zip(reads, parts, strict=True):
-            # -v shows what the batch carried, as it shows every request (never query values).
-            http_log.debug("%s:   in the $batch: GET %s -> %s", self.label, loggable_url(read_url), part.status,
-                           extra={"connref_env": self.label})
+        if http_log.isEnabledFor(logging.DEBUG):
+            for (read_url, _), part in zip(reads, parts, strict=True):
+                # -v shows what the batch carried, as it shows every request (never query values).
+                http_log.debug("%s:   in the $batch: GET %s -> %s", self.label, _LoggableUrl(read_url), part.status,
+                               extra={"connref_env": self.label})
         kept = {
             read_url: httpx.Response(part.status, headers=part.response_headers, content=part.body,
                                      request=httpx.Request("GET", read_url))
