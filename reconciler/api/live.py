@@ -37,6 +37,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from reconciler.api.client import MAX_PAGE_SIZE, QueryArgs, WhoAmI
@@ -392,9 +393,12 @@ def _access(source: LiveSource, envc: EnvironmentConfig, config: Config, live: L
     bound = rules.bound_connections(config.references, rules.BindingIndex.of(envc), live)
     if not bound or source.connections is None:
         return _Access({}, {}, None)
-    workers = min(SHARES_IN_PARALLEL, len(bound))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"shares-{envc.name}") as pool:
-        read = list(pool.map(lambda c: _read_shares(source, c, live.connections_scope), bound))
+    if len(bound) == 1:  # one read: no thread of its own
+        read = [_read_shares(source, bound[0], live.connections_scope)]
+    else:
+        workers = min(SHARES_IN_PARALLEL, len(bound))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"shares-{envc.name}") as pool:
+            read = list(pool.map(lambda c: _read_shares(source, c, live.connections_scope), bound))
     membership, why = _memberships(source, live.writer, read)
     return _Access({c.name.lower(): c for c in read}, membership, why)
 
@@ -404,6 +408,29 @@ def read_access(source: LiveSource, envc: EnvironmentConfig, config: Config,
     """``live`` with the shares of the connections the bindings resolve to (only those: one request each, in
     parallel) and the writer's membership of the groups they are shared with (docs/dataverse.md §4.8-§4.10)."""
     return _access(source, envc, config, live).onto(live)
+
+
+def _paged(dv: DataverseReader, pool: ThreadPoolExecutor, entity_set: str,
+           query: QueryArgs) -> tuple[Future[list[dict[str, Any]]], Future[list[dict[str, Any]]]]:
+    """A paged read on ``pool``: its first page (as soon as it is checked) and all its rows."""
+    first: Future[list[dict[str, Any]]] = Future()
+
+    def read() -> list[dict[str, Any]]:
+        try:
+            return dv.get_all(entity_set, **query, first_page=first.set_result)
+        except BaseException as exc:
+            if not first.done():  # the first page failed: what waits for it fails the same way
+                first.set_exception(exc)
+            raise
+    return first, pool.submit(read)
+
+
+def _fill(target: Future[T], read: Callable[[], T]) -> None:
+    """Complete ``target`` with what ``read`` returns or raises (a read done on the calling thread)."""
+    try:
+        target.set_result(read())
+    except Exception as exc:
+        target.set_exception(exc)
 
 
 @contextlib.contextmanager
@@ -503,33 +530,35 @@ def read_environment(
         solution_query = QueryArgs(select=SOLUTION_COLUMNS, filter=eq("uniquename", config.solution),
                                    expand="publisherid($select=customizationprefix)")
         type_query = dv.component_type_query("connectionreference")
-        dv.prefetch([
+        first_reads = [
             dv.query("solutions", **solution_query), dv.query("solutioncomponentdefinitions", **type_query),
             (dv.who_am_i_url(), {}), dv.query("solutioncomponents", **flow_members_query),
             dv.query("solutions", **solution_names_query),
             dv.query("connectionreferences", **refs_query), dv.query("workflows", **flows_query),
-        ])
-        def paged(entity_set: str, query: QueryArgs) -> tuple[Future[list[dict[str, Any]]],
-                                                             Future[list[dict[str, Any]]]]:
-            """The first page of a paged read (as soon as it is checked) and all its rows."""
-            first: Future[list[dict[str, Any]]] = Future()
+        ]
+        kept = dv.prefetch(first_reads)
 
-            def read() -> list[dict[str, Any]]:
-                try:
-                    return dv.get_all(entity_set, **query, first_page=first.set_result)
-                except BaseException as exc:
-                    if not first.done():  # the first page failed: what waits for it fails the same way
-                        first.set_exception(exc)
-                    raise
-            return first, run(read)
+        first_refs, f_refs = _paged(dv, pool, "connectionreferences", refs_query)
+        first_flows, f_flows = _paged(dv, pool, "workflows", flows_query)
+        # Which solution each flow is in: needed only at the end, and paged in a big tenant.
+        f_flow_solutions = run(lambda: flow_solutions(dv.get_all("solutioncomponents", **flow_members_query),
+                                                      dv.get_all("solutions", **solution_names_query)))
+        # The caller, the component type and the solution, one row each. When the batch kept every answer
+        # they are read here, on this thread: a thread each costs more than the read (at 20 environments,
+        # threads were a tenth of the CPU the reads took). Else each is sent at once on a thread of its own.
+        f_who: Future[Any] = Future()
+        f_type: Future[int] = Future()
+        f_solution: Future[LiveSolution | None] = Future()
 
-        first_refs, f_refs = paged("connectionreferences", refs_query)
-        first_flows, f_flows = paged("workflows", flows_query)
-        f_flow_members = run(lambda: dv.get_all("solutioncomponents", **flow_members_query))
-        f_solution_names = run(lambda: dv.get_all("solutions", **solution_names_query))
-        f_who = run(lambda: _who_am_i(source))
-        f_type = run(lambda: dv.component_type_for("connectionreference"))
-        f_solution = run(lambda: _solution(dv.get_all("solutions", **solution_query)))
+        def small(target: Future[T], read: Callable[[], T]) -> None:
+            if kept == len(first_reads):
+                _fill(target, read)
+            else:
+                run(partial(_fill, target, read))
+
+        small(f_who, lambda: _who_am_i(source))
+        small(f_type, lambda: dv.component_type_for("connectionreference"))
+        small(f_solution, lambda: _solution(dv.get_all("solutions", **solution_query)))
 
         # Round 2: once round 1 has answered, its reads go as ONE read $batch: the solution's members and the
         # writer's privilege (they need the solution, the component type and the caller) and the users (the
@@ -583,11 +612,21 @@ def read_environment(
             later = [r.get("_ownerid_value") for r in (*f_refs.result(), *f_flows.result())]
             return (*f_users.result(), *f_second.result()[0].more(dv, later))
 
-        f_second = run(second_batch)
+        f_second: Future[tuple[_UsersRead, QueryArgs | None, tuple[LiveConnection, ...]]] = Future()
+        f_users: Future[list[LiveUser]] = Future()
+        f_seen: Future[LiveEnvironment] = Future()
+        f_access: Future[_Access] = Future()
+
+        def round_two() -> None:
+            # Each of these needs the one before (a failure reaches every one after it); the members and the
+            # privilege, which may page, and the owners of later pages go beside them.
+            _fill(f_second, second_batch)
+            _fill(f_users, lambda: f_second.result()[0].read(dv))
+            _fill(f_seen, who_and_what)
+            _fill(f_access, lambda: _access(source, envc, config, f_seen.result()))
+
+        run(round_two)
         f_members_priv = run(members_and_privilege)
-        f_users = run(lambda: f_second.result()[0].read(dv))
-        f_seen = run(who_and_what)
-        f_access = run(lambda: _access(source, envc, config, f_seen.result()))
         f_every_user = run(every_user)
 
         f_who.result()  # first: an identity Dataverse refuses is the error to say, before any other
@@ -598,7 +637,7 @@ def read_environment(
         users = f_every_user.result()
         members_ids, can_impersonate = f_members_priv.result()
         access = f_access.result()
-        by_flow = flow_solutions(f_flow_members.result(), f_solution_names.result())
+        by_flow = f_flow_solutions.result()
         flows = tuple(flow_from_row(r, by_flow.get(str(r["workflowid"]).lower(), ()))
                       for r in f_flows.result())
 
