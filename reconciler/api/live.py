@@ -475,14 +475,16 @@ def _env(config: Config, env: EnvironmentConfig | str | None, source: LiveSource
     return found if found is not None else source.env
 
 
-#: Threads reading one environment: the connections, the seven reads the first read $batch answers (each
-#: sent on its own when the batch fails), then the second batch and its three reads, and the shares. Usually two
-#: or three requests are in flight per environment; at most 11, far below the 52 concurrent requests
-#: Dataverse allows per user and web server (docs/dataverse.md §3.8).
-READS_PER_ENVIRONMENT = 11
+#: Threads reading one environment beside its own: the connections, the references and the flows (each may
+#: page), round 2 (the second batch, then the users, then the shares), and the caller, the component type and
+#: the solution when the first read $batch failed and they are sent on their own. Usually two or three
+#: requests are in flight per environment; at most 11 (with the environment's own thread and the shares of
+#: up to 8 bound connections), far below the 52 concurrent requests Dataverse allows per user and web server
+#: (docs/dataverse.md §3.8).
+READS_PER_ENVIRONMENT = 7
 #: Environments read at the same time. Each is its own Dataverse web server (its own per-user limit);
 #: what they share is the connections API, which each reads with one list (two when the admin list is
-#: refused). 32 environments at once is up to 32 x 11 threads, still small for one process.
+#: refused). 32 environments at once is a few hundred threads at most (mostly waiting), still small for one process.
 MAX_PARALLEL_ENVIRONMENTS = 32
 
 
@@ -540,9 +542,6 @@ def read_environment(
 
         first_refs, f_refs = _paged(dv, pool, "connectionreferences", refs_query)
         first_flows, f_flows = _paged(dv, pool, "workflows", flows_query)
-        # Which solution each flow is in: needed only at the end, and paged in a big tenant.
-        f_flow_solutions = run(lambda: flow_solutions(dv.get_all("solutioncomponents", **flow_members_query),
-                                                      dv.get_all("solutions", **solution_names_query)))
         # The caller, the component type and the solution, one row each. When the batch kept every answer
         # they are read here, on this thread: a thread each costs more than the read (at 20 environments,
         # threads were a tenth of the CPU the reads took). Else each is sent at once on a thread of its own.
@@ -626,8 +625,17 @@ def read_environment(
             _fill(f_access, lambda: _access(source, envc, config, f_seen.result()))
 
         run(round_two)
-        f_members_priv = run(members_and_privilege)
-        f_every_user = run(every_user)
+        # What only the finished environment needs is read here, on this thread, while round 2 runs: the
+        # members and the privilege (paged at 10,000 references; the shares do not wait for them), which
+        # solution each flow is in (paged in a big tenant), and the owners later pages brought. A failure is
+        # kept for its turn below, so the error said is the same whichever read finished first.
+        f_members_priv: Future[tuple[set[str], bool | None]] = Future()
+        f_flow_solutions: Future[dict[str, tuple[str, ...]]] = Future()
+        f_every_user: Future[tuple[LiveUser, ...]] = Future()
+        _fill(f_members_priv, members_and_privilege)
+        _fill(f_flow_solutions, lambda: flow_solutions(dv.get_all("solutioncomponents", **flow_members_query),
+                                                       dv.get_all("solutions", **solution_names_query)))
+        _fill(f_every_user, every_user)
 
         f_who.result()  # first: an identity Dataverse refuses is the error to say, before any other
         component_type = f_type.result()
