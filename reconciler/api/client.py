@@ -895,9 +895,11 @@ class DataverseClient(_HttpCore):
                 # -v shows what the batch carried, as it shows every request (never query values).
                 http_log.debug("%s:   in the $batch: GET %s -> %s", self.label, _LoggableUrl(read_url), part.status,
                                extra={"connref_env": self.label})
+        # A kept answer carries no httpx.Request: parsing its URL again cost more than the rest of the
+        # answer, and what takes it (``send``'s callers) is handed the URL beside it; only the network's
+        # answers reach the request log hooks and MSAL, which read ``response.request``.
         kept = {
-            read_url: httpx.Response(part.status, headers=part.response_headers, content=part.body,
-                                     request=httpx.Request("GET", read_url))
+            read_url: httpx.Response(part.status, headers=part.response_headers, content=part.body)
             for (read_url, _), part in zip(reads, parts, strict=True)
             if part.status == 200
         }
