@@ -161,10 +161,17 @@ SOLUTION_COLUMNS = ("solutionid", "uniquename", "friendlyname", "ismanaged")
 
 
 def _guids(values: Iterable[str | None]) -> list[Guid]:
+    """The GUIDs among ``values``, lower case, each once, in first-seen order (thousands of references
+    name a handful of owners: each distinct value is checked once)."""
     seen: dict[str, Guid] = {}
+    tried: set[str] = set()
     for v in values:
-        if v and is_guid(v):
-            seen.setdefault(v.lower(), Guid(v.lower()))
+        if not v or v in tried:
+            continue
+        tried.add(v)
+        key = v.lower()
+        if key not in seen and is_guid(v):
+            seen[key] = Guid(key)
     return list(seen.values())
 
 
