@@ -286,6 +286,8 @@ class _EnvPlanner:
         self.warnings: list[str] = []
         self.fingerprint = live_fingerprint(live)
         self.shares: dict[str, ShareConnection] = {}  # connection name (lower) -> the grant it needs
+        # (binding, connector, grant) -> the connection judge_binding found usable with nothing to say
+        self.judged: dict[tuple[Binding, str, bool], LiveConnection] = {}
         self.mode = rules.environment_mode(live.solution)
         self.managed_env = self.mode == rules.MANAGED
 
@@ -666,12 +668,19 @@ class _EnvPlanner:
         """The connection a binding names, checked (``rules.judge_binding``); ``None`` (problems recorded)
         when it can't be used."""
         grant = self.env.grants(desired.logical_name)
-        found = rules.judge_binding(binding, desired.connector, self.writer, self.live,
-                                    service_account=self.env.service_account, subject=desired.logical_name,
-                                    grant=grant)
-        self.problems.extend(found.problems)
-        self.warnings.extend(p.line() for p in found.warnings)
-        conn = found.usable
+        key = (binding, desired.connector, grant)
+        conn = self.judged.get(key)
+        if conn is None:
+            found = rules.judge_binding(binding, desired.connector, self.writer, self.live,
+                                        service_account=self.env.service_account, subject=desired.logical_name,
+                                        grant=grant)
+            self.problems.extend(found.problems)
+            self.warnings.extend(p.line() for p in found.warnings)
+            conn = found.usable
+            # Thousands of references share a binding: a verdict that says nothing about the reference (no
+            # problem, no warning, both of which name it) is the same for every one of them.
+            if conn is not None and not found.problems and not found.warnings:
+                self.judged[key] = conn
         if conn is not None and grant and rules.needs_grant(conn, self.writer, self.live):
             self.grant(desired.logical_name, conn)
         return conn
