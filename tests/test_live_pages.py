@@ -9,6 +9,7 @@ certain, not a matter of timing."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -52,6 +53,7 @@ def bulk(emulator: Any) -> Any:
     return emulator
 
 
+@contextmanager
 def session_for(emulator: Any, config: Config) -> Iterator[EnvSession]:
     with open_environment(config, "dev", token_provider=EmulatorTokens(emulator),
                           http=httpx.Client(timeout=30)) as s:
@@ -60,10 +62,9 @@ def session_for(emulator: Any, config: Config) -> Iterator[EnvSession]:
 
 def later_page_ids(emulator: Any, config: Config) -> list[str]:
     """The ids of the references the service answers after the first page, in its order."""
-    for s in session_for(emulator, config):
+    with session_for(emulator, config) as s:
         rows = s.reader.dataverse.get_all("connectionreferences", select=("connectionreferenceid",))
-        return [str(r["connectionreferenceid"]) for r in rows[PAGE:]]
-    raise AssertionError("no session")
+    return [str(r["connectionreferenceid"]) for r in rows[PAGE:]]
 
 
 def own(emulator: Any, reference_ids: list[str], owners: list[dict[str, Any]]) -> None:
@@ -92,7 +93,7 @@ def test_the_second_batch_and_the_shares_do_not_wait_for_page_two(bulk: Any) -> 
     # Page 2 is the only GET of the references sent on its own (page 1 travels in the first read $batch).
     bulk.app.faults.add("latency", REFS, methods=["GET"], latency_ms=1500)
     bulk.app.log.clear()
-    for s in session_for(bulk, config):
+    with session_for(bulk, config) as s:
         live = read_environment(s, config, "dev")
     assert sum(1 for r in live.references if r.logical_name.startswith("contoso_Bulk")) == BULK  # every page
     log = list(bulk.app.log)
@@ -110,7 +111,7 @@ def test_the_second_batch_and_the_shares_do_not_wait_for_page_two(bulk: Any) -> 
 def test_owners_seen_on_the_first_page_cost_no_further_read(bulk: Any) -> None:
     config = config_for(bulk)
     bulk.app.log.clear()
-    for s in session_for(bulk, config):
+    with session_for(bulk, config) as s:
         live = read_environment(s, config, "dev")
     # Every bulk reference, on either page, is the service account's: the second batch asked for it.
     assert user_reads(bulk) == []
@@ -123,7 +124,7 @@ def test_an_owner_first_seen_on_a_later_page_is_read_once_every_page_is_in(bulk:
     late = new_users(bulk, 2)
     own(bulk, later_page_ids(bulk, config), late)
     bulk.app.log.clear()
-    for s in session_for(bulk, config):
+    with session_for(bulk, config) as s:
         live = read_environment(s, config, "dev")
     reads = user_reads(bulk)
     assert len(reads) == 1  # one more request for both
@@ -140,7 +141,7 @@ def test_more_late_owners_than_a_url_holds_read_every_user_once(bulk: Any) -> No
     late = new_users(bulk, MAX_USER_KEYS + 1)
     own(bulk, later_page_ids(bulk, config), late)
     bulk.app.log.clear()
-    for s in session_for(bulk, config):
+    with session_for(bulk, config) as s:
         live = read_environment(s, config, "dev")
     reads = user_reads(bulk)
     assert len(reads) == 1 and "filter" not in reads[0].query  # every user, no over-long URL
@@ -161,7 +162,7 @@ def test_when_the_first_read_took_every_user_a_late_owner_costs_no_request(bulk:
     late = new_users(bulk, 1)
     own(bulk, later, late)
     bulk.app.log.clear()
-    for s in session_for(bulk, config):
+    with session_for(bulk, config) as s:
         live = read_environment(s, config, "dev")
     assert user_reads(bulk) == []
     ids = {u.systemuserid for u in live.users}

@@ -884,7 +884,7 @@ class DataverseClient(_HttpCore):
         boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         try:
             parts = parse_multipart(resp.content, boundary) if resp.status_code == 200 and boundary else []
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:  # UnicodeDecodeError among them
             parts = []
         if len(parts) != len(reads):
             log.info("%s: the read $batch was answered HTTP %s with %d of %d parts; reading one by one",
@@ -1005,10 +1005,10 @@ class DataverseClient(_HttpCore):
                 raise error_from_response("POST", url, resp)
             raise self._unreadable(url, resp.status_code, f"not a $batch answer ({ctype or 'no content type'})")
         try:
-            text = resp.content.decode("utf-8")
+            resp.content.decode("utf-8")
         except UnicodeDecodeError:
             raise self._unreadable(url, resp.status_code, "the body is not UTF-8 text") from None
-        parts = parse_multipart(text, boundary)
+        parts = parse_multipart(resp.content, boundary)
         if not parts:
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
