@@ -154,3 +154,39 @@ def test_a_lost_answer_to_switching_a_flow_on_is_sent_once_more(emulator: Any, m
                 and any("workflows(" in p.path for p in e.parts)]
     assert len(switches) == 2 and switches[0].fault == "drop"
     assert emulator.store.workflow(SYNC)["statecode"] == 1
+
+
+def test_the_flows_of_a_pass_are_switched_on_in_one_batch_and_one_refusal_stops_none_of_the_others(
+        emulator: Any, make_session: Any) -> None:
+    """Two more flows of the solution are off; the connection of one is deleted between plan and apply, so
+    the platform refuses that one (docs/dataverse.md §5.3). The three switch-ons travel in one ``$batch``,
+    each in a part of its own outside any change set: the refusal is that flow's verdict alone."""
+    svc = emulator.store.user(Sample.SVC_USER_ID)
+    sol = emulator.store.solution(Sample.SOLUTION)
+    with emulator.store.lock:
+        factory.add_flow(emulator.store.data, "Outlook digest", [(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK)],
+                         owner=svc, active=False, solution=sol)
+        factory.add_flow(emulator.store.data, "SharePoint sync", [(Sample.REF_SP_NAME, Sample.SP)],
+                         owner=svc, active=False, solution=sol)
+    session, cfg = make_session(120)
+    env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    assert sorted(op.logical_name for op in env_plan.activations) == ["Dataverse sync", "Outlook digest",
+                                                                      "SharePoint sync"]
+    with emulator.store.lock:
+        emulator.store.data["connections"].remove(emulator.store.connection(Sample.CONN_OUTLOOK_SVC))
+    emulator.app.log.clear()
+    clock = Clock(lambda: workflows.run_due_updates(emulator.store, time.time() + 7200))
+    with pytest.raises(ApplyError) as info:
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan,
+                          flows=FlowWatch(session.reader.dataverse, 120, None, clock.sleep, clock.clock))
+    result = info.value.results
+    assert isinstance(result, ApplyResult)
+    outcomes = {f.name: f for f in result.flows if f.outcome != "updated"}
+    assert {n: o.outcome for n, o in outcomes.items()} == {
+        "Dataverse sync": "switched_on", "Outlook digest": "not_switched_on", "SharePoint sync": "switched_on"}
+    assert "cannot be used to activate this flow" in outcomes["Outlook digest"].reason
+    switches = [e for e in emulator.app.log if e.path.endswith("/$batch")
+                and any("workflows(" in p.path for p in e.parts)]
+    assert len(switches) == 1 and sorted(p.status for p in switches[0].parts) == [204, 204, 403]
+    states = {w["name"]: w["statecode"] for w in emulator.store.data["workflows"]}
+    assert (states["Dataverse sync"], states["Outlook digest"], states["SharePoint sync"]) == (1, 0, 1)

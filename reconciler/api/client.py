@@ -983,12 +983,57 @@ class DataverseClient(_HttpCore):
         batch_id = f"batch_{uuid.uuid4()}"
         changeset_id = f"changeset_{uuid.uuid4()}"
         body = self._batch_body(operations, batch_id, changeset_id)
-        headers = {"Content-Type": f'multipart/mixed; boundary="{batch_id}"'}
+        parts, url, status = self._post_writes(body, batch_id, caller_object_id, {}, "the change set")
+        return self._map_batch(operations, parts, url, status)
+
+    def execute_each(
+        self, operations: Sequence[BatchOperation], *, caller_object_id: str | None = None
+    ) -> list[OperationResult]:
+        """Send at most 1000 INDEPENDENT writes in one ``$batch`` request, outside any change set and with
+        ``Prefer: odata.continue-on-error``: each is committed or refused on its own and answered in its own
+        part (docs/dataverse.md §3.7), so one refusal neither rolls back nor hides the others. The result has
+        one entry per operation, ``written`` or ``failed``, matched by ``Content-ID``. For writes whose order
+        among themselves does not matter and that may each be sent again (switching flows on). An answer
+        that is lost or cannot be read raises ``OutcomeUnknownError``: any of them may have been committed."""
+        if not operations:
+            return []
+        if len(operations) > MAX_BATCH_OPERATIONS:
+            raise ValueError(
+                f"a $batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}"
+            )
+        batch_id = f"batch_{uuid.uuid4()}"
+        body = self._batch_body(operations, batch_id, None)
+        parts, url, status = self._post_writes(body, batch_id, caller_object_id,
+                                               {"Prefer": "odata.continue-on-error"}, "any of its writes")
+        if len(parts) != len(operations):
+            raise self._unreadable(url, status, f"{len(parts)} response parts for {len(operations)} operations",
+                                   what="any of its writes")
+        # The answers come in the order of the requests (docs/dataverse.md §3.7); the Content-ID, when every
+        # part echoes it, says the same thing more surely.
+        by_id = {p.headers.get("content-id"): p for p in parts}
+        numbered = all(str(n) in by_id for n in range(1, len(operations) + 1))
+        results: list[OperationResult] = []
+        for n, op in enumerate(operations, start=1):
+            part = by_id[str(n)] if numbered else parts[n - 1]
+            if part.status >= 400:
+                error = self._part_error(operations, n - 1, part, url)
+                results.append(OperationResult(op, "failed", status=part.status, error=error, reason=str(error)))
+            else:
+                results.append(OperationResult(op, "written", status=part.status,
+                                               entity_id=entity_id_from_headers(part.response_headers),
+                                               body=_json_or_none(part.body)))
+        return results
+
+    def _post_writes(self, body: bytes, batch_id: str, caller_object_id: str | None,
+                     extra: Mapping[str, str], what: str) -> tuple[list[MultipartPart], str, int]:
+        """POST a ``$batch`` of writes and split its answer into parts; ``what`` names what may have been
+        committed when the answer is lost or unreadable (``OutcomeUnknownError``)."""
+        headers = {"Content-Type": f'multipart/mixed; boundary="{batch_id}"', **extra}
         impersonate = caller_object_id or self.caller_object_id
         if impersonate:
             headers["CallerObjectId"] = impersonate
         url = self.url("$batch")
-        # A change set may have been committed whatever became of its answer: never resent here.
+        # Writes may have been committed whatever became of their answer: never resent here.
         resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False, repeatable=False)
         resp.read()
         ctype = resp.headers.get("Content-Type", "")
@@ -996,30 +1041,31 @@ class DataverseClient(_HttpCore):
         if boundary is None:
             if resp.status_code in OUTCOME_UNKNOWN_STATUSES:
                 # Not the service's own $batch answer (that is multipart): a gateway's or a layer's that
-                # cannot say whether the change set was committed.
+                # cannot say whether the writes were committed.
                 error = error_from_response("POST", url, resp)
-                raise OutcomeUnknownError(f"{error}; the change set may have been committed",
+                raise OutcomeUnknownError(f"{error}; {what} may have been committed",
                                           why=f"HTTP {resp.status_code} without the $batch answer",
                                           status=resp.status_code, method="POST", url=url)
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
-            raise self._unreadable(url, resp.status_code, f"not a $batch answer ({ctype or 'no content type'})")
+            raise self._unreadable(url, resp.status_code, f"not a $batch answer ({ctype or 'no content type'})",
+                                   what=what)
         try:
             resp.content.decode("utf-8")
         except UnicodeDecodeError:
-            raise self._unreadable(url, resp.status_code, "the body is not UTF-8 text") from None
+            raise self._unreadable(url, resp.status_code, "the body is not UTF-8 text", what=what) from None
         parts = parse_multipart(resp.content, boundary)
         if not parts:
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
-            raise self._unreadable(url, resp.status_code, "no response part could be read")
-        return self._map_batch(operations, parts, url, resp.status_code)
+            raise self._unreadable(url, resp.status_code, "no response part could be read", what=what)
+        return parts, url, resp.status_code
 
     @staticmethod
-    def _unreadable(url: str, status: int, problem: str) -> OutcomeUnknownError:
+    def _unreadable(url: str, status: int, problem: str, *, what: str = "the change set") -> OutcomeUnknownError:
         """A $batch answered 2xx (or a multipart error) that cannot be read: it may have been committed."""
         return OutcomeUnknownError(
-            f"POST {url}: HTTP {status}: connref cannot read this $batch answer ({problem}); the change set "
+            f"POST {url}: HTTP {status}: connref cannot read this $batch answer ({problem}); {what} "
             "may have been committed", why=f"HTTP {status} with an answer connref cannot read ({problem})",
             status=status, method="POST", url=url)
 
@@ -1063,12 +1109,14 @@ class DataverseClient(_HttpCore):
                 out.append((part.status, _json_or_none(part.body)))
         return out
 
-    def _batch_body(self, operations: Sequence[BatchOperation], batch_id: str, changeset_id: str) -> bytes:
+    def _batch_body(self, operations: Sequence[BatchOperation], batch_id: str, changeset_id: str | None) -> bytes:
+        """The body of a write ``$batch``: the operations as one change set, or (``changeset_id`` None) each
+        as a part of its own."""
         crlf = "\r\n"
-        out = [f"--{batch_id}", f'Content-Type: multipart/mixed; boundary="{changeset_id}"', ""]
+        out = [f"--{batch_id}", f'Content-Type: multipart/mixed; boundary="{changeset_id}"', ""] if changeset_id else []
         for n, op in enumerate(operations, start=1):
             out += [
-                f"--{changeset_id}",
+                f"--{changeset_id or batch_id}",
                 "Content-Type: application/http",
                 "Content-Transfer-Encoding: binary",
                 f"Content-ID: {n}",
@@ -1080,7 +1128,7 @@ class DataverseClient(_HttpCore):
             out += [f"{k}: {v}" for k, v in op.headers.items()]
             out.append("")
             out.append(json.dumps(op.body) if op.body is not None else "")
-        out += [f"--{changeset_id}--", "", f"--{batch_id}--", ""]
+        out += [f"--{changeset_id}--", "", f"--{batch_id}--", ""] if changeset_id else [f"--{batch_id}--", ""]
         return crlf.join(out).encode("utf-8")
 
     def _map_batch(

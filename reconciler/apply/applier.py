@@ -355,9 +355,14 @@ def _failure_reason(op: Op, error: ApiError | None, fallback: str) -> str:
 
 
 class BatchWriter(Protocol):
-    """What the applier writes through: one atomic ``$batch`` change set per call."""
+    """What the applier writes through: one atomic ``$batch`` change set per call (``execute_batch``), or
+    independent writes in one ``$batch``, each committed or refused on its own (``execute_each``)."""
 
     def execute_batch(
+        self, operations: Sequence[BatchOperation], *, caller_object_id: str | None = None
+    ) -> list[OperationResult]: ...
+
+    def execute_each(
         self, operations: Sequence[BatchOperation], *, caller_object_id: str | None = None
     ) -> list[OperationResult]: ...
 
@@ -648,28 +653,37 @@ def _not_attempted(op: ActivateFlow, refs_ok: bool, failed_update: set[str], una
     return None
 
 
-def _send_switch(writer: BatchWriter, op: ActivateFlow, caller_object_id: str | None) -> OperationResult:
-    """Switch one flow on. Sending it again changes nothing once it is on (the same state, ``If-Match: *``),
-    so a lost answer is sent once more rather than left unknown; the read-back after the passes checks it."""
-    request = _activate(op)
+#: Flows switched on per ``$batch``. Dataverse runs a batch's requests one after the other and a request
+#: must finish within its time limit; switching a flow on registers its triggers with the flow service,
+#: which takes time of its own (docs/dataverse.md §5.3): a small batch stays far inside the limit while
+#: ten flows cost one round trip instead of ten.
+FLOWS_PER_SWITCH_BATCH = 10
+
+
+def _send_switches(writer: BatchWriter, ops: Sequence[ActivateFlow],
+                   caller_object_id: str | None) -> list[OperationResult]:
+    """Switch flows on, each in its own part of one ``$batch`` (one refusal stops none of the others).
+    Sending it again changes nothing once a flow is on (the same state, ``If-Match: *``), so a lost answer
+    is sent once more rather than left unknown; the read-back after the passes checks it."""
+    requests = [_activate(op) for op in ops]
     lost: OutcomeUnknownError | None = None
     for _ in range(2):
         try:
-            (r,) = writer.execute_batch([request], caller_object_id=caller_object_id)
-            return r
+            return writer.execute_each(requests, caller_object_id=caller_object_id)
         except OutcomeUnknownError as exc:
             lost = exc
-        except ApiError as exc:
-            return OperationResult(request, "failed", status=exc.status, error=exc, reason=str(exc))
+        except ApiError as exc:  # the batch as a whole was refused: none of them was switched on
+            return [OperationResult(r, "failed", status=exc.status, error=exc, reason=str(exc)) for r in requests]
     assert lost is not None
-    return OperationResult(request, "failed", status=lost.status, error=lost,
-                           reason=f"{lost.why}, twice: check the flow, then plan again")
+    return [OperationResult(r, "failed", status=lost.status, error=lost,
+                            reason=f"{lost.why}, twice: check the flow, then plan again") for r in requests]
 
 
 def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list[ActivateFlow],
                caller_object_id: str | None, updates: list[FlowOutcome],
                refs_ok: bool) -> tuple[list[OpResult], list[FlowOutcome]]:
-    """Switch the flows on, pass by pass (children first), one request each, as the writer; then read them
+    """Switch the flows on, pass by pass (children first), up to ``FLOWS_PER_SWITCH_BATCH`` in one ``$batch``
+    (each with its own verdict), as the writer; then read them
     back (through ``reader``, when given). A flow is not attempted when the references were not all written,
     its update failed, or a child of it was not switched on."""
     failed_update = {u.flow_id for u in updates if u.failing}
@@ -677,23 +691,32 @@ def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list
     outcomes: dict[str, FlowOutcome] = {}
     unavailable: set[str] = set(failed_update)
     for number in sorted({a.pass_number for a in activations}):
-        for op in [a for a in activations if a.pass_number == number]:
+        in_pass = [a for a in activations if a.pass_number == number]
+        ready: list[ActivateFlow] = []
+        done: dict[int, OpResult] = {}  # by the flow's place in the pass, so results keep the plan's order
+        for i, op in enumerate(in_pass):
             fid = op.flow_id.lower()
             why = _not_attempted(op, refs_ok, failed_update, unavailable)
             if why is not None:
                 unavailable.add(fid)
-                results.append(OpResult(op, "not_written", why))
+                done[i] = OpResult(op, "not_written", why)
                 outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_attempted", why)
-                continue
-            r = _send_switch(writer, op, caller_object_id)
-            result = _op_result(op, r)
-            results.append(result)
-            if result.outcome == "written":
-                outcomes[fid] = FlowOutcome(fid, op.logical_name, "switched_on")
             else:
-                unavailable.add(fid)
-                outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_switched_on",
-                                            result.reason or "the platform refused to switch it on")
+                ready.append(op)
+        place = {id(op): i for i, op in enumerate(in_pass)}
+        # A pass's flows do not run one another (children are in earlier passes): any order, batched.
+        for start in range(0, len(ready), FLOWS_PER_SWITCH_BATCH):
+            batch = ready[start:start + FLOWS_PER_SWITCH_BATCH]
+            for op, r in zip(batch, _send_switches(writer, batch, caller_object_id), strict=True):
+                fid = op.flow_id.lower()
+                result = done[place[id(op)]] = _op_result(op, r)
+                if result.outcome == "written":
+                    outcomes[fid] = FlowOutcome(fid, op.logical_name, "switched_on")
+                else:
+                    unavailable.add(fid)
+                    outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_switched_on",
+                                                result.reason or "the platform refused to switch it on")
+        results.extend(done[i] for i in range(len(in_pass)))
     switched = [fid for fid, o in outcomes.items() if o.outcome == "switched_on"]
     if switched and reader is not None:
         state: dict[str, Any] = {}

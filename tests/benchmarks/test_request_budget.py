@@ -26,7 +26,7 @@ from builders import EmulatorTokens, sample_config
 from reconciler import cli
 from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.api.session import open_environment
-from reconciler.apply.applier import apply_environment
+from reconciler.apply.applier import FLOWS_PER_SWITCH_BATCH, apply_environment
 from reconciler.domain.model import Config, DesiredReference, connector_id
 from reconciler.emulator import factory
 from reconciler.emulator.app import EmulatorApp
@@ -276,12 +276,13 @@ def downstream_requests(emulator: Any, config: Config) -> tuple[int, int, int]:
     return planned, len(emulator.app.log), len(env_plan.activations)
 
 
-def test_a_managed_environment_costs_two_batched_reads_per_1000_references_and_one_write_per_flow(
+def test_a_managed_environment_costs_two_batched_reads_per_1000_references_and_one_write_per_ten_flows(
         emulator: Any) -> None:
     """Downstream, planning adds to the fixed reads one ``$batch`` of layer queries and one of
     ``RetrieveDependenciesForDelete`` per 1000 references; applying binds them in ceil(N/1000) change sets,
-    reads the flows' system jobs before and after (one query per 50 flows), switches each flow on with one
-    request (so each gets its own verdict) and reads them back (one query per 50)."""
+    reads the flows' system jobs before and after (one query per 50 flows), switches the flows on ten to a
+    ``$batch``, each in a part of its own outside any change set (so each gets its own verdict), and reads
+    them back (one query per 50)."""
     n, f = 1200, 60
     planned, applied, activations = downstream_requests(emulator, managed_downstream(emulator, n, f))
     assert activations == f
@@ -289,6 +290,14 @@ def test_a_managed_environment_costs_two_batched_reads_per_1000_references_and_o
     # second with the users), the shares of the one connection they are bound to, then the two batches.
     assert planned == 3 + 1 + 2 * math.ceil(n / 1000) == 8
     jobs = math.ceil(f / 50)
-    assert applied == math.ceil(n / 1000) + jobs + jobs + f + jobs == 68
-    bound = [e for e in emulator.app.log if e.path.endswith("/$batch") and e.batch_count and e.batch_count > 1]
+    switches = math.ceil(f / FLOWS_PER_SWITCH_BATCH)
+    assert applied == math.ceil(n / 1000) + jobs + jobs + switches + jobs == 14
+    batches = [e for e in emulator.app.log if e.path.endswith("/$batch")]
+    bound = [e for e in batches if not any("workflows(" in p.path for p in e.parts)]
     assert [e.batch_count for e in bound] == [1000, 200]
+    switched = [e for e in batches if any("workflows(" in p.path for p in e.parts)]
+    assert [e.batch_count for e in switched] == [FLOWS_PER_SWITCH_BATCH] * switches
+    # Every flow once, each part answered on its own (no change set: one refusal would not undo the others).
+    paths = [p.path for e in switched for p in e.parts]
+    assert len(set(paths)) == f and all(p.status < 300 for e in switched for p in e.parts)
+    assert all(w["statecode"] == 1 for w in emulator.store.data["workflows"] if w["name"].startswith("Flow "))

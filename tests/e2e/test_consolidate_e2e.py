@@ -119,7 +119,8 @@ def consolidating(served: Served) -> Served:
     return served
 
 
-WRITES = 8  # one $batch of reference changes; off and edit for each of two flows; on for each; the deletion
+WRITES = 7  # one $batch of reference changes; off and edit for each of two flows; on for both in one $batch;
+# the deletion
 # Every write whose answer is lost is settled: a reference write or a move is read back, a switch-on sent once
 # more (the same state changes nothing).
 READ_BACK = set(range(1, WRITES + 1))
