@@ -660,13 +660,12 @@ def read_environment(
     # reads them wherever they are).
     declared = ({name.lower() for name in config.references} | {name.lower() for name in managed}
                 | set(config.replacements))
-    references = tuple(
-        reference_from_row(row, str(row["connectionreferenceid"]).lower() in members_ids)
-        for row in ref_rows
-        if all_references
-        or str(row["connectionreferenceid"]).lower() in members_ids
-        or str(row.get("connectionreferencelogicalname") or "").lower() in declared
-    )
+    chosen: list[LiveReference] = []
+    for row in ref_rows:
+        member = str(row["connectionreferenceid"]).lower() in members_ids
+        if member or all_references or str(row.get("connectionreferencelogicalname") or "").lower() in declared:
+            chosen.append(reference_from_row(row, member))
+    references = tuple(chosen)
 
     impersonating = bool(service_account) and rules.acts_as_other(seen.caller, seen.writer)
     # When the service cannot say whether the caller may impersonate, leave it to the apply: the

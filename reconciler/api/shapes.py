@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.domain.patterns import is_guid
+from reconciler.domain.patterns import GUID, is_guid
 
 #: Largest answer read, whatever its Content-Length says: a page of 5000 flows with their
 #: ``clientdata`` stays far below it; a body that never ends stops here.
@@ -253,7 +253,7 @@ def _fits(value: Any, shape: Shape) -> bool:
         if exact is None or type(item) is not exact:
             return False
         item = value[name]  # as Any again: the type test above narrows it to ``object`` for mypy
-        if guid and not is_guid(item):
+        if guid and _guid_match(item) is None:
             return False
         if nested is not None:
             if exact is dict:
@@ -265,6 +265,9 @@ def _fits(value: Any, shape: Shape) -> bool:
 
 
 _ABSENT = object()
+# ``is_guid`` without its call (a non-empty string here): the quick test makes it for several columns of
+# every row.
+_guid_match = GUID.fullmatch
 
 
 def check(value: Any, shape: Shape, path: str = "") -> None:
@@ -310,9 +313,11 @@ def check_collection(doc: Any, row: Shape | None, selected: Sequence[str] = (),
     rows = doc["value"]
     if not isinstance(rows, list):
         raise ShapeProblem(f"value: expected a list of rows, got {describe(rows)}")
+    wanted = frozenset(selected)
     for i, r in enumerate(rows):
         # The quick test first: a message (and the row's place in it) is made only for a row that fails.
-        if (_fits(r, row) if row is not None else type(r) is dict) and all(c in r for c in selected):
+        # (``keys() >= wanted``: every selected column there, tested at C speed.)
+        if (_fits(r, row) if row is not None else type(r) is dict) and r.keys() >= wanted:
             continue
         where = f"value[{i}]"
         if row is not None:

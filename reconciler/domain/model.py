@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -23,8 +23,10 @@ def connector_id(name_or_id: str) -> str:
     return CONNECTOR_PREFIX + name_or_id
 
 
+@lru_cache(maxsize=1024)
 def connector_name(name_or_id: str) -> str:
-    """The last path segment of a connector id (``shared_sharepointonline``), lower-cased for comparison."""
+    """The last path segment of a connector id (``shared_sharepointonline``), lower-cased for comparison.
+    Remembered: an environment names a handful of connectors, asked for once or twice per reference."""
     return name_or_id.rstrip("/").rsplit("/", 1)[-1].lower()
 
 

@@ -244,11 +244,13 @@ class Difference:
 def differences(expected: Mapping[str, str | None], actual: Mapping[str, str | None]) -> list[Difference]:
     """The fields of ``expected`` whose value differs from ``actual``'s once normalised, in
     ``expected``'s order. A field ``expected`` leaves out is not compared."""
-    return [
-        Difference(f, value, actual.get(f))
-        for f, value in expected.items()
-        if not same(f, value, actual.get(f))
-    ]
+    out: list[Difference] = []
+    for f, value in expected.items():
+        found = actual.get(f)
+        # The same value as given is the same once normalised: most fields of most references are unchanged.
+        if found != value and not same(f, value, found):
+            out.append(Difference(f, value, found))
+    return out
 
 
 # --------------------------------------------------------------------------- principals

@@ -290,6 +290,9 @@ class _EnvPlanner:
         self.judged: dict[tuple[Binding, str, bool], LiveConnection] = {}
         self.mode = rules.environment_mode(live.solution)
         self.managed_env = self.mode == rules.MANAGED
+        # The same for every reference: worked out once.
+        self.service_owner = (self.owner_info(self.writer.systemuserid)
+                              if env.service_account and self.writer is not None else None)
 
     def warn(self, code: str, ref: str | None, message: str, fix: str) -> None:
         self.warnings.append(problem(code, message, fix, environment=self.env.name, subject=ref).line())
@@ -380,9 +383,7 @@ class _EnvPlanner:
 
     def new_owner(self) -> OwnerInfo | None:
         """The owner every managed reference gets: the service account, when one is configured."""
-        if not self.env.service_account or self.writer is None:
-            return None
-        return self.owner_info(self.writer.systemuserid)
+        return self.service_owner
 
     def create(self, desired: DesiredReference, target: LiveConnection | None) -> CreateReference:
         owner = self.new_owner()
@@ -431,26 +432,13 @@ class _EnvPlanner:
             )
             return []
 
-        old_owner = self.owner_info(ref.owner_id)
         common: dict[str, Any] = {
             "environment": self.env.name,
             "logical_name": name,
             "reference_id": ref.id,
             "etag": ref.etag,
         }
-        ops: list[Op] = []
-        if not ref.in_solution:
-            before = _before(ref, old_owner)
-            ops.append(
-                AddToSolution(
-                    **common,
-                    reason=f"declared in the config and found in environment {self.env.name} outside "
-                    f"solution {self.config.solution}",
-                    before=before,
-                    after={**before, "in_solution": True},
-                    solution=self.config.solution,
-                )
-            )
+        ops: list[Op] = [] if ref.in_solution else [self.add_to_solution(ref, common)]
 
         # Unbound in the config: the live binding is left alone (it may be set by hand or by another tool).
         # Without a service account the owner is left alone too.
@@ -469,7 +457,10 @@ class _EnvPlanner:
         changes: list[FieldChange] = []
         reasons: list[str] = []
         old_conn = new_conn = None
-        for d in rules.differences(expected, actual):
+        found = rules.differences(expected, actual)
+        # Needed only when the reference changes (most references do not).
+        old_owner = self.owner_info(ref.owner_id) if found else None
+        for d in found:
             if d.field == "connection" and target is not None:  # in ``expected`` only with a target
                 live_old = self.live.connection(ref.connection) if ref.connection else None
                 if live_old is not None:
@@ -513,6 +504,17 @@ class _EnvPlanner:
                 )
             )
         return ops
+
+    def add_to_solution(self, ref: LiveReference, common: Mapping[str, Any]) -> AddToSolution:
+        before = _before(ref, self.owner_info(ref.owner_id))
+        return AddToSolution(
+            **common,
+            reason=f"declared in the config and found in environment {self.env.name} outside "
+            f"solution {self.config.solution}",
+            before=before,
+            after={**before, "in_solution": True},
+            solution=self.config.solution,
+        )
 
     def report_managed(self, desired: DesiredReference, ref: LiveReference) -> None:
         """A managed reference: its display name and description come with the solution (a difference is
