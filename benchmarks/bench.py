@@ -10,7 +10,9 @@ How each figure is taken:
   time (from ``os.wait4``), peak RSS its own high-water mark (``VmHWM``, written by a small wrapper at
   exit: ``ru_maxrss`` would also count the benchmark process it was forked from). Each plan runs three
   times and the fastest run is shown (the one least disturbed by whatever else the machine runs); an
-  apply runs once.
+  apply runs once. The two sides of each "20 environments vs 1" ratio are planned by turns, four times
+  each, the fastest of each kept: a shared host's speed drifts by tens of per cent within minutes, and
+  runs taken minutes apart would measure the drift as much as connref.
 - The emulator (in this process, over loopback https with a throw-away CA, so MSAL talks to its
   token endpoint for real) logs when it received and answered each request. ``requests`` counts
   them. ``depth`` is the critical path of round trips: the longest chain of requests in which each
@@ -364,6 +366,28 @@ class Bench:
         self.runs.append(best)
         return best
 
+    def plan_pair(self, n: int, envs: int, repeat: int = 4) -> tuple[Run, Run]:
+        """One environment and ``envs`` environments of ``n`` references each, planned by turns (one, many,
+        one, many...) and the fastest of ``repeat`` kept for each: the two sides of a ratio measured at the
+        same moments, so a machine whose speed drifts during the run (a shared host's does, by tens of per
+        cent) moves both alike."""
+        one_folder, one_apps, one_servers = self.workspace(f"plan-{n}-1", n, 1, stale=min(10, n))
+        many_folder, many_apps, many_servers = self.workspace(f"plan-{n}-{envs}", n, envs, stale=min(10, n))
+        argv = ["-m", "reconciler", "-c", "connref.yaml", "plan"]
+        ones: list[Run] = []
+        manys: list[Run] = []
+        try:
+            for _ in range(repeat):
+                ones.append(self.child(f"plan {n:,} refs x 1 env", argv, one_apps, refs=n, envs=1, cwd=one_folder))
+                manys.append(self.child(f"plan {n:,} refs x {envs} env", argv, many_apps, refs=n, envs=envs,
+                                        cwd=many_folder))
+        finally:
+            one_servers.shutdown()
+            many_servers.shutdown()
+        best = (min(ones, key=lambda r: r.wall), min(manys, key=lambda r: r.wall))
+        self.runs.extend(best)
+        return best
+
     def apply(self, n: int) -> tuple[Run, Run]:
         folder, apps, servers = self.workspace(f"apply-{n}", n, 1, stale=0, display="New ", data_display="Old ")
         try:
@@ -494,13 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         many: dict[int, Run] = {}
         applied: dict[int, tuple[Run, Run]] = {}
         for n in sizes:
-            single[n] = bench.plan(n, 1)
-            print(f"  measured {single[n].name}: {single[n].wall:.2f}s", file=sys.stderr, flush=True)
-        for n in multi:
-            if n not in single:
+            if n not in multi:
                 single[n] = bench.plan(n, 1)
-            many[n] = bench.plan(n, args.envs)
-            print(f"  measured {many[n].name}: {many[n].wall:.2f}s", file=sys.stderr, flush=True)
+                print(f"  measured {single[n].name}: {single[n].wall:.2f}s", file=sys.stderr, flush=True)
+        for n in multi:  # each with its one-environment run, by turns (``plan_pair``)
+            single[n], many[n] = bench.plan_pair(n, args.envs)
+            print(f"  measured {single[n].name} and {many[n].name}: {single[n].wall:.2f}s, {many[n].wall:.2f}s",
+                  file=sys.stderr, flush=True)
         for n in apply_sizes:
             applied[n] = bench.apply(n)
             print(f"  measured {applied[n][0].name} and its baseline: {applied[n][1].wall:.2f}s",
