@@ -683,9 +683,9 @@ def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list
                caller_object_id: str | None, updates: list[FlowOutcome],
                refs_ok: bool) -> tuple[list[OpResult], list[FlowOutcome]]:
     """Switch the flows on, pass by pass (children first), up to ``FLOWS_PER_SWITCH_BATCH`` in one ``$batch``
-    (each with its own verdict), as the writer; then read them
-    back (through ``reader``, when given). A flow is not attempted when the references were not all written,
-    its update failed, or a child of it was not switched on."""
+    (each with its own verdict), as the writer; then read them back (through ``reader``, when given). A flow
+    is not attempted when the references were not all written, its update failed, or a child of it was not
+    switched on."""
     failed_update = {u.flow_id for u in updates if u.failing}
     results: list[OpResult] = []
     outcomes: dict[str, FlowOutcome] = {}
