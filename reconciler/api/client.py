@@ -976,14 +976,7 @@ class DataverseClient(_HttpCore):
         """
         if not operations:
             return []
-        if len(operations) > MAX_BATCH_OPERATIONS:
-            raise ValueError(
-                f"a $batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}"
-            )
-        batch_id = f"batch_{uuid.uuid4()}"
-        changeset_id = f"changeset_{uuid.uuid4()}"
-        body = self._batch_body(operations, batch_id, changeset_id)
-        parts, url, status = self._post_writes(body, batch_id, caller_object_id, {}, "the change set")
+        parts, url, status = self._post_writes(operations, caller_object_id, atomic=True)
         return self._map_batch(operations, parts, url, status)
 
     def execute_each(
@@ -997,14 +990,7 @@ class DataverseClient(_HttpCore):
         that is lost or cannot be read raises ``OutcomeUnknownError``: any of them may have been committed."""
         if not operations:
             return []
-        if len(operations) > MAX_BATCH_OPERATIONS:
-            raise ValueError(
-                f"a $batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}"
-            )
-        batch_id = f"batch_{uuid.uuid4()}"
-        body = self._batch_body(operations, batch_id, None)
-        parts, url, status = self._post_writes(body, batch_id, caller_object_id,
-                                               {"Prefer": "odata.continue-on-error"}, "any of its writes")
+        parts, url, status = self._post_writes(operations, caller_object_id, atomic=False)
         if len(parts) != len(operations):
             raise self._unreadable(url, status, f"{len(parts)} response parts for {len(operations)} operations",
                                    what="any of its writes")
@@ -1024,11 +1010,21 @@ class DataverseClient(_HttpCore):
                                                body=_json_or_none(part.body)))
         return results
 
-    def _post_writes(self, body: bytes, batch_id: str, caller_object_id: str | None,
-                     extra: Mapping[str, str], what: str) -> tuple[list[MultipartPart], str, int]:
-        """POST a ``$batch`` of writes and split its answer into parts; ``what`` names what may have been
-        committed when the answer is lost or unreadable (``OutcomeUnknownError``)."""
-        headers = {"Content-Type": f'multipart/mixed; boundary="{batch_id}"', **extra}
+    def _post_writes(self, operations: Sequence[BatchOperation], caller_object_id: str | None, *,
+                     atomic: bool) -> tuple[list[MultipartPart], str, int]:
+        """POST ``operations`` as one ``$batch``, as one change set (``atomic``) or each in a part of its own
+        with ``Prefer: odata.continue-on-error``, and split its answer into parts. A lost or unreadable
+        answer raises ``OutcomeUnknownError``."""
+        if len(operations) > MAX_BATCH_OPERATIONS:
+            raise ValueError(
+                f"a $batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}"
+            )
+        batch_id = f"batch_{uuid.uuid4()}"
+        body = self._batch_body(operations, batch_id, f"changeset_{uuid.uuid4()}" if atomic else None)
+        headers = {"Content-Type": f'multipart/mixed; boundary="{batch_id}"'}
+        if not atomic:
+            headers["Prefer"] = "odata.continue-on-error"
+        what = "the change set" if atomic else "any of its writes"
         impersonate = caller_object_id or self.caller_object_id
         if impersonate:
             headers["CallerObjectId"] = impersonate
