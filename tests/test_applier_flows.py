@@ -190,3 +190,33 @@ def test_the_flows_of_a_pass_are_switched_on_in_one_batch_and_one_refusal_stops_
     assert len(switches) == 1 and sorted(p.status for p in switches[0].parts) == [204, 204, 403]
     states = {w["name"]: w["statecode"] for w in emulator.store.data["workflows"]}
     assert (states["Dataverse sync"], states["Outlook digest"], states["SharePoint sync"]) == (1, 0, 1)
+
+
+def test_a_switch_on_batch_whose_answer_is_cut_short_is_sent_once_more(emulator: Any, make_session: Any) -> None:
+    """The emulator switches the three flows on and answers half of its ``$batch`` answer: connref cannot tell
+    which were switched on, sends the same batch again (switching on twice changes nothing) and reads them
+    back on."""
+    svc = emulator.store.user(Sample.SVC_USER_ID)
+    sol = emulator.store.solution(Sample.SOLUTION)
+    with emulator.store.lock:
+        for name, ref, api in (("Outlook digest", Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK),
+                               ("SharePoint sync", Sample.REF_SP_NAME, Sample.SP)):
+            factory.add_flow(emulator.store.data, name, [(ref, api)], owner=svc, active=False, solution=sol)
+    session, cfg = make_session(120)
+    env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    assert len(env_plan.activations) == 3
+    # The first $batch binds the reference; the second switches the flows on.
+    emulator.app.faults.add("malformed", "/api/data/v9.2/$batch", methods=["POST"], shape="truncated", times=1,
+                            after=1)
+    emulator.app.log.clear()
+    clock = Clock(lambda: workflows.run_due_updates(emulator.store, time.time() + 7200))
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), env_plan,
+                               flows=FlowWatch(session.reader.dataverse, 120, None, clock.sleep, clock.clock))
+    assert result.ok
+    assert sorted((f.name, f.outcome) for f in result.flows if f.outcome != "updated") == [
+        ("Dataverse sync", "switched_on"), ("Outlook digest", "switched_on"), ("SharePoint sync", "switched_on")]
+    switches = [e for e in emulator.app.log if e.path.endswith("/$batch")
+                and any("workflows(" in p.path for p in e.parts)]
+    assert [(e.fault, e.batch_count) for e in switches] == [("malformed", 3), (None, 3)]
+    assert all(w["statecode"] == 1 for w in emulator.store.data["workflows"]
+               if w["name"] in ("Dataverse sync", "Outlook digest", "SharePoint sync"))
