@@ -156,11 +156,14 @@ def test_a_lost_answer_to_switching_a_flow_on_is_sent_once_more(emulator: Any, m
     assert emulator.store.workflow(SYNC)["statecode"] == 1
 
 
+@pytest.mark.parametrize("content_ids", ["echo", "omit"])
 def test_the_flows_of_a_pass_are_switched_on_in_one_batch_and_one_refusal_stops_none_of_the_others(
-        emulator: Any, make_session: Any) -> None:
+        emulator: Any, make_session: Any, content_ids: str) -> None:
     """Two more flows of the solution are off; the connection of one is deleted between plan and apply, so
     the platform refuses that one (docs/dataverse.md §5.3). The three switch-ons travel in one ``$batch``,
-    each in a part of its own outside any change set: the refusal is that flow's verdict alone."""
+    each in a part of its own outside any change set: the refusal is that flow's verdict alone, whether the
+    answer names each part's request (``Content-ID``) or only answers in order (docs/dataverse.md §3.7)."""
+    emulator.app.settings["batch_content_id_outside_changesets"] = content_ids
     svc = emulator.store.user(Sample.SVC_USER_ID)
     sol = emulator.store.solution(Sample.SOLUTION)
     with emulator.store.lock:

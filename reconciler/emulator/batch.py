@@ -11,7 +11,9 @@ Follows powerapps-docs ``developer/data-platform/webapi/execute-batch-operations
 * without ``Prefer: odata.continue-on-error`` the batch stops at the first failure and the overall
   status is that failure's status; with it, the batch answers 200 and every part carries its own status;
 * the answer is a ``batchresponse_<guid>`` envelope, change sets nested as ``changesetresponse_<guid>``,
-  ``Content-ID`` echoed, ``Location`` and ``OData-EntityId`` on creates.
+  ``Content-ID`` echoed (outside a change set only with the setting ``batch_content_id_outside_changesets``
+  ``echo``, the default; UNCONFIRMED), ``Location`` and ``OData-EntityId`` on creates; the answers in the
+  order of the requests.
 
 Headers of the outer request that identify the caller (``Authorization``, ``CallerObjectId``,
 ``MSCRMCallerID``) apply to every inner request unless the part carries its own.
@@ -287,11 +289,12 @@ def handle(ctx: Ctx) -> Response:
         if response.status < 400 and part.method != "GET":
             ctx.request.state["dirty"] = True
 
+    echo_outside = ctx.setting("batch_content_id_outside_changesets") != "omit"
     for item in items:
         if isinstance(item, Part):
             response = _execute(ctx, item, {})
             note(item, response)
-            out.append(_part_block(boundary, response, item.content_id))
+            out.append(_part_block(boundary, response, item.content_id if echo_outside else None))
             if response.status >= 400:
                 failure = failure or response
                 if not continue_on_error:

@@ -94,6 +94,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # Whom a connection may be explicitly shared with as a user: "service_principals" (a user representing a
     # service principal only) or "anyone" (UNCONFIRMED reading of Learn's note: docs/dataverse.md §4.9).
     "explicit_share_targets": "service_principals",
+    # Whether a $batch answer echoes the Content-ID of a request sent outside any change set ("echo") or
+    # only inside change sets ("omit"); the order of the answers is documented either way
+    # (UNCONFIRMED: docs/dataverse.md §3.7).
+    "batch_content_id_outside_changesets": "echo",
 }
 
 
