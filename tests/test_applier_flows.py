@@ -156,6 +156,17 @@ def test_a_lost_answer_to_switching_a_flow_on_is_sent_once_more(emulator: Any, m
     assert emulator.store.workflow(SYNC)["statecode"] == 1
 
 
+def add_two_flows_that_are_off(emulator: Any) -> None:
+    """Beside "Dataverse sync", two more flows of the solution that are off, each using one of the service
+    account's references: one activation pass of three flows."""
+    svc = emulator.store.user(Sample.SVC_USER_ID)
+    sol = emulator.store.solution(Sample.SOLUTION)
+    with emulator.store.lock:
+        for name, ref, api in (("Outlook digest", Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK),
+                               ("SharePoint sync", Sample.REF_SP_NAME, Sample.SP)):
+            factory.add_flow(emulator.store.data, name, [(ref, api)], owner=svc, active=False, solution=sol)
+
+
 @pytest.mark.parametrize("content_ids", ["echo", "omit"])
 def test_the_flows_of_a_pass_are_switched_on_in_one_batch_and_one_refusal_stops_none_of_the_others(
         emulator: Any, make_session: Any, content_ids: str) -> None:
@@ -164,13 +175,7 @@ def test_the_flows_of_a_pass_are_switched_on_in_one_batch_and_one_refusal_stops_
     each in a part of its own outside any change set: the refusal is that flow's verdict alone, whether the
     answer names each part's request (``Content-ID``) or only answers in order (docs/dataverse.md §3.7)."""
     emulator.app.settings["batch_content_id_outside_changesets"] = content_ids
-    svc = emulator.store.user(Sample.SVC_USER_ID)
-    sol = emulator.store.solution(Sample.SOLUTION)
-    with emulator.store.lock:
-        factory.add_flow(emulator.store.data, "Outlook digest", [(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK)],
-                         owner=svc, active=False, solution=sol)
-        factory.add_flow(emulator.store.data, "SharePoint sync", [(Sample.REF_SP_NAME, Sample.SP)],
-                         owner=svc, active=False, solution=sol)
+    add_two_flows_that_are_off(emulator)
     session, cfg = make_session(120)
     env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
     assert sorted(op.logical_name for op in env_plan.activations) == ["Dataverse sync", "Outlook digest",
@@ -199,12 +204,7 @@ def test_a_switch_on_batch_whose_answer_is_cut_short_is_sent_once_more(emulator:
     """The emulator switches the three flows on and answers half of its ``$batch`` answer: connref cannot tell
     which were switched on, sends the same batch again (switching on twice changes nothing) and reads them
     back on."""
-    svc = emulator.store.user(Sample.SVC_USER_ID)
-    sol = emulator.store.solution(Sample.SOLUTION)
-    with emulator.store.lock:
-        for name, ref, api in (("Outlook digest", Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK),
-                               ("SharePoint sync", Sample.REF_SP_NAME, Sample.SP)):
-            factory.add_flow(emulator.store.data, name, [(ref, api)], owner=svc, active=False, solution=sol)
+    add_two_flows_that_are_off(emulator)
     session, cfg = make_session(120)
     env_plan = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
     assert len(env_plan.activations) == 3

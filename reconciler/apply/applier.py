@@ -692,31 +692,31 @@ def _switch_on(writer: BatchWriter, reader: FlowReader | None, activations: list
     unavailable: set[str] = set(failed_update)
     for number in sorted({a.pass_number for a in activations}):
         in_pass = [a for a in activations if a.pass_number == number]
-        ready: list[ActivateFlow] = []
-        done: dict[int, OpResult] = {}  # by the flow's place in the pass, so results keep the plan's order
+        done: list[OpResult | None] = [None] * len(in_pass)  # in the pass's order, as the plan lists them
+        ready: list[tuple[int, ActivateFlow]] = []
         for i, op in enumerate(in_pass):
-            fid = op.flow_id.lower()
             why = _not_attempted(op, refs_ok, failed_update, unavailable)
-            if why is not None:
-                unavailable.add(fid)
-                done[i] = OpResult(op, "not_written", why)
-                outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_attempted", why)
-            else:
-                ready.append(op)
-        place = {id(op): i for i, op in enumerate(in_pass)}
+            if why is None:
+                ready.append((i, op))
+                continue
+            fid = op.flow_id.lower()
+            unavailable.add(fid)
+            done[i] = OpResult(op, "not_written", why)
+            outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_attempted", why)
         # A pass's flows do not run one another (children are in earlier passes): any order, batched.
         for start in range(0, len(ready), FLOWS_PER_SWITCH_BATCH):
             batch = ready[start:start + FLOWS_PER_SWITCH_BATCH]
-            for op, r in zip(batch, _send_switches(writer, batch, caller_object_id), strict=True):
+            sent = _send_switches(writer, [op for _, op in batch], caller_object_id)
+            for (i, op), r in zip(batch, sent, strict=True):
                 fid = op.flow_id.lower()
-                result = done[place[id(op)]] = _op_result(op, r)
+                result = done[i] = _op_result(op, r)
                 if result.outcome == "written":
                     outcomes[fid] = FlowOutcome(fid, op.logical_name, "switched_on")
                 else:
                     unavailable.add(fid)
                     outcomes[fid] = FlowOutcome(fid, op.logical_name, "not_switched_on",
                                                 result.reason or "the platform refused to switch it on")
-        results.extend(done[i] for i in range(len(in_pass)))
+        results.extend(r for r in done if r is not None)
     switched = [fid for fid, o in outcomes.items() if o.outcome == "switched_on"]
     if switched and reader is not None:
         state: dict[str, Any] = {}

@@ -290,7 +290,8 @@ class _EnvPlanner:
         self.judged: dict[tuple[Binding, str, bool], LiveConnection] = {}
         self.mode = rules.environment_mode(live.solution)
         self.managed_env = self.mode == rules.MANAGED
-        # The same for every reference: worked out once.
+        # The owner every managed reference gets: the service account, when one is configured (the same
+        # for every reference: worked out once).
         self.service_owner = (self.owner_info(self.writer.systemuserid)
                               if env.service_account and self.writer is not None else None)
 
@@ -381,12 +382,8 @@ class _EnvPlanner:
             return [self.create(desired, target)]
         return self.update(desired, matches[0], binding, target)
 
-    def new_owner(self) -> OwnerInfo | None:
-        """The owner every managed reference gets: the service account, when one is configured."""
-        return self.service_owner
-
     def create(self, desired: DesiredReference, target: LiveConnection | None) -> CreateReference:
-        owner = self.new_owner()
+        owner = self.service_owner
         after = {
             "logical_name": desired.logical_name,
             "connector": desired.connector,
@@ -442,7 +439,7 @@ class _EnvPlanner:
 
         # Unbound in the config: the live binding is left alone (it may be set by hand or by another tool).
         # Without a service account the owner is left alone too.
-        new_owner = self.new_owner()
+        new_owner = self.service_owner
         managed_ref = self.managed_env or ref.managed
         if managed_ref:
             self.report_managed(desired, ref)
