@@ -143,6 +143,11 @@ def _param_expr(expr: str, params: dict[str, Any]) -> Any:
     if m:
         same = str(params[m.group(2)]) == m.group(3)
         return same if m.group(1) == "eq" else not same
+    m = re.fullmatch(r"eq\(parameters\.(\w+),\s*(true|false)\)", expr)
+    if m:
+        value = params[m.group(1)]
+        assert isinstance(value, bool), f"parameters.{m.group(1)} is compared with a boolean: declare it boolean"
+        return value == (m.group(2) == "true")
     raise AssertionError(f"the harness does not model the template expression {expr!r}")
 
 
@@ -184,6 +189,48 @@ def _expand_template(node: Any, params: dict[str, Any], scope: dict[str, Any]) -
     return node
 
 
+def _split_arguments(text: str) -> list[str]:
+    """The top-level, comma-separated arguments of a runtime expression's function call."""
+    parts: list[str] = []
+    depth, start, quoted = 0, 0, False
+    for i, ch in enumerate(text):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        elif not quoted and ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _condition(expr: str, variables: dict[str, str], failed: bool) -> bool:
+    """A step's runtime ``condition``: ``always()``, ``succeeded()``, ``failed()``, ``and``/``or``/``not``,
+    and ``eq``/``ne`` of ``variables['...']`` with a quoted string (case-insensitive, as the agent compares)."""
+    expr = expr.strip()
+    m = re.fullmatch(r"(\w+)\((.*)\)", expr, re.S)
+    assert m, f"the harness does not model the condition {expr!r}"
+    name, inner = m.group(1), m.group(2)
+    if name in ("always", "succeeded", "failed"):
+        return {"always": True, "succeeded": not failed, "failed": failed}[name]
+    args = _split_arguments(inner)
+    if name in ("and", "or"):
+        values = [_condition(a, variables, failed) for a in args]
+        return all(values) if name == "and" else any(values)
+    if name == "not":
+        return not _condition(args[0], variables, failed)
+    if name in ("eq", "ne"):
+        vm = re.fullmatch(r"variables\['([\w.]+)'\]", args[0])
+        sm = re.fullmatch(r"'([^']*)'", args[1])
+        assert vm and sm, f"the harness does not model the comparison {expr!r}"
+        same = variables.get(vm.group(1), "").lower() == sm.group(1).lower()
+        return same if name == "eq" else not same
+    raise AssertionError(f"the harness does not model the condition {expr!r}")
+
+
 def template_steps(parameters: dict[str, Any]) -> list[dict[str, Any]]:
     """The template's steps for ``parameters`` (defaults filled in), expressions expanded."""
     doc = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
@@ -213,20 +260,25 @@ class TemplateRun:
 
 def run_template(parameters: dict[str, Any], *, macros: dict[str, str], env: dict[str, str] | None = None
                  ) -> TemplateRun:
-    """Run the template's steps as an agent would: ``bash`` steps with macros replaced, ``##vso`` commands
-    read from their output."""
+    """Run the template's steps as an agent would: ``bash`` steps with macros replaced (``macros``, then the
+    output variables of the steps before), ``##vso`` commands read from their output, each step's
+    ``condition`` weighed (by default a step runs only while every step before it succeeded)."""
     results: list[StepResult] = []
     variables: dict[str, str] = {}
     issues: list[str] = []
     summaries: list[str] = []
 
     def macro(text: str) -> str:
-        return _MACRO.sub(lambda m: macros[m.group(1)], text)
+        # An agent leaves a macro it does not know as it is.
+        return _MACRO.sub(lambda m: macros.get(m.group(1), variables.get(m.group(1), m.group(0))), text)
 
     base = {**os.environ, **(env or {}), "TF_BUILD": "True",
             "AGENT_TEMPDIRECTORY": macros["Agent.TempDirectory"],
             "BUILD_SOURCESDIRECTORY": macros["Build.SourcesDirectory"]}
+    failed = False
     for step in template_steps(parameters):
+        if not _condition(step.get("condition", "succeeded()"), {**macros, **variables}, failed):
+            continue
         if step.get("task", "").startswith("UsePythonVersion@"):
             results.append(StepResult(step.get("displayName", "python"), 0, "", ""))
             continue
@@ -244,6 +296,5 @@ def run_template(parameters: dict[str, Any], *, macros: dict[str, str], env: dic
             elif line.startswith("##vso[task.uploadsummary]"):
                 summaries.append(line.removeprefix("##vso[task.uploadsummary]"))
         results.append(StepResult(name, proc.returncode, proc.stdout, proc.stderr))
-        if proc.returncode != 0:
-            break
+        failed = failed or proc.returncode != 0
     return TemplateRun(results, variables, issues, summaries)

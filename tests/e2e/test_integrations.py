@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from azure_devops_support import serve_threads
 from schema_support import check
 
 from e2e.ci_harness import ROOT, TEMPLATE, run_action, run_template, template_steps
@@ -144,6 +145,35 @@ def test_template_reports_config_errors_with_logissue(workspace: Path, runner_te
         "version: unsupported version 7; this connref reads version 1"
     ]
     assert run.variables["connref.connrefExitCode"] == "1"
+
+
+def test_template_posts_the_plan_on_the_pull_request_even_when_connref_fails(workspace: Path,
+                                                                           runner_temp: Path) -> None:
+    params = {"command": "plan", "workingDirectory": str(workspace), "connrefPath": str(ROOT),
+              "pullRequestComment": True}
+    with serve_threads() as (fake, env):
+        macros = {**_macros(workspace, runner_temp), "System.AccessToken": env.pop("SYSTEM_ACCESSTOKEN"),
+                  "Build.Reason": "PullRequest"}
+        run = run_template(params, macros=macros, env=env)
+        assert run.code == 0, run.stdout + "".join(s.stderr for s in run.steps)
+        (thread,) = fake.threads
+        posted = thread["comments"][0]["content"]
+        assert posted == Path(run.variables["connref.connrefMarkdown"]).read_text(encoding="utf-8")
+        assert posted.startswith("<!-- connref:plan -->") and "**Plan: 2 to add" in posted
+
+        # The next push breaks the config: connref fails, and the comment says why instead of the old plan.
+        config = workspace / "connref.yaml"
+        config.write_text(config.read_text().replace("version: 1", "version: 7"))
+        run = run_template(params, macros=macros, env=env)
+        assert [s.code for s in run.steps][-2:] == [1, 0]  # connref failed; the comment step still ran
+        assert "updated the comment posted before" in run.steps[-1].stdout
+        assert len(fake.threads) == 1 and "unsupported version 7" in thread["comments"][0]["content"]
+
+        # Outside a pull request build the step does not run.
+        requests = len(fake.requests)
+        run = run_template(params, macros={**macros, "Build.Reason": "IndividualCI"}, env=env)
+        assert len(fake.requests) == requests
+        assert not [s for s in run.steps if s.name.startswith("Post the plan")]
 
 
 def test_template_with_a_service_connection_runs_the_same_step_signed_in_to_azure() -> None:
