@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from reconciler.domain.text import inert
+
 
 class ConnrefError(Exception):
     """Base of every error connref raises on purpose."""
@@ -58,20 +60,22 @@ class ConfigError(ConnrefError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.location}: " if self.location else ""
-        what = f"{self.field}: " if self.field else ""
+        # The file name (given with -c) and the field path (keys from the file) are shown inert: a newline
+        # in a key must not print as a config error of its own.
+        where = f"{inert(str(self.location))}: " if self.location else ""
+        what = f"{inert(self.field)}: " if self.field else ""
         return f"{where}{what}{self.message}"
 
 
 class ConfigErrors(ConfigError):
-    """Several config errors found in one pass, so the user fixes them all at once."""
+    """Several config errors found in one pass, so the user fixes them all at once: one line each."""
 
     def __init__(self, errors: list[ConfigError]) -> None:
         self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+        super().__init__("\n".join(inert(str(e)) for e in errors))
 
     def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
+        return "\n".join(inert(str(e)) for e in self.errors)
 
 
 class AuthError(ConnrefError):

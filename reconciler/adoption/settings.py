@@ -27,6 +27,7 @@ from typing import Any
 
 from reconciler.domain import rules
 from reconciler.domain.model import Config, EnvironmentConfig, LiveEnvironment, Selector, connector_id
+from reconciler.domain.text import inert
 from reconciler.errors import ConfigError, Location, PlanError
 
 # --------------------------------------------------------------------------- writing
@@ -91,7 +92,7 @@ def deployment_settings(
             }
         )
     if problems:
-        raise PlanError("\n".join(p.line() for p in problems))
+        raise PlanError("\n".join(inert(p.line()) for p in problems))
     if strict and unbound:
         raise PlanError(
             f"no binding in environment {environment.name} for: {', '.join(sorted(unbound, key=str.lower))}"

@@ -65,6 +65,7 @@ from reconciler.apply import consolidate
 from reconciler.apply.flowstate import flow_state_request
 from reconciler.domain import rules
 from reconciler.domain.model import LiveEnvironment, LiveReference, connector_id
+from reconciler.domain.text import inert
 from reconciler.errors import ApiError, ApplyError, AuthError, OutcomeUnknownError, PreconditionFailedError
 from reconciler.plan.ops import (
     ActivateFlow,
@@ -242,7 +243,8 @@ class ApplyResult:
             names = [f"{r.op.kind} {r.op.logical_name}" for r in group[:limit]]
             more = f" and {len(group) - limit} more" if len(group) > limit else ""
             lines.append(f"  {label}: " + ", ".join(names) + more)
-        return "\n".join(lines)
+        # Each line says one thing: a reason or a name from live data with a newline in it stays on its line.
+        return "\n".join(inert(line) for line in lines)
 
 
 Progress = Callable[[BatchProgress], None]

@@ -19,7 +19,7 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,7 +61,8 @@ from reconciler.domain.model import (
     frozen_map,
 )
 from reconciler.domain.names import logical_name_problem, publisher_prefix
-from reconciler.domain.patterns import GUID, has_jwt, is_guid
+from reconciler.domain.patterns import GUID, JWT, has_jwt, is_guid
+from reconciler.domain.text import inert
 from reconciler.errors import ConfigError, ConfigErrors, Location
 
 SUPPORTED_VERSION = 1
@@ -254,6 +255,7 @@ class _Validator:
         self.ctx = ctx
         self.errors: list[ConfigError] = []
         self.flagged: set[int] = set()  # nodes already reported as inline secrets
+        self.secret_texts: set[str] = set()  # their text, kept out of every message (a key is in paths)
         self._declared: tuple[list[str], set[str]] | None = None
 
     # ------------------------------------------------------------------ reporting
@@ -304,7 +306,12 @@ class _Validator:
                 for key, value in node.pairs:
                     if _secret_key(key.text) and not is_empty_node(value):
                         field = join_path(path_of.get(id(node), ""), key.text)
-                        alt = _SECRET_ALTERNATIVES.get(key.text.lower(), f"{key.text}_env or {key.text}_file")
+                        # Only keys that exist are suggested: a name made up from this one (password_env) would
+                        # be refused next as an unknown key.
+                        alt = _SECRET_ALTERNATIVES.get(
+                            key.text.lower(), "the *_env or *_file key of what it is for (client_secret_env, "
+                            "client_secret_file, certificate_password_env, federated_token_env, "
+                            "connection_string_env; docs/config.md)")
                         self.error(
                             key,
                             field,
@@ -318,6 +325,7 @@ class _Validator:
             return
         what = _secret_value(node.value)
         if what:
+            self.secret_texts.add(node.value)
             self.error(
                 node,
                 path_of.get(id(node)),
@@ -1225,7 +1233,27 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _raise(errors: list[ConfigError]) -> None:
+def _without_secrets(text: str, secrets: Collection[str]) -> str:
+    """``text`` with each of ``secrets`` (the strings reported as secrets) and whatever else is shaped like
+    a token replaced by what it is. A key can be a pasted secret, and every field path below it repeats
+    it: the value is refused, and must not be echoed."""
+    for secret in secrets:
+        text = text.replace(secret, "(a secret)")
+    if "-----BEGIN " in text or "eyJ" in text:
+        text = JWT.sub("(a token)", _PEM_RE.sub("(a PEM block)", text))
+    return text
+
+
+def _screened(error: ConfigError, secrets: Collection[str]) -> ConfigError:
+    field = _without_secrets(error.field, secrets) if error.field else error.field
+    message = _without_secrets(error.message, secrets)
+    if field == error.field and message == error.message:
+        return error
+    return ConfigError(message, error.location, field)
+
+
+def _raise(errors: list[ConfigError], secrets: Collection[str] = ()) -> None:
+    errors = [_screened(e, secrets) for e in errors]
     ordered = sorted(errors, key=lambda e: (e.location.line, e.location.column) if e.location else (0, 0))
     if len(ordered) == 1:
         raise ordered[0]
@@ -1256,7 +1284,7 @@ def _load_config_text(text: str, path: str) -> Config:
         validator.scan_secrets(root, _LazyPaths(root))
     config = validator.document(root)
     if validator.errors or config is None:
-        _raise(validator.errors or [ConfigError("invalid config", root.loc)])
+        _raise(validator.errors or [ConfigError("invalid config", root.loc)], validator.secret_texts)
     assert config is not None
     return config
 
@@ -1276,7 +1304,7 @@ MAX_CONFIG_BYTES = 32 * 1024 * 1024
 
 def _too_big(path: str, size: int | None) -> str:
     what = f"is {size / (1024 * 1024):.1f} MiB" if size is not None else "grew past the limit while it was read"
-    return (f"the config file {path} {what}; connref reads config files of at most "
+    return (f"the config file {inert(path)} {what}; connref reads config files of at most "
             f"{MAX_CONFIG_BYTES // (1024 * 1024)} MiB ({MAX_CONFIG_BYTES} bytes)")
 
 
@@ -1289,13 +1317,13 @@ def read_config_bytes(path: str) -> bytes:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read the config file {inert(path)}: {exc.strerror or exc}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
             raise ConfigError(
-                f"cannot read the config file {path}: it is {kind}, not a regular file; "
+                f"cannot read the config file {inert(path)}: it is {kind}, not a regular file; "
                 "give the path of a YAML file with -c"
             )
         size = os.fstat(fd).st_size
@@ -1310,7 +1338,7 @@ def read_config_bytes(path: str) -> bytes:
             raise ConfigError(_too_big(path, None))
         return raw
     except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read the config file {inert(path)}: {exc.strerror or exc}") from None
     finally:
         if fd >= 0:
             os.close(fd)

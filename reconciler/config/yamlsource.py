@@ -25,6 +25,7 @@ libyaml; so does a machine without libyaml, which simply uses the pure-Python lo
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,27 @@ def _syntax_error(file: str, exc: yaml.YAMLError, text: str = "") -> ConfigError
     return ConfigError(message, location)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _paired(text: str) -> str | None:
+    """``text`` with each UTF-16 surrogate pair (two ``\\u`` escapes, as JSON writes a character beyond
+    U+FFFF) made the one character it stands for; None when a half has no other half. Only the pure
+    loader lets surrogates through (libyaml refuses them, and connref then asks the pure one what is
+    wrong): a lone one is not a character, and encoding it anywhere (a request, a saved plan) fails."""
+    try:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeDecodeError:
+        return None
+
+
+def _lone_surrogate(text: str) -> str:
+    half = _SURROGATE.search(text)
+    code = ord(half.group(0)) if half else 0
+    return (f"holds \\u{code:04x}, half of a UTF-16 surrogate pair without its other half: not a character; "
+            "write the character itself, or a \\U escape with its code point (\\U0001F600)")
+
+
 class _Converter:
     def __init__(self, file: str, loader: Any) -> None:
         self.file = file
@@ -204,6 +226,12 @@ class _Converter:
             # text unchanged (memoised all the same: an alias of it stays one shared node).
             mark = node.start_mark
             value = node.value
+            if _SURROGATE.search(value):
+                paired = _paired(value)
+                if paired is None:
+                    self.errors.append(ConfigError(_lone_surrogate(value), _loc(self.file, node), path or None))
+                    return Scalar(_loc(self.file, node), None, "", broken=True)
+                value = paired
             text = self.done[nid] = Scalar(Location(self.file, mark.line + 1, mark.column + 1), value, value,
                                            quoted=node.style in ("'", '"'))
             return text
@@ -273,12 +301,15 @@ class _Converter:
                     )
                 )
                 continue
-            key = Scalar(
-                _loc(self.file, key_node),
-                str(key_node.value),
-                str(key_node.value),
-                key_node.style in ("'", '"'),
-            )
+            key_text = str(key_node.value)
+            if _SURROGATE.search(key_text):
+                paired = _paired(key_text)
+                if paired is None:
+                    self.errors.append(ConfigError(_lone_surrogate(key_text), _loc(self.file, key_node),
+                                                   path or None))
+                    continue
+                key_text = paired
+            key = Scalar(_loc(self.file, key_node), key_text, key_text, key_node.style in ("'", '"'))
             key_path = join_path(path, key.text)
             if key.text in seen:
                 first = seen[key.text].loc

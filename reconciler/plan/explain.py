@@ -55,7 +55,7 @@ def select_flows(config: Config, env_name: str, live: LiveEnvironment, wanted: S
             unknown.append(w)
         out.extend(f for f in sorted(found, key=lambda f: (f.name.lower(), f.id)) if f not in out)
     if unknown:
-        there = ", ".join(f'"{f.name}"' for f in sorted(live.flows, key=lambda f: f.name.lower())) or "none"
+        there = ", ".join(f'"{inert(f.name)}"' for f in sorted(live.flows, key=lambda f: f.name.lower())) or "none"
         raise ConnrefError(f"no flow named {', '.join(repr(u) for u in unknown)} in environment {env_name} "
                            f"(its cloud flows: {there}); give a flow's name or its workflowid")
     return out

@@ -415,7 +415,7 @@ def check_fresh(
         where = f" {saved.path}" if saved.path else ""
         raise StalePlanError(
             f"saved plan{where} is stale; nothing was applied:\n"
-            + "\n".join(f"  - {r}" for r in reasons)
+            + "\n".join(f"  - {inert(r)}" for r in reasons)
             + f"\n{REPLAN}",
             reasons,
         )
@@ -533,6 +533,6 @@ def check_derived(saved: SavedPlan, saved_plan: Any, derived: Any, states: Mappi
         raise PlanError(
             f"saved plan{where} was refused; nothing was applied: its operations are not what the config "
             "(whose digest it records) implies for the environment as it is:\n"
-            + "\n".join(f"  - {r}" for r in reasons)
+            + "\n".join(f"  - {inert(r)}" for r in reasons)
             + "\nA plan file is applied only as `connref plan --out FILE` wrote it. " + REPLAN
         )

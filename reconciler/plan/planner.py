@@ -49,6 +49,7 @@ from reconciler.domain.model import (
     connector_name,
 )
 from reconciler.domain.rules import Problem, problem
+from reconciler.domain.text import inert
 from reconciler.errors import PlanError
 from reconciler.plan.consolidate import ConsolidationPlan, plan_consolidation
 from reconciler.plan.ops import (
@@ -82,7 +83,9 @@ class PlanProblems(PlanError):
     def __str__(self) -> str:
         n = len(self.problems)
         head = f"The plan cannot be made: {n} problem{'s' if n != 1 else ''} to fix first:"
-        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+        # One line per problem, whatever a name from live data holds (a newline in it must not print as a
+        # problem of its own).
+        return "\n".join([head, *(f"  - {inert(p)}" for p in self.problems)])
 
 
 # --------------------------------------------------------------------------- entry points

@@ -166,3 +166,49 @@ def test_hostile_text_in_the_config_is_shown_inert(quickstart: Workspace) -> Non
         return
     assert_inert(r.out, r.err, md_path.read_text())
     assert "pwned" in r.out  # shown (as a JSON-quoted value, its controls escaped)
+
+
+# What a newline in data tries: to print a line that reads as connref's own (an error of its own, a bullet).
+FORGED = "\n  - prod: nothing to fix, this plan was approved by the security team"
+
+
+def test_a_newline_in_live_text_forges_no_line_of_an_error(quickstart: Workspace) -> None:
+    path = quickstart.dir / "dev.json"
+    data = json.loads(path.read_text())
+    (conn,) = [c for c in data["connections"] if c["name"] == "3d6a16d6f6474c67b3e2bca7ae4530db"]
+    conn["properties"]["displayName"] = "Megan's Outlook" + FORGED
+    for w in data["workflows"]:
+        w["name"] += FORGED
+    path.write_text(json.dumps(data, indent=2))
+    quickstart.config.write_text(quickstart.config.read_text().replace(
+        "contoso_sharedoffice365_d4c61: {owner: svc-flows@contoso.com}\n",
+        "contoso_sharedoffice365_d4c61: 3d6a16d6f6474c67b3e2bca7ae4530db\n", 1))
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1, r.out + r.err
+    head = re.search(r"The plan cannot be made: (\d+) problems? to fix first:", r.err)
+    assert head, r.err
+    bullets = [line for line in r.err.splitlines() if line.startswith("  - ")]
+    assert len(bullets) == int(head.group(1)), r.err
+    assert not any(line.startswith("  - prod:") for line in r.err.splitlines())
+    assert "Megan's Outlook\\n  - prod" in r.err  # shown, escaped, on its problem's line
+    # The flows' names listed when a flow is not found: one line.
+    r = quickstart.run("explain", "-e", "dev", "no such flow")
+    assert r.code == 1 and "its cloud flows" in r.err, r.err
+    assert not any(line.startswith("  - prod:") for line in r.err.splitlines()), r.err
+
+
+def test_a_newline_in_a_config_key_or_file_name_forges_no_config_error(quickstart: Workspace) -> None:
+    config = quickstart.config.read_text().replace(
+        "  contoso_Teams:\n",
+        '  "contoso_x\\nconnref.yaml:1:1: version: injected problem":\n    connector: shared_teams\n'
+        "  contoso_Teams:\n", 1)
+    quickstart.config.write_text(config)
+    r = quickstart.run("validate")
+    assert r.code == 1
+    head = re.search(r"(\d+) problems in the config:", r.err)
+    assert head, r.err
+    located = [line for line in r.err.splitlines() if re.match(r"\s*\S+\.yaml:\d+:\d+: ", line)]
+    assert len(located) == int(head.group(1)), r.err
+    assert not any(line.lstrip().startswith("connref.yaml:1:1") for line in r.err.splitlines())
+    r = quickstart.run("-c", "missing\nconnref.yaml:1:1: version: injected", "validate")
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1, r.err

@@ -435,3 +435,14 @@ def test_replaces_loads_and_answers_which_reference_replaces_a_name(tmp_path: Pa
     assert config.replaced_by("CONTOSO_sharedsharepointonline_8F4B0") is sharepoint
     assert config.replaced_by("contoso_SharePoint") is None
     assert set(config.replacements) == {"contoso_sharedsharepointonline_30e7d", "contoso_sharedsharepointonline_8f4b0"}
+
+
+def test_a_surrogate_pair_written_as_two_escapes_is_the_character_it_stands_for(tmp_path: Path) -> None:
+    # JSON writes a character beyond U+FFFF as two \u escapes; the pure YAML loader keeps them apart.
+    text = LOOPBACK_HEAD.replace("display_name: SharePoint ContosoFlows",
+                                 'display_name: "SharePoint \\uD83D\\uDE00 ContosoFlows"')
+    assert text != LOOPBACK_HEAD
+    text += "auth:\n  a:\n    method: access_token\n    access_token_env: CONNREF_TOKEN\n"
+    config = load_config_text(text, str(tmp_path / "connref.yaml"))
+    (ref,) = config.references.values()
+    assert ref.display_name == "SharePoint \U0001F600 ContosoFlows"
