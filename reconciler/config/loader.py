@@ -62,10 +62,13 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.names import logical_name_problem, publisher_prefix
 from reconciler.domain.patterns import GUID, JWT, has_jwt, is_guid
+from reconciler.domain.rules import CODES
 from reconciler.domain.text import inert
 from reconciler.errors import ConfigError, ConfigErrors, Location
 
 SUPPORTED_VERSION = 1
+#: What ``lint: ignore:`` may name, lower-cased: every finding code (CR102) and name (random-suffix).
+_FINDING_NAMES = {**{c.code.lower(): c.code for c in CODES.values()}, **{c.name: c.name for c in CODES.values()}}
 MAX_DISPLAY_NAME = 200  # docs/dataverse.md §1.2
 MAX_DESCRIPTION = 2000
 
@@ -1053,6 +1056,12 @@ class _Validator:
                 self.type_error(item, path, "a string")
             elif not LINT_CODE_RE.fullmatch(item.value):
                 self.error(item, path, "expected a finding code (letters, digits, '_' or '-')")
+            elif item.value.strip().lower() not in _FINDING_NAMES:
+                # A misspelt entry would silently ignore nothing: say so, with the nearest code or name.
+                close = difflib.get_close_matches(item.value.strip().lower(), _FINDING_NAMES, n=1, cutoff=0.6)
+                hint = f"; did you mean '{_FINDING_NAMES[close[0]]}'?" if close else ""
+                self.error(item, path, f"unknown finding code or name '{item.value}'{hint} (the codes and "
+                           "names are in docs/adoption.md)")
             else:
                 codes.append(item.value)
         return tuple(codes)

@@ -14,6 +14,7 @@ other config the loader refuses, the schema refuses too.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from reconciler.config.checks import CONNECTOR_NAME_RE, ENV_VAR_RE, MAX_CONNECTION_NAME, SOLUTION_RE
@@ -37,7 +38,6 @@ from reconciler.config.loader import (
     FLOW_KEYS,
     LEASE_MAX,
     LEASE_MIN,
-    LINT_CODE_RE,
     LINT_KEYS,
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
@@ -295,6 +295,20 @@ def _reference() -> dict[str, Any]:
     )
 
 
+def _finding_names_pattern() -> str:
+    """A pattern for what ``lint: ignore:`` takes: a finding code or name in any case (JSON Schema patterns
+    have no flag for that, so each letter is a class of its two cases)."""
+    from reconciler.domain.rules import CODES
+
+    def any_case(word: str) -> str:
+        # Codes and names are letters, digits and '-': nothing else to escape (and "\\-" is not portable).
+        assert re.fullmatch(r"[A-Za-z0-9-]+", word), word
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+    words = sorted({w for c in CODES.values() for w in (c.code, c.name)})
+    return _whole("|".join(any_case(w) for w in words))
+
+
 def _state() -> dict[str, Any]:
     """``state:``: the local directory (``dir``), or ``backend: azurerm`` with its keys."""
     keys = tuple(dict.fromkeys((*STATE_KEYS, *AZURERM_STATE_KEYS)))
@@ -362,7 +376,7 @@ def config_schema() -> dict[str, Any]:
             "lint": _mapping("Lint settings.", {
                 "ignore": {"description": "Finding codes or rule names lint should not report.",
                            "type": ["array", "null"],
-                           "items": {"type": "string", "pattern": _whole(LINT_CODE_RE.pattern)}},
+                           "items": {"type": "string", "pattern": _finding_names_pattern()}},
                 "per_developer_references": {
                     "description": "Per-developer references (several references for one connector, logical "
                     "names with the portal's random suffix): allow (the team's pattern), warn (default) or error.",
