@@ -348,13 +348,13 @@ def _open_local(
     from reconciler.emulator.store import EnvironmentStore
 
     path = str(env.local_path)
+    field = f"environments.{env.name}.url"
     if not os.path.exists(path):
-        raise ConfigError(f"environment '{env.name}': emulator data file {path} does not exist",
-                          env.location, "url")
+        raise ConfigError(f"emulator data file {path} does not exist", env.location, field)
     try:
         store = EnvironmentStore.from_file(path)
     except ValueError as e:
-        raise ConfigError(f"environment '{env.name}': {e}", env.location, "url") from None
+        raise ConfigError(str(e), env.location, field) from None
     app = EmulatorApp(store, persist=True)
     # Every host goes to the in-process app: the data's environment URL (the token audience),
     # the connections API and the token endpoint MSAL talks to.

@@ -830,6 +830,10 @@ class _Validator:
                 self.error(node, path, "local: needs the path of an emulator data file, e.g. local:dev.json")
                 return None, None
             full = self.ctx.resolve(rel)
+            if os.path.isdir(full):
+                self.error(node, path, f"local: names a directory, {rel} ({full}); it takes an emulator data file, "
+                           "e.g. local:dev.json")
+                return None, None
             if not os.path.isfile(full):
                 self.error(
                     node,

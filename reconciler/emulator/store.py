@@ -199,11 +199,18 @@ class EnvironmentStore:
 
     @classmethod
     def from_file(cls, path: str) -> EnvironmentStore:
-        with open(path, encoding="utf-8") as f:
-            try:
+        # Every way the file can be unreadable is a ValueError naming it (the CLI shows it at the config's url).
+        try:
+            with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start} cannot be read as UTF-8)") from None
+        except RecursionError:
+            raise ValueError(f"{path}: its JSON is nested too deeply to read") from None
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from None
         return cls(validate_data(raw, path), path=os.path.abspath(path))
 
     @classmethod

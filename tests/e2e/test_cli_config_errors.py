@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.e2e_support import run_cli
+from e2e.e2e_support import Workspace, run_cli
 
 CORPUS = Path(__file__).resolve().parents[1] / "config_corpus"
 CASES = sorted(p.stem for p in CORPUS.glob("*.yaml"))
@@ -36,3 +36,25 @@ def test_other_commands_stop_at_the_config_before_any_network(command: list[str]
     assert r.code == 1
     assert "duplicate" in r.err.lower()
     assert "http" not in r.err.lower()
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"[" * 5000 + b"]" * 5000, "its JSON is nested too deeply to read"),
+    (b"\xff\xfe{}", "not UTF-8 text (byte 0 cannot be read as UTF-8)"),
+    (b'{"environment": ', "not valid JSON"),
+])
+def test_an_unreadable_local_data_file_is_an_error_naming_it_at_the_environments_url(
+        quickstart: Workspace, content: bytes, said: str) -> None:
+    (quickstart.dir / "dev.json").write_bytes(content)
+    r = quickstart.run("plan", "-e", "dev")
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    (line,) = r.err.strip().splitlines()
+    assert f"environments.dev.url: {quickstart.dir / 'dev.json'}: {said}" in line, line
+
+
+def test_a_local_url_naming_a_directory_says_so(quickstart: Workspace) -> None:
+    (quickstart.dir / "adir").mkdir()
+    quickstart.config.write_text(quickstart.config.read_text().replace("local:dev.json", "local:adir", 1))
+    r = quickstart.run("validate")
+    assert r.code == 1
+    assert "environments.dev.url: local: names a directory, adir" in r.err, r.err
