@@ -1087,7 +1087,14 @@ class _Validator:
             value = self.string(m, "dir", "state")
             if value is None:
                 return None, None
-            return self.ctx.resolve(value), None
+            full = self.ctx.resolve(value)
+            # It need not exist yet (the first apply makes it), but something else in its place is a mistake
+            # better reported here, at its line, than by the first command that reads state.
+            if os.path.exists(full) and not os.path.isdir(full):
+                self.error(self.node_of(m, "dir"), "state.dir",
+                           f"{value} ({full}) is not a directory; state.dir names the directory state is kept in")
+                return None, None
+            return full, None
         return None, self.azurerm_state(m, auth)
 
     def azurerm_state(self, m: Map, auth: list[str] | None) -> AzureStateConfig | None:
