@@ -94,7 +94,7 @@ def test_optional_top_level_keys(tmp_path: Path) -> None:
         prune: true
         naming: "{connector} {solution}"
         lint:
-          ignore: [CR001, per-developer]
+          ignore: [CR102, duplicate-connector]
         state:
           dir: ../connref-state
         """
@@ -102,7 +102,7 @@ def test_optional_top_level_keys(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text))
     assert config.prune is True
     assert config.naming == "{connector} {solution}"
-    assert config.lint_ignore == ("CR001", "per-developer")
+    assert config.lint_ignore == ("CR102", "duplicate-connector")
     assert config.state_dir == str(tmp_path.parent / "connref-state")
 
 
