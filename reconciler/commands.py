@@ -653,7 +653,7 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
 
 def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.adoption.bindings_merge import merge_bindings, settings_bindings
-    from reconciler.adoption.import_generate import import_environment
+    from reconciler.adoption.import_generate import import_environment, unfit_note, unfit_references
     from reconciler.adoption.settings import parse_settings_file
     from reconciler.api.live import read_environment
     config = load_config(args.config)
@@ -668,6 +668,7 @@ def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
         if merged.rewritten:
             print("note: the config was written fresh from its data (its comments could not be kept)",
                   file=err)
+        _refuse_unless_valid(merged.text, config.path, f"the config merged with {args.from_settings}")
         return _emit(merged.text, args.output, out, err)
 
     solution = args.solution or config.solution
@@ -682,7 +683,32 @@ def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
         in_solution, solution=solution, env_name=name, env_url=env.url, environment_id=env.environment_id,
         existing_config_text=config_text, service_account=env.service_account,
     )
+    for ref, problem in unfit_references(in_solution.references):
+        print(f"warning: {inert(unfit_note(ref, problem, solution))}", file=err)
+    _refuse_unless_valid(text, config.path, f"the config imported from {name}")
     return _emit(text, args.output, out, err)
+
+
+def _refuse_unless_valid(text: str, config_path: str, what: str) -> None:
+    """Raise unless ``text`` loads as a config, as ``connref validate`` would load it: import never
+    writes a file its own validate rejects. Relative paths (``local:`` files) resolve as in the config
+    the text was made from. The loader's messages never repeat a secret; lines are given by number
+    because the file they point into was not written."""
+    from reconciler.config.loader import load_config_text
+    from reconciler.errors import ConfigErrors
+    try:
+        load_config_text(text, config_path)
+    except ConfigErrors as e:
+        problems = list(e.errors)
+    except ConfigError as e:
+        problems = [e]
+    else:
+        return
+    lines = []
+    for p in problems:
+        where = f"line {p.location.line}, column {p.location.column}: " if p.location else ""
+        lines.append(f"  {where}{p.field + ': ' if p.field else ''}{p.message}")
+    raise ConnrefError(f"{what} would not pass connref validate, so nothing was written:\n" + "\n".join(lines))
 
 
 def _emit(text: str, path: str | None, out: Out, err: Out) -> int:

@@ -14,6 +14,7 @@ import yaml
 from reconciler.adoption.import_merge import selector_from
 from reconciler.adoption.settings import DeploymentSettings, parse_settings
 from reconciler.adoption.yamledit import find_entry, mapping_entries, splice_lines, yaml_key, yaml_scalar
+from reconciler.config.checks import connection_name_problem, secret_value_kind
 from reconciler.domain.model import Selector
 from reconciler.errors import ConfigError
 
@@ -22,25 +23,53 @@ def bindings_from_settings(settings_json: Mapping[str, Any], *, source: str = "<
     """``{logical name: connection name}`` from parsed deployment settings JSON, in logical-name
     order. Keys are read case-insensitively (as the Terraform provider reads the file); entries with
     an empty ``ConnectionId`` (the "fill in later" of ``pac solution create-settings``) are left out.
-    ``ConfigError`` naming ``source`` and the entry for bad input."""
-    parsed = parse_settings(settings_json, source)
-    pairs = [(r.logical_name, r.connection_id) for r in parsed.connection_references if r.connection_id]
-    return {name: conn for name, conn in sorted(pairs, key=lambda p: p[0].lower()) if conn}
+    ``ConfigError`` naming ``source`` and the entry for bad input, a ``ConnectionId`` the config would
+    refuse as a binding included."""
+    bindings, _ = settings_bindings(parse_settings(settings_json, source), source=source)
+    return dict(sorted(bindings.items(), key=lambda p: p[0].lower()))
 
 
 def settings_bindings(settings: DeploymentSettings, *, source: str) -> tuple[dict[str, str], list[str]]:
     """The bindings a parsed settings file gives (``{logical name: connection name}``) and one note per
     entry it skips: an empty ``ConnectionId`` (what ``pac solution create-settings`` writes) binds
-    nothing, and docs/adoption.md promises every skip is printed."""
+    nothing, and docs/adoption.md promises every skip is printed.
+
+    Every ``ConnectionId`` is first judged as the config judges a binding by name; one it would refuse
+    is a ``ConfigError`` naming ``source`` and each such entry, raised before anything is merged, so a
+    settings file can never put into the config what ``connref validate`` then rejects. A value that
+    looks like a secret is named by its kind only, never repeated."""
     bindings: dict[str, str] = {}
     notes: list[str] = []
+    refused: list[str] = []
     for r in settings.connection_references:
-        if r.connection_id:
-            bindings[r.logical_name] = r.connection_id
-        else:
+        if not r.connection_id:
             notes.append(f"skipped {r.logical_name}: its ConnectionId is empty in {source} "
                          f"(ConnectionReferences[{r.index}]); fill it in, or bind it in the config")
+            continue
+        problem = connection_id_problem(r.connection_id)
+        if problem:
+            refused.append(f"{source}: ConnectionReferences[{r.index}] ({r.logical_name}): ConnectionId {problem}")
+        else:
+            bindings[r.logical_name] = r.connection_id
+    if len(refused) == 1:
+        raise ConfigError(f"{refused[0]}; nothing was written")
+    if refused:
+        lines = "\n".join(f"  {line}" for line in refused)
+        raise ConfigError(f"{source}: {len(refused)} entries cannot be bindings, so nothing was written:\n{lines}")
     return bindings, notes
+
+
+def connection_id_problem(value: str) -> str | None:
+    """Why a settings file's ``ConnectionId`` cannot be written as a binding, in words that follow
+    "ConnectionId": the config's own checks (``reconciler.config.checks``), the secret one first, so a
+    secret is refused by its kind and never reaches a later message that might show it."""
+    kind = secret_value_kind(value)
+    if kind:
+        return (f"looks like {kind}, not a connection name, and secrets must not be written in the config "
+                "(the value is not shown); put the connection's name there, and if it is a real secret, "
+                "treat it as leaked")
+    problem = connection_name_problem(value)
+    return f"is not a connection name: {problem}" if problem else None
 
 
 @dataclass
@@ -195,6 +224,7 @@ def _rewrite(data: Mapping[str, Any], env_name: str, wanted: Mapping[str, str], 
 __all__ = [
     "MergeResult",
     "bindings_from_settings",
+    "connection_id_problem",
     "merge_bindings",
     "settings_bindings",
 ]

@@ -43,8 +43,10 @@ from reconciler.adoption.yamledit import (
     yaml_key,
     yaml_scalar,
 )
+from reconciler.config.checks import is_blank
 from reconciler.domain import consolidation, rules
 from reconciler.domain.model import LiveConnection, LiveEnvironment, LiveReference, LiveUser, connector_name
+from reconciler.domain.names import logical_name_problem
 from reconciler.domain.naming import NamingTemplate, connector_display_name, random_suffix
 from reconciler.domain.rules import Problem
 from reconciler.domain.text import inert
@@ -112,13 +114,17 @@ def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str
     inner = indent + unit
     # The short connector name reads better; the loader accepts it and normalises to the full id.
     out.append(f"{inner}connector: {yaml_scalar(ref.connector.rstrip('/').rsplit('/', 1)[-1])}")
-    if ref.display_name:
+    # Blank text (spaces, a tab, an ideographic space, a line break) is no value to the config: the loader
+    # refuses a blank display_name and reads a blank description as none, so both go as missing ones do.
+    if ref.display_name and not is_blank(ref.display_name):
         out.append(f"{inner}display_name: {yaml_scalar(ref.display_name)}")
     else:
         out += comment_lines("no display name today: plan will set this one", inner)
         out.append(f"{inner}display_name: {yaml_scalar(ref.logical_name)}")
-    if ref.description:
+    if ref.description and not is_blank(ref.description):
         out.append(f"{inner}description: {yaml_scalar(ref.description)}")
+    elif ref.description:
+        out += comment_lines("no description today, only blank space: plan will clear it", inner)
     if replaces:
         out.append(f"{inner}replaces:")
         out += [f"{inner}{unit}- {yaml_scalar(name)}" for name in replaces]
@@ -130,8 +136,23 @@ def _reference_lines(ref: LiveReference, indent: str, unit: str, notes: list[str
             "bindings; apply then moves their flows onto this reference and deletes them (docs/adoption.md, "
             f"Consolidating per-developer references). Flows to move: {moved}.", inner)
         out += comment_lines("replaces:", inner, wrap=False)
-        out += comment_lines("\n".join(f"{unit}- {name}" for name in suggested), inner, wrap=False)
+        for name in suggested:
+            out += comment_lines(f"{unit}- {name}", inner, wrap=False)
     return out
+
+
+def unfit_references(refs: Sequence[LiveReference]) -> list[tuple[LiveReference, str]]:
+    """The references whose logical name the config cannot declare (the loader's own rule,
+    ``logical_name_problem``), each with why: import leaves them out rather than write a key that
+    ``connref validate`` refuses."""
+    found = ((r, logical_name_problem(r.logical_name)) for r in sorted(refs, key=lambda r: r.logical_name.lower()))
+    return [(r, problem) for r, problem in found if problem]
+
+
+def unfit_note(ref: LiveReference, problem: str, solution: str) -> str:
+    """Why ``ref`` is not imported, for a comment or a warning (shown inert by whoever writes it)."""
+    return (f"not imported: '{ref.logical_name}' (in solution {solution}) has an invalid logical name: {problem}; "
+            "the config cannot declare it, so plan and apply leave it as it is")
 
 
 def existing_replaces(existing: Existing | None) -> dict[str, tuple[str, ...]]:
@@ -291,10 +312,12 @@ def import_environment(
         service_account = env_data["service_account"]
     unit = indent_unit(existing.lines, existing.root) if existing else "  "
     refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
+    unfit = unfit_references(refs)
+    refs = [r for r in refs if r not in {u for u, _ in unfit}]
     replaced = _replaced_here(refs, existing)
     refs = [r for r in refs if r not in replaced]
     live, foreign, sa_lines = _service_account_decision(live, refs, service_account, env_data, unit)
-    scope = _Scope(live, solution, env_name, unit, tuple(refs), service_account, foreign, replaced)
+    scope = _Scope(live, solution, env_name, unit, tuple(refs), service_account, foreign, replaced, tuple(unfit))
     ref_lines, newly_parked = _references_section(scope, existing)
     binding_lines = _bindings_section(scope, existing)
     url_line = f"{unit * 2}url: {yaml_scalar(env_url)}"
@@ -335,6 +358,8 @@ class _Scope:
     foreign: Mapping[str, str]  # reference id -> its owner, when not the service account
     # References the existing config replaces by one the environment has: not declared (apply retires them).
     replaced: Mapping[LiveReference, str] = dataclasses.field(default_factory=dict)
+    # References whose logical names the config cannot declare, with why: left out, with a comment.
+    unfit: tuple[tuple[LiveReference, str], ...] = ()
 
     @property
     def by_key(self) -> dict[str, LiveReference]:
@@ -400,8 +425,10 @@ def _references_section(scope: _Scope, existing: Existing | None) -> tuple[list[
     """The ``references:`` section, and the (lower-cased) names import parks now."""
     unit, solution, env_name = scope.unit, scope.solution, scope.env_name
     ref_lines = ["references:"]
-    if not scope.refs:
+    if not scope.refs and not scope.unfit:
         ref_lines += comment_lines(f"solution {solution} has no connection references in {env_name}", unit)
+    for r, problem in scope.unfit:
+        ref_lines += comment_lines(unfit_note(r, problem, solution), unit)
     template = _naming_template(existing)
     duplicates = _duplicate_groups(scope.refs)
     replaces = existing_replaces(existing)
@@ -480,4 +507,4 @@ def _bindings_section(scope: _Scope, existing: Existing | None) -> list[str]:
     return binding_lines
 
 
-__all__ = ["import_environment", "plan_refusals"]
+__all__ = ["import_environment", "plan_refusals", "unfit_note", "unfit_references"]

@@ -46,19 +46,19 @@ _COMMENT_WIDTH = 100
 def comment_lines(text: str, indent: str, *, wrap: bool = True) -> list[str]:
     """``text`` as comment lines at ``indent``, wrapped so a reader need not scroll sideways
     (continuation lines indented by two more spaces). ``wrap=False`` for commented-out YAML that the
-    user is meant to uncomment as is."""
-    # Comments quote live names: each paragraph (split on "\n" only) is shown inert, so no carriage
-    # return, NEL or line separator in a name can end the comment and start YAML of its own.
-    paragraphs = [inert(p) for p in text.split("\n")] if text else [""]
+    user is meant to uncomment as is: exactly one line.
+
+    ``text`` is one paragraph; call once per line for several. Comments quote live names (display
+    names, flow names, owners), so the whole text is shown inert, a line break included (as ``\\n``):
+    nothing in a name can end the comment and start a line of its own, such as a binding that reads as
+    one import commented out."""
+    shown = inert(text)
     if not wrap:
-        return [f"{indent}# {line}".rstrip() for line in paragraphs]
+        return [f"{indent}# {shown}".rstrip()]
     width = max(_COMMENT_WIDTH - len(indent) - 2, 40)
-    out: list[str] = []
-    for para in paragraphs:
-        wrapped = textwrap.wrap(para, width=width, subsequent_indent="  ", break_long_words=False,
-                                break_on_hyphens=False) or [""]
-        out += [f"{indent}# {line}".rstrip() for line in wrapped]
-    return out
+    wrapped = textwrap.wrap(shown, width=width, subsequent_indent="  ", break_long_words=False,
+                            break_on_hyphens=False) or [""]
+    return [f"{indent}# {line}".rstrip() for line in wrapped]
 
 
 # The comments import itself writes, so a re-import replaces them instead of piling them up.

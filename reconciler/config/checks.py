@@ -4,8 +4,9 @@ The ``*_problem`` functions say what is wrong with one value (a solution unique 
 connection name, an environment variable name, a naming template, a URL) in words fit for
 ``file:line:column: field.path: message``; ``_is_loopback_host``/``is_loopback_url`` tell where
 plain http is allowed; ``normalise_connector`` writes a connector in its one stored form;
-``absent_if_null`` and ``is_empty_node`` read optional and blank nodes. ``reconciler.config.loader`` runs them
-from its validator.
+``absent_if_null`` and ``is_empty_node`` read optional and blank nodes, ``is_blank`` blank text;
+``secret_value_kind`` tells a value that is a secret whatever key it sits under. ``reconciler.config.loader``
+runs them from its validator, and ``connref import`` runs them on what it is about to write.
 """
 
 from __future__ import annotations
@@ -19,11 +20,43 @@ from urllib.parse import urlsplit
 from reconciler.config.yamlsource import Map, Scalar, Seq, YNode
 from reconciler.domain.model import CONNECTOR_PREFIX, connector_id
 from reconciler.domain.naming import PLACEHOLDERS
+from reconciler.domain.patterns import has_jwt
 
 MAX_CONNECTION_NAME = 1000
 ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SOLUTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,64}")
 CONNECTOR_NAME_RE = re.compile(r"shared_[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+# Values that are secrets whatever key they sit under (and JWTs: reconciler.domain.patterns).
+PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
+# Entra client secrets since 2021: three characters, a digit, "Q~", then 31-34 more.
+# Found anywhere in a value ("the secret is Xy71Q~..."), not only as the whole of it.
+_SECRET_CHAR = r"[A-Za-z0-9_\-.~]"
+_ENTRA_SECRET_RE = re.compile(rf"(?<!{_SECRET_CHAR}){_SECRET_CHAR}{{3}}\dQ~{_SECRET_CHAR}{{31,34}}(?!{_SECRET_CHAR})")
+# Each value pattern of ``secret_value_kind`` needs one of these fragments.
+SECRET_VALUE_FRAGMENTS = ("-----BEGIN ", "eyJ", "Q~")
+
+
+def secret_value_kind(value: str) -> str | None:
+    """What secret ``value`` looks like ("a token (JWT)", "a PEM block (key or certificate)", "a client
+    secret"), or None. Callers name the kind, never the value."""
+    # Each pattern below needs one of these fragments: most values have none and skip the searches.
+    if all(fragment not in value for fragment in SECRET_VALUE_FRAGMENTS):
+        return None
+    if PEM_RE.search(value):
+        return "a PEM block (key or certificate)"
+    if has_jwt(value):
+        return "a token (JWT)"
+    if _ENTRA_SECRET_RE.search(value):
+        return "a client secret"
+    return None
+
+
+def is_blank(value: str) -> bool:
+    """Empty, or nothing but whitespace (any Unicode space, tab or line break): the config reads such a
+    text as no value, and refuses it where a value is required."""
+    return not value.strip()
 
 
 def absent_if_null(node: YNode | None) -> YNode | None:
@@ -35,7 +68,7 @@ def absent_if_null(node: YNode | None) -> YNode | None:
 
 def is_empty_node(node: YNode) -> bool:
     if isinstance(node, Scalar):
-        return node.value is None or (isinstance(node.value, str) and not node.value.strip())
+        return node.value is None or (isinstance(node.value, str) and is_blank(node.value))
     if isinstance(node, Map):
         return not node.pairs
     if isinstance(node, Seq):

@@ -25,14 +25,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.config.checks import (
+    PEM_RE,
+    SECRET_VALUE_FRAGMENTS,
     absent_if_null,
     connection_name_problem,
     connector_problem,
     env_var_problem,
+    is_blank,
     is_empty_node,
     is_loopback_url,
     naming_problem,
     normalise_connector,
+    secret_value_kind,
     solution_problem,
     url_problem,
 )
@@ -61,7 +65,7 @@ from reconciler.domain.model import (
     frozen_map,
 )
 from reconciler.domain.names import logical_name_problem, publisher_prefix
-from reconciler.domain.patterns import GUID, JWT, has_jwt, is_guid
+from reconciler.domain.patterns import GUID, JWT, is_guid
 from reconciler.domain.rules import CODES
 from reconciler.domain.text import inert
 from reconciler.errors import ConfigError, ConfigErrors, Location
@@ -185,18 +189,10 @@ def _auth_key_of_other_methods(method: str, key: str) -> str | None:
     return None
 
 
-# Values that are secrets whatever key they sit under (and JWTs: reconciler.domain.patterns).
-_PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
-# Entra client secrets since 2021: three characters, a digit, "Q~", then 31-34 more.
-# Found anywhere in a value ("the secret is Xy71Q~..."), not only as the whole of it.
-_SECRET_CHAR = r"[A-Za-z0-9_\-.~]"
-_ENTRA_SECRET_RE = re.compile(rf"(?<!{_SECRET_CHAR}){_SECRET_CHAR}{{3}}\dQ~{_SECRET_CHAR}{{31,34}}(?!{_SECRET_CHAR})")
 # Keys whose value would be a secret. ``*_env`` / ``*_file`` / ``*_path`` / ``*_id`` never match.
 _SECRET_KEY_WORDS = ("secret", "password", "passwd", "pwd", "token", "private_key", "privatekey", "api_key",
                      "apikey", "assertion", "connection_string", "sas")
 _SECRET_KEY_RE = re.compile(r"(?:^|_)(?:" + "|".join(_SECRET_KEY_WORDS) + r")$")
-# Each value pattern below (``_secret_value``) needs one of these fragments.
-_SECRET_VALUE_FRAGMENTS = ("-----BEGIN ", "eyJ", "Q~")
 _SECRET_ALTERNATIVES = {
     "client_secret": "client_secret_env or client_secret_file",
     "access_token": "access_token_env",
@@ -211,19 +207,6 @@ _SECRET_ALTERNATIVES = {
 def _secret_key(key: str) -> bool:
     # Cached: a config repeats the same few keys (connector, display_name) thousands of times.
     return bool(_SECRET_KEY_RE.search(key.lower().replace("-", "_")))
-
-
-def _secret_value(value: str) -> str | None:
-    # Each pattern below needs one of these fragments: most values have none and skip the searches.
-    if all(fragment not in value for fragment in _SECRET_VALUE_FRAGMENTS):
-        return None
-    if _PEM_RE.search(value):
-        return "a PEM block (key or certificate)"
-    if has_jwt(value):
-        return "a token (JWT)"
-    if _ENTRA_SECRET_RE.search(value):
-        return "a client secret"
-    return None
 
 
 _FILE_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,5}$")
@@ -326,7 +309,7 @@ class _Validator:
     def _scan_scalar(self, node: Scalar, path_of: Mapping[int, str]) -> None:
         if not isinstance(node.value, str) or id(node) in self.flagged:
             return
-        what = _secret_value(node.value)
+        what = secret_value_kind(node.value)
         if what:
             self.secret_texts.add(node.value)
             self.error(
@@ -399,7 +382,7 @@ class _Validator:
         if id(node) in self.flagged:
             return None
         value = node.value
-        if not value.strip():
+        if is_blank(value):
             self.error(node, join_path(field, key), "must not be empty")
             return None
         if max_len is not None and len(value) > max_len:
@@ -1229,7 +1212,7 @@ def _may_hold_secrets(strings: Strings) -> bool:
     all the strings joined (a line each), so the answer costs a few scans of the text at C speed."""
     keys = "\n".join(strings.keys) + "\n"
     everything = keys + "\n".join(strings.values)
-    if any(fragment in everything for fragment in _SECRET_VALUE_FRAGMENTS):
+    if any(fragment in everything for fragment in SECRET_VALUE_FRAGMENTS):
         return True
     # A secret-named key ends with one of the words (``_SECRET_KEY_RE``): then the word is followed by
     # the newline that ends the key here.
@@ -1260,7 +1243,7 @@ def _without_secrets(text: str, secrets: Collection[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "(a secret)")
     if "-----BEGIN " in text or "eyJ" in text:
-        text = JWT.sub("(a token)", _PEM_RE.sub("(a PEM block)", text))
+        text = JWT.sub("(a token)", PEM_RE.sub("(a PEM block)", text))
     return text
 
 

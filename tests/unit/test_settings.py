@@ -20,7 +20,7 @@ from builders import (
     desired,
 )
 
-from reconciler.adoption.bindings_merge import bindings_from_settings, merge_bindings
+from reconciler.adoption.bindings_merge import bindings_from_settings, merge_bindings, settings_bindings
 from reconciler.adoption.settings import (
     deployment_settings,
     merge_into_existing,
@@ -240,6 +240,75 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_bindings_from_settings_errors_name_the_source() -> None:
     with pytest.raises(ConfigError, match=r"prod\.json: ConnectionReferences\[0\]: LogicalName is missing"):
         bindings_from_settings({"ConnectionReferences": [{}]}, source="prod.json")
+
+
+# An Entra client secret, a JWT and a PEM block: what a settings file must never carry into the config.
+ENTRA_SECRET = "Abc8Q~xK2pLm9Nv4Bt7Rz1KwHs5Jx3Ty6Ua0OeQr"
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJl"
+PEM = "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-----END PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    ("connection_id", "problem"),
+    [
+        ("my connection", "is not a connection name: a connection name has no spaces"),
+        ("abc\ndef", "is not a connection name: a connection name has no spaces"),
+        ("abc\u3000def", "is not a connection name: a connection name has no spaces"),
+        ("/providers/Microsoft.PowerApps/apis/shared_office365/connections/8ee5a024897742cc86f3aea206fe2e92",
+         "is not a connection name: expected the connection name (the last segment of the connection id), not a path"),
+        (ENTRA_SECRET, "looks like a client secret, not a connection name"),
+        (JWT, "looks like a token (JWT), not a connection name"),
+        (PEM, "looks like a PEM block (key or certificate), not a connection name"),
+        (f"the secret is {ENTRA_SECRET}", "looks like a client secret"),
+    ],
+)
+def test_a_connection_id_the_config_would_refuse_is_an_error(connection_id: str, problem: str) -> None:
+    """Each ConnectionId is judged by the config's own binding checks before anything is merged; the
+    error names the file, the entry and the problem, and never repeats a secret."""
+    settings = parse_settings({"ConnectionReferences": [
+        {"LogicalName": "contoso_Good", "ConnectionId": "0123456789abcdef0123456789abcdef"},
+        {"LogicalName": "contoso_Bad", "ConnectionId": connection_id},
+    ]}, "prod.json")
+    with pytest.raises(ConfigError) as e:
+        settings_bindings(settings, source="prod.json")
+    message = str(e.value)
+    assert message.startswith("prod.json: ConnectionReferences[1] (contoso_Bad): ConnectionId " + problem), message
+    assert message.endswith("; nothing was written")
+    for secret in (ENTRA_SECRET, JWT, PEM, "MIIEvQ", "eyJ", "Q~"):
+        assert secret not in message
+    with pytest.raises(ConfigError):
+        bindings_from_settings({"ConnectionReferences": [{"LogicalName": "contoso_Bad",
+                                                          "ConnectionId": connection_id}]})
+
+
+def test_every_refused_connection_id_is_listed() -> None:
+    settings = parse_settings({"ConnectionReferences": [
+        {"LogicalName": "contoso_A", "ConnectionId": "a b"},
+        {"LogicalName": "contoso_B", "ConnectionId": ""},
+        {"LogicalName": "contoso_C", "ConnectionId": JWT},
+    ]}, "prod.json")
+    with pytest.raises(ConfigError) as e:
+        settings_bindings(settings, source="prod.json")
+    assert str(e.value).splitlines() == [
+        "prod.json: 2 entries cannot be bindings, so nothing was written:",
+        "  prod.json: ConnectionReferences[0] (contoso_A): ConnectionId is not a connection name: a connection "
+        "name has no spaces; to pick a connection by display name use {owner: ..., display_name: ...}",
+        "  prod.json: ConnectionReferences[2] (contoso_C): ConnectionId looks like a token (JWT), not a connection "
+        "name, and secrets must not be written in the config (the value is not shown); put the connection's "
+        "name there, and if it is a real secret, treat it as leaked",
+    ]
+
+
+def test_good_connection_ids_still_bind() -> None:
+    settings = parse_settings({"ConnectionReferences": [
+        {"LogicalName": "contoso_A", "ConnectionId": "0123456789abcdef0123456789abcdef"},
+        {"LogicalName": "contoso_B", "ConnectionId": "shared-commondataser-02b6ee82-a4ff-46ec-8360-751ab6c28b1b"},
+        {"LogicalName": "contoso_C", "ConnectionId": ""},
+    ]}, "prod.json")
+    bindings, notes = settings_bindings(settings, source="prod.json")
+    assert bindings == {"contoso_A": "0123456789abcdef0123456789abcdef",
+                        "contoso_B": "shared-commondataser-02b6ee82-a4ff-46ec-8360-751ab6c28b1b"}
+    assert [n.split(":")[0] for n in notes] == ["skipped contoso_C"]
 
 
 # ------------------------------------------------------------------- merging into a config
