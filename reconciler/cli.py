@@ -338,6 +338,17 @@ def run(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception as e:  # the last resort: a bug must not end in a traceback
+        # Every error connref expects is a ConnrefError; anything else is a bug. Say so in one line (inert:
+        # the message may quote data), and show where only when asked (-v), for the report.
+        print(f"Error: connref failed unexpectedly ({type(e).__name__}: {_shown(e)}). This is a bug in connref: "
+              "nothing more was done; run the command again with -v to see where it failed, and report it.",
+              file=sys.stderr)
+        if getattr(args, "verbose", 0):
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

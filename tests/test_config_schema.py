@@ -48,7 +48,6 @@ BEYOND_SCHEMA = {
     "replaces_listed_twice": "a name listed twice apart from case (the schema compares items exactly)",
     "flows_keep_off_duplicate": "two flow names that differ only in case (uniqueItems compares exactly)",
     "state_dir_is_a_file": "state.dir must not be a file (the file system)",
-    "lone_surrogate": "half of a UTF-16 surrogate pair (an escape in the YAML text; data has no such thing)",
 }
 
 

@@ -190,22 +190,15 @@ def _syntax_error(file: str, exc: yaml.YAMLError, text: str = "") -> ConfigError
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _paired(text: str) -> str | None:
+def _paired(text: str) -> str:
     """``text`` with each UTF-16 surrogate pair (two ``\\u`` escapes, as JSON writes a character beyond
-    U+FFFF) made the one character it stands for; None when a half has no other half. Only the pure
-    loader lets surrogates through (libyaml refuses them, and connref then asks the pure one what is
-    wrong): a lone one is not a character, and encoding it anywhere (a request, a saved plan) fails."""
-    try:
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-    except UnicodeDecodeError:
-        return None
-
-
-def _lone_surrogate(text: str) -> str:
-    half = _SURROGATE.search(text)
-    code = ord(half.group(0)) if half else 0
-    return (f"holds \\u{code:04x}, half of a UTF-16 surrogate pair without its other half: not a character; "
-            "write the character itself, or a \\U escape with its code point (\\U0001F600)")
+    U+FFFF) made the one character it stands for. Only the pure loader lets surrogates through (libyaml
+    refuses them, and connref then reads the document with the pure one). A half without its other half
+    is kept as it is: live data can hold one (Dataverse keeps UTF-16), and ``import`` writes it back as
+    the same escape, so the config round-trips; everything that shows or encodes text is ready for it."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 class _Converter:
@@ -226,12 +219,7 @@ class _Converter:
             # text unchanged (memoised all the same: an alias of it stays one shared node).
             mark = node.start_mark
             value = node.value
-            if _SURROGATE.search(value):
-                paired = _paired(value)
-                if paired is None:
-                    self.errors.append(ConfigError(_lone_surrogate(value), _loc(self.file, node), path or None))
-                    return Scalar(_loc(self.file, node), None, "", broken=True)
-                value = paired
+            value = _paired(value)
             text = self.done[nid] = Scalar(Location(self.file, mark.line + 1, mark.column + 1), value, value,
                                            quoted=node.style in ("'", '"'))
             return text
@@ -301,14 +289,7 @@ class _Converter:
                     )
                 )
                 continue
-            key_text = str(key_node.value)
-            if _SURROGATE.search(key_text):
-                paired = _paired(key_text)
-                if paired is None:
-                    self.errors.append(ConfigError(_lone_surrogate(key_text), _loc(self.file, key_node),
-                                                   path or None))
-                    continue
-                key_text = paired
+            key_text = _paired(str(key_node.value))
             key = Scalar(_loc(self.file, key_node), key_text, key_text, key_node.style in ("'", '"'))
             key_path = join_path(path, key.text)
             if key.text in seen:

@@ -198,7 +198,9 @@ def plan_environment(
 
 def _digest(data: Any) -> str:
     raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+    # A lone surrogate (live data, or a config that round-trips one) has no UTF-8 form: "surrogatepass"
+    # gives it one, and every other text the same bytes as before.
+    return "sha256:" + hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def live_fingerprint(live: LiveEnvironment) -> str:

@@ -119,3 +119,21 @@ def test_connref_config_names_the_config(
     # -c still wins over the variable.
     r = run_cli("validate", "-c", str(elsewhere / "other.yaml"))
     assert r.code == 1 and "other.yaml" in r.err
+
+
+def test_a_bug_ends_in_one_line_that_says_so_and_its_traceback_only_with_v(
+        quickstart: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler import commands
+    from reconciler.cli import run
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise KeyError("display_name\x1b[2J")
+
+    monkeypatch.setattr(commands, "dispatch", broken)
+    assert run(["-c", str(quickstart.config), "plan"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "\x1b" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("Error: connref failed unexpectedly (KeyError: 'display_name\\x1b[2J'). This is a bug")
+    assert run(["-c", str(quickstart.config), "-v", "plan"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -212,3 +212,26 @@ def test_a_newline_in_a_config_key_or_file_name_forges_no_config_error(quickstar
     assert not any(line.lstrip().startswith("connref.yaml:1:1") for line in r.err.splitlines())
     r = quickstart.run("-c", "missing\nconnref.yaml:1:1: version: injected", "validate")
     assert r.code == 1 and len(r.err.strip().splitlines()) == 1, r.err
+
+
+def test_a_lone_surrogate_in_the_config_goes_through_plan_apply_and_a_saved_plan(quickstart: Workspace) -> None:
+    # import writes a live lone surrogate back as its \u escape, so a config can hold one: every command
+    # that digests, saves or shows the config must take it (a digest used to raise UnicodeEncodeError).
+    quickstart.config.write_text(quickstart.config.read_text().replace(
+        "    display_name: SharePoint ContosoFlows\n", '    display_name: "SharePoint \\uD800 ContosoFlows"\n', 1))
+    assert quickstart.run("validate").code == 0
+    r = quickstart.run("plan", "-e", "dev", "--json")
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    assert json.loads(r.out)["format_version"]
+    assert_inert(r.out, r.err)
+    md_path = quickstart.dir / "plan.md"
+    r = quickstart.run("plan", "-e", "dev", "--out", str(quickstart.dir / "plan.json"), "--markdown", str(md_path))
+    assert r.code == 0, r.err
+    assert_inert(r.out, md_path.read_text(encoding="utf-8"))
+    assert "\\ud800" in r.out
+    r = quickstart.run("apply", str(quickstart.dir / "plan.json"))
+    assert r.code == 0, r.out + r.err
+    (live,) = [ref for ref in quickstart.data("dev")["connectionreferences"]
+               if ref["connectionreferencelogicalname"] == "contoso_sharedsharepointonline_30e7d"]
+    assert live["connectionreferencedisplayname"] == "SharePoint \ud800 ContosoFlows"
+    assert quickstart.run("plan", "-e", "dev", "--detailed-exitcode").code == 0
