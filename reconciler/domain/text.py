@@ -13,8 +13,8 @@ link in a pull-request comment would turn into markup. So:
 - ``md(text)`` for markdown text (table cells, list items, quotes): ``inert`` first, then HTML special
   characters as entities, backslash escapes for the punctuation that starts inline markup (code,
   emphasis, links and images, strikethrough, table cells) and for a block marker at the start, and a
-  zero-width space after ``@`` and inside ``://`` and ``www.`` so that no mention and no autolink comes
-  out of data.
+  zero-width space after ``@`` and ``#`` (before a digit) and inside ``://`` and ``www.`` so that no
+  mention, issue reference and no autolink comes out of data.
 - ``md_code(text)``: a code span that holds ``text`` literally (a fence longer than any backtick run in
   it; ``|`` escaped, as GitHub-flavoured tables need even inside code).
 - ``html_text(text)``: text inside raw HTML of a markdown document (``<summary>``): ``inert``, then HTML
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 
 # C0 controls, DEL and C1 controls (Unicode category Cc), the line and paragraph separators, lone
 # surrogates (printing one fails with UnicodeEncodeError), the byte-order mark / zero-width no-break
@@ -68,6 +69,30 @@ def is_inert(text: str) -> bool:
     return _UNSAFE.search(text) is None
 
 
+def _unseen(ch: str) -> bool:
+    """A character a reader cannot see, or cannot tell from a plain space: a format character (Cf: zero-width
+    space and joiners, soft hyphen, word joiner) or a space other than U+0020 (Zs: no-break, thin, ideographic)."""
+    category = unicodedata.category(ch)
+    return category == "Cf" or (category == "Zs" and ch != " ")
+
+
+def _seen(text: str) -> str:
+    return "".join(" " if unicodedata.category(c) == "Zs" else "" if _unseen(c) else c for c in text)
+
+
+def told_apart(before: str, after: str) -> tuple[str, str]:
+    """``before`` and ``after`` as a change shows them: when they differ only in characters a reader cannot
+    see (``"Dataverse\\u00a0Flows"`` -> ``"Dataverse Flows"``), those characters are escaped in both, so the
+    change is visible; otherwise both as they are (an emoji keeps its joiners)."""
+    if before == after or _seen(before) != _seen(after):
+        return before, after
+
+    def escaped(text: str) -> str:
+        return "".join(f"\\u{ord(c):04x}" if _unseen(c) else c for c in text)
+
+    return escaped(before), escaped(after)
+
+
 def md(text: object) -> str:
     """``text`` as literal markdown text: no emphasis, code, link, image, HTML, heading, list, table cell
     break, mention or autolink can come out of it."""
@@ -78,6 +103,9 @@ def md(text: object) -> str:
         lambda m: m.group(1) + ("\\" + m.group(2) if m.group(2) else m.group(3) + "\\" + m.group(4)), s)
     # A zero-width space breaks the patterns GitHub links by itself (mentions, e-mail addresses, bare
     # URLs, www.): the text reads the same.
+    # "#12" and "owner/repo#12" link to an issue or pull request of the repository the comment is in. (Before
+    # the other zero-width spaces: their entity, &#8203;, has a "#" before a digit of its own.)
+    s = re.sub(r"#(?=\d)", "#" + _ZWSP, s)
     s = s.replace("@", "@" + _ZWSP).replace("://", ":" + _ZWSP + "//")
     return re.sub(r"(?i)\b(www)\.", lambda m: m.group(1) + _ZWSP + ".", s)
 
@@ -95,5 +123,7 @@ def md_code(text: object, *, table: bool = False) -> str:
 
 
 def html_text(text: object) -> str:
-    """``text`` as the content of an HTML element in a markdown document: no tag, entity or mention."""
-    return html.escape(inert(text), quote=True).replace("@", "@" + _ZWSP)
+    """``text`` as the content of an HTML element in a markdown document: no tag, entity, mention or issue
+    reference."""
+    s = re.sub(r"#(?=\d)", "#" + _ZWSP, html.escape(inert(text), quote=True))
+    return s.replace("@", "@" + _ZWSP)

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.domain.model import connector_name
 from reconciler.domain.rules import Problem
-from reconciler.domain.text import html_text, inert, md, md_code
+from reconciler.domain.text import html_text, inert, md, md_code, told_apart
 from reconciler.errors import problem_lines
 from reconciler.plan.ops import (
     FORMAT_VERSION,
@@ -110,7 +110,7 @@ def _update_lines(op: UpdateReference) -> list[tuple[str, str | None, str]]:
         elif c.field == "owner":
             old, new = c.before or "(none)", c.after or "(none)"
         else:
-            old, new = _value(c.before), _value(c.after)
+            old, new = told_apart(_value(c.before), _value(c.after))
         lines.append((c.field, old, new))
     # What a rebind reaches: the flows, apps and agents that use the reference.
     for d in op.dependents:

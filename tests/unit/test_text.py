@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from reconciler.adoption.yamledit import yaml_scalar
-from reconciler.domain.text import html_text, inert, is_inert, md, md_code
+from reconciler.domain.text import html_text, inert, is_inert, md, md_code, told_apart
 
 UNSAFE = ["\x00", "\x07", "\x08", "\t", "\n", "\r", "\x1b", "\x7f", "\x85", "\x9b", "\u061c", "\u200e", "\u200f",
           "\u2028", "\u2029", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
@@ -90,3 +90,19 @@ def test_yaml_scalar_round_trips_and_holds_nothing_raw() -> None:
         assert is_inert(text), (value, text)
         assert yaml.safe_load(f"k: {text}\n")["k"] == value, (value, text)
         assert yaml.safe_load(f"{yaml_scalar(value)}: 1\n") == {value: 1} or value == ""
+
+
+def test_a_change_made_only_of_characters_no_one_sees_is_shown_with_them_escaped() -> None:
+    before, after = told_apart("Microsoft\u200b Dataverse\u00a0Flows\u00ad", "Microsoft Dataverse Flows")
+    assert before == "Microsoft\\u200b Dataverse\\u00a0Flows\\u00ad" and after == "Microsoft Dataverse Flows"
+    # A visible change is shown as it is: an emoji keeps its joiner, a no-break space stays one.
+    assert told_apart("family \U0001F468\u200d\U0001F469", "family") == ("family \U0001F468\u200d\U0001F469",
+                                                                         "family")
+    assert told_apart("a\u00a0b", "c d") == ("a\u00a0b", "c d")
+    assert told_apart("same", "same") == ("same", "same")
+
+
+def test_markdown_makes_no_issue_reference_out_of_data() -> None:
+    shown = md("fixes #12, see contoso/flows#7; C# and # alone stay")
+    assert "#12" not in shown and "#7" not in shown
+    assert "#&#8203;12" in shown and "flows#&#8203;7" in shown and "C# and # alone" in shown
