@@ -467,6 +467,8 @@ class _Validator:
                 or not isinstance(version_node.value, int)
             ):
                 self.type_error(version_node, "version", "the integer 1")
+            elif _int_form_problem(version_node):
+                self.error(version_node, "version", _int_form_problem(version_node) or "")
             elif version_node.value != SUPPORTED_VERSION:
                 self.error(
                     version_node,
@@ -786,6 +788,9 @@ class _Validator:
             path = join_path(field, "wait_seconds")
             if not isinstance(w, Scalar) or not isinstance(w.value, int) or isinstance(w.value, bool):
                 self.type_error(w, path, "a whole number of seconds")
+                ok = False
+            elif _int_form_problem(w):
+                self.error(w, path, _int_form_problem(w) or "")
                 ok = False
             elif not 0 <= w.value <= MAX_FLOW_WAIT_SECONDS:
                 self.error(w, path, f"must be from 0 to {MAX_FLOW_WAIT_SECONDS} seconds (got {w.value})")
@@ -1111,7 +1116,9 @@ class _Validator:
         node = m.get("lease_duration")
         if node is not None:
             if isinstance(node, Scalar) and isinstance(node.value, int) and not isinstance(node.value, bool):
-                if LEASE_MIN <= node.value <= LEASE_MAX:
+                if _int_form_problem(node):
+                    self.error(node, "state.lease_duration", _int_form_problem(node) or "")
+                elif LEASE_MIN <= node.value <= LEASE_MAX:
                     lease = node.value
                 else:
                     self.error(node, "state.lease_duration",
@@ -1234,6 +1241,19 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+
+
+def _int_form_problem(node: Scalar) -> str | None:
+    """Why an integer is refused although YAML read it as one: YAML 1.1 (what PyYAML reads) takes ``010`` as
+    octal 8, ``0x10`` as 16, ``1:30`` as 90 and ``1_000`` as 1000; a setting read as another number than the
+    one written is refused, not guessed."""
+    if _PLAIN_INT.fullmatch(node.text.strip()):
+        return None
+    return (f"{node.text.strip()} is read as {node.value} by YAML (a leading 0 is octal, 0x hexadecimal, a colon "
+            "base 60); write the number in plain decimal")
 
 
 def _without_secrets(text: str, secrets: Collection[str]) -> str:
