@@ -21,7 +21,7 @@ import re
 import stat
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from reconciler.config.checks import (
@@ -782,24 +782,31 @@ class _Validator:
                     else:
                         seen[item.value.strip().lower()] = i
                         keep_off.append(item.value.strip())
-        wait = DEFAULT_FLOW_WAIT_SECONDS
-        w = m.get("wait_seconds")
-        if w is not None:
-            path = join_path(field, "wait_seconds")
-            if not isinstance(w, Scalar) or not isinstance(w.value, int) or isinstance(w.value, bool):
-                self.type_error(w, path, "a whole number of seconds")
-                ok = False
-            elif _int_form_problem(w):
-                self.error(w, path, _int_form_problem(w) or "")
-                ok = False
-            elif not 0 <= w.value <= MAX_FLOW_WAIT_SECONDS:
-                self.error(w, path, f"must be from 0 to {MAX_FLOW_WAIT_SECONDS} seconds (got {w.value})")
-                ok = False
-            else:
-                wait = w.value
-        if not ok:
+        wait = self.seconds(m.get("wait_seconds"), join_path(field, "wait_seconds"), "a whole number of seconds",
+                            f"must be from 0 to {MAX_FLOW_WAIT_SECONDS} seconds", 0, MAX_FLOW_WAIT_SECONDS)
+        if not ok or wait is False:
             return None
+        if wait is None:
+            wait = DEFAULT_FLOW_WAIT_SECONDS
         return FlowSettings(activate=activate, keep_off=tuple(keep_off), wait_seconds=wait, location=m.loc)
+
+    def seconds(self, node: YNode | None, path: str, expected: str, out_of_range: str, low: int,
+                high: int) -> int | Literal[False] | None:
+        """A whole number from ``low`` to ``high`` written in plain decimal; None when absent, False (reported)
+        when it is not one."""
+        if node is None:
+            return None
+        if not isinstance(node, Scalar) or not isinstance(node.value, int) or isinstance(node.value, bool):
+            self.type_error(node, path, expected)
+            return False
+        problem = _int_form_problem(node)
+        if problem:
+            self.error(node, path, problem)
+            return False
+        if not low <= node.value <= high:
+            self.error(node, path, f"{out_of_range} (got {node.value})")
+            return False
+        return node.value
 
     def url(self, m: Map, key: str, field: str, *, allow_local: bool) -> tuple[str | None, str | None]:
         """Returns ``(url, local_path)``; ``local_path`` is the absolute data file for ``local:PATH``."""
@@ -1112,19 +1119,10 @@ class _Validator:
             self.error(m, "state.account_url",
                        "required key is missing (the storage account's blob endpoint, "
                        "https://ACCOUNT.blob.core.windows.net)")
-        lease = LEASE_DEFAULT
-        node = m.get("lease_duration")
-        if node is not None:
-            if isinstance(node, Scalar) and isinstance(node.value, int) and not isinstance(node.value, bool):
-                if _int_form_problem(node):
-                    self.error(node, "state.lease_duration", _int_form_problem(node) or "")
-                elif LEASE_MIN <= node.value <= LEASE_MAX:
-                    lease = node.value
-                else:
-                    self.error(node, "state.lease_duration",
-                               f"a blob lease lasts {LEASE_MIN} to {LEASE_MAX} seconds (got {node.value})")
-            else:
-                self.type_error(node, "state.lease_duration", f"an integer number of seconds ({LEASE_MIN}-{LEASE_MAX})")
+        given_lease = self.seconds(m.get("lease_duration"), "state.lease_duration",
+                                   f"an integer number of seconds ({LEASE_MIN}-{LEASE_MAX})",
+                                   f"a blob lease lasts {LEASE_MIN} to {LEASE_MAX} seconds", LEASE_MIN, LEASE_MAX)
+        lease = given_lease if isinstance(given_lease, int) and not isinstance(given_lease, bool) else LEASE_DEFAULT
         if len(self.errors) != errors_before or container is None:
             return None
         return AzureStateConfig(
