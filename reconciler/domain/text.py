@@ -64,6 +64,19 @@ def inert(text: object) -> str:
     return _UNSAFE.sub(_escape, s)
 
 
+# What ``inert`` escapes that ``json.dumps(..., ensure_ascii=False)`` leaves raw inside strings (it escapes
+# the C0 controls itself; a raw newline in its output is the indentation's, outside any string).
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+
+
+def json_text(text: str) -> str:
+    """JSON text made by ``json.dumps(..., ensure_ascii=False)`` with each character that could act on a
+    terminal or reorder what is displayed written as its ``\\u`` escape: the same JSON value, readable (other
+    non-ASCII text stays as it is), and safe to print with ``cat``. A lone surrogate becomes its escape too,
+    so the text always has a UTF-8 form."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
 def is_inert(text: str) -> bool:
     """True when ``inert`` would leave ``text`` as it is (nothing in it acts on a terminal)."""
     return _UNSAFE.search(text) is None

@@ -36,7 +36,7 @@ from typing import Any
 
 from reconciler.domain.model import Config, LiveEnvironment, frozen_map
 from reconciler.domain.patterns import has_jwt
-from reconciler.domain.text import inert
+from reconciler.domain.text import inert, json_text
 from reconciler.errors import PlanError, StalePlanError
 from reconciler.schemas.validate import problems
 from reconciler.state.local import atomic_write
@@ -219,12 +219,9 @@ def write_plan_file(
         plan=frozen_map(_plan_dict(plan)),
         path=str(path),
     )
-    text = json.dumps(saved.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate from live data: \u escapes keep the file valid UTF-8
-            text = json.dumps(saved.to_dict(), indent=2, sort_keys=True) + "\n"
+    # Names from live data are written as they are, except what could act on a terminal when the file is
+    # printed (a bidi override, a C1 control, a lone surrogate): those as \u escapes, the same JSON value.
+    text = json_text(json.dumps(saved.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     leaked = has_jwt(text)  # a JWT is a secret wherever it appears
     for value in secret_values(config, secrets):
         # json.dumps escapes some characters, so look for the raw and the JSON-escaped form.

@@ -235,3 +235,17 @@ def test_a_lone_surrogate_in_the_config_goes_through_plan_apply_and_a_saved_plan
                if ref["connectionreferencelogicalname"] == "contoso_sharedsharepointonline_30e7d"]
     assert live["connectionreferencedisplayname"] == "SharePoint \ud800 ContosoFlows"
     assert quickstart.run("plan", "-e", "dev", "--detailed-exitcode").code == 0
+
+
+def test_the_saved_plan_is_safe_to_print_and_keeps_readable_names(quickstart: Workspace) -> None:
+    path = quickstart.dir / "dev.json"
+    data = json.loads(path.read_text())
+    data["connectionreferences"][0]["connectionreferencedisplayname"] = "Caf\u00e9 \u202etxt.exe\x85 \U0001F600"
+    path.write_text(json.dumps(data, indent=2))
+    saved = quickstart.dir / "plan.json"
+    assert quickstart.run("plan", "-e", "dev", "--out", str(saved)).code == 0
+    text = saved.read_text(encoding="utf-8")
+    assert_inert(text)
+    assert "Caf\u00e9 \\u202etxt.exe\\u0085 \U0001F600" in text  # only what acts on a terminal is escaped
+    r = quickstart.run("apply", str(saved))
+    assert r.code == 0, r.out + r.err

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import yaml
 
 from reconciler.adoption.yamledit import yaml_scalar
-from reconciler.domain.text import html_text, inert, is_inert, md, md_code, told_apart
+from reconciler.domain.text import html_text, inert, is_inert, json_text, md, md_code, told_apart
 
 UNSAFE = ["\x00", "\x07", "\x08", "\t", "\n", "\r", "\x1b", "\x7f", "\x85", "\x9b", "\u061c", "\u200e", "\u200f",
           "\u2028", "\u2029", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
@@ -106,3 +107,12 @@ def test_markdown_makes_no_issue_reference_out_of_data() -> None:
     shown = md("fixes #12, see contoso/flows#7; C# and # alone stay")
     assert "#12" not in shown and "#7" not in shown
     assert "#&#8203;12" in shown and "flows#&#8203;7" in shown and "C# and # alone" in shown
+
+
+def test_json_text_escapes_what_could_act_on_a_terminal_and_keeps_the_value() -> None:
+    value = {"name": "x\u202ey\ud800 \u00e9 \U0001F600 \x85\x1b[2J", "n": [1, 2]}
+    text = json_text(json.dumps(value, indent=2, ensure_ascii=False))
+    assert json.loads(text) == value
+    assert is_inert(text.replace("\n", " "))  # the indentation's newlines are the only raw control
+    assert "\u00e9" in text and "\U0001F600" in text  # readable text stays as it is
+    text.encode("utf-8")  # a lone surrogate has become its escape
