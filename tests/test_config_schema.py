@@ -47,6 +47,7 @@ BEYOND_SCHEMA = {
     "replaces_twice": "two references replace the same name (a relation between references)",
     "replaces_listed_twice": "a name listed twice apart from case (the schema compares items exactly)",
     "flows_keep_off_duplicate": "two flow names that differ only in case (uniqueItems compares exactly)",
+    "environment_names_differ_in_case": "two keys differ only in case (the schema compares keys exactly)",
     "flows_wait_octal": "010 is a number to the schema (YAML 1.1 reads it as octal 8; the editor as 10)",
     "state_dir_is_a_file": "state.dir must not be a file (the file system)",
 }

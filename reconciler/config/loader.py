@@ -653,6 +653,7 @@ class _Validator:
         if not m.pairs:
             self.error(m, "environments", "declare at least one environment")
         out: dict[str, EnvironmentConfig] = {}
+        folded: dict[str, Scalar] = {}
         for key, value in m.pairs:
             field = join_path("environments", key.text)
             if not ENV_NAME_RE.fullmatch(key.text):
@@ -662,6 +663,13 @@ class _Validator:
                     "an environment name may contain only letters, digits, '_', '.' and '-', "
                     "starting with a letter or digit",
                 )
+                continue
+            first = folded.setdefault(key.text.casefold(), key)
+            if first is not key:
+                # Each environment has a state file (or blob) and a lock named after it: on a file system that
+                # ignores case, dev and DEV would share them.
+                self.error(key, field, f"same environment name as {first.text} (line {first.loc.line}) apart from "
+                           "case; its state and lock are named after it, and some file systems ignore case")
                 continue
             env = self.environment(key.text, value, field, references, auth)
             if env is not None:
