@@ -223,3 +223,25 @@ def test_a_switch_on_batch_whose_answer_is_cut_short_is_sent_once_more(emulator:
     assert [(e.fault, e.batch_count) for e in switches] == [("malformed", 3), (None, 3)]
     assert all(w["statecode"] == 1 for w in emulator.store.data["workflows"]
                if w["name"] in ("Dataverse sync", "Outlook digest", "SharePoint sync"))
+
+
+def test_a_rerun_waits_for_the_update_an_earlier_apply_left_under_way(emulator: Any, make_session: Any) -> None:
+    # The first apply writes the rebind and does not wait for the flow's update: as one stopped while waiting.
+    session, cfg = make_session(0)
+    first = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    idle = Clock()
+    with pytest.raises(ApplyError):
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader), first,
+                          flows=FlowWatch(session.reader.dataverse, 0, None, idle.sleep, idle.clock))
+    assert emulator.store.workflow(SYNC)["statecode"] == 0
+    # The next plan has nothing to rebind, only the flow to switch on; its update is still under way.
+    session, cfg = make_session(120)
+    again = plan_environment(cfg, cfg.environments["dev"], read_environment(session.reader, cfg, "dev"))
+    assert [op.kind for op in again.ops] == ["activate_flow"]
+    clock = Clock(lambda: workflows.run_due_updates(emulator.store, time.time() + 7200))
+    result = apply_environment(session.dataverse, partial(read_reference_rows, session.reader), again,
+                               flows=FlowWatch(session.reader.dataverse, 120, None, clock.sleep, clock.clock))
+    assert result.ok
+    assert [(f.name, f.outcome) for f in result.flows] == [("Dataverse sync", "updated"),
+                                                          ("Dataverse sync", "switched_on")]
+    assert len(clock.sleeps) == 1 and emulator.store.workflow(SYNC)["statecode"] == 1
