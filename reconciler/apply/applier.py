@@ -896,11 +896,12 @@ def _op_result(op: Op, r: OperationResult) -> OpResult:
 def _apply_error_message(result: ApplyResult) -> str:
     stale = [r for r in result.failed if "plan again" in r.reason]
     head = f"apply of environment {result.environment} did not complete"
-    if result.failing_flows and all(r.outcome == "written" for r in result.results
-                                    if not isinstance(r.op, ActivateFlow)):
-        names = ", ".join(f'"{f.name}"' for f in result.failing_flows)
-        head = (f"apply of environment {result.environment} wrote the references, but flows are left failing: "
-                f"{names}")
+    others = [r for r in result.results if not isinstance(r.op, ActivateFlow)]
+    if result.failing_flows and all(r.outcome == "written" for r in others):
+        names = ", ".join(f'"{inert(f.name)}"' for f in result.failing_flows)
+        # "wrote the references" only when it did: a run with only flows to switch on wrote none.
+        what = "wrote the references, but" if others else "had only flows to switch on, and"
+        head = f"apply of environment {result.environment} {what} flows are left failing: {names}"
     if result.unknown:
         head += f": {unknown_outcome(len(result.unknown))}"
     elif stale:
