@@ -221,6 +221,9 @@ def build_parser() -> Parser:
     x = state_command("unlock", "release a lock left by a killed run")
     x.add_argument("env", metavar="ENV")
     x.add_argument("lock_id", metavar="LOCK_ID")
+    x.add_argument("--force", action="store_true",
+                   help="release it even when the process that took it still runs on this host (when "
+                        "that pid now belongs to another program)")
     x = state_command("restore", "put the backup of an environment's state back")
     x.add_argument("env", metavar="ENV")
     x = state_command("migrate", "copy state between the local directory and the azurerm backend")

@@ -25,7 +25,7 @@ from reconciler import progress
 from reconciler.config.loader import load_config
 from reconciler.domain.model import Config, LiveEnvironment
 from reconciler.domain.text import inert
-from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError, StateError
+from reconciler.errors import ApplyError, ConfigError, ConnrefError, PlanError, StateError, StateNotRecordedError
 
 if TYPE_CHECKING:
     from reconciler.api.session import EnvSession
@@ -360,7 +360,7 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
     from reconciler.state import record as record_state
     from reconciler.state.backend import Snapshot
     results: dict[str, ApplyResult] = {}
-    failures: list[ApplyError] = []
+    failures: list[ConnrefError] = []
     commit = record_state.git_commit(Path(config.path).parent)
     for env_plan in plan.environments:
         name = env_plan.environment
@@ -379,8 +379,12 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
         result = _apply_environment(sessions[name], env_plan, failures, mark)
         if result is not None:
             results[name] = result
-        _record(config, name, env_plan, result, sessions[name], lives[name], marked[-1] if marked else snap,
-                backend, locks[name], commit, out)
+        try:
+            _record(config, name, env_plan, result, sessions[name], lives[name], marked[-1] if marked else snap,
+                    backend, locks[name], commit, out)
+        except StateNotRecordedError as e:
+            # The other environments have states of their own: they are applied and recorded all the same.
+            failures.append(e)
 
     _print_apply_summary(plan, results, out, failed=bool(failures))
     if failures:
@@ -388,7 +392,7 @@ def _apply_plan(config: Config, plan: Plan, sessions: Mapping[str, EnvSession],
     return 0
 
 
-def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan, failures: list[ApplyError],
+def _apply_environment(session: EnvSession, env_plan: EnvironmentPlan, failures: list[ConnrefError],
                        before_switch_off: Callable[[Mapping[str, str]], None] | None = None) -> ApplyResult | None:
     """Write one environment's plan (None: nothing to write). A write that did not succeed is an
     ``ApplyError`` added to ``failures``; its result is returned all the same, so what was written is
@@ -458,7 +462,16 @@ def _record(config: Config, name: str, env_plan: EnvironmentPlan, result: ApplyR
     if (prev is not None and record_state.same_records(prev, new_state)
             and prev.flows_to_restore == new_state.flows_to_restore):
         return  # already recorded as it is: the state stays as it is
-    backend.write(new_state, token=snap.token if snap else None, lock=lock)
+    try:
+        backend.write(new_state, token=snap.token if snap else None, lock=lock)
+    except (ConnrefError, OSError) as e:
+        # The environment holds what was written whatever happens to the state: say so, and what failed.
+        detail = str(e.args[0] if isinstance(e, ConnrefError) and e.args else e).rstrip(". ")
+        made = "the changes this apply wrote are in the environment, and " if written else ""
+        raise StateNotRecordedError(
+            f"{name}: the state could not be recorded in {backend.location(name)}: {detail}. Nothing is lost: "
+            f"{made}the next apply records the environment as it is (fix the cause first)."
+        ) from None
     changes = record_state.recorded_changes(prev, new_state, (r.op.logical_name for r in written))
     _report_recorded(config, name, changes, out)
 
@@ -473,12 +486,13 @@ def _report_recorded(config: Config, name: str, changes: Sequence[tuple[str, str
     for logical_name, field, before, after in changes:
         shown = f"{logical_name} {field} {_quoted(before)} -> {_quoted(after)}"
         (matching if field in rules.governed_fields(env, logical_name) else outside).append(shown)
+    # The blank line before each is connref's own; only what comes from the config and live data is inert.
     if outside:
-        print(inert(f"\n{name}: changed outside connref since the state last recorded it, now recorded as it is "
-                    f"(the config does not set it): {'; '.join(outside)}"), file=out)
+        print(f"\n{inert(name)}: changed outside connref since the state last recorded it, now recorded as it is "
+              f"(the config does not set it): {inert('; '.join(outside))}", file=out)
     if matching:
-        print(inert(f"\n{name}: already as the config declares, now recorded (written by an earlier apply whose "
-                    f"answer or state record was lost, or by hand): {'; '.join(matching)}"), file=out)
+        print(f"\n{inert(name)}: already as the config declares, now recorded (written by an earlier apply whose "
+              f"answer or state record was lost, or by hand): {inert('; '.join(matching))}", file=out)
 
 
 def _quoted(value: object) -> str:
@@ -844,7 +858,10 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     sub = args.state_command
     with backend_for(config) as backend:
         if sub == "list":
-            print(render_state.render_state_list(render_state.list_states(backend)), file=out)
+            summaries = render_state.list_states(backend)
+            print(render_state.render_state_list(summaries), file=out)
+            if any(s["status"] != "ok" for s in summaries):
+                return 1  # listed all the same, each with what is wrong: a check in a pipeline must fail
         elif sub == "show":
             (name,) = select_environments(config, [args.env])
             doc = render_state.show_state(backend, name)
@@ -852,7 +869,7 @@ def cmd_state(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             print(text, file=out)
         elif sub == "unlock":
             (name,) = select_environments(config, [args.env])
-            info = backend.unlock(name, args.lock_id)
+            info = backend.unlock(name, args.lock_id, force=args.force)
             print(f"Released the lock of {name} held by {inert(info.describe())}.", file=out)
         elif sub == "restore":
             (name,) = select_environments(config, [args.env])

@@ -19,6 +19,7 @@
     ├── StalePlanError                a saved plan no longer matches state or live (re-plan)
     ├── ApplyError                    some writes failed; carries what was and was not written
     ├── StateError                    the state file is missing, corrupt or from another lineage
+    │   └── StateNotRecordedError     an apply's writes were made, but its state could not be written
     └── LockError                     another run holds the environment's lock; names the holder
 
 Every message is safe to print: no secret and no token ever goes into one.
@@ -168,6 +169,11 @@ class ApplyError(ConnrefError):
 
 class StateError(ConnrefError):
     """The state file is missing, corrupt, or from another lineage."""
+
+
+class StateNotRecordedError(StateError):
+    """An apply's writes were made (or it had none), but the state after it could not be written: the
+    environment holds them, and the next apply records them (its refresh rule)."""
 
 
 class LockError(ConnrefError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -244,8 +245,11 @@ def state_of(env: LiveEnvironment, names: Sequence[str] | None = None) -> EnvSta
 
 def applied_state(environment: str, *names: str, prev: EnvState | None = None) -> EnvState:
     """The state after an apply that created ``names`` in ``environment`` on top of ``prev``."""
-    live = PLANNING.live([PLANNING.ref(n, connection=f"conn-{n.lower()}") for n in names],
-                         name=environment, caller=SVC)
+    # A state records row ids as Dataverse has them, GUIDs (parse_state refuses others).
+    refs = [dataclasses.replace(PLANNING.ref(n, connection=f"conn-{n.lower()}"),
+                                id=str(uuid.uuid5(uuid.NAMESPACE_URL, n.lower())))
+            for n in names]
+    live = PLANNING.live(refs, name=environment, caller=SVC)
     ops = [{"kind": "create", "logical_name": n} for n in names]
     return record_apply(prev, environment, live, declared=names, ops=ops, user="runner",
                         commit="abc123", at="2024-06-01T08:00:00Z")

@@ -27,7 +27,7 @@ def _live(n: int) -> LiveEnvironment:
     svc = LiveUser("u-svc", "oid-svc", "svc@contoso.com")
     refs = tuple(
         LiveReference(
-            id=f"id-{i}",
+            id=f"00000000-0000-0000-0000-{i:012d}",
             logical_name=f"contoso_R{i}",
             display_name=f"R{i}",
             connector="/providers/Microsoft.PowerApps/apis/shared_office365",
@@ -196,7 +196,7 @@ def test_force_unlock_needs_the_right_id(tmp_path: Path) -> None:
     with pytest.raises(LockError, match="does not match"):
         force_unlock(tmp_path, "dev", "not-the-id")
     assert read_lock(tmp_path, "dev") is not None
-    removed = force_unlock(tmp_path, "dev", lock.id)
+    removed = force_unlock(tmp_path, "dev", lock.id, force=True)  # its holder (this process) runs
     assert removed.id == lock.id and read_lock(tmp_path, "dev") is None
     with pytest.raises(LockError, match="not locked"):
         force_unlock(tmp_path, "dev", lock.id)
@@ -204,7 +204,7 @@ def test_force_unlock_needs_the_right_id(tmp_path: Path) -> None:
 
 def test_release_after_force_unlock_leaves_the_new_holder_alone(tmp_path: Path) -> None:
     old = acquire(tmp_path, "dev", "apply")
-    force_unlock(tmp_path, "dev", old.id)
+    force_unlock(tmp_path, "dev", old.id, force=True)
     new = acquire(tmp_path, "dev", "apply")
     old.release()
     assert read_lock(tmp_path, "dev") == new.info
@@ -298,3 +298,41 @@ def test_a_lock_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert "unknown" not in seen
     assert set(seen) <= set(taken)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_force_unlock_refuses_a_holder_still_running_here_unless_forced_and_frees_others(tmp_path: Path) -> None:
+    p = CTX.Process(target=time.sleep, args=(WAIT,))
+    p.start()
+    try:
+        with acquire(tmp_path, "dev", "apply") as lock:
+            doc = json.loads(lock_path(tmp_path, "dev").read_text())
+            lock_path(tmp_path, "dev").write_text(json.dumps({**doc, "pid": p.pid}))
+            with pytest.raises(LockError, match=f"pid {p.pid}.*still running on this host.*--force"):
+                force_unlock(tmp_path, "dev", lock.id)
+            assert read_lock(tmp_path, "dev") is not None
+            assert force_unlock(tmp_path, "dev", lock.id, force=True).pid == p.pid
+            assert read_lock(tmp_path, "dev") is None
+    finally:
+        p.kill()
+        p.join(WAIT)
+    # Without --force all the same: a lock taken on another host, or left by a process that is gone.
+    dead = CTX.Process(target=lambda: None)
+    dead.start()
+    dead.join(WAIT)
+    for holder in ({"host": "another-runner", "pid": os.getpid()}, {"pid": dead.pid}):
+        with acquire(tmp_path, "dev", "apply") as lock:
+            doc = json.loads(lock_path(tmp_path, "dev").read_text())
+            lock_path(tmp_path, "dev").write_text(json.dumps({**doc, **holder}))
+            force_unlock(tmp_path, "dev", lock.id)
+            assert read_lock(tmp_path, "dev") is None
+
+
+def test_a_deeply_nested_lock_file_is_an_unreadable_lock(tmp_path: Path) -> None:
+    path = lock_path(tmp_path, "dev")
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    info = read_lock(tmp_path, "dev")
+    assert info is not None and info.id == "unknown"
+    with pytest.raises(LockError, match=r"delete .*dev\.lock by hand"):
+        acquire(tmp_path, "dev", "apply")

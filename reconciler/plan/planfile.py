@@ -39,6 +39,7 @@ from reconciler.domain.patterns import has_jwt
 from reconciler.domain.text import inert, json_text
 from reconciler.errors import PlanError, StalePlanError
 from reconciler.schemas.validate import problems
+from reconciler.state.jsonfile import JsonFileProblem, load_json
 from reconciler.state.local import atomic_write
 from reconciler.state.model import EnvState
 
@@ -241,11 +242,15 @@ def read_plan_file(path: str | os.PathLike[str]) -> SavedPlan:
     missing, unreadable or damaged file, or one that is not a connref plan, is a PlanError."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
     except FileNotFoundError as e:
         raise PlanError(f"plan file {p} does not exist.") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlanError(f"plan file {p} cannot be read as JSON ({e}). {REPLAN}") from e
+    except OSError as e:
+        raise PlanError(f"plan file {p} cannot be read ({e.strerror or e}). {REPLAN}") from e
+    try:
+        doc = load_json(raw)
+    except JsonFileProblem as e:
+        raise PlanError(f"plan file {p} cannot be read as JSON ({e}). {REPLAN}") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise PlanError(f"{p} is not a connref plan file (write one with `connref plan --out FILE`).")
     version = str(doc.get("format_version", ""))

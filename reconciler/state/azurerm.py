@@ -64,7 +64,16 @@ from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, C
 from reconciler.api.auth import TokenProvider
 from reconciler.domain.model import AzureStateConfig, Config
 from reconciler.errors import AuthError, ConfigError, LockError, StateError
-from reconciler.state.backend import LockInfo, Snapshot, StateBackend, StateLock, check_successor, new_lock_info
+from reconciler.state.backend import (
+    LockInfo,
+    Snapshot,
+    StateBackend,
+    StateLock,
+    check_successor,
+    new_lock_info,
+    refuse_live_holder,
+)
+from reconciler.state.jsonfile import load_json
 from reconciler.state.model import EnvState, parse_state, serialize_state, token_of
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -148,8 +157,9 @@ def _decode_lock(value: str | None) -> LockInfo | None:
     if not value:
         return None
     try:
-        return LockInfo.from_dict(json.loads(base64.b64decode(value, validate=True).decode("utf-8")))
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        doc = load_json(base64.b64decode(value, validate=True))
+        return LockInfo.from_dict(doc) if isinstance(doc, dict) else None
+    except (binascii.Error, ValueError, KeyError, TypeError):  # JsonFileProblem is a ValueError
         return None
 
 
@@ -408,7 +418,7 @@ class AzureBlobBackend(StateBackend):
                 raise LockError(self._locked_message(env, holder, waited))
             self._sleep(max(0.0, min(POLL_SECONDS, timeout - waited)))
 
-    def unlock(self, env: str, lock_id: str) -> LockInfo:
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> LockInfo:
         blob = self._blob(env)
         where = self.location(env)
         with self._errors("unlock", where):
@@ -432,6 +442,8 @@ class AzureBlobBackend(StateBackend):
                     f"lock id {lock_id!r} does not match the lock held on {env!r} (id {info.id}, "
                     f"{info.describe()}); nothing released."
                 )
+            if not force:
+                refuse_live_holder(env, info, f"lease on {where}")
             try:
                 # Only the lease that was looked at: if it changed hands meanwhile, the ETag moved too.
                 BlobLeaseClient(blob).break_lease(lease_break_period=0, etag=props.etag,

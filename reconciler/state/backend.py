@@ -10,7 +10,8 @@ them, as Terraform's local and azurerm backends do:
   is no longer held, or when serial and lineage do not follow on; the previous version is kept;
 - ``lock(env, operation, timeout=...)`` takes the environment's lock, recording who holds it (``LockInfo``);
   a run that finds it taken waits up to ``timeout`` and then stops naming the holder and the lock id;
-- ``unlock(env, lock_id)`` breaks a lock left by a killed run, only when given that lock's id;
+- ``unlock(env, lock_id, force=...)`` breaks a lock left by a killed run, only when given that lock's id,
+  and not one whose holder still runs on this host unless forced;
 - ``environments()`` lists the environments that have state; ``backup(env)`` reads the previous version
   and ``restore(env, lock=...)`` makes it current again.
 """
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-from reconciler.errors import StateError
+from reconciler.errors import LockError, StateError
 from reconciler.state.model import EnvState
 
 
@@ -94,6 +95,34 @@ def new_lock_info(env: str, operation: str) -> LockInfo:
         pid=os.getpid(),
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def holder_running_here(info: LockInfo) -> bool | None:
+    """Whether the process holding a lock still runs, when it ran on this host (same host name, its pid
+    alive); None when it cannot be told (another host, no pid)."""
+    if info.host != socket.gethostname() or info.pid <= 0:
+        return None
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def refuse_live_holder(env: str, info: LockInfo, where: str) -> None:
+    """Refuse to break a lock whose holder still runs on this host (``state unlock`` without ``--force``):
+    that run would go on writing to the environment and fail at the end, when it records its state."""
+    if holder_running_here(info):
+        raise LockError(
+            f"the lock of {env!r} ({where}) is held by {info.describe()}, which is still running on this host: "
+            f"nothing released. Let it finish, or stop it (its own exit releases the lock). If that process is "
+            f"not a connref run (its pid was reused), release the lock with: "
+            f"connref state unlock {env} {info.id} --force"
+        )
 
 
 class StateLock(Protocol):
@@ -168,8 +197,9 @@ class StateBackend(ABC):
         """Who holds the lock of ``env``, or None when it is free."""
 
     @abstractmethod
-    def unlock(self, env: str, lock_id: str) -> LockInfo:
-        """Break the lock of ``env`` whoever holds it, given its id; returns what it recorded."""
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> LockInfo:
+        """Break the lock of ``env``, given its id; returns what it recorded. A holder still running on this
+        host is refused (``refuse_live_holder``) unless ``force``."""
 
     @abstractmethod
     def environments(self) -> list[str]:

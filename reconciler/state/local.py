@@ -65,7 +65,7 @@ def _recovery_hint(state_dir: Path, env: str) -> str:
     try:
         prev = parse_state(bak.read_bytes(), bak, env)
         about = f" (serial {prev.serial}, {len(prev.references)} references)"
-    except StateError:
+    except (StateError, OSError):
         return f"The backup {bak} is unreadable too; fix one of the files by hand."
     return (
         f"The previous good state is in {bak}{about}: restore it with `connref state restore {env}`, "
@@ -172,6 +172,8 @@ def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
         raw = bak.read_bytes()
     except FileNotFoundError as e:
         raise StateError(f"no backup to restore: {bak} does not exist.") from e
+    except OSError as e:
+        raise StateError(f"cannot read the backup {bak}: {e.strerror or e}; nothing was restored.") from None
     backup = parse_state(raw, bak, env)
     serial = backup.serial
     if path.exists():
@@ -190,6 +192,13 @@ def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
 
 
 # --------------------------------------------------------------------------- the backend
+
+
+def _os_error(e: OSError) -> str:
+    """An OS error in words: what failed, on which file (``[Errno 28] No space left on device: 'x'``)."""
+    what = e.strerror or type(e).__name__
+    files = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    return f"{what} ({' -> '.join(files)})" if files else what
 
 
 class LocalBackend(StateBackend):
@@ -230,7 +239,15 @@ class LocalBackend(StateBackend):
                 "nothing was written. Plan again."
             )
         data = serialize_state(state)
-        save_state(self.directory, state)
+        try:
+            save_state(self.directory, state)
+        except OSError as e:
+            # A full disk, a read-only mount, a directory where the backup belongs: said, naming what
+            # failed; the state file keeps its previous version (atomic_write replaces whole or not at all).
+            raise StateError(
+                f"cannot write the state of {env!r} in {self.directory}: {_os_error(e)}; {path} still holds "
+                "the version before this write."
+            ) from None
         return token_of(data)
 
     def lock(self, env: str, operation: str, *, timeout: float = 0.0) -> StateLock:
@@ -239,8 +256,8 @@ class LocalBackend(StateBackend):
     def lock_info(self, env: str) -> LockInfo | None:
         return read_lock(self.directory, env)
 
-    def unlock(self, env: str, lock_id: str) -> LockInfo:
-        return force_unlock(self.directory, env, lock_id)
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> LockInfo:
+        return force_unlock(self.directory, env, lock_id, force=force)
 
     def environments(self) -> list[str]:
         if not self.directory.is_dir():
@@ -256,7 +273,13 @@ class LocalBackend(StateBackend):
         return parse_state(raw, bak, env)
 
     def restore(self, env: str, *, lock: StateLock) -> EnvState:
-        return restore_backup(self.directory, env)
+        try:
+            return restore_backup(self.directory, env)
+        except OSError as e:
+            raise StateError(
+                f"cannot restore the state of {env!r} in {self.directory}: {_os_error(e)}; nothing was restored "
+                f"({state_path(self.directory, env)} is as it was)."
+            ) from None
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.directory)!r})"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +23,8 @@ from pathlib import Path
 from types import TracebackType
 
 from reconciler.errors import LockError
-from reconciler.state.backend import LockInfo, new_lock_info
+from reconciler.state.backend import LockInfo, holder_running_here, new_lock_info, refuse_live_holder
+from reconciler.state.jsonfile import load_json
 
 LOCK_SUFFIX = ".lock"
 
@@ -42,8 +42,9 @@ SETTLE_SECONDS = 2.0
 
 def _parse(raw: str) -> LockInfo | None:
     try:
-        return LockInfo.from_dict(json.loads(raw))
-    except (ValueError, KeyError, TypeError):
+        doc = load_json(raw)
+        return LockInfo.from_dict(doc) if isinstance(doc, dict) else None
+    except (ValueError, KeyError, TypeError):  # JsonFileProblem is a ValueError
         return None
 
 
@@ -92,21 +93,6 @@ def read_lock(
     )
 
 
-def _pid_alive_here(info: LockInfo) -> bool | None:
-    """Whether the holder process still runs, when it ran on this host; None when it cannot be told."""
-    if info.host != socket.gethostname() or info.pid <= 0:
-        return None
-    try:
-        os.kill(info.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return None
-    return True
-
-
 def _locked_message(state_dir: Path, env: str, info: LockInfo, waited: float) -> str:
     path = lock_path(state_dir, env)
     if info.id == "unknown":
@@ -114,7 +100,7 @@ def _locked_message(state_dir: Path, env: str, info: LockInfo, waited: float) ->
     else:
         release = f"If no other run is in progress, release it with: connref state unlock {env} {info.id}"
     gone = ""
-    if _pid_alive_here(info) is False:
+    if holder_running_here(info) is False:
         gone = f" The holding process (pid {info.pid} on this host) is no longer running."
     return (
         f"environment {env!r} is locked by {info.describe()}, lock id {info.id} ({path}); "
@@ -232,11 +218,12 @@ def acquire(
         sleep(max(0.0, min(poll, timeout - waited)))
 
 
-def force_unlock(state_dir: str | os.PathLike[str], env: str, lock_id: str) -> LockInfo:
-    """Release the lock of ``env`` whatever holds it, given its id (``connref state unlock ENV LOCK_ID``).
+def force_unlock(state_dir: str | os.PathLike[str], env: str, lock_id: str, *, force: bool = False) -> LockInfo:
+    """Release the lock of ``env``, given its id (``connref state unlock ENV LOCK_ID``).
 
     Refuses when no lock is held or when the id is not the held lock's: the id proves the caller looked at
-    the lock it means to break. Returns what the removed lock recorded."""
+    the lock it means to break; and, unless ``force``, when its holder still runs on this host. Returns
+    what the removed lock recorded."""
     current = read_lock(state_dir, env)
     path = lock_path(state_dir, env)
     if current is None:
@@ -250,6 +237,8 @@ def force_unlock(state_dir: str | os.PathLike[str], env: str, lock_id: str) -> L
             f"lock id {lock_id!r} does not match the lock held on {env!r} (id {current.id}, "
             f"{current.describe()}); nothing released."
         )
+    if not force:
+        refuse_live_holder(env, current, str(path))
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return current

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.domain.model import LiveEnvironment, LiveReference, frozen_map
+from reconciler.domain.patterns import is_guid
+from reconciler.domain.text import inert
 from reconciler.errors import StateError
+from reconciler.state.jsonfile import JsonFileProblem, load_json
 
 FORMAT_VERSION = "1.0"
 HISTORY_LIMIT = 20
@@ -239,35 +242,107 @@ def token_of(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
+#: Largest serial accepted: the largest integer every JSON reader keeps exact (2**53 - 1).
+MAX_SERIAL = 2**53 - 1
+
+_NULLABLE_TEXT = ("display_name", "description", "connection", "owner", "owner_upn", "etag", "applied_at")
+
+
+def _check_document(doc: Mapping[str, Any]) -> None:
+    """Refuse (ValueError naming the field) what ``from_dict`` would take in silently and what later makes
+    connref say false things: a wrong type, a serial out of range, a reference whose key is not its logical
+    name, two references of one logical name or of one row, a row id that is not a GUID. The same rules as
+    ``reconciler/schemas/state-1.json``, plus the two it cannot say (keys, uniqueness)."""
+    for key in ("environment", "lineage"):
+        if not isinstance(doc.get(key), str):
+            raise ValueError(f"{key} is not a string")
+    _check_serial(doc.get("serial"), "serial")
+    if doc.get("solution") is not None and not isinstance(doc["solution"], str):
+        raise ValueError("solution is not a string or null")
+    refs = doc.get("references")
+    if not isinstance(refs, dict):
+        raise ValueError("references is not an object")
+    names: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for key, ref in refs.items():
+        row = _check_reference(key, ref)
+        for seen, value, what in ((names, key, "logical name"), (ids, row, "row (id)")):
+            if value.lower() in seen:
+                raise ValueError(f"references.{key} records the {what} of references.{seen[value.lower()]} again")
+            seen[value.lower()] = key
+    history = doc.get("history", [])
+    if not isinstance(history, list):
+        raise ValueError("history is not a list")
+    for i, entry in enumerate(history):
+        _check_history_entry(i, entry)
+    flows = doc.get("flows_to_restore") or {}
+    if not isinstance(flows, dict) or not all(isinstance(v, dict) for v in flows.values()):
+        raise ValueError("flows_to_restore is not an object of objects")
+
+
+def _check_reference(key: str, ref: object) -> str:
+    """Check one entry of ``references``; returns its row id."""
+    where = f"references.{key}"
+    if not isinstance(ref, dict):
+        raise ValueError(f"{where} is not an object")
+    # A hand edit that moves an entry under another key must not make connref act on the wrong row.
+    logical_name = ref.get("logical_name", key)
+    if not isinstance(logical_name, str) or logical_name.lower() != key.lower():
+        raise ValueError(f"{where}.logical_name is {logical_name!r}, not the key it is recorded under")
+    row = ref.get("id")
+    if not isinstance(row, str) or not is_guid(row):
+        raise ValueError(f"{where}.id is not a GUID")
+    if not isinstance(ref.get("connector"), str):
+        raise ValueError(f"{where}.connector is not a string")
+    for name in _NULLABLE_TEXT:
+        if ref.get(name) is not None and not isinstance(ref[name], str):
+            raise ValueError(f"{where}.{name} is not a string or null")
+    return row
+
+
+def _check_history_entry(i: int, entry: object) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"history[{i}] is not an object")
+    _check_serial(entry.get("serial"), f"history[{i}].serial")
+    if not isinstance(entry.get("at"), str):
+        raise ValueError(f"history[{i}].at is not a string")
+    counts = entry.get("counts") or {}
+    if not isinstance(counts, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SERIAL for v in counts.values()):
+        raise ValueError(f"history[{i}].counts is not an object of counts")
+
+
+def _check_serial(value: object, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} is not an integer")
+    if not 0 <= value <= MAX_SERIAL:
+        raise ValueError(f"{where} is out of range (0 to {MAX_SERIAL})")
+
+
 def parse_state(raw: bytes, path: str | os.PathLike[str], env: str) -> EnvState:
     """Parse and validate the bytes of a state document read from ``path`` (a file or a URL); any problem is
     a StateError naming it."""
     if not raw.strip():
         raise StateError(f"state file {path} is empty (truncated?).")
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StateError(f"state file {path} is not valid JSON (truncated or corrupted?): {e}.") from e
+        doc = load_json(raw)
+    except JsonFileProblem as e:
+        raise StateError(f"state file {path} is not valid JSON (truncated or corrupted?): {e}.") from None
     if not isinstance(doc, dict):
         raise StateError(f"state file {path} does not hold a JSON object.")
     version = str(doc.get("format_version", ""))
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise StateError(
-            f"state file {path} has format_version {version!r}; this connref reads {FORMAT_VERSION} "
+            f"state file {path} has format_version {inert(version)!r}; this connref reads {FORMAT_VERSION} "
             "(use the connref version that wrote it)."
         )
     try:
+        # Validate here, so a damaged file fails on load, not halfway through an apply or in a report.
+        _check_document(doc)
         state = EnvState.from_dict(doc)
-        # Validate types here, so a damaged file fails on load, not halfway through an apply.
         uuid.UUID(state.lineage)
-        if state.serial < 0 or not isinstance(doc["references"], dict):
-            raise ValueError("bad serial or references")
-        for ref in state.references.values():
-            if not isinstance(ref.id, str) or not isinstance(ref.connector, str):
-                raise ValueError(f"reference {ref.logical_name!r} lacks id or connector")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise StateError(f"state file {path} is damaged: missing or invalid field ({e}).") from e
+        raise StateError(f"state file {path} is damaged: missing or invalid field ({inert(str(e))}).") from None
     if state.environment != env:
-        raise StateError(f"state file {path} belongs to environment {state.environment!r}, not {env!r}.")
+        raise StateError(f"state file {path} belongs to environment {inert(state.environment)!r}, not {env!r}.")
     return state
-

@@ -432,8 +432,23 @@ def _damage_no_lineage(raw: bytes) -> bytes:
     return json.dumps(doc).encode()
 
 
-@pytest.mark.parametrize("damage", [_damage_truncated, _damage_garbage, _damage_no_lineage],
-                         ids=["truncated", "garbage", "missing-field"])
+def _damage_nested(raw: bytes) -> bytes:
+    # Nested deeper than any reader may recurse: once a RecursionError traceback in every command.
+    return b"[" * 100_000 + b"]" * 100_000
+
+
+def _damage_other_row(raw: bytes) -> bytes:
+    # A hand edit: one entry moved under another key, and its row recorded twice.
+    doc = json.loads(raw)
+    refs = doc["references"]
+    first, second = sorted(refs)[:2]
+    refs[second] = {**refs[first]}
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("damage", [_damage_truncated, _damage_garbage, _damage_no_lineage, _damage_nested,
+                                    _damage_other_row],
+                         ids=["truncated", "garbage", "missing-field", "nested-deep", "another-row"])
 def test_damaged_state_is_reported_with_its_backup_and_restored(
     quickstart: Workspace, damage: Callable[[bytes], bytes]
 ) -> None:
@@ -454,6 +469,10 @@ def test_damaged_state_is_reported_with_its_backup_and_restored(
         assert str(path) in r.err, (argv, r.err)
         assert "connref state restore dev" in r.err, (argv, r.err)
         assert "Traceback" not in r.err
+    for state_argv in (["state", "list"], ["state", "show", "dev"]):
+        r = quickstart.run(*state_argv)
+        assert r.code == 1, (state_argv, r.out, r.err)  # state list names it DAMAGED, and fails a pipeline's check
+        assert str(path) in r.out + r.err, (state_argv, r.out, r.err)
     assert _snapshot(quickstart) == before, "a command wrote over a damaged state"
 
     r = quickstart.run("state", "restore", "dev")
@@ -508,3 +527,62 @@ def test_drift_exit_codes_clean_then_portal_rename(quickstart: Workspace) -> Non
     # drift is read-only; an apply puts the declared name back and the drift is gone.
     assert quickstart.run("apply", "--auto-approve").code == 0
     assert quickstart.run("drift").code == 0
+
+
+# --------------------------------------------------------------------------- a state that cannot be written
+
+
+def test_state_that_cannot_be_written_after_the_writes_says_so_and_the_next_apply_records_them(
+    quickstart: Workspace,
+) -> None:
+    state_dir = quickstart.dir / "state"
+    assert quickstart.run("apply", "-e", "dev", "--auto-approve").code == 0
+    recorded = state_path(state_dir, "dev").read_bytes()
+    # Where the backup of the state belongs, a directory: the state write fails after the environment's
+    # write was committed (as a full disk or a read-only mount would make it fail).
+    backup = backup_path(state_dir, "dev")
+    backup.unlink(missing_ok=True)
+    (backup / "x").mkdir(parents=True)
+    text = quickstart.config.read_text()
+    quickstart.config.write_text(text.replace("display_name: Microsoft Teams ContosoFlows\n",
+                                              "display_name: Teams (renamed)\n", 1))
+
+    r = quickstart.run("apply", "-e", "dev", "--auto-approve")
+    assert r.code == 1, r.out + r.err
+    assert "update contoso_Teams (written)" in r.out
+    assert "dev: the state could not be recorded" in r.err and str(backup) in r.err
+    assert "Is a directory" in r.err and "Nothing is lost" in r.err and "the next apply records" in r.err
+    assert quickstart.reference("dev", "contoso_Teams")["connectionreferencedisplayname"] == "Teams (renamed)"
+    assert state_path(state_dir, "dev").read_bytes() == recorded  # the previous version, whole
+    assert not list(state_dir.glob(".*.tmp")) and not (state_dir / "dev.lock").exists()
+
+    (backup / "x").rmdir()
+    backup.rmdir()
+    r = quickstart.run("apply", "-e", "dev", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert "No changes" in r.out
+    # The refresh took in what the failed record missed; its notice is one line after a blank one.
+    assert '\ndev: already as the config declares, now recorded' in r.out and "\\n" not in r.out
+    assert _state(state_dir, "dev").reference("contoso_Teams").display_name == "Teams (renamed)"  # type: ignore[union-attr]
+    r = quickstart.run("drift", "-e", "dev")
+    assert r.code == 0, r.out + r.err
+
+
+def test_unlock_refuses_a_lock_whose_holder_still_runs_here_unless_forced(quickstart: Workspace) -> None:
+    state_dir = quickstart.dir / "state"
+    holder = subprocess.Popen([sys.executable, "-c", KILLED_HOLDER, str(state_dir), "dev"],
+                              cwd=quickstart.dir, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        lock_id = holder.stdout.readline().strip()
+        r = quickstart.run("state", "unlock", "dev", lock_id)
+        assert r.code == 1, r.out + r.err
+        assert f"pid {holder.pid}" in r.err and "still running on this host" in r.err
+        assert f"connref state unlock dev {lock_id} --force" in r.err
+        assert read_lock(state_dir, "dev") is not None
+        r = quickstart.run("state", "unlock", "dev", lock_id, "--force")
+        assert r.code == 0, r.out + r.err
+        assert read_lock(state_dir, "dev") is None
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=TIMEOUT)

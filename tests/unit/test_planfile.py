@@ -143,7 +143,13 @@ def test_unknown_major_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [('{"format_version": "1.0"}', "not a connref plan"), ("{trunc", "cannot be read as JSON")],
+    [('{"format_version": "1.0"}', "not a connref plan"), ("{trunc", "cannot be read as JSON"),
+     # Nested past what the decoder, or the schema check after it, recurses into: once a RecursionError.
+     ("[" * 100_000 + "]" * 100_000, "cannot be read as JSON .it is nested deeper than"),
+     ('{"kind": "connref-saved-plan", "format_version": "1.0", "plan": ' + '{"a":' * 5000 + "1" + "}" * 5001,
+      "cannot be read as JSON .it is nested deeper than"),
+     ('{"kind": "connref-saved-plan", "format_version": "1.0", "x": NaN}', "NaN")],
+    ids=["not-a-plan", "truncated", "nested-lists", "nested-objects", "nan"],
 )
 def test_not_a_plan_file(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "plan.json"

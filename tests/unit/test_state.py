@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def live_ref(
     name: str, *, conn: str | None = "c1", etag: str = 'W/"1"', display: str | None = None
 ) -> LiveReference:
     return LiveReference(
-        id=f"id-{name}",
+        id=str(uuid.uuid5(uuid.NAMESPACE_URL, name)),  # a row id is a GUID (the state refuses others)
         logical_name=name,
         display_name=display or f"{name} display",
         connector="/providers/Microsoft.PowerApps/apis/shared_sharepointonline",
@@ -289,6 +290,91 @@ def test_damaged_state_names_file_and_offers_backup(
     assert str(path) in msg and expect in msg
     assert "connref state restore dev" in msg
     assert "dev.json.backup" in msg and "serial 1" in msg
+
+
+def _edit_refs(edit: Callable[[dict[str, dict[str, object]]], None]) -> Callable[[bytes], bytes]:
+    def damage(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        edit(doc["references"])
+        return json.dumps(doc).encode()
+    return damage
+
+
+def _move_under_another_key(refs: dict[str, dict[str, object]]) -> None:
+    # The reviewer's hand edit: an entry recorded under a key that is not its logical name.
+    refs["contoso_Victim"] = refs.pop("contoso_A")
+
+
+def _same_row_twice(refs: dict[str, dict[str, object]]) -> None:
+    refs["contoso_B"]["id"] = refs["contoso_A"]["id"]
+
+
+def _set(field: str, value: object) -> Callable[[bytes], bytes]:
+    def damage(raw: bytes) -> bytes:
+        return json.dumps({**json.loads(raw), field: value}).encode()
+    return damage
+
+
+def _set_ref(field: str, value: object) -> Callable[[dict[str, dict[str, object]]], None]:
+    def edit(refs: dict[str, dict[str, object]]) -> None:
+        refs["contoso_A"][field] = value
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "expect"),
+    [
+        (_edit_refs(_move_under_another_key), "references.contoso_Victim.logical_name is 'contoso_A', not the key"),
+        (_edit_refs(_same_row_twice), "references.contoso_B records the row (id) of references.contoso_A"),
+        (_set("serial", "1"), "serial is not an integer"),
+        (_set("serial", True), "serial is not an integer"),
+        (lambda raw: raw.replace(b'"serial": 2,', b'"serial": 1' + b"0" * 400 + b","), "integer of 401 digits"),
+        (_set("serial", 2**53), "serial is out of range"),
+        (_edit_refs(_set_ref("id", "not-a-guid")), "references.contoso_A.id is not a GUID"),
+        (_edit_refs(_set_ref("etag", 5)), "references.contoso_A.etag is not a string or null"),
+        (_edit_refs(_set_ref("connector", None)), "references.contoso_A.connector is not a string"),
+        (lambda raw: b"[" * 100_000 + b"]" * 100_000, "nested deeper than"),
+        (lambda raw: b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested deeper than"),
+        (lambda raw: raw.replace(b'"serial": 2,', b'"serial": NaN,'), "NaN, which is not a JSON number"),
+    ],
+    ids=["key-not-logical-name", "duplicate-row", "serial-string", "serial-bool", "serial-400-digits",
+         "serial-too-big", "id-not-guid", "etag-number", "connector-null", "nested-lists", "nested-objects",
+         "nan"],
+)
+def test_hand_edited_or_deep_state_is_damaged_and_restore_brings_the_backup_back(
+    tmp_path: Path, damage: Callable[[bytes], bytes], expect: str
+) -> None:
+    s1 = applied(tmp_path, "contoso_A", "contoso_B")
+    applied(tmp_path, "contoso_A", "contoso_B", prev=s1)
+    path = tmp_path / "dev.json"
+    damaged = damage(path.read_bytes())
+    assert damaged != path.read_bytes()
+    path.write_bytes(damaged)
+    with pytest.raises(StateError) as e:
+        local.load_state(tmp_path, "dev")
+    msg = str(e.value)
+    assert str(path) in msg and expect in msg, msg
+    assert "connref state restore dev" in msg and "serial 1" in msg
+    listed = render.list_states(local.LocalBackend(tmp_path))
+    assert [s["status"] for s in listed] == ["damaged"]
+    restored = local.LocalBackend(tmp_path).restore("dev", lock=acquire(tmp_path, "dev", "state restore"))
+    assert restored.references == s1.references and local.load_state(tmp_path, "dev") == restored
+
+
+def test_a_state_that_cannot_be_written_is_a_state_error_naming_it(tmp_path: Path) -> None:
+    s1 = applied(tmp_path, "contoso_A")
+    before = (tmp_path / "dev.json").read_bytes()
+    # A directory where the backup belongs: the replace fails as on a full disk or a read-only mount.
+    (tmp_path / "dev.json.backup" / "x").mkdir(parents=True)
+    backend = local.LocalBackend(tmp_path)
+    s2 = record.record_apply(s1, "dev", live_env(live_ref("contoso_A", display="new")), declared=["contoso_A"])
+    with acquire(tmp_path, "dev", "apply") as lock, pytest.raises(StateError) as e:
+        backend.write(s2, token=model.token_of(before), lock=lock)
+    msg = str(e.value)
+    assert "cannot write the state of 'dev'" in msg and str(tmp_path / "dev.json.backup") in msg
+    assert "Is a directory" in msg and "still holds the version before this write" in msg
+    assert (tmp_path / "dev.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_damaged_state_without_backup_says_so(tmp_path: Path) -> None:

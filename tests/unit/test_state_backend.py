@@ -94,7 +94,11 @@ class BackendContract:
             with pytest.raises(LockError, match="does not match"):
                 backend.unlock("dev", "00000000-0000-0000-0000-000000000000")
             assert backend.lock_info("dev") is not None
-            released = backend.unlock("dev", lock.id)
+            # This process holds it and runs on this host: breaking it needs --force.
+            with pytest.raises(LockError, match=r"still running on this host.*--force"):
+                backend.unlock("dev", lock.id)
+            assert backend.lock_info("dev") is not None
+            released = backend.unlock("dev", lock.id, force=True)
             assert released.id == lock.id
             assert backend.lock_info("dev") is None
             with pytest.raises(LockError, match="not locked"):
