@@ -299,8 +299,23 @@ def _shown(error: BaseException) -> str:
     return "\n".join(inert(line) for line in str(error).split("\n"))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound as Ctrl-C is (locks released, nothing half-recorded), told apart at the end: a
+    process ended by SIGTERM exits 143 (128 + 15), by Ctrl-C 130, as shells and CI runners expect."""
+
+
 def _terminate_like_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
+
+
+def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace | None) -> int:
+    terminated = isinstance(e, _Terminated)
+    print("Terminated." if terminated else "Interrupted.", file=sys.stderr)
+    if args is not None and getattr(args, "command", None) == "apply":
+        # Writes already sent may have been made: say how to find out, as a run that fails does.
+        print("Changes sent before the interruption may have been made: 'connref plan' shows what is left, and "
+              "'connref apply' again finishes the work.", file=sys.stderr)
+    return 143 if terminated else 130
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -313,7 +328,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if threading.current_thread() is threading.main_thread():
             # A cancelled pipeline job or a stopped container sends SIGTERM: unwind as for Ctrl-C, so
             # locks are released and nothing is left half-recorded. From here on, an interrupt (during
-            # the imports below too) ends in "Interrupted." and exit code 130, never a traceback.
+            # the imports below too) ends in "Interrupted." and exit code 130 (SIGTERM: "Terminated." and
+            # 143), never a traceback.
             signal.signal(signal.SIGTERM, _terminate_like_interrupt)
         from reconciler import commands
         from reconciler.console import run_output
@@ -333,9 +349,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ConnrefError as e:
         print(f"Error: {_shown(e)}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e, args)
     except BrokenPipeError:
         # The reader went away (``connref plan | head``): stop quietly, as other command-line tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -357,9 +372,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
-    except KeyboardInterrupt:  # an interrupt while an error was being reported
-        print("Interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # an interrupt while an error was being reported
+        return _interrupted(e, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

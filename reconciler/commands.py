@@ -210,6 +210,14 @@ def cmd_validate(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
 # --------------------------------------------------------------------------- plan
 
 
+def _reportable(caught: BaseException) -> ConnrefError:
+    """What a JSON or markdown report says of a run that stopped: its error, or that it was cancelled."""
+    if isinstance(caught, ConnrefError):
+        return caught
+    return ConnrefError("the run was cancelled (Ctrl-C or SIGTERM) before it finished; nothing more was read "
+                        "or written")
+
+
 def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.plan import render
     try:
@@ -221,8 +229,10 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             lives, plan = plan_with_dependents(config, sessions, lives, states, args.prune)
         if args.out:
             save_plan(args.out, config, plan, lives, states, prune=args.prune)
-    except ConnrefError as e:
-        # A pipeline still gets one JSON document on stdout and a markdown comment that says why.
+    except (ConnrefError, KeyboardInterrupt) as caught:
+        # A pipeline still gets one JSON document on stdout and a markdown comment that says why, also when
+        # the run is cancelled.
+        e = _reportable(caught)
         if args.json:
             print(json.dumps(render.render_json_error(e), indent=2), file=out)
         if args.markdown:
@@ -601,7 +611,8 @@ def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             # All references: a managed one moved out of the solution must not read as deleted.
             lives = read_all(config, sessions, all_references=True, err=err)
         reports = [detect_drift(config, n, lives[n], states[n]) for n in names]
-    except ConnrefError as e:
+    except (ConnrefError, KeyboardInterrupt) as caught:
+        e = _reportable(caught)
         if args.json:
             print(drift_render.render_json_error(e), file=out, end="")
         if args.markdown:
@@ -748,9 +759,9 @@ def cmd_lint(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             with opened(config, names) as sessions:
                 lives = read_all(config, sessions, all_references=True, err=err)
         findings = lint.lint(config, lives)
-    except ConnrefError as e:
+    except (ConnrefError, KeyboardInterrupt) as caught:
         if args.json:  # stdout holds one document, also when lint could not run
-            print(lint.render_findings_json_error(problem_lines(e)), file=out, end="")
+            print(lint.render_findings_json_error(problem_lines(_reportable(caught))), file=out, end="")
         raise
     print(lint.render_findings_json(findings) if args.json else lint.render_findings_text(findings), file=out)
     return lint.exit_code(findings)

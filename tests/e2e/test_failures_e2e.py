@@ -4,6 +4,7 @@ answer from the service is one clear error line (no traceback) for every command
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,9 +38,9 @@ def test_sigterm_during_start_up_prints_no_traceback(quickstart: Workspace) -> N
     proc = subprocess.run([sys.executable, "-c", TERM_DURING_IMPORT, "-c", str(quickstart.config), "validate"],
                           cwd=quickstart.dir, capture_output=True, text=True, timeout=TIMEOUT,
                           env=dict(os.environ))
-    assert proc.returncode == 130, proc.stderr
+    assert proc.returncode == 143, proc.stderr  # 128 + SIGTERM, as a shell reports it
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
-    assert proc.stderr.strip() == "Interrupted."
+    assert proc.stderr.strip() == "Terminated."
     assert proc.stdout == ""
 
 
@@ -120,3 +121,25 @@ def test_ctrl_c_during_start_up_prints_no_traceback(quickstart: Workspace) -> No
     assert proc.returncode == 130, proc.stdout + proc.stderr
     assert proc.stderr.strip() == "Interrupted."
     assert proc.stdout == ""
+
+
+TERM_WHILE_READING = """
+import signal, sys
+from reconciler import cli, commands
+def stop(*args, **kwargs):
+    signal.raise_signal(signal.SIGTERM)
+commands.read_all = stop
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_cancelled_plan_still_prints_its_one_json_document_and_writes_its_markdown(quickstart: Workspace) -> None:
+    md_path = quickstart.dir / "plan.md"
+    proc = subprocess.run([sys.executable, "-c", TERM_WHILE_READING, "-c", str(quickstart.config), "plan", "--json",
+                           "--markdown", str(md_path)], cwd=quickstart.dir, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=dict(os.environ))
+    assert proc.returncode == 143, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["errored"] is True and "cancelled" in json.dumps(doc["errors"]), doc
+    assert "cancelled" in md_path.read_text(encoding="utf-8")
+    assert proc.stderr.strip() == "Terminated."

@@ -261,7 +261,7 @@ def test_interrupted_apply_gives_its_locks_back(served: Served, sig: signal.Sign
     try:
         wait_for(gate.reached, "the apply sends its $batch", first)
         first.send_signal(sig)
-        first.communicate(timeout=TIMEOUT)
+        _, first_err = first.communicate(timeout=TIMEOUT)
     finally:
         gate.release()
     # The $batch had been sent whole: the emulator still answers it. Wait for that, so what follows is ordered.
@@ -269,7 +269,9 @@ def test_interrupted_apply_gives_its_locks_back(served: Served, sig: signal.Sign
     assert served.apps["dev"].log.count_writes(BATCH) == 1
 
     assert read_lock(state_dir, "dev") is None and read_lock(state_dir, "prod") is None
-    assert first.returncode == 130
+    assert first.returncode == (143 if sig == signal.SIGTERM else 130)
+    # It says what may have been written, and how to find out.
+    assert "may have been made: 'connref plan' shows what is left" in first_err, first_err
     assert load_state(state_dir, "dev") is None  # interrupted before it could record anything
     # The next run is not blocked, finds dev already written and records it.
     r = served.run("apply", "--auto-approve")
