@@ -267,6 +267,19 @@ def test_a_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
 
 
 @pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
+def test_a_throttled_read_batch_is_sent_again_not_read_one_by_one(emulator: Any, session: EnvSession) -> None:
+    """A 429 on the first read batch asks for a pause (Retry-After 0 here, so the test does not wait): the
+    batch goes again, and none of its seven reads bursts out on its own inside the throttling window."""
+    config = make_config(emulator.url)
+    batched = read_environment(session, config, "dev")
+    emulator.app.faults.throttle(BATCH, retry_after=0, methods=["POST"], times=1)
+    emulator.app.log.clear()
+    assert read_environment(session, config, "dev") == batched
+    assert [e.status for e in emulator.app.log.matching("POST", BATCH)] == [429, 200, 200]
+    assert emulator.app.log.matching("GET", API + "*") == []
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
 @pytest.mark.parametrize(("kind", "options"), [
     ("error", {"status": 500}),
     ("malformed", {"shape": "html"}),

@@ -859,9 +859,11 @@ class DataverseClient(_HttpCore):
         ``$batch`` outside any change set (docs/dataverse.md §3.7): one request and one connection instead
         of one each. The service runs them one after the other and answers each in its own part; a later
         GET of the same URL takes its answer from its part, once, and goes through every check a GET
-        answered by the network does. A refused, throttled or unreadable batch, or part, keeps nothing:
-        each read is then sent on its own with its own retries and errors, so a prefetch never changes
-        what a read returns or raises, only how many requests it takes. Returns how many answers were kept."""
+        answered by the network does. A throttled batch (429, or 503 with ``Retry-After``) waits as the
+        service says and is sent again, within the retry budget (docs/dataverse.md §3.8). A refused or
+        unreadable batch, one still throttled past the budget, or a part, keeps nothing: each read is then
+        sent on its own with its own retries and errors, so a prefetch never changes what a read returns or
+        raises, only how many requests it takes. Returns how many answers were kept."""
         if not reads:
             return 0
         batch_id = f"batch_{uuid.uuid4()}"
@@ -872,14 +874,37 @@ class DataverseClient(_HttpCore):
                       *(f"{k}: {v}" for k, v in headers.items()), "", ""]
         lines += [f"--{batch_id}--", ""]
         url = self.url("$batch")
-        try:
-            request_headers = self._request_headers(
-                None, {"Content-Type": f'multipart/mixed; boundary="{batch_id}"',
-                       "Prefer": "odata.continue-on-error"}, True)
-            resp = self._fetch("POST", url, request_headers, "\r\n".join(lines).encode("utf-8"))
-        except (httpx.TransportError, _BodyTooLarge) as exc:
-            log.info("%s: the read $batch failed (%s); reading one by one", self.label, type(exc).__name__)
-            return 0
+        body = "\r\n".join(lines).encode("utf-8")
+        attempt = 0
+        waited = 0.0
+        while True:
+            try:
+                request_headers = self._request_headers(
+                    None, {"Content-Type": f'multipart/mixed; boundary="{batch_id}"',
+                           "Prefer": "odata.continue-on-error"}, True)
+                resp = self._fetch("POST", url, request_headers, body)
+            except (httpx.TransportError, _BodyTooLarge) as exc:
+                log.info("%s: the read $batch failed (%s); reading one by one", self.label, type(exc).__name__)
+                return 0
+            # A 429, or a 503 that says when to come back, is the service asking for a pause, not a batch it
+            # cannot serve: its reads sent one by one at once would each go over the same limit (every
+            # request counts against it, docs/dataverse.md §3.8). So the batch waits as told and is sent
+            # again, within the retry budget of any request.
+            delay = self._read_batch_pause(resp, attempt)
+            if delay is None:
+                break
+            if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
+                log.info("%s: the read $batch was still answered HTTP %s after %d attempt(s) and %.0f s of "
+                         "waiting; reading one by one", self.label, resp.status_code, attempt + 1, waited)
+                return 0
+            why = f"HTTP {resp.status_code}" + (" (throttled)" if resp.status_code == 429 else "")
+            asked = self._retry_after(resp)
+            if asked is not None:
+                why += f", Retry-After {asked:g} s"
+            self._log_wait("POST", url, why, attempt, delay)
+            self.retry.sleep(delay)
+            waited += delay
+            attempt += 1
         ctype = resp.headers.get("Content-Type", "")
         boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         try:
@@ -906,6 +931,17 @@ class DataverseClient(_HttpCore):
         with self._prefetched_lock:
             self._prefetched.update(kept)
         return len(kept)
+
+    def _read_batch_pause(self, resp: httpx.Response, attempt: int) -> float | None:
+        """How long to wait before sending a read ``$batch`` again (None: not again). Only a 429 (Retry-After,
+        else the usual backoff) and a 503 carrying Retry-After ask for a pause; any other failure is a batch
+        the service cannot serve, whose reads are then sent one by one with their own retries."""
+        asked = self._retry_after(resp)
+        if resp.status_code == 429:
+            return self._backoff(attempt) if asked is None else asked
+        if resp.status_code == 503 and asked is not None:
+            return asked
+        return None
 
     def forget_prefetched(self) -> None:
         """Drop the answers a ``prefetch`` kept that no read has taken (a read that failed before its
