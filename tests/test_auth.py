@@ -176,6 +176,7 @@ class World:
         self.app = EmulatorApp(self.store)
         self.counting = Counting(self.app)
         self.server = serve_https(self.counting, tls)
+        self.ca_pem = tls.ca_pem  # for clients that trust what SSL_CERT_FILE names
         self.base = self.server.base_url
         self.http = httpx.Client(verify=tls.client_context())
 
@@ -646,6 +647,29 @@ def test_environments_of_one_profile_share_a_provider(tmp_path: Any) -> None:
     assert dev is test  # same authority, client and credential: one provider, one token cache
     assert prod is not dev  # another client
     assert gov is not dev  # another cloud, so another authority
+
+
+def test_the_shared_providers_log_their_token_requests(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """-v logs every request, token requests included: those of the providers a run's environments share
+    too (method, URL without query values, status), never their body or the secret."""
+    import logging
+
+    from reconciler.api.session import TokenProviders
+
+    monkeypatch.setenv("SSL_CERT_FILE", world.ca_pem)
+    monkeypatch.setenv("CONNREF_CLIENT_SECRET", SECRET)
+    caplog.set_level(logging.DEBUG, logger="reconciler.api.http")
+    with TokenProviders() as providers:
+        p = providers.for_profile(world.profile("client_secret", world.secret_app["client_id"],
+                                                client_secret_env="CONNREF_CLIENT_SECRET"))
+        token = p.get_token(SCOPE)
+    lines = [r.getMessage() for r in caplog.records if r.name == "reconciler.api.http"]
+    assert any(f"POST {world.base}/{TENANT}/oauth2/v2.0/token -> 200" in line for line in lines), lines
+    assert any("/.well-known/openid-configuration -> 200" in line for line in lines), lines
+    for line in lines:
+        _assert_clean(line, SECRET, token)
 
 
 def test_managed_identity_token_can_be_invalidated(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
