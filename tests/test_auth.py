@@ -262,6 +262,26 @@ def test_certificate_pem_signs_ps256_with_sha256_thumbprint(world: World) -> Non
     assert world.principal(p.get_token(SCOPE)).app_id == world.cert_app["client_id"]
 
 
+def test_a_token_error_that_echoes_the_assertion_never_shows_it(world: World) -> None:
+    """A certificate's signed assertion (a JWT, good for minutes) echoed in the token endpoint's OAuth error,
+    which MSAL reads: redacted, as Dataverse's errors are (a 5xx past the retries always was)."""
+    from reconciler.api.client import RetryPolicy
+
+    rule = world.app.faults.add("error", f"/{TENANT}/oauth2/v2.0/token", status=400, echo_request=True)
+    try:
+        p = provider_for(
+            world.profile("certificate", world.cert_app["client_id"], certificate_path=world.pem_path),
+            http_client=world.http, retry=RetryPolicy(max_retries=1, sleep=lambda _s: None))
+        with pytest.raises(AuthError) as info:
+            p.get_token(SCOPE)
+    finally:
+        world.app.faults.clear()
+    assert rule.fired >= 1
+    text = str(info.value)
+    assert "client_assertion=<redacted>" in text, text
+    assert "eyJ" not in text
+
+
 def test_certificate_pfx_with_password(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNREF_PFX_PASSWORD", PFX_PASSWORD)
     p = provider_for(
