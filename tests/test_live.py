@@ -306,6 +306,28 @@ def test_a_second_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
     assert emulator.app.log.count_requests("POST", BATCH) == 2
 
 
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
+def test_after_a_read_fails_for_good_the_reads_not_yet_started_are_not_started(emulator: Any) -> None:
+    """A storm of 503s on Dataverse: the first reads (sent one by one, the batch refused) each give up after
+    their retries, and the reads that would have started after them (the flows' memberships and the solution
+    names, the users) are never sent, so the plan fails once, not after a second full retry cycle."""
+    from reconciler.errors import TransientError
+
+    config = make_config(emulator.url)
+    with open_environment(config, "dev", token_provider=EmulatorTokens(emulator), http=httpx.Client(timeout=10),
+                          max_retries=1) as session:
+        emulator.app.faults.add("unavailable", API + "*")
+        emulator.app.log.clear()
+        with pytest.raises(TransientError, match="HTTP 503"):
+            read_environment(session, config, "dev")
+    log = emulator.app.log
+    for path in ("connectionreferences", "workflows", "WhoAmI", "solutioncomponentdefinitions", "solutions"):
+        assert log.count_requests("GET", API + path) == 2, path  # the one read of each, and its one retry
+    assert log.count_requests("GET", API + "solutioncomponents") == 0
+    assert log.count_requests("GET", API + "systemusers") == 0
+    assert log.count_requests("POST", API + "$batch") == 1
+
+
 @pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults")
 def test_a_part_refused_inside_the_read_batch_is_read_again_with_its_own_error(
         emulator: Any, session: EnvSession) -> None:
