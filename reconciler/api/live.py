@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -484,10 +485,12 @@ class _StopAfterFailure:
     def __init__(self, dv: DataverseReader) -> None:
         self._dv = dv
         self._failure: Exception | None = None
+        self._lock = threading.Lock()
 
     def record(self, exc: Exception) -> None:
-        if self._failure is None:  # one assignment, atomic under the GIL: the first failure stays
-            self._failure = exc
+        with self._lock:
+            if self._failure is None:  # the first failure stays: it is the one said
+                self._failure = exc
 
     def record_failure(self, future: Future[Any]) -> None:
         """``record`` what a read done elsewhere (the connections) failed with, as a future's callback."""
