@@ -176,6 +176,7 @@ class World:
         self.app = EmulatorApp(self.store)
         self.counting = Counting(self.app)
         self.server = serve_https(self.counting, tls)
+        self.ca_pem = tls.ca_pem  # for clients that trust what SSL_CERT_FILE names
         self.base = self.server.base_url
         self.http = httpx.Client(verify=tls.client_context())
 
@@ -259,6 +260,26 @@ def test_certificate_pem_signs_ps256_with_sha256_thumbprint(world: World) -> Non
         http_client=world.http,
     )
     assert world.principal(p.get_token(SCOPE)).app_id == world.cert_app["client_id"]
+
+
+def test_a_token_error_that_echoes_the_assertion_never_shows_it(world: World) -> None:
+    """A certificate's signed assertion (a JWT, good for minutes) echoed in the token endpoint's OAuth error,
+    which MSAL reads: redacted, as Dataverse's errors are (a 5xx past the retries always was)."""
+    from reconciler.api.client import RetryPolicy
+
+    rule = world.app.faults.add("error", f"/{TENANT}/oauth2/v2.0/token", status=400, echo_request=True)
+    try:
+        p = provider_for(
+            world.profile("certificate", world.cert_app["client_id"], certificate_path=world.pem_path),
+            http_client=world.http, retry=RetryPolicy(max_retries=1, sleep=lambda _s: None))
+        with pytest.raises(AuthError) as info:
+            p.get_token(SCOPE)
+    finally:
+        world.app.faults.clear()
+    assert rule.fired >= 1
+    text = str(info.value)
+    assert "client_assertion=<redacted>" in text, text
+    assert "eyJ" not in text
 
 
 def test_certificate_pfx_with_password(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -646,6 +667,29 @@ def test_environments_of_one_profile_share_a_provider(tmp_path: Any) -> None:
     assert dev is test  # same authority, client and credential: one provider, one token cache
     assert prod is not dev  # another client
     assert gov is not dev  # another cloud, so another authority
+
+
+def test_the_shared_providers_log_their_token_requests(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """-v logs every request, token requests included: those of the providers a run's environments share
+    too (method, URL without query values, status), never their body or the secret."""
+    import logging
+
+    from reconciler.api.session import TokenProviders
+
+    monkeypatch.setenv("SSL_CERT_FILE", world.ca_pem)
+    monkeypatch.setenv("CONNREF_CLIENT_SECRET", SECRET)
+    caplog.set_level(logging.DEBUG, logger="reconciler.api.http")
+    with TokenProviders() as providers:
+        p = providers.for_profile(world.profile("client_secret", world.secret_app["client_id"],
+                                                client_secret_env="CONNREF_CLIENT_SECRET"))
+        token = p.get_token(SCOPE)
+    lines = [r.getMessage() for r in caplog.records if r.name == "reconciler.api.http"]
+    assert any(f"POST {world.base}/{TENANT}/oauth2/v2.0/token -> 200" in line for line in lines), lines
+    assert any("/.well-known/openid-configuration -> 200" in line for line in lines), lines
+    for line in lines:
+        _assert_clean(line, SECRET, token)
 
 
 def test_managed_identity_token_can_be_invalidated(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

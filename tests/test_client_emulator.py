@@ -228,6 +228,49 @@ def test_dropped_connection_is_retried_for_reads_not_for_batches(
     assert len(dv_log(emulator, "$batch")) == 1
 
 
+def _reads(client: DataverseClient) -> list[tuple[str, dict[str, str]]]:
+    """Three reads a prefetch can carry: WhoAmI, the component type and the references."""
+    return [(client.who_am_i_url(), {}),
+            client.query("solutioncomponentdefinitions", **client.component_type_query("connectionreference")),
+            client.query("connectionreferences", select=["connectionreferencelogicalname"])]
+
+
+@pytest.mark.emulator_only(reason=FAULTS)
+@pytest.mark.parametrize("kind", ["throttle", "unavailable"])
+def test_a_throttled_read_batch_waits_retry_after_then_is_sent_again(
+    emulator: Any, client: DataverseClient, sleeps: list[float], kind: str
+) -> None:
+    """A 429 (or a 503 saying when to come back) on a read $batch is a pause the service asks for: the batch
+    waits Retry-After and goes again, rather than its reads bursting out one by one inside the window."""
+    emulator.app.faults.fail_next(1, path=API + "$batch", kind=kind, retry_after=5)
+    emulator.app.log.clear()
+    assert client.prefetch(_reads(client)) == 3
+    assert sleeps == [5.0]
+    assert [e.status for e in dv_log(emulator, "$batch")] == [429 if kind == "throttle" else 503, 200]
+    assert emulator.app.log.count_requests("GET") == 0  # nothing was sent on its own
+    assert client.who_am_i().user_id == Sample.APP_USER_ID  # answered from the batch
+    assert emulator.app.log.count_requests("GET") == 0
+
+
+@pytest.mark.emulator_only(reason=FAULTS)
+def test_a_read_batch_throttled_past_the_budget_falls_back_to_single_reads(
+    emulator: Any, http: httpx.Client, sleeps: list[float]
+) -> None:
+    client = make_client(emulator, http, sleeps, max_retries=2)
+    emulator.app.faults.throttle(path=API + "$batch", retry_after=1)
+    assert client.prefetch(_reads(client)) == 0
+    assert sleeps == [1.0, 1.0]
+    assert [e.status for e in dv_log(emulator, "$batch")] == [429, 429, 429]
+    sleeps.clear()
+    emulator.app.faults.clear()
+    assert client.who_am_i().user_id == Sample.APP_USER_ID  # read on its own
+    assert len(dv_log(emulator, "WhoAmI")) == 1
+    # A 503 that does not say when to come back is a batch the service cannot serve: one by one at once.
+    emulator.app.faults.fail_next(1, path=API + "$batch", kind="unavailable")
+    assert client.prefetch(_reads(client)) == 0
+    assert sleeps == []
+
+
 def test_401_refreshes_the_token_once(
     emulator: Any, http: httpx.Client, sleeps: list[float], target: Any
 ) -> None:

@@ -267,6 +267,19 @@ def test_a_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
 
 
 @pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
+def test_a_throttled_read_batch_is_sent_again_not_read_one_by_one(emulator: Any, session: EnvSession) -> None:
+    """A 429 on the first read batch asks for a pause (Retry-After 0 here, so the test does not wait): the
+    batch goes again, and none of its seven reads bursts out on its own inside the throttling window."""
+    config = make_config(emulator.url)
+    batched = read_environment(session, config, "dev")
+    emulator.app.faults.throttle(BATCH, retry_after=0, methods=["POST"], times=1)
+    emulator.app.log.clear()
+    assert read_environment(session, config, "dev") == batched
+    assert [e.status for e in emulator.app.log.matching("POST", BATCH)] == [429, 200, 200]
+    assert emulator.app.log.matching("GET", API + "*") == []
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
 @pytest.mark.parametrize(("kind", "options"), [
     ("error", {"status": 500}),
     ("malformed", {"shape": "html"}),
@@ -291,6 +304,28 @@ def test_a_second_read_batch_that_fails_is_read_one_by_one_with_the_same_result(
     assert emulator.app.log.count_requests("GET", API + "systemusers") == 1
     assert emulator.app.log.count_requests("GET", API + "solutioncomponents") == 1  # the members
     assert emulator.app.log.count_requests("POST", BATCH) == 2
+
+
+@pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults and counts the emulator's requests")
+def test_after_a_read_fails_for_good_the_reads_not_yet_started_are_not_started(emulator: Any) -> None:
+    """A storm of 503s on Dataverse: the first reads (sent one by one, the batch refused) each give up after
+    their retries, and the reads that would have started after them (the flows' memberships and the solution
+    names, the users) are never sent, so the plan fails once, not after a second full retry cycle."""
+    from reconciler.errors import TransientError
+
+    config = make_config(emulator.url)
+    with open_environment(config, "dev", token_provider=EmulatorTokens(emulator), http=httpx.Client(timeout=10),
+                          max_retries=1) as session:
+        emulator.app.faults.add("unavailable", API + "*")
+        emulator.app.log.clear()
+        with pytest.raises(TransientError, match="HTTP 503"):
+            read_environment(session, config, "dev")
+    log = emulator.app.log
+    for path in ("connectionreferences", "workflows", "WhoAmI", "solutioncomponentdefinitions", "solutions"):
+        assert log.count_requests("GET", API + path) == 2, path  # the one read of each, and its one retry
+    assert log.count_requests("GET", API + "solutioncomponents") == 0
+    assert log.count_requests("GET", API + "systemusers") == 0
+    assert log.count_requests("POST", API + "$batch") == 1
 
 
 @pytest.mark.emulator_only(reason=READS_CONNECTIONS + "; and it injects faults")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -178,6 +179,42 @@ def test_refusal_is_still_a_plain_auth_error(
     assert not isinstance(info.value, AuthUnavailableError)
     assert "AADSTS7000215" in str(info.value)
     assert sleeps == []
+
+
+# --------------------------------------------------------------------------- an error that echoes the request
+
+#: A secret with every character form-urlencoding changes: quote_plus and quote each send it otherwise.
+AWKWARD_SECRET = "Zq8Q~abc+def/ghi=jk%lm&no"
+
+
+def assert_redacted(text: str, secret: str) -> None:
+    for form in (secret, quote_plus(secret), quote(secret), quote(secret, safe="")):
+        assert form not in text, f"the secret leaked as {form!r}: {text}"
+    assert "<redacted>" in text
+
+
+@pytest.mark.parametrize(("status", "body"), [(400, "route"), (401, "route"), (400, "odata"), (500, "route"),
+                                              (503, "odata")],
+                         ids=["400-oauth", "401-oauth", "400-other-shape", "500-past-the-retries",
+                              "503-other-shape-past-the-retries"])
+def test_a_token_error_that_echoes_the_request_never_shows_the_secret(
+    app: EmulatorApp, http: httpx.Client, sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, status: int, body: str,
+) -> None:
+    """The token endpoint answers with the form it was sent (client_secret=<urlencoded>&scope=...) as its
+    error: what reaches MSAL (an OAuth error) and what does not (another shape, a 5xx past the retries) are
+    each said without the secret, in any encoding it went in."""
+    app.faults.add("error", TOKEN, status=status, error_body=body, echo_request=True)
+    p = provider(http, sleeps, monkeypatch, max_retries=1)
+    monkeypatch.setenv("TOKEN_FAULTS_SECRET", AWKWARD_SECRET)  # read at the first token request
+    with pytest.raises(AuthError) as info:
+        p.get_token(SCOPE)
+    text = str(info.value)
+    assert text.startswith("auth profile 'pipeline' (client_secret): ")
+    assert "client_secret=<redacted>" in text  # the echo was there, and it was redacted
+    assert_redacted(text, AWKWARD_SECRET)
+    for record in caplog.records:
+        assert_redacted(record.getMessage() + "<redacted>", AWKWARD_SECRET)
 
 
 # --------------------------------------------------------------------------- the admin connection list

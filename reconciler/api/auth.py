@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from reconciler.api.client import MsalHttpClient, OidcTokenClient, RetryPolicy
+from reconciler.api.client import MsalHttpClient, OidcTokenClient, RetryPolicy, redact
 from reconciler.api.shapes import AZURE_DEVOPS_OIDC_TOKEN, GITHUB_OIDC_TOKEN, Shape
 from reconciler.domain.model import AuthProfile, EnvironmentConfig
 from reconciler.errors import (
@@ -266,10 +266,15 @@ class CachingTokenProvider:
     def _error(self, what: str, check: str) -> AuthError:
         return AuthError(f"auth profile '{self.profile_name}' ({self.method}): {what}. Check {check}")
 
+    def _known_secrets(self) -> list[str]:
+        """The credentials this provider sends that it holds itself (redacted from its errors)."""
+        return []
+
     def _unavailable(self, exc: ApiError, check: str) -> AuthError:
         """The error for a token service that did not answer usefully: ``AuthUnavailableError`` (a
         failure, not a refusal) when it was down, throttled or unreadable, else an ``AuthError``."""
-        text = f"auth profile '{self.profile_name}' ({self.method}): {exc}. Check {check}"
+        detail = redact(str(exc), self._known_secrets())
+        text = f"auth profile '{self.profile_name}' ({self.method}): {detail}. Check {check}"
         if isinstance(exc, TransientError | ThrottledError | MalformedResponseError):
             return AuthUnavailableError(text)
         return AuthError(text)
@@ -328,13 +333,6 @@ def _first_sentence(text: str) -> str:
     return line.strip()
 
 
-def _redact(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "<redacted>")
-    return text
-
-
 # --------------------------------------------------------------------------- MSAL-backed providers
 
 
@@ -390,14 +388,14 @@ class MsalClientProvider(CachingTokenProvider):
         except ApiError as e:  # the discovery documents: unavailable past the retries, or unreadable
             raise self._unreachable(e) from None
         except ValueError as e:
-            detail = _redact(_first_sentence(str(e)), self._secrets())
+            detail = _first_sentence(redact(str(e), self._secrets()))
             raise self._error(f"the authority {self._authority} could not be used ({detail})",
                               "tenant_id and authority_host") from None
         except httpx.HTTPError as e:
             raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
                               "authority_host and the network (proxy, TLS trust)") from None
         except Exception as e:  # MSAL's own errors for an authority it cannot use
-            detail = _redact(_first_sentence(str(e)), self._secrets())
+            detail = _first_sentence(redact(str(e), self._secrets()))
             raise self._error(f"the authority {self._authority} could not be used ({detail})",
                               "tenant_id and authority_host") from None
 
@@ -405,8 +403,11 @@ class MsalClientProvider(CachingTokenProvider):
         if exc.status is None and not isinstance(exc, MalformedResponseError):  # no answer at all
             return AuthUnavailableError(
                 f"auth profile '{self.profile_name}' ({self.method}): could not reach {self._authority} "
-                f"({exc}). Check authority_host and the network (proxy, TLS trust)")
+                f"({redact(str(exc), self._secrets())}). Check authority_host and the network (proxy, TLS trust)")
         return self._unavailable(exc, "authority_host, or try again later if the service is busy")
+
+    def _known_secrets(self) -> list[str]:
+        return self._secrets()
 
     def _forget(self, scope: str) -> None:
         if self._app is not None:
@@ -428,7 +429,7 @@ class MsalClientProvider(CachingTokenProvider):
             raise self._error(f"could not reach {self._authority} ({type(e).__name__})",
                               "authority_host and the network (proxy, TLS trust)") from None
         except Exception as e:  # MSAL raises plain ValueError/MsalServiceError for a broken setup
-            raise self._error(f"MSAL failed: {_redact(_first_sentence(str(e)), self._secrets())}",
+            raise self._error(f"MSAL failed: {_first_sentence(redact(str(e), self._secrets()))}",
                               "the profile's keys") from None
         return self._result(result, scope)
 
@@ -437,13 +438,15 @@ class MsalClientProvider(CachingTokenProvider):
             return str(result["access_token"]), float(result.get("expires_in") or 3600)
         result = result or {}
         code = _aadsts(result)
-        desc = _redact(_first_sentence(str(result.get("error_description") or result.get("error") or "")),
-                       self._secrets())
+        # A token endpoint (or a proxy before it) may echo the request in its error: the secret, urlencoded
+        # as it was sent, or the assertion. Redacted as every error of every service is (``redact``).
+        desc = _first_sentence(redact(str(result.get("error_description") or result.get("error") or ""),
+                                      self._secrets()))
         desc = re.sub(r"^AADSTS\d+:\s*", "", desc)
         hint = _AADSTS_HINTS.get(code or "", "the profile's keys and the app registration in Entra")
         what = self._what_failed if code in ("7000215", "700027", "700024", "70021", "700211", "700212",
                                              "700213") else "the token request was refused"
-        label = f"AADSTS{code}" if code else str(result.get("error") or "error")
+        label = f"AADSTS{code}" if code else redact(str(result.get("error") or "error"), self._secrets())
         return self._raise(f"{what} for scope {scope} ({label}: {desc})", hint)
 
     def _raise(self, what: str, check: str) -> tuple[str, float]:
@@ -463,6 +466,10 @@ class ManagedIdentityProvider(CachingTokenProvider):
         self._http = MsalHttpClient(http_client, retry=retry or RetryPolicy(max_retries=2))
         self._mi: Any = None
         self._mi_lock = threading.Lock()
+
+    def _known_secrets(self) -> list[str]:
+        # App Service's identity header (IDENTITY_HEADER, older hosts MSI_SECRET) authenticates the request.
+        return [v for v in (os.environ.get("IDENTITY_HEADER"), os.environ.get("MSI_SECRET")) if v]
 
     def _forget(self, scope: str) -> None:
         cache = getattr(self._mi, "_token_cache", None)  # the client keeps its tokens there (msal 1.29+)
@@ -489,12 +496,14 @@ class ManagedIdentityProvider(CachingTokenProvider):
                               "that this runs on an Azure host with a managed identity enabled "
                               "(IDENTITY_ENDPOINT/IDENTITY_HEADER, or IMDS)") from None
         except Exception as e:
-            raise self._error(f"the managed identity request failed: {_first_sentence(str(e))}",
+            raise self._error(f"the managed identity request failed: "
+                              f"{_first_sentence(redact(str(e), self._known_secrets()))}",
                               "that the managed identity is enabled on this host") from None
         if result and result.get("access_token"):
             return str(result["access_token"]), float(result.get("expires_in") or 3600)
         result = result or {}
-        desc = _first_sentence(str(result.get("error_description") or result.get("error") or ""))
+        desc = _first_sentence(redact(str(result.get("error_description") or result.get("error") or ""),
+                                      self._known_secrets()))
         raise self._error(f"no token for the {kind} managed identity and resource {resource} ({desc})",
                           "that the identity is assigned to this host and, for user-assigned, "
                           "managed_identity_client_id")
@@ -522,7 +531,7 @@ class AzureCliProvider(CachingTokenProvider):
             raise self._error(f"'az account get-access-token' could not run ({type(e).__name__})",
                               "the Azure CLI installation") from None
         if proc.returncode != 0:
-            msg = _first_sentence((proc.stderr or "").strip().removeprefix("ERROR:").strip()) or "no details"
+            msg = _first_sentence(redact((proc.stderr or "").strip().removeprefix("ERROR:").strip())) or "no details"
             raise self._error(f"'az account get-access-token --resource {resource}' failed: {msg}",
                               "that you are signed in ('az login'"
                               + (f" --tenant {self._tenant}" if self._tenant else "") + ")")
@@ -635,12 +644,12 @@ class FederatedAssertion:
         try:
             doc = self._http.token_answer(method, base, shape=shape, params=merged, headers=headers)
         except MalformedResponseError as e:
-            raise AuthUnavailableError(self._message(_redact(str(e), secrets))) from None
+            raise AuthUnavailableError(self._message(redact(str(e), secrets))) from None
         except ApiError as e:
             if e.status is not None and 400 <= e.status < 500 and e.status != 429:
                 raise refused(e.status) from None
             raise AuthUnavailableError(self._message(
-                f"the {who} OIDC endpoint did not answer usefully: {_redact(str(e), secrets)}")) from None
+                f"the {who} OIDC endpoint did not answer usefully: {redact(str(e), secrets)}")) from None
         return str(doc[key])
 
     def _message(self, what: str) -> str:

@@ -16,8 +16,9 @@ Sources: compose-http-requests-handle-errors (headers, status codes, error body)
 https://learn.microsoft.com/power-apps/developer/data-platform/ (docs/dataverse.md §3.1-§3.8).
 
 No message built here contains the ``Authorization`` header or a token: only the method, the URL
-(which never carries a secret) and the service's own error code and message, with anything shaped
-like a JWT redacted as a second line of defence.
+(which never carries a secret) and the service's own error code and message, through ``redact``: the
+credentials the request carried (a token request's secret or assertion, in every encoding it may come
+back in, should the service echo the request) and anything shaped like a bearer token or a JWT removed.
 
 OData ``$filter`` expressions are built only with the helpers of ``reconciler.api.odata_filter`` (``eq``,
 ``any_of``, ...), which escape every value (single quotes doubled) and accept only plain column names,
@@ -37,11 +38,11 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
-from urllib.parse import SplitResult, quote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlsplit
 
 import httpx
 
@@ -122,9 +123,61 @@ _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _QUERY_SAFE = "'(),/:$@"
 
 
-def redact(text: str) -> str:
-    """Remove anything shaped like a bearer token or a JWT from a message."""
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """A message without ``secrets`` and without anything shaped like a bearer token or a JWT: what every
+    error built from a service's answer goes through, Dataverse's and the identity platform's alike.
+
+    A service that echoes a request in its error (a token endpoint repeating the form it was sent, a proxy
+    quoting the request) hands a secret back in the encoding it travelled in, so each secret is removed
+    as sent and percent-encoded in any mix (``quote_plus`` and ``quote``, either case of hex, ``+`` for a
+    space, even the ``%`` encoded again), and with ``/`` escaped as JSON may write it. Values shorter than
+    four characters are left alone: they would redact ordinary words."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = _secret_pattern(secret).sub("<redacted>", text)
     return JWT.sub("<redacted>", _BEARER.sub("Bearer <redacted>", text))
+
+
+def _hex_byte(byte: int) -> str:
+    """A regex for one byte percent-encoded: ``%2F``, ``%2f`` or ``%252F`` (the ``%`` encoded again)."""
+    digits = "".join(f"[{d.upper()}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}")
+    return "%(?:25)?" + digits
+
+
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """A regex matching ``secret`` in every encoding ``redact`` removes it in."""
+    parts = []
+    for char in secret:
+        forms = [re.escape(char), "".join(_hex_byte(b) for b in char.encode("utf-8"))]
+        if char == " ":
+            forms.append(r"\+")
+        if char == "/":
+            forms.append(r"\\/")
+        parts.append("(?:" + "|".join(forms) + ")")
+    return re.compile("".join(parts))
+
+
+#: Form fields and headers of a token request that carry a credential (OAuth 2.0 client authentication,
+#: RFC 6749 §2.3 and RFC 7523; the managed identity endpoints' header; a bearer or basic credential).
+_SECRET_FIELDS = frozenset({"client_secret", "client_assertion", "assertion", "password", "refresh_token"})
+_SECRET_HEADERS = frozenset({"authorization", "x-identity-header", "secret"})
+
+
+def sent_secrets(data: Any = None, headers: Mapping[str, str] | None = None, body: bytes | None = None) -> list[str]:
+    """The credentials a request carries (form fields, whether a mapping or an encoded body, and headers):
+    what an error answer that echoes the request must not be allowed to show."""
+    fields: list[tuple[str, Any]] = list(data.items()) if isinstance(data, Mapping) else []
+    if body:
+        with contextlib.suppress(UnicodeDecodeError):
+            fields += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    found = [str(v) for k, v in fields if str(k).lower() in _SECRET_FIELDS and v]
+    for name, value in (headers or {}).items():
+        if name.lower() in _SECRET_HEADERS and value:
+            found.append(str(value))
+            _scheme, _, credential = str(value).partition(" ")
+            if credential:
+                found.append(credential.strip())
+    return found
 
 
 # --------------------------------------------------------------------------- URLs
@@ -239,10 +292,11 @@ class RefreshableTokenProvider(Protocol):
     def invalidate(self, scope: str) -> None: ...
 
 
-def _error_body(resp: httpx.Response) -> tuple[str | None, str | None, Any]:
+def _error_body(resp: httpx.Response, secrets: Sequence[str] = ()) -> tuple[str | None, str | None, Any]:
     """(code, message, parsed body) of an error answer: the Dataverse and connections APIs'
     ``{"error": {"code", "message"}}``, or the identity platform's ``{"error": "...",
-    "error_description": "..."}`` (RFC 6749 §5.2)."""
+    "error_description": "..."}`` (RFC 6749 §5.2). A body that is neither is shown cut short, redacted
+    first (``secrets`` and tokens), so a cut never leaves half a secret or half a token to be shown."""
     try:
         body = parse_json(resp.content, content_type=resp.headers.get("Content-Type"))
     except ShapeProblem:
@@ -252,7 +306,7 @@ def _error_body(resp: httpx.Response) -> tuple[str | None, str | None, Any]:
             text = ""
         if text.startswith("<"):
             return None, f"an HTML page ({len(resp.content)} bytes)", None
-        return None, (text[:300] or None), None
+        return None, (redact(text, secrets)[:300] or None), None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
         return (_text(err.get("code")) or None), (_text(err.get("message")) or None), body
@@ -269,9 +323,12 @@ def _text(value: Any) -> str:
     return ""
 
 
-def error_from_response(method: str, url: str, resp: httpx.Response, *, after: str = "") -> ApiError:
-    """The typed exception for an error response, with a message safe to print."""
-    code, message, body = _error_body(resp)
+def error_from_response(method: str, url: str, resp: httpx.Response, *, after: str = "",
+                        secrets: Iterable[str] = ()) -> ApiError:
+    """The typed exception for an error response, with a message safe to print: ``secrets`` (what the request
+    carried) and anything shaped like a token are redacted (``redact``)."""
+    secrets = list(secrets)
+    code, message, body = _error_body(resp, secrets)
     status = resp.status_code
     cls: type[ApiError]
     if status == 404:
@@ -292,7 +349,7 @@ def error_from_response(method: str, url: str, resp: httpx.Response, *, after: s
         text += f": {message}"
     if after:
         text += f" ({after})"
-    return cls(redact(text), status=status, code=code, method=method, url=shown, body=body)
+    return cls(redact(text, secrets), status=status, code=code, method=method, url=shown, body=body)
 
 
 def malformed(method: str, url: str, status: int | None, problem: str) -> MalformedResponseError:
@@ -486,12 +543,14 @@ class _Transport:
         scope: str | None = None,
         raise_for_status: bool = True,
         repeatable: bool | None = None,
+        secrets: Sequence[str] = (),
         **request: Any,
     ) -> httpx.Response:
         """Send one request (absolute ``url``) with retries; raise the typed error for a failure.
         ``repeatable``: whether the request may be sent again after it may have reached the service
         (default: by method, ``_may_repeat``). One that may not, and whose answer is lost after it was
-        sent (a dropped connection, a timeout), raises ``OutcomeUnknownError``."""
+        sent (a dropped connection, a timeout), raises ``OutcomeUnknownError``. ``secrets``: credentials the
+        request carries, redacted from any error built from its answer (``redact``)."""
         if method == "GET" and self._prefetched:
             with self._prefetched_lock:
                 answered = self._prefetched.pop(url, None)
@@ -552,6 +611,7 @@ class _Transport:
                     raise error_from_response(
                         method, url, resp,
                         after=f"gave up after {attempt + 1} attempt(s) and {waited:.0f}s of waiting",
+                        secrets=secrets,
                     )
                 why = f"HTTP {status}" + (" (throttled)" if status == 429 else "")
                 if asked is not None:
@@ -562,7 +622,7 @@ class _Transport:
                 attempt += 1
                 continue
             if status >= 400 and raise_for_status:
-                raise error_from_response(method, url, resp)
+                raise error_from_response(method, url, resp, secrets=secrets)
             return resp
 
     def read_json(self, method: str, url: str, resp: httpx.Response) -> Any:
@@ -859,9 +919,11 @@ class DataverseClient(_HttpCore):
         ``$batch`` outside any change set (docs/dataverse.md §3.7): one request and one connection instead
         of one each. The service runs them one after the other and answers each in its own part; a later
         GET of the same URL takes its answer from its part, once, and goes through every check a GET
-        answered by the network does. A refused, throttled or unreadable batch, or part, keeps nothing:
-        each read is then sent on its own with its own retries and errors, so a prefetch never changes
-        what a read returns or raises, only how many requests it takes. Returns how many answers were kept."""
+        answered by the network does. A throttled batch (429, or 503 with ``Retry-After``) waits as the
+        service says and is sent again, within the retry budget (docs/dataverse.md §3.8). A refused or
+        unreadable batch, one still throttled past the budget, or a part, keeps nothing: each read is then
+        sent on its own with its own retries and errors, so a prefetch never changes what a read returns or
+        raises, only how many requests it takes. Returns how many answers were kept."""
         if not reads:
             return 0
         batch_id = f"batch_{uuid.uuid4()}"
@@ -872,14 +934,37 @@ class DataverseClient(_HttpCore):
                       *(f"{k}: {v}" for k, v in headers.items()), "", ""]
         lines += [f"--{batch_id}--", ""]
         url = self.url("$batch")
-        try:
-            request_headers = self._request_headers(
-                None, {"Content-Type": f'multipart/mixed; boundary="{batch_id}"',
-                       "Prefer": "odata.continue-on-error"}, True)
-            resp = self._fetch("POST", url, request_headers, "\r\n".join(lines).encode("utf-8"))
-        except (httpx.TransportError, _BodyTooLarge) as exc:
-            log.info("%s: the read $batch failed (%s); reading one by one", self.label, type(exc).__name__)
-            return 0
+        body = "\r\n".join(lines).encode("utf-8")
+        attempt = 0
+        waited = 0.0
+        while True:
+            try:
+                request_headers = self._request_headers(
+                    None, {"Content-Type": f'multipart/mixed; boundary="{batch_id}"',
+                           "Prefer": "odata.continue-on-error"}, True)
+                resp = self._fetch("POST", url, request_headers, body)
+            except (httpx.TransportError, _BodyTooLarge) as exc:
+                log.info("%s: the read $batch failed (%s); reading one by one", self.label, type(exc).__name__)
+                return 0
+            # A 429, or a 503 that says when to come back, is the service asking for a pause, not a batch it
+            # cannot serve: its reads sent one by one at once would each go over the same limit (every
+            # request counts against it, docs/dataverse.md §3.8). So the batch waits as told and is sent
+            # again, within the retry budget of any request.
+            delay = self._read_batch_pause(resp, attempt)
+            if delay is None:
+                break
+            if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
+                log.info("%s: the read $batch was still answered HTTP %s after %d attempt(s) and %.0f s of "
+                         "waiting; reading one by one", self.label, resp.status_code, attempt + 1, waited)
+                return 0
+            why = f"HTTP {resp.status_code}" + (" (throttled)" if resp.status_code == 429 else "")
+            asked = self._retry_after(resp)
+            if asked is not None:
+                why += f", Retry-After {asked:g} s"
+            self._log_wait("POST", url, why, attempt, delay)
+            self.retry.sleep(delay)
+            waited += delay
+            attempt += 1
         ctype = resp.headers.get("Content-Type", "")
         boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         try:
@@ -906,6 +991,17 @@ class DataverseClient(_HttpCore):
         with self._prefetched_lock:
             self._prefetched.update(kept)
         return len(kept)
+
+    def _read_batch_pause(self, resp: httpx.Response, attempt: int) -> float | None:
+        """How long to wait before sending a read ``$batch`` again (None: not again). Only a 429 (Retry-After,
+        else the usual backoff) and a 503 carrying Retry-After ask for a pause; any other failure is a batch
+        the service cannot serve, whose reads are then sent one by one with their own retries."""
+        asked = self._retry_after(resp)
+        if resp.status_code == 429:
+            return self._backoff(attempt) if asked is None else asked
+        if resp.status_code == 503 and asked is not None:
+            return asked
+        return None
 
     def forget_prefetched(self) -> None:
         """Drop the answers a ``prefetch`` kept that no read has taken (a read that failed before its
@@ -1350,7 +1446,7 @@ class OidcTokenClient(_Transport):
         """The JSON answer of ``method url`` (the URL without its query: ``params`` holds it), checked
         against ``shape``. An error status past the retries raises the typed ``ApiError``; an answer that
         is not of the shape a ``MalformedResponseError``. Messages name the URL without its query."""
-        resp = self.send(method, url, headers=headers, params=dict(params))
+        resp = self.send(method, url, headers=headers, params=dict(params), secrets=sent_secrets(headers=headers))
         try:
             doc = parse_json(resp.content, content_type=resp.headers.get("Content-Type"), limits=self.limits)
             check(doc, shape)
@@ -1407,15 +1503,19 @@ class MsalHttpClient(_Transport):
         extra = {"params": params, "timeout": timeout}
         if data is not None:
             extra["data"] = data
-        resp = self.send(method, url, body=body, headers=dict(headers or {}), raise_for_status=False, **extra)
+        # The secret, the assertion or the identity header this request carries: an error answer that echoes
+        # the request must not show them, in whatever encoding they went (the form is urlencoded).
+        secrets = sent_secrets(data, headers, body)
+        resp = self.send(method, url, body=body, headers=dict(headers or {}), raise_for_status=False,
+                         secrets=secrets, **extra)
         shown = str(resp.request.url.copy_with(query=None)) if resp.request is not None else url
         if resp.status_code >= 500:
             # Past the retry budget (or a 5xx that is never retried): MSAL would raise a bare HTTP error.
-            raise error_from_response(method, shown, resp)
-        self._check(method, shown, resp)
+            raise error_from_response(method, shown, resp, secrets=secrets)
+        self._check(method, shown, resp, secrets)
         return resp
 
-    def _check(self, method: str, url: str, resp: httpx.Response) -> None:
+    def _check(self, method: str, url: str, resp: httpx.Response, secrets: Sequence[str] = ()) -> None:
         path = urlsplit(url).path.lower()
         status = resp.status_code
         shape: Shape | None = None
@@ -1436,5 +1536,5 @@ class MsalHttpClient(_Transport):
             if status >= 400:
                 # Not an OAuth error (a gateway's page, another service's error shape): say what it was
                 # rather than let MSAL fail on it.
-                raise error_from_response(method, url, resp) from None
+                raise error_from_response(method, url, resp, secrets=secrets) from None
             raise malformed(method, url, status, str(exc)) from None

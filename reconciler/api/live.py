@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -458,11 +459,12 @@ def _identities(service_account: str | None, who: WhoAmI,
     return caller, rules.pick_writer(service_account, caller, list(users))
 
 
-def _who_am_i(source: LiveSource) -> Any:
-    """WhoAmI, with a refusal explained: a 403 here means the signed-in identity has no usable user in
-    this environment (no application user, or a disabled one), which a raw Dataverse error hides."""
+def _who_am_i(source: LiveSource, dv: DataverseReader | None = None) -> Any:
+    """WhoAmI (through ``dv``, by default the source's), with a refusal explained: a 403 here means the
+    signed-in identity has no usable user in this environment (no application user, or a disabled one),
+    which a raw Dataverse error hides."""
     try:
-        return source.dataverse.who_am_i()
+        return (dv or source.dataverse).who_am_i()
     except ApiError as exc:
         if exc.status != 403:
             raise
@@ -472,6 +474,84 @@ def _who_am_i(source: LiveSource) -> Any:
             "(Power Platform admin center > the environment > Settings > Users + permissions > Application "
             "users) and give it a security role; see docs/service-account.md"
         ) from None
+
+
+class _StopAfterFailure:
+    """The reads of one environment, stopped once one of them has failed for good: every read raises what it
+    met only after its own retries, and the plan cannot go on without it, so a read not yet started is not
+    started (it would spend a retry cycle of its own on a service that just gave up on another, as in a storm
+    of 5xx, or add to a throttling window) and raises that first failure instead. Reads in flight finish."""
+
+    def __init__(self, dv: DataverseReader) -> None:
+        self._dv = dv
+        self._failure: Exception | None = None
+        self._lock = threading.Lock()
+
+    def record(self, exc: Exception) -> None:
+        with self._lock:
+            if self._failure is None:  # the first failure stays: it is the one said
+                self._failure = exc
+
+    def record_failure(self, future: Future[Any]) -> None:
+        """``record`` what a read done elsewhere (the connections) failed with, as a future's callback."""
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, Exception):
+            self.record(exc)
+
+    def _start(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise failure
+
+    def _read(self, call: Callable[[], T]) -> T:
+        self._start()
+        try:
+            return call()
+        except Exception as exc:
+            self.record(exc)
+            raise
+
+    # The reads: started only while no read has failed.
+    def get_all(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+                orderby: str | None = None, expand: str | None = None, page_size: int = MAX_PAGE_SIZE,
+                first_page: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+        return self._read(lambda: self._dv.get_all(entity_set, select=select, filter=filter, orderby=orderby,
+                                                   expand=expand, page_size=page_size, first_page=first_page))
+
+    def prefetch(self, reads: Sequence[tuple[str, Mapping[str, str]]]) -> int:
+        # A batch only saves requests: after a failure there is nothing left to save them for.
+        return 0 if self._failure is not None else self._dv.prefetch(reads)
+
+    def who_am_i(self) -> WhoAmI:
+        return self._read(self._dv.who_am_i)
+
+    def component_type_for(self, entity: str) -> int:
+        return self._read(lambda: self._dv.component_type_for(entity))
+
+    def get_batch(self, requests: Sequence[tuple[str, Mapping[str, object] | None]]) -> list[tuple[int, Any]]:
+        return self._read(lambda: self._dv.get_batch(requests))
+
+    def user_has_privilege(self, systemuserid: str, privilege: str) -> bool | None:
+        return self._read(lambda: self._dv.user_has_privilege(systemuserid, privilege))
+
+    # What sends nothing.
+    def query(self, entity_set: str, *, select: Sequence[str] | None = None, filter: Filter | None = None,
+              orderby: str | None = None, expand: str | None = None,
+              page_size: int = MAX_PAGE_SIZE) -> tuple[str, dict[str, str]]:
+        return self._dv.query(entity_set, select=select, filter=filter, orderby=orderby, expand=expand,
+                              page_size=page_size)
+
+    def forget_prefetched(self) -> None:
+        self._dv.forget_prefetched()
+
+    def who_am_i_url(self) -> str:
+        return self._dv.who_am_i_url()
+
+    def privilege_url(self, systemuserid: str, privilege: str) -> str:
+        return self._dv.privilege_url(systemuserid, privilege)
+
+    def component_type_query(self, entity: str) -> QueryArgs:
+        return self._dv.component_type_query(entity)
 
 
 def _env(config: Config, env: EnvironmentConfig | str | None, source: LiveSource) -> EnvironmentConfig:
@@ -514,7 +594,9 @@ def read_environment(
     second read ``$batch`` of the solution's members, the writer's privilege and the users, then the
     shares of the bound connections once the connections and users are known."""
     envc = _env(config, env, source)
-    dv = source.dataverse
+    # Once a read has failed for good the environment cannot be planned: the reads not yet started are not
+    # (the connections' failure counts too), and the first failure is what they raise.
+    dv = _StopAfterFailure(source.dataverse)
     service_account = envc.service_account
 
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"live-{envc.name}") as pool, \
@@ -528,6 +610,7 @@ def read_environment(
         # back with the first page of references. Each read then runs as usual, answered from its part
         # (further pages follow their links), or sent on its own when the batch or its part failed.
         f_conns = run(lambda: read_connections_explained(source, admin=admin_connections))
+        f_conns.add_done_callback(dv.record_failure)
         refs_query = QueryArgs(select=REFERENCE_COLUMNS)
         flows_query = QueryArgs(select=FLOW_COLUMNS, filter=eq("category", FLOW_CATEGORY))
         # Which solutions the flows belong to (lint CR208): every workflow membership and every
@@ -562,7 +645,7 @@ def read_environment(
             else:
                 run(partial(_fill, target, read))
 
-        small(f_who, lambda: _who_am_i(source))
+        small(f_who, lambda: _who_am_i(source, dv))
         small(f_type, lambda: dv.component_type_for("connectionreference"))
         small(f_solution, lambda: _solution(dv.get_all("solutions", **solution_query)))
 

@@ -41,6 +41,9 @@ from reconciler.errors import AuthError, ConfigError
 #: Timeouts for real services: Dataverse may take tens of seconds on a large $batch.
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
 
+#: What the request log calls the token requests of ``TokenProviders`` (shared by the run's environments).
+TOKEN_LOG_LABEL = "auth"
+
 _TLS_LOCK = threading.Lock()
 _TLS_CONTEXTS: dict[tuple[str, str], ssl.SSLContext] = {}
 
@@ -300,7 +303,10 @@ class TokenProviders:
                 from reconciler.api.auth import provider_for
 
                 if self._http is None:
-                    self._http = httpx.Client(timeout=DEFAULT_TIMEOUT, verify=tls_context())
+                    # Logged like every other request (-v): method, URL without query values, status.
+                    # These requests serve every environment of the run, so the log names no environment.
+                    self._http = httpx.Client(timeout=DEFAULT_TIMEOUT, verify=tls_context(),
+                                              event_hooks=request_log_hooks(TOKEN_LOG_LABEL))
                 found = self._providers[key] = provider_for(profile, http_client=self._http, env=env)
             return found
 

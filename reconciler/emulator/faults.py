@@ -53,6 +53,10 @@ alter that part, as the service answers each part with its own status and body. 
 itself meets them (the service protection limits answer the request that goes over them, docs/dataverse.md
 §3.8), and so does ``latency_ms``.
 
+**Errors that quote the request.** ``echo_request: true`` on an ``error`` rule answers with the request's
+body as the error's text (``echo_response``), as a service or a proxy that repeats a request it refuses may:
+for a token request, the urlencoded form with its secret or assertion, which the client must never show.
+
 Every choice comes from ``random.Random(seed)``, so a test that injects 30% failures sees the same
 sequence on every run. ``latency_ms`` delays every request the app answers, on every route (Dataverse,
 connections API and token endpoint alike), as a network round trip would; latency rules add to it.
@@ -145,6 +149,8 @@ class FaultRule:
     size_bytes: int = 1024 * 1024
     link_host: str = "https://elsewhere.example"
     after_commit: bool = False
+    # An error rule whose answer quotes the request's body (below, ``echo_response``).
+    echo_request: bool = False
     seen: int = field(default=0, compare=False)
     fired: int = field(default=0, compare=False)
     committed: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
@@ -163,6 +169,8 @@ class FaultRule:
                 raise ValueError(f"unknown malformed shape {self.shape!r} (one of {', '.join(SHAPES)})")
             if self.shape in ("wrong_type", "missing_field") and not self.key_path:
                 raise ValueError(f"a {self.shape} fault needs the key_path it alters")
+        if self.echo_request and (self.kind != "error" or self.after_commit):
+            raise ValueError("echo_request applies to error rules answered before the request is served")
         if self.after_commit and self.kind not in AFTER_COMMIT_KINDS:
             raise ValueError(f"after_commit applies to {', '.join(AFTER_COMMIT_KINDS)} rules "
                              f"(a malformed answer is always made after the commit), not to {self.kind!r}")
@@ -201,6 +209,7 @@ class FaultRule:
             "size_bytes": self.size_bytes,
             "link_host": self.link_host,
             "after_commit": self.after_commit,
+            "echo_request": self.echo_request,
         }
 
 
@@ -245,6 +254,24 @@ def error_response(request: Request, status: int, *, body: str = "route", retry_
         code, default = _GENERIC_500 if status == 500 else ("", HTTPStatus(status).phrase)
         message = message or default
     return HttpError(status, code, message or "", headers).response()
+
+
+def echo_response(request: Request, rule: FaultRule) -> Response:
+    """An error answer of ``rule`` (its status and ``error_body``) that quotes the request's body as it came
+    (for a token request: the urlencoded form, secret or assertion included), as a service or a proxy in front
+    of it that repeats a request it refuses may answer: the identity routes in the OAuth shape with the body as
+    ``error_description``, the APIs in ``{"error": {"code", "message"}}`` with the body as ``message``, and
+    ``html`` as a page quoting it. What the client must never show, in whatever encoding it came back."""
+    text = request.body.decode("utf-8", "replace")
+    headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after else {}
+    if rule.error_body == "html":
+        page = f"<!DOCTYPE html><html><body><h1>Bad Request</h1><pre>{text}</pre></body></html>"
+        return Response(rule.status, page.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8", **headers})
+    if rule.error_body == "oauth" or (rule.error_body == "route" and _route(request) == "identity"):
+        payload = {"error": "invalid_request", "error_description": text}
+        return Response(rule.status, json.dumps(payload).encode("utf-8"),
+                        {"Content-Type": "application/json; charset=utf-8", **headers})
+    return HttpError(rule.status, "0x80040203", text, headers).response()
 
 
 def _edit(doc: Any, path: list[str], change: Callable[[dict[str, Any], str], None]) -> None:
@@ -477,6 +504,8 @@ class Faults:
                     decision.alter = functools.partial(malformed_response, rule, request)
                 else:
                     decision.drop = True
+                if rule.echo_request:
+                    decision.response = echo_response(request, rule)
                 break
         return decision
 

@@ -11,10 +11,11 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 
-from e2e.e2e_support import Result, Workspace
+from e2e.e2e_support import Result, Served, Workspace
 
 pytestmark = pytest.mark.emulator_only
 
@@ -87,3 +88,20 @@ def test_no_command_prints_or_writes_a_secret(
     for path in Path(d).rglob("*"):
         if path.is_file():
             _assert_clean([path.read_text(errors="replace")], str(path.relative_to(d)))
+
+
+def test_a_token_endpoint_that_echoes_the_request_does_not_make_plan_print_the_secret(served: Served) -> None:
+    """The identity platform (or a proxy before it) answers 400 quoting the form it was sent: the secret went
+    urlencoded (``+`` ``/`` ``=`` ``%`` ``&`` all change), and comes back so. -v plan prints the error and
+    every request, and none of it holds the secret in any encoding."""
+    secret = "Zq8Q~abc+def/ghi=jk%lm&no"
+    (served.dir / ".demo-secret").write_text(secret + "\n")
+    served.apps["dev"].faults.add("error", "/*/oauth2/v2.0/token", status=400, echo_request=True)
+    r = served.run("-v", "plan")
+    assert r.code == 1
+    assert "Traceback" not in r.err
+    assert "/oauth2/v2.0/token -> 400" in r.err  # the token request was logged, and refused
+    assert "client_secret=<redacted>" in r.err  # the echo was shown, without the secret
+    for form in (secret, quote_plus(secret), quote(secret), quote(secret, safe="")):
+        assert form not in r.out + r.err, form
+    _assert_clean([r.out, r.err], "plan's output")
