@@ -42,7 +42,7 @@ from reconciler.errors import AuthError, ConfigError
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
 
 #: What the request log calls the token requests of ``TokenProviders`` (shared by the run's environments).
-TOKEN_LOG_LABEL = "auth"
+TOKEN_LOG_LABEL = "(auth)"  # not an environment name (those start with a letter or digit)
 
 _TLS_LOCK = threading.Lock()
 _TLS_CONTEXTS: dict[tuple[str, str], ssl.SSLContext] = {}
