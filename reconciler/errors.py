@@ -12,8 +12,9 @@
     │   ├── PreconditionFailedError   412: an ETag moved or a duplicate key
     │   ├── ThrottledError            429 after the retry budget ran out
     │   ├── TransientError            5xx or a dropped connection after the retry budget ran out
-    │   │   └── OutcomeUnknownError   a write's answer was lost (dropped after sending, 500/502/504, timed
-    │   │                             out, an unreadable 2xx): it may have been committed; not resent
+    │   │   └── OutcomeUnknownError   a write's answer was lost (dropped after sending, a 5xx or 408, timed
+    │   │                             out, an unreadable or self-contradicting answer): it may have been
+    │   │                             committed; not resent
     │   └── MalformedResponseError    an answer connref cannot read: not JSON, truncated, too big or
     │                                 too deep, the wrong shape, or paging that loops or leaves the host
     ├── StalePlanError                a saved plan no longer matches state or live (re-plan)
@@ -131,7 +132,8 @@ class TransientError(ApiError):
 
 class OutcomeUnknownError(TransientError):
     """The answer to a write was lost after the request was sent: the connection dropped, the client gave up
-    waiting, a 500, 502 or 504 came back, or a 2xx whose body cannot be read. The service may have committed
+    waiting, a 5xx or a 408 came back without the ``$batch`` answer, a 2xx whose body cannot be read, or an
+    answer that calls one atomic change set both written and refused. The service may have committed
     it, so it is never sent again blindly: the applier reads back what it wrote first (docs/dataverse.md
     §3.12). ``why`` says what happened, in words safe to print."""
 

@@ -20,7 +20,7 @@ from reconciler.api.session import EnvSession, open_environment
 from reconciler.apply.applier import ApplyResult, BatchProgress, apply_environment
 from reconciler.domain.model import Binding, Config, DesiredReference, connector_id
 from reconciler.emulator.factory import Sample
-from reconciler.errors import ApplyError
+from reconciler.errors import ApplyError, MalformedResponseError
 from reconciler.plan.ops import ApplyFacts, EnvironmentPlan, FieldChange, UpdateReference
 from reconciler.plan.planner import plan_environment
 
@@ -213,3 +213,43 @@ def test_a_plan_without_the_facts_apply_needs_is_refused_before_anything_is_sent
             dataclasses.replace(env_plan, facts=None))
     assert len(admin_app.app.log) == 0
     assert row(admin_app, Sample.REF_SP_NAME)["connectionreferencedisplayname"] == "SharePoint ContosoConnections"
+
+
+def test_references_read_without_their_etag_stop_the_plan_naming_the_url(admin_app: Any, session: EnvSession) -> None:
+    """A reference row answered without ``@odata.etag`` could only be written with ``If-Match: *``, over a
+    portal edit made after the plan (docs/dataverse.md §3.4): the read is a malformed answer, not a plan."""
+    refs = in_sync()
+    refs[Sample.REF_OUTLOOK_NAME] = ref(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK, "Outlook (renamed)")
+    config = sample_config(admin_app.url, refs)
+    admin_app.app.faults.add("malformed", "/api/data/v9.2/connectionreferences", shape="missing_field",
+                             key_path="value[]/@odata.etag")
+    with pytest.raises(MalformedResponseError) as info:
+        plan(session, config)
+    assert info.value.url is not None and "/api/data/v9.2/connectionreferences" in info.value.url
+    assert "value[0].@odata.etag: missing" in str(info.value)
+    assert admin_app.app.log.count_writes("/api/data/v9.2/$batch") == 0
+
+
+@pytest.mark.parametrize("etag", [None, ""])
+def test_an_update_without_an_etag_is_refused_before_anything_is_sent(
+    admin_app: Any, session: EnvSession, etag: str | None
+) -> None:
+    """Sent, it would carry ``If-Match: *`` and overwrite whatever the portal changed since the row was read."""
+    refs = in_sync()
+    refs[Sample.REF_OUTLOOK_NAME] = ref(Sample.REF_OUTLOOK_NAME, Sample.OUTLOOK, "Outlook (renamed)")
+    env_plan = plan(session, sample_config(admin_app.url, refs))
+    (update,) = env_plan.ops
+    assert isinstance(update, UpdateReference) and update.etag
+    # Edited in the portal meanwhile.
+    before = row(admin_app, Sample.REF_OUTLOOK_NAME)
+    session.dataverse.execute_batch([update_op("connectionreferences", Sample.REF_OUTLOOK,
+                                               {"description": "edited in the portal"},
+                                               etag=f'W/"{before["versionnumber"]}"')])
+    admin_app.app.log.clear()
+    with pytest.raises(ApplyError, match=r"no ETag for dev\.\S+.*nothing was written; run 'connref plan' again"):
+        apply_environment(session.dataverse, partial(read_reference_rows, session.reader),
+                          dataclasses.replace(env_plan, ops=(dataclasses.replace(update, etag=etag),)))
+    assert admin_app.app.log.count_writes("/api/data/v9.2/$batch") == 0
+    after = row(admin_app, Sample.REF_OUTLOOK_NAME)
+    assert after["description"] == "edited in the portal"
+    assert after["connectionreferencedisplayname"] == before["connectionreferencedisplayname"]

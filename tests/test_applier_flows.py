@@ -15,6 +15,7 @@ import httpx
 import pytest
 from builders import EmulatorTokens, sample_config
 
+from reconciler.api.batch_format import ANY_VERSION
 from reconciler.api.live import read_environment, read_reference_rows
 from reconciler.api.session import EnvSession, open_environment
 from reconciler.apply.applier import ApplyResult, FlowProgress, FlowWatch, apply_environment
@@ -126,17 +127,17 @@ def test_one_request_switches_a_flow_off_and_on_as_the_platform_allows(emulator:
     §5.3)."""
     session, _ = make_session(0)
     flow = Sample.FLOW_ACTIVE
-    (off,) = session.dataverse.execute_batch([flow_state_request(flow, "off", on=False, etag=None)],
+    (off,) = session.dataverse.execute_batch([flow_state_request(flow, "off", on=False, etag=ANY_VERSION)],
                                              caller_object_id=Sample.SVC_OBJECT_ID)
     assert off.ok and emulator.store.workflow(flow)["statecode"] == 0
     assert emulator.store.workflow(flow)["statuscode"] == 1
     # As the application user, which neither owns nor has been shared the service account's connections.
-    (refused,) = session.dataverse.execute_batch([flow_state_request(flow, "on", on=True, etag=None)])
+    (refused,) = session.dataverse.execute_batch([flow_state_request(flow, "on", on=True, etag=ANY_VERSION)])
     assert not refused.ok and refused.status == 403
     assert refused.error is not None and "ConnectionAuthorizationFailed" in str(refused.error)
     assert emulator.store.workflow(flow)["statecode"] == 0
-    (on,) = session.dataverse.execute_batch([flow_state_request(flow, "on", on=True, etag=None, select=("statecode",))],
-                                            caller_object_id=Sample.SVC_OBJECT_ID)
+    switch_on = flow_state_request(flow, "on", on=True, etag=ANY_VERSION, select=("statecode",))
+    (on,) = session.dataverse.execute_batch([switch_on], caller_object_id=Sample.SVC_OBJECT_ID)
     assert on.ok and isinstance(on.body, dict) and on.body["statecode"] == 1
     assert emulator.store.workflow(flow)["statuscode"] == 2
 

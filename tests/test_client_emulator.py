@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.api.batch_format import create_op, update_op
+from reconciler.api.batch_format import ANY_VERSION, create_op, update_op
 from reconciler.api.client import (
     POWERPLATFORM_SCOPE,
     ConnectionsClient,
@@ -365,7 +365,7 @@ def test_batch_failure_rolls_back_and_names_the_failed_operation(
     ops = [
         create_op("connectionreferences", _new_ref(name), solution_unique_name=target.SOLUTION),
         update_op("connectionreferences", first, {"description": "never"}, etag=stale),
-        update_op("connectionreferences", second, {"description": "never either"}, etag=None),
+        update_op("connectionreferences", second, {"description": "never either"}, etag=ANY_VERSION),
     ]
     results = client.execute_batch(ops)
     assert [r.outcome for r in results] == ["not_written", "failed", "not_written"]

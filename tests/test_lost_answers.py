@@ -1,8 +1,9 @@
 """Writes whose answer is lost, through the applier against the emulator over loopback.
 
 A create carries the row id decided when planning, so a create sent twice makes one row at most. When the
-answer to a ``$batch`` is lost (the connection dropped after sending, 500/502/504 after the commit, the
-client gave up waiting, a 2xx whose body cannot be read), the applier never sends it again blindly: it
+answer to a ``$batch`` is lost (the connection dropped after sending, any 5xx or a 408 without the ``$batch``
+answer, the client gave up waiting, a 2xx whose body cannot be read, a change set answered both written and
+refused), the applier never sends it again blindly: it
 reads back the rows of the change set and decides from them. Committed: recorded as written. Not
 committed: sent once more. Neither can be told: reported as unknown ("run plan again"), never as not
 written. Both readings of duplicate logical names (the platform's rule is UNCONFIRMED, docs/dataverse.md
@@ -152,6 +153,15 @@ LOST_AFTER_COMMIT: list[tuple[str, str, dict[str, Any]]] = [
     ("200 with an HTML page", "malformed", {"shape": "html"}),
     ("200 cut in half", "malformed", {"shape": "truncated"}),
     ("200 with no body", "malformed", {"shape": "empty"}),
+    # Any 5xx or 408 without the $batch answer: none proves the change set was refused.
+    ("503", "error", {"status": 503, "after_commit": True}),
+    ("507", "error", {"status": 507, "after_commit": True}),
+    ("501 with an HTML page", "error", {"status": 501, "after_commit": True, "error_body": "html"}),
+    ("408", "error", {"status": 408, "after_commit": True}),
+    ("520 from a CDN", "error", {"status": 520, "after_commit": True, "error_body": "html"}),
+    ("524 from a CDN", "error", {"status": 524, "after_commit": True, "error_body": "html"}),
+    # An atomic change set answered part written, part refused (412): it cannot be both.
+    ("200 with a 2xx part and a 412 part", "malformed", {"shape": "part_status", "part": 2, "status": 412}),
 ]
 
 
@@ -197,6 +207,10 @@ LOST_BEFORE_COMMIT: list[tuple[str, str, dict[str, Any]]] = [
     ("500", "error", {"status": 500}),
     ("502 from a gateway", "error", {"status": 502, "error_body": "html"}),
     ("504 from a gateway", "error", {"status": 504, "error_body": "html"}),
+    ("503", "error", {"status": 503}),
+    ("507", "error", {"status": 507}),
+    ("408", "error", {"status": 408}),
+    ("524 from a CDN", "error", {"status": 524, "error_body": "html"}),
 ]
 
 

@@ -16,7 +16,13 @@ from builders import EmulatorTokens
 from reconciler.api.client import ConnectionsClient, DataverseClient, RetryPolicy
 from reconciler.api.shapes import Limits, parse_json
 from reconciler.emulator.factory import Sample
-from reconciler.errors import ApiError, MalformedResponseError, ThrottledError, TransientError
+from reconciler.errors import (
+    ApiError,
+    MalformedResponseError,
+    OutcomeUnknownError,
+    ThrottledError,
+    TransientError,
+)
 
 pytestmark = pytest.mark.emulator_only(reason="serves malformed answers through the emulator's fault injection")
 
@@ -78,6 +84,13 @@ CASES: list[tuple[str, str, dict[str, Any], Call, str]] = [
      "value[0].connectionid: missing"),
     ("row key missing", REFS, {"shape": "missing_field", "key_path": "value[]/connectionreferenceid"}, references,
      "value[0].connectionreferenceid: missing"),
+    # Rows connref writes with If-Match: without their ETag they could only be written over (docs/dataverse.md §3.4).
+    ("reference row without its ETag", REFS, {"shape": "missing_field", "key_path": "value[]/@odata.etag"},
+     references, "value[0].@odata.etag: missing (every connection reference row has it)"),
+    ("reference row with a null ETag", REFS, {"shape": "wrong_type", "key_path": "value[]/@odata.etag", "value": None},
+     references, "value[0].@odata.etag: expected a string, got null"),
+    ("flow row without its ETag", API + "workflows", {"shape": "missing_field", "key_path": "value[]/@odata.etag"},
+     lambda c: c.get_all("workflows", select=["statecode"]), "value[0].@odata.etag: missing (every flow row has it)"),
     ("WhoAmI without UserId", API + "WhoAmI", {"shape": "missing_field", "key_path": "UserId"},
      lambda c: c.who_am_i(), "UserId: missing"),
     ("WhoAmI UserId not a GUID", API + "WhoAmI", {"shape": "wrong_type", "key_path": "UserId", "value": "me"},
@@ -264,6 +277,53 @@ def test_batch_answered_500_is_not_repeated(emulator: Any, http: httpx.Client, s
         dataverse(emulator, http, sleeps).execute_batch([op])
     assert info.value.status == 500
     assert sleeps == []
+    assert emulator.app.log.count_requests(path=API + "$batch") == 1
+
+
+# Answers that do not prove a write was refused: a 5xx (a server's, a gateway's, a CDN's) or a 408 without the
+# $batch answer. (name, status, error body)
+LOST_WRITE_STATUSES: list[tuple[str, int, str]] = [
+    ("503", 503, "route"), ("507", 507, "route"), ("501 with an HTML page", 501, "html"), ("408", 408, "route"),
+    ("520 from a CDN", 520, "html"), ("524 from a CDN", 524, "html"),
+]
+
+
+@pytest.mark.parametrize(("name", "status", "body"), LOST_WRITE_STATUSES, ids=[c[0] for c in LOST_WRITE_STATUSES])
+def test_a_write_batch_answered_without_its_answer_is_an_unknown_outcome_never_resent(
+    emulator: Any, http: httpx.Client, sleeps: list[float], name: str, status: int, body: str
+) -> None:
+    from reconciler.api.batch_format import create_op
+
+    emulator.app.faults.add("error", API + "$batch", writes_only=True, after_commit=True, times=1, status=status,
+                            error_body=body)
+    op = create_op("connectionreferences", {
+        "connectionreferencelogicalname": f"contoso_Once{uuid.uuid4().hex[:6]}",
+        "connectionreferencedisplayname": "once",
+        "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sql"})
+    with pytest.raises(OutcomeUnknownError) as info:
+        dataverse(emulator, http, sleeps).execute_batch([op])
+    assert info.value.status == status
+    assert f"HTTP {status} without the $batch answer" in info.value.why
+    assert sleeps == [], "not sent again blindly"
+    assert emulator.app.log.count_requests(path=API + "$batch") == 1
+
+
+def test_a_change_set_answered_both_written_and_refused_is_an_unknown_outcome(
+    emulator: Any, http: httpx.Client, sleeps: list[float]
+) -> None:
+    """An atomic change set is committed or rolled back whole (docs/dataverse.md §3.7): an answer with a 2xx part
+    and a 412 part says both, so it says nothing."""
+    from reconciler.api.batch_format import create_op
+
+    emulator.app.faults.add("malformed", API + "$batch", writes_only=True, times=1, shape="part_status", part=2,
+                            status=412)
+    ops = [create_op("connectionreferences", {
+        "connectionreferencelogicalname": f"contoso_Both{n}{uuid.uuid4().hex[:6]}",
+        "connectionreferencedisplayname": "both",
+        "connectorid": "/providers/Microsoft.PowerApps/apis/shared_sql"}) for n in range(2)]
+    with pytest.raises(OutcomeUnknownError) as info:
+        dataverse(emulator, http, sleeps).execute_batch(ops)
+    assert "answered both written (1 part(s), HTTP 204) and refused (1 part(s), HTTP 412)" in str(info.value)
     assert emulator.app.log.count_requests(path=API + "$batch") == 1
 
 

@@ -76,22 +76,40 @@ def create_op(
     return BatchOperation("POST", path, dict(body), headers, label)
 
 
+#: ``If-Match: *``: any version of the row, as long as it exists. Only for a write that does the same whatever
+#: version it meets (switching a flow on); never for an update or delete of a row read when planning, which
+#: carries the ETag it was read with.
+ANY_VERSION = "*"
+
+
+def _if_match(entity_set: str, entity_id: str, etag: str | None) -> str:
+    """The ``If-Match`` of a write: its ETag, or ``ANY_VERSION`` when the caller asks for it by name. A write
+    with no ETag would be sent with ``If-Match: *`` and overwrite any change made since the row was read
+    (docs/dataverse.md §3.4), so it is refused before anything is sent."""
+    if not etag or not etag.strip():
+        raise ValueError(f"{entity_set}({entity_id}): no ETag to send as If-Match; a write without one would "
+                         "overwrite changes made since the row was read")
+    return etag
+
+
 def update_op(
     entity_set: str, entity_id: str, body: Mapping[str, Any], *, etag: str | None, label: str = "",
     select: Sequence[str] | None = None,
 ) -> BatchOperation:
     """PATCH a row. ``If-Match`` carries the ETag read when planning, so a row changed since is not
-    overwritten (412); without one, ``If-Match: *`` still stops a PATCH from creating a missing row
-    (perform-conditional-operations-using-web-api). With ``select`` the answer carries the updated
-    row's columns (its new ETag among them)."""
-    headers = {"If-Match": etag or "*"}
+    overwritten (412; perform-conditional-operations-using-web-api); ``ANY_VERSION`` only where every version
+    may be written over (it still stops a PATCH from creating a missing row, docs/dataverse.md §3.3). No ETag
+    is a ``ValueError``. With ``select`` the answer carries the updated row's columns (its new ETag among
+    them)."""
+    headers = {"If-Match": _if_match(entity_set, entity_id, etag)}
     path = _returning(entity_path(entity_set, entity_id), headers, select)
     return BatchOperation("PATCH", path, dict(body), headers, label)
 
 
 def delete_op(entity_set: str, entity_id: str, *, etag: str | None, label: str = "") -> BatchOperation:
+    """DELETE a row with ``If-Match`` the ETag read when planning (no ETag: ``ValueError``, as for ``update_op``)."""
     path = entity_path(entity_set, entity_id)
-    return BatchOperation("DELETE", path, None, {"If-Match": etag or "*"}, label)
+    return BatchOperation("DELETE", path, None, {"If-Match": _if_match(entity_set, entity_id, etag)}, label)
 
 
 def action_op(action: str, body: Mapping[str, Any], *, label: str = "") -> BatchOperation:

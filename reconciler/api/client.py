@@ -108,19 +108,33 @@ POWERPLATFORM_SCOPE = "https://api.powerplatform.com/.default"
 GRAPH_BASE = "https://graph.microsoft.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
-# Throttled (429, honouring Retry-After) and unavailable (503) answers say the service did not act: any
-# request is retried. 500, 502 and 504 may come after the service acted (a gateway that timed out while
-# it committed): retried for requests that may be repeated only (docs/dataverse.md §3.8, §3.12).
+# Throttled (429, honouring Retry-After) and unavailable (503) answers: retried for any request but a
+# $batch of writes (below). 500, 502 and 504 may come after the service acted (a gateway that timed out
+# while it committed): retried for requests that may be repeated only (docs/dataverse.md §3.8, §3.12).
 _RETRY_STATUSES = frozenset({429, 503})
 _RETRY_IF_REPEATABLE = frozenset({500, 502, 504})
-#: Statuses after which a write may or may not have been committed.
-OUTCOME_UNKNOWN_STATUSES = frozenset({500, 502, 504})
+#: The one answer after which a $batch of writes is sent again: a 429 refuses the request before it is
+#: processed (docs/dataverse.md §3.8). A 503 is not proof of that: a gateway or load balancer in front of
+#: the service answers it too, after handing the request on (docs/dataverse.md §3.12), so it is settled like
+#: any lost answer.
+_WRITE_RETRY_STATUSES = frozenset({429})
+#: 4xx answers that refuse nothing: the request timed out somewhere on its way, and may have been served.
+_LOST_CLIENT_STATUSES = frozenset({408})
+
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Characters left as they are in a query value: everything else is percent-encoded, so a value can
 # never add a parameter (&), end the query (#) or turn into a space (+).
 _QUERY_SAFE = "'(),/:$@"
+
+
+def outcome_unknown(status: int) -> bool:
+    """Whether an answer with ``status`` that is not the service's own ``$batch`` answer leaves the writes'
+    outcome unknown: every 5xx (a server's or a gateway's, 500-511 and the 52x of CDNs alike: none proves
+    the writes were not committed) and a 408. Only a 4xx refusal of the request (400, 401, 403, 404, 413,
+    a 429 past the retries...) says nothing was written (docs/dataverse.md §3.12)."""
+    return status >= 500 or status in _LOST_CLIENT_STATUSES
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -420,8 +434,9 @@ class _Transport:
     """Retries and bounded reading over a shared ``httpx.Client``: what every request connref sends
     goes through (the APIs' and the identity platform's).
 
-    Retried: 429 (honouring ``Retry-After``) and 503 for any method (the service did not act on the
-    request); 500, 502, 504 and a connection dropped after sending only when the request may be
+    Retried: 429 (honouring ``Retry-After``) and 503 for any method, unless the caller names the statuses
+    that prove its request was not acted on (``retry_statuses``: a ``$batch`` of writes is sent again after
+    a 429 only); 500, 502, 504 and a connection dropped after sending only when the request may be
     repeated (``_may_repeat``: reads; a ``$batch`` may have been committed). A request that may not be
     repeated and meets one of those ends in ``OutcomeUnknownError`` (docs/dataverse.md §3.12). Every
     answer is read whole, up to ``limits.max_body_bytes``, before anything looks at it."""
@@ -544,13 +559,15 @@ class _Transport:
         raise_for_status: bool = True,
         repeatable: bool | None = None,
         secrets: Sequence[str] = (),
+        retry_statuses: frozenset[int] | None = None,
         **request: Any,
     ) -> httpx.Response:
         """Send one request (absolute ``url``) with retries; raise the typed error for a failure.
         ``repeatable``: whether the request may be sent again after it may have reached the service
         (default: by method, ``_may_repeat``). One that may not, and whose answer is lost after it was
         sent (a dropped connection, a timeout), raises ``OutcomeUnknownError``. ``secrets``: credentials the
-        request carries, redacted from any error built from its answer (``redact``)."""
+        request carries, redacted from any error built from its answer (``redact``). ``retry_statuses``, when
+        given, are the only statuses sent again (for a write, those that prove it was not acted on)."""
         if method == "GET" and self._prefetched:
             with self._prefetched_lock:
                 answered = self._prefetched.pop(url, None)
@@ -604,7 +621,7 @@ class _Transport:
                          f"{self.label}: " if self.label else "", method, loggable_url(url))
                 refreshed = True
                 continue
-            if self._retryable_status(status, repeatable):
+            if status in retry_statuses if retry_statuses is not None else self._retryable_status(status, repeatable):
                 asked = self._retry_after(resp)
                 delay = self._backoff(attempt) if asked is None else asked
                 if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
@@ -1068,7 +1085,9 @@ class DataverseClient(_HttpCore):
         change set back and answers with that failure's status and one response part
         (docs/dataverse.md §3.7). The result has one entry per operation: all
         ``written``, or one ``failed`` and the rest ``not_written``. Errors of the batch request as a
-        whole (401 twice, 403, throttling past the budget) are raised.
+        whole (401 twice, 403, throttling past the budget) are raised. An answer that cannot say whether
+        the change set was committed raises ``OutcomeUnknownError``: lost, a 5xx or 408 without the
+        ``$batch`` answer, unreadable, or one that calls some of the change set written and some refused.
         """
         if not operations:
             return []
@@ -1125,19 +1144,15 @@ class DataverseClient(_HttpCore):
         if impersonate:
             headers["CallerObjectId"] = impersonate
         url = self.url("$batch")
-        # Writes may have been committed whatever became of their answer: never resent here.
-        resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False, repeatable=False)
+        # Writes may have been committed whatever became of their answer: never resent here, but after a 429.
+        resp = self.send("POST", url, body=body, headers=headers, raise_for_status=False, repeatable=False,
+                         retry_statuses=_WRITE_RETRY_STATUSES)
         resp.read()
         ctype = resp.headers.get("Content-Type", "")
         boundary = multipart_boundary(ctype) if ctype.lower().startswith("multipart/") else None
         if boundary is None:
-            if resp.status_code in OUTCOME_UNKNOWN_STATUSES:
-                # Not the service's own $batch answer (that is multipart): a gateway's or a layer's that
-                # cannot say whether the writes were committed.
-                error = error_from_response("POST", url, resp)
-                raise OutcomeUnknownError(f"{error}; {what} may have been committed",
-                                          why=f"HTTP {resp.status_code} without the $batch answer",
-                                          status=resp.status_code, method="POST", url=url)
+            if outcome_unknown(resp.status_code):
+                raise self._lost(url, resp, what)
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
             raise self._unreadable(url, resp.status_code, f"not a $batch answer ({ctype or 'no content type'})",
@@ -1148,10 +1163,21 @@ class DataverseClient(_HttpCore):
             raise self._unreadable(url, resp.status_code, "the body is not UTF-8 text", what=what) from None
         parts = parse_multipart(resp.content, boundary)
         if not parts:
+            if outcome_unknown(resp.status_code):
+                raise self._lost(url, resp, what)
             if resp.status_code >= 400:
                 raise error_from_response("POST", url, resp)
             raise self._unreadable(url, resp.status_code, "no response part could be read", what=what)
         return parts, url, resp.status_code
+
+    @staticmethod
+    def _lost(url: str, resp: httpx.Response, what: str) -> OutcomeUnknownError:
+        """A 5xx (or 408) that is not the service's own $batch answer (that is multipart, with a part per
+        request): a gateway's, or a layer's that cannot say whether the writes were committed."""
+        error = error_from_response("POST", url, resp)
+        return OutcomeUnknownError(f"{error}; {what} may have been committed",
+                                   why=f"HTTP {resp.status_code} without the $batch answer",
+                                   status=resp.status_code, method="POST", url=url)
 
     @staticmethod
     def _unreadable(url: str, status: int, problem: str, *, what: str = "the change set") -> OutcomeUnknownError:
@@ -1227,6 +1253,13 @@ class DataverseClient(_HttpCore):
         self, operations: Sequence[BatchOperation], parts: list[MultipartPart], url: str, status: int = 200
     ) -> list[OperationResult]:
         failures = [p for p in parts if p.status >= 400]
+        successes = [p for p in parts if p.status < 400]
+        if failures and successes:
+            # A change set is committed or rolled back as a whole (docs/dataverse.md §3.7): an answer that says
+            # some of it was written and some refused cannot be both, and neither half can be believed.
+            raise self._unreadable(
+                url, status, f"the atomic change set is answered both written ({len(successes)} part(s), "
+                f"HTTP {successes[0].status}) and refused ({len(failures)} part(s), HTTP {failures[0].status})")
         if not failures:
             if len(parts) != len(operations):
                 raise self._unreadable(url, status, f"{len(parts)} response parts for {len(operations)} operations")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.api.shapes import CONNECTION_REFERENCE, ShapeProblem, check
 from reconciler.domain.model import LiveReference
 
 REFERENCE_COLUMNS = (
@@ -28,7 +29,22 @@ REFERENCE_COLUMNS = (
 )
 
 
+def written_row(body: Any) -> dict[str, Any] | None:
+    """The row a write's answer carries (``Prefer: return=representation``, docs/dataverse.md §3.3) when it is
+    a whole reference row, its ETag among its columns (``shapes.CONNECTION_REFERENCE``); None otherwise, and
+    the row is read back instead: a row recorded without its ETag would be written next with nothing to
+    send as ``If-Match``."""
+    if not isinstance(body, dict):
+        return None
+    try:
+        check(body, CONNECTION_REFERENCE)
+    except ShapeProblem:
+        return None
+    return body
+
+
 def reference_from_row(row: Mapping[str, Any], in_solution: bool) -> LiveReference:
+    """A row checked against ``shapes.CONNECTION_REFERENCE`` (a read page, ``written_row``) as a reference."""
     return LiveReference(
         id=str(row["connectionreferenceid"]).lower(),
         logical_name=str(row.get("connectionreferencelogicalname") or ""),
@@ -37,7 +53,7 @@ def reference_from_row(row: Mapping[str, Any], in_solution: bool) -> LiveReferen
         connection=row.get("connectionid") or None,
         description=row.get("description"),
         owner_id=(row.get("_ownerid_value") or None),
-        etag=str(row.get("@odata.etag") or ""),
+        etag=str(row["@odata.etag"]),
         in_solution=in_solution,
         managed=bool(row.get("ismanaged")),
         modified_by=row.get("_modifiedby_value"),

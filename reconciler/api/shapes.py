@@ -12,6 +12,10 @@ are ignored, so a service that adds fields breaks nothing. Facts they rely on:
 - A collection is ``{"value": [...], "@odata.nextLink": "..."}``; rows of an OData query carry every
   ``$select``-ed column, with ``null`` when it has no value, so a selected column that is missing is a
   malformed row (docs/dataverse.md §3.5).
+- Every row of a table with optimistic concurrency (``connectionreferences``, ``workflows``) carries its
+  ``@odata.etag``, and connref writes those rows with ``If-Match`` on it; a row without one could only be
+  written with ``If-Match: *``, over any change made since it was read, so it is a malformed row
+  (docs/dataverse.md §3.4).
 - ``WhoAmI`` answers ``UserId`` (the caller's systemuserid), ``BusinessUnitId`` and ``OrganizationId``
   (docs/dataverse.md §3.9).
 - A connection item of either connections API has ``name`` and ``properties`` with ``apiId``, optional
@@ -368,7 +372,7 @@ CONNECTION_REFERENCE = Shape("connection reference row", (
     _f("createdon"),
     _f("_modifiedby_value", "guid"),
     _f("modifiedon"),
-    _f("@odata.etag"),
+    _f("@odata.etag", required=True, nullable=False),
 ))
 SYSTEM_USER = Shape("user row", (
     _f("systemuserid", "guid", required=True, nullable=False),
@@ -397,6 +401,7 @@ WORKFLOW = Shape("flow row", (
     _f("statecode", "integer"),
     _f("_ownerid_value", "guid"),
     _f("clientdata"),
+    _f("@odata.etag", required=True, nullable=False),
 ))
 COMPONENT_DEFINITION = Shape("solution component definition row", (
     _f("solutioncomponenttype", "integer", required=True, nullable=False),

@@ -32,8 +32,9 @@ written raises ``ApplyError`` carrying that result. A 412 means the reference ch
 the message names it and says to plan again.
 
 A create carries the row id decided when planning, so sending it twice makes one row at most. When the
-answer to a change set is lost (``OutcomeUnknownError``: the connection dropped after sending, 500/502/504,
-a timeout, a 2xx that cannot be read), it is never sent again blindly: its rows are read back (one filtered
+answer to a change set is lost (``OutcomeUnknownError``: the connection dropped after sending, any 5xx or a
+408 without the ``$batch`` answer, a timeout, a 2xx that cannot be read, an answer that calls the change set
+both written and refused), it is never sent again blindly: its rows are read back (one filtered
 query on their ids) and the rules layer decides (``rules.write_landed``, ``rules.change_set_landed``).
 Written: recorded so, with the rows read back. Not written: sent once more (and read back again if that
 answer is lost too, or if it fails as a late commit of the first would make it). Neither can be told: the
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from reconciler.api.batch_format import (
+    ANY_VERSION,
     MAX_BATCH_OPERATIONS,
     BatchOperation,
     OperationResult,
@@ -60,7 +62,7 @@ from reconciler.api.batch_format import (
     update_op,
 )
 from reconciler.api.odata_filter import Filter, Guid, any_of, odata_bind
-from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row
+from reconciler.api.rows import REFERENCE_COLUMNS, reference_from_row, written_row
 from reconciler.apply import consolidate
 from reconciler.apply.flowstate import flow_state_request
 from reconciler.domain import rules
@@ -309,11 +311,12 @@ def _delete(op: DeleteReference) -> BatchOperation:
 
 
 def _activate(op: ActivateFlow) -> BatchOperation:
-    # statecode 1 / statuscode 2 (docs/dataverse.md §5.1). If-Match: * (the row must exist) rather than the
-    # ETag read when planning: the asynchronous update this apply's rebinds started may itself write the
-    # flow's row (UNCONFIRMED, docs/dataverse.md §5.7); a saved plan is refused at the start of apply when
-    # a flow moved since it was made (the live fingerprint covers the flows).
-    return flow_state_request(op.flow_id, f"flow {op.logical_name}", on=True, etag=None)
+    # statecode 1 / statuscode 2 (docs/dataverse.md §5.1). If-Match: * (the row must exist), deliberately,
+    # rather than the ETag read when planning: the asynchronous update this apply's rebinds started may itself
+    # write the flow's row (UNCONFIRMED, docs/dataverse.md §5.7), and switching on sets the same state whatever
+    # version it meets, so it overwrites nothing anyone edited; a saved plan is refused at the start of apply
+    # when a flow moved since it was made (the live fingerprint covers the flows).
+    return flow_state_request(op.flow_id, f"flow {op.logical_name}", on=True, etag=ANY_VERSION)
 
 
 def _id(op: Op) -> str:
@@ -438,6 +441,11 @@ def apply_environment(
         raise ApplyError(f"the plan of environment {env_plan.environment} does not record the identity writes "
                          "act as and the solution component type (it was made by an earlier connref): "
                          "run 'connref plan' again")
+    unversioned = _without_etag((*ref_ops, *repoints, *retires))
+    if unversioned:
+        raise ApplyError(f"the plan of environment {env_plan.environment} has no ETag for "
+                         f"{', '.join(unversioned)}, so writing it could overwrite a change made since the plan "
+                         "was read: nothing was written; run 'connref plan' again")
     # Grants first: a binding needs its connection shared with the writer before it is written.
     granted = _share_all(sharer, shares)
     if any(r.outcome != "written" for r in granted):
@@ -484,6 +492,16 @@ def apply_environment(
     if not result.ok:
         raise ApplyError(_apply_error_message(result), results=result)
     return result
+
+
+def _without_etag(ops: Sequence[Op]) -> list[str]:
+    """The operations that write over a row read when planning (an update, a delete, a flow's move) and carry
+    no ETag to send as ``If-Match``. Every row read has one (docs/dataverse.md §3.4), so only a plan made
+    from an answer that lacked it, or made by hand, gets here: sent, it would overwrite any change made since
+    with ``If-Match: *``."""
+    # A RetireReference (a consolidation's delete) is a DeleteReference.
+    return [op.address for op in ops
+            if isinstance(op, UpdateReference | DeleteReference | RepointFlow) and not (op.etag or "").strip()]
 
 
 def _flow_row(reader: FlowReader | None, flow_id: str) -> dict[str, Any] | None:
@@ -887,7 +905,9 @@ def _op_result(op: Op, r: OperationResult) -> OpResult:
     if r.outcome == "not_written":
         return OpResult(op, "not_written", r.reason, r.status)
     new_id = r.entity_id if isinstance(op, CreateReference) else None
-    row = r.body if isinstance(r.body, dict) and r.body.get("connectionreferenceid") else None
+    # A row the answer carries without its ETag (or in a shape connref does not read) is not recorded: the
+    # row is read back after the apply (``live_after_apply``), so the state never holds an empty ETag.
+    row = written_row(r.body)
     if new_id is None and row is not None and isinstance(op, CreateReference):
         new_id = str(row["connectionreferenceid"]).lower()
     return OpResult(op, "written", "", r.status, reference_id=new_id, row=row)

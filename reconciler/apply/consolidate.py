@@ -128,7 +128,10 @@ def _why(r: OperationResult, what: str, op: RepointFlow) -> str:
 
 def _refused(r: OperationResult) -> bool:
     """Nothing of the write was written: the service refused it (4xx), or its row, read back after its answer
-    was lost, says so."""
+    was lost, says so. A lost answer that the read-back could not settle is no refusal, whatever its status
+    (a 408 is a 4xx; docs/dataverse.md §3.12)."""
+    if isinstance(r.error, OutcomeUnknownError):
+        return False
     return r.outcome == "not_written" or (r.status is not None and 400 <= r.status < 500)
 
 

@@ -15,6 +15,7 @@ OFF = {"statecode": 0, "statuscode": 1}
 
 def flow_state_request(flow_id: str, label: str, *, on: bool, etag: str | None,
                        select: Sequence[str] | None = None) -> BatchOperation:
-    """``PATCH workflows(id)`` with the state; ``If-Match`` ``etag`` (``*`` without one: the row must exist).
-    With ``select`` the answer carries the row (its new ETag)."""
+    """``PATCH workflows(id)`` with the state; ``If-Match`` ``etag``: the ETag the flow was read with, or
+    ``ANY_VERSION`` (the row must exist, whatever its version) where the caller means it. No ETag is a
+    ``ValueError`` (``update_op``). With ``select`` the answer carries the row (its new ETag)."""
     return update_op("workflows", flow_id, ON if on else OFF, etag=etag, label=label, select=select)

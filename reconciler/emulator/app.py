@@ -21,7 +21,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from http import HTTPStatus
 from types import ModuleType
 from typing import Any
 
@@ -30,7 +29,7 @@ from .dvcommon import API_ROOT, wants_annotations
 from .faults import ConnectionDropped, Faults
 from .requestlog import BatchPart, LogEntry, RequestLog
 from .store import DEFAULT_SETTINGS, EnvironmentStore
-from .web import Headers, HttpError, Request, Response
+from .web import Headers, HttpError, Request, Response, reason_phrase
 
 StartResponse = Callable[..., Any]
 _WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
@@ -125,11 +124,7 @@ class EmulatorApp:
         headers = dict(response.headers)
         body = b"" if response.status in (204, 304) else response.body
         headers["Content-Length"] = str(len(body))
-        try:
-            phrase = HTTPStatus(response.status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        start_response(f"{response.status} {phrase}", list(headers.items()))
+        start_response(f"{response.status} {reason_phrase(response.status)}", list(headers.items()))
         return [body]
 
     # ------------------------------------------------------------------ dispatch

@@ -26,12 +26,11 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
 from .dvcommon import API_ROOT, INVALID_ARGUMENT, Ctx, parse_prefer, wants_annotations
 from .requestlog import BatchPart
-from .web import Headers, HttpError, Request, Response
+from .web import Headers, HttpError, Request, Response, reason_phrase
 
 MAX_REQUESTS = 1000
 _IMPERSONATION = ("callerobjectid", "mscrmcallerid")
@@ -251,11 +250,7 @@ def _execute(outer: Ctx, part: Part, content_ids: dict[str, str]) -> Response:
 
 
 def _http_block(response: Response) -> str:
-    try:
-        phrase = HTTPStatus(response.status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [f"HTTP/1.1 {response.status} {phrase}"]
+    lines = [f"HTTP/1.1 {response.status} {reason_phrase(response.status)}"]
     lines += [f"{k}: {v}" for k, v in response.headers.items()]
     body = response.body.decode("utf-8") if response.status not in (204, 304) else ""
     return "\r\n".join(lines) + "\r\n\r\n" + body

@@ -31,6 +31,9 @@ request is served first (a write is committed), then its answer is replaced or a
 ``huge``           the real answer padded to ``size_bytes`` (default 1 MiB) with a long string
 ``self_link``      the real collection with its next link pointing at the request itself
 ``foreign_link``   the real collection with its next link on another host (``link_host``)
+``part_status``    the real ``$batch`` answer with the part answering ``Content-ID: part`` (default 1)
+                   rewritten to answer ``status`` (an error body for 4xx and 5xx): a change set's answer
+                   that calls some of it written and some refused, which an atomic change set cannot be
 =================  ===================================================================================
 
 ``key_path`` is a path with ``/`` between keys and ``[]`` for every item of a list:
@@ -78,10 +81,9 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
-from .web import HttpError, Request, Response
+from .web import HttpError, Request, Response, reason_phrase
 
 THROTTLE_MESSAGES = {
     "0x80072322": "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
@@ -95,11 +97,12 @@ THROTTLE_MESSAGES = {
 }
 KINDS = ("latency", "throttle", "unavailable", "error", "drop", "malformed")
 #: The kinds that may act after the request was served (``after_commit``): the answer is lost, replaced or late.
-#: Not ``throttle`` nor ``unavailable``: the service answers 429 and 503 without acting on the request
-#: (docs/dataverse.md §3.8); a gateway's 502 or 504 after the commit is an ``error`` rule.
+#: Not ``throttle`` nor ``unavailable``: they model the service's own 429 and 503, given without acting on the
+#: request (docs/dataverse.md §3.8); a gateway's 502, 503 or 504 (or a CDN's 52x) after the commit is an
+#: ``error`` rule.
 AFTER_COMMIT_KINDS = ("latency", "error", "drop")
 SHAPES = ("html", "empty", "truncated", "null", "wrong_type", "missing_field", "deep", "huge", "self_link",
-          "foreign_link")
+          "foreign_link", "part_status")
 ERROR_BODIES = ("route", "odata", "oauth", "html")
 #: The OAuth error of the identity routes, per status (RFC 6749 §5.2 ``error``; AADSTS codes from Learn's
 #: "Microsoft Entra authentication and authorization error codes"; which ones Entra sends for 429 and
@@ -148,6 +151,7 @@ class FaultRule:
     depth: int = 200_000
     size_bytes: int = 1024 * 1024
     link_host: str = "https://elsewhere.example"
+    part: int = 1
     after_commit: bool = False
     # An error rule whose answer quotes the request's body (below, ``echo_response``).
     echo_request: bool = False
@@ -169,6 +173,9 @@ class FaultRule:
                 raise ValueError(f"unknown malformed shape {self.shape!r} (one of {', '.join(SHAPES)})")
             if self.shape in ("wrong_type", "missing_field") and not self.key_path:
                 raise ValueError(f"a {self.shape} fault needs the key_path it alters")
+            if self.shape == "part_status" and (not 100 <= self.status <= 599 or self.part < 1):
+                raise ValueError(f"a part_status fault answers a part (Content-ID 1 or more, not {self.part}) "
+                                 f"with a status of 100 to 599, not {self.status}")
         if self.echo_request and (self.kind != "error" or self.after_commit):
             raise ValueError("echo_request applies to error rules answered before the request is served")
         if self.after_commit and self.kind not in AFTER_COMMIT_KINDS:
@@ -208,6 +215,7 @@ class FaultRule:
             "depth": self.depth,
             "size_bytes": self.size_bytes,
             "link_host": self.link_host,
+            "part": self.part,
             "after_commit": self.after_commit,
             "echo_request": self.echo_request,
         }
@@ -251,7 +259,7 @@ def error_response(request: Request, status: int, *, body: str = "route", retry_
         return Response(status, json.dumps(payload).encode("utf-8"),
                         {"Content-Type": "application/json; charset=utf-8", **headers})
     if code is None:
-        code, default = _GENERIC_500 if status == 500 else ("", HTTPStatus(status).phrase)
+        code, default = _GENERIC_500 if status == 500 else ("", reason_phrase(status))
         message = message or default
     return HttpError(status, code, message or "", headers).response()
 
@@ -303,6 +311,8 @@ def malformed_response(rule: FaultRule, request: Request, real: Response) -> Res
         return Response(200, b"[" * rule.depth + b"]" * rule.depth, json_type)
     if shape == "truncated":
         return Response(real.status, real.body[: len(real.body) // 2], dict(real.headers))
+    if shape == "part_status":
+        return _part_answered(real, rule.part, rule.status)
     try:
         doc = json.loads(real.body) if real.body else None
     except ValueError:
@@ -321,6 +331,21 @@ def malformed_response(rule: FaultRule, request: Request, real: Response) -> Res
         key = "nextLink" if _route(request) == "connections" and "nextLink" in doc else "@odata.nextLink"
         doc[key] = own
     return Response(real.status, json.dumps(doc).encode("utf-8"), dict(real.headers))
+
+
+def _part_answered(real: Response, part: int, status: int) -> Response:
+    """The real ``$batch`` answer with the part that answers ``Content-ID: part`` answering ``status`` instead
+    (echoed inside every change set, docs/dataverse.md §3.7), the rest as served; unchanged when no part
+    answers that Content-ID."""
+    answer = (HttpError(status, "", reason_phrase(status)).response() if status >= 400
+              else Response.empty(status))
+    block = "\r\n".join([f"HTTP/1.1 {status} {reason_phrase(status)}",
+                          *(f"{k}: {v}" for k, v in answer.headers.items())]) + "\r\n\r\n"
+    # A part's HTTP answer runs from its status line to the CRLF before the next delimiter ("--").
+    pattern = re.compile(rb"(Content-ID: " + str(part).encode("ascii") + rb"\r\n\r\n)HTTP/\d\.\d \d{3}.*?(?=\r\n--)",
+                         re.DOTALL | re.IGNORECASE)
+    body = pattern.sub(lambda m: m.group(1) + block.encode("utf-8") + answer.body, real.body, count=1)
+    return Response(real.status, body, dict(real.headers))
 
 
 @dataclass

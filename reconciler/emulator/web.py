@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -77,6 +78,28 @@ class Response:
         h = {"OData-Version": "4.0"}
         h.update(headers or {})
         return cls(status, b"", h)
+
+
+#: Reason phrases of statuses outside the HTTP standard that a CDN in front of a service answers with
+#: (Cloudflare's 52x: https://developers.cloudflare.com/support/troubleshooting/http-status-codes/cloudflare-5xx-errors/).
+_CDN_PHRASES = {
+    520: "Web Server Returned an Unknown Error",
+    521: "Web Server Is Down",
+    522: "Connection Timed Out",
+    523: "Origin Is Unreachable",
+    524: "A Timeout Occurred",
+    525: "SSL Handshake Failed",
+    526: "Invalid SSL Certificate",
+}
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase of a status line: the standard one, a CDN's for its own codes, else ``Unknown``
+    (clients key on the code; the phrase is only read by people)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return _CDN_PHRASES.get(status, "Unknown")
 
 
 class HttpError(Exception):

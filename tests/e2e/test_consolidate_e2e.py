@@ -135,20 +135,25 @@ def snapshot(app: EmulatorApp) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("kind", ["error", "malformed", "dropped"])
+@pytest.mark.parametrize("kind", ["error", "malformed", "dropped", "507 after the commit", "408 after the commit"])
 @pytest.mark.parametrize("write", range(1, WRITES + 1))
 def test_an_apply_interrupted_at_any_write_is_finished_by_the_next(consolidating: Served, write: int,
                                                                    kind: str) -> None:
     """``error``: the write is refused (nothing of it written); ``malformed``: it is written, then its answer
-    cannot be read; ``dropped``: it is written, then the connection drops before the answer. The apply stops
+    cannot be read; ``dropped``: it is written, then the connection drops before the answer; a 507 or a 408
+    after the commit: it is written, then answered with a status that does not say so. The apply stops
     there (or reads the write back, finds it written and goes on), and the next one finishes the
     consolidation."""
     app = consolidating.apps["dev"]
     before = snapshot(app)
-    choices: dict[str, dict[str, Any]] = {"error": {"status": 400}, "malformed": {"shape": "empty"},
-                                          "dropped": {"after_commit": True}}
-    options = choices[kind]
-    app.faults.add("drop" if kind == "dropped" else kind, writes_only=True, after=write - 1, times=1, **options)
+    choices: dict[str, tuple[str, dict[str, Any]]] = {
+        "error": ("error", {"status": 400}), "malformed": ("malformed", {"shape": "empty"}),
+        "dropped": ("drop", {"after_commit": True}),
+        "507 after the commit": ("error", {"status": 507, "after_commit": True}),
+        "408 after the commit": ("error", {"status": 408, "after_commit": True}),
+    }
+    fault, options = choices[kind]
+    app.faults.add(fault, writes_only=True, after=write - 1, times=1, **options)
     first = consolidating.run("apply", "-e", "dev", "--auto-approve")
     # A write whose answer is lost is settled (docs/dataverse.md §3.12): that apply completes. A refusal stops
     # it.

@@ -1,6 +1,7 @@
 """Fault soak: seeded runs of ``apply`` through the real CLI against the quickstart served over loopback
 https, with faults drawn at random on every write and every read-back: a ``$batch`` committed whose answer
-is dropped, replaced by a 500, 502 or 504, or by a 2xx connref cannot read; a ``$batch`` refused (504,
+is dropped, replaced by a 500, 502, 503, 504 or a CDN's 524, by a 2xx connref cannot read, or by one that
+calls the change set both written and refused; a ``$batch`` refused (504,
 dropped, throttled) before it commits; reads throttled; a read-back that cannot be read; and, in some
 runs, the CLI killed between its write and its state record. Each run applies the quickstart config,
 then an edited one (a rename and a reference removed with ``--prune``), retrying until an apply without
@@ -59,6 +60,9 @@ WRITE_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "committed, 200 with an HTML page": ("malformed", {"shape": "html"}),
     "committed, 200 cut in half": ("malformed", {"shape": "truncated"}),
     "committed, 200 with no body": ("malformed", {"shape": "empty"}),
+    "committed, 503 from a gateway": ("error", {"status": 503, "after_commit": True, "error_body": "html"}),
+    "committed, 524 from a CDN": ("error", {"status": 524, "after_commit": True, "error_body": "html"}),
+    "committed, a 2xx part and a 412 part": ("malformed", {"shape": "part_status", "part": 2, "status": 412}),
     "not committed, 504": ("error", {"status": 504, "error_body": "html"}),
     "not committed, connection dropped": ("drop", {}),
     "not committed, throttled (429)": ("throttle", {"retry_after": 0}),

@@ -67,6 +67,44 @@ def test_a_batch_answered_2xx_with_a_body_connref_cannot_read_is_read_back_and_r
     assert served.run("plan", "--detailed-exitcode").code == 0
 
 
+COMMITTED_BUT_ANSWERED: dict[str, tuple[str, dict[str, Any]]] = {
+    "507": ("error", {"status": 507, "after_commit": True}),
+    "524 from a CDN": ("error", {"status": 524, "after_commit": True, "error_body": "html"}),
+    "200 with a 2xx part and a 412 part": ("malformed", {"shape": "part_status", "part": 2, "status": 412}),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(COMMITTED_BUT_ANSWERED))
+def test_a_committed_batch_answered_as_if_refused_is_read_back_and_recorded(served: Served, answer: str) -> None:
+    """Neither a 5xx without the $batch answer nor a change set answered part written, part refused proves the
+    change set was refused: it is read back, and found written."""
+    kind, options = COMMITTED_BUT_ANSWERED[answer]
+    served.apps["dev"].faults.add(kind, BATCH, methods=["POST"], times=1, writes_only=True, **options)
+    r = served.run("apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert "Apply complete! Changes: 2 added, 13 changed, 0 destroyed." in r.out
+    assert "not written" not in (r.out + r.err).lower()
+    assert served.apps["dev"].log.count_writes(BATCH) == 1  # read back, not sent again
+    assert managed(served, "dev") == DECLARED
+    assert served.run("plan", "--detailed-exitcode").code == 0
+
+
+def test_references_read_without_their_etag_are_refused_and_nothing_is_written(served: Served) -> None:
+    """Without ETags the plan could only be applied with If-Match: *, over edits made in the portal meanwhile."""
+    served.apps["dev"].faults.add("malformed", REFERENCES, methods=["GET"], shape="missing_field",
+                                  key_path="value[]/@odata.etag")
+    plan_file = served.dir / "etagless.plan.json"
+    r = served.run("plan", "--out", str(plan_file))
+    assert r.code == 1, r.out + r.err
+    assert "Traceback" not in r.err
+    assert "/api/data/v9.2/connectionreferences" in r.err and "@odata.etag: missing" in r.err
+    assert not plan_file.exists()
+    r = served.run("apply", "--auto-approve")
+    assert r.code == 1, r.out + r.err
+    assert "@odata.etag: missing" in r.err
+    assert served.apps["dev"].log.count_writes(BATCH) == 0
+
+
 LOST: dict[str, tuple[str, dict[str, Any]]] = {
     "dropped after the commit": ("drop", {"after_commit": True}),
     "answered 200 with an HTML page": ("malformed", {"shape": "html"}),

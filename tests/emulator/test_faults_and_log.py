@@ -303,3 +303,44 @@ def factory_sample() -> dict[str, Any]:
     from reconciler.emulator import factory
 
     return factory.sample_environment()
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(520, "Web Server Returned an Unknown Error"),
+                                                (524, "A Timeout Occurred"), (599, "Unknown")])
+def test_an_error_fault_answers_a_status_outside_the_standard(
+    emulator: Any, dv: httpx.Client, status: int, phrase: str
+) -> None:
+    """A CDN in front of a service answers its own 52x codes: served with a reason phrase, not a crash."""
+    emulator.app.faults.fail_next(1, "/api/data/v9.2/WhoAmI", kind="error", status=status)
+    r = dv.get("WhoAmI")
+    assert r.status_code == status and r.reason_phrase == phrase
+    assert r.json()["error"]["message"] == phrase
+
+
+def test_part_status_rewrites_one_part_of_a_committed_change_set(emulator: Any, dv: httpx.Client) -> None:
+    """``part_status``: the change set is committed, then the part answering Content-ID 2 says 412."""
+    rule = emulator.app.faults.add("malformed", "/api/data/v9.2/$batch", shape="part_status", part=2, status=412,
+                                   times=1)
+    refs = emulator.store.data["connectionreferences"][:2]
+    lines = ["--b", 'Content-Type: multipart/mixed; boundary="c"', ""]
+    for n, row in enumerate(refs, start=1):
+        url = f"{emulator.url}/api/data/v9.2/connectionreferences({row['connectionreferenceid']})"
+        lines += ["--c", "Content-Type: application/http", "Content-Transfer-Encoding: binary", f"Content-ID: {n}",
+                  "", f"PATCH {url} HTTP/1.1", "Content-Type: application/json", "If-Match: *", "",
+                  json.dumps({"description": f"part {n}"})]
+    lines += ["--c--", "--b--", ""]
+    batch = "\r\n".join(lines).encode()
+    r = dv.post("$batch", content=batch, headers={"Content-Type": 'multipart/mixed; boundary="b"'})
+    assert r.status_code == 200 and rule.committed.is_set()
+    assert "HTTP/1.1 204 No Content" in r.text
+    assert "Content-ID: 2\r\n\r\nHTTP/1.1 412 Precondition Failed" in r.text
+    assert '"message": "Precondition Failed"' in r.text
+    # Both writes were committed, whatever the answer says.
+    assert [row["description"] for row in emulator.store.data["connectionreferences"][:2]] == ["part 1", "part 2"]
+
+
+def test_part_status_needs_a_part_and_a_status() -> None:
+    with pytest.raises(ValueError, match="part_status"):
+        Faults().add("malformed", shape="part_status", part=0)
+    with pytest.raises(ValueError, match="part_status"):
+        Faults().add("malformed", shape="part_status", status=700)

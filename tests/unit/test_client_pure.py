@@ -8,14 +8,17 @@ import pytest
 
 from reconciler.api.auth import StaticTokenProvider
 from reconciler.api.batch_format import (
+    ANY_VERSION,
     MAX_BATCH_OPERATIONS,
     chunked,
     create_op,
+    delete_op,
     parse_multipart,
     update_op,
 )
 from reconciler.api.client import (
     DataverseClient,
+    outcome_unknown,
     power_platform_api_base,
     redact,
 )
@@ -28,6 +31,7 @@ from reconciler.api.odata_filter import (
     eq,
     literal,
 )
+from reconciler.api.rows import written_row
 
 GUID = "6f1c2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -170,3 +174,34 @@ def test_map_failure_without_content_id_in_a_larger_batch_uses_the_id_in_the_mes
     results = client._map_batch(ops, parts, "https://org/api/data/v9.2/$batch")
     assert [r.outcome for r in results] == ["not_written", "failed"]
     assert "rolled back" in results[0].reason
+
+
+@pytest.mark.parametrize("etag", [None, "", "  "])
+def test_an_update_or_delete_without_an_etag_is_refused(etag: str | None) -> None:
+    """Without an ETag the only If-Match left is ``*``, which overwrites a change made since the row was read."""
+    with pytest.raises(ValueError, match="no ETag to send as If-Match"):
+        update_op("connectionreferences", GUID, {"description": "x"}, etag=etag)
+    with pytest.raises(ValueError, match="no ETag to send as If-Match"):
+        delete_op("connectionreferences", GUID, etag=etag)
+
+
+def test_any_version_is_sent_only_when_asked_for_by_name() -> None:
+    assert update_op("workflows", GUID, {"statecode": 1}, etag=ANY_VERSION).headers["If-Match"] == "*"
+    assert delete_op("connectionreferences", GUID, etag='W/"7"').headers["If-Match"] == 'W/"7"'
+
+
+@pytest.mark.parametrize(("status", "unknown"), [
+    (500, True), (501, True), (502, True), (503, True), (504, True), (507, True), (520, True), (524, True),
+    (599, True), (408, True), (400, False), (401, False), (403, False), (404, False), (412, False), (413, False),
+    (429, False),
+])
+def test_which_answers_leave_a_write_unknown(status: int, unknown: bool) -> None:
+    assert outcome_unknown(status) is unknown
+
+
+def test_a_written_row_without_its_etag_is_not_taken_as_the_row() -> None:
+    row = {"connectionreferenceid": GUID, "connectionreferencelogicalname": "contoso_x", "@odata.etag": 'W/"3"'}
+    assert written_row(row) == row
+    assert written_row({k: v for k, v in row.items() if k != "@odata.etag"}) is None
+    assert written_row({**row, "@odata.etag": None}) is None
+    assert written_row(None) is None and written_row([row]) is None
