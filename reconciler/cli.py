@@ -110,6 +110,17 @@ class EnvAction(argparse.Action):
         setattr(namespace, self.dest, names)
 
 
+def path_arg(value: str) -> str:
+    """The ``type`` of every option and argument that takes a path. An empty or blank value is a usage error
+    naming the option: it is what an unset variable gives (``apply --auto-approve "$PLANFILE"``), and taking
+    it as "not given" would apply a fresh, unreviewed plan, save no plan, or read another config."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected a path, got {value!r} (an empty path; is the variable that should hold it unset?)"
+        )
+    return value
+
+
 def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     """The options every command accepts, before or after the command name. On the top-level parser
     they carry the defaults; on a command they are only set when given (``SUPPRESS``), so a value given
@@ -117,7 +128,7 @@ def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     (``verbose_after``) and is added up."""
     default: Any = None if top else argparse.SUPPRESS
     g = p.add_argument_group("global options") if not top else p
-    g.add_argument("-c", "--config", metavar="PATH", default=default,
+    g.add_argument("-c", "--config", metavar="PATH", default=default, type=path_arg,
                    help=f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
     g.add_argument("--no-color", action="store_true", default=False if top else argparse.SUPPRESS,
                    help="plain output even on a terminal")
@@ -155,9 +166,9 @@ def build_parser() -> Parser:
 
     sp = command("plan", "read live, diff against the config, print what apply would do")
     envs(sp)
-    sp.add_argument("--out", metavar="FILE", help="save the plan for 'connref apply FILE'")
+    sp.add_argument("--out", metavar="FILE", type=path_arg, help="save the plan for 'connref apply FILE'")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
-    sp.add_argument("--markdown", metavar="FILE", help="also write the plan as markdown")
+    sp.add_argument("--markdown", metavar="FILE", type=path_arg, help="also write the plan as markdown")
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     sp.add_argument("--prune", action="store_true", help="delete managed refs no longer declared")
     sp.add_argument("--explain", action="store_true",
@@ -171,13 +182,13 @@ def build_parser() -> Parser:
     sp.add_argument("--json", action="store_true", help="print the explanation as JSON")
 
     sp = command("show", "print a saved plan for review (no config, no network)")
-    sp.add_argument("planfile", metavar="PLANFILE", help="a plan saved with 'plan --out'")
+    sp.add_argument("planfile", metavar="PLANFILE", type=path_arg, help="a plan saved with 'plan --out'")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON (the plan --json document)")
-    sp.add_argument("--markdown", metavar="FILE", help="also write the plan as markdown")
+    sp.add_argument("--markdown", metavar="FILE", type=path_arg, help="also write the plan as markdown")
 
     sp = command("apply", "apply a fresh plan after confirmation, or exactly a saved plan")
     envs(sp)
-    sp.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved with 'plan --out'")
+    sp.add_argument("planfile", nargs="?", metavar="PLANFILE", type=path_arg, help="a plan saved with 'plan --out'")
     sp.add_argument("--auto-approve", action="store_true", help="skip the confirmation prompt")
     sp.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
                     help="wait this long for another run's lock (default: 0)")
@@ -186,13 +197,13 @@ def build_parser() -> Parser:
     sp = command("drift", "report what changed outside connref (read-only)")
     envs(sp)
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
-    sp.add_argument("--markdown", metavar="FILE", help="also write the report as markdown")
+    sp.add_argument("--markdown", metavar="FILE", type=path_arg, help="also write the report as markdown")
 
     sp = command("import", "write YAML for what an environment has today")
     envs(sp, many=False)
     sp.add_argument("--solution", help="solution to import (default: the config's, else required)")
-    sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    sp.add_argument("--from-settings", metavar="FILE",
+    sp.add_argument("-o", "--output", metavar="FILE", type=path_arg, help="write here instead of stdout")
+    sp.add_argument("--from-settings", metavar="FILE", type=path_arg,
                     help="read bindings from a deployment settings JSON into the config instead")
 
     sp = command("lint", "naming policy, duplicates, personal or broken connections")
@@ -201,7 +212,7 @@ def build_parser() -> Parser:
 
     sp = command("settings", "write the ConnectionReferences part of a deployment settings file")
     envs(sp, many=False)
-    sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    sp.add_argument("-o", "--output", metavar="FILE", type=path_arg, help="write here instead of stdout")
 
     sp = command("whoami", "who connref authenticates as and which bindings it may use")
     envs(sp, many=False)
@@ -229,13 +240,15 @@ def build_parser() -> Parser:
     x = state_command("migrate", "copy state between the local directory and the azurerm backend")
     x.add_argument("--to", required=True, choices=("azurerm", "local"),
                    help="azurerm: local directory -> the config's backend; local: the config's backend -> directory")
-    x.add_argument("--dir", metavar="DIR", help="the local state directory (default: state/ next to the config)")
+    x.add_argument("--dir", metavar="DIR", type=path_arg,
+                   help="the local state directory (default: state/ next to the config)")
     envs(x)
     x.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run's lock (default: 0)")
 
     sp = command("init", "write a starter connref.yaml (and, with --emulator, data to try it on)")
-    sp.add_argument("directory", nargs="?", default=".", metavar="DIR", help="where to write (default: here)")
+    sp.add_argument("directory", nargs="?", default=".", metavar="DIR", type=path_arg,
+                    help="where to write (default: here)")
     sp.add_argument("--emulator", action="store_true",
                     help="the quickstart: two environments served by the built-in emulator, ready to plan")
     sp.add_argument("--force", action="store_true", help="overwrite files that exist")
@@ -245,21 +258,21 @@ def build_parser() -> Parser:
     sp.add_argument("--list-environments", action="store_true", help=argparse.SUPPRESS)
 
     sp = command("schema", "print the JSON Schema of the config file (for editors)")
-    sp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    sp.add_argument("-o", "--output", metavar="FILE", type=path_arg, help="write here instead of stdout")
 
     sp = command("emulator", "serve the local Dataverse + connections + token emulator")
     sp.add_argument("--port", type=int, default=8080, help="first port (default 8080; 0 picks one)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
-    sp.add_argument("--data", action="append", default=[], metavar="FILE",
+    sp.add_argument("--data", action="append", default=[], metavar="FILE", type=path_arg,
                     help="environment data file (repeatable: one port each)")
-    sp.add_argument("--faults", metavar="FILE", help="fault-injection settings (JSON)")
+    sp.add_argument("--faults", metavar="FILE", type=path_arg, help="fault-injection settings (JSON)")
     sp.add_argument("--latency-ms", dest="latency_ms", type=int, metavar="MS",
                     help="delay every request by MS milliseconds, token endpoint included")
     sp.add_argument("--tls", action="store_true",
                     help="serve https with a throwaway certificate authority and print a config snippet that "
                     "signs in (docs/emulator.md)")
-    sp.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate")
-    sp.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    sp.add_argument("--tls-cert", metavar="PEM", type=path_arg, help="serve https with this certificate")
+    sp.add_argument("--tls-key", metavar="PEM", type=path_arg, help="private key for --tls-cert")
     sp.add_argument("--persist", action="store_true",
                     help="write changes back into the data files (default: serve from memory)")
     return p
@@ -272,7 +285,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.verbose = int(args.verbose or 0) + int(getattr(args, "verbose_after", 0) or 0)
-    if not args.config:
+    if args.config is None:
         args.config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
     envs: list[str] = list(getattr(args, "envs", None) or [])
     if args.command == "apply" and args.planfile is None and envs and os.path.isfile(envs[-1]):

@@ -12,6 +12,8 @@ import argparse
 import difflib
 import functools
 import json
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -162,15 +164,103 @@ def managed_names(states: Mapping[str, EnvState | None]) -> dict[str, list[str]]
     return {n: sorted(s.references) if s else [] for n, s in states.items()}
 
 
+# --------------------------------------------------------------------------- output files
+
+
+class OutputRefused(ConnrefError):
+    """An output path (``--out``, ``--markdown``, ``-o``) names a file connref reads and must not overwrite."""
+
+
+def _write_error(path: str, e: OSError) -> ConnrefError:
+    # mkdir of a folder over an existing file says "File exists"; what the user must fix is the path.
+    reason = "Not a directory" if isinstance(e, FileExistsError) else (e.strerror or e.__class__.__name__)
+    return ConnrefError(f"cannot write {path}: {reason}")
+
+
 def _write_text(path: str, text: str) -> None:
     """Write an output file (``-o``, ``--markdown``), making its folder if needed (``-o settings/prod.json``
-    in a fresh checkout); a file that cannot be written is an error naming it, not a traceback."""
+    in a fresh checkout); a file that cannot be written is an error naming it, not a traceback. A link is
+    written through, and a pipe or terminal is written to (``--markdown /dev/stderr``): the text is only a
+    copy of what the command shows, so nothing depends on it being whole."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     except OSError as e:
-        raise ConnrefError(f"cannot write {path}: {e.strerror or e.__class__.__name__}") from None
+        raise _write_error(path, e) from None
+
+
+def _plan_file_target(path: str) -> Path:
+    """The file ``plan --out PATH`` writes: ``PATH``, or the file a symbolic link at ``PATH`` leads to.
+
+    A plan file is written whole or not at all (a temporary file renamed over the target), and a rename
+    replaces whatever the name held. Over a link that would swap the link for a regular file and leave the
+    file it points to stale, while ``-o`` and ``--markdown`` write through links: so the link is followed
+    and the file it leads to gets the plan, atomically, as a user who made the link means. Anything else
+    that exists must be a regular file: a rename would replace a device or a pipe by a file (as root,
+    ``/dev/full``), and a plan must be a file ``connref apply`` can read back."""
+    from reconciler.config.loader import FILE_KINDS
+
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:  # a file where a folder should be, a loop of links, no permission
+        raise _write_error(path, e) from None
+    if stat.S_ISDIR(mode):
+        raise ConnrefError(f"cannot write {path}: Is a directory")
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in FILE_KINDS if test(mode)), "not a file")
+        raise ConnrefError(f"cannot write {path}: it is {kind}, not a regular file; a plan file is saved "
+                           "to a regular file (or a new one)")
+    return target
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same path once links and ``..`` are resolved, or one file under
+    two names (a hard link, a case-insensitive file system)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _inputs(config_path: str, config: Config | None = None, *, with_config: bool = True) -> dict[str, str]:
+    """The files a run reads that no output may overwrite, and what each is: the config file and the data
+    file of each ``local:`` environment (``--markdown dev.json`` would wipe out the emulated environment)."""
+    files = {config_path: "the config file in use"} if with_config else {}
+    for name, env in (config.environments.items() if config else ()):
+        if env.local_path:
+            files[env.local_path] = f"the data file of environment {name} ({env.url})"
+    return files
+
+
+def _check_outputs(outputs: Mapping[str, str | None], inputs: Mapping[str, str]) -> None:
+    """Refuse, before anything is written, output paths that name one of ``inputs`` or the same file twice.
+    ``outputs``: option -> path (None: not given)."""
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for i, (option, path) in enumerate(given):
+        for file, what in inputs.items():
+            if os.path.exists(file) and _same_file(path, file):
+                raise OutputRefused(f"refusing to write {option} {path}: it is {what}; nothing was written")
+        for other_option, other in given[:i]:
+            if _same_file(path, other):
+                raise OutputRefused(f"{other_option} and {option} name the same file ({path}): give each its own "
+                                    "path; nothing was written")
+
+
+def _config_if_readable(path: str) -> Config | None:
+    """The config at ``path`` for a command that does not need one (``show``, ``schema``), to know which
+    files its outputs must leave alone; None when there is none or it cannot be read."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return load_config(path)
+    except ConnrefError:
+        return None
 
 
 def flows_to_restore(states: Mapping[str, EnvState | None]) -> dict[str, list[str]]:
@@ -220,22 +310,29 @@ def _reportable(caught: BaseException) -> ConnrefError:
 
 def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.plan import render
+    outputs = {"--out": args.out, "--markdown": args.markdown}
     try:
+        # The outputs are checked before anything is read: the config file first (also one that does not
+        # load), then the data files it names.
+        _check_outputs(outputs, _inputs(args.config))
         config = load_config(args.config)
+        _check_outputs(outputs, _inputs(config.path, config))
+        if args.out is not None:
+            _plan_file_target(args.out)
         names = select_environments(config, args.envs)
         states = load_states(config, names)
         with opened(config, names) as sessions:
             lives = read_all(config, sessions, err=err, managed=managed_names(states), say_scope=False)
             lives, plan = plan_with_dependents(config, sessions, lives, states, args.prune)
-        if args.out:
+        if args.out is not None:
             save_plan(args.out, config, plan, lives, states, prune=args.prune)
     except (ConnrefError, KeyboardInterrupt) as caught:
         # A pipeline still gets one JSON document on stdout and a markdown comment that says why, also when
-        # the run is cancelled.
+        # the run is cancelled (unless the markdown's own path was refused).
         e = _reportable(caught)
         if args.json:
             print(json.dumps(render.render_json_error(e), indent=2), file=out)
-        if args.markdown:
+        if args.markdown is not None and not isinstance(e, OutputRefused):
             _write_text(args.markdown, render.render_markdown_error(e))
         raise
     explained = _plan_explanation(config, lives, plan) if args.explain else None
@@ -251,10 +348,10 @@ def cmd_plan(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
             from reconciler.plan.explain import render_text as explain_text
             print("\n" + explain_text(explained, heading="Who the flows this plan changes will run as:"), file=out,
                   end="")
-    if args.markdown:
-        hint = f"connref show {args.out}" if args.out else None
+    if args.markdown is not None:
+        hint = f"connref show {args.out}" if args.out is not None else None
         _write_text(args.markdown, render.render_markdown(plan, full_plan_hint=hint))
-    if args.out:
+    if args.out is not None:
         # With --json, stdout holds the JSON document and nothing else.
         print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: connref apply {args.out}",
               file=err if args.json else out)
@@ -274,17 +371,22 @@ def plan_has_changes(plan: Plan) -> bool:
 def save_plan(path: str, config: Config, plan: Plan, lives: Mapping[str, LiveEnvironment],
               states: Mapping[str, EnvState | None], *, prune: bool) -> None:
     from reconciler.plan import planfile, planner
-    planfile.write_plan_file(
-        path,
-        plan,
-        config_digest=planfile.config_digest(config.path),
-        states=states,
-        live_fingerprints={n: planner.live_fingerprint(live) for n, live in lives.items()},
-        etags={n: planfile.live_etags(live) for n, live in lives.items()},
-        options={"prune": bool(prune)},
-        config_path=config.path,
-        config=config,
-    )
+    target = _plan_file_target(path)
+    digest = planfile.config_digest(config.path)
+    try:
+        planfile.write_plan_file(
+            target,
+            plan,
+            config_digest=digest,
+            states=states,
+            live_fingerprints={n: planner.live_fingerprint(live) for n, live in lives.items()},
+            etags={n: planfile.live_etags(live) for n, live in lives.items()},
+            options={"prune": bool(prune)},
+            config_path=config.path,
+            config=config,
+        )
+    except OSError as e:  # only the write itself touches the file system here
+        raise _write_error(path, e) from None
 
 
 # --------------------------------------------------------------------------- apply
@@ -318,7 +420,7 @@ def cmd_apply(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.plan import planfile, planner, render
     from reconciler.state.select import backend_for
     saved: planfile.SavedPlan | None = None
-    if args.planfile:
+    if args.planfile is not None:
         if args.envs or args.prune:
             raise ConnrefError("a saved plan is applied exactly as planned: -e/--env and --prune are not "
                                "allowed with PLANFILE (they were fixed when the plan was made)")
@@ -603,8 +705,11 @@ def _print_apply_summary(plan: Plan, results: Mapping[str, ApplyResult], out: Ou
 def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     from reconciler.drift import render as drift_render
     from reconciler.drift.detect import detect_drift
+    outputs = {"--markdown": args.markdown}
     try:
+        _check_outputs(outputs, _inputs(args.config))
         config = load_config(args.config)
+        _check_outputs(outputs, _inputs(config.path, config))
         names = select_environments(config, args.envs)
         states = load_states(config, names)
         with opened(config, names) as sessions:
@@ -615,14 +720,14 @@ def cmd_drift(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         e = _reportable(caught)
         if args.json:
             print(drift_render.render_json_error(e), file=out, end="")
-        if args.markdown:
+        if args.markdown is not None and not isinstance(e, OutputRefused):
             _write_text(args.markdown, drift_render.render_markdown_error(e))
         raise
     if args.json:
         print(drift_render.render_json(reports), file=out)
     else:
         print(drift_render.render_text(reports), file=out)
-    if args.markdown:
+    if args.markdown is not None:
         _write_text(args.markdown, drift_render.render_markdown(reports))
     return 2 if any(r.has_drift for r in reports) else 0
 
@@ -635,6 +740,11 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
     Needs no config and no network."""
     from reconciler.plan import planfile, render
     try:
+        if args.markdown is not None:
+            # No config is needed, but one that is there is still not to be overwritten, nor the plan shown.
+            _check_outputs({"--markdown": args.markdown},
+                           {args.planfile: "the plan file shown",
+                            **_inputs(args.config, _config_if_readable(args.config))})
         saved = planfile.read_plan_file(args.planfile)
         try:
             plan = saved.load_plan()
@@ -668,7 +778,7 @@ def cmd_show(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int:
         options = ", ".join(f"{k}={v}" for k, v in sorted(saved.options.items())) or "none"
         print(inert(f"  options: {options}") + "\n", file=out)
         print(render.render_text(plan, color=color), file=out)
-    if args.markdown:
+    if args.markdown is not None:
         _write_text(args.markdown, render.render_markdown(plan, full_plan_hint=f"connref show {args.planfile}"))
     return 0
 
@@ -682,9 +792,13 @@ def cmd_import(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     from reconciler.adoption.settings import parse_settings_file
     from reconciler.api.live import read_environment
     config = load_config(args.config)
+    # import writes a config, so -o may rewrite the config in place (docs/adoption.md); never a data file.
+    _check_outputs({"-o": args.output}, {
+        **({args.from_settings: "the settings file read"} if args.from_settings is not None else {}),
+        **_inputs(config.path, config, with_config=False)})
     (name,) = select_environments(config, [args.env])
     config_text = Path(config.path).read_text(encoding="utf-8")
-    if args.from_settings:
+    if args.from_settings is not None:
         settings = parse_settings_file(args.from_settings)
         bindings, skipped = settings_bindings(settings, source=str(args.from_settings))
         merged = merge_bindings(config_text, name, bindings, path=config.path)
@@ -737,7 +851,7 @@ def _refuse_unless_valid(text: str, config_path: str, what: str) -> None:
 
 
 def _emit(text: str, path: str | None, out: Out, err: Out) -> int:
-    if path:
+    if path is not None:
         _write_text(path, text)
         print(f"Wrote {path}.", file=err)
     else:
@@ -774,6 +888,7 @@ def cmd_settings(args: argparse.Namespace, color: bool, out: Out, err: Out) -> i
     from reconciler.adoption.settings import deployment_settings, render_settings_json
     from reconciler.api.live import read_environment
     config = load_config(args.config)
+    _check_outputs({"-o": args.output}, _inputs(config.path, config))
     (name,) = select_environments(config, [args.env])
     with opened(config, [name]) as sessions:
         live = read_environment(sessions[name].reader, config, name)
@@ -905,7 +1020,8 @@ def _migrate(config: Config, configured: StateBackend, args: argparse.Namespace,
             "state migrate copies between a local directory and the azurerm backend: declare the backend in the "
             "config first (state: {backend: azurerm, account_url: ..., container: ..., auth: ...}, see "
             "docs/pipelines.md)", None, "state")
-    directory = Path(args.dir).resolve() if args.dir else Path(config.path).resolve().parent / DEFAULT_STATE_DIR
+    directory = (Path(args.dir).resolve() if args.dir is not None
+                 else Path(config.path).resolve().parent / DEFAULT_STATE_DIR)
     local = LocalBackend(directory)
     source, target = (local, configured) if args.to == "azurerm" else (configured, local)
     names = select_environments(config, args.envs) if args.envs else source.environments()
@@ -950,6 +1066,8 @@ def cmd_schema(args: argparse.Namespace, color: bool, out: Out, err: Out) -> int
     """The config's JSON Schema (no config needed): for editors, ``# yaml-language-server: $schema=...``."""
     from reconciler.config.schema import render_schema
 
+    if args.output is not None:
+        _check_outputs({"-o": args.output}, _inputs(args.config, _config_if_readable(args.config)))
     return _emit(render_schema(), args.output, out, err)
 
 

@@ -1318,7 +1318,8 @@ def _load_config_text(text: str, path: str) -> Config:
     return config
 
 
-_FILE_KINDS = (
+#: What a path that is not a regular file is, as error messages say it (config, plan files, outputs).
+FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
     (stat.S_ISCHR, "a character device"),
@@ -1350,7 +1351,7 @@ def read_config_bytes(path: str) -> bytes:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
+            kind = next((what for test, what in FILE_KINDS if test(mode)), "not a file")
             raise ConfigError(
                 f"cannot read the config file {inert(path)}: it is {kind}, not a regular file; "
                 "give the path of a YAML file with -c"

@@ -137,3 +137,77 @@ def test_a_bug_ends_in_one_line_that_says_so_and_its_traceback_only_with_v(
     assert line.startswith("Error: connref failed unexpectedly (KeyError: 'display_name\\x1b[2J'). This is a bug")
     assert run(["-c", str(quickstart.config), "-v", "plan"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+# An empty path is what an unset variable gives (``apply --auto-approve "$PLANFILE"``): every option and
+# argument that takes a path refuses it as a usage error naming it, never reads it as "not given".
+EMPTY_PATHS = [
+    (["apply", "--auto-approve", "{}"], "argument PLANFILE"),
+    (["apply", "-e", "dev", "--auto-approve", "--", "{}"], "argument PLANFILE"),
+    (["plan", "-e", "dev", "--out", "{}"], "argument --out"),
+    (["plan", "-e", "dev", "--markdown", "{}"], "argument --markdown"),
+    (["drift", "-e", "dev", "--markdown", "{}"], "argument --markdown"),
+    (["show", "{}"], "argument PLANFILE"),
+    (["show", "plan.json", "--markdown", "{}"], "argument --markdown"),
+    (["validate", "-c", "{}"], "argument -c/--config"),
+    (["-c", "{}", "validate"], "argument -c/--config"),
+    (["import", "-e", "dev", "-o", "{}"], "argument -o/--output"),
+    (["import", "-e", "dev", "--from-settings", "{}"], "argument --from-settings"),
+    (["settings", "-e", "dev", "-o", "{}"], "argument -o/--output"),
+    (["schema", "-o", "{}"], "argument -o/--output"),
+    (["state", "migrate", "--to", "local", "--dir", "{}"], "argument --dir"),
+    (["init", "{}"], "argument DIR"),
+    (["emulator", "--data", "{}"], "argument --data"),
+    (["emulator", "--faults", "{}"], "argument --faults"),
+    (["emulator", "--tls-cert", "{}", "--tls-key", "k.pem"], "argument --tls-cert"),
+    (["emulator", "--tls-cert", "c.pem", "--tls-key", "{}"], "argument --tls-key"),
+]
+
+
+@pytest.mark.parametrize("empty", ["", " ", "\t"])
+@pytest.mark.parametrize(("argv", "named"), EMPTY_PATHS)
+def test_an_empty_path_is_a_usage_error_naming_the_option(
+    quickstart: Workspace, monkeypatch: pytest.MonkeyPatch, argv: list[str], named: str, empty: str
+) -> None:
+    monkeypatch.chdir(quickstart.dir)  # the quickstart's connref.yaml is the config when -c is not given
+    before = {p.name: p.read_bytes() for p in quickstart.dir.iterdir() if p.is_file()}
+    r = run_cli(*[a.replace("{}", empty) for a in argv])
+    assert r.code == 1, r.out + r.err
+    assert r.err.startswith("usage: connref " + ("[" if argv[0].startswith("-") else argv[0])), r.err
+    assert f"{named}: expected a path, got {empty!r}" in r.err, r.err
+    assert "Traceback" not in r.err
+    assert r.out == ""
+    # Nothing was applied, saved or written: every file of the workspace is as it was, and none was added.
+    assert {p.name: p.read_bytes() for p in quickstart.dir.iterdir() if p.is_file()} == before
+
+
+def test_every_path_option_refuses_an_empty_path() -> None:
+    """A path option added later without ``type=path_arg`` would bring the empty-path trap back."""
+    import argparse
+
+    from reconciler.cli import build_parser, path_arg
+
+    def walk(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+        found: list[argparse.Action] = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found += walk(sub)
+            else:
+                found.append(action)
+        return found
+
+    path_metavars = {"FILE", "PATH", "PLANFILE", "DIR", "PEM"}
+    paths = [a for a in walk(build_parser()) if a.metavar in path_metavars]
+    assert len(paths) >= 15  # the walk reached the commands' options, not only the top level
+    assert [a.option_strings or a.dest for a in paths if a.type is not path_arg] == []
+
+
+def test_a_saved_plan_variable_left_unset_applies_nothing(quickstart: Workspace) -> None:
+    """The pipeline mistake itself: ``connref apply --auto-approve "$PLANFILE"`` with PLANFILE unset."""
+    dev, prod = quickstart.data("dev"), quickstart.data("prod")
+    r = quickstart.run("apply", "--auto-approve", "")
+    assert r.code == 1
+    assert "Apply complete" not in r.out and r.out == ""
+    assert quickstart.data("dev") == dev and quickstart.data("prod") == prod
+    assert not (quickstart.dir / "state").exists()
