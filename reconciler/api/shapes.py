@@ -63,11 +63,14 @@ class ShapeProblem(ValueError):
 # --------------------------------------------------------------------------- JSON
 
 
-def _no_constant(name: str) -> Any:
+def no_constant(name: str) -> Any:
+    """``json.loads``' ``parse_constant``: NaN and Infinity are not JSON."""
     raise ShapeProblem(f"the JSON holds {name}, which is not a JSON number")
 
 
-def _bounded_int(text: str) -> int:
+def bounded_int(text: str) -> int:
+    """``json.loads``' ``parse_int``: no integer longer than any connref reads (Python refuses past 4,300
+    digits, and spends quadratic time getting there)."""
     digits = len(text.lstrip("-"))
     if digits > MAX_INT_DIGITS:
         raise ShapeProblem(f"the JSON holds an integer of {digits} digits")
@@ -124,7 +127,7 @@ def parse_json(body: bytes, *, content_type: str | None = None, limits: Limits |
         return _raise("the body is not UTF-8 text; JSON was expected")
     kind = (content_type or "").split(";")[0].strip().lower()
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
+        value = json.loads(text, parse_constant=no_constant, parse_int=bounded_int)
     except RecursionError:
         return _raise(f"the JSON is nested deeper than {limits.max_json_depth} levels")
     except ShapeProblem:

@@ -18,38 +18,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from reconciler.api.shapes import ShapeProblem, bounded_int, depth_of, no_constant
+
 #: Deepest nesting accepted (a scalar is depth 0, ``[]`` depth 1).
 MAX_DEPTH = 64
-#: Longest integer literal accepted: a serial or a count never comes near it.
-MAX_INT_DIGITS = 40
 
 
 class JsonFileProblem(ValueError):
     """What is wrong with a JSON file, in words that quote nothing from it."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise JsonFileProblem(f"it holds {name}, which is not a JSON number")
-
-
-def _bounded_int(text: str) -> int:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_INT_DIGITS:
-        raise JsonFileProblem(f"it holds an integer of {digits} digits")
-    return int(text)
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests deeper than ``limit``, walked with a stack of its own (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
 
 
 def load_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -65,9 +41,11 @@ def load_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     else:
         text = raw
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
-    except JsonFileProblem:
-        raise
+        # The same bounds as the answers of the services (reconciler.api.shapes): no NaN, no integer longer
+        # than connref ever writes.
+        value = json.loads(text, parse_constant=no_constant, parse_int=bounded_int)
+    except ShapeProblem as e:
+        raise JsonFileProblem(str(e).replace("the JSON holds", "it holds")) from None
     except json.JSONDecodeError as e:
         raise JsonFileProblem(f"it is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
     except RecursionError:  # the decoder recurses once per level: deep enough, and it gives up
@@ -76,6 +54,6 @@ def load_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
         raise JsonFileProblem(f"it holds a number connref cannot read ({type(e).__name__})") from None
     # What the decoder still accepts (a few hundred levels) is more than the code reading the document
     # (schema checks, serialisers) may recurse into: refused here, at the one bound.
-    if _deeper_than(value, max_depth):
+    if depth_of(value, max_depth) > max_depth:
         raise JsonFileProblem(f"it is nested deeper than {max_depth} levels")
     return value
