@@ -275,6 +275,10 @@ def _env_binding_findings(config: Config, env_name: str, env: EnvironmentConfig 
     bindings = rules.BindingIndex.of(env)
     writer = rules.writer(service_account, live)
     for ref in refs:
+        if not ref.declared and config.replaced_by(ref.logical_name) is not None:
+            # Being consolidated: CR104 says what becomes of it. Its binding is not the config's to fix (the
+            # config may not bind a name it replaces), so no CR201/CR202 advice that could not be followed.
+            continue
         binding = bindings.get(ref.logical_name) if ref.declared else None
         connection: LiveConnection | None = None
         if binding is not None:

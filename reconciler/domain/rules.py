@@ -126,6 +126,8 @@ CODES: Mapping[str, Code] = {
              "a flow that is on would have to be switched off to move it, and could not be switched on again"),
         Code("CR316", "flow-definition-unreadable", ERROR,
              "a flow using a replaced reference has a definition connref cannot read to move it"),
+        Code("CR317", "keep-off-names-no-flow", ERROR,
+             "flows.keep_off names a flow the environment does not have (by name or workflow id)"),
         # managed (downstream) environments, dependents and flows (plan)
         Code("CR313", "not-in-managed-solution", ERROR,
              "a declared reference is not in the environment's managed solution"),

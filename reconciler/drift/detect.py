@@ -475,13 +475,31 @@ def _appeared(live_ref: LiveReference, config: Config, live: LiveEnvironment, d:
     by, on = d.user(live_ref.created_by or live_ref.modified_by), live_ref.created_on or live_ref.modified_on
     bound = d.connection(live_ref.connection)
     sol = live.solution.unique_name if live.solution else config.solution
-    how = (f"came with the managed solution {sol} (not declared, not in state), bound to {bound}; declare it so "
+    # A managed reference in an unmanaged solution came with another, managed, solution.
+    came_with = f"the managed solution {sol}" if live.solution is None or live.solution.managed else \
+        f"a managed solution (it is in {sol}, which is unmanaged here)"
+    how = (f"came with {came_with} (not declared, not in state), bound to {bound}; declare it so "
            "connref binds it here (connref import shows the YAML)" if live_ref.managed else
            f"appeared in solution {sol} (not declared, not in state), bound to {bound}; "
            "declare it (connref import shows the YAML) or remove it")
     item = DriftItem(UNMANAGED, how, after=live_ref.connection, before_label="(not declared)",
                      after_label=f"bound to {bound}")
     return ReferenceDrift(live_ref.logical_name, "none", (item,), by, on)
+
+
+def _appeared_all(undeclared: list[LiveReference], config: Config, live: LiveEnvironment, d: _Describer,
+                  notes: list[str]) -> list[ReferenceDrift]:
+    """The solution's references neither declared nor in the state, as drift; those the config replaces are
+    known (being consolidated: lint's CR104), so each is a note instead."""
+    out: list[ReferenceDrift] = []
+    for r in undeclared:
+        kept = config.replaced_by(r.logical_name)
+        if kept is None:
+            out.append(_appeared(r, config, live, d))
+        else:
+            notes.append(f"{r.logical_name} is replaced by {kept.logical_name} (replaces:): being consolidated, not "
+                         "drift (lint reports it as CR104, with what becomes of it, until it is gone)")
+    return out
 
 
 def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvState | None) -> DriftReport:
@@ -539,8 +557,8 @@ def detect_drift(config: Config, env: str, live: LiveEnvironment, state: EnvStat
             rd = _managed_view(rd, live_ref, config, env, live, d, notes)
         if rd:
             found.append(rd)
-    appeared = [_appeared(r, config, live, d) for k, r in sorted(live_by_key.items())
-                if k not in declared and k not in managed and r.in_solution]
+    undeclared = [r for k, r in sorted(live_by_key.items()) if k not in declared and k not in managed and r.in_solution]
+    appeared = _appeared_all(undeclared, config, live, d, notes)
     checked += len(appeared)
     found.extend(appeared)
     found.sort(key=lambda r: r.logical_name.lower())

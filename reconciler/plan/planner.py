@@ -344,6 +344,7 @@ class _EnvPlanner:
                                   granted=set(self.shares))
         self.problems.extend(cons.problems)
         self.warnings.extend(p.line() for p in cons.warnings)
+        self.check_keep_off()
         if self.problems:
             raise PlanProblems(self.problems)
         order = {"share": -1, "add_to_solution": 0, "create": 1, "update": 2, "delete": 3}
@@ -632,6 +633,18 @@ class _EnvPlanner:
             restore=cons.again,
         )
         return self.activation_ops(verdict, cons)
+
+    def check_keep_off(self) -> None:
+        """CR317: a ``flows.keep_off`` entry that names no flow of the environment. A misspelt name keeps
+        nothing off, and the flow it meant would be switched on: refused rather than guessed."""
+        known = {f.id.lower() for f in self.live.flows} | {f.name.lower() for f in self.live.flows}
+        for entry in self.env.flows.keep_off:
+            if entry.lower() not in known:
+                names = ", ".join(f'"{f.name}"' for f in sorted(self.live.flows, key=lambda f: f.name.lower()))
+                self.problem("CR317", None,
+                             f'flows.keep_off names "{entry}", which is no flow of environment {self.env.name} '
+                             f"(its flows: {names or 'none'})",
+                             f"fix the name in environments.{self.env.name}.flows.keep_off, or remove it")
 
     def activation_ops(self, verdict: rules.ActivationVerdict, cons: ConsolidationPlan
                        ) -> tuple[tuple[ActivateFlow, ...], tuple[FlowNote, ...]]:

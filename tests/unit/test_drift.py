@@ -8,7 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from builders import ALICE, DRIFT, DRIFT_CONNS, OUTLOOK, SP, SPN, drift_config, drift_live, replace_ref, state_of
+from builders import (
+    ALICE,
+    DRIFT,
+    DRIFT_CONNS,
+    OUTLOOK,
+    SP,
+    SPN,
+    desired,
+    drift_config,
+    drift_live,
+    replace_ref,
+    state_of,
+)
 
 from reconciler.domain.model import DesiredReference, LiveEnvironment, Selector, connector_id, frozen_map
 from reconciler.drift import detect as dr
@@ -374,3 +386,29 @@ def test_an_undeclared_reference_of_the_managed_solution_says_to_declare_it() ->
     rd = report.reference("contoso_sharedoffice365_8f4b0")
     assert rd is not None and rd.kinds == (dr.UNMANAGED,)
     assert rd.items[0].message.startswith("came with the managed solution") and "declare it" in rd.items[0].message
+
+
+def test_a_reference_the_config_replaces_is_a_note_not_drift() -> None:
+    base = live()
+    dev_copy = ref("contoso_sharedoffice365_8f4b0", "Office 365 Outlook-8f4b0", connector=OUTLOOK,
+                   connection="c-ol-svc", created_by="u-bob", created_on=WHEN)
+    env = dataclasses.replace(base, references=(*base.references, dev_copy))
+    kept = dataclasses.replace(desired("contoso_Outlook", "Outlook Contoso", connector=OUTLOOK),
+                               replaces=("contoso_sharedoffice365_8f4b0",))
+    cfg = config((desired(SPN, "SharePoint Contoso", description="Sites"), kept))
+    report = dr.detect_drift(cfg, "dev", env, state_of(base))
+    assert not report.has_drift and dr.exit_code([report]) == 0
+    assert any(n.startswith("contoso_sharedoffice365_8f4b0 is replaced by contoso_Outlook") for n in report.notes)
+    # Without the replaces: it appeared.
+    assert dr.detect_drift(config(), "dev", env, state_of(base)).reference("contoso_sharedoffice365_8f4b0")
+
+
+def test_a_managed_reference_in_an_unmanaged_solution_came_with_another_solution() -> None:
+    base = live()
+    assert base.solution is not None and not base.solution.managed
+    extra = dataclasses.replace(ref("contoso_sharedoffice365_8f4b0", "O-8f4b0", connector=OUTLOOK), managed=True)
+    report = dr.detect_drift(config(), "dev", dataclasses.replace(base, references=(*base.references, extra)),
+                             state_of(base))
+    rd = report.reference("contoso_sharedoffice365_8f4b0")
+    assert rd is not None
+    assert rd.items[0].message.startswith("came with a managed solution (it is in ")

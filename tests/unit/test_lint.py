@@ -504,6 +504,8 @@ def test_a_replaced_reference_still_there_is_cr104_not_a_duplicate() -> None:
     found = lint(per_developer_config("warn", replaces=(SP_8F4B0,)), {"dev": messy_live()})
     assert ("CR104", "dev", SP_8F4B0) in codes(found)
     assert not {c for c in codes(found) if c[0] in {"CR102", "CR103"} and c[2] == SP_8F4B0}
+    # Nor binding advice the config could not follow (it may not bind a name it replaces): CR104 is all.
+    assert [c for c in codes(found) if c[2] == SP_8F4B0] == [("CR104", "dev", SP_8F4B0)]
     (cr104,) = [f for f in found if f.code == "CR104"]
     assert cr104.severity == "info"
     assert "replaced by contoso_sharedsharepointonline_30e7d" in cr104.message

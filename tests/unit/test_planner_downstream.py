@@ -186,6 +186,19 @@ def test_activation_off_or_a_flow_kept_off() -> None:
     assert ep.activations == () and {n.kind for n in ep.flow_notes} == {"kept_off"}
 
 
+
+def test_a_keep_off_entry_that_names_no_flow_is_refused_not_ignored() -> None:
+    flows = (off("Nightly", "contoso_SP"), off("Intake", "contoso_SP"))
+    with pytest.raises(PlanProblems) as info:
+        plan_dev(config(flows=FlowSettings(keep_off=("Nigthly",))), managed_live(flows=flows))
+    (found,) = [p for p in info.value.diagnostics if p.code == "CR317"]
+    assert 'names "Nigthly", which is no flow of environment dev' in found.message
+    assert '"Intake", "Nightly"' in found.message  # the flows it could have meant
+    # By workflow id, in any case, it keeps the flow off.
+    ep = plan_dev(config(flows=FlowSettings(keep_off=(flows[0].id.upper(),))), managed_live(flows=flows))
+    assert [op.logical_name for op in ep.activations] == ["Intake"]
+
+
 def test_a_rebind_names_what_it_reaches() -> None:
     live = managed_live(flows=(off("Intake", "contoso_SP"),))
     live = dataclasses.replace(live, references=tuple(
