@@ -957,6 +957,7 @@ def activation_verdict(
     live: LiveEnvironment | None = None,
     granted: Collection[str] = (),
     restore: Collection[str] = (),
+    replaced: Mapping[str, str] | None = None,
 ) -> ActivationVerdict:
     """Which of the solution's flows that are off can be switched on once the plan's bindings are written,
     in passes (a flow goes in the pass after the last of its children; docs/dataverse.md §5.6), and which
@@ -971,12 +972,15 @@ def activation_verdict(
     switched on when every reference it uses is bound to an existing, Connected connection the writer owns
     or has shared (directly, or through the tenant or a group, as ``can_use`` judges it with ``live``; or
     that apply shares with it first: ``granted``, lower-case connection names; docs/dataverse.md §5.3, §5.8,
-    §4.8), every child flow is on or switched on before it, and the config does not keep it off."""
+    §4.8), every child flow is on or switched on before it, and the config does not keep it off.
+    ``replaced``: lower-case logical name -> the reference the config replaces it by (``replaces:``), so a
+    flow held by an unbound replaced reference is told what will move it, not to bind it."""
     candidates, held = _off_flows(solution_flows, settings, {r.lower() for r in restore})
     blocked: dict[str, tuple[str, ...]] = {}
     for flow in candidates:
         reasons = _reference_reasons(flow, bound_after, connection, describe,
-                                     lambda c: c.name.lower() in granted or can_use(writer, c, live), writer_label)
+                                     lambda c: c.name.lower() in granted or can_use(writer, c, live), writer_label,
+                                     replaced or {})
         if reasons:
             blocked[flow.id] = reasons
     activations, waiting = _passes([f for f in candidates if f.id not in blocked], all_flows)
@@ -1045,6 +1049,7 @@ def _reference_reasons(
     describe: Callable[[LiveConnection], str],
     usable: Callable[[LiveConnection], bool],
     writer_label: str,
+    replaced: Mapping[str, str],
 ) -> tuple[str, ...]:
     reasons: list[str] = []
     for ln in flow.references:
@@ -1054,7 +1059,11 @@ def _reference_reasons(
             continue
         name = bound_after[key]
         if not name:
-            reasons.append(f"reference {ln} has no connection: bind it in the config")
+            kept = replaced.get(key)
+            reasons.append(f"reference {ln} has no connection: bind it in the config" if kept is None else
+                           f"reference {ln} has no connection, and the config replaces it by {kept} (which may not "
+                           f"bind it): the flow uses {kept} once it is moved onto it (in development; a managed "
+                           "flow comes moved with the next import of the solution)")
             continue
         conn = connection(name)
         if conn is None:

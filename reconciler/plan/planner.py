@@ -631,6 +631,7 @@ class _EnvPlanner:
             live=self.live,
             granted=set(self.shares),
             restore=cons.again,
+            replaced={name: kept.logical_name for name, kept in self.config.replacements.items()},
         )
         return self.activation_ops(verdict, cons)
 

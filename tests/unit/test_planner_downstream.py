@@ -211,3 +211,16 @@ def test_a_rebind_names_what_it_reaches() -> None:
     (sp,) = [op for op in plan_dev(config(), read).ops
              if isinstance(op, UpdateReference) and op.logical_name == "contoso_SP"]
     assert [d.describe() for d in sp.dependents] == [f'flow "Intake" (Off, owner {SA})', 'agent "Agent" (Active)']
+
+
+def test_a_flow_held_by_a_replaced_reference_is_not_told_to_bind_it() -> None:
+    old = dataclasses.replace(PLANNING.ref("contoso_SP_8f4b0", "SharePoint-8f4b0", owner=SVC), managed=True,
+                              connection=None)
+    live = managed_live(flows=(off("Approvals", "contoso_SP_8f4b0"),))
+    live = dataclasses.replace(live, references=(*live.references, old))
+    cfg = config()
+    kept = dataclasses.replace(cfg.references["contoso_SP"], replaces=("contoso_SP_8f4b0",))
+    cfg = dataclasses.replace(cfg, references=frozen_map({**cfg.references, "contoso_SP": kept}))
+    (note,) = [n for n in plan_dev(cfg, live).flow_notes if n.name == "Approvals"]
+    said = " ".join(note.reasons)
+    assert "the config replaces it by contoso_SP" in said and "bind it in the config" not in said
