@@ -79,12 +79,16 @@ def connection_findings(
     out = rules.connection_problems(connection, connector, live, subject=logical_name)
     if service_account and not rules.is_owner(service_account, connection, live):
         owner = rules.owner_label(connection, live) or "unknown owner"
-        usable = rules.can_use(rules.resolve_principal(service_account, live.users), connection, live)
-        shared = (
-            "it is shared with the service account, but flows run with the owner's credentials"
-            if usable
-            else "the service account cannot even use it"
-        )
+        user = rules.resolve_principal(service_account, live.users)
+        how = rules.access(connection, user, live).how if user is not None else rules.NO_ACCESS
+        if how in (rules.GROUP_UNVERIFIED, rules.UNVERIFIED):
+            # Not known either way (CR213 / CR214 say why): claiming no access would contradict whoami.
+            shared = ("whether the service account may use it could not be checked, and flows run with the "
+                      "owner's credentials")
+        elif how != rules.NO_ACCESS:
+            shared = "it is shared with the service account, but flows run with the owner's credentials"
+        else:
+            shared = "the service account cannot even use it"
         out.append(_finding(
             "CR201", env_name, logical_name,
             f"bound to {rules.describe_connection(connection, live)}, owned by {owner}, not by the service "

@@ -55,7 +55,10 @@ ADO_ISSUER_TEMPLATE = "https://vstoken.dev.azure.com/{organization_id}"
 # https://sts.windows.net/{tenant}/ (the issuers Azurite accepts are all v1.0 ones). UNCONFIRMED for
 # Dataverse and the Power Platform API, which keep the emulator's v2.0 shape.
 V1_RESOURCES = ("https://storage.azure.com",)
-WELL_KNOWN_RESOURCES = ("https://api.powerplatform.com", "https://service.powerapps.com", "https://storage.azure.com")
+# Microsoft Graph too: Entra issues its token to any application; what the application may read is Graph's
+# own check (the data's applications[].graph_permissions, reconciler/emulator/graph.py).
+WELL_KNOWN_RESOURCES = ("https://api.powerplatform.com", "https://service.powerapps.com", "https://storage.azure.com",
+                        "https://graph.microsoft.com")
 
 DEFAULT_TOKEN_LIFETIME = 3599  # what Entra answers for a client credentials token (expires_in)
 DEFAULT_OIDC_TOKEN_LIFETIME = 300

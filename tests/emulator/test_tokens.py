@@ -359,3 +359,10 @@ def test_managed_identity_endpoints(emulator: Any, http: httpx.Client) -> None:
         headers={"Metadata": "true"},
     )
     assert imds.status_code == 200 and int(imds.json()["expires_in"]) == 3599
+
+
+def test_a_token_for_microsoft_graph_is_issued_to_any_application(emulator: Any, http: httpx.Client) -> None:
+    # What the application may read is Graph's own check (its consented permissions), not the token endpoint's.
+    r = http.post(emulator.url + TOKEN_PATH, data=_secret_form(scope="https://graph.microsoft.com/.default"))
+    assert r.status_code == 200, r.text
+    assert r.json()["access_token"]

@@ -140,3 +140,17 @@ def test_needs_grant_only_without_any_access() -> None:
 def test_the_new_codes_are_registered() -> None:
     assert rules.CODES["CR213"].severity == rules.WARNING and rules.CODES["CR213"].name == "group-share-unverified"
     assert rules.CODES["CR214"].severity == rules.WARNING and rules.CODES["CR214"].name == "shares-unreadable"
+
+
+def test_lint_does_not_say_the_service_account_cannot_use_a_connection_whose_group_share_is_unverified() -> None:
+    from reconciler.adoption.lint import connection_findings
+
+    conn = shared(Permission(GROUP, "CanView", "Group", display_name="Pipelines"))
+    live = replace(env(conn, group_check="no Graph token"), users=(APP, MAKER1, SVC))
+    (cr201,) = [f for f in connection_findings("dev", "contoso_x", conn.connector, conn, live, APP.upn or "")
+                if f.code == "CR201"]
+    assert "could not be checked" in cr201.message and "cannot even use it" not in cr201.message
+    denied = replace(live, group_membership={GROUP: False}, group_check=None)
+    (cr201,) = [f for f in connection_findings("dev", "contoso_x", conn.connector, conn, denied, APP.upn or "")
+                if f.code == "CR201"]
+    assert "cannot even use it" in cr201.message
