@@ -471,13 +471,18 @@ def apply_environment(
     if activations and refs_ok:
         outcomes.extend(_wait_for_earlier_updates(watch, env_plan.environment, activations, reached))
     if activations:
-        # A flow a move was to switch off and did not is on as it was: nothing to switch on.
+        # A flow a move was to switch off and did not is on as it was: nothing to switch on. A flow that was
+        # off and was not moved still uses the replaced reference the plan's activation did not judge it by.
         still_on = {m.op.flow_id.lower() for m in moves if m.still_on}
+        unmoved = {m.op.flow_id.lower() for m in moves if not m.moved and not m.op.switch_off}
         act_results, act_flows = _switch_on(writer, watch.reader,
-                                            [a for a in activations if a.flow_id.lower() not in still_on],
+                                            [a for a in activations if a.flow_id.lower() not in still_on | unmoved],
                                             caller_object_id, outcomes, refs_ok)
         results.extend(OpResult(a, "not_written", "not needed: it was not switched off to be moved, and is on")
                        for a in activations if a.flow_id.lower() in still_on)
+        results.extend(OpResult(a, "not_written", "not attempted: it was off and was not moved onto the kept "
+                                "reference, so it still uses the one replaced; the next apply moves it, then "
+                                "switches it on") for a in activations if a.flow_id.lower() in unmoved)
         results.extend(act_results)
         outcomes.extend(act_flows)
     if retires:

@@ -187,7 +187,8 @@ def _repoint(scope: _Scope, flow: LiveFlow, moves: Mapping[str, str], out: Conso
         out.again.add(flow.id.lower())
     how = ("it is on: switched off to be edited, then switched on again" if switch_off else
            "an earlier apply switched it off to move it: edited, then switched on again"
-           if flow.id.lower() in out.again else "it is off: edited, and left off")
+           if flow.id.lower() in out.again else
+           "it is off: edited; whether it is then switched on is the flow activation's (below)")
     return RepointFlow(
         environment=scope.env.name,
         logical_name=flow.name,

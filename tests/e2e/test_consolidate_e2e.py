@@ -169,3 +169,23 @@ def test_an_apply_interrupted_at_any_write_is_finished_by_the_next(consolidating
     assert_consolidated(before, app.store.data)
     state = json.loads((Path(consolidating.dir) / "state" / "dev.json").read_text())
     assert "flows_to_restore" not in state, first.out + first.err + second.out + second.err
+
+
+def test_a_flow_that_was_off_and_was_not_moved_is_not_switched_on_with_the_reference_it_still_uses(
+        consolidating: Served) -> None:
+    app = consolidating.apps["dev"]
+    (approval,) = [w for w in app.store.data["workflows"] if w["name"] == "Invoice approval"]
+    approval.update(statecode=0, statuscode=1)  # off: its move is one write, its definition
+    app.log.clear()
+    # The reference $batch is written; the first move, Invoice approval's edit, is refused.
+    app.faults.add("error", writes_only=True, after=1, times=1, status=400)
+    first = consolidating.run("apply", "-e", "dev", "--auto-approve")
+    assert first.code == 1, first.out + first.err
+    said = first.out + first.err
+    assert "not written: " in said and "activate_flow Invoice approval" in said.split("not written: ")[-1]
+    assert "not switched on" not in said  # not tried, so not refused
+    # Nothing was sent after the refused edit: no switch-on of a flow that still uses the replaced reference.
+    assert sum(1 for e in app.log if e.is_write and e.path.startswith("/api/data/")) == 2
+    app.faults.clear()
+    assert consolidating.run("apply", "-e", "dev", "--auto-approve").code == 0
+    assert consolidating.run("plan", "-e", "dev", "--detailed-exitcode").code == 0
