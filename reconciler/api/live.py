@@ -248,6 +248,7 @@ def flow_from_row(row: Mapping[str, Any], solutions: tuple[str, ...] = ()) -> Li
         connections=flowdef.connections(clientdata),
         trigger_name=flowdef.trigger_name(clientdata),
         clientdata=clientdata,
+        definition_readable=flowdef.readable(clientdata),
     )
 
 

@@ -54,6 +54,16 @@ def _logical_name(entry: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def readable(clientdata: str | None) -> bool:
+    """Whether the definition can be read for what it uses: a JSON object with a ``definition`` object
+    (under ``properties``), and ``connectionReferences``, when there is one, an object. A flow with no
+    connection at all has none; a definition that is null, not JSON, or of another shape says nothing of
+    the references the flow needs."""
+    props = _properties(_document(clientdata))
+    refs = props.get("connectionReferences")
+    return isinstance(props.get("definition"), dict) and (refs is None or isinstance(refs, dict))
+
+
 def connections(clientdata: str | None) -> tuple[FlowConnection, ...]:
     """The entries of ``connectionReferences``, in the definition's order."""
     refs = _properties(_document(clientdata)).get("connectionReferences")

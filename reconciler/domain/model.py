@@ -302,6 +302,9 @@ class LiveFlow:
     connections: tuple[FlowConnection, ...] = ()
     trigger_name: str | None = None
     clientdata: str | None = field(default=None, compare=False, repr=False)
+    # False when the definition read says nothing of what the flow uses (reconciler.domain.flowdef.readable):
+    # then no one can tell that every reference it needs is bound.
+    definition_readable: bool = True
 
     @property
     def is_on(self) -> bool:

@@ -1019,6 +1019,10 @@ def _off_flows(solution_flows: Iterable[LiveFlow], settings: FlowSettings,
                                  ("flow activation is off for this environment (flows.activate)",)))
         elif settings.keeps_off(flow.id, flow.name):
             held.append(HeldFlow(flow, "kept_off", ("the config keeps it off (flows.keep_off)",)))
+        elif not flow.definition_readable:
+            held.append(HeldFlow(flow, "held", ("its definition could not be read, so which references it uses, "
+                                                "and whether they are bound, is unknown: open it in the flow "
+                                                "designer, save it, and plan again",)))
         else:
             candidates.append(flow)
     return candidates, held

@@ -224,3 +224,23 @@ def test_a_flow_held_by_a_replaced_reference_is_not_told_to_bind_it() -> None:
     (note,) = [n for n in plan_dev(cfg, live).flow_notes if n.name == "Approvals"]
     said = " ".join(note.reasons)
     assert "the config replaces it by contoso_SP" in said and "bind it in the config" not in said
+
+
+def test_a_flow_whose_definition_cannot_be_read_is_held_not_switched_on() -> None:
+    unreadable = dataclasses.replace(off("Null definition"), definition_readable=False)
+    ep = plan_dev(config(), managed_live(flows=(unreadable, off("Intake", "contoso_SP"))))
+    assert [op.logical_name for op in ep.activations] == ["Intake"]
+    (note,) = [n for n in ep.flow_notes if n.name == "Null definition"]
+    assert note.kind == "held" and "definition could not be read" in " ".join(note.reasons)
+
+
+@pytest.mark.parametrize(("clientdata", "readable"), [
+    (None, False), ("not json", False), ('{"properties": null}', False),
+    ('{"properties": {"definition": {}, "connectionReferences": []}}', False),
+    ('{"properties": {"definition": {"triggers": {}}}}', True),  # a flow without any connection
+    ('{"properties": {"definition": {}, "connectionReferences": {}}}', True),
+])
+def test_what_makes_a_definition_readable(clientdata: str | None, readable: bool) -> None:
+    from reconciler.domain import flowdef
+
+    assert flowdef.readable(clientdata) is readable
