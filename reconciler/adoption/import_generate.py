@@ -438,10 +438,18 @@ def _references_section(scope: _Scope, existing: Existing | None) -> tuple[list[
                                     scope.foreign)
         ref_lines += _reference_lines(r, unit, unit, notes, replaces.get(r.logical_name.lower(), ()),
                                       suggested.get(r.logical_name.lower(), ()), scope.live)
+    managed_env = scope.live.solution is not None and scope.live.solution.managed
     for r in scope.replaced:
+        # What becomes of it is what the plan says (docs/adoption.md): connref edits and deletes only what an
+        # unmanaged environment lets it.
+        flows = _flows_label(scope.live, r.logical_name)
+        fate = ("the next import of the solution, with its flows moved where it is developed, removes it"
+                if managed_env else
+                f"apply moves its flows ({flows}); it is managed, so it stays until the solution it came with "
+                "drops it" if r.managed else f"apply moves its flows ({flows}) and deletes it")
         ref_lines += comment_lines(
-            f"{r.logical_name} is replaced by {scope.replaced[r]} (its replaces:), so it is not declared; "
-            f"apply moves its flows ({_flows_label(scope.live, r.logical_name)}) and deletes it", unit)
+            f"{r.logical_name} is replaced by {scope.replaced[r]} (its replaces:), so it is not declared; {fate}",
+            unit)
     # References the old config declared and the environment lacks are parked, not declared: plan
     # would create them, and import promises a config that plans no changes.
     by_key = scope.by_key

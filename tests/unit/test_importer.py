@@ -518,3 +518,18 @@ def test_no_suggestion_when_the_policy_allows_per_developer_references() -> None
     existing = do_import(owned_by_svc(messy_live())).replace(
         "version: 1\n", "version: 1\nlint:\n  per_developer_references: allow\n", 1)
     assert "# replaces:" not in do_import(owned_by_svc(messy_live()), existing)
+
+
+def test_the_replaced_references_comment_says_what_the_plan_does_with_it() -> None:
+    env = owned_by_svc(dataclasses.replace(messy_live(), references=tuple(
+        r for r in messy_live().references if r.logical_name != "contoso_Spare")))
+    accepted = uncommented(do_import(env), SP_30E7D, SP_8F4B0)
+    assert "and deletes it" in prose(do_import(env, accepted))
+    managed = dataclasses.replace(env, solution=dataclasses.replace(env.solution, managed=True)
+                                  if env.solution else None)
+    said = prose(do_import(managed, accepted))
+    assert "the next import of the solution" in said and "deletes it" not in said
+    one_managed = dataclasses.replace(env, references=tuple(
+        dataclasses.replace(r, managed=True) if r.logical_name == SP_8F4B0 else r for r in env.references))
+    said = prose(do_import(one_managed, accepted))
+    assert "it is managed, so it stays" in said and "deletes it" not in said
