@@ -152,13 +152,20 @@ def _names_findings(refs: Iterable[_Ref], env_name: str | None, config: Config,
             logical = False
         if parts:
             said = " and ".join(f"{what} {name!r} ends with {suffix!r}" for what, name, suffix in parts)
-            finding = _finding(
-                "CR102", env_name, ref.logical_name,
-                f"{said}: the random suffix the maker portal adds to each maker's reference",
-                "consolidate the flows onto one well-named reference per connector: list this one under the "
-                "kept reference's replaces: (logical names cannot change)" if logical
-                else "rename the display name without the suffix",
-            )
+            keeps = ref.declared is not None and bool(ref.declared.replaces)
+            if not logical:
+                fix = "rename the display name without the suffix"
+            elif keeps:
+                # Already the reference the others are consolidated onto: listing it under another's
+                # replaces: would undo that.
+                fix = ("nothing needed: it is the reference the others are consolidated onto (its replaces:); "
+                       "logical names cannot change, so for a name without the suffix declare a new reference "
+                       "and list this one under its replaces:")
+            else:
+                fix = ("consolidate the flows onto one well-named reference per connector: list this one under "
+                       "the kept reference's replaces: (logical names cannot change)")
+            finding = _finding("CR102", env_name, ref.logical_name,
+                               f"{said}: the random suffix the maker portal adds to each maker's reference", fix)
             kept = _per_developer(finding, config.per_developer_policy) if logical else finding
             out.extend([kept] if kept is not None else [])
         if template is not None and ref.display_name is not None:

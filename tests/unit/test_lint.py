@@ -520,3 +520,10 @@ def test_cr104_in_a_managed_environment_says_the_solution_removes_it() -> None:
     (cr104,) = [f for f in lint(per_developer_config("warn", replaces=(SP_8F4B0,)), {"dev": managed})
                 if f.code == "CR104"]
     assert "managed solution" in cr104.fix and "apply" not in cr104.fix
+
+
+def test_cr102_on_the_kept_reference_does_not_tell_it_to_be_replaced() -> None:
+    found = lint(per_developer_config("warn", replaces=(SP_8F4B0,)), {"dev": messy_live()})
+    (kept,) = [f for f in found if f.code == "CR102" and f.subject == SP_30E7D and "logical name" in f.message]
+    assert "it is the reference the others are consolidated onto" in kept.fix
+    assert not kept.fix.startswith("consolidate the flows")
