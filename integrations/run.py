@@ -14,13 +14,15 @@ Inputs come from environment variables (the action and the template set them fro
 What it does:
 
 - ``plan`` gets ``--detailed-exitcode`` and ``--markdown FILE``, ``drift`` and ``show`` get ``--markdown
-  FILE`` (unless the arguments already say), and the markdown becomes the job's summary
-  (``$GITHUB_STEP_SUMMARY``; ``##vso[task.uploadsummary]``);
+  FILE`` (unless the arguments already give one: ``--markdown FILE``, ``--markdown=FILE``), and the markdown
+  becomes the job's summary (``$GITHUB_STEP_SUMMARY``; ``##vso[task.uploadsummary]``), but only a file this
+  run wrote: one left by an earlier step (this run stopped before writing) is neither summarised nor given
+  as the ``markdown`` output;
 - exit code 2 of ``plan`` (changes) and ``drift`` (drift) is a result, not a failure: the step succeeds and
   says so in its outputs (``changes`` / ``drift``); every other non-zero code fails the step;
 - each config error (``file:line:column: field: message``) becomes an error annotation on that line
   (``::error file=...,line=...,col=...::``; ``##vso[task.logissue type=error;sourcepath=...]``), any other
-  error one annotation without a place;
+  error (``Error: ...``, or a usage error: ``connref plan: error: ...``) one annotation without a place;
 - outputs: ``exit-code``, ``changes``, ``drift``, ``markdown`` (``$GITHUB_OUTPUT``;
   ``##vso[task.setvariable ...;isoutput=true]`` as connrefExitCode, connrefChanges, connrefDrift,
   connrefMarkdown).
@@ -32,9 +34,11 @@ service can never act as a command. Standard library only: it runs before anythi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import threading
@@ -49,6 +53,14 @@ COMMANDS = ("validate", "plan", "apply", "drift", "lint", "show", "state", "whoa
 RESULT_CODES = {"plan": "changes", "drift": "drift"}  # commands whose exit code 2 is a result
 MARKDOWN_COMMANDS = ("plan", "drift", "show")
 _LOCATED = re.compile(r"^(?:Error:\s*)?\s*(?P<file>[^\s:][^:]*?):(?P<line>\d+):(?P<col>\d+): (?P<msg>.+)$")
+# connref's argument parser: ``usage: ...`` lines, then ``connref plan: error: ...`` (then maybe a did-you-mean,
+# then ``Run 'connref plan --help' ...``).
+_USAGE_ERROR = re.compile(r"^(?P<prog>connref(?: [\w-]+)*): error: (?P<msg>.+)$")
+_MARKDOWN = "--markdown"
+
+#: What tells one version of a file from another: a rewrite in place changes its times, a replacement its
+#: inode.
+Signature = tuple[int, int, int, int]
 
 
 class InputError(Exception):
@@ -65,6 +77,11 @@ class Run:
     ci: str
     workspace: Path
     annotations: list[tuple[str | None, int | None, int | None, str]] = field(default_factory=list)
+    #: Whether ``markdown`` is the file this script names (in the output folder), not one the arguments give.
+    own_markdown: bool = False
+    #: ``markdown`` as it was before connref ran (None: there was none), to tell a file connref wrote from
+    #: one an earlier step left there.
+    markdown_before: Signature | None = None
 
 
 def default_bin() -> str:
@@ -75,6 +92,26 @@ def default_bin() -> str:
 
 def split_environments(value: str) -> list[str]:
     return [e for e in re.split(r"[\s,]+", value.strip()) if e]
+
+
+def given_markdown(extra: Sequence[str]) -> tuple[bool, Path | None]:
+    """Whether the arguments give ``--markdown``, and the file they give (None if the value is missing).
+
+    argparse takes ``--markdown FILE``, ``--markdown=FILE`` and any unambiguous prefix of the option
+    (``--mark FILE``; no other option of plan, drift or show starts with ``--m``); the last one wins, and
+    nothing after ``--`` is an option."""
+    given, path = False, None
+    for i, word in enumerate(extra):
+        if word == "--":
+            break
+        name, eq, value = word.partition("=")
+        if len(name) < 3 or not _MARKDOWN.startswith(name):
+            continue
+        given = True
+        if not eq:
+            value = extra[i + 1] if i + 1 < len(extra) else ""
+        path = Path(value) if value else None
+    return given, path
 
 
 def plan_run(env: dict[str, str]) -> Run:
@@ -96,18 +133,17 @@ def plan_run(env: dict[str, str]) -> Run:
         raise InputError(f"CONNREF_CI must be github or azure-devops (got {ci!r})")
     out_dir = Path(env.get("CONNREF_OUTPUT_DIR") or env.get("RUNNER_TEMP") or env.get("AGENT_TEMPDIRECTORY") or ".")
     markdown: Path | None = None
+    own = False
     if command in MARKDOWN_COMMANDS:
-        if "--markdown" in extra:
-            markdown = Path(extra[extra.index("--markdown") + 1]) if extra.index("--markdown") + 1 < len(extra) \
-                else None
-        else:
-            markdown = out_dir / f"connref-{command}.md"
-            argv += ["--markdown", str(markdown)]
+        given, markdown = given_markdown(extra)
+        if not given:
+            markdown, own = out_dir / f"connref-{command}.md", True
+            argv += [_MARKDOWN, str(markdown)]
     if command == "plan" and "--detailed-exitcode" not in extra:
         argv.append("--detailed-exitcode")
     argv += extra
     workspace = Path(env.get("GITHUB_WORKSPACE") or env.get("BUILD_SOURCESDIRECTORY") or os.getcwd())
-    return Run(argv, command, markdown, ci, workspace)
+    return Run(argv, command, markdown, ci, workspace, own_markdown=own)
 
 
 # --------------------------------------------------------------------------- CI commands
@@ -147,18 +183,67 @@ def _relative(path: str, workspace: Path) -> str:
 
 
 def annotations_from(stderr: str, run: Run) -> list[tuple[str | None, int | None, int | None, str]]:
-    """Config errors with their place; any other error line (``Error: ...``) without one."""
+    """Config errors with their place; any other error line (``Error: ...``, or a usage error with its
+    did-you-mean) without one."""
     found: list[tuple[str | None, int | None, int | None, str]] = []
-    for raw in stderr.splitlines():
+    lines = stderr.splitlines()
+    usage = False
+    for i, raw in enumerate(lines):
         m = _LOCATED.match(raw)
+        u = _USAGE_ERROR.match(raw) if usage else None
         if m and not m["file"].startswith(("http", "Error")):
             found.append((_relative(m["file"], run.workspace), int(m["line"]), int(m["col"]), m["msg"].strip()))
         elif raw.startswith("Error: ") and not re.match(r"Error: \d+ problems in the config", raw):
             found.append((None, None, None, raw.removeprefix("Error: ").strip()))
+        elif raw.startswith("usage: "):
+            # Only after the usage lines: elsewhere "<something>: error: " could be a name from the config.
+            usage = True
+        elif u:
+            more = []
+            for after in lines[i + 1:]:
+                if not after.strip() or after.startswith("Run '"):
+                    break
+                more.append(after.strip())
+            found.append((None, None, None, " ".join([f"{u['prog']}: {u['msg'].strip()}", *more])))
+            usage = False
     return found
 
 
 # --------------------------------------------------------------------------- running
+
+
+def signature(path: Path) -> Signature | None:
+    """``path``'s inode, size and times (through a link), or None when it is not a regular file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def before_running(run: Run) -> None:
+    """Make sure a markdown file left by an earlier step is not taken for this run's.
+
+    The file this script names is its own: it is removed, so whatever is there afterwards connref wrote. A
+    file the arguments name is the user's (perhaps one in their checkout) and is left alone: it counts only
+    if connref changed it (``run.markdown_before``)."""
+    if run.markdown is None:
+        return
+    if run.own_markdown:
+        # Not there; or it stays (no permission), and is told apart by its signature below.
+        with contextlib.suppress(OSError):
+            run.markdown.unlink()
+    run.markdown_before = signature(run.markdown)
+
+
+def fresh_markdown(run: Run) -> Path | None:
+    """The markdown file, if this run wrote it."""
+    if run.markdown is None:
+        return None
+    now = signature(run.markdown)
+    return run.markdown if now is not None and now != run.markdown_before else None
 
 
 def _pump(source: IO[str], sink: IO[str], keep: list[str] | None, defuse: Callable[[str], str]) -> None:
@@ -180,6 +265,7 @@ def execute(run: Run, out: IO[str], err: IO[str]) -> tuple[int, str]:
         return line.replace("##vso[", "##vso [") if run.ci == "azure-devops" else line
 
     print(f"$ {shlex.join(run.argv)}", file=err, flush=True)
+    before_running(run)
     try:
         proc = subprocess.Popen(run.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as e:
@@ -206,7 +292,7 @@ def report(run: Run, code: int, stderr: str, env: dict[str, str], out: IO[str]) 
     result = RESULT_CODES.get(run.command)
     ok = code == 0 or (code == 2 and result is not None)
     outputs = {"exit-code": str(code), "changes": "false", "drift": "false",
-               "markdown": str(run.markdown) if run.markdown and run.markdown.is_file() else ""}
+               "markdown": str(fresh_markdown(run) or "")}
     if result is not None and code in (0, 2):
         outputs[result] = "true" if code == 2 else "false"
     if not ok:

@@ -337,7 +337,9 @@ def render_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, full_plan_hint: 
     The first line is ``PLAN_MARKER`` (an HTML comment, invisible once rendered) so a pipeline updates its
     own comment instead of adding one per push. When the whole plan would exceed ``limit`` characters, each
     environment is folded into a ``<details>`` block, long cells are clipped, and the rows that do not fit
-    are counted instead of shown; ``full_plan_hint`` (e.g. "connref show plan.json") says where the rest is."""
+    are counted instead of shown; ``full_plan_hint`` (e.g. "connref show plan.json") says where the rest is.
+    Without it (no plan was saved) the markdown points to the output of the run that wrote it, and says how
+    to save a plan to read in full later."""
     counts = plan.counts
     title = summary_line(counts) if plan.has_changes else NO_CHANGES
     head = [PLAN_MARKER, "### connref plan", "", f"**{title}**", ""]
@@ -367,7 +369,11 @@ def _env_section(env: EnvironmentPlan, solution: str) -> list[str]:
 
 def _folded(plan: Plan, head: list[str], limit: int, hint: str | None) -> str:
     """The plan within ``limit`` characters: one folded block per environment, rows until the budget ends."""
-    where = f" The full plan: {md_code(hint)}." if hint else " The full plan is in the saved plan file."
+    # Without a hint no plan was saved (``plan --markdown`` without ``--out``): the full plan exists only in
+    # what that run printed, so say so, and how to keep one, instead of pointing to a file that is not there.
+    where = (f" The full plan: {md_code(hint)}." if hint else
+             " The full plan is in the output of the `connref plan` run that wrote this (e.g. the job log);"
+             " `connref plan --out FILE` saves it for `connref show FILE`.")
     out = [*head, "| Environment | Changes |", "|---|---|"]
     out.extend(f"| {md_code(e.environment, table=True)} | {_counts_text(e.counts)} |" for e in plan.environments)
     out.extend(["", f"_This plan is long: details are folded and shortened.{where}_", ""])

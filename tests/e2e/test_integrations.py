@@ -113,6 +113,38 @@ def test_action_refuses_an_unknown_command_as_an_annotation(workspace: Path, run
     assert "::error title=connref::connref: command must be one of: validate, plan" in run.stdout
 
 
+def test_action_reports_only_markdown_this_run_wrote(workspace: Path, runner_temp: Path) -> None:
+    first = run_action({"command": "plan", "environments": "dev"}, workspace=workspace, runner_temp=runner_temp)
+    assert first.code == 0 and first.outputs["markdown"].endswith("connref-plan.md")
+    assert Path(first.outputs["markdown"]).is_file()
+
+    # A later step in the same job stops at a usage error before writing: the plan the first step left in
+    # RUNNER_TEMP is not this run's, so a comment step must not post it for this failed run.
+    failed = run_action({"command": "plan", "args": "--bogus"}, workspace=workspace, runner_temp=runner_temp)
+    assert failed.code == 1 and failed.outputs["exit-code"] == "1"
+    assert failed.outputs["markdown"] == "" and failed.summary == ""
+    assert "::error title=connref::connref plan: unrecognized arguments: --bogus" in failed.stdout
+
+
+def test_action_honours_markdown_given_as_one_argument_and_leaves_it_alone(workspace: Path,
+                                                                           runner_temp: Path) -> None:
+    run = run_action({"command": "plan", "environments": "dev", "args": "--markdown=mine.md"},
+                     workspace=workspace, runner_temp=runner_temp)
+    assert run.code == 0, run.stdout + run.stderr
+    assert run.outputs["markdown"] == "mine.md"  # connref runs in the workspace: relative to it
+    assert run.steps[-1].stderr.count("--markdown") == 1  # the action added no second --markdown
+    written = (workspace / "mine.md").read_text(encoding="utf-8")
+    assert written.startswith("<!-- connref:plan -->") and run.summary.strip() == written.strip()
+
+    # The user's file is not removed when a run does not write it, nor reported as this run's.
+    again = run_action({"command": "plan", "args": "--markdown=mine.md --markdwn x"}, workspace=workspace,
+                       runner_temp=runner_temp)
+    assert again.code == 1 and again.outputs["markdown"] == "" and again.summary == ""
+    assert (workspace / "mine.md").read_text(encoding="utf-8") == written
+    assert ("::error title=connref::connref plan: unrecognized arguments: --markdwn x "
+            "Did you mean '--markdown' (for '--markdwn')?") in again.stdout
+
+
 # --------------------------------------------------------------------------- the Azure DevOps template
 
 
@@ -174,6 +206,17 @@ def test_template_posts_the_plan_on_the_pull_request_even_when_connref_fails(wor
         run = run_template(params, macros={**macros, "Build.Reason": "IndividualCI"}, env=env)
         assert len(fake.requests) == requests
         assert not [s for s in run.steps if s.name.startswith("Post the plan")]
+
+
+def test_template_does_not_post_markdown_an_earlier_step_left(workspace: Path, runner_temp: Path) -> None:
+    macros = _macros(workspace, runner_temp)
+    params = {"command": "drift", "workingDirectory": str(workspace), "connrefPath": str(ROOT)}
+    first = run_template(params, macros=macros)
+    assert first.code == 0 and len(first.summaries) == 1
+    run = run_template({**params, "args": "--bogus"}, macros=macros)
+    assert run.code == 1 and run.summaries == []
+    assert run.variables["connref.connrefMarkdown"] == ""
+    assert run.issues == ["##vso[task.logissue type=error]connref drift: unrecognized arguments: --bogus"]
 
 
 def test_template_with_a_service_connection_runs_the_same_step_signed_in_to_azure() -> None:

@@ -332,6 +332,17 @@ def test_long_plan_markdown_is_folded_under_githubs_comment_limit() -> None:
             assert "<" not in row.replace("<br>", "")
 
 
+def test_folded_plan_without_a_saved_plan_points_to_what_exists() -> None:
+    # plan --markdown without --out: no plan file was saved, so the markdown must not send the reader to one.
+    md = render_markdown(_long_plan(3000))
+    assert len(md) < GITHUB_COMMENT_LIMIT and "<details>" in md
+    assert "saved plan file" not in md
+    assert "The full plan is in the output of the `connref plan` run that wrote this (e.g. the job log)" in md
+    assert "`connref plan --out FILE` saves it for `connref show FILE`" in md
+    hidden = re.findall(r"… and \d+ more changes in `(?:dev|prod)` not shown here\. The full plan is in the output", md)
+    assert len(hidden) == 2
+
+
 def test_a_plan_that_fits_is_not_folded() -> None:
     md = render_markdown(_long_plan(5, description="short"))
     assert len(md) < MARKDOWN_LIMIT and "<details>" not in md and "more change" not in md
