@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ from e2e.e2e_support import QUICKSTART
 from unit.test_state_backend import BackendContract
 
 from reconciler.config.loader import load_config
-from reconciler.errors import LockError, StateError
-from reconciler.state.azurerm import AzureBlobBackend, BlobLock
+from reconciler.errors import ConfigError, LockError, StateError, StateTooNewError
+from reconciler.state import azurerm
+from reconciler.state.azurerm import AzureBlobBackend, BlobLock, open_azure_backend
 from reconciler.state.backend import StateBackend
 from reconciler.state.model import serialize_state
 from reconciler.state.select import backend_for
@@ -213,6 +215,41 @@ def test_damaged_state_names_the_backup_and_restore_brings_it_back(
     assert backend.environments() == ["dev"]  # backups and set-aside copies are not environments
 
 
+def test_state_written_by_a_newer_connref_is_neither_read_nor_overwritten(
+    backend: AzureBlobBackend, raw: ContainerClient
+) -> None:
+    # An older connref would write back only the fields it knows, labelled 1.0, and the next write would replace
+    # the backup with that downgraded copy too.
+    s1 = applied_state("dev", "contoso_A")
+    with backend.lock("dev", "apply") as lock:
+        t1 = backend.write(s1, token=None, lock=lock)
+        s2 = applied_state("dev", "contoso_A", "contoso_B", prev=s1)
+        backend.write(s2, token=t1, lock=lock)
+    blob = raw.get_blob_client("connref/dev.json")
+    doc = json.loads(blob.download_blob().readall())
+    doc["format_version"] = "1.7"
+    doc["drift_policy"] = {"mode": "strict"}
+    for ref in doc["references"].values():
+        ref["pinned_by"] = "change-4711"
+    newer = json.dumps(doc, indent=2).encode()
+    blob.upload_blob(newer, overwrite=True)
+    backup_before = raw.get_blob_client("connref/dev.json.backup").download_blob().readall()
+
+    with pytest.raises(StateTooNewError) as e:
+        backend.read("dev")
+    message = str(e.value)
+    assert "connref/dev.json was written by a newer connref (format_version '1.7'" in message
+    assert "upgrade connref" in message
+    assert "damaged" not in message and "restore" not in message and "start a new state" not in message
+    with backend.lock("dev", "apply") as lock, pytest.raises(StateTooNewError, match="written by a newer connref"):
+        backend.write(applied_state("dev", "contoso_A", "contoso_C", prev=s2), token=None, lock=lock)
+    with backend.lock("dev", "state restore") as lock, pytest.raises(StateTooNewError, match="not restoring over"):
+        backend.restore("dev", lock=lock)
+    assert blob.download_blob().readall() == newer
+    assert raw.get_blob_client("connref/dev.json.backup").download_blob().readall() == backup_before
+    assert sorted(b.name for b in raw.list_blobs()) == ["connref/dev.json", "connref/dev.json.backup"]
+
+
 def test_listing_skips_the_empty_blob_a_lock_leaves_and_other_prefixes(
     backend: AzureBlobBackend, raw: ContainerClient
 ) -> None:
@@ -224,3 +261,47 @@ def test_listing_skips_the_empty_blob_a_lock_leaves_and_other_prefixes(
         backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
     assert backend.environments() == ["dev"]
     assert backend.read("prod") is None and backend.lock_info("prod") is None
+
+
+
+def _token_config(tmp_path: Path) -> Path:
+    """The test config with an auth profile (azure_cli: nothing is asked of it here) instead of Azurite's
+    connection string."""
+    text = CONFIG.format(container="connref-state", lease=LEASE).replace(
+        "  connection_string_env: TEST_AZURITE\n",
+        "  auth: storage\n  account_url: https://contosostate.blob.core.windows.net\n",
+    ).replace("state:\n", "auth:\n  storage:\n    method: azure_cli\nstate:\n")
+    path = tmp_path / "connref.yaml"
+    path.write_text(text)
+    shutil.copy(QUICKSTART / "dev.json", tmp_path / "dev.json")
+    return path
+
+
+def test_opening_a_token_backend_over_plain_http_is_a_config_error(tmp_path: Path) -> None:
+    # The SDK refuses a token over plain http (even to loopback) with a ValueError; the loader reports it at the
+    # line (tests/config_corpus/state_azurerm_http_with_auth.yaml), and a config made another way is stopped
+    # here with the same reason instead of reaching the SDK.
+    config = load_config(str(_token_config(tmp_path)))
+    assert config.remote_state is not None
+    settings = replace(config.remote_state, account_url="http://127.0.0.1:10000/devstoreaccount1")
+    with pytest.raises(ConfigError, match=r"state\.account_url: .*sends tokens only over https.*connection_string_env"):
+        open_azure_backend(config, settings)
+
+
+def test_any_other_sdk_value_error_is_a_config_or_state_error(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK validates its settings with ValueError, when the client is built and when a request is made:
+    # connref must say what is wrong rather than report a bug of its own.
+    config = load_config(str(_token_config(tmp_path)))
+    assert config.remote_state is not None
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("Token credential is only supported with HTTPS.")
+
+    monkeypatch.setattr(azurerm, "BlobServiceClient", refuse)
+    with pytest.raises(ConfigError, match=r"state\.account_url: .*refused .*only supported with HTTPS"):
+        open_azure_backend(config, config.remote_state)
+
+    with (pytest.raises(StateError, match=r"client refused to read https://x/dev\.json: .*only supported with HTTPS"),
+          azurerm._azure_errors("read", "https://x/dev.json", "check the credentials")):
+        raise ValueError("Token credential is only supported with HTTPS.")

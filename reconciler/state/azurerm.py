@@ -46,6 +46,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.credentials import AccessToken
@@ -63,7 +64,8 @@ from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, C
 
 from reconciler.api.auth import TokenProvider
 from reconciler.domain.model import AzureStateConfig, Config
-from reconciler.errors import AuthError, ConfigError, LockError, StateError
+from reconciler.domain.text import inert
+from reconciler.errors import AuthError, ConfigError, LockError, StateError, StateTooNewError
 from reconciler.state.backend import (
     LockInfo,
     Snapshot,
@@ -74,7 +76,7 @@ from reconciler.state.backend import (
     refuse_live_holder,
 )
 from reconciler.state.jsonfile import load_json
-from reconciler.state.model import EnvState, parse_state, serialize_state, token_of
+from reconciler.state.model import EnvState, parse_state, refuse_restore_over_newer, serialize_state, token_of
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 STATE_SUFFIX = ".json"
@@ -146,6 +148,12 @@ def _azure_errors(what: str, where: str, auth_hint: str) -> Iterator[None]:
         raise StateError(f"cannot reach Azure Storage to {what} {where}: {type(e).__name__}.") from None
     except AzureError as e:
         raise StateError(f"Azure Storage: cannot {what} {where}: {type(e).__name__}.") from None
+    except ValueError as e:
+        # The SDK checks its own settings when a request is made (a token over plain http, a malformed
+        # endpoint): a setting of the config, not a bug. Its messages name settings, never credentials.
+        raise StateError(
+            f"the Azure Storage client refused to {what} {where}: {inert(str(e))[:300]} Check state: in the config."
+        ) from None
 
 
 def _encode_lock(info: LockInfo) -> str:
@@ -324,6 +332,8 @@ class AzureBlobBackend(StateBackend):
         raw = got[0]
         try:
             return Snapshot(parse_state(raw, where, env), token_of(raw))
+        except StateTooNewError:
+            raise  # not damaged: the backup and a new state are the wrong advice
         except StateError as e:
             raise StateError(f"{e} {self._recovery_hint(env)}") from e
 
@@ -512,6 +522,8 @@ class AzureBlobBackend(StateBackend):
             if raw:
                 try:
                     current = parse_state(raw, where, env)
+                except StateTooNewError:
+                    raise
                 except StateError as e:
                     raise StateError(f"refusing to overwrite a damaged state: {e} {self._recovery_hint(env)}") from e
             if (token is None and raw) or (token is not None and (not raw or token_of(raw) != token)):
@@ -540,6 +552,7 @@ class AzureBlobBackend(StateBackend):
             got = self._download(blob, where)
             raw, etag = got if got is not None else (b"", "")
             if raw:
+                refuse_restore_over_newer(raw, where, env)
                 kind = "damaged"
                 with contextlib.suppress(StateError):
                     current = parse_state(raw, where, env)
@@ -594,12 +607,22 @@ def open_azure_backend(config: Config, settings: AzureStateConfig) -> AzureBlobB
     if profile is None or not settings.account_url:
         raise ConfigError(f"the azurerm state backend needs auth and account_url ({where})", settings.location,
                           "state")
+    if urlsplit(settings.account_url).scheme.lower() != "https":
+        # The SDK refuses to send a token over plain http (even to loopback), on the first request; the loader
+        # reports this at the line, and this keeps a config built otherwise from reaching that request.
+        raise ConfigError(f"state.account_url ({settings.account_url}) is plain http: the storage SDK sends tokens "
+                          "only over https; over http use connection_string_env instead of auth (e.g. for Azurite)",
+                          settings.location, "state.account_url")
     from reconciler.api.session import TokenProviders
 
     providers = TokenProviders()
     try:
         credential = ProfileCredential(providers.for_profile(profile), profile.name)
         service = BlobServiceClient(settings.account_url, credential=credential)
+    except ValueError as e:  # the SDK's check of its settings: about the config, and it names no secret
+        providers.close()
+        raise ConfigError(f"the Azure Storage client refused this endpoint: {inert(str(e))[:300]}",
+                          settings.location, "state.account_url") from None
     except BaseException:
         providers.close()
         raise
