@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
-from azurite_support import AzuriteServer
+from azurite_support import ACCOUNT_KEY, AzuriteServer, running_azurite
 from builders import applied_state
 from e2e.e2e_support import QUICKSTART
 from unit.test_state_backend import BackendContract
@@ -305,3 +307,112 @@ def test_any_other_sdk_value_error_is_a_config_or_state_error(tmp_path: Path,
     with (pytest.raises(StateError, match=r"client refused to read https://x/dev\.json: .*only supported with HTTPS"),
           azurerm._azure_errors("read", "https://x/dev.json", "check the credentials")):
         raise ValueError("Token credential is only supported with HTTPS.")
+
+
+
+# --------------------------------------------------------------------------- outages and the request log
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): connections to it are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _backend_at(connection_string: str, container: str, monkeypatch: pytest.MonkeyPatch,
+                tmp_path: Path) -> AzureBlobBackend:
+    monkeypatch.setenv("TEST_AZURITE", connection_string)
+    path = tmp_path / "connref.yaml"
+    path.write_text(CONFIG.format(container=container, lease=LEASE))
+    shutil.copy(QUICKSTART / "dev.json", tmp_path / "dev.json")
+    b = backend_for(load_config(str(path)))
+    assert isinstance(b, AzureBlobBackend)
+    return b
+
+
+def _no_secret(text: str) -> None:
+    for secret in (ACCOUNT_KEY, ACCOUNT_KEY[:20], "SharedKey", "Authorization", "sig="):
+        assert secret not in text
+
+
+def test_an_unreachable_account_fails_within_seconds_and_says_each_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SDK's own policy waited 15 s and more between attempts: `state list` sat silent for 79 s.
+    port = _closed_port()
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    with _backend_at(conn, "connref-state", monkeypatch, tmp_path) as b:
+        t0 = time.monotonic()
+        with pytest.raises(StateError, match="cannot reach Azure Storage to list") as e:
+            b.environments()
+        elapsed = time.monotonic() - t0
+        with pytest.raises(StateError, match="cannot reach Azure Storage to read"):
+            b.read("dev")
+    assert elapsed < 10, f"{elapsed:.1f} s"
+    retries = [r for r in caplog.records if r.name == "reconciler.state.azurerm" and r.levelno == logging.WARNING]
+    listing = [r.getMessage() for r in retries if "comp=" in r.getMessage()]
+    assert [m.split("; ")[-1].split(" in ")[0] for m in listing] == ["retry 1 of 3", "retry 2 of 3", "retry 3 of 3"]
+    assert all(f"GET http://127.0.0.1:{port}/devstoreaccount1/connref-state?" in m for m in listing)
+    assert all("ServiceRequestError" in m for m in listing)
+    reading = [r for r in retries if "connref/dev.json" in r.getMessage()]
+    assert len(reading) == 3 and all(getattr(r, "connref_env", None) == "dev" for r in reading)
+    assert all(getattr(r, "connref_state", None) == "wait" for r in retries)
+    _no_secret(caplog.text + str(e.value))
+
+
+def test_with_v_each_blob_request_is_logged_without_secrets(
+    backend: AzureBlobBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    with backend.lock("dev", "apply") as lock:
+        backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
+    backend.environments()
+    lines = [r.getMessage() for r in caplog.records if r.name == "reconciler.state.http"]
+    url = backend.location("dev")
+    assert f"Azure Storage: PUT {url} -> 201 (" in "\n".join(lines)  # the empty blob the lock leases
+    assert any(line.startswith(f"Azure Storage: PUT {url}?comp=... -> 20") for line in lines)  # lease, metadata
+    assert any(line.startswith(f"Azure Storage: GET {url} -> 200 (") and line.endswith(" ms)") for line in lines)
+    listing = [line for line in lines if "restype=...&comp=...&prefix=..." in line]
+    assert listing and "connref/" not in listing[0].split("?", 1)[1]  # query values are never shown
+    dev = [r for r in caplog.records if r.name == "reconciler.state.http" and url in r.getMessage()]
+    assert all(getattr(r, "connref_env", None) == "dev" and getattr(r, "connref_state", None) == "request"
+               for r in dev)
+    _no_secret(caplog.text)
+
+
+def test_an_outage_while_holding_the_lock_is_said_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Azurite killed mid-apply left the run silent for minutes, in retries longer than the lease they renewed.
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    with running_azurite(tmp_path / "azurite") as server:
+        b = _backend_at(server.connection_string, server.new_container(), monkeypatch, tmp_path)
+        with b:
+            lock = b.lock("dev", "apply")
+            assert isinstance(lock, BlobLock)
+            try:
+                server.stop()
+                deadline = time.monotonic() + LEASE
+                while time.monotonic() < deadline and "renewing the lease" not in caplog.text:
+                    time.sleep(0.2)
+                t0 = time.monotonic()
+                # The write reads the blob first (its compare-and-swap): that read is what finds the outage.
+                with pytest.raises(StateError, match=r"cannot reach Azure Storage to read .*connref/dev\.json"):
+                    b.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
+                write_took = time.monotonic() - t0
+            finally:
+                t0 = time.monotonic()
+                lock.release()
+                release_took = time.monotonic() - t0
+    renewals = [r for r in caplog.records if "renewing the lease" in r.getMessage()]
+    assert renewals, "a failed renewal is said"
+    assert renewals[0].levelno == logging.WARNING and getattr(renewals[0], "connref_env", None) == "dev"
+    assert f"lock id {lock.id}" in renewals[0].getMessage() and "trying again in 1 s" in renewals[0].getMessage()
+    assert write_took < 10, f"{write_took:.1f} s"
+    assert release_took < 10, f"{release_took:.1f} s"
+    assert any("retry 1 of 3" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    _no_secret(caplog.text)
