@@ -20,7 +20,9 @@
     ├── StalePlanError                a saved plan no longer matches state or live (re-plan)
     ├── ApplyError                    some writes failed; carries what was and was not written
     ├── StateError                    the state file is missing, corrupt or from another lineage
-    │   └── StateNotRecordedError     an apply's writes were made, but its state could not be written
+    │   ├── StateNotRecordedError     an apply's writes were made, but its state could not be written
+    │   └── StateTooNewError          the state was written by a newer connref (a newer format_version):
+    │                                 neither used nor rewritten; upgrade connref
     └── LockError                     another run holds the environment's lock; names the holder
 
 Every message is safe to print: no secret and no token ever goes into one.
@@ -176,6 +178,12 @@ class StateError(ConnrefError):
 class StateNotRecordedError(StateError):
     """An apply's writes were made (or it had none), but the state after it could not be written: the
     environment holds them, and the next apply records them (its refresh rule)."""
+
+
+class StateTooNewError(StateError):
+    """The state was written in a newer format than this connref writes. Reading it would drop the fields this
+    connref does not know on its next write (and the backup would keep only the downgraded copy), so it is
+    refused: not damaged, and neither a restore nor a fresh state is the fix; a newer connref is."""
 
 
 class LockError(ConnrefError):

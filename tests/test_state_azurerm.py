@@ -7,26 +7,30 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
-from azurite_support import AzuriteServer
+from azurite_support import ACCOUNT_KEY, AzuriteServer, running_azurite
 from builders import applied_state
 from e2e.e2e_support import QUICKSTART
 from unit.test_state_backend import BackendContract
 
 from reconciler.config.loader import load_config
-from reconciler.errors import LockError, StateError
-from reconciler.state.azurerm import AzureBlobBackend, BlobLock
+from reconciler.errors import ConfigError, LockError, StateError, StateTooNewError
+from reconciler.state import azurerm
+from reconciler.state.azurerm import AzureBlobBackend, BlobLock, open_azure_backend
 from reconciler.state.backend import StateBackend
 from reconciler.state.model import serialize_state
 from reconciler.state.select import backend_for
@@ -213,6 +217,41 @@ def test_damaged_state_names_the_backup_and_restore_brings_it_back(
     assert backend.environments() == ["dev"]  # backups and set-aside copies are not environments
 
 
+def test_state_written_by_a_newer_connref_is_neither_read_nor_overwritten(
+    backend: AzureBlobBackend, raw: ContainerClient
+) -> None:
+    # An older connref would write back only the fields it knows, labelled 1.0, and the next write would replace
+    # the backup with that downgraded copy too.
+    s1 = applied_state("dev", "contoso_A")
+    with backend.lock("dev", "apply") as lock:
+        t1 = backend.write(s1, token=None, lock=lock)
+        s2 = applied_state("dev", "contoso_A", "contoso_B", prev=s1)
+        backend.write(s2, token=t1, lock=lock)
+    blob = raw.get_blob_client("connref/dev.json")
+    doc = json.loads(blob.download_blob().readall())
+    doc["format_version"] = "1.7"
+    doc["drift_policy"] = {"mode": "strict"}
+    for ref in doc["references"].values():
+        ref["pinned_by"] = "change-4711"
+    newer = json.dumps(doc, indent=2).encode()
+    blob.upload_blob(newer, overwrite=True)
+    backup_before = raw.get_blob_client("connref/dev.json.backup").download_blob().readall()
+
+    with pytest.raises(StateTooNewError) as e:
+        backend.read("dev")
+    message = str(e.value)
+    assert "connref/dev.json was written by a newer connref (format_version '1.7'" in message
+    assert "upgrade connref" in message
+    assert "damaged" not in message and "restore" not in message and "start a new state" not in message
+    with backend.lock("dev", "apply") as lock, pytest.raises(StateTooNewError, match="written by a newer connref"):
+        backend.write(applied_state("dev", "contoso_A", "contoso_C", prev=s2), token=None, lock=lock)
+    with backend.lock("dev", "state restore") as lock, pytest.raises(StateTooNewError, match="not restoring over"):
+        backend.restore("dev", lock=lock)
+    assert blob.download_blob().readall() == newer
+    assert raw.get_blob_client("connref/dev.json.backup").download_blob().readall() == backup_before
+    assert sorted(b.name for b in raw.list_blobs()) == ["connref/dev.json", "connref/dev.json.backup"]
+
+
 def test_listing_skips_the_empty_blob_a_lock_leaves_and_other_prefixes(
     backend: AzureBlobBackend, raw: ContainerClient
 ) -> None:
@@ -224,3 +263,156 @@ def test_listing_skips_the_empty_blob_a_lock_leaves_and_other_prefixes(
         backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
     assert backend.environments() == ["dev"]
     assert backend.read("prod") is None and backend.lock_info("prod") is None
+
+
+
+def _token_config(tmp_path: Path) -> Path:
+    """The test config with an auth profile (azure_cli: nothing is asked of it here) instead of Azurite's
+    connection string."""
+    text = CONFIG.format(container="connref-state", lease=LEASE).replace(
+        "  connection_string_env: TEST_AZURITE\n",
+        "  auth: storage\n  account_url: https://contosostate.blob.core.windows.net\n",
+    ).replace("state:\n", "auth:\n  storage:\n    method: azure_cli\nstate:\n")
+    path = tmp_path / "connref.yaml"
+    path.write_text(text)
+    shutil.copy(QUICKSTART / "dev.json", tmp_path / "dev.json")
+    return path
+
+
+def test_opening_a_token_backend_over_plain_http_is_a_config_error(tmp_path: Path) -> None:
+    # The SDK refuses a token over plain http (even to loopback) with a ValueError; the loader reports it at the
+    # line (tests/config_corpus/state_azurerm_http_with_auth.yaml), and a config made another way is stopped
+    # here with the same reason instead of reaching the SDK.
+    config = load_config(str(_token_config(tmp_path)))
+    assert config.remote_state is not None
+    settings = replace(config.remote_state, account_url="http://127.0.0.1:10000/devstoreaccount1")
+    with pytest.raises(ConfigError, match=r"state\.account_url: .*sends tokens only over https.*connection_string_env"):
+        open_azure_backend(config, settings)
+
+
+def test_any_other_sdk_value_error_is_a_config_or_state_error(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK validates its settings with ValueError, when the client is built and when a request is made:
+    # connref must say what is wrong rather than report a bug of its own.
+    config = load_config(str(_token_config(tmp_path)))
+    assert config.remote_state is not None
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("Token credential is only supported with HTTPS.")
+
+    monkeypatch.setattr(azurerm, "BlobServiceClient", refuse)
+    with pytest.raises(ConfigError, match=r"state\.account_url: .*refused .*only supported with HTTPS"):
+        open_azure_backend(config, config.remote_state)
+
+    with (pytest.raises(StateError, match=r"client refused to read https://x/dev\.json: .*only supported with HTTPS"),
+          azurerm._azure_errors("read", "https://x/dev.json", "check the credentials")):
+        raise ValueError("Token credential is only supported with HTTPS.")
+
+
+
+# --------------------------------------------------------------------------- outages and the request log
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): connections to it are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _backend_at(connection_string: str, container: str, monkeypatch: pytest.MonkeyPatch,
+                tmp_path: Path) -> AzureBlobBackend:
+    monkeypatch.setenv("TEST_AZURITE", connection_string)
+    path = tmp_path / "connref.yaml"
+    path.write_text(CONFIG.format(container=container, lease=LEASE))
+    shutil.copy(QUICKSTART / "dev.json", tmp_path / "dev.json")
+    b = backend_for(load_config(str(path)))
+    assert isinstance(b, AzureBlobBackend)
+    return b
+
+
+def _no_secret(text: str) -> None:
+    for secret in (ACCOUNT_KEY, ACCOUNT_KEY[:20], "SharedKey", "Authorization", "sig="):
+        assert secret not in text
+
+
+def test_an_unreachable_account_fails_within_seconds_and_says_each_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SDK's own policy waited 15 s and more between attempts: `state list` sat silent for 79 s.
+    port = _closed_port()
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    with _backend_at(conn, "connref-state", monkeypatch, tmp_path) as b:
+        t0 = time.monotonic()
+        with pytest.raises(StateError, match="cannot reach Azure Storage to list") as e:
+            b.environments()
+        elapsed = time.monotonic() - t0
+        with pytest.raises(StateError, match="cannot reach Azure Storage to read"):
+            b.read("dev")
+    assert elapsed < 10, f"{elapsed:.1f} s"
+    retries = [r for r in caplog.records if r.name == "reconciler.state.azurerm" and r.levelno == logging.WARNING]
+    listing = [r.getMessage() for r in retries if "comp=" in r.getMessage()]
+    assert [m.split("; ")[-1].split(" in ")[0] for m in listing] == ["retry 1 of 3", "retry 2 of 3", "retry 3 of 3"]
+    assert all(f"GET http://127.0.0.1:{port}/devstoreaccount1/connref-state?" in m for m in listing)
+    assert all("ServiceRequestError" in m for m in listing)
+    reading = [r for r in retries if "connref/dev.json" in r.getMessage()]
+    assert len(reading) == 3 and all(getattr(r, "connref_env", None) == "dev" for r in reading)
+    assert all(getattr(r, "connref_state", None) == "wait" for r in retries)
+    _no_secret(caplog.text + str(e.value))
+
+
+def test_with_v_each_blob_request_is_logged_without_secrets(
+    backend: AzureBlobBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    with backend.lock("dev", "apply") as lock:
+        backend.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
+    backend.environments()
+    lines = [r.getMessage() for r in caplog.records if r.name == "reconciler.state.http"]
+    url = backend.location("dev")
+    assert f"Azure Storage: PUT {url} -> 201 (" in "\n".join(lines)  # the empty blob the lock leases
+    assert any(line.startswith(f"Azure Storage: PUT {url}?comp=... -> 20") for line in lines)  # lease, metadata
+    assert any(line.startswith(f"Azure Storage: GET {url} -> 200 (") and line.endswith(" ms)") for line in lines)
+    listing = [line for line in lines if "restype=...&comp=...&prefix=..." in line]
+    assert listing and "connref/" not in listing[0].split("?", 1)[1]  # query values are never shown
+    dev = [r for r in caplog.records if r.name == "reconciler.state.http" and url in r.getMessage()]
+    assert all(getattr(r, "connref_env", None) == "dev" and getattr(r, "connref_state", None) == "request"
+               for r in dev)
+    _no_secret(caplog.text)
+
+
+def test_an_outage_while_holding_the_lock_is_said_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Azurite killed mid-apply left the run silent for minutes, in retries longer than the lease they renewed.
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    with running_azurite(tmp_path / "azurite") as server:
+        b = _backend_at(server.connection_string, server.new_container(), monkeypatch, tmp_path)
+        with b:
+            lock = b.lock("dev", "apply")
+            assert isinstance(lock, BlobLock)
+            try:
+                server.stop()
+                deadline = time.monotonic() + LEASE
+                while time.monotonic() < deadline and "renewing the lease" not in caplog.text:
+                    time.sleep(0.2)
+                t0 = time.monotonic()
+                # The write reads the blob first (its compare-and-swap): that read is what finds the outage.
+                with pytest.raises(StateError, match=r"cannot reach Azure Storage to read .*connref/dev\.json"):
+                    b.write(applied_state("dev", "contoso_A"), token=None, lock=lock)
+                write_took = time.monotonic() - t0
+            finally:
+                t0 = time.monotonic()
+                lock.release()
+                release_took = time.monotonic() - t0
+    renewals = [r for r in caplog.records if "renewing the lease" in r.getMessage()]
+    assert renewals, "a failed renewal is said"
+    assert renewals[0].levelno == logging.WARNING and getattr(renewals[0], "connref_env", None) == "dev"
+    assert f"lock id {lock.id}" in renewals[0].getMessage() and "trying again in 1 s" in renewals[0].getMessage()
+    assert write_took < 10, f"{write_took:.1f} s"
+    assert release_took < 10, f"{release_took:.1f} s"
+    assert any("retry 1 of 3" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    _no_secret(caplog.text)

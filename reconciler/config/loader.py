@@ -1127,6 +1127,12 @@ class _Validator:
             self.error(m, "state.account_url",
                        "required key is missing (the storage account's blob endpoint, "
                        "https://ACCOUNT.blob.core.windows.net)")
+        elif has_auth and account_url and urlsplit(account_url.strip()).scheme.lower() == "http":
+            # The storage SDK refuses to send a bearer token over plain http, even to loopback: caught here,
+            # at the line, rather than by the first command that reaches the blob service.
+            self.error(self.node_of(m, "account_url"), "state.account_url",
+                       "plain http cannot be used with auth: the storage SDK sends tokens only over https; over "
+                       "http use connection_string_env instead of auth (e.g. for Azurite)")
         given_lease = self.seconds(m.get("lease_duration"), "state.lease_duration",
                                    f"an integer number of seconds ({LEASE_MIN}-{LEASE_MAX})",
                                    f"a blob lease lasts {LEASE_MIN} to {LEASE_MAX} seconds", LEASE_MIN, LEASE_MAX)

@@ -337,6 +337,10 @@ def _state() -> dict[str, Any]:
         "propertyNames": {"enum": list(AZURERM_STATE_KEYS)},
         "oneOf": [{"required": ["auth"]}, {"required": ["connection_string_env"]}],
         "dependentRequired": {"auth": ["account_url"]},
+        # The storage SDK sends a token only over https: a plain http endpoint (Azurite) needs
+        # connection_string_env, so with auth the URL must be https even on loopback.
+        "if": {"required": ["auth"]},
+        "then": {"properties": {"account_url": {"pattern": r"^\s*[Hh][Tt][Tt][Pp][Ss]://"}}},
     }
     node["else"] = {"propertyNames": {"enum": list(STATE_KEYS)}}
     return node

@@ -25,6 +25,13 @@ service operations"): a lease lasts 15-60 s or is infinite and is renewed with i
 leased blob without the lease id is refused (412); ``If-Match`` with a stale ETag is refused (412
 ConditionNotMet); breaking with a break period of 0 frees the blob at once.
 
+Outages: the SDK's own retry policy waits 15 s and more between attempts (a closed port kept ``state list``
+silent for over a minute, and a renewal stuck in it outlived the lease it renewed), so every client is built
+with ``client_options()``: a few retries, a second or two apart, each a warning, and short connection and read
+timeouts; a lease renewal is one short attempt, tried again a second later, so a run learns of an outage within
+seconds and well inside its lease. With ``-v`` each blob request is logged (method, URL without query values,
+status, time), never a header, a key or a SAS token.
+
 Authentication: an auth profile of the config (the token is requested for ``https://storage.azure.com/.default``
 through ``reconciler.api``'s token providers, as Dataverse tokens are), or a connection string read from an
 environment variable (the Azurite emulator). The blob service is reached through the official Azure SDK
@@ -38,7 +45,9 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +55,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from azure.core import MatchConditions
 from azure.core.credentials import AccessToken
@@ -59,11 +69,21 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient, ContentSettings
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.storage.blob import (
+    BlobClient,
+    BlobLeaseClient,
+    BlobServiceClient,
+    ContainerClient,
+    ContentSettings,
+    ExponentialRetry,
+)
 
 from reconciler.api.auth import TokenProvider
+from reconciler.api.client import loggable_url
 from reconciler.domain.model import AzureStateConfig, Config
-from reconciler.errors import AuthError, ConfigError, LockError, StateError
+from reconciler.domain.text import inert
+from reconciler.errors import AuthError, ConfigError, LockError, StateError, StateTooNewError
 from reconciler.state.backend import (
     LockInfo,
     Snapshot,
@@ -74,7 +94,7 @@ from reconciler.state.backend import (
     refuse_live_holder,
 )
 from reconciler.state.jsonfile import load_json
-from reconciler.state.model import EnvState, parse_state, serialize_state, token_of
+from reconciler.state.model import EnvState, parse_state, refuse_restore_over_newer, serialize_state, token_of
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 STATE_SUFFIX = ".json"
@@ -83,6 +103,119 @@ LOCK_METADATA = "connref_lock"
 SERIAL_METADATA = "connref_serial"
 LINEAGE_METADATA = "connref_lineage"
 POLL_SECONDS = 1.0  # how often a waiting run asks whether the lease is free
+
+# Outages (see the module docstring). Worst case of one operation: (RETRY_TOTAL + 1) attempts, each at most
+# CONNECT_TIMEOUT to connect, plus the waits (about 3.5 s): seconds, not minutes. A refused connection fails at
+# once, so an unreachable account is reported after about 3.5 s.
+RETRY_TOTAL = 3
+RETRY_WAITS = (0.5, 1.0, 2.0)  # before the first, second, third retry (each +-25%, so runs do not retry in step)
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection
+READ_TIMEOUT = 20.0  # seconds of silence in an answer (not the whole transfer)
+# A renewal is one attempt this short, tried again RENEW_RETRY_SECONDS after a failure: with renewals every
+# third of a lease (at least 5 s), several attempts fit before a lease of 15 s runs out.
+RENEW_TIMEOUT = 2.0
+RENEW_RETRY_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+#: Each blob request, at debug level (``-v``), as ``reconciler.api.client.request_log_hooks`` logs API requests.
+http_log = logging.getLogger("reconciler.state.http")
+
+
+# --------------------------------------------------------------------------- retries and request log
+
+
+def _env_of(url: str, container: str, key_prefix: str) -> str | None:
+    """The environment whose state (or backup) blob ``url`` names, for the progress display; None otherwise
+    (a listing, another blob)."""
+    path = unquote(urlsplit(url).path)
+    start = path.find(f"/{container}/")
+    if start < 0:
+        return None
+    name = path[start + len(container) + 2:]
+    if not name.startswith(key_prefix):
+        return None
+    name = name[len(key_prefix):]
+    for suffix in (BACKUP_SUFFIX, STATE_SUFFIX):
+        env = name[: -len(suffix)]
+        if name.endswith(suffix) and env and "/" not in env:
+            return env
+    return None
+
+
+class BoundedRetry(ExponentialRetry):
+    """The storage SDK's retry policy with short waits, each retry logged as a warning.
+
+    The SDK decides what is worth retrying (a refused or dropped connection, a timeout, 408, 5xx; never a 4xx
+    answer such as a 412 of a conditional write); this class only decides how long to wait, and says so, as
+    ``reconciler.api.client`` does for Dataverse: a run waiting on Azure Storage is never silent."""
+
+    def __init__(self, container: str = "", key_prefix: str = "", *, retry_total: int = RETRY_TOTAL,
+                 waits: tuple[float, ...] = RETRY_WAITS) -> None:
+        super().__init__(initial_backoff=0, increment_base=0, retry_total=retry_total, retry_to_secondary=False,
+                         random_jitter_range=0)
+        self.container = container
+        self.key_prefix = key_prefix
+        self.waits = waits
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        count = max(1, int(settings["count"]))  # 1 before the first retry
+        base = self.waits[min(count, len(self.waits)) - 1]
+        return base * random.uniform(0.75, 1.25)  # spreads the retries of concurrent runs apart
+
+    def sleep(self, settings: dict[str, Any], transport: Any) -> None:
+        delay = self.get_backoff_time(settings)
+        count = int(settings["count"])
+        total = count + max(0, int(settings["total"]))
+        last = settings["history"][-1] if settings["history"] else None
+        request = getattr(last, "http_request", None)
+        response = getattr(last, "http_response", None)
+        error = getattr(last, "error", None)
+        # Only the class of an error: the messages of the HTTP stack quote the request's path and query, which may
+        # hold a SAS token.
+        why = f"HTTP {response.status_code}" if response is not None else type(error).__name__ if error else "?"
+        url = str(getattr(request, "url", "")) if request is not None else ""
+        env = _env_of(url, self.container, self.key_prefix)
+        log.warning(
+            "Azure Storage: %s %s: %s; retry %d of %d in %.1f s", getattr(request, "method", "?"),
+            loggable_url(url) if url else "?", why, count, total, delay,
+            extra={"connref_env": env, "connref_state": "wait", "connref_delay": delay},
+        )
+        transport.sleep(delay)
+
+
+def _request_log_hooks(container: str, key_prefix: str) -> dict[str, Any]:
+    """The SDK's per-request hooks (``raw_request_hook``, ``raw_response_hook``, called for every attempt) that
+    log each blob request at debug level: method, URL without query values (``loggable_url``), status, time to
+    the answer. Headers are never logged: they carry the Authorization token or the shared key signature."""
+
+    def on_request(request: PipelineRequest[Any]) -> None:
+        if http_log.isEnabledFor(logging.DEBUG):
+            request.context["connref_started"] = time.monotonic()
+
+    def on_response(response: PipelineResponse[Any, Any]) -> None:
+        if not http_log.isEnabledFor(logging.DEBUG):
+            return
+        t0 = response.context.get("connref_started")
+        elapsed = f"{(time.monotonic() - t0) * 1000:.0f} ms" if isinstance(t0, float) else "?"
+        request = response.http_request
+        url = str(request.url)
+        env = _env_of(url, container, key_prefix)
+        http_log.debug("Azure Storage: %s %s -> %s (%s)", request.method, loggable_url(url),
+                       response.http_response.status_code, elapsed,
+                       extra={"connref_env": env, "connref_state": "request" if env else None})
+
+    return {"raw_request_hook": on_request, "raw_response_hook": on_response}
+
+
+def client_options(container: str = "", key_prefix: str = "") -> dict[str, Any]:
+    """Keyword arguments for a ``BlobServiceClient``: bounded retries and timeouts, and the request log (the
+    container and the key prefix say which environment a blob request is about, for the progress display)."""
+    return {
+        "retry_policy": BoundedRetry(container, key_prefix),
+        "connection_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+        **_request_log_hooks(container, key_prefix),
+    }
 
 
 # --------------------------------------------------------------------------- credentials
@@ -146,6 +279,12 @@ def _azure_errors(what: str, where: str, auth_hint: str) -> Iterator[None]:
         raise StateError(f"cannot reach Azure Storage to {what} {where}: {type(e).__name__}.") from None
     except AzureError as e:
         raise StateError(f"Azure Storage: cannot {what} {where}: {type(e).__name__}.") from None
+    except ValueError as e:
+        # The SDK checks its own settings when a request is made (a token over plain http, a malformed
+        # endpoint): a setting of the config, not a bug. Its messages name settings, never credentials.
+        raise StateError(
+            f"the Azure Storage client refused to {what} {where}: {inert(str(e))[:300]} Check state: in the config."
+        ) from None
 
 
 def _encode_lock(info: LockInfo) -> str:
@@ -200,19 +339,37 @@ class BlobLock:
         return self._info.id
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.duration / 3):
+        interval = self.duration / 3
+        wait = interval
+        last = time.monotonic()
+        while not self._stop.wait(wait):
             try:
-                self.lease.renew()
+                # One short attempt, not the client's retries: a renewal stuck in retries could outlast the lease.
+                self.lease.renew(retry_total=0, connection_timeout=RENEW_TIMEOUT, read_timeout=RENEW_TIMEOUT)
             except HttpResponseError as e:
                 if e.status_code in (409, 412):  # broken, released or replaced: it will not come back
                     self.lost = f"the lease was lost ({_code(e) or e.status_code}); was it broken with state unlock?"
                     return
-            except AzureError:
-                pass  # a network blip: two thirds of the lease remain; try again at the next tick
+                why = f"HTTP {e.status_code} {_code(e)}".strip()
+            except AzureError as e:
+                why = type(e).__name__  # the class only: the HTTP stack's messages quote the URL
             else:
+                last = time.monotonic()
+                wait = interval
                 with self._renewed:
                     self.renewals += 1
                     self._renewed.notify_all()
+                continue
+            # An outage or a blip: try again soon rather than at the next tick, while the lease still holds.
+            wait = RENEW_RETRY_SECONDS
+            left = self.duration - (time.monotonic() - last)
+            log.warning(
+                "Azure Storage: renewing the lease on the state of %s (lock id %s) failed (%s); the lease %s; "
+                "trying again in %.0f s", self._info.environment, self.id, why,
+                f"ends in {left:.0f} s unless renewed" if left > 0 else "has expired: the next write is refused "
+                "if another run took the lock meanwhile", wait,
+                extra={"connref_env": self._info.environment, "connref_state": "wait", "connref_delay": wait},
+            )
 
     def wait_for_renewals(self, count: int, timeout: float) -> bool:
         """Block until the lease has been renewed ``count`` times (False after ``timeout`` seconds)."""
@@ -230,7 +387,8 @@ class BlobLock:
         # The holder record stays in the metadata (rewriting it would move the ETag under the run's last
         # write); without an active lease it means nothing, and the next lock replaces it.
         with contextlib.suppress(AzureError):
-            self.lease.release()
+            # One short attempt: if the service cannot be reached, the lease ends by itself within its duration.
+            self.lease.release(retry_total=0, connection_timeout=RENEW_TIMEOUT, read_timeout=RENEW_TIMEOUT)
 
     def __enter__(self) -> BlobLock:
         return self
@@ -324,6 +482,8 @@ class AzureBlobBackend(StateBackend):
         raw = got[0]
         try:
             return Snapshot(parse_state(raw, where, env), token_of(raw))
+        except StateTooNewError:
+            raise  # not damaged: the backup and a new state are the wrong advice
         except StateError as e:
             raise StateError(f"{e} {self._recovery_hint(env)}") from e
 
@@ -512,6 +672,8 @@ class AzureBlobBackend(StateBackend):
             if raw:
                 try:
                     current = parse_state(raw, where, env)
+                except StateTooNewError:
+                    raise
                 except StateError as e:
                     raise StateError(f"refusing to overwrite a damaged state: {e} {self._recovery_hint(env)}") from e
             if (token is None and raw) or (token is not None and (not raw or token_of(raw) != token)):
@@ -540,6 +702,7 @@ class AzureBlobBackend(StateBackend):
             got = self._download(blob, where)
             raw, etag = got if got is not None else (b"", "")
             if raw:
+                refuse_restore_over_newer(raw, where, env)
                 kind = "damaged"
                 with contextlib.suppress(StateError):
                     current = parse_state(raw, where, env)
@@ -577,7 +740,8 @@ def open_azure_backend(config: Config, settings: AzureStateConfig) -> AzureBlobB
             raise ConfigError(f"the environment variable {name} (state.connection_string_env) is empty or not set",
                               settings.location, "state.connection_string_env")
         try:
-            service = BlobServiceClient.from_connection_string(value)
+            service = BlobServiceClient.from_connection_string(
+                value, **client_options(settings.container, settings.key_prefix))
         except ValueError:
             raise ConfigError(f"the environment variable {name} does not hold a storage connection string",
                               settings.location, "state.connection_string_env") from None
@@ -594,12 +758,23 @@ def open_azure_backend(config: Config, settings: AzureStateConfig) -> AzureBlobB
     if profile is None or not settings.account_url:
         raise ConfigError(f"the azurerm state backend needs auth and account_url ({where})", settings.location,
                           "state")
+    if urlsplit(settings.account_url).scheme.lower() != "https":
+        # The SDK refuses to send a token over plain http (even to loopback), on the first request; the loader
+        # reports this at the line, and this keeps a config built otherwise from reaching that request.
+        raise ConfigError(f"state.account_url ({settings.account_url}) is plain http: the storage SDK sends tokens "
+                          "only over https; over http use connection_string_env instead of auth (e.g. for Azurite)",
+                          settings.location, "state.account_url")
     from reconciler.api.session import TokenProviders
 
     providers = TokenProviders()
     try:
         credential = ProfileCredential(providers.for_profile(profile), profile.name)
-        service = BlobServiceClient(settings.account_url, credential=credential)
+        service = BlobServiceClient(settings.account_url, credential=credential,
+                                    **client_options(settings.container, settings.key_prefix))
+    except ValueError as e:  # the SDK's check of its settings: about the config, and it names no secret
+        providers.close()
+        raise ConfigError(f"the Azure Storage client refused this endpoint: {inert(str(e))[:300]}",
+                          settings.location, "state.account_url") from None
     except BaseException:
         providers.close()
         raise

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.domain.model import Config
-from reconciler.errors import StateError
+from reconciler.errors import StateError, StateTooNewError
 from reconciler.state.backend import LockInfo, Snapshot, StateBackend, StateLock, check_successor
 from reconciler.state.lock import acquire, force_unlock, read_lock
-from reconciler.state.model import EnvState, parse_state, serialize_state, token_of
+from reconciler.state.model import EnvState, parse_state, refuse_restore_over_newer, serialize_state, token_of
 
 DEFAULT_STATE_DIR = "state"
 STATE_SUFFIX = ".json"
@@ -86,6 +86,8 @@ def read_snapshot(state_dir: str | os.PathLike[str], env: str) -> Snapshot | Non
         raise StateError(f"cannot read state file {path}: {e.strerror or e}.") from e
     try:
         return Snapshot(parse_state(raw, path, env), token_of(raw))
+    except StateTooNewError:
+        raise  # not damaged: the backup and a new state are the wrong advice
     except StateError as e:
         raise StateError(f"{e} {_recovery_hint(Path(state_dir), env)}") from e
 
@@ -147,6 +149,8 @@ def save_state(state_dir: str | os.PathLike[str], state: EnvState) -> Path:
     if current_raw is not None:
         try:
             current = parse_state(current_raw, path, state.environment)
+        except StateTooNewError:
+            raise
         except StateError as e:
             raise StateError(
                 f"refusing to overwrite a damaged state file: {e} "
@@ -178,6 +182,7 @@ def restore_backup(state_dir: str | os.PathLike[str], env: str) -> EnvState:
     serial = backup.serial
     if path.exists():
         current_raw = path.read_bytes()
+        refuse_restore_over_newer(current_raw, path, env)
         kind = "damaged"
         with contextlib.suppress(StateError):
             current = parse_state(current_raw, path, env)

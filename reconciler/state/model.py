@@ -2,7 +2,9 @@
 
 A state document records:
 
-- ``format_version``: the layout of the document; an unknown major is refused;
+- ``format_version``: the layout of the document, MAJOR.MINOR; a newer minor only adds fields, but this
+  connref would drop them on its next write, so a version newer than ``FORMAT_VERSION`` (minor or major) is
+  refused as written by a newer connref, and an older or unreadable one as not a connref state;
 - ``serial``: goes up by one on every write, so a saved plan made against serial N is stale at N+1;
 - ``lineage``: a UUID set when the state is first created and never changed, so two serials are only
   compared within one history (a state that was deleted and recreated has a new lineage);
@@ -31,7 +33,7 @@ from typing import Any
 from reconciler.domain.model import LiveEnvironment, LiveReference, frozen_map
 from reconciler.domain.patterns import is_guid
 from reconciler.domain.text import inert
-from reconciler.errors import StateError
+from reconciler.errors import StateError, StateTooNewError
 from reconciler.state.jsonfile import JsonFileProblem, load_json
 
 FORMAT_VERSION = "1.0"
@@ -319,6 +321,18 @@ def _check_serial(value: object, where: str) -> None:
         raise ValueError(f"{where} is out of range (0 to {MAX_SERIAL})")
 
 
+def _version(text: str) -> tuple[int, ...] | None:
+    """The numbers of a dotted format_version (``1.0`` -> (1, 0)), compared as tuples so ``1.10`` is newer than
+    ``1.9`` and ``1.0.0`` is ``1.0``; None if it is not one."""
+    parts = text.split(".")
+    if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+        return None
+    numbers = [int(p) for p in parts]
+    while len(numbers) > 1 and numbers[-1] == 0:  # 1.0.0 is 1.0
+        numbers.pop()
+    return tuple(numbers)
+
+
 def parse_state(raw: bytes, path: str | os.PathLike[str], env: str) -> EnvState:
     """Parse and validate the bytes of a state document read from ``path`` (a file or a URL); any problem is
     a StateError naming it."""
@@ -331,7 +345,15 @@ def parse_state(raw: bytes, path: str | os.PathLike[str], env: str) -> EnvState:
     if not isinstance(doc, dict):
         raise StateError(f"state file {path} does not hold a JSON object.")
     version = str(doc.get("format_version", ""))
-    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+    got, ours = _version(version), _version(FORMAT_VERSION)
+    if got is not None and ours is not None and got > ours:
+        # Refused before anything is taken from it: this connref would write back only the fields it knows
+        # and label them FORMAT_VERSION, silently losing what the newer connref recorded.
+        raise StateTooNewError(
+            f"state {path} was written by a newer connref (format_version {inert(version)!r}; this connref reads "
+            f"and writes {FORMAT_VERSION}): upgrade connref to use it. Nothing was read from it or written to it."
+        )
+    if got is None or ours is None or got[0] != ours[0]:
         raise StateError(
             f"state file {path} has format_version {inert(version)!r}; this connref reads {FORMAT_VERSION} "
             "(use the connref version that wrote it)."
@@ -346,3 +368,16 @@ def parse_state(raw: bytes, path: str | os.PathLike[str], env: str) -> EnvState:
     if state.environment != env:
         raise StateError(f"state file {path} belongs to environment {inert(state.environment)!r}, not {env!r}.")
     return state
+
+
+def refuse_restore_over_newer(raw: bytes, path: str | os.PathLike[str], env: str) -> None:
+    """Raise StateTooNewError when the current state ``raw``, about to be set aside by ``state restore``, was
+    written by a newer connref: it is not damaged, and the backup restored over it would lack what the newer
+    connref recorded since. Any other problem of ``raw`` is left to the caller (a damaged state is restored
+    over)."""
+    try:
+        parse_state(raw, path, env)
+    except StateTooNewError as e:
+        raise StateTooNewError(f"not restoring over it: {e}") from None
+    except StateError:
+        pass

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconciler.domain.text import inert
-from reconciler.errors import StateError
+from reconciler.errors import StateError, StateTooNewError
 from reconciler.state.backend import StateBackend
 from reconciler.state.model import HISTORY_LIMIT
 
@@ -14,7 +14,8 @@ from reconciler.state.model import HISTORY_LIMIT
 def list_states(backend: StateBackend) -> list[dict[str, Any]]:
     """One summary per environment with state, sorted by environment (``connref state list``).
 
-    Keys: environment, path (where the state is: a file or a URL), status (``ok`` or ``damaged``), error,
+    Keys: environment, path (where the state is: a file or a URL), status (``ok``, ``damaged``, or ``newer``:
+    written by a newer connref), error,
     serial, lineage, references, last_apply (``{at, identity, os_user, commit}`` or None), lock (the holder,
     or None). A damaged state is listed with its error rather than failing the whole listing."""
     out: list[dict[str, Any]] = []
@@ -22,6 +23,9 @@ def list_states(backend: StateBackend) -> list[dict[str, Any]]:
         summary: dict[str, Any] = {"environment": env, "path": backend.location(env), "status": "ok", "error": None}
         try:
             st = backend.load(env)
+        except StateTooNewError as e:  # not damaged, and not to be restored or deleted: upgrade connref
+            summary.update(status="newer", error=str(e), serial=None, lineage=None, references=None)
+            st = None
         except StateError as e:
             summary.update(status="damaged", error=str(e), serial=None, lineage=None, references=None)
             st = None
@@ -62,6 +66,9 @@ def render_state_list(summaries: Sequence[Mapping[str, Any]]) -> str:
         return "No state files.\n"
     lines = []
     for s in summaries:
+        if s["status"] == "newer":
+            lines.append(f"{s['environment']}: WRITTEN BY A NEWER CONNREF: {s['error']}")
+            continue
         if s["status"] != "ok":
             lines.append(f"{s['environment']}: DAMAGED: {s['error']}")
             continue

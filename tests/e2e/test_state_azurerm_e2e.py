@@ -294,3 +294,52 @@ def test_the_quickstart_state_directory_is_untouched_when_the_backend_is_azurerm
     assert not (quickstart.dir / "state").exists()
     shutil.rmtree(quickstart.dir / "state", ignore_errors=True)
     assert quickstart.run("plan", "--detailed-exitcode").code == 0
+
+
+# --------------------------------------------------------------------------- a newer format, the request log
+
+
+def test_state_written_by_a_newer_connref_is_left_as_it_is(quickstart: Workspace,
+                                                          container: ContainerClient) -> None:
+    # The reviewer's case: a blob rewritten as a newer connref (format 1.7, fields this one does not know) and a
+    # change to apply. The old code applied, wrote "1.0" without the unknown fields, and the next apply
+    # replaced the backup with that copy too.
+    _use_azurerm(quickstart.config, container.container_name)
+    assert quickstart.run("apply", "--auto-approve").code == 0
+    blob = container.get_blob_client("connref/dev.json")
+    doc = json.loads(blob.download_blob().readall())
+    doc["format_version"] = "1.7"
+    doc["drift_policy"] = {"mode": "strict"}
+    for ref in doc["references"].values():
+        ref["pinned_by"] = "change-4711"
+    newer = json.dumps(doc, indent=2).encode()
+    blob.upload_blob(newer, overwrite=True)
+    backups = sorted(b.name for b in container.list_blobs())
+    data = json.loads((quickstart.dir / "dev.json").read_text())
+    row = next(r for r in data["connectionreferences"]
+               if r["connectionreferencelogicalname"] == "contoso_sharedoffice365_d4c61")
+    row["connectionreferencedisplayname"] = "Renamed in the portal"
+    (quickstart.dir / "dev.json").write_text(json.dumps(data))
+
+    for _ in range(2):
+        r = quickstart.run("apply", "-e", "dev", "--auto-approve")
+        assert r.code == 1
+        assert "connref/dev.json was written by a newer connref (format_version '1.7'" in r.err
+        assert "upgrade connref" in r.err and "Traceback" not in r.err and "unexpectedly" not in r.err
+    assert blob.download_blob().readall() == newer
+    assert sorted(b.name for b in container.list_blobs()) == backups
+    listed = quickstart.run("state", "list")
+    assert listed.code == 1
+    assert "dev: WRITTEN BY A NEWER CONNREF: " in listed.out and "DAMAGED" not in listed.out
+    assert "prod: serial 1" in listed.out
+
+
+def test_verbose_logs_each_blob_request_without_secrets(quickstart: Workspace, azurite: AzuriteServer,
+                                                        container: ContainerClient) -> None:
+    _use_azurerm(quickstart.config, container.container_name)
+    r = quickstart.run("-v", "state", "list")
+    assert r.code == 0, r.err
+    url = f"{azurite.account_url}/{container.container_name}?restype=...&comp=...&prefix=..."
+    assert f"Azure Storage: GET {url} -> 200 (" in r.err
+    key = azurite.connection_string.split("AccountKey=", 1)[1].split(";", 1)[0]
+    assert key not in r.err and "SharedKey" not in r.err and "Authorization" not in r.err

@@ -17,7 +17,7 @@ from reconciler.domain.model import (
     LiveSolution,
     LiveUser,
 )
-from reconciler.errors import StateError
+from reconciler.errors import StateError, StateTooNewError
 from reconciler.state import local, model, record, render
 from reconciler.state.lock import acquire
 
@@ -273,9 +273,9 @@ def test_atomic_write_replaces_inode_never_truncates_in_place(tmp_path: Path) ->
             lambda raw: json.dumps({k: v for k, v in json.loads(raw).items() if k != "lineage"}).encode(),
             "damaged",
         ),
-        (lambda raw: json.dumps({**json.loads(raw), "format_version": "7.0"}).encode(), "format_version"),
+        (lambda raw: json.dumps({**json.loads(raw), "format_version": "0.9"}).encode(), "format_version"),
     ],
-    ids=["truncated", "empty", "garbage", "bad-serial", "no-lineage", "future-major"],
+    ids=["truncated", "empty", "garbage", "bad-serial", "no-lineage", "past-major"],
 )
 def test_damaged_state_names_file_and_offers_backup(
     tmp_path: Path, damage: Callable[[bytes], bytes], expect: str
@@ -290,6 +290,67 @@ def test_damaged_state_names_file_and_offers_backup(
     assert str(path) in msg and expect in msg
     assert "connref state restore dev" in msg
     assert "dev.json.backup" in msg and "serial 1" in msg
+
+
+def _newer(version: str) -> Callable[[bytes], bytes]:
+    """The document as a newer connref would write it: a newer format_version and fields this one does not know."""
+    def edit(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        doc["format_version"] = version
+        doc["drift_policy"] = {"mode": "strict"}
+        for ref in doc["references"].values():
+            ref["pinned_by"] = "change-4711"
+        return json.dumps(doc, indent=2).encode()
+    return edit
+
+
+@pytest.mark.parametrize("version", ["1.7", "1.10", "1.0.1", "2.0", "7"])
+def test_state_written_by_a_newer_connref_is_neither_read_nor_overwritten(tmp_path: Path, version: str) -> None:
+    # An older connref would drop the fields it does not know and label the rest 1.0 on its next write, and the
+    # write after that would overwrite the backup too: nothing of what the newer connref recorded would survive.
+    s1 = applied(tmp_path, "contoso_A")
+    s2 = applied(tmp_path, "contoso_A", "contoso_B", prev=s1)
+    path = tmp_path / "dev.json"
+    newer = _newer(version)(path.read_bytes())
+    path.write_bytes(newer)
+    backup_before = (tmp_path / "dev.json.backup").read_bytes()
+
+    with pytest.raises(StateTooNewError) as e:
+        local.load_state(tmp_path, "dev")
+    msg = str(e.value)
+    assert str(path) in msg and f"'{version}'" in msg
+    assert "written by a newer connref" in msg and "upgrade connref" in msg
+    # Not damaged: neither the backup nor a fresh state is the fix.
+    assert "damaged" not in msg and "restore" not in msg and "start a new state" not in msg
+    assert "move it away" not in msg
+
+    with pytest.raises(StateTooNewError, match="written by a newer connref"):
+        local.save_state(tmp_path, applied_state_after(s2))
+    with pytest.raises(StateTooNewError, match=r"not restoring over it: .*written by a newer connref"):
+        local.restore_backup(tmp_path, "dev")
+    assert path.read_bytes() == newer
+    assert (tmp_path / "dev.json.backup").read_bytes() == backup_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.json", "dev.json.backup"]
+
+    listed = render.list_states(local.LocalBackend(tmp_path))
+    assert [(s["environment"], s["status"]) for s in listed] == [("dev", "newer")]
+    text = render.render_state_list(listed)
+    assert "WRITTEN BY A NEWER CONNREF" in text and "DAMAGED" not in text
+
+
+@pytest.mark.parametrize("version", ["1.0", "1", "1.0.0", "1.00"])
+def test_state_of_this_format_is_read(tmp_path: Path, version: str) -> None:
+    s1 = applied(tmp_path, "contoso_A")
+    path = tmp_path / "dev.json"
+    path.write_bytes(json.dumps({**json.loads(path.read_bytes()), "format_version": version}).encode())
+    loaded = local.load_state(tmp_path, "dev")
+    assert loaded is not None and loaded.references == s1.references
+
+
+def applied_state_after(prev: model.EnvState) -> model.EnvState:
+    """What an apply after ``prev`` would write: same lineage, the next serial."""
+    return model.EnvState(environment="dev", lineage=prev.lineage, serial=prev.serial + 1,
+                          references=prev.references, history=prev.history, solution=prev.solution)
 
 
 def _edit_refs(edit: Callable[[dict[str, dict[str, object]]], None]) -> Callable[[bytes], bytes]:
