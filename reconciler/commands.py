@@ -846,7 +846,7 @@ def _refuse_unless_valid(text: str, config_path: str, what: str) -> None:
     lines = []
     for p in problems:
         where = f"line {p.location.line}, column {p.location.column}: " if p.location else ""
-        lines.append(f"  {where}{p.field + ': ' if p.field else ''}{p.message}")
+        lines.append(inert(f"  {where}{p.field + ': ' if p.field else ''}{p.message}"))
     raise ConnrefError(f"{what} would not pass connref validate, so nothing was written:\n" + "\n".join(lines))
 
 

@@ -313,7 +313,8 @@ def import_environment(
     unit = indent_unit(existing.lines, existing.root) if existing else "  "
     refs = sorted((r for r in live.references if r.in_solution), key=lambda r: (r.logical_name.lower(), r.id))
     unfit = unfit_references(refs)
-    refs = [r for r in refs if r not in {u for u, _ in unfit}]
+    left_out = {u for u, _ in unfit}
+    refs = [r for r in refs if r not in left_out]
     replaced = _replaced_here(refs, existing)
     refs = [r for r in refs if r not in replaced]
     live, foreign, sa_lines = _service_account_decision(live, refs, service_account, env_data, unit)

@@ -479,6 +479,20 @@ class _Transport:
 
     # -- plumbing
 
+    def _wait_to_resend(self, method: str, url: str, resp: httpx.Response, attempt: int, waited: float,
+                        delay: float) -> bool:
+        """Wait ``delay`` before sending a request again after ``resp``, saying why (its status, and
+        Retry-After when it gave one); False, without waiting, when the retry budget does not allow it."""
+        if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
+            return False
+        why = f"HTTP {resp.status_code}" + (" (throttled)" if resp.status_code == 429 else "")
+        asked = self._retry_after(resp)
+        if asked is not None:
+            why += f", Retry-After {asked:g} s"
+        self._log_wait(method, url, why, attempt, delay)
+        self.retry.sleep(delay)
+        return True
+
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with jitter (half fixed, half random) so parallel readers spread out.
         delay = self.retry.backoff_base * 2.0**attempt
@@ -624,17 +638,12 @@ class _Transport:
             if status in retry_statuses if retry_statuses is not None else self._retryable_status(status, repeatable):
                 asked = self._retry_after(resp)
                 delay = self._backoff(attempt) if asked is None else asked
-                if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
+                if not self._wait_to_resend(method, url, resp, attempt, waited, delay):
                     raise error_from_response(
                         method, url, resp,
                         after=f"gave up after {attempt + 1} attempt(s) and {waited:.0f}s of waiting",
                         secrets=secrets,
                     )
-                why = f"HTTP {status}" + (" (throttled)" if status == 429 else "")
-                if asked is not None:
-                    why += f", Retry-After {asked:g} s"
-                self._log_wait(method, url, why, attempt, delay)
-                self.retry.sleep(delay)
                 waited += delay
                 attempt += 1
                 continue
@@ -970,16 +979,10 @@ class DataverseClient(_HttpCore):
             delay = self._read_batch_pause(resp, attempt)
             if delay is None:
                 break
-            if attempt >= self.retry.max_retries or waited + delay > self.retry.max_total_wait:
+            if not self._wait_to_resend("POST", url, resp, attempt, waited, delay):
                 log.info("%s: the read $batch was still answered HTTP %s after %d attempt(s) and %.0f s of "
                          "waiting; reading one by one", self.label, resp.status_code, attempt + 1, waited)
                 return 0
-            why = f"HTTP {resp.status_code}" + (" (throttled)" if resp.status_code == 429 else "")
-            asked = self._retry_after(resp)
-            if asked is not None:
-                why += f", Retry-After {asked:g} s"
-            self._log_wait("POST", url, why, attempt, delay)
-            self.retry.sleep(delay)
             waited += delay
             attempt += 1
         ctype = resp.headers.get("Content-Type", "")

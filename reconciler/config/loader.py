@@ -467,8 +467,8 @@ class _Validator:
                 or not isinstance(version_node.value, int)
             ):
                 self.type_error(version_node, "version", "the integer 1")
-            elif _int_form_problem(version_node):
-                self.error(version_node, "version", _int_form_problem(version_node) or "")
+            elif problem := _int_form_problem(version_node):
+                self.error(version_node, "version", problem)
             elif version_node.value != SUPPORTED_VERSION:
                 self.error(
                     version_node,

@@ -5,7 +5,7 @@ and the pure planner compares them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from types import MappingProxyType
@@ -97,6 +97,11 @@ class FlowSettings:
     def keeps_off(self, flow_id: str, flow_name: str) -> bool:
         keys = {k.lower() for k in self.keep_off}
         return flow_id.lower() in keys or flow_name.lower() in keys
+
+    def keep_off_unmatched(self, flows: Iterable[tuple[str, str]]) -> list[str]:
+        """The ``keep_off`` entries that name none of ``flows`` ((id, name) pairs), as ``keeps_off`` matches."""
+        known = {key.lower() for pair in flows for key in pair}
+        return [entry for entry in self.keep_off if entry.lower() not in known]
 
 
 @dataclass(frozen=True)

@@ -638,14 +638,13 @@ class _EnvPlanner:
     def check_keep_off(self) -> None:
         """CR317: a ``flows.keep_off`` entry that names no flow of the environment. A misspelt name keeps
         nothing off, and the flow it meant would be switched on: refused rather than guessed."""
-        known = {f.id.lower() for f in self.live.flows} | {f.name.lower() for f in self.live.flows}
-        for entry in self.env.flows.keep_off:
-            if entry.lower() not in known:
-                names = ", ".join(f'"{f.name}"' for f in sorted(self.live.flows, key=lambda f: f.name.lower()))
-                self.problem("CR317", None,
-                             f'flows.keep_off names "{entry}", which is no flow of environment {self.env.name} '
-                             f"(its flows: {names or 'none'})",
-                             f"fix the name in environments.{self.env.name}.flows.keep_off, or remove it")
+        unmatched = self.env.flows.keep_off_unmatched((f.id, f.name) for f in self.live.flows)
+        names = ", ".join(f'"{f.name}"' for f in sorted(self.live.flows, key=lambda f: f.name.lower()))
+        for entry in unmatched:
+            self.problem("CR317", None,
+                         f'flows.keep_off names "{entry}", which is no flow of environment {self.env.name} '
+                         f"(its flows: {names or 'none'})",
+                         f"fix the name in environments.{self.env.name}.flows.keep_off, or remove it")
 
     def activation_ops(self, verdict: rules.ActivationVerdict, cons: ConsolidationPlan
                        ) -> tuple[tuple[ActivateFlow, ...], tuple[FlowNote, ...]]:
